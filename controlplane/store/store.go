@@ -1,0 +1,290 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// Store is the persistence contract. Every method runs in one transaction:
+// it sees and changes a consistent state, and either all its writes land or
+// none do. Time never comes from the driver's clock: callers pass Now.
+//
+// Mutating task methods return the tasks they changed as TaskChange values,
+// the directly targeted tasks first, then any BACKLOG tasks promoted as a
+// consequence, so the caller can publish events and wake claimers.
+type Store interface {
+	// TaskCreate inserts tasks in order, all or none. A task id that exists
+	// gets ErrAlreadyExists. Each depends_on id must name an existing task or
+	// one earlier in the same batch (else a FieldError on "depends_on").
+	// InitialState Unspecified or READY resolves to READY when every
+	// dependency is DONE, else BACKLOG; a READY result becomes PAUSED (with
+	// PausedByQueue) while the queue is paused. BACKLOG, PAUSED, REVIEW, DONE
+	// and FAILED are stored as given; IN_PROGRESS is a FieldError on
+	// "initial_state". MaxAttempts 0 means DefaultMaxAttempts.
+	TaskCreate(ctx context.Context, params *TaskCreateParams) ([]TaskChange, error)
+
+	// TaskGet returns one task or ErrNotFound.
+	TaskGet(ctx context.Context, id string) (*Task, error)
+
+	// TaskList returns tasks in creation order after Cursor, at most Limit.
+	// NextCursor is empty on the last page. An undecodable cursor is a
+	// FieldError on "page_token".
+	TaskList(ctx context.Context, params *TaskListParams) (*TaskListResult, error)
+
+	// TaskClaim moves up to Max READY tasks to IN_PROGRESS for Agent, in
+	// order priority DESC then creation ASC, among tasks whose RunAfter <= Now,
+	// whose Role is empty or in Roles, and whose Assignee is empty or Agent.
+	// Each claimed task gets Attempt+1, a new FencingToken greater than any
+	// it had before, LeaseHolder=Agent, ClaimedAt=RenewedAt=Now and
+	// LeaseExpiresAt=Now+LeaseDuration. Concurrent claimers never receive
+	// the same task. An empty result is not an error.
+	TaskClaim(ctx context.Context, params *TaskClaimParams) ([]TaskChange, error)
+
+	// TaskNextRunAfter returns the earliest RunAfter later than Now among
+	// READY tasks, so a waiting claimer can sleep until then; ok is false
+	// when there is none.
+	TaskNextRunAfter(ctx context.Context, now time.Time) (next time.Time, ok bool, err error)
+
+	// TaskRenew extends a held lease to Now+LeaseDuration, sets RenewedAt=Now
+	// and, when Progress is not empty, the progress note. See CheckLease for
+	// the holder check.
+	TaskRenew(ctx context.Context, params *TaskRenewParams) (*Task, error)
+
+	// TaskComplete completes each held task: to REVIEW when Review is set,
+	// else to DONE. The lease ends; Note, when set, replaces the task's note.
+	// Items succeed or fail on their own: Results[i].Err holds item i's
+	// error (ErrNotFound, ErrStaleLease), the successes all land. Tasks
+	// reaching DONE promote BACKLOG dependents whose dependencies are now all
+	// DONE (to PAUSED while the queue is paused).
+	TaskComplete(ctx context.Context, params *TaskCompleteParams) (*TaskCompleteResult, error)
+
+	// TaskFail records a failure of a held task: LastError=Error and the
+	// lease ends. Permanent, or Attempt >= MaxAttempts: to FAILED. Otherwise
+	// to READY (PAUSED while the queue is paused) with
+	// RunAfter=Now+Backoff(Attempt).
+	TaskFail(ctx context.Context, params *TaskFailParams) ([]TaskChange, error)
+
+	// TaskMove is an operator move. A move CanOperatorMove does not allow is
+	// a *TransitionError listing OperatorMoves(from). Leaving IN_PROGRESS
+	// ends the lease (its token goes stale). FAILED→READY resets Attempt to 0
+	// and clears RunAfter. Reaching DONE promotes dependents. Reason, when
+	// set, becomes the task's note.
+	TaskMove(ctx context.Context, params *TaskMoveParams) ([]TaskChange, error)
+
+	// TaskSetPriority sets a task's priority.
+	TaskSetPriority(ctx context.Context, params *TaskSetPriorityParams) (*Task, error)
+
+	// TaskRescueExpired handles every IN_PROGRESS task whose LeaseExpiresAt
+	// <= Now as a failure of its holder: LastError says the lease expired and
+	// who held it; Attempt >= MaxAttempts goes to FAILED, otherwise READY
+	// (PAUSED while paused) with RunAfter=Now+Backoff(Attempt).
+	TaskRescueExpired(ctx context.Context, params *TaskRescueExpiredParams) ([]TaskChange, error)
+
+	// TaskRequeueStuck moves IN_PROGRESS tasks whose RenewedAt <= Now-OlderThan
+	// to READY (PAUSED while paused), ending their leases, with no backoff and
+	// the attempt kept. With DryRun it changes nothing and returns them as
+	// they are (PreviousState = their state).
+	TaskRequeueStuck(ctx context.Context, params *TaskRequeueStuckParams) ([]TaskChange, error)
+
+	// QueuePause marks the queue paused with Reason and moves every READY
+	// task to PAUSED with PausedByQueue. Pausing a paused queue moves
+	// nothing new and keeps the first reason.
+	QueuePause(ctx context.Context, params *QueuePauseParams) ([]TaskChange, error)
+
+	// QueueResume clears the pause and moves every PausedByQueue task back to
+	// READY. Tasks an operator paused stay PAUSED.
+	QueueResume(ctx context.Context, params *QueueResumeParams) ([]TaskChange, error)
+
+	// QueueStats counts tasks per state (every state present, zeros too)
+	// and reports the oldest READY StateChangedAt, the oldest IN_PROGRESS
+	// ClaimedAt, the number of tasks not DONE with Attempt > 1, and the pause.
+	QueueStats(ctx context.Context) (*QueueStats, error)
+
+	// Close releases the driver's resources.
+	Close() error
+}
+
+// DefaultMaxAttempts is used when a task is created with MaxAttempts 0.
+const DefaultMaxAttempts = 3
+
+// BackoffFunc returns how long a task waits before its next attempt after
+// failing attempt number attempt (1 for the first).
+type BackoffFunc func(attempt int32) time.Duration
+
+// TaskCreateParams holds new tasks. ID, Title, State etc. come from each
+// *Task; drivers fill CreatedAt/UpdatedAt/StateChangedAt from Now and ignore
+// lease fields, Attempt, LastError and Progress.
+type TaskCreateParams struct {
+	Tasks []*TaskCreate
+	Now   time.Time
+}
+
+// TaskCreate is one new task.
+type TaskCreate struct {
+	ID           string
+	Title        string
+	Kind         string
+	PayloadJSON  string
+	Role         string
+	Assignee     string
+	Priority     int32
+	MaxAttempts  int32
+	DependsOn    []string
+	ApprovalTier int32
+	Labels       map[string]string
+	InitialState TaskState
+	RunAfter     time.Time
+	Note         string
+}
+
+// TaskListParams filters TaskList. Zero values do not filter.
+type TaskListParams struct {
+	States   []TaskState
+	Role     string
+	Assignee string            // matches Assignee or LeaseHolder
+	Labels   map[string]string // every pair must match
+	IDs      []string
+	Limit    int
+	Cursor   string
+}
+
+// TaskListResult is one page.
+type TaskListResult struct {
+	Tasks      []*Task
+	NextCursor string
+}
+
+// TaskClaimParams asks for up to Max tasks.
+type TaskClaimParams struct {
+	Agent         string
+	Roles         []string
+	Max           int
+	LeaseDuration time.Duration
+	Now           time.Time
+}
+
+// LeaseRef names a held lease. Every call on a claimed task carries one.
+type LeaseRef struct {
+	TaskID       string
+	Agent        string
+	FencingToken int64
+}
+
+// TaskRenewParams extends a lease.
+type TaskRenewParams struct {
+	Lease         LeaseRef
+	LeaseDuration time.Duration
+	Progress      string
+	Now           time.Time
+}
+
+// TaskCompleteParams completes held tasks.
+type TaskCompleteParams struct {
+	Items []TaskCompleteItem
+	Now   time.Time
+}
+
+// TaskCompleteItem is one completion.
+type TaskCompleteItem struct {
+	Lease  LeaseRef
+	Review bool
+	Note   string
+}
+
+// TaskCompleteResult has one entry per item plus every change made.
+type TaskCompleteResult struct {
+	Results []TaskCompleteItemResult
+	Changes []TaskChange
+}
+
+// TaskCompleteItemResult is one item's outcome: Task on success, Err otherwise.
+type TaskCompleteItemResult struct {
+	Task *Task
+	Err  error
+}
+
+// TaskFailParams reports a failure.
+type TaskFailParams struct {
+	Lease     LeaseRef
+	Error     string
+	Permanent bool
+	Backoff   BackoffFunc
+	Now       time.Time
+}
+
+// TaskMoveParams is an operator move.
+type TaskMoveParams struct {
+	TaskID string
+	To     TaskState
+	Reason string
+	Now    time.Time
+}
+
+// TaskSetPriorityParams sets a priority.
+type TaskSetPriorityParams struct {
+	TaskID   string
+	Priority int32
+	Now      time.Time
+}
+
+// TaskRescueExpiredParams rescues tasks whose leases expired.
+type TaskRescueExpiredParams struct {
+	Backoff BackoffFunc
+	Now     time.Time
+}
+
+// TaskRequeueStuckParams requeues tasks with no sign of life.
+type TaskRequeueStuckParams struct {
+	OlderThan time.Duration
+	DryRun    bool
+	Now       time.Time
+}
+
+// QueuePauseParams pauses the queue.
+type QueuePauseParams struct {
+	Reason string
+	Now    time.Time
+}
+
+// QueueResumeParams resumes the queue.
+type QueueResumeParams struct {
+	Now time.Time
+}
+
+// QueueStats is the queue's shape.
+type QueueStats struct {
+	Counts           map[TaskState]int64
+	OldestReadySince time.Time // zero when no READY task
+	OldestClaimedAt  time.Time // zero when no IN_PROGRESS task
+	Retrying         int64
+	Paused           bool
+	PauseReason      string
+}
+
+// CheckLease is the fencing rule every driver applies to a call on a held
+// task: the task must be IN_PROGRESS, held by ref.Agent under
+// ref.FencingToken, with a lease that has not expired at now. Anything else
+// is ErrStaleLease with a message saying which part failed.
+func CheckLease(t *Task, ref LeaseRef, now time.Time) error {
+	switch {
+	case t.State != StateInProgress:
+		return leaseErr(ref, "task is %s, not IN_PROGRESS", t.State)
+	case t.FencingToken != ref.FencingToken:
+		return leaseErr(ref, "fencing token %d is stale (current %d, held by %s)", ref.FencingToken, t.FencingToken, t.LeaseHolder)
+	case t.LeaseHolder != ref.Agent:
+		return leaseErr(ref, "held by %s, not %s", t.LeaseHolder, ref.Agent)
+	case !now.Before(t.LeaseExpiresAt):
+		return leaseErr(ref, "lease expired at %s", t.LeaseExpiresAt.UTC().Format(time.RFC3339))
+	}
+	return nil
+}
+
+func leaseErr(ref LeaseRef, format string, args ...any) error {
+	return &leaseError{taskID: ref.TaskID, detail: fmt.Sprintf(format, args...)}
+}
+
+type leaseError struct{ taskID, detail string }
+
+func (e *leaseError) Error() string        { return "task " + e.taskID + ": stale lease: " + e.detail }
+func (e *leaseError) Is(target error) bool { return target == ErrStaleLease }

@@ -1,0 +1,164 @@
+// Package store defines the control plane's persistence contract: the domain
+// records, the Store interface every driver implements, and the sentinel errors
+// the gRPC boundary maps to status codes. Queue semantics (claim order, leases,
+// fencing, transitions) live in the drivers' transactions so that they hold
+// under concurrency; the conformance suite in storetest proves them for every
+// driver.
+package store
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+)
+
+// TaskState is a task's place in its life: the runbook's queue folders.
+// Values match factory.v1.TaskState.
+type TaskState int32
+
+const (
+	StateUnspecified TaskState = 0
+	StateBacklog     TaskState = 1
+	StateReady       TaskState = 2
+	StateInProgress  TaskState = 3
+	StateReview      TaskState = 4
+	StateDone        TaskState = 5
+	StateFailed      TaskState = 6
+	StatePaused      TaskState = 7
+)
+
+// AllStates lists every stored state in lifecycle order.
+var AllStates = []TaskState{StateBacklog, StateReady, StateInProgress, StateReview, StateDone, StateFailed, StatePaused}
+
+var stateNames = map[TaskState]string{
+	StateUnspecified: "UNSPECIFIED",
+	StateBacklog:     "BACKLOG",
+	StateReady:       "READY",
+	StateInProgress:  "IN_PROGRESS",
+	StateReview:      "REVIEW",
+	StateDone:        "DONE",
+	StateFailed:      "FAILED",
+	StatePaused:      "PAUSED",
+}
+
+func (s TaskState) String() string {
+	if n, ok := stateNames[s]; ok {
+		return n
+	}
+	return fmt.Sprintf("TaskState(%d)", int32(s))
+}
+
+// Valid reports whether s is a stored state.
+func (s TaskState) Valid() bool { return s >= StateBacklog && s <= StatePaused }
+
+// ParseState accepts "READY", "ready", "in-progress", "TASK_STATE_READY".
+func ParseState(s string) (TaskState, error) {
+	n := strings.ToUpper(strings.ReplaceAll(strings.TrimSpace(s), "-", "_"))
+	n = strings.TrimPrefix(n, "TASK_STATE_")
+	for st, name := range stateNames {
+		if name == n && st != StateUnspecified {
+			return st, nil
+		}
+	}
+	return StateUnspecified, fmt.Errorf("unknown state %q (want one of %s)", s, JoinStates(AllStates))
+}
+
+// JoinStates renders states as "READY, FAILED".
+func JoinStates(states []TaskState) string {
+	names := make([]string, len(states))
+	for i, s := range states {
+		names[i] = s.String()
+	}
+	return strings.Join(names, ", ")
+}
+
+// operatorMoves is the transition table for MoveTask: from each state, the
+// states an operator may send a task to. The system's own transitions (claim,
+// complete, fail, lease expiry, pause, dependency promotion) are listed in
+// systemMoves; together they are every legal edge.
+var operatorMoves = map[TaskState][]TaskState{
+	StateBacklog:    {StateReady, StatePaused, StateFailed},
+	StateReady:      {StateBacklog, StatePaused, StateFailed},
+	StateInProgress: {StateReady, StateFailed},
+	StateReview:     {StateReady, StateDone, StateFailed},
+	StateDone:       {},
+	StateFailed:     {StateReady, StateBacklog},
+	StatePaused:     {StateReady, StateBacklog, StateFailed},
+}
+
+// systemMoves are the transitions the queue makes itself.
+var systemMoves = map[TaskState][]TaskState{
+	StateBacklog:    {StateReady, StatePaused},                                      // dependencies done (paused queue: PAUSED)
+	StateReady:      {StateInProgress, StatePaused},                                 // claim, queue pause
+	StateInProgress: {StateReview, StateDone, StateReady, StateFailed, StatePaused}, // complete, retry, dead letter, retry into a paused queue
+	StatePaused:     {StateReady},                                                   // queue resume
+}
+
+// OperatorMoves returns the states an operator may move a task to from s.
+func OperatorMoves(from TaskState) []TaskState { return slices.Clone(operatorMoves[from]) }
+
+// CanOperatorMove reports whether MoveTask may take a task from one state to another.
+func CanOperatorMove(from, to TaskState) bool { return slices.Contains(operatorMoves[from], to) }
+
+// CanTransition reports whether from→to is any legal edge, system or operator.
+func CanTransition(from, to TaskState) bool {
+	return slices.Contains(operatorMoves[from], to) || slices.Contains(systemMoves[from], to)
+}
+
+// Task is the stored task. Times are UTC; zero means unset.
+type Task struct {
+	ID           string
+	Title        string
+	Kind         string
+	PayloadJSON  string
+	Role         string
+	Assignee     string
+	Priority     int32
+	State        TaskState
+	Attempt      int32
+	MaxAttempts  int32
+	DependsOn    []string
+	ApprovalTier int32
+	Labels       map[string]string
+	LastError    string
+	Progress     string
+	Note         string
+
+	// Lease fields are set only while IN_PROGRESS.
+	LeaseHolder    string
+	FencingToken   int64 // the current (or last) lease's token; grows with every claim
+	LeaseExpiresAt time.Time
+	ClaimedAt      time.Time
+	RenewedAt      time.Time
+
+	RunAfter       time.Time
+	CreatedAt      time.Time
+	UpdatedAt      time.Time
+	StateChangedAt time.Time
+
+	// PausedByQueue marks a PAUSED task that PauseQueue (not an operator
+	// move) paused, so ResumeQueue restores exactly those.
+	PausedByQueue bool
+}
+
+// Clone returns a deep copy.
+func (t *Task) Clone() *Task {
+	c := *t
+	c.DependsOn = slices.Clone(t.DependsOn)
+	if t.Labels != nil {
+		c.Labels = make(map[string]string, len(t.Labels))
+		for k, v := range t.Labels {
+			c.Labels[k] = v
+		}
+	}
+	return &c
+}
+
+// TaskChange is one task changed by a store call, with the state it had
+// before (StateUnspecified for a new task). The queue publishes these as
+// events.
+type TaskChange struct {
+	Task          *Task
+	PreviousState TaskState
+}
