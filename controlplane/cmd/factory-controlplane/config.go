@@ -1,0 +1,140 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/factory/factory/controlplane/queue"
+)
+
+// fileConfig is the control plane's configuration. Precedence, lowest to
+// highest: defaults, the YAML file (--config / FACTORY_CONFIG), FACTORY_*
+// environment variables, flags.
+type fileConfig struct {
+	Listen          string        `yaml:"listen"`
+	DataDir         string        `yaml:"data_dir"`
+	LogLevel        string        `yaml:"log_level"`
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	DefaultLease    time.Duration `yaml:"default_lease"`
+	RetryBase       time.Duration `yaml:"retry_base"`
+	RetryMax        time.Duration `yaml:"retry_max"`
+	RescueInterval  time.Duration `yaml:"rescue_interval"`
+}
+
+func defaultConfig() fileConfig {
+	return fileConfig{
+		Listen:          "127.0.0.1:7420",
+		DataDir:         "data",
+		LogLevel:        "info",
+		ShutdownTimeout: 10 * time.Second,
+		DefaultLease:    5 * time.Minute,
+		RetryBase:       10 * time.Second,
+		RetryMax:        10 * time.Minute,
+		RescueInterval:  time.Second,
+	}
+}
+
+func (c fileConfig) queueConfig() queue.Config {
+	return queue.Config{DefaultLease: c.DefaultLease, RetryBase: c.RetryBase, RetryMax: c.RetryMax, RescueInterval: c.RescueInterval}
+}
+
+// loadConfig builds the configuration from args and the environment.
+func loadConfig(args []string, getenv func(string) string) (fileConfig, error) {
+	cfg := defaultConfig()
+	fs := flag.NewFlagSet("factory-controlplane", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), `factory-controlplane serves the factory's task queue over gRPC.
+
+Usage: factory-controlplane [flags]
+
+Every flag can also be set as FACTORY_<FLAG> in the environment (dashes
+become underscores: FACTORY_DATA_DIR) or in the YAML file given by --config
+(keys with underscores: data_dir). Flags win over the environment, the
+environment over the file.
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
+	configPath := fs.String("config", getenv("FACTORY_CONFIG"), "YAML config file")
+	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "gRPC listen address (port 0 picks one)")
+	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory for the SQLite database")
+	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
+	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long running calls get to finish at shutdown")
+	fs.DurationVar(&cfg.DefaultLease, "default-lease", cfg.DefaultLease, "lease length when a claim names none")
+	fs.DurationVar(&cfg.RetryBase, "retry-base", cfg.RetryBase, "backoff after a task's first failed attempt (doubles each attempt)")
+	fs.DurationVar(&cfg.RetryMax, "retry-max", cfg.RetryMax, "longest backoff between attempts")
+	fs.DurationVar(&cfg.RescueInterval, "rescue-interval", cfg.RescueInterval, "how often expired leases are looked for")
+	if err := fs.Parse(args); err != nil {
+		return cfg, err
+	}
+	if fs.NArg() > 0 {
+		return cfg, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+
+	// Re-apply in precedence order: file, then environment, then the flags
+	// that were given explicitly.
+	merged := defaultConfig()
+	if *configPath != "" {
+		b, err := os.ReadFile(*configPath)
+		if err != nil {
+			return cfg, fmt.Errorf("config file: %w", err)
+		}
+		dec := yaml.NewDecoder(strings.NewReader(string(b)))
+		dec.KnownFields(true)
+		if err := dec.Decode(&merged); err != nil {
+			return cfg, fmt.Errorf("config file %s: %w", *configPath, err)
+		}
+	}
+	var errs []string
+	fs.VisitAll(func(f *flag.Flag) {
+		if f.Name == "config" {
+			return
+		}
+		env := "FACTORY_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		v := getenv(env)
+		if set[f.Name] {
+			v = f.Value.String()
+		} else if v == "" {
+			v = fieldString(merged, f.Name)
+		}
+		if err := f.Value.Set(v); err != nil {
+			errs = append(errs, fmt.Sprintf("%s=%q: %v", env, v, err))
+		}
+	})
+	if len(errs) > 0 {
+		return cfg, fmt.Errorf("bad setting: %s", strings.Join(errs, "; "))
+	}
+	return cfg, nil
+}
+
+// fieldString renders the file value of a flag, so it can be applied with
+// the flag's own parser.
+func fieldString(c fileConfig, flagName string) string {
+	switch flagName {
+	case "listen":
+		return c.Listen
+	case "data-dir":
+		return c.DataDir
+	case "log-level":
+		return c.LogLevel
+	case "shutdown-timeout":
+		return c.ShutdownTimeout.String()
+	case "default-lease":
+		return c.DefaultLease.String()
+	case "retry-base":
+		return c.RetryBase.String()
+	case "retry-max":
+		return c.RetryMax.String()
+	case "rescue-interval":
+		return c.RescueInterval.String()
+	}
+	return ""
+}

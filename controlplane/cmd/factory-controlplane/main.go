@@ -1,0 +1,57 @@
+// Command factory-controlplane serves the factory's control plane: the task
+// queue over gRPC, on an embedded SQLite database.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/factory/factory/controlplane/server"
+	"github.com/factory/factory/controlplane/telemetry"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		fmt.Fprintln(os.Stderr, "factory-controlplane:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string) error {
+	cfg, err := loadConfig(args, os.Getenv)
+	if err != nil {
+		return err
+	}
+	level, err := telemetry.ParseLevel(cfg.LogLevel)
+	if err != nil {
+		return err
+	}
+	log := telemetry.NewLogger(os.Stderr, level)
+	tp, shutdown, err := telemetry.Setup(ctx, "factory-controlplane")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := shutdown(context.WithoutCancel(ctx)); err != nil {
+			log.Warn("trace flush failed", "err", err)
+		}
+	}()
+	return server.Run(ctx, server.Config{
+		Listen:          cfg.Listen,
+		DataDir:         cfg.DataDir,
+		ShutdownTimeout: cfg.ShutdownTimeout,
+		Queue:           cfg.queueConfig(),
+		Logger:          log,
+		TracerProvider:  tp,
+	})
+}

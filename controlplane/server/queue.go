@@ -1,0 +1,283 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/factory/factory/controlplane/queue"
+	"github.com/factory/factory/controlplane/store"
+	factoryv1 "github.com/factory/factory/gen/factory/v1"
+)
+
+// queueServer adapts QueueService calls to the queue domain; it holds no
+// logic of its own beyond translating messages.
+type queueServer struct {
+	factoryv1.UnimplementedQueueServiceServer
+	q        *queue.Service
+	log      *slog.Logger
+	stopping <-chan struct{}
+}
+
+var _ factoryv1.QueueServiceServer = (*queueServer)(nil)
+
+func (s *queueServer) err(ctx context.Context, err error) error { return toStatus(ctx, s.log, err) }
+
+func (s *queueServer) CreateTask(ctx context.Context, r *factoryv1.CreateTaskRequest) (*factoryv1.CreateTaskResponse, error) {
+	tasks, err := s.q.Create(ctx, []*store.TaskCreate{createFromProto(r)})
+	if err != nil {
+		return nil, s.err(ctx, err)
+	}
+	return &factoryv1.CreateTaskResponse{Task: taskToProto(tasks[0])}, nil
+}
+
+func (s *queueServer) CreateTasks(ctx context.Context, r *factoryv1.CreateTasksRequest) (*factoryv1.CreateTasksResponse, error) {
+	in := make([]*store.TaskCreate, len(r.GetTasks()))
+	for i, t := range r.GetTasks() {
+		in[i] = createFromProto(t)
+	}
+	tasks, err := s.q.Create(ctx, in)
+	if err != nil {
+		return nil, s.err(ctx, err)
+	}
+	return &factoryv1.CreateTasksResponse{Tasks: tasksToProto(tasks)}, nil
+}
+
+func (s *queueServer) GetTask(ctx context.Context, r *factoryv1.GetTaskRequest) (*factoryv1.GetTaskResponse, error) {
+	t, err := s.q.Get(ctx, r.GetTaskId())
+	if err != nil {
+		return nil, s.err(ctx, err)
+	}
+	return &factoryv1.GetTaskResponse{Task: taskToProto(t)}, nil
+}
+
+func (s *queueServer) ListTasks(ctx context.Context, r *factoryv1.ListTasksRequest) (*factoryv1.ListTasksResponse, error) {
+	res, err := s.q.List(ctx, queue.ListParams{
+		States: statesFromProto(r.GetStates()), Role: r.GetRole(), Assignee: r.GetAssignee(),
+		Labels: r.GetLabels(), PageSize: int(r.GetPageSize()), PageToken: r.GetPageToken(),
+	})
+	if err != nil {
+		return nil, s.err(ctx, err)
+	}
+	return &factoryv1.ListTasksResponse{Tasks: tasksToProto(res.Tasks), NextPageToken: res.NextCursor}, nil
+}
+
+func (s *queueServer) ClaimTask(ctx context.Context, r *factoryv1.ClaimTaskRequest) (*factoryv1.ClaimTaskResponse, error) {
+	tasks, err := s.q.Claim(ctx, queue.ClaimParams{
+		Agent: r.GetAgent(), Roles: r.GetRoles(), Wait: durationOf(r.GetWait()),
+		MaxTasks: int(r.GetMaxTasks()), LeaseDuration: durationOf(r.GetLeaseDuration()),
+	})
+	if err != nil {
+		return nil, s.err(ctx, err)
+	}
+	return &factoryv1.ClaimTaskResponse{Tasks: tasksToProto(tasks)}, nil
+}
+
+func (s *queueServer) RenewLease(ctx context.Context, r *factoryv1.RenewLeaseRequest) (*factoryv1.RenewLeaseResponse, error) {
+	ref := store.LeaseRef{TaskID: r.GetTaskId(), Agent: r.GetAgent(), FencingToken: r.GetFencingToken()}
+	t, err := s.q.Renew(ctx, ref, durationOf(r.GetLeaseDuration()), r.GetProgress())
+	if err != nil {
+		return nil, s.err(ctx, err)
+	}
+	return &factoryv1.RenewLeaseResponse{Task: taskToProto(t)}, nil
+}
+
+func completeItem(r *factoryv1.CompleteTaskRequest) store.TaskCompleteItem {
+	return store.TaskCompleteItem{
+		Lease:  store.LeaseRef{TaskID: r.GetTaskId(), Agent: r.GetAgent(), FencingToken: r.GetFencingToken()},
+		Review: r.GetReview(),
+		Note:   r.GetNote(),
+	}
+}
+
+func (s *queueServer) CompleteTask(ctx context.Context, r *factoryv1.CompleteTaskRequest) (*factoryv1.CompleteTaskResponse, error) {
+	res, err := s.q.Complete(ctx, []store.TaskCompleteItem{completeItem(r)})
+	if err != nil {
+		return nil, s.err(ctx, err)
+	}
+	if res[0].Err != nil {
+		return nil, s.err(ctx, res[0].Err)
+	}
+	return &factoryv1.CompleteTaskResponse{Task: taskToProto(res[0].Task)}, nil
+}
+
+func (s *queueServer) CompleteTasks(ctx context.Context, r *factoryv1.CompleteTasksRequest) (*factoryv1.CompleteTasksResponse, error) {
+	items := make([]store.TaskCompleteItem, len(r.GetItems()))
+	for i, it := range r.GetItems() {
+		items[i] = completeItem(it)
+	}
+	res, err := s.q.Complete(ctx, items)
+	if err != nil {
+		return nil, s.err(ctx, err)
+	}
+	out := &factoryv1.CompleteTasksResponse{Results: make([]*factoryv1.CompleteTaskResult, len(res))}
+	for i, r := range res {
+		item := &factoryv1.CompleteTaskResult{TaskId: items[i].Lease.TaskID, Task: taskToProto(r.Task)}
+		if r.Err != nil {
+			st := status.Convert(s.err(ctx, r.Err))
+			item.ErrorCode, item.ErrorMessage = codeName(st.Code()), st.Message()
+		}
+		out.Results[i] = item
+	}
+	return out, nil
+}
+
+// codeName renders a code as the API's constant name, e.g. FAILED_PRECONDITION.
+func codeName(c codes.Code) string {
+	names := map[codes.Code]string{
+		codes.InvalidArgument: "INVALID_ARGUMENT", codes.NotFound: "NOT_FOUND", codes.AlreadyExists: "ALREADY_EXISTS",
+		codes.FailedPrecondition: "FAILED_PRECONDITION", codes.PermissionDenied: "PERMISSION_DENIED",
+		codes.ResourceExhausted: "RESOURCE_EXHAUSTED", codes.Unavailable: "UNAVAILABLE", codes.Internal: "INTERNAL",
+	}
+	if n, ok := names[c]; ok {
+		return n
+	}
+	return c.String()
+}
+
+func (s *queueServer) FailTask(ctx context.Context, r *factoryv1.FailTaskRequest) (*factoryv1.FailTaskResponse, error) {
+	ref := store.LeaseRef{TaskID: r.GetTaskId(), Agent: r.GetAgent(), FencingToken: r.GetFencingToken()}
+	t, err := s.q.Fail(ctx, ref, r.GetError(), r.GetPermanent())
+	if err != nil {
+		return nil, s.err(ctx, err)
+	}
+	return &factoryv1.FailTaskResponse{Task: taskToProto(t)}, nil
+}
+
+func (s *queueServer) MoveTask(ctx context.Context, r *factoryv1.MoveTaskRequest) (*factoryv1.MoveTaskResponse, error) {
+	t, err := s.q.Move(ctx, r.GetTaskId(), store.TaskState(r.GetTo()), r.GetReason())
+	if err != nil {
+		return nil, s.err(ctx, err)
+	}
+	return &factoryv1.MoveTaskResponse{Task: taskToProto(t)}, nil
+}
+
+func (s *queueServer) SetPriority(ctx context.Context, r *factoryv1.SetPriorityRequest) (*factoryv1.SetPriorityResponse, error) {
+	t, err := s.q.SetPriority(ctx, r.GetTaskId(), r.GetPriority())
+	if err != nil {
+		return nil, s.err(ctx, err)
+	}
+	return &factoryv1.SetPriorityResponse{Task: taskToProto(t)}, nil
+}
+
+func (s *queueServer) PauseQueue(ctx context.Context, r *factoryv1.PauseQueueRequest) (*factoryv1.PauseQueueResponse, error) {
+	n, err := s.q.Pause(ctx, r.GetReason())
+	if err != nil {
+		return nil, s.err(ctx, err)
+	}
+	return &factoryv1.PauseQueueResponse{Paused: int32(n)}, nil
+}
+
+func (s *queueServer) ResumeQueue(ctx context.Context, _ *factoryv1.ResumeQueueRequest) (*factoryv1.ResumeQueueResponse, error) {
+	n, err := s.q.Resume(ctx)
+	if err != nil {
+		return nil, s.err(ctx, err)
+	}
+	return &factoryv1.ResumeQueueResponse{Resumed: int32(n)}, nil
+}
+
+func (s *queueServer) RequeueStuck(ctx context.Context, r *factoryv1.RequeueStuckRequest) (*factoryv1.RequeueStuckResponse, error) {
+	if r.GetOlderThan() == nil {
+		return nil, s.err(ctx, store.InvalidField("older_than", "is required, e.g. 2h"))
+	}
+	tasks, err := s.q.RequeueStuck(ctx, durationOf(r.GetOlderThan()), r.GetDryRun())
+	if err != nil {
+		return nil, s.err(ctx, err)
+	}
+	return &factoryv1.RequeueStuckResponse{Tasks: tasksToProto(tasks)}, nil
+}
+
+func (s *queueServer) GetQueueStats(ctx context.Context, _ *factoryv1.GetQueueStatsRequest) (*factoryv1.GetQueueStatsResponse, error) {
+	st, now, err := s.q.Stats(ctx)
+	if err != nil {
+		return nil, s.err(ctx, err)
+	}
+	out := &factoryv1.GetQueueStatsResponse{Retrying: st.Retrying, Paused: st.Paused, PauseReason: st.PauseReason}
+	for _, state := range store.AllStates {
+		out.Counts = append(out.Counts, &factoryv1.StateCount{State: factoryv1.TaskState(state), Count: st.Counts[state]})
+	}
+	if !st.OldestReadySince.IsZero() {
+		out.OldestReadyAge = durationpb.New(max(now.Sub(st.OldestReadySince), 0))
+	}
+	if !st.OldestClaimedAt.IsZero() {
+		out.OldestInProgressAge = durationpb.New(max(now.Sub(st.OldestClaimedAt), 0))
+	}
+	return out, nil
+}
+
+func (s *queueServer) WatchTasks(r *factoryv1.WatchTasksRequest, stream grpc.ServerStreamingServer[factoryv1.WatchTasksResponse]) error {
+	ctx := stream.Context()
+	states := statesFromProto(r.GetStates())
+	for i, st := range states {
+		if !st.Valid() {
+			return s.err(ctx, store.InvalidField(fmt.Sprintf("states[%d]", i), "unknown state %d", st))
+		}
+	}
+	filter := queue.Filter{States: states, Role: r.GetRole(), TaskIDs: r.GetTaskIds()}
+	// Subscribe before the snapshot: a change racing the snapshot then shows
+	// up twice (harmless, events carry the whole task) rather than never.
+	sub := s.q.Subscribe(filter)
+	defer sub.Close()
+	if !r.GetChangesOnly() {
+		if err := s.sendSnapshot(ctx, stream, filter); err != nil {
+			return err
+		}
+	}
+	for {
+		select {
+		case e, ok := <-sub.C:
+			if !ok {
+				return status.Error(codes.Unavailable, sub.Err().Error())
+			}
+			if err := stream.Send(&factoryv1.WatchTasksResponse{
+				Type: eventType(e.Type), Task: taskToProto(e.Task),
+				PreviousState: factoryv1.TaskState(e.PreviousState), Time: timestamppb.New(e.Time),
+			}); err != nil {
+				return err
+			}
+		case <-ctx.Done():
+			return nil
+		case <-s.stopping:
+			return status.Error(codes.Unavailable, "control plane is shutting down; watch again")
+		}
+	}
+}
+
+func (s *queueServer) sendSnapshot(ctx context.Context, stream grpc.ServerStreamingServer[factoryv1.WatchTasksResponse], f queue.Filter) error {
+	token := ""
+	for {
+		page, err := s.q.List(ctx, queue.ListParams{States: f.States, Role: f.Role, IDs: f.TaskIDs, PageSize: queue.MaxPageSize, PageToken: token})
+		if err != nil {
+			return s.err(ctx, err)
+		}
+		for _, t := range page.Tasks {
+			if !f.Match(t) {
+				continue
+			}
+			if err := stream.Send(&factoryv1.WatchTasksResponse{Type: factoryv1.TaskEventType_TASK_EVENT_TYPE_SNAPSHOT, Task: taskToProto(t), Time: ts(t.UpdatedAt)}); err != nil {
+				return err
+			}
+		}
+		if token = page.NextCursor; token == "" {
+			break
+		}
+	}
+	return stream.Send(&factoryv1.WatchTasksResponse{Type: factoryv1.TaskEventType_TASK_EVENT_TYPE_SYNCED, Time: timestamppb.Now()})
+}
+
+func eventType(t queue.EventType) factoryv1.TaskEventType {
+	switch t {
+	case queue.EventCreated:
+		return factoryv1.TaskEventType_TASK_EVENT_TYPE_CREATED
+	case queue.EventStateChanged:
+		return factoryv1.TaskEventType_TASK_EVENT_TYPE_STATE_CHANGED
+	default:
+		return factoryv1.TaskEventType_TASK_EVENT_TYPE_UPDATED
+	}
+}

@@ -1,0 +1,135 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// WithTracing wraps s so that every call is a span named "store.<Method>"
+// under the caller's span, tagged with the driver's name (db.system).
+func WithTracing(s Store, tp trace.TracerProvider, system string) Store {
+	return &traced{s: s, tracer: tp.Tracer("github.com/factory/factory/controlplane/store"), system: attribute.String("db.system.name", system)}
+}
+
+type traced struct {
+	s      Store
+	tracer trace.Tracer
+	system attribute.KeyValue
+}
+
+func (t *traced) start(ctx context.Context, name string) (context.Context, trace.Span) {
+	return t.tracer.Start(ctx, "store."+name, trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(t.system))
+}
+
+// end records err on the span. Expected domain outcomes (not found, a stale
+// lease, a refused move) are answers, not faults, so they don't mark the span
+// as an error.
+func end(span trace.Span, err error) {
+	if err != nil {
+		span.RecordError(err)
+		if !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrStaleLease) && !errors.Is(err, ErrIllegalTransition) &&
+			!errors.Is(err, ErrInvalidArgument) && !errors.Is(err, ErrAlreadyExists) {
+			span.SetStatus(codes.Error, err.Error())
+		}
+	}
+	span.End()
+}
+
+func (t *traced) TaskCreate(ctx context.Context, p *TaskCreateParams) (_ []TaskChange, err error) {
+	ctx, span := t.start(ctx, "TaskCreate")
+	defer func() { end(span, err) }()
+	span.SetAttributes(attribute.Int("factory.tasks", len(p.Tasks)))
+	return t.s.TaskCreate(ctx, p)
+}
+
+func (t *traced) TaskGet(ctx context.Context, id string) (_ *Task, err error) {
+	ctx, span := t.start(ctx, "TaskGet")
+	defer func() { end(span, err) }()
+	return t.s.TaskGet(ctx, id)
+}
+
+func (t *traced) TaskList(ctx context.Context, p *TaskListParams) (_ *TaskListResult, err error) {
+	ctx, span := t.start(ctx, "TaskList")
+	defer func() { end(span, err) }()
+	return t.s.TaskList(ctx, p)
+}
+
+func (t *traced) TaskClaim(ctx context.Context, p *TaskClaimParams) (_ []TaskChange, err error) {
+	ctx, span := t.start(ctx, "TaskClaim")
+	defer func() { end(span, err) }()
+	return t.s.TaskClaim(ctx, p)
+}
+
+func (t *traced) TaskNextRunAfter(ctx context.Context, now time.Time) (_ time.Time, _ bool, err error) {
+	ctx, span := t.start(ctx, "TaskNextRunAfter")
+	defer func() { end(span, err) }()
+	return t.s.TaskNextRunAfter(ctx, now)
+}
+
+func (t *traced) TaskRenew(ctx context.Context, p *TaskRenewParams) (_ *Task, err error) {
+	ctx, span := t.start(ctx, "TaskRenew")
+	defer func() { end(span, err) }()
+	return t.s.TaskRenew(ctx, p)
+}
+
+func (t *traced) TaskComplete(ctx context.Context, p *TaskCompleteParams) (_ *TaskCompleteResult, err error) {
+	ctx, span := t.start(ctx, "TaskComplete")
+	defer func() { end(span, err) }()
+	span.SetAttributes(attribute.Int("factory.tasks", len(p.Items)))
+	return t.s.TaskComplete(ctx, p)
+}
+
+func (t *traced) TaskFail(ctx context.Context, p *TaskFailParams) (_ []TaskChange, err error) {
+	ctx, span := t.start(ctx, "TaskFail")
+	defer func() { end(span, err) }()
+	return t.s.TaskFail(ctx, p)
+}
+
+func (t *traced) TaskMove(ctx context.Context, p *TaskMoveParams) (_ []TaskChange, err error) {
+	ctx, span := t.start(ctx, "TaskMove")
+	defer func() { end(span, err) }()
+	return t.s.TaskMove(ctx, p)
+}
+
+func (t *traced) TaskSetPriority(ctx context.Context, p *TaskSetPriorityParams) (_ *Task, err error) {
+	ctx, span := t.start(ctx, "TaskSetPriority")
+	defer func() { end(span, err) }()
+	return t.s.TaskSetPriority(ctx, p)
+}
+
+func (t *traced) TaskRescueExpired(ctx context.Context, p *TaskRescueExpiredParams) (_ []TaskChange, err error) {
+	ctx, span := t.start(ctx, "TaskRescueExpired")
+	defer func() { end(span, err) }()
+	return t.s.TaskRescueExpired(ctx, p)
+}
+
+func (t *traced) TaskRequeueStuck(ctx context.Context, p *TaskRequeueStuckParams) (_ []TaskChange, err error) {
+	ctx, span := t.start(ctx, "TaskRequeueStuck")
+	defer func() { end(span, err) }()
+	return t.s.TaskRequeueStuck(ctx, p)
+}
+
+func (t *traced) QueuePause(ctx context.Context, p *QueuePauseParams) (_ []TaskChange, err error) {
+	ctx, span := t.start(ctx, "QueuePause")
+	defer func() { end(span, err) }()
+	return t.s.QueuePause(ctx, p)
+}
+
+func (t *traced) QueueResume(ctx context.Context, p *QueueResumeParams) (_ []TaskChange, err error) {
+	ctx, span := t.start(ctx, "QueueResume")
+	defer func() { end(span, err) }()
+	return t.s.QueueResume(ctx, p)
+}
+
+func (t *traced) QueueStats(ctx context.Context) (_ *QueueStats, err error) {
+	ctx, span := t.start(ctx, "QueueStats")
+	defer func() { end(span, err) }()
+	return t.s.QueueStats(ctx)
+}
+
+func (t *traced) Close() error { return t.s.Close() }

@@ -1,0 +1,95 @@
+// Command factory-sidecar runs next to an agent workspace or inference host.
+// For now it watches the control plane's health; the collectors (GPU, disk,
+// probes, spend) and the fleet stream join it as the fleet service lands.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/factory/factory/controlplane/telemetry"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:]); err != nil && !errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintln(os.Stderr, "factory-sidecar:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("factory-sidecar", flag.ContinueOnError)
+	addr := fs.String("addr", envOr("FACTORY_ADDR", "127.0.0.1:7420"), "control plane address (FACTORY_ADDR)")
+	interval := fs.Duration("interval", 10*time.Second, "how often to check the control plane")
+	once := fs.Bool("once", false, "check once and exit: status 0 when the control plane serves")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	log := telemetry.NewLogger(os.Stderr, slog.LevelInfo)
+	tp, shutdown, err := telemetry.Setup(ctx, "factory-sidecar")
+	if err != nil {
+		return err
+	}
+	defer shutdown(context.WithoutCancel(ctx))
+	conn, err := grpc.NewClient(*addr,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithStatsHandler(otelgrpc.NewClientHandler(otelgrpc.WithTracerProvider(tp))))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	health := healthpb.NewHealthClient(conn)
+	check := func() error {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		res, err := health.Check(cctx, &healthpb.HealthCheckRequest{})
+		if err != nil {
+			return err
+		}
+		if res.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+			return fmt.Errorf("control plane at %s is %s", *addr, res.GetStatus())
+		}
+		return nil
+	}
+	if *once {
+		return check()
+	}
+	t := time.NewTicker(*interval)
+	defer t.Stop()
+	healthy := true
+	for {
+		if err := check(); err != nil && ctx.Err() == nil {
+			log.Warn("control plane unreachable", "addr", *addr, "err", err)
+			healthy = false
+		} else if !healthy {
+			log.Info("control plane reachable again", "addr", *addr)
+			healthy = true
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
