@@ -101,6 +101,12 @@ func (h *hub) remove(s *Subscription, err error) {
 	close(s.c)
 }
 
+func (h *hub) hasSubscribers() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.subs) > 0
+}
+
 func (h *hub) publish(events []Event) {
 	h.mu.Lock()
 	defer h.mu.Unlock()

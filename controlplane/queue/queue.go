@@ -646,9 +646,17 @@ func (s *Service) publish(changes []store.TaskChange) {
 	if len(changes) == 0 {
 		return
 	}
-	now := s.clock.Now()
+	for _, c := range changes {
+		if c.Task.State == store.StateReady && c.PreviousState != store.StateReady {
+			s.ready.notify()
+			break
+		}
+	}
+	s.events.publish(eventsOf(changes, s.clock.Now()))
+}
+
+func eventsOf(changes []store.TaskChange, now time.Time) []Event {
 	events := make([]Event, len(changes))
-	woke := false
 	for i, c := range changes {
 		e := Event{Type: EventUpdated, Task: c.Task, PreviousState: c.PreviousState, Time: now}
 		switch {
@@ -657,15 +665,9 @@ func (s *Service) publish(changes []store.TaskChange) {
 		case c.PreviousState != c.Task.State:
 			e.Type = EventStateChanged
 		}
-		if c.Task.State == store.StateReady && c.PreviousState != store.StateReady {
-			woke = true
-		}
 		events[i] = e
 	}
-	if woke {
-		s.ready.notify()
-	}
-	s.events.publish(events)
+	return events
 }
 
 func tasksOf(changes []store.TaskChange) []*store.Task {

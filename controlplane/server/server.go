@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
@@ -28,7 +27,6 @@ import (
 
 	"github.com/factory/factory/controlplane/queue"
 	"github.com/factory/factory/controlplane/store"
-	"github.com/factory/factory/controlplane/store/sqlite"
 	factoryv1 "github.com/factory/factory/gen/factory/v1"
 )
 
@@ -38,6 +36,9 @@ type Config struct {
 	Listen string
 	// DataDir holds the SQLite database.
 	DataDir string
+	// Store selects the store: empty or "sqlite" (DataDir/factory.db),
+	// "sqlite:PATH", or a postgres:// URL for replicas sharing a database.
+	Store string
 	// ShutdownTimeout bounds the graceful stop; calls still running after
 	// it are cut off.
 	ShutdownTimeout time.Duration
@@ -75,15 +76,14 @@ func (c Config) WithDefaults() Config {
 func Run(ctx context.Context, cfg Config) error {
 	cfg = cfg.WithDefaults()
 	log := cfg.Logger
-	dbPath := filepath.Join(cfg.DataDir, "factory.db")
-	sq, err := sqlite.Open(ctx, sqlite.Config{Path: dbPath, Logger: log})
+	raw, driver, where, err := openStore(ctx, cfg)
 	if err != nil {
-		return fmt.Errorf("open store %s: %w", dbPath, err)
+		return fmt.Errorf("open store: %w", err)
 	}
-	defer sq.Close()
+	defer raw.Close()
 
 	qcfg := cfg.Queue
-	qcfg.Store = store.WithTracing(sq, cfg.TracerProvider, "sqlite")
+	qcfg.Store = store.WithTracing(raw, cfg.TracerProvider, driver)
 	qcfg.Logger = log
 	q, err := queue.New(qcfg)
 	if err != nil {
@@ -97,8 +97,7 @@ func Run(ctx context.Context, cfg Config) error {
 	stopping := make(chan struct{})
 	srv, healthSrv := NewGRPCServer(Services{Queue: q}, log, cfg.TracerProvider, stopping)
 
-	abs, _ := filepath.Abs(dbPath)
-	log.InfoContext(ctx, "listening", "addr", lis.Addr().String(), "store", "sqlite", "db", abs, "pid", os.Getpid())
+	log.InfoContext(ctx, "listening", "addr", lis.Addr().String(), "store", driver, "db", where, "pid", os.Getpid())
 	if cfg.OnListening != nil {
 		cfg.OnListening(lis.Addr())
 	}
@@ -110,7 +109,22 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		return nil
 	})
-	g.Go(func() error { return q.RunSweeper(gctx) })
+	// With replicas sharing a database, one of them sweeps and every one of
+	// them hears the others' changes.
+	if el, ok := raw.(store.Elector); ok {
+		g.Go(func() error { return el.RunElected(gctx, "sweeper", q.RunSweeper) })
+	} else {
+		g.Go(func() error { return q.RunSweeper(gctx) })
+	}
+	if feed, ok := raw.(store.ChangeFeed); ok {
+		g.Go(func() error {
+			return feed.ListenChanges(gctx, func(b store.ChangeBatch) {
+				if err := q.ApplyRemote(gctx, b); err != nil && gctx.Err() == nil {
+					log.WarnContext(gctx, "applying other replicas' changes failed", "err", err)
+				}
+			})
+		})
+	}
 	g.Go(func() error {
 		<-gctx.Done()
 		log.Info("shutting down", "grace", cfg.ShutdownTimeout.String())

@@ -276,7 +276,7 @@ func TestLeaseLifecycleOverGRPC(t *testing.T) {
 	if first.GetLease().GetHolder() != "scout" || first.GetAttempt() != 1 {
 		t.Fatalf("lease: %v", first)
 	}
-	if _, err := b.client.RenewLease(ctx, &factoryv1.RenewLeaseRequest{TaskId: task.GetId(), Agent: "scout", FencingToken: first.GetLease().GetToken(), Progress: "halfway"}); err != nil {
+	if _, err := b.client.RenewLease(ctx, &factoryv1.RenewLeaseRequest{TaskId: task.GetId(), Agent: "scout", FencingToken: first.GetLease().GetToken(), Progress: "halfway", LeaseDuration: durationpb.New(time.Minute)}); err != nil {
 		t.Fatal(err)
 	}
 

@@ -18,6 +18,7 @@ import (
 type fileConfig struct {
 	Listen          string        `yaml:"listen"`
 	DataDir         string        `yaml:"data_dir"`
+	Store           string        `yaml:"store"`
 	LogLevel        string        `yaml:"log_level"`
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
 	DefaultLease    time.Duration `yaml:"default_lease"`
@@ -64,6 +65,7 @@ Flags:
 	configPath := fs.String("config", getenv("FACTORY_CONFIG"), "YAML config file")
 	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "gRPC listen address (port 0 picks one)")
 	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory for the SQLite database")
+	fs.StringVar(&cfg.Store, "store", cfg.Store, "store: sqlite (DATA_DIR/factory.db), sqlite:PATH, or a postgres:// URL for replicas")
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long running calls get to finish at shutdown")
 	fs.DurationVar(&cfg.DefaultLease, "default-lease", cfg.DefaultLease, "lease length when a claim names none")
@@ -123,6 +125,8 @@ func fieldString(c fileConfig, flagName string) string {
 		return c.Listen
 	case "data-dir":
 		return c.DataDir
+	case "store":
+		return c.Store
 	case "log-level":
 		return c.LogLevel
 	case "shutdown-timeout":

@@ -49,6 +49,7 @@ func run(ctx context.Context, args []string) error {
 	return server.Run(ctx, server.Config{
 		Listen:          cfg.Listen,
 		DataDir:         cfg.DataDir,
+		Store:           cfg.Store,
 		ShutdownTimeout: cfg.ShutdownTimeout,
 		Queue:           cfg.queueConfig(),
 		Logger:          log,
