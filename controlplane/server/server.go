@@ -27,6 +27,7 @@ import (
 
 	"github.com/factory/factory/controlplane/queue"
 	"github.com/factory/factory/controlplane/store"
+	"github.com/factory/factory/controlplane/telemetry"
 	factoryv1 "github.com/factory/factory/gen/factory/v1"
 )
 
@@ -187,7 +188,7 @@ func NewGRPCServer(svc Services, log *slog.Logger, tp trace.TracerProvider, stop
 		log.Log(ctx, slog.Level(lvl), msg, fields...)
 	})
 	srv := grpc.NewServer(
-		grpc.StatsHandler(otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(tp))),
+		grpc.StatsHandler(otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(tp), otelgrpc.WithPropagators(telemetry.Propagator()))),
 		grpc.ChainUnaryInterceptor(
 			recovery.UnaryServerInterceptor(recoverOpt),
 			logging.UnaryServerInterceptor(logger, logOpts...),

@@ -39,11 +39,18 @@ func Enabled() bool {
 	return os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != "" || os.Getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") != ""
 }
 
+// Propagator is W3C trace context plus baggage. Clients and servers name it
+// explicitly, so a trace crosses the wire even where the global propagator
+// was never set (tests, embedded use).
+func Propagator() propagation.TextMapPropagator {
+	return propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{})
+}
+
 // Setup returns the tracer provider for service and a shutdown that flushes
 // it. With no exporter configured it returns a no-op provider. It also
 // installs the W3C trace-context propagator globally.
 func Setup(ctx context.Context, service string) (trace.TracerProvider, func(context.Context) error, error) {
-	otel.SetTextMapPropagator(propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}))
+	otel.SetTextMapPropagator(Propagator())
 	if !Enabled() {
 		return noop.NewTracerProvider(), func(context.Context) error { return nil }, nil
 	}
