@@ -36,8 +36,11 @@ test:
 test-short:
 	$(GO) test -short ./...
 
+# Go code into gen/, and the documented descriptor set that reflection serves
+# (so `grpcurl describe` shows the API's comments).
 generate:
 	$(BUF) generate
+	$(BUF) build --as-file-descriptor-set -o controlplane/server/api.binpb
 
 lint:
 	$(BUF) lint

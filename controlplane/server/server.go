@@ -22,7 +22,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
 	"github.com/factory/factory/controlplane/queue"
@@ -202,6 +201,6 @@ func NewGRPCServer(svc Services, log *slog.Logger, tp trace.TracerProvider, stop
 	healthSrv := health.NewServer()
 	healthpb.RegisterHealthServer(srv, healthSrv)
 	healthSrv.SetServingStatus(factoryv1.QueueService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
-	reflection.Register(srv)
+	registerReflection(srv)
 	return srv, healthSrv
 }

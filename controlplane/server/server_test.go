@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -18,6 +19,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
+	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/factory/factory/controlplane/queue"
@@ -469,5 +471,27 @@ func TestRunRestartKeepsTasksAndLeases(t *testing.T) {
 	}
 	if _, err := client.CompleteTask(ctx, &factoryv1.CompleteTaskRequest{TaskId: created.GetTask().GetId(), Agent: "forge", FencingToken: lease.GetToken()}); err != nil {
 		t.Fatalf("complete after restart: %v", err)
+	}
+}
+
+func TestReflectionServesDocumentedAPI(t *testing.T) {
+	files, err := apiFiles()
+	if err != nil {
+		t.Fatal(err)
+	}
+	desc, err := files.FindDescriptorByName("factory.v1.QueueService.ClaimTask")
+	if err != nil {
+		t.Fatal(err)
+	}
+	loc := desc.ParentFile().SourceLocations().ByDescriptor(desc)
+	if !strings.Contains(loc.LeadingComments, "fencing token") {
+		t.Fatalf("ClaimTask's doc comment is missing from the served descriptors: %q", loc.LeadingComments)
+	}
+	// Every service in the compiled-in API is in the documented set: a stale
+	// api.binpb would fail here.
+	for _, name := range []string{factoryv1.QueueService_ServiceDesc.ServiceName} {
+		if _, err := files.FindDescriptorByName(protoreflect.FullName(name)); err != nil {
+			t.Errorf("%s missing from api.binpb: run make generate", name)
+		}
 	}
 }
