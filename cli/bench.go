@@ -1,0 +1,549 @@
+package cli
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	factoryv1 "github.com/factory/factory/gen/factory/v1"
+)
+
+// benchConfig is what `bench queue` was asked to do.
+type benchConfig struct {
+	agents        int
+	tasks         int
+	batch         int
+	probes        int
+	probeInterval time.Duration
+	conns         int
+}
+
+// latencySummary is a latency distribution in milliseconds.
+type latencySummary struct {
+	Count int     `json:"count"`
+	P50ms float64 `json:"p50_ms"`
+	P99ms float64 `json:"p99_ms"`
+	Maxms float64 `json:"max_ms"`
+}
+
+// benchResult is what `bench queue -o json` prints.
+type benchResult struct {
+	Run            string         `json:"run"`
+	Role           string         `json:"role"`
+	Agents         int            `json:"agents"`
+	Tasks          int            `json:"tasks"`
+	Batch          int            `json:"batch"`
+	Connections    int            `json:"connections"`
+	CreateSeconds  float64        `json:"create_seconds"`
+	CycleSeconds   float64        `json:"cycle_seconds"`
+	CyclesPerSec   float64        `json:"cycles_per_second"`
+	EmptyClaims    int64          `json:"empty_claims"`
+	ClaimLatency   latencySummary `json:"claim_latency"`
+	WakeupLatency  latencySummary `json:"wakeup_latency"`
+	CompleteErrors int64          `json:"complete_errors"`
+}
+
+func newBenchCommand(a *app) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "Measure a running control plane",
+		Long: `Bench commands load a running control plane over real gRPC and report
+throughput and latency. They create their own tasks under a role no real
+agent has, so they never take or disturb real work, and they finish every
+task they create.`,
+		Example: `  factory bench queue --agents 8 --tasks 5000`,
+	}
+	cmd.AddCommand(newBenchQueueCommand(a))
+	return cmd
+}
+
+func newBenchQueueCommand(a *app) *cobra.Command {
+	cfg := benchConfig{}
+	cmd := &cobra.Command{
+		Use:   "queue --agents N --tasks M [--batch K] [--wait-probes P]",
+		Short: "Benchmark claim/complete throughput and wake-up latency",
+		Long: `Bench queue runs two phases against the control plane at --addr.
+
+Throughput: it creates M tasks (CreateTasks, 1000 per call) under a role
+unique to this run ("bench-<random>"), then runs N simulated agents at
+once. Each agent loops ClaimTask (up to K tasks) then CompleteTask (K=1) or
+CompleteTasks (K>1) until all M tasks are DONE. It reports cycles/s
+(completed tasks per second of this phase) and ClaimTask latency p50/p99.
+
+Wake-up: P agents wait in ClaimTask (wait 10s) on the empty queue while
+the bench creates P tasks one at a time, --probe-interval apart. Wake-up
+latency runs from just before CreateTask until the waiting agent holds the
+task: the push path from commit to claimer, which a polling queue cannot
+do well.
+
+Progress goes to standard error; the figures to standard output (-o json
+for a JSON object). The queue must not be paused.`,
+		Example: `  factory bench queue --agents 8 --tasks 5000
+  factory bench queue --agents 32 --tasks 20000 --batch 10 --wait-probes 50 -o json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			switch {
+			case cfg.agents < 1:
+				return usageErrorf("--agents must be at least 1")
+			case cfg.tasks < 1:
+				return usageErrorf("--tasks must be at least 1")
+			case cfg.batch < 1 || cfg.batch > 100:
+				return usageErrorf("--batch must be 1 to 100")
+			case cfg.probes < 0:
+				return usageErrorf("--wait-probes must not be negative")
+			case cfg.conns < 0:
+				return usageErrorf("--conns must not be negative")
+			}
+			if cfg.conns == 0 {
+				// gRPC servers allow about 100 concurrent streams per
+				// connection; stay well under so agents never queue client-side.
+				cfg.conns = max(1, (cfg.agents+cfg.probes+49)/50)
+			}
+			return a.runBench(cmd, cfg)
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&cfg.agents, "agents", 4, "simulated agents claiming at once")
+	f.IntVar(&cfg.tasks, "tasks", 1000, "tasks to create and complete")
+	f.IntVar(&cfg.batch, "batch", 1, "tasks per claim (max_tasks); above 1, completions go through CompleteTasks")
+	f.IntVar(&cfg.probes, "wait-probes", 20, "waiting agents (and tasks) in the wake-up phase; 0 skips it")
+	f.DurationVar(&cfg.probeInterval, "probe-interval", 100*time.Millisecond, "pause between wake-up tasks")
+	f.IntVar(&cfg.conns, "conns", 0, "gRPC connections to share among agents (0: one per 50 agents)")
+	return cmd
+}
+
+func (a *app) runBench(cmd *cobra.Command, cfg benchConfig) (err error) {
+	ctx, span := a.opts.TracerProvider.Tracer("github.com/factory/factory/cli").Start(cmd.Context(), spanName(cmd))
+	defer span.End()
+
+	clients := make([]factoryv1.QueueServiceClient, cfg.conns)
+	for i := range clients {
+		conn, err := a.dial()
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		clients[i] = factoryv1.NewQueueServiceClient(conn)
+	}
+	q := clients[0]
+
+	stats, err := q.GetQueueStats(ctx, &factoryv1.GetQueueStatsRequest{})
+	if err != nil {
+		return err
+	}
+	if stats.GetPaused() {
+		return errors.New("the queue is paused: bench tasks would never be claimable; resume it or bench another control plane")
+	}
+
+	if n, err := countRolelessReady(ctx, q); err != nil {
+		return err
+	} else if n > 0 {
+		return fmt.Errorf("%d READY task(s) have no role, and any agent, a bench agent too, may claim those; give them a role or bench another control plane", n)
+	}
+
+	run := "bench-" + randomHex(6)
+	res := benchResult{Run: run, Role: run, Agents: cfg.agents, Tasks: cfg.tasks, Batch: cfg.batch, Connections: cfg.conns}
+	progress := a.stderr()
+	fmt.Fprintf(progress, "bench %s: %d agents, %d tasks, batch %d, %d connection(s)\n", run, cfg.agents, cfg.tasks, cfg.batch, cfg.conns)
+
+	// Whatever happens, leave no bench task claimable by anyone.
+	defer func() {
+		if err != nil {
+			cleanupBench(q, run, a.stderr())
+		}
+	}()
+
+	start := time.Now()
+	if err = createBenchTasks(ctx, q, run, cfg.tasks); err != nil {
+		return err
+	}
+	res.CreateSeconds = time.Since(start).Seconds()
+	fmt.Fprintf(progress, "created %d tasks in %.2fs\n", cfg.tasks, res.CreateSeconds)
+
+	var claimLat []time.Duration
+	claimLat, res.CycleSeconds, res.EmptyClaims, res.CompleteErrors, err = runBenchAgents(ctx, clients, run, cfg, a.timeout, progress)
+	if err != nil {
+		return err
+	}
+	res.CyclesPerSec = float64(cfg.tasks) / res.CycleSeconds
+	res.ClaimLatency = summarize(claimLat)
+
+	if cfg.probes > 0 {
+		fmt.Fprintf(progress, "wake-up phase: %d waiting agents\n", cfg.probes)
+		var wake []time.Duration
+		if wake, err = runWakeProbes(ctx, clients, run, cfg, a.timeout); err != nil {
+			return err
+		}
+		res.WakeupLatency = summarize(wake)
+	}
+
+	if a.jsonOutput() {
+		return writeJSON(a.stdout(), res)
+	}
+	tw := newTable(a.stdout())
+	fmt.Fprintf(tw, "run\t%s (%d agents, %d tasks, batch %d, %d connection(s))\n", run, cfg.agents, cfg.tasks, cfg.batch, cfg.conns)
+	fmt.Fprintf(tw, "create\t%.2fs (%.0f tasks/s)\n", res.CreateSeconds, float64(cfg.tasks)/res.CreateSeconds)
+	fmt.Fprintf(tw, "cycles/s\t%.1f (claim+complete of %d tasks in %.2fs)\n", res.CyclesPerSec, cfg.tasks, res.CycleSeconds)
+	fmt.Fprintf(tw, "claim latency\tp50 %.2fms  p99 %.2fms  max %.2fms  (%d calls, %d empty)\n",
+		res.ClaimLatency.P50ms, res.ClaimLatency.P99ms, res.ClaimLatency.Maxms, res.ClaimLatency.Count, res.EmptyClaims)
+	if cfg.probes > 0 {
+		fmt.Fprintf(tw, "wake-up latency\tp50 %.2fms  p99 %.2fms  max %.2fms  (%d probes)\n",
+			res.WakeupLatency.P50ms, res.WakeupLatency.P99ms, res.WakeupLatency.Maxms, res.WakeupLatency.Count)
+	}
+	if res.CompleteErrors > 0 {
+		fmt.Fprintf(tw, "complete errors\t%d\n", res.CompleteErrors)
+	}
+	return tw.Flush()
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func createBenchTasks(ctx context.Context, q factoryv1.QueueServiceClient, run string, n int) error {
+	const perCall = 1000
+	for start := 0; start < n; start += perCall {
+		reqs := make([]*factoryv1.CreateTaskRequest, 0, min(perCall, n-start))
+		for i := start; i < min(start+perCall, n); i++ {
+			reqs = append(reqs, &factoryv1.CreateTaskRequest{
+				Title:  fmt.Sprintf("%s task %d", run, i),
+				Kind:   "bench",
+				Role:   run,
+				Labels: map[string]string{"bench": run},
+			})
+		}
+		if _, err := q.CreateTasks(ctx, &factoryv1.CreateTasksRequest{Tasks: reqs}); err != nil {
+			return fmt.Errorf("create bench tasks: %w", err)
+		}
+	}
+	return nil
+}
+
+// runBenchAgents runs the claim/complete phase and returns every ClaimTask
+// latency and the phase's length.
+func runBenchAgents(ctx context.Context, clients []factoryv1.QueueServiceClient, run string, cfg benchConfig, stall time.Duration, progress io.Writer) (lat []time.Duration, seconds float64, empty, completeErrs int64, err error) {
+	var claimed, completed atomic.Int64
+	latencies := make([][]time.Duration, cfg.agents)
+	total := int64(cfg.tasks)
+
+	g, gctx := errgroup.WithContext(ctx)
+	start := time.Now()
+	for i := range cfg.agents {
+		q := clients[i%len(clients)]
+		agent := fmt.Sprintf("%s-agent-%d", run, i)
+		g.Go(func() error {
+			for claimed.Load() < total {
+				t0 := time.Now()
+				resp, err := q.ClaimTask(gctx, &factoryv1.ClaimTaskRequest{
+					Agent: agent, Roles: []string{run}, MaxTasks: int32(cfg.batch), LeaseDuration: durationpb.New(5 * time.Minute),
+				})
+				latencies[i] = append(latencies[i], time.Since(t0))
+				if err != nil {
+					return fmt.Errorf("%s: claim: %w", agent, err)
+				}
+				tasks, err := keepBenchTasks(gctx, q, run, resp.GetTasks())
+				if err != nil {
+					return err
+				}
+				if len(resp.GetTasks()) == 0 {
+					// Everything left is held by other agents; the loop ends
+					// once their claims are counted.
+					atomic.AddInt64(&empty, 1)
+					continue
+				}
+				if len(tasks) == 0 {
+					continue
+				}
+				claimed.Add(int64(len(tasks)))
+				n, err := completeBenchTasks(gctx, q, agent, tasks)
+				if err != nil {
+					return fmt.Errorf("%s: complete: %w", agent, err)
+				}
+				atomic.AddInt64(&completeErrs, int64(len(tasks)-n))
+				completed.Add(int64(n))
+			}
+			return nil
+		})
+	}
+
+	done := make(chan struct{})
+	stalled := make(chan struct{})
+	go func() {
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		last, lastChange := int64(-1), time.Now()
+		for {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+				c := completed.Load()
+				el := time.Since(start).Seconds()
+				fmt.Fprintf(progress, "  %d/%d done, %.0f/s\n", c, total, float64(c)/el)
+				if c != last {
+					last, lastChange = c, time.Now()
+				} else if time.Since(lastChange) > stall {
+					close(stalled)
+					return
+				}
+			}
+		}
+	}()
+	waitErr := make(chan error, 1)
+	go func() { waitErr <- g.Wait() }()
+	select {
+	case err = <-waitErr:
+	case <-stalled:
+		err = fmt.Errorf("no task completed for %s: giving up", stall)
+	}
+	close(done)
+	seconds = time.Since(start).Seconds()
+	if err != nil {
+		return nil, 0, 0, 0, err
+	}
+	if c := completed.Load(); c != total {
+		return nil, 0, 0, 0, fmt.Errorf("completed %d of %d tasks (%d completions refused)", c, total, completeErrs)
+	}
+	for _, l := range latencies {
+		lat = append(lat, l...)
+	}
+	return lat, seconds, empty, completeErrs, nil
+}
+
+// countRolelessReady counts READY tasks with no role: ClaimTask hands those
+// to any agent, so the bench's agents would take real work.
+func countRolelessReady(ctx context.Context, q factoryv1.QueueServiceClient) (int, error) {
+	req := &factoryv1.ListTasksRequest{States: []factoryv1.TaskState{factoryv1.TaskState_TASK_STATE_READY}, PageSize: 1000}
+	n := 0
+	for {
+		resp, err := q.ListTasks(ctx, req)
+		if err != nil {
+			return 0, err
+		}
+		for _, t := range resp.GetTasks() {
+			if t.GetRole() == "" {
+				n++
+			}
+		}
+		if req.PageToken = resp.GetNextPageToken(); req.PageToken == "" {
+			return n, nil
+		}
+	}
+}
+
+// keepBenchTasks returns the claimed tasks that belong to this run and
+// hands back any other: a role-less task that became READY during the run.
+func keepBenchTasks(ctx context.Context, q factoryv1.QueueServiceClient, run string, tasks []*factoryv1.Task) ([]*factoryv1.Task, error) {
+	kept := tasks[:0:0]
+	for _, t := range tasks {
+		if t.GetRole() == run {
+			kept = append(kept, t)
+			continue
+		}
+		if err := handBack(ctx, q, run, t); err != nil {
+			return nil, err
+		}
+	}
+	return kept, nil
+}
+
+// handBack returns a real task a bench agent claimed to READY at once.
+func handBack(ctx context.Context, q factoryv1.QueueServiceClient, run string, t *factoryv1.Task) error {
+	_, err := q.MoveTask(ctx, &factoryv1.MoveTaskRequest{
+		TaskId: t.GetId(), To: factoryv1.TaskState_TASK_STATE_READY,
+		Reason: fmt.Sprintf("claimed by %s (it has no role); handed back untouched", run),
+	})
+	if err != nil {
+		return fmt.Errorf("hand back task %s claimed by the bench: %w", t.GetId(), err)
+	}
+	return nil
+}
+
+// completeBenchTasks completes the claimed tasks and returns how many were
+// completed.
+func completeBenchTasks(ctx context.Context, q factoryv1.QueueServiceClient, agent string, tasks []*factoryv1.Task) (int, error) {
+	if len(tasks) == 1 {
+		t := tasks[0]
+		_, err := q.CompleteTask(ctx, &factoryv1.CompleteTaskRequest{TaskId: t.GetId(), Agent: agent, FencingToken: t.GetLease().GetToken()})
+		if err != nil {
+			return 0, err
+		}
+		return 1, nil
+	}
+	items := make([]*factoryv1.CompleteTaskRequest, len(tasks))
+	for i, t := range tasks {
+		items[i] = &factoryv1.CompleteTaskRequest{TaskId: t.GetId(), Agent: agent, FencingToken: t.GetLease().GetToken()}
+	}
+	resp, err := q.CompleteTasks(ctx, &factoryv1.CompleteTasksRequest{Items: items})
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, r := range resp.GetResults() {
+		if r.GetErrorCode() == "" {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// runWakeProbes measures how fast a waiting claimer gets a new task.
+func runWakeProbes(ctx context.Context, clients []factoryv1.QueueServiceClient, run string, cfg benchConfig, timeout time.Duration) ([]time.Duration, error) {
+	const wait = 10 * time.Second
+	var (
+		mu      sync.Mutex
+		started = map[string]time.Time{}
+		lat     []time.Duration
+	)
+	g, gctx := errgroup.WithContext(ctx)
+	var parked sync.WaitGroup
+	parked.Add(cfg.probes)
+	for i := range cfg.probes {
+		q := clients[i%len(clients)]
+		agent := fmt.Sprintf("%s-waiter-%d", run, i)
+		g.Go(func() error {
+			first := true
+			deadline := time.Now().Add(time.Duration(cfg.probes)*cfg.probeInterval + 2*wait)
+			for time.Now().Before(deadline) {
+				cctx, cancel := context.WithTimeout(gctx, wait+timeout)
+				if first {
+					parked.Done()
+					first = false
+				}
+				resp, err := q.ClaimTask(cctx, &factoryv1.ClaimTaskRequest{
+					Agent: agent, Roles: []string{run}, Wait: durationpb.New(wait), MaxTasks: 1,
+				}, grpc.WaitForReady(true))
+				got := time.Now()
+				cancel()
+				if err != nil {
+					return fmt.Errorf("%s: claim: %w", agent, err)
+				}
+				if len(resp.GetTasks()) == 0 {
+					continue // another waiter took it; wait again
+				}
+				t := resp.GetTasks()[0]
+				if t.GetRole() != run {
+					if err := handBack(gctx, q, run, t); err != nil {
+						return err
+					}
+					continue
+				}
+				mu.Lock()
+				lat = append(lat, got.Sub(started[t.GetId()]))
+				mu.Unlock()
+				_, err = q.CompleteTask(gctx, &factoryv1.CompleteTaskRequest{TaskId: t.GetId(), Agent: agent, FencingToken: t.GetLease().GetToken()})
+				return err
+			}
+			return fmt.Errorf("%s: no task within %s", agent, time.Duration(cfg.probes)*cfg.probeInterval+2*wait)
+		})
+	}
+	g.Go(func() error {
+		parked.Wait()
+		// The waiters' calls must reach the server and park before the
+		// first task, or the first probes measure a claim, not a wake-up.
+		select {
+		case <-time.After(500 * time.Millisecond):
+		case <-gctx.Done():
+			return gctx.Err()
+		}
+		q := clients[0]
+		for i := range cfg.probes {
+			id := fmt.Sprintf("%s-wake-%d", run, i)
+			mu.Lock()
+			started[id] = time.Now()
+			mu.Unlock()
+			if _, err := q.CreateTask(gctx, &factoryv1.CreateTaskRequest{
+				TaskId: id, Title: run + " wake-up probe", Kind: "bench", Role: run, Labels: map[string]string{"bench": run},
+			}); err != nil {
+				return fmt.Errorf("create probe: %w", err)
+			}
+			select {
+			case <-time.After(cfg.probeInterval):
+			case <-gctx.Done():
+				return gctx.Err()
+			}
+		}
+		return nil
+	})
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	return lat, nil
+}
+
+// summarize computes nearest-rank percentiles.
+func summarize(d []time.Duration) latencySummary {
+	if len(d) == 0 {
+		return latencySummary{}
+	}
+	s := slices.Clone(d)
+	slices.Sort(s)
+	ms := func(x time.Duration) float64 { return math.Round(float64(x)/1e3) / 1e3 }
+	return latencySummary{Count: len(s), P50ms: ms(percentile(s, 0.50)), P99ms: ms(percentile(s, 0.99)), Maxms: ms(s[len(s)-1])}
+}
+
+// percentile is the nearest-rank percentile of sorted durations.
+func percentile(sorted []time.Duration, p float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	idx := int(math.Ceil(p*float64(len(sorted)))) - 1
+	return sorted[max(0, min(idx, len(sorted)-1))]
+}
+
+// cleanupBench sends every unfinished task of an aborted run to FAILED, so
+// no bench task lingers in a real queue. It runs on its own deadline: the
+// command's context may be what was cancelled.
+func cleanupBench(q factoryv1.QueueServiceClient, run string, log io.Writer) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	req := &factoryv1.ListTasksRequest{
+		Role:     run,
+		Labels:   []string{"bench=" + run},
+		PageSize: 1000,
+		States: []factoryv1.TaskState{
+			factoryv1.TaskState_TASK_STATE_BACKLOG, factoryv1.TaskState_TASK_STATE_READY,
+			factoryv1.TaskState_TASK_STATE_IN_PROGRESS, factoryv1.TaskState_TASK_STATE_PAUSED,
+		},
+	}
+	// Collect first: moving tasks while paging through them would shift
+	// the pages.
+	var ids []string
+	for {
+		resp, err := q.ListTasks(ctx, req)
+		if err != nil {
+			fmt.Fprintf(log, "bench cleanup: %v\n", err)
+			return
+		}
+		for _, t := range resp.GetTasks() {
+			ids = append(ids, t.GetId())
+		}
+		if req.PageToken = resp.GetNextPageToken(); req.PageToken == "" {
+			break
+		}
+	}
+	killed := 0
+	for _, id := range ids {
+		if _, err := q.MoveTask(ctx, &factoryv1.MoveTaskRequest{TaskId: id, To: factoryv1.TaskState_TASK_STATE_FAILED, Reason: "bench aborted"}); err == nil {
+			killed++
+		}
+	}
+	if killed > 0 {
+		fmt.Fprintf(log, "bench cleanup: %d unfinished bench task(s) moved to FAILED\n", killed)
+	}
+}

@@ -1,0 +1,316 @@
+package cli
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	factoryv1 "github.com/factory/factory/gen/factory/v1"
+)
+
+// jsonOptions keeps the proto field names (task_id, not taskId) so the JSON
+// matches the API docs and grpcurl describe, and prints unset fields so
+// scripts can rely on every key being there.
+var jsonOptions = protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}
+
+// protoJSON renders m as compact JSON. protojson's own spacing is
+// deliberately unstable, so it is normalised here.
+func protoJSON(m proto.Message) (json.RawMessage, error) {
+	b, err := jsonOptions.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	var out bytes.Buffer
+	if err := json.Compact(&out, b); err != nil {
+		return nil, err
+	}
+	return out.Bytes(), nil
+}
+
+// writeProto prints one message as indented JSON.
+func writeProto(w io.Writer, m proto.Message) error {
+	raw, err := protoJSON(m)
+	if err != nil {
+		return err
+	}
+	return writeIndented(w, raw)
+}
+
+// writeProtoList prints messages as one indented JSON array ([] when empty).
+func writeProtoList[M proto.Message](w io.Writer, items []M) error {
+	raws := make([]json.RawMessage, 0, len(items))
+	for _, m := range items {
+		raw, err := protoJSON(m)
+		if err != nil {
+			return err
+		}
+		raws = append(raws, raw)
+	}
+	return writeJSON(w, raws)
+}
+
+// writeProtoLine prints one message as a single JSON line (for streams).
+func writeProtoLine(w io.Writer, m proto.Message) error {
+	raw, err := protoJSON(m)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(w, "%s\n", raw)
+	return err
+}
+
+// writeJSON prints any Go value as indented JSON.
+func writeJSON(w io.Writer, v any) error {
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return writeIndented(w, raw)
+}
+
+func writeIndented(w io.Writer, raw []byte) error {
+	var out bytes.Buffer
+	if err := json.Indent(&out, raw, "", "  "); err != nil {
+		return err
+	}
+	out.WriteByte('\n')
+	_, err := w.Write(out.Bytes())
+	return err
+}
+
+// newTable returns a compact tab-aligned writer; call Flush when done.
+func newTable(w io.Writer) *tabwriter.Writer {
+	return tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+}
+
+// stateNames are the short names people type and read, in lifecycle order.
+var stateNames = []string{"backlog", "ready", "in-progress", "review", "done", "failed", "paused"}
+
+// allStates lists every stored state in lifecycle order.
+var allStates = []factoryv1.TaskState{
+	factoryv1.TaskState_TASK_STATE_BACKLOG,
+	factoryv1.TaskState_TASK_STATE_READY,
+	factoryv1.TaskState_TASK_STATE_IN_PROGRESS,
+	factoryv1.TaskState_TASK_STATE_REVIEW,
+	factoryv1.TaskState_TASK_STATE_DONE,
+	factoryv1.TaskState_TASK_STATE_FAILED,
+	factoryv1.TaskState_TASK_STATE_PAUSED,
+}
+
+// parseState accepts "ready", "READY", "in-progress", "in_progress",
+// "IN_PROGRESS" and "TASK_STATE_IN_PROGRESS".
+func parseState(s string) (factoryv1.TaskState, error) {
+	n := strings.ToUpper(strings.ReplaceAll(strings.TrimSpace(s), "-", "_"))
+	n = strings.TrimPrefix(n, "TASK_STATE_")
+	if v, ok := factoryv1.TaskState_value["TASK_STATE_"+n]; ok && v != 0 {
+		return factoryv1.TaskState(v), nil
+	}
+	return 0, fmt.Errorf("unknown state %q (want one of %s)", s, strings.Join(stateNames, ", "))
+}
+
+// parseStates parses repeated and comma-separated --state values.
+func parseStates(values []string) ([]factoryv1.TaskState, error) {
+	var out []factoryv1.TaskState
+	for _, v := range values {
+		for _, part := range strings.Split(v, ",") {
+			if strings.TrimSpace(part) == "" {
+				continue
+			}
+			st, err := parseState(part)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, st)
+		}
+	}
+	return out, nil
+}
+
+// stateName is the short lower-case name: "in-progress".
+func stateName(s factoryv1.TaskState) string {
+	if s <= factoryv1.TaskState_TASK_STATE_UNSPECIFIED || int(s) > len(stateNames) {
+		return strings.ToLower(strings.TrimPrefix(s.String(), "TASK_STATE_"))
+	}
+	return stateNames[s-1]
+}
+
+// stateLabel is the upper-case name used in tables: "IN_PROGRESS".
+func stateLabel(s factoryv1.TaskState) string {
+	return strings.TrimPrefix(s.String(), "TASK_STATE_")
+}
+
+// parseLabels turns repeated k=v flags into a map.
+func parseLabels(values []string) (map[string]string, error) {
+	if len(values) == 0 {
+		return nil, nil
+	}
+	out := make(map[string]string, len(values))
+	for _, v := range values {
+		k, val, ok := strings.Cut(v, "=")
+		if !ok || strings.TrimSpace(k) == "" {
+			return nil, fmt.Errorf("label %q: want key=value", v)
+		}
+		out[k] = val
+	}
+	return out, nil
+}
+
+// formatLabels renders labels sorted by key: "env=prod,team=ml".
+func formatLabels(labels map[string]string) string {
+	keys := make([]string, 0, len(labels))
+	for k := range labels {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = k + "=" + labels[k]
+	}
+	return strings.Join(parts, ",")
+}
+
+// humanDuration renders a span the way people say it: "45s", "3m12s",
+// "2h05m", "3d4h". Sub-second spans show milliseconds.
+func humanDuration(d time.Duration) string {
+	if d < 0 {
+		d = -d
+	}
+	switch {
+	case d < time.Second:
+		return fmt.Sprintf("%dms", d.Milliseconds())
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm%02ds", int(d.Minutes()), int(d.Seconds())%60)
+	case d < 24*time.Hour:
+		return fmt.Sprintf("%dh%02dm", int(d.Hours()), int(d.Minutes())%60)
+	default:
+		days := int(d.Hours()) / 24
+		return fmt.Sprintf("%dd%dh", days, int(d.Hours())%24)
+	}
+}
+
+// humanAge renders a time relative to now: "3m12s ago", "in 4m30s", or "-"
+// when unset.
+func humanAge(ts *timestamppb.Timestamp, now time.Time) string {
+	if ts == nil || (ts.GetSeconds() == 0 && ts.GetNanos() == 0) {
+		return "-"
+	}
+	d := now.Sub(ts.AsTime())
+	if d < 0 {
+		return "in " + humanDuration(d)
+	}
+	if d < time.Second {
+		return "just now"
+	}
+	return humanDuration(d) + " ago"
+}
+
+// humanSpan renders a duration field, "-" when zero or unset.
+func humanSpan(d *durationpb.Duration) string {
+	if d == nil || d.AsDuration() == 0 {
+		return "-"
+	}
+	return humanDuration(d.AsDuration())
+}
+
+// orDash shows "-" for an empty cell so columns stay readable.
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// truncate shortens s to n runes with an ellipsis, for table cells.
+func truncate(s string, n int) string {
+	s = strings.Join(strings.Fields(s), " ")
+	r := []rune(s)
+	if len(r) <= n {
+		return s
+	}
+	return string(r[:n-1]) + "…"
+}
+
+// attemptText is "attempt/max", such as "2/3".
+func attemptText(t *factoryv1.Task) string {
+	return fmt.Sprintf("%d/%d", t.GetAttempt(), t.GetMaxAttempts())
+}
+
+// holderText is the lease holder, else the assignee marked with "→".
+func holderText(t *factoryv1.Task) string {
+	if h := t.GetLease().GetHolder(); h != "" {
+		return h
+	}
+	if a := t.GetAssignee(); a != "" {
+		return "→" + a
+	}
+	return "-"
+}
+
+// writeTaskTable prints tasks one per row.
+func writeTaskTable(w io.Writer, tasks []*factoryv1.Task, now time.Time) error {
+	tw := newTable(w)
+	fmt.Fprintln(tw, "ID\tSTATE\tPRI\tROLE\tHOLDER\tATTEMPT\tSINCE\tTITLE")
+	for _, t := range tasks {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n",
+			t.GetId(), stateLabel(t.GetState()), t.GetPriority(), orDash(t.GetRole()),
+			holderText(t), attemptText(t), humanAge(t.GetStateChangedAt(), now), truncate(t.GetTitle(), 60))
+	}
+	return tw.Flush()
+}
+
+// writeTaskDetail prints one task as aligned "key: value" lines.
+func writeTaskDetail(w io.Writer, t *factoryv1.Task, now time.Time) error {
+	tw := newTable(w)
+	row := func(k, v string) { fmt.Fprintf(tw, "%s:\t%s\n", k, v) }
+	row("ID", t.GetId())
+	row("Title", t.GetTitle())
+	row("State", fmt.Sprintf("%s (since %s)", stateLabel(t.GetState()), humanAge(t.GetStateChangedAt(), now)))
+	row("Kind", orDash(t.GetKind()))
+	row("Role", orDash(t.GetRole()))
+	row("Assignee", orDash(t.GetAssignee()))
+	row("Priority", fmt.Sprint(t.GetPriority()))
+	row("Attempt", attemptText(t))
+	if tier := t.GetApprovalTier(); tier != 0 {
+		row("Approval tier", fmt.Sprint(tier))
+	}
+	if l := t.GetLease(); l != nil && l.GetHolder() != "" {
+		row("Lease", fmt.Sprintf("%s, token %d, claimed %s, renewed %s, expires %s",
+			l.GetHolder(), l.GetToken(), humanAge(l.GetClaimedAt(), now), humanAge(l.GetRenewedAt(), now), humanAge(l.GetExpiresAt(), now)))
+	}
+	if ra := t.GetRunAfter(); ra != nil && ra.AsTime().After(now) {
+		row("Run after", humanAge(ra, now))
+	}
+	if deps := t.GetDependsOn(); len(deps) > 0 {
+		row("Depends on", strings.Join(deps, ", "))
+	}
+	if len(t.GetLabels()) > 0 {
+		row("Labels", formatLabels(t.GetLabels()))
+	}
+	if s := t.GetLastError(); s != "" {
+		row("Last error", s)
+	}
+	if s := t.GetProgress(); s != "" {
+		row("Progress", s)
+	}
+	if s := t.GetNote(); s != "" {
+		row("Note", s)
+	}
+	row("Created", fmt.Sprintf("%s (%s)", humanAge(t.GetCreatedAt(), now), t.GetCreatedAt().AsTime().Format(time.RFC3339)))
+	row("Updated", humanAge(t.GetUpdatedAt(), now))
+	if p := t.GetPayloadJson(); p != "" && p != "{}" {
+		row("Payload", truncate(p, 200))
+	}
+	return tw.Flush()
+}

@@ -1,0 +1,244 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	factoryv1 "github.com/factory/factory/gen/factory/v1"
+)
+
+func newQueueCommand(a *app) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "queue",
+		Short: "Steer the whole queue: stats, pause, resume, rescue, export, import",
+		Long: `Queue commands act on the queue as a whole: its shape (stats), an
+emergency brake (pause and resume), rescuing work from agents that went
+silent (requeue-stuck), and moving the queue to and from the runbook's
+folder layout (export and import).`,
+		Example: `  factory queue stats
+  factory queue pause --reason "provider outage"
+  factory queue requeue-stuck --older-than 2h --dry-run`,
+	}
+	cmd.AddCommand(
+		newQueueStatsCommand(a),
+		newQueuePauseCommand(a),
+		newQueueResumeCommand(a),
+		newQueueRequeueStuckCommand(a),
+		newQueueExportCommand(a),
+		newQueueImportCommand(a),
+	)
+	return cmd
+}
+
+func (a *app) getStats(cmd *cobra.Command, show func(w io.Writer, s *factoryv1.GetQueueStatsResponse) error) error {
+	return a.withQueue(cmd, func(ctx context.Context, q factoryv1.QueueServiceClient) error {
+		resp, err := q.GetQueueStats(ctx, &factoryv1.GetQueueStatsRequest{})
+		if err != nil {
+			return err
+		}
+		if a.jsonOutput() {
+			return writeProto(a.stdout(), resp)
+		}
+		return show(a.stdout(), resp)
+	})
+}
+
+func newQueueStatsCommand(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "stats",
+		Short: "Show the queue's shape",
+		Long: `Stats shows how many tasks are in each state, whether the queue is
+paused (and why), how long the oldest READY task has waited to be claimed,
+how long the oldest IN_PROGRESS claim has run, and how many unfinished
+tasks are on a retry (attempt > 1). A growing READY age means too few
+agents; a growing IN_PROGRESS age means a stuck agent (see requeue-stuck).`,
+		Example: `  factory queue stats
+  factory queue stats -o json | jq '.counts[] | select(.state=="TASK_STATE_READY").count'`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.getStats(cmd, writeStatsTable)
+		},
+	}
+}
+
+// countOf returns the count for one state (0 when missing).
+func countOf(s *factoryv1.GetQueueStatsResponse, state factoryv1.TaskState) int64 {
+	for _, c := range s.GetCounts() {
+		if c.GetState() == state {
+			return c.GetCount()
+		}
+	}
+	return 0
+}
+
+func writeStatsTable(w io.Writer, s *factoryv1.GetQueueStatsResponse) error {
+	tw := newTable(w)
+	fmt.Fprintln(tw, "STATE\tTASKS")
+	var total int64
+	for _, st := range allStates {
+		n := countOf(s, st)
+		total += n
+		fmt.Fprintf(tw, "%s\t%d\n", stateLabel(st), n)
+	}
+	fmt.Fprintf(tw, "total\t%d\n", total)
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(w)
+	tw = newTable(w)
+	fmt.Fprintf(tw, "Queue:\t%s\n", pausedText(s))
+	fmt.Fprintf(tw, "Oldest READY:\t%s\n", humanSpan(s.GetOldestReadyAge()))
+	fmt.Fprintf(tw, "Oldest IN_PROGRESS:\t%s\n", humanSpan(s.GetOldestInProgressAge()))
+	fmt.Fprintf(tw, "Retrying:\t%d\n", s.GetRetrying())
+	return tw.Flush()
+}
+
+func pausedText(s *factoryv1.GetQueueStatsResponse) string {
+	if !s.GetPaused() {
+		return "running"
+	}
+	if r := s.GetPauseReason(); r != "" {
+		return "PAUSED (" + r + ")"
+	}
+	return "PAUSED"
+}
+
+func newStatusCommand(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "status",
+		Short: "One-screen summary of the factory",
+		Long: `Status is the first command to run when something looks wrong. For now it
+covers the queue: whether it is paused, tasks per state on one line, the
+oldest READY and IN_PROGRESS ages and how many tasks are retrying. Fleet,
+spend and alerts join it as those services arrive.`,
+		Example: `  factory status
+  watch -n 10 factory status`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.getStats(cmd, writeStatusSummary)
+		},
+	}
+}
+
+func writeStatusSummary(w io.Writer, s *factoryv1.GetQueueStatsResponse) error {
+	tw := newTable(w)
+	fmt.Fprintf(tw, "Queue:\t%s\n", pausedText(s))
+	line := ""
+	for i, st := range allStates {
+		if i > 0 {
+			line += "  "
+		}
+		line += fmt.Sprintf("%s %d", stateName(st), countOf(s, st))
+	}
+	fmt.Fprintf(tw, "Tasks:\t%s\n", line)
+	fmt.Fprintf(tw, "Oldest ready:\t%s\n", humanSpan(s.GetOldestReadyAge()))
+	fmt.Fprintf(tw, "Oldest in progress:\t%s\n", humanSpan(s.GetOldestInProgressAge()))
+	fmt.Fprintf(tw, "Retrying:\t%d\n", s.GetRetrying())
+	return tw.Flush()
+}
+
+func newQueuePauseCommand(a *app) *cobra.Command {
+	var reason string
+	cmd := &cobra.Command{
+		Use:   "pause [--reason TEXT]",
+		Short: "Pause the queue: READY work moves to PAUSED",
+		Long: `Pause is the queue's brake. Every READY task moves to PAUSED, and work
+that would become READY (new tasks, promoted dependents, retries) is
+paused too, until "queue resume". Tasks already IN_PROGRESS carry on;
+kill them separately if they must stop. The reason shows in stats.`,
+		Example: `  factory queue pause --reason "frontier provider outage"`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.withQueue(cmd, func(ctx context.Context, q factoryv1.QueueServiceClient) error {
+				resp, err := q.PauseQueue(ctx, &factoryv1.PauseQueueRequest{Reason: reason})
+				if err != nil {
+					return err
+				}
+				if a.jsonOutput() {
+					return writeProto(a.stdout(), resp)
+				}
+				_, err = fmt.Fprintf(a.stdout(), "queue paused: %d READY task(s) moved to PAUSED\n", resp.GetPaused())
+				return err
+			})
+		},
+	}
+	cmd.Flags().StringVar(&reason, "reason", "", "why; shown in stats")
+	return cmd
+}
+
+func newQueueResumeCommand(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "resume",
+		Short: "Resume the queue: paused work goes back to READY",
+		Long: `Resume undoes "queue pause": the tasks the pause held move back to READY
+and new work is READY again. Tasks an operator paused by hand with
+"task move --to paused" stay paused.`,
+		Example: `  factory queue resume`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.withQueue(cmd, func(ctx context.Context, q factoryv1.QueueServiceClient) error {
+				resp, err := q.ResumeQueue(ctx, &factoryv1.ResumeQueueRequest{})
+				if err != nil {
+					return err
+				}
+				if a.jsonOutput() {
+					return writeProto(a.stdout(), resp)
+				}
+				_, err = fmt.Fprintf(a.stdout(), "queue resumed: %d task(s) back to READY\n", resp.GetResumed())
+				return err
+			})
+		},
+	}
+}
+
+func newQueueRequeueStuckCommand(a *app) *cobra.Command {
+	var (
+		olderThan time.Duration
+		dryRun    bool
+	)
+	cmd := &cobra.Command{
+		Use:   "requeue-stuck --older-than DURATION [--dry-run]",
+		Short: "Put IN_PROGRESS tasks with no sign of life back to READY",
+		Long: `Requeue-stuck rescues work from agents that went silent: every
+IN_PROGRESS task not claimed or renewed for longer than --older-than goes
+back to READY and its lease ends (the silent holder's token goes stale).
+Leases also expire on their own; this is for leases taken far too long.
+
+--dry-run lists what would move without moving it.`,
+		Example: `  factory queue requeue-stuck --older-than 2h --dry-run
+  factory queue requeue-stuck --older-than 2h`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if olderThan < time.Second {
+				return usageErrorf("--older-than must be at least 1s")
+			}
+			return a.withQueue(cmd, func(ctx context.Context, q factoryv1.QueueServiceClient) error {
+				resp, err := q.RequeueStuck(ctx, &factoryv1.RequeueStuckRequest{OlderThan: durationpb.New(olderThan), DryRun: dryRun})
+				if err != nil {
+					return err
+				}
+				if a.jsonOutput() {
+					return writeProtoList(a.stdout(), resp.GetTasks())
+				}
+				verb := "requeued"
+				if dryRun {
+					verb = "would requeue"
+				}
+				fmt.Fprintf(a.stderr(), "%s %d task(s)\n", verb, len(resp.GetTasks()))
+				if len(resp.GetTasks()) == 0 {
+					return nil
+				}
+				return writeTaskTable(a.stdout(), resp.GetTasks(), time.Now())
+			})
+		},
+	}
+	cmd.Flags().DurationVar(&olderThan, "older-than", 0, "no claim or renewal for this long (required)")
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "only list what would move")
+	_ = cmd.MarkFlagRequired("older-than")
+	return cmd
+}

@@ -1,0 +1,209 @@
+// Package cli is the `factory` command: the operator's and the agents' way
+// into the control plane. Operators create, inspect, move and watch tasks and
+// steer the queue; agents claim, renew, complete and fail tasks, with their
+// leases' fencing tokens kept in a local state file so a shell script never
+// has to carry them around.
+//
+// Every command is built by NewRootCommand from Options, so tests run the
+// whole tree in-process against a real or fake server, and Execute turns an
+// error into the text and exit code a shell expects.
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+
+	"github.com/factory/factory/controlplane/telemetry"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	factoryv1 "github.com/factory/factory/gen/factory/v1"
+)
+
+// DefaultAddr is where a control plane listens when nobody says otherwise.
+const DefaultAddr = "127.0.0.1:7420"
+
+// Options wires the command tree to its surroundings. Zero values are
+// usable: output goes to os.Stdout/os.Stderr and traces to the global
+// provider.
+type Options struct {
+	Stdout io.Writer
+	Stderr io.Writer
+	// TracerProvider receives the command's root span and the gRPC client
+	// spans under it; nil means otel.GetTracerProvider().
+	TracerProvider trace.TracerProvider
+	// DialOptions are appended to the CLI's own, so tests can dial an
+	// in-process listener.
+	DialOptions []grpc.DialOption
+}
+
+// app holds what every command shares: the global flags and the wiring.
+type app struct {
+	opts    Options
+	addr    string
+	output  string
+	timeout time.Duration
+}
+
+const (
+	outputTable = "table"
+	outputJSON  = "json"
+)
+
+// NewRootCommand builds the whole `factory` command tree.
+func NewRootCommand(opts Options) *cobra.Command {
+	if opts.Stdout == nil {
+		opts.Stdout = os.Stdout
+	}
+	if opts.Stderr == nil {
+		opts.Stderr = os.Stderr
+	}
+	if opts.TracerProvider == nil {
+		opts.TracerProvider = otel.GetTracerProvider()
+	}
+	a := &app{opts: opts}
+
+	root := &cobra.Command{
+		Use:   "factory",
+		Short: "Run the agentic factory: tasks, agents and the queue",
+		Long: `factory talks to the factory control plane over gRPC.
+
+Operators use it to create and inspect tasks, move them between states,
+pause and resume the queue and watch it live. Agents use it to claim work,
+renew their leases while they work and report the outcome; the CLI keeps
+each agent's fencing tokens in a local state file so scripts only pass ids.
+
+The queue's states are the runbook's folders:
+  BACKLOG → READY → IN_PROGRESS → REVIEW → DONE, plus FAILED (the dead
+  letter) and PAUSED.
+
+Every command prints a table for people or, with -o json, JSON for scripts.
+A server error prints "error: <message> (<CODE>)" on stderr and exits 1;
+a usage error exits 2.`,
+		Example: `  factory task create --title "Summarise the RFC" --role researcher
+  factory task ls --state ready --state in-progress
+  FACTORY_AGENT=builder-1 factory task claim --role builder --wait 30s
+  factory queue stats -o json`,
+		SilenceErrors: true,
+		SilenceUsage:  true,
+		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+			switch a.output {
+			case outputTable, outputJSON:
+			default:
+				return usageErrorf("--output %q: want table or json", a.output)
+			}
+			if a.timeout <= 0 {
+				return usageErrorf("--timeout must be positive")
+			}
+			return nil
+		},
+	}
+	root.SetOut(opts.Stdout)
+	root.SetErr(opts.Stderr)
+
+	pf := root.PersistentFlags()
+	pf.StringVar(&a.addr, "addr", envOr("FACTORY_ADDR", DefaultAddr), "control plane address (env FACTORY_ADDR)")
+	pf.StringVarP(&a.output, "output", "o", outputTable, "output format: table or json")
+	pf.DurationVar(&a.timeout, "timeout", 30*time.Second, "deadline for each call to the control plane (claims add their --wait)")
+	_ = root.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{outputTable, outputJSON}, cobra.ShellCompDirectiveNoFileComp))
+
+	root.AddCommand(
+		newTaskCommand(a),
+		newQueueCommand(a),
+		newStatusCommand(a),
+		newBenchCommand(a),
+	)
+	markRunErrors(root)
+	return root
+}
+
+// Execute runs cmd (built by NewRootCommand) with ctx, prints any error the
+// way a shell user expects and returns the process exit code.
+func Execute(ctx context.Context, cmd *cobra.Command) int {
+	ran, err := cmd.ExecuteContextC(ctx)
+	if err == nil {
+		return 0
+	}
+	if ran == nil {
+		ran = cmd
+	}
+	return reportError(ran, err)
+}
+
+func envOr(name, fallback string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return fallback
+}
+
+func (a *app) stdout() io.Writer { return a.opts.Stdout }
+func (a *app) stderr() io.Writer { return a.opts.Stderr }
+func (a *app) jsonOutput() bool  { return a.output == outputJSON }
+
+// dial opens a client connection. Nothing is sent until the first call.
+func (a *app) dial() (*grpc.ClientConn, error) {
+	dialOpts := []grpc.DialOption{
+		// TLS arrives with the access-control work; until then the control
+		// plane serves plaintext on loopback only.
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithStatsHandler(otelgrpc.NewClientHandler(otelgrpc.WithTracerProvider(a.opts.TracerProvider), otelgrpc.WithPropagators(telemetry.Propagator()))),
+		grpc.WithChainUnaryInterceptor(defaultDeadline(a.timeout)),
+	}
+	dialOpts = append(dialOpts, a.opts.DialOptions...)
+	conn, err := grpc.NewClient(a.addr, dialOpts...)
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s: %w", a.addr, err)
+	}
+	return conn, nil
+}
+
+// defaultDeadline gives every unary call the --timeout unless the caller
+// already set a deadline (a claim that waits sets a longer one). Streams are
+// left alone: a watch runs until Ctrl-C.
+func defaultDeadline(d time.Duration) grpc.UnaryClientInterceptor {
+	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		if _, ok := ctx.Deadline(); !ok {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, d)
+			defer cancel()
+		}
+		return invoker(ctx, method, req, reply, cc, opts...)
+	}
+}
+
+// withQueue runs fn with a queue client inside one span named after the
+// command, so a CLI call that makes several RPCs (paging, imports) is still
+// one trace.
+func (a *app) withQueue(cmd *cobra.Command, fn func(ctx context.Context, q factoryv1.QueueServiceClient) error) error {
+	ctx, span := a.opts.TracerProvider.Tracer("github.com/factory/factory/cli").Start(cmd.Context(), spanName(cmd))
+	defer span.End()
+	conn, err := a.dial()
+	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+		return err
+	}
+	defer conn.Close()
+	if err := fn(ctx, factoryv1.NewQueueServiceClient(conn)); err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+		return err
+	}
+	return nil
+}
+
+// spanName is the command path, such as "factory task ls".
+func spanName(cmd *cobra.Command) string {
+	return strings.TrimSpace(cmd.CommandPath())
+}
