@@ -1,0 +1,148 @@
+package sqlite
+
+import (
+	"strconv"
+	"strings"
+
+	"github.com/factory/factory/controlplane/store"
+)
+
+// States are written into the SQL as literals so that the planner sees
+// constant index prefixes.
+var stateLiterals = strings.NewReplacer(
+	"{BACKLOG}", strconv.Itoa(int(store.StateBacklog)),
+	"{READY}", strconv.Itoa(int(store.StateReady)),
+	"{IN_PROGRESS}", strconv.Itoa(int(store.StateInProgress)),
+	"{REVIEW}", strconv.Itoa(int(store.StateReview)),
+	"{DONE}", strconv.Itoa(int(store.StateDone)),
+	"{FAILED}", strconv.Itoa(int(store.StateFailed)),
+	"{PAUSED}", strconv.Itoa(int(store.StatePaused)),
+	"{COLS}", taskCols,
+)
+
+func q(s string) string { return stateLiterals.Replace(s) }
+
+// Sets of keys (ids, roles, states) travel as one JSON array parameter read
+// with json_each, so such a statement has one text that stays prepared,
+// whatever the set's size. Rows to write travel as bound VALUES lists (see
+// batchSQL): unpacking many columns per row from JSON costs more than the
+// write.
+var (
+	qGetByID = q(`SELECT {COLS} FROM tasks WHERE id = ?`)
+	qStates  = q(`SELECT id, state FROM tasks WHERE id IN (SELECT value FROM json_each(?))`)
+
+	// qClaim picks and takes the tasks in one statement; the IMMEDIATE
+	// transaction around it holds the write lock from the start, so no
+	// other claim sees the same READY rows. The candidates are read in
+	// tasks_ready order so that LIMIT stops the walk early; left to itself
+	// the planner may prefer tasks_ready_run_after and sort every READY
+	// task.
+	qClaim = q(`UPDATE tasks SET state = {IN_PROGRESS}, attempt = attempt + 1, fencing_token = fencing_token + 1,
+		lease_holder = ?1, claimed_at = ?2, renewed_at = ?2, lease_expires_at = ?3,
+		updated_at = ?2, state_changed_at = ?2, paused_by_queue = 0
+	WHERE seq IN (
+		SELECT seq FROM tasks INDEXED BY tasks_ready
+		WHERE state = {READY} AND run_after <= ?2
+			AND (role = '' OR role IN (SELECT value FROM json_each(?4)))
+			AND (assignee = '' OR assignee = ?1)
+		ORDER BY priority DESC, seq LIMIT ?5)
+	RETURNING {COLS}`)
+
+	// qPromote moves the BACKLOG dependents of tasks that just reached DONE
+	// once all their dependencies are DONE; to PAUSED while the queue is.
+	// The dependents are found through task_deps; the unary + keeps the
+	// planner from scanning every BACKLOG task instead.
+	qPromote = q(`UPDATE tasks SET
+		state = CASE (SELECT paused FROM queue_settings WHERE id = 1) WHEN 1 THEN {PAUSED} ELSE {READY} END,
+		paused_by_queue = (SELECT paused FROM queue_settings WHERE id = 1),
+		updated_at = ?1, state_changed_at = ?1
+	WHERE +state = {BACKLOG}
+		AND id IN (SELECT task_id FROM task_deps WHERE depends_on IN (SELECT value FROM json_each(?2)))
+		AND NOT EXISTS (
+			SELECT 1 FROM task_deps d JOIN tasks t ON t.id = d.depends_on
+			WHERE d.task_id = tasks.id AND t.state <> {DONE})
+	RETURNING {COLS}`)
+
+	qSetPriority = q(`UPDATE tasks SET priority = ?, updated_at = ? WHERE id = ? RETURNING {COLS}`)
+	// The sweeps read the IN_PROGRESS tasks only; for ORDER BY seq the
+	// planner would rather scan the whole table in rowid order.
+	qExpired = q(`SELECT {COLS} FROM tasks INDEXED BY tasks_leased
+	WHERE state = {IN_PROGRESS} AND lease_expires_at <= ? ORDER BY seq`)
+	qStuck = q(`SELECT {COLS} FROM tasks INDEXED BY tasks_leased
+	WHERE state = {IN_PROGRESS} AND renewed_at <= ? ORDER BY seq`)
+
+	qPaused      = `SELECT paused, pause_reason FROM queue_settings WHERE id = 1`
+	qPauseSet    = `UPDATE queue_settings SET paused = 1, pause_reason = ?, paused_at = ? WHERE id = 1`
+	qResumeSet   = `UPDATE queue_settings SET paused = 0, pause_reason = '', paused_at = 0 WHERE id = 1`
+	qPauseTasks  = q(`UPDATE tasks SET state = {PAUSED}, paused_by_queue = 1, updated_at = ?1, state_changed_at = ?1 WHERE state = {READY} RETURNING {COLS}`)
+	qResumeTasks = q(`UPDATE tasks SET state = {READY}, paused_by_queue = 0, updated_at = ?1, state_changed_at = ?1
+	WHERE state = {PAUSED} AND paused_by_queue = 1 RETURNING {COLS}`)
+
+	qNextRunAfter = q(`SELECT MIN(run_after) FROM tasks WHERE state = {READY} AND run_after > ?`)
+)
+
+// writerQueries are prepared on the writer at Open; batch statements are
+// prepared on first use.
+var writerQueries = []string{
+	qGetByID, qStates, qClaim, qPromote,
+	qSetPriority, qExpired, qStuck, qPaused, qPauseSet, qResumeSet, qPauseTasks, qResumeTasks,
+}
+
+// maxBatchRows caps the rows of one VALUES list (SQLite allows 32766 bound
+// parameters; 64 rows of the widest list use 1,152). Bigger batches are
+// split, and each distinct row count is one prepared statement.
+const maxBatchRows = 64
+
+// insertCols are the columns a new task sets; the rest keep their defaults.
+const insertCols = 18
+
+var (
+	qInsertTasks = batchSQL(`INSERT INTO tasks (id, title, kind, payload_json, role, assignee, priority, state,
+		max_attempts, depends_on, approval_tier, labels, note, run_after, created_at, updated_at, state_changed_at,
+		paused_by_queue) VALUES `, insertCols, "")
+	qInsertDeps = batchSQL(`INSERT INTO task_deps (task_id, pos, depends_on) VALUES `, 3, "")
+
+	// qComplete ends the leases its rows name, each to the state it gives
+	// (REVIEW or DONE) with its note when not empty, where the lease is
+	// still good: CheckLease's rule, in SQL, so that the common case is one
+	// statement. The returned flag says whether some task depends on the
+	// row, so that promotion is looked for only then. The first parameter
+	// is Now; the rows' placeholders come after it.
+	qComplete = batchSQL(`UPDATE tasks SET state = v.column4,
+		note = CASE WHEN v.column5 = '' THEN tasks.note ELSE v.column5 END,
+		lease_holder = '', lease_expires_at = 0, claimed_at = 0, renewed_at = 0,
+		updated_at = ?1, state_changed_at = ?1
+	FROM (VALUES `, 5, q(`) AS v
+	WHERE tasks.id = v.column1 AND tasks.state = {IN_PROGRESS} AND tasks.fencing_token = v.column2
+		AND tasks.lease_holder = v.column3 AND tasks.lease_expires_at > ?1
+	RETURNING {COLS}, EXISTS (SELECT 1 FROM task_deps WHERE depends_on = tasks.id)`))
+
+	// qSave writes back every column a task's life changes, keyed by seq.
+	qSave = batchSQL(`UPDATE tasks SET priority = v.column2, state = v.column3, attempt = v.column4,
+		last_error = v.column5, progress = v.column6, note = v.column7, lease_holder = v.column8,
+		fencing_token = v.column9, lease_expires_at = v.column10, claimed_at = v.column11,
+		renewed_at = v.column12, run_after = v.column13, updated_at = v.column14,
+		state_changed_at = v.column15, paused_by_queue = v.column16
+	FROM (VALUES `, saveCols, `) AS v WHERE tasks.seq = v.column1`)
+)
+
+// batchSQL returns a function giving the statement text for n rows of cols
+// placeholders each, between head and tail. Texts are built once per n.
+func batchSQL(head string, cols int, tail string) func(n int) string {
+	texts := make([]string, maxBatchRows+1)
+	for n := 1; n <= maxBatchRows; n++ {
+		var b strings.Builder
+		b.WriteString(head)
+		for i := range n {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			b.WriteString("(?")
+			b.WriteString(strings.Repeat(", ?", cols-1))
+			b.WriteString(")")
+		}
+		b.WriteString(tail)
+		texts[n] = b.String()
+	}
+	return func(n int) string { return texts[n] }
+}

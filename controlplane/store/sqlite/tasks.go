@@ -1,0 +1,710 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"maps"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/factory/factory/controlplane/store"
+)
+
+func notFound(id string) error { return fmt.Errorf("task %q: %w", id, store.ErrNotFound) }
+
+// TaskCreate implements store.Store.
+func (s *Store) TaskCreate(ctx context.Context, p *store.TaskCreateParams) ([]store.TaskChange, error) {
+	if p == nil || len(p.Tasks) == 0 {
+		return nil, nil
+	}
+	for i, c := range p.Tasks {
+		switch {
+		case c == nil:
+			return nil, store.InvalidField("tasks", "task %d is missing", i)
+		case c.ID == "":
+			return nil, store.InvalidField("id", "task %d: id is required", i)
+		case c.InitialState == store.StateInProgress:
+			return nil, store.InvalidField("initial_state", "task %s: a task cannot start IN_PROGRESS; only a claim puts it there", c.ID)
+		case c.InitialState != store.StateUnspecified && !c.InitialState.Valid():
+			return nil, store.InvalidField("initial_state", "task %s: unknown state %s", c.ID, c.InitialState)
+		case c.MaxAttempts < 0:
+			return nil, store.InvalidField("max_attempts", "task %s: must not be negative, got %d", c.ID, c.MaxAttempts)
+		}
+	}
+	now := norm(p.Now)
+	var out []store.TaskChange
+	err := s.writeTx(ctx, "TaskCreate", func(w *wtx) error {
+		// One lookup answers both questions: which new ids are taken, and
+		// what state each dependency outside the batch is in.
+		lookup := make([]string, 0, len(p.Tasks))
+		for _, c := range p.Tasks {
+			lookup = append(lookup, c.ID)
+			lookup = append(lookup, c.DependsOn...)
+		}
+		stored, err := w.states(lookup)
+		if err != nil {
+			return err
+		}
+		paused, _, err := w.paused()
+		if err != nil {
+			return err
+		}
+
+		batch := make(map[string]store.TaskState, len(p.Tasks))
+		insert := make([]any, 0, len(p.Tasks)*insertCols)
+		var deps []any
+		out = make([]store.TaskChange, 0, len(p.Tasks))
+		for _, c := range p.Tasks {
+			if _, ok := stored[c.ID]; ok {
+				return fmt.Errorf("task %q: %w", c.ID, store.ErrAlreadyExists)
+			}
+			if _, ok := batch[c.ID]; ok {
+				return fmt.Errorf("task %q: %w", c.ID, store.ErrAlreadyExists)
+			}
+			allDone := true
+			for i, d := range c.DependsOn {
+				st, ok := batch[d]
+				if !ok {
+					st, ok = stored[d]
+				}
+				if !ok {
+					return store.InvalidField("depends_on", "task %s: dependency %q is neither a stored task nor one earlier in the batch", c.ID, d)
+				}
+				allDone = allDone && st == store.StateDone
+				deps = append(deps, c.ID, i, d)
+			}
+			t := &store.Task{
+				ID:             c.ID,
+				Title:          c.Title,
+				Kind:           c.Kind,
+				PayloadJSON:    c.PayloadJSON,
+				Role:           c.Role,
+				Assignee:       c.Assignee,
+				Priority:       c.Priority,
+				State:          c.InitialState,
+				MaxAttempts:    c.MaxAttempts,
+				ApprovalTier:   c.ApprovalTier,
+				RunAfter:       norm(c.RunAfter),
+				Note:           c.Note,
+				CreatedAt:      now,
+				UpdatedAt:      now,
+				StateChangedAt: now,
+			}
+			if len(c.DependsOn) > 0 {
+				t.DependsOn = slices.Clone(c.DependsOn)
+			}
+			if len(c.Labels) > 0 {
+				t.Labels = maps.Clone(c.Labels)
+			}
+			if t.MaxAttempts == 0 {
+				t.MaxAttempts = store.DefaultMaxAttempts
+			}
+			if t.State == store.StateUnspecified || t.State == store.StateReady {
+				if allDone {
+					t.State, t.PausedByQueue = readyState(paused)
+				} else {
+					t.State = store.StateBacklog
+				}
+			}
+			batch[t.ID] = t.State
+			dependsOn, labels := "[]", "{}"
+			if t.DependsOn != nil {
+				dependsOn = jsonText(t.DependsOn)
+			}
+			if t.Labels != nil {
+				labels = jsonText(t.Labels)
+			}
+			insert = append(insert,
+				t.ID, t.Title, t.Kind, t.PayloadJSON, t.Role, t.Assignee, t.Priority, int32(t.State), t.MaxAttempts,
+				dependsOn, t.ApprovalTier, labels, t.Note, toNanos(t.RunAfter),
+				toNanos(now), toNanos(now), toNanos(now), boolInt(t.PausedByQueue),
+			)
+			out = append(out, store.TaskChange{Task: t})
+		}
+		if err := w.execBatch(qInsertTasks, insertCols, insert); err != nil {
+			return err
+		}
+		return w.execBatch(qInsertDeps, 3, deps)
+	})
+	if err != nil {
+		return nil, err
+	}
+	// The inserted records were built here; hand out copies so the caller
+	// owns what it gets.
+	for i := range out {
+		out[i].Task = out[i].Task.Clone()
+	}
+	return out, nil
+}
+
+// TaskGet implements store.Store.
+func (s *Store) TaskGet(ctx context.Context, id string) (*store.Task, error) {
+	rows, err := s.readRows(ctx, "TaskGet", qGetByID, id)
+	if err != nil {
+		return nil, err
+	}
+	if len(rows) == 0 {
+		return nil, notFound(id)
+	}
+	return rows[0].t, nil
+}
+
+// TaskList implements store.Store.
+func (s *Store) TaskList(ctx context.Context, p *store.TaskListParams) (*store.TaskListResult, error) {
+	if p == nil {
+		p = &store.TaskListParams{}
+	}
+	var after int64
+	if p.Cursor != "" {
+		n, err := strconv.ParseInt(p.Cursor, 10, 64)
+		if err != nil || n < 0 {
+			return nil, store.InvalidField("page_token", "%q is not a page token from a previous list", p.Cursor)
+		}
+		after = n
+	}
+
+	var b strings.Builder
+	b.WriteString("SELECT " + taskCols + " FROM tasks WHERE seq > ?")
+	args := []any{after}
+	if len(p.States) > 0 {
+		b.WriteString(" AND state IN (SELECT value FROM json_each(?))")
+		args = append(args, jsonText(p.States))
+	}
+	if p.Role != "" {
+		b.WriteString(" AND role = ?")
+		args = append(args, p.Role)
+	}
+	if p.Assignee != "" {
+		b.WriteString(" AND (assignee = ? OR lease_holder = ?)")
+		args = append(args, p.Assignee, p.Assignee)
+	}
+	if len(p.Labels) > 0 {
+		// json_each instead of json_extract: a label key may hold
+		// characters ('"', '.', '[') that a JSON path cannot quote.
+		b.WriteString(` AND (SELECT COUNT(*) FROM json_each(?) AS f JOIN json_each(tasks.labels) AS l
+			ON l.key = f.key AND l.value = f.value) = ?`)
+		args = append(args, jsonText(p.Labels), len(p.Labels))
+	}
+	if len(p.IDs) > 0 {
+		b.WriteString(" AND id IN (SELECT value FROM json_each(?))")
+		args = append(args, jsonText(p.IDs))
+	}
+	// One row past the page says whether there is a next page.
+	limit := -1
+	if p.Limit > 0 && p.Limit < math.MaxInt32 {
+		limit = p.Limit + 1
+	}
+	b.WriteString(" ORDER BY seq LIMIT ?")
+	args = append(args, limit)
+
+	rows, err := s.readRows(ctx, "TaskList", b.String(), args...)
+	if err != nil {
+		return nil, err
+	}
+	res := &store.TaskListResult{}
+	if limit > 0 && len(rows) == limit {
+		rows = rows[:p.Limit]
+		res.NextCursor = strconv.FormatInt(rows[len(rows)-1].seq, 10)
+	}
+	res.Tasks = make([]*store.Task, len(rows))
+	for i, r := range rows {
+		res.Tasks[i] = r.t
+	}
+	return res, nil
+}
+
+// TaskClaim implements store.Store.
+func (s *Store) TaskClaim(ctx context.Context, p *store.TaskClaimParams) ([]store.TaskChange, error) {
+	switch {
+	case p.Agent == "":
+		return nil, store.InvalidField("agent", "required")
+	case p.Max <= 0:
+		return nil, store.InvalidField("max", "must be positive, got %d", p.Max)
+	case p.LeaseDuration <= 0:
+		return nil, store.InvalidField("lease_duration", "must be positive, got %s", p.LeaseDuration)
+	}
+	now := norm(p.Now)
+	roles := "[]"
+	if len(p.Roles) > 0 {
+		roles = jsonText(p.Roles)
+	}
+	var claimed []*row
+	err := s.writeTx(ctx, "TaskClaim", func(w *wtx) error {
+		var err error
+		claimed, err = w.rows(qClaim, p.Agent, toNanos(now), toNanos(now.Add(p.LeaseDuration)), roles, p.Max)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	slices.SortFunc(claimed, func(a, b *row) int {
+		if a.t.Priority != b.t.Priority {
+			return cmpInt64(int64(b.t.Priority), int64(a.t.Priority))
+		}
+		return cmpInt64(a.seq, b.seq)
+	})
+	return changes(claimed, store.StateReady), nil
+}
+
+// TaskNextRunAfter implements store.Store.
+func (s *Store) TaskNextRunAfter(ctx context.Context, now time.Time) (time.Time, bool, error) {
+	st, err := s.rs.get(ctx, qNextRunAfter)
+	if err != nil {
+		return time.Time{}, false, dbErr("TaskNextRunAfter", err)
+	}
+	var next sql.NullInt64
+	if err := st.QueryRowContext(ctx, toNanos(now)).Scan(&next); err != nil {
+		return time.Time{}, false, dbErr("TaskNextRunAfter", err)
+	}
+	if !next.Valid {
+		return time.Time{}, false, nil
+	}
+	return fromNanos(next.Int64), true, nil
+}
+
+// TaskRenew implements store.Store.
+func (s *Store) TaskRenew(ctx context.Context, p *store.TaskRenewParams) (*store.Task, error) {
+	if p.LeaseDuration <= 0 {
+		return nil, store.InvalidField("lease_duration", "must be positive, got %s", p.LeaseDuration)
+	}
+	now := norm(p.Now)
+	var out *store.Task
+	err := s.writeTx(ctx, "TaskRenew", func(w *wtx) error {
+		r, err := w.held(p.Lease, now)
+		if err != nil {
+			return err
+		}
+		t := r.t
+		t.LeaseExpiresAt = now.Add(p.LeaseDuration)
+		t.RenewedAt = now
+		t.UpdatedAt = now
+		if p.Progress != "" {
+			t.Progress = p.Progress
+		}
+		out = t.Clone()
+		return w.save(r)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// TaskComplete implements store.Store.
+func (s *Store) TaskComplete(ctx context.Context, p *store.TaskCompleteParams) (*store.TaskCompleteResult, error) {
+	now := norm(p.Now)
+	res := &store.TaskCompleteResult{Results: make([]store.TaskCompleteItemResult, len(p.Items))}
+	err := s.writeTx(ctx, "TaskComplete", func(w *wtx) error {
+		// Pass 1: the first item naming each task, in set-based statements
+		// that check the lease and complete in one go.
+		var (
+			later []int // items left for pass 2, in order
+			args  []any
+			index = make(map[string]int, len(p.Items)) // task id → its first item
+			done  []string
+		)
+		for i, it := range p.Items {
+			if _, dup := index[it.Lease.TaskID]; dup {
+				later = append(later, i)
+				continue
+			}
+			index[it.Lease.TaskID] = i
+			to := store.StateDone
+			if it.Review {
+				to = store.StateReview
+			}
+			args = append(args, it.Lease.TaskID, it.Lease.FencingToken, it.Lease.Agent, int32(to), it.Note)
+		}
+		const cols = 5
+		for len(args) > 0 {
+			n := min(len(args)/cols, maxBatchRows)
+			rs, err := w.query(qComplete(n), append([]any{toNanos(now)}, args[:n*cols]...)...)
+			if err != nil {
+				return err
+			}
+			for rs.Next() {
+				var deps bool
+				r, err := scanRow(rs, &deps)
+				if err != nil {
+					rs.Close()
+					return dbErr(w.op, err)
+				}
+				res.Results[index[r.t.ID]].Task = r.t
+				if r.t.State == store.StateDone && deps {
+					done = append(done, r.t.ID)
+				}
+			}
+			if err := rs.Close(); err != nil {
+				return dbErr(w.op, err)
+			}
+			if err := rs.Err(); err != nil {
+				return dbErr(w.op, err)
+			}
+			args = args[n*cols:]
+		}
+
+		// Pass 2, in item order: first items that failed (to say why) and
+		// items naming a task again, which see it as earlier items left it.
+		for i, it := range p.Items {
+			if res.Results[i].Task == nil && index[it.Lease.TaskID] == i {
+				later = append(later, i)
+			}
+		}
+		slices.Sort(later)
+		for _, i := range later {
+			it := p.Items[i]
+			r, err := w.byID(it.Lease.TaskID)
+			if errors.Is(err, store.ErrNotFound) {
+				res.Results[i].Err = err
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			if err := store.CheckLease(r.t, it.Lease, now); err != nil {
+				res.Results[i].Err = err
+				continue
+			}
+			to := store.StateDone
+			if it.Review {
+				to = store.StateReview
+			}
+			t := r.t
+			setState(t, to, now)
+			endLease(t)
+			if it.Note != "" {
+				t.Note = it.Note
+			}
+			if err := w.save(r); err != nil {
+				return err
+			}
+			if to == store.StateDone {
+				done = append(done, t.ID)
+			}
+			res.Results[i].Task = t.Clone()
+		}
+
+		for _, r := range res.Results {
+			if r.Task != nil {
+				res.Changes = append(res.Changes, store.TaskChange{Task: r.Task.Clone(), PreviousState: store.StateInProgress})
+			}
+		}
+		promoted, err := w.promote(done, now)
+		if err != nil {
+			return err
+		}
+		res.Changes = append(res.Changes, changes(promoted, store.StateBacklog)...)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// TaskFail implements store.Store.
+func (s *Store) TaskFail(ctx context.Context, p *store.TaskFailParams) ([]store.TaskChange, error) {
+	now := norm(p.Now)
+	var out []store.TaskChange
+	err := s.writeTx(ctx, "TaskFail", func(w *wtx) error {
+		r, err := w.held(p.Lease, now)
+		if err != nil {
+			return err
+		}
+		paused, _, err := w.paused()
+		if err != nil {
+			return err
+		}
+		t := r.t
+		t.LastError = p.Error
+		endLease(t)
+		retry(t, p.Permanent, paused, p.Backoff, now)
+		out = []store.TaskChange{{Task: t.Clone(), PreviousState: store.StateInProgress}}
+		return w.save(r)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// TaskMove implements store.Store.
+func (s *Store) TaskMove(ctx context.Context, p *store.TaskMoveParams) ([]store.TaskChange, error) {
+	if !p.To.Valid() {
+		return nil, store.InvalidField("to", "unknown state %s", p.To)
+	}
+	now := norm(p.Now)
+	var out []store.TaskChange
+	err := s.writeTx(ctx, "TaskMove", func(w *wtx) error {
+		r, err := w.byID(p.TaskID)
+		if err != nil {
+			return err
+		}
+		t := r.t
+		from := t.State
+		if !store.CanOperatorMove(from, p.To) {
+			return &store.TransitionError{TaskID: t.ID, From: from, To: p.To, Allowed: store.OperatorMoves(from)}
+		}
+		setState(t, p.To, now)
+		// An operator's pause is not the queue's: resume must leave it.
+		t.PausedByQueue = false
+		if from == store.StateInProgress {
+			endLease(t)
+		}
+		if from == store.StateFailed && p.To == store.StateReady {
+			t.Attempt = 0
+			t.RunAfter = time.Time{}
+		}
+		if p.Reason != "" {
+			t.Note = p.Reason
+		}
+		if err := w.save(r); err != nil {
+			return err
+		}
+		out = []store.TaskChange{{Task: t.Clone(), PreviousState: from}}
+		if p.To == store.StateDone {
+			promoted, err := w.promote([]string{t.ID}, now)
+			if err != nil {
+				return err
+			}
+			out = append(out, changes(promoted, store.StateBacklog)...)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// TaskSetPriority implements store.Store.
+func (s *Store) TaskSetPriority(ctx context.Context, p *store.TaskSetPriorityParams) (*store.Task, error) {
+	now := norm(p.Now)
+	var out *store.Task
+	err := s.writeTx(ctx, "TaskSetPriority", func(w *wtx) error {
+		rows, err := w.rows(qSetPriority, p.Priority, toNanos(now), p.TaskID)
+		if err != nil {
+			return err
+		}
+		if len(rows) == 0 {
+			return notFound(p.TaskID)
+		}
+		out = rows[0].t
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// TaskRescueExpired implements store.Store.
+func (s *Store) TaskRescueExpired(ctx context.Context, p *store.TaskRescueExpiredParams) ([]store.TaskChange, error) {
+	now := norm(p.Now)
+	var out []store.TaskChange
+	err := s.writeTx(ctx, "TaskRescueExpired", func(w *wtx) error {
+		rows, err := w.rows(qExpired, toNanos(now))
+		if err != nil || len(rows) == 0 {
+			return err
+		}
+		paused, _, err := w.paused()
+		if err != nil {
+			return err
+		}
+		for _, r := range rows {
+			t := r.t
+			t.LastError = fmt.Sprintf("lease held by %s expired at %s", t.LeaseHolder, t.LeaseExpiresAt.Format(time.RFC3339Nano))
+			endLease(t)
+			retry(t, false, paused, p.Backoff, now)
+		}
+		out = changes(rows, store.StateInProgress)
+		return w.save(rows...)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// TaskRequeueStuck implements store.Store.
+func (s *Store) TaskRequeueStuck(ctx context.Context, p *store.TaskRequeueStuckParams) ([]store.TaskChange, error) {
+	now := norm(p.Now)
+	var out []store.TaskChange
+	err := s.writeTx(ctx, "TaskRequeueStuck", func(w *wtx) error {
+		rows, err := w.rows(qStuck, toNanos(now.Add(-p.OlderThan)))
+		if err != nil || len(rows) == 0 {
+			return err
+		}
+		if p.DryRun {
+			out = changes(rows, store.StateInProgress)
+			return nil
+		}
+		paused, _, err := w.paused()
+		if err != nil {
+			return err
+		}
+		for _, r := range rows {
+			endLease(r.t)
+			st, byQueue := readyState(paused)
+			setState(r.t, st, now)
+			r.t.PausedByQueue = byQueue
+		}
+		out = changes(rows, store.StateInProgress)
+		return w.save(rows...)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// readyState is where a task bound for READY goes: PAUSED, marked as the
+// queue's doing, while the queue is paused.
+func readyState(paused bool) (store.TaskState, bool) {
+	if paused {
+		return store.StatePaused, true
+	}
+	return store.StateReady, false
+}
+
+func setState(t *store.Task, to store.TaskState, now time.Time) {
+	t.State = to
+	t.StateChangedAt = now
+	t.UpdatedAt = now
+}
+
+// endLease clears the lease but keeps FencingToken: the next claim's token
+// must be greater than every token this task has had.
+func endLease(t *store.Task) {
+	t.LeaseHolder = ""
+	t.LeaseExpiresAt = time.Time{}
+	t.ClaimedAt = time.Time{}
+	t.RenewedAt = time.Time{}
+}
+
+// retry sends a failed attempt to FAILED when it was the last or the
+// failure is permanent, else back to READY after the backoff.
+func retry(t *store.Task, permanent, paused bool, backoff store.BackoffFunc, now time.Time) {
+	if permanent || t.Attempt >= t.MaxAttempts {
+		setState(t, store.StateFailed, now)
+		t.PausedByQueue = false
+		return
+	}
+	st, byQueue := readyState(paused)
+	setState(t, st, now)
+	t.PausedByQueue = byQueue
+	var wait time.Duration
+	if backoff != nil {
+		wait = max(backoff(t.Attempt), 0)
+	}
+	t.RunAfter = now.Add(wait)
+}
+
+// byID loads one task for update, or ErrNotFound.
+func (w *wtx) byID(id string) (*row, error) {
+	rows, err := w.rows(qGetByID, id)
+	if err != nil {
+		return nil, err
+	}
+	if len(rows) == 0 {
+		return nil, notFound(id)
+	}
+	return rows[0], nil
+}
+
+// held loads the task a lease names and applies the fencing rule.
+func (w *wtx) held(ref store.LeaseRef, now time.Time) (*row, error) {
+	r, err := w.byID(ref.TaskID)
+	if err != nil {
+		return nil, err
+	}
+	if err := store.CheckLease(r.t, ref, now); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// states returns the stored state of each named task that exists.
+func (w *wtx) states(ids []string) (map[string]store.TaskState, error) {
+	rs, err := w.query(qStates, jsonText(ids))
+	if err != nil {
+		return nil, err
+	}
+	defer rs.Close()
+	m := make(map[string]store.TaskState)
+	for rs.Next() {
+		var (
+			id string
+			st int64
+		)
+		if err := rs.Scan(&id, &st); err != nil {
+			return nil, dbErr(w.op, err)
+		}
+		m[id] = store.TaskState(st)
+	}
+	return m, dbErr(w.op, rs.Err())
+}
+
+func (w *wtx) paused() (paused bool, reason string, err error) {
+	rs, err := w.query(qPaused)
+	if err != nil {
+		return false, "", err
+	}
+	defer rs.Close()
+	if rs.Next() {
+		err = rs.Scan(&paused, &reason)
+	}
+	if err == nil {
+		err = rs.Err()
+	}
+	return paused, reason, dbErr(w.op, err)
+}
+
+// save writes back the mutable columns of rows changed in Go.
+func (w *wtx) save(rows ...*row) error {
+	args := make([]any, 0, len(rows)*saveCols)
+	for _, r := range rows {
+		t := r.t
+		args = append(args,
+			r.seq, t.Priority, int32(t.State), t.Attempt, t.LastError, t.Progress, t.Note,
+			t.LeaseHolder, t.FencingToken, toNanos(t.LeaseExpiresAt), toNanos(t.ClaimedAt), toNanos(t.RenewedAt),
+			toNanos(t.RunAfter), toNanos(t.UpdatedAt), toNanos(t.StateChangedAt), boolInt(t.PausedByQueue),
+		)
+	}
+	return w.execBatch(qSave, saveCols, args)
+}
+
+// saveCols is the width of a qSave row.
+const saveCols = 16
+
+// execBatch runs a batchSQL statement over args, cols values per row, in
+// as few statements as maxBatchRows allows.
+func (w *wtx) execBatch(text func(n int) string, cols int, args []any) error {
+	for len(args) > 0 {
+		n := min(len(args)/cols, maxBatchRows)
+		if _, err := w.exec(text(n), args[:n*cols]...); err != nil {
+			return err
+		}
+		args = args[n*cols:]
+	}
+	return nil
+}
+
+// promote moves the BACKLOG dependents of the tasks in done that are now
+// ready to go, in creation order.
+func (w *wtx) promote(done []string, now time.Time) ([]*row, error) {
+	if len(done) == 0 {
+		return nil, nil
+	}
+	rows, err := w.rows(qPromote, toNanos(now), jsonText(done))
+	if err != nil {
+		return nil, err
+	}
+	bySeq(rows)
+	return rows, nil
+}
