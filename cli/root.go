@@ -21,11 +21,11 @@ import (
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 
 	"github.com/factory/factory/controlplane/telemetry"
+	"github.com/factory/factory/controlplane/transport"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	factoryv1 "github.com/factory/factory/gen/factory/v1"
 )
@@ -53,6 +53,7 @@ type app struct {
 	addr    string
 	output  string
 	timeout time.Duration
+	tls     transport.ClientTLS
 }
 
 const (
@@ -87,6 +88,11 @@ The queue's states are the runbook's folders:
   BACKLOG → READY → IN_PROGRESS → REVIEW → DONE, plus FAILED (the dead
   letter) and PAUSED.
 
+Connections use TLS when --ca (or --tls, for the system's roots) is given,
+with a client certificate from --cert/--key when the control plane requires
+one. Without TLS the CLI talks plaintext only to a loopback address
+(127.0.0.1, ::1, localhost), or anywhere with --insecure.
+
 Every command prints a table for people or, with -o json, JSON for scripts.
 A server error prints "error: <message> (<CODE>)" on stderr and exits 1;
 a usage error exits 2.`,
@@ -115,6 +121,11 @@ a usage error exits 2.`,
 	pf.StringVar(&a.addr, "addr", envOr("FACTORY_ADDR", DefaultAddr), "control plane address (env FACTORY_ADDR)")
 	pf.StringVarP(&a.output, "output", "o", outputTable, "output format: table or json")
 	pf.DurationVar(&a.timeout, "timeout", 30*time.Second, "deadline for each call to the control plane (claims add their --wait)")
+	pf.StringVar(&a.tls.CAFile, "ca", os.Getenv("FACTORY_CA"), "verify the control plane's TLS certificate against this CA (PEM); turns TLS on (env FACTORY_CA)")
+	pf.BoolVar(&a.tls.SystemRoots, "tls", false, "use TLS, verifying the control plane against the system's roots")
+	pf.StringVar(&a.tls.CertFile, "cert", os.Getenv("FACTORY_CERT"), "client certificate (PEM) for a control plane that requires one (env FACTORY_CERT)")
+	pf.StringVar(&a.tls.KeyFile, "key", os.Getenv("FACTORY_KEY"), "private key of --cert (PEM) (env FACTORY_KEY)")
+	pf.BoolVar(&a.tls.Insecure, "insecure", false, "allow plaintext to a non-loopback --addr")
 	_ = root.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{outputTable, outputJSON}, cobra.ShellCompDirectiveNoFileComp))
 
 	root.AddCommand(
@@ -153,13 +164,14 @@ func (a *app) jsonOutput() bool  { return a.output == outputJSON }
 
 // dial opens a client connection. Nothing is sent until the first call.
 func (a *app) dial() (*grpc.ClientConn, error) {
-	dialOpts := []grpc.DialOption{
-		// TLS arrives with the access-control work; until then the control
-		// plane serves plaintext on loopback only.
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+	dialOpts, err := a.tls.DialOptions(a.addr)
+	if err != nil {
+		return nil, err
+	}
+	dialOpts = append(dialOpts,
 		grpc.WithStatsHandler(otelgrpc.NewClientHandler(otelgrpc.WithTracerProvider(a.opts.TracerProvider), otelgrpc.WithPropagators(telemetry.Propagator()))),
 		grpc.WithChainUnaryInterceptor(defaultDeadline(a.timeout)),
-	}
+	)
 	dialOpts = append(dialOpts, a.opts.DialOptions...)
 	conn, err := grpc.NewClient(a.addr, dialOpts...)
 	if err != nil {

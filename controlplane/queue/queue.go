@@ -1,6 +1,13 @@
-// Package queue is the task-queue domain: it validates requests, applies the
-// queue's rules through the store, wakes waiting claimers by push, publishes
-// task events to watchers and rescues tasks whose leases expired.
+// Package queue is the task-queue domain: it applies the queue's rules
+// through the store, wakes waiting claimers by push, publishes task events
+// to watchers and rescues tasks whose leases expired.
+//
+// Field rules (lengths, ranges, patterns, required fields) are declared in
+// the API's .proto files and enforced by the gRPC server before a request
+// reaches this package. What stays here needs state or defaults: ids are
+// generated, titles trimmed, empty payloads become {} and must parse as
+// JSON (which the rule language cannot check), a task may not depend on
+// itself, and dependencies must exist (the store checks).
 package queue
 
 import (
@@ -11,34 +18,22 @@ import (
 	"log/slog"
 	"math"
 	"math/rand/v2"
-	"regexp"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/google/uuid"
 
 	"github.com/factory/factory/controlplane/store"
 )
 
-// Limits on requests; the API documents the same numbers.
+// Limits the domain itself relies on; the API's .proto files declare the
+// same numbers as field rules.
 const (
-	MaxTitleLen       = 500
-	MaxKindLen        = 100
-	MaxNameLen        = 128
-	MaxPayloadBytes   = 1 << 20
-	MaxPriority       = 1000
-	MinPriority       = -1000
-	MaxMaxAttempts    = 100
-	MaxBatch          = 1000
-	MaxClaimBatch     = 100
-	DefaultPageSize   = 100
-	MaxPageSize       = 1000
-	MaxWait           = 60 * time.Second
-	MinLease          = time.Second
-	MaxLease          = time.Hour
-	MaxLabels         = 64
-	MaxErrorTextBytes = 64 << 10
+	DefaultPageSize = 100
+	MaxPageSize     = 1000
+	MaxWait         = 60 * time.Second
+	MinLease        = time.Second
+	MaxLease        = time.Hour
 )
 
 // Clock tells the time. Tests inject a fake one so that leases expire
@@ -151,17 +146,9 @@ func (s *Service) Backoff(attempt int32) time.Duration {
 // CreateParams is one task to create, as the API gives it.
 type CreateParams = store.TaskCreate
 
-var idPattern = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,128}$`)
-
-// Create validates and creates tasks, all or none. Field names in errors
-// carry the index for batches ("tasks[3].title").
+// Create creates tasks, all or none, after filling in defaults. Field names
+// in errors carry the index for batches ("tasks[3].payload_json").
 func (s *Service) Create(ctx context.Context, tasks []*CreateParams) ([]*store.Task, error) {
-	if len(tasks) == 0 {
-		return nil, store.InvalidField("tasks", "at least one task is required")
-	}
-	if len(tasks) > MaxBatch {
-		return nil, store.InvalidField("tasks", "at most %d tasks per call, got %d", MaxBatch, len(tasks))
-	}
 	for i, t := range tasks {
 		prefix := ""
 		if len(tasks) > 1 {
@@ -184,113 +171,30 @@ func (s *Service) Create(ctx context.Context, tasks []*CreateParams) ([]*store.T
 }
 
 func (s *Service) prepareCreate(prefix string, t *CreateParams) error {
-	field := func(name string) string { return prefix + name }
 	if t.ID == "" {
 		id, err := uuid.NewV7()
 		if err != nil {
 			return err
 		}
 		t.ID = id.String()
-	} else if !idPattern.MatchString(t.ID) {
-		return store.InvalidField(field("task_id"), "must be 1-128 letters, digits, '.', '_', ':' or '-'")
 	}
 	t.Title = strings.TrimSpace(t.Title)
-	if t.Title == "" {
-		return store.InvalidField(field("title"), "is required")
-	}
-	if err := checkText(field("title"), t.Title, MaxTitleLen); err != nil {
-		return err
-	}
-	if err := checkText(field("kind"), t.Kind, MaxKindLen); err != nil {
-		return err
-	}
-	if err := checkName(field("role"), t.Role); err != nil {
-		return err
-	}
-	if err := checkName(field("assignee"), t.Assignee); err != nil {
-		return err
-	}
 	if t.PayloadJSON == "" {
 		t.PayloadJSON = "{}"
 	}
-	if len(t.PayloadJSON) > MaxPayloadBytes {
-		return store.InvalidField(field("payload_json"), "is %d bytes, at most %d", len(t.PayloadJSON), MaxPayloadBytes)
-	}
 	if !json.Valid([]byte(t.PayloadJSON)) {
-		return store.InvalidField(field("payload_json"), "is not valid JSON")
-	}
-	if t.Priority < MinPriority || t.Priority > MaxPriority {
-		return store.InvalidField(field("priority"), "%d is outside %d to %d", t.Priority, MinPriority, MaxPriority)
-	}
-	if t.MaxAttempts < 0 || t.MaxAttempts > MaxMaxAttempts {
-		return store.InvalidField(field("max_attempts"), "%d is outside 0 to %d", t.MaxAttempts, MaxMaxAttempts)
-	}
-	if t.ApprovalTier < 0 || t.ApprovalTier > 3 {
-		return store.InvalidField(field("approval_tier"), "%d is outside 0 to 3", t.ApprovalTier)
+		return store.InvalidField(prefix+"payload_json", "is not valid JSON")
 	}
 	for i, d := range t.DependsOn {
-		if !idPattern.MatchString(d) {
-			return store.InvalidField(fmt.Sprintf("%sdepends_on[%d]", prefix, i), "%q is not a task id", d)
-		}
 		if d == t.ID {
 			return store.InvalidField(fmt.Sprintf("%sdepends_on[%d]", prefix, i), "a task cannot depend on itself")
 		}
-	}
-	if len(t.Labels) > MaxLabels {
-		return store.InvalidField(field("labels"), "at most %d labels", MaxLabels)
-	}
-	for k, v := range t.Labels {
-		if err := checkName(field("labels"), k); err != nil || k == "" {
-			return store.InvalidField(field("labels"), "key %q must be 1-128 letters, digits, '.', '_', ':', '/' or '-'", k)
-		}
-		if err := checkText(field("labels"), v, 256); err != nil {
-			return err
-		}
-	}
-	switch t.InitialState {
-	case store.StateUnspecified, store.StateReady, store.StateBacklog, store.StatePaused, store.StateReview, store.StateDone, store.StateFailed:
-	case store.StateInProgress:
-		return store.InvalidField(field("initial_state"), "IN_PROGRESS needs a claim; allowed: BACKLOG, READY, PAUSED, REVIEW, DONE, FAILED")
-	default:
-		return store.InvalidField(field("initial_state"), "unknown state %d", t.InitialState)
-	}
-	return nil
-}
-
-var namePattern = regexp.MustCompile(`^[A-Za-z0-9._:/-]{0,128}$`)
-
-func checkName(field, v string) error {
-	if !namePattern.MatchString(v) {
-		return store.InvalidField(field, "%q must be at most 128 letters, digits, '.', '_', ':', '/' or '-'", v)
-	}
-	return nil
-}
-
-func checkText(field, v string, maxLen int) error {
-	if !utf8.ValidString(v) {
-		return store.InvalidField(field, "is not valid UTF-8")
-	}
-	if n := utf8.RuneCountInString(v); n > maxLen {
-		return store.InvalidField(field, "is %d characters, at most %d", n, maxLen)
-	}
-	return nil
-}
-
-func checkTaskID(field, id string) error {
-	if id == "" {
-		return store.InvalidField(field, "is required")
-	}
-	if !idPattern.MatchString(id) {
-		return store.InvalidField(field, "%q is not a task id", id)
 	}
 	return nil
 }
 
 // Get returns one task.
 func (s *Service) Get(ctx context.Context, id string) (*store.Task, error) {
-	if err := checkTaskID("task_id", id); err != nil {
-		return nil, err
-	}
 	return s.store.TaskGet(ctx, id)
 }
 
@@ -307,40 +211,27 @@ type ListParams struct {
 
 // List returns one page of tasks.
 func (s *Service) List(ctx context.Context, p ListParams) (*store.TaskListResult, error) {
-	for i, st := range p.States {
-		if !st.Valid() {
-			return nil, store.InvalidField(fmt.Sprintf("states[%d]", i), "unknown state %d", st)
-		}
-	}
-	if p.PageSize < 0 || p.PageSize > MaxPageSize {
-		return nil, store.InvalidField("page_size", "%d is outside 0 to %d", p.PageSize, MaxPageSize)
-	}
 	if p.PageSize == 0 {
 		p.PageSize = DefaultPageSize
 	}
-	labels, err := parseLabels("labels", p.Labels)
-	if err != nil {
-		return nil, err
-	}
 	return s.store.TaskList(ctx, &store.TaskListParams{
-		States: p.States, Role: p.Role, Assignee: p.Assignee, Labels: labels, IDs: p.IDs,
+		States: p.States, Role: p.Role, Assignee: p.Assignee, Labels: parseLabels(p.Labels), IDs: p.IDs,
 		Limit: p.PageSize, Cursor: p.PageToken,
 	})
 }
 
-func parseLabels(field string, pairs []string) (map[string]string, error) {
+// parseLabels turns "key=value" filters into a map; the API's rules have
+// already refused a filter without '=' or with an empty key.
+func parseLabels(pairs []string) map[string]string {
 	if len(pairs) == 0 {
-		return nil, nil
+		return nil
 	}
 	m := make(map[string]string, len(pairs))
-	for i, p := range pairs {
-		k, v, ok := strings.Cut(p, "=")
-		if !ok || k == "" {
-			return nil, store.InvalidField(fmt.Sprintf("%s[%d]", field, i), "%q is not key=value", p)
-		}
+	for _, p := range pairs {
+		k, v, _ := strings.Cut(p, "=")
 		m[k] = v
 	}
-	return m, nil
+	return m
 }
 
 // ClaimParams asks for work.
@@ -356,30 +247,10 @@ type ClaimParams struct {
 // wait ends or ctx ends; it is woken by push the moment a task becomes
 // READY, and by a timer when a backed-off task's run_after comes due.
 func (s *Service) Claim(ctx context.Context, p ClaimParams) ([]*store.Task, error) {
-	if p.Agent == "" {
-		return nil, store.InvalidField("agent", "is required")
-	}
-	if err := checkName("agent", p.Agent); err != nil {
-		return nil, err
-	}
-	for i, r := range p.Roles {
-		if err := checkName(fmt.Sprintf("roles[%d]", i), r); err != nil {
-			return nil, err
-		}
-	}
-	if p.Wait < 0 || p.Wait > MaxWait {
-		return nil, store.InvalidField("wait", "%s is outside 0s to %s", p.Wait, MaxWait)
-	}
-	if p.MaxTasks < 0 || p.MaxTasks > MaxClaimBatch {
-		return nil, store.InvalidField("max_tasks", "%d is outside 0 to %d", p.MaxTasks, MaxClaimBatch)
-	}
 	if p.MaxTasks == 0 {
 		p.MaxTasks = 1
 	}
-	lease, err := s.leaseDuration("lease_duration", p.LeaseDuration)
-	if err != nil {
-		return nil, err
-	}
+	lease := s.leaseDuration(p.LeaseDuration)
 	var deadline <-chan time.Time
 	if p.Wait > 0 {
 		t := time.NewTimer(p.Wait)
@@ -420,42 +291,17 @@ func (s *Service) Claim(ctx context.Context, p ClaimParams) ([]*store.Task, erro
 	}
 }
 
-func (s *Service) leaseDuration(field string, d time.Duration) (time.Duration, error) {
+// leaseDuration is d, or the configured default when d is unset.
+func (s *Service) leaseDuration(d time.Duration) time.Duration {
 	if d == 0 {
-		return s.cfg.DefaultLease, nil
+		return s.cfg.DefaultLease
 	}
-	if d < MinLease || d > MaxLease {
-		return 0, store.InvalidField(field, "%s is outside %s to %s", d, MinLease, MaxLease)
-	}
-	return d, nil
-}
-
-func checkLeaseRef(prefix string, ref store.LeaseRef) error {
-	if err := checkTaskID(prefix+"task_id", ref.TaskID); err != nil {
-		return err
-	}
-	if ref.Agent == "" {
-		return store.InvalidField(prefix+"agent", "is required")
-	}
-	if ref.FencingToken <= 0 {
-		return store.InvalidField(prefix+"fencing_token", "is required (the token ClaimTask returned)")
-	}
-	return nil
+	return d
 }
 
 // Renew extends a lease.
 func (s *Service) Renew(ctx context.Context, ref store.LeaseRef, lease time.Duration, progress string) (*store.Task, error) {
-	if err := checkLeaseRef("", ref); err != nil {
-		return nil, err
-	}
-	lease, err := s.leaseDuration("lease_duration", lease)
-	if err != nil {
-		return nil, err
-	}
-	if err := checkText("progress", progress, 4096); err != nil {
-		return nil, err
-	}
-	t, err := s.store.TaskRenew(ctx, &store.TaskRenewParams{Lease: ref, LeaseDuration: lease, Progress: progress, Now: s.clock.Now()})
+	t, err := s.store.TaskRenew(ctx, &store.TaskRenewParams{Lease: ref, LeaseDuration: s.leaseDuration(lease), Progress: progress, Now: s.clock.Now()})
 	if err != nil {
 		return nil, err
 	}
@@ -464,60 +310,20 @@ func (s *Service) Renew(ctx context.Context, ref store.LeaseRef, lease time.Dura
 }
 
 // Complete completes held tasks; each item succeeds or fails on its own.
-// Invalid items fail alone too, with their field named.
 func (s *Service) Complete(ctx context.Context, items []store.TaskCompleteItem) ([]store.TaskCompleteItemResult, error) {
 	if len(items) == 0 {
-		return nil, store.InvalidField("items", "at least one item is required")
+		return nil, nil
 	}
-	if len(items) > MaxBatch {
-		return nil, store.InvalidField("items", "at most %d items per call, got %d", MaxBatch, len(items))
+	res, err := s.store.TaskComplete(ctx, &store.TaskCompleteParams{Items: items, Now: s.clock.Now()})
+	if err != nil {
+		return nil, err
 	}
-	results := make([]store.TaskCompleteItemResult, len(items))
-	valid := make([]store.TaskCompleteItem, 0, len(items))
-	index := make([]int, 0, len(items))
-	for i, it := range items {
-		prefix := ""
-		if len(items) > 1 {
-			prefix = fmt.Sprintf("items[%d].", i)
-		}
-		err := checkLeaseRef(prefix, it.Lease)
-		if err == nil {
-			err = checkText(prefix+"note", it.Note, 4096)
-		}
-		if err != nil {
-			if len(items) == 1 {
-				return nil, err
-			}
-			results[i].Err = err
-			continue
-		}
-		valid = append(valid, it)
-		index = append(index, i)
-	}
-	if len(valid) > 0 {
-		res, err := s.store.TaskComplete(ctx, &store.TaskCompleteParams{Items: valid, Now: s.clock.Now()})
-		if err != nil {
-			return nil, err
-		}
-		for j, r := range res.Results {
-			results[index[j]] = r
-		}
-		s.publish(res.Changes)
-	}
-	return results, nil
+	s.publish(res.Changes)
+	return res.Results, nil
 }
 
 // Fail records a failed attempt.
 func (s *Service) Fail(ctx context.Context, ref store.LeaseRef, errText string, permanent bool) (*store.Task, error) {
-	if err := checkLeaseRef("", ref); err != nil {
-		return nil, err
-	}
-	if strings.TrimSpace(errText) == "" {
-		return nil, store.InvalidField("error", "is required: say what went wrong")
-	}
-	if len(errText) > MaxErrorTextBytes || !utf8.ValidString(errText) {
-		return nil, store.InvalidField("error", "must be valid UTF-8 of at most %d bytes", MaxErrorTextBytes)
-	}
 	changes, err := s.store.TaskFail(ctx, &store.TaskFailParams{Lease: ref, Error: errText, Permanent: permanent, Backoff: s.Backoff, Now: s.clock.Now()})
 	if err != nil {
 		return nil, err
@@ -528,18 +334,6 @@ func (s *Service) Fail(ctx context.Context, ref store.LeaseRef, errText string, 
 
 // Move is an operator move allowed by the transition table.
 func (s *Service) Move(ctx context.Context, id string, to store.TaskState, reason string) (*store.Task, error) {
-	if err := checkTaskID("task_id", id); err != nil {
-		return nil, err
-	}
-	if !to.Valid() {
-		return nil, store.InvalidField("to", "unknown state %d (want one of %s)", to, store.JoinStates(store.AllStates))
-	}
-	if strings.TrimSpace(reason) == "" {
-		return nil, store.InvalidField("reason", "is required: say why, it stays on the task")
-	}
-	if err := checkText("reason", reason, 4096); err != nil {
-		return nil, err
-	}
 	changes, err := s.store.TaskMove(ctx, &store.TaskMoveParams{TaskID: id, To: to, Reason: reason, Now: s.clock.Now()})
 	if err != nil {
 		return nil, err
@@ -550,12 +344,6 @@ func (s *Service) Move(ctx context.Context, id string, to store.TaskState, reaso
 
 // SetPriority changes a task's priority.
 func (s *Service) SetPriority(ctx context.Context, id string, priority int32) (*store.Task, error) {
-	if err := checkTaskID("task_id", id); err != nil {
-		return nil, err
-	}
-	if priority < MinPriority || priority > MaxPriority {
-		return nil, store.InvalidField("priority", "%d is outside %d to %d", priority, MinPriority, MaxPriority)
-	}
 	t, err := s.store.TaskSetPriority(ctx, &store.TaskSetPriorityParams{TaskID: id, Priority: priority, Now: s.clock.Now()})
 	if err != nil {
 		return nil, err
@@ -566,9 +354,6 @@ func (s *Service) SetPriority(ctx context.Context, id string, priority int32) (*
 
 // Pause pauses the queue; it returns how many READY tasks it paused.
 func (s *Service) Pause(ctx context.Context, reason string) (int, error) {
-	if err := checkText("reason", reason, 4096); err != nil {
-		return 0, err
-	}
 	changes, err := s.store.QueuePause(ctx, &store.QueuePauseParams{Reason: reason, Now: s.clock.Now()})
 	if err != nil {
 		return 0, err
@@ -589,9 +374,6 @@ func (s *Service) Resume(ctx context.Context) (int, error) {
 
 // RequeueStuck requeues IN_PROGRESS tasks with no sign of life for olderThan.
 func (s *Service) RequeueStuck(ctx context.Context, olderThan time.Duration, dryRun bool) ([]*store.Task, error) {
-	if olderThan < time.Second {
-		return nil, store.InvalidField("older_than", "must be at least 1s, got %s", olderThan)
-	}
 	changes, err := s.store.TaskRequeueStuck(ctx, &store.TaskRequeueStuckParams{OlderThan: olderThan, DryRun: dryRun, Now: s.clock.Now()})
 	if err != nil {
 		return nil, err

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strings"
 
+	"buf.build/go/protovalidate"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -23,19 +25,23 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 		return err
 	}
 	var fe *store.FieldError
+	var ve *protovalidate.ValidationError
 	switch {
 	case errors.Is(err, context.Canceled):
 		return status.Error(codes.Canceled, err.Error())
 	case errors.Is(err, context.DeadlineExceeded):
 		return status.Error(codes.DeadlineExceeded, err.Error())
-	case errors.As(err, &fe):
-		st, derr := status.New(codes.InvalidArgument, err.Error()).WithDetails(&errdetails.BadRequest{
-			FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: fe.Field, Description: fe.Description}},
-		})
-		if derr != nil {
-			return status.Error(codes.InvalidArgument, err.Error())
+	case errors.As(err, &ve) && len(ve.Violations) > 0:
+		violations := make([]*errdetails.BadRequest_FieldViolation, len(ve.Violations))
+		for i, v := range ve.Violations {
+			violations[i] = &errdetails.BadRequest_FieldViolation{
+				Field:       protovalidate.FieldPathString(v.Proto.GetField()),
+				Description: violationText(v),
+			}
 		}
-		return st.Err()
+		return badRequest(violations)
+	case errors.As(err, &fe):
+		return badRequest([]*errdetails.BadRequest_FieldViolation{{Field: fe.Field, Description: fe.Description}})
 	case errors.Is(err, store.ErrInvalidArgument):
 		return status.Error(codes.InvalidArgument, err.Error())
 	case errors.Is(err, store.ErrNotFound):
@@ -47,6 +53,32 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 	case errors.Is(err, store.ErrUnavailable):
 		return status.Error(codes.Unavailable, err.Error())
 	}
+	// Also where a validation rule fails to evaluate (a CompilationError or
+	// RuntimeError from protovalidate): a fault in the API, not the request.
 	log.ErrorContext(ctx, "internal error", "err", err)
 	return status.Error(codes.Internal, "internal error (the control plane's log has the cause)")
+}
+
+// badRequest is INVALID_ARGUMENT with the violations as a google.rpc.BadRequest
+// detail, and a message naming every field ("title: must not be blank") so
+// that a client printing only the message still learns what to fix.
+func badRequest(violations []*errdetails.BadRequest_FieldViolation) error {
+	parts := make([]string, len(violations))
+	for i, v := range violations {
+		parts[i] = v.GetField() + ": " + v.GetDescription()
+	}
+	msg := strings.Join(parts, "; ")
+	st, err := status.New(codes.InvalidArgument, msg).WithDetails(&errdetails.BadRequest{FieldViolations: violations})
+	if err != nil {
+		return status.Error(codes.InvalidArgument, msg)
+	}
+	return st.Err()
+}
+
+// violationText is a rule's message, or its id when the rule has none.
+func violationText(v *protovalidate.Violation) string {
+	if m := v.Proto.GetMessage(); m != "" {
+		return m
+	}
+	return "breaks rule " + v.Proto.GetRuleId()
 }

@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 
 	"google.golang.org/grpc"
@@ -17,7 +16,8 @@ import (
 )
 
 // queueServer adapts QueueService calls to the queue domain; it holds no
-// logic of its own beyond translating messages.
+// logic of its own beyond translating messages. Requests reach it only
+// after the validation interceptor has checked their field rules.
 type queueServer struct {
 	factoryv1.UnimplementedQueueServiceServer
 	q        *queue.Service
@@ -183,9 +183,6 @@ func (s *queueServer) ResumeQueue(ctx context.Context, _ *factoryv1.ResumeQueueR
 }
 
 func (s *queueServer) RequeueStuck(ctx context.Context, r *factoryv1.RequeueStuckRequest) (*factoryv1.RequeueStuckResponse, error) {
-	if r.GetOlderThan() == nil {
-		return nil, s.err(ctx, store.InvalidField("older_than", "is required, e.g. 2h"))
-	}
 	tasks, err := s.q.RequeueStuck(ctx, durationOf(r.GetOlderThan()), r.GetDryRun())
 	if err != nil {
 		return nil, s.err(ctx, err)
@@ -213,13 +210,7 @@ func (s *queueServer) GetQueueStats(ctx context.Context, _ *factoryv1.GetQueueSt
 
 func (s *queueServer) WatchTasks(r *factoryv1.WatchTasksRequest, stream grpc.ServerStreamingServer[factoryv1.WatchTasksResponse]) error {
 	ctx := stream.Context()
-	states := statesFromProto(r.GetStates())
-	for i, st := range states {
-		if !st.Valid() {
-			return s.err(ctx, store.InvalidField(fmt.Sprintf("states[%d]", i), "unknown state %d", st))
-		}
-	}
-	filter := queue.Filter{States: states, Role: r.GetRole(), TaskIDs: r.GetTaskIds()}
+	filter := queue.Filter{States: statesFromProto(r.GetStates()), Role: r.GetRole(), TaskIDs: r.GetTaskIds()}
 	// Subscribe before the snapshot: a change racing the snapshot then shows
 	// up twice (harmless, events carry the whole task) rather than never.
 	sub := s.q.Subscribe(filter)

@@ -58,6 +58,12 @@ type testBundle struct {
 // server on bufconn. With a nil clock the wall clock is used.
 func setup(t *testing.T, clock *fakeClock) *testBundle {
 	t.Helper()
+	return setupWith(t, clock, nil)
+}
+
+// setupWith is setup with server options and extra client dial options.
+func setupWith(t *testing.T, clock *fakeClock, opts []GRPCOption, dialOpts ...grpc.DialOption) *testBundle {
+	t.Helper()
 	ctx := context.Background()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	st, err := sqlite.Open(ctx, sqlite.Config{Path: t.TempDir() + "/factory.db", Logger: log})
@@ -74,13 +80,13 @@ func setup(t *testing.T, clock *fakeClock) *testBundle {
 		t.Fatal(err)
 	}
 	stopping := make(chan struct{})
-	srv, _ := NewGRPCServer(Services{Queue: q}, log, noop.NewTracerProvider(), stopping)
+	srv, _ := NewGRPCServer(Services{Queue: q}, log, noop.NewTracerProvider(), stopping, opts...)
 	lis := bufconn.Listen(1 << 20)
 	go srv.Serve(lis)
 	t.Cleanup(func() { close(stopping); srv.Stop() })
-	conn, err := grpc.NewClient("passthrough:///bufnet",
+	conn, err := grpc.NewClient("passthrough:///bufnet", append([]grpc.DialOption{
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()))
+		grpc.WithTransportCredentials(insecure.NewCredentials())}, dialOpts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,12 +4,15 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
 	"gopkg.in/yaml.v3"
 
 	"github.com/factory/factory/controlplane/queue"
+	"github.com/factory/factory/controlplane/server"
+	"github.com/factory/factory/controlplane/transport"
 )
 
 // fileConfig is the control plane's configuration. Precedence, lowest to
@@ -19,12 +22,19 @@ type fileConfig struct {
 	Listen          string        `yaml:"listen"`
 	DataDir         string        `yaml:"data_dir"`
 	Store           string        `yaml:"store"`
+	PostgresSchema  string        `yaml:"pg_schema"`
 	LogLevel        string        `yaml:"log_level"`
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
 	DefaultLease    time.Duration `yaml:"default_lease"`
 	RetryBase       time.Duration `yaml:"retry_base"`
 	RetryMax        time.Duration `yaml:"retry_max"`
 	RescueInterval  time.Duration `yaml:"rescue_interval"`
+	TLSCert         string        `yaml:"tls_cert"`
+	TLSKey          string        `yaml:"tls_key"`
+	TLSClientCA     string        `yaml:"tls_client_ca"`
+	Insecure        bool          `yaml:"insecure"`
+	RateLimit       float64       `yaml:"rate_limit"`
+	RateBurst       int           `yaml:"rate_burst"`
 }
 
 func defaultConfig() fileConfig {
@@ -37,11 +47,23 @@ func defaultConfig() fileConfig {
 		RetryBase:       10 * time.Second,
 		RetryMax:        10 * time.Minute,
 		RescueInterval:  time.Second,
+		// Generous: an agent makes a few calls a second; this stops a
+		// runaway loop, not real work.
+		RateLimit: 2000,
+		RateBurst: 4000,
 	}
 }
 
 func (c fileConfig) queueConfig() queue.Config {
 	return queue.Config{DefaultLease: c.DefaultLease, RetryBase: c.RetryBase, RetryMax: c.RetryMax, RescueInterval: c.RescueInterval}
+}
+
+func (c fileConfig) serverTLS() transport.ServerTLS {
+	return transport.ServerTLS{CertFile: c.TLSCert, KeyFile: c.TLSKey, ClientCAFile: c.TLSClientCA}
+}
+
+func (c fileConfig) rateLimit() server.RateLimit {
+	return server.RateLimit{PerSecond: c.RateLimit, Burst: c.RateBurst}
 }
 
 // loadConfig builds the configuration from args and the environment.
@@ -58,6 +80,12 @@ become underscores: FACTORY_DATA_DIR) or in the YAML file given by --config
 (keys with underscores: data_dir). Flags win over the environment, the
 environment over the file.
 
+Security: with --tls-cert and --tls-key the server speaks TLS; adding
+--tls-client-ca makes it mutual (every client needs a certificate signed by
+that CA). Without TLS, plaintext is allowed only on a loopback address
+(127.0.0.1, ::1, localhost) or with --insecure; otherwise the server refuses
+to start.
+
 Flags:
 `)
 		fs.PrintDefaults()
@@ -66,12 +94,19 @@ Flags:
 	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "gRPC listen address (port 0 picks one)")
 	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory for the SQLite database")
 	fs.StringVar(&cfg.Store, "store", cfg.Store, "store: sqlite (DATA_DIR/factory.db), sqlite:PATH, or a postgres:// URL for replicas")
+	fs.StringVar(&cfg.PostgresSchema, "pg-schema", cfg.PostgresSchema, "PostgreSQL schema for the tables (default public)")
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long running calls get to finish at shutdown")
 	fs.DurationVar(&cfg.DefaultLease, "default-lease", cfg.DefaultLease, "lease length when a claim names none")
 	fs.DurationVar(&cfg.RetryBase, "retry-base", cfg.RetryBase, "backoff after a task's first failed attempt (doubles each attempt)")
 	fs.DurationVar(&cfg.RetryMax, "retry-max", cfg.RetryMax, "longest backoff between attempts")
 	fs.DurationVar(&cfg.RescueInterval, "rescue-interval", cfg.RescueInterval, "how often expired leases are looked for")
+	fs.StringVar(&cfg.TLSCert, "tls-cert", cfg.TLSCert, "serve TLS with this certificate chain (PEM); needs --tls-key")
+	fs.StringVar(&cfg.TLSKey, "tls-key", cfg.TLSKey, "the private key of --tls-cert (PEM)")
+	fs.StringVar(&cfg.TLSClientCA, "tls-client-ca", cfg.TLSClientCA, "require client certificates signed by this CA (PEM): mutual TLS")
+	fs.BoolVar(&cfg.Insecure, "insecure", cfg.Insecure, "allow plaintext on a non-loopback --listen address")
+	fs.Float64Var(&cfg.RateLimit, "rate-limit", cfg.RateLimit, "requests per second each caller may make (0: no limit; health checks are exempt)")
+	fs.IntVar(&cfg.RateBurst, "rate-burst", cfg.RateBurst, "requests a caller may make at once above --rate-limit")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
@@ -127,6 +162,8 @@ func fieldString(c fileConfig, flagName string) string {
 		return c.DataDir
 	case "store":
 		return c.Store
+	case "pg-schema":
+		return c.PostgresSchema
 	case "log-level":
 		return c.LogLevel
 	case "shutdown-timeout":
@@ -139,6 +176,18 @@ func fieldString(c fileConfig, flagName string) string {
 		return c.RetryMax.String()
 	case "rescue-interval":
 		return c.RescueInterval.String()
+	case "tls-cert":
+		return c.TLSCert
+	case "tls-key":
+		return c.TLSKey
+	case "tls-client-ca":
+		return c.TLSClientCA
+	case "insecure":
+		return strconv.FormatBool(c.Insecure)
+	case "rate-limit":
+		return strconv.FormatFloat(c.RateLimit, 'g', -1, 64)
+	case "rate-burst":
+		return strconv.Itoa(c.RateBurst)
 	}
 	return ""
 }

@@ -42,3 +42,39 @@ func TestConfigRejectsBadValuesNamingTheSetting(t *testing.T) {
 		t.Fatal("accepted an unknown key in the config file")
 	}
 }
+
+func TestConfigSecurityAndLimits(t *testing.T) {
+	cfg, err := loadConfig(nil, func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.RateLimit != 2000 || cfg.RateBurst != 4000 || cfg.Insecure || cfg.TLSCert != "" {
+		t.Fatalf("defaults: %+v", cfg)
+	}
+
+	file := filepath.Join(t.TempDir(), "cp.yaml")
+	if err := os.WriteFile(file, []byte("tls_cert: /etc/factory/cp.pem\ntls_key: /etc/factory/cp-key.pem\nrate_limit: 50\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"FACTORY_CONFIG": file, "FACTORY_TLS_CLIENT_CA": "/etc/factory/sidecars.pem", "FACTORY_RATE_BURST": "75"}
+	cfg, err = loadConfig([]string{"--insecure"}, func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	tls := cfg.serverTLS()
+	if tls.CertFile != "/etc/factory/cp.pem" || tls.KeyFile != "/etc/factory/cp-key.pem" || tls.ClientCAFile != "/etc/factory/sidecars.pem" {
+		t.Errorf("TLS from file and env: %+v", tls)
+	}
+	if !cfg.Insecure {
+		t.Error("--insecure not applied")
+	}
+	if rl := cfg.rateLimit(); rl.PerSecond != 50 || rl.Burst != 75 {
+		t.Errorf("rate limit from file and env: %+v", rl)
+	}
+
+	// 0 turns the limit off.
+	cfg, err = loadConfig([]string{"--rate-limit", "0"}, func(string) string { return "" })
+	if err != nil || cfg.RateLimit != 0 {
+		t.Fatalf("--rate-limit 0: %v, %v", cfg.RateLimit, err)
+	}
+}

@@ -50,8 +50,12 @@ func run(ctx context.Context, args []string) error {
 		Listen:          cfg.Listen,
 		DataDir:         cfg.DataDir,
 		Store:           cfg.Store,
+		PostgresSchema:  cfg.PostgresSchema,
 		ShutdownTimeout: cfg.ShutdownTimeout,
 		Queue:           cfg.queueConfig(),
+		TLS:             cfg.serverTLS(),
+		Insecure:        cfg.Insecure,
+		RateLimit:       cfg.rateLimit(),
 		Logger:          log,
 		TracerProvider:  tp,
 	})

@@ -7,6 +7,7 @@
 package factoryv1
 
 import (
+	_ "buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
@@ -476,31 +477,33 @@ type CreateTaskRequest struct {
 	// Optional id chosen by the caller (letters, digits, '.', '_', ':', '-';
 	// at most 128). Empty: the server assigns a UUIDv7.
 	TaskId string `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
-	// Short human title. Required, at most 500 characters.
+	// Short human title. Required and not blank, at most 500 characters.
 	Title string `protobuf:"bytes,2,opt,name=title,proto3" json:"title,omitempty"`
 	// Free-form kind, at most 100 characters.
 	Kind string `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"`
 	// The work, as JSON text (at most 1 MiB). Empty means {}.
 	PayloadJson string `protobuf:"bytes,4,opt,name=payload_json,json=payloadJson,proto3" json:"payload_json,omitempty"`
-	// The role an agent needs; empty means any agent.
+	// The role an agent needs; empty means any agent. Letters, digits, '.', '_', ':', '/', '-'; at most 128.
 	Role string `protobuf:"bytes,5,opt,name=role,proto3" json:"role,omitempty"`
 	// Only this agent may claim it; empty means any agent with the role.
+	// Letters, digits, '.', '_', ':', '/', '-'; at most 128.
 	Assignee string `protobuf:"bytes,6,opt,name=assignee,proto3" json:"assignee,omitempty"`
 	// -1000 to 1000; default 0. Higher is claimed first.
 	Priority int32 `protobuf:"varint,7,opt,name=priority,proto3" json:"priority,omitempty"`
 	// Claims allowed before the dead letter; 0 means the default, 3. At most 100.
 	MaxAttempts int32 `protobuf:"varint,8,opt,name=max_attempts,json=maxAttempts,proto3" json:"max_attempts,omitempty"`
-	// Ids of tasks that must be DONE first.
+	// Ids of tasks that must be DONE first; at most 1000.
 	DependsOn []string `protobuf:"bytes,9,rep,name=depends_on,json=dependsOn,proto3" json:"depends_on,omitempty"`
 	// Approval tier 0-3.
 	ApprovalTier int32 `protobuf:"varint,10,opt,name=approval_tier,json=approvalTier,proto3" json:"approval_tier,omitempty"`
-	// Labels, for filtering.
+	// Labels, for filtering: at most 64. Keys are 1-128 letters, digits, '.',
+	// '_', ':', '/', '-'; values at most 256 characters.
 	Labels map[string]string `protobuf:"bytes,11,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Where the task starts. Unset means READY (or BACKLOG while a dependency
 	// is not DONE). BACKLOG, PAUSED, REVIEW, DONE and FAILED are allowed, for
 	// parking work and for imports; IN_PROGRESS is not.
 	InitialState TaskState `protobuf:"varint,12,opt,name=initial_state,json=initialState,proto3,enum=factory.v1.TaskState" json:"initial_state,omitempty"`
-	// Not claimable before this time.
+	// Not claimable before this time; between 1970 and 2200.
 	RunAfter      *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=run_after,json=runAfter,proto3" json:"run_after,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -676,7 +679,7 @@ func (x *CreateTaskResponse) GetTask() *Task {
 // CreateTasksRequest holds many tasks to create at once.
 type CreateTasksRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The tasks, at most 1000.
+	// The tasks, 1 to 1000.
 	Tasks         []*CreateTaskRequest `protobuf:"bytes,1,rep,name=tasks,proto3" json:"tasks,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -768,7 +771,7 @@ func (x *CreateTasksResponse) GetTasks() []*Task {
 // GetTaskRequest names a task.
 type GetTaskRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The task's id.
+	// The task's id. Required.
 	TaskId        string `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -866,7 +869,7 @@ type ListTasksRequest struct {
 	Role string `protobuf:"bytes,2,opt,name=role,proto3" json:"role,omitempty"`
 	// Only tasks assigned to or held by this agent.
 	Assignee string `protobuf:"bytes,3,opt,name=assignee,proto3" json:"assignee,omitempty"`
-	// Only tasks carrying all these labels, as "key=value".
+	// Only tasks carrying all these labels, as "key=value"; at most 64.
 	Labels []string `protobuf:"bytes,4,rep,name=labels,proto3" json:"labels,omitempty"`
 	// At most this many tasks; default 100, at most 1000.
 	PageSize int32 `protobuf:"varint,5,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
@@ -1006,9 +1009,10 @@ func (x *ListTasksResponse) GetNextPageToken() string {
 // ClaimTaskRequest asks for work.
 type ClaimTaskRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The claiming agent's name. Required.
+	// The claiming agent's name. Required; letters, digits, '.', '_', ':', '/', '-'; at most 128.
 	Agent string `protobuf:"bytes,1,opt,name=agent,proto3" json:"agent,omitempty"`
-	// The roles the agent can take. Tasks with an empty role match any agent.
+	// The roles the agent can take, at most 64. Tasks with an empty role match
+	// any agent.
 	Roles []string `protobuf:"bytes,2,rep,name=roles,proto3" json:"roles,omitempty"`
 	// How long to wait for work when none is READY; at most 60s. Unset: no wait.
 	Wait *durationpb.Duration `protobuf:"bytes,3,opt,name=wait,proto3" json:"wait,omitempty"`
@@ -1134,15 +1138,15 @@ func (x *ClaimTaskResponse) GetTasks() []*Task {
 // RenewLeaseRequest extends a lease.
 type RenewLeaseRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The task's id.
+	// The task's id. Required.
 	TaskId string `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
-	// The holder's agent name.
+	// The holder's agent name. Required.
 	Agent string `protobuf:"bytes,2,opt,name=agent,proto3" json:"agent,omitempty"`
-	// The lease's fencing token.
+	// The lease's fencing token, as ClaimTask returned it. Required.
 	FencingToken int64 `protobuf:"varint,3,opt,name=fencing_token,json=fencingToken,proto3" json:"fencing_token,omitempty"`
 	// New lease length from now; default 5m, from 1s to 1h.
 	LeaseDuration *durationpb.Duration `protobuf:"bytes,4,opt,name=lease_duration,json=leaseDuration,proto3" json:"lease_duration,omitempty"`
-	// A progress note, kept on the task.
+	// A progress note, kept on the task; at most 4096 characters.
 	Progress      string `protobuf:"bytes,5,opt,name=progress,proto3" json:"progress,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1262,15 +1266,15 @@ func (x *RenewLeaseResponse) GetTask() *Task {
 // CompleteTaskRequest finishes a claimed task.
 type CompleteTaskRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The task's id.
+	// The task's id. Required.
 	TaskId string `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
-	// The holder's agent name.
+	// The holder's agent name. Required.
 	Agent string `protobuf:"bytes,2,opt,name=agent,proto3" json:"agent,omitempty"`
-	// The lease's fencing token.
+	// The lease's fencing token, as ClaimTask returned it. Required.
 	FencingToken int64 `protobuf:"varint,3,opt,name=fencing_token,json=fencingToken,proto3" json:"fencing_token,omitempty"`
 	// Send to REVIEW for a human check instead of straight to DONE.
 	Review bool `protobuf:"varint,4,opt,name=review,proto3" json:"review,omitempty"`
-	// A closing note, kept on the task.
+	// A closing note, kept on the task; at most 4096 characters.
 	Note          string `protobuf:"bytes,5,opt,name=note,proto3" json:"note,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1390,7 +1394,8 @@ func (x *CompleteTaskResponse) GetTask() *Task {
 // CompleteTasksRequest completes many tasks.
 type CompleteTasksRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The completions, at most 1000.
+	// The completions, 1 to 1000. A malformed item refuses the whole call
+	// with INVALID_ARGUMENT naming it (items[3].task_id).
 	Items         []*CompleteTaskRequest `protobuf:"bytes,1,rep,name=items,proto3" json:"items,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1556,13 +1561,13 @@ func (x *CompleteTasksResponse) GetResults() []*CompleteTaskResult {
 // FailTaskRequest reports a failed task.
 type FailTaskRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The task's id.
+	// The task's id. Required.
 	TaskId string `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
-	// The holder's agent name.
+	// The holder's agent name. Required.
 	Agent string `protobuf:"bytes,2,opt,name=agent,proto3" json:"agent,omitempty"`
-	// The lease's fencing token.
+	// The lease's fencing token, as ClaimTask returned it. Required.
 	FencingToken int64 `protobuf:"varint,3,opt,name=fencing_token,json=fencingToken,proto3" json:"fencing_token,omitempty"`
-	// What went wrong. Required.
+	// What went wrong. Required and not blank, at most 64 KiB.
 	Error string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
 	// Permanent: straight to FAILED. Otherwise it retries after a backoff
 	// while attempts remain.
@@ -1685,11 +1690,12 @@ func (x *FailTaskResponse) GetTask() *Task {
 // MoveTaskRequest is an operator move.
 type MoveTaskRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The task's id.
+	// The task's id. Required.
 	TaskId string `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
-	// The state to move to.
+	// The state to move to. Required.
 	To TaskState `protobuf:"varint,2,opt,name=to,proto3,enum=factory.v1.TaskState" json:"to,omitempty"`
-	// Why; kept in the task's note. Required.
+	// Why; kept in the task's note. Required and not blank, at most 4096
+	// characters.
 	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1795,7 +1801,7 @@ func (x *MoveTaskResponse) GetTask() *Task {
 // SetPriorityRequest changes a priority.
 type SetPriorityRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The task's id.
+	// The task's id. Required.
 	TaskId string `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
 	// New priority, -1000 to 1000.
 	Priority      int32 `protobuf:"varint,2,opt,name=priority,proto3" json:"priority,omitempty"`
@@ -1896,7 +1902,7 @@ func (x *SetPriorityResponse) GetTask() *Task {
 // PauseQueueRequest pauses the queue.
 type PauseQueueRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Why; shown in stats.
+	// Why; shown in stats. At most 4096 characters.
 	Reason        string `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2271,7 +2277,7 @@ type GetQueueStatsResponse struct {
 	OldestReadyAge *durationpb.Duration `protobuf:"bytes,2,opt,name=oldest_ready_age,json=oldestReadyAge,proto3" json:"oldest_ready_age,omitempty"`
 	// Age of the oldest IN_PROGRESS claim; zero when none.
 	OldestInProgressAge *durationpb.Duration `protobuf:"bytes,3,opt,name=oldest_in_progress_age,json=oldestInProgressAge,proto3" json:"oldest_in_progress_age,omitempty"`
-	// Tasks not done on their first attempt (attempt > 1).
+	// Tasks not DONE that are past their first attempt (attempt > 1).
 	Retrying int64 `protobuf:"varint,4,opt,name=retrying,proto3" json:"retrying,omitempty"`
 	// Whether the queue is paused.
 	Paused bool `protobuf:"varint,5,opt,name=paused,proto3" json:"paused,omitempty"`
@@ -2360,7 +2366,7 @@ type WatchTasksRequest struct {
 	States []TaskState `protobuf:"varint,1,rep,packed,name=states,proto3,enum=factory.v1.TaskState" json:"states,omitempty"`
 	// Only tasks needing this role.
 	Role string `protobuf:"bytes,2,opt,name=role,proto3" json:"role,omitempty"`
-	// Only these tasks.
+	// Only these tasks; at most 1000.
 	TaskIds []string `protobuf:"bytes,3,rep,name=task_ids,json=taskIds,proto3" json:"task_ids,omitempty"`
 	// Skip the initial snapshot; send changes only.
 	ChangesOnly   bool `protobuf:"varint,4,opt,name=changes_only,json=changesOnly,proto3" json:"changes_only,omitempty"`
@@ -2504,7 +2510,7 @@ var File_factory_v1_queue_proto protoreflect.FileDescriptor
 const file_factory_v1_queue_proto_rawDesc = "" +
 	"\n" +
 	"\x16factory/v1/queue.proto\x12\n" +
-	"factory.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe6\x01\n" +
+	"factory.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe6\x01\n" +
 	"\x05Lease\x12\x16\n" +
 	"\x06holder\x18\x01 \x01(\tR\x06holder\x12\x14\n" +
 	"\x05token\x18\x02 \x01(\x03R\x05token\x129\n" +
@@ -2543,73 +2549,79 @@ const file_factory_v1_queue_proto_rawDesc = "" +
 	"\x10state_changed_at\x18\x15 \x01(\v2\x1a.google.protobuf.TimestampR\x0estateChangedAt\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9f\x04\n" +
-	"\x11CreateTaskRequest\x12\x17\n" +
-	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x14\n" +
-	"\x05title\x18\x02 \x01(\tR\x05title\x12\x12\n" +
-	"\x04kind\x18\x03 \x01(\tR\x04kind\x12!\n" +
-	"\fpayload_json\x18\x04 \x01(\tR\vpayloadJson\x12\x12\n" +
-	"\x04role\x18\x05 \x01(\tR\x04role\x12\x1a\n" +
-	"\bassignee\x18\x06 \x01(\tR\bassignee\x12\x1a\n" +
-	"\bpriority\x18\a \x01(\x05R\bpriority\x12!\n" +
-	"\fmax_attempts\x18\b \x01(\x05R\vmaxAttempts\x12\x1d\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xfe\a\n" +
+	"\x11CreateTaskRequest\x12;\n" +
+	"\atask_id\x18\x01 \x01(\tB\"\xbaH\x1f\xd8\x01\x01r\x1a2\x18^[A-Za-z0-9._:-]{1,128}$R\x06taskId\x12[\n" +
+	"\x05title\x18\x02 \x01(\tBE\xbaHB\xba\x017\n" +
+	"\x0ftitle.not_blank\x12\x11must not be blank\x1a\x11this.trim() != ''\xc8\x01\x01r\x03\x18\xf4\x03R\x05title\x12\x1b\n" +
+	"\x04kind\x18\x03 \x01(\tB\a\xbaH\x04r\x02\x18dR\x04kind\x12,\n" +
+	"\fpayload_json\x18\x04 \x01(\tB\t\xbaH\x06r\x04(\x80\x80@R\vpayloadJson\x121\n" +
+	"\x04role\x18\x05 \x01(\tB\x1d\xbaH\x1ar\x18\x18\x80\x012\x13^[A-Za-z0-9._:/-]*$R\x04role\x129\n" +
+	"\bassignee\x18\x06 \x01(\tB\x1d\xbaH\x1ar\x18\x18\x80\x012\x13^[A-Za-z0-9._:/-]*$R\bassignee\x12/\n" +
+	"\bpriority\x18\a \x01(\x05B\x13\xbaH\x10\x1a\x0e\x18\xe8\a(\x98\xf8\xff\xff\xff\xff\xff\xff\xff\x01R\bpriority\x12,\n" +
+	"\fmax_attempts\x18\b \x01(\x05B\t\xbaH\x06\x1a\x04\x18d(\x00R\vmaxAttempts\x12F\n" +
 	"\n" +
-	"depends_on\x18\t \x03(\tR\tdependsOn\x12#\n" +
+	"depends_on\x18\t \x03(\tB'\xbaH$\x92\x01!\x10\xe8\a\"\x1cr\x1a2\x18^[A-Za-z0-9._:-]{1,128}$R\tdependsOn\x12.\n" +
 	"\rapproval_tier\x18\n" +
-	" \x01(\x05R\fapprovalTier\x12A\n" +
-	"\x06labels\x18\v \x03(\v2).factory.v1.CreateTaskRequest.LabelsEntryR\x06labels\x12:\n" +
-	"\rinitial_state\x18\f \x01(\x0e2\x15.factory.v1.TaskStateR\finitialState\x127\n" +
-	"\trun_after\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\brunAfter\x1a9\n" +
+	" \x01(\x05B\t\xbaH\x06\x1a\x04\x18\x03(\x00R\fapprovalTier\x12q\n" +
+	"\x06labels\x18\v \x03(\v2).factory.v1.CreateTaskRequest.LabelsEntryB.\xbaH+\x9a\x01(\x10@\"\x1dr\x1b2\x19^[A-Za-z0-9._:/-]{1,128}$*\x05r\x03\x18\x80\x02R\x06labels\x12\xc5\x01\n" +
+	"\rinitial_state\x18\f \x01(\x0e2\x15.factory.v1.TaskStateB\x88\x01\xbaH\x84\x01\xba\x01|\n" +
+	"\x1dinitial_state.not_in_progress\x12PIN_PROGRESS needs a claim; allowed: BACKLOG, READY, PAUSED, REVIEW, DONE, FAILED\x1a\tthis != 3\x82\x01\x02\x10\x01R\finitialState\x12I\n" +
+	"\trun_after\x18\r \x01(\v2\x1a.google.protobuf.TimestampB\x10\xbaH\r\xb2\x01\n" +
+	"\x1a\x06\b\x80\xb2\xf8\x84\x1b2\x00R\brunAfter\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\":\n" +
 	"\x12CreateTaskResponse\x12$\n" +
-	"\x04task\x18\x01 \x01(\v2\x10.factory.v1.TaskR\x04task\"I\n" +
-	"\x12CreateTasksRequest\x123\n" +
-	"\x05tasks\x18\x01 \x03(\v2\x1d.factory.v1.CreateTaskRequestR\x05tasks\"=\n" +
+	"\x04task\x18\x01 \x01(\v2\x10.factory.v1.TaskR\x04task\"V\n" +
+	"\x12CreateTasksRequest\x12@\n" +
+	"\x05tasks\x18\x01 \x03(\v2\x1d.factory.v1.CreateTaskRequestB\v\xbaH\b\x92\x01\x05\b\x01\x10\xe8\aR\x05tasks\"=\n" +
 	"\x13CreateTasksResponse\x12&\n" +
-	"\x05tasks\x18\x01 \x03(\v2\x10.factory.v1.TaskR\x05tasks\")\n" +
-	"\x0eGetTaskRequest\x12\x17\n" +
-	"\atask_id\x18\x01 \x01(\tR\x06taskId\"7\n" +
+	"\x05tasks\x18\x01 \x03(\v2\x10.factory.v1.TaskR\x05tasks\"M\n" +
+	"\x0eGetTaskRequest\x12;\n" +
+	"\atask_id\x18\x01 \x01(\tB\"\xbaH\x1f\xc8\x01\x01r\x1a2\x18^[A-Za-z0-9._:-]{1,128}$R\x06taskId\"7\n" +
 	"\x0fGetTaskResponse\x12$\n" +
-	"\x04task\x18\x01 \x01(\v2\x10.factory.v1.TaskR\x04task\"\xc5\x01\n" +
-	"\x10ListTasksRequest\x12-\n" +
-	"\x06states\x18\x01 \x03(\x0e2\x15.factory.v1.TaskStateR\x06states\x12\x12\n" +
-	"\x04role\x18\x02 \x01(\tR\x04role\x12\x1a\n" +
-	"\bassignee\x18\x03 \x01(\tR\bassignee\x12\x16\n" +
-	"\x06labels\x18\x04 \x03(\tR\x06labels\x12\x1b\n" +
-	"\tpage_size\x18\x05 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\x04task\x18\x01 \x01(\v2\x10.factory.v1.TaskR\x04task\"\xd5\x03\n" +
+	"\x10ListTasksRequest\x12\x84\x01\n" +
+	"\x06states\x18\x01 \x03(\x0e2\x15.factory.v1.TaskStateBU\xbaHR\x92\x01O\x10\b\"K\xba\x01C\n" +
+	"\x0fstate.specified\x12%TASK_STATE_UNSPECIFIED is not a state\x1a\tthis != 0\x82\x01\x02\x10\x01R\x06states\x121\n" +
+	"\x04role\x18\x02 \x01(\tB\x1d\xbaH\x1ar\x18\x18\x80\x012\x13^[A-Za-z0-9._:/-]*$R\x04role\x129\n" +
+	"\bassignee\x18\x03 \x01(\tB\x1d\xbaH\x1ar\x18\x18\x80\x012\x13^[A-Za-z0-9._:/-]*$R\bassignee\x12z\n" +
+	"\x06labels\x18\x04 \x03(\tBb\xbaH_\x92\x01\\\x10@\"X\xba\x01P\n" +
+	"\x0flabel.key_value\x12&must be key=value with a non-empty key\x1a\x15this.indexOf('=') > 0r\x03\x18\x90\x03R\x06labels\x12'\n" +
+	"\tpage_size\x18\x05 \x01(\x05B\n" +
+	"\xbaH\a\x1a\x05\x18\xe8\a(\x00R\bpageSize\x12'\n" +
 	"\n" +
-	"page_token\x18\x06 \x01(\tR\tpageToken\"c\n" +
+	"page_token\x18\x06 \x01(\tB\b\xbaH\x05r\x03\x18\x80\bR\tpageToken\"c\n" +
 	"\x11ListTasksResponse\x12&\n" +
 	"\x05tasks\x18\x01 \x03(\v2\x10.factory.v1.TaskR\x05tasks\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xcc\x01\n" +
-	"\x10ClaimTaskRequest\x12\x14\n" +
-	"\x05agent\x18\x01 \x01(\tR\x05agent\x12\x14\n" +
-	"\x05roles\x18\x02 \x03(\tR\x05roles\x12-\n" +
-	"\x04wait\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x04wait\x12\x1b\n" +
-	"\tmax_tasks\x18\x04 \x01(\x05R\bmaxTasks\x12@\n" +
-	"\x0elease_duration\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\rleaseDuration\";\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xbe\x02\n" +
+	"\x10ClaimTaskRequest\x126\n" +
+	"\x05agent\x18\x01 \x01(\tB \xbaH\x1d\xc8\x01\x01r\x18\x18\x80\x012\x13^[A-Za-z0-9._:/-]*$R\x05agent\x12:\n" +
+	"\x05roles\x18\x02 \x03(\tB$\xbaH!\x92\x01\x1e\x10@\"\x1ar\x18\x18\x80\x012\x13^[A-Za-z0-9._:/-]*$R\x05roles\x12;\n" +
+	"\x04wait\x18\x03 \x01(\v2\x19.google.protobuf.DurationB\f\xbaH\t\xaa\x01\x06\"\x02\b<2\x00R\x04wait\x12&\n" +
+	"\tmax_tasks\x18\x04 \x01(\x05B\t\xbaH\x06\x1a\x04\x18d(\x00R\bmaxTasks\x12Q\n" +
+	"\x0elease_duration\x18\x05 \x01(\v2\x19.google.protobuf.DurationB\x0f\xbaH\f\xaa\x01\t\"\x03\b\x90\x1c2\x02\b\x01R\rleaseDuration\";\n" +
 	"\x11ClaimTaskResponse\x12&\n" +
-	"\x05tasks\x18\x01 \x03(\v2\x10.factory.v1.TaskR\x05tasks\"\xc5\x01\n" +
-	"\x11RenewLeaseRequest\x12\x17\n" +
-	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x14\n" +
-	"\x05agent\x18\x02 \x01(\tR\x05agent\x12#\n" +
-	"\rfencing_token\x18\x03 \x01(\x03R\ffencingToken\x12@\n" +
-	"\x0elease_duration\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\rleaseDuration\x12\x1a\n" +
-	"\bprogress\x18\x05 \x01(\tR\bprogress\":\n" +
+	"\x05tasks\x18\x01 \x03(\v2\x10.factory.v1.TaskR\x05tasks\"\xaf\x02\n" +
+	"\x11RenewLeaseRequest\x12;\n" +
+	"\atask_id\x18\x01 \x01(\tB\"\xbaH\x1f\xc8\x01\x01r\x1a2\x18^[A-Za-z0-9._:-]{1,128}$R\x06taskId\x126\n" +
+	"\x05agent\x18\x02 \x01(\tB \xbaH\x1d\xc8\x01\x01r\x18\x18\x80\x012\x13^[A-Za-z0-9._:/-]*$R\x05agent\x12,\n" +
+	"\rfencing_token\x18\x03 \x01(\x03B\a\xbaH\x04\"\x02 \x00R\ffencingToken\x12Q\n" +
+	"\x0elease_duration\x18\x04 \x01(\v2\x19.google.protobuf.DurationB\x0f\xbaH\f\xaa\x01\t\"\x03\b\x90\x1c2\x02\b\x01R\rleaseDuration\x12$\n" +
+	"\bprogress\x18\x05 \x01(\tB\b\xbaH\x05r\x03\x18\x80 R\bprogress\":\n" +
 	"\x12RenewLeaseResponse\x12$\n" +
-	"\x04task\x18\x01 \x01(\v2\x10.factory.v1.TaskR\x04task\"\x95\x01\n" +
-	"\x13CompleteTaskRequest\x12\x17\n" +
-	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x14\n" +
-	"\x05agent\x18\x02 \x01(\tR\x05agent\x12#\n" +
-	"\rfencing_token\x18\x03 \x01(\x03R\ffencingToken\x12\x16\n" +
-	"\x06review\x18\x04 \x01(\bR\x06review\x12\x12\n" +
-	"\x04note\x18\x05 \x01(\tR\x04note\"<\n" +
+	"\x04task\x18\x01 \x01(\v2\x10.factory.v1.TaskR\x04task\"\xee\x01\n" +
+	"\x13CompleteTaskRequest\x12;\n" +
+	"\atask_id\x18\x01 \x01(\tB\"\xbaH\x1f\xc8\x01\x01r\x1a2\x18^[A-Za-z0-9._:-]{1,128}$R\x06taskId\x126\n" +
+	"\x05agent\x18\x02 \x01(\tB \xbaH\x1d\xc8\x01\x01r\x18\x18\x80\x012\x13^[A-Za-z0-9._:/-]*$R\x05agent\x12,\n" +
+	"\rfencing_token\x18\x03 \x01(\x03B\a\xbaH\x04\"\x02 \x00R\ffencingToken\x12\x16\n" +
+	"\x06review\x18\x04 \x01(\bR\x06review\x12\x1c\n" +
+	"\x04note\x18\x05 \x01(\tB\b\xbaH\x05r\x03\x18\x80 R\x04note\"<\n" +
 	"\x14CompleteTaskResponse\x12$\n" +
-	"\x04task\x18\x01 \x01(\v2\x10.factory.v1.TaskR\x04task\"M\n" +
-	"\x14CompleteTasksRequest\x125\n" +
-	"\x05items\x18\x01 \x03(\v2\x1f.factory.v1.CompleteTaskRequestR\x05items\"\x97\x01\n" +
+	"\x04task\x18\x01 \x01(\v2\x10.factory.v1.TaskR\x04task\"Z\n" +
+	"\x14CompleteTasksRequest\x12B\n" +
+	"\x05items\x18\x01 \x03(\v2\x1f.factory.v1.CompleteTaskRequestB\v\xbaH\b\x92\x01\x05\b\x01\x10\xe8\aR\x05items\"\x97\x01\n" +
 	"\x12CompleteTaskResult\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12$\n" +
 	"\x04task\x18\x02 \x01(\v2\x10.factory.v1.TaskR\x04task\x12\x1d\n" +
@@ -2617,36 +2629,39 @@ const file_factory_v1_queue_proto_rawDesc = "" +
 	"error_code\x18\x03 \x01(\tR\terrorCode\x12#\n" +
 	"\rerror_message\x18\x04 \x01(\tR\ferrorMessage\"Q\n" +
 	"\x15CompleteTasksResponse\x128\n" +
-	"\aresults\x18\x01 \x03(\v2\x1e.factory.v1.CompleteTaskResultR\aresults\"\x99\x01\n" +
-	"\x0fFailTaskRequest\x12\x17\n" +
-	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x14\n" +
-	"\x05agent\x18\x02 \x01(\tR\x05agent\x12#\n" +
-	"\rfencing_token\x18\x03 \x01(\x03R\ffencingToken\x12\x14\n" +
-	"\x05error\x18\x04 \x01(\tR\x05error\x12\x1c\n" +
+	"\aresults\x18\x01 \x03(\v2\x1e.factory.v1.CompleteTaskResultR\aresults\"\xb0\x02\n" +
+	"\x0fFailTaskRequest\x12;\n" +
+	"\atask_id\x18\x01 \x01(\tB\"\xbaH\x1f\xc8\x01\x01r\x1a2\x18^[A-Za-z0-9._:-]{1,128}$R\x06taskId\x126\n" +
+	"\x05agent\x18\x02 \x01(\tB \xbaH\x1d\xc8\x01\x01r\x18\x18\x80\x012\x13^[A-Za-z0-9._:/-]*$R\x05agent\x12,\n" +
+	"\rfencing_token\x18\x03 \x01(\x03B\a\xbaH\x04\"\x02 \x00R\ffencingToken\x12\\\n" +
+	"\x05error\x18\x04 \x01(\tBF\xbaHC\xba\x017\n" +
+	"\x0ferror.not_blank\x12\x11must not be blank\x1a\x11this.trim() != ''\xc8\x01\x01r\x04(\x80\x80\x04R\x05error\x12\x1c\n" +
 	"\tpermanent\x18\x05 \x01(\bR\tpermanent\"8\n" +
 	"\x10FailTaskResponse\x12$\n" +
-	"\x04task\x18\x01 \x01(\v2\x10.factory.v1.TaskR\x04task\"i\n" +
-	"\x0fMoveTaskRequest\x12\x17\n" +
-	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12%\n" +
-	"\x02to\x18\x02 \x01(\x0e2\x15.factory.v1.TaskStateR\x02to\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\"8\n" +
+	"\x04task\x18\x01 \x01(\v2\x10.factory.v1.TaskR\x04task\"\xe2\x01\n" +
+	"\x0fMoveTaskRequest\x12;\n" +
+	"\atask_id\x18\x01 \x01(\tB\"\xbaH\x1f\xc8\x01\x01r\x1a2\x18^[A-Za-z0-9._:-]{1,128}$R\x06taskId\x122\n" +
+	"\x02to\x18\x02 \x01(\x0e2\x15.factory.v1.TaskStateB\v\xbaH\b\xc8\x01\x01\x82\x01\x02\x10\x01R\x02to\x12^\n" +
+	"\x06reason\x18\x03 \x01(\tBF\xbaHC\xba\x018\n" +
+	"\x10reason.not_blank\x12\x11must not be blank\x1a\x11this.trim() != ''\xc8\x01\x01r\x03\x18\x80 R\x06reason\"8\n" +
 	"\x10MoveTaskResponse\x12$\n" +
-	"\x04task\x18\x01 \x01(\v2\x10.factory.v1.TaskR\x04task\"I\n" +
-	"\x12SetPriorityRequest\x12\x17\n" +
-	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x1a\n" +
-	"\bpriority\x18\x02 \x01(\x05R\bpriority\";\n" +
+	"\x04task\x18\x01 \x01(\v2\x10.factory.v1.TaskR\x04task\"\x82\x01\n" +
+	"\x12SetPriorityRequest\x12;\n" +
+	"\atask_id\x18\x01 \x01(\tB\"\xbaH\x1f\xc8\x01\x01r\x1a2\x18^[A-Za-z0-9._:-]{1,128}$R\x06taskId\x12/\n" +
+	"\bpriority\x18\x02 \x01(\x05B\x13\xbaH\x10\x1a\x0e\x18\xe8\a(\x98\xf8\xff\xff\xff\xff\xff\xff\xff\x01R\bpriority\";\n" +
 	"\x13SetPriorityResponse\x12$\n" +
-	"\x04task\x18\x01 \x01(\v2\x10.factory.v1.TaskR\x04task\"+\n" +
-	"\x11PauseQueueRequest\x12\x16\n" +
-	"\x06reason\x18\x01 \x01(\tR\x06reason\",\n" +
+	"\x04task\x18\x01 \x01(\v2\x10.factory.v1.TaskR\x04task\"5\n" +
+	"\x11PauseQueueRequest\x12 \n" +
+	"\x06reason\x18\x01 \x01(\tB\b\xbaH\x05r\x03\x18\x80 R\x06reason\",\n" +
 	"\x12PauseQueueResponse\x12\x16\n" +
 	"\x06paused\x18\x01 \x01(\x05R\x06paused\"\x14\n" +
 	"\x12ResumeQueueRequest\"/\n" +
 	"\x13ResumeQueueResponse\x12\x18\n" +
-	"\aresumed\x18\x01 \x01(\x05R\aresumed\"h\n" +
-	"\x13RequeueStuckRequest\x128\n" +
+	"\aresumed\x18\x01 \x01(\x05R\aresumed\"w\n" +
+	"\x13RequeueStuckRequest\x12G\n" +
 	"\n" +
-	"older_than\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\tolderThan\x12\x17\n" +
+	"older_than\x18\x01 \x01(\v2\x19.google.protobuf.DurationB\r\xbaH\n" +
+	"\xc8\x01\x01\xaa\x01\x042\x02\b\x01R\tolderThan\x12\x17\n" +
 	"\adry_run\x18\x02 \x01(\bR\x06dryRun\">\n" +
 	"\x14RequeueStuckResponse\x12&\n" +
 	"\x05tasks\x18\x01 \x03(\v2\x10.factory.v1.TaskR\x05tasks\"\x16\n" +
@@ -2661,11 +2676,12 @@ const file_factory_v1_queue_proto_rawDesc = "" +
 	"\x16oldest_in_progress_age\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x13oldestInProgressAge\x12\x1a\n" +
 	"\bretrying\x18\x04 \x01(\x03R\bretrying\x12\x16\n" +
 	"\x06paused\x18\x05 \x01(\bR\x06paused\x12!\n" +
-	"\fpause_reason\x18\x06 \x01(\tR\vpauseReason\"\x94\x01\n" +
-	"\x11WatchTasksRequest\x12-\n" +
-	"\x06states\x18\x01 \x03(\x0e2\x15.factory.v1.TaskStateR\x06states\x12\x12\n" +
-	"\x04role\x18\x02 \x01(\tR\x04role\x12\x19\n" +
-	"\btask_ids\x18\x03 \x03(\tR\ataskIds\x12!\n" +
+	"\fpause_reason\x18\x06 \x01(\tR\vpauseReason\"\xb4\x02\n" +
+	"\x11WatchTasksRequest\x12\x84\x01\n" +
+	"\x06states\x18\x01 \x03(\x0e2\x15.factory.v1.TaskStateBU\xbaHR\x92\x01O\x10\b\"K\xba\x01C\n" +
+	"\x0fstate.specified\x12%TASK_STATE_UNSPECIFIED is not a state\x1a\tthis != 0\x82\x01\x02\x10\x01R\x06states\x121\n" +
+	"\x04role\x18\x02 \x01(\tB\x1d\xbaH\x1ar\x18\x18\x80\x012\x13^[A-Za-z0-9._:/-]*$R\x04role\x12B\n" +
+	"\btask_ids\x18\x03 \x03(\tB'\xbaH$\x92\x01!\x10\xe8\a\"\x1cr\x1a2\x18^[A-Za-z0-9._:-]{1,128}$R\ataskIds\x12!\n" +
 	"\fchanges_only\x18\x04 \x01(\bR\vchangesOnly\"\xd7\x01\n" +
 	"\x12WatchTasksResponse\x12-\n" +
 	"\x04type\x18\x01 \x01(\x0e2\x19.factory.v1.TaskEventTypeR\x04type\x12$\n" +

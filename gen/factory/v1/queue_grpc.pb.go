@@ -44,6 +44,10 @@ const (
 // QueueService is the factory's task queue: the runbook's backlog, ready,
 // in-progress, review, done, failed and paused folders, made typed.
 //
+// Every request field's limits are buf.validate rules, checked before a
+// call reaches the queue: a request that breaks one gets INVALID_ARGUMENT
+// with a google.rpc.BadRequest detail naming each field.
+//
 // Agents claim READY tasks matching their roles, hold them under a lease with a
 // fencing token, renew the lease while they work, and complete or fail them.
 // Operators create, inspect, move, prioritise, pause and resume.
@@ -73,8 +77,8 @@ type QueueServiceClient interface {
 	// straight to DONE. DONE promotes BACKLOG tasks whose dependencies are now
 	// all DONE. A stale fencing token gets FAILED_PRECONDITION.
 	CompleteTask(ctx context.Context, in *CompleteTaskRequest, opts ...grpc.CallOption) (*CompleteTaskResponse, error)
-	// CompleteTasks completes many claimed tasks in one call; each item succeeds
-	// or fails on its own.
+	// CompleteTasks completes many claimed tasks in one call; each well-formed
+	// item succeeds or fails on its own.
 	CompleteTasks(ctx context.Context, in *CompleteTasksRequest, opts ...grpc.CallOption) (*CompleteTasksResponse, error)
 	// FailTask reports that a claimed task failed. A retryable failure goes back
 	// to READY after a backoff, or to FAILED (the dead letter) once its attempts
@@ -287,6 +291,10 @@ type QueueService_WatchTasksClient = grpc.ServerStreamingClient[WatchTasksRespon
 // QueueService is the factory's task queue: the runbook's backlog, ready,
 // in-progress, review, done, failed and paused folders, made typed.
 //
+// Every request field's limits are buf.validate rules, checked before a
+// call reaches the queue: a request that breaks one gets INVALID_ARGUMENT
+// with a google.rpc.BadRequest detail naming each field.
+//
 // Agents claim READY tasks matching their roles, hold them under a lease with a
 // fencing token, renew the lease while they work, and complete or fail them.
 // Operators create, inspect, move, prioritise, pause and resume.
@@ -316,8 +324,8 @@ type QueueServiceServer interface {
 	// straight to DONE. DONE promotes BACKLOG tasks whose dependencies are now
 	// all DONE. A stale fencing token gets FAILED_PRECONDITION.
 	CompleteTask(context.Context, *CompleteTaskRequest) (*CompleteTaskResponse, error)
-	// CompleteTasks completes many claimed tasks in one call; each item succeeds
-	// or fails on its own.
+	// CompleteTasks completes many claimed tasks in one call; each well-formed
+	// item succeeds or fails on its own.
 	CompleteTasks(context.Context, *CompleteTasksRequest) (*CompleteTasksResponse, error)
 	// FailTask reports that a claimed task failed. A retryable failure goes back
 	// to READY after a backoff, or to FAILED (the dead letter) once its attempts

@@ -16,10 +16,10 @@ import (
 
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/factory/factory/controlplane/telemetry"
+	"github.com/factory/factory/controlplane/transport"
 )
 
 func main() {
@@ -36,7 +36,17 @@ func run(ctx context.Context, args []string) error {
 	addr := fs.String("addr", envOr("FACTORY_ADDR", "127.0.0.1:7420"), "control plane address (FACTORY_ADDR)")
 	interval := fs.Duration("interval", 10*time.Second, "how often to check the control plane")
 	once := fs.Bool("once", false, "check once and exit: status 0 when the control plane serves")
+	var creds transport.ClientTLS
+	fs.StringVar(&creds.CAFile, "ca", os.Getenv("FACTORY_CA"), "verify the control plane's TLS certificate against this CA (PEM); turns TLS on (FACTORY_CA)")
+	fs.BoolVar(&creds.SystemRoots, "tls", false, "use TLS, verifying the control plane against the system's roots")
+	fs.StringVar(&creds.CertFile, "cert", os.Getenv("FACTORY_CERT"), "this host's client certificate (PEM), for a control plane with mutual TLS (FACTORY_CERT)")
+	fs.StringVar(&creds.KeyFile, "key", os.Getenv("FACTORY_KEY"), "private key of --cert (PEM) (FACTORY_KEY)")
+	fs.BoolVar(&creds.Insecure, "insecure", false, "allow plaintext to a non-loopback --addr")
 	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	dialOpts, err := creds.DialOptions(*addr)
+	if err != nil {
 		return err
 	}
 	log := telemetry.NewLogger(os.Stderr, slog.LevelInfo)
@@ -45,9 +55,8 @@ func run(ctx context.Context, args []string) error {
 		return err
 	}
 	defer shutdown(context.WithoutCancel(ctx))
-	conn, err := grpc.NewClient(*addr,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithStatsHandler(otelgrpc.NewClientHandler(otelgrpc.WithTracerProvider(tp))))
+	conn, err := grpc.NewClient(*addr, append(dialOpts,
+		grpc.WithStatsHandler(otelgrpc.NewClientHandler(otelgrpc.WithTracerProvider(tp))))...)
 	if err != nil {
 		return err
 	}
