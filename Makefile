@@ -56,12 +56,13 @@ lint:
 
 # Store benchmarks, then the queue benchmark over gRPC against a fresh
 # control plane: one task per call, then batches of 50. Every bench agent
-# calls from 127.0.0.1, so the per-caller rate limit is off for it.
+# calls from 127.0.0.1, so the per-caller rate limit is off for it. The CLI
+# finds the fresh control plane's operator token through FACTORY_DATA_DIR.
 bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./controlplane/store/...
 	@dir=$$(mktemp -d); \
 	$(BIN)/factory-controlplane --data-dir $$dir --listen 127.0.0.1:7499 --log-level warn --rate-limit 0 & pid=$$!; \
-	trap "kill $$pid; rm -rf $$dir" EXIT; \
+	trap "kill $$pid; rm -rf $$dir" EXIT; export FACTORY_DATA_DIR=$$dir; \
 	for i in $$(seq 50); do $(BIN)/factory --addr 127.0.0.1:7499 queue stats >/dev/null 2>&1 && break; sleep 0.1; done; \
 	$(BIN)/factory --addr 127.0.0.1:7499 bench queue --agents $(BENCH_AGENTS) --tasks $(BENCH_TASKS) --batch 1 && \
 	$(BIN)/factory --addr 127.0.0.1:7499 bench queue --agents $(BENCH_AGENTS) --tasks 100000 --batch 50

@@ -54,8 +54,8 @@ type lease struct {
 }
 
 // resolveLease finds the lease to act on: the one named, or the agent's
-// only one. An explicit --token bypasses the state file for agents that
-// keep their own.
+// only one. An explicit --fencing-token bypasses the state file for
+// agents that keep their own.
 func (af *agentFlags) resolveLease(args []string, token int64) (lease, error) {
 	id := ""
 	if len(args) > 0 {
@@ -63,7 +63,7 @@ func (af *agentFlags) resolveLease(args []string, token int64) (lease, error) {
 	}
 	if token > 0 {
 		if id == "" {
-			return lease{}, usageErrorf("--token needs the task ID")
+			return lease{}, usageErrorf("--fencing-token needs the task ID")
 		}
 		return lease{taskID: id, token: token}, nil
 	}
@@ -75,7 +75,7 @@ func (af *agentFlags) resolveLease(args []string, token int64) (lease, error) {
 	if id != "" {
 		tok, ok := held[id]
 		if !ok {
-			return lease{}, fmt.Errorf("agent %s holds no lease on %s in %s (held: %s); pass --token if the lease was claimed elsewhere",
+			return lease{}, fmt.Errorf("agent %s holds no lease on %s in %s (held: %s); pass --fencing-token if the lease was claimed elsewhere",
 				af.agent, id, af.stateFile, idsOrNone(f.heldIDs(af.agent)))
 		}
 		return lease{taskID: id, token: tok}, nil
@@ -183,7 +183,7 @@ back to READY for another agent and your token goes stale.`,
 					return err
 				}
 				if saveErr != nil {
-					return fmt.Errorf("claimed %d task(s) but could not record the leases; use --token with the tokens shown: %w", len(tasks), saveErr)
+					return fmt.Errorf("claimed %d task(s) but could not record the leases; use --fencing-token with the tokens shown: %w", len(tasks), saveErr)
 				}
 				return nil
 			})
@@ -274,7 +274,7 @@ working on it. The stale lease is dropped from the state file.`,
 	af.register(cmd)
 	cmd.Flags().StringVar(&progress, "progress", "", "progress note, kept on the task")
 	cmd.Flags().DurationVar(&leaseD, "lease", 0, "new lease length from now (server default 5m)")
-	cmd.Flags().Int64Var(&token, "token", 0, "fencing token, instead of the one in the state file")
+	cmd.Flags().Int64Var(&token, "fencing-token", 0, "fencing token, instead of the one in the state file")
 	return cmd
 }
 
@@ -325,7 +325,7 @@ from the state file. ID may be left out while the agent holds one lease.`,
 	af.register(cmd)
 	cmd.Flags().BoolVar(&review, "review", false, "send to REVIEW for a human check instead of DONE")
 	cmd.Flags().StringVar(&note, "note", "", "closing note, kept on the task")
-	cmd.Flags().Int64Var(&token, "token", 0, "fencing token, instead of the one in the state file")
+	cmd.Flags().Int64Var(&token, "fencing-token", 0, "fencing token, instead of the one in the state file")
 	return cmd
 }
 
@@ -379,7 +379,7 @@ task's last error. The lease is dropped from the state file.`,
 	af.register(cmd)
 	cmd.Flags().StringVar(&errText, "error", "", "what went wrong (required)")
 	cmd.Flags().BoolVar(&permanent, "permanent", false, "no retry: straight to FAILED")
-	cmd.Flags().Int64Var(&token, "token", 0, "fencing token, instead of the one in the state file")
+	cmd.Flags().Int64Var(&token, "fencing-token", 0, "fencing token, instead of the one in the state file")
 	_ = cmd.MarkFlagRequired("error")
 	return cmd
 }

@@ -89,6 +89,11 @@ latency runs from just before CreateTask until the waiting agent holds the
 task: the push path from commit to claimer, which a polling queue cannot
 do well.
 
+Each simulated agent calls with an agent token of its own, issued for the
+run and revoked at its end, so the figures are those of real agents (an
+operator's calls are also audited); bench therefore needs an operator
+token.
+
 Progress goes to standard error; the figures to standard output (-o json
 for a JSON object). The queue must not be paused.`,
 		Example: `  factory bench queue --agents 8 --tasks 5000
@@ -130,6 +135,7 @@ func (a *app) runBench(cmd *cobra.Command, cfg benchConfig) (err error) {
 	defer span.End()
 
 	clients := make([]factoryv1.QueueServiceClient, cfg.conns)
+	var accessClient factoryv1.AccessServiceClient
 	for i := range clients {
 		conn, err := a.dial()
 		if err != nil {
@@ -137,6 +143,9 @@ func (a *app) runBench(cmd *cobra.Command, cfg benchConfig) (err error) {
 		}
 		defer conn.Close()
 		clients[i] = factoryv1.NewQueueServiceClient(conn)
+		if i == 0 {
+			accessClient = factoryv1.NewAccessServiceClient(conn)
+		}
 	}
 	q := clients[0]
 
@@ -166,6 +175,13 @@ func (a *app) runBench(cmd *cobra.Command, cfg benchConfig) (err error) {
 		}
 	}()
 
+	tokens, err := mintBenchTokens(ctx, accessClient, run, cfg)
+	// Revoke whatever was issued, even if issuing stopped half way.
+	defer revokeBenchTokens(accessClient, tokens, a.stderr())
+	if err != nil {
+		return err
+	}
+
 	start := time.Now()
 	if err = createBenchTasks(ctx, q, run, cfg.tasks); err != nil {
 		return err
@@ -174,7 +190,7 @@ func (a *app) runBench(cmd *cobra.Command, cfg benchConfig) (err error) {
 	fmt.Fprintf(progress, "created %d tasks in %.2fs\n", cfg.tasks, res.CreateSeconds)
 
 	var claimLat []time.Duration
-	claimLat, res.CycleSeconds, res.EmptyClaims, res.CompleteErrors, err = runBenchAgents(ctx, clients, run, cfg, a.timeout, progress)
+	claimLat, res.CycleSeconds, res.EmptyClaims, res.CompleteErrors, err = runBenchAgents(ctx, clients, run, cfg, tokens.secrets, a.timeout, progress)
 	if err != nil {
 		return err
 	}
@@ -184,7 +200,7 @@ func (a *app) runBench(cmd *cobra.Command, cfg benchConfig) (err error) {
 	if cfg.probes > 0 {
 		fmt.Fprintf(progress, "wake-up phase: %d waiting agents\n", cfg.probes)
 		var wake []time.Duration
-		if wake, err = runWakeProbes(ctx, clients, run, cfg, a.timeout); err != nil {
+		if wake, err = runWakeProbes(ctx, clients, run, cfg, tokens.secrets, a.timeout); err != nil {
 			return err
 		}
 		res.WakeupLatency = summarize(wake)
@@ -236,7 +252,7 @@ func createBenchTasks(ctx context.Context, q factoryv1.QueueServiceClient, run s
 
 // runBenchAgents runs the claim/complete phase and returns every ClaimTask
 // latency and the phase's length.
-func runBenchAgents(ctx context.Context, clients []factoryv1.QueueServiceClient, run string, cfg benchConfig, stall time.Duration, progress io.Writer) (lat []time.Duration, seconds float64, empty, completeErrs int64, err error) {
+func runBenchAgents(ctx context.Context, clients []factoryv1.QueueServiceClient, run string, cfg benchConfig, tokens map[string]string, stall time.Duration, progress io.Writer) (lat []time.Duration, seconds float64, empty, completeErrs int64, err error) {
 	var claimed, completed atomic.Int64
 	latencies := make([][]time.Duration, cfg.agents)
 	total := int64(cfg.tasks)
@@ -245,7 +261,8 @@ func runBenchAgents(ctx context.Context, clients []factoryv1.QueueServiceClient,
 	start := time.Now()
 	for i := range cfg.agents {
 		q := clients[i%len(clients)]
-		agent := fmt.Sprintf("%s-agent-%d", run, i)
+		agent := benchAgent(run, i)
+		gctx := withCallToken(gctx, tokens[agent])
 		g.Go(func() error {
 			for claimed.Load() < total {
 				t0 := time.Now()
@@ -403,7 +420,7 @@ func completeBenchTasks(ctx context.Context, q factoryv1.QueueServiceClient, age
 }
 
 // runWakeProbes measures how fast a waiting claimer gets a new task.
-func runWakeProbes(ctx context.Context, clients []factoryv1.QueueServiceClient, run string, cfg benchConfig, timeout time.Duration) ([]time.Duration, error) {
+func runWakeProbes(ctx context.Context, clients []factoryv1.QueueServiceClient, run string, cfg benchConfig, tokens map[string]string, timeout time.Duration) ([]time.Duration, error) {
 	const wait = 10 * time.Second
 	var (
 		mu      sync.Mutex
@@ -415,7 +432,8 @@ func runWakeProbes(ctx context.Context, clients []factoryv1.QueueServiceClient, 
 	parked.Add(cfg.probes)
 	for i := range cfg.probes {
 		q := clients[i%len(clients)]
-		agent := fmt.Sprintf("%s-waiter-%d", run, i)
+		agent := benchWaiter(run, i)
+		gctx := withCallToken(gctx, tokens[agent])
 		g.Go(func() error {
 			first := true
 			deadline := time.Now().Add(time.Duration(cfg.probes)*cfg.probeInterval + 2*wait)
@@ -545,5 +563,52 @@ func cleanupBench(q factoryv1.QueueServiceClient, run string, log io.Writer) {
 	}
 	if killed > 0 {
 		fmt.Fprintf(log, "bench cleanup: %d unfinished bench task(s) moved to FAILED\n", killed)
+	}
+}
+
+func benchAgent(run string, i int) string  { return fmt.Sprintf("%s-agent-%d", run, i) }
+func benchWaiter(run string, i int) string { return fmt.Sprintf("%s-waiter-%d", run, i) }
+
+// benchTokens are the agent tokens of one run.
+type benchTokens struct {
+	secrets map[string]string // by agent name
+	ids     []string
+}
+
+// mintBenchTokens issues an agent token for every simulated agent, so that
+// their calls take the path real agents take: scoped to themselves and
+// not audited.
+func mintBenchTokens(ctx context.Context, c factoryv1.AccessServiceClient, run string, cfg benchConfig) (*benchTokens, error) {
+	tokens := &benchTokens{secrets: map[string]string{}}
+	names := make([]string, 0, cfg.agents+cfg.probes)
+	for i := range cfg.agents {
+		names = append(names, benchAgent(run, i))
+	}
+	for i := range cfg.probes {
+		names = append(names, benchWaiter(run, i))
+	}
+	for _, name := range names {
+		resp, err := c.CreateToken(ctx, &factoryv1.CreateTokenRequest{
+			Role: factoryv1.Role_ROLE_AGENT, Subject: name, Description: "factory bench " + run,
+			ExpiresIn: durationpb.New(24 * time.Hour),
+		})
+		if err != nil {
+			return tokens, fmt.Errorf("issuing the bench agents' tokens (bench needs an operator token): %w", err)
+		}
+		tokens.secrets[name] = resp.GetSecret()
+		tokens.ids = append(tokens.ids, resp.GetToken().GetId())
+	}
+	return tokens, nil
+}
+
+// revokeBenchTokens ends the run's tokens. It runs on its own deadline:
+// the command's context may be what was cancelled.
+func revokeBenchTokens(c factoryv1.AccessServiceClient, tokens *benchTokens, log io.Writer) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, id := range tokens.ids {
+		if _, err := c.RevokeToken(ctx, &factoryv1.RevokeTokenRequest{TokenId: id}); err != nil {
+			fmt.Fprintf(log, "bench: revoking agent token %s: %v\n", id, err)
+		}
 	}
 }

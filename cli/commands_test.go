@@ -25,16 +25,17 @@ import (
 // (SQLite in a temp dir) listening on loopback, as an operator's shell would.
 
 // startControlPlane serves a fresh control plane until the test ends and
-// returns its address.
-func startControlPlane(t *testing.T) string {
+// returns its address and the operator token it made at start.
+func startControlPlane(t *testing.T) (addr, token string) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	addrCh := make(chan string, 1)
 	done := make(chan error, 1)
+	dataDir := t.TempDir()
 	go func() {
 		done <- server.Run(ctx, server.Config{
 			Listen:      "127.0.0.1:0",
-			DataDir:     t.TempDir(),
+			DataDir:     dataDir,
 			Logger:      slog.New(slog.NewTextHandler(io.Discard, nil)),
 			OnListening: func(a net.Addr) { addrCh <- a.String() },
 		})
@@ -45,13 +46,13 @@ func startControlPlane(t *testing.T) string {
 	})
 	select {
 	case addr := <-addrCh:
-		return addr
+		return addr, operatorToken(t, dataDir)
 	case err := <-done:
 		t.Fatalf("control plane did not start: %v", err)
 	case <-time.After(30 * time.Second):
 		t.Fatal("control plane did not start in 30s")
 	}
-	return ""
+	return "", ""
 }
 
 // shell runs factory commands against one control plane, with one agent
@@ -59,11 +60,13 @@ func startControlPlane(t *testing.T) string {
 type shell struct {
 	t         *testing.T
 	addr      string
+	token     string // sent with --token: the operator's
 	stateFile string
 }
 
 func newShell(t *testing.T) *shell {
-	return &shell{t: t, addr: startControlPlane(t), stateFile: filepath.Join(t.TempDir(), "leases.json")}
+	addr, token := startControlPlane(t)
+	return &shell{t: t, addr: addr, token: token, stateFile: filepath.Join(t.TempDir(), "leases.json")}
 }
 
 type result struct {
@@ -78,7 +81,7 @@ func (s *shell) runCtx(ctx context.Context, stdout io.Writer, args ...string) re
 		stdout = &out
 	}
 	cmd := cli.NewRootCommand(cli.Options{Stdout: stdout, Stderr: &errOut})
-	cmd.SetArgs(append([]string{"--addr", s.addr}, args...))
+	cmd.SetArgs(append([]string{"--addr", s.addr, "--token", s.token}, args...))
 	code := cli.Execute(ctx, cmd)
 	return result{stdout: out.String(), stderr: errOut.String(), code: code}
 }

@@ -29,9 +29,21 @@ func TestEndToEnd(t *testing.T) {
 	goBuild(t, controlPlane, "github.com/factory/factory/controlplane/cmd/factory-controlplane")
 	goBuild(t, factory, "github.com/factory/factory/cli/cmd/factory")
 
-	dataDir := t.TempDir()
+	// The layout `make run` leaves: the CLI, run from the same directory
+	// with no token given, finds the operator token in ./data.
+	work := t.TempDir()
+	dataDir := filepath.Join(work, "data")
 	cp := startProcess(t, controlPlane, dataDir)
-	e := &e2e{t: t, bin: factory, addr: cp.addr, stateFile: filepath.Join(t.TempDir(), "state", "leases.json")}
+	e := &e2e{t: t, bin: factory, addr: cp.addr, stateFile: filepath.Join(t.TempDir(), "state", "leases.json"), dir: work}
+	tokenFile := filepath.Join(dataDir, "operator.token")
+	info, err := os.Stat(tokenFile)
+	if err != nil || info.Mode().Perm() != 0o600 {
+		t.Fatalf("operator token file: %v, %v", info, err)
+	}
+	operatorSecret, _ := os.ReadFile(tokenFile)
+	if out := e.ok("whoami"); !strings.Contains(out, "operator") || !strings.Contains(out, filepath.Join("data", "operator.token")) {
+		t.Fatalf("whoami with no token given:\n%s", out)
+	}
 
 	// Create, with a dependency.
 	e.ok("task", "create", "--id", "spec", "--title", "Write the spec", "--role", "researcher", "--payload", `{"topic":"leases"}`, "--label", "proj=e2e")
@@ -122,8 +134,14 @@ func TestEndToEnd(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(exportDir, "in-progress", "long.json")); err != nil {
 		t.Fatalf("held task not exported to in-progress/: %v", err)
 	}
-	other := startProcess(t, controlPlane, t.TempDir())
-	e2 := &e2e{t: t, bin: factory, addr: other.addr, stateFile: filepath.Join(t.TempDir(), "leases.json")}
+	otherDir := t.TempDir()
+	other := startProcess(t, controlPlane, otherDir)
+	otherToken, err := os.ReadFile(filepath.Join(otherDir, "operator.token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e2 := &e2e{t: t, bin: factory, addr: other.addr, stateFile: filepath.Join(t.TempDir(), "leases.json"),
+		env: []string{"FACTORY_TOKEN=" + strings.TrimSpace(string(otherToken))}}
 	var imported map[string]any
 	e2.jsonOf(&imported, "queue", "import", exportDir, "-o", "json")
 	if imported["imported"] != float64(4) || imported["in_progress_requeued"] != float64(1) {
@@ -142,6 +160,9 @@ func TestEndToEnd(t *testing.T) {
 	cp.kill(t)
 	cp = startProcess(t, controlPlane, dataDir)
 	e.addr = cp.addr
+	if again, _ := os.ReadFile(tokenFile); !bytes.Equal(again, operatorSecret) {
+		t.Fatal("a restart replaced the operator token file")
+	}
 	e.wantState("spec", "TASK_STATE_DONE")
 	e.wantState("impl", "TASK_STATE_BACKLOG")
 	long := e.task("long")
@@ -152,6 +173,28 @@ func TestEndToEnd(t *testing.T) {
 	e.wantState("long", "TASK_STATE_DONE")
 	if len(e.leases()) != 0 {
 		t.Fatalf("leases left: %v", e.leases())
+	}
+
+	// An agent's own token: it works as itself only, and the operator's
+	// moves are in the audit log.
+	agent := strings.TrimSpace(e.ok("token", "create", "--role", "agent", "--subject", "w2", "--quiet"))
+	e.ok("task", "create", "--id", "scoped", "--title", "Scoped", "--role", "worker")
+	asAgent := &e2e{t: t, bin: factory, addr: e.addr, stateFile: e.stateFile, env: []string{"FACTORY_TOKEN=" + agent}}
+	if r := asAgent.run("task", "claim", "--agent", "w1", "--role", "worker"); r.code != 1 || !strings.Contains(r.stderr, "PERMISSION_DENIED") {
+		t.Fatalf("claim as another agent: exit %d, stderr %q", r.code, r.stderr)
+	}
+	asAgent.ok("task", "claim", "--agent", "w2", "--role", "worker")
+	asAgent.ok("task", "done", "--agent", "w2")
+	var audit []map[string]any
+	e.jsonOf(&audit, "audit", "ls", "--since", "24h", "--who", "operator", "-o", "json")
+	moves := 0
+	for _, entry := range audit {
+		if entry["rpc"] == "/factory.v1.QueueService/MoveTask" {
+			moves++
+		}
+	}
+	if moves != 3 {
+		t.Fatalf("audit ls --who operator: %d moves (kill, requeue, move), want 3: %v", moves, audit)
 	}
 	cp.stop(t)
 }
@@ -277,6 +320,8 @@ type e2e struct {
 	bin       string
 	addr      string
 	stateFile string
+	dir       string   // working directory of the CLI; empty: the test's
+	env       []string // extra environment
 }
 
 func (e *e2e) run(args ...string) result {
@@ -284,7 +329,10 @@ func (e *e2e) run(args ...string) result {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, e.bin, args...)
-	cmd.Env = append(cleanEnv(), "FACTORY_ADDR="+e.addr, "FACTORY_STATE_FILE="+e.stateFile)
+	// A config directory of its own keeps the user's CLI config out.
+	cmd.Env = append(cleanEnv(), "FACTORY_ADDR="+e.addr, "FACTORY_STATE_FILE="+e.stateFile, "XDG_CONFIG_HOME="+e.t.TempDir())
+	cmd.Env = append(cmd.Env, e.env...)
+	cmd.Dir = e.dir
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()

@@ -243,9 +243,9 @@ func TestResolveLease(t *testing.T) {
 		t.Fatalf("named lease: got %+v, %v", l, err)
 	}
 	if l, err := af.resolveLease([]string{"elsewhere"}, 42); err != nil || l.token != 42 {
-		t.Fatalf("--token: got %+v, %v", l, err)
+		t.Fatalf("--fencing-token: got %+v, %v", l, err)
 	}
 	if _, err := af.resolveLease(nil, 42); err == nil {
-		t.Fatal("--token without an id must be refused")
+		t.Fatal("--fencing-token without an id must be refused")
 	}
 }

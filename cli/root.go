@@ -54,6 +54,11 @@ type app struct {
 	output  string
 	timeout time.Duration
 	tls     transport.ClientTLS
+	// token is --token; fileToken and settingsPath come from the config
+	// file (see credentials.go).
+	token        string
+	fileToken    string
+	settingsPath string
 }
 
 const (
@@ -93,6 +98,8 @@ with a client certificate from --cert/--key when the control plane requires
 one. Without TLS the CLI talks plaintext only to a loopback address
 (127.0.0.1, ::1, localhost), or anywhere with --insecure.
 
+` + tokenHelp + `
+
 Every command prints a table for people or, with -o json, JSON for scripts.
 A server error prints "error: <message> (<CODE>)" on stderr and exits 1;
 a usage error exits 2.`,
@@ -111,6 +118,9 @@ a usage error exits 2.`,
 			if a.timeout <= 0 {
 				return usageErrorf("--timeout must be positive")
 			}
+			if err := a.applySettings(cmd); err != nil {
+				return &runError{err: err}
+			}
 			return nil
 		},
 	}
@@ -126,6 +136,8 @@ a usage error exits 2.`,
 	pf.StringVar(&a.tls.CertFile, "cert", os.Getenv("FACTORY_CERT"), "client certificate (PEM) for a control plane that requires one (env FACTORY_CERT)")
 	pf.StringVar(&a.tls.KeyFile, "key", os.Getenv("FACTORY_KEY"), "private key of --cert (PEM) (env FACTORY_KEY)")
 	pf.BoolVar(&a.tls.Insecure, "insecure", false, "allow plaintext to a non-loopback --addr")
+	// No default from the environment here: --help would print the secret.
+	pf.StringVar(&a.token, "token", "", "bearer token for the control plane (else FACTORY_TOKEN, the config file, or ./data/operator.token on loopback)")
 	_ = root.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{outputTable, outputJSON}, cobra.ShellCompDirectiveNoFileComp))
 
 	root.AddCommand(
@@ -133,6 +145,9 @@ a usage error exits 2.`,
 		newQueueCommand(a),
 		newStatusCommand(a),
 		newBenchCommand(a),
+		newTokenCommand(a),
+		newWhoAmICommand(a),
+		newAuditCommand(a),
 	)
 	markRunErrors(root)
 	return root
@@ -168,6 +183,11 @@ func (a *app) dial() (*grpc.ClientConn, error) {
 	if err != nil {
 		return nil, err
 	}
+	creds, err := a.credentials()
+	if err != nil {
+		return nil, err
+	}
+	dialOpts = append(dialOpts, creds...)
 	dialOpts = append(dialOpts,
 		grpc.WithStatsHandler(otelgrpc.NewClientHandler(otelgrpc.WithTracerProvider(a.opts.TracerProvider), otelgrpc.WithPropagators(telemetry.Propagator()))),
 		grpc.WithChainUnaryInterceptor(defaultDeadline(a.timeout)),

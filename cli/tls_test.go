@@ -23,10 +23,11 @@ func startTLSControlPlane(t *testing.T, pki *transporttest.PKI, clientCA string)
 	ctx, cancel := context.WithCancel(context.Background())
 	addrCh := make(chan string, 1)
 	done := make(chan error, 1)
+	dataDir := t.TempDir()
 	go func() {
 		done <- server.Run(ctx, server.Config{
 			Listen:      "127.0.0.1:0",
-			DataDir:     t.TempDir(),
+			DataDir:     dataDir,
 			Logger:      slog.New(slog.NewTextHandler(io.Discard, nil)),
 			TLS:         transport.ServerTLS{CertFile: pki.ServerCert, KeyFile: pki.ServerKey, ClientCAFile: clientCA},
 			OnListening: func(a net.Addr) { addrCh <- a.String() },
@@ -38,6 +39,7 @@ func startTLSControlPlane(t *testing.T, pki *transporttest.PKI, clientCA string)
 	})
 	select {
 	case addr := <-addrCh:
+		t.Setenv("FACTORY_TOKEN", operatorToken(t, dataDir))
 		return addr
 	case err := <-done:
 		t.Fatalf("control plane did not start: %v", err)

@@ -14,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/factory/factory/cli"
+	"github.com/factory/factory/controlplane/access"
 	"github.com/factory/factory/controlplane/queue"
 	"github.com/factory/factory/controlplane/server"
 	"github.com/factory/factory/controlplane/store"
@@ -37,8 +38,14 @@ func TestOneCLICallIsOneTrace(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The token is made on the untraced store, outside the call's trace;
+	// the server resolves it through the traced one, under its span.
+	_, token, err := mustAccess(t, st, log).Create(ctx, access.CreateParams{Role: store.RoleOperator, Subject: "ops"})
+	if err != nil {
+		t.Fatal(err)
+	}
 	stopping := make(chan struct{})
-	srv, _ := server.NewGRPCServer(server.Services{Queue: q}, log, tp, stopping)
+	srv, _ := server.NewGRPCServer(server.Services{Queue: q, Access: mustAccess(t, store.WithTracing(st, tp, "sqlite"), log)}, log, tp, stopping)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -48,7 +55,7 @@ func TestOneCLICallIsOneTrace(t *testing.T) {
 
 	var stdout, stderr bytes.Buffer
 	cmd := cli.NewRootCommand(cli.Options{Stdout: &stdout, Stderr: &stderr, TracerProvider: tp})
-	cmd.SetArgs([]string{"--addr", lis.Addr().String(), "task", "create", "--title", "traced"})
+	cmd.SetArgs([]string{"--addr", lis.Addr().String(), "--token", token, "task", "create", "--title", "traced"})
 	if err := cmd.ExecuteContext(ctx); err != nil {
 		t.Fatalf("task create: %v (stderr %q)", err, stderr.String())
 	}

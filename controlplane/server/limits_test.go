@@ -96,7 +96,8 @@ func TestRateLimitKeysByPeerIPByDefault(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, _ := NewGRPCServer(Services{Queue: q}, log, noop.NewTracerProvider(), make(chan struct{}), WithRateLimit(RateLimit{PerSecond: 1, Burst: 3}))
+	acc, secret := testAccess(t, st, nil)
+	srv, _ := NewGRPCServer(Services{Queue: q, Access: acc}, log, noop.NewTracerProvider(), make(chan struct{}), WithRateLimit(RateLimit{PerSecond: 1, Burst: 3}))
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -106,7 +107,7 @@ func TestRateLimitKeysByPeerIPByDefault(t *testing.T) {
 
 	from := func(ip string) factoryv1.QueueServiceClient {
 		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
-		conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()), bearer(secret),
 			grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }))
 		if err != nil {
 			t.Fatal(err)

@@ -14,6 +14,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/ratelimit"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
@@ -29,6 +30,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
+	"github.com/factory/factory/controlplane/access"
 	"github.com/factory/factory/controlplane/queue"
 	"github.com/factory/factory/controlplane/store"
 	"github.com/factory/factory/controlplane/telemetry"
@@ -64,6 +66,9 @@ type Config struct {
 
 	Logger         *slog.Logger
 	TracerProvider trace.TracerProvider
+	// DebugListen, when set, serves Go's profiler (/debug/pprof/) on this
+	// loopback address.
+	DebugListen string
 	// OnListening, when set, is called with the bound address once the
 	// server accepts connections.
 	OnListening func(addr net.Addr)
@@ -117,13 +122,29 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	acc, err := access.New(access.Config{Store: qcfg.Store, Logger: log, Clock: qcfg.Clock})
+	if err != nil {
+		return err
+	}
+	// Every store, PostgreSQL too, bootstraps into the data directory: it
+	// is where `make run` and the CLI's loopback fallback look.
+	tokenFile, created, err := acc.Bootstrap(ctx, cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	if created {
+		log.InfoContext(ctx, "no operator token existed: made one; its secret is in the file (the CLI reads it on loopback)", "file", tokenFile)
+	}
+	if cfg.RateLimit.Key == nil {
+		cfg.RateLimit.Key = CallerToken
+	}
 
 	lis, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 	}
 	stopping := make(chan struct{})
-	srv, healthSrv := NewGRPCServer(Services{Queue: q}, log, cfg.TracerProvider, stopping,
+	srv, healthSrv := NewGRPCServer(Services{Queue: q, Access: acc}, log, cfg.TracerProvider, stopping,
 		WithTLS(tlsCfg), WithRateLimit(cfg.RateLimit))
 
 	log.InfoContext(ctx, "listening", "addr", lis.Addr().String(), "tls", tlsMode(tlsCfg), "store", driver, "db", where, "pid", os.Getpid())
@@ -138,6 +159,9 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		return nil
 	})
+	if cfg.DebugListen != "" {
+		g.Go(func() error { return serveDebug(gctx, cfg.DebugListen, log) })
+	}
 	// With replicas sharing a database, one of them sweeps and every one of
 	// them hears the others' changes.
 	if el, ok := raw.(store.Elector); ok {
@@ -196,6 +220,12 @@ func stopGracefully(srv *grpc.Server, timeout time.Duration, log *slog.Logger) {
 // Services are the domain services the gRPC server exposes.
 type Services struct {
 	Queue *queue.Service
+	// Access resolves tokens and keeps the audit log; without it every
+	// call but health and reflection is refused.
+	Access *access.Service
+	// HostsAgent lets a sidecar act for the agents on its host (see
+	// Policy); the fleet service provides it.
+	HostsAgent HostsAgent
 }
 
 // GRPCOption adds transport security or abuse limits to NewGRPCServer.
@@ -217,9 +247,13 @@ func WithRateLimit(r RateLimit) GRPCOption { return func(o *grpcOptions) { o.rat
 //
 //  1. recovery, outermost, so a panic anywhere becomes INTERNAL;
 //  2. logging;
-//  3. authentication and authorization (not yet: see the marked slot);
+//  3. authentication: the bearer token becomes the caller (health and
+//     reflection are open);
 //  4. the per-caller rate limit (health checks are exempt);
-//  5. request validation, last, so only well-formed requests reach a
+//  5. authorization by the policy table (policy.go), which also records
+//     audited calls and refusals: after the rate limit, so a caller
+//     looping on a refused call cannot flood the audit log;
+//  6. request validation, last, so only well-formed requests reach a
 //     handler.
 //
 // stopping is closed at shutdown so long-lived streams end and
@@ -262,22 +296,22 @@ func NewGRPCServer(svc Services, log *slog.Logger, tp trace.TracerProvider, stop
 	unary := []grpc.UnaryServerInterceptor{
 		recovery.UnaryServerInterceptor(recoverOpt),
 		logging.UnaryServerInterceptor(logger, logOpts...),
-		// ── auth slot: the token interceptor goes here, after logging (so
-		// refusals are logged) and before the rate limit (so callers can be
-		// keyed by token) and validation. It must skip grpc.health.v1 and
-		// reflection.
+		// After logging, so refusals are logged; before the rate limit,
+		// so callers are keyed by token.
+		selector.UnaryServerInterceptor(auth.UnaryServerInterceptor(authenticate(svc.Access, log)), needsCaller),
 	}
 	stream := []grpc.StreamServerInterceptor{
 		recovery.StreamServerInterceptor(recoverOpt),
 		logging.StreamServerInterceptor(logger, logOpts...),
-		// ── auth slot (see above).
+		selector.StreamServerInterceptor(auth.StreamServerInterceptor(authenticate(svc.Access, log)), needsCaller),
 	}
 	if lim := o.rateLimit.limiter(log); lim != nil {
 		unary = append(unary, selector.UnaryServerInterceptor(ratelimit.UnaryServerInterceptor(lim), rateLimited))
 		stream = append(stream, selector.StreamServerInterceptor(ratelimit.StreamServerInterceptor(lim), rateLimited))
 	}
-	unary = append(unary, validateUnary(validator, log))
-	stream = append(stream, validateStream(validator, log))
+	authz := &authorizer{policy: newPolicy(svc.HostsAgent), acc: svc.Access, log: log}
+	unary = append(unary, selector.UnaryServerInterceptor(authz.unary, needsCaller), validateUnary(validator, log))
+	stream = append(stream, selector.StreamServerInterceptor(authz.stream, needsCaller), validateStream(validator, log))
 
 	serverOpts := []grpc.ServerOption{
 		grpc.StatsHandler(otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(tp), otelgrpc.WithPropagators(telemetry.Propagator()))),
@@ -292,10 +326,12 @@ func NewGRPCServer(svc Services, log *slog.Logger, tp trace.TracerProvider, stop
 		serverOpts = append(serverOpts, grpc.Creds(credentials.NewTLS(o.tls)))
 	}
 	srv := grpc.NewServer(serverOpts...)
-	factoryv1.RegisterQueueServiceServer(srv, &queueServer{q: svc.Queue, log: log, stopping: stopping})
+	factoryv1.RegisterQueueServiceServer(srv, &auditedQueue{&queueServer{q: svc.Queue, log: log, stopping: stopping}})
+	factoryv1.RegisterAccessServiceServer(srv, &accessServer{acc: svc.Access, log: log})
 	healthSrv := health.NewServer()
 	healthpb.RegisterHealthServer(srv, healthSrv)
 	healthSrv.SetServingStatus(factoryv1.QueueService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	healthSrv.SetServingStatus(factoryv1.AccessService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	registerReflection(srv)
 	return srv, healthSrv
 }

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/factory/factory/controlplane/access"
 	"github.com/factory/factory/controlplane/queue"
 	"github.com/factory/factory/controlplane/store"
 	"github.com/factory/factory/controlplane/store/sqlite"
@@ -52,10 +53,18 @@ type testBundle struct {
 	queue  *queue.Service
 	clock  *fakeClock
 	store  store.Store
+	// access issues tokens; client and conn call as operator, whose
+	// secret is operator. dialAs connects with another token.
+	access   *access.Service
+	operator string
+	lis      *bufconn.Listener
+	srv      *grpc.Server
+	dbPath   string
 }
 
 // setup starts the queue service on a real SQLite store behind a gRPC
-// server on bufconn. With a nil clock the wall clock is used.
+// server on bufconn, with a client calling as an operator. With a nil
+// clock the wall clock is used.
 func setup(t *testing.T, clock *fakeClock) *testBundle {
 	t.Helper()
 	return setupWith(t, clock, nil)
@@ -66,7 +75,8 @@ func setupWith(t *testing.T, clock *fakeClock, opts []GRPCOption, dialOpts ...gr
 	t.Helper()
 	ctx := context.Background()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	st, err := sqlite.Open(ctx, sqlite.Config{Path: t.TempDir() + "/factory.db", Logger: log})
+	dbPath := t.TempDir() + "/factory.db"
+	st, err := sqlite.Open(ctx, sqlite.Config{Path: dbPath, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,19 +89,16 @@ func setupWith(t *testing.T, clock *fakeClock, opts []GRPCOption, dialOpts ...gr
 	if err != nil {
 		t.Fatal(err)
 	}
+	acc, operator := testAccess(t, st, qcfg.Clock)
 	stopping := make(chan struct{})
-	srv, _ := NewGRPCServer(Services{Queue: q}, log, noop.NewTracerProvider(), stopping, opts...)
+	srv, _ := NewGRPCServer(Services{Queue: q, Access: acc}, log, noop.NewTracerProvider(), stopping, opts...)
 	lis := bufconn.Listen(1 << 20)
 	go srv.Serve(lis)
 	t.Cleanup(func() { close(stopping); srv.Stop() })
-	conn, err := grpc.NewClient("passthrough:///bufnet", append([]grpc.DialOption{
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials())}, dialOpts...)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return &testBundle{client: factoryv1.NewQueueServiceClient(conn), conn: conn, queue: q, clock: clock, store: st}
+	b := &testBundle{queue: q, clock: clock, store: st, access: acc, operator: operator, lis: lis, srv: srv, dbPath: dbPath}
+	b.conn = b.dialAs(t, operator, dialOpts...)
+	b.client = factoryv1.NewQueueServiceClient(b.conn)
+	return b
 }
 
 func wantCode(t *testing.T, err error, code codes.Code) *status.Status {
@@ -441,7 +448,7 @@ func TestRunRestartKeepsTasksAndLeases(t *testing.T) {
 		case err := <-errCh:
 			t.Fatalf("Run: %v", err)
 		}
-		conn, err := grpc.NewClient(addr.String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		conn, err := grpc.NewClient(addr.String(), grpc.WithTransportCredentials(insecure.NewCredentials()), operatorFrom(t, dir))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -495,7 +502,7 @@ func TestReflectionServesDocumentedAPI(t *testing.T) {
 	}
 	// Every service in the compiled-in API is in the documented set: a stale
 	// api.binpb would fail here.
-	for _, name := range []string{factoryv1.QueueService_ServiceDesc.ServiceName} {
+	for _, name := range []string{factoryv1.QueueService_ServiceDesc.ServiceName, factoryv1.AccessService_ServiceDesc.ServiceName} {
 		if _, err := files.FindDescriptorByName(protoreflect.FullName(name)); err != nil {
 			t.Errorf("%s missing from api.binpb: run make generate", name)
 		}

@@ -47,6 +47,7 @@ func startRun(t *testing.T, cfg Config) string {
 	})
 	select {
 	case addr := <-addrCh:
+		rememberOperator(t, addr, cfg.DataDir)
 		return addr
 	case err := <-errCh:
 		errCh <- err
@@ -64,7 +65,7 @@ func dialWith(t *testing.T, addr string, c transport.ClientTLS) factoryv1.QueueS
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn, err := grpc.NewClient(addr, opts...)
+	conn, err := grpc.NewClient(addr, append(opts, operatorAt(addr))...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -31,11 +31,13 @@ var requestValidator = sync.OnceValues(func() (protovalidate.Validator, error) {
 // requestMessages lists the input message of every RPC in the API.
 func requestMessages() []protoreflect.MessageDescriptor {
 	var out []protoreflect.MessageDescriptor
-	services := factoryv1.File_factory_v1_queue_proto.Services()
-	for i := range services.Len() {
-		methods := services.Get(i).Methods()
-		for j := range methods.Len() {
-			out = append(out, methods.Get(j).Input())
+	for _, file := range []protoreflect.FileDescriptor{factoryv1.File_factory_v1_queue_proto, factoryv1.File_factory_v1_access_proto} {
+		services := file.Services()
+		for i := range services.Len() {
+			methods := services.Get(i).Methods()
+			for j := range methods.Len() {
+				out = append(out, methods.Get(j).Input())
+			}
 		}
 	}
 	return out

@@ -101,6 +101,9 @@ type Store interface {
 	// ClaimedAt, the number of tasks not DONE with Attempt > 1, and the pause.
 	QueueStats(ctx context.Context) (*QueueStats, error)
 
+	// AccessStore holds tokens and the audit log (see access.go).
+	AccessStore
+
 	// Close releases the driver's resources.
 	Close() error
 }

@@ -133,3 +133,46 @@ func (t *traced) QueueStats(ctx context.Context) (_ *QueueStats, err error) {
 }
 
 func (t *traced) Close() error { return t.s.Close() }
+
+func (t *traced) TokenCreate(ctx context.Context, p *TokenCreateParams) (_ *Token, err error) {
+	ctx, span := t.start(ctx, "TokenCreate")
+	defer func() { end(span, err) }()
+	return t.s.TokenCreate(ctx, p)
+}
+
+func (t *traced) TokenGetByHash(ctx context.Context, p *TokenGetByHashParams) (_ *Token, err error) {
+	ctx, span := t.start(ctx, "TokenGetByHash")
+	defer func() { end(span, err) }()
+	return t.s.TokenGetByHash(ctx, p)
+}
+
+func (t *traced) TokenList(ctx context.Context, p *TokenListParams) (_ *TokenListResult, err error) {
+	ctx, span := t.start(ctx, "TokenList")
+	defer func() { end(span, err) }()
+	return t.s.TokenList(ctx, p)
+}
+
+func (t *traced) TokenRevoke(ctx context.Context, p *TokenRevokeParams) (_ *Token, err error) {
+	ctx, span := t.start(ctx, "TokenRevoke")
+	defer func() { end(span, err) }()
+	return t.s.TokenRevoke(ctx, p)
+}
+
+func (t *traced) TokenTouch(ctx context.Context, p *TokenTouchParams) (err error) {
+	ctx, span := t.start(ctx, "TokenTouch")
+	defer func() { end(span, err) }()
+	return t.s.TokenTouch(ctx, p)
+}
+
+func (t *traced) AuditAppend(ctx context.Context, p *AuditAppendParams) (err error) {
+	ctx, span := t.start(ctx, "AuditAppend")
+	defer func() { end(span, err) }()
+	span.SetAttributes(attribute.Int("factory.entries", len(p.Entries)))
+	return t.s.AuditAppend(ctx, p)
+}
+
+func (t *traced) AuditList(ctx context.Context, p *AuditListParams) (_ *AuditListResult, err error) {
+	ctx, span := t.start(ctx, "AuditList")
+	defer func() { end(span, err) }()
+	return t.s.AuditList(ctx, p)
+}

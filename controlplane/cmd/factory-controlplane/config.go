@@ -23,6 +23,7 @@ type fileConfig struct {
 	DataDir         string        `yaml:"data_dir"`
 	Store           string        `yaml:"store"`
 	PostgresSchema  string        `yaml:"pg_schema"`
+	DebugListen     string        `yaml:"debug_listen"`
 	LogLevel        string        `yaml:"log_level"`
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
 	DefaultLease    time.Duration `yaml:"default_lease"`
@@ -94,6 +95,7 @@ Flags:
 	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "gRPC listen address (port 0 picks one)")
 	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory for the SQLite database")
 	fs.StringVar(&cfg.Store, "store", cfg.Store, "store: sqlite (DATA_DIR/factory.db), sqlite:PATH, or a postgres:// URL for replicas")
+	fs.StringVar(&cfg.DebugListen, "debug-listen", cfg.DebugListen, "loopback address for Go's profiler (/debug/pprof/); off when empty")
 	fs.StringVar(&cfg.PostgresSchema, "pg-schema", cfg.PostgresSchema, "PostgreSQL schema for the tables (default public)")
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long running calls get to finish at shutdown")
@@ -164,6 +166,8 @@ func fieldString(c fileConfig, flagName string) string {
 		return c.Store
 	case "pg-schema":
 		return c.PostgresSchema
+	case "debug-listen":
+		return c.DebugListen
 	case "log-level":
 		return c.LogLevel
 	case "shutdown-timeout":

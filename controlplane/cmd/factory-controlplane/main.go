@@ -51,6 +51,7 @@ func run(ctx context.Context, args []string) error {
 		DataDir:         cfg.DataDir,
 		Store:           cfg.Store,
 		PostgresSchema:  cfg.PostgresSchema,
+		DebugListen:     cfg.DebugListen,
 		ShutdownTimeout: cfg.ShutdownTimeout,
 		Queue:           cfg.queueConfig(),
 		TLS:             cfg.serverTLS(),

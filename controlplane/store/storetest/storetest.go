@@ -51,6 +51,8 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"NextRunAfter", s.testNextRunAfter},
 		{"SetPriority", s.testSetPriority},
 		{"Concurrency", s.testConcurrency},
+		{"Tokens", s.testTokens},
+		{"Audit", s.testAudit},
 	}
 	for _, g := range groups {
 		t.Run(g.name, func(t *testing.T) {

@@ -1,0 +1,152 @@
+package server
+
+import (
+	"context"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/factory/factory/controlplane/access"
+	"github.com/factory/factory/controlplane/store"
+	factoryv1 "github.com/factory/factory/gen/factory/v1"
+)
+
+// accessServer adapts AccessService calls to the access domain. Who may
+// call each RPC is the policy's business (policy.go), decided before a
+// call gets here.
+type accessServer struct {
+	factoryv1.UnimplementedAccessServiceServer
+	acc *access.Service
+	log *slog.Logger
+}
+
+var _ factoryv1.AccessServiceServer = (*accessServer)(nil)
+
+func (s *accessServer) err(ctx context.Context, err error) error { return toStatus(ctx, s.log, err) }
+
+func caller(ctx context.Context) (access.Caller, error) {
+	c, ok := access.FromContext(ctx)
+	if !ok {
+		return access.Caller{}, status.Error(codes.Unauthenticated, missingToken)
+	}
+	return c, nil
+}
+
+func (s *accessServer) CreateToken(ctx context.Context, r *factoryv1.CreateTokenRequest) (*factoryv1.CreateTokenResponse, error) {
+	c, err := caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	tok, secret, err := s.acc.Create(ctx, access.CreateParams{
+		Role: roleFromProto(r.GetRole()), Subject: r.GetSubject(), Description: r.GetDescription(),
+		TTL: durationOf(r.GetExpiresIn()), CreatedBy: c.Ref(),
+	})
+	if err != nil {
+		return nil, s.err(ctx, err)
+	}
+	access.Note(ctx, tok.ID, nil, tokenAudit(tok))
+	return &factoryv1.CreateTokenResponse{Token: tokenToProto(tok), Secret: secret}, nil
+}
+
+func (s *accessServer) ListTokens(ctx context.Context, r *factoryv1.ListTokensRequest) (*factoryv1.ListTokensResponse, error) {
+	res, err := s.acc.List(ctx, access.ListParams{IncludeInactive: r.GetIncludeInactive(), PageSize: int(r.GetPageSize()), PageToken: r.GetPageToken()})
+	if err != nil {
+		return nil, s.err(ctx, err)
+	}
+	out := &factoryv1.ListTokensResponse{NextPageToken: res.NextCursor, Tokens: make([]*factoryv1.Token, len(res.Tokens))}
+	for i, t := range res.Tokens {
+		out.Tokens[i] = tokenToProto(t)
+	}
+	return out, nil
+}
+
+func (s *accessServer) RevokeToken(ctx context.Context, r *factoryv1.RevokeTokenRequest) (*factoryv1.RevokeTokenResponse, error) {
+	at := s.acc.Now()
+	tok, err := s.acc.Revoke(ctx, r.GetTokenId())
+	if err != nil {
+		return nil, s.err(ctx, err)
+	}
+	// The store keeps the first revocation's time: a later one means this
+	// call found the token revoked already and changed nothing.
+	before := tok.Clone()
+	if tok.RevokedAt.Sub(at).Abs() < time.Millisecond {
+		before.RevokedAt = time.Time{}
+	}
+	access.Note(ctx, tok.ID, tokenAudit(before), tokenAudit(tok))
+	return &factoryv1.RevokeTokenResponse{Token: tokenToProto(tok)}, nil
+}
+
+func (s *accessServer) ListAudit(ctx context.Context, r *factoryv1.ListAuditRequest) (*factoryv1.ListAuditResponse, error) {
+	res, err := s.acc.ListAudit(ctx, access.AuditListParams{
+		Since: timeOf(r.GetSince()), Who: r.GetWho(), PageSize: int(r.GetPageSize()), PageToken: r.GetPageToken(),
+	})
+	if err != nil {
+		return nil, s.err(ctx, err)
+	}
+	out := &factoryv1.ListAuditResponse{NextPageToken: res.NextCursor, Entries: make([]*factoryv1.AuditEntry, len(res.Entries))}
+	for i, e := range res.Entries {
+		out.Entries[i] = &factoryv1.AuditEntry{
+			Id: strconv.FormatInt(e.ID, 10), Time: ts(e.Time), Who: e.Who, Role: roleToProto(e.Role), TokenId: e.TokenID,
+			Rpc: e.RPC, Target: e.Target, BeforeJson: e.BeforeJSON, AfterJson: e.AfterJSON, TraceId: e.TraceID,
+			Outcome: e.Outcome, Detail: e.Detail,
+		}
+	}
+	return out, nil
+}
+
+func (s *accessServer) WhoAmI(ctx context.Context, _ *factoryv1.WhoAmIRequest) (*factoryv1.WhoAmIResponse, error) {
+	c, err := caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &factoryv1.WhoAmIResponse{Role: roleToProto(c.Role), Subject: c.Subject, TokenId: c.TokenID, ExpiresAt: ts(c.ExpiresAt)}, nil
+}
+
+func roleToProto(r store.Role) factoryv1.Role {
+	switch r {
+	case store.RoleOperator:
+		return factoryv1.Role_ROLE_OPERATOR
+	case store.RoleAgent:
+		return factoryv1.Role_ROLE_AGENT
+	case store.RoleSidecar:
+		return factoryv1.Role_ROLE_SIDECAR
+	}
+	return factoryv1.Role_ROLE_UNSPECIFIED
+}
+
+func roleFromProto(r factoryv1.Role) store.Role {
+	switch r {
+	case factoryv1.Role_ROLE_OPERATOR:
+		return store.RoleOperator
+	case factoryv1.Role_ROLE_AGENT:
+		return store.RoleAgent
+	case factoryv1.Role_ROLE_SIDECAR:
+		return store.RoleSidecar
+	}
+	return ""
+}
+
+func tokenToProto(t *store.Token) *factoryv1.Token {
+	return &factoryv1.Token{
+		Id: t.ID, Role: roleToProto(t.Role), Subject: t.Subject, Description: t.Description, CreatedBy: t.CreatedBy,
+		CreatedAt: ts(t.CreatedAt), ExpiresAt: ts(t.ExpiresAt), RevokedAt: ts(t.RevokedAt), LastUsedAt: ts(t.LastUsedAt),
+	}
+}
+
+// tokenAudit is a token as the audit log records it: never its hash.
+func tokenAudit(t *store.Token) map[string]any {
+	m := map[string]any{"role": t.Role, "subject": t.Subject}
+	if t.Description != "" {
+		m["description"] = t.Description
+	}
+	if !t.ExpiresAt.IsZero() {
+		m["expires_at"] = t.ExpiresAt.UTC().Format(time.RFC3339)
+	}
+	if !t.RevokedAt.IsZero() {
+		m["revoked_at"] = t.RevokedAt.UTC().Format(time.RFC3339)
+	}
+	return m
+}

@@ -1,0 +1,173 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"path"
+	"slices"
+	"strings"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/factory/factory/controlplane/access"
+	"github.com/factory/factory/controlplane/store"
+	factoryv1 "github.com/factory/factory/gen/factory/v1"
+)
+
+// This file is the one place that says who may call what. Every RPC of
+// every factory service has a row; an RPC without one is refused to every
+// caller (and a test fails until the row is written).
+
+// rule is one RPC's row in the policy.
+type rule struct {
+	// roles may call the RPC at all.
+	roles []store.Role
+	// actsAs, when set, names the agents a request acts as (its agent
+	// fields). A caller other than an operator may act only as itself: an
+	// agent only as its own name, a sidecar only for the agents the fleet
+	// places on its host (Policy.HostsAgent). verb says what the request
+	// does, for the refusal: "agent forge may not claim as agent hammer".
+	actsAs func(req any) []string
+	verb   string
+	// mutates marks a call that changes state. An operator's successful
+	// call of it is audited, and so is any call acting as a party other
+	// than the caller; an agent acting as itself (the hot path) is not.
+	mutates bool
+}
+
+var (
+	operatorOnly = []store.Role{store.RoleOperator}
+	agents       = []store.Role{store.RoleOperator, store.RoleAgent}
+	everyone     = []store.Role{store.RoleOperator, store.RoleAgent, store.RoleSidecar}
+)
+
+// rules is the policy table, keyed by full RPC name.
+var rules = map[string]rule{
+	// Creating work and reading the queue: agents too (an orchestrator
+	// agent decomposes work into tasks).
+	factoryv1.QueueService_CreateTask_FullMethodName:  {roles: agents, mutates: true},
+	factoryv1.QueueService_CreateTasks_FullMethodName: {roles: agents, mutates: true},
+	factoryv1.QueueService_GetTask_FullMethodName:     {roles: agents},
+	factoryv1.QueueService_ListTasks_FullMethodName:   {roles: agents},
+	factoryv1.QueueService_WatchTasks_FullMethodName:  {roles: agents},
+	// Queue stats are what a sidecar reports next to its host's health.
+	factoryv1.QueueService_GetQueueStats_FullMethodName: {roles: everyone},
+
+	// Working tasks: an agent only as itself. The fencing token already
+	// proves the caller holds the task; the agent field must be the caller.
+	factoryv1.QueueService_ClaimTask_FullMethodName: {roles: agents, mutates: true, verb: "claim",
+		actsAs: agentField[*factoryv1.ClaimTaskRequest]},
+	factoryv1.QueueService_RenewLease_FullMethodName: {roles: agents, mutates: true, verb: "renew a lease",
+		actsAs: agentField[*factoryv1.RenewLeaseRequest]},
+	factoryv1.QueueService_CompleteTask_FullMethodName: {roles: agents, mutates: true, verb: "complete a task",
+		actsAs: agentField[*factoryv1.CompleteTaskRequest]},
+	factoryv1.QueueService_CompleteTasks_FullMethodName: {roles: agents, mutates: true, verb: "complete tasks",
+		actsAs: func(req any) []string {
+			r, _ := req.(*factoryv1.CompleteTasksRequest)
+			items := r.GetItems()
+			names := make([]string, len(items))
+			for i, it := range items {
+				names[i] = it.GetAgent()
+			}
+			return names
+		}},
+	factoryv1.QueueService_FailTask_FullMethodName: {roles: agents, mutates: true, verb: "fail a task",
+		actsAs: agentField[*factoryv1.FailTaskRequest]},
+
+	// Steering other parties' work and the whole queue: operators only.
+	factoryv1.QueueService_MoveTask_FullMethodName:     {roles: operatorOnly, mutates: true},
+	factoryv1.QueueService_SetPriority_FullMethodName:  {roles: operatorOnly, mutates: true},
+	factoryv1.QueueService_PauseQueue_FullMethodName:   {roles: operatorOnly, mutates: true},
+	factoryv1.QueueService_ResumeQueue_FullMethodName:  {roles: operatorOnly, mutates: true},
+	factoryv1.QueueService_RequeueStuck_FullMethodName: {roles: operatorOnly, mutates: true},
+
+	// Identity: everyone may ask who they are; the rest is for operators.
+	factoryv1.AccessService_CreateToken_FullMethodName: {roles: operatorOnly, mutates: true},
+	factoryv1.AccessService_ListTokens_FullMethodName:  {roles: operatorOnly},
+	factoryv1.AccessService_RevokeToken_FullMethodName: {roles: operatorOnly, mutates: true},
+	factoryv1.AccessService_ListAudit_FullMethodName:   {roles: operatorOnly},
+	factoryv1.AccessService_WhoAmI_FullMethodName:      {roles: everyone},
+}
+
+// agentField is the actsAs of a request with one agent field.
+func agentField[T interface{ GetAgent() string }](req any) []string {
+	// Another type only by a bug; its nil then answers "", no caller's name.
+	r, _ := req.(T)
+	return []string{r.GetAgent()}
+}
+
+// HostsAgent reports whether agent is registered on host. The fleet
+// service provides it, and adds the sidecar role to the rows whose actsAs
+// it should extend to sidecars; until then no sidecar acts for any agent.
+type HostsAgent func(ctx context.Context, host, agent string) (bool, error)
+
+// Policy applies the table.
+type Policy struct {
+	rules      map[string]rule
+	hostsAgent HostsAgent
+}
+
+func newPolicy(hostsAgent HostsAgent) *Policy {
+	return &Policy{rules: rules, hostsAgent: hostsAgent}
+}
+
+// admit finds the RPC's row and checks the caller's role.
+func (p *Policy) admit(c access.Caller, method string) (rule, error) {
+	r, ok := p.rules[method]
+	if !ok {
+		return rule{}, status.Errorf(codes.PermissionDenied,
+			"%s has no row in the access policy, so it is refused to every caller", method)
+	}
+	if !slices.Contains(r.roles, c.Role) {
+		allowed := make([]string, len(r.roles))
+		for i, role := range r.roles {
+			allowed[i] = string(role)
+		}
+		return rule{}, status.Errorf(codes.PermissionDenied, "%s may not call %s: it is for %s only",
+			c, path.Base(method), strings.Join(allowed, ", "))
+	}
+	return r, nil
+}
+
+// check applies the row's per-request rule. onBehalf reports that the
+// caller acted as a party other than itself (an operator working an
+// agent's task, or a sidecar acting for an agent on its host).
+func (p *Policy) check(ctx context.Context, c access.Caller, r rule, req any) (onBehalf bool, err error) {
+	if r.actsAs == nil {
+		return false, nil
+	}
+	for _, agent := range r.actsAs(req) {
+		switch {
+		case c.Role == store.RoleAgent && agent == c.Subject:
+		case c.Role == store.RoleOperator:
+			onBehalf = true
+		case c.Role == store.RoleSidecar && p.hostsAgent != nil:
+			ok, err := p.hostsAgent(ctx, c.Subject, agent)
+			if err != nil {
+				return false, fmt.Errorf("checking whether host %s runs agent %s: %w", c.Subject, agent, err)
+			}
+			if !ok {
+				return false, status.Errorf(codes.PermissionDenied, "%s may not %s as agent %s: that agent is not registered on host %s",
+					c, r.verb, orNone(agent), c.Subject)
+			}
+			onBehalf = true
+		default:
+			return false, status.Errorf(codes.PermissionDenied, "%s may not %s as agent %s", c, r.verb, orNone(agent))
+		}
+	}
+	return onBehalf, nil
+}
+
+func orNone(name string) string {
+	if name == "" {
+		return `"" (no agent named)`
+	}
+	return name
+}
+
+// audited says whether a call admitted under r is recorded in the audit
+// log.
+func audited(c access.Caller, r rule, onBehalf bool) bool {
+	return r.mutates && (c.Role == store.RoleOperator || onBehalf)
+}

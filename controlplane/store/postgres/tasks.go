@@ -1,0 +1,672 @@
+package postgres
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/factory/factory/controlplane/store"
+)
+
+func notFound(id string) error { return fmt.Errorf("task %q: %w", id, store.ErrNotFound) }
+
+// TaskCreate implements store.Store.
+func (s *Store) TaskCreate(ctx context.Context, p *store.TaskCreateParams) ([]store.TaskChange, error) {
+	if p == nil || len(p.Tasks) == 0 {
+		return nil, nil
+	}
+	for i, c := range p.Tasks {
+		switch {
+		case c == nil:
+			return nil, store.InvalidField("tasks", "task %d is missing", i)
+		case c.ID == "":
+			return nil, store.InvalidField("id", "task %d: id is required", i)
+		case c.InitialState == store.StateInProgress:
+			return nil, store.InvalidField("initial_state", "task %s: a task cannot start IN_PROGRESS; only a claim puts it there", c.ID)
+		case c.InitialState != store.StateUnspecified && !c.InitialState.Valid():
+			return nil, store.InvalidField("initial_state", "task %s: unknown state %s", c.ID, c.InitialState)
+		case c.MaxAttempts < 0:
+			return nil, store.InvalidField("max_attempts", "task %s: must not be negative, got %d", c.ID, c.MaxAttempts)
+		}
+		if err := checkText("id", c.ID, "title", c.Title, "kind", c.Kind, "payload_json", c.PayloadJSON,
+			"role", c.Role, "assignee", c.Assignee, "note", c.Note); err != nil {
+			return nil, err
+		}
+		if err := checkTexts("depends_on", c.DependsOn); err != nil {
+			return nil, err
+		}
+		for k, v := range c.Labels {
+			if err := checkText("labels", k, "labels", v); err != nil {
+				return nil, err
+			}
+		}
+	}
+	now := norm(p.Now)
+	// One lookup answers both questions: which new ids are taken, and
+	// what state each dependency outside the batch is in.
+	lookup := make([]string, 0, len(p.Tasks))
+	seen := make(map[string]bool, len(p.Tasks))
+	for _, c := range p.Tasks {
+		for _, id := range append([]string{c.ID}, c.DependsOn...) {
+			if !seen[id] {
+				seen[id] = true
+				lookup = append(lookup, id)
+			}
+		}
+	}
+
+	var out []store.TaskChange
+	err := s.inTx(ctx, "TaskCreate", func(t *txn) error {
+		var paused bool
+		stored := make(map[string]store.TaskState)
+		b := t.batch()
+		b.Queue(qPausedShare).QueryRow(func(r pgx.Row) error { return r.Scan(&paused) })
+		b.Queue(qStatesShare, lookup).Query(func(rs pgx.Rows) error {
+			var (
+				id    string
+				state int16
+			)
+			_, err := pgx.ForEachRow(rs, []any{&id, &state}, func() error {
+				stored[id] = store.TaskState(state)
+				return nil
+			})
+			return err
+		})
+		if err := t.send(b); err != nil {
+			return err
+		}
+
+		// The new rows travel as one array per column.
+		n := len(p.Tasks)
+		text := func() []string { return make([]string, n) }
+		ints := func() []int32 { return make([]int32, n) }
+		var (
+			ids, titles, kinds, payloads, roles = text(), text(), text(), text(), text()
+			assignees, deps, labels, notes      = text(), text(), text(), text()
+			priorities, maxAttempts, tiers      = ints(), ints(), ints()
+			states                              = make([]int16, n)
+			runAfter                            = make([]pgtype.Timestamptz, n)
+			byQueue                             = make([]bool, n)
+			depTask, depOn                      []string
+			depPos                              []int32
+		)
+		batch := make(map[string]store.TaskState, n)
+		t.changes = t.changes[:0]
+		for i, c := range p.Tasks {
+			if _, ok := stored[c.ID]; ok {
+				return fmt.Errorf("task %q: %w", c.ID, store.ErrAlreadyExists)
+			}
+			if _, ok := batch[c.ID]; ok {
+				return fmt.Errorf("task %q: %w", c.ID, store.ErrAlreadyExists)
+			}
+			allDone := true
+			for pos, d := range c.DependsOn {
+				st, ok := batch[d]
+				if !ok {
+					st, ok = stored[d]
+				}
+				if !ok {
+					return store.InvalidField("depends_on", "task %s: dependency %q is neither a stored task nor one earlier in the batch", c.ID, d)
+				}
+				allDone = allDone && st == store.StateDone
+				depTask, depPos, depOn = append(depTask, c.ID), append(depPos, int32(pos)), append(depOn, d)
+			}
+			state := c.InitialState
+			if state == store.StateUnspecified || state == store.StateReady {
+				switch {
+				case !allDone:
+					state = store.StateBacklog
+				case paused:
+					state, byQueue[i] = store.StatePaused, true
+				default:
+					state = store.StateReady
+				}
+			}
+			batch[c.ID] = state
+			ids[i], titles[i], kinds[i], payloads[i], roles[i], assignees[i], notes[i] = c.ID, c.Title, c.Kind, c.PayloadJSON, c.Role, c.Assignee, c.Note
+			priorities[i], maxAttempts[i], tiers[i], states[i] = c.Priority, c.MaxAttempts, c.ApprovalTier, int16(state)
+			if maxAttempts[i] == 0 {
+				maxAttempts[i] = store.DefaultMaxAttempts
+			}
+			deps[i], labels[i] = "[]", "{}"
+			if len(c.DependsOn) > 0 {
+				deps[i] = jsonText(c.DependsOn)
+			}
+			if len(c.Labels) > 0 {
+				labels[i] = jsonText(c.Labels)
+			}
+			runAfter[i] = ts(norm(c.RunAfter))
+			t.changes = append(t.changes, store.RemoteChange{TaskID: c.ID, State: state})
+		}
+
+		var rows []*row
+		err := t.commit(func(b *pgx.Batch) {
+			queueRows(b, &rows, qInsertTasks, ids, titles, kinds, payloads, roles, assignees, priorities, states, maxAttempts,
+				deps, tiers, labels, notes, runAfter, now, byQueue)
+			if len(depTask) > 0 {
+				b.Queue(qInsertDeps, depTask, depPos, depOn)
+			}
+		})
+		if err != nil {
+			return err
+		}
+		bySeq(rows)
+		out = changes(rows, store.StateUnspecified)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// TaskGet implements store.Store.
+func (s *Store) TaskGet(ctx context.Context, id string) (*store.Task, error) {
+	if !pgText(id) {
+		return nil, notFound(id)
+	}
+	var rows []*row
+	err := s.read(ctx, "TaskGet", func(ctx context.Context) error {
+		rs, err := s.pool.Query(ctx, qGetByID, id)
+		if err != nil {
+			return err
+		}
+		rows, err = scanRows(rs)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if len(rows) == 0 {
+		return nil, notFound(id)
+	}
+	return rows[0].t, nil
+}
+
+// TaskList implements store.Store.
+func (s *Store) TaskList(ctx context.Context, p *store.TaskListParams) (*store.TaskListResult, error) {
+	if p == nil {
+		p = &store.TaskListParams{}
+	}
+	var after int64
+	if p.Cursor != "" {
+		n, err := strconv.ParseInt(p.Cursor, 10, 64)
+		if err != nil || n < 0 {
+			return nil, store.InvalidField("page_token", "%q is not a page token from a previous list", p.Cursor)
+		}
+		after = n
+	}
+	if err := checkText("role", p.Role, "assignee", p.Assignee); err != nil {
+		return nil, err
+	}
+	if err := checkTexts("ids", p.IDs); err != nil {
+		return nil, err
+	}
+	for k, v := range p.Labels {
+		if err := checkText("labels", k, "labels", v); err != nil {
+			return nil, err
+		}
+	}
+
+	var b strings.Builder
+	b.WriteString("-- name: TaskList\nSELECT " + taskCols + " FROM tasks WHERE seq > $1")
+	args := []any{after}
+	arg := func(v any) string {
+		args = append(args, v)
+		return "$" + strconv.Itoa(len(args))
+	}
+	if len(p.States) > 0 {
+		states := make([]int16, len(p.States))
+		for i, st := range p.States {
+			states[i] = int16(st)
+		}
+		b.WriteString(" AND state = ANY(" + arg(states) + "::smallint[])")
+	}
+	if p.Role != "" {
+		b.WriteString(" AND role = " + arg(p.Role))
+	}
+	if p.Assignee != "" {
+		n := arg(p.Assignee)
+		b.WriteString(" AND (assignee = " + n + " OR lease_holder = " + n + ")")
+	}
+	if len(p.Labels) > 0 {
+		b.WriteString(" AND labels @> " + arg(jsonText(p.Labels)) + "::jsonb")
+	}
+	if len(p.IDs) > 0 {
+		b.WriteString(" AND id = ANY(" + arg(p.IDs) + "::text[])")
+	}
+	b.WriteString(" ORDER BY seq")
+	// One row past the page says whether there is a next page.
+	limit := 0
+	if p.Limit > 0 && p.Limit < math.MaxInt32 {
+		limit = p.Limit + 1
+		b.WriteString(" LIMIT " + arg(limit))
+	}
+
+	var rows []*row
+	err := s.read(ctx, "TaskList", func(ctx context.Context) error {
+		rs, err := s.pool.Query(ctx, b.String(), args...)
+		if err != nil {
+			return err
+		}
+		rows, err = scanRows(rs)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	res := &store.TaskListResult{}
+	if limit > 0 && len(rows) == limit {
+		rows = rows[:p.Limit]
+		res.NextCursor = strconv.FormatInt(rows[len(rows)-1].seq, 10)
+	}
+	res.Tasks = make([]*store.Task, len(rows))
+	for i, r := range rows {
+		res.Tasks[i] = r.t
+	}
+	return res, nil
+}
+
+// claimReq is one TaskClaim call.
+type claimReq struct {
+	request
+	p   *store.TaskClaimParams
+	now time.Time
+	out []*row
+}
+
+// TaskClaim implements store.Store.
+func (s *Store) TaskClaim(ctx context.Context, p *store.TaskClaimParams) ([]store.TaskChange, error) {
+	switch {
+	case p.Agent == "":
+		return nil, store.InvalidField("agent", "required")
+	case p.Max <= 0:
+		return nil, store.InvalidField("max", "must be positive, got %d", p.Max)
+	case p.LeaseDuration <= 0:
+		return nil, store.InvalidField("lease_duration", "must be positive, got %s", p.LeaseDuration)
+	}
+	if err := firstErr(checkText("agent", p.Agent), checkTexts("roles", p.Roles)); err != nil {
+		return nil, err
+	}
+	r := &claimReq{request: newRequest(ctx), p: p, now: norm(p.Now)}
+	if err := s.ops.do(r); err != nil {
+		return nil, err
+	}
+	byClaimOrder(r.out)
+	return changes(r.out, store.StateReady), nil
+}
+
+// TaskNextRunAfter implements store.Store.
+func (s *Store) TaskNextRunAfter(ctx context.Context, now time.Time) (time.Time, bool, error) {
+	var next pgtype.Timestamptz
+	err := s.read(ctx, "TaskNextRunAfter", func(ctx context.Context) error {
+		return s.pool.QueryRow(ctx, qNextRunAfter, norm(now)).Scan(&next)
+	})
+	if err != nil || !next.Valid {
+		return time.Time{}, false, err
+	}
+	return next.Time.UTC(), true, nil
+}
+
+// TaskRenew implements store.Store.
+func (s *Store) TaskRenew(ctx context.Context, p *store.TaskRenewParams) (*store.Task, error) {
+	if p.LeaseDuration <= 0 {
+		return nil, store.InvalidField("lease_duration", "must be positive, got %s", p.LeaseDuration)
+	}
+	if err := firstErr(checkLease(p.Lease), checkText("progress", p.Progress)); err != nil {
+		return nil, err
+	}
+	now := norm(p.Now)
+	var out *store.Task
+	err := s.inTx(ctx, "TaskRenew", func(t *txn) error {
+		ref := p.Lease
+		rows, err := t.rows(qRenew, ref.TaskID, ref.FencingToken, ref.Agent, now, norm(now.Add(p.LeaseDuration)), p.Progress)
+		if err != nil {
+			return err
+		}
+		if len(rows) == 0 {
+			return t.leaseError(ref, now)
+		}
+		out = rows[0].t
+		t.announce([]store.TaskChange{{Task: out, PreviousState: out.State}})
+		return nil
+	})
+	return out, err
+}
+
+// leaseError explains why a lease check in SQL matched nothing.
+func (t *txn) leaseError(ref store.LeaseRef, now time.Time) error {
+	rows, err := t.rows(qGetByID, ref.TaskID)
+	if err != nil {
+		return err
+	}
+	if len(rows) == 0 {
+		return notFound(ref.TaskID)
+	}
+	if err := store.CheckLease(rows[0].t, ref, now); err != nil {
+		return err
+	}
+	// The lease holds now but did not when the statement ran: it changed
+	// underneath (a lost race the caller may retry).
+	return fmt.Errorf("task %s: %w: the lease changed while the call ran", ref.TaskID, store.ErrStaleLease)
+}
+
+// completeReq is one TaskComplete call.
+type completeReq struct {
+	request
+	p   *store.TaskCompleteParams
+	now time.Time
+	// bad holds the error of each item that cannot be sent to the
+	// database; those items fail alone.
+	bad map[int]error
+	res *store.TaskCompleteResult
+}
+
+// TaskComplete implements store.Store.
+func (s *Store) TaskComplete(ctx context.Context, p *store.TaskCompleteParams) (*store.TaskCompleteResult, error) {
+	if len(p.Items) == 0 {
+		return &store.TaskCompleteResult{Results: []store.TaskCompleteItemResult{}}, nil
+	}
+	r := &completeReq{request: newRequest(ctx), p: p, now: norm(p.Now)}
+	for i, it := range p.Items {
+		if err := firstErr(checkLease(it.Lease), checkText("note", it.Note)); err != nil {
+			if r.bad == nil {
+				r.bad = make(map[int]error)
+			}
+			r.bad[i] = err
+		}
+	}
+	if err := s.ops.do(r); err != nil {
+		return nil, err
+	}
+	return r.res, nil
+}
+
+// TaskFail implements store.Store.
+func (s *Store) TaskFail(ctx context.Context, p *store.TaskFailParams) ([]store.TaskChange, error) {
+	if err := firstErr(checkLease(p.Lease), checkText("error", p.Error)); err != nil {
+		return nil, err
+	}
+	now := norm(p.Now)
+	var out []store.TaskChange
+	err := s.inTx(ctx, "TaskFail", func(t *txn) error {
+		var paused bool
+		var rows []*row
+		b := t.batch()
+		b.Queue(qPausedShare).QueryRow(func(r pgx.Row) error { return r.Scan(&paused) })
+		queueRows(b, &rows, qGetForUpdate, p.Lease.TaskID)
+		if err := t.send(b); err != nil {
+			return err
+		}
+		if len(rows) == 0 {
+			return notFound(p.Lease.TaskID)
+		}
+		r := rows[0]
+		if err := store.CheckLease(r.t, p.Lease, now); err != nil {
+			return err
+		}
+		r.t.LastError = p.Error
+		endLease(r.t)
+		retry(r.t, p.Permanent, paused, p.Backoff, now)
+		out = []store.TaskChange{{Task: r.t.Clone(), PreviousState: store.StateInProgress}}
+		t.announce(out)
+		return t.commit(queueSave(r))
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// TaskMove implements store.Store.
+func (s *Store) TaskMove(ctx context.Context, p *store.TaskMoveParams) ([]store.TaskChange, error) {
+	if !p.To.Valid() {
+		return nil, store.InvalidField("to", "unknown state %s", p.To)
+	}
+	if !pgText(p.TaskID) {
+		return nil, notFound(p.TaskID)
+	}
+	if err := checkText("reason", p.Reason); err != nil {
+		return nil, err
+	}
+	now := norm(p.Now)
+	var out []store.TaskChange
+	err := s.inTx(ctx, "TaskMove", func(t *txn) error {
+		var rows []*row
+		b := t.batch()
+		queueRows(b, &rows, qGetForUpdate, p.TaskID)
+		if p.To == store.StateDone {
+			// Lock the dependents before the task can be seen DONE; see
+			// qComplete.
+			b.Queue(qLockDependents, p.TaskID)
+		}
+		if err := t.send(b); err != nil {
+			return err
+		}
+		if len(rows) == 0 {
+			return notFound(p.TaskID)
+		}
+		r := rows[0]
+		task := r.t
+		from := task.State
+		if !store.CanOperatorMove(from, p.To) {
+			return &store.TransitionError{TaskID: task.ID, From: from, To: p.To, Allowed: store.OperatorMoves(from)}
+		}
+		setState(task, p.To, now)
+		// An operator's pause is not the queue's: resume must leave it.
+		task.PausedByQueue = false
+		if from == store.StateInProgress {
+			endLease(task)
+		}
+		if from == store.StateFailed && p.To == store.StateReady {
+			task.Attempt = 0
+			task.RunAfter = time.Time{}
+		}
+		if p.Reason != "" {
+			task.Note = p.Reason
+		}
+		out = []store.TaskChange{{Task: task.Clone(), PreviousState: from}}
+		if p.To == store.StateDone {
+			var promoted []*row
+			b := t.batch()
+			queueSave(r)(b)
+			queueRows(b, &promoted, qPromote, now, []string{task.ID})
+			if err := t.send(b); err != nil {
+				return err
+			}
+			bySeq(promoted)
+			out = append(out, changes(promoted, store.StateBacklog)...)
+			t.announce(out)
+			return t.commit()
+		}
+		t.announce(out)
+		return t.commit(queueSave(r))
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// TaskSetPriority implements store.Store.
+func (s *Store) TaskSetPriority(ctx context.Context, p *store.TaskSetPriorityParams) (*store.Task, error) {
+	if !pgText(p.TaskID) {
+		return nil, notFound(p.TaskID)
+	}
+	now := norm(p.Now)
+	var out *store.Task
+	err := s.inTx(ctx, "TaskSetPriority", func(t *txn) error {
+		rows, err := t.rows(qSetPriority, p.TaskID, p.Priority, now)
+		if err != nil {
+			return err
+		}
+		if len(rows) == 0 {
+			return notFound(p.TaskID)
+		}
+		out = rows[0].t
+		t.announce([]store.TaskChange{{Task: out, PreviousState: out.State}})
+		return nil
+	})
+	return out, err
+}
+
+// TaskRescueExpired implements store.Store.
+func (s *Store) TaskRescueExpired(ctx context.Context, p *store.TaskRescueExpiredParams) ([]store.TaskChange, error) {
+	now := norm(p.Now)
+	var out []store.TaskChange
+	err := s.inTx(ctx, "TaskRescueExpired", func(t *txn) error {
+		out = nil
+		var paused bool
+		var rows []*row
+		b := t.batch()
+		b.Queue(qPausedShare).QueryRow(func(r pgx.Row) error { return r.Scan(&paused) })
+		queueRows(b, &rows, qExpired, now)
+		if err := t.send(b); err != nil || len(rows) == 0 {
+			return err
+		}
+		for _, r := range rows {
+			task := r.t
+			task.LastError = fmt.Sprintf("lease held by %s expired at %s", task.LeaseHolder, task.LeaseExpiresAt.Format(time.RFC3339Nano))
+			endLease(task)
+			retry(task, false, paused, p.Backoff, now)
+		}
+		out = changes(rows, store.StateInProgress)
+		t.announce(out)
+		return t.commit(queueSave(rows...))
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// TaskRequeueStuck implements store.Store.
+func (s *Store) TaskRequeueStuck(ctx context.Context, p *store.TaskRequeueStuckParams) ([]store.TaskChange, error) {
+	now := norm(p.Now)
+	cut := norm(now.Add(-p.OlderThan))
+	var out []store.TaskChange
+	if p.DryRun {
+		var rows []*row
+		err := s.read(ctx, "TaskRequeueStuck", func(ctx context.Context) error {
+			rs, err := s.pool.Query(ctx, strings.TrimSuffix(qStuck, " FOR UPDATE"), cut)
+			if err != nil {
+				return err
+			}
+			rows, err = scanRows(rs)
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+		return changes(rows, store.StateInProgress), nil
+	}
+	err := s.inTx(ctx, "TaskRequeueStuck", func(t *txn) error {
+		out = nil
+		var paused bool
+		var rows []*row
+		b := t.batch()
+		b.Queue(qPausedShare).QueryRow(func(r pgx.Row) error { return r.Scan(&paused) })
+		queueRows(b, &rows, qStuck, cut)
+		if err := t.send(b); err != nil || len(rows) == 0 {
+			return err
+		}
+		for _, r := range rows {
+			endLease(r.t)
+			st, byQueue := readyState(paused)
+			setState(r.t, st, now)
+			r.t.PausedByQueue = byQueue
+		}
+		out = changes(rows, store.StateInProgress)
+		t.announce(out)
+		return t.commit(queueSave(rows...))
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// queueSave queues the statement that writes rows back.
+func queueSave(rows ...*row) func(b *pgx.Batch) {
+	n := len(rows)
+	var (
+		seqs, tokens                                         = make([]int64, n), make([]int64, n)
+		priorities, attempts                                 = make([]int32, n), make([]int32, n)
+		states                                               = make([]int16, n)
+		lastErrors, progress, notes, holders                 = make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+		expires, claimed, renewed, runAfter, updated, change = make([]pgtype.Timestamptz, n), make([]pgtype.Timestamptz, n),
+			make([]pgtype.Timestamptz, n), make([]pgtype.Timestamptz, n), make([]pgtype.Timestamptz, n), make([]pgtype.Timestamptz, n)
+		byQueue = make([]bool, n)
+	)
+	for i, r := range rows {
+		t := r.t
+		seqs[i], tokens[i], priorities[i], attempts[i], states[i] = r.seq, t.FencingToken, t.Priority, t.Attempt, int16(t.State)
+		lastErrors[i], progress[i], notes[i], holders[i] = t.LastError, t.Progress, t.Note, t.LeaseHolder
+		expires[i], claimed[i], renewed[i], runAfter[i] = ts(t.LeaseExpiresAt), ts(t.ClaimedAt), ts(t.RenewedAt), ts(t.RunAfter)
+		updated[i], change[i] = ts(t.UpdatedAt), ts(t.StateChangedAt)
+		byQueue[i] = t.PausedByQueue
+	}
+	return func(b *pgx.Batch) {
+		b.Queue(qSave, seqs, priorities, states, attempts, lastErrors, progress, notes, holders, tokens,
+			expires, claimed, renewed, runAfter, updated, change, byQueue)
+	}
+}
+
+// readyState is where a task bound for READY goes: PAUSED, marked as the
+// queue's doing, while the queue is paused.
+func readyState(paused bool) (store.TaskState, bool) {
+	if paused {
+		return store.StatePaused, true
+	}
+	return store.StateReady, false
+}
+
+func setState(t *store.Task, to store.TaskState, now time.Time) {
+	t.State = to
+	t.StateChangedAt = now
+	t.UpdatedAt = now
+}
+
+// endLease clears the lease but keeps FencingToken: the next claim's token
+// must be greater than every token this task has had.
+func endLease(t *store.Task) {
+	t.LeaseHolder = ""
+	t.LeaseExpiresAt = time.Time{}
+	t.ClaimedAt = time.Time{}
+	t.RenewedAt = time.Time{}
+}
+
+// retry sends a failed attempt to FAILED when it was the last or the
+// failure is permanent, else back to READY after the backoff.
+func retry(t *store.Task, permanent, paused bool, backoff store.BackoffFunc, now time.Time) {
+	if permanent || t.Attempt >= t.MaxAttempts {
+		setState(t, store.StateFailed, now)
+		t.PausedByQueue = false
+		return
+	}
+	st, byQueue := readyState(paused)
+	setState(t, st, now)
+	t.PausedByQueue = byQueue
+	var wait time.Duration
+	if backoff != nil {
+		wait = max(backoff(t.Attempt), 0)
+	}
+	t.RunAfter = norm(now.Add(wait))
+}
+
+// jsonText encodes v as a JSON parameter.
+func jsonText(v any) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		// Only strings and maps and slices of strings are encoded here.
+		panic(fmt.Sprintf("postgres: encode parameter: %v", err))
+	}
+	return string(b)
+}

@@ -1,0 +1,335 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+
+	"github.com/factory/factory/controlplane/store"
+)
+
+const tokenCols = `seq, id, hash, role, subject, description, created_by, created_at, expires_at, revoked_at, last_used_at`
+
+var (
+	qTokenByHash = `SELECT ` + tokenCols + ` FROM tokens WHERE hash = ?`
+	qTokenByID   = `SELECT ` + tokenCols + ` FROM tokens WHERE id = ?`
+	qTokenTaken  = `SELECT COUNT(*) FROM tokens WHERE id = ? OR hash = ?`
+	// An operator token that works at the given time.
+	qActiveOperator = `SELECT COUNT(*) FROM tokens WHERE role = 'operator' AND revoked_at = 0 AND (expires_at = 0 OR expires_at > ?)`
+	qTokenInsert    = `INSERT INTO tokens (id, hash, role, subject, description, created_by, created_at, expires_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?)`
+	qTokenRevoke = `UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at = 0`
+	qTokenTouch  = `UPDATE tokens SET last_used_at = ? WHERE id = ? AND last_used_at < ?`
+	qAuditInsert = `INSERT INTO audit_log (time, who, role, token_id, rpc, target, before_json, after_json, trace_id, outcome, detail)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+	auditCols = `id, time, who, role, token_id, rpc, target, before_json, after_json, trace_id, outcome, detail`
+)
+
+func scanToken(sc scanner) (int64, *store.Token, error) {
+	var (
+		seq                                   int64
+		t                                     store.Token
+		role                                  string
+		created, expires, revoked, lastUsedAt int64
+	)
+	if err := sc.Scan(&seq, &t.ID, &t.Hash, &role, &t.Subject, &t.Description, &t.CreatedBy,
+		&created, &expires, &revoked, &lastUsedAt); err != nil {
+		return 0, nil, err
+	}
+	t.Role = store.Role(role)
+	t.CreatedAt, t.ExpiresAt, t.RevokedAt, t.LastUsedAt = fromNanos(created), fromNanos(expires), fromNanos(revoked), fromNanos(lastUsedAt)
+	return seq, &t, nil
+}
+
+func tokenNotFound(what string) error { return fmt.Errorf("token %s: %w", what, store.ErrNotFound) }
+
+// TokenCreate implements store.Store.
+func (s *Store) TokenCreate(ctx context.Context, p *store.TokenCreateParams) (*store.Token, error) {
+	if p == nil || p.Token == nil {
+		return nil, store.InvalidField("token", "is missing")
+	}
+	in := p.Token
+	switch {
+	case in.ID == "":
+		return nil, store.InvalidField("id", "is required")
+	case in.Hash == "":
+		return nil, store.InvalidField("hash", "is required")
+	case !in.Role.Valid():
+		return nil, store.InvalidField("role", "unknown role %q", in.Role)
+	case in.Subject == "":
+		return nil, store.InvalidField("subject", "is required")
+	}
+	now := norm(p.Now)
+	t := &store.Token{
+		ID: in.ID, Hash: in.Hash, Role: in.Role, Subject: in.Subject, Description: in.Description,
+		CreatedBy: in.CreatedBy, CreatedAt: now, ExpiresAt: norm(in.ExpiresAt),
+	}
+	err := s.writeTx(ctx, "TokenCreate", func(w *wtx) error {
+		if p.OnlyIfNoActiveOperator {
+			n, err := w.count(qActiveOperator, toNanos(now))
+			if err != nil {
+				return err
+			}
+			if n > 0 {
+				return fmt.Errorf("an active operator token: %w", store.ErrAlreadyExists)
+			}
+		}
+		n, err := w.count(qTokenTaken, t.ID, t.Hash)
+		if err != nil {
+			return err
+		}
+		if n > 0 {
+			return fmt.Errorf("token %q: %w", t.ID, store.ErrAlreadyExists)
+		}
+		_, err = w.exec(qTokenInsert, t.ID, t.Hash, string(t.Role), t.Subject, t.Description, t.CreatedBy,
+			toNanos(t.CreatedAt), toNanos(t.ExpiresAt))
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// count runs a SELECT COUNT(*) on the write transaction.
+func (t *wtx) count(query string, args ...any) (int64, error) {
+	st, err := t.stmt(query)
+	if err != nil {
+		return 0, dbErr(t.op, err)
+	}
+	var n int64
+	err = st.QueryRowContext(t.ctx, args...).Scan(&n)
+	return n, dbErr(t.op, err)
+}
+
+// TokenGetByHash implements store.Store.
+func (s *Store) TokenGetByHash(ctx context.Context, p *store.TokenGetByHashParams) (*store.Token, error) {
+	if p == nil || p.Hash == "" {
+		return nil, tokenNotFound("with an empty hash")
+	}
+	st, err := s.rs.get(ctx, qTokenByHash)
+	if err != nil {
+		return nil, dbErr("TokenGetByHash", err)
+	}
+	_, t, err := scanToken(st.QueryRowContext(ctx, p.Hash))
+	if errors.Is(err, sql.ErrNoRows) {
+		// The hash is not echoed: it is as good as the secret's
+		// fingerprint, and errors end up in logs.
+		return nil, tokenNotFound("with that secret")
+	}
+	if err != nil {
+		return nil, dbErr("TokenGetByHash", err)
+	}
+	return t, nil
+}
+
+// TokenList implements store.Store.
+func (s *Store) TokenList(ctx context.Context, p *store.TokenListParams) (*store.TokenListResult, error) {
+	if p == nil {
+		p = &store.TokenListParams{}
+	}
+	after, err := parseCursor(p.Cursor)
+	if err != nil {
+		return nil, err
+	}
+	var b strings.Builder
+	b.WriteString("SELECT " + tokenCols + " FROM tokens WHERE seq > ?")
+	args := []any{after}
+	if p.Role != "" {
+		b.WriteString(" AND role = ?")
+		args = append(args, string(p.Role))
+	}
+	if !p.ActiveAt.IsZero() {
+		b.WriteString(" AND revoked_at = 0 AND (expires_at = 0 OR expires_at > ?)")
+		args = append(args, toNanos(p.ActiveAt))
+	}
+	limit := pageLimit(p.Limit)
+	b.WriteString(" ORDER BY seq LIMIT ?")
+	args = append(args, limit)
+
+	st, err := s.rs.get(ctx, b.String())
+	if err != nil {
+		return nil, dbErr("TokenList", err)
+	}
+	rs, err := st.QueryContext(ctx, args...)
+	if err != nil {
+		return nil, dbErr("TokenList", err)
+	}
+	defer rs.Close()
+	res := &store.TokenListResult{}
+	var last int64
+	for rs.Next() {
+		seq, t, err := scanToken(rs)
+		if err != nil {
+			return nil, dbErr("TokenList", err)
+		}
+		if limit > 0 && len(res.Tokens) == p.Limit {
+			res.NextCursor = strconv.FormatInt(last, 10)
+			break
+		}
+		res.Tokens = append(res.Tokens, t)
+		last = seq
+	}
+	if err := rs.Err(); err != nil {
+		return nil, dbErr("TokenList", err)
+	}
+	return res, nil
+}
+
+// TokenRevoke implements store.Store.
+func (s *Store) TokenRevoke(ctx context.Context, p *store.TokenRevokeParams) (*store.Token, error) {
+	if p == nil || p.ID == "" {
+		return nil, store.InvalidField("token_id", "is required")
+	}
+	var out *store.Token
+	err := s.writeTx(ctx, "TokenRevoke", func(w *wtx) error {
+		if _, err := w.exec(qTokenRevoke, toNanos(norm(p.Now)), p.ID); err != nil {
+			return err
+		}
+		st, err := w.stmt(qTokenByID)
+		if err != nil {
+			return dbErr(w.op, err)
+		}
+		_, out, err = scanToken(st.QueryRowContext(w.ctx, p.ID))
+		if errors.Is(err, sql.ErrNoRows) {
+			return tokenNotFound(strconv.Quote(p.ID))
+		}
+		return dbErr(w.op, err)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// TokenTouch implements store.Store.
+func (s *Store) TokenTouch(ctx context.Context, p *store.TokenTouchParams) error {
+	if p == nil || p.ID == "" {
+		return nil
+	}
+	now := toNanos(norm(p.Now))
+	return s.writeTx(ctx, "TokenTouch", func(w *wtx) error {
+		_, err := w.exec(qTokenTouch, now, p.ID, now)
+		return err
+	})
+}
+
+// AuditAppend implements store.Store.
+func (s *Store) AuditAppend(ctx context.Context, p *store.AuditAppendParams) error {
+	if p == nil || len(p.Entries) == 0 {
+		return nil
+	}
+	for i, e := range p.Entries {
+		if e == nil {
+			return store.InvalidField("entries", "entry %d is missing", i)
+		}
+	}
+	ids := make([]int64, len(p.Entries))
+	err := s.writeTx(ctx, "AuditAppend", func(w *wtx) error {
+		for i, e := range p.Entries {
+			res, err := w.exec(qAuditInsert, toNanos(norm(e.Time)), e.Who, string(e.Role), e.TokenID, e.RPC, e.Target,
+				e.BeforeJSON, e.AfterJSON, e.TraceID, e.Outcome, e.Detail)
+			if err != nil {
+				return err
+			}
+			if ids[i], err = res.LastInsertId(); err != nil {
+				return dbErr(w.op, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	// Only a committed append hands out ids.
+	for i, e := range p.Entries {
+		e.ID = ids[i]
+	}
+	return nil
+}
+
+// AuditList implements store.Store.
+func (s *Store) AuditList(ctx context.Context, p *store.AuditListParams) (*store.AuditListResult, error) {
+	if p == nil {
+		p = &store.AuditListParams{}
+	}
+	before, err := parseCursor(p.Cursor)
+	if err != nil {
+		return nil, err
+	}
+	var b strings.Builder
+	b.WriteString("SELECT " + auditCols + " FROM audit_log WHERE 1 = 1")
+	var args []any
+	if before > 0 {
+		b.WriteString(" AND id < ?")
+		args = append(args, before)
+	}
+	if !p.Since.IsZero() {
+		b.WriteString(" AND time >= ?")
+		args = append(args, toNanos(p.Since))
+	}
+	if p.Who != "" {
+		b.WriteString(" AND (who = ? OR token_id = ?)")
+		args = append(args, p.Who, p.Who)
+	}
+	limit := pageLimit(p.Limit)
+	b.WriteString(" ORDER BY id DESC LIMIT ?")
+	args = append(args, limit)
+
+	st, err := s.rs.get(ctx, b.String())
+	if err != nil {
+		return nil, dbErr("AuditList", err)
+	}
+	rs, err := st.QueryContext(ctx, args...)
+	if err != nil {
+		return nil, dbErr("AuditList", err)
+	}
+	defer rs.Close()
+	res := &store.AuditListResult{}
+	for rs.Next() {
+		var (
+			e    store.AuditEntry
+			at   int64
+			role string
+		)
+		if err := rs.Scan(&e.ID, &at, &e.Who, &role, &e.TokenID, &e.RPC, &e.Target, &e.BeforeJSON, &e.AfterJSON,
+			&e.TraceID, &e.Outcome, &e.Detail); err != nil {
+			return nil, dbErr("AuditList", err)
+		}
+		if limit > 0 && len(res.Entries) == p.Limit {
+			res.NextCursor = strconv.FormatInt(res.Entries[len(res.Entries)-1].ID, 10)
+			break
+		}
+		e.Time, e.Role = fromNanos(at), store.Role(role)
+		res.Entries = append(res.Entries, &e)
+	}
+	if err := rs.Err(); err != nil {
+		return nil, dbErr("AuditList", err)
+	}
+	return res, nil
+}
+
+// parseCursor reads a page token made by a previous list: a row number.
+func parseCursor(c string) (int64, error) {
+	if c == "" {
+		return 0, nil
+	}
+	n, err := strconv.ParseInt(c, 10, 64)
+	if err != nil || n <= 0 {
+		return 0, store.InvalidField("page_token", "%q is not a page token from a previous list", c)
+	}
+	return n, nil
+}
+
+// pageLimit is the LIMIT for a page of limit rows: one row more, which says
+// whether there is a next page; -1 (no limit) for 0.
+func pageLimit(limit int) int {
+	if limit > 0 && limit < math.MaxInt32 {
+		return limit + 1
+	}
+	return -1
+}
