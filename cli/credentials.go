@@ -22,8 +22,9 @@ import (
 // tokenHelp is how the CLI finds its token, for the help text.
 const tokenHelp = `Every call carries a bearer token. The CLI takes the first of:
   --token, then FACTORY_TOKEN, then "token:" in the config file
-  (` + "`factory token`" + ` prints its path), then, only when --addr is a loopback
-  address, the operator token the control plane writes at first start:
+  (factory/config.yaml in the user's config directory: ~/.config on
+  Linux), then, only when --addr is a loopback address, the operator
+  token the control plane writes at first start:
   $FACTORY_DATA_DIR/operator.token, or ./data/operator.token. So right
   after ` + "`make run`" + `, commands run from the same directory need no token.
 The config file may also set "addr:", used when --addr and FACTORY_ADDR

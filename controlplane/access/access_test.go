@@ -231,3 +231,27 @@ func TestSecretsAreRandomAndHashed(t *testing.T) {
 		t.Fatalf("hash %q", h)
 	}
 }
+
+// A token whose file could not be written is revoked, so the next start
+// makes one again rather than leaving nobody an operator token.
+func TestBootstrapThatCannotWriteItsFileRevokesTheToken(t *testing.T) {
+	svc, _, _ := newService(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	blocker := filepath.Join(dir, access.OperatorTokenFile, "in-the-way")
+	if err := os.MkdirAll(blocker, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := svc.Bootstrap(ctx, dir); err == nil || !strings.Contains(err.Error(), "revoked") {
+		t.Fatalf("bootstrap onto a directory: %v", err)
+	}
+	if res, err := svc.List(ctx, access.ListParams{}); err != nil || len(res.Tokens) != 0 {
+		t.Fatalf("working tokens after the failed bootstrap: %v, %v", res, err)
+	}
+	if err := os.RemoveAll(filepath.Join(dir, access.OperatorTokenFile)); err != nil {
+		t.Fatal(err)
+	}
+	if _, created, err := svc.Bootstrap(ctx, dir); err != nil || !created {
+		t.Fatalf("bootstrap once the path is free: %v, created %v", err, created)
+	}
+}

@@ -38,7 +38,7 @@ func (s *Service) Bootstrap(ctx context.Context, dataDir string) (path string, c
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return path, false, fmt.Errorf("bootstrap: %w", err)
 	}
-	_, secret, err := s.create(ctx, CreateParams{
+	tok, secret, err := s.create(ctx, CreateParams{
 		Role:        store.RoleOperator,
 		Subject:     BootstrapSubject,
 		Description: "made at first start; the secret is in " + path,
@@ -51,7 +51,13 @@ func (s *Service) Bootstrap(ctx context.Context, dataDir string) (path string, c
 		return path, false, fmt.Errorf("bootstrap operator token: %w", err)
 	}
 	if err := writeSecretFile(path, secret); err != nil {
-		return path, false, fmt.Errorf("bootstrap: the operator token was made but its file could not be written (restart to make another after revoking it, or create one another way): %w", err)
+		// A token whose secret reached no one would count as the operator
+		// token and block the next start from making one: revoke it, so
+		// that a restart, once the directory is fixed, tries again.
+		if _, rerr := s.store.TokenRevoke(ctx, &store.TokenRevokeParams{ID: tok.ID, Now: s.clock.Now()}); rerr != nil {
+			return path, false, fmt.Errorf("bootstrap: writing %s: %w (and revoking the unwritten token %s failed: %v)", path, err, tok.ID, rerr)
+		}
+		return path, false, fmt.Errorf("bootstrap: writing %s: %w (the token was revoked; a restart makes another)", path, err)
 	}
 	return path, true, nil
 }
