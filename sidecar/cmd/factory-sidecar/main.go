@@ -1,6 +1,7 @@
 // Command factory-sidecar runs next to an agent workspace or inference host.
-// For now it watches the control plane's health; the collectors (GPU, disk,
-// probes, spend) and the fleet stream join it as the fleet service lands.
+// It watches the control plane's health and, with --once -o json|text, runs
+// every collector (GPU through NVML, disk, service probes) once and prints
+// the readings without needing a control plane.
 package main
 
 import (
@@ -8,6 +9,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -42,8 +44,19 @@ func run(ctx context.Context, args []string) error {
 	fs.StringVar(&creds.CertFile, "cert", os.Getenv("FACTORY_CERT"), "this host's client certificate (PEM), for a control plane with mutual TLS (FACTORY_CERT)")
 	fs.StringVar(&creds.KeyFile, "key", os.Getenv("FACTORY_KEY"), "private key of --cert (PEM) (FACTORY_KEY)")
 	fs.BoolVar(&creds.Insecure, "insecure", false, "allow plaintext to a non-loopback --addr")
+	configPath := fs.String("config", os.Getenv("FACTORY_SIDECAR_CONFIG"), "YAML config: host, agents, disk paths, probes (FACTORY_SIDECAR_CONFIG)")
+	output := fs.String("o", "", "with --once: run every collector once and print the readings as json or text (no control plane needed)")
+	samples := fs.Int("samples", 1, "with --once -o: collect this many times back to back (the first GPU pass includes NVML's init)")
+	requireGPU := fs.Bool("require-gpu", false, "with --once -o: exit non-zero when no GPU could be read")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *once && *output != "" {
+		cfg, err := loadSidecarConfig(*configPath)
+		if err != nil {
+			return err
+		}
+		return collectOnce(ctx, cfg, telemetry.NewLogger(os.Stderr, slog.LevelInfo), stdout, *output, *samples, *requireGPU)
 	}
 	dialOpts, err := creds.DialOptions(*addr)
 	if err != nil {
@@ -95,6 +108,9 @@ func run(ctx context.Context, args []string) error {
 		}
 	}
 }
+
+// stdout is where --once -o prints; a variable so tests can capture it.
+var stdout io.Writer = os.Stdout
 
 func envOr(key, def string) string {
 	if v := os.Getenv(key); v != "" {
