@@ -13,7 +13,7 @@ BENCH_AGENTS ?= 32
 BENCH_TASKS  ?= 20000
 BENCH_BATCH  ?= 1
 
-.PHONY: all build run test test-short test-race fuzz generate lint bench clean
+.PHONY: all build run test test-short test-race fuzz generate lint bench clean gpu-check
 
 all: build
 
@@ -23,8 +23,17 @@ build:
 	CGO_ENABLED=1 $(GO) build -o $(BIN)/factory-sidecar ./sidecar/cmd/factory-sidecar
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/factory ./cli/cmd/factory
 
+# A sidecar for this host starts beside the control plane, so `factory nodes`,
+# `factory gpu` and `factory health` show real readings at once. It connects
+# with the operator token the control plane writes on its first start (the
+# access policy lets an operator connect as any host), and goes when the
+# control plane does.
 run: build
-	$(BIN)/factory-controlplane --data-dir $(DATA_DIR) --listen $(LISTEN)
+	@$(BIN)/factory-controlplane --data-dir $(DATA_DIR) --listen $(LISTEN) & cp=$$!; \
+	trap 'kill $$cp $$sc 2>/dev/null; wait' INT TERM EXIT; \
+	for i in $$(seq 100); do [ -s $(DATA_DIR)/operator.token ] && break; sleep 0.1; done; \
+	FACTORY_TOKEN="$$(cat $(DATA_DIR)/operator.token)" $(BIN)/factory-sidecar --addr $(LISTEN) $(if $(SIDECAR_CONFIG),--config $(SIDECAR_CONFIG)) & sc=$$!; \
+	wait $$cp
 
 # The whole suite: unit, conformance (SQLite always; PostgreSQL and Redis when
 # FACTORY_TEST_POSTGRES_URL / FACTORY_TEST_REDIS_URL are set), bufconn handler
@@ -66,6 +75,15 @@ bench: build
 	for i in $$(seq 50); do $(BIN)/factory --addr 127.0.0.1:7499 queue stats >/dev/null 2>&1 && break; sleep 0.1; done; \
 	$(BIN)/factory --addr 127.0.0.1:7499 bench queue --agents $(BENCH_AGENTS) --tasks $(BENCH_TASKS) --batch 1 && \
 	$(BIN)/factory --addr 127.0.0.1:7499 bench queue --agents $(BENCH_AGENTS) --tasks 100000 --batch 50
+
+# Build the sidecar and read every GPU through NVML, three passes back to back
+# (the first includes NVML's init), printing the readings as JSON with each
+# call's return code and timings. No control plane needed. Exit status 1 when
+# no GPU could be read. SIDECAR_CONFIG=deploy/sidecar.yaml adds probes and disk.
+gpu-check:
+	@mkdir -p $(BIN)
+	CGO_ENABLED=1 $(GO) build -o $(BIN)/factory-sidecar ./sidecar/cmd/factory-sidecar
+	$(BIN)/factory-sidecar --once -o json --samples 3 --require-gpu $(if $(SIDECAR_CONFIG),--config $(SIDECAR_CONFIG))
 
 clean:
 	rm -rf $(BIN)

@@ -9,6 +9,7 @@ import (
 	"io"
 	"math"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,6 +30,13 @@ type benchConfig struct {
 	probes        int
 	probeInterval time.Duration
 	conns         int
+	// addrs are the replicas the agents are spread over (--addrs); empty
+	// means --addr alone. Tasks are created through the first.
+	addrs []string
+	// wakeAddr, when set, is where the wake-up phase's agents wait, while
+	// its tasks are created through the first address: a wake-up that
+	// crosses replicas.
+	wakeAddr string
 }
 
 // latencySummary is a latency distribution in milliseconds.
@@ -47,6 +55,8 @@ type benchResult struct {
 	Tasks          int            `json:"tasks"`
 	Batch          int            `json:"batch"`
 	Connections    int            `json:"connections"`
+	Addrs          []string       `json:"addrs"`
+	WakeAddr       string         `json:"wake_addr,omitempty"`
 	CreateSeconds  float64        `json:"create_seconds"`
 	CycleSeconds   float64        `json:"cycle_seconds"`
 	CyclesPerSec   float64        `json:"cycles_per_second"`
@@ -94,10 +104,18 @@ run and revoked at its end, so the figures are those of real agents (an
 operator's calls are also audited); bench therefore needs an operator
 token.
 
+Replicas: with --addrs the agents are spread over several control planes
+sharing one database (agent i on address i mod N), and the tasks are
+created through the first. --wake-addr makes the wake-up phase's agents
+wait on one replica while its tasks are created on the first address: the
+wake-up then crosses replicas (LISTEN/NOTIFY on PostgreSQL).
+
 Progress goes to standard error; the figures to standard output (-o json
 for a JSON object). The queue must not be paused.`,
 		Example: `  factory bench queue --agents 8 --tasks 5000
-  factory bench queue --agents 32 --tasks 20000 --batch 10 --wait-probes 50 -o json`,
+  factory bench queue --agents 32 --tasks 20000 --batch 10 --wait-probes 50 -o json
+  factory bench queue --addrs 127.0.0.1:7420,127.0.0.1:7421,127.0.0.1:7422 \
+    --wake-addr 127.0.0.1:7421 --agents 64 --tasks 20000`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			switch {
@@ -111,11 +129,16 @@ for a JSON object). The queue must not be paused.`,
 				return usageErrorf("--wait-probes must not be negative")
 			case cfg.conns < 0:
 				return usageErrorf("--conns must not be negative")
+			case slices.Contains(cfg.addrs, ""):
+				return usageErrorf("--addrs: an empty address")
+			}
+			if len(cfg.addrs) == 0 {
+				cfg.addrs = []string{a.addr}
 			}
 			if cfg.conns == 0 {
 				// gRPC servers allow about 100 concurrent streams per
 				// connection; stay well under so agents never queue client-side.
-				cfg.conns = max(1, (cfg.agents+cfg.probes+49)/50)
+				cfg.conns = max(1, (cfg.agents/len(cfg.addrs)+cfg.probes+49)/50)
 			}
 			return a.runBench(cmd, cfg)
 		},
@@ -126,7 +149,9 @@ for a JSON object). The queue must not be paused.`,
 	f.IntVar(&cfg.batch, "batch", 1, "tasks per claim (max_tasks); above 1, completions go through CompleteTasks")
 	f.IntVar(&cfg.probes, "wait-probes", 20, "waiting agents (and tasks) in the wake-up phase; 0 skips it")
 	f.DurationVar(&cfg.probeInterval, "probe-interval", 100*time.Millisecond, "pause between wake-up tasks")
-	f.IntVar(&cfg.conns, "conns", 0, "gRPC connections to share among agents (0: one per 50 agents)")
+	f.IntVar(&cfg.conns, "conns", 0, "gRPC connections to each address, shared among its agents (0: one per 50 agents)")
+	f.StringSliceVar(&cfg.addrs, "addrs", nil, "control-plane replicas to spread the agents over, comma-separated or repeated (default: --addr); tasks are created through the first")
+	f.StringVar(&cfg.wakeAddr, "wake-addr", "", "replica where the wake-up phase's agents wait (default: spread like the agents); its tasks are created through the first address, so another replica here measures the cross-replica wake-up")
 	return cmd
 }
 
@@ -134,10 +159,12 @@ func (a *app) runBench(cmd *cobra.Command, cfg benchConfig) (err error) {
 	ctx, span := a.opts.TracerProvider.Tracer("github.com/factory/factory/cli").Start(cmd.Context(), spanName(cmd))
 	defer span.End()
 
-	clients := make([]factoryv1.QueueServiceClient, cfg.conns)
+	// Connection j of every address, then j+1: agent i's client,
+	// clients[i%len(clients)], is on address i%len(addrs).
+	clients := make([]factoryv1.QueueServiceClient, cfg.conns*len(cfg.addrs))
 	var accessClient factoryv1.AccessServiceClient
 	for i := range clients {
-		conn, err := a.dial()
+		conn, err := a.dialAddr(cfg.addrs[i%len(cfg.addrs)])
 		if err != nil {
 			return err
 		}
@@ -164,9 +191,23 @@ func (a *app) runBench(cmd *cobra.Command, cfg benchConfig) (err error) {
 	}
 
 	run := "bench-" + randomHex(6)
-	res := benchResult{Run: run, Role: run, Agents: cfg.agents, Tasks: cfg.tasks, Batch: cfg.batch, Connections: cfg.conns}
+	waiters := clients
+	if cfg.wakeAddr != "" && cfg.probes > 0 {
+		waiters = make([]factoryv1.QueueServiceClient, cfg.conns)
+		for i := range waiters {
+			conn, err := a.dialAddr(cfg.wakeAddr)
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			waiters[i] = factoryv1.NewQueueServiceClient(conn)
+		}
+	}
+
+	res := benchResult{Run: run, Role: run, Agents: cfg.agents, Tasks: cfg.tasks, Batch: cfg.batch, Connections: len(clients),
+		Addrs: cfg.addrs, WakeAddr: cfg.wakeAddr}
 	progress := a.stderr()
-	fmt.Fprintf(progress, "bench %s: %d agents, %d tasks, batch %d, %d connection(s)\n", run, cfg.agents, cfg.tasks, cfg.batch, cfg.conns)
+	fmt.Fprintf(progress, "bench %s: %d agents, %d tasks, batch %d, %d connection(s) to %s\n", run, cfg.agents, cfg.tasks, cfg.batch, len(clients), strings.Join(cfg.addrs, ", "))
 
 	// Whatever happens, leave no bench task claimable by anyone.
 	defer func() {
@@ -200,7 +241,7 @@ func (a *app) runBench(cmd *cobra.Command, cfg benchConfig) (err error) {
 	if cfg.probes > 0 {
 		fmt.Fprintf(progress, "wake-up phase: %d waiting agents\n", cfg.probes)
 		var wake []time.Duration
-		if wake, err = runWakeProbes(ctx, clients, run, cfg, tokens.secrets, a.timeout); err != nil {
+		if wake, err = runWakeProbes(ctx, waiters, q, run, cfg, tokens.secrets, a.timeout); err != nil {
 			return err
 		}
 		res.WakeupLatency = summarize(wake)
@@ -210,7 +251,8 @@ func (a *app) runBench(cmd *cobra.Command, cfg benchConfig) (err error) {
 		return writeJSON(a.stdout(), res)
 	}
 	tw := newTable(a.stdout())
-	fmt.Fprintf(tw, "run\t%s (%d agents, %d tasks, batch %d, %d connection(s))\n", run, cfg.agents, cfg.tasks, cfg.batch, cfg.conns)
+	fmt.Fprintf(tw, "run\t%s (%d agents, %d tasks, batch %d, %d connection(s))\n", run, cfg.agents, cfg.tasks, cfg.batch, len(clients))
+	fmt.Fprintf(tw, "replicas\t%s\n", strings.Join(cfg.addrs, ", "))
 	fmt.Fprintf(tw, "create\t%.2fs (%.0f tasks/s)\n", res.CreateSeconds, float64(cfg.tasks)/res.CreateSeconds)
 	fmt.Fprintf(tw, "cycles/s\t%.1f (claim+complete of %d tasks in %.2fs)\n", res.CyclesPerSec, cfg.tasks, res.CycleSeconds)
 	fmt.Fprintf(tw, "claim latency\tp50 %.2fms  p99 %.2fms  max %.2fms  (%d calls, %d empty)\n",
@@ -419,8 +461,9 @@ func completeBenchTasks(ctx context.Context, q factoryv1.QueueServiceClient, age
 	return n, nil
 }
 
-// runWakeProbes measures how fast a waiting claimer gets a new task.
-func runWakeProbes(ctx context.Context, clients []factoryv1.QueueServiceClient, run string, cfg benchConfig, tokens map[string]string, timeout time.Duration) ([]time.Duration, error) {
+// runWakeProbes measures how fast a waiting claimer gets a new task: the
+// waiters call through clients, the tasks are created through creator.
+func runWakeProbes(ctx context.Context, clients []factoryv1.QueueServiceClient, creator factoryv1.QueueServiceClient, run string, cfg benchConfig, tokens map[string]string, timeout time.Duration) ([]time.Duration, error) {
 	const wait = 10 * time.Second
 	var (
 		mu      sync.Mutex
@@ -479,7 +522,7 @@ func runWakeProbes(ctx context.Context, clients []factoryv1.QueueServiceClient, 
 		case <-gctx.Done():
 			return gctx.Err()
 		}
-		q := clients[0]
+		q := creator
 		for i := range cfg.probes {
 			id := fmt.Sprintf("%s-wake-%d", run, i)
 			mu.Lock()
@@ -611,4 +654,12 @@ func revokeBenchTokens(c factoryv1.AccessServiceClient, tokens *benchTokens, log
 			fmt.Fprintf(log, "bench: revoking agent token %s: %v\n", id, err)
 		}
 	}
+}
+
+// dialAddr dials addr as the global flags say to dial --addr: the same
+// TLS settings and token rules, judged for addr.
+func (a *app) dialAddr(addr string) (*grpc.ClientConn, error) {
+	other := *a
+	other.addr = addr
+	return other.dial()
 }

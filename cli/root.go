@@ -148,6 +148,12 @@ a usage error exits 2.`,
 		newTokenCommand(a),
 		newWhoAmICommand(a),
 		newAuditCommand(a),
+		newExportCommand(a),
+		newImportCommand(a),
+		newNodesCommand(a),
+		newAgentsCommand(a),
+		newGPUCommand(a),
+		newHealthCommand(a),
 	)
 	markRunErrors(root)
 	return root

@@ -118,11 +118,13 @@ func (b *testBundle) mintToken(t *testing.T, role store.Role, subject string) (s
 type clients struct {
 	q factoryv1.QueueServiceClient
 	a factoryv1.AccessServiceClient
+	o factoryv1.OpsServiceClient
+	f factoryv1.FleetServiceClient
 }
 
 func (b *testBundle) clientsAs(t *testing.T, secret string) clients {
 	conn := b.dialAs(t, secret)
-	return clients{q: factoryv1.NewQueueServiceClient(conn), a: factoryv1.NewAccessServiceClient(conn)}
+	return clients{q: factoryv1.NewQueueServiceClient(conn), a: factoryv1.NewAccessServiceClient(conn), o: factoryv1.NewOpsServiceClient(conn), f: factoryv1.NewFleetServiceClient(conn)}
 }
 
 // The callers of the access table test, in column order.
@@ -246,6 +248,72 @@ var accessTable = map[string]accessRow{
 	}, [...]codes.Code{unauthorized, denied, denied, denied, ok}},
 	factoryv1.AccessService_WhoAmI_FullMethodName: {func(ctx context.Context, c clients) error {
 		_, err := c.a.WhoAmI(ctx, &factoryv1.WhoAmIRequest{})
+		return err
+	}, [...]codes.Code{unauthorized, ok, ok, ok, ok}},
+
+	factoryv1.OpsService_ExportState_FullMethodName: {func(ctx context.Context, c clients) error {
+		stream, err := c.o.ExportState(ctx, &factoryv1.ExportStateRequest{})
+		if err != nil {
+			return err
+		}
+		for {
+			if _, err := stream.Recv(); err != nil {
+				if errors.Is(err, io.EOF) {
+					return nil
+				}
+				return err
+			}
+		}
+	}, [...]codes.Code{unauthorized, denied, denied, denied, ok}},
+	// Not a dump: an admitted import is refused before it touches the
+	// store, whatever the other rows left in it.
+	factoryv1.OpsService_ImportState_FullMethodName: {func(ctx context.Context, c clients) error {
+		stream, err := c.o.ImportState(ctx)
+		if err != nil {
+			return err
+		}
+		if err := stream.Send(&factoryv1.ImportStateRequest{Lines: "not a dump\n"}); err != nil && !errors.Is(err, io.EOF) {
+			return err
+		}
+		_, err = stream.CloseAndRecv()
+		return err
+	}, [...]codes.Code{unauthorized, denied, denied, denied, codes.InvalidArgument}},
+
+	// Connect as host gpu-1, the sidecar's own host: its config reply is
+	// the admitted outcome.
+	factoryv1.FleetService_Connect_FullMethodName: {func(ctx context.Context, c clients) error {
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		stream, err := c.f.Connect(ctx)
+		if err != nil {
+			return err
+		}
+		if err := stream.Send(&factoryv1.ConnectRequest{Msg: &factoryv1.ConnectRequest_Hello{Hello: &factoryv1.Hello{Host: "gpu-1"}}}); err != nil && !errors.Is(err, io.EOF) {
+			return err
+		}
+		_, err = stream.Recv()
+		return err
+	}, [...]codes.Code{unauthorized, denied, denied, ok, ok}},
+	factoryv1.FleetService_ListNodes_FullMethodName: {func(ctx context.Context, c clients) error {
+		_, err := c.f.ListNodes(ctx, &factoryv1.ListNodesRequest{})
+		return err
+	}, [...]codes.Code{unauthorized, ok, ok, ok, ok}},
+	factoryv1.FleetService_ListAgents_FullMethodName: {func(ctx context.Context, c clients) error {
+		_, err := c.f.ListAgents(ctx, &factoryv1.ListAgentsRequest{})
+		return err
+	}, [...]codes.Code{unauthorized, ok, ok, ok, ok}},
+	factoryv1.FleetService_GetHealth_FullMethodName: {func(ctx context.Context, c clients) error {
+		_, err := c.f.GetHealth(ctx, &factoryv1.GetHealthRequest{})
+		return err
+	}, [...]codes.Code{unauthorized, ok, ok, ok, ok}},
+	factoryv1.FleetService_WatchFleet_FullMethodName: {func(ctx context.Context, c clients) error {
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		stream, err := c.f.WatchFleet(ctx, &factoryv1.WatchFleetRequest{})
+		if err != nil {
+			return err
+		}
+		_, err = stream.Recv()
 		return err
 	}, [...]codes.Code{unauthorized, ok, ok, ok, ok}},
 }

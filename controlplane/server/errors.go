@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/factory/factory/controlplane/fleet"
 	"github.com/factory/factory/controlplane/store"
 )
 
@@ -48,10 +49,14 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 		return status.Error(codes.NotFound, err.Error())
 	case errors.Is(err, store.ErrAlreadyExists):
 		return status.Error(codes.AlreadyExists, err.Error())
-	case errors.Is(err, store.ErrStaleLease), errors.Is(err, store.ErrIllegalTransition):
+	case errors.Is(err, store.ErrStaleLease), errors.Is(err, store.ErrIllegalTransition), errors.Is(err, store.ErrLoadRefused):
 		return status.Error(codes.FailedPrecondition, err.Error())
 	case errors.Is(err, store.ErrUnavailable):
 		return status.Error(codes.Unavailable, err.Error())
+	case errors.Is(err, fleet.ErrInvalid):
+		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, fleet.ErrUnknownNode):
+		return status.Error(codes.FailedPrecondition, err.Error())
 	}
 	// Also where a validation rule fails to evaluate (a CompilationError or
 	// RuntimeError from protovalidate): a fault in the API, not the request.

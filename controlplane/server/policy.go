@@ -88,6 +88,24 @@ var rules = map[string]rule{
 	factoryv1.AccessService_RevokeToken_FullMethodName: {roles: operatorOnly, mutates: true},
 	factoryv1.AccessService_ListAudit_FullMethodName:   {roles: operatorOnly},
 	factoryv1.AccessService_WhoAmI_FullMethodName:      {roles: everyone},
+
+	// Moving the whole state: operators only. An export holds every
+	// task's payload and every token's hash; an import writes every kind
+	// of row, tokens included.
+	factoryv1.OpsService_ExportState_FullMethodName: {roles: operatorOnly},
+	factoryv1.OpsService_ImportState_FullMethodName: {roles: operatorOnly, mutates: true},
+
+	// The fleet: a sidecar connects for its own host (the handler checks
+	// Hello.host against the token's subject, since the host arrives in
+	// the stream, not in the call); an operator may connect as any host,
+	// which lets `make run` start a local sidecar with the operator token.
+	// Reading the fleet is for every role: an orchestrator agent routes
+	// work by it, a sidecar reports next to it.
+	factoryv1.FleetService_Connect_FullMethodName:    {roles: []store.Role{store.RoleOperator, store.RoleSidecar}},
+	factoryv1.FleetService_ListNodes_FullMethodName:  {roles: everyone},
+	factoryv1.FleetService_ListAgents_FullMethodName: {roles: everyone},
+	factoryv1.FleetService_GetHealth_FullMethodName:  {roles: everyone},
+	factoryv1.FleetService_WatchFleet_FullMethodName: {roles: everyone},
 }
 
 // agentField is the actsAs of a request with one agent field.

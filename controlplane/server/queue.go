@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/factory/factory/controlplane/fleet"
 	"github.com/factory/factory/controlplane/queue"
 	"github.com/factory/factory/controlplane/store"
 	factoryv1 "github.com/factory/factory/gen/factory/v1"
@@ -23,6 +24,9 @@ type queueServer struct {
 	q        *queue.Service
 	log      *slog.Logger
 	stopping <-chan struct{}
+	// fleet, when set, hears an agent's own claims, renewals and
+	// completions: signs of life, and the task it works on.
+	fleet *fleet.Registry
 }
 
 var _ factoryv1.QueueServiceServer = (*queueServer)(nil)
@@ -76,6 +80,9 @@ func (s *queueServer) ClaimTask(ctx context.Context, r *factoryv1.ClaimTaskReque
 	if err != nil {
 		return nil, s.err(ctx, err)
 	}
+	if s.fleet != nil && len(tasks) > 0 {
+		s.fleet.AgentSeen(r.GetAgent(), tasks[0].ID)
+	}
 	return &factoryv1.ClaimTaskResponse{Tasks: tasksToProto(tasks)}, nil
 }
 
@@ -84,6 +91,9 @@ func (s *queueServer) RenewLease(ctx context.Context, r *factoryv1.RenewLeaseReq
 	t, err := s.q.Renew(ctx, ref, durationOf(r.GetLeaseDuration()), r.GetProgress())
 	if err != nil {
 		return nil, s.err(ctx, err)
+	}
+	if s.fleet != nil {
+		s.fleet.AgentSeen(r.GetAgent(), t.ID)
 	}
 	return &factoryv1.RenewLeaseResponse{Task: taskToProto(t)}, nil
 }
@@ -103,6 +113,9 @@ func (s *queueServer) CompleteTask(ctx context.Context, r *factoryv1.CompleteTas
 	}
 	if res[0].Err != nil {
 		return nil, s.err(ctx, res[0].Err)
+	}
+	if s.fleet != nil {
+		s.fleet.AgentIdle(r.GetAgent())
 	}
 	return &factoryv1.CompleteTaskResponse{Task: taskToProto(res[0].Task)}, nil
 }

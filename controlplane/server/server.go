@@ -31,6 +31,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/factory/factory/controlplane/access"
+	"github.com/factory/factory/controlplane/fleet"
+	"github.com/factory/factory/controlplane/ops"
 	"github.com/factory/factory/controlplane/queue"
 	"github.com/factory/factory/controlplane/store"
 	"github.com/factory/factory/controlplane/telemetry"
@@ -55,6 +57,8 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	// Queue tunes the queue domain; its Store, Logger and Clock are set here.
 	Queue queue.Config
+	// Fleet sets the liveness thresholds; zero fields take the runbook's.
+	Fleet fleet.Config
 
 	// TLS serves TLS, and mutual TLS when it names a client CA. Without it
 	// the server speaks plaintext, which Run allows only on a loopback
@@ -135,6 +139,14 @@ func Run(ctx context.Context, cfg Config) error {
 	if created {
 		log.InfoContext(ctx, "no operator token existed: made one; its secret is in the file (the CLI reads it on loopback)", "file", tokenFile)
 	}
+	// After an import, claimers waiting here look at the tasks that
+	// arrived (other replicas hear of it through the change feed).
+	opsSvc, err := ops.New(ops.Config{Store: qcfg.Store, Logger: log, AfterImport: func(ctx context.Context) {
+		_ = q.ApplyRemote(ctx, store.ChangeBatch{Resync: true})
+	}})
+	if err != nil {
+		return err
+	}
 	if cfg.RateLimit.Key == nil {
 		cfg.RateLimit.Key = CallerToken
 	}
@@ -144,7 +156,14 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 	}
 	stopping := make(chan struct{})
-	srv, healthSrv := NewGRPCServer(Services{Queue: q, Access: acc}, log, cfg.TracerProvider, stopping,
+	// The fleet's liveness runs on the queue's clock, so tests that move
+	// one move both.
+	fleetClock := fleet.SystemClock
+	if qcfg.Clock != nil {
+		fleetClock = qcfg.Clock
+	}
+	fl := fleet.New(fleetClock, cfg.Fleet)
+	srv, healthSrv := NewGRPCServer(Services{Queue: q, Access: acc, Ops: opsSvc, Fleet: fl}, log, cfg.TracerProvider, stopping,
 		WithTLS(tlsCfg), WithRateLimit(cfg.RateLimit))
 
 	log.InfoContext(ctx, "listening", "addr", lis.Addr().String(), "tls", tlsMode(tlsCfg), "store", driver, "db", where, "pid", os.Getpid())
@@ -226,6 +245,12 @@ type Services struct {
 	// HostsAgent lets a sidecar act for the agents on its host (see
 	// Policy); the fleet service provides it.
 	HostsAgent HostsAgent
+	// Ops exports and imports the whole state; without it OpsService
+	// answers UNIMPLEMENTED.
+	Ops *ops.Service
+	// Fleet is the liveness of hosts and agents; without it FleetService
+	// answers UNIMPLEMENTED. When HostsAgent is unset, the fleet's is used.
+	Fleet *fleet.Registry
 }
 
 // GRPCOption adds transport security or abuse limits to NewGRPCServer.
@@ -309,6 +334,9 @@ func NewGRPCServer(svc Services, log *slog.Logger, tp trace.TracerProvider, stop
 		unary = append(unary, selector.UnaryServerInterceptor(ratelimit.UnaryServerInterceptor(lim), rateLimited))
 		stream = append(stream, selector.StreamServerInterceptor(ratelimit.StreamServerInterceptor(lim), rateLimited))
 	}
+	if svc.HostsAgent == nil && svc.Fleet != nil {
+		svc.HostsAgent = svc.Fleet.HostsAgent
+	}
 	authz := &authorizer{policy: newPolicy(svc.HostsAgent), acc: svc.Access, log: log}
 	unary = append(unary, selector.UnaryServerInterceptor(authz.unary, needsCaller), validateUnary(validator, log))
 	stream = append(stream, selector.StreamServerInterceptor(authz.stream, needsCaller), validateStream(validator, log))
@@ -326,12 +354,16 @@ func NewGRPCServer(svc Services, log *slog.Logger, tp trace.TracerProvider, stop
 		serverOpts = append(serverOpts, grpc.Creds(credentials.NewTLS(o.tls)))
 	}
 	srv := grpc.NewServer(serverOpts...)
-	factoryv1.RegisterQueueServiceServer(srv, &auditedQueue{&queueServer{q: svc.Queue, log: log, stopping: stopping}})
+	factoryv1.RegisterQueueServiceServer(srv, &auditedQueue{&queueServer{q: svc.Queue, log: log, stopping: stopping, fleet: svc.Fleet}})
 	factoryv1.RegisterAccessServiceServer(srv, &accessServer{acc: svc.Access, log: log})
+	factoryv1.RegisterOpsServiceServer(srv, &opsServer{ops: svc.Ops, log: log})
+	factoryv1.RegisterFleetServiceServer(srv, &fleetServer{fleet: svc.Fleet, q: svc.Queue, log: log, stopping: stopping})
 	healthSrv := health.NewServer()
 	healthpb.RegisterHealthServer(srv, healthSrv)
 	healthSrv.SetServingStatus(factoryv1.QueueService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	healthSrv.SetServingStatus(factoryv1.AccessService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	healthSrv.SetServingStatus(factoryv1.OpsService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	healthSrv.SetServingStatus(factoryv1.FleetService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	registerReflection(srv)
 	return srv, healthSrv
 }

@@ -23,6 +23,8 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/factory/factory/controlplane/access"
+	"github.com/factory/factory/controlplane/fleet"
+	"github.com/factory/factory/controlplane/ops"
 	"github.com/factory/factory/controlplane/queue"
 	"github.com/factory/factory/controlplane/store"
 	"github.com/factory/factory/controlplane/store/sqlite"
@@ -60,6 +62,8 @@ type testBundle struct {
 	lis      *bufconn.Listener
 	srv      *grpc.Server
 	dbPath   string
+	// fleet is the server's fleet registry, on clock when one is given.
+	fleet *fleet.Registry
 }
 
 // setup starts the queue service on a real SQLite store behind a gRPC
@@ -90,12 +94,21 @@ func setupWith(t *testing.T, clock *fakeClock, opts []GRPCOption, dialOpts ...gr
 		t.Fatal(err)
 	}
 	acc, operator := testAccess(t, st, qcfg.Clock)
+	opsSvc, err := ops.New(ops.Config{Store: st, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fleetClock fleet.Clock
+	if clock != nil {
+		fleetClock = clock
+	}
+	fl := fleet.New(fleetClock, fleet.Config{})
 	stopping := make(chan struct{})
-	srv, _ := NewGRPCServer(Services{Queue: q, Access: acc}, log, noop.NewTracerProvider(), stopping, opts...)
+	srv, _ := NewGRPCServer(Services{Queue: q, Access: acc, Ops: opsSvc, Fleet: fl}, log, noop.NewTracerProvider(), stopping, opts...)
 	lis := bufconn.Listen(1 << 20)
 	go srv.Serve(lis)
 	t.Cleanup(func() { close(stopping); srv.Stop() })
-	b := &testBundle{queue: q, clock: clock, store: st, access: acc, operator: operator, lis: lis, srv: srv, dbPath: dbPath}
+	b := &testBundle{queue: q, clock: clock, store: st, access: acc, operator: operator, lis: lis, srv: srv, dbPath: dbPath, fleet: fl}
 	b.conn = b.dialAs(t, operator, dialOpts...)
 	b.client = factoryv1.NewQueueServiceClient(b.conn)
 	return b

@@ -31,7 +31,7 @@ var requestValidator = sync.OnceValues(func() (protovalidate.Validator, error) {
 // requestMessages lists the input message of every RPC in the API.
 func requestMessages() []protoreflect.MessageDescriptor {
 	var out []protoreflect.MessageDescriptor
-	for _, file := range []protoreflect.FileDescriptor{factoryv1.File_factory_v1_queue_proto, factoryv1.File_factory_v1_access_proto} {
+	for _, file := range []protoreflect.FileDescriptor{factoryv1.File_factory_v1_queue_proto, factoryv1.File_factory_v1_access_proto, factoryv1.File_factory_v1_ops_proto, factoryv1.File_factory_v1_fleet_proto} {
 		services := file.Services()
 		for i := range services.Len() {
 			methods := services.Get(i).Methods()

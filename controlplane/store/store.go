@@ -104,6 +104,9 @@ type Store interface {
 	// AccessStore holds tokens and the audit log (see access.go).
 	AccessStore
 
+	// DumpStore moves the whole state out and in (see dump.go).
+	DumpStore
+
 	// Close releases the driver's resources.
 	Close() error
 }

@@ -27,13 +27,13 @@ func (t *traced) start(ctx context.Context, name string) (context.Context, trace
 }
 
 // end records err on the span. Expected domain outcomes (not found, a stale
-// lease, a refused move) are answers, not faults, so they don't mark the span
-// as an error.
+// lease, a refused move or load) are answers, not faults, so they don't mark
+// the span as an error.
 func end(span trace.Span, err error) {
 	if err != nil {
 		span.RecordError(err)
 		if !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrStaleLease) && !errors.Is(err, ErrIllegalTransition) &&
-			!errors.Is(err, ErrInvalidArgument) && !errors.Is(err, ErrAlreadyExists) {
+			!errors.Is(err, ErrInvalidArgument) && !errors.Is(err, ErrAlreadyExists) && !errors.Is(err, ErrLoadRefused) {
 			span.SetStatus(codes.Error, err.Error())
 		}
 	}
@@ -175,4 +175,30 @@ func (t *traced) AuditList(ctx context.Context, p *AuditListParams) (_ *AuditLis
 	ctx, span := t.start(ctx, "AuditList")
 	defer func() { end(span, err) }()
 	return t.s.AuditList(ctx, p)
+}
+
+func (t *traced) DumpRead(ctx context.Context, fn func(*DumpRecord) error) (err error) {
+	ctx, span := t.start(ctx, "DumpRead")
+	defer func() { end(span, err) }()
+	var n DumpCounts
+	defer func() {
+		span.SetAttributes(attribute.Int64("factory.tasks", n.Tasks), attribute.Int64("factory.tokens", n.Tokens),
+			attribute.Int64("factory.entries", n.Audit))
+	}()
+	return t.s.DumpRead(ctx, func(r *DumpRecord) error {
+		n.Add(r.Kind())
+		return fn(r)
+	})
+}
+
+func (t *traced) DumpLoad(ctx context.Context, p *DumpLoadParams) (_ *DumpCounts, err error) {
+	ctx, span := t.start(ctx, "DumpLoad")
+	defer func() { end(span, err) }()
+	span.SetAttributes(attribute.Bool("factory.merge", p != nil && p.Merge))
+	n, err := t.s.DumpLoad(ctx, p)
+	if n != nil {
+		span.SetAttributes(attribute.Int64("factory.tasks", n.Tasks), attribute.Int64("factory.tokens", n.Tokens),
+			attribute.Int64("factory.entries", n.Audit))
+	}
+	return n, err
 }

@@ -39,7 +39,8 @@ func dbErr(op string, err error) error {
 	}
 	switch {
 	case errors.Is(err, store.ErrUnavailable), errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrStaleLease),
-		errors.Is(err, store.ErrInvalidArgument), errors.Is(err, store.ErrIllegalTransition), errors.Is(err, store.ErrAlreadyExists):
+		errors.Is(err, store.ErrInvalidArgument), errors.Is(err, store.ErrIllegalTransition), errors.Is(err, store.ErrAlreadyExists),
+		errors.Is(err, store.ErrLoadRefused):
 		return err
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return fmt.Errorf("postgres %s: %w", op, err)

@@ -53,6 +53,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"Concurrency", s.testConcurrency},
 		{"Tokens", s.testTokens},
 		{"Audit", s.testAudit},
+		{"Dump", s.testDump},
 	}
 	for _, g := range groups {
 		t.Run(g.name, func(t *testing.T) {

@@ -1,7 +1,10 @@
 // Command factory-sidecar runs next to an agent workspace or inference host.
-// It watches the control plane's health and, with --once -o json|text, runs
-// every collector (GPU through NVML, disk, service probes) once and prints
-// the readings without needing a control plane.
+// It keeps a FleetService.Connect stream to the control plane open: Hello
+// with the host and its agents, then heartbeats and telemetry (GPU through
+// NVML, disk, service probes), reconnecting with backoff when the stream
+// breaks. With --once it checks the control plane's health and exits; with
+// --once -o json|text it runs every collector once and prints the readings
+// without needing a control plane.
 package main
 
 import (
@@ -20,8 +23,10 @@ import (
 	"google.golang.org/grpc"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/factory/factory/controlplane/access"
 	"github.com/factory/factory/controlplane/telemetry"
 	"github.com/factory/factory/controlplane/transport"
+	"github.com/factory/factory/sidecar/stream"
 )
 
 func main() {
@@ -36,8 +41,8 @@ func main() {
 func run(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("factory-sidecar", flag.ContinueOnError)
 	addr := fs.String("addr", envOr("FACTORY_ADDR", "127.0.0.1:7420"), "control plane address (FACTORY_ADDR)")
-	interval := fs.Duration("interval", 10*time.Second, "how often to check the control plane")
-	once := fs.Bool("once", false, "check once and exit: status 0 when the control plane serves")
+	once := fs.Bool("once", false, "check the control plane's health once and exit: status 0 when it serves")
+	token := fs.String("token", os.Getenv("FACTORY_TOKEN"), "this host's sidecar token, whose subject is the host (FACTORY_TOKEN); an operator token also works")
 	var creds transport.ClientTLS
 	fs.StringVar(&creds.CAFile, "ca", os.Getenv("FACTORY_CA"), "verify the control plane's TLS certificate against this CA (PEM); turns TLS on (FACTORY_CA)")
 	fs.BoolVar(&creds.SystemRoots, "tls", false, "use TLS, verifying the control plane against the system's roots")
@@ -74,6 +79,9 @@ func run(ctx context.Context, args []string) error {
 		return err
 	}
 	defer conn.Close()
+	if !*once {
+		return connectAndStream(ctx, conn, *configPath, *token, plaintextTo(*addr, creds), log)
+	}
 	health := healthpb.NewHealthClient(conn)
 	check := func() error {
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -87,26 +95,33 @@ func run(ctx context.Context, args []string) error {
 		}
 		return nil
 	}
-	if *once {
-		return check()
+	return check()
+}
+
+// plaintextTo reports whether the connection to addr is plaintext, which
+// the transport rules allow only on loopback or with --insecure: only then
+// may the token go over it.
+func plaintextTo(addr string, creds transport.ClientTLS) bool {
+	c, err := creds.Credentials(addr)
+	return err == nil && c.Info().SecurityProtocol == "insecure"
+}
+
+// connectAndStream runs the sidecar: the stream client with the
+// collectors, until ctx ends.
+func connectAndStream(ctx context.Context, conn *grpc.ClientConn, configPath, token string, plaintext bool, log *slog.Logger) error {
+	if token == "" {
+		return errors.New("a token is required to connect: --token or FACTORY_TOKEN (mint one with `factory token create --role sidecar --subject HOST`)")
 	}
-	t := time.NewTicker(*interval)
-	defer t.Stop()
-	healthy := true
-	for {
-		if err := check(); err != nil && ctx.Err() == nil {
-			log.Warn("control plane unreachable", "addr", *addr, "err", err)
-			healthy = false
-		} else if !healthy {
-			log.Info("control plane reachable again", "addr", *addr)
-			healthy = true
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
+	cfg, err := loadSidecarConfig(configPath)
+	if err != nil {
+		return err
 	}
+	c := newCollectors(cfg, log)
+	defer c.close()
+	sc := streamConfig(cfg, c, log)
+	sc.Conn = conn
+	sc.CallOptions = []grpc.CallOption{grpc.PerRPCCredentials(access.Bearer{Secret: token, Plaintext: plaintext})}
+	return stream.Run(ctx, sc)
 }
 
 // stdout is where --once -o prints; a variable so tests can capture it.

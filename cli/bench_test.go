@@ -1,0 +1,40 @@
+package cli_test
+
+import (
+	"encoding/json"
+	"testing"
+)
+
+// TestBenchSpreadsOverAddresses runs bench queue with --addrs and
+// --wake-addr. One SQLite control plane named twice stands in for two
+// replicas (replicas proper, on PostgreSQL, are exercised by the
+// control plane's replica tests): the agents must be spread over both
+// names and the wake-up phase must wait where --wake-addr says.
+func TestBenchSpreadsOverAddresses(t *testing.T) {
+	s := newShell(t)
+	out := s.ok("bench", "queue", "--addrs", s.addr+","+s.addr, "--wake-addr", s.addr,
+		"--agents", "4", "--tasks", "200", "--batch", "5", "--wait-probes", "3", "--probe-interval", "20ms", "-o", "json")
+	var res struct {
+		Tasks        int      `json:"tasks"`
+		Connections  int      `json:"connections"`
+		Addrs        []string `json:"addrs"`
+		WakeAddr     string   `json:"wake_addr"`
+		CyclesPerSec float64  `json:"cycles_per_second"`
+		Wakeup       struct {
+			Count int `json:"count"`
+		} `json:"wakeup_latency"`
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatalf("bench -o json: %v\n%s", err, out)
+	}
+	if len(res.Addrs) != 2 || res.WakeAddr != s.addr || res.Connections != 2 {
+		t.Errorf("addrs %v, wake_addr %q, %d connections: want two addresses, one connection to each, and the wake address", res.Addrs, res.WakeAddr, res.Connections)
+	}
+	if res.Tasks != 200 || res.CyclesPerSec <= 0 || res.Wakeup.Count != 3 {
+		t.Errorf("tasks %d, cycles/s %v, wake-up probes %d", res.Tasks, res.CyclesPerSec, res.Wakeup.Count)
+	}
+
+	if r := s.run("bench", "queue", "--addrs", s.addr+",", "--tasks", "1"); r.code != 2 {
+		t.Errorf("--addrs with an empty address: exit %d, want 2 (usage)\n%s", r.code, r.stderr)
+	}
+}

@@ -1,0 +1,264 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"go.opentelemetry.io/otel/codes"
+
+	factoryv1 "github.com/factory/factory/gen/factory/v1"
+)
+
+// withFleet is withQueue for the FleetService.
+func (a *app) withFleet(cmd *cobra.Command, fn func(ctx context.Context, c factoryv1.FleetServiceClient) error) error {
+	ctx, span := a.opts.TracerProvider.Tracer("github.com/factory/factory/cli").Start(cmd.Context(), spanName(cmd))
+	defer span.End()
+	conn, err := a.dial()
+	if err == nil {
+		defer conn.Close()
+		err = fn(ctx, factoryv1.NewFleetServiceClient(conn))
+	}
+	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+	}
+	return err
+}
+
+// nodeStateName is "ONLINE" for NODE_STATE_ONLINE.
+func nodeStateName(s factoryv1.NodeState) string {
+	if s == factoryv1.NodeState_NODE_STATE_UNSPECIFIED {
+		return "UNKNOWN"
+	}
+	return strings.TrimPrefix(s.String(), "NODE_STATE_")
+}
+
+func newNodesCommand(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "nodes",
+		Short: "List the factory's hosts and whether their sidecars are alive",
+		Long: `Nodes lists every host whose factory-sidecar has connected: its liveness
+(ONLINE while heartbeats arrive, STALE after two missed ones, OFFLINE after
+five minutes of silence), the agents it runs, its GPUs and disks, and when
+it was last heard from.`,
+		Example: `  factory nodes
+  factory nodes -o json | jq '.[] | select(.state != "NODE_STATE_ONLINE").host'`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.withFleet(cmd, func(ctx context.Context, c factoryv1.FleetServiceClient) error {
+				resp, err := c.ListNodes(ctx, &factoryv1.ListNodesRequest{})
+				if err != nil {
+					return err
+				}
+				if a.jsonOutput() {
+					return writeProtoList(a.stdout(), resp.GetNodes())
+				}
+				return writeNodesTable(a.stdout(), resp.GetNodes(), time.Now())
+			})
+		},
+	}
+}
+
+func writeNodesTable(w io.Writer, nodes []*factoryv1.Node, now time.Time) error {
+	tw := newTable(w)
+	fmt.Fprintln(tw, "HOST\tSTATE\tAGENTS\tGPUS\tDISKS\tLAST SEEN\tVERSION")
+	for _, n := range nodes {
+		t := n.GetTelemetry()
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%s\n", n.GetHost(), nodeStateName(n.GetState()),
+			orDash(strings.Join(n.GetAgents(), ",")), len(t.GetGpus()), len(t.GetDisks()),
+			humanAge(n.GetLastSeen(), now), orDash(n.GetVersion()))
+	}
+	return tw.Flush()
+}
+
+func newAgentsCommand(a *app) *cobra.Command {
+	var host string
+	cmd := &cobra.Command{
+		Use:   "agents",
+		Short: "List the agents: liveness, host and current task",
+		Long: `Agents lists every agent a sidecar declared or that called the queue: its
+liveness (its host's heartbeats and its own claims and renewals both count),
+the host it runs on, its role, the task it is working on and when it was
+last heard from.`,
+		Example: `  factory agents
+  factory agents --host gpu-1 -o json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.withFleet(cmd, func(ctx context.Context, c factoryv1.FleetServiceClient) error {
+				resp, err := c.ListAgents(ctx, &factoryv1.ListAgentsRequest{Host: host})
+				if err != nil {
+					return err
+				}
+				if a.jsonOutput() {
+					return writeProtoList(a.stdout(), resp.GetAgents())
+				}
+				tw := newTable(a.stdout())
+				fmt.Fprintln(tw, "NAME\tSTATE\tHOST\tROLE\tTASK\tLAST SEEN")
+				now := time.Now()
+				for _, ag := range resp.GetAgents() {
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", ag.GetName(), nodeStateName(ag.GetState()), orDash(ag.GetHost()),
+						orDash(ag.GetRole()), orDash(ag.GetCurrentTask()), humanAge(ag.GetLastSeen(), now))
+				}
+				return tw.Flush()
+			})
+		},
+	}
+	cmd.Flags().StringVar(&host, "host", "", "only the agents on this host")
+	return cmd
+}
+
+// hostGPU is one GPU as `factory gpu -o json` prints it: the device with
+// its host.
+type hostGPU struct {
+	Host string          `json:"host"`
+	GPU  json.RawMessage `json:"gpu"`
+}
+
+func newGPUCommand(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "gpu",
+		Short: "Show every GPU in the factory: VRAM, utilisation, temperature, power, processes",
+		Long: `GPU shows each GPU the sidecars read through NVML, from their latest
+telemetry: host, index and name, VRAM used of total, utilisation,
+temperature, power draw of its limit, and the compute processes on it with
+the agent that owns each (when the sidecar knows the agent's pid). A host
+without a GPU shows why.`,
+		Example: `  factory gpu
+  factory gpu -o json | jq '.[] | .gpu.memory_used_bytes'`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.withFleet(cmd, func(ctx context.Context, c factoryv1.FleetServiceClient) error {
+				resp, err := c.ListNodes(ctx, &factoryv1.ListNodesRequest{})
+				if err != nil {
+					return err
+				}
+				if a.jsonOutput() {
+					out := []hostGPU{}
+					for _, n := range resp.GetNodes() {
+						for _, g := range n.GetTelemetry().GetGpus() {
+							raw, err := protoJSON(g)
+							if err != nil {
+								return err
+							}
+							out = append(out, hostGPU{Host: n.GetHost(), GPU: raw})
+						}
+					}
+					return writeJSON(a.stdout(), out)
+				}
+				return writeGPUTable(a.stdout(), resp.GetNodes())
+			})
+		},
+	}
+}
+
+func writeGPUTable(w io.Writer, nodes []*factoryv1.Node) error {
+	tw := newTable(w)
+	fmt.Fprintln(tw, "HOST\tGPU\tNAME\tVRAM\tUTIL\tTEMP\tPOWER\tPROCESSES")
+	for _, n := range nodes {
+		t := n.GetTelemetry()
+		if len(t.GetGpus()) == 0 {
+			fmt.Fprintf(tw, "%s\t-\t%s\t-\t-\t-\t-\t-\n", n.GetHost(), orDash(t.GetGpuError()))
+			continue
+		}
+		for _, g := range t.GetGpus() {
+			var procs []string
+			for _, p := range g.GetProcesses() {
+				procs = append(procs, fmt.Sprintf("%d(%s) %dMiB", p.GetPid(), orDash(p.GetAgent()), p.GetUsedMemoryBytes()>>20))
+			}
+			fmt.Fprintf(tw, "%s\t%d\t%s\t%d/%d MiB\t%d%%\t%d°C\t%.0f/%.0f W\t%s\n", n.GetHost(), g.GetIndex(), g.GetName(),
+				g.GetMemoryUsedBytes()>>20, g.GetMemoryTotalBytes()>>20, g.GetUtilizationPercent(), g.GetTemperatureCelsius(),
+				float64(g.GetPowerMilliwatts())/1000, float64(g.GetPowerLimitMilliwatts())/1000, orDash(strings.Join(procs, ", ")))
+		}
+	}
+	return tw.Flush()
+}
+
+// maxHealthExit caps health's exit status: shells read 126 and above as
+// "not run" or a signal.
+const maxHealthExit = 125
+
+func newHealthCommand(a *app) *cobra.Command {
+	var watch bool
+	var every time.Duration
+	cmd := &cobra.Command{
+		Use:   "health",
+		Short: "Check the whole factory, a ✅/❌ line per check; exit status = failed checks",
+		Long: `Health is the runbook's health-check script as one command. The control
+plane checks its queue's store, each node's liveness, each service probe the
+sidecars ran, each disk (fails at 85% used) and each GPU's memory (fails at
+23/24 of its total, where the next model load would not fit), and prints a
+✅ or ❌ line per check. The exit status is the number of failed checks
+(capped at 125), so a cron job or a script can act on it. With --watch it
+checks again every --interval until interrupted; the exit status is then
+the last round's.`,
+		Example: `  factory health
+  factory health --watch --interval 30s
+  factory health -o json | jq '.checks[] | select(.ok | not)'`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var failed int32
+			err := a.withFleet(cmd, func(ctx context.Context, c factoryv1.FleetServiceClient) error {
+				for {
+					resp, err := c.GetHealth(ctx, &factoryv1.GetHealthRequest{})
+					if err != nil {
+						if watch && ctx.Err() != nil {
+							// Interrupted mid-check: the last round stands.
+							return nil
+						}
+						return err
+					}
+					failed = resp.GetFailed()
+					if err := writeHealth(a, resp, watch); err != nil {
+						return err
+					}
+					if !watch {
+						return nil
+					}
+					select {
+					case <-ctx.Done():
+						return nil
+					case <-time.After(every):
+					}
+				}
+			})
+			if err != nil {
+				return err
+			}
+			if failed > 0 {
+				return &ExitError{Code: min(int(failed), maxHealthExit), Err: fmt.Errorf("%d health check(s) failed", failed)}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&watch, "watch", false, "check again every --interval until interrupted")
+	cmd.Flags().DurationVar(&every, "interval", 10*time.Second, "with --watch: time between checks")
+	return cmd
+}
+
+// writeHealth prints one round; with --watch, -o json prints a line per
+// round so a consumer can read the stream line by line.
+func writeHealth(a *app, resp *factoryv1.GetHealthResponse, watch bool) error {
+	if a.jsonOutput() {
+		if watch {
+			return writeProtoLine(a.stdout(), resp)
+		}
+		return writeProto(a.stdout(), resp)
+	}
+	w := a.stdout()
+	for _, c := range resp.GetChecks() {
+		mark := "✅"
+		if !c.GetOk() {
+			mark = "❌"
+		}
+		if _, err := fmt.Fprintf(w, "%s %s: %s\n", mark, c.GetName(), c.GetDetail()); err != nil {
+			return err
+		}
+	}
+	_, err := fmt.Fprintf(w, "%d of %d checks failed\n", resp.GetFailed(), len(resp.GetChecks()))
+	return err
+}

@@ -1,0 +1,416 @@
+package cli
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+	"unicode/utf8"
+
+	"github.com/spf13/cobra"
+	"go.opentelemetry.io/otel/codes"
+
+	"github.com/factory/factory/controlplane/ops"
+	factoryv1 "github.com/factory/factory/gen/factory/v1"
+)
+
+// withOps is withQueue for the OpsService.
+func (a *app) withOps(cmd *cobra.Command, fn func(ctx context.Context, c factoryv1.OpsServiceClient) error) error {
+	ctx, span := a.opts.TracerProvider.Tracer("github.com/factory/factory/cli").Start(cmd.Context(), spanName(cmd))
+	defer span.End()
+	conn, err := a.dial()
+	if err == nil {
+		defer conn.Close()
+		err = fn(ctx, factoryv1.NewOpsServiceClient(conn))
+	}
+	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+	}
+	return err
+}
+
+// dumpCounts is a dump's records by kind, as -o json prints them.
+type dumpCounts struct {
+	Queue        int64 `json:"queue"`
+	Tasks        int64 `json:"tasks"`
+	Tokens       int64 `json:"tokens"`
+	AuditEntries int64 `json:"audit_entries"`
+}
+
+func countsOf(c *factoryv1.DumpCounts) dumpCounts {
+	return dumpCounts{Queue: c.GetQueue(), Tasks: c.GetTasks(), Tokens: c.GetTokens(), AuditEntries: c.GetAuditEntries()}
+}
+
+func (c dumpCounts) String() string {
+	plural := func(n int64, one, many string) string {
+		if n == 1 {
+			return "1 " + one
+		}
+		return fmt.Sprintf("%d %s", n, many)
+	}
+	return plural(c.Queue, "queue record", "queue records") + ", " + plural(c.Tasks, "task", "tasks") + ", " +
+		plural(c.Tokens, "token", "tokens") + ", " + plural(c.AuditEntries, "audit entry", "audit entries")
+}
+
+// writeCountsTable prints counts as a KIND/RECORDS table.
+func writeCountsTable(w io.Writer, c dumpCounts) error {
+	tw := newTable(w)
+	fmt.Fprintln(tw, "KIND\tRECORDS")
+	fmt.Fprintf(tw, "queue\t%d\n", c.Queue)
+	fmt.Fprintf(tw, "tasks\t%d\n", c.Tasks)
+	fmt.Fprintf(tw, "tokens\t%d\n", c.Tokens)
+	fmt.Fprintf(tw, "audit entries\t%d\n", c.AuditEntries)
+	return tw.Flush()
+}
+
+// progress prints a line on stderr at most once a second while a long
+// transfer runs, so an operator sees it move.
+type progress struct {
+	w    io.Writer
+	last time.Time
+}
+
+func (p *progress) maybe(format string, args ...any) {
+	if now := time.Now(); now.Sub(p.last) >= time.Second {
+		p.last = now
+		fmt.Fprintf(p.w, format+"\n", args...)
+	}
+}
+
+// exportSummaryJSON is what `export -o json` prints.
+type exportSummaryJSON struct {
+	File   string     `json:"file"`
+	Bytes  int64      `json:"bytes"`
+	Counts dumpCounts `json:"counts"`
+}
+
+func newExportCommand(a *app) *cobra.Command {
+	var force bool
+	cmd := &cobra.Command{
+		Use:   "export FILE",
+		Short: "Write a dump of the control plane's whole state",
+		Long: `Export writes the control plane's whole state to FILE ("-" for stdout): the
+queue's pause switch and reason; every task with every field (id, state,
+attempt, lease holder, fencing token and expiry, run_after, dependencies,
+labels, payload, errors, notes, every timestamp); every access token, as
+the hash of its secret (never the secret); and the audit log. It is read
+from one snapshot while the factory keeps working. "factory import" loads
+it into another control plane, such as one on PostgreSQL.
+
+The dump is JSON Lines: a header {"format":"factory-dump","version":1},
+one line per record, and an end line counting them, so a cut-short file is
+refused on import. It is canonical: two exports of the same state are the
+same bytes, whichever store (SQLite or PostgreSQL) wrote them. Times are
+RFC 3339 UTC with microseconds, the finest both stores keep.
+
+FILE must not exist unless --force; it is written to a temporary file
+beside it and renamed into place once whole. Progress and a summary, with
+the time of the export, go to stderr. The dump holds every task's payload
+and every token's hash: keep it as private as the database.`,
+		Example: `  factory export factory.dump
+  factory export - | gzip > factory.dump.gz
+  factory export factory.dump --force -o json`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			path := args[0]
+			if path != "-" && !force {
+				if _, err := os.Stat(path); err == nil {
+					return usageErrorf("%s exists; pass --force to replace it", path)
+				} else if !errors.Is(err, fs.ErrNotExist) {
+					return err
+				}
+			}
+			var (
+				out    io.Writer = a.stdout()
+				tmp    *os.File
+				counts *factoryv1.DumpCounts
+				n      int64
+			)
+			if path != "-" {
+				var err error
+				// Beside FILE, so the rename is atomic; never half a dump
+				// under FILE's name.
+				tmp, err = os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*.partial")
+				if err != nil {
+					return err
+				}
+				defer func() {
+					tmp.Close()
+					os.Remove(tmp.Name())
+				}()
+				out = tmp
+			}
+			bw := bufio.NewWriterSize(out, 1<<20)
+			// The snapshot is taken as the call starts: that is the
+			// export's time.
+			started := time.Now().UTC()
+			p := &progress{w: a.stderr(), last: started}
+			err := a.withOps(cmd, func(ctx context.Context, c factoryv1.OpsServiceClient) error {
+				stream, err := c.ExportState(ctx, &factoryv1.ExportStateRequest{})
+				if err != nil {
+					return err
+				}
+				for {
+					m, err := stream.Recv()
+					if errors.Is(err, io.EOF) {
+						return nil
+					}
+					if err != nil {
+						return err
+					}
+					k, err := bw.WriteString(m.GetLines())
+					if err != nil {
+						return err
+					}
+					n += int64(k)
+					if m.GetCounts() != nil {
+						counts = m.GetCounts()
+					}
+					p.maybe("exporting: %s written", byteSize(n))
+				}
+			})
+			if err != nil {
+				return err
+			}
+			if counts == nil {
+				return errors.New("the export ended without its counts: the dump is incomplete")
+			}
+			if err := bw.Flush(); err != nil {
+				return err
+			}
+			if tmp != nil {
+				if err := tmp.Sync(); err != nil {
+					return err
+				}
+				if err := tmp.Close(); err != nil {
+					return err
+				}
+				if err := os.Rename(tmp.Name(), path); err != nil {
+					return err
+				}
+			}
+			c := countsOf(counts)
+			fmt.Fprintf(a.stderr(), "exported %s (%s) to %s at %s\n", c, byteSize(n), streamName(path, "stdout"),
+				started.Format(time.RFC3339))
+			if path != "-" {
+				if a.jsonOutput() {
+					return writeJSON(a.stdout(), exportSummaryJSON{File: path, Bytes: n, Counts: c})
+				}
+				return writeCountsTable(a.stdout(), c)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&force, "force", false, "replace FILE if it exists")
+	return cmd
+}
+
+// importSummaryJSON is what `import -o json` prints.
+type importSummaryJSON struct {
+	File   string     `json:"file"`
+	Merge  bool       `json:"merge"`
+	Bytes  int64      `json:"bytes"`
+	Loaded dumpCounts `json:"loaded"`
+}
+
+// importChunk is how much of a dump one ImportState message carries, well
+// under the server's 3 MiB limit per message.
+const importChunk = 1 << 20
+
+func newImportCommand(a *app) *cobra.Command {
+	var merge bool
+	cmd := &cobra.Command{
+		Use:   "import FILE [--merge]",
+		Short: "Load a dump made by \"factory export\" into the control plane",
+		Long: `Import loads a dump ("-" reads stdin) into the control plane's store, all or
+nothing: tasks keep their ids, states, attempts, leases, fencing tokens,
+creation order (so FIFO order holds) and every time; the queue keeps its
+pause; tokens keep working, because their hashes move with them; the audit
+log keeps its entries and ids. Waiting agents are woken for the tasks that
+arrive. The import itself is recorded in the audit log.
+
+The store must be empty: a control plane fresh on its database, holding
+only the operator token it made at first start (which stays, so the
+import can be run with it). Otherwise it is refused, unless --merge:
+then nothing is overwritten (a task or token that exists is an error
+naming it), the merged tasks queue behind those already there, audit
+entries are appended, and the dump's queue pause must match this one's.
+
+A damaged, truncated or unknown dump is refused naming the line, before
+anything is written.`,
+		Example: `  factory --addr pg-host:7420 import factory.dump
+  gunzip -c factory.dump.gz | factory import -
+  factory import other-factory.dump --merge -o json`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			path := args[0]
+			var (
+				in   io.Reader = os.Stdin
+				size int64     = -1
+			)
+			if path != "-" {
+				f, err := os.Open(path)
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				if info, err := f.Stat(); err == nil {
+					size = info.Size()
+				}
+				in = f
+			}
+			br := bufio.NewReaderSize(in, 1<<20)
+			// A quick look at the header, so a wrong file is named here
+			// rather than after it was uploaded.
+			if err := checkDumpHeader(br, streamName(path, "stdin")); err != nil {
+				return err
+			}
+			var (
+				sent int64
+				resp *factoryv1.ImportStateResponse
+			)
+			p := &progress{w: a.stderr(), last: time.Now()}
+			err := a.withOps(cmd, func(ctx context.Context, c factoryv1.OpsServiceClient) error {
+				stream, err := c.ImportState(ctx)
+				if err != nil {
+					return err
+				}
+				ch := &chunker{br: br, max: importChunk}
+				first := true
+				for {
+					chunk, err := ch.next()
+					if err != nil {
+						return err
+					}
+					if chunk == "" {
+						break
+					}
+					if err := stream.Send(&factoryv1.ImportStateRequest{Lines: chunk, Merge: first && merge}); err != nil {
+						if errors.Is(err, io.EOF) {
+							break // the server answered early; CloseAndRecv says why
+						}
+						return err
+					}
+					first = false
+					sent += int64(len(chunk))
+					if size > 0 {
+						p.maybe("importing: sent %s of %s", byteSize(sent), byteSize(size))
+					} else {
+						p.maybe("importing: sent %s", byteSize(sent))
+					}
+				}
+				fmt.Fprintf(a.stderr(), "sent %s; loading...\n", byteSize(sent))
+				resp, err = stream.CloseAndRecv()
+				return err
+			})
+			if err != nil {
+				return err
+			}
+			loaded := countsOf(resp.GetLoaded())
+			if a.jsonOutput() {
+				return writeJSON(a.stdout(), importSummaryJSON{File: path, Merge: merge, Bytes: sent, Loaded: loaded})
+			}
+			verb := "imported"
+			if merge {
+				verb = "merged"
+			}
+			fmt.Fprintf(a.stdout(), "%s %s from %s\n", verb, loaded, streamName(path, "stdin"))
+			return writeCountsTable(a.stdout(), loaded)
+		},
+	}
+	cmd.Flags().BoolVar(&merge, "merge", false, "load into a store that is not empty, overwriting nothing")
+	return cmd
+}
+
+// checkDumpHeader peeks at the first line: it must be a dump's header.
+func checkDumpHeader(br *bufio.Reader, name string) error {
+	head, err := br.Peek(256)
+	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, bufio.ErrBufferFull) {
+		return err
+	}
+	if i := bytes.IndexByte(head, '\n'); i >= 0 {
+		head = head[:i]
+	}
+	var h struct {
+		Format  string `json:"format"`
+		Version int    `json:"version"`
+	}
+	if json.Unmarshal(head, &h) != nil || h.Format != ops.Format {
+		return fmt.Errorf("%s is not a factory dump: its first line is not {\"format\":%q,...} (make one with \"factory export\")", name, ops.Format)
+	}
+	if h.Version != ops.Version {
+		return fmt.Errorf("%s is a version %d dump; this factory reads version %d", name, h.Version, ops.Version)
+	}
+	return nil
+}
+
+// chunker cuts a dump into ImportState messages: whole lines, up to max
+// bytes each; a line longer than that is cut at a character boundary
+// (the server joins the pieces), since a message's text must be UTF-8.
+type chunker struct {
+	br      *bufio.Reader
+	max     int
+	pending []byte // the start of the next chunk
+	eof     bool
+}
+
+// next returns the next chunk; "" once the input is done.
+func (c *chunker) next() (string, error) {
+	buf := c.pending
+	c.pending = nil
+	for !c.eof && len(buf) < c.max {
+		line, err := c.br.ReadSlice('\n')
+		buf = append(buf, line...)
+		switch {
+		case errors.Is(err, io.EOF):
+			c.eof = true
+		case err != nil && !errors.Is(err, bufio.ErrBufferFull):
+			return "", err
+		}
+	}
+	if len(buf) <= c.max {
+		return string(buf), nil
+	}
+	cut := bytes.LastIndexByte(buf[:c.max], '\n') + 1
+	if cut == 0 {
+		cut = c.max
+		for cut > 0 && !utf8.RuneStart(buf[cut]) {
+			cut--
+		}
+		if cut == 0 {
+			cut = c.max
+		}
+	}
+	c.pending = append([]byte(nil), buf[cut:]...)
+	return string(buf[:cut]), nil
+}
+
+// streamName names FILE in messages: "-" is the standard stream.
+func streamName(path, std string) string {
+	if path == "-" {
+		return std
+	}
+	return path
+}
+
+// byteSize renders a size for people: 12.3 MiB.
+func byteSize(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}

@@ -1,0 +1,278 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/factory/factory/controlplane/access"
+	"github.com/factory/factory/controlplane/fleet"
+	"github.com/factory/factory/controlplane/queue"
+	"github.com/factory/factory/controlplane/store"
+	factoryv1 "github.com/factory/factory/gen/factory/v1"
+)
+
+// Health thresholds of GetHealth (the runbook's health-check script).
+const (
+	// diskFullPercent is the disk usage at which a disk check fails.
+	diskFullPercent = 85
+	// A GPU whose used memory reaches gpuFullNum/gpuFullDen of its total
+	// fails: a model swap into it would run out of memory.
+	gpuFullNum, gpuFullDen = 23, 24
+)
+
+// fleetWatchTick is how often WatchFleet re-reads the view when nothing
+// was signalled: liveness changes by the clock alone are not signalled.
+var fleetWatchTick = 5 * time.Second
+
+// fleetServer adapts controlplane/fleet to FleetService.
+type fleetServer struct {
+	factoryv1.UnimplementedFleetServiceServer
+	fleet    *fleet.Registry
+	q        *queue.Service
+	log      *slog.Logger
+	stopping <-chan struct{}
+}
+
+func (s *fleetServer) err(ctx context.Context, err error) error { return toStatus(ctx, s.log, err) }
+
+func (s *fleetServer) ready() error {
+	if s.fleet == nil {
+		return status.Error(codes.Unimplemented, "this control plane runs no fleet service")
+	}
+	return nil
+}
+
+// Connect registers the sidecar on its Hello, answers with the config and
+// then records heartbeats and telemetry until the stream ends.
+func (s *fleetServer) Connect(stream factoryv1.FleetService_ConnectServer) error {
+	if err := s.ready(); err != nil {
+		return err
+	}
+	ctx := stream.Context()
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	hello := first.GetHello()
+	if hello == nil {
+		return status.Error(codes.FailedPrecondition, "the first message on a Connect stream must be a Hello")
+	}
+	// A sidecar token speaks for one host only: its subject. Checked here
+	// because the host is in the stream's first message, not in metadata.
+	if c, ok := access.FromContext(ctx); ok && c.Role == store.RoleSidecar && c.Subject != hello.GetHost() {
+		return status.Errorf(codes.PermissionDenied, "sidecar %s may not connect as host %s", c.Subject, hello.GetHost())
+	}
+	if err := s.fleet.Register(helloFromProto(hello)); err != nil {
+		return s.err(ctx, err)
+	}
+	host := hello.GetHost()
+	defer s.fleet.Disconnected(host)
+	interval := s.fleet.Config().HeartbeatInterval
+	if err := stream.Send(&factoryv1.ConnectResponse{Config: &factoryv1.SidecarConfig{
+		HeartbeatInterval: durationpb.New(interval), TelemetryInterval: durationpb.New(interval),
+	}}); err != nil {
+		return err
+	}
+	msgs := make(chan *factoryv1.ConnectRequest)
+	errs := make(chan error, 1)
+	go func() {
+		for {
+			m, err := stream.Recv()
+			if err != nil {
+				errs <- err
+				return
+			}
+			select {
+			case msgs <- m:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	for {
+		select {
+		case <-s.stopping:
+			// Shutdown: the sidecar reconnects to this replica or another.
+			return status.Error(codes.Unavailable, "the control plane is shutting down")
+		case err := <-errs:
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		case m := <-msgs:
+			switch msg := m.GetMsg().(type) {
+			case *factoryv1.ConnectRequest_Heartbeat:
+				err = s.fleet.Heartbeat(host)
+			case *factoryv1.ConnectRequest_Telemetry:
+				err = s.fleet.Telemetry(host, msg.Telemetry)
+			case *factoryv1.ConnectRequest_Hello:
+				return status.Error(codes.FailedPrecondition, "Hello is sent once, as a Connect stream's first message")
+			}
+			if err != nil {
+				return s.err(ctx, err)
+			}
+		}
+	}
+}
+
+func helloFromProto(h *factoryv1.Hello) fleet.Hello {
+	out := fleet.Hello{Host: h.GetHost(), Version: h.GetVersion(), Labels: h.GetLabels(), Capabilities: h.GetCapabilities()}
+	for _, a := range h.GetAgents() {
+		role := ""
+		if rs := a.GetRoles(); len(rs) > 0 {
+			role = rs[0]
+		}
+		out.Agents = append(out.Agents, fleet.AgentInfo{Name: a.GetName(), Role: role, Capabilities: a.GetRoles()})
+	}
+	return out
+}
+
+// ListNodes lists every node.
+func (s *fleetServer) ListNodes(context.Context, *factoryv1.ListNodesRequest) (*factoryv1.ListNodesResponse, error) {
+	if err := s.ready(); err != nil {
+		return nil, err
+	}
+	return &factoryv1.ListNodesResponse{Nodes: nodesToProto(s.fleet.Nodes())}, nil
+}
+
+// ListAgents lists the agents, optionally of one host.
+func (s *fleetServer) ListAgents(_ context.Context, req *factoryv1.ListAgentsRequest) (*factoryv1.ListAgentsResponse, error) {
+	if err := s.ready(); err != nil {
+		return nil, err
+	}
+	var out []*factoryv1.Agent
+	for _, a := range agentsToProto(s.fleet.Agents()) {
+		if req.GetHost() == "" || a.GetHost() == req.GetHost() {
+			out = append(out, a)
+		}
+	}
+	return &factoryv1.ListAgentsResponse{Agents: out}, nil
+}
+
+// GetHealth runs every check.
+func (s *fleetServer) GetHealth(ctx context.Context, _ *factoryv1.GetHealthRequest) (*factoryv1.GetHealthResponse, error) {
+	if err := s.ready(); err != nil {
+		return nil, err
+	}
+	var checks []*factoryv1.HealthCheck
+	add := func(name string, ok bool, detail string) {
+		checks = append(checks, &factoryv1.HealthCheck{Name: name, Ok: ok, Detail: detail})
+	}
+	if s.q == nil {
+		add("queue", false, "no queue service")
+	} else if st, _, err := s.q.Stats(ctx); err != nil {
+		add("queue", false, "store unreachable: "+err.Error())
+	} else {
+		add("queue", true, fmt.Sprintf("store reachable; %d tasks", totalTasks(st)))
+	}
+	for _, n := range s.fleet.Nodes() {
+		add("node "+n.Host, n.State == fleet.StateOnline, fmt.Sprintf("%s, last seen %s", n.State, n.LastSeen.UTC().Format(time.RFC3339)))
+		t, _ := n.Telemetry.(*factoryv1.Telemetry)
+		for _, p := range t.GetProbes() {
+			add(fmt.Sprintf("probe %s:%s", n.Host, p.GetName()), p.GetOk(), p.GetDetail())
+		}
+		for _, d := range t.GetDisks() {
+			name := fmt.Sprintf("disk %s:%s", n.Host, d.GetPath())
+			if d.GetError() != "" || d.GetTotalBytes() == 0 {
+				add(name, false, "unreadable: "+d.GetError())
+				continue
+			}
+			pct := float64(d.GetUsedBytes()) * 100 / float64(d.GetTotalBytes())
+			add(name, pct < diskFullPercent, fmt.Sprintf("%.1f%% used (limit %d%%)", pct, diskFullPercent))
+		}
+		for _, g := range t.GetGpus() {
+			name := fmt.Sprintf("gpu %s:%d", n.Host, g.GetIndex())
+			used, total := g.GetMemoryUsedBytes(), g.GetMemoryTotalBytes()
+			add(name, total > 0 && used*gpuFullDen < total*gpuFullNum,
+				fmt.Sprintf("%s: %d/%d MiB VRAM", g.GetName(), used>>20, total>>20))
+		}
+	}
+	var failed int32
+	for _, c := range checks {
+		if !c.GetOk() {
+			failed++
+		}
+	}
+	return &factoryv1.GetHealthResponse{Checks: checks, Failed: failed}, nil
+}
+
+func totalTasks(st *store.QueueStats) int64 {
+	var n int64
+	for _, c := range st.Counts {
+		n += c
+	}
+	return n
+}
+
+// WatchFleet sends the view now, then again on every change and on a tick
+// (liveness moves with the clock alone).
+func (s *fleetServer) WatchFleet(_ *factoryv1.WatchFleetRequest, stream factoryv1.FleetService_WatchFleetServer) error {
+	if err := s.ready(); err != nil {
+		return err
+	}
+	ch, cancel := s.fleet.Subscribe()
+	defer cancel()
+	tick := time.NewTicker(fleetWatchTick)
+	defer tick.Stop()
+	for {
+		if err := stream.Send(&factoryv1.WatchFleetResponse{Nodes: nodesToProto(s.fleet.Nodes()), Agents: agentsToProto(s.fleet.Agents())}); err != nil {
+			return err
+		}
+		select {
+		case <-stream.Context().Done():
+			return nil
+		case <-s.stopping:
+			return status.Error(codes.Unavailable, "the control plane is shutting down")
+		case <-ch:
+		case <-tick.C:
+		}
+	}
+}
+
+func stateToProto(s fleet.State) factoryv1.NodeState {
+	switch s {
+	case fleet.StateOnline:
+		return factoryv1.NodeState_NODE_STATE_ONLINE
+	case fleet.StateStale:
+		return factoryv1.NodeState_NODE_STATE_STALE
+	case fleet.StateOffline:
+		return factoryv1.NodeState_NODE_STATE_OFFLINE
+	}
+	return factoryv1.NodeState_NODE_STATE_UNSPECIFIED
+}
+
+func tsOrNil(t time.Time) *timestamppb.Timestamp {
+	if t.IsZero() {
+		return nil
+	}
+	return timestamppb.New(t)
+}
+
+func nodesToProto(nodes []fleet.Node) []*factoryv1.Node {
+	out := make([]*factoryv1.Node, len(nodes))
+	for i, n := range nodes {
+		t, _ := n.Telemetry.(*factoryv1.Telemetry)
+		out[i] = &factoryv1.Node{Host: n.Host, State: stateToProto(n.State), Version: n.Version, Labels: n.Labels,
+			Agents: n.Agents, Capabilities: n.Capabilities, Connected: n.Connected, ConnectedAt: tsOrNil(n.ConnectedAt),
+			LastSeen: tsOrNil(n.LastSeen), Telemetry: t, TelemetryAt: tsOrNil(n.TelemetryAt)}
+	}
+	return out
+}
+
+func agentsToProto(agents []fleet.Agent) []*factoryv1.Agent {
+	out := make([]*factoryv1.Agent, len(agents))
+	for i, a := range agents {
+		out[i] = &factoryv1.Agent{Name: a.Name, State: stateToProto(a.State), Host: a.Host, Role: a.Role,
+			LastSeen: tsOrNil(a.LastSeen), CurrentTask: a.CurrentTask}
+	}
+	return out
+}
