@@ -206,7 +206,7 @@ the last round's.`,
 				for {
 					resp, err := c.GetHealth(ctx, &factoryv1.GetHealthRequest{})
 					if err != nil {
-						if watch && ctx.Err() != nil {
+						if watch && interrupted(ctx) {
 							// Interrupted mid-check: the last round stands.
 							return nil
 						}
@@ -238,6 +238,16 @@ the last round's.`,
 	cmd.Flags().BoolVar(&watch, "watch", false, "check again every --interval until interrupted")
 	cmd.Flags().DurationVar(&every, "interval", 10*time.Second, "with --watch: time between checks")
 	return cmd
+}
+
+// interrupted reports that ctx ended; a call's DEADLINE_EXCEEDED can
+// arrive a moment before ctx.Err() says so.
+func interrupted(ctx context.Context) bool {
+	if ctx.Err() != nil {
+		return true
+	}
+	d, ok := ctx.Deadline()
+	return ok && !time.Now().Before(d)
 }
 
 // writeHealth prints one round; with --watch, -o json prints a line per

@@ -207,3 +207,19 @@ func TestAnAgentsClaimIsASignOfLifeWithItsTask(t *testing.T) {
 		t.Fatalf("agents after forge's claim: %v", resp.GetAgents())
 	}
 }
+
+func TestConnectMessagesAreValidated(t *testing.T) {
+	b := setup(t, nil)
+	stream, err := b.clientsAs(t, b.operator).f.Connect(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	hello := &factoryv1.Hello{Host: "gpu-1", Agents: []*factoryv1.HostedAgent{{Name: "forge"}, {Name: "forge"}}}
+	if err := stream.Send(&factoryv1.ConnectRequest{Msg: &factoryv1.ConnectRequest_Hello{Hello: hello}}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = stream.Recv()
+	if st := wantCode(t, err, codes.InvalidArgument); !strings.Contains(st.Message(), "agent names must be unique") {
+		t.Fatalf("duplicate agents: %v", err)
+	}
+}

@@ -162,3 +162,50 @@ type TaskChange struct {
 	Task          *Task
 	PreviousState TaskState
 }
+
+// The rules below are the queue's state changes on a loaded task, shared by
+// every driver so that each applies them identically inside its own
+// transaction.
+
+// ReadyState is where a task bound for READY goes: PAUSED, marked as the
+// queue's doing, while the queue is paused.
+func ReadyState(paused bool) (state TaskState, pausedByQueue bool) {
+	if paused {
+		return StatePaused, true
+	}
+	return StateReady, false
+}
+
+// SetState moves t to a state at now.
+func (t *Task) SetState(to TaskState, now time.Time) {
+	t.State = to
+	t.StateChangedAt = now
+	t.UpdatedAt = now
+}
+
+// EndLease clears the lease but keeps FencingToken: the next claim's token
+// must be greater than every token this task has had.
+func (t *Task) EndLease() {
+	t.LeaseHolder = ""
+	t.LeaseExpiresAt = time.Time{}
+	t.ClaimedAt = time.Time{}
+	t.RenewedAt = time.Time{}
+}
+
+// Retry applies a failed attempt: FAILED when it was the last or the
+// failure is permanent, else READY (PAUSED while paused) after the backoff.
+func (t *Task) Retry(permanent, paused bool, backoff BackoffFunc, now time.Time) {
+	if permanent || t.Attempt >= t.MaxAttempts {
+		t.SetState(StateFailed, now)
+		t.PausedByQueue = false
+		return
+	}
+	st, byQueue := ReadyState(paused)
+	t.SetState(st, now)
+	t.PausedByQueue = byQueue
+	var wait time.Duration
+	if backoff != nil {
+		wait = max(backoff(t.Attempt), 0)
+	}
+	t.RunAfter = now.Add(wait)
+}

@@ -413,8 +413,9 @@ func (s *Store) TaskFail(ctx context.Context, p *store.TaskFailParams) ([]store.
 			return err
 		}
 		r.t.LastError = p.Error
-		endLease(r.t)
-		retry(r.t, p.Permanent, paused, p.Backoff, now)
+		r.t.EndLease()
+		r.t.Retry(p.Permanent, paused, p.Backoff, now)
+		r.t.RunAfter = norm(r.t.RunAfter) // PostgreSQL keeps microseconds
 		out = []store.TaskChange{{Task: r.t.Clone(), PreviousState: store.StateInProgress}}
 		t.announce(out)
 		return t.commit(queueSave(r))
@@ -459,11 +460,11 @@ func (s *Store) TaskMove(ctx context.Context, p *store.TaskMoveParams) ([]store.
 		if !store.CanOperatorMove(from, p.To) {
 			return &store.TransitionError{TaskID: task.ID, From: from, To: p.To, Allowed: store.OperatorMoves(from)}
 		}
-		setState(task, p.To, now)
+		task.SetState(p.To, now)
 		// An operator's pause is not the queue's: resume must leave it.
 		task.PausedByQueue = false
 		if from == store.StateInProgress {
-			endLease(task)
+			task.EndLease()
 		}
 		if from == store.StateFailed && p.To == store.StateReady {
 			task.Attempt = 0
@@ -534,8 +535,9 @@ func (s *Store) TaskRescueExpired(ctx context.Context, p *store.TaskRescueExpire
 		for _, r := range rows {
 			task := r.t
 			task.LastError = fmt.Sprintf("lease held by %s expired at %s", task.LeaseHolder, task.LeaseExpiresAt.Format(time.RFC3339Nano))
-			endLease(task)
-			retry(task, false, paused, p.Backoff, now)
+			task.EndLease()
+			task.Retry(false, paused, p.Backoff, now)
+			task.RunAfter = norm(task.RunAfter) // PostgreSQL keeps microseconds
 		}
 		out = changes(rows, store.StateInProgress)
 		t.announce(out)
@@ -578,9 +580,9 @@ func (s *Store) TaskRequeueStuck(ctx context.Context, p *store.TaskRequeueStuckP
 			return err
 		}
 		for _, r := range rows {
-			endLease(r.t)
-			st, byQueue := readyState(paused)
-			setState(r.t, st, now)
+			r.t.EndLease()
+			st, byQueue := store.ReadyState(paused)
+			r.t.SetState(st, now)
 			r.t.PausedByQueue = byQueue
 		}
 		out = changes(rows, store.StateInProgress)
@@ -617,48 +619,6 @@ func queueSave(rows ...*row) func(b *pgx.Batch) {
 		b.Queue(qSave, seqs, priorities, states, attempts, lastErrors, progress, notes, holders, tokens,
 			expires, claimed, renewed, runAfter, updated, change, byQueue)
 	}
-}
-
-// readyState is where a task bound for READY goes: PAUSED, marked as the
-// queue's doing, while the queue is paused.
-func readyState(paused bool) (store.TaskState, bool) {
-	if paused {
-		return store.StatePaused, true
-	}
-	return store.StateReady, false
-}
-
-func setState(t *store.Task, to store.TaskState, now time.Time) {
-	t.State = to
-	t.StateChangedAt = now
-	t.UpdatedAt = now
-}
-
-// endLease clears the lease but keeps FencingToken: the next claim's token
-// must be greater than every token this task has had.
-func endLease(t *store.Task) {
-	t.LeaseHolder = ""
-	t.LeaseExpiresAt = time.Time{}
-	t.ClaimedAt = time.Time{}
-	t.RenewedAt = time.Time{}
-}
-
-// retry sends a failed attempt to FAILED when it was the last or the
-// failure is permanent, else back to READY after the backoff.
-func retry(t *store.Task, permanent, paused bool, backoff store.BackoffFunc, now time.Time) {
-	if permanent || t.Attempt >= t.MaxAttempts {
-		setState(t, store.StateFailed, now)
-		t.PausedByQueue = false
-		return
-	}
-	st, byQueue := readyState(paused)
-	setState(t, st, now)
-	t.PausedByQueue = byQueue
-	var wait time.Duration
-	if backoff != nil {
-		wait = max(backoff(t.Attempt), 0)
-	}
-	t.RunAfter = norm(now.Add(wait))
 }
 
 // jsonText encodes v as a JSON parameter.

@@ -106,7 +106,7 @@ func (s *Store) TaskCreate(ctx context.Context, p *store.TaskCreateParams) ([]st
 			}
 			if t.State == store.StateUnspecified || t.State == store.StateReady {
 				if allDone {
-					t.State, t.PausedByQueue = readyState(paused)
+					t.State, t.PausedByQueue = store.ReadyState(paused)
 				} else {
 					t.State = store.StateBacklog
 				}
@@ -375,8 +375,8 @@ func (s *Store) TaskComplete(ctx context.Context, p *store.TaskCompleteParams) (
 				to = store.StateReview
 			}
 			t := r.t
-			setState(t, to, now)
-			endLease(t)
+			t.SetState(to, now)
+			t.EndLease()
 			if it.Note != "" {
 				t.Note = it.Note
 			}
@@ -422,8 +422,8 @@ func (s *Store) TaskFail(ctx context.Context, p *store.TaskFailParams) ([]store.
 		}
 		t := r.t
 		t.LastError = p.Error
-		endLease(t)
-		retry(t, p.Permanent, paused, p.Backoff, now)
+		t.EndLease()
+		t.Retry(p.Permanent, paused, p.Backoff, now)
 		out = []store.TaskChange{{Task: t.Clone(), PreviousState: store.StateInProgress}}
 		return w.save(r)
 	})
@@ -450,11 +450,11 @@ func (s *Store) TaskMove(ctx context.Context, p *store.TaskMoveParams) ([]store.
 		if !store.CanOperatorMove(from, p.To) {
 			return &store.TransitionError{TaskID: t.ID, From: from, To: p.To, Allowed: store.OperatorMoves(from)}
 		}
-		setState(t, p.To, now)
+		t.SetState(p.To, now)
 		// An operator's pause is not the queue's: resume must leave it.
 		t.PausedByQueue = false
 		if from == store.StateInProgress {
-			endLease(t)
+			t.EndLease()
 		}
 		if from == store.StateFailed && p.To == store.StateReady {
 			t.Attempt = 0
@@ -519,8 +519,8 @@ func (s *Store) TaskRescueExpired(ctx context.Context, p *store.TaskRescueExpire
 		for _, r := range rows {
 			t := r.t
 			t.LastError = fmt.Sprintf("lease held by %s expired at %s", t.LeaseHolder, t.LeaseExpiresAt.Format(time.RFC3339Nano))
-			endLease(t)
-			retry(t, false, paused, p.Backoff, now)
+			t.EndLease()
+			t.Retry(false, paused, p.Backoff, now)
 		}
 		out = changes(rows, store.StateInProgress)
 		return w.save(rows...)
@@ -549,9 +549,9 @@ func (s *Store) TaskRequeueStuck(ctx context.Context, p *store.TaskRequeueStuckP
 			return err
 		}
 		for _, r := range rows {
-			endLease(r.t)
-			st, byQueue := readyState(paused)
-			setState(r.t, st, now)
+			r.t.EndLease()
+			st, byQueue := store.ReadyState(paused)
+			r.t.SetState(st, now)
 			r.t.PausedByQueue = byQueue
 		}
 		out = changes(rows, store.StateInProgress)
@@ -561,48 +561,6 @@ func (s *Store) TaskRequeueStuck(ctx context.Context, p *store.TaskRequeueStuckP
 		return nil, err
 	}
 	return out, nil
-}
-
-// readyState is where a task bound for READY goes: PAUSED, marked as the
-// queue's doing, while the queue is paused.
-func readyState(paused bool) (store.TaskState, bool) {
-	if paused {
-		return store.StatePaused, true
-	}
-	return store.StateReady, false
-}
-
-func setState(t *store.Task, to store.TaskState, now time.Time) {
-	t.State = to
-	t.StateChangedAt = now
-	t.UpdatedAt = now
-}
-
-// endLease clears the lease but keeps FencingToken: the next claim's token
-// must be greater than every token this task has had.
-func endLease(t *store.Task) {
-	t.LeaseHolder = ""
-	t.LeaseExpiresAt = time.Time{}
-	t.ClaimedAt = time.Time{}
-	t.RenewedAt = time.Time{}
-}
-
-// retry sends a failed attempt to FAILED when it was the last or the
-// failure is permanent, else back to READY after the backoff.
-func retry(t *store.Task, permanent, paused bool, backoff store.BackoffFunc, now time.Time) {
-	if permanent || t.Attempt >= t.MaxAttempts {
-		setState(t, store.StateFailed, now)
-		t.PausedByQueue = false
-		return
-	}
-	st, byQueue := readyState(paused)
-	setState(t, st, now)
-	t.PausedByQueue = byQueue
-	var wait time.Duration
-	if backoff != nil {
-		wait = max(backoff(t.Attempt), 0)
-	}
-	t.RunAfter = now.Add(wait)
 }
 
 // byID loads one task for update, or ErrNotFound.
