@@ -294,3 +294,23 @@ type leaseError struct{ taskID, detail string }
 
 func (e *leaseError) Error() string        { return "task " + e.taskID + ": stale lease: " + e.detail }
 func (e *leaseError) Is(target error) bool { return target == ErrStaleLease }
+
+// CheckTaskCreates is the input check every driver's TaskCreate makes
+// before touching the database.
+func CheckTaskCreates(tasks []*TaskCreate) error {
+	for i, c := range tasks {
+		switch {
+		case c == nil:
+			return InvalidField("tasks", "task %d is missing", i)
+		case c.ID == "":
+			return InvalidField("id", "task %d: id is required", i)
+		case c.InitialState == StateInProgress:
+			return InvalidField("initial_state", "task %s: a task cannot start IN_PROGRESS; only a claim puts it there", c.ID)
+		case c.InitialState != StateUnspecified && !c.InitialState.Valid():
+			return InvalidField("initial_state", "task %s: unknown state %s", c.ID, c.InitialState)
+		case c.MaxAttempts < 0:
+			return InvalidField("max_attempts", "task %s: must not be negative, got %d", c.ID, c.MaxAttempts)
+		}
+	}
+	return nil
+}

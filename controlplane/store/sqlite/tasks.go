@@ -22,19 +22,8 @@ func (s *Store) TaskCreate(ctx context.Context, p *store.TaskCreateParams) ([]st
 	if p == nil || len(p.Tasks) == 0 {
 		return nil, nil
 	}
-	for i, c := range p.Tasks {
-		switch {
-		case c == nil:
-			return nil, store.InvalidField("tasks", "task %d is missing", i)
-		case c.ID == "":
-			return nil, store.InvalidField("id", "task %d: id is required", i)
-		case c.InitialState == store.StateInProgress:
-			return nil, store.InvalidField("initial_state", "task %s: a task cannot start IN_PROGRESS; only a claim puts it there", c.ID)
-		case c.InitialState != store.StateUnspecified && !c.InitialState.Valid():
-			return nil, store.InvalidField("initial_state", "task %s: unknown state %s", c.ID, c.InitialState)
-		case c.MaxAttempts < 0:
-			return nil, store.InvalidField("max_attempts", "task %s: must not be negative, got %d", c.ID, c.MaxAttempts)
-		}
+	if err := store.CheckTaskCreates(p.Tasks); err != nil {
+		return nil, err
 	}
 	now := norm(p.Now)
 	var out []store.TaskChange
