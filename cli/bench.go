@@ -74,9 +74,10 @@ func newBenchCommand(a *app) *cobra.Command {
 throughput and latency. They create their own tasks under a role no real
 agent has, so they never take or disturb real work, and they finish every
 task they create.`,
-		Example: `  factory bench queue --agents 8 --tasks 5000`,
+		Example: `  factory bench queue --agents 8 --tasks 5000
+  factory bench fleet --sidecars 1000 --debug-addr 127.0.0.1:6060`,
 	}
-	cmd.AddCommand(newBenchQueueCommand(a))
+	cmd.AddCommand(newBenchQueueCommand(a), newBenchFleetCommand(a))
 	return cmd
 }
 

@@ -2,6 +2,7 @@ package cli_test
 
 import (
 	"encoding/json"
+	"strings"
 	"testing"
 )
 
@@ -36,5 +37,35 @@ func TestBenchSpreadsOverAddresses(t *testing.T) {
 
 	if r := s.run("bench", "queue", "--addrs", s.addr+",", "--tasks", "1"); r.code != 2 {
 		t.Errorf("--addrs with an empty address: exit %d, want 2 (usage)\n%s", r.code, r.stderr)
+	}
+}
+
+// TestBenchFleet runs bench fleet against an in-process control plane: every
+// simulated sidecar connects, heartbeats flow, and its hosts show in the
+// fleet view. Latency and process figures need the server's debug listener
+// and are absent without --debug-addr.
+func TestBenchFleet(t *testing.T) {
+	s := newShell(t)
+	out := s.ok("bench", "fleet", "--sidecars", "6", "--conns", "2", "--duration", "1s", "--interval", "50ms", "-o", "json")
+	var res struct {
+		Sidecars    int       `json:"sidecars"`
+		Connections int       `json:"connections"`
+		SentPerSec  float64   `json:"heartbeats_sent_per_second"`
+		Telemetry   int       `json:"telemetry_sent"`
+		SendErrors  int       `json:"send_errors"`
+		Latency     *struct{} `json:"heartbeat_latency"`
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatalf("bench fleet -o json: %v\n%s", err, out)
+	}
+	if res.Sidecars != 6 || res.Connections != 2 || res.SentPerSec <= 0 || res.Telemetry == 0 || res.SendErrors != 0 || res.Latency != nil {
+		t.Errorf("result: %s", out)
+	}
+	nodes := s.ok("nodes", "-o", "json")
+	if n := strings.Count(nodes, `-node-`); n < 6 {
+		t.Errorf("%d bench hosts in the fleet view, want 6:\n%s", n, nodes)
+	}
+	if r := s.run("bench", "fleet", "--sidecars", "0"); r.code != 2 {
+		t.Errorf("--sidecars 0: exit %d, want 2 (usage)\n%s", r.code, r.stderr)
 	}
 }

@@ -44,8 +44,9 @@ func newNodesCommand(a *app) *cobra.Command {
 		Short: "List the factory's hosts and whether their sidecars are alive",
 		Long: `Nodes lists every host whose factory-sidecar has connected: its liveness
 (ONLINE while heartbeats arrive, STALE after two missed ones, OFFLINE after
-five minutes of silence), the agents it runs, its GPUs and disks, and when
-it was last heard from.`,
+five minutes of silence), the agents it runs, its GPUs and disks, its model
+swaps in the last hour (above 20 the host thrashes) and when it was last
+heard from.`,
 		Example: `  factory nodes
   factory nodes -o json | jq '.[] | select(.state != "NODE_STATE_ONLINE").host'`,
 		Args: cobra.NoArgs,
@@ -66,11 +67,15 @@ it was last heard from.`,
 
 func writeNodesTable(w io.Writer, nodes []*factoryv1.Node, now time.Time) error {
 	tw := newTable(w)
-	fmt.Fprintln(tw, "HOST\tSTATE\tAGENTS\tGPUS\tDISKS\tLAST SEEN\tVERSION")
+	fmt.Fprintln(tw, "HOST\tSTATE\tAGENTS\tGPUS\tDISKS\tSWAPS/H\tLAST SEEN\tVERSION")
 	for _, n := range nodes {
 		t := n.GetTelemetry()
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%s\n", n.GetHost(), nodeStateName(n.GetState()),
-			orDash(strings.Join(n.GetAgents(), ",")), len(t.GetGpus()), len(t.GetDisks()),
+		state := nodeStateName(n.GetState())
+		if n.GetDrained() {
+			state += ",DRAINED"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%s\t%s\n", n.GetHost(), state,
+			orDash(strings.Join(n.GetAgents(), ",")), len(t.GetGpus()), len(t.GetDisks()), n.GetModelSwapsLastHour(),
 			humanAge(n.GetLastSeen(), now), orDash(n.GetVersion()))
 	}
 	return tw.Flush()

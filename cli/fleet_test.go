@@ -89,15 +89,15 @@ func TestFleetCommands(t *testing.T) {
 	}
 
 	// Failing: the probe qdrant, disk /data (90%) and the GPU (79/80 >
-	// 23/24). Passing: queue, node, litellm, disk /.
+	// 23/24). Passing: queue, node, its model swaps, litellm, disk /.
 	r := s.run("health")
 	if r.code != 3 {
 		t.Fatalf("health exit %d, want 3 (failed checks)\n%s\n%s", r.code, r.stdout, r.stderr)
 	}
-	if strings.Count(r.stdout, "❌") != 3 || strings.Count(r.stdout, "✅") != 4 {
+	if strings.Count(r.stdout, "❌") != 3 || strings.Count(r.stdout, "✅") != 5 {
 		t.Errorf("health lines:\n%s", r.stdout)
 	}
-	for _, want := range []string{"❌ probe gpu-1:qdrant", "❌ disk gpu-1:/data", "❌ gpu gpu-1:0", "✅ node gpu-1", "✅ queue"} {
+	for _, want := range []string{"❌ probe gpu-1:qdrant", "❌ disk gpu-1:/data", "❌ gpu gpu-1:0", "✅ node gpu-1", "✅ queue", "✅ model swaps gpu-1"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("health lacks %q:\n%s", want, r.stdout)
 		}
@@ -107,7 +107,7 @@ func TestFleetCommands(t *testing.T) {
 		Failed int              `json:"failed"`
 		Checks []map[string]any `json:"checks"`
 	}
-	if err := json.Unmarshal([]byte(r.stdout), &h); err != nil || r.code != 3 || h.Failed != 3 || len(h.Checks) != 7 {
+	if err := json.Unmarshal([]byte(r.stdout), &h); err != nil || r.code != 3 || h.Failed != 3 || len(h.Checks) != 8 {
 		t.Errorf("health -o json: exit %d, %+v, %v\n%s", r.code, h, err, r.stdout)
 	}
 }

@@ -118,6 +118,8 @@ type Hello struct {
 	Labels       map[string]string
 	Agents       []AgentInfo
 	Capabilities []string
+	// Drained: the sidecar was drained before this (re)connect.
+	Drained bool
 }
 
 // Node is a host as the fleet sees it now.
@@ -136,6 +138,9 @@ type Node struct {
 	Telemetry any
 	// TelemetryAt is when Telemetry arrived.
 	TelemetryAt time.Time
+	// Drained is set by a drain command (or a Hello that says so): the
+	// host's agents are to claim no new work.
+	Drained bool
 }
 
 // Agent is an agent as the fleet sees it now.
@@ -218,7 +223,8 @@ func (r *Registry) Register(h Hello) error {
 		}
 	}
 	n.Node = Node{Host: h.Host, Version: h.Version, Labels: h.Labels, Agents: names, Capabilities: h.Capabilities,
-		Connected: true, ConnectedAt: now, LastSeen: now, Telemetry: n.Telemetry, TelemetryAt: n.TelemetryAt}
+		Connected: true, ConnectedAt: now, LastSeen: now, Telemetry: n.Telemetry, TelemetryAt: n.TelemetryAt,
+		Drained: h.Drained || n.Drained}
 	for _, ai := range h.Agents {
 		a, ok := r.agents[ai.Name]
 		if !ok {

@@ -316,6 +316,13 @@ var accessTable = map[string]accessRow{
 		_, err = stream.Recv()
 		return err
 	}, [...]codes.Code{unauthorized, ok, ok, ok, ok}},
+	// A command for a host with no stream here: admitted, then refused by
+	// the fleet, which is the operator's outcome.
+	factoryv1.FleetService_SendCommand_FullMethodName: {func(ctx context.Context, c clients) error {
+		_, err := c.f.SendCommand(ctx, &factoryv1.SendCommandRequest{Host: "gpu-1",
+			Command: &factoryv1.SendCommandRequest_Drain{Drain: &factoryv1.DrainHost{}}})
+		return err
+	}, [...]codes.Code{unauthorized, denied, denied, denied, codes.FailedPrecondition}},
 }
 
 // registeredMethods is every method the server serves that needs a

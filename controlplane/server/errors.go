@@ -55,7 +55,7 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 		return status.Error(codes.Unavailable, err.Error())
 	case errors.Is(err, fleet.ErrInvalid):
 		return status.Error(codes.InvalidArgument, err.Error())
-	case errors.Is(err, fleet.ErrUnknownNode):
+	case errors.Is(err, fleet.ErrUnknownNode), errors.Is(err, fleet.ErrNotConnected):
 		return status.Error(codes.FailedPrecondition, err.Error())
 	}
 	// Also where a validation rule fails to evaluate (a CompilationError or

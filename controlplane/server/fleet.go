@@ -36,7 +36,12 @@ var fleetWatchTick = 5 * time.Second
 // fleetServer adapts controlplane/fleet to FleetService.
 type fleetServer struct {
 	factoryv1.UnimplementedFleetServiceServer
-	fleet    *fleet.Registry
+	fleet *fleet.Registry
+	// events stores the events sidecars must not lose; nil leaves them
+	// unacked, so sidecars keep them spooled.
+	events *fleet.Events
+	// cmds carries operators' commands to the connected sidecars.
+	cmds     *fleet.Commands
 	q        *queue.Service
 	log      *slog.Logger
 	stopping <-chan struct{}
@@ -76,6 +81,12 @@ func (s *fleetServer) Connect(stream factoryv1.FleetService_ConnectServer) error
 	}
 	host := hello.GetHost()
 	defer s.fleet.Disconnected(host)
+	var cmds <-chan fleet.Command
+	if s.cmds != nil {
+		var detach func()
+		cmds, detach = s.cmds.Attach(host)
+		defer detach()
+	}
 	interval := s.fleet.Config().HeartbeatInterval
 	if err := stream.Send(&factoryv1.ConnectResponse{Config: &factoryv1.SidecarConfig{
 		HeartbeatInterval: durationpb.New(interval), TelemetryInterval: durationpb.New(interval),
@@ -108,12 +119,24 @@ func (s *fleetServer) Connect(stream factoryv1.FleetService_ConnectServer) error
 				return nil
 			}
 			return err
+		case c := <-cmds:
+			if err := stream.Send(&factoryv1.ConnectResponse{Command: commandToProto(c)}); err != nil {
+				return err
+			}
 		case m := <-msgs:
 			switch msg := m.GetMsg().(type) {
 			case *factoryv1.ConnectRequest_Heartbeat:
-				err = s.fleet.Heartbeat(host)
+				if err = s.fleet.Heartbeat(host); err == nil {
+					heartbeatLatency.record(time.Since(msg.Heartbeat.GetSentAt().AsTime()))
+				}
 			case *factoryv1.ConnectRequest_Telemetry:
 				err = s.fleet.Telemetry(host, msg.Telemetry)
+			case *factoryv1.ConnectRequest_Events:
+				err = s.storeEvents(ctx, stream, host, msg.Events.GetEvents())
+			case *factoryv1.ConnectRequest_CommandResult:
+				if s.cmds != nil {
+					s.cmds.Deliver(commandResultFromProto(msg.CommandResult))
+				}
 			case *factoryv1.ConnectRequest_Hello:
 				return status.Error(codes.FailedPrecondition, "Hello is sent once, as a Connect stream's first message")
 			}
@@ -124,8 +147,27 @@ func (s *fleetServer) Connect(stream factoryv1.FleetService_ConnectServer) error
 	}
 }
 
+// storeEvents stores a batch of a host's events and acks every id in it,
+// replays included: the ack is only sent after the store has committed, so
+// an acked event is never lost, and a replayed id is stored once.
+func (s *fleetServer) storeEvents(ctx context.Context, stream factoryv1.FleetService_ConnectServer, host string, in []*factoryv1.FleetEvent) error {
+	if s.events == nil {
+		return nil
+	}
+	evs := make([]*store.FleetEvent, len(in))
+	ids := make([]string, len(in))
+	for i, e := range in {
+		evs[i] = &store.FleetEvent{ID: e.GetId(), Host: host, Kind: e.GetKind(), Time: e.GetTime().AsTime(), Attributes: e.GetAttributes()}
+		ids[i] = e.GetId()
+	}
+	if _, err := s.events.Record(ctx, host, evs); err != nil {
+		return err
+	}
+	return stream.Send(&factoryv1.ConnectResponse{EventAck: &factoryv1.EventAck{Ids: ids}})
+}
+
 func helloFromProto(h *factoryv1.Hello) fleet.Hello {
-	out := fleet.Hello{Host: h.GetHost(), Version: h.GetVersion(), Labels: h.GetLabels(), Capabilities: h.GetCapabilities()}
+	out := fleet.Hello{Host: h.GetHost(), Version: h.GetVersion(), Labels: h.GetLabels(), Capabilities: h.GetCapabilities(), Drained: h.GetDrained()}
 	for _, a := range h.GetAgents() {
 		role := ""
 		if rs := a.GetRoles(); len(rs) > 0 {
@@ -137,11 +179,21 @@ func helloFromProto(h *factoryv1.Hello) fleet.Hello {
 }
 
 // ListNodes lists every node.
-func (s *fleetServer) ListNodes(context.Context, *factoryv1.ListNodesRequest) (*factoryv1.ListNodesResponse, error) {
+func (s *fleetServer) ListNodes(ctx context.Context, _ *factoryv1.ListNodesRequest) (*factoryv1.ListNodesResponse, error) {
 	if err := s.ready(); err != nil {
 		return nil, err
 	}
-	return &factoryv1.ListNodesResponse{Nodes: nodesToProto(s.fleet.Nodes())}, nil
+	nodes := nodesToProto(s.fleet.Nodes())
+	if s.events != nil {
+		swaps, err := s.events.SwapRates(ctx)
+		if err != nil {
+			return nil, s.err(ctx, err)
+		}
+		for _, n := range nodes {
+			n.ModelSwapsLastHour = int32(swaps[n.GetHost()])
+		}
+	}
+	return &factoryv1.ListNodesResponse{Nodes: nodes}, nil
 }
 
 // ListAgents lists the agents, optionally of one host.
@@ -174,8 +226,22 @@ func (s *fleetServer) GetHealth(ctx context.Context, _ *factoryv1.GetHealthReque
 	} else {
 		add("queue", true, fmt.Sprintf("store reachable; %d tasks", totalTasks(st)))
 	}
+	var swaps map[string]int
+	if s.events != nil {
+		var err error
+		if swaps, err = s.events.SwapRates(ctx); err != nil {
+			add("model swaps", false, "store unreachable: "+err.Error())
+		}
+	}
 	for _, n := range s.fleet.Nodes() {
 		add("node "+n.Host, n.State == fleet.StateOnline, fmt.Sprintf("%s, last seen %s", n.State, n.LastSeen.UTC().Format(time.RFC3339)))
+		if swaps != nil {
+			// A host swapping models this often spends its GPU time
+			// loading weights instead of serving agents.
+			c := swaps[n.Host]
+			add("model swaps "+n.Host, c < fleet.MaxSwapsPerHour,
+				fmt.Sprintf("%d in the last hour (limit %d)", c, fleet.MaxSwapsPerHour))
+		}
 		t, _ := n.Telemetry.(*factoryv1.Telemetry)
 		for _, p := range t.GetProbes() {
 			add(fmt.Sprintf("probe %s:%s", n.Host, p.GetName()), p.GetOk(), p.GetDetail())
@@ -263,7 +329,7 @@ func nodesToProto(nodes []fleet.Node) []*factoryv1.Node {
 		t, _ := n.Telemetry.(*factoryv1.Telemetry)
 		out[i] = &factoryv1.Node{Host: n.Host, State: stateToProto(n.State), Version: n.Version, Labels: n.Labels,
 			Agents: n.Agents, Capabilities: n.Capabilities, Connected: n.Connected, ConnectedAt: tsOrNil(n.ConnectedAt),
-			LastSeen: tsOrNil(n.LastSeen), Telemetry: t, TelemetryAt: tsOrNil(n.TelemetryAt)}
+			LastSeen: tsOrNil(n.LastSeen), Telemetry: t, TelemetryAt: tsOrNil(n.TelemetryAt), Drained: n.Drained}
 	}
 	return out
 }

@@ -97,7 +97,8 @@ func TestSidecarConnectsAndItsNodeAgesByTheClock(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]bool{"queue": true, "node gpu-1": true, "probe gpu-1:litellm": true, "disk gpu-1:/": false, "gpu gpu-1:0": false}
+	want := map[string]bool{"queue": true, "node gpu-1": true, "probe gpu-1:litellm": true, "disk gpu-1:/": false, "gpu gpu-1:0": false,
+		"model swaps gpu-1": true}
 	for _, c := range h.GetChecks() {
 		if w, ok := want[c.GetName()]; !ok || w != c.GetOk() {
 			t.Errorf("check %s ok=%v (%s); want %v", c.GetName(), c.GetOk(), c.GetDetail(), w)

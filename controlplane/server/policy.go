@@ -106,6 +106,8 @@ var rules = map[string]rule{
 	factoryv1.FleetService_ListAgents_FullMethodName: {roles: everyone},
 	factoryv1.FleetService_GetHealth_FullMethodName:  {roles: everyone},
 	factoryv1.FleetService_WatchFleet_FullMethodName: {roles: everyone},
+	// Commands restart agents and drain hosts: operators only, audited.
+	factoryv1.FleetService_SendCommand_FullMethodName: {roles: operatorOnly, mutates: true},
 }
 
 // agentField is the actsAs of a request with one agent field.

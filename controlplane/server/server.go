@@ -163,7 +163,7 @@ func Run(ctx context.Context, cfg Config) error {
 		fleetClock = qcfg.Clock
 	}
 	fl := fleet.New(fleetClock, cfg.Fleet)
-	srv, healthSrv := NewGRPCServer(Services{Queue: q, Access: acc, Ops: opsSvc, Fleet: fl}, log, cfg.TracerProvider, stopping,
+	srv, healthSrv := NewGRPCServer(Services{Queue: q, Access: acc, Ops: opsSvc, Fleet: fl, FleetEvents: fleet.NewEvents(qcfg.Store, fleetClock)}, log, cfg.TracerProvider, stopping,
 		WithTLS(tlsCfg), WithRateLimit(cfg.RateLimit))
 
 	log.InfoContext(ctx, "listening", "addr", lis.Addr().String(), "tls", tlsMode(tlsCfg), "store", driver, "db", where, "pid", os.Getpid())
@@ -251,6 +251,10 @@ type Services struct {
 	// Fleet is the liveness of hosts and agents; without it FleetService
 	// answers UNIMPLEMENTED. When HostsAgent is unset, the fleet's is used.
 	Fleet *fleet.Registry
+	// FleetEvents stores the events sidecars must not lose (model swaps,
+	// log-watch counts); without it they stay unacked in the sidecars'
+	// spools.
+	FleetEvents *fleet.Events
 }
 
 // GRPCOption adds transport security or abuse limits to NewGRPCServer.
@@ -357,7 +361,7 @@ func NewGRPCServer(svc Services, log *slog.Logger, tp trace.TracerProvider, stop
 	factoryv1.RegisterQueueServiceServer(srv, &auditedQueue{&queueServer{q: svc.Queue, log: log, stopping: stopping, fleet: svc.Fleet}})
 	factoryv1.RegisterAccessServiceServer(srv, &accessServer{acc: svc.Access, log: log})
 	factoryv1.RegisterOpsServiceServer(srv, &opsServer{ops: svc.Ops, log: log})
-	factoryv1.RegisterFleetServiceServer(srv, &fleetServer{fleet: svc.Fleet, q: svc.Queue, log: log, stopping: stopping})
+	factoryv1.RegisterFleetServiceServer(srv, &fleetServer{fleet: svc.Fleet, events: svc.FleetEvents, cmds: fleet.NewCommands(), q: svc.Queue, log: log, stopping: stopping})
 	healthSrv := health.NewServer()
 	healthpb.RegisterHealthServer(srv, healthSrv)
 	healthSrv.SetServingStatus(factoryv1.QueueService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)

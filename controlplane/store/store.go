@@ -104,6 +104,9 @@ type Store interface {
 	// AccessStore holds tokens and the audit log (see access.go).
 	AccessStore
 
+	// FleetStore holds the fleet events that must not be lost (see fleet.go).
+	FleetStore
+
 	// DumpStore moves the whole state out and in (see dump.go).
 	DumpStore
 

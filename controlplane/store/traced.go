@@ -202,3 +202,18 @@ func (t *traced) DumpLoad(ctx context.Context, p *DumpLoadParams) (_ *DumpCounts
 	}
 	return n, err
 }
+
+func (t *traced) FleetEventsAppend(ctx context.Context, p *FleetEventsAppendParams) (_ int, err error) {
+	ctx, span := t.start(ctx, "FleetEventsAppend")
+	defer func() { end(span, err) }()
+	if p != nil {
+		span.SetAttributes(attribute.Int("factory.events", len(p.Events)))
+	}
+	return t.s.FleetEventsAppend(ctx, p)
+}
+
+func (t *traced) FleetEventsList(ctx context.Context, p *FleetEventsListParams) (_ []*FleetEvent, err error) {
+	ctx, span := t.start(ctx, "FleetEventsList")
+	defer func() { end(span, err) }()
+	return t.s.FleetEventsList(ctx, p)
+}

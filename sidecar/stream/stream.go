@@ -5,7 +5,11 @@
 // restart, a network cut), for as long as the sidecar runs.
 //
 // While disconnected, heartbeats are dropped: a heartbeat is only worth
-// anything now, and the node's liveness says it was silent.
+// anything now, and the node's liveness says it was silent. Events that
+// must not be lost (model swaps, log-watch counts) go through the on-disk
+// spool instead: they are sent on every stream until the server acks
+// their ids, so a stream that breaks before the ack replays them on the
+// next one, with the same ids, and the server stores each id once.
 package stream
 
 import (
@@ -14,13 +18,22 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"strings"
+	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	factoryv1 "github.com/factory/factory/gen/factory/v1"
+	"github.com/factory/factory/sidecar/spool"
 )
+
+// maxEventBatch is the most events one message carries (the API's limit).
+const maxEventBatch = 500
 
 // Config configures Run.
 type Config struct {
@@ -42,9 +55,18 @@ type Config struct {
 	MinBackoff, MaxBackoff time.Duration
 	// CallOptions go with every Connect call: the bearer token.
 	CallOptions []grpc.CallOption
+	// Spool holds the events to deliver; nil sends none. Events are
+	// dropped from it only when the server acks them.
+	Spool *spool.Spool
 	// OnConnected, when set, is called each time the server accepts a
 	// Hello, with the config it sent.
 	OnConnected func(*factoryv1.SidecarConfig)
+	// OnCommand runs a restart command the server sent and says what came
+	// of it; nil answers every restart with "not supported". Drain is
+	// handled here: the stream marks itself drained, in every later Hello
+	// too. Commands run beside the stream, so a slow restart never delays
+	// a heartbeat.
+	OnCommand func(ctx context.Context, cmd *factoryv1.SidecarCommand) *factoryv1.CommandResult
 }
 
 // Run keeps the stream open until ctx ends; it returns nil then.
@@ -62,10 +84,12 @@ func Run(ctx context.Context, cfg Config) error {
 		cfg.MaxBackoff = max(30*time.Second, cfg.MinBackoff)
 	}
 	client := factoryv1.NewFleetServiceClient(cfg.Conn)
+	// drained outlives each stream: a drained host says so on reconnect.
+	var drained atomic.Bool
 	backoff := cfg.MinBackoff
 	failing := false
 	for {
-		connected, err := session(ctx, client, cfg)
+		connected, err := session(ctx, client, cfg, &drained)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -94,14 +118,19 @@ func jitter(d time.Duration) time.Duration {
 
 // session runs one stream: connected reports that the server accepted the
 // Hello.
-func session(ctx context.Context, client factoryv1.FleetServiceClient, cfg Config) (connected bool, err error) {
+func session(ctx context.Context, client factoryv1.FleetServiceClient, cfg Config, drained *atomic.Bool) (connected bool, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stream, err := client.Connect(ctx, cfg.CallOptions...)
 	if err != nil {
 		return false, err
 	}
-	if err := stream.Send(&factoryv1.ConnectRequest{Msg: &factoryv1.ConnectRequest_Hello{Hello: cfg.Hello}}); err != nil {
+	hello := cfg.Hello
+	if drained.Load() {
+		hello = proto.CloneOf(hello)
+		hello.Drained = true
+	}
+	if err := stream.Send(&factoryv1.ConnectRequest{Msg: &factoryv1.ConnectRequest_Hello{Hello: hello}}); err != nil {
 		_, err = stream.Recv() // the server's reason, rather than io.EOF
 		return false, err
 	}
@@ -118,17 +147,93 @@ func session(ctx context.Context, client factoryv1.FleetServiceClient, cfg Confi
 	heartbeat := positiveOr(sc.GetHeartbeatInterval().AsDuration(), 10*time.Second)
 	telemetryEvery := positiveOr(sc.GetTelemetryInterval().AsDuration(), heartbeat)
 
-	// The server's later messages (none yet but config) and the stream's
+	// The server's later messages (config, event acks) and the stream's
 	// end arrive here.
 	recvErr := make(chan error, 1)
+	// Command results come back to the loop below, the stream's only sender.
+	results := make(chan *factoryv1.CommandResult, 8)
 	go func() {
 		for {
-			if _, err := stream.Recv(); err != nil {
+			m, err := stream.Recv()
+			if err != nil {
 				recvErr <- err
 				return
 			}
+			if c := m.GetCommand(); c != nil {
+				go func() {
+					r := runCommand(ctx, cfg, c, drained)
+					select {
+					case results <- r:
+					case <-ctx.Done():
+					}
+				}()
+			}
+			if ack := m.GetEventAck(); ack != nil && cfg.Spool != nil {
+				if err := cfg.Spool.Ack(ack.GetIds()); err != nil {
+					// The events stay spooled and are replayed on the
+					// next stream; the server deduplicates them.
+					cfg.Logger.Warn("recording an event ack failed", "err", err)
+				}
+			}
 		}
 	}()
+	// sent holds the ids sent on this stream, so each spooled event goes
+	// once per stream; a new stream sends every unacked one again.
+	sent := map[string]bool{}
+	var spoolNotify <-chan struct{}
+	if cfg.Spool != nil {
+		spoolNotify = cfg.Spool.Notify()
+	}
+	sendEvents := func() error {
+		if cfg.Spool == nil {
+			return nil
+		}
+		pending := cfg.Spool.Pending()
+		// Forget acked ids, so a long stream's set stays the size of the
+		// spool.
+		live := make(map[string]bool, len(pending))
+		for _, e := range pending {
+			live[e.ID] = true
+		}
+		for id := range sent {
+			if !live[id] {
+				delete(sent, id)
+			}
+		}
+		var batch []*factoryv1.FleetEvent
+		flush := func() error {
+			if len(batch) == 0 {
+				return nil
+			}
+			err := stream.Send(&factoryv1.ConnectRequest{Msg: &factoryv1.ConnectRequest_Events{Events: &factoryv1.FleetEvents{Events: batch}}})
+			batch = nil
+			return err
+		}
+		for _, e := range pending {
+			if sent[e.ID] {
+				continue
+			}
+			sent[e.ID] = true
+			batch = append(batch, &factoryv1.FleetEvent{Id: e.ID, Kind: e.Kind, Time: timestamppb.New(e.Time), Attributes: fitAttributes(e.Attributes)})
+			if len(batch) == maxEventBatch {
+				if err := flush(); err != nil {
+					return err
+				}
+			}
+		}
+		return flush()
+	}
+	sendFailed := func(err error) (bool, error) {
+		select {
+		case err = <-recvErr:
+		case <-time.After(time.Second):
+		}
+		return true, err
+	}
+	// Replay whatever the last stream left unacked before anything new.
+	if err := sendEvents(); err != nil {
+		return sendFailed(err)
+	}
 	// Collection runs beside the sends, so slow probes never delay a
 	// heartbeat; one collection at a time.
 	readings := make(chan *factoryv1.Telemetry, 1)
@@ -160,6 +265,13 @@ func session(ctx context.Context, client factoryv1.FleetServiceClient, cfg Confi
 		case <-tel.C:
 			startCollect()
 			continue
+		case <-spoolNotify:
+			if err := sendEvents(); err != nil {
+				return sendFailed(err)
+			}
+			continue
+		case r := <-results:
+			msg = &factoryv1.ConnectRequest{Msg: &factoryv1.ConnectRequest_CommandResult{CommandResult: r}}
 		case t := <-readings:
 			collecting = false
 			if t == nil {
@@ -168,13 +280,39 @@ func session(ctx context.Context, client factoryv1.FleetServiceClient, cfg Confi
 			msg = &factoryv1.ConnectRequest{Msg: &factoryv1.ConnectRequest_Telemetry{Telemetry: t}}
 		}
 		if err := stream.Send(msg); err != nil {
-			select {
-			case err = <-recvErr:
-			case <-time.After(time.Second):
-			}
-			return true, err
+			return sendFailed(err)
 		}
 	}
+}
+
+// runCommand carries out one server command and says what came of it.
+func runCommand(ctx context.Context, cfg Config, c *factoryv1.SidecarCommand, drained *atomic.Bool) (r *factoryv1.CommandResult) {
+	start := time.Now()
+	defer func() {
+		if p := recover(); p != nil {
+			r = &factoryv1.CommandResult{Error: fmt.Sprintf("command handler panicked: %v", p)}
+		}
+		r.Id = c.GetId()
+		if !r.GetOk() && r.GetError() == "" {
+			// The API wants a reason for every failure.
+			r.Error = "failed"
+		}
+		if r.GetTook() == nil {
+			r.Took = durationpb.New(time.Since(start))
+		}
+	}()
+	switch {
+	case c.GetDrain() != nil:
+		drained.Store(true)
+		cfg.Logger.Info("drained by the control plane: agents are to claim no new work", "host", cfg.Hello.GetHost())
+		return &factoryv1.CommandResult{Ok: true, Output: "drained"}
+	case c.GetRestartAgent() != nil && cfg.OnCommand != nil:
+		if r := cfg.OnCommand(ctx, c); r != nil {
+			return r
+		}
+		return &factoryv1.CommandResult{Error: "the command handler gave no result"}
+	}
+	return &factoryv1.CommandResult{Error: "this sidecar does not support the command"}
 }
 
 // safeCollect runs the collectors, turning a panic into a log line.
@@ -193,4 +331,33 @@ func positiveOr(d, def time.Duration) time.Duration {
 		return d
 	}
 	return def
+}
+
+// fitAttributes cuts attributes to valid UTF-8 within the API's limits
+// (64 pairs, keys of 128 bytes, values of 4096): an event the server refuses would end every
+// stream and, replayed on the next, hold back every event after it.
+func fitAttributes(in map[string]string) map[string]string {
+	if len(in) == 0 {
+		return in
+	}
+	out := make(map[string]string, min(len(in), 64))
+	for k, v := range in {
+		if len(out) == 64 {
+			break
+		}
+		// Broken UTF-8 (a log line) would fail the message's marshalling.
+		out[cut(strings.ToValidUTF8(k, "\uFFFD"), 128)] = cut(strings.ToValidUTF8(v, "\uFFFD"), 4096)
+	}
+	return out
+}
+
+// cut shortens s to at most n bytes without splitting a UTF-8 sequence.
+func cut(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }

@@ -2,12 +2,15 @@ package stream
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -91,6 +94,22 @@ func TestJitterStaysWithinHalfEitherSide(t *testing.T) {
 	for range 1000 {
 		if d := jitter(time.Second); d < 500*time.Millisecond || d > 1500*time.Millisecond {
 			t.Fatalf("jitter(1s) = %v", d)
+		}
+	}
+}
+
+func TestFitAttributesKeepsEventsWithinTheAPIsLimits(t *testing.T) {
+	in := map[string]string{"line": "\xff" + strings.Repeat("é", 3000)}
+	for i := range 70 {
+		in[fmt.Sprint("k", i)] = "v"
+	}
+	out := fitAttributes(in)
+	if len(out) != 64 {
+		t.Errorf("%d pairs, want 64", len(out))
+	}
+	for k, v := range out {
+		if !utf8.ValidString(k) || !utf8.ValidString(v) || len(v) > 4096 || len(k) > 128 {
+			t.Errorf("%q: %d bytes, valid %v", k, len(v), utf8.ValidString(v))
 		}
 	}
 }

@@ -54,6 +54,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"Tokens", s.testTokens},
 		{"Audit", s.testAudit},
 		{"Dump", s.testDump},
+		{"FleetEvents", s.testFleetEvents},
 	}
 	for _, g := range groups {
 		t.Run(g.name, func(t *testing.T) {

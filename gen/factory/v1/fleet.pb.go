@@ -91,6 +91,8 @@ type ConnectRequest struct {
 	//	*ConnectRequest_Hello
 	//	*ConnectRequest_Heartbeat
 	//	*ConnectRequest_Telemetry
+	//	*ConnectRequest_Events
+	//	*ConnectRequest_CommandResult
 	Msg           isConnectRequest_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -160,6 +162,24 @@ func (x *ConnectRequest) GetTelemetry() *Telemetry {
 	return nil
 }
 
+func (x *ConnectRequest) GetEvents() *FleetEvents {
+	if x != nil {
+		if x, ok := x.Msg.(*ConnectRequest_Events); ok {
+			return x.Events
+		}
+	}
+	return nil
+}
+
+func (x *ConnectRequest) GetCommandResult() *CommandResult {
+	if x != nil {
+		if x, ok := x.Msg.(*ConnectRequest_CommandResult); ok {
+			return x.CommandResult
+		}
+	}
+	return nil
+}
+
 type isConnectRequest_Msg interface {
 	isConnectRequest_Msg()
 }
@@ -179,11 +199,152 @@ type ConnectRequest_Telemetry struct {
 	Telemetry *Telemetry `protobuf:"bytes,3,opt,name=telemetry,proto3,oneof"`
 }
 
+type ConnectRequest_Events struct {
+	// Events that must not be lost (model swaps, log-watch counts). The
+	// server acks their ids in an EventAck once they are durably stored;
+	// the sidecar keeps them in its on-disk spool until then and replays
+	// unacked ones, with their ids, on its next stream.
+	Events *FleetEvents `protobuf:"bytes,4,opt,name=events,proto3,oneof"`
+}
+
+type ConnectRequest_CommandResult struct {
+	// The outcome of a SidecarCommand the server sent.
+	CommandResult *CommandResult `protobuf:"bytes,20,opt,name=command_result,json=commandResult,proto3,oneof"`
+}
+
 func (*ConnectRequest_Hello) isConnectRequest_Msg() {}
 
 func (*ConnectRequest_Heartbeat) isConnectRequest_Msg() {}
 
 func (*ConnectRequest_Telemetry) isConnectRequest_Msg() {}
+
+func (*ConnectRequest_Events) isConnectRequest_Msg() {}
+
+func (*ConnectRequest_CommandResult) isConnectRequest_Msg() {}
+
+// FleetEvents is a batch of events from a sidecar.
+type FleetEvents struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The events, oldest first.
+	Events        []*FleetEvent `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FleetEvents) Reset() {
+	*x = FleetEvents{}
+	mi := &file_factory_v1_fleet_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FleetEvents) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FleetEvents) ProtoMessage() {}
+
+func (x *FleetEvents) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_fleet_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FleetEvents.ProtoReflect.Descriptor instead.
+func (*FleetEvents) Descriptor() ([]byte, []int) {
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *FleetEvents) GetEvents() []*FleetEvent {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+// FleetEvent is something that happened on a host and must reach the
+// store exactly once: the sidecar may send it more than once (a replay
+// after a reconnect), and the server stores one copy per id.
+type FleetEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Chosen by the sidecar, unique across the fleet (a UUIDv7): the key
+	// the server deduplicates replays on.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// What happened: "model_swap" (a model was loaded in place of another),
+	// "log_count" (a log watcher's matches in one window).
+	Kind string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	// When it happened, by the sidecar's clock.
+	Time *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=time,proto3" json:"time,omitempty"`
+	// The event's details (a swap's from and to model, a watcher's name,
+	// window and count).
+	Attributes    map[string]string `protobuf:"bytes,4,rep,name=attributes,proto3" json:"attributes,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FleetEvent) Reset() {
+	*x = FleetEvent{}
+	mi := &file_factory_v1_fleet_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FleetEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FleetEvent) ProtoMessage() {}
+
+func (x *FleetEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_fleet_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FleetEvent.ProtoReflect.Descriptor instead.
+func (*FleetEvent) Descriptor() ([]byte, []int) {
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *FleetEvent) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *FleetEvent) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *FleetEvent) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *FleetEvent) GetAttributes() map[string]string {
+	if x != nil {
+		return x.Attributes
+	}
+	return nil
+}
 
 // Hello introduces a sidecar and the host it runs on.
 type Hello struct {
@@ -197,14 +358,18 @@ type Hello struct {
 	// The agents this host runs.
 	Agents []*HostedAgent `protobuf:"bytes,4,rep,name=agents,proto3" json:"agents,omitempty"`
 	// What the sidecar can collect ("gpu", "disk", "probe").
-	Capabilities  []string `protobuf:"bytes,5,rep,name=capabilities,proto3" json:"capabilities,omitempty"`
+	Capabilities []string `protobuf:"bytes,5,rep,name=capabilities,proto3" json:"capabilities,omitempty"`
+	// The host was drained (a drain command) and its agents should claim no
+	// new work; said again on every reconnect so a restarted control plane
+	// still knows.
+	Drained       bool `protobuf:"varint,20,opt,name=drained,proto3" json:"drained,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Hello) Reset() {
 	*x = Hello{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[1]
+	mi := &file_factory_v1_fleet_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -216,7 +381,7 @@ func (x *Hello) String() string {
 func (*Hello) ProtoMessage() {}
 
 func (x *Hello) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[1]
+	mi := &file_factory_v1_fleet_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -229,7 +394,7 @@ func (x *Hello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hello.ProtoReflect.Descriptor instead.
 func (*Hello) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{1}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Hello) GetHost() string {
@@ -267,6 +432,13 @@ func (x *Hello) GetCapabilities() []string {
 	return nil
 }
 
+func (x *Hello) GetDrained() bool {
+	if x != nil {
+		return x.Drained
+	}
+	return false
+}
+
 // HostedAgent is an agent a sidecar's host runs.
 type HostedAgent struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -283,7 +455,7 @@ type HostedAgent struct {
 
 func (x *HostedAgent) Reset() {
 	*x = HostedAgent{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[2]
+	mi := &file_factory_v1_fleet_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -295,7 +467,7 @@ func (x *HostedAgent) String() string {
 func (*HostedAgent) ProtoMessage() {}
 
 func (x *HostedAgent) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[2]
+	mi := &file_factory_v1_fleet_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -308,7 +480,7 @@ func (x *HostedAgent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostedAgent.ProtoReflect.Descriptor instead.
 func (*HostedAgent) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{2}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *HostedAgent) GetName() string {
@@ -344,7 +516,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[3]
+	mi := &file_factory_v1_fleet_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -356,7 +528,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[3]
+	mi := &file_factory_v1_fleet_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -369,7 +541,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{3}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Heartbeat) GetSentAt() *timestamppb.Timestamp {
@@ -398,7 +570,7 @@ type Telemetry struct {
 
 func (x *Telemetry) Reset() {
 	*x = Telemetry{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[4]
+	mi := &file_factory_v1_fleet_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -410,7 +582,7 @@ func (x *Telemetry) String() string {
 func (*Telemetry) ProtoMessage() {}
 
 func (x *Telemetry) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[4]
+	mi := &file_factory_v1_fleet_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -423,7 +595,7 @@ func (x *Telemetry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Telemetry.ProtoReflect.Descriptor instead.
 func (*Telemetry) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{4}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Telemetry) GetCollectedAt() *timestamppb.Timestamp {
@@ -498,7 +670,7 @@ type GpuDevice struct {
 
 func (x *GpuDevice) Reset() {
 	*x = GpuDevice{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[5]
+	mi := &file_factory_v1_fleet_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -510,7 +682,7 @@ func (x *GpuDevice) String() string {
 func (*GpuDevice) ProtoMessage() {}
 
 func (x *GpuDevice) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[5]
+	mi := &file_factory_v1_fleet_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -523,7 +695,7 @@ func (x *GpuDevice) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GpuDevice.ProtoReflect.Descriptor instead.
 func (*GpuDevice) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{5}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GpuDevice) GetIndex() int32 {
@@ -639,7 +811,7 @@ type GpuProcess struct {
 
 func (x *GpuProcess) Reset() {
 	*x = GpuProcess{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[6]
+	mi := &file_factory_v1_fleet_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -651,7 +823,7 @@ func (x *GpuProcess) String() string {
 func (*GpuProcess) ProtoMessage() {}
 
 func (x *GpuProcess) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[6]
+	mi := &file_factory_v1_fleet_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -664,7 +836,7 @@ func (x *GpuProcess) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GpuProcess.ProtoReflect.Descriptor instead.
 func (*GpuProcess) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{6}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GpuProcess) GetPid() uint32 {
@@ -707,7 +879,7 @@ type DiskUsage struct {
 
 func (x *DiskUsage) Reset() {
 	*x = DiskUsage{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[7]
+	mi := &file_factory_v1_fleet_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -719,7 +891,7 @@ func (x *DiskUsage) String() string {
 func (*DiskUsage) ProtoMessage() {}
 
 func (x *DiskUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[7]
+	mi := &file_factory_v1_fleet_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -732,7 +904,7 @@ func (x *DiskUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiskUsage.ProtoReflect.Descriptor instead.
 func (*DiskUsage) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{7}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *DiskUsage) GetPath() string {
@@ -791,7 +963,7 @@ type ProbeResult struct {
 
 func (x *ProbeResult) Reset() {
 	*x = ProbeResult{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[8]
+	mi := &file_factory_v1_fleet_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -803,7 +975,7 @@ func (x *ProbeResult) String() string {
 func (*ProbeResult) ProtoMessage() {}
 
 func (x *ProbeResult) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[8]
+	mi := &file_factory_v1_fleet_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -816,7 +988,7 @@ func (x *ProbeResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProbeResult.ProtoReflect.Descriptor instead.
 func (*ProbeResult) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{8}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ProbeResult) GetName() string {
@@ -865,14 +1037,18 @@ func (x *ProbeResult) GetLatency() *durationpb.Duration {
 type ConnectResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The config to use; sent in reply to Hello.
-	Config        *SidecarConfig `protobuf:"bytes,1,opt,name=config,proto3" json:"config,omitempty"`
+	Config *SidecarConfig `protobuf:"bytes,1,opt,name=config,proto3" json:"config,omitempty"`
+	// Events now durably stored: the sidecar may drop them from its spool.
+	EventAck *EventAck `protobuf:"bytes,10,opt,name=event_ack,json=eventAck,proto3" json:"event_ack,omitempty"`
+	// A command for the sidecar to run; it answers with a CommandResult.
+	Command       *SidecarCommand `protobuf:"bytes,20,opt,name=command,proto3" json:"command,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ConnectResponse) Reset() {
 	*x = ConnectResponse{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[9]
+	mi := &file_factory_v1_fleet_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -884,7 +1060,7 @@ func (x *ConnectResponse) String() string {
 func (*ConnectResponse) ProtoMessage() {}
 
 func (x *ConnectResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[9]
+	mi := &file_factory_v1_fleet_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -897,12 +1073,73 @@ func (x *ConnectResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectResponse.ProtoReflect.Descriptor instead.
 func (*ConnectResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{9}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ConnectResponse) GetConfig() *SidecarConfig {
 	if x != nil {
 		return x.Config
+	}
+	return nil
+}
+
+func (x *ConnectResponse) GetEventAck() *EventAck {
+	if x != nil {
+		return x.EventAck
+	}
+	return nil
+}
+
+func (x *ConnectResponse) GetCommand() *SidecarCommand {
+	if x != nil {
+		return x.Command
+	}
+	return nil
+}
+
+// EventAck names events the server has stored (or already held: a
+// replayed id is acked again).
+type EventAck struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The ids of the stored events.
+	Ids           []string `protobuf:"bytes,1,rep,name=ids,proto3" json:"ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EventAck) Reset() {
+	*x = EventAck{}
+	mi := &file_factory_v1_fleet_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EventAck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EventAck) ProtoMessage() {}
+
+func (x *EventAck) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_fleet_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EventAck.ProtoReflect.Descriptor instead.
+func (*EventAck) Descriptor() ([]byte, []int) {
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *EventAck) GetIds() []string {
+	if x != nil {
+		return x.Ids
 	}
 	return nil
 }
@@ -920,7 +1157,7 @@ type SidecarConfig struct {
 
 func (x *SidecarConfig) Reset() {
 	*x = SidecarConfig{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[10]
+	mi := &file_factory_v1_fleet_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -932,7 +1169,7 @@ func (x *SidecarConfig) String() string {
 func (*SidecarConfig) ProtoMessage() {}
 
 func (x *SidecarConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[10]
+	mi := &file_factory_v1_fleet_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -945,7 +1182,7 @@ func (x *SidecarConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SidecarConfig.ProtoReflect.Descriptor instead.
 func (*SidecarConfig) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{10}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SidecarConfig) GetHeartbeatInterval() *durationpb.Duration {
@@ -986,14 +1223,19 @@ type Node struct {
 	// The latest readings; unset before the first.
 	Telemetry *Telemetry `protobuf:"bytes,10,opt,name=telemetry,proto3" json:"telemetry,omitempty"`
 	// When the latest readings arrived.
-	TelemetryAt   *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=telemetry_at,json=telemetryAt,proto3" json:"telemetry_at,omitempty"`
+	TelemetryAt *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=telemetry_at,json=telemetryAt,proto3" json:"telemetry_at,omitempty"`
+	// Model swaps reported in the last hour (by event time): above 20 the
+	// host thrashes, loading weights instead of serving agents.
+	ModelSwapsLastHour int32 `protobuf:"varint,20,opt,name=model_swaps_last_hour,json=modelSwapsLastHour,proto3" json:"model_swaps_last_hour,omitempty"`
+	// The host was drained: its agents are told to claim no new work.
+	Drained       bool `protobuf:"varint,30,opt,name=drained,proto3" json:"drained,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[11]
+	mi := &file_factory_v1_fleet_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1005,7 +1247,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[11]
+	mi := &file_factory_v1_fleet_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1018,7 +1260,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{11}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Node) GetHost() string {
@@ -1098,6 +1340,20 @@ func (x *Node) GetTelemetryAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Node) GetModelSwapsLastHour() int32 {
+	if x != nil {
+		return x.ModelSwapsLastHour
+	}
+	return 0
+}
+
+func (x *Node) GetDrained() bool {
+	if x != nil {
+		return x.Drained
+	}
+	return false
+}
+
 // Agent is an agent as the fleet sees it.
 type Agent struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1119,7 +1375,7 @@ type Agent struct {
 
 func (x *Agent) Reset() {
 	*x = Agent{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[12]
+	mi := &file_factory_v1_fleet_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1131,7 +1387,7 @@ func (x *Agent) String() string {
 func (*Agent) ProtoMessage() {}
 
 func (x *Agent) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[12]
+	mi := &file_factory_v1_fleet_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1144,7 +1400,7 @@ func (x *Agent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Agent.ProtoReflect.Descriptor instead.
 func (*Agent) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{12}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Agent) GetName() string {
@@ -1198,7 +1454,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[13]
+	mi := &file_factory_v1_fleet_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1210,7 +1466,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[13]
+	mi := &file_factory_v1_fleet_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1223,7 +1479,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{13}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{16}
 }
 
 // ListNodesResponse holds every node, sorted by host.
@@ -1237,7 +1493,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[14]
+	mi := &file_factory_v1_fleet_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1249,7 +1505,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[14]
+	mi := &file_factory_v1_fleet_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1262,7 +1518,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{14}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -1283,7 +1539,7 @@ type ListAgentsRequest struct {
 
 func (x *ListAgentsRequest) Reset() {
 	*x = ListAgentsRequest{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[15]
+	mi := &file_factory_v1_fleet_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1295,7 +1551,7 @@ func (x *ListAgentsRequest) String() string {
 func (*ListAgentsRequest) ProtoMessage() {}
 
 func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[15]
+	mi := &file_factory_v1_fleet_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1308,7 +1564,7 @@ func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsRequest.ProtoReflect.Descriptor instead.
 func (*ListAgentsRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{15}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListAgentsRequest) GetHost() string {
@@ -1329,7 +1585,7 @@ type ListAgentsResponse struct {
 
 func (x *ListAgentsResponse) Reset() {
 	*x = ListAgentsResponse{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[16]
+	mi := &file_factory_v1_fleet_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1341,7 +1597,7 @@ func (x *ListAgentsResponse) String() string {
 func (*ListAgentsResponse) ProtoMessage() {}
 
 func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[16]
+	mi := &file_factory_v1_fleet_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1354,7 +1610,7 @@ func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsResponse.ProtoReflect.Descriptor instead.
 func (*ListAgentsResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{16}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListAgentsResponse) GetAgents() []*Agent {
@@ -1373,7 +1629,7 @@ type GetHealthRequest struct {
 
 func (x *GetHealthRequest) Reset() {
 	*x = GetHealthRequest{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[17]
+	mi := &file_factory_v1_fleet_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1385,7 +1641,7 @@ func (x *GetHealthRequest) String() string {
 func (*GetHealthRequest) ProtoMessage() {}
 
 func (x *GetHealthRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[17]
+	mi := &file_factory_v1_fleet_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1398,7 +1654,7 @@ func (x *GetHealthRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHealthRequest.ProtoReflect.Descriptor instead.
 func (*GetHealthRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{17}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{20}
 }
 
 // HealthCheck is one check's outcome.
@@ -1416,7 +1672,7 @@ type HealthCheck struct {
 
 func (x *HealthCheck) Reset() {
 	*x = HealthCheck{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[18]
+	mi := &file_factory_v1_fleet_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1428,7 +1684,7 @@ func (x *HealthCheck) String() string {
 func (*HealthCheck) ProtoMessage() {}
 
 func (x *HealthCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[18]
+	mi := &file_factory_v1_fleet_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1441,7 +1697,7 @@ func (x *HealthCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HealthCheck.ProtoReflect.Descriptor instead.
 func (*HealthCheck) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{18}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *HealthCheck) GetName() string {
@@ -1478,7 +1734,7 @@ type GetHealthResponse struct {
 
 func (x *GetHealthResponse) Reset() {
 	*x = GetHealthResponse{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[19]
+	mi := &file_factory_v1_fleet_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1490,7 +1746,7 @@ func (x *GetHealthResponse) String() string {
 func (*GetHealthResponse) ProtoMessage() {}
 
 func (x *GetHealthResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[19]
+	mi := &file_factory_v1_fleet_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1503,7 +1759,7 @@ func (x *GetHealthResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHealthResponse.ProtoReflect.Descriptor instead.
 func (*GetHealthResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{19}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *GetHealthResponse) GetChecks() []*HealthCheck {
@@ -1529,7 +1785,7 @@ type WatchFleetRequest struct {
 
 func (x *WatchFleetRequest) Reset() {
 	*x = WatchFleetRequest{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[20]
+	mi := &file_factory_v1_fleet_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1541,7 +1797,7 @@ func (x *WatchFleetRequest) String() string {
 func (*WatchFleetRequest) ProtoMessage() {}
 
 func (x *WatchFleetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[20]
+	mi := &file_factory_v1_fleet_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1554,7 +1810,7 @@ func (x *WatchFleetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchFleetRequest.ProtoReflect.Descriptor instead.
 func (*WatchFleetRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{20}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{23}
 }
 
 // WatchFleetResponse is the fleet's whole view at one moment.
@@ -1570,7 +1826,7 @@ type WatchFleetResponse struct {
 
 func (x *WatchFleetResponse) Reset() {
 	*x = WatchFleetResponse{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[21]
+	mi := &file_factory_v1_fleet_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1582,7 +1838,7 @@ func (x *WatchFleetResponse) String() string {
 func (*WatchFleetResponse) ProtoMessage() {}
 
 func (x *WatchFleetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[21]
+	mi := &file_factory_v1_fleet_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1595,7 +1851,7 @@ func (x *WatchFleetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchFleetResponse.ProtoReflect.Descriptor instead.
 func (*WatchFleetResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{21}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *WatchFleetResponse) GetNodes() []*Node {
@@ -1612,26 +1868,459 @@ func (x *WatchFleetResponse) GetAgents() []*Agent {
 	return nil
 }
 
+// SidecarCommand is an operator's command for one host's sidecar.
+type SidecarCommand struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The command's id, echoed in its CommandResult.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// What to do.
+	//
+	// Types that are valid to be assigned to Command:
+	//
+	//	*SidecarCommand_RestartAgent
+	//	*SidecarCommand_Drain
+	Command       isSidecarCommand_Command `protobuf_oneof:"command"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SidecarCommand) Reset() {
+	*x = SidecarCommand{}
+	mi := &file_factory_v1_fleet_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SidecarCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SidecarCommand) ProtoMessage() {}
+
+func (x *SidecarCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_fleet_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SidecarCommand.ProtoReflect.Descriptor instead.
+func (*SidecarCommand) Descriptor() ([]byte, []int) {
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *SidecarCommand) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *SidecarCommand) GetCommand() isSidecarCommand_Command {
+	if x != nil {
+		return x.Command
+	}
+	return nil
+}
+
+func (x *SidecarCommand) GetRestartAgent() *RestartAgent {
+	if x != nil {
+		if x, ok := x.Command.(*SidecarCommand_RestartAgent); ok {
+			return x.RestartAgent
+		}
+	}
+	return nil
+}
+
+func (x *SidecarCommand) GetDrain() *DrainHost {
+	if x != nil {
+		if x, ok := x.Command.(*SidecarCommand_Drain); ok {
+			return x.Drain
+		}
+	}
+	return nil
+}
+
+type isSidecarCommand_Command interface {
+	isSidecarCommand_Command()
+}
+
+type SidecarCommand_RestartAgent struct {
+	// Restart one of the host's agents.
+	RestartAgent *RestartAgent `protobuf:"bytes,2,opt,name=restart_agent,json=restartAgent,proto3,oneof"`
+}
+
+type SidecarCommand_Drain struct {
+	// Drain the host.
+	Drain *DrainHost `protobuf:"bytes,3,opt,name=drain,proto3,oneof"`
+}
+
+func (*SidecarCommand_RestartAgent) isSidecarCommand_Command() {}
+
+func (*SidecarCommand_Drain) isSidecarCommand_Command() {}
+
+// RestartAgent restarts an agent with the restart_command configured for it
+// in the sidecar's YAML (agents[].restart_command), run with a timeout.
+type RestartAgent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The agent's name, as the sidecar declared it in its Hello.
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestartAgent) Reset() {
+	*x = RestartAgent{}
+	mi := &file_factory_v1_fleet_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestartAgent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestartAgent) ProtoMessage() {}
+
+func (x *RestartAgent) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_fleet_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestartAgent.ProtoReflect.Descriptor instead.
+func (*RestartAgent) Descriptor() ([]byte, []int) {
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *RestartAgent) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+// DrainHost marks the host drained: its agents are to claim no new work.
+// The mark shows in ListNodes and is repeated in the sidecar's Hello.
+type DrainHost struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainHost) Reset() {
+	*x = DrainHost{}
+	mi := &file_factory_v1_fleet_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainHost) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainHost) ProtoMessage() {}
+
+func (x *DrainHost) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_fleet_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainHost.ProtoReflect.Descriptor instead.
+func (*DrainHost) Descriptor() ([]byte, []int) {
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{27}
+}
+
+// CommandResult is what came of a SidecarCommand.
+type CommandResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The command's id.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Whether the command succeeded (a restart command exited 0).
+	Ok bool `protobuf:"varint,2,opt,name=ok,proto3" json:"ok,omitempty"`
+	// The restart command's combined output, truncated to 64 KiB.
+	Output string `protobuf:"bytes,3,opt,name=output,proto3" json:"output,omitempty"`
+	// Why it failed, when it did.
+	Error string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	// How long the command ran.
+	Took          *durationpb.Duration `protobuf:"bytes,5,opt,name=took,proto3" json:"took,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CommandResult) Reset() {
+	*x = CommandResult{}
+	mi := &file_factory_v1_fleet_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CommandResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CommandResult) ProtoMessage() {}
+
+func (x *CommandResult) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_fleet_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CommandResult.ProtoReflect.Descriptor instead.
+func (*CommandResult) Descriptor() ([]byte, []int) {
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *CommandResult) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *CommandResult) GetOk() bool {
+	if x != nil {
+		return x.Ok
+	}
+	return false
+}
+
+func (x *CommandResult) GetOutput() string {
+	if x != nil {
+		return x.Output
+	}
+	return ""
+}
+
+func (x *CommandResult) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *CommandResult) GetTook() *durationpb.Duration {
+	if x != nil {
+		return x.Took
+	}
+	return nil
+}
+
+// SendCommandRequest names the host and the command.
+type SendCommandRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The host whose sidecar runs the command.
+	Host string `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
+	// The command.
+	//
+	// Types that are valid to be assigned to Command:
+	//
+	//	*SendCommandRequest_RestartAgent
+	//	*SendCommandRequest_Drain
+	Command isSendCommandRequest_Command `protobuf_oneof:"command"`
+	// How long to wait for the result (default 60s): a restart command may
+	// take a while, and the sidecar applies its own timeout too.
+	Timeout       *durationpb.Duration `protobuf:"bytes,4,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SendCommandRequest) Reset() {
+	*x = SendCommandRequest{}
+	mi := &file_factory_v1_fleet_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SendCommandRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SendCommandRequest) ProtoMessage() {}
+
+func (x *SendCommandRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_fleet_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SendCommandRequest.ProtoReflect.Descriptor instead.
+func (*SendCommandRequest) Descriptor() ([]byte, []int) {
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *SendCommandRequest) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *SendCommandRequest) GetCommand() isSendCommandRequest_Command {
+	if x != nil {
+		return x.Command
+	}
+	return nil
+}
+
+func (x *SendCommandRequest) GetRestartAgent() *RestartAgent {
+	if x != nil {
+		if x, ok := x.Command.(*SendCommandRequest_RestartAgent); ok {
+			return x.RestartAgent
+		}
+	}
+	return nil
+}
+
+func (x *SendCommandRequest) GetDrain() *DrainHost {
+	if x != nil {
+		if x, ok := x.Command.(*SendCommandRequest_Drain); ok {
+			return x.Drain
+		}
+	}
+	return nil
+}
+
+func (x *SendCommandRequest) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
+type isSendCommandRequest_Command interface {
+	isSendCommandRequest_Command()
+}
+
+type SendCommandRequest_RestartAgent struct {
+	// Restart one of the host's agents.
+	RestartAgent *RestartAgent `protobuf:"bytes,2,opt,name=restart_agent,json=restartAgent,proto3,oneof"`
+}
+
+type SendCommandRequest_Drain struct {
+	// Drain the host (an empty message: nothing in it to check).
+	Drain *DrainHost `protobuf:"bytes,3,opt,name=drain,proto3,oneof"`
+}
+
+func (*SendCommandRequest_RestartAgent) isSendCommandRequest_Command() {}
+
+func (*SendCommandRequest_Drain) isSendCommandRequest_Command() {}
+
+// SendCommandResponse is the sidecar's answer.
+type SendCommandResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The sidecar's result.
+	Result        *CommandResult `protobuf:"bytes,1,opt,name=result,proto3" json:"result,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SendCommandResponse) Reset() {
+	*x = SendCommandResponse{}
+	mi := &file_factory_v1_fleet_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SendCommandResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SendCommandResponse) ProtoMessage() {}
+
+func (x *SendCommandResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_fleet_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SendCommandResponse.ProtoReflect.Descriptor instead.
+func (*SendCommandResponse) Descriptor() ([]byte, []int) {
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *SendCommandResponse) GetResult() *CommandResult {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
 var File_factory_v1_fleet_proto protoreflect.FileDescriptor
 
 const file_factory_v1_fleet_proto_rawDesc = "" +
 	"\n" +
 	"\x16factory/v1/fleet.proto\x12\n" +
-	"factory.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb9\x03\n" +
+	"factory.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x83\x06\n" +
 	"\x0eConnectRequest\x12\x87\x01\n" +
 	"\x05hello\x18\x01 \x01(\v2\x11.factory.v1.HelloB\\\xbaHY\xba\x01V\n" +
 	"\x13hello.agents_unique\x12\x1aagent names must be unique\x1a#this.agents.map(a, a.name).unique()H\x00R\x05hello\x12x\n" +
 	"\theartbeat\x18\x02 \x01(\v2\x15.factory.v1.HeartbeatBA\xbaH>\xba\x01;\n" +
 	"\x11heartbeat.sent_at\x12\x13sent_at is required\x1a\x11has(this.sent_at)H\x00R\theartbeat\x12\x94\x01\n" +
 	"\ttelemetry\x18\x03 \x01(\v2\x15.factory.v1.TelemetryB]\xbaHZ\xba\x01W\n" +
-	"\x15telemetry.gpus_unique\x12\x1aGPU indexes must be unique\x1a\"this.gpus.map(g, g.index).unique()H\x00R\ttelemetryB\f\n" +
-	"\x03msg\x12\x05\xbaH\x02\b\x01\"\xdc\x02\n" +
+	"\x15telemetry.gpus_unique\x12\x1aGPU indexes must be unique\x1a\"this.gpus.map(g, g.index).unique()H\x00R\ttelemetry\x12\x98\x01\n" +
+	"\x06events\x18\x04 \x01(\v2\x17.factory.v1.FleetEventsBe\xbaHb\xba\x01_\n" +
+	"\x11events.ids_unique\x12'event ids must be unique within a batch\x1a!this.events.map(e, e.id).unique()H\x00R\x06events\x12\xac\x01\n" +
+	"\x0ecommand_result\x18\x14 \x01(\v2\x19.factory.v1.CommandResultBh\xbaHe\xba\x01b\n" +
+	"\x1fcommand_result.failure_says_why\x12\"a failed command says why in error\x1a\x1bthis.ok || this.error != ''H\x00R\rcommandResultB\f\n" +
+	"\x03msg\x12\x05\xbaH\x02\b\x01\"J\n" +
+	"\vFleetEvents\x12;\n" +
+	"\x06events\x18\x01 \x03(\v2\x16.factory.v1.FleetEventB\v\xbaH\b\x92\x01\x05\b\x01\x10\xf4\x03R\x06events\"\xd2\x02\n" +
+	"\n" +
+	"FleetEvent\x121\n" +
+	"\x02id\x18\x01 \x01(\tB!\xbaH\x1e\xc8\x01\x01r\x192\x17^[A-Za-z0-9._:-]{1,64}$R\x02id\x125\n" +
+	"\x04kind\x18\x02 \x01(\tB!\xbaH\x1e\xc8\x01\x01r\x192\x17^[a-z][a-z0-9_.]{0,63}$R\x04kind\x12;\n" +
+	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampB\v\xbaH\b\xc8\x01\x01\xb2\x01\x02*\x00R\x04time\x12^\n" +
+	"\n" +
+	"attributes\x18\x04 \x03(\v2&.factory.v1.FleetEvent.AttributesEntryB\x16\xbaH\x13\x9a\x01\x10\x10@\"\x05r\x03\x18\x80\x01*\x05r\x03\x18\x80 R\n" +
+	"attributes\x1a=\n" +
+	"\x0fAttributesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf6\x02\n" +
 	"\x05Hello\x126\n" +
 	"\x04host\x18\x01 \x01(\tB\"\xbaH\x1f\xc8\x01\x01r\x1a2\x18^[A-Za-z0-9._:-]{1,128}$R\x04host\x12!\n" +
 	"\aversion\x18\x02 \x01(\tB\a\xbaH\x04r\x02\x18dR\aversion\x12M\n" +
 	"\x06labels\x18\x03 \x03(\v2\x1d.factory.v1.Hello.LabelsEntryB\x16\xbaH\x13\x9a\x01\x10\x10@\"\x05r\x03\x18\x80\x01*\x05r\x03\x18\x80\x02R\x06labels\x12:\n" +
 	"\x06agents\x18\x04 \x03(\v2\x17.factory.v1.HostedAgentB\t\xbaH\x06\x92\x01\x03\x10\x80\x02R\x06agents\x122\n" +
-	"\fcapabilities\x18\x05 \x03(\tB\x0e\xbaH\v\x92\x01\b\x10 \"\x04r\x02\x18@R\fcapabilities\x1a9\n" +
+	"\fcapabilities\x18\x05 \x03(\tB\x0e\xbaH\v\x92\x01\b\x10 \"\x04r\x02\x18@R\fcapabilities\x12\x18\n" +
+	"\adrained\x18\x14 \x01(\bR\adrained\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x87\x01\n" +
@@ -1689,12 +2378,17 @@ const file_factory_v1_fleet_proto_rawDesc = "" +
 	"\x06target\x18\x03 \x01(\tB\b\xbaH\x05r\x03\x18\x80 R\x06target\x12\x0e\n" +
 	"\x02ok\x18\x04 \x01(\bR\x02ok\x12 \n" +
 	"\x06detail\x18\x05 \x01(\tB\b\xbaH\x05r\x03\x18\xe8\aR\x06detail\x12=\n" +
-	"\alatency\x18\x06 \x01(\v2\x19.google.protobuf.DurationB\b\xbaH\x05\xaa\x01\x022\x00R\alatency\"D\n" +
+	"\alatency\x18\x06 \x01(\v2\x19.google.protobuf.DurationB\b\xbaH\x05\xaa\x01\x022\x00R\alatency\"\xad\x01\n" +
 	"\x0fConnectResponse\x121\n" +
-	"\x06config\x18\x01 \x01(\v2\x19.factory.v1.SidecarConfigR\x06config\"\xa3\x01\n" +
+	"\x06config\x18\x01 \x01(\v2\x19.factory.v1.SidecarConfigR\x06config\x121\n" +
+	"\tevent_ack\x18\n" +
+	" \x01(\v2\x14.factory.v1.EventAckR\beventAck\x124\n" +
+	"\acommand\x18\x14 \x01(\v2\x1a.factory.v1.SidecarCommandR\acommand\"\x1c\n" +
+	"\bEventAck\x12\x10\n" +
+	"\x03ids\x18\x01 \x03(\tR\x03ids\"\xa3\x01\n" +
 	"\rSidecarConfig\x12H\n" +
 	"\x12heartbeat_interval\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\x12H\n" +
-	"\x12telemetry_interval\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x11telemetryInterval\"\x98\x04\n" +
+	"\x12telemetry_interval\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x11telemetryInterval\"\xe5\x04\n" +
 	"\x04Node\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12+\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x15.factory.v1.NodeStateR\x05state\x12\x18\n" +
@@ -1707,7 +2401,9 @@ const file_factory_v1_fleet_proto_rawDesc = "" +
 	"\tlast_seen\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\x123\n" +
 	"\ttelemetry\x18\n" +
 	" \x01(\v2\x15.factory.v1.TelemetryR\ttelemetry\x12=\n" +
-	"\ftelemetry_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\vtelemetryAt\x1a9\n" +
+	"\ftelemetry_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\vtelemetryAt\x121\n" +
+	"\x15model_swaps_last_hour\x18\x14 \x01(\x05R\x12modelSwapsLastHour\x12\x18\n" +
+	"\adrained\x18\x1e \x01(\bR\adrained\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xcc\x01\n" +
@@ -1736,12 +2432,37 @@ const file_factory_v1_fleet_proto_rawDesc = "" +
 	"\x11WatchFleetRequest\"g\n" +
 	"\x12WatchFleetResponse\x12&\n" +
 	"\x05nodes\x18\x01 \x03(\v2\x10.factory.v1.NodeR\x05nodes\x12)\n" +
-	"\x06agents\x18\x02 \x03(\v2\x11.factory.v1.AgentR\x06agents*l\n" +
+	"\x06agents\x18\x02 \x03(\v2\x11.factory.v1.AgentR\x06agents\"\x9b\x01\n" +
+	"\x0eSidecarCommand\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12?\n" +
+	"\rrestart_agent\x18\x02 \x01(\v2\x18.factory.v1.RestartAgentH\x00R\frestartAgent\x12-\n" +
+	"\x05drain\x18\x03 \x01(\v2\x15.factory.v1.DrainHostH\x00R\x05drainB\t\n" +
+	"\acommand\"F\n" +
+	"\fRestartAgent\x126\n" +
+	"\x04name\x18\x01 \x01(\tB\"\xbaH\x1f\xc8\x01\x01r\x1a2\x18^[A-Za-z0-9._:-]{1,128}$R\x04name\"\v\n" +
+	"\tDrainHost\"\xb7\x01\n" +
+	"\rCommandResult\x12\x1a\n" +
+	"\x02id\x18\x01 \x01(\tB\n" +
+	"\xbaH\a\xc8\x01\x01r\x02\x18@R\x02id\x12\x0e\n" +
+	"\x02ok\x18\x02 \x01(\bR\x02ok\x12!\n" +
+	"\x06output\x18\x03 \x01(\tB\t\xbaH\x06r\x04\x18\x80\x80\x04R\x06output\x12\x1e\n" +
+	"\x05error\x18\x04 \x01(\tB\b\xbaH\x05r\x03\x18\xe8\aR\x05error\x127\n" +
+	"\x04took\x18\x05 \x01(\v2\x19.google.protobuf.DurationB\b\xbaH\x05\xaa\x01\x022\x00R\x04took\"\xe6\x02\n" +
+	"\x12SendCommandRequest\x126\n" +
+	"\x04host\x18\x01 \x01(\tB\"\xbaH\x1f\xc8\x01\x01r\x1a2\x18^[A-Za-z0-9._:-]{1,128}$R\x04host\x12\x8a\x01\n" +
+	"\rrestart_agent\x18\x02 \x01(\v2\x18.factory.v1.RestartAgentBI\xbaHF\xba\x01C\n" +
+	"\x12restart_agent.name\x12\x1cthe agent's name is required\x1a\x0fthis.name != ''H\x00R\frestartAgent\x125\n" +
+	"\x05drain\x18\x03 \x01(\v2\x15.factory.v1.DrainHostB\x06\xbaH\x03\xd8\x01\x03H\x00R\x05drain\x12B\n" +
+	"\atimeout\x18\x04 \x01(\v2\x19.google.protobuf.DurationB\r\xbaH\n" +
+	"\xaa\x01\a\"\x03\b\xd8\x042\x00R\atimeoutB\x10\n" +
+	"\acommand\x12\x05\xbaH\x02\b\x01\"H\n" +
+	"\x13SendCommandResponse\x121\n" +
+	"\x06result\x18\x01 \x01(\v2\x19.factory.v1.CommandResultR\x06result*l\n" +
 	"\tNodeState\x12\x1a\n" +
 	"\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11NODE_STATE_ONLINE\x10\x01\x12\x14\n" +
 	"\x10NODE_STATE_STALE\x10\x02\x12\x16\n" +
-	"\x12NODE_STATE_OFFLINE\x10\x032\x86\x03\n" +
+	"\x12NODE_STATE_OFFLINE\x10\x032\xd6\x03\n" +
 	"\fFleetService\x12F\n" +
 	"\aConnect\x12\x1a.factory.v1.ConnectRequest\x1a\x1b.factory.v1.ConnectResponse(\x010\x01\x12H\n" +
 	"\tListNodes\x12\x1c.factory.v1.ListNodesRequest\x1a\x1d.factory.v1.ListNodesResponse\x12K\n" +
@@ -1749,7 +2470,8 @@ const file_factory_v1_fleet_proto_rawDesc = "" +
 	"ListAgents\x12\x1d.factory.v1.ListAgentsRequest\x1a\x1e.factory.v1.ListAgentsResponse\x12H\n" +
 	"\tGetHealth\x12\x1c.factory.v1.GetHealthRequest\x1a\x1d.factory.v1.GetHealthResponse\x12M\n" +
 	"\n" +
-	"WatchFleet\x12\x1d.factory.v1.WatchFleetRequest\x1a\x1e.factory.v1.WatchFleetResponse0\x01B5Z3github.com/factory/factory/gen/factory/v1;factoryv1b\x06proto3"
+	"WatchFleet\x12\x1d.factory.v1.WatchFleetRequest\x1a\x1e.factory.v1.WatchFleetResponse0\x01\x12N\n" +
+	"\vSendCommand\x12\x1e.factory.v1.SendCommandRequest\x1a\x1f.factory.v1.SendCommandResponseB5Z3github.com/factory/factory/gen/factory/v1;factoryv1b\x06proto3"
 
 var (
 	file_factory_v1_fleet_proto_rawDescOnce sync.Once
@@ -1764,80 +2486,106 @@ func file_factory_v1_fleet_proto_rawDescGZIP() []byte {
 }
 
 var file_factory_v1_fleet_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_factory_v1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_factory_v1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_factory_v1_fleet_proto_goTypes = []any{
 	(NodeState)(0),                // 0: factory.v1.NodeState
 	(*ConnectRequest)(nil),        // 1: factory.v1.ConnectRequest
-	(*Hello)(nil),                 // 2: factory.v1.Hello
-	(*HostedAgent)(nil),           // 3: factory.v1.HostedAgent
-	(*Heartbeat)(nil),             // 4: factory.v1.Heartbeat
-	(*Telemetry)(nil),             // 5: factory.v1.Telemetry
-	(*GpuDevice)(nil),             // 6: factory.v1.GpuDevice
-	(*GpuProcess)(nil),            // 7: factory.v1.GpuProcess
-	(*DiskUsage)(nil),             // 8: factory.v1.DiskUsage
-	(*ProbeResult)(nil),           // 9: factory.v1.ProbeResult
-	(*ConnectResponse)(nil),       // 10: factory.v1.ConnectResponse
-	(*SidecarConfig)(nil),         // 11: factory.v1.SidecarConfig
-	(*Node)(nil),                  // 12: factory.v1.Node
-	(*Agent)(nil),                 // 13: factory.v1.Agent
-	(*ListNodesRequest)(nil),      // 14: factory.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),     // 15: factory.v1.ListNodesResponse
-	(*ListAgentsRequest)(nil),     // 16: factory.v1.ListAgentsRequest
-	(*ListAgentsResponse)(nil),    // 17: factory.v1.ListAgentsResponse
-	(*GetHealthRequest)(nil),      // 18: factory.v1.GetHealthRequest
-	(*HealthCheck)(nil),           // 19: factory.v1.HealthCheck
-	(*GetHealthResponse)(nil),     // 20: factory.v1.GetHealthResponse
-	(*WatchFleetRequest)(nil),     // 21: factory.v1.WatchFleetRequest
-	(*WatchFleetResponse)(nil),    // 22: factory.v1.WatchFleetResponse
-	nil,                           // 23: factory.v1.Hello.LabelsEntry
-	nil,                           // 24: factory.v1.Node.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 25: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 26: google.protobuf.Duration
+	(*FleetEvents)(nil),           // 2: factory.v1.FleetEvents
+	(*FleetEvent)(nil),            // 3: factory.v1.FleetEvent
+	(*Hello)(nil),                 // 4: factory.v1.Hello
+	(*HostedAgent)(nil),           // 5: factory.v1.HostedAgent
+	(*Heartbeat)(nil),             // 6: factory.v1.Heartbeat
+	(*Telemetry)(nil),             // 7: factory.v1.Telemetry
+	(*GpuDevice)(nil),             // 8: factory.v1.GpuDevice
+	(*GpuProcess)(nil),            // 9: factory.v1.GpuProcess
+	(*DiskUsage)(nil),             // 10: factory.v1.DiskUsage
+	(*ProbeResult)(nil),           // 11: factory.v1.ProbeResult
+	(*ConnectResponse)(nil),       // 12: factory.v1.ConnectResponse
+	(*EventAck)(nil),              // 13: factory.v1.EventAck
+	(*SidecarConfig)(nil),         // 14: factory.v1.SidecarConfig
+	(*Node)(nil),                  // 15: factory.v1.Node
+	(*Agent)(nil),                 // 16: factory.v1.Agent
+	(*ListNodesRequest)(nil),      // 17: factory.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),     // 18: factory.v1.ListNodesResponse
+	(*ListAgentsRequest)(nil),     // 19: factory.v1.ListAgentsRequest
+	(*ListAgentsResponse)(nil),    // 20: factory.v1.ListAgentsResponse
+	(*GetHealthRequest)(nil),      // 21: factory.v1.GetHealthRequest
+	(*HealthCheck)(nil),           // 22: factory.v1.HealthCheck
+	(*GetHealthResponse)(nil),     // 23: factory.v1.GetHealthResponse
+	(*WatchFleetRequest)(nil),     // 24: factory.v1.WatchFleetRequest
+	(*WatchFleetResponse)(nil),    // 25: factory.v1.WatchFleetResponse
+	(*SidecarCommand)(nil),        // 26: factory.v1.SidecarCommand
+	(*RestartAgent)(nil),          // 27: factory.v1.RestartAgent
+	(*DrainHost)(nil),             // 28: factory.v1.DrainHost
+	(*CommandResult)(nil),         // 29: factory.v1.CommandResult
+	(*SendCommandRequest)(nil),    // 30: factory.v1.SendCommandRequest
+	(*SendCommandResponse)(nil),   // 31: factory.v1.SendCommandResponse
+	nil,                           // 32: factory.v1.FleetEvent.AttributesEntry
+	nil,                           // 33: factory.v1.Hello.LabelsEntry
+	nil,                           // 34: factory.v1.Node.LabelsEntry
+	(*timestamppb.Timestamp)(nil), // 35: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 36: google.protobuf.Duration
 }
 var file_factory_v1_fleet_proto_depIdxs = []int32{
-	2,  // 0: factory.v1.ConnectRequest.hello:type_name -> factory.v1.Hello
-	4,  // 1: factory.v1.ConnectRequest.heartbeat:type_name -> factory.v1.Heartbeat
-	5,  // 2: factory.v1.ConnectRequest.telemetry:type_name -> factory.v1.Telemetry
-	23, // 3: factory.v1.Hello.labels:type_name -> factory.v1.Hello.LabelsEntry
-	3,  // 4: factory.v1.Hello.agents:type_name -> factory.v1.HostedAgent
-	25, // 5: factory.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
-	25, // 6: factory.v1.Telemetry.collected_at:type_name -> google.protobuf.Timestamp
-	6,  // 7: factory.v1.Telemetry.gpus:type_name -> factory.v1.GpuDevice
-	8,  // 8: factory.v1.Telemetry.disks:type_name -> factory.v1.DiskUsage
-	9,  // 9: factory.v1.Telemetry.probes:type_name -> factory.v1.ProbeResult
-	7,  // 10: factory.v1.GpuDevice.processes:type_name -> factory.v1.GpuProcess
-	26, // 11: factory.v1.ProbeResult.latency:type_name -> google.protobuf.Duration
-	11, // 12: factory.v1.ConnectResponse.config:type_name -> factory.v1.SidecarConfig
-	26, // 13: factory.v1.SidecarConfig.heartbeat_interval:type_name -> google.protobuf.Duration
-	26, // 14: factory.v1.SidecarConfig.telemetry_interval:type_name -> google.protobuf.Duration
-	0,  // 15: factory.v1.Node.state:type_name -> factory.v1.NodeState
-	24, // 16: factory.v1.Node.labels:type_name -> factory.v1.Node.LabelsEntry
-	25, // 17: factory.v1.Node.connected_at:type_name -> google.protobuf.Timestamp
-	25, // 18: factory.v1.Node.last_seen:type_name -> google.protobuf.Timestamp
-	5,  // 19: factory.v1.Node.telemetry:type_name -> factory.v1.Telemetry
-	25, // 20: factory.v1.Node.telemetry_at:type_name -> google.protobuf.Timestamp
-	0,  // 21: factory.v1.Agent.state:type_name -> factory.v1.NodeState
-	25, // 22: factory.v1.Agent.last_seen:type_name -> google.protobuf.Timestamp
-	12, // 23: factory.v1.ListNodesResponse.nodes:type_name -> factory.v1.Node
-	13, // 24: factory.v1.ListAgentsResponse.agents:type_name -> factory.v1.Agent
-	19, // 25: factory.v1.GetHealthResponse.checks:type_name -> factory.v1.HealthCheck
-	12, // 26: factory.v1.WatchFleetResponse.nodes:type_name -> factory.v1.Node
-	13, // 27: factory.v1.WatchFleetResponse.agents:type_name -> factory.v1.Agent
-	1,  // 28: factory.v1.FleetService.Connect:input_type -> factory.v1.ConnectRequest
-	14, // 29: factory.v1.FleetService.ListNodes:input_type -> factory.v1.ListNodesRequest
-	16, // 30: factory.v1.FleetService.ListAgents:input_type -> factory.v1.ListAgentsRequest
-	18, // 31: factory.v1.FleetService.GetHealth:input_type -> factory.v1.GetHealthRequest
-	21, // 32: factory.v1.FleetService.WatchFleet:input_type -> factory.v1.WatchFleetRequest
-	10, // 33: factory.v1.FleetService.Connect:output_type -> factory.v1.ConnectResponse
-	15, // 34: factory.v1.FleetService.ListNodes:output_type -> factory.v1.ListNodesResponse
-	17, // 35: factory.v1.FleetService.ListAgents:output_type -> factory.v1.ListAgentsResponse
-	20, // 36: factory.v1.FleetService.GetHealth:output_type -> factory.v1.GetHealthResponse
-	22, // 37: factory.v1.FleetService.WatchFleet:output_type -> factory.v1.WatchFleetResponse
-	33, // [33:38] is the sub-list for method output_type
-	28, // [28:33] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	4,  // 0: factory.v1.ConnectRequest.hello:type_name -> factory.v1.Hello
+	6,  // 1: factory.v1.ConnectRequest.heartbeat:type_name -> factory.v1.Heartbeat
+	7,  // 2: factory.v1.ConnectRequest.telemetry:type_name -> factory.v1.Telemetry
+	2,  // 3: factory.v1.ConnectRequest.events:type_name -> factory.v1.FleetEvents
+	29, // 4: factory.v1.ConnectRequest.command_result:type_name -> factory.v1.CommandResult
+	3,  // 5: factory.v1.FleetEvents.events:type_name -> factory.v1.FleetEvent
+	35, // 6: factory.v1.FleetEvent.time:type_name -> google.protobuf.Timestamp
+	32, // 7: factory.v1.FleetEvent.attributes:type_name -> factory.v1.FleetEvent.AttributesEntry
+	33, // 8: factory.v1.Hello.labels:type_name -> factory.v1.Hello.LabelsEntry
+	5,  // 9: factory.v1.Hello.agents:type_name -> factory.v1.HostedAgent
+	35, // 10: factory.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
+	35, // 11: factory.v1.Telemetry.collected_at:type_name -> google.protobuf.Timestamp
+	8,  // 12: factory.v1.Telemetry.gpus:type_name -> factory.v1.GpuDevice
+	10, // 13: factory.v1.Telemetry.disks:type_name -> factory.v1.DiskUsage
+	11, // 14: factory.v1.Telemetry.probes:type_name -> factory.v1.ProbeResult
+	9,  // 15: factory.v1.GpuDevice.processes:type_name -> factory.v1.GpuProcess
+	36, // 16: factory.v1.ProbeResult.latency:type_name -> google.protobuf.Duration
+	14, // 17: factory.v1.ConnectResponse.config:type_name -> factory.v1.SidecarConfig
+	13, // 18: factory.v1.ConnectResponse.event_ack:type_name -> factory.v1.EventAck
+	26, // 19: factory.v1.ConnectResponse.command:type_name -> factory.v1.SidecarCommand
+	36, // 20: factory.v1.SidecarConfig.heartbeat_interval:type_name -> google.protobuf.Duration
+	36, // 21: factory.v1.SidecarConfig.telemetry_interval:type_name -> google.protobuf.Duration
+	0,  // 22: factory.v1.Node.state:type_name -> factory.v1.NodeState
+	34, // 23: factory.v1.Node.labels:type_name -> factory.v1.Node.LabelsEntry
+	35, // 24: factory.v1.Node.connected_at:type_name -> google.protobuf.Timestamp
+	35, // 25: factory.v1.Node.last_seen:type_name -> google.protobuf.Timestamp
+	7,  // 26: factory.v1.Node.telemetry:type_name -> factory.v1.Telemetry
+	35, // 27: factory.v1.Node.telemetry_at:type_name -> google.protobuf.Timestamp
+	0,  // 28: factory.v1.Agent.state:type_name -> factory.v1.NodeState
+	35, // 29: factory.v1.Agent.last_seen:type_name -> google.protobuf.Timestamp
+	15, // 30: factory.v1.ListNodesResponse.nodes:type_name -> factory.v1.Node
+	16, // 31: factory.v1.ListAgentsResponse.agents:type_name -> factory.v1.Agent
+	22, // 32: factory.v1.GetHealthResponse.checks:type_name -> factory.v1.HealthCheck
+	15, // 33: factory.v1.WatchFleetResponse.nodes:type_name -> factory.v1.Node
+	16, // 34: factory.v1.WatchFleetResponse.agents:type_name -> factory.v1.Agent
+	27, // 35: factory.v1.SidecarCommand.restart_agent:type_name -> factory.v1.RestartAgent
+	28, // 36: factory.v1.SidecarCommand.drain:type_name -> factory.v1.DrainHost
+	36, // 37: factory.v1.CommandResult.took:type_name -> google.protobuf.Duration
+	27, // 38: factory.v1.SendCommandRequest.restart_agent:type_name -> factory.v1.RestartAgent
+	28, // 39: factory.v1.SendCommandRequest.drain:type_name -> factory.v1.DrainHost
+	36, // 40: factory.v1.SendCommandRequest.timeout:type_name -> google.protobuf.Duration
+	29, // 41: factory.v1.SendCommandResponse.result:type_name -> factory.v1.CommandResult
+	1,  // 42: factory.v1.FleetService.Connect:input_type -> factory.v1.ConnectRequest
+	17, // 43: factory.v1.FleetService.ListNodes:input_type -> factory.v1.ListNodesRequest
+	19, // 44: factory.v1.FleetService.ListAgents:input_type -> factory.v1.ListAgentsRequest
+	21, // 45: factory.v1.FleetService.GetHealth:input_type -> factory.v1.GetHealthRequest
+	24, // 46: factory.v1.FleetService.WatchFleet:input_type -> factory.v1.WatchFleetRequest
+	30, // 47: factory.v1.FleetService.SendCommand:input_type -> factory.v1.SendCommandRequest
+	12, // 48: factory.v1.FleetService.Connect:output_type -> factory.v1.ConnectResponse
+	18, // 49: factory.v1.FleetService.ListNodes:output_type -> factory.v1.ListNodesResponse
+	20, // 50: factory.v1.FleetService.ListAgents:output_type -> factory.v1.ListAgentsResponse
+	23, // 51: factory.v1.FleetService.GetHealth:output_type -> factory.v1.GetHealthResponse
+	25, // 52: factory.v1.FleetService.WatchFleet:output_type -> factory.v1.WatchFleetResponse
+	31, // 53: factory.v1.FleetService.SendCommand:output_type -> factory.v1.SendCommandResponse
+	48, // [48:54] is the sub-list for method output_type
+	42, // [42:48] is the sub-list for method input_type
+	42, // [42:42] is the sub-list for extension type_name
+	42, // [42:42] is the sub-list for extension extendee
+	0,  // [0:42] is the sub-list for field type_name
 }
 
 func init() { file_factory_v1_fleet_proto_init() }
@@ -1849,6 +2597,16 @@ func file_factory_v1_fleet_proto_init() {
 		(*ConnectRequest_Hello)(nil),
 		(*ConnectRequest_Heartbeat)(nil),
 		(*ConnectRequest_Telemetry)(nil),
+		(*ConnectRequest_Events)(nil),
+		(*ConnectRequest_CommandResult)(nil),
+	}
+	file_factory_v1_fleet_proto_msgTypes[25].OneofWrappers = []any{
+		(*SidecarCommand_RestartAgent)(nil),
+		(*SidecarCommand_Drain)(nil),
+	}
+	file_factory_v1_fleet_proto_msgTypes[29].OneofWrappers = []any{
+		(*SendCommandRequest_RestartAgent)(nil),
+		(*SendCommandRequest_Drain)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1856,7 +2614,7 @@ func file_factory_v1_fleet_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_factory_v1_fleet_proto_rawDesc), len(file_factory_v1_fleet_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   24,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

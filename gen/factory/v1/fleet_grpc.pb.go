@@ -19,11 +19,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	FleetService_Connect_FullMethodName    = "/factory.v1.FleetService/Connect"
-	FleetService_ListNodes_FullMethodName  = "/factory.v1.FleetService/ListNodes"
-	FleetService_ListAgents_FullMethodName = "/factory.v1.FleetService/ListAgents"
-	FleetService_GetHealth_FullMethodName  = "/factory.v1.FleetService/GetHealth"
-	FleetService_WatchFleet_FullMethodName = "/factory.v1.FleetService/WatchFleet"
+	FleetService_Connect_FullMethodName     = "/factory.v1.FleetService/Connect"
+	FleetService_ListNodes_FullMethodName   = "/factory.v1.FleetService/ListNodes"
+	FleetService_ListAgents_FullMethodName  = "/factory.v1.FleetService/ListAgents"
+	FleetService_GetHealth_FullMethodName   = "/factory.v1.FleetService/GetHealth"
+	FleetService_WatchFleet_FullMethodName  = "/factory.v1.FleetService/WatchFleet"
+	FleetService_SendCommand_FullMethodName = "/factory.v1.FleetService/SendCommand"
 )
 
 // FleetServiceClient is the client API for FleetService service.
@@ -57,6 +58,14 @@ type FleetServiceClient interface {
 	// the whole view again whenever a node registers, disconnects, reports
 	// telemetry or changes liveness.
 	WatchFleet(ctx context.Context, in *WatchFleetRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchFleetResponse], error)
+	// SendCommand hands a command to a host's sidecar over its Connect stream
+	// and waits for the sidecar's result: restart one of its agents with the
+	// host's configured restart command (the runbook's "restart forge"), or
+	// drain the host. The sidecar must be connected to this control plane
+	// (with replicas, to the one called): FAILED_PRECONDITION otherwise; a
+	// result later than the timeout is DEADLINE_EXCEEDED, though the command
+	// may still run. Operators only, audited.
+	SendCommand(ctx context.Context, in *SendCommandRequest, opts ...grpc.CallOption) (*SendCommandResponse, error)
 }
 
 type fleetServiceClient struct {
@@ -129,6 +138,16 @@ func (c *fleetServiceClient) WatchFleet(ctx context.Context, in *WatchFleetReque
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type FleetService_WatchFleetClient = grpc.ServerStreamingClient[WatchFleetResponse]
 
+func (c *fleetServiceClient) SendCommand(ctx context.Context, in *SendCommandRequest, opts ...grpc.CallOption) (*SendCommandResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SendCommandResponse)
+	err := c.cc.Invoke(ctx, FleetService_SendCommand_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // FleetServiceServer is the server API for FleetService service.
 // All implementations must embed UnimplementedFleetServiceServer
 // for forward compatibility.
@@ -160,6 +179,14 @@ type FleetServiceServer interface {
 	// the whole view again whenever a node registers, disconnects, reports
 	// telemetry or changes liveness.
 	WatchFleet(*WatchFleetRequest, grpc.ServerStreamingServer[WatchFleetResponse]) error
+	// SendCommand hands a command to a host's sidecar over its Connect stream
+	// and waits for the sidecar's result: restart one of its agents with the
+	// host's configured restart command (the runbook's "restart forge"), or
+	// drain the host. The sidecar must be connected to this control plane
+	// (with replicas, to the one called): FAILED_PRECONDITION otherwise; a
+	// result later than the timeout is DEADLINE_EXCEEDED, though the command
+	// may still run. Operators only, audited.
+	SendCommand(context.Context, *SendCommandRequest) (*SendCommandResponse, error)
 	mustEmbedUnimplementedFleetServiceServer()
 }
 
@@ -184,6 +211,9 @@ func (UnimplementedFleetServiceServer) GetHealth(context.Context, *GetHealthRequ
 }
 func (UnimplementedFleetServiceServer) WatchFleet(*WatchFleetRequest, grpc.ServerStreamingServer[WatchFleetResponse]) error {
 	return status.Error(codes.Unimplemented, "method WatchFleet not implemented")
+}
+func (UnimplementedFleetServiceServer) SendCommand(context.Context, *SendCommandRequest) (*SendCommandResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SendCommand not implemented")
 }
 func (UnimplementedFleetServiceServer) mustEmbedUnimplementedFleetServiceServer() {}
 func (UnimplementedFleetServiceServer) testEmbeddedByValue()                      {}
@@ -278,6 +308,24 @@ func _FleetService_WatchFleet_Handler(srv interface{}, stream grpc.ServerStream)
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type FleetService_WatchFleetServer = grpc.ServerStreamingServer[WatchFleetResponse]
 
+func _FleetService_SendCommand_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SendCommandRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FleetServiceServer).SendCommand(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FleetService_SendCommand_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FleetServiceServer).SendCommand(ctx, req.(*SendCommandRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // FleetService_ServiceDesc is the grpc.ServiceDesc for FleetService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -296,6 +344,10 @@ var FleetService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetHealth",
 			Handler:    _FleetService_GetHealth_Handler,
+		},
+		{
+			MethodName: "SendCommand",
+			Handler:    _FleetService_SendCommand_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

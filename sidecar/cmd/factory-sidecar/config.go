@@ -6,10 +6,13 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/factory/factory/sidecar/logwatch"
 	"github.com/factory/factory/sidecar/probe"
+	"github.com/factory/factory/sidecar/swapwatch"
 )
 
 // config is the sidecar's YAML file (--config / FACTORY_SIDECAR_CONFIG). Every
@@ -33,6 +36,16 @@ type config struct {
 	} `yaml:"disk"`
 	// Probes are the local services to check each interval.
 	Probes []probe.Spec `yaml:"probes"`
+	// LogWatch counts pattern matches in logs (the model-swap rate).
+	LogWatch []logwatch.Spec `yaml:"log_watch"`
+	// SwapWatch detects model swaps from inference servers' APIs.
+	SwapWatch []swapwatch.Spec `yaml:"swap_watch"`
+	// Spool is where events wait until the control plane acks them.
+	Spool struct {
+		// Path is the spool file (default $STATE_DIRECTORY/events.jsonl,
+		// else ~/.local/state/factory-sidecar/events.jsonl).
+		Path string `yaml:"path"`
+	} `yaml:"spool"`
 }
 
 type agentConfig struct {
@@ -41,6 +54,14 @@ type agentConfig struct {
 	Capabilities []string `yaml:"capabilities"`
 	PID          int      `yaml:"pid"`
 	PIDFile      string   `yaml:"pid_file"`
+	// RestartCommand is run by `sh -c` when an operator restarts this
+	// agent (`factory agents restart NAME`), e.g. "systemctl restart
+	// forge"; without one the agent cannot be restarted from the control
+	// plane.
+	RestartCommand string `yaml:"restart_command"`
+	// RestartTimeout bounds RestartCommand (default 30s): a hung script
+	// must not hold the command forever.
+	RestartTimeout time.Duration `yaml:"restart_timeout"`
 }
 
 func loadSidecarConfig(path string) (config, error) {

@@ -72,8 +72,9 @@ func telemetryOf(r readings) *factoryv1.Telemetry {
 // config, telemetry from the collectors.
 func streamConfig(cfg config, c *collectors, log *slog.Logger) stream.Config {
 	return stream.Config{
-		Hello:   cfg.hello(),
-		Collect: func(ctx context.Context) *factoryv1.Telemetry { return telemetryOf(c.collect(ctx)) },
-		Logger:  log,
+		Hello:     cfg.hello(),
+		Collect:   func(ctx context.Context) *factoryv1.Telemetry { return telemetryOf(c.collect(ctx)) },
+		Logger:    log,
+		OnCommand: restarter(cfg.Agents, log),
 	}
 }

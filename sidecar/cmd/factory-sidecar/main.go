@@ -118,7 +118,13 @@ func connectAndStream(ctx context.Context, conn *grpc.ClientConn, configPath, to
 	}
 	c := newCollectors(cfg, log)
 	defer c.close()
+	sp, stopEvents, err := startEventSources(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer stopEvents()
 	sc := streamConfig(cfg, c, log)
+	sc.Spool = sp
 	sc.Conn = conn
 	sc.CallOptions = []grpc.CallOption{grpc.PerRPCCredentials(access.Bearer{Secret: token, Plaintext: plaintext})}
 	return stream.Run(ctx, sc)
