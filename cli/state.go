@@ -43,10 +43,11 @@ type dumpCounts struct {
 	Tasks        int64 `json:"tasks"`
 	Tokens       int64 `json:"tokens"`
 	AuditEntries int64 `json:"audit_entries"`
+	FleetEvents  int64 `json:"fleet_events"`
 }
 
 func countsOf(c *factoryv1.DumpCounts) dumpCounts {
-	return dumpCounts{Queue: c.GetQueue(), Tasks: c.GetTasks(), Tokens: c.GetTokens(), AuditEntries: c.GetAuditEntries()}
+	return dumpCounts{Queue: c.GetQueue(), Tasks: c.GetTasks(), Tokens: c.GetTokens(), AuditEntries: c.GetAuditEntries(), FleetEvents: c.GetFleetEvents()}
 }
 
 func (c dumpCounts) String() string {
@@ -57,7 +58,8 @@ func (c dumpCounts) String() string {
 		return fmt.Sprintf("%d %s", n, many)
 	}
 	return plural(c.Queue, "queue record", "queue records") + ", " + plural(c.Tasks, "task", "tasks") + ", " +
-		plural(c.Tokens, "token", "tokens") + ", " + plural(c.AuditEntries, "audit entry", "audit entries")
+		plural(c.Tokens, "token", "tokens") + ", " + plural(c.AuditEntries, "audit entry", "audit entries") + ", " +
+		plural(c.FleetEvents, "fleet event", "fleet events")
 }
 
 // writeCountsTable prints counts as a KIND/RECORDS table.
@@ -68,6 +70,7 @@ func writeCountsTable(w io.Writer, c dumpCounts) error {
 	fmt.Fprintf(tw, "tasks\t%d\n", c.Tasks)
 	fmt.Fprintf(tw, "tokens\t%d\n", c.Tokens)
 	fmt.Fprintf(tw, "audit entries\t%d\n", c.AuditEntries)
+	fmt.Fprintf(tw, "fleet events\t%d\n", c.FleetEvents)
 	return tw.Flush()
 }
 
@@ -101,7 +104,8 @@ func newExportCommand(a *app) *cobra.Command {
 queue's pause switch and reason; every task with every field (id, state,
 attempt, lease holder, fencing token and expiry, run_after, dependencies,
 labels, payload, errors, notes, every timestamp); every access token, as
-the hash of its secret (never the secret); and the audit log. It is read
+the hash of its secret (never the secret); the audit log; and the fleet
+events sidecars reported (model swaps, log-watch counts). It is read
 from one snapshot while the factory keeps working. "factory import" loads
 it into another control plane, such as one on PostgreSQL.
 
@@ -234,15 +238,19 @@ func newImportCommand(a *app) *cobra.Command {
 nothing: tasks keep their ids, states, attempts, leases, fencing tokens,
 creation order (so FIFO order holds) and every time; the queue keeps its
 pause; tokens keep working, because their hashes move with them; the audit
-log keeps its entries and ids. Waiting agents are woken for the tasks that
-arrive. The import itself is recorded in the audit log.
+log keeps its entries and ids; fleet events keep their ids and order.
+Waiting agents are woken for the tasks that arrive. The import itself is
+recorded in the audit log.
 
 The store must be empty: a control plane fresh on its database, holding
 only the operator token it made at first start (which stays, so the
-import can be run with it). Otherwise it is refused, unless --merge:
-then nothing is overwritten (a task or token that exists is an error
-naming it), the merged tasks queue behind those already there, audit
-entries are appended, and the dump's queue pause must match this one's.
+import can be run with it). Fleet events do not count: sidecars may
+report to the new control plane before the import, and a fleet event
+whose id is already stored is skipped, as a sidecar's replay of it is.
+Otherwise it is refused, unless --merge: then nothing is overwritten (a
+task or token that exists is an error naming it), the merged tasks queue
+behind those already there, audit entries are appended, and the dump's
+queue pause must match this one's.
 
 A damaged, truncated or unknown dump is refused naming the line, before
 anything is written.`,

@@ -18,6 +18,8 @@ import (
 
 	"github.com/factory/factory/cli"
 	"github.com/factory/factory/controlplane/server"
+	"github.com/factory/factory/controlplane/store"
+	"github.com/factory/factory/controlplane/store/sqlite"
 )
 
 // startControlPlaneOn serves a control plane on the given store until the
@@ -105,7 +107,12 @@ func TestMoveFromSQLiteToPostgres(t *testing.T) {
 		t.Skip("FACTORY_TEST_POSTGRES_URL is not set; to run the SQLite-to-PostgreSQL move, point it at a database the test may " +
 			"create schemas in, e.g. FACTORY_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test?sslmode=disable")
 	}
-	old := newShell(t)
+	// The SQLite file is named so that fleet events, which sidecars
+	// report over a stream no command drives, can be written to it
+	// directly.
+	oldDB := filepath.Join(t.TempDir(), "factory.db")
+	oldAddr, oldToken := startControlPlaneOn(t, "sqlite:"+oldDB, "")
+	old := &shell{t: t, addr: oldAddr, token: oldToken, stateFile: filepath.Join(t.TempDir(), "leases.json")}
 	old.ok("task", "create", "--id", "spec", "--title", "Write the spec", "--role", "researcher", "--priority", "2",
 		"--payload", `{"topic": "leases",  "refs": [1, 2.50]}`, "--label", "proj=factory", "--label", "a=1")
 	old.ok("task", "create", "--id", "impl", "--title", "Implement", "--role", "builder", "--depends-on", "spec")
@@ -142,6 +149,7 @@ func TestMoveFromSQLiteToPostgres(t *testing.T) {
 		t.Fatal(err)
 	}
 	old.ok("token", "revoke", gone.Token.ID)
+	appendFleetEvents(t, oldDB)
 
 	dir := t.TempDir()
 	a := filepath.Join(dir, "sqlite.dump")
@@ -206,6 +214,9 @@ func TestMoveFromSQLiteToPostgres(t *testing.T) {
 		}
 		t.Fatalf("PostgreSQL's dump has %d lines, SQLite's %d", len(gl), len(wl))
 	}
+	if n := strings.Count(dumpLines(t, b, func(l string) bool { return !strings.HasPrefix(l, `{"kind":"fleet_event"`) }), "\n"); n != 3 {
+		t.Fatalf("PostgreSQL's dump holds %d fleet events, want 3", n)
+	}
 	// Exactly those additions: the new control plane's own token and one
 	// audit entry for the import.
 	extra := dumpLines(t, b, func(l string) bool { return !added(l) || strings.HasPrefix(l, `{"kind":"end"`) })
@@ -264,5 +275,31 @@ func TestExportAndImportOnOneFile(t *testing.T) {
 	}
 	if st := dst.task("b")["state"]; st != "TASK_STATE_BACKLOG" {
 		t.Fatalf("b after the import: %v", st)
+	}
+}
+
+// appendFleetEvents writes fleet events into the SQLite store at path,
+// beside the control plane serving it (WAL lets both write): out of time
+// order, with attributes in no order, a time with nanoseconds the dump
+// must cut to microseconds alike on both drivers, and one event with no
+// attributes.
+func appendFleetEvents(t *testing.T, path string) {
+	t.Helper()
+	ctx := context.Background()
+	st, err := sqlite.Open(ctx, sqlite.Config{Path: path, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	at := time.Date(2031, 3, 14, 9, 26, 53, 589793238, time.UTC)
+	n, err := st.FleetEventsAppend(ctx, &store.FleetEventsAppendParams{Events: []*store.FleetEvent{
+		{ID: "0195-b", Host: "gpu-1", Kind: "model_swap", Time: at,
+			Attributes: map[string]string{"to": "qwen-32b", "from": "llama-70b", "reason": "<mix> & load"}},
+		{ID: "0195-a", Host: "gpu-2", Kind: "log_count", Time: at.Add(-time.Hour),
+			Attributes: map[string]string{"pattern": "CUDA error", "count": "3"}},
+		{ID: "0195-c", Host: "gpu-1", Kind: "model_swap", Time: at.Add(time.Millisecond)},
+	}})
+	if err != nil || n != 3 {
+		t.Fatalf("FleetEventsAppend: %d, %v", n, err)
 	}
 }

@@ -22,15 +22,16 @@ import (
 //	{"kind":"task","task":{"id":"...","title":"...","state":"READY",...}}
 //	{"kind":"token","token":{"id":"...","hash":"...","role":"agent",...}}
 //	{"kind":"audit","audit":{"id":1,"time":"...","who":"ops",...}}
-//	{"kind":"end","counts":{"queue":1,"tasks":2,"tokens":1,"audit":1}}
+//	{"kind":"fleet_event","fleet_event":{"id":"...","host":"gpu-1","kind":"model_swap","time":"...","attributes":{...}}}
+//	{"kind":"end","counts":{"queue":1,"tasks":2,"tokens":1,"audit":1,"fleet_events":1}}
 //
 // It is canonical, so that two dumps of the same state are the same bytes
 // whichever driver wrote them: every field is always present, in a fixed
 // order; times are RFC 3339 in UTC with exactly six fractional digits
 // (microseconds, the finest resolution both drivers keep: PostgreSQL
 // stores no finer, and a dump means the same on either); unset times are
-// null, empty lists [] and empty maps {}; labels are sorted by key
-// (encoding/json sorts map keys); depends_on keeps its stored order; text,
+// null, empty lists [] and empty maps {}; labels and fleet event
+// attributes are sorted by key (encoding/json sorts map keys); depends_on keeps its stored order; text,
 // payloads included, is written exactly as stored (both drivers keep a
 // payload as the text it was given, so it is not re-encoded). The header
 // holds no export time, so dumps compare byte for byte.
@@ -64,6 +65,7 @@ type line struct {
 	Task   *taskJSON   `json:"task,omitempty"`
 	Token  *tokenJSON  `json:"token,omitempty"`
 	Audit  *auditJSON  `json:"audit,omitempty"`
+	Fleet  *fleetJSON  `json:"fleet_event,omitempty"`
 	Counts *countsJSON `json:"counts,omitempty"`
 }
 
@@ -163,11 +165,22 @@ type auditJSON struct {
 	Detail     string   `json:"detail"`
 }
 
+type fleetJSON struct {
+	ID         string            `json:"id"`
+	Host       string            `json:"host"`
+	Kind       string            `json:"kind"`
+	Time       jsonTime          `json:"time"`
+	Attributes map[string]string `json:"attributes"`
+}
+
+// countsJSON's fleet_events is absent from dumps written before fleet
+// events were carried; it then reads as 0, which such a dump holds.
 type countsJSON struct {
-	Queue  int64 `json:"queue"`
-	Tasks  int64 `json:"tasks"`
-	Tokens int64 `json:"tokens"`
-	Audit  int64 `json:"audit"`
+	Queue       int64 `json:"queue"`
+	Tasks       int64 `json:"tasks"`
+	Tokens      int64 `json:"tokens"`
+	Audit       int64 `json:"audit"`
+	FleetEvents int64 `json:"fleet_events"`
 }
 
 func toLine(r *store.DumpRecord) (*line, error) {
@@ -208,13 +221,22 @@ func toLine(r *store.DumpRecord) (*line, error) {
 			Target: e.Target, BeforeJSON: e.BeforeJSON, AfterJSON: e.AfterJSON, TraceID: e.TraceID,
 			Outcome: e.Outcome, Detail: e.Detail,
 		}}, nil
+	case store.DumpFleetEvent:
+		e := r.FleetEvent
+		attrs := e.Attributes
+		if attrs == nil {
+			attrs = map[string]string{}
+		}
+		return &line{Kind: string(store.DumpFleetEvent), Fleet: &fleetJSON{
+			ID: e.ID, Host: e.Host, Kind: e.Kind, Time: jsonTime(e.Time), Attributes: attrs,
+		}}, nil
 	}
-	return nil, errors.New("a record must hold exactly one of queue, task, token or audit entry")
+	return nil, errors.New("a record must hold exactly one of queue, task, token, audit entry or fleet event")
 }
 
 func (l *line) record() (*store.DumpRecord, error) {
 	set := 0
-	for _, p := range []bool{l.Queue != nil, l.Task != nil, l.Token != nil, l.Audit != nil, l.Counts != nil} {
+	for _, p := range []bool{l.Queue != nil, l.Task != nil, l.Token != nil, l.Audit != nil, l.Fleet != nil, l.Counts != nil} {
 		if p {
 			set++
 		}
@@ -263,8 +285,16 @@ func (l *line) record() (*store.DumpRecord, error) {
 			Target: e.Target, BeforeJSON: e.BeforeJSON, AfterJSON: e.AfterJSON, TraceID: e.TraceID,
 			Outcome: e.Outcome, Detail: e.Detail,
 		}}, nil
+	case l.Kind == string(store.DumpFleetEvent) && l.Fleet != nil:
+		e := l.Fleet
+		out := &store.FleetEvent{ID: e.ID, Host: e.Host, Kind: e.Kind, Time: time.Time(e.Time)}
+		// Stores read "none" back as nil; so does a load.
+		if len(e.Attributes) > 0 {
+			out.Attributes = e.Attributes
+		}
+		return &store.DumpRecord{FleetEvent: out}, nil
 	}
-	return nil, fmt.Errorf("kind %q does not match the object it holds (want one of queue, task, token, audit, end)", l.Kind)
+	return nil, fmt.Errorf("kind %q does not match the object it holds (want one of queue, task, token, audit, fleet_event, end)", l.Kind)
 }
 
 // Writer writes a dump.
@@ -311,7 +341,7 @@ func (dw *Writer) Write(r *store.DumpRecord) error {
 // Close writes the end line and flushes; it returns what was written.
 func (dw *Writer) Close() (store.DumpCounts, error) {
 	c := dw.counts
-	if err := dw.put(line{Kind: kindEnd, Counts: &countsJSON{Queue: c.Queue, Tasks: c.Tasks, Tokens: c.Tokens, Audit: c.Audit}}); err != nil {
+	if err := dw.put(line{Kind: kindEnd, Counts: &countsJSON{Queue: c.Queue, Tasks: c.Tasks, Tokens: c.Tokens, Audit: c.Audit, FleetEvents: c.FleetEvents}}); err != nil {
 		return c, err
 	}
 	return c, dw.w.Flush()
@@ -401,7 +431,7 @@ func (dr *Reader) Next() (*store.DumpRecord, error) {
 		}
 		if l.Kind == kindEnd && l.Counts != nil {
 			c := l.Counts
-			want := store.DumpCounts{Queue: c.Queue, Tasks: c.Tasks, Tokens: c.Tokens, Audit: c.Audit}
+			want := store.DumpCounts{Queue: c.Queue, Tasks: c.Tasks, Tokens: c.Tokens, Audit: c.Audit, FleetEvents: c.FleetEvents}
 			if want != dr.counts {
 				return nil, dr.fail("the end line counts %s, but the dump holds %s", countsText(want), countsText(dr.counts))
 			}
@@ -432,7 +462,7 @@ func strictJSON(raw []byte, v any) error {
 }
 
 func countsText(c store.DumpCounts) string {
-	parts := map[string]int64{"queue": c.Queue, "tasks": c.Tasks, "tokens": c.Tokens, "audit": c.Audit}
+	parts := map[string]int64{"queue": c.Queue, "tasks": c.Tasks, "tokens": c.Tokens, "audit": c.Audit, "fleet_events": c.FleetEvents}
 	out := make([]string, 0, len(parts))
 	for _, k := range slices.Sorted(maps.Keys(parts)) {
 		out = append(out, fmt.Sprintf("%s %d", k, parts[k]))

@@ -93,7 +93,7 @@ func (s *Service) Import(ctx context.Context, src io.ReadSeeker, merge bool) (*s
 	if err != nil {
 		return nil, err
 	}
-	s.log.InfoContext(ctx, "state imported", "merge", merge, "queue", n.Queue, "tasks", n.Tasks, "tokens", n.Tokens, "audit", n.Audit)
+	s.log.InfoContext(ctx, "state imported", "merge", merge, "queue", n.Queue, "tasks", n.Tasks, "tokens", n.Tokens, "audit", n.Audit, "fleet_events", n.FleetEvents)
 	if s.afterImport != nil {
 		s.afterImport(ctx)
 	}
@@ -158,7 +158,8 @@ func withLine(n int, err error) error {
 	return err
 }
 
-// CountsText renders counts as "1 queue, 2 tasks, 1 token, 3 audit entries".
+// CountsText renders counts as "1 queue, 2 tasks, 1 token, 3 audit entries,
+// 4 fleet events".
 func CountsText(c store.DumpCounts) string {
 	plural := func(n int64, one, many string) string {
 		if n == 1 {
@@ -167,5 +168,5 @@ func CountsText(c store.DumpCounts) string {
 		return fmt.Sprintf("%d %s", n, many)
 	}
 	return plural(c.Queue, "queue", "queues") + ", " + plural(c.Tasks, "task", "tasks") + ", " +
-		plural(c.Tokens, "token", "tokens") + ", " + plural(c.Audit, "audit entry", "audit entries")
+		plural(c.Tokens, "token", "tokens") + ", " + plural(c.Audit, "audit entry", "audit entries") + ", " + plural(c.FleetEvents, "fleet event", "fleet events")
 }

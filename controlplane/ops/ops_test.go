@@ -155,6 +155,20 @@ func fill(t *testing.T, st store.Store) {
 		{Time: tick(time.Millisecond), Who: "forge", Role: store.RoleAgent, TokenID: "forge", RPC: "/factory.v1.QueueService/PauseQueue",
 			Outcome: "PERMISSION_DENIED", Detail: "agent forge may not call PauseQueue: it is for operator only"},
 	}}))
+	// Fleet events out of time order and with ids out of order, so the
+	// dump shows it keeps the order the store took them in; nanoseconds,
+	// which only SQLite keeps, so the dump must cut them alike.
+	at := tick(time.Second)
+	_, err = st.FleetEventsAppend(ctx, &store.FleetEventsAppendParams{Events: []*store.FleetEvent{
+		{ID: "0195-b", Host: "gpu-1", Kind: "model_swap", Time: at,
+			Attributes: map[string]string{"to": "qwen-32b", "from": "llama-70b", "reason": "<mix> & \"load\""}},
+		{ID: "0195-a", Host: "gpu-2", Kind: "log_count", Time: at.Add(-time.Hour)},
+	}})
+	must(err)
+	_, err = st.FleetEventsAppend(ctx, &store.FleetEventsAppendParams{Events: []*store.FleetEvent{
+		{ID: "0195-c", Host: "gpu-1", Kind: "log_count", Time: at.Add(time.Nanosecond), Attributes: map[string]string{"count": "3"}},
+	}})
+	must(err)
 }
 
 func export(t *testing.T, st store.Store) []byte {
@@ -205,7 +219,7 @@ func TestSQLiteToPostgresAndBackGiveIdenticalDumps(t *testing.T) {
 	if err != nil {
 		t.Fatalf("import into PostgreSQL: %v", err)
 	}
-	if *n != (store.DumpCounts{Queue: 1, Tasks: 10, Tokens: 3, Audit: 2}) {
+	if *n != (store.DumpCounts{Queue: 1, Tasks: 10, Tokens: 3, Audit: 2, FleetEvents: 3}) {
 		t.Fatalf("imported %+v", *n)
 	}
 	b := export(t, pg)
@@ -257,7 +271,16 @@ func TestDumpIsCanonical(t *testing.T) {
 	if after := lines[7]; !strings.Contains(after, `"depends_on":["build","spec"]`) || !strings.Contains(after, `"state":"BACKLOG"`) {
 		t.Errorf("after's line: %s", after)
 	}
-	if end := lines[len(lines)-1]; end != `{"kind":"end","counts":{"queue":1,"tasks":10,"tokens":3,"audit":2}}` {
+	for i, want := range []string{
+		`{"kind":"fleet_event","fleet_event":{"id":"0195-b","host":"gpu-1","kind":"model_swap","time":"2031-03-14T09:27:09.132789Z","attributes":{"from":"llama-70b","reason":"<mix> & \"load\"","to":"qwen-32b"}}}`,
+		`{"kind":"fleet_event","fleet_event":{"id":"0195-a","host":"gpu-2","kind":"log_count","time":"2031-03-14T08:27:09.132789Z","attributes":{}}}`,
+		`{"kind":"fleet_event","fleet_event":{"id":"0195-c","host":"gpu-1","kind":"log_count","time":"2031-03-14T09:27:09.132789Z","attributes":{"count":"3"}}}`,
+	} {
+		if got := lines[len(lines)-4+i]; got != want {
+			t.Errorf("fleet event line %d:\n got  %s\n want %s", i, got, want)
+		}
+	}
+	if end := lines[len(lines)-1]; end != `{"kind":"end","counts":{"queue":1,"tasks":10,"tokens":3,"audit":2,"fleet_events":3}}` {
 		t.Fatalf("end line: %s", end)
 	}
 }

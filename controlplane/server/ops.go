@@ -145,8 +145,6 @@ type importNote struct {
 	FleetEvents int64 `json:"fleet_events"`
 }
 
-// countsProto leaves fleet events out: factory.v1.DumpCounts has no field
-// for them yet (the audit note above carries the count).
 func countsProto(n store.DumpCounts) *factoryv1.DumpCounts {
-	return &factoryv1.DumpCounts{Queue: n.Queue, Tasks: n.Tasks, Tokens: n.Tokens, AuditEntries: n.Audit}
+	return &factoryv1.DumpCounts{Queue: n.Queue, Tasks: n.Tasks, Tokens: n.Tokens, AuditEntries: n.Audit, FleetEvents: n.FleetEvents}
 }

@@ -109,8 +109,19 @@ func TestExportAndImportOverTheAPI(t *testing.T) {
 	if _, err := src.access.Revoke(ctx, gone.ID); err != nil {
 		t.Fatal(err)
 	}
+	// Fleet events go along; none lands in the audit log.
+	if _, err := src.store.FleetEventsAppend(ctx, &store.FleetEventsAppendParams{Events: []*store.FleetEvent{
+		{ID: "ev-2", Host: "gpu-1", Kind: "model_swap", Time: clock.now, Attributes: map[string]string{"to": "m2", "from": "m1"}},
+		{ID: "ev-1", Host: "gpu-1", Kind: "log_count", Time: clock.now.Add(-time.Second)},
+	}}); err != nil {
+		t.Fatal(err)
+	}
 
 	dump, msgs := exportVia(t, src.conn)
+	if !strings.Contains(dump, `{"kind":"fleet_event","fleet_event":{"id":"ev-2","host":"gpu-1","kind":"model_swap","time":"2031-03-14T09:00:00.123456Z","attributes":{"from":"m1","to":"m2"}}}`+"\n"+
+		`{"kind":"fleet_event","fleet_event":{"id":"ev-1","host":"gpu-1","kind":"log_count","time":"2031-03-14T08:59:59.123456Z","attributes":{}}}`) {
+		t.Fatalf("the dump's fleet events:\n%s", dropLines(dump, func(l string) bool { return !strings.Contains(l, "fleet_event") }))
+	}
 	if len(msgs) < 2 {
 		t.Fatalf("a %d-byte dump came in %d message(s)", len(dump), len(msgs))
 	}
@@ -162,6 +173,7 @@ func TestExportAndImportOverTheAPI(t *testing.T) {
 	}
 	var note map[string]any
 	if err := json.Unmarshal([]byte(imports[0].GetAfterJson()), &note); err != nil || note["tasks"] != 4.0 || note["tokens"] != 3.0 ||
+		note["fleet_events"] != 2.0 ||
 		note["merge"] != false || imports[0].GetTarget() != "state" || imports[0].GetOutcome() != "OK" {
 		t.Fatalf("the import's audit entry: %v (after %s)", imports[0], imports[0].GetAfterJson())
 	}

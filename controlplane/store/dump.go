@@ -17,7 +17,8 @@ import (
 type DumpStore interface {
 	// DumpRead calls fn with every record the store holds, all read from
 	// one snapshot, in a fixed order: the queue's settings, then tasks in
-	// creation order, tokens in creation order, and audit entries by id.
+	// creation order, tokens in creation order, audit entries by id, and
+	// fleet events in the order the store took them.
 	// It stops at fn's first error and returns that error unchanged.
 	DumpRead(ctx context.Context, fn func(*DumpRecord) error) error
 
@@ -40,6 +41,8 @@ const (
 	DumpTask  DumpKind = "task"
 	DumpToken DumpKind = "token"
 	DumpAudit DumpKind = "audit"
+	// DumpFleetEvent is one fleet event (FleetStore).
+	DumpFleetEvent DumpKind = "fleet_event"
 )
 
 // DumpRecord is one row of a dump: exactly one field is set.
@@ -48,6 +51,9 @@ type DumpRecord struct {
 	Task  *Task
 	Token *Token
 	Audit *AuditEntry
+	// FleetEvent's Attributes are nil when it has none, as a load reads
+	// them back.
+	FleetEvent *FleetEvent
 }
 
 // Kind says which field is set ("" when none or several are).
@@ -65,6 +71,9 @@ func (r *DumpRecord) Kind() DumpKind {
 	}
 	if r.Audit != nil {
 		kind, n = DumpAudit, n+1
+	}
+	if r.FleetEvent != nil {
+		kind, n = DumpFleetEvent, n+1
 	}
 	if n != 1 {
 		return ""
@@ -85,6 +94,9 @@ type DumpCounts struct {
 	Tasks  int64
 	Tokens int64
 	Audit  int64
+	// FleetEvents counts the fleet events; a load counts only those it
+	// stored, not those whose id the store held already.
+	FleetEvents int64
 }
 
 // Add counts one record of kind.
@@ -98,11 +110,13 @@ func (c *DumpCounts) Add(kind DumpKind) {
 		c.Tokens++
 	case DumpAudit:
 		c.Audit++
+	case DumpFleetEvent:
+		c.FleetEvents++
 	}
 }
 
 // Total is the number of records counted.
-func (c DumpCounts) Total() int64 { return c.Queue + c.Tasks + c.Tokens + c.Audit }
+func (c DumpCounts) Total() int64 { return c.Queue + c.Tasks + c.Tokens + c.Audit + c.FleetEvents }
 
 // DumpLoadParams is what DumpLoad inserts, and how.
 type DumpLoadParams struct {
@@ -183,6 +197,10 @@ type DumpTarget interface {
 	// InsertAudit appends entries in order: with keepIDs their IDs as
 	// given (and later appends continue after the largest), else new ones.
 	InsertAudit(entries []*AuditEntry, keepIDs bool) error
+	// InsertFleetEvents inserts events in order, every field as given,
+	// skipping any whose id is stored already (as FleetEventsAppend
+	// does), and returns how many it inserted.
+	InsertFleetEvents(events []*FleetEvent) (int, error)
 }
 
 // dumpBatch is how many records of one kind LoadDump hands a target at
@@ -204,8 +222,14 @@ const dumpBatch = 500
 //     with the store's (else ErrLoadRefused), and the store's pause reason
 //     stands. Audit entries are appended with new ids unless the store had
 //     none.
+//   - Fleet events do not make a store non-empty, and a fleet event whose
+//     id is stored already is skipped, not refused, in a plain load or a
+//     merge alike: FleetEventsAppend is insert-or-ignore on id (a sidecar
+//     replays unacked events), so a control plane that sidecars reached
+//     before the import may already hold some of the dump's events, and
+//     an event with the same id is the same event.
 //   - Every record must be well formed (ValidateDumpRecord), ids must not
-//     repeat within the dump, a task's dependencies must come earlier in
+//     repeat within the dump (fleet event ids included), a task's dependencies must come earlier in
 //     the dump or be stored already, and audit ids must grow.
 func LoadDump(p *DumpLoadParams, x DumpTarget) (*DumpCounts, error) {
 	if p == nil || p.Records == nil {
@@ -227,6 +251,7 @@ func LoadDump(p *DumpLoadParams, x DumpTarget) (*DumpCounts, error) {
 		tokenIDs:   map[string]bool{},
 		hashes:     map[string]bool{},
 		keepAudit:  !have.Audit,
+		events:     map[string]bool{},
 	}
 	err = p.Records(func(r *DumpRecord) error {
 		if r == nil {
@@ -265,8 +290,9 @@ type loader struct {
 	tasks     map[string]bool // ids of the dump's tasks so far
 	tokenIDs  map[string]bool
 	hashes    map[string]bool
-	keepAudit bool  // audit ids are stored as given
-	lastAudit int64 // the dump's last audit id
+	keepAudit bool            // audit ids are stored as given
+	lastAudit int64           // the dump's last audit id
+	events    map[string]bool // ids of the dump's fleet events so far
 }
 
 func (l *loader) flush() error {
@@ -283,6 +309,8 @@ func (l *loader) flush() error {
 		return l.tokenBatch()
 	case DumpAudit:
 		return l.auditBatch()
+	case DumpFleetEvent:
+		return l.fleetBatch()
 	}
 	return nil
 }
@@ -425,6 +453,26 @@ func (l *loader) auditBatch() error {
 	return nil
 }
 
+func (l *loader) fleetBatch() error {
+	events := make([]*FleetEvent, len(l.batch))
+	for i, r := range l.batch {
+		e := r.FleetEvent
+		if l.events[e.ID] {
+			// A stored duplicate is skipped, but one within the dump means
+			// the dump itself is damaged.
+			return InvalidField("records", "fleet event %s appears twice in the dump", e.ID)
+		}
+		l.events[e.ID] = true
+		events[i] = e
+	}
+	n, err := l.x.InsertFleetEvents(events)
+	if err != nil {
+		return err
+	}
+	l.counts.FleetEvents += int64(n)
+	return nil
+}
+
 // firstInOrder returns the first of ids that is in subset.
 func firstInOrder(ids, subset []string) string {
 	for _, id := range ids {
@@ -470,8 +518,20 @@ func ValidateDumpRecord(r *DumpRecord) error {
 		case e.Time.IsZero():
 			return InvalidField("records", "audit entry %d: no time", e.ID)
 		}
+	case DumpFleetEvent:
+		e := r.FleetEvent
+		switch {
+		case e.ID == "":
+			return InvalidField("records", "a fleet event without an id")
+		case e.Host == "":
+			return InvalidField("records", "fleet event %s: no host", e.ID)
+		case e.Kind == "":
+			return InvalidField("records", "fleet event %s: no kind", e.ID)
+		case e.Time.IsZero():
+			return InvalidField("records", "fleet event %s: no time", e.ID)
+		}
 	default:
-		return InvalidField("records", "a record must hold exactly one of queue, task, token or audit entry")
+		return InvalidField("records", "a record must hold exactly one of queue, task, token, audit entry or fleet event")
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 
 	"github.com/jackc/pgx/v5"
@@ -19,6 +20,11 @@ SELECT {COLS} FROM tasks ORDER BY seq`)
 SELECT ` + tokenCols + ` FROM tokens ORDER BY seq`
 	qDumpAudit = `-- name: DumpAudit
 SELECT ` + auditCols + ` FROM audit_log ORDER BY id`
+	// Fleet events go in the order the store took them (seq), which a
+	// load keeps: unlike ids, whose order follows the collation, seq
+	// orders alike in both drivers.
+	qDumpFleetEvents = `-- name: DumpFleetEvents
+SELECT id, host, kind, time, attributes::text FROM fleet_events ORDER BY seq`
 
 	// qDumpLock keeps every writer out while a load decides and inserts:
 	// the store it found empty stays empty until the load commits, and
@@ -75,6 +81,19 @@ SELECT * FROM unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5
 	$8::text[], $9::text[], $10::text[], $11::text[], $12::text[])`
 	qDumpAuditSeq = `-- name: DumpAuditSequence
 SELECT setval(pg_get_serial_sequence('audit_log', 'id'), (SELECT max(id) FROM audit_log))`
+
+	// qDumpAddFleetEvents is FleetEventsAppend's insert-or-ignore, with
+	// the identity drawn in the arrays' order so the dump's order stays.
+	// qDumpLock leaves fleet_events out: sidecars' appends go on during a
+	// load, and an id both write is stored once either way.
+	qDumpAddFleetEvents = `-- name: DumpInsertFleetEvents
+INSERT INTO fleet_events (id, host, kind, time, attributes)
+SELECT u.id, u.host, u.kind, u.time, u.attrs::jsonb
+FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[])
+	WITH ORDINALITY AS u(id, host, kind, time, attrs, ord)
+ORDER BY u.ord
+ON CONFLICT (id) DO NOTHING
+RETURNING id`
 )
 
 // DumpRead implements store.Store. The reads share one REPEATABLE READ
@@ -119,7 +138,7 @@ func (s *Store) DumpRead(ctx context.Context, fn func(*store.DumpRecord) error) 
 		}); err != nil {
 			return err
 		}
-		return eachRow(ctx, tx, qDumpAudit, func(rs pgx.Rows) error {
+		if err := eachRow(ctx, tx, qDumpAudit, func(rs pgx.Rows) error {
 			var (
 				e    store.AuditEntry
 				role string
@@ -130,6 +149,25 @@ func (s *Store) DumpRead(ctx context.Context, fn func(*store.DumpRecord) error) 
 			}
 			e.Time, e.Role = e.Time.UTC(), store.Role(role)
 			return call(&store.DumpRecord{Audit: &e})
+		}); err != nil {
+			return err
+		}
+		return eachRow(ctx, tx, qDumpFleetEvents, func(rs pgx.Rows) error {
+			var (
+				e     store.FleetEvent
+				attrs string
+			)
+			if err := rs.Scan(&e.ID, &e.Host, &e.Kind, &e.Time, &attrs); err != nil {
+				return err
+			}
+			e.Time = e.Time.UTC()
+			if err := json.Unmarshal([]byte(attrs), &e.Attributes); err != nil {
+				return err
+			}
+			if len(e.Attributes) == 0 {
+				e.Attributes = nil
+			}
+			return call(&store.DumpRecord{FleetEvent: &e})
 		})
 	})
 	if fnErr != nil {
@@ -357,4 +395,38 @@ func (d *dumpTarget) InsertAudit(entries []*store.AuditEntry, keepIDs bool) erro
 		b.Queue(qAuditInsert, times, who, role, token, rpc, target, before, after, trace, outcome, detail)
 	}
 	return d.t.send(b)
+}
+
+func (d *dumpTarget) InsertFleetEvents(events []*store.FleetEvent) (int, error) {
+	n := len(events)
+	var (
+		ids, hosts, kinds, attrs = make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+		times                    = make([]pgtype.Timestamptz, n)
+	)
+	for i, e := range events {
+		// As FleetEventsAppend does: text PostgreSQL cannot hold must not
+		// lose the event.
+		clean := make(map[string]string, len(e.Attributes))
+		for k, v := range e.Attributes {
+			clean[storable(k)] = storable(v)
+		}
+		b, err := json.Marshal(clean)
+		if err != nil {
+			return 0, store.InvalidField("records", "fleet event %s: attributes: %v", e.ID, err)
+		}
+		ids[i], hosts[i], kinds[i], attrs[i] = storable(e.ID), storable(e.Host), storable(e.Kind), string(b)
+		times[i] = pgtype.Timestamptz{Time: norm(e.Time), Valid: true}
+	}
+	added := 0
+	b := d.t.batch()
+	b.Queue(qDumpAddFleetEvents, ids, hosts, kinds, times, attrs).Query(func(rs pgx.Rows) error {
+		for rs.Next() {
+			added++
+		}
+		return rs.Err()
+	})
+	if err := d.t.send(b); err != nil {
+		return 0, err
+	}
+	return added, nil
 }

@@ -3,6 +3,7 @@ package sqlite
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 
 	"github.com/factory/factory/controlplane/store"
 )
@@ -12,6 +13,9 @@ var (
 	qDumpTasks  = q(`SELECT {COLS} FROM tasks ORDER BY seq`)
 	qDumpTokens = `SELECT ` + tokenCols + ` FROM tokens ORDER BY seq`
 	qDumpAudit  = `SELECT ` + auditCols + ` FROM audit_log ORDER BY id`
+	// Fleet events go in the order the store took them (seq), which a
+	// load keeps: unlike ids, seq orders alike in both drivers.
+	qDumpFleetEvents = `SELECT id, host, kind, time, attributes FROM fleet_events ORDER BY seq`
 
 	qDumpContents = `SELECT
 		EXISTS (SELECT 1 FROM tasks),
@@ -76,7 +80,7 @@ func (s *Store) DumpRead(ctx context.Context, fn func(*store.DumpRecord) error) 
 		}); err != nil {
 			return err
 		}
-		return eachRow(ctx, tx, qDumpAudit, func(rs *sql.Rows) error {
+		if err := eachRow(ctx, tx, qDumpAudit, func(rs *sql.Rows) error {
 			var (
 				e    store.AuditEntry
 				at   int64
@@ -88,6 +92,26 @@ func (s *Store) DumpRead(ctx context.Context, fn func(*store.DumpRecord) error) 
 			}
 			e.Time, e.Role = fromNanos(at), store.Role(role)
 			return call(&store.DumpRecord{Audit: &e})
+		}); err != nil {
+			return err
+		}
+		return eachRow(ctx, tx, qDumpFleetEvents, func(rs *sql.Rows) error {
+			var (
+				e     store.FleetEvent
+				at    int64
+				attrs string
+			)
+			if err := rs.Scan(&e.ID, &e.Host, &e.Kind, &at, &attrs); err != nil {
+				return err
+			}
+			e.Time = fromNanos(at)
+			if err := json.Unmarshal([]byte(attrs), &e.Attributes); err != nil {
+				return err
+			}
+			if len(e.Attributes) == 0 {
+				e.Attributes = nil
+			}
+			return call(&store.DumpRecord{FleetEvent: &e})
 		})
 	})
 	if fnErr != nil {
@@ -225,4 +249,25 @@ func (d *dumpTarget) InsertAudit(entries []*store.AuditEntry, keepIDs bool) erro
 		}
 	}
 	return nil
+}
+
+func (d *dumpTarget) InsertFleetEvents(events []*store.FleetEvent) (int, error) {
+	added := 0
+	for _, e := range events {
+		attrs, err := json.Marshal(nonNilAttrs(e.Attributes))
+		if err != nil {
+			return 0, store.InvalidField("records", "fleet event %s: attributes: %v", e.ID, err)
+		}
+		// qFleetEventInsert is FleetEventsAppend's: a stored id is skipped.
+		res, err := d.w.exec(qFleetEventInsert, e.ID, e.Host, e.Kind, toNanos(norm(e.Time)), string(attrs))
+		if err != nil {
+			return 0, err
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return 0, dbErr(d.w.op, err)
+		}
+		added += int(n)
+	}
+	return added, nil
 }

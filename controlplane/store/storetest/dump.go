@@ -70,6 +70,33 @@ func (s *suite) testDump(t *testing.T) {
 				Records: store.DumpRecords(&store.DumpRecord{Token: &clash}), KeepTokens: []string{"boot"}})
 			requireIs(t, err, store.ErrAlreadyExists, "a dump token with the kept token's hash")
 		}},
+		{"FleetEventsDoNotCountAndRepeatsAreSkipped", func(t *testing.T, h *harness) {
+			src := richDump(t, s.setup(t))
+			events := recordsOf(src, store.DumpFleetEvent)
+			// A sidecar reached this control plane before the import and
+			// reported an event the dump holds, and one it does not.
+			h.appendEvents(events[1].FleetEvent)
+			own := &store.FleetEvent{ID: "0195-new", Host: "gpu-3", Kind: "model_swap", Time: h.now()}
+			h.appendEvents(own)
+			n, err := h.s.DumpLoad(h.ctx, &store.DumpLoadParams{Records: store.DumpRecords(src...)})
+			if err != nil {
+				t.Fatalf("load into a store holding only fleet events: %v", err)
+			}
+			want := countRecords(src)
+			want.FleetEvents--
+			requireCounts(t, n, want)
+			got := h.dump()
+			requireIDs(t, "fleet events after the load", recordIDs(recordsOf(got, store.DumpFleetEvent)),
+				[]string{"0194-c", "0195-new", "0194-b", "0194-a"})
+			var others []*store.DumpRecord
+			for _, r := range src {
+				if r.FleetEvent == nil {
+					others = append(others, r)
+				}
+			}
+			requireSameRecords(t, "the loaded rows", got[:len(others)], others)
+			requireSameRecords(t, "the event stored before the load", recordsOf(got, store.DumpFleetEvent)[:1], events[1:2])
+		}},
 		{"Merge", s.dumpMerge},
 		{"AllOrNone", s.dumpAllOrNone},
 		{"BadRecords", func(t *testing.T, h *harness) {
@@ -98,6 +125,9 @@ func (s *suite) testDump(t *testing.T) {
 				"token role":         {Token: &store.Token{ID: "x", Hash: "h", Role: "admin", Subject: "s", CreatedAt: at}},
 				"audit id 0":         {Audit: &store.AuditEntry{Time: at, Who: "w", Role: store.RoleOperator, RPC: "/x", Outcome: "OK"}},
 				"unpaused reason":    {Queue: &store.QueueSettings{Reason: "why"}},
+				"fleet event host":   {FleetEvent: &store.FleetEvent{ID: "e", Kind: "model_swap", Time: at}},
+				"fleet event time":   {FleetEvent: &store.FleetEvent{ID: "e", Host: "gpu-1", Kind: "model_swap"}},
+				"event and audit":    {FleetEvent: &store.FleetEvent{ID: "e", Host: "gpu-1", Kind: "k", Time: at}, Audit: auditAt(1, at)},
 			}
 			for name, rec := range bad {
 				_, err := h.s.DumpLoad(h.ctx, &store.DumpLoadParams{Records: store.DumpRecords(rec)})
@@ -109,6 +139,8 @@ func (s *suite) testDump(t *testing.T) {
 				"a task twice":          {{Task: good()}, {Task: good()}},
 				"two queue records":     {{Queue: &store.QueueSettings{}}, {Queue: &store.QueueSettings{}}},
 				"audit ids not growing": {{Audit: auditAt(2, at)}, {Audit: auditAt(2, at)}},
+				"a fleet event twice": {{FleetEvent: &store.FleetEvent{ID: "e", Host: "gpu-1", Kind: "k", Time: at}},
+					{FleetEvent: &store.FleetEvent{ID: "e", Host: "gpu-2", Kind: "k", Time: at}}},
 				"dependency comes later": {{Task: func() *store.Task { x := good(); x.ID = "a"; x.DependsOn = []string{"b"}; return x }()},
 					{Task: func() *store.Task { x := good(); x.ID = "b"; return x }()}},
 			} {
@@ -189,6 +221,16 @@ func richState(t *testing.T, h *harness) {
 	h.clock.Advance(time.Second)
 	h.audit(&store.AuditEntry{Time: h.now(), Who: "ops", Role: store.RoleOperator, TokenID: "op", RPC: "/factory.v1.QueueService/PauseQueue",
 		Target: "queue", AfterJSON: `{"paused":true}`, Outcome: "OK"})
+	// Fleet events taken out of time order, with ids out of both orders:
+	// the dump must keep the order the store took them in.
+	h.clock.Advance(777 * time.Microsecond)
+	h.appendEvents(
+		&store.FleetEvent{ID: "0194-b", Host: "gpu-1", Kind: "model_swap", Time: h.now(),
+			Attributes: map[string]string{"to": "qwen-32b", "from": "llama-70b", "reason": "queue <mix> & load"}},
+		&store.FleetEvent{ID: "0194-c", Host: "gpu-2", Kind: "log_count", Time: h.now().Add(-time.Hour)},
+	)
+	h.appendEvents(&store.FleetEvent{ID: "0194-a", Host: "gpu-1", Kind: "log_count", Time: h.now().Add(1500 * time.Microsecond),
+		Attributes: map[string]string{"pattern": "CUDA error", "count": "3"}})
 }
 
 // claimAs claims one task with a role and fails unless it is want.
@@ -215,7 +257,8 @@ func (s *suite) dumpRoundTrip(t *testing.T, h *harness) {
 	for _, r := range recs {
 		kinds = append(kinds, string(r.Kind()))
 	}
-	wantKinds := "queue " + strings.Repeat("task ", 10) + strings.Repeat("token ", 3) + "audit audit audit"
+	wantKinds := "queue " + strings.Repeat("task ", 10) + strings.Repeat("token ", 3) + "audit audit audit " +
+		"fleet_event fleet_event fleet_event"
 	if strings.Join(kinds, " ") != strings.TrimSpace(wantKinds) {
 		t.Fatalf("dump order: %v, want %s", kinds, wantKinds)
 	}
@@ -238,6 +281,7 @@ func (s *suite) dumpRoundTrip(t *testing.T, h *harness) {
 	if err != nil {
 		t.Fatalf("DumpLoad into an empty store: %v", err)
 	}
+	requireIDs(t, "fleet events in the dump", recordIDs(recordsOf(recs, store.DumpFleetEvent)), []string{"0194-b", "0194-c", "0194-a"})
 	requireCounts(t, n, countRecords(recs))
 	requireSameRecords(t, "dump of the loaded store", dst.dump(), recs)
 }
@@ -285,6 +329,12 @@ func (s *suite) dumpCarriesOn(t *testing.T, h *harness) {
 	if tok := dst.tokenByHash("hash-of-gone"); tok.RevokedAt.IsZero() {
 		t.Fatal("the revoked token is active after the load")
 	}
+	// The loaded events list by time, and a sidecar's replay of one
+	// counts nothing.
+	requireIDs(t, "fleet events listed after the load", eventIDs(dst.listEvents(nil)), []string{"0194-c", "0194-b", "0194-a"})
+	if n := dst.appendEvents(recordsOf(recs, store.DumpFleetEvent)[0].FleetEvent); n != 0 {
+		t.Fatalf("a replayed event after the load was added %d times, want 0", n)
+	}
 }
 
 func (s *suite) dumpMerge(t *testing.T, h *harness) {
@@ -292,6 +342,8 @@ func (s *suite) dumpMerge(t *testing.T, h *harness) {
 	src.create(&store.TaskCreate{ID: "a", Title: "first"}, &store.TaskCreate{ID: "b", DependsOn: []string{"a"}})
 	src.createToken(newToken("theirs", store.RoleAgent, "anvil"))
 	src.audit(&store.AuditEntry{Time: src.now(), Who: "ops", Role: store.RoleOperator, RPC: "/x", Target: "a", Outcome: "OK"})
+	swap := &store.FleetEvent{ID: "ev-swap", Host: "gpu-1", Kind: "model_swap", Time: src.now(), Attributes: map[string]string{"to": "m2"}}
+	src.appendEvents(swap, &store.FleetEvent{ID: "ev-count", Host: "gpu-1", Kind: "log_count", Time: src.now()})
 	recs := src.dump()
 	// b also depends on "mine", which only the merge target holds.
 	taskOf(recs, "b").DependsOn = []string{"a", "mine"}
@@ -299,6 +351,9 @@ func (s *suite) dumpMerge(t *testing.T, h *harness) {
 	h.create(&store.TaskCreate{ID: "mine"})
 	h.createToken(newToken("ours", store.RoleOperator, "ops"))
 	h.audit(&store.AuditEntry{Time: h.now(), Who: "ops", Role: store.RoleOperator, RPC: "/y", Outcome: "OK"})
+	// The sidecar reported the swap to both control planes: the merge
+	// skips it.
+	h.appendEvents(swap)
 
 	_, err := h.s.DumpLoad(h.ctx, &store.DumpLoadParams{Records: store.DumpRecords(recs...)})
 	requireIs(t, err, store.ErrLoadRefused, "load without merge into a store with rows")
@@ -307,10 +362,12 @@ func (s *suite) dumpMerge(t *testing.T, h *harness) {
 	if err != nil {
 		t.Fatalf("merge: %v", err)
 	}
-	requireCounts(t, n, store.DumpCounts{Tasks: 2, Tokens: 1, Audit: 1}) // the queue record agreed and was kept
+	// The queue record agreed and was kept; the swap was stored already.
+	requireCounts(t, n, store.DumpCounts{Tasks: 2, Tokens: 1, Audit: 1, FleetEvents: 1})
 	got := h.dump()
 	requireIDs(t, "tasks after the merge", recordIDs(recordsOf(got, store.DumpTask)), []string{"mine", "a", "b"})
 	requireIDs(t, "tokens after the merge", recordIDs(recordsOf(got, store.DumpToken)), []string{"ours", "theirs"})
+	requireIDs(t, "fleet events after the merge", recordIDs(recordsOf(got, store.DumpFleetEvent)), []string{"ev-swap", "ev-count"})
 	audit := recordsOf(got, store.DumpAudit)
 	if len(audit) != 2 || audit[0].Audit.RPC != "/y" || audit[1].Audit.RPC != "/x" || audit[1].Audit.ID <= audit[0].Audit.ID {
 		t.Fatalf("audit after the merge: %s", recordsText(audit))
@@ -403,6 +460,9 @@ func (s *suite) dumpAllOrNone(t *testing.T, h *harness) {
 				CreatedAt: at, UpdatedAt: at, StateChangedAt: at}})...), store.ErrInvalidArgument},
 		"the last token clashes": {store.DumpRecords(append(append(recs, many...),
 			&store.DumpRecord{Token: recordsOf(recs, store.DumpToken)[0].Token})...), store.ErrInvalidArgument},
+		// The fleet events before it were inserted and must go too.
+		"the last fleet event repeats": {store.DumpRecords(append(append(recs, many...),
+			&store.DumpRecord{FleetEvent: recordsOf(recs, store.DumpFleetEvent)[0].FleetEvent})...), store.ErrInvalidArgument},
 	} {
 		_, err := h.s.DumpLoad(h.ctx, &store.DumpLoadParams{Records: c.records})
 		requireIs(t, err, c.want, name)
@@ -492,6 +552,8 @@ func recordID(r *store.DumpRecord) string {
 		return "token " + r.Token.ID
 	case r.Audit != nil:
 		return fmt.Sprintf("audit %d", r.Audit.ID)
+	case r.FleetEvent != nil:
+		return "fleet_event " + r.FleetEvent.ID
 	}
 	return string(r.Kind())
 }

@@ -33,7 +33,10 @@ type DumpCounts struct {
 	// Access tokens.
 	Tokens int64 `protobuf:"varint,3,opt,name=tokens,proto3" json:"tokens,omitempty"`
 	// Audit log entries.
-	AuditEntries  int64 `protobuf:"varint,4,opt,name=audit_entries,json=auditEntries,proto3" json:"audit_entries,omitempty"`
+	AuditEntries int64 `protobuf:"varint,4,opt,name=audit_entries,json=auditEntries,proto3" json:"audit_entries,omitempty"`
+	// Fleet events (model swaps, log-watch counts); on import, only those the
+	// store did not hold already.
+	FleetEvents   int64 `protobuf:"varint,5,opt,name=fleet_events,json=fleetEvents,proto3" json:"fleet_events,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -92,6 +95,13 @@ func (x *DumpCounts) GetTokens() int64 {
 func (x *DumpCounts) GetAuditEntries() int64 {
 	if x != nil {
 		return x.AuditEntries
+	}
+	return 0
+}
+
+func (x *DumpCounts) GetFleetEvents() int64 {
+	if x != nil {
+		return x.FleetEvents
 	}
 	return 0
 }
@@ -299,13 +309,14 @@ var File_factory_v1_ops_proto protoreflect.FileDescriptor
 const file_factory_v1_ops_proto_rawDesc = "" +
 	"\n" +
 	"\x14factory/v1/ops.proto\x12\n" +
-	"factory.v1\x1a\x1bbuf/validate/validate.proto\"u\n" +
+	"factory.v1\x1a\x1bbuf/validate/validate.proto\"\x98\x01\n" +
 	"\n" +
 	"DumpCounts\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\x03R\x05queue\x12\x14\n" +
 	"\x05tasks\x18\x02 \x01(\x03R\x05tasks\x12\x16\n" +
 	"\x06tokens\x18\x03 \x01(\x03R\x06tokens\x12#\n" +
-	"\raudit_entries\x18\x04 \x01(\x03R\fauditEntries\"\x14\n" +
+	"\raudit_entries\x18\x04 \x01(\x03R\fauditEntries\x12!\n" +
+	"\ffleet_events\x18\x05 \x01(\x03R\vfleetEvents\"\x14\n" +
 	"\x12ExportStateRequest\"[\n" +
 	"\x13ExportStateResponse\x12\x14\n" +
 	"\x05lines\x18\x01 \x01(\tR\x05lines\x12.\n" +
