@@ -64,11 +64,17 @@ type Config struct {
 	StaleAfterMissed int
 	// OfflineAfter is how long without a sign of life makes it OFFLINE (5m).
 	OfflineAfter time.Duration
+	// HistoryEvery is the telemetry history's sampling interval: at most one
+	// reading per host per interval is stored (1m).
+	HistoryEvery time.Duration
+	// HistoryRetention is how long stored readings are kept (7 days).
+	HistoryRetention time.Duration
 }
 
 // DefaultConfig is the runbook's thresholds.
 func DefaultConfig() Config {
-	return Config{HeartbeatInterval: 10 * time.Second, StaleAfterMissed: 2, OfflineAfter: 5 * time.Minute}
+	return Config{HeartbeatInterval: 10 * time.Second, StaleAfterMissed: 2, OfflineAfter: 5 * time.Minute,
+		HistoryEvery: time.Minute, HistoryRetention: 7 * 24 * time.Hour}
 }
 
 func (c Config) withDefaults() Config {
@@ -81,6 +87,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.OfflineAfter <= 0 {
 		c.OfflineAfter = d.OfflineAfter
+	}
+	if c.HistoryEvery <= 0 {
+		c.HistoryEvery = d.HistoryEvery
+	}
+	if c.HistoryRetention <= 0 {
+		c.HistoryRetention = d.HistoryRetention
 	}
 	return c
 }

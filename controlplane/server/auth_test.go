@@ -298,6 +298,10 @@ var accessTable = map[string]accessRow{
 		_, err := c.f.ListNodes(ctx, &factoryv1.ListNodesRequest{})
 		return err
 	}, [...]codes.Code{unauthorized, ok, ok, ok, ok}},
+	factoryv1.FleetService_GetNodeHistory_FullMethodName: {func(ctx context.Context, c clients) error {
+		_, err := c.f.GetNodeHistory(ctx, &factoryv1.GetNodeHistoryRequest{Host: "gpu-1"})
+		return err
+	}, [...]codes.Code{unauthorized, ok, ok, ok, ok}},
 	factoryv1.FleetService_ListAgents_FullMethodName: {func(ctx context.Context, c clients) error {
 		_, err := c.f.ListAgents(ctx, &factoryv1.ListAgentsRequest{})
 		return err

@@ -10,6 +10,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -40,6 +41,9 @@ type fleetServer struct {
 	// events stores the events sidecars must not lose; nil leaves them
 	// unacked, so sidecars keep them spooled.
 	events *fleet.Events
+	// history stores a downsampled copy of the telemetry; nil keeps only
+	// the latest readings, in memory.
+	history *fleet.History
 	// cmds carries operators' commands to the connected sidecars.
 	cmds     *fleet.Commands
 	q        *queue.Service
@@ -130,7 +134,9 @@ func (s *fleetServer) Connect(stream factoryv1.FleetService_ConnectServer) error
 					heartbeatLatency.record(time.Since(msg.Heartbeat.GetSentAt().AsTime()))
 				}
 			case *factoryv1.ConnectRequest_Telemetry:
-				err = s.fleet.Telemetry(host, msg.Telemetry)
+				if err = s.fleet.Telemetry(host, msg.Telemetry); err == nil {
+					s.recordHistory(ctx, host, msg.Telemetry)
+				}
 			case *factoryv1.ConnectRequest_Events:
 				err = s.storeEvents(ctx, stream, host, msg.Events.GetEvents())
 			case *factoryv1.ConnectRequest_CommandResult:
@@ -144,6 +150,24 @@ func (s *fleetServer) Connect(stream factoryv1.FleetService_ConnectServer) error
 				return s.err(ctx, err)
 			}
 		}
+	}
+}
+
+// recordHistory stores host's reading in the telemetry history when the
+// sampling interval allows; most readings are dropped before they are
+// marshalled. A failed write is logged, not returned: the reading is
+// already live in memory, and losing one history sample is no reason to
+// drop the sidecar's stream.
+func (s *fleetServer) recordHistory(ctx context.Context, host string, t *factoryv1.Telemetry) {
+	if s.history == nil {
+		return
+	}
+	_, err := s.history.Record(ctx, host, func() (string, error) {
+		b, err := protojson.Marshal(t)
+		return string(b), err
+	})
+	if err != nil && ctx.Err() == nil {
+		s.log.WarnContext(ctx, "storing telemetry history failed", "host", host, "err", err)
 	}
 }
 
@@ -341,4 +365,50 @@ func agentsToProto(agents []fleet.Agent) []*factoryv1.Agent {
 			LastSeen: tsOrNil(a.LastSeen), CurrentTask: a.CurrentTask}
 	}
 	return out
+}
+
+// defaultHistoryPage is GetNodeHistory's page size when the request leaves
+// it 0: the proto's upper bound, so one call covers most of a day.
+const defaultHistoryPage = 1000
+
+// GetNodeHistory returns a host's stored readings in a window.
+func (s *fleetServer) GetNodeHistory(ctx context.Context, req *factoryv1.GetNodeHistoryRequest) (*factoryv1.GetNodeHistoryResponse, error) {
+	if err := s.ready(); err != nil {
+		return nil, err
+	}
+	if s.history == nil {
+		return nil, status.Error(codes.Unimplemented, "this control plane keeps no telemetry history")
+	}
+	limit := int(req.GetPageSize())
+	if limit <= 0 {
+		limit = defaultHistoryPage
+	}
+	p := &store.TelemetryListParams{Host: req.GetHost(), Limit: limit + 1}
+	if req.GetSince() != nil {
+		p.Since = req.GetSince().AsTime()
+	}
+	if req.GetUntil() != nil {
+		p.Until = req.GetUntil().AsTime()
+	}
+	samples, err := s.history.List(ctx, p)
+	if err != nil {
+		return nil, s.err(ctx, err)
+	}
+	resp := &factoryv1.GetNodeHistoryResponse{}
+	// One more than the page was asked for, so a full page says whether
+	// anything is left without a second query.
+	if len(samples) > limit {
+		samples, resp.Truncated = samples[:limit], true
+	}
+	resp.Readings = make([]*factoryv1.NodeReading, 0, len(samples))
+	for _, x := range samples {
+		t := &factoryv1.Telemetry{}
+		// A reading stored by an older sidecar may carry fields this build
+		// does not know; they are skipped, not an error.
+		if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal([]byte(x.JSON), t); err != nil {
+			return nil, s.err(ctx, fmt.Errorf("telemetry history of %s at %s: %w", x.Host, x.Time.Format(time.RFC3339), err))
+		}
+		resp.Readings = append(resp.Readings, &factoryv1.NodeReading{Time: timestamppb.New(x.Time), Telemetry: t})
+	}
+	return resp, nil
 }

@@ -106,6 +106,8 @@ var rules = map[string]rule{
 	factoryv1.FleetService_ListAgents_FullMethodName: {roles: everyone},
 	factoryv1.FleetService_GetHealth_FullMethodName:  {roles: everyone},
 	factoryv1.FleetService_WatchFleet_FullMethodName: {roles: everyone},
+	// A host's telemetry history is read like its latest reading.
+	factoryv1.FleetService_GetNodeHistory_FullMethodName: {roles: everyone},
 	// Commands restart agents and drain hosts: operators only, audited.
 	factoryv1.FleetService_SendCommand_FullMethodName: {roles: operatorOnly, mutates: true},
 }

@@ -163,7 +163,8 @@ func Run(ctx context.Context, cfg Config) error {
 		fleetClock = qcfg.Clock
 	}
 	fl := fleet.New(fleetClock, cfg.Fleet)
-	srv, healthSrv := NewGRPCServer(Services{Queue: q, Access: acc, Ops: opsSvc, Fleet: fl, FleetEvents: fleet.NewEvents(qcfg.Store, fleetClock)}, log, cfg.TracerProvider, stopping,
+	history := fleet.NewHistory(qcfg.Store, fleetClock, cfg.Fleet)
+	srv, healthSrv := NewGRPCServer(Services{Queue: q, Access: acc, Ops: opsSvc, Fleet: fl, FleetEvents: fleet.NewEvents(qcfg.Store, fleetClock), FleetHistory: history}, log, cfg.TracerProvider, stopping,
 		WithTLS(tlsCfg), WithRateLimit(cfg.RateLimit))
 
 	log.InfoContext(ctx, "listening", "addr", lis.Addr().String(), "tls", tlsMode(tlsCfg), "store", driver, "db", where, "pid", os.Getpid())
@@ -183,10 +184,15 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	// With replicas sharing a database, one of them sweeps and every one of
 	// them hears the others' changes.
+	// The telemetry history's retention is pruned the same way: by the
+	// elected replica alone, since one DELETE serves them all.
+	pruneHistory := func(ctx context.Context) error { return history.RunRetention(ctx, log) }
 	if el, ok := raw.(store.Elector); ok {
 		g.Go(func() error { return el.RunElected(gctx, "sweeper", q.RunSweeper) })
+		g.Go(func() error { return el.RunElected(gctx, "telemetry-retention", pruneHistory) })
 	} else {
 		g.Go(func() error { return q.RunSweeper(gctx) })
+		g.Go(func() error { return pruneHistory(gctx) })
 	}
 	if feed, ok := raw.(store.ChangeFeed); ok {
 		g.Go(func() error {
@@ -255,6 +261,10 @@ type Services struct {
 	// log-watch counts); without it they stay unacked in the sidecars'
 	// spools.
 	FleetEvents *fleet.Events
+	// FleetHistory stores the downsampled telemetry history; without it
+	// only the latest readings are kept and GetNodeHistory answers
+	// UNIMPLEMENTED.
+	FleetHistory *fleet.History
 }
 
 // GRPCOption adds transport security or abuse limits to NewGRPCServer.
@@ -361,7 +371,7 @@ func NewGRPCServer(svc Services, log *slog.Logger, tp trace.TracerProvider, stop
 	factoryv1.RegisterQueueServiceServer(srv, &auditedQueue{&queueServer{q: svc.Queue, log: log, stopping: stopping, fleet: svc.Fleet}})
 	factoryv1.RegisterAccessServiceServer(srv, &accessServer{acc: svc.Access, log: log})
 	factoryv1.RegisterOpsServiceServer(srv, &opsServer{ops: svc.Ops, log: log})
-	factoryv1.RegisterFleetServiceServer(srv, &fleetServer{fleet: svc.Fleet, events: svc.FleetEvents, cmds: fleet.NewCommands(), q: svc.Queue, log: log, stopping: stopping})
+	factoryv1.RegisterFleetServiceServer(srv, &fleetServer{fleet: svc.Fleet, events: svc.FleetEvents, history: svc.FleetHistory, cmds: fleet.NewCommands(), q: svc.Queue, log: log, stopping: stopping})
 	healthSrv := health.NewServer()
 	healthpb.RegisterHealthServer(srv, healthSrv)
 	healthSrv.SetServingStatus(factoryv1.QueueService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)

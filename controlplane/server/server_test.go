@@ -104,7 +104,7 @@ func setupWith(t *testing.T, clock *fakeClock, opts []GRPCOption, dialOpts ...gr
 	}
 	fl := fleet.New(fleetClock, fleet.Config{})
 	stopping := make(chan struct{})
-	srv, _ := NewGRPCServer(Services{Queue: q, Access: acc, Ops: opsSvc, Fleet: fl, FleetEvents: fleet.NewEvents(st, fleetClock)}, log, noop.NewTracerProvider(), stopping, opts...)
+	srv, _ := NewGRPCServer(Services{Queue: q, Access: acc, Ops: opsSvc, Fleet: fl, FleetEvents: fleet.NewEvents(st, fleetClock), FleetHistory: fleet.NewHistory(st, fleetClock, fleet.Config{})}, log, noop.NewTracerProvider(), stopping, opts...)
 	lis := bufconn.Listen(1 << 20)
 	go srv.Serve(lis)
 	t.Cleanup(func() { close(stopping); srv.Stop() })

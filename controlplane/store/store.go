@@ -107,6 +107,9 @@ type Store interface {
 	// FleetStore holds the fleet events that must not be lost (see fleet.go).
 	FleetStore
 
+	// TelemetryStore holds the fleet's telemetry history (see telemetry.go).
+	TelemetryStore
+
 	// DumpStore moves the whole state out and in (see dump.go).
 	DumpStore
 

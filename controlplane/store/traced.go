@@ -217,3 +217,27 @@ func (t *traced) FleetEventsList(ctx context.Context, p *FleetEventsListParams) 
 	defer func() { end(span, err) }()
 	return t.s.FleetEventsList(ctx, p)
 }
+
+func (t *traced) TelemetryAppend(ctx context.Context, p *TelemetryAppendParams) (err error) {
+	ctx, span := t.start(ctx, "TelemetryAppend")
+	defer func() { end(span, err) }()
+	if p != nil {
+		span.SetAttributes(attribute.Int("factory.samples", len(p.Samples)))
+	}
+	return t.s.TelemetryAppend(ctx, p)
+}
+
+func (t *traced) TelemetryList(ctx context.Context, p *TelemetryListParams) (_ []*TelemetrySample, err error) {
+	ctx, span := t.start(ctx, "TelemetryList")
+	defer func() { end(span, err) }()
+	return t.s.TelemetryList(ctx, p)
+}
+
+func (t *traced) TelemetryPrune(ctx context.Context, p *TelemetryPruneParams) (n int, err error) {
+	ctx, span := t.start(ctx, "TelemetryPrune")
+	defer func() {
+		span.SetAttributes(attribute.Int("factory.deleted", n))
+		end(span, err)
+	}()
+	return t.s.TelemetryPrune(ctx, p)
+}

@@ -55,6 +55,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"Audit", s.testAudit},
 		{"Dump", s.testDump},
 		{"FleetEvents", s.testFleetEvents},
+		{"Telemetry", s.testTelemetry},
 	}
 	for _, g := range groups {
 		t.Run(g.name, func(t *testing.T) {

@@ -2283,6 +2283,192 @@ func (x *SendCommandResponse) GetResult() *CommandResult {
 	return nil
 }
 
+// GetNodeHistoryRequest asks for one host's stored readings in a window.
+type GetNodeHistoryRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The host's name, as its sidecar's Hello gave it.
+	Host string `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
+	// Only readings at or after this time; unset means from the oldest kept.
+	Since *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=since,proto3" json:"since,omitempty"`
+	// Only readings before this time; unset means up to now.
+	Until *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=until,proto3" json:"until,omitempty"`
+	// At most this many readings; default 1000, at most 1000. A reading can
+	// be kilobytes (every GPU's processes), so a week of minutes is fetched
+	// in pages: see GetNodeHistoryResponse.truncated.
+	PageSize      int32 `protobuf:"varint,4,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetNodeHistoryRequest) Reset() {
+	*x = GetNodeHistoryRequest{}
+	mi := &file_factory_v1_fleet_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetNodeHistoryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetNodeHistoryRequest) ProtoMessage() {}
+
+func (x *GetNodeHistoryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_fleet_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetNodeHistoryRequest.ProtoReflect.Descriptor instead.
+func (*GetNodeHistoryRequest) Descriptor() ([]byte, []int) {
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *GetNodeHistoryRequest) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *GetNodeHistoryRequest) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *GetNodeHistoryRequest) GetUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Until
+	}
+	return nil
+}
+
+func (x *GetNodeHistoryRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+// GetNodeHistoryResponse holds a host's readings, oldest first.
+type GetNodeHistoryResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The readings.
+	Readings []*NodeReading `protobuf:"bytes,1,rep,name=readings,proto3" json:"readings,omitempty"`
+	// More readings remain in the window: ask again with since just after
+	// the last reading's time.
+	Truncated     bool `protobuf:"varint,2,opt,name=truncated,proto3" json:"truncated,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetNodeHistoryResponse) Reset() {
+	*x = GetNodeHistoryResponse{}
+	mi := &file_factory_v1_fleet_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetNodeHistoryResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetNodeHistoryResponse) ProtoMessage() {}
+
+func (x *GetNodeHistoryResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_fleet_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetNodeHistoryResponse.ProtoReflect.Descriptor instead.
+func (*GetNodeHistoryResponse) Descriptor() ([]byte, []int) {
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *GetNodeHistoryResponse) GetReadings() []*NodeReading {
+	if x != nil {
+		return x.Readings
+	}
+	return nil
+}
+
+func (x *GetNodeHistoryResponse) GetTruncated() bool {
+	if x != nil {
+		return x.Truncated
+	}
+	return false
+}
+
+// NodeReading is one stored telemetry reading of a host.
+type NodeReading struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// When the control plane received the reading.
+	Time *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=time,proto3" json:"time,omitempty"`
+	// The reading as the sidecar sent it.
+	Telemetry     *Telemetry `protobuf:"bytes,2,opt,name=telemetry,proto3" json:"telemetry,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeReading) Reset() {
+	*x = NodeReading{}
+	mi := &file_factory_v1_fleet_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeReading) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeReading) ProtoMessage() {}
+
+func (x *NodeReading) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_fleet_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeReading.ProtoReflect.Descriptor instead.
+func (*NodeReading) Descriptor() ([]byte, []int) {
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *NodeReading) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *NodeReading) GetTelemetry() *Telemetry {
+	if x != nil {
+		return x.Telemetry
+	}
+	return nil
+}
+
 var File_factory_v1_fleet_proto protoreflect.FileDescriptor
 
 const file_factory_v1_fleet_proto_rawDesc = "" +
@@ -2457,12 +2643,26 @@ const file_factory_v1_fleet_proto_rawDesc = "" +
 	"\xaa\x01\a\"\x03\b\xd8\x042\x00R\atimeoutB\x10\n" +
 	"\acommand\x12\x05\xbaH\x02\b\x01\"H\n" +
 	"\x13SendCommandResponse\x121\n" +
-	"\x06result\x18\x01 \x01(\v2\x19.factory.v1.CommandResultR\x06result*l\n" +
+	"\x06result\x18\x01 \x01(\v2\x19.factory.v1.CommandResultR\x06result\"\x80\x02\n" +
+	"\x15GetNodeHistoryRequest\x126\n" +
+	"\x04host\x18\x01 \x01(\tB\"\xbaH\x1f\xc8\x01\x01r\x1a2\x18^[A-Za-z0-9._:-]{1,128}$R\x04host\x12B\n" +
+	"\x05since\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampB\x10\xbaH\r\xb2\x01\n" +
+	"\x1a\x06\b\x80\xb2\xf8\x84\x1b2\x00R\x05since\x12B\n" +
+	"\x05until\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampB\x10\xbaH\r\xb2\x01\n" +
+	"\x1a\x06\b\x80\xb2\xf8\x84\x1b2\x00R\x05until\x12'\n" +
+	"\tpage_size\x18\x04 \x01(\x05B\n" +
+	"\xbaH\a\x1a\x05\x18\xe8\a(\x00R\bpageSize\"k\n" +
+	"\x16GetNodeHistoryResponse\x123\n" +
+	"\breadings\x18\x01 \x03(\v2\x17.factory.v1.NodeReadingR\breadings\x12\x1c\n" +
+	"\ttruncated\x18\x02 \x01(\bR\ttruncated\"r\n" +
+	"\vNodeReading\x12.\n" +
+	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x123\n" +
+	"\ttelemetry\x18\x02 \x01(\v2\x15.factory.v1.TelemetryR\ttelemetry*l\n" +
 	"\tNodeState\x12\x1a\n" +
 	"\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11NODE_STATE_ONLINE\x10\x01\x12\x14\n" +
 	"\x10NODE_STATE_STALE\x10\x02\x12\x16\n" +
-	"\x12NODE_STATE_OFFLINE\x10\x032\xd6\x03\n" +
+	"\x12NODE_STATE_OFFLINE\x10\x032\xaf\x04\n" +
 	"\fFleetService\x12F\n" +
 	"\aConnect\x12\x1a.factory.v1.ConnectRequest\x1a\x1b.factory.v1.ConnectResponse(\x010\x01\x12H\n" +
 	"\tListNodes\x12\x1c.factory.v1.ListNodesRequest\x1a\x1d.factory.v1.ListNodesResponse\x12K\n" +
@@ -2471,7 +2671,8 @@ const file_factory_v1_fleet_proto_rawDesc = "" +
 	"\tGetHealth\x12\x1c.factory.v1.GetHealthRequest\x1a\x1d.factory.v1.GetHealthResponse\x12M\n" +
 	"\n" +
 	"WatchFleet\x12\x1d.factory.v1.WatchFleetRequest\x1a\x1e.factory.v1.WatchFleetResponse0\x01\x12N\n" +
-	"\vSendCommand\x12\x1e.factory.v1.SendCommandRequest\x1a\x1f.factory.v1.SendCommandResponseB5Z3github.com/factory/factory/gen/factory/v1;factoryv1b\x06proto3"
+	"\vSendCommand\x12\x1e.factory.v1.SendCommandRequest\x1a\x1f.factory.v1.SendCommandResponse\x12W\n" +
+	"\x0eGetNodeHistory\x12!.factory.v1.GetNodeHistoryRequest\x1a\".factory.v1.GetNodeHistoryResponseB5Z3github.com/factory/factory/gen/factory/v1;factoryv1b\x06proto3"
 
 var (
 	file_factory_v1_fleet_proto_rawDescOnce sync.Once
@@ -2486,45 +2687,48 @@ func file_factory_v1_fleet_proto_rawDescGZIP() []byte {
 }
 
 var file_factory_v1_fleet_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_factory_v1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_factory_v1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
 var file_factory_v1_fleet_proto_goTypes = []any{
-	(NodeState)(0),                // 0: factory.v1.NodeState
-	(*ConnectRequest)(nil),        // 1: factory.v1.ConnectRequest
-	(*FleetEvents)(nil),           // 2: factory.v1.FleetEvents
-	(*FleetEvent)(nil),            // 3: factory.v1.FleetEvent
-	(*Hello)(nil),                 // 4: factory.v1.Hello
-	(*HostedAgent)(nil),           // 5: factory.v1.HostedAgent
-	(*Heartbeat)(nil),             // 6: factory.v1.Heartbeat
-	(*Telemetry)(nil),             // 7: factory.v1.Telemetry
-	(*GpuDevice)(nil),             // 8: factory.v1.GpuDevice
-	(*GpuProcess)(nil),            // 9: factory.v1.GpuProcess
-	(*DiskUsage)(nil),             // 10: factory.v1.DiskUsage
-	(*ProbeResult)(nil),           // 11: factory.v1.ProbeResult
-	(*ConnectResponse)(nil),       // 12: factory.v1.ConnectResponse
-	(*EventAck)(nil),              // 13: factory.v1.EventAck
-	(*SidecarConfig)(nil),         // 14: factory.v1.SidecarConfig
-	(*Node)(nil),                  // 15: factory.v1.Node
-	(*Agent)(nil),                 // 16: factory.v1.Agent
-	(*ListNodesRequest)(nil),      // 17: factory.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),     // 18: factory.v1.ListNodesResponse
-	(*ListAgentsRequest)(nil),     // 19: factory.v1.ListAgentsRequest
-	(*ListAgentsResponse)(nil),    // 20: factory.v1.ListAgentsResponse
-	(*GetHealthRequest)(nil),      // 21: factory.v1.GetHealthRequest
-	(*HealthCheck)(nil),           // 22: factory.v1.HealthCheck
-	(*GetHealthResponse)(nil),     // 23: factory.v1.GetHealthResponse
-	(*WatchFleetRequest)(nil),     // 24: factory.v1.WatchFleetRequest
-	(*WatchFleetResponse)(nil),    // 25: factory.v1.WatchFleetResponse
-	(*SidecarCommand)(nil),        // 26: factory.v1.SidecarCommand
-	(*RestartAgent)(nil),          // 27: factory.v1.RestartAgent
-	(*DrainHost)(nil),             // 28: factory.v1.DrainHost
-	(*CommandResult)(nil),         // 29: factory.v1.CommandResult
-	(*SendCommandRequest)(nil),    // 30: factory.v1.SendCommandRequest
-	(*SendCommandResponse)(nil),   // 31: factory.v1.SendCommandResponse
-	nil,                           // 32: factory.v1.FleetEvent.AttributesEntry
-	nil,                           // 33: factory.v1.Hello.LabelsEntry
-	nil,                           // 34: factory.v1.Node.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 35: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 36: google.protobuf.Duration
+	(NodeState)(0),                 // 0: factory.v1.NodeState
+	(*ConnectRequest)(nil),         // 1: factory.v1.ConnectRequest
+	(*FleetEvents)(nil),            // 2: factory.v1.FleetEvents
+	(*FleetEvent)(nil),             // 3: factory.v1.FleetEvent
+	(*Hello)(nil),                  // 4: factory.v1.Hello
+	(*HostedAgent)(nil),            // 5: factory.v1.HostedAgent
+	(*Heartbeat)(nil),              // 6: factory.v1.Heartbeat
+	(*Telemetry)(nil),              // 7: factory.v1.Telemetry
+	(*GpuDevice)(nil),              // 8: factory.v1.GpuDevice
+	(*GpuProcess)(nil),             // 9: factory.v1.GpuProcess
+	(*DiskUsage)(nil),              // 10: factory.v1.DiskUsage
+	(*ProbeResult)(nil),            // 11: factory.v1.ProbeResult
+	(*ConnectResponse)(nil),        // 12: factory.v1.ConnectResponse
+	(*EventAck)(nil),               // 13: factory.v1.EventAck
+	(*SidecarConfig)(nil),          // 14: factory.v1.SidecarConfig
+	(*Node)(nil),                   // 15: factory.v1.Node
+	(*Agent)(nil),                  // 16: factory.v1.Agent
+	(*ListNodesRequest)(nil),       // 17: factory.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),      // 18: factory.v1.ListNodesResponse
+	(*ListAgentsRequest)(nil),      // 19: factory.v1.ListAgentsRequest
+	(*ListAgentsResponse)(nil),     // 20: factory.v1.ListAgentsResponse
+	(*GetHealthRequest)(nil),       // 21: factory.v1.GetHealthRequest
+	(*HealthCheck)(nil),            // 22: factory.v1.HealthCheck
+	(*GetHealthResponse)(nil),      // 23: factory.v1.GetHealthResponse
+	(*WatchFleetRequest)(nil),      // 24: factory.v1.WatchFleetRequest
+	(*WatchFleetResponse)(nil),     // 25: factory.v1.WatchFleetResponse
+	(*SidecarCommand)(nil),         // 26: factory.v1.SidecarCommand
+	(*RestartAgent)(nil),           // 27: factory.v1.RestartAgent
+	(*DrainHost)(nil),              // 28: factory.v1.DrainHost
+	(*CommandResult)(nil),          // 29: factory.v1.CommandResult
+	(*SendCommandRequest)(nil),     // 30: factory.v1.SendCommandRequest
+	(*SendCommandResponse)(nil),    // 31: factory.v1.SendCommandResponse
+	(*GetNodeHistoryRequest)(nil),  // 32: factory.v1.GetNodeHistoryRequest
+	(*GetNodeHistoryResponse)(nil), // 33: factory.v1.GetNodeHistoryResponse
+	(*NodeReading)(nil),            // 34: factory.v1.NodeReading
+	nil,                            // 35: factory.v1.FleetEvent.AttributesEntry
+	nil,                            // 36: factory.v1.Hello.LabelsEntry
+	nil,                            // 37: factory.v1.Node.LabelsEntry
+	(*timestamppb.Timestamp)(nil),  // 38: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),    // 39: google.protobuf.Duration
 }
 var file_factory_v1_fleet_proto_depIdxs = []int32{
 	4,  // 0: factory.v1.ConnectRequest.hello:type_name -> factory.v1.Hello
@@ -2533,30 +2737,30 @@ var file_factory_v1_fleet_proto_depIdxs = []int32{
 	2,  // 3: factory.v1.ConnectRequest.events:type_name -> factory.v1.FleetEvents
 	29, // 4: factory.v1.ConnectRequest.command_result:type_name -> factory.v1.CommandResult
 	3,  // 5: factory.v1.FleetEvents.events:type_name -> factory.v1.FleetEvent
-	35, // 6: factory.v1.FleetEvent.time:type_name -> google.protobuf.Timestamp
-	32, // 7: factory.v1.FleetEvent.attributes:type_name -> factory.v1.FleetEvent.AttributesEntry
-	33, // 8: factory.v1.Hello.labels:type_name -> factory.v1.Hello.LabelsEntry
+	38, // 6: factory.v1.FleetEvent.time:type_name -> google.protobuf.Timestamp
+	35, // 7: factory.v1.FleetEvent.attributes:type_name -> factory.v1.FleetEvent.AttributesEntry
+	36, // 8: factory.v1.Hello.labels:type_name -> factory.v1.Hello.LabelsEntry
 	5,  // 9: factory.v1.Hello.agents:type_name -> factory.v1.HostedAgent
-	35, // 10: factory.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
-	35, // 11: factory.v1.Telemetry.collected_at:type_name -> google.protobuf.Timestamp
+	38, // 10: factory.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
+	38, // 11: factory.v1.Telemetry.collected_at:type_name -> google.protobuf.Timestamp
 	8,  // 12: factory.v1.Telemetry.gpus:type_name -> factory.v1.GpuDevice
 	10, // 13: factory.v1.Telemetry.disks:type_name -> factory.v1.DiskUsage
 	11, // 14: factory.v1.Telemetry.probes:type_name -> factory.v1.ProbeResult
 	9,  // 15: factory.v1.GpuDevice.processes:type_name -> factory.v1.GpuProcess
-	36, // 16: factory.v1.ProbeResult.latency:type_name -> google.protobuf.Duration
+	39, // 16: factory.v1.ProbeResult.latency:type_name -> google.protobuf.Duration
 	14, // 17: factory.v1.ConnectResponse.config:type_name -> factory.v1.SidecarConfig
 	13, // 18: factory.v1.ConnectResponse.event_ack:type_name -> factory.v1.EventAck
 	26, // 19: factory.v1.ConnectResponse.command:type_name -> factory.v1.SidecarCommand
-	36, // 20: factory.v1.SidecarConfig.heartbeat_interval:type_name -> google.protobuf.Duration
-	36, // 21: factory.v1.SidecarConfig.telemetry_interval:type_name -> google.protobuf.Duration
+	39, // 20: factory.v1.SidecarConfig.heartbeat_interval:type_name -> google.protobuf.Duration
+	39, // 21: factory.v1.SidecarConfig.telemetry_interval:type_name -> google.protobuf.Duration
 	0,  // 22: factory.v1.Node.state:type_name -> factory.v1.NodeState
-	34, // 23: factory.v1.Node.labels:type_name -> factory.v1.Node.LabelsEntry
-	35, // 24: factory.v1.Node.connected_at:type_name -> google.protobuf.Timestamp
-	35, // 25: factory.v1.Node.last_seen:type_name -> google.protobuf.Timestamp
+	37, // 23: factory.v1.Node.labels:type_name -> factory.v1.Node.LabelsEntry
+	38, // 24: factory.v1.Node.connected_at:type_name -> google.protobuf.Timestamp
+	38, // 25: factory.v1.Node.last_seen:type_name -> google.protobuf.Timestamp
 	7,  // 26: factory.v1.Node.telemetry:type_name -> factory.v1.Telemetry
-	35, // 27: factory.v1.Node.telemetry_at:type_name -> google.protobuf.Timestamp
+	38, // 27: factory.v1.Node.telemetry_at:type_name -> google.protobuf.Timestamp
 	0,  // 28: factory.v1.Agent.state:type_name -> factory.v1.NodeState
-	35, // 29: factory.v1.Agent.last_seen:type_name -> google.protobuf.Timestamp
+	38, // 29: factory.v1.Agent.last_seen:type_name -> google.protobuf.Timestamp
 	15, // 30: factory.v1.ListNodesResponse.nodes:type_name -> factory.v1.Node
 	16, // 31: factory.v1.ListAgentsResponse.agents:type_name -> factory.v1.Agent
 	22, // 32: factory.v1.GetHealthResponse.checks:type_name -> factory.v1.HealthCheck
@@ -2564,28 +2768,35 @@ var file_factory_v1_fleet_proto_depIdxs = []int32{
 	16, // 34: factory.v1.WatchFleetResponse.agents:type_name -> factory.v1.Agent
 	27, // 35: factory.v1.SidecarCommand.restart_agent:type_name -> factory.v1.RestartAgent
 	28, // 36: factory.v1.SidecarCommand.drain:type_name -> factory.v1.DrainHost
-	36, // 37: factory.v1.CommandResult.took:type_name -> google.protobuf.Duration
+	39, // 37: factory.v1.CommandResult.took:type_name -> google.protobuf.Duration
 	27, // 38: factory.v1.SendCommandRequest.restart_agent:type_name -> factory.v1.RestartAgent
 	28, // 39: factory.v1.SendCommandRequest.drain:type_name -> factory.v1.DrainHost
-	36, // 40: factory.v1.SendCommandRequest.timeout:type_name -> google.protobuf.Duration
+	39, // 40: factory.v1.SendCommandRequest.timeout:type_name -> google.protobuf.Duration
 	29, // 41: factory.v1.SendCommandResponse.result:type_name -> factory.v1.CommandResult
-	1,  // 42: factory.v1.FleetService.Connect:input_type -> factory.v1.ConnectRequest
-	17, // 43: factory.v1.FleetService.ListNodes:input_type -> factory.v1.ListNodesRequest
-	19, // 44: factory.v1.FleetService.ListAgents:input_type -> factory.v1.ListAgentsRequest
-	21, // 45: factory.v1.FleetService.GetHealth:input_type -> factory.v1.GetHealthRequest
-	24, // 46: factory.v1.FleetService.WatchFleet:input_type -> factory.v1.WatchFleetRequest
-	30, // 47: factory.v1.FleetService.SendCommand:input_type -> factory.v1.SendCommandRequest
-	12, // 48: factory.v1.FleetService.Connect:output_type -> factory.v1.ConnectResponse
-	18, // 49: factory.v1.FleetService.ListNodes:output_type -> factory.v1.ListNodesResponse
-	20, // 50: factory.v1.FleetService.ListAgents:output_type -> factory.v1.ListAgentsResponse
-	23, // 51: factory.v1.FleetService.GetHealth:output_type -> factory.v1.GetHealthResponse
-	25, // 52: factory.v1.FleetService.WatchFleet:output_type -> factory.v1.WatchFleetResponse
-	31, // 53: factory.v1.FleetService.SendCommand:output_type -> factory.v1.SendCommandResponse
-	48, // [48:54] is the sub-list for method output_type
-	42, // [42:48] is the sub-list for method input_type
-	42, // [42:42] is the sub-list for extension type_name
-	42, // [42:42] is the sub-list for extension extendee
-	0,  // [0:42] is the sub-list for field type_name
+	38, // 42: factory.v1.GetNodeHistoryRequest.since:type_name -> google.protobuf.Timestamp
+	38, // 43: factory.v1.GetNodeHistoryRequest.until:type_name -> google.protobuf.Timestamp
+	34, // 44: factory.v1.GetNodeHistoryResponse.readings:type_name -> factory.v1.NodeReading
+	38, // 45: factory.v1.NodeReading.time:type_name -> google.protobuf.Timestamp
+	7,  // 46: factory.v1.NodeReading.telemetry:type_name -> factory.v1.Telemetry
+	1,  // 47: factory.v1.FleetService.Connect:input_type -> factory.v1.ConnectRequest
+	17, // 48: factory.v1.FleetService.ListNodes:input_type -> factory.v1.ListNodesRequest
+	19, // 49: factory.v1.FleetService.ListAgents:input_type -> factory.v1.ListAgentsRequest
+	21, // 50: factory.v1.FleetService.GetHealth:input_type -> factory.v1.GetHealthRequest
+	24, // 51: factory.v1.FleetService.WatchFleet:input_type -> factory.v1.WatchFleetRequest
+	30, // 52: factory.v1.FleetService.SendCommand:input_type -> factory.v1.SendCommandRequest
+	32, // 53: factory.v1.FleetService.GetNodeHistory:input_type -> factory.v1.GetNodeHistoryRequest
+	12, // 54: factory.v1.FleetService.Connect:output_type -> factory.v1.ConnectResponse
+	18, // 55: factory.v1.FleetService.ListNodes:output_type -> factory.v1.ListNodesResponse
+	20, // 56: factory.v1.FleetService.ListAgents:output_type -> factory.v1.ListAgentsResponse
+	23, // 57: factory.v1.FleetService.GetHealth:output_type -> factory.v1.GetHealthResponse
+	25, // 58: factory.v1.FleetService.WatchFleet:output_type -> factory.v1.WatchFleetResponse
+	31, // 59: factory.v1.FleetService.SendCommand:output_type -> factory.v1.SendCommandResponse
+	33, // 60: factory.v1.FleetService.GetNodeHistory:output_type -> factory.v1.GetNodeHistoryResponse
+	54, // [54:61] is the sub-list for method output_type
+	47, // [47:54] is the sub-list for method input_type
+	47, // [47:47] is the sub-list for extension type_name
+	47, // [47:47] is the sub-list for extension extendee
+	0,  // [0:47] is the sub-list for field type_name
 }
 
 func init() { file_factory_v1_fleet_proto_init() }
@@ -2614,7 +2825,7 @@ func file_factory_v1_fleet_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_factory_v1_fleet_proto_rawDesc), len(file_factory_v1_fleet_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   34,
+			NumMessages:   37,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

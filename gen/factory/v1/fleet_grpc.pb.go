@@ -19,12 +19,13 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	FleetService_Connect_FullMethodName     = "/factory.v1.FleetService/Connect"
-	FleetService_ListNodes_FullMethodName   = "/factory.v1.FleetService/ListNodes"
-	FleetService_ListAgents_FullMethodName  = "/factory.v1.FleetService/ListAgents"
-	FleetService_GetHealth_FullMethodName   = "/factory.v1.FleetService/GetHealth"
-	FleetService_WatchFleet_FullMethodName  = "/factory.v1.FleetService/WatchFleet"
-	FleetService_SendCommand_FullMethodName = "/factory.v1.FleetService/SendCommand"
+	FleetService_Connect_FullMethodName        = "/factory.v1.FleetService/Connect"
+	FleetService_ListNodes_FullMethodName      = "/factory.v1.FleetService/ListNodes"
+	FleetService_ListAgents_FullMethodName     = "/factory.v1.FleetService/ListAgents"
+	FleetService_GetHealth_FullMethodName      = "/factory.v1.FleetService/GetHealth"
+	FleetService_WatchFleet_FullMethodName     = "/factory.v1.FleetService/WatchFleet"
+	FleetService_SendCommand_FullMethodName    = "/factory.v1.FleetService/SendCommand"
+	FleetService_GetNodeHistory_FullMethodName = "/factory.v1.FleetService/GetNodeHistory"
 )
 
 // FleetServiceClient is the client API for FleetService service.
@@ -35,8 +36,9 @@ const (
 // factory-sidecar) and the agents they run. A sidecar keeps one Connect
 // stream open; its heartbeats keep its node and agents ONLINE, past two
 // missed heartbeats they are STALE, past five minutes OFFLINE (runbook
-// §5.1). An agent's own queue calls also count as signs of life. Only the
-// latest readings are kept, in memory.
+// §5.1). An agent's own queue calls also count as signs of life. The latest
+// readings are kept in memory; a downsampled history (one reading per host
+// per minute by default, kept 7 days) is kept in the store.
 type FleetServiceClient interface {
 	// Connect is a sidecar's stream. The first client message must be a
 	// Hello; a sidecar token may connect only as its own host (its subject),
@@ -66,6 +68,14 @@ type FleetServiceClient interface {
 	// result later than the timeout is DEADLINE_EXCEEDED, though the command
 	// may still run. Operators only, audited.
 	SendCommand(ctx context.Context, in *SendCommandRequest, opts ...grpc.CallOption) (*SendCommandResponse, error)
+	// GetNodeHistory returns a host's stored telemetry readings in a time
+	// window, oldest first. The history is downsampled as it is written (at
+	// most one reading per host per sampling interval, one minute by
+	// default) and readings older than the retention (7 days by default) are
+	// pruned, so it answers "how did this host look over the last day", not
+	// "what did every message say". A host with no stored reading gets an
+	// empty list, not NOT_FOUND: its history may simply have aged out.
+	GetNodeHistory(ctx context.Context, in *GetNodeHistoryRequest, opts ...grpc.CallOption) (*GetNodeHistoryResponse, error)
 }
 
 type fleetServiceClient struct {
@@ -148,6 +158,16 @@ func (c *fleetServiceClient) SendCommand(ctx context.Context, in *SendCommandReq
 	return out, nil
 }
 
+func (c *fleetServiceClient) GetNodeHistory(ctx context.Context, in *GetNodeHistoryRequest, opts ...grpc.CallOption) (*GetNodeHistoryResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetNodeHistoryResponse)
+	err := c.cc.Invoke(ctx, FleetService_GetNodeHistory_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // FleetServiceServer is the server API for FleetService service.
 // All implementations must embed UnimplementedFleetServiceServer
 // for forward compatibility.
@@ -156,8 +176,9 @@ func (c *fleetServiceClient) SendCommand(ctx context.Context, in *SendCommandReq
 // factory-sidecar) and the agents they run. A sidecar keeps one Connect
 // stream open; its heartbeats keep its node and agents ONLINE, past two
 // missed heartbeats they are STALE, past five minutes OFFLINE (runbook
-// §5.1). An agent's own queue calls also count as signs of life. Only the
-// latest readings are kept, in memory.
+// §5.1). An agent's own queue calls also count as signs of life. The latest
+// readings are kept in memory; a downsampled history (one reading per host
+// per minute by default, kept 7 days) is kept in the store.
 type FleetServiceServer interface {
 	// Connect is a sidecar's stream. The first client message must be a
 	// Hello; a sidecar token may connect only as its own host (its subject),
@@ -187,6 +208,14 @@ type FleetServiceServer interface {
 	// result later than the timeout is DEADLINE_EXCEEDED, though the command
 	// may still run. Operators only, audited.
 	SendCommand(context.Context, *SendCommandRequest) (*SendCommandResponse, error)
+	// GetNodeHistory returns a host's stored telemetry readings in a time
+	// window, oldest first. The history is downsampled as it is written (at
+	// most one reading per host per sampling interval, one minute by
+	// default) and readings older than the retention (7 days by default) are
+	// pruned, so it answers "how did this host look over the last day", not
+	// "what did every message say". A host with no stored reading gets an
+	// empty list, not NOT_FOUND: its history may simply have aged out.
+	GetNodeHistory(context.Context, *GetNodeHistoryRequest) (*GetNodeHistoryResponse, error)
 	mustEmbedUnimplementedFleetServiceServer()
 }
 
@@ -214,6 +243,9 @@ func (UnimplementedFleetServiceServer) WatchFleet(*WatchFleetRequest, grpc.Serve
 }
 func (UnimplementedFleetServiceServer) SendCommand(context.Context, *SendCommandRequest) (*SendCommandResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SendCommand not implemented")
+}
+func (UnimplementedFleetServiceServer) GetNodeHistory(context.Context, *GetNodeHistoryRequest) (*GetNodeHistoryResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetNodeHistory not implemented")
 }
 func (UnimplementedFleetServiceServer) mustEmbedUnimplementedFleetServiceServer() {}
 func (UnimplementedFleetServiceServer) testEmbeddedByValue()                      {}
@@ -326,6 +358,24 @@ func _FleetService_SendCommand_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _FleetService_GetNodeHistory_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetNodeHistoryRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FleetServiceServer).GetNodeHistory(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FleetService_GetNodeHistory_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FleetServiceServer).GetNodeHistory(ctx, req.(*GetNodeHistoryRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // FleetService_ServiceDesc is the grpc.ServiceDesc for FleetService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -348,6 +398,10 @@ var FleetService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SendCommand",
 			Handler:    _FleetService_SendCommand_Handler,
+		},
+		{
+			MethodName: "GetNodeHistory",
+			Handler:    _FleetService_GetNodeHistory_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
