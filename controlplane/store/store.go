@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"time"
 )
 
@@ -319,4 +320,17 @@ func CheckTaskCreates(tasks []*TaskCreate) error {
 		}
 	}
 	return nil
+}
+
+// ParseCursor reads a list cursor written by a driver as the decimal
+// creation sequence of the last task returned; empty means the start.
+func ParseCursor(cursor string) (int64, error) {
+	if cursor == "" {
+		return 0, nil
+	}
+	n, err := strconv.ParseInt(cursor, 10, 64)
+	if err != nil || n < 0 {
+		return 0, InvalidField("page_token", "%q is not a page token from a previous list", cursor)
+	}
+	return n, nil
 }

@@ -186,13 +186,9 @@ func (s *Store) TaskList(ctx context.Context, p *store.TaskListParams) (*store.T
 	if p == nil {
 		p = &store.TaskListParams{}
 	}
-	var after int64
-	if p.Cursor != "" {
-		n, err := strconv.ParseInt(p.Cursor, 10, 64)
-		if err != nil || n < 0 {
-			return nil, store.InvalidField("page_token", "%q is not a page token from a previous list", p.Cursor)
-		}
-		after = n
+	after, err := store.ParseCursor(p.Cursor)
+	if err != nil {
+		return nil, err
 	}
 	if err := checkText("role", p.Role, "assignee", p.Assignee); err != nil {
 		return nil, err
@@ -242,7 +238,7 @@ func (s *Store) TaskList(ctx context.Context, p *store.TaskListParams) (*store.T
 	}
 
 	var rows []*row
-	err := s.read(ctx, "TaskList", func(ctx context.Context) error {
+	err = s.read(ctx, "TaskList", func(ctx context.Context) error {
 		rs, err := s.pool.Query(ctx, b.String(), args...)
 		if err != nil {
 			return err

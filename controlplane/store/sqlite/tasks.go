@@ -148,13 +148,9 @@ func (s *Store) TaskList(ctx context.Context, p *store.TaskListParams) (*store.T
 	if p == nil {
 		p = &store.TaskListParams{}
 	}
-	var after int64
-	if p.Cursor != "" {
-		n, err := strconv.ParseInt(p.Cursor, 10, 64)
-		if err != nil || n < 0 {
-			return nil, store.InvalidField("page_token", "%q is not a page token from a previous list", p.Cursor)
-		}
-		after = n
+	after, err := store.ParseCursor(p.Cursor)
+	if err != nil {
+		return nil, err
 	}
 
 	var b strings.Builder
