@@ -167,3 +167,22 @@ type AuditListResult struct {
 	Entries    []*AuditEntry
 	NextCursor string
 }
+
+// CheckTokenCreate is the input check every driver's TokenCreate makes
+// before touching the database.
+func CheckTokenCreate(p *TokenCreateParams) error {
+	if p == nil || p.Token == nil {
+		return InvalidField("token", "is missing")
+	}
+	switch in := p.Token; {
+	case in.ID == "":
+		return InvalidField("id", "is required")
+	case in.Hash == "":
+		return InvalidField("hash", "is required")
+	case !in.Role.Valid():
+		return InvalidField("role", "unknown role %q", in.Role)
+	case in.Subject == "":
+		return InvalidField("subject", "is required")
+	}
+	return nil
+}

@@ -57,20 +57,10 @@ func tokenNotFound(what string) error { return fmt.Errorf("token %s: %w", what, 
 
 // TokenCreate implements store.Store.
 func (s *Store) TokenCreate(ctx context.Context, p *store.TokenCreateParams) (*store.Token, error) {
-	if p == nil || p.Token == nil {
-		return nil, store.InvalidField("token", "is missing")
+	if err := store.CheckTokenCreate(p); err != nil {
+		return nil, err
 	}
 	in := p.Token
-	switch {
-	case in.ID == "":
-		return nil, store.InvalidField("id", "is required")
-	case in.Hash == "":
-		return nil, store.InvalidField("hash", "is required")
-	case !in.Role.Valid():
-		return nil, store.InvalidField("role", "unknown role %q", in.Role)
-	case in.Subject == "":
-		return nil, store.InvalidField("subject", "is required")
-	}
 	if err := checkText("id", in.ID, "hash", in.Hash, "subject", in.Subject, "description", in.Description, "created_by", in.CreatedBy); err != nil {
 		return nil, err
 	}
