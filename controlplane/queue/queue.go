@@ -19,6 +19,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -119,7 +120,40 @@ type Service struct {
 	clock  Clock
 	ready  *broadcast
 	events *hub
+
+	gatesMu sync.RWMutex
+	gates   []ClaimGate
 }
+
+// ClaimGate decides whether agent may claim now; an error refuses the claim
+// and is returned to the claimer as is (a *store.QuotaError for a budget's
+// cap or the emergency stop). Gates are asked before every claim attempt,
+// also while a claim waits, so a cap reached meanwhile holds the waiter.
+type ClaimGate func(ctx context.Context, agent string) error
+
+// AddClaimGate adds a gate every claim must pass. Budgets, the emergency
+// stop and maintenance mode each add one.
+func (s *Service) AddClaimGate(g ClaimGate) {
+	s.gatesMu.Lock()
+	defer s.gatesMu.Unlock()
+	s.gates = append(s.gates, g)
+}
+
+func (s *Service) checkGates(ctx context.Context, agent string) error {
+	s.gatesMu.RLock()
+	gates := s.gates
+	s.gatesMu.RUnlock()
+	for _, g := range gates {
+		if err := g(ctx, agent); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// WakeClaimers wakes every waiting claimer to look again: after a gate
+// opens (a cap raised, the emergency stop rearmed).
+func (s *Service) WakeClaimers() { s.ready.notify() }
 
 // New returns a Service.
 func New(cfg Config) (*Service, error) {
@@ -259,6 +293,9 @@ func (s *Service) Claim(ctx context.Context, p ClaimParams) ([]*store.Task, erro
 	}
 	for {
 		woken := s.ready.wait()
+		if err := s.checkGates(ctx, p.Agent); err != nil {
+			return nil, err
+		}
 		changes, err := s.store.TaskClaim(ctx, &store.TaskClaimParams{
 			Agent: p.Agent, Roles: p.Roles, Max: p.MaxTasks, LeaseDuration: lease, Now: s.clock.Now(),
 		})

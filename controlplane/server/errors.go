@@ -26,6 +26,7 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 		return err
 	}
 	var fe *store.FieldError
+	var qe *store.QuotaError
 	var ve *protovalidate.ValidationError
 	switch {
 	case errors.Is(err, context.Canceled):
@@ -43,6 +44,14 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 		return badRequest(violations)
 	case errors.As(err, &fe):
 		return badRequest([]*errdetails.BadRequest_FieldViolation{{Field: fe.Field, Description: fe.Description}})
+	case errors.As(err, &qe):
+		st, derr := status.New(codes.ResourceExhausted, qe.Error()).WithDetails(&errdetails.QuotaFailure{
+			Violations: []*errdetails.QuotaFailure_Violation{{Subject: qe.Subject, Description: qe.Description}},
+		})
+		if derr != nil {
+			return status.Error(codes.ResourceExhausted, qe.Error())
+		}
+		return st.Err()
 	case errors.Is(err, store.ErrInvalidArgument):
 		return status.Error(codes.InvalidArgument, err.Error())
 	case errors.Is(err, store.ErrNotFound):

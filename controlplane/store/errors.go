@@ -50,3 +50,22 @@ func (e *TransitionError) Error() string {
 
 // Is makes errors.Is(err, ErrIllegalTransition) true.
 func (e *TransitionError) Is(target error) bool { return target == ErrIllegalTransition }
+
+// ErrQuotaExceeded is a limit reached: a budget's hard cap, or the
+// emergency stop. The gRPC boundary answers RESOURCE_EXHAUSTED.
+var ErrQuotaExceeded = errors.New("quota exceeded")
+
+// QuotaError names the limit reached. It matches ErrQuotaExceeded; the
+// gRPC boundary sends Subject and Description as a google.rpc.QuotaFailure
+// detail, so a client can tell which budget refused it.
+type QuotaError struct {
+	// Subject names the limit: "budget:total", "budget:agent:forge",
+	// "budget:tier:frontier", "emergency-stop".
+	Subject     string
+	Description string
+}
+
+func (e *QuotaError) Error() string { return e.Subject + ": " + e.Description }
+
+// Is makes errors.Is(err, ErrQuotaExceeded) true.
+func (e *QuotaError) Is(target error) bool { return target == ErrQuotaExceeded }
