@@ -36,6 +36,11 @@ type fileConfig struct {
 	Insecure        bool          `yaml:"insecure"`
 	RateLimit       float64       `yaml:"rate_limit"`
 	RateBurst       int           `yaml:"rate_burst"`
+	// HeartbeatInterval and OfflineAfter are the fleet's liveness
+	// thresholds (runbook §5.1): a host is STALE after two missed
+	// heartbeats and OFFLINE after OfflineAfter without a sign of life.
+	HeartbeatInterval time.Duration `yaml:"heartbeat_interval"`
+	OfflineAfter      time.Duration `yaml:"offline_after"`
 }
 
 func defaultConfig() fileConfig {
@@ -50,8 +55,10 @@ func defaultConfig() fileConfig {
 		RescueInterval:  time.Second,
 		// Generous: an agent makes a few calls a second; this stops a
 		// runaway loop, not real work.
-		RateLimit: 2000,
-		RateBurst: 4000,
+		RateLimit:         2000,
+		RateBurst:         4000,
+		HeartbeatInterval: 10 * time.Second,
+		OfflineAfter:      5 * time.Minute,
 	}
 }
 
@@ -109,6 +116,8 @@ Flags:
 	fs.BoolVar(&cfg.Insecure, "insecure", cfg.Insecure, "allow plaintext on a non-loopback --listen address")
 	fs.Float64Var(&cfg.RateLimit, "rate-limit", cfg.RateLimit, "requests per second each caller may make (0: no limit; health checks are exempt)")
 	fs.IntVar(&cfg.RateBurst, "rate-burst", cfg.RateBurst, "requests a caller may make at once above --rate-limit")
+	fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", cfg.HeartbeatInterval, "how often sidecars are told to send heartbeats; two missed make a host STALE")
+	fs.DurationVar(&cfg.OfflineAfter, "offline-after", cfg.OfflineAfter, "how long without a sign of life makes a host and its agents OFFLINE")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
@@ -192,6 +201,10 @@ func fieldString(c fileConfig, flagName string) string {
 		return strconv.FormatFloat(c.RateLimit, 'g', -1, 64)
 	case "rate-burst":
 		return strconv.Itoa(c.RateBurst)
+	case "heartbeat-interval":
+		return c.HeartbeatInterval.String()
+	case "offline-after":
+		return c.OfflineAfter.String()
 	}
 	return ""
 }

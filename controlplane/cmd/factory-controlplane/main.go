@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/factory/factory/controlplane/fleet"
 	"github.com/factory/factory/controlplane/server"
 	"github.com/factory/factory/controlplane/telemetry"
 )
@@ -57,6 +58,7 @@ func run(ctx context.Context, args []string) error {
 		TLS:             cfg.serverTLS(),
 		Insecure:        cfg.Insecure,
 		RateLimit:       cfg.rateLimit(),
+		Fleet:           fleet.Config{HeartbeatInterval: cfg.HeartbeatInterval, OfflineAfter: cfg.OfflineAfter},
 		Logger:          log,
 		TracerProvider:  tp,
 	})
