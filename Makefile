@@ -13,7 +13,7 @@ BENCH_AGENTS ?= 32
 BENCH_TASKS  ?= 20000
 BENCH_BATCH  ?= 1
 
-.PHONY: all build run test test-short test-race fuzz generate lint bench clean gpu-check
+.PHONY: all build run test test-short test-race fuzz faults soak generate lint bench clean gpu-check
 
 all: build
 
@@ -52,6 +52,22 @@ FUZZTIME ?= 20s
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzValidateCreateTask$$' -fuzztime $(FUZZTIME) ./controlplane/server/
 
+# The fault suite (controlplane/faults): real processes, killed, cut off,
+# out of disk and fed hostile input; nothing acknowledged may be lost or
+# counted twice. PostgreSQL parts need FACTORY_TEST_POSTGRES_URL, the Redis
+# part FACTORY_TEST_REDIS_URL. The PostgreSQL restart under load lives with
+# the replica tests and runs here too. CI runs it (a few minutes).
+faults:
+	$(GO) test -count=1 -timeout 15m -tags faults -v ./controlplane/faults/
+	$(GO) test -count=1 -timeout 10m -run 'TestPostgresRestartDuringLoad' ./controlplane/cmd/factory-controlplane/
+
+# Ten minutes of 200 agents and 200 sidecars against one control plane:
+# throughput, p99 latencies and RSS over time (SOAK_DURATION, SOAK_EVERY,
+# SOAK_STORE=postgres://..., SOAK_REPORT=FILE). Not in CI.
+SOAK_DURATION ?= 10m
+soak:
+	SOAK_DURATION=$(SOAK_DURATION) $(GO) test -count=1 -timeout 0 -tags soak -v -run TestSoak ./controlplane/faults/
+
 # Go code into gen/, and the documented descriptor set that reflection serves
 # (so `grpcurl describe` shows the API's comments).
 generate:
@@ -61,10 +77,13 @@ generate:
 lint:
 	$(BUF) lint
 	$(GO) vet ./...
+	$(GO) vet -tags faults,soak ./controlplane/faults/
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '^gen/')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
 # Store benchmarks, then the queue benchmark over gRPC against a fresh
-# control plane: one task per call, then batches of 50. Every bench agent
+# control plane: one task per call, then batches of 50; then the spend
+# ledger: one event per call, batches of 1000, and the 30-day report over a
+# million seeded events. Every bench agent
 # calls from 127.0.0.1, so the per-caller rate limit is off for it. The CLI
 # finds the fresh control plane's operator token through FACTORY_DATA_DIR.
 bench: build
@@ -74,7 +93,9 @@ bench: build
 	trap "kill $$pid; rm -rf $$dir" EXIT; export FACTORY_DATA_DIR=$$dir; \
 	for i in $$(seq 50); do $(BIN)/factory --addr 127.0.0.1:7499 queue stats >/dev/null 2>&1 && break; sleep 0.1; done; \
 	$(BIN)/factory --addr 127.0.0.1:7499 bench queue --agents $(BENCH_AGENTS) --tasks $(BENCH_TASKS) --batch 1 && \
-	$(BIN)/factory --addr 127.0.0.1:7499 bench queue --agents $(BENCH_AGENTS) --tasks 100000 --batch 50
+	$(BIN)/factory --addr 127.0.0.1:7499 bench queue --agents $(BENCH_AGENTS) --tasks 100000 --batch 50 && \
+	$(BIN)/factory --addr 127.0.0.1:7499 bench spend --events 5000 --batch 1 --reporters 8 --queries 0 && \
+	$(BIN)/factory --addr 127.0.0.1:7499 bench spend --events 200000 --batch 1000 --reporters 4 --seed 1000000 --report-days 30
 
 # Build the sidecar and read every GPU through NVML, three passes back to back
 # (the first includes NVML's init), printing the readings as JSON with each

@@ -14,6 +14,10 @@ var (
 	ErrStaleLease        = errors.New("stale lease")
 	ErrIllegalTransition = errors.New("illegal transition")
 	ErrUnavailable       = errors.New("store unavailable")
+	// ErrStorageFull is a write refused because the store's disk is full
+	// (or its file reached a size limit). Reads still work, and writes work
+	// again once space returns; nothing half-written is kept.
+	ErrStorageFull = errors.New("the store's disk is full")
 )
 
 // FieldError is bad input in one field. It matches ErrInvalidArgument.

@@ -40,7 +40,7 @@ func dbErr(op string, err error) error {
 	switch {
 	case errors.Is(err, store.ErrUnavailable), errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrStaleLease),
 		errors.Is(err, store.ErrInvalidArgument), errors.Is(err, store.ErrIllegalTransition), errors.Is(err, store.ErrAlreadyExists),
-		errors.Is(err, store.ErrLoadRefused):
+		errors.Is(err, store.ErrLoadRefused), errors.Is(err, store.ErrStorageFull):
 		return err
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return fmt.Errorf("postgres %s: %w", op, err)
@@ -48,6 +48,10 @@ func dbErr(op string, err error) error {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == codeUniqueViolation {
 		return fmt.Errorf("postgres %s: %w: %s", op, store.ErrAlreadyExists, pgErr.Detail)
+	}
+	// 53100 disk_full: the database server has no space for the write.
+	if errors.As(err, &pgErr) && pgErr.Code == "53100" {
+		return fmt.Errorf("postgres %s: %w: %s", op, store.ErrStorageFull, pgErr.Message)
 	}
 	if isConnErr(err) || isConflict(err) {
 		return fmt.Errorf("postgres %s: %w: %w", op, store.ErrUnavailable, err)

@@ -204,7 +204,18 @@ func dbErr(op string, err error) error {
 	if errors.As(err, &de) {
 		return err
 	}
-	return &dbError{op: op, err: err, unavailable: unavailable(err)}
+	return &dbError{op: op, err: err, unavailable: unavailable(err), full: storageFull(err)}
+}
+
+// storageFull is a write that failed for want of space: SQLITE_FULL (the
+// file system said ENOSPC) or a failed write (EFBIG past a file-size
+// limit is reported as SQLITE_IOERR_WRITE).
+func storageFull(err error) bool {
+	var se *sqlite.Error
+	if errors.As(err, &se) {
+		return se.Code()&0xff == sqlite3.SQLITE_FULL || se.Code() == sqlite3.SQLITE_IOERR_WRITE
+	}
+	return false
 }
 
 func unavailable(err error) bool {
@@ -223,10 +234,23 @@ type dbError struct {
 	op          string
 	err         error
 	unavailable bool
+	full        bool
 }
 
-func (e *dbError) Error() string { return "sqlite " + e.op + ": " + e.err.Error() }
+func (e *dbError) Error() string {
+	if e.full {
+		return "sqlite " + e.op + ": the disk is full or the database reached its file-size limit; free space and retry (" + e.err.Error() + ")"
+	}
+	return "sqlite " + e.op + ": " + e.err.Error()
+}
 func (e *dbError) Unwrap() error { return e.err }
 
 // Is makes errors.Is(err, store.ErrUnavailable) true for retryable failures.
-func (e *dbError) Is(target error) bool { return e.unavailable && target == store.ErrUnavailable }
+// A full disk matches ErrStorageFull rather than ErrUnavailable: the
+// client should not retry at once.
+func (e *dbError) Is(target error) bool {
+	if e.full {
+		return target == store.ErrStorageFull
+	}
+	return e.unavailable && target == store.ErrUnavailable
+}
