@@ -299,4 +299,3 @@ func runSpendReporter(ctx context.Context, b factoryv1.BudgetServiceClient, work
 		time.Sleep(5 * time.Millisecond)
 	}
 }
-
