@@ -73,7 +73,7 @@ func TestSoak(t *testing.T) {
 	duration := envDuration("SOAK_DURATION", 10*time.Minute)
 	every := envDuration("SOAK_EVERY", 30*time.Second)
 	const agents, sidecars = 200, 200
-	args := []string{"--rate-limit", "0", "--log-level", "warn", "--heartbeat-interval", "2s"}
+	args := []string{"--rate-limit", "0", "--heartbeat-interval", "2s"}
 	if url := os.Getenv("SOAK_STORE"); url != "" {
 		schema := freshSchema(t, url)
 		args = append(args, "--store", url, "--pg-schema", schema)
