@@ -75,9 +75,10 @@ throughput and latency. They create their own tasks under a role no real
 agent has, so they never take or disturb real work, and they finish every
 task they create.`,
 		Example: `  factory bench queue --agents 8 --tasks 5000
-  factory bench fleet --sidecars 1000 --debug-addr 127.0.0.1:6060`,
+  factory bench fleet --sidecars 1000 --debug-addr 127.0.0.1:6060
+  factory bench spend --events 100000 --batch 500 --reporters 4`,
 	}
-	cmd.AddCommand(newBenchQueueCommand(a), newBenchFleetCommand(a))
+	cmd.AddCommand(newBenchQueueCommand(a), newBenchFleetCommand(a), newBenchSpendCommand(a))
 	return cmd
 }
 

@@ -112,34 +112,20 @@ func newStatusCommand(a *app) *cobra.Command {
 	return &cobra.Command{
 		Use:   "status",
 		Short: "One-screen summary of the factory",
-		Long: `Status is the first command to run when something looks wrong. For now it
-covers the queue: whether it is paused, tasks per state on one line, the
-oldest READY and IN_PROGRESS ages and how many tasks are retrying. Fleet,
-spend and alerts join it as those services arrive.`,
+		Long: `Status is the first command to run when something looks wrong: one
+screen with the queue (whether it is paused, tasks per state, the oldest
+READY and IN_PROGRESS ages, retries), today's spend against the total
+target, the emergency stop, approvals pending, agents online and offline,
+firing alerts and maintenance mode. The sections are fetched in parallel;
+one the control plane does not serve (or this caller may not read) shows
+n/a. With -o json each section is a field (null when n/a).`,
 		Example: `  factory status
   watch -n 10 factory status`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return a.getStats(cmd, writeStatusSummary)
+			return a.runStatus(cmd)
 		},
 	}
-}
-
-func writeStatusSummary(w io.Writer, s *factoryv1.GetQueueStatsResponse) error {
-	tw := newTable(w)
-	fmt.Fprintf(tw, "Queue:\t%s\n", pausedText(s))
-	line := ""
-	for i, st := range allStates {
-		if i > 0 {
-			line += "  "
-		}
-		line += fmt.Sprintf("%s %d", stateName(st), countOf(s, st))
-	}
-	fmt.Fprintf(tw, "Tasks:\t%s\n", line)
-	fmt.Fprintf(tw, "Oldest ready:\t%s\n", humanSpan(s.GetOldestReadyAge()))
-	fmt.Fprintf(tw, "Oldest in progress:\t%s\n", humanSpan(s.GetOldestInProgressAge()))
-	fmt.Fprintf(tw, "Retrying:\t%d\n", s.GetRetrying())
-	return tw.Flush()
 }
 
 func newQueuePauseCommand(a *app) *cobra.Command {

@@ -145,6 +145,7 @@ fails with ALREADY_EXISTS, so a retried script cannot add a task twice.
 	f.StringArrayVar(&labels, "label", nil, "label key=value (repeatable)")
 	f.Int32Var(&req.MaxAttempts, "max-attempts", 0, "claims allowed before the dead letter (server default 3)")
 	f.Int32Var(&req.ApprovalTier, "approval-tier", 0, "approval tier 0-3 (2 and up wait for an operator)")
+	f.BoolVar(&req.RequiresApproval, "requires-approval", false, "hold the task in BACKLOG until an operator approves it (factory approve)")
 	f.StringVar(&initial, "state", "", "start in this state: backlog, paused, review, done or failed")
 	f.StringVar(&req.TaskId, "id", "", "choose the task id instead of a server-assigned UUIDv7")
 	f.BoolVarP(&quiet, "quiet", "q", false, "print only the new task's id")

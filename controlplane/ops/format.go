@@ -23,7 +23,8 @@ import (
 //	{"kind":"token","token":{"id":"...","hash":"...","role":"agent",...}}
 //	{"kind":"audit","audit":{"id":1,"time":"...","who":"ops",...}}
 //	{"kind":"fleet_event","fleet_event":{"id":"...","host":"gpu-1","kind":"model_swap","time":"...","attributes":{...}}}
-//	{"kind":"end","counts":{"queue":1,"tasks":2,"tokens":1,"audit":1,"fleet_events":1}}
+//	{"kind":"row","row":{"table":"spend_events","values":{"agent":"forge",...}}}
+//	{"kind":"end","counts":{"queue":1,"tasks":2,"tokens":1,"audit":1,"fleet_events":1,"rows":1}}
 //
 // It is canonical, so that two dumps of the same state are the same bytes
 // whichever driver wrote them: every field is always present, in a fixed
@@ -66,6 +67,7 @@ type line struct {
 	Token  *tokenJSON  `json:"token,omitempty"`
 	Audit  *auditJSON  `json:"audit,omitempty"`
 	Fleet  *fleetJSON  `json:"fleet_event,omitempty"`
+	Row    *rowJSON    `json:"row,omitempty"`
 	Counts *countsJSON `json:"counts,omitempty"`
 }
 
@@ -181,6 +183,8 @@ type countsJSON struct {
 	Tokens      int64 `json:"tokens"`
 	Audit       int64 `json:"audit"`
 	FleetEvents int64 `json:"fleet_events"`
+	// Rows is absent from dumps written before table rows were carried.
+	Rows int64 `json:"rows"`
 }
 
 func toLine(r *store.DumpRecord) (*line, error) {
@@ -230,13 +234,19 @@ func toLine(r *store.DumpRecord) (*line, error) {
 		return &line{Kind: string(store.DumpFleetEvent), Fleet: &fleetJSON{
 			ID: e.ID, Host: e.Host, Kind: e.Kind, Time: jsonTime(e.Time), Attributes: attrs,
 		}}, nil
+	case store.DumpRowKind:
+		rj, err := toRowJSON(r.Row)
+		if err != nil {
+			return nil, err
+		}
+		return &line{Kind: string(store.DumpRowKind), Row: rj}, nil
 	}
-	return nil, errors.New("a record must hold exactly one of queue, task, token, audit entry or fleet event")
+	return nil, errors.New("a record must hold exactly one of queue, task, token, audit entry, fleet event or table row")
 }
 
 func (l *line) record() (*store.DumpRecord, error) {
 	set := 0
-	for _, p := range []bool{l.Queue != nil, l.Task != nil, l.Token != nil, l.Audit != nil, l.Fleet != nil, l.Counts != nil} {
+	for _, p := range []bool{l.Queue != nil, l.Task != nil, l.Token != nil, l.Audit != nil, l.Fleet != nil, l.Row != nil, l.Counts != nil} {
 		if p {
 			set++
 		}
@@ -293,8 +303,14 @@ func (l *line) record() (*store.DumpRecord, error) {
 			out.Attributes = e.Attributes
 		}
 		return &store.DumpRecord{FleetEvent: out}, nil
+	case l.Kind == string(store.DumpRowKind) && l.Row != nil:
+		r, err := l.Row.row()
+		if err != nil {
+			return nil, err
+		}
+		return &store.DumpRecord{Row: r}, nil
 	}
-	return nil, fmt.Errorf("kind %q does not match the object it holds (want one of queue, task, token, audit, fleet_event, end)", l.Kind)
+	return nil, fmt.Errorf("kind %q does not match the object it holds (want one of queue, task, token, audit, fleet_event, row, end)", l.Kind)
 }
 
 // Writer writes a dump.
@@ -341,7 +357,7 @@ func (dw *Writer) Write(r *store.DumpRecord) error {
 // Close writes the end line and flushes; it returns what was written.
 func (dw *Writer) Close() (store.DumpCounts, error) {
 	c := dw.counts
-	if err := dw.put(line{Kind: kindEnd, Counts: &countsJSON{Queue: c.Queue, Tasks: c.Tasks, Tokens: c.Tokens, Audit: c.Audit, FleetEvents: c.FleetEvents}}); err != nil {
+	if err := dw.put(line{Kind: kindEnd, Counts: &countsJSON{Queue: c.Queue, Tasks: c.Tasks, Tokens: c.Tokens, Audit: c.Audit, FleetEvents: c.FleetEvents, Rows: c.Rows}}); err != nil {
 		return c, err
 	}
 	return c, dw.w.Flush()
@@ -431,7 +447,7 @@ func (dr *Reader) Next() (*store.DumpRecord, error) {
 		}
 		if l.Kind == kindEnd && l.Counts != nil {
 			c := l.Counts
-			want := store.DumpCounts{Queue: c.Queue, Tasks: c.Tasks, Tokens: c.Tokens, Audit: c.Audit, FleetEvents: c.FleetEvents}
+			want := store.DumpCounts{Queue: c.Queue, Tasks: c.Tasks, Tokens: c.Tokens, Audit: c.Audit, FleetEvents: c.FleetEvents, Rows: c.Rows}
 			if want != dr.counts {
 				return nil, dr.fail("the end line counts %s, but the dump holds %s", countsText(want), countsText(dr.counts))
 			}
@@ -462,7 +478,7 @@ func strictJSON(raw []byte, v any) error {
 }
 
 func countsText(c store.DumpCounts) string {
-	parts := map[string]int64{"queue": c.Queue, "tasks": c.Tasks, "tokens": c.Tokens, "audit": c.Audit, "fleet_events": c.FleetEvents}
+	parts := map[string]int64{"queue": c.Queue, "tasks": c.Tasks, "tokens": c.Tokens, "audit": c.Audit, "fleet_events": c.FleetEvents, "rows": c.Rows}
 	out := make([]string, 0, len(parts))
 	for _, k := range slices.Sorted(maps.Keys(parts)) {
 		out = append(out, fmt.Sprintf("%s %d", k, parts[k]))

@@ -6,10 +6,12 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -169,7 +171,20 @@ func fill(t *testing.T, st store.Store) {
 		{ID: "0195-c", Host: "gpu-1", Kind: "log_count", Time: at.Add(time.Nanosecond), Attributes: map[string]string{"count": "3"}},
 	}})
 	must(err)
+
+	// The spend ledger and a budget travel as table rows; the nanosecond
+	// is cut alike here too.
+	_, err = st.SpendRecord(ctx, &store.SpendRecordParams{Now: at, Events: []*store.SpendEvent{{
+		ID: "call-1", Agent: "forge", Host: "gpu-1", Model: "claude-sonnet-4", Provider: "anthropic", Tier: "mid",
+		InputTokens: 1200, OutputTokens: 340, CostMicros: 8700, TaskID: "spec", OccurredAt: at.Add(time.Nanosecond),
+		Day: "2031-03-14", RecordedAt: at}}})
+	must(err)
+	_, err = st.BudgetSet(ctx, &store.Budget{Scope: "agent", Key: "forge", AlertMicros: 10_000_000, CapMicros: 12_000_000, UpdatedAt: at})
+	must(err)
 }
+
+// rowLines counts a dump's table rows.
+func rowLines(dump []byte) int64 { return int64(strings.Count(string(dump), `{"kind":"row",`)) }
 
 func export(t *testing.T, st store.Store) []byte {
 	t.Helper()
@@ -219,7 +234,7 @@ func TestSQLiteToPostgresAndBackGiveIdenticalDumps(t *testing.T) {
 	if err != nil {
 		t.Fatalf("import into PostgreSQL: %v", err)
 	}
-	if *n != (store.DumpCounts{Queue: 1, Tasks: 10, Tokens: 3, Audit: 2, FleetEvents: 3}) {
+	if *n != (store.DumpCounts{Queue: 1, Tasks: 10, Tokens: 3, Audit: 2, FleetEvents: 3, Rows: rowLines(a)}) || n.Rows < 3 {
 		t.Fatalf("imported %+v", *n)
 	}
 	b := export(t, pg)
@@ -276,12 +291,22 @@ func TestDumpIsCanonical(t *testing.T) {
 		`{"kind":"fleet_event","fleet_event":{"id":"0195-a","host":"gpu-2","kind":"log_count","time":"2031-03-14T08:27:09.132789Z","attributes":{}}}`,
 		`{"kind":"fleet_event","fleet_event":{"id":"0195-c","host":"gpu-1","kind":"log_count","time":"2031-03-14T09:27:09.132789Z","attributes":{"count":"3"}}}`,
 	} {
-		if got := lines[len(lines)-4+i]; got != want {
+		if got := linesOfKind(lines, "fleet_event")[i]; got != want {
 			t.Errorf("fleet event line %d:\n got  %s\n want %s", i, got, want)
 		}
 	}
-	if end := lines[len(lines)-1]; end != `{"kind":"end","counts":{"queue":1,"tasks":10,"tokens":3,"audit":2,"fleet_events":3}}` {
-		t.Fatalf("end line: %s", end)
+	for _, want := range []string{
+		`{"kind":"row","row":{"table":"spend_events","values":{"agent":"forge","cost_micros":8700,"day":"2031-03-14","host":"gpu-1","id":"call-1","input_tokens":1200,"model":"claude-sonnet-4","occurred_at":"2031-03-14T09:27:09.132789Z","output_tokens":340,"priced_by_server":false,"provider":"anthropic","recorded_at":"2031-03-14T09:27:09.132789Z","task_id":"spec","tier":"mid"}}}`,
+		`{"kind":"row","row":{"table":"budgets","values":{"alert_micros":10000000,"cap_micros":12000000,"emergency_micros":0,"key":"forge","scope":"agent","target_micros":0,"updated_at":"2031-03-14T09:27:09.132789Z"}}}`,
+		`{"kind":"row","row":{"table":"emergency_stop","values":{"id":1,"paused_queue":false,"paused_tasks":0,"reason":"","stopped":false,"stopped_at":null,"stopped_by":""}}}`,
+	} {
+		if !slices.Contains(lines, want) {
+			t.Errorf("no line %s", want)
+		}
+	}
+	wantEnd := fmt.Sprintf(`{"kind":"end","counts":{"queue":1,"tasks":10,"tokens":3,"audit":2,"fleet_events":3,"rows":%d}}`, len(linesOfKind(lines, "row")))
+	if end := lines[len(lines)-1]; end != wantEnd {
+		t.Fatalf("end line: %s, want %s", end, wantEnd)
 	}
 }
 
@@ -316,7 +341,7 @@ func TestImportRefusesBadDumps(t *testing.T) {
 			if !errors.As(err, &fe) || fe.Field != "lines" || !strings.Contains(err.Error(), c.want) {
 				t.Fatalf("got %v, want a FieldError on lines saying %q", err, c.want)
 			}
-			if got := export(t, dst); strings.Count(string(got), "\n") != 3 {
+			if got := export(t, dst); !bytes.Equal(got, export(t, openSQLite(t))) {
 				t.Fatalf("a refused import wrote something:\n%s", got)
 			}
 		})
@@ -370,4 +395,15 @@ func TestImportRereadsItsSource(t *testing.T) {
 		t.Fatal(err)
 	}
 	requireSameDump(t, "the copy", export(t, dst), dump)
+}
+
+// linesOfKind picks a dump's lines of one kind, in order.
+func linesOfKind(lines []string, kind string) []string {
+	var out []string
+	for _, l := range lines {
+		if strings.HasPrefix(l, `{"kind":"`+kind+`",`) {
+			out = append(out, l)
+		}
+	}
+	return out
 }

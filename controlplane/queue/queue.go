@@ -20,6 +20,7 @@ import (
 	"math/rand/v2"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -123,6 +124,10 @@ type Service struct {
 
 	gatesMu sync.RWMutex
 	gates   []ClaimGate
+
+	obs atomic.Pointer[observerBox] // see SetObserver
+
+	createHook atomic.Pointer[CreateHook] // see SetCreateHook
 }
 
 // ClaimGate decides whether agent may claim now; an error refuses the claim
@@ -191,6 +196,9 @@ func (s *Service) Create(ctx context.Context, tasks []*CreateParams) ([]*store.T
 		if err := s.prepareCreate(prefix, t); err != nil {
 			return nil, err
 		}
+	}
+	if err := s.runCreateHook(ctx, tasks); err != nil {
+		return nil, err
 	}
 	changes, err := s.store.TaskCreate(ctx, &store.TaskCreateParams{Tasks: tasks, Now: s.clock.Now()})
 	if err != nil {
@@ -304,6 +312,7 @@ func (s *Service) Claim(ctx context.Context, p ClaimParams) ([]*store.Task, erro
 		}
 		if len(changes) > 0 || deadline == nil {
 			s.publish(changes)
+			s.observeClaimed(p.Agent, changes)
 			return tasksOf(changes), nil
 		}
 		next, ok, err := s.store.TaskNextRunAfter(ctx, s.clock.Now())
@@ -356,6 +365,7 @@ func (s *Service) Complete(ctx context.Context, items []store.TaskCompleteItem) 
 		return nil, err
 	}
 	s.publish(res.Changes)
+	s.observeCompleted(items, res.Results)
 	return res.Results, nil
 }
 
@@ -366,6 +376,7 @@ func (s *Service) Fail(ctx context.Context, ref store.LeaseRef, errText string, 
 		return nil, err
 	}
 	s.publish(changes)
+	s.observeFailed(ref.Agent, changes[0].Task)
 	return changes[0].Task, nil
 }
 
@@ -438,6 +449,7 @@ func (s *Service) RescueExpired(ctx context.Context) ([]*store.Task, error) {
 		s.log.WarnContext(ctx, "lease expired", "task", c.Task.ID, "attempt", c.Task.Attempt, "max_attempts", c.Task.MaxAttempts, "now", c.Task.State.String())
 	}
 	s.publish(changes)
+	s.observeRescued(changes)
 	return tasksOf(changes), nil
 }
 

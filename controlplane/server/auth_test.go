@@ -26,6 +26,7 @@ import (
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/factory/factory/controlplane/access"
 	"github.com/factory/factory/controlplane/store"
@@ -120,11 +121,15 @@ type clients struct {
 	a factoryv1.AccessServiceClient
 	o factoryv1.OpsServiceClient
 	f factoryv1.FleetServiceClient
+	b factoryv1.BudgetServiceClient
+	// ap is the ApprovalService.
+	ap factoryv1.ApprovalServiceClient
 }
 
 func (b *testBundle) clientsAs(t *testing.T, secret string) clients {
 	conn := b.dialAs(t, secret)
-	return clients{q: factoryv1.NewQueueServiceClient(conn), a: factoryv1.NewAccessServiceClient(conn), o: factoryv1.NewOpsServiceClient(conn), f: factoryv1.NewFleetServiceClient(conn)}
+	return clients{q: factoryv1.NewQueueServiceClient(conn), a: factoryv1.NewAccessServiceClient(conn), o: factoryv1.NewOpsServiceClient(conn), f: factoryv1.NewFleetServiceClient(conn), b: factoryv1.NewBudgetServiceClient(conn),
+		ap: factoryv1.NewApprovalServiceClient(conn)}
 }
 
 // The callers of the access table test, in column order.
@@ -278,6 +283,77 @@ var accessTable = map[string]accessRow{
 		_, err = stream.CloseAndRecv()
 		return err
 	}, [...]codes.Code{unauthorized, denied, denied, denied, codes.InvalidArgument}},
+	// A start without a reason: refused before maintenance could hold
+	// the other rows' claims.
+	factoryv1.OpsService_StartMaintenance_FullMethodName: {func(ctx context.Context, c clients) error {
+		_, err := c.o.StartMaintenance(ctx, &factoryv1.StartMaintenanceRequest{})
+		return err
+	}, [...]codes.Code{unauthorized, denied, denied, denied, codes.InvalidArgument}},
+	// Ending when not in maintenance changes nothing.
+	factoryv1.OpsService_EndMaintenance_FullMethodName: {func(ctx context.Context, c clients) error {
+		_, err := c.o.EndMaintenance(ctx, &factoryv1.EndMaintenanceRequest{})
+		return err
+	}, [...]codes.Code{unauthorized, denied, denied, denied, ok}},
+	factoryv1.OpsService_GetMaintenance_FullMethodName: {func(ctx context.Context, c clients) error {
+		_, err := c.o.GetMaintenance(ctx, &factoryv1.GetMaintenanceRequest{})
+		return err
+	}, [...]codes.Code{unauthorized, ok, ok, denied, ok}},
+	factoryv1.OpsService_Backup_FullMethodName: {func(ctx context.Context, c clients) error {
+		stream, err := c.o.Backup(ctx, &factoryv1.BackupRequest{})
+		if err != nil {
+			return err
+		}
+		for {
+			if _, err := stream.Recv(); err != nil {
+				if errors.Is(err, io.EOF) {
+					return nil
+				}
+				return err
+			}
+		}
+	}, [...]codes.Code{unauthorized, denied, denied, denied, ok}},
+	factoryv1.OpsService_Doctor_FullMethodName: {func(ctx context.Context, c clients) error {
+		_, err := c.o.Doctor(ctx, &factoryv1.DoctorRequest{})
+		return err
+	}, [...]codes.Code{unauthorized, denied, denied, denied, ok}},
+	factoryv1.OpsService_GetDigest_FullMethodName: {func(ctx context.Context, c clients) error {
+		_, err := c.o.GetDigest(ctx, &factoryv1.GetDigestRequest{})
+		return err
+	}, [...]codes.Code{unauthorized, ok, ok, denied, ok}},
+	factoryv1.OpsService_ListAlerts_FullMethodName: {func(ctx context.Context, c clients) error {
+		_, err := c.o.ListAlerts(ctx, &factoryv1.ListAlertsRequest{IncludeResolved: true})
+		return err
+	}, [...]codes.Code{unauthorized, ok, ok, denied, ok}},
+	factoryv1.OpsService_ListSilences_FullMethodName: {func(ctx context.Context, c clients) error {
+		_, err := c.o.ListSilences(ctx, &factoryv1.ListSilencesRequest{})
+		return err
+	}, [...]codes.Code{unauthorized, ok, ok, denied, ok}},
+	factoryv1.OpsService_WatchEvents_FullMethodName: {func(ctx context.Context, c clients) error {
+		ctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+		defer cancel()
+		stream, err := c.o.WatchEvents(ctx, &factoryv1.WatchEventsRequest{})
+		if err != nil {
+			return err
+		}
+		// No alert fires here: an admitted watch waits for events until
+		// the deadline, a refused one ends at once.
+		if _, err := stream.Recv(); status.Code(err) != codes.DeadlineExceeded {
+			return err
+		}
+		return nil
+	}, [...]codes.Code{unauthorized, ok, ok, denied, ok}},
+	factoryv1.OpsService_AckAlert_FullMethodName: {func(ctx context.Context, c clients) error {
+		_, err := c.o.AckAlert(ctx, &factoryv1.AckAlertRequest{AlertId: "no-such-alert"})
+		return err
+	}, [...]codes.Code{unauthorized, denied, denied, denied, notFound}},
+	factoryv1.OpsService_SilenceAlert_FullMethodName: {func(ctx context.Context, c clients) error {
+		_, err := c.o.SilenceAlert(ctx, &factoryv1.SilenceAlertRequest{Rule: "no_such_rule", Duration: durationpb.New(time.Hour)})
+		return err
+	}, [...]codes.Code{unauthorized, denied, denied, denied, codes.InvalidArgument}},
+	factoryv1.OpsService_ExpireSilence_FullMethodName: {func(ctx context.Context, c clients) error {
+		_, err := c.o.ExpireSilence(ctx, &factoryv1.ExpireSilenceRequest{SilenceId: "no-such-silence"})
+		return err
+	}, [...]codes.Code{unauthorized, denied, denied, denied, notFound}},
 
 	// Connect as host gpu-1, the sidecar's own host: its config reply is
 	// the admitted outcome.
@@ -327,6 +403,87 @@ var accessTable = map[string]accessRow{
 			Command: &factoryv1.SendCommandRequest_Drain{Drain: &factoryv1.DrainHost{}}})
 		return err
 	}, [...]codes.Code{unauthorized, denied, denied, denied, codes.FailedPrecondition}},
+
+	// Spend: forge's own events; the sidecar's host runs no agent.
+	factoryv1.BudgetService_ReportSpend_FullMethodName: {func(ctx context.Context, c clients) error {
+		_, err := c.b.ReportSpend(ctx, &factoryv1.ReportSpendRequest{Event: tableSpendEvent()})
+		return err
+	}, [...]codes.Code{unauthorized, ok, denied, denied, ok}},
+	factoryv1.BudgetService_ReportSpendBatch_FullMethodName: {func(ctx context.Context, c clients) error {
+		_, err := c.b.ReportSpendBatch(ctx, &factoryv1.ReportSpendBatchRequest{Events: []*factoryv1.SpendEvent{tableSpendEvent()}})
+		return err
+	}, [...]codes.Code{unauthorized, ok, denied, denied, ok}},
+	factoryv1.BudgetService_GetSpend_FullMethodName: {func(ctx context.Context, c clients) error {
+		_, err := c.b.GetSpend(ctx, &factoryv1.GetSpendRequest{})
+		return err
+	}, [...]codes.Code{unauthorized, ok, ok, denied, ok}},
+	factoryv1.BudgetService_SetBudget_FullMethodName: {func(ctx context.Context, c clients) error {
+		_, err := c.b.SetBudget(ctx, &factoryv1.SetBudgetRequest{Budget: &factoryv1.Budget{
+			Scope: factoryv1.BudgetScope_BUDGET_SCOPE_AGENT, Key: "table-test", AlertMicros: 1}})
+		return err
+	}, [...]codes.Code{unauthorized, denied, denied, denied, ok}},
+	factoryv1.BudgetService_GetBudget_FullMethodName: {func(ctx context.Context, c clients) error {
+		_, err := c.b.GetBudget(ctx, &factoryv1.GetBudgetRequest{})
+		return err
+	}, [...]codes.Code{unauthorized, ok, ok, denied, ok}},
+	factoryv1.BudgetService_ReserveSpend_FullMethodName: {func(ctx context.Context, c clients) error {
+		_, err := c.b.ReserveSpend(ctx, &factoryv1.ReserveSpendRequest{Agent: "forge", Tier: factoryv1.SpendTier_SPEND_TIER_MID, EstimateMicros: 1})
+		return err
+	}, [...]codes.Code{unauthorized, ok, denied, denied, ok}},
+	factoryv1.BudgetService_SettleSpend_FullMethodName: {func(ctx context.Context, c clients) error {
+		_, err := c.b.SettleSpend(ctx, &factoryv1.SettleSpendRequest{ReservationId: "no-such-reservation"})
+		return err
+	}, [...]codes.Code{unauthorized, notFound, notFound, notFound, notFound}},
+	// No reason: an admitted caller is refused by validation, so the
+	// fleet is never stopped under the other rows.
+	factoryv1.BudgetService_EmergencyStop_FullMethodName: {func(ctx context.Context, c clients) error {
+		_, err := c.b.EmergencyStop(ctx, &factoryv1.EmergencyStopRequest{})
+		return err
+	}, [...]codes.Code{unauthorized, denied, denied, denied, codes.InvalidArgument}},
+	factoryv1.BudgetService_RearmEmergencyStop_FullMethodName: {func(ctx context.Context, c clients) error {
+		_, err := c.b.RearmEmergencyStop(ctx, &factoryv1.RearmEmergencyStopRequest{})
+		return err
+	}, [...]codes.Code{unauthorized, denied, denied, denied, ok}},
+	factoryv1.BudgetService_GetEmergencyStop_FullMethodName: {func(ctx context.Context, c clients) error {
+		_, err := c.b.GetEmergencyStop(ctx, &factoryv1.GetEmergencyStopRequest{})
+		return err
+	}, [...]codes.Code{unauthorized, ok, ok, ok, ok}},
+
+	// Approvals: forge requests as itself (Tier 0: approved by policy);
+	// only an operator decides.
+	factoryv1.ApprovalService_RequestApproval_FullMethodName: {func(ctx context.Context, c clients) error {
+		_, err := c.ap.RequestApproval(ctx, &factoryv1.RequestApprovalRequest{What: "table test", Agent: "forge",
+			Risk: factoryv1.ApprovalRisk_APPROVAL_RISK_LOW})
+		return err
+	}, [...]codes.Code{unauthorized, ok, denied, denied, ok}},
+	factoryv1.ApprovalService_GetApproval_FullMethodName: {func(ctx context.Context, c clients) error {
+		_, err := c.ap.GetApproval(ctx, &factoryv1.GetApprovalRequest{ApprovalId: "no-such-approval"})
+		return err
+	}, [...]codes.Code{unauthorized, notFound, notFound, denied, notFound}},
+	factoryv1.ApprovalService_ListApprovals_FullMethodName: {func(ctx context.Context, c clients) error {
+		_, err := c.ap.ListApprovals(ctx, &factoryv1.ListApprovalsRequest{})
+		return err
+	}, [...]codes.Code{unauthorized, ok, ok, denied, ok}},
+	factoryv1.ApprovalService_WaitApproval_FullMethodName: {func(ctx context.Context, c clients) error {
+		stream, err := c.ap.WaitApproval(ctx, &factoryv1.WaitApprovalRequest{ApprovalId: "no-such-approval"})
+		if err != nil {
+			return err
+		}
+		_, err = stream.Recv()
+		return err
+	}, [...]codes.Code{unauthorized, notFound, notFound, denied, notFound}},
+	factoryv1.ApprovalService_Decide_FullMethodName: {func(ctx context.Context, c clients) error {
+		_, err := c.ap.Decide(ctx, &factoryv1.DecideRequest{ApprovalId: "no-such-approval", Decision: factoryv1.ApprovalDecision_APPROVAL_DECISION_APPROVE})
+		return err
+	}, [...]codes.Code{unauthorized, denied, denied, denied, notFound}},
+}
+
+// tableSpendEvent is a spend event of agent forge, the same for every
+// caller: the ones admitted record it once.
+func tableSpendEvent() *factoryv1.SpendEvent {
+	cost := int64(1)
+	return &factoryv1.SpendEvent{Id: "table-test-event", Agent: "forge", Model: "m", Tier: factoryv1.SpendTier_SPEND_TIER_MID,
+		CostMicros: &cost, OccurredAt: timestamppb.Now()}
 }
 
 // registeredMethods is every method the server serves that needs a

@@ -56,6 +56,10 @@ func taskToProto(t *store.Task) *factoryv1.Task {
 		CreatedAt:      ts(t.CreatedAt),
 		UpdatedAt:      ts(t.UpdatedAt),
 		StateChangedAt: ts(t.StateChangedAt),
+		// A task is gated when it names an approval request.
+		RequiresApproval: t.ApprovalID != "",
+		ApprovalId:       t.ApprovalID,
+		ApprovalPending:  t.ApprovalPending,
 	}
 	if t.State == store.StateInProgress {
 		pt.Lease = &factoryv1.Lease{
@@ -92,6 +96,8 @@ func createFromProto(r *factoryv1.CreateTaskRequest) *store.TaskCreate {
 		Labels:       r.GetLabels(),
 		InitialState: store.TaskState(r.GetInitialState()),
 		RunAfter:     timeOf(r.GetRunAfter()),
+
+		RequiresApproval: r.GetRequiresApproval(),
 	}
 }
 

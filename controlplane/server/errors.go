@@ -11,7 +11,9 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/factory/factory/controlplane/approval"
 	"github.com/factory/factory/controlplane/fleet"
+	"github.com/factory/factory/controlplane/maintenance"
 	"github.com/factory/factory/controlplane/store"
 )
 
@@ -60,11 +62,17 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 		return status.Error(codes.AlreadyExists, err.Error())
 	case errors.Is(err, store.ErrStaleLease), errors.Is(err, store.ErrIllegalTransition), errors.Is(err, store.ErrLoadRefused):
 		return status.Error(codes.FailedPrecondition, err.Error())
+	case errors.Is(err, store.ErrStorageFull):
+		return status.Error(codes.ResourceExhausted, err.Error())
 	case errors.Is(err, store.ErrUnavailable):
 		return status.Error(codes.Unavailable, err.Error())
+	case errors.Is(err, approval.ErrPermissionDenied):
+		return status.Error(codes.PermissionDenied, err.Error())
 	case errors.Is(err, fleet.ErrInvalid):
 		return status.Error(codes.InvalidArgument, err.Error())
 	case errors.Is(err, fleet.ErrUnknownNode), errors.Is(err, fleet.ErrNotConnected):
+		return status.Error(codes.FailedPrecondition, err.Error())
+	case errors.Is(err, maintenance.ErrInMaintenance):
 		return status.Error(codes.FailedPrecondition, err.Error())
 	}
 	// Also where a validation rule fails to evaluate (a CompilationError or

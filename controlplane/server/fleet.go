@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/factory/factory/controlplane/access"
+	"github.com/factory/factory/controlplane/budget"
 	"github.com/factory/factory/controlplane/fleet"
 	"github.com/factory/factory/controlplane/queue"
 	"github.com/factory/factory/controlplane/store"
@@ -49,6 +50,9 @@ type fleetServer struct {
 	q        *queue.Service
 	log      *slog.Logger
 	stopping <-chan struct{}
+	// budget, when set, tells sidecars of the emergency stop
+	// (fleet_stop.go).
+	budget *budget.Service
 }
 
 func (s *fleetServer) err(ctx context.Context, err error) error { return toStatus(ctx, s.log, err) }
@@ -97,6 +101,11 @@ func (s *fleetServer) Connect(stream factoryv1.FleetService_ConnectServer) error
 	}}); err != nil {
 		return err
 	}
+	stops, unwatch, err := s.watchStop(ctx, stream)
+	if err != nil {
+		return err
+	}
+	defer unwatch()
 	msgs := make(chan *factoryv1.ConnectRequest)
 	errs := make(chan error, 1)
 	go func() {
@@ -125,6 +134,10 @@ func (s *fleetServer) Connect(stream factoryv1.FleetService_ConnectServer) error
 			return err
 		case c := <-cmds:
 			if err := stream.Send(&factoryv1.ConnectResponse{Command: commandToProto(c)}); err != nil {
+				return err
+			}
+		case sig := <-stops:
+			if err := stream.Send(stopMessage(sig)); err != nil {
 				return err
 			}
 		case m := <-msgs:

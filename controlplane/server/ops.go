@@ -13,6 +13,11 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/factory/factory/controlplane/access"
+	"github.com/factory/factory/controlplane/alert"
+	"github.com/factory/factory/controlplane/digest"
+	"github.com/factory/factory/controlplane/fleet"
+	"github.com/factory/factory/controlplane/maintenance"
+	"github.com/factory/factory/controlplane/notify"
 	"github.com/factory/factory/controlplane/ops"
 	"github.com/factory/factory/controlplane/store"
 	factoryv1 "github.com/factory/factory/gen/factory/v1"
@@ -28,6 +33,16 @@ type opsServer struct {
 	factoryv1.UnimplementedOpsServiceServer
 	ops *ops.Service
 	log *slog.Logger
+	// maint, digest and fleet serve maintenance mode, the digest and the
+	// doctor's clock-skew check; nil answers UNIMPLEMENTED (or skips).
+	maint  *maintenance.Service
+	digest *digest.Service
+	fleet  *fleet.Registry
+	// alerts serves the alert RPCs and events WatchEvents; nil answers
+	// UNIMPLEMENTED. stopping ends watches at shutdown.
+	alerts   *alert.Service
+	events   *notify.Hub
+	stopping <-chan struct{}
 }
 
 func (s *opsServer) available() error {
@@ -130,7 +145,7 @@ func (s *opsServer) ImportState(stream grpc.ClientStreamingServer[factoryv1.Impo
 	if err != nil {
 		return toStatus(ctx, s.log, err)
 	}
-	access.Note(ctx, "state", nil, importNote{Merge: merge, Queue: n.Queue, Tasks: n.Tasks, Tokens: n.Tokens, Audit: n.Audit, FleetEvents: n.FleetEvents})
+	access.Note(ctx, "state", nil, importNote{Merge: merge, Queue: n.Queue, Tasks: n.Tasks, Tokens: n.Tokens, Audit: n.Audit, FleetEvents: n.FleetEvents, Rows: n.Rows})
 	return stream.SendAndClose(&factoryv1.ImportStateResponse{Loaded: countsProto(*n)})
 }
 
@@ -143,8 +158,10 @@ type importNote struct {
 	Audit  int64 `json:"audit_entries"`
 	// FleetEvents counts only the events the store did not hold already.
 	FleetEvents int64 `json:"fleet_events"`
+	// Rows counts the other tables' rows stored.
+	Rows int64 `json:"rows"`
 }
 
 func countsProto(n store.DumpCounts) *factoryv1.DumpCounts {
-	return &factoryv1.DumpCounts{Queue: n.Queue, Tasks: n.Tasks, Tokens: n.Tokens, AuditEntries: n.Audit, FleetEvents: n.FleetEvents}
+	return &factoryv1.DumpCounts{Queue: n.Queue, Tasks: n.Tasks, Tokens: n.Tokens, AuditEntries: n.Audit, FleetEvents: n.FleetEvents, Rows: n.Rows}
 }

@@ -134,7 +134,8 @@ func TestExportAndImportOverTheAPI(t *testing.T) {
 		}
 	}
 	// Audited: four creates, the claim on forge's behalf and the pause.
-	wantCounts := &factoryv1.DumpCounts{Queue: 1, Tasks: 4, Tokens: 3, AuditEntries: 6, FleetEvents: 2}
+	// Rows: the singleton rows every store holds (the emergency stop).
+	wantCounts := &factoryv1.DumpCounts{Queue: 1, Tasks: 4, Tokens: 3, AuditEntries: 6, FleetEvents: 2, Rows: int64(strings.Count(dump, `{"kind":"row",`))}
 	if got := msgs[len(msgs)-1].GetCounts(); got.String() != wantCounts.String() {
 		t.Fatalf("export counts %v, want %v", got, wantCounts)
 	}

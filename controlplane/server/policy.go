@@ -94,6 +94,25 @@ var rules = map[string]rule{
 	// of row, tokens included.
 	factoryv1.OpsService_ExportState_FullMethodName: {roles: operatorOnly},
 	factoryv1.OpsService_ImportState_FullMethodName: {roles: operatorOnly, mutates: true},
+	// Maintenance, backups and the doctor steer or read the whole store:
+	// operators only, starts and ends audited. Whether the factory is in
+	// maintenance, and the digest, agents may read too (an orchestrator
+	// reports them).
+	factoryv1.OpsService_StartMaintenance_FullMethodName: {roles: operatorOnly, mutates: true},
+	factoryv1.OpsService_EndMaintenance_FullMethodName:   {roles: operatorOnly, mutates: true},
+	factoryv1.OpsService_GetMaintenance_FullMethodName:   {roles: agents},
+	factoryv1.OpsService_Backup_FullMethodName:           {roles: operatorOnly, mutates: true}, // audited: who took a copy of everything
+	factoryv1.OpsService_Doctor_FullMethodName:           {roles: operatorOnly},
+	factoryv1.OpsService_GetDigest_FullMethodName:        {roles: agents},
+	// Alerts: agents read them and watch the event stream (the
+	// orchestrator agent relays them to chat); acks and silences change
+	// what operators hear, so they are operators' and audited.
+	factoryv1.OpsService_ListAlerts_FullMethodName:    {roles: agents},
+	factoryv1.OpsService_ListSilences_FullMethodName:  {roles: agents},
+	factoryv1.OpsService_WatchEvents_FullMethodName:   {roles: agents},
+	factoryv1.OpsService_AckAlert_FullMethodName:      {roles: operatorOnly, mutates: true},
+	factoryv1.OpsService_SilenceAlert_FullMethodName:  {roles: operatorOnly, mutates: true},
+	factoryv1.OpsService_ExpireSilence_FullMethodName: {roles: operatorOnly, mutates: true},
 
 	// The fleet: a sidecar connects for its own host (the handler checks
 	// Hello.host against the token's subject, since the host arrives in
@@ -110,6 +129,55 @@ var rules = map[string]rule{
 	factoryv1.FleetService_GetNodeHistory_FullMethodName: {roles: everyone},
 	// Commands restart agents and drain hosts: operators only, audited.
 	factoryv1.FleetService_SendCommand_FullMethodName: {roles: operatorOnly, mutates: true},
+
+	// Spend: an agent reports and reserves only as itself, a sidecar only
+	// for the agents on its host (it relays their spool). Every event of a
+	// batch is checked. Reading spend and budgets is for agents (they pace
+	// themselves by them) and operators; the stop's state for sidecars too.
+	factoryv1.BudgetService_ReportSpend_FullMethodName: {roles: everyone, mutates: true, verb: "report spend",
+		actsAs: func(req any) []string {
+			r, _ := req.(*factoryv1.ReportSpendRequest)
+			return []string{r.GetEvent().GetAgent()}
+		}},
+	factoryv1.BudgetService_ReportSpendBatch_FullMethodName: {roles: everyone, mutates: true, verb: "report spend",
+		actsAs: func(req any) []string {
+			r, _ := req.(*factoryv1.ReportSpendBatchRequest)
+			names := make([]string, len(r.GetEvents()))
+			for i, e := range r.GetEvents() {
+				names[i] = e.GetAgent()
+			}
+			return names
+		}},
+	factoryv1.BudgetService_ReserveSpend_FullMethodName: {roles: everyone, mutates: true, verb: "reserve spend",
+		actsAs: agentField[*factoryv1.ReserveSpendRequest]},
+	// A settle names its agent in the actual event; a release names none,
+	// and the handler checks the reservation's agent against the caller.
+	factoryv1.BudgetService_SettleSpend_FullMethodName: {roles: everyone, mutates: true, verb: "settle spend",
+		actsAs: func(req any) []string {
+			r, _ := req.(*factoryv1.SettleSpendRequest)
+			if r.GetActual() == nil {
+				return nil
+			}
+			return []string{r.GetActual().GetAgent()}
+		}},
+	factoryv1.BudgetService_GetSpend_FullMethodName:         {roles: agents},
+	factoryv1.BudgetService_GetBudget_FullMethodName:        {roles: agents},
+	factoryv1.BudgetService_GetEmergencyStop_FullMethodName: {roles: everyone},
+	// Limits and the fleet's stop: operators only, audited.
+	factoryv1.BudgetService_SetBudget_FullMethodName:          {roles: operatorOnly, mutates: true},
+	factoryv1.BudgetService_EmergencyStop_FullMethodName:      {roles: operatorOnly, mutates: true},
+	factoryv1.BudgetService_RearmEmergencyStop_FullMethodName: {roles: operatorOnly, mutates: true},
+
+	// Approvals: an agent requests only as itself, and reads and waits on
+	// requests; only an operator decides (and the domain refuses the
+	// requester, whatever its token). Decisions are audited with what was
+	// decided.
+	factoryv1.ApprovalService_RequestApproval_FullMethodName: {roles: agents, mutates: true, verb: "request approval",
+		actsAs: agentField[*factoryv1.RequestApprovalRequest]},
+	factoryv1.ApprovalService_GetApproval_FullMethodName:   {roles: agents},
+	factoryv1.ApprovalService_ListApprovals_FullMethodName: {roles: agents},
+	factoryv1.ApprovalService_WaitApproval_FullMethodName:  {roles: agents},
+	factoryv1.ApprovalService_Decide_FullMethodName:        {roles: operatorOnly, mutates: true},
 }
 
 // agentField is the actsAs of a request with one agent field.

@@ -21,6 +21,7 @@ import (
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/selector"
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
@@ -31,7 +32,13 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/factory/factory/controlplane/access"
+	"github.com/factory/factory/controlplane/alert"
+	"github.com/factory/factory/controlplane/approval"
+	"github.com/factory/factory/controlplane/budget"
+	"github.com/factory/factory/controlplane/digest"
 	"github.com/factory/factory/controlplane/fleet"
+	"github.com/factory/factory/controlplane/maintenance"
+	"github.com/factory/factory/controlplane/notify"
 	"github.com/factory/factory/controlplane/ops"
 	"github.com/factory/factory/controlplane/queue"
 	"github.com/factory/factory/controlplane/store"
@@ -59,6 +66,21 @@ type Config struct {
 	Queue queue.Config
 	// Fleet sets the liveness thresholds; zero fields take the runbook's.
 	Fleet fleet.Config
+	// Digest sets the morning digest's time and zone (ops_wiring.go).
+	Digest DigestConfig
+	// Budget sets the spend ledger's zone, price table and hooks
+	// (budget_wiring.go).
+	Budget BudgetConfig
+	// Notify sets the webhooks and Alerts the alert rules
+	// (alerts_wiring.go).
+	Notify NotifyConfig
+	Alerts AlertsConfig
+	// Approvals sets the approval policy and deadlines (approval_wiring.go).
+	Approvals ApprovalConfig
+	// RedisURL, when set (redis://host:port/db), keeps the runbook's live
+	// spend counters (dash:spend:daily:*) in Redis, rebuilt from the
+	// ledger; the ledger stays the truth with Redis down or flushed.
+	RedisURL string
 
 	// TLS serves TLS, and mutual TLS when it names a client CA. Without it
 	// the server speaks plaintext, which Run allows only on a loopback
@@ -73,6 +95,12 @@ type Config struct {
 	// DebugListen, when set, serves Go's profiler (/debug/pprof/) on this
 	// loopback address.
 	DebugListen string
+	// MetricsListen, when set, serves the OpenTelemetry metrics for
+	// Prometheus on http://MetricsListen/metrics (see package metrics);
+	// empty turns metrics off. OnMetricsListening, when set, is told the
+	// bound address.
+	MetricsListen      string
+	OnMetricsListening func(addr net.Addr)
 	// OnListening, when set, is called with the bound address once the
 	// server accepts connections.
 	OnListening func(addr net.Addr)
@@ -164,8 +192,54 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	fl := fleet.New(fleetClock, cfg.Fleet)
 	history := fleet.NewHistory(qcfg.Store, fleetClock, cfg.Fleet)
-	srv, healthSrv := NewGRPCServer(Services{Queue: q, Access: acc, Ops: opsSvc, Fleet: fl, FleetEvents: fleet.NewEvents(qcfg.Store, fleetClock), FleetHistory: history}, log, cfg.TracerProvider, stopping,
-		WithTLS(tlsCfg), WithRateLimit(cfg.RateLimit))
+	counters, err := newLiveCounters(cfg, log)
+	if err != nil {
+		return err
+	}
+	if counters != nil {
+		cfg.Budget.OnRecorded = counters.hook(cfg.Budget.OnRecorded)
+	}
+	// One publisher for every domain's operator-facing events: the
+	// WatchEvents hub and the webhooks (alerts_wiring.go).
+	notif, err := newNotifier(cfg.Notify, raw, log)
+	if err != nil {
+		return err
+	}
+	if cfg.Budget.Publisher == nil {
+		cfg.Budget.Publisher = notif.Notifier
+	}
+	if cfg.Digest.Publisher == nil {
+		cfg.Digest.Publisher = notif.Notifier
+	}
+	bud, err := newBudget(ctx, cfg.Budget, qcfg.Store, q, qcfg.Clock, log)
+	if err != nil {
+		return err
+	}
+	if counters != nil {
+		counters.bud = bud
+	}
+	if cfg.Digest.Spend == nil {
+		cfg.Digest.Spend = BudgetSpend{Budget: bud}
+	}
+	maint, dig, err := newOpsDomains(ctx, cfg.Digest, qcfg.Store, q, fl, qcfg.Clock, log)
+	if err != nil {
+		return err
+	}
+	alerts, err := newAlerts(cfg.Alerts, qcfg.Store, fl, fleet.NewEvents(qcfg.Store, fleetClock), bud, qcfg.Clock, notif.Notifier, log)
+	if err != nil {
+		return err
+	}
+	approvals, err := newApprovals(cfg.Approvals, qcfg.Store, q, qcfg.Clock, notif.Notifier, log)
+	if err != nil {
+		return err
+	}
+	met, err := newMetrics(cfg, Services{Queue: q, Fleet: fl, Budget: bud, Alerts: alerts}, qcfg.Store)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = met.Shutdown(context.WithoutCancel(ctx)) }()
+	srv, healthSrv := NewGRPCServer(Services{Queue: q, Access: acc, Ops: opsSvc, Fleet: fl, FleetEvents: fleet.NewEvents(qcfg.Store, fleetClock), FleetHistory: history, Maintenance: maint, Digest: dig, Budget: bud, Alerts: alerts, Events: notif.hub, Approvals: approvals}, log, cfg.TracerProvider, stopping,
+		WithTLS(tlsCfg), WithRateLimit(cfg.RateLimit), WithMeterProvider(met.MeterProvider()))
 
 	log.InfoContext(ctx, "listening", "addr", lis.Addr().String(), "tls", tlsMode(tlsCfg), "store", driver, "db", where, "pid", os.Getpid())
 	if cfg.OnListening != nil {
@@ -182,6 +256,12 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.DebugListen != "" {
 		g.Go(func() error { return serveDebug(gctx, cfg.DebugListen, log) })
 	}
+	if counters != nil {
+		g.Go(func() error { return counters.run(gctx) })
+	}
+	if met != nil {
+		g.Go(func() error { return serveMetrics(gctx, cfg, met) })
+	}
 	// With replicas sharing a database, one of them sweeps and every one of
 	// them hears the others' changes.
 	// The telemetry history's retention is pruned the same way: by the
@@ -194,6 +274,10 @@ func Run(ctx context.Context, cfg Config) error {
 		g.Go(func() error { return q.RunSweeper(gctx) })
 		g.Go(func() error { return pruneHistory(gctx) })
 	}
+	runDigest(gctx, g, cfg.Digest, raw, dig)
+	runAlerts(gctx, g, cfg.Alerts, raw, alerts)
+	runApprovals(gctx, g, raw, approvals)
+	notif.run(gctx, g)
 	if feed, ok := raw.(store.ChangeFeed); ok {
 		g.Go(func() error {
 			return feed.ListenChanges(gctx, func(b store.ChangeBatch) {
@@ -265,6 +349,21 @@ type Services struct {
 	// only the latest readings are kept and GetNodeHistory answers
 	// UNIMPLEMENTED.
 	FleetHistory *fleet.History
+	// Maintenance is maintenance mode and Digest the morning digest;
+	// without them their OpsService RPCs answer UNIMPLEMENTED.
+	Maintenance *maintenance.Service
+	Digest      *digest.Service
+	// Budget is the spend ledger, budgets and emergency stop; without it
+	// BudgetService answers UNIMPLEMENTED and sidecars hear no stop.
+	Budget *budget.Service
+	// Alerts evaluates the alert rules and Events fans operator-facing
+	// events out to WatchEvents; without them those RPCs answer
+	// UNIMPLEMENTED.
+	Alerts *alert.Service
+	Events *notify.Hub
+	// Approvals is the approval gate; without it ApprovalService answers
+	// UNIMPLEMENTED and tasks are not gated.
+	Approvals *approval.Service
 }
 
 // GRPCOption adds transport security or abuse limits to NewGRPCServer.
@@ -273,6 +372,7 @@ type GRPCOption func(*grpcOptions)
 type grpcOptions struct {
 	tls       *tls.Config
 	rateLimit RateLimit
+	meter     metric.MeterProvider // see WithMeterProvider
 }
 
 // WithTLS serves TLS with cfg; nil keeps plaintext.
@@ -335,6 +435,7 @@ func NewGRPCServer(svc Services, log *slog.Logger, tp trace.TracerProvider, stop
 	unary := []grpc.UnaryServerInterceptor{
 		recovery.UnaryServerInterceptor(recoverOpt),
 		logging.UnaryServerInterceptor(logger, logOpts...),
+		rejectUndecodableUnary,
 		// After logging, so refusals are logged; before the rate limit,
 		// so callers are keyed by token.
 		selector.UnaryServerInterceptor(auth.UnaryServerInterceptor(authenticate(svc.Access, log)), needsCaller),
@@ -342,6 +443,7 @@ func NewGRPCServer(svc Services, log *slog.Logger, tp trace.TracerProvider, stop
 	stream := []grpc.StreamServerInterceptor{
 		recovery.StreamServerInterceptor(recoverOpt),
 		logging.StreamServerInterceptor(logger, logOpts...),
+		rejectUndecodableStream,
 		selector.StreamServerInterceptor(auth.StreamServerInterceptor(authenticate(svc.Access, log)), needsCaller),
 	}
 	if lim := o.rateLimit.limiter(log); lim != nil {
@@ -356,11 +458,12 @@ func NewGRPCServer(svc Services, log *slog.Logger, tp trace.TracerProvider, stop
 	stream = append(stream, selector.StreamServerInterceptor(authz.stream, needsCaller), validateStream(validator, log))
 
 	serverOpts := []grpc.ServerOption{
-		grpc.StatsHandler(otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(tp), otelgrpc.WithPropagators(telemetry.Propagator()))),
+		grpc.StatsHandler(otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(tp), otelgrpc.WithPropagators(telemetry.Propagator()), meterOption(o.meter))),
 		// A larger request is refused by gRPC with RESOURCE_EXHAUSTED before
 		// it is decoded.
 		grpc.MaxRecvMsgSize(transport.MaxRequestBytes),
 		grpc.MaxSendMsgSize(transport.MaxResponseBytes),
+		grpc.ForceServerCodecV2(newLenientCodec()),
 		grpc.ChainUnaryInterceptor(unary...),
 		grpc.ChainStreamInterceptor(stream...),
 	}
@@ -370,14 +473,17 @@ func NewGRPCServer(svc Services, log *slog.Logger, tp trace.TracerProvider, stop
 	srv := grpc.NewServer(serverOpts...)
 	factoryv1.RegisterQueueServiceServer(srv, &auditedQueue{&queueServer{q: svc.Queue, log: log, stopping: stopping, fleet: svc.Fleet}})
 	factoryv1.RegisterAccessServiceServer(srv, &accessServer{acc: svc.Access, log: log})
-	factoryv1.RegisterOpsServiceServer(srv, &opsServer{ops: svc.Ops, log: log})
-	factoryv1.RegisterFleetServiceServer(srv, &fleetServer{fleet: svc.Fleet, events: svc.FleetEvents, history: svc.FleetHistory, cmds: fleet.NewCommands(), q: svc.Queue, log: log, stopping: stopping})
+	factoryv1.RegisterOpsServiceServer(srv, &opsServer{ops: svc.Ops, log: log, maint: svc.Maintenance, digest: svc.Digest, fleet: svc.Fleet,
+		alerts: svc.Alerts, events: svc.Events, stopping: stopping})
+	factoryv1.RegisterFleetServiceServer(srv, &fleetServer{fleet: svc.Fleet, events: svc.FleetEvents, history: svc.FleetHistory, cmds: fleet.NewCommands(), q: svc.Queue, log: log, stopping: stopping, budget: svc.Budget})
 	healthSrv := health.NewServer()
 	healthpb.RegisterHealthServer(srv, healthSrv)
 	healthSrv.SetServingStatus(factoryv1.QueueService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	healthSrv.SetServingStatus(factoryv1.AccessService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	healthSrv.SetServingStatus(factoryv1.OpsService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	healthSrv.SetServingStatus(factoryv1.FleetService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	registerBudget(srv, healthSrv, svc, log)
+	registerApprovals(srv, healthSrv, svc, log, stopping)
 	registerReflection(srv)
 	return srv, healthSrv
 }

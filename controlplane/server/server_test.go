@@ -23,7 +23,10 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/factory/factory/controlplane/access"
+	"github.com/factory/factory/controlplane/approval"
+	"github.com/factory/factory/controlplane/budget"
 	"github.com/factory/factory/controlplane/fleet"
+	"github.com/factory/factory/controlplane/notify"
 	"github.com/factory/factory/controlplane/ops"
 	"github.com/factory/factory/controlplane/queue"
 	"github.com/factory/factory/controlplane/store"
@@ -64,6 +67,10 @@ type testBundle struct {
 	dbPath   string
 	// fleet is the server's fleet registry, on clock when one is given.
 	fleet *fleet.Registry
+	// budget is the spend ledger, its gate installed on queue.
+	budget *budget.Service
+	// approvals is the approval gate, its create hook installed on queue.
+	approvals *approval.Service
 }
 
 // setup starts the queue service on a real SQLite store behind a gRPC
@@ -103,12 +110,29 @@ func setupWith(t *testing.T, clock *fakeClock, opts []GRPCOption, dialOpts ...gr
 		fleetClock = clock
 	}
 	fl := fleet.New(fleetClock, fleet.Config{})
+	maint, dig, err := newOpsDomains(ctx, DigestConfig{}, st, q, fl, qcfg.Clock, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bud, err := newBudget(ctx, BudgetConfig{}, st, q, qcfg.Clock, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	events := notify.NewHub(0)
+	alerts, err := newAlerts(AlertsConfig{}, st, fl, fleet.NewEvents(st, fleetClock), bud, qcfg.Clock, events, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	approvals, err := newApprovals(ApprovalConfig{WaitRecheck: time.Hour}, st, q, qcfg.Clock, events, log)
+	if err != nil {
+		t.Fatal(err)
+	}
 	stopping := make(chan struct{})
-	srv, _ := NewGRPCServer(Services{Queue: q, Access: acc, Ops: opsSvc, Fleet: fl, FleetEvents: fleet.NewEvents(st, fleetClock), FleetHistory: fleet.NewHistory(st, fleetClock, fleet.Config{})}, log, noop.NewTracerProvider(), stopping, opts...)
+	srv, _ := NewGRPCServer(Services{Queue: q, Access: acc, Ops: opsSvc, Fleet: fl, FleetEvents: fleet.NewEvents(st, fleetClock), FleetHistory: fleet.NewHistory(st, fleetClock, fleet.Config{}), Maintenance: maint, Digest: dig, Budget: bud, Alerts: alerts, Events: events, Approvals: approvals}, log, noop.NewTracerProvider(), stopping, opts...)
 	lis := bufconn.Listen(1 << 20)
 	go srv.Serve(lis)
 	t.Cleanup(func() { close(stopping); srv.Stop() })
-	b := &testBundle{queue: q, clock: clock, store: st, access: acc, operator: operator, lis: lis, srv: srv, dbPath: dbPath, fleet: fl}
+	b := &testBundle{queue: q, clock: clock, store: st, access: acc, operator: operator, lis: lis, srv: srv, dbPath: dbPath, fleet: fl, budget: bud, approvals: approvals}
 	b.conn = b.dialAs(t, operator, dialOpts...)
 	b.client = factoryv1.NewQueueServiceClient(b.conn)
 	return b

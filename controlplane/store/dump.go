@@ -18,7 +18,8 @@ type DumpStore interface {
 	// DumpRead calls fn with every record the store holds, all read from
 	// one snapshot, in a fixed order: the queue's settings, then tasks in
 	// creation order, tokens in creation order, audit entries by id, and
-	// fleet events in the order the store took them.
+	// fleet events in the order the store took them, then the rows of
+	// DumpTables, table by table, each in key order.
 	// It stops at fn's first error and returns that error unchanged.
 	DumpRead(ctx context.Context, fn func(*DumpRecord) error) error
 
@@ -43,6 +44,8 @@ const (
 	DumpAudit DumpKind = "audit"
 	// DumpFleetEvent is one fleet event (FleetStore).
 	DumpFleetEvent DumpKind = "fleet_event"
+	// DumpRowKind is one row of a table in DumpTables.
+	DumpRowKind DumpKind = "row"
 )
 
 // DumpRecord is one row of a dump: exactly one field is set.
@@ -54,6 +57,7 @@ type DumpRecord struct {
 	// FleetEvent's Attributes are nil when it has none, as a load reads
 	// them back.
 	FleetEvent *FleetEvent
+	Row        *DumpRow
 }
 
 // Kind says which field is set ("" when none or several are).
@@ -74,6 +78,9 @@ func (r *DumpRecord) Kind() DumpKind {
 	}
 	if r.FleetEvent != nil {
 		kind, n = DumpFleetEvent, n+1
+	}
+	if r.Row != nil {
+		kind, n = DumpRowKind, n+1
 	}
 	if n != 1 {
 		return ""
@@ -97,6 +104,9 @@ type DumpCounts struct {
 	// FleetEvents counts the fleet events; a load counts only those it
 	// stored, not those whose id the store held already.
 	FleetEvents int64
+	// Rows counts the rows of DumpTables; a load counts only those it
+	// stored (a merge skips rows whose key is stored already).
+	Rows int64
 }
 
 // Add counts one record of kind.
@@ -112,11 +122,15 @@ func (c *DumpCounts) Add(kind DumpKind) {
 		c.Audit++
 	case DumpFleetEvent:
 		c.FleetEvents++
+	case DumpRowKind:
+		c.Rows++
 	}
 }
 
 // Total is the number of records counted.
-func (c DumpCounts) Total() int64 { return c.Queue + c.Tasks + c.Tokens + c.Audit + c.FleetEvents }
+func (c DumpCounts) Total() int64 {
+	return c.Queue + c.Tasks + c.Tokens + c.Audit + c.FleetEvents + c.Rows
+}
 
 // DumpLoadParams is what DumpLoad inserts, and how.
 type DumpLoadParams struct {
@@ -154,10 +168,24 @@ type DumpContents struct {
 	Tokens bool // any token other than the kept ones
 	Audit  bool // any audit entry
 	Paused bool // the queue is paused
+	// Tables names the tables of DumpTables that hold rows.
+	Tables map[string]bool
+}
+
+// holdsContent reports whether any table with Content holds rows.
+func (c DumpContents) holdsContent() bool {
+	for _, t := range DumpTables {
+		if t.Content && c.Tables[t.Name] {
+			return true
+		}
+	}
+	return false
 }
 
 // Empty reports whether a plain (not merging) load may go ahead.
-func (c DumpContents) Empty() bool { return !c.Tasks && !c.Tokens && !c.Audit && !c.Paused }
+func (c DumpContents) Empty() bool {
+	return !c.Tasks && !c.Tokens && !c.Audit && !c.Paused && !c.holdsContent()
+}
 
 func (c DumpContents) String() string {
 	var parts []string
@@ -172,6 +200,11 @@ func (c DumpContents) String() string {
 	}
 	if c.Paused {
 		parts = append(parts, "a paused queue")
+	}
+	for _, t := range DumpTables {
+		if t.Content && c.Tables[t.Name] {
+			parts = append(parts, t.Name)
+		}
 	}
 	return strings.Join(parts, ", ")
 }
@@ -201,6 +234,11 @@ type DumpTarget interface {
 	// skipping any whose id is stored already (as FleetEventsAppend
 	// does), and returns how many it inserted.
 	InsertFleetEvents(events []*FleetEvent) (int, error)
+	// InsertRows inserts rows of t in order, skipping any whose key is
+	// stored already, and returns how many it inserted; with replace it
+	// overwrites a stored row instead (a Singleton table's one row in a
+	// plain load).
+	InsertRows(t *DumpTable, rows [][]any, replace bool) (int, error)
 }
 
 // dumpBatch is how many records of one kind LoadDump hands a target at
@@ -228,6 +266,10 @@ const dumpBatch = 500
 //     replays unacked events), so a control plane that sidecars reached
 //     before the import may already hold some of the dump's events, and
 //     an event with the same id is the same event.
+//   - Rows of DumpTables are inserted as they are, except that a merge
+//     keeps the store's row where the key is taken (and the store's
+//     Singleton rows), and a merge of a NoMerge table into a store that
+//     holds rows of it is refused: spend ledgers do not merge.
 //   - Every record must be well formed (ValidateDumpRecord), ids must not
 //     repeat within the dump (fleet event ids included), a task's dependencies must come earlier in
 //     the dump or be stored already, and audit ids must grow.
@@ -260,7 +302,8 @@ func LoadDump(p *DumpLoadParams, x DumpTarget) (*DumpCounts, error) {
 		if err := ValidateDumpRecord(r); err != nil {
 			return err
 		}
-		if len(l.batch) > 0 && (r.Kind() != l.batch[0].Kind() || len(l.batch) >= dumpBatch) {
+		if len(l.batch) > 0 && (r.Kind() != l.batch[0].Kind() || len(l.batch) >= dumpBatch ||
+			(r.Row != nil && r.Row.Table != l.batch[0].Row.Table)) {
 			if err := l.flush(); err != nil {
 				return err
 			}
@@ -293,6 +336,9 @@ type loader struct {
 	keepAudit bool            // audit ids are stored as given
 	lastAudit int64           // the dump's last audit id
 	events    map[string]bool // ids of the dump's fleet events so far
+	rowTable  string          // the table of the rows so far
+	rowKeys   map[string]bool // keys of that table's rows so far
+	tablesIn  map[string]bool // tables whose rows have come and gone
 }
 
 func (l *loader) flush() error {
@@ -311,7 +357,42 @@ func (l *loader) flush() error {
 		return l.auditBatch()
 	case DumpFleetEvent:
 		return l.fleetBatch()
+	case DumpRowKind:
+		return l.rowBatch()
 	}
+	return nil
+}
+
+func (l *loader) rowBatch() error {
+	t := DumpTableNamed(l.batch[0].Row.Table)
+	if t.Name != l.rowTable {
+		if l.tablesIn == nil {
+			l.tablesIn = map[string]bool{}
+		}
+		if l.tablesIn[t.Name] {
+			return InvalidField("records", "the rows of table %s are not together in the dump", t.Name)
+		}
+		l.tablesIn[t.Name] = true
+		l.rowTable, l.rowKeys = t.Name, map[string]bool{}
+		if l.merging && t.NoMerge && l.have.Tables[t.Name] {
+			return fmt.Errorf("%w: both this store and the dump hold %s, which cannot be merged (the spend ledger would count events twice or not at all); import into a store without one",
+				ErrLoadRefused, t.Name)
+		}
+	}
+	rows := make([][]any, len(l.batch))
+	for i, r := range l.batch {
+		key := fmt.Sprintf("%q", r.Row.Values[:t.Key])
+		if l.rowKeys[key] {
+			return InvalidField("records", "%s appears twice in the dump", r.Row.KeyString(t))
+		}
+		l.rowKeys[key] = true
+		rows[i] = r.Row.Values
+	}
+	n, err := l.x.InsertRows(t, rows, t.Singleton && !l.merging)
+	if err != nil {
+		return err
+	}
+	l.counts.Rows += int64(n)
 	return nil
 }
 
@@ -530,8 +611,10 @@ func ValidateDumpRecord(r *DumpRecord) error {
 		case e.Time.IsZero():
 			return InvalidField("records", "fleet event %s: no time", e.ID)
 		}
+	case DumpRowKind:
+		return validateDumpRow(r.Row)
 	default:
-		return InvalidField("records", "a record must hold exactly one of queue, task, token, audit entry or fleet event")
+		return InvalidField("records", "a record must hold exactly one of queue, task, token, audit entry, fleet event or table row")
 	}
 	return nil
 }

@@ -111,8 +111,23 @@ type Store interface {
 	// TelemetryStore holds the fleet's telemetry history (see telemetry.go).
 	TelemetryStore
 
+	// SpendStore holds the spend ledger, budgets and the emergency stop
+	// (see spend.go).
+	SpendStore
+
+	// AlertStore holds alert instances and silences (see alerts.go).
+	AlertStore
+
+	// ApprovalStore holds approval requests and applies decisions to
+	// gated tasks (see approval.go).
+	ApprovalStore
+
 	// DumpStore moves the whole state out and in (see dump.go).
 	DumpStore
+
+	// MaintenanceStore checks, snapshots and holds the maintenance
+	// switch (see maintenance.go).
+	MaintenanceStore
 
 	// Close releases the driver's resources.
 	Close() error
@@ -149,6 +164,16 @@ type TaskCreate struct {
 	InitialState TaskState
 	RunAfter     time.Time
 	Note         string
+	// RequiresApproval asks for an operator's approval before the task
+	// can be claimed. The approval domain turns it (or a kind its policy
+	// puts at Tier 2+) into Approval before the store sees the task;
+	// drivers read only Approval.
+	RequiresApproval bool
+	// Approval, when set, gates the task: the request is stored in the
+	// same transaction (its TaskID set to the task), and the task starts
+	// in BACKLOG with ApprovalPending until the request is granted.
+	// InitialState must then be unset, READY or BACKLOG.
+	Approval *ApprovalCreate
 }
 
 // TaskListParams filters TaskList. Zero values do not filter.

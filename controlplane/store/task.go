@@ -140,6 +140,12 @@ type Task struct {
 	// PausedByQueue marks a PAUSED task that PauseQueue (not an operator
 	// move) paused, so ResumeQueue restores exactly those.
 	PausedByQueue bool
+
+	// ApprovalID names the approval request gating the task; empty when
+	// none. While ApprovalPending, dependency promotion passes the task
+	// over: it leaves BACKLOG only when the request is granted.
+	ApprovalID      string
+	ApprovalPending bool
 }
 
 // Clone returns a deep copy.

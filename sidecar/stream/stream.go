@@ -67,6 +67,11 @@ type Config struct {
 	// too. Commands run beside the stream, so a slow restart never delays
 	// a heartbeat.
 	OnCommand func(ctx context.Context, cmd *factoryv1.SidecarCommand) *factoryv1.CommandResult
+	// OnEmergencyStop, when set, hears the fleet's emergency stop each
+	// time the server sends it (on connect while it is on, and whenever it
+	// starts or is rearmed). It runs on the receiving goroutine: it must
+	// not block.
+	OnEmergencyStop func(*factoryv1.EmergencyStop)
 }
 
 // Run keeps the stream open until ctx ends; it returns nil then.
@@ -144,6 +149,9 @@ func session(ctx context.Context, client factoryv1.FleetServiceClient, cfg Confi
 	if cfg.OnConnected != nil {
 		cfg.OnConnected(sc)
 	}
+	if es := first.GetEmergencyStop(); es != nil {
+		heardStop(cfg, es)
+	}
 	heartbeat := positiveOr(sc.GetHeartbeatInterval().AsDuration(), 10*time.Second)
 	telemetryEvery := positiveOr(sc.GetTelemetryInterval().AsDuration(), heartbeat)
 
@@ -167,6 +175,9 @@ func session(ctx context.Context, client factoryv1.FleetServiceClient, cfg Confi
 					case <-ctx.Done():
 					}
 				}()
+			}
+			if es := m.GetEmergencyStop(); es != nil {
+				heardStop(cfg, es)
 			}
 			if ack := m.GetEventAck(); ack != nil && cfg.Spool != nil {
 				if err := cfg.Spool.Ack(ack.GetIds()); err != nil {
@@ -282,6 +293,19 @@ func session(ctx context.Context, client factoryv1.FleetServiceClient, cfg Confi
 		if err := stream.Send(msg); err != nil {
 			return sendFailed(err)
 		}
+	}
+}
+
+// heardStop logs the fleet's emergency stop (a stop at WARN: the host's
+// agents are to stop spending) and hands it on.
+func heardStop(cfg Config, es *factoryv1.EmergencyStop) {
+	if es.GetStopped() {
+		cfg.Logger.Warn("the control plane reports the fleet's emergency stop: agents must stop spending", "host", cfg.Hello.GetHost(), "reason", es.GetReason())
+	} else {
+		cfg.Logger.Info("the fleet's emergency stop is rearmed", "host", cfg.Hello.GetHost())
+	}
+	if cfg.OnEmergencyStop != nil {
+		cfg.OnEmergencyStop(es)
 	}
 }
 

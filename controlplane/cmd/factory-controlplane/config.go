@@ -10,6 +10,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/factory/factory/controlplane/notify"
 	"github.com/factory/factory/controlplane/queue"
 	"github.com/factory/factory/controlplane/server"
 	"github.com/factory/factory/controlplane/transport"
@@ -24,6 +25,7 @@ type fileConfig struct {
 	Store           string        `yaml:"store"`
 	PostgresSchema  string        `yaml:"pg_schema"`
 	DebugListen     string        `yaml:"debug_listen"`
+	MetricsListen   string        `yaml:"metrics_listen"`
 	LogLevel        string        `yaml:"log_level"`
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
 	DefaultLease    time.Duration `yaml:"default_lease"`
@@ -41,6 +43,28 @@ type fileConfig struct {
 	// heartbeats and OFFLINE after OfflineAfter without a sign of life.
 	HeartbeatInterval time.Duration `yaml:"heartbeat_interval"`
 	OfflineAfter      time.Duration `yaml:"offline_after"`
+	// TimeZone is the zone spend days are counted in; Prices replaces the
+	// built-in price table (deploy/prices.yaml).
+	TimeZone string `yaml:"time_zone"`
+	Prices   string `yaml:"prices"`
+	// RedisURL turns on the runbook's live spend counters in Redis.
+	RedisURL string `yaml:"redis_url"`
+	// DigestAt is the local time (in TimeZone) the morning digest is sent;
+	// "off" sends none.
+	DigestAt string `yaml:"digest_at"`
+	// ApprovalPolicy is an optional YAML approval policy (tiers per kind,
+	// auto-approval, reminders); ApprovalTimeout is the deadline of a
+	// request that names none; ApprovalReminder, above 0, overrides the
+	// policy's reminder point (a fraction of the time to the deadline).
+	ApprovalPolicy   string        `yaml:"approval_policy"`
+	ApprovalTimeout  time.Duration `yaml:"approval_timeout"`
+	ApprovalReminder float64       `yaml:"approval_reminder"`
+	// Alerts is the alert rules file (deploy/alerts.yaml). Webhooks
+	// receive the operator-facing events (alerts_config.go);
+	// WebhookSecret signs those with no secret of their own.
+	Alerts        string           `yaml:"alerts"`
+	Webhooks      []notify.Webhook `yaml:"webhooks"`
+	WebhookSecret string           `yaml:"webhook_secret"`
 }
 
 func defaultConfig() fileConfig {
@@ -48,6 +72,10 @@ func defaultConfig() fileConfig {
 		Listen:          "127.0.0.1:7420",
 		DataDir:         "data",
 		LogLevel:        "info",
+		MetricsListen:   "127.0.0.1:9464",
+		TimeZone:        "Pacific/Auckland",
+		DigestAt:        "08:00",
+		ApprovalTimeout: time.Hour,
 		ShutdownTimeout: 10 * time.Second,
 		DefaultLease:    5 * time.Minute,
 		RetryBase:       10 * time.Second,
@@ -64,6 +92,14 @@ func defaultConfig() fileConfig {
 
 func (c fileConfig) queueConfig() queue.Config {
 	return queue.Config{DefaultLease: c.DefaultLease, RetryBase: c.RetryBase, RetryMax: c.RetryMax, RescueInterval: c.RescueInterval}
+}
+
+// metricsListen is the metrics address for server.Config: "off" is empty.
+func (c fileConfig) metricsListen() string {
+	if strings.EqualFold(strings.TrimSpace(c.MetricsListen), "off") {
+		return ""
+	}
+	return strings.TrimSpace(c.MetricsListen)
 }
 
 func (c fileConfig) serverTLS() transport.ServerTLS {
@@ -103,6 +139,8 @@ Flags:
 	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory for the SQLite database")
 	fs.StringVar(&cfg.Store, "store", cfg.Store, "store: sqlite (DATA_DIR/factory.db), sqlite:PATH, or a postgres:// URL for replicas")
 	fs.StringVar(&cfg.DebugListen, "debug-listen", cfg.DebugListen, "loopback address for Go's profiler (/debug/pprof/); off when empty")
+	fs.StringVar(&cfg.RedisURL, "redis-url", cfg.RedisURL, "Redis for the live spend counters (redis://host:6379/0): dash:spend:daily:* as the runbook reads them; off when empty")
+	fs.StringVar(&cfg.MetricsListen, "metrics-listen", cfg.MetricsListen, "address for Prometheus metrics (/metrics, /healthz); \"off\" or empty turns them off")
 	fs.StringVar(&cfg.PostgresSchema, "pg-schema", cfg.PostgresSchema, "PostgreSQL schema for the tables (default public)")
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long running calls get to finish at shutdown")
@@ -118,6 +156,13 @@ Flags:
 	fs.IntVar(&cfg.RateBurst, "rate-burst", cfg.RateBurst, "requests a caller may make at once above --rate-limit")
 	fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", cfg.HeartbeatInterval, "how often sidecars are told to send heartbeats; two missed make a host STALE")
 	fs.DurationVar(&cfg.OfflineAfter, "offline-after", cfg.OfflineAfter, "how long without a sign of life makes a host and its agents OFFLINE")
+	fs.StringVar(&cfg.TimeZone, "time-zone", cfg.TimeZone, "IANA time zone spend days and budgets are counted in")
+	fs.StringVar(&cfg.Prices, "prices", cfg.Prices, "price table (YAML, like deploy/prices.yaml) replacing the built-in one")
+	fs.StringVar(&cfg.DigestAt, "digest-at", cfg.DigestAt, "local time (HH:MM in --time-zone) the morning digest goes to the webhooks; \"off\" sends none")
+	fs.StringVar(&cfg.ApprovalPolicy, "approval-policy", cfg.ApprovalPolicy, "approval policy (YAML: auto_approve_max_tier, kind_tiers, spend_threshold_micros, reminder_fraction); the runbook's defaults when empty")
+	fs.DurationVar(&cfg.ApprovalTimeout, "approval-timeout", cfg.ApprovalTimeout, "deadline of an approval request that names none; then its default (deny unless stated) applies")
+	fs.Float64Var(&cfg.ApprovalReminder, "approval-reminder", cfg.ApprovalReminder, "send a reminder once this fraction of a request's time has passed (0: the policy's, 0.5 by default)")
+	webhookURLs := alertFlags(fs, &cfg)
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
@@ -143,7 +188,7 @@ Flags:
 	}
 	var errs []string
 	fs.VisitAll(func(f *flag.Flag) {
-		if f.Name == "config" {
+		if f.Name == "config" || f.Name == "webhook" {
 			return
 		}
 		env := "FACTORY_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
@@ -160,6 +205,7 @@ Flags:
 	if len(errs) > 0 {
 		return cfg, fmt.Errorf("bad setting: %s", strings.Join(errs, "; "))
 	}
+	cfg.Webhooks = webhooksOf(merged.Webhooks, *webhookURLs, getenv("FACTORY_WEBHOOK"))
 	return cfg, nil
 }
 
@@ -177,6 +223,10 @@ func fieldString(c fileConfig, flagName string) string {
 		return c.PostgresSchema
 	case "debug-listen":
 		return c.DebugListen
+	case "metrics-listen":
+		return c.MetricsListen
+	case "redis-url":
+		return c.RedisURL
 	case "log-level":
 		return c.LogLevel
 	case "shutdown-timeout":
@@ -205,6 +255,18 @@ func fieldString(c fileConfig, flagName string) string {
 		return c.HeartbeatInterval.String()
 	case "offline-after":
 		return c.OfflineAfter.String()
+	case "digest-at":
+		return c.DigestAt
+	case "approval-policy":
+		return c.ApprovalPolicy
+	case "approval-timeout":
+		return c.ApprovalTimeout.String()
+	case "approval-reminder":
+		return strconv.FormatFloat(c.ApprovalReminder, 'g', -1, 64)
+	case "alerts":
+		return c.Alerts
+	case "webhook-secret":
+		return c.WebhookSecret
 	}
 	return ""
 }

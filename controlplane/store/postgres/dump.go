@@ -152,7 +152,7 @@ func (s *Store) DumpRead(ctx context.Context, fn func(*store.DumpRecord) error) 
 		}); err != nil {
 			return err
 		}
-		return eachRow(ctx, tx, qDumpFleetEvents, func(rs pgx.Rows) error {
+		if err := eachRow(ctx, tx, qDumpFleetEvents, func(rs pgx.Rows) error {
 			var (
 				e     store.FleetEvent
 				attrs string
@@ -168,7 +168,10 @@ func (s *Store) DumpRead(ctx context.Context, fn func(*store.DumpRecord) error) 
 				e.Attributes = nil
 			}
 			return call(&store.DumpRecord{FleetEvent: &e})
-		})
+		}); err != nil {
+			return err
+		}
+		return dumpReadRows(ctx, tx, call)
 	})
 	if fnErr != nil {
 		// The caller's own error, unwrapped: it is not the database's.
@@ -230,7 +233,12 @@ func (d *dumpTarget) Inspect(keep []string) (store.DumpContents, error) {
 	}
 	b := d.t.batch()
 	b.Queue(qDumpContents, keep).QueryRow(func(r pgx.Row) error { return r.Scan(&c.Tasks, &c.Tokens, &c.Audit, &c.Paused) })
-	return c, d.t.send(b)
+	if err := d.t.send(b); err != nil {
+		return c, err
+	}
+	var err error
+	c.Tables, err = d.dumpTablesHolding()
+	return c, err
 }
 
 func (d *dumpTarget) TasksExisting(ids []string) ([]string, error) {

@@ -61,14 +61,15 @@ SELECT paused FROM queue_settings WHERE id = 1 FOR SHARE`
 
 	qInsertTasks = q(`-- name: TaskInsert
 INSERT INTO tasks (id, title, kind, payload_json, role, assignee, priority, state, max_attempts, depends_on,
-	approval_tier, labels, note, run_after, created_at, updated_at, state_changed_at, paused_by_queue)
+	approval_tier, labels, note, run_after, created_at, updated_at, state_changed_at, paused_by_queue, approval_id,
+	approval_pending)
 SELECT u.id, u.title, u.kind, u.payload_json, u.role, u.assignee, u.priority, u.state, u.max_attempts,
 	ARRAY(SELECT jsonb_array_elements_text(u.depends_on::jsonb)), u.approval_tier, u.labels::jsonb, u.note, u.run_after,
-	$15, $15, $15, u.paused_by_queue
+	$15, $15, $15, u.paused_by_queue, u.approval_id, u.approval_pending
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], $8::smallint[], $9::int[],
-	$10::text[], $11::int[], $12::text[], $13::text[], $14::timestamptz[], $16::boolean[])
+	$10::text[], $11::int[], $12::text[], $13::text[], $14::timestamptz[], $16::boolean[], $17::text[], $18::boolean[])
 	WITH ORDINALITY AS u(id, title, kind, payload_json, role, assignee, priority, state, max_attempts,
-		depends_on, approval_tier, labels, note, run_after, paused_by_queue, ord)
+		depends_on, approval_tier, labels, note, run_after, paused_by_queue, approval_id, approval_pending, ord)
 ORDER BY u.ord
 RETURNING {COLS}`)
 
@@ -176,15 +177,15 @@ SELECT count(*) FROM (
 	FOR UPDATE) AS b`)
 
 	// qPromote moves the BACKLOG dependents of tasks that just reached DONE
-	// once all their dependencies are DONE; to PAUSED while the queue is.
-	// It runs as a statement of its own, after the dependents were
+	// once all their dependencies are DONE and no approval is pending; to
+	// PAUSED while the queue is. It runs as a statement of its own, after the dependents were
 	// locked, so its snapshot includes every completion that committed
 	// before the lock was granted.
 	qPromote = q(`-- name: TaskPromote
 UPDATE tasks t SET state = CASE WHEN q.paused THEN {PAUSED} ELSE {READY} END, paused_by_queue = q.paused,
 	updated_at = $1, state_changed_at = $1
 FROM (SELECT paused FROM queue_settings WHERE id = 1 FOR SHARE) AS q
-WHERE t.state = {BACKLOG}
+WHERE t.state = {BACKLOG} AND NOT t.approval_pending
 	AND t.id IN (SELECT task_id FROM task_deps WHERE depends_on = ANY($2::text[]))
 	AND NOT EXISTS (
 		SELECT 1 FROM task_deps d JOIN tasks x ON x.id = d.depends_on

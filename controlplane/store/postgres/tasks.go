@@ -84,7 +84,8 @@ func (s *Store) TaskCreate(ctx context.Context, p *store.TaskCreateParams) ([]st
 			priorities, maxAttempts, tiers      = ints(), ints(), ints()
 			states                              = make([]int16, n)
 			runAfter                            = make([]pgtype.Timestamptz, n)
-			byQueue                             = make([]bool, n)
+			byQueue, gatedPending               = make([]bool, n), make([]bool, n)
+			approvalIDs                         = text()
 			depTask, depOn                      []string
 			depPos                              []int32
 		)
@@ -110,6 +111,16 @@ func (s *Store) TaskCreate(ctx context.Context, p *store.TaskCreateParams) ([]st
 				depTask, depPos, depOn = append(depTask, c.ID), append(depPos, int32(pos)), append(depOn, d)
 			}
 			state := c.InitialState
+			if c.Approval != nil {
+				gate := &store.Task{ID: c.ID, State: state}
+				if err := gate.Gate(c.Approval); err != nil {
+					return err
+				}
+				if err := checkApprovalText(c.Approval); err != nil {
+					return err
+				}
+				state, approvalIDs[i], gatedPending[i] = gate.State, gate.ApprovalID, gate.ApprovalPending
+			}
 			if state == store.StateUnspecified || state == store.StateReady {
 				switch {
 				case !allDone:
@@ -140,9 +151,15 @@ func (s *Store) TaskCreate(ctx context.Context, p *store.TaskCreateParams) ([]st
 		var rows []*row
 		err := t.commit(func(b *pgx.Batch) {
 			queueRows(b, &rows, qInsertTasks, ids, titles, kinds, payloads, roles, assignees, priorities, states, maxAttempts,
-				deps, tiers, labels, notes, runAfter, now, byQueue)
+				deps, tiers, labels, notes, runAfter, now, byQueue, approvalIDs, gatedPending)
 			if len(depTask) > 0 {
 				b.Queue(qInsertDeps, depTask, depPos, depOn)
+			}
+			// Gated tasks' requests, after the tasks they name.
+			for _, c := range p.Tasks {
+				if c.Approval != nil {
+					queueApprovalInsert(b, c.Approval, now)
+				}
 			}
 		})
 		if err != nil {

@@ -95,7 +95,7 @@ func (s *Store) DumpRead(ctx context.Context, fn func(*store.DumpRecord) error) 
 		}); err != nil {
 			return err
 		}
-		return eachRow(ctx, tx, qDumpFleetEvents, func(rs *sql.Rows) error {
+		if err := eachRow(ctx, tx, qDumpFleetEvents, func(rs *sql.Rows) error {
 			var (
 				e     store.FleetEvent
 				at    int64
@@ -112,7 +112,10 @@ func (s *Store) DumpRead(ctx context.Context, fn func(*store.DumpRecord) error) 
 				e.Attributes = nil
 			}
 			return call(&store.DumpRecord{FleetEvent: &e})
-		})
+		}); err != nil {
+			return err
+		}
+		return dumpReadRows(ctx, tx, call)
 	})
 	if fnErr != nil {
 		// The caller's own error, unwrapped: it is not the database's.
@@ -163,8 +166,11 @@ func (d *dumpTarget) Inspect(keep []string) (store.DumpContents, error) {
 	if err != nil {
 		return c, dbErr(d.w.op, err)
 	}
-	err = st.QueryRowContext(d.w.ctx, jsonText(keep)).Scan(&c.Tasks, &c.Tokens, &c.Audit, &c.Paused)
-	return c, dbErr(d.w.op, err)
+	if err := st.QueryRowContext(d.w.ctx, jsonText(keep)).Scan(&c.Tasks, &c.Tokens, &c.Audit, &c.Paused); err != nil {
+		return c, dbErr(d.w.op, err)
+	}
+	c.Tables, err = d.dumpTablesHolding()
+	return c, err
 }
 
 func (d *dumpTarget) TasksExisting(ids []string) ([]string, error) {

@@ -49,14 +49,14 @@ var (
 	RETURNING {COLS}`)
 
 	// qPromote moves the BACKLOG dependents of tasks that just reached DONE
-	// once all their dependencies are DONE; to PAUSED while the queue is.
-	// The dependents are found through task_deps; the unary + keeps the
+	// once all their dependencies are DONE and no approval is pending; to
+	// PAUSED while the queue is. The dependents are found through task_deps; the unary + keeps the
 	// planner from scanning every BACKLOG task instead.
 	qPromote = q(`UPDATE tasks SET
 		state = CASE (SELECT paused FROM queue_settings WHERE id = 1) WHEN 1 THEN {PAUSED} ELSE {READY} END,
 		paused_by_queue = (SELECT paused FROM queue_settings WHERE id = 1),
 		updated_at = ?1, state_changed_at = ?1
-	WHERE +state = {BACKLOG}
+	WHERE +state = {BACKLOG} AND approval_pending = 0
 		AND id IN (SELECT task_id FROM task_deps WHERE depends_on IN (SELECT value FROM json_each(?2)))
 		AND NOT EXISTS (
 			SELECT 1 FROM task_deps d JOIN tasks t ON t.id = d.depends_on
@@ -94,12 +94,12 @@ var writerQueries = []string{
 const maxBatchRows = 64
 
 // insertCols are the columns a new task sets; the rest keep their defaults.
-const insertCols = 18
+const insertCols = 20
 
 var (
 	qInsertTasks = batchSQL(`INSERT INTO tasks (id, title, kind, payload_json, role, assignee, priority, state,
 		max_attempts, depends_on, approval_tier, labels, note, run_after, created_at, updated_at, state_changed_at,
-		paused_by_queue) VALUES `, insertCols, "")
+		paused_by_queue, approval_id, approval_pending) VALUES `, insertCols, "")
 	qInsertDeps = batchSQL(`INSERT INTO task_deps (task_id, pos, depends_on) VALUES `, 3, "")
 
 	// qComplete ends the leases its rows name, each to the state it gives

@@ -16,7 +16,8 @@ import (
 // order scanRow expects.
 const taskCols = `seq, id, title, kind, payload_json, role, assignee, priority, state, attempt, max_attempts,
 	depends_on, approval_tier, labels, last_error, progress, note, lease_holder, fencing_token,
-	lease_expires_at, claimed_at, renewed_at, run_after, created_at, updated_at, state_changed_at, paused_by_queue`
+	lease_expires_at, claimed_at, renewed_at, run_after, created_at, updated_at, state_changed_at, paused_by_queue,
+	approval_id, approval_pending`
 
 // row is a task with its creation sequence, which orders claims and pages.
 type row struct {
@@ -36,12 +37,12 @@ func scanRow(sc scanner, extra ...any) (*row, error) {
 		dependsOn, labels                             string
 		leaseExp, claimed, renewed, runAfter, created int64
 		updated, stateChanged                         int64
-		pausedByQueue                                 bool
+		pausedByQueue, approvalPending                bool
 	)
-	dest := append(make([]any, 0, 27+len(extra)), &r.seq, &t.ID, &t.Title, &t.Kind, &t.PayloadJSON, &t.Role, &t.Assignee,
+	dest := append(make([]any, 0, 29+len(extra)), &r.seq, &t.ID, &t.Title, &t.Kind, &t.PayloadJSON, &t.Role, &t.Assignee,
 		&priority, &state, &attempt, &maxAttempts, &dependsOn, &tier, &labels, &t.LastError, &t.Progress, &t.Note,
 		&t.LeaseHolder, &t.FencingToken, &leaseExp, &claimed, &renewed, &runAfter, &created, &updated, &stateChanged,
-		&pausedByQueue)
+		&pausedByQueue, &t.ApprovalID, &approvalPending)
 	err := sc.Scan(append(dest, extra...)...)
 	if err != nil {
 		return nil, err
@@ -61,6 +62,7 @@ func scanRow(sc scanner, extra ...any) (*row, error) {
 	t.LeaseExpiresAt, t.ClaimedAt, t.RenewedAt, t.RunAfter = fromNanos(leaseExp), fromNanos(claimed), fromNanos(renewed), fromNanos(runAfter)
 	t.CreatedAt, t.UpdatedAt, t.StateChangedAt = fromNanos(created), fromNanos(updated), fromNanos(stateChanged)
 	t.PausedByQueue = pausedByQueue
+	t.ApprovalPending = approvalPending
 	r.t = &t
 	return &r, nil
 }

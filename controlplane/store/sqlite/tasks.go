@@ -93,6 +93,11 @@ func (s *Store) TaskCreate(ctx context.Context, p *store.TaskCreateParams) ([]st
 			if t.MaxAttempts == 0 {
 				t.MaxAttempts = store.DefaultMaxAttempts
 			}
+			if c.Approval != nil {
+				if err := t.Gate(c.Approval); err != nil {
+					return err
+				}
+			}
 			if t.State == store.StateUnspecified || t.State == store.StateReady {
 				if allDone {
 					t.State, t.PausedByQueue = store.ReadyState(paused)
@@ -111,14 +116,25 @@ func (s *Store) TaskCreate(ctx context.Context, p *store.TaskCreateParams) ([]st
 			insert = append(insert,
 				t.ID, t.Title, t.Kind, t.PayloadJSON, t.Role, t.Assignee, t.Priority, int32(t.State), t.MaxAttempts,
 				dependsOn, t.ApprovalTier, labels, t.Note, toNanos(t.RunAfter),
-				toNanos(now), toNanos(now), toNanos(now), boolInt(t.PausedByQueue),
+				toNanos(now), toNanos(now), toNanos(now), boolInt(t.PausedByQueue), t.ApprovalID, boolInt(t.ApprovalPending),
 			)
 			out = append(out, store.TaskChange{Task: t})
 		}
 		if err := w.execBatch(qInsertTasks, insertCols, insert); err != nil {
 			return err
 		}
-		return w.execBatch(qInsertDeps, 3, deps)
+		if err := w.execBatch(qInsertDeps, 3, deps); err != nil {
+			return err
+		}
+		// Gated tasks' requests, after the tasks they name.
+		for _, c := range p.Tasks {
+			if c.Approval != nil {
+				if _, err := w.insertApproval(c.Approval, now); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
 	})
 	if err != nil {
 		return nil, err

@@ -479,10 +479,16 @@ func (s *suite) dumpAllOrNone(t *testing.T, h *harness) {
 	requireSameRecords(t, "the bulk load", h.dump(), bulk)
 }
 
+// dump reads the store's dump, leaving out the rows of Singleton tables
+// (the emergency stop's switch, which every store holds from its first
+// migration on): the DumpRows group covers those.
 func (h *harness) dump() []*store.DumpRecord {
 	h.t.Helper()
 	var out []*store.DumpRecord
 	if err := h.s.DumpRead(h.ctx, func(r *store.DumpRecord) error {
+		if r.Row != nil && store.DumpTableNamed(r.Row.Table).Singleton {
+			return nil
+		}
 		out = append(out, r)
 		return nil
 	}); err != nil {

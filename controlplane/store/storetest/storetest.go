@@ -54,8 +54,13 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"Tokens", s.testTokens},
 		{"Audit", s.testAudit},
 		{"Dump", s.testDump},
+		{"DumpRows", s.testDumpRows},
 		{"FleetEvents", s.testFleetEvents},
 		{"Telemetry", s.testTelemetry},
+		{"Spend", s.testSpend},
+		{"Alerts", s.testAlerts},
+		{"Maintenance", s.testMaintenance},
+		{"Approvals", s.testApprovals},
 	}
 	for _, g := range groups {
 		t.Run(g.name, func(t *testing.T) {

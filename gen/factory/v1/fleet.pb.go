@@ -1041,7 +1041,10 @@ type ConnectResponse struct {
 	// Events now durably stored: the sidecar may drop them from its spool.
 	EventAck *EventAck `protobuf:"bytes,10,opt,name=event_ack,json=eventAck,proto3" json:"event_ack,omitempty"`
 	// A command for the sidecar to run; it answers with a CommandResult.
-	Command       *SidecarCommand `protobuf:"bytes,20,opt,name=command,proto3" json:"command,omitempty"`
+	Command *SidecarCommand `protobuf:"bytes,20,opt,name=command,proto3" json:"command,omitempty"`
+	// The fleet's emergency stop: sent when it starts or is rearmed, and
+	// right after the config when the sidecar connects while it is on.
+	EmergencyStop *EmergencyStop `protobuf:"bytes,21,opt,name=emergency_stop,json=emergencyStop,proto3" json:"emergency_stop,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1097,6 +1100,69 @@ func (x *ConnectResponse) GetCommand() *SidecarCommand {
 	return nil
 }
 
+func (x *ConnectResponse) GetEmergencyStop() *EmergencyStop {
+	if x != nil {
+		return x.EmergencyStop
+	}
+	return nil
+}
+
+// EmergencyStop tells a sidecar whether the fleet is halted (runbook
+// 10.2), so it can stop its agents' spending until an operator rearms it.
+type EmergencyStop struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The fleet is stopped: no new claims, spend should cease.
+	Stopped bool `protobuf:"varint,1,opt,name=stopped,proto3" json:"stopped,omitempty"`
+	// Why it was stopped (empty once rearmed).
+	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EmergencyStop) Reset() {
+	*x = EmergencyStop{}
+	mi := &file_factory_v1_fleet_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EmergencyStop) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EmergencyStop) ProtoMessage() {}
+
+func (x *EmergencyStop) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_fleet_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EmergencyStop.ProtoReflect.Descriptor instead.
+func (*EmergencyStop) Descriptor() ([]byte, []int) {
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *EmergencyStop) GetStopped() bool {
+	if x != nil {
+		return x.Stopped
+	}
+	return false
+}
+
+func (x *EmergencyStop) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 // EventAck names events the server has stored (or already held: a
 // replayed id is acked again).
 type EventAck struct {
@@ -1109,7 +1175,7 @@ type EventAck struct {
 
 func (x *EventAck) Reset() {
 	*x = EventAck{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[12]
+	mi := &file_factory_v1_fleet_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1121,7 +1187,7 @@ func (x *EventAck) String() string {
 func (*EventAck) ProtoMessage() {}
 
 func (x *EventAck) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[12]
+	mi := &file_factory_v1_fleet_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1134,7 +1200,7 @@ func (x *EventAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventAck.ProtoReflect.Descriptor instead.
 func (*EventAck) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{12}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *EventAck) GetIds() []string {
@@ -1157,7 +1223,7 @@ type SidecarConfig struct {
 
 func (x *SidecarConfig) Reset() {
 	*x = SidecarConfig{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[13]
+	mi := &file_factory_v1_fleet_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1169,7 +1235,7 @@ func (x *SidecarConfig) String() string {
 func (*SidecarConfig) ProtoMessage() {}
 
 func (x *SidecarConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[13]
+	mi := &file_factory_v1_fleet_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1182,7 +1248,7 @@ func (x *SidecarConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SidecarConfig.ProtoReflect.Descriptor instead.
 func (*SidecarConfig) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{13}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SidecarConfig) GetHeartbeatInterval() *durationpb.Duration {
@@ -1235,7 +1301,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[14]
+	mi := &file_factory_v1_fleet_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1247,7 +1313,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[14]
+	mi := &file_factory_v1_fleet_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1260,7 +1326,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{14}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Node) GetHost() string {
@@ -1375,7 +1441,7 @@ type Agent struct {
 
 func (x *Agent) Reset() {
 	*x = Agent{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[15]
+	mi := &file_factory_v1_fleet_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1387,7 +1453,7 @@ func (x *Agent) String() string {
 func (*Agent) ProtoMessage() {}
 
 func (x *Agent) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[15]
+	mi := &file_factory_v1_fleet_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1400,7 +1466,7 @@ func (x *Agent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Agent.ProtoReflect.Descriptor instead.
 func (*Agent) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{15}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Agent) GetName() string {
@@ -1454,7 +1520,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[16]
+	mi := &file_factory_v1_fleet_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1466,7 +1532,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[16]
+	mi := &file_factory_v1_fleet_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1479,7 +1545,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{16}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{17}
 }
 
 // ListNodesResponse holds every node, sorted by host.
@@ -1493,7 +1559,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[17]
+	mi := &file_factory_v1_fleet_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1505,7 +1571,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[17]
+	mi := &file_factory_v1_fleet_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1518,7 +1584,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{17}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -1539,7 +1605,7 @@ type ListAgentsRequest struct {
 
 func (x *ListAgentsRequest) Reset() {
 	*x = ListAgentsRequest{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[18]
+	mi := &file_factory_v1_fleet_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1551,7 +1617,7 @@ func (x *ListAgentsRequest) String() string {
 func (*ListAgentsRequest) ProtoMessage() {}
 
 func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[18]
+	mi := &file_factory_v1_fleet_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1564,7 +1630,7 @@ func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsRequest.ProtoReflect.Descriptor instead.
 func (*ListAgentsRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{18}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListAgentsRequest) GetHost() string {
@@ -1585,7 +1651,7 @@ type ListAgentsResponse struct {
 
 func (x *ListAgentsResponse) Reset() {
 	*x = ListAgentsResponse{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[19]
+	mi := &file_factory_v1_fleet_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1597,7 +1663,7 @@ func (x *ListAgentsResponse) String() string {
 func (*ListAgentsResponse) ProtoMessage() {}
 
 func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[19]
+	mi := &file_factory_v1_fleet_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1610,7 +1676,7 @@ func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsResponse.ProtoReflect.Descriptor instead.
 func (*ListAgentsResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{19}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListAgentsResponse) GetAgents() []*Agent {
@@ -1629,7 +1695,7 @@ type GetHealthRequest struct {
 
 func (x *GetHealthRequest) Reset() {
 	*x = GetHealthRequest{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[20]
+	mi := &file_factory_v1_fleet_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1641,7 +1707,7 @@ func (x *GetHealthRequest) String() string {
 func (*GetHealthRequest) ProtoMessage() {}
 
 func (x *GetHealthRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[20]
+	mi := &file_factory_v1_fleet_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1654,7 +1720,7 @@ func (x *GetHealthRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHealthRequest.ProtoReflect.Descriptor instead.
 func (*GetHealthRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{20}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{21}
 }
 
 // HealthCheck is one check's outcome.
@@ -1672,7 +1738,7 @@ type HealthCheck struct {
 
 func (x *HealthCheck) Reset() {
 	*x = HealthCheck{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[21]
+	mi := &file_factory_v1_fleet_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1684,7 +1750,7 @@ func (x *HealthCheck) String() string {
 func (*HealthCheck) ProtoMessage() {}
 
 func (x *HealthCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[21]
+	mi := &file_factory_v1_fleet_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1697,7 +1763,7 @@ func (x *HealthCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HealthCheck.ProtoReflect.Descriptor instead.
 func (*HealthCheck) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{21}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *HealthCheck) GetName() string {
@@ -1734,7 +1800,7 @@ type GetHealthResponse struct {
 
 func (x *GetHealthResponse) Reset() {
 	*x = GetHealthResponse{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[22]
+	mi := &file_factory_v1_fleet_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1746,7 +1812,7 @@ func (x *GetHealthResponse) String() string {
 func (*GetHealthResponse) ProtoMessage() {}
 
 func (x *GetHealthResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[22]
+	mi := &file_factory_v1_fleet_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1759,7 +1825,7 @@ func (x *GetHealthResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHealthResponse.ProtoReflect.Descriptor instead.
 func (*GetHealthResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{22}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GetHealthResponse) GetChecks() []*HealthCheck {
@@ -1785,7 +1851,7 @@ type WatchFleetRequest struct {
 
 func (x *WatchFleetRequest) Reset() {
 	*x = WatchFleetRequest{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[23]
+	mi := &file_factory_v1_fleet_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1797,7 +1863,7 @@ func (x *WatchFleetRequest) String() string {
 func (*WatchFleetRequest) ProtoMessage() {}
 
 func (x *WatchFleetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[23]
+	mi := &file_factory_v1_fleet_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1810,7 +1876,7 @@ func (x *WatchFleetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchFleetRequest.ProtoReflect.Descriptor instead.
 func (*WatchFleetRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{23}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{24}
 }
 
 // WatchFleetResponse is the fleet's whole view at one moment.
@@ -1826,7 +1892,7 @@ type WatchFleetResponse struct {
 
 func (x *WatchFleetResponse) Reset() {
 	*x = WatchFleetResponse{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[24]
+	mi := &file_factory_v1_fleet_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1838,7 +1904,7 @@ func (x *WatchFleetResponse) String() string {
 func (*WatchFleetResponse) ProtoMessage() {}
 
 func (x *WatchFleetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[24]
+	mi := &file_factory_v1_fleet_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1851,7 +1917,7 @@ func (x *WatchFleetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchFleetResponse.ProtoReflect.Descriptor instead.
 func (*WatchFleetResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{24}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *WatchFleetResponse) GetNodes() []*Node {
@@ -1886,7 +1952,7 @@ type SidecarCommand struct {
 
 func (x *SidecarCommand) Reset() {
 	*x = SidecarCommand{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[25]
+	mi := &file_factory_v1_fleet_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1898,7 +1964,7 @@ func (x *SidecarCommand) String() string {
 func (*SidecarCommand) ProtoMessage() {}
 
 func (x *SidecarCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[25]
+	mi := &file_factory_v1_fleet_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1911,7 +1977,7 @@ func (x *SidecarCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SidecarCommand.ProtoReflect.Descriptor instead.
 func (*SidecarCommand) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{25}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SidecarCommand) GetId() string {
@@ -1976,7 +2042,7 @@ type RestartAgent struct {
 
 func (x *RestartAgent) Reset() {
 	*x = RestartAgent{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[26]
+	mi := &file_factory_v1_fleet_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1988,7 +2054,7 @@ func (x *RestartAgent) String() string {
 func (*RestartAgent) ProtoMessage() {}
 
 func (x *RestartAgent) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[26]
+	mi := &file_factory_v1_fleet_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2001,7 +2067,7 @@ func (x *RestartAgent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartAgent.ProtoReflect.Descriptor instead.
 func (*RestartAgent) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{26}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RestartAgent) GetName() string {
@@ -2021,7 +2087,7 @@ type DrainHost struct {
 
 func (x *DrainHost) Reset() {
 	*x = DrainHost{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[27]
+	mi := &file_factory_v1_fleet_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2033,7 +2099,7 @@ func (x *DrainHost) String() string {
 func (*DrainHost) ProtoMessage() {}
 
 func (x *DrainHost) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[27]
+	mi := &file_factory_v1_fleet_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2046,7 +2112,7 @@ func (x *DrainHost) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainHost.ProtoReflect.Descriptor instead.
 func (*DrainHost) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{27}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{28}
 }
 
 // CommandResult is what came of a SidecarCommand.
@@ -2068,7 +2134,7 @@ type CommandResult struct {
 
 func (x *CommandResult) Reset() {
 	*x = CommandResult{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[28]
+	mi := &file_factory_v1_fleet_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2080,7 +2146,7 @@ func (x *CommandResult) String() string {
 func (*CommandResult) ProtoMessage() {}
 
 func (x *CommandResult) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[28]
+	mi := &file_factory_v1_fleet_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2093,7 +2159,7 @@ func (x *CommandResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommandResult.ProtoReflect.Descriptor instead.
 func (*CommandResult) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{28}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *CommandResult) GetId() string {
@@ -2152,7 +2218,7 @@ type SendCommandRequest struct {
 
 func (x *SendCommandRequest) Reset() {
 	*x = SendCommandRequest{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[29]
+	mi := &file_factory_v1_fleet_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2164,7 +2230,7 @@ func (x *SendCommandRequest) String() string {
 func (*SendCommandRequest) ProtoMessage() {}
 
 func (x *SendCommandRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[29]
+	mi := &file_factory_v1_fleet_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2177,7 +2243,7 @@ func (x *SendCommandRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendCommandRequest.ProtoReflect.Descriptor instead.
 func (*SendCommandRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{29}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *SendCommandRequest) GetHost() string {
@@ -2248,7 +2314,7 @@ type SendCommandResponse struct {
 
 func (x *SendCommandResponse) Reset() {
 	*x = SendCommandResponse{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[30]
+	mi := &file_factory_v1_fleet_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2260,7 +2326,7 @@ func (x *SendCommandResponse) String() string {
 func (*SendCommandResponse) ProtoMessage() {}
 
 func (x *SendCommandResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[30]
+	mi := &file_factory_v1_fleet_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2273,7 +2339,7 @@ func (x *SendCommandResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendCommandResponse.ProtoReflect.Descriptor instead.
 func (*SendCommandResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{30}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *SendCommandResponse) GetResult() *CommandResult {
@@ -2302,7 +2368,7 @@ type GetNodeHistoryRequest struct {
 
 func (x *GetNodeHistoryRequest) Reset() {
 	*x = GetNodeHistoryRequest{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[31]
+	mi := &file_factory_v1_fleet_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2314,7 +2380,7 @@ func (x *GetNodeHistoryRequest) String() string {
 func (*GetNodeHistoryRequest) ProtoMessage() {}
 
 func (x *GetNodeHistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[31]
+	mi := &file_factory_v1_fleet_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2327,7 +2393,7 @@ func (x *GetNodeHistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeHistoryRequest.ProtoReflect.Descriptor instead.
 func (*GetNodeHistoryRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{31}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *GetNodeHistoryRequest) GetHost() string {
@@ -2372,7 +2438,7 @@ type GetNodeHistoryResponse struct {
 
 func (x *GetNodeHistoryResponse) Reset() {
 	*x = GetNodeHistoryResponse{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[32]
+	mi := &file_factory_v1_fleet_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2384,7 +2450,7 @@ func (x *GetNodeHistoryResponse) String() string {
 func (*GetNodeHistoryResponse) ProtoMessage() {}
 
 func (x *GetNodeHistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[32]
+	mi := &file_factory_v1_fleet_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2397,7 +2463,7 @@ func (x *GetNodeHistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeHistoryResponse.ProtoReflect.Descriptor instead.
 func (*GetNodeHistoryResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{32}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *GetNodeHistoryResponse) GetReadings() []*NodeReading {
@@ -2427,7 +2493,7 @@ type NodeReading struct {
 
 func (x *NodeReading) Reset() {
 	*x = NodeReading{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[33]
+	mi := &file_factory_v1_fleet_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2439,7 +2505,7 @@ func (x *NodeReading) String() string {
 func (*NodeReading) ProtoMessage() {}
 
 func (x *NodeReading) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[33]
+	mi := &file_factory_v1_fleet_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2452,7 +2518,7 @@ func (x *NodeReading) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeReading.ProtoReflect.Descriptor instead.
 func (*NodeReading) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{33}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *NodeReading) GetTime() *timestamppb.Timestamp {
@@ -2564,12 +2630,16 @@ const file_factory_v1_fleet_proto_rawDesc = "" +
 	"\x06target\x18\x03 \x01(\tB\b\xbaH\x05r\x03\x18\x80 R\x06target\x12\x0e\n" +
 	"\x02ok\x18\x04 \x01(\bR\x02ok\x12 \n" +
 	"\x06detail\x18\x05 \x01(\tB\b\xbaH\x05r\x03\x18\xe8\aR\x06detail\x12=\n" +
-	"\alatency\x18\x06 \x01(\v2\x19.google.protobuf.DurationB\b\xbaH\x05\xaa\x01\x022\x00R\alatency\"\xad\x01\n" +
+	"\alatency\x18\x06 \x01(\v2\x19.google.protobuf.DurationB\b\xbaH\x05\xaa\x01\x022\x00R\alatency\"\xef\x01\n" +
 	"\x0fConnectResponse\x121\n" +
 	"\x06config\x18\x01 \x01(\v2\x19.factory.v1.SidecarConfigR\x06config\x121\n" +
 	"\tevent_ack\x18\n" +
 	" \x01(\v2\x14.factory.v1.EventAckR\beventAck\x124\n" +
-	"\acommand\x18\x14 \x01(\v2\x1a.factory.v1.SidecarCommandR\acommand\"\x1c\n" +
+	"\acommand\x18\x14 \x01(\v2\x1a.factory.v1.SidecarCommandR\acommand\x12@\n" +
+	"\x0eemergency_stop\x18\x15 \x01(\v2\x19.factory.v1.EmergencyStopR\remergencyStop\"A\n" +
+	"\rEmergencyStop\x12\x18\n" +
+	"\astopped\x18\x01 \x01(\bR\astopped\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"\x1c\n" +
 	"\bEventAck\x12\x10\n" +
 	"\x03ids\x18\x01 \x03(\tR\x03ids\"\xa3\x01\n" +
 	"\rSidecarConfig\x12H\n" +
@@ -2687,7 +2757,7 @@ func file_factory_v1_fleet_proto_rawDescGZIP() []byte {
 }
 
 var file_factory_v1_fleet_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_factory_v1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
+var file_factory_v1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_factory_v1_fleet_proto_goTypes = []any{
 	(NodeState)(0),                 // 0: factory.v1.NodeState
 	(*ConnectRequest)(nil),         // 1: factory.v1.ConnectRequest
@@ -2702,101 +2772,103 @@ var file_factory_v1_fleet_proto_goTypes = []any{
 	(*DiskUsage)(nil),              // 10: factory.v1.DiskUsage
 	(*ProbeResult)(nil),            // 11: factory.v1.ProbeResult
 	(*ConnectResponse)(nil),        // 12: factory.v1.ConnectResponse
-	(*EventAck)(nil),               // 13: factory.v1.EventAck
-	(*SidecarConfig)(nil),          // 14: factory.v1.SidecarConfig
-	(*Node)(nil),                   // 15: factory.v1.Node
-	(*Agent)(nil),                  // 16: factory.v1.Agent
-	(*ListNodesRequest)(nil),       // 17: factory.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),      // 18: factory.v1.ListNodesResponse
-	(*ListAgentsRequest)(nil),      // 19: factory.v1.ListAgentsRequest
-	(*ListAgentsResponse)(nil),     // 20: factory.v1.ListAgentsResponse
-	(*GetHealthRequest)(nil),       // 21: factory.v1.GetHealthRequest
-	(*HealthCheck)(nil),            // 22: factory.v1.HealthCheck
-	(*GetHealthResponse)(nil),      // 23: factory.v1.GetHealthResponse
-	(*WatchFleetRequest)(nil),      // 24: factory.v1.WatchFleetRequest
-	(*WatchFleetResponse)(nil),     // 25: factory.v1.WatchFleetResponse
-	(*SidecarCommand)(nil),         // 26: factory.v1.SidecarCommand
-	(*RestartAgent)(nil),           // 27: factory.v1.RestartAgent
-	(*DrainHost)(nil),              // 28: factory.v1.DrainHost
-	(*CommandResult)(nil),          // 29: factory.v1.CommandResult
-	(*SendCommandRequest)(nil),     // 30: factory.v1.SendCommandRequest
-	(*SendCommandResponse)(nil),    // 31: factory.v1.SendCommandResponse
-	(*GetNodeHistoryRequest)(nil),  // 32: factory.v1.GetNodeHistoryRequest
-	(*GetNodeHistoryResponse)(nil), // 33: factory.v1.GetNodeHistoryResponse
-	(*NodeReading)(nil),            // 34: factory.v1.NodeReading
-	nil,                            // 35: factory.v1.FleetEvent.AttributesEntry
-	nil,                            // 36: factory.v1.Hello.LabelsEntry
-	nil,                            // 37: factory.v1.Node.LabelsEntry
-	(*timestamppb.Timestamp)(nil),  // 38: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),    // 39: google.protobuf.Duration
+	(*EmergencyStop)(nil),          // 13: factory.v1.EmergencyStop
+	(*EventAck)(nil),               // 14: factory.v1.EventAck
+	(*SidecarConfig)(nil),          // 15: factory.v1.SidecarConfig
+	(*Node)(nil),                   // 16: factory.v1.Node
+	(*Agent)(nil),                  // 17: factory.v1.Agent
+	(*ListNodesRequest)(nil),       // 18: factory.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),      // 19: factory.v1.ListNodesResponse
+	(*ListAgentsRequest)(nil),      // 20: factory.v1.ListAgentsRequest
+	(*ListAgentsResponse)(nil),     // 21: factory.v1.ListAgentsResponse
+	(*GetHealthRequest)(nil),       // 22: factory.v1.GetHealthRequest
+	(*HealthCheck)(nil),            // 23: factory.v1.HealthCheck
+	(*GetHealthResponse)(nil),      // 24: factory.v1.GetHealthResponse
+	(*WatchFleetRequest)(nil),      // 25: factory.v1.WatchFleetRequest
+	(*WatchFleetResponse)(nil),     // 26: factory.v1.WatchFleetResponse
+	(*SidecarCommand)(nil),         // 27: factory.v1.SidecarCommand
+	(*RestartAgent)(nil),           // 28: factory.v1.RestartAgent
+	(*DrainHost)(nil),              // 29: factory.v1.DrainHost
+	(*CommandResult)(nil),          // 30: factory.v1.CommandResult
+	(*SendCommandRequest)(nil),     // 31: factory.v1.SendCommandRequest
+	(*SendCommandResponse)(nil),    // 32: factory.v1.SendCommandResponse
+	(*GetNodeHistoryRequest)(nil),  // 33: factory.v1.GetNodeHistoryRequest
+	(*GetNodeHistoryResponse)(nil), // 34: factory.v1.GetNodeHistoryResponse
+	(*NodeReading)(nil),            // 35: factory.v1.NodeReading
+	nil,                            // 36: factory.v1.FleetEvent.AttributesEntry
+	nil,                            // 37: factory.v1.Hello.LabelsEntry
+	nil,                            // 38: factory.v1.Node.LabelsEntry
+	(*timestamppb.Timestamp)(nil),  // 39: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),    // 40: google.protobuf.Duration
 }
 var file_factory_v1_fleet_proto_depIdxs = []int32{
 	4,  // 0: factory.v1.ConnectRequest.hello:type_name -> factory.v1.Hello
 	6,  // 1: factory.v1.ConnectRequest.heartbeat:type_name -> factory.v1.Heartbeat
 	7,  // 2: factory.v1.ConnectRequest.telemetry:type_name -> factory.v1.Telemetry
 	2,  // 3: factory.v1.ConnectRequest.events:type_name -> factory.v1.FleetEvents
-	29, // 4: factory.v1.ConnectRequest.command_result:type_name -> factory.v1.CommandResult
+	30, // 4: factory.v1.ConnectRequest.command_result:type_name -> factory.v1.CommandResult
 	3,  // 5: factory.v1.FleetEvents.events:type_name -> factory.v1.FleetEvent
-	38, // 6: factory.v1.FleetEvent.time:type_name -> google.protobuf.Timestamp
-	35, // 7: factory.v1.FleetEvent.attributes:type_name -> factory.v1.FleetEvent.AttributesEntry
-	36, // 8: factory.v1.Hello.labels:type_name -> factory.v1.Hello.LabelsEntry
+	39, // 6: factory.v1.FleetEvent.time:type_name -> google.protobuf.Timestamp
+	36, // 7: factory.v1.FleetEvent.attributes:type_name -> factory.v1.FleetEvent.AttributesEntry
+	37, // 8: factory.v1.Hello.labels:type_name -> factory.v1.Hello.LabelsEntry
 	5,  // 9: factory.v1.Hello.agents:type_name -> factory.v1.HostedAgent
-	38, // 10: factory.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
-	38, // 11: factory.v1.Telemetry.collected_at:type_name -> google.protobuf.Timestamp
+	39, // 10: factory.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
+	39, // 11: factory.v1.Telemetry.collected_at:type_name -> google.protobuf.Timestamp
 	8,  // 12: factory.v1.Telemetry.gpus:type_name -> factory.v1.GpuDevice
 	10, // 13: factory.v1.Telemetry.disks:type_name -> factory.v1.DiskUsage
 	11, // 14: factory.v1.Telemetry.probes:type_name -> factory.v1.ProbeResult
 	9,  // 15: factory.v1.GpuDevice.processes:type_name -> factory.v1.GpuProcess
-	39, // 16: factory.v1.ProbeResult.latency:type_name -> google.protobuf.Duration
-	14, // 17: factory.v1.ConnectResponse.config:type_name -> factory.v1.SidecarConfig
-	13, // 18: factory.v1.ConnectResponse.event_ack:type_name -> factory.v1.EventAck
-	26, // 19: factory.v1.ConnectResponse.command:type_name -> factory.v1.SidecarCommand
-	39, // 20: factory.v1.SidecarConfig.heartbeat_interval:type_name -> google.protobuf.Duration
-	39, // 21: factory.v1.SidecarConfig.telemetry_interval:type_name -> google.protobuf.Duration
-	0,  // 22: factory.v1.Node.state:type_name -> factory.v1.NodeState
-	37, // 23: factory.v1.Node.labels:type_name -> factory.v1.Node.LabelsEntry
-	38, // 24: factory.v1.Node.connected_at:type_name -> google.protobuf.Timestamp
-	38, // 25: factory.v1.Node.last_seen:type_name -> google.protobuf.Timestamp
-	7,  // 26: factory.v1.Node.telemetry:type_name -> factory.v1.Telemetry
-	38, // 27: factory.v1.Node.telemetry_at:type_name -> google.protobuf.Timestamp
-	0,  // 28: factory.v1.Agent.state:type_name -> factory.v1.NodeState
-	38, // 29: factory.v1.Agent.last_seen:type_name -> google.protobuf.Timestamp
-	15, // 30: factory.v1.ListNodesResponse.nodes:type_name -> factory.v1.Node
-	16, // 31: factory.v1.ListAgentsResponse.agents:type_name -> factory.v1.Agent
-	22, // 32: factory.v1.GetHealthResponse.checks:type_name -> factory.v1.HealthCheck
-	15, // 33: factory.v1.WatchFleetResponse.nodes:type_name -> factory.v1.Node
-	16, // 34: factory.v1.WatchFleetResponse.agents:type_name -> factory.v1.Agent
-	27, // 35: factory.v1.SidecarCommand.restart_agent:type_name -> factory.v1.RestartAgent
-	28, // 36: factory.v1.SidecarCommand.drain:type_name -> factory.v1.DrainHost
-	39, // 37: factory.v1.CommandResult.took:type_name -> google.protobuf.Duration
-	27, // 38: factory.v1.SendCommandRequest.restart_agent:type_name -> factory.v1.RestartAgent
-	28, // 39: factory.v1.SendCommandRequest.drain:type_name -> factory.v1.DrainHost
-	39, // 40: factory.v1.SendCommandRequest.timeout:type_name -> google.protobuf.Duration
-	29, // 41: factory.v1.SendCommandResponse.result:type_name -> factory.v1.CommandResult
-	38, // 42: factory.v1.GetNodeHistoryRequest.since:type_name -> google.protobuf.Timestamp
-	38, // 43: factory.v1.GetNodeHistoryRequest.until:type_name -> google.protobuf.Timestamp
-	34, // 44: factory.v1.GetNodeHistoryResponse.readings:type_name -> factory.v1.NodeReading
-	38, // 45: factory.v1.NodeReading.time:type_name -> google.protobuf.Timestamp
-	7,  // 46: factory.v1.NodeReading.telemetry:type_name -> factory.v1.Telemetry
-	1,  // 47: factory.v1.FleetService.Connect:input_type -> factory.v1.ConnectRequest
-	17, // 48: factory.v1.FleetService.ListNodes:input_type -> factory.v1.ListNodesRequest
-	19, // 49: factory.v1.FleetService.ListAgents:input_type -> factory.v1.ListAgentsRequest
-	21, // 50: factory.v1.FleetService.GetHealth:input_type -> factory.v1.GetHealthRequest
-	24, // 51: factory.v1.FleetService.WatchFleet:input_type -> factory.v1.WatchFleetRequest
-	30, // 52: factory.v1.FleetService.SendCommand:input_type -> factory.v1.SendCommandRequest
-	32, // 53: factory.v1.FleetService.GetNodeHistory:input_type -> factory.v1.GetNodeHistoryRequest
-	12, // 54: factory.v1.FleetService.Connect:output_type -> factory.v1.ConnectResponse
-	18, // 55: factory.v1.FleetService.ListNodes:output_type -> factory.v1.ListNodesResponse
-	20, // 56: factory.v1.FleetService.ListAgents:output_type -> factory.v1.ListAgentsResponse
-	23, // 57: factory.v1.FleetService.GetHealth:output_type -> factory.v1.GetHealthResponse
-	25, // 58: factory.v1.FleetService.WatchFleet:output_type -> factory.v1.WatchFleetResponse
-	31, // 59: factory.v1.FleetService.SendCommand:output_type -> factory.v1.SendCommandResponse
-	33, // 60: factory.v1.FleetService.GetNodeHistory:output_type -> factory.v1.GetNodeHistoryResponse
-	54, // [54:61] is the sub-list for method output_type
-	47, // [47:54] is the sub-list for method input_type
-	47, // [47:47] is the sub-list for extension type_name
-	47, // [47:47] is the sub-list for extension extendee
-	0,  // [0:47] is the sub-list for field type_name
+	40, // 16: factory.v1.ProbeResult.latency:type_name -> google.protobuf.Duration
+	15, // 17: factory.v1.ConnectResponse.config:type_name -> factory.v1.SidecarConfig
+	14, // 18: factory.v1.ConnectResponse.event_ack:type_name -> factory.v1.EventAck
+	27, // 19: factory.v1.ConnectResponse.command:type_name -> factory.v1.SidecarCommand
+	13, // 20: factory.v1.ConnectResponse.emergency_stop:type_name -> factory.v1.EmergencyStop
+	40, // 21: factory.v1.SidecarConfig.heartbeat_interval:type_name -> google.protobuf.Duration
+	40, // 22: factory.v1.SidecarConfig.telemetry_interval:type_name -> google.protobuf.Duration
+	0,  // 23: factory.v1.Node.state:type_name -> factory.v1.NodeState
+	38, // 24: factory.v1.Node.labels:type_name -> factory.v1.Node.LabelsEntry
+	39, // 25: factory.v1.Node.connected_at:type_name -> google.protobuf.Timestamp
+	39, // 26: factory.v1.Node.last_seen:type_name -> google.protobuf.Timestamp
+	7,  // 27: factory.v1.Node.telemetry:type_name -> factory.v1.Telemetry
+	39, // 28: factory.v1.Node.telemetry_at:type_name -> google.protobuf.Timestamp
+	0,  // 29: factory.v1.Agent.state:type_name -> factory.v1.NodeState
+	39, // 30: factory.v1.Agent.last_seen:type_name -> google.protobuf.Timestamp
+	16, // 31: factory.v1.ListNodesResponse.nodes:type_name -> factory.v1.Node
+	17, // 32: factory.v1.ListAgentsResponse.agents:type_name -> factory.v1.Agent
+	23, // 33: factory.v1.GetHealthResponse.checks:type_name -> factory.v1.HealthCheck
+	16, // 34: factory.v1.WatchFleetResponse.nodes:type_name -> factory.v1.Node
+	17, // 35: factory.v1.WatchFleetResponse.agents:type_name -> factory.v1.Agent
+	28, // 36: factory.v1.SidecarCommand.restart_agent:type_name -> factory.v1.RestartAgent
+	29, // 37: factory.v1.SidecarCommand.drain:type_name -> factory.v1.DrainHost
+	40, // 38: factory.v1.CommandResult.took:type_name -> google.protobuf.Duration
+	28, // 39: factory.v1.SendCommandRequest.restart_agent:type_name -> factory.v1.RestartAgent
+	29, // 40: factory.v1.SendCommandRequest.drain:type_name -> factory.v1.DrainHost
+	40, // 41: factory.v1.SendCommandRequest.timeout:type_name -> google.protobuf.Duration
+	30, // 42: factory.v1.SendCommandResponse.result:type_name -> factory.v1.CommandResult
+	39, // 43: factory.v1.GetNodeHistoryRequest.since:type_name -> google.protobuf.Timestamp
+	39, // 44: factory.v1.GetNodeHistoryRequest.until:type_name -> google.protobuf.Timestamp
+	35, // 45: factory.v1.GetNodeHistoryResponse.readings:type_name -> factory.v1.NodeReading
+	39, // 46: factory.v1.NodeReading.time:type_name -> google.protobuf.Timestamp
+	7,  // 47: factory.v1.NodeReading.telemetry:type_name -> factory.v1.Telemetry
+	1,  // 48: factory.v1.FleetService.Connect:input_type -> factory.v1.ConnectRequest
+	18, // 49: factory.v1.FleetService.ListNodes:input_type -> factory.v1.ListNodesRequest
+	20, // 50: factory.v1.FleetService.ListAgents:input_type -> factory.v1.ListAgentsRequest
+	22, // 51: factory.v1.FleetService.GetHealth:input_type -> factory.v1.GetHealthRequest
+	25, // 52: factory.v1.FleetService.WatchFleet:input_type -> factory.v1.WatchFleetRequest
+	31, // 53: factory.v1.FleetService.SendCommand:input_type -> factory.v1.SendCommandRequest
+	33, // 54: factory.v1.FleetService.GetNodeHistory:input_type -> factory.v1.GetNodeHistoryRequest
+	12, // 55: factory.v1.FleetService.Connect:output_type -> factory.v1.ConnectResponse
+	19, // 56: factory.v1.FleetService.ListNodes:output_type -> factory.v1.ListNodesResponse
+	21, // 57: factory.v1.FleetService.ListAgents:output_type -> factory.v1.ListAgentsResponse
+	24, // 58: factory.v1.FleetService.GetHealth:output_type -> factory.v1.GetHealthResponse
+	26, // 59: factory.v1.FleetService.WatchFleet:output_type -> factory.v1.WatchFleetResponse
+	32, // 60: factory.v1.FleetService.SendCommand:output_type -> factory.v1.SendCommandResponse
+	34, // 61: factory.v1.FleetService.GetNodeHistory:output_type -> factory.v1.GetNodeHistoryResponse
+	55, // [55:62] is the sub-list for method output_type
+	48, // [48:55] is the sub-list for method input_type
+	48, // [48:48] is the sub-list for extension type_name
+	48, // [48:48] is the sub-list for extension extendee
+	0,  // [0:48] is the sub-list for field type_name
 }
 
 func init() { file_factory_v1_fleet_proto_init() }
@@ -2811,11 +2883,11 @@ func file_factory_v1_fleet_proto_init() {
 		(*ConnectRequest_Events)(nil),
 		(*ConnectRequest_CommandResult)(nil),
 	}
-	file_factory_v1_fleet_proto_msgTypes[25].OneofWrappers = []any{
+	file_factory_v1_fleet_proto_msgTypes[26].OneofWrappers = []any{
 		(*SidecarCommand_RestartAgent)(nil),
 		(*SidecarCommand_Drain)(nil),
 	}
-	file_factory_v1_fleet_proto_msgTypes[29].OneofWrappers = []any{
+	file_factory_v1_fleet_proto_msgTypes[30].OneofWrappers = []any{
 		(*SendCommandRequest_RestartAgent)(nil),
 		(*SendCommandRequest_Drain)(nil),
 	}
@@ -2825,7 +2897,7 @@ func file_factory_v1_fleet_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_factory_v1_fleet_proto_rawDesc), len(file_factory_v1_fleet_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   37,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -10,6 +10,8 @@ import (
 	_ "buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -21,6 +23,120 @@ const (
 	// Verify that runtime/protoimpl is sufficiently up-to-date.
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
+
+// DoctorStatus is one check's verdict.
+type DoctorStatus int32
+
+const (
+	// Not set.
+	DoctorStatus_DOCTOR_STATUS_UNSPECIFIED DoctorStatus = 0
+	// All well.
+	DoctorStatus_DOCTOR_STATUS_OK DoctorStatus = 1
+	// Worth a look; nothing is broken yet.
+	DoctorStatus_DOCTOR_STATUS_WARN DoctorStatus = 2
+	// Broken: act now.
+	DoctorStatus_DOCTOR_STATUS_FAIL DoctorStatus = 3
+)
+
+// Enum value maps for DoctorStatus.
+var (
+	DoctorStatus_name = map[int32]string{
+		0: "DOCTOR_STATUS_UNSPECIFIED",
+		1: "DOCTOR_STATUS_OK",
+		2: "DOCTOR_STATUS_WARN",
+		3: "DOCTOR_STATUS_FAIL",
+	}
+	DoctorStatus_value = map[string]int32{
+		"DOCTOR_STATUS_UNSPECIFIED": 0,
+		"DOCTOR_STATUS_OK":          1,
+		"DOCTOR_STATUS_WARN":        2,
+		"DOCTOR_STATUS_FAIL":        3,
+	}
+)
+
+func (x DoctorStatus) Enum() *DoctorStatus {
+	p := new(DoctorStatus)
+	*p = x
+	return p
+}
+
+func (x DoctorStatus) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (DoctorStatus) Descriptor() protoreflect.EnumDescriptor {
+	return file_factory_v1_ops_proto_enumTypes[0].Descriptor()
+}
+
+func (DoctorStatus) Type() protoreflect.EnumType {
+	return &file_factory_v1_ops_proto_enumTypes[0]
+}
+
+func (x DoctorStatus) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use DoctorStatus.Descriptor instead.
+func (DoctorStatus) EnumDescriptor() ([]byte, []int) {
+	return file_factory_v1_ops_proto_rawDescGZIP(), []int{0}
+}
+
+// AlertState is where an alert is in its life.
+type AlertState int32
+
+const (
+	// Not set.
+	AlertState_ALERT_STATE_UNSPECIFIED AlertState = 0
+	// The condition holds, not yet for the rule's duration.
+	AlertState_ALERT_STATE_PENDING AlertState = 1
+	// The condition has held for the rule's duration: notified.
+	AlertState_ALERT_STATE_FIRING AlertState = 2
+	// The condition no longer holds.
+	AlertState_ALERT_STATE_RESOLVED AlertState = 3
+)
+
+// Enum value maps for AlertState.
+var (
+	AlertState_name = map[int32]string{
+		0: "ALERT_STATE_UNSPECIFIED",
+		1: "ALERT_STATE_PENDING",
+		2: "ALERT_STATE_FIRING",
+		3: "ALERT_STATE_RESOLVED",
+	}
+	AlertState_value = map[string]int32{
+		"ALERT_STATE_UNSPECIFIED": 0,
+		"ALERT_STATE_PENDING":     1,
+		"ALERT_STATE_FIRING":      2,
+		"ALERT_STATE_RESOLVED":    3,
+	}
+)
+
+func (x AlertState) Enum() *AlertState {
+	p := new(AlertState)
+	*p = x
+	return p
+}
+
+func (x AlertState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (AlertState) Descriptor() protoreflect.EnumDescriptor {
+	return file_factory_v1_ops_proto_enumTypes[1].Descriptor()
+}
+
+func (AlertState) Type() protoreflect.EnumType {
+	return &file_factory_v1_ops_proto_enumTypes[1]
+}
+
+func (x AlertState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use AlertState.Descriptor instead.
+func (AlertState) EnumDescriptor() ([]byte, []int) {
+	return file_factory_v1_ops_proto_rawDescGZIP(), []int{1}
+}
 
 // DumpCounts counts a dump's records by kind.
 type DumpCounts struct {
@@ -36,7 +152,12 @@ type DumpCounts struct {
 	AuditEntries int64 `protobuf:"varint,4,opt,name=audit_entries,json=auditEntries,proto3" json:"audit_entries,omitempty"`
 	// Fleet events (model swaps, log-watch counts); on import, only those the
 	// store did not hold already.
-	FleetEvents   int64 `protobuf:"varint,5,opt,name=fleet_events,json=fleetEvents,proto3" json:"fleet_events,omitempty"`
+	FleetEvents int64 `protobuf:"varint,5,opt,name=fleet_events,json=fleetEvents,proto3" json:"fleet_events,omitempty"`
+	// Rows of the other tables: the spend ledger and its daily rollups,
+	// budgets, reservations, spend alerts, the emergency stop, approvals,
+	// alerts and silences, maintenance; on import, only those stored (a
+	// merge keeps the store's row where the key is taken).
+	Rows          int64 `protobuf:"varint,6,opt,name=rows,proto3" json:"rows,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -102,6 +223,13 @@ func (x *DumpCounts) GetAuditEntries() int64 {
 func (x *DumpCounts) GetFleetEvents() int64 {
 	if x != nil {
 		return x.FleetEvents
+	}
+	return 0
+}
+
+func (x *DumpCounts) GetRows() int64 {
+	if x != nil {
+		return x.Rows
 	}
 	return 0
 }
@@ -304,19 +432,1992 @@ func (x *ImportStateResponse) GetLoaded() *DumpCounts {
 	return nil
 }
 
+// Maintenance is the factory's maintenance state.
+type Maintenance struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Whether the factory is in maintenance.
+	Active bool `protobuf:"varint,1,opt,name=active,proto3" json:"active,omitempty"`
+	// Why, as the operator said at the start.
+	Reason string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	// When it started.
+	StartedAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	// Who started it (the caller's subject).
+	StartedBy string `protobuf:"bytes,4,opt,name=started_by,json=startedBy,proto3" json:"started_by,omitempty"`
+	// Whether the start paused the queue, so the end resumes it; false when
+	// the queue was already paused.
+	PausedQueue   bool `protobuf:"varint,5,opt,name=paused_queue,json=pausedQueue,proto3" json:"paused_queue,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Maintenance) Reset() {
+	*x = Maintenance{}
+	mi := &file_factory_v1_ops_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Maintenance) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Maintenance) ProtoMessage() {}
+
+func (x *Maintenance) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_ops_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Maintenance.ProtoReflect.Descriptor instead.
+func (*Maintenance) Descriptor() ([]byte, []int) {
+	return file_factory_v1_ops_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *Maintenance) GetActive() bool {
+	if x != nil {
+		return x.Active
+	}
+	return false
+}
+
+func (x *Maintenance) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Maintenance) GetStartedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartedAt
+	}
+	return nil
+}
+
+func (x *Maintenance) GetStartedBy() string {
+	if x != nil {
+		return x.StartedBy
+	}
+	return ""
+}
+
+func (x *Maintenance) GetPausedQueue() bool {
+	if x != nil {
+		return x.PausedQueue
+	}
+	return false
+}
+
+// StartMaintenanceRequest starts maintenance.
+type StartMaintenanceRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Why: shown to every refused claimer and in status.
+	Reason string `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
+	// How long to wait for IN_PROGRESS tasks to finish before answering;
+	// zero answers at once. At most 10 minutes.
+	Wait          *durationpb.Duration `protobuf:"bytes,2,opt,name=wait,proto3" json:"wait,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StartMaintenanceRequest) Reset() {
+	*x = StartMaintenanceRequest{}
+	mi := &file_factory_v1_ops_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartMaintenanceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartMaintenanceRequest) ProtoMessage() {}
+
+func (x *StartMaintenanceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_ops_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartMaintenanceRequest.ProtoReflect.Descriptor instead.
+func (*StartMaintenanceRequest) Descriptor() ([]byte, []int) {
+	return file_factory_v1_ops_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *StartMaintenanceRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *StartMaintenanceRequest) GetWait() *durationpb.Duration {
+	if x != nil {
+		return x.Wait
+	}
+	return nil
+}
+
+// StartMaintenanceResponse says what the start did and what still runs.
+type StartMaintenanceResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The state now.
+	Maintenance *Maintenance `protobuf:"bytes,1,opt,name=maintenance,proto3" json:"maintenance,omitempty"`
+	// How many READY tasks the start paused.
+	PausedTasks int32 `protobuf:"varint,2,opt,name=paused_tasks,json=pausedTasks,proto3" json:"paused_tasks,omitempty"`
+	// The tasks still IN_PROGRESS when the wait ended.
+	StillRunning  []*Task `protobuf:"bytes,3,rep,name=still_running,json=stillRunning,proto3" json:"still_running,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StartMaintenanceResponse) Reset() {
+	*x = StartMaintenanceResponse{}
+	mi := &file_factory_v1_ops_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartMaintenanceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartMaintenanceResponse) ProtoMessage() {}
+
+func (x *StartMaintenanceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_ops_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartMaintenanceResponse.ProtoReflect.Descriptor instead.
+func (*StartMaintenanceResponse) Descriptor() ([]byte, []int) {
+	return file_factory_v1_ops_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *StartMaintenanceResponse) GetMaintenance() *Maintenance {
+	if x != nil {
+		return x.Maintenance
+	}
+	return nil
+}
+
+func (x *StartMaintenanceResponse) GetPausedTasks() int32 {
+	if x != nil {
+		return x.PausedTasks
+	}
+	return 0
+}
+
+func (x *StartMaintenanceResponse) GetStillRunning() []*Task {
+	if x != nil {
+		return x.StillRunning
+	}
+	return nil
+}
+
+// EndMaintenanceRequest ends maintenance.
+type EndMaintenanceRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EndMaintenanceRequest) Reset() {
+	*x = EndMaintenanceRequest{}
+	mi := &file_factory_v1_ops_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EndMaintenanceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EndMaintenanceRequest) ProtoMessage() {}
+
+func (x *EndMaintenanceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_ops_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EndMaintenanceRequest.ProtoReflect.Descriptor instead.
+func (*EndMaintenanceRequest) Descriptor() ([]byte, []int) {
+	return file_factory_v1_ops_proto_rawDescGZIP(), []int{8}
+}
+
+// EndMaintenanceResponse says what the end restored.
+type EndMaintenanceResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The maintenance that ended (active false when there was none).
+	Ended *Maintenance `protobuf:"bytes,1,opt,name=ended,proto3" json:"ended,omitempty"`
+	// Whether the queue was resumed.
+	ResumedQueue bool `protobuf:"varint,2,opt,name=resumed_queue,json=resumedQueue,proto3" json:"resumed_queue,omitempty"`
+	// How many tasks went back to READY.
+	ResumedTasks  int32 `protobuf:"varint,3,opt,name=resumed_tasks,json=resumedTasks,proto3" json:"resumed_tasks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EndMaintenanceResponse) Reset() {
+	*x = EndMaintenanceResponse{}
+	mi := &file_factory_v1_ops_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EndMaintenanceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EndMaintenanceResponse) ProtoMessage() {}
+
+func (x *EndMaintenanceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_ops_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EndMaintenanceResponse.ProtoReflect.Descriptor instead.
+func (*EndMaintenanceResponse) Descriptor() ([]byte, []int) {
+	return file_factory_v1_ops_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *EndMaintenanceResponse) GetEnded() *Maintenance {
+	if x != nil {
+		return x.Ended
+	}
+	return nil
+}
+
+func (x *EndMaintenanceResponse) GetResumedQueue() bool {
+	if x != nil {
+		return x.ResumedQueue
+	}
+	return false
+}
+
+func (x *EndMaintenanceResponse) GetResumedTasks() int32 {
+	if x != nil {
+		return x.ResumedTasks
+	}
+	return 0
+}
+
+// GetMaintenanceRequest asks for the maintenance state.
+type GetMaintenanceRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetMaintenanceRequest) Reset() {
+	*x = GetMaintenanceRequest{}
+	mi := &file_factory_v1_ops_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetMaintenanceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetMaintenanceRequest) ProtoMessage() {}
+
+func (x *GetMaintenanceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_ops_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetMaintenanceRequest.ProtoReflect.Descriptor instead.
+func (*GetMaintenanceRequest) Descriptor() ([]byte, []int) {
+	return file_factory_v1_ops_proto_rawDescGZIP(), []int{10}
+}
+
+// GetMaintenanceResponse is the maintenance state.
+type GetMaintenanceResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The state.
+	Maintenance *Maintenance `protobuf:"bytes,1,opt,name=maintenance,proto3" json:"maintenance,omitempty"`
+	// How many tasks are IN_PROGRESS.
+	InProgressCount int64 `protobuf:"varint,2,opt,name=in_progress_count,json=inProgressCount,proto3" json:"in_progress_count,omitempty"`
+	// The IN_PROGRESS tasks, at most 100 of them.
+	InProgress    []*Task `protobuf:"bytes,3,rep,name=in_progress,json=inProgress,proto3" json:"in_progress,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetMaintenanceResponse) Reset() {
+	*x = GetMaintenanceResponse{}
+	mi := &file_factory_v1_ops_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetMaintenanceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetMaintenanceResponse) ProtoMessage() {}
+
+func (x *GetMaintenanceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_ops_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetMaintenanceResponse.ProtoReflect.Descriptor instead.
+func (*GetMaintenanceResponse) Descriptor() ([]byte, []int) {
+	return file_factory_v1_ops_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *GetMaintenanceResponse) GetMaintenance() *Maintenance {
+	if x != nil {
+		return x.Maintenance
+	}
+	return nil
+}
+
+func (x *GetMaintenanceResponse) GetInProgressCount() int64 {
+	if x != nil {
+		return x.InProgressCount
+	}
+	return 0
+}
+
+func (x *GetMaintenanceResponse) GetInProgress() []*Task {
+	if x != nil {
+		return x.InProgress
+	}
+	return nil
+}
+
+// BackupRequest asks for a backup.
+type BackupRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupRequest) Reset() {
+	*x = BackupRequest{}
+	mi := &file_factory_v1_ops_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupRequest) ProtoMessage() {}
+
+func (x *BackupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_ops_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupRequest.ProtoReflect.Descriptor instead.
+func (*BackupRequest) Descriptor() ([]byte, []int) {
+	return file_factory_v1_ops_proto_rawDescGZIP(), []int{12}
+}
+
+// BackupHeader describes a backup; the first message carries it.
+type BackupHeader struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The store's driver: sqlite or postgres.
+	Driver string `protobuf:"bytes,1,opt,name=driver,proto3" json:"driver,omitempty"`
+	// The schema's migration version.
+	MigrationVersion int64 `protobuf:"varint,2,opt,name=migration_version,json=migrationVersion,proto3" json:"migration_version,omitempty"`
+	// When the snapshot was taken, by the server's clock.
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// Whether database chunks follow (SQLite only).
+	HasDatabase   bool `protobuf:"varint,4,opt,name=has_database,json=hasDatabase,proto3" json:"has_database,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupHeader) Reset() {
+	*x = BackupHeader{}
+	mi := &file_factory_v1_ops_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupHeader) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupHeader) ProtoMessage() {}
+
+func (x *BackupHeader) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_ops_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupHeader.ProtoReflect.Descriptor instead.
+func (*BackupHeader) Descriptor() ([]byte, []int) {
+	return file_factory_v1_ops_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *BackupHeader) GetDriver() string {
+	if x != nil {
+		return x.Driver
+	}
+	return ""
+}
+
+func (x *BackupHeader) GetMigrationVersion() int64 {
+	if x != nil {
+		return x.MigrationVersion
+	}
+	return 0
+}
+
+func (x *BackupHeader) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *BackupHeader) GetHasDatabase() bool {
+	if x != nil {
+		return x.HasDatabase
+	}
+	return false
+}
+
+// BackupResponse is the next part of a backup: the header, then the
+// database file's bytes in order, then the dump's lines in order, then the
+// counts.
+type BackupResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The header; first message only.
+	Header *BackupHeader `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	// The next bytes of the SQLite database file (a binary file, not a
+	// payload).
+	Database []byte `protobuf:"bytes,2,opt,name=database,proto3" json:"database,omitempty"`
+	// Whole lines of the dump, in order.
+	DumpLines string `protobuf:"bytes,3,opt,name=dump_lines,json=dumpLines,proto3" json:"dump_lines,omitempty"`
+	// How many records of each kind the dump holds; last message only.
+	Counts        *DumpCounts `protobuf:"bytes,4,opt,name=counts,proto3" json:"counts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupResponse) Reset() {
+	*x = BackupResponse{}
+	mi := &file_factory_v1_ops_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupResponse) ProtoMessage() {}
+
+func (x *BackupResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_ops_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupResponse.ProtoReflect.Descriptor instead.
+func (*BackupResponse) Descriptor() ([]byte, []int) {
+	return file_factory_v1_ops_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *BackupResponse) GetHeader() *BackupHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *BackupResponse) GetDatabase() []byte {
+	if x != nil {
+		return x.Database
+	}
+	return nil
+}
+
+func (x *BackupResponse) GetDumpLines() string {
+	if x != nil {
+		return x.DumpLines
+	}
+	return ""
+}
+
+func (x *BackupResponse) GetCounts() *DumpCounts {
+	if x != nil {
+		return x.Counts
+	}
+	return nil
+}
+
+// DoctorRequest asks for the integrity checks.
+type DoctorRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DoctorRequest) Reset() {
+	*x = DoctorRequest{}
+	mi := &file_factory_v1_ops_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DoctorRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DoctorRequest) ProtoMessage() {}
+
+func (x *DoctorRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_ops_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DoctorRequest.ProtoReflect.Descriptor instead.
+func (*DoctorRequest) Descriptor() ([]byte, []int) {
+	return file_factory_v1_ops_proto_rawDescGZIP(), []int{15}
+}
+
+// DoctorCheck is one check's outcome.
+type DoctorCheck struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The check: store_integrity, migration_version, clock_skew,
+	// queue_sanity.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Its verdict.
+	Status DoctorStatus `protobuf:"varint,2,opt,name=status,proto3,enum=factory.v1.DoctorStatus" json:"status,omitempty"`
+	// What it found, in words.
+	Detail        string `protobuf:"bytes,3,opt,name=detail,proto3" json:"detail,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DoctorCheck) Reset() {
+	*x = DoctorCheck{}
+	mi := &file_factory_v1_ops_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DoctorCheck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DoctorCheck) ProtoMessage() {}
+
+func (x *DoctorCheck) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_ops_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DoctorCheck.ProtoReflect.Descriptor instead.
+func (*DoctorCheck) Descriptor() ([]byte, []int) {
+	return file_factory_v1_ops_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *DoctorCheck) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DoctorCheck) GetStatus() DoctorStatus {
+	if x != nil {
+		return x.Status
+	}
+	return DoctorStatus_DOCTOR_STATUS_UNSPECIFIED
+}
+
+func (x *DoctorCheck) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+// DoctorResponse holds every check's outcome.
+type DoctorResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The checks, in a fixed order.
+	Checks        []*DoctorCheck `protobuf:"bytes,1,rep,name=checks,proto3" json:"checks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DoctorResponse) Reset() {
+	*x = DoctorResponse{}
+	mi := &file_factory_v1_ops_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DoctorResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DoctorResponse) ProtoMessage() {}
+
+func (x *DoctorResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_ops_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DoctorResponse.ProtoReflect.Descriptor instead.
+func (*DoctorResponse) Descriptor() ([]byte, []int) {
+	return file_factory_v1_ops_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *DoctorResponse) GetChecks() []*DoctorCheck {
+	if x != nil {
+		return x.Checks
+	}
+	return nil
+}
+
+// GetDigestRequest asks for a digest of a window.
+type GetDigestRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The window's start; unset means 18:00 yesterday in the configured
+	// time zone.
+	Since *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=since,proto3" json:"since,omitempty"`
+	// The window's end; unset means now.
+	Until         *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=until,proto3" json:"until,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetDigestRequest) Reset() {
+	*x = GetDigestRequest{}
+	mi := &file_factory_v1_ops_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetDigestRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetDigestRequest) ProtoMessage() {}
+
+func (x *GetDigestRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_ops_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetDigestRequest.ProtoReflect.Descriptor instead.
+func (*GetDigestRequest) Descriptor() ([]byte, []int) {
+	return file_factory_v1_ops_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *GetDigestRequest) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *GetDigestRequest) GetUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Until
+	}
+	return nil
+}
+
+// Digest is the morning digest.
+type Digest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The window.
+	Since *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=since,proto3" json:"since,omitempty"`
+	// The window's end.
+	Until *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=until,proto3" json:"until,omitempty"`
+	// Tasks that reached DONE in the window.
+	Completed int64 `protobuf:"varint,3,opt,name=completed,proto3" json:"completed,omitempty"`
+	// Tasks that reached FAILED in the window.
+	Failed int64 `protobuf:"varint,4,opt,name=failed,proto3" json:"failed,omitempty"`
+	// IN_PROGRESS tasks without a renewal for an hour at the window's end.
+	Stuck int64 `protobuf:"varint,5,opt,name=stuck,proto3" json:"stuck,omitempty"`
+	// Tasks in the dead letter (FAILED) at the window's end.
+	DeadLetter int64 `protobuf:"varint,6,opt,name=dead_letter,json=deadLetter,proto3" json:"dead_letter,omitempty"`
+	// Yesterday's spend, in micro-dollars; unset when unknown.
+	SpendYesterdayMicros *int64 `protobuf:"varint,7,opt,name=spend_yesterday_micros,json=spendYesterdayMicros,proto3,oneof" json:"spend_yesterday_micros,omitempty"`
+	// The average daily spend of the 7 days before yesterday, in
+	// micro-dollars; unset when unknown.
+	SpendWeekAverageMicros *int64 `protobuf:"varint,8,opt,name=spend_week_average_micros,json=spendWeekAverageMicros,proto3,oneof" json:"spend_week_average_micros,omitempty"`
+	// Approvals waiting for an operator; unset when unknown.
+	ApprovalsPending *int64 `protobuf:"varint,9,opt,name=approvals_pending,json=approvalsPending,proto3,oneof" json:"approvals_pending,omitempty"`
+	// Agents ONLINE.
+	AgentsOnline int64 `protobuf:"varint,10,opt,name=agents_online,json=agentsOnline,proto3" json:"agents_online,omitempty"`
+	// Agents STALE.
+	AgentsStale int64 `protobuf:"varint,11,opt,name=agents_stale,json=agentsStale,proto3" json:"agents_stale,omitempty"`
+	// Agents OFFLINE.
+	AgentsOffline int64 `protobuf:"varint,12,opt,name=agents_offline,json=agentsOffline,proto3" json:"agents_offline,omitempty"`
+	// One line per infrastructure finding (GPU memory, disk, probes).
+	Infrastructure []string `protobuf:"bytes,13,rep,name=infrastructure,proto3" json:"infrastructure,omitempty"`
+	// The card: plain text on several lines, as sent to the webhooks.
+	Text          string `protobuf:"bytes,14,opt,name=text,proto3" json:"text,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Digest) Reset() {
+	*x = Digest{}
+	mi := &file_factory_v1_ops_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Digest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Digest) ProtoMessage() {}
+
+func (x *Digest) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_ops_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Digest.ProtoReflect.Descriptor instead.
+func (*Digest) Descriptor() ([]byte, []int) {
+	return file_factory_v1_ops_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *Digest) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *Digest) GetUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Until
+	}
+	return nil
+}
+
+func (x *Digest) GetCompleted() int64 {
+	if x != nil {
+		return x.Completed
+	}
+	return 0
+}
+
+func (x *Digest) GetFailed() int64 {
+	if x != nil {
+		return x.Failed
+	}
+	return 0
+}
+
+func (x *Digest) GetStuck() int64 {
+	if x != nil {
+		return x.Stuck
+	}
+	return 0
+}
+
+func (x *Digest) GetDeadLetter() int64 {
+	if x != nil {
+		return x.DeadLetter
+	}
+	return 0
+}
+
+func (x *Digest) GetSpendYesterdayMicros() int64 {
+	if x != nil && x.SpendYesterdayMicros != nil {
+		return *x.SpendYesterdayMicros
+	}
+	return 0
+}
+
+func (x *Digest) GetSpendWeekAverageMicros() int64 {
+	if x != nil && x.SpendWeekAverageMicros != nil {
+		return *x.SpendWeekAverageMicros
+	}
+	return 0
+}
+
+func (x *Digest) GetApprovalsPending() int64 {
+	if x != nil && x.ApprovalsPending != nil {
+		return *x.ApprovalsPending
+	}
+	return 0
+}
+
+func (x *Digest) GetAgentsOnline() int64 {
+	if x != nil {
+		return x.AgentsOnline
+	}
+	return 0
+}
+
+func (x *Digest) GetAgentsStale() int64 {
+	if x != nil {
+		return x.AgentsStale
+	}
+	return 0
+}
+
+func (x *Digest) GetAgentsOffline() int64 {
+	if x != nil {
+		return x.AgentsOffline
+	}
+	return 0
+}
+
+func (x *Digest) GetInfrastructure() []string {
+	if x != nil {
+		return x.Infrastructure
+	}
+	return nil
+}
+
+func (x *Digest) GetText() string {
+	if x != nil {
+		return x.Text
+	}
+	return ""
+}
+
+// GetDigestResponse is the digest.
+type GetDigestResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The digest.
+	Digest        *Digest `protobuf:"bytes,1,opt,name=digest,proto3" json:"digest,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetDigestResponse) Reset() {
+	*x = GetDigestResponse{}
+	mi := &file_factory_v1_ops_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetDigestResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetDigestResponse) ProtoMessage() {}
+
+func (x *GetDigestResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_ops_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetDigestResponse.ProtoReflect.Descriptor instead.
+func (*GetDigestResponse) Descriptor() ([]byte, []int) {
+	return file_factory_v1_ops_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *GetDigestResponse) GetDigest() *Digest {
+	if x != nil {
+		return x.Digest
+	}
+	return nil
+}
+
+// Alert is one instance of an alert rule.
+type Alert struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The occurrence's id (a UUIDv7): a new one each time it fires anew.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The rule's name.
+	Rule string `protobuf:"bytes,2,opt,name=rule,proto3" json:"rule,omitempty"`
+	// Which instance: {"agent": "forge"}, {"host": "gpu-1", "gpu": "0"}.
+	Labels map[string]string `protobuf:"bytes,3,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Its state.
+	State AlertState `protobuf:"varint,4,opt,name=state,proto3,enum=factory.v1.AlertState" json:"state,omitempty"`
+	// info, warning or critical.
+	Severity string `protobuf:"bytes,5,opt,name=severity,proto3" json:"severity,omitempty"`
+	// One line saying what is wrong.
+	Summary string `protobuf:"bytes,6,opt,name=summary,proto3" json:"summary,omitempty"`
+	// The measurement when last evaluated, in its unit: micro-dollars for
+	// spend, a 0..1 ratio for GPU memory and disk, seconds for ages, a
+	// count otherwise.
+	Value float64 `protobuf:"fixed64,7,opt,name=value,proto3" json:"value,omitempty"`
+	// When the condition started to hold.
+	ActiveSince *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=active_since,json=activeSince,proto3" json:"active_since,omitempty"`
+	// When it went FIRING; unset while PENDING.
+	FiredAt *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=fired_at,json=firedAt,proto3" json:"fired_at,omitempty"`
+	// When it went RESOLVED; unset before.
+	ResolvedAt *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=resolved_at,json=resolvedAt,proto3" json:"resolved_at,omitempty"`
+	// When a notification last went out for it; unset before the first.
+	LastNotifiedAt *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=last_notified_at,json=lastNotifiedAt,proto3" json:"last_notified_at,omitempty"`
+	// Who acknowledged it; empty when nobody has.
+	AckedBy string `protobuf:"bytes,12,opt,name=acked_by,json=ackedBy,proto3" json:"acked_by,omitempty"`
+	// When it was acknowledged.
+	AckedAt *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=acked_at,json=ackedAt,proto3" json:"acked_at,omitempty"`
+	// The id of an active silence that mutes it; empty when none.
+	SilencedBy    string `protobuf:"bytes,14,opt,name=silenced_by,json=silencedBy,proto3" json:"silenced_by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Alert) Reset() {
+	*x = Alert{}
+	mi := &file_factory_v1_ops_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Alert) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Alert) ProtoMessage() {}
+
+func (x *Alert) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_ops_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Alert.ProtoReflect.Descriptor instead.
+func (*Alert) Descriptor() ([]byte, []int) {
+	return file_factory_v1_ops_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *Alert) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Alert) GetRule() string {
+	if x != nil {
+		return x.Rule
+	}
+	return ""
+}
+
+func (x *Alert) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *Alert) GetState() AlertState {
+	if x != nil {
+		return x.State
+	}
+	return AlertState_ALERT_STATE_UNSPECIFIED
+}
+
+func (x *Alert) GetSeverity() string {
+	if x != nil {
+		return x.Severity
+	}
+	return ""
+}
+
+func (x *Alert) GetSummary() string {
+	if x != nil {
+		return x.Summary
+	}
+	return ""
+}
+
+func (x *Alert) GetValue() float64 {
+	if x != nil {
+		return x.Value
+	}
+	return 0
+}
+
+func (x *Alert) GetActiveSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ActiveSince
+	}
+	return nil
+}
+
+func (x *Alert) GetFiredAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FiredAt
+	}
+	return nil
+}
+
+func (x *Alert) GetResolvedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ResolvedAt
+	}
+	return nil
+}
+
+func (x *Alert) GetLastNotifiedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastNotifiedAt
+	}
+	return nil
+}
+
+func (x *Alert) GetAckedBy() string {
+	if x != nil {
+		return x.AckedBy
+	}
+	return ""
+}
+
+func (x *Alert) GetAckedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.AckedAt
+	}
+	return nil
+}
+
+func (x *Alert) GetSilencedBy() string {
+	if x != nil {
+		return x.SilencedBy
+	}
+	return ""
+}
+
+// ListAlertsRequest asks for the alerts.
+type ListAlertsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Also list the alerts RESOLVED in the last 24 hours.
+	IncludeResolved bool `protobuf:"varint,1,opt,name=include_resolved,json=includeResolved,proto3" json:"include_resolved,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *ListAlertsRequest) Reset() {
+	*x = ListAlertsRequest{}
+	mi := &file_factory_v1_ops_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAlertsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAlertsRequest) ProtoMessage() {}
+
+func (x *ListAlertsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_ops_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAlertsRequest.ProtoReflect.Descriptor instead.
+func (*ListAlertsRequest) Descriptor() ([]byte, []int) {
+	return file_factory_v1_ops_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *ListAlertsRequest) GetIncludeResolved() bool {
+	if x != nil {
+		return x.IncludeResolved
+	}
+	return false
+}
+
+// ListAlertsResponse holds the alerts.
+type ListAlertsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// FIRING, then PENDING, then RESOLVED.
+	Alerts        []*Alert `protobuf:"bytes,1,rep,name=alerts,proto3" json:"alerts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAlertsResponse) Reset() {
+	*x = ListAlertsResponse{}
+	mi := &file_factory_v1_ops_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAlertsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAlertsResponse) ProtoMessage() {}
+
+func (x *ListAlertsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_ops_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAlertsResponse.ProtoReflect.Descriptor instead.
+func (*ListAlertsResponse) Descriptor() ([]byte, []int) {
+	return file_factory_v1_ops_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *ListAlertsResponse) GetAlerts() []*Alert {
+	if x != nil {
+		return x.Alerts
+	}
+	return nil
+}
+
+// AckAlertRequest acknowledges an alert.
+type AckAlertRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The alert's id.
+	AlertId       string `protobuf:"bytes,1,opt,name=alert_id,json=alertId,proto3" json:"alert_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AckAlertRequest) Reset() {
+	*x = AckAlertRequest{}
+	mi := &file_factory_v1_ops_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AckAlertRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AckAlertRequest) ProtoMessage() {}
+
+func (x *AckAlertRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_ops_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AckAlertRequest.ProtoReflect.Descriptor instead.
+func (*AckAlertRequest) Descriptor() ([]byte, []int) {
+	return file_factory_v1_ops_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *AckAlertRequest) GetAlertId() string {
+	if x != nil {
+		return x.AlertId
+	}
+	return ""
+}
+
+// AckAlertResponse is the acknowledged alert.
+type AckAlertResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The alert as stored.
+	Alert         *Alert `protobuf:"bytes,1,opt,name=alert,proto3" json:"alert,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AckAlertResponse) Reset() {
+	*x = AckAlertResponse{}
+	mi := &file_factory_v1_ops_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AckAlertResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AckAlertResponse) ProtoMessage() {}
+
+func (x *AckAlertResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_ops_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AckAlertResponse.ProtoReflect.Descriptor instead.
+func (*AckAlertResponse) Descriptor() ([]byte, []int) {
+	return file_factory_v1_ops_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *AckAlertResponse) GetAlert() *Alert {
+	if x != nil {
+		return x.Alert
+	}
+	return nil
+}
+
+// Silence mutes the notifications of the alerts it matches while active.
+type Silence struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Its id.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The rule whose alerts it mutes.
+	Rule string `protobuf:"bytes,2,opt,name=rule,proto3" json:"rule,omitempty"`
+	// Labels an alert must carry to be muted; empty mutes every alert of
+	// the rule.
+	Matchers map[string]string `protobuf:"bytes,3,rep,name=matchers,proto3" json:"matchers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Who made it.
+	CreatedBy string `protobuf:"bytes,4,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	// Why.
+	Reason string `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	// When it starts.
+	StartsAt *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=starts_at,json=startsAt,proto3" json:"starts_at,omitempty"`
+	// When it ends (or ended, when expired early).
+	EndsAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=ends_at,json=endsAt,proto3" json:"ends_at,omitempty"`
+	// When it was made.
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// Whether it is in force now.
+	Active        bool `protobuf:"varint,9,opt,name=active,proto3" json:"active,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Silence) Reset() {
+	*x = Silence{}
+	mi := &file_factory_v1_ops_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Silence) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Silence) ProtoMessage() {}
+
+func (x *Silence) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_ops_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Silence.ProtoReflect.Descriptor instead.
+func (*Silence) Descriptor() ([]byte, []int) {
+	return file_factory_v1_ops_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *Silence) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Silence) GetRule() string {
+	if x != nil {
+		return x.Rule
+	}
+	return ""
+}
+
+func (x *Silence) GetMatchers() map[string]string {
+	if x != nil {
+		return x.Matchers
+	}
+	return nil
+}
+
+func (x *Silence) GetCreatedBy() string {
+	if x != nil {
+		return x.CreatedBy
+	}
+	return ""
+}
+
+func (x *Silence) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Silence) GetStartsAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartsAt
+	}
+	return nil
+}
+
+func (x *Silence) GetEndsAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndsAt
+	}
+	return nil
+}
+
+func (x *Silence) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *Silence) GetActive() bool {
+	if x != nil {
+		return x.Active
+	}
+	return false
+}
+
+// SilenceAlertRequest makes a silence.
+type SilenceAlertRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The rule to mute (see deploy/alerts.yaml); an unknown rule is
+	// INVALID_ARGUMENT.
+	Rule string `protobuf:"bytes,1,opt,name=rule,proto3" json:"rule,omitempty"`
+	// Labels an alert must carry to be muted: {"agent": "forge"} mutes only
+	// that agent's alert of the rule. Empty mutes all of the rule's.
+	Matchers map[string]string `protobuf:"bytes,2,rep,name=matchers,proto3" json:"matchers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// How long, from now: at least 1m, at most 30 days.
+	Duration *durationpb.Duration `protobuf:"bytes,3,opt,name=duration,proto3" json:"duration,omitempty"`
+	// Why, for the next operator.
+	Reason        string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SilenceAlertRequest) Reset() {
+	*x = SilenceAlertRequest{}
+	mi := &file_factory_v1_ops_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SilenceAlertRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SilenceAlertRequest) ProtoMessage() {}
+
+func (x *SilenceAlertRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_ops_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SilenceAlertRequest.ProtoReflect.Descriptor instead.
+func (*SilenceAlertRequest) Descriptor() ([]byte, []int) {
+	return file_factory_v1_ops_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *SilenceAlertRequest) GetRule() string {
+	if x != nil {
+		return x.Rule
+	}
+	return ""
+}
+
+func (x *SilenceAlertRequest) GetMatchers() map[string]string {
+	if x != nil {
+		return x.Matchers
+	}
+	return nil
+}
+
+func (x *SilenceAlertRequest) GetDuration() *durationpb.Duration {
+	if x != nil {
+		return x.Duration
+	}
+	return nil
+}
+
+func (x *SilenceAlertRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// SilenceAlertResponse is the new silence.
+type SilenceAlertResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The silence as stored.
+	Silence       *Silence `protobuf:"bytes,1,opt,name=silence,proto3" json:"silence,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SilenceAlertResponse) Reset() {
+	*x = SilenceAlertResponse{}
+	mi := &file_factory_v1_ops_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SilenceAlertResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SilenceAlertResponse) ProtoMessage() {}
+
+func (x *SilenceAlertResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_ops_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SilenceAlertResponse.ProtoReflect.Descriptor instead.
+func (*SilenceAlertResponse) Descriptor() ([]byte, []int) {
+	return file_factory_v1_ops_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *SilenceAlertResponse) GetSilence() *Silence {
+	if x != nil {
+		return x.Silence
+	}
+	return nil
+}
+
+// ListSilencesRequest asks for the silences.
+type ListSilencesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Also list the silences that ended in the last 24 hours.
+	IncludeExpired bool `protobuf:"varint,1,opt,name=include_expired,json=includeExpired,proto3" json:"include_expired,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *ListSilencesRequest) Reset() {
+	*x = ListSilencesRequest{}
+	mi := &file_factory_v1_ops_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSilencesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSilencesRequest) ProtoMessage() {}
+
+func (x *ListSilencesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_ops_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSilencesRequest.ProtoReflect.Descriptor instead.
+func (*ListSilencesRequest) Descriptor() ([]byte, []int) {
+	return file_factory_v1_ops_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *ListSilencesRequest) GetIncludeExpired() bool {
+	if x != nil {
+		return x.IncludeExpired
+	}
+	return false
+}
+
+// ListSilencesResponse holds the silences.
+type ListSilencesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Oldest start first.
+	Silences      []*Silence `protobuf:"bytes,1,rep,name=silences,proto3" json:"silences,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSilencesResponse) Reset() {
+	*x = ListSilencesResponse{}
+	mi := &file_factory_v1_ops_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSilencesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSilencesResponse) ProtoMessage() {}
+
+func (x *ListSilencesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_ops_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSilencesResponse.ProtoReflect.Descriptor instead.
+func (*ListSilencesResponse) Descriptor() ([]byte, []int) {
+	return file_factory_v1_ops_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *ListSilencesResponse) GetSilences() []*Silence {
+	if x != nil {
+		return x.Silences
+	}
+	return nil
+}
+
+// ExpireSilenceRequest ends a silence.
+type ExpireSilenceRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The silence's id.
+	SilenceId     string `protobuf:"bytes,1,opt,name=silence_id,json=silenceId,proto3" json:"silence_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExpireSilenceRequest) Reset() {
+	*x = ExpireSilenceRequest{}
+	mi := &file_factory_v1_ops_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExpireSilenceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExpireSilenceRequest) ProtoMessage() {}
+
+func (x *ExpireSilenceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_ops_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExpireSilenceRequest.ProtoReflect.Descriptor instead.
+func (*ExpireSilenceRequest) Descriptor() ([]byte, []int) {
+	return file_factory_v1_ops_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *ExpireSilenceRequest) GetSilenceId() string {
+	if x != nil {
+		return x.SilenceId
+	}
+	return ""
+}
+
+// ExpireSilenceResponse is the ended silence.
+type ExpireSilenceResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The silence as stored.
+	Silence       *Silence `protobuf:"bytes,1,opt,name=silence,proto3" json:"silence,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExpireSilenceResponse) Reset() {
+	*x = ExpireSilenceResponse{}
+	mi := &file_factory_v1_ops_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExpireSilenceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExpireSilenceResponse) ProtoMessage() {}
+
+func (x *ExpireSilenceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_ops_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExpireSilenceResponse.ProtoReflect.Descriptor instead.
+func (*ExpireSilenceResponse) Descriptor() ([]byte, []int) {
+	return file_factory_v1_ops_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *ExpireSilenceResponse) GetSilence() *Silence {
+	if x != nil {
+		return x.Silence
+	}
+	return nil
+}
+
+// Event is one notification, as the webhooks receive it.
+type Event struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Unique per event: a receiver can drop a redelivery.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// What it is about: alert, spend_alert, approval, digest,
+	// emergency_stop or maintenance.
+	Kind string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	// When it happened.
+	Time *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=time,proto3" json:"time,omitempty"`
+	// One line.
+	Title string `protobuf:"bytes,4,opt,name=title,proto3" json:"title,omitempty"`
+	// The card: plain text on several lines, ready to paste into chat.
+	Text string `protobuf:"bytes,5,opt,name=text,proto3" json:"text,omitempty"`
+	// The machine-readable fields (ids, scopes, amounts).
+	Attributes map[string]string `protobuf:"bytes,6,rep,name=attributes,proto3" json:"attributes,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Part of the state the stream starts with, not news.
+	Current       bool `protobuf:"varint,7,opt,name=current,proto3" json:"current,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Event) Reset() {
+	*x = Event{}
+	mi := &file_factory_v1_ops_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Event) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Event) ProtoMessage() {}
+
+func (x *Event) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_ops_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Event.ProtoReflect.Descriptor instead.
+func (*Event) Descriptor() ([]byte, []int) {
+	return file_factory_v1_ops_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *Event) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Event) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *Event) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *Event) GetTitle() string {
+	if x != nil {
+		return x.Title
+	}
+	return ""
+}
+
+func (x *Event) GetText() string {
+	if x != nil {
+		return x.Text
+	}
+	return ""
+}
+
+func (x *Event) GetAttributes() map[string]string {
+	if x != nil {
+		return x.Attributes
+	}
+	return nil
+}
+
+func (x *Event) GetCurrent() bool {
+	if x != nil {
+		return x.Current
+	}
+	return false
+}
+
+// WatchEventsRequest starts a watch.
+type WatchEventsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The kinds to receive (alert, spend_alert, approval, digest,
+	// emergency_stop, maintenance); empty receives every kind.
+	Kinds         []string `protobuf:"bytes,1,rep,name=kinds,proto3" json:"kinds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchEventsRequest) Reset() {
+	*x = WatchEventsRequest{}
+	mi := &file_factory_v1_ops_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchEventsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchEventsRequest) ProtoMessage() {}
+
+func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_ops_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
+func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
+	return file_factory_v1_ops_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *WatchEventsRequest) GetKinds() []string {
+	if x != nil {
+		return x.Kinds
+	}
+	return nil
+}
+
+// WatchEventsResponse is the next event.
+type WatchEventsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The event.
+	Event         *Event `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchEventsResponse) Reset() {
+	*x = WatchEventsResponse{}
+	mi := &file_factory_v1_ops_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchEventsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchEventsResponse) ProtoMessage() {}
+
+func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_ops_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchEventsResponse.ProtoReflect.Descriptor instead.
+func (*WatchEventsResponse) Descriptor() ([]byte, []int) {
+	return file_factory_v1_ops_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *WatchEventsResponse) GetEvent() *Event {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
 var File_factory_v1_ops_proto protoreflect.FileDescriptor
 
 const file_factory_v1_ops_proto_rawDesc = "" +
 	"\n" +
 	"\x14factory/v1/ops.proto\x12\n" +
-	"factory.v1\x1a\x1bbuf/validate/validate.proto\"\x98\x01\n" +
+	"factory.v1\x1a\x1bbuf/validate/validate.proto\x1a\x16factory/v1/queue.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xac\x01\n" +
 	"\n" +
 	"DumpCounts\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\x03R\x05queue\x12\x14\n" +
 	"\x05tasks\x18\x02 \x01(\x03R\x05tasks\x12\x16\n" +
 	"\x06tokens\x18\x03 \x01(\x03R\x06tokens\x12#\n" +
 	"\raudit_entries\x18\x04 \x01(\x03R\fauditEntries\x12!\n" +
-	"\ffleet_events\x18\x05 \x01(\x03R\vfleetEvents\"\x14\n" +
+	"\ffleet_events\x18\x05 \x01(\x03R\vfleetEvents\x12\x12\n" +
+	"\x04rows\x18\x06 \x01(\x03R\x04rows\"\x14\n" +
 	"\x12ExportStateRequest\"[\n" +
 	"\x13ExportStateResponse\x12\x14\n" +
 	"\x05lines\x18\x01 \x01(\tR\x05lines\x12.\n" +
@@ -326,11 +2427,190 @@ const file_factory_v1_ops_proto_rawDesc = "" +
 	"\xbaH\ar\x05(\x80\x80\xc0\x01R\x05lines\x12\x14\n" +
 	"\x05merge\x18\x02 \x01(\bR\x05merge\"E\n" +
 	"\x13ImportStateResponse\x12.\n" +
-	"\x06loaded\x18\x01 \x01(\v2\x16.factory.v1.DumpCountsR\x06loaded2\xb0\x01\n" +
+	"\x06loaded\x18\x01 \x01(\v2\x16.factory.v1.DumpCountsR\x06loaded\"\xba\x01\n" +
+	"\vMaintenance\x12\x16\n" +
+	"\x06active\x18\x01 \x01(\bR\x06active\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\x129\n" +
+	"\n" +
+	"started_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x12\x1d\n" +
+	"\n" +
+	"started_by\x18\x04 \x01(\tR\tstartedBy\x12!\n" +
+	"\fpaused_queue\x18\x05 \x01(\bR\vpausedQueue\"{\n" +
+	"\x17StartMaintenanceRequest\x12\"\n" +
+	"\x06reason\x18\x01 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\xe8\aR\x06reason\x12<\n" +
+	"\x04wait\x18\x02 \x01(\v2\x19.google.protobuf.DurationB\r\xbaH\n" +
+	"\xaa\x01\a\"\x03\b\xd8\x042\x00R\x04wait\"\xaf\x01\n" +
+	"\x18StartMaintenanceResponse\x129\n" +
+	"\vmaintenance\x18\x01 \x01(\v2\x17.factory.v1.MaintenanceR\vmaintenance\x12!\n" +
+	"\fpaused_tasks\x18\x02 \x01(\x05R\vpausedTasks\x125\n" +
+	"\rstill_running\x18\x03 \x03(\v2\x10.factory.v1.TaskR\fstillRunning\"\x17\n" +
+	"\x15EndMaintenanceRequest\"\x91\x01\n" +
+	"\x16EndMaintenanceResponse\x12-\n" +
+	"\x05ended\x18\x01 \x01(\v2\x17.factory.v1.MaintenanceR\x05ended\x12#\n" +
+	"\rresumed_queue\x18\x02 \x01(\bR\fresumedQueue\x12#\n" +
+	"\rresumed_tasks\x18\x03 \x01(\x05R\fresumedTasks\"\x17\n" +
+	"\x15GetMaintenanceRequest\"\xb2\x01\n" +
+	"\x16GetMaintenanceResponse\x129\n" +
+	"\vmaintenance\x18\x01 \x01(\v2\x17.factory.v1.MaintenanceR\vmaintenance\x12*\n" +
+	"\x11in_progress_count\x18\x02 \x01(\x03R\x0finProgressCount\x121\n" +
+	"\vin_progress\x18\x03 \x03(\v2\x10.factory.v1.TaskR\n" +
+	"inProgress\"\x0f\n" +
+	"\rBackupRequest\"\xb1\x01\n" +
+	"\fBackupHeader\x12\x16\n" +
+	"\x06driver\x18\x01 \x01(\tR\x06driver\x12+\n" +
+	"\x11migration_version\x18\x02 \x01(\x03R\x10migrationVersion\x129\n" +
+	"\n" +
+	"created_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12!\n" +
+	"\fhas_database\x18\x04 \x01(\bR\vhasDatabase\"\xad\x01\n" +
+	"\x0eBackupResponse\x120\n" +
+	"\x06header\x18\x01 \x01(\v2\x18.factory.v1.BackupHeaderR\x06header\x12\x1a\n" +
+	"\bdatabase\x18\x02 \x01(\fR\bdatabase\x12\x1d\n" +
+	"\n" +
+	"dump_lines\x18\x03 \x01(\tR\tdumpLines\x12.\n" +
+	"\x06counts\x18\x04 \x01(\v2\x16.factory.v1.DumpCountsR\x06counts\"\x0f\n" +
+	"\rDoctorRequest\"k\n" +
+	"\vDoctorCheck\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x120\n" +
+	"\x06status\x18\x02 \x01(\x0e2\x18.factory.v1.DoctorStatusR\x06status\x12\x16\n" +
+	"\x06detail\x18\x03 \x01(\tR\x06detail\"A\n" +
+	"\x0eDoctorResponse\x12/\n" +
+	"\x06checks\x18\x01 \x03(\v2\x17.factory.v1.DoctorCheckR\x06checks\"\x9a\x01\n" +
+	"\x10GetDigestRequest\x12B\n" +
+	"\x05since\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampB\x10\xbaH\r\xb2\x01\n" +
+	"\x1a\x06\b\x80\xb2\xf8\x84\x1b2\x00R\x05since\x12B\n" +
+	"\x05until\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampB\x10\xbaH\r\xb2\x01\n" +
+	"\x1a\x06\b\x80\xb2\xf8\x84\x1b2\x00R\x05until\"\x80\x05\n" +
+	"\x06Digest\x120\n" +
+	"\x05since\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x120\n" +
+	"\x05until\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x05until\x12\x1c\n" +
+	"\tcompleted\x18\x03 \x01(\x03R\tcompleted\x12\x16\n" +
+	"\x06failed\x18\x04 \x01(\x03R\x06failed\x12\x14\n" +
+	"\x05stuck\x18\x05 \x01(\x03R\x05stuck\x12\x1f\n" +
+	"\vdead_letter\x18\x06 \x01(\x03R\n" +
+	"deadLetter\x129\n" +
+	"\x16spend_yesterday_micros\x18\a \x01(\x03H\x00R\x14spendYesterdayMicros\x88\x01\x01\x12>\n" +
+	"\x19spend_week_average_micros\x18\b \x01(\x03H\x01R\x16spendWeekAverageMicros\x88\x01\x01\x120\n" +
+	"\x11approvals_pending\x18\t \x01(\x03H\x02R\x10approvalsPending\x88\x01\x01\x12#\n" +
+	"\ragents_online\x18\n" +
+	" \x01(\x03R\fagentsOnline\x12!\n" +
+	"\fagents_stale\x18\v \x01(\x03R\vagentsStale\x12%\n" +
+	"\x0eagents_offline\x18\f \x01(\x03R\ragentsOffline\x12&\n" +
+	"\x0einfrastructure\x18\r \x03(\tR\x0einfrastructure\x12\x12\n" +
+	"\x04text\x18\x0e \x01(\tR\x04textB\x19\n" +
+	"\x17_spend_yesterday_microsB\x1c\n" +
+	"\x1a_spend_week_average_microsB\x14\n" +
+	"\x12_approvals_pending\"?\n" +
+	"\x11GetDigestResponse\x12*\n" +
+	"\x06digest\x18\x01 \x01(\v2\x12.factory.v1.DigestR\x06digest\"\x83\x05\n" +
+	"\x05Alert\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04rule\x18\x02 \x01(\tR\x04rule\x125\n" +
+	"\x06labels\x18\x03 \x03(\v2\x1d.factory.v1.Alert.LabelsEntryR\x06labels\x12,\n" +
+	"\x05state\x18\x04 \x01(\x0e2\x16.factory.v1.AlertStateR\x05state\x12\x1a\n" +
+	"\bseverity\x18\x05 \x01(\tR\bseverity\x12\x18\n" +
+	"\asummary\x18\x06 \x01(\tR\asummary\x12\x14\n" +
+	"\x05value\x18\a \x01(\x01R\x05value\x12=\n" +
+	"\factive_since\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\vactiveSince\x125\n" +
+	"\bfired_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\afiredAt\x12;\n" +
+	"\vresolved_at\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"resolvedAt\x12D\n" +
+	"\x10last_notified_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\x0elastNotifiedAt\x12\x19\n" +
+	"\backed_by\x18\f \x01(\tR\aackedBy\x125\n" +
+	"\backed_at\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\aackedAt\x12\x1f\n" +
+	"\vsilenced_by\x18\x0e \x01(\tR\n" +
+	"silencedBy\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\">\n" +
+	"\x11ListAlertsRequest\x12)\n" +
+	"\x10include_resolved\x18\x01 \x01(\bR\x0fincludeResolved\"?\n" +
+	"\x12ListAlertsResponse\x12)\n" +
+	"\x06alerts\x18\x01 \x03(\v2\x11.factory.v1.AlertR\x06alerts\"7\n" +
+	"\x0fAckAlertRequest\x12$\n" +
+	"\balert_id\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18@R\aalertId\";\n" +
+	"\x10AckAlertResponse\x12'\n" +
+	"\x05alert\x18\x01 \x01(\v2\x11.factory.v1.AlertR\x05alert\"\xa1\x03\n" +
+	"\aSilence\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04rule\x18\x02 \x01(\tR\x04rule\x12=\n" +
+	"\bmatchers\x18\x03 \x03(\v2!.factory.v1.Silence.MatchersEntryR\bmatchers\x12\x1d\n" +
+	"\n" +
+	"created_by\x18\x04 \x01(\tR\tcreatedBy\x12\x16\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\x127\n" +
+	"\tstarts_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\bstartsAt\x123\n" +
+	"\aends_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x06endsAt\x129\n" +
+	"\n" +
+	"created_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x16\n" +
+	"\x06active\x18\t \x01(\bR\x06active\x1a;\n" +
+	"\rMatchersEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xef\x02\n" +
+	"\x13SilenceAlertRequest\x121\n" +
+	"\x04rule\x18\x01 \x01(\tB\x1d\xbaH\x1ar\x182\x16^[a-z][a-z0-9_]{0,62}$R\x04rule\x12y\n" +
+	"\bmatchers\x18\x02 \x03(\v2-.factory.v1.SilenceAlertRequest.MatchersEntryB.\xbaH+\x9a\x01(\x10\x10\"\x1dr\x1b2\x19^[A-Za-z0-9._:/-]{1,128}$*\x05r\x03\x18\x80\x02R\bmatchers\x12K\n" +
+	"\bduration\x18\x03 \x01(\v2\x19.google.protobuf.DurationB\x14\xbaH\x11\xc8\x01\x01\xaa\x01\v\"\x05\b\x80\x9a\x9e\x012\x02\b<R\bduration\x12 \n" +
+	"\x06reason\x18\x04 \x01(\tB\b\xbaH\x05r\x03\x18\xe8\aR\x06reason\x1a;\n" +
+	"\rMatchersEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"E\n" +
+	"\x14SilenceAlertResponse\x12-\n" +
+	"\asilence\x18\x01 \x01(\v2\x13.factory.v1.SilenceR\asilence\">\n" +
+	"\x13ListSilencesRequest\x12'\n" +
+	"\x0finclude_expired\x18\x01 \x01(\bR\x0eincludeExpired\"G\n" +
+	"\x14ListSilencesResponse\x12/\n" +
+	"\bsilences\x18\x01 \x03(\v2\x13.factory.v1.SilenceR\bsilences\"@\n" +
+	"\x14ExpireSilenceRequest\x12(\n" +
+	"\n" +
+	"silence_id\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18@R\tsilenceId\"F\n" +
+	"\x15ExpireSilenceResponse\x12-\n" +
+	"\asilence\x18\x01 \x01(\v2\x13.factory.v1.SilenceR\asilence\"\xa1\x02\n" +
+	"\x05Event\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x12.\n" +
+	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x14\n" +
+	"\x05title\x18\x04 \x01(\tR\x05title\x12\x12\n" +
+	"\x04text\x18\x05 \x01(\tR\x04text\x12A\n" +
+	"\n" +
+	"attributes\x18\x06 \x03(\v2!.factory.v1.Event.AttributesEntryR\n" +
+	"attributes\x12\x18\n" +
+	"\acurrent\x18\a \x01(\bR\acurrent\x1a=\n" +
+	"\x0fAttributesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"O\n" +
+	"\x12WatchEventsRequest\x129\n" +
+	"\x05kinds\x18\x01 \x03(\tB#\xbaH \x92\x01\x1d\x10\x10\x18\x01\"\x17r\x152\x13^[a-z][a-z_]{0,63}$R\x05kinds\">\n" +
+	"\x13WatchEventsResponse\x12'\n" +
+	"\x05event\x18\x01 \x01(\v2\x11.factory.v1.EventR\x05event*s\n" +
+	"\fDoctorStatus\x12\x1d\n" +
+	"\x19DOCTOR_STATUS_UNSPECIFIED\x10\x00\x12\x14\n" +
+	"\x10DOCTOR_STATUS_OK\x10\x01\x12\x16\n" +
+	"\x12DOCTOR_STATUS_WARN\x10\x02\x12\x16\n" +
+	"\x12DOCTOR_STATUS_FAIL\x10\x03*t\n" +
+	"\n" +
+	"AlertState\x12\x1b\n" +
+	"\x17ALERT_STATE_UNSPECIFIED\x10\x00\x12\x17\n" +
+	"\x13ALERT_STATE_PENDING\x10\x01\x12\x16\n" +
+	"\x12ALERT_STATE_FIRING\x10\x02\x12\x18\n" +
+	"\x14ALERT_STATE_RESOLVED\x10\x032\xf1\b\n" +
 	"\n" +
 	"OpsService\x12P\n" +
 	"\vExportState\x12\x1e.factory.v1.ExportStateRequest\x1a\x1f.factory.v1.ExportStateResponse0\x01\x12P\n" +
-	"\vImportState\x12\x1e.factory.v1.ImportStateRequest\x1a\x1f.factory.v1.ImportStateResponse(\x01B5Z3github.com/factory/factory/gen/factory/v1;factoryv1b\x06proto3"
+	"\vImportState\x12\x1e.factory.v1.ImportStateRequest\x1a\x1f.factory.v1.ImportStateResponse(\x01\x12]\n" +
+	"\x10StartMaintenance\x12#.factory.v1.StartMaintenanceRequest\x1a$.factory.v1.StartMaintenanceResponse\x12W\n" +
+	"\x0eEndMaintenance\x12!.factory.v1.EndMaintenanceRequest\x1a\".factory.v1.EndMaintenanceResponse\x12W\n" +
+	"\x0eGetMaintenance\x12!.factory.v1.GetMaintenanceRequest\x1a\".factory.v1.GetMaintenanceResponse\x12A\n" +
+	"\x06Backup\x12\x19.factory.v1.BackupRequest\x1a\x1a.factory.v1.BackupResponse0\x01\x12?\n" +
+	"\x06Doctor\x12\x19.factory.v1.DoctorRequest\x1a\x1a.factory.v1.DoctorResponse\x12H\n" +
+	"\tGetDigest\x12\x1c.factory.v1.GetDigestRequest\x1a\x1d.factory.v1.GetDigestResponse\x12K\n" +
+	"\n" +
+	"ListAlerts\x12\x1d.factory.v1.ListAlertsRequest\x1a\x1e.factory.v1.ListAlertsResponse\x12E\n" +
+	"\bAckAlert\x12\x1b.factory.v1.AckAlertRequest\x1a\x1c.factory.v1.AckAlertResponse\x12Q\n" +
+	"\fSilenceAlert\x12\x1f.factory.v1.SilenceAlertRequest\x1a .factory.v1.SilenceAlertResponse\x12Q\n" +
+	"\fListSilences\x12\x1f.factory.v1.ListSilencesRequest\x1a .factory.v1.ListSilencesResponse\x12T\n" +
+	"\rExpireSilence\x12 .factory.v1.ExpireSilenceRequest\x1a!.factory.v1.ExpireSilenceResponse\x12P\n" +
+	"\vWatchEvents\x12\x1e.factory.v1.WatchEventsRequest\x1a\x1f.factory.v1.WatchEventsResponse0\x01B5Z3github.com/factory/factory/gen/factory/v1;factoryv1b\x06proto3"
 
 var (
 	file_factory_v1_ops_proto_rawDescOnce sync.Once
@@ -344,26 +2624,129 @@ func file_factory_v1_ops_proto_rawDescGZIP() []byte {
 	return file_factory_v1_ops_proto_rawDescData
 }
 
-var file_factory_v1_ops_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_factory_v1_ops_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_factory_v1_ops_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
 var file_factory_v1_ops_proto_goTypes = []any{
-	(*DumpCounts)(nil),          // 0: factory.v1.DumpCounts
-	(*ExportStateRequest)(nil),  // 1: factory.v1.ExportStateRequest
-	(*ExportStateResponse)(nil), // 2: factory.v1.ExportStateResponse
-	(*ImportStateRequest)(nil),  // 3: factory.v1.ImportStateRequest
-	(*ImportStateResponse)(nil), // 4: factory.v1.ImportStateResponse
+	(DoctorStatus)(0),                // 0: factory.v1.DoctorStatus
+	(AlertState)(0),                  // 1: factory.v1.AlertState
+	(*DumpCounts)(nil),               // 2: factory.v1.DumpCounts
+	(*ExportStateRequest)(nil),       // 3: factory.v1.ExportStateRequest
+	(*ExportStateResponse)(nil),      // 4: factory.v1.ExportStateResponse
+	(*ImportStateRequest)(nil),       // 5: factory.v1.ImportStateRequest
+	(*ImportStateResponse)(nil),      // 6: factory.v1.ImportStateResponse
+	(*Maintenance)(nil),              // 7: factory.v1.Maintenance
+	(*StartMaintenanceRequest)(nil),  // 8: factory.v1.StartMaintenanceRequest
+	(*StartMaintenanceResponse)(nil), // 9: factory.v1.StartMaintenanceResponse
+	(*EndMaintenanceRequest)(nil),    // 10: factory.v1.EndMaintenanceRequest
+	(*EndMaintenanceResponse)(nil),   // 11: factory.v1.EndMaintenanceResponse
+	(*GetMaintenanceRequest)(nil),    // 12: factory.v1.GetMaintenanceRequest
+	(*GetMaintenanceResponse)(nil),   // 13: factory.v1.GetMaintenanceResponse
+	(*BackupRequest)(nil),            // 14: factory.v1.BackupRequest
+	(*BackupHeader)(nil),             // 15: factory.v1.BackupHeader
+	(*BackupResponse)(nil),           // 16: factory.v1.BackupResponse
+	(*DoctorRequest)(nil),            // 17: factory.v1.DoctorRequest
+	(*DoctorCheck)(nil),              // 18: factory.v1.DoctorCheck
+	(*DoctorResponse)(nil),           // 19: factory.v1.DoctorResponse
+	(*GetDigestRequest)(nil),         // 20: factory.v1.GetDigestRequest
+	(*Digest)(nil),                   // 21: factory.v1.Digest
+	(*GetDigestResponse)(nil),        // 22: factory.v1.GetDigestResponse
+	(*Alert)(nil),                    // 23: factory.v1.Alert
+	(*ListAlertsRequest)(nil),        // 24: factory.v1.ListAlertsRequest
+	(*ListAlertsResponse)(nil),       // 25: factory.v1.ListAlertsResponse
+	(*AckAlertRequest)(nil),          // 26: factory.v1.AckAlertRequest
+	(*AckAlertResponse)(nil),         // 27: factory.v1.AckAlertResponse
+	(*Silence)(nil),                  // 28: factory.v1.Silence
+	(*SilenceAlertRequest)(nil),      // 29: factory.v1.SilenceAlertRequest
+	(*SilenceAlertResponse)(nil),     // 30: factory.v1.SilenceAlertResponse
+	(*ListSilencesRequest)(nil),      // 31: factory.v1.ListSilencesRequest
+	(*ListSilencesResponse)(nil),     // 32: factory.v1.ListSilencesResponse
+	(*ExpireSilenceRequest)(nil),     // 33: factory.v1.ExpireSilenceRequest
+	(*ExpireSilenceResponse)(nil),    // 34: factory.v1.ExpireSilenceResponse
+	(*Event)(nil),                    // 35: factory.v1.Event
+	(*WatchEventsRequest)(nil),       // 36: factory.v1.WatchEventsRequest
+	(*WatchEventsResponse)(nil),      // 37: factory.v1.WatchEventsResponse
+	nil,                              // 38: factory.v1.Alert.LabelsEntry
+	nil,                              // 39: factory.v1.Silence.MatchersEntry
+	nil,                              // 40: factory.v1.SilenceAlertRequest.MatchersEntry
+	nil,                              // 41: factory.v1.Event.AttributesEntry
+	(*timestamppb.Timestamp)(nil),    // 42: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),      // 43: google.protobuf.Duration
+	(*Task)(nil),                     // 44: factory.v1.Task
 }
 var file_factory_v1_ops_proto_depIdxs = []int32{
-	0, // 0: factory.v1.ExportStateResponse.counts:type_name -> factory.v1.DumpCounts
-	0, // 1: factory.v1.ImportStateResponse.loaded:type_name -> factory.v1.DumpCounts
-	1, // 2: factory.v1.OpsService.ExportState:input_type -> factory.v1.ExportStateRequest
-	3, // 3: factory.v1.OpsService.ImportState:input_type -> factory.v1.ImportStateRequest
-	2, // 4: factory.v1.OpsService.ExportState:output_type -> factory.v1.ExportStateResponse
-	4, // 5: factory.v1.OpsService.ImportState:output_type -> factory.v1.ImportStateResponse
-	4, // [4:6] is the sub-list for method output_type
-	2, // [2:4] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	2,  // 0: factory.v1.ExportStateResponse.counts:type_name -> factory.v1.DumpCounts
+	2,  // 1: factory.v1.ImportStateResponse.loaded:type_name -> factory.v1.DumpCounts
+	42, // 2: factory.v1.Maintenance.started_at:type_name -> google.protobuf.Timestamp
+	43, // 3: factory.v1.StartMaintenanceRequest.wait:type_name -> google.protobuf.Duration
+	7,  // 4: factory.v1.StartMaintenanceResponse.maintenance:type_name -> factory.v1.Maintenance
+	44, // 5: factory.v1.StartMaintenanceResponse.still_running:type_name -> factory.v1.Task
+	7,  // 6: factory.v1.EndMaintenanceResponse.ended:type_name -> factory.v1.Maintenance
+	7,  // 7: factory.v1.GetMaintenanceResponse.maintenance:type_name -> factory.v1.Maintenance
+	44, // 8: factory.v1.GetMaintenanceResponse.in_progress:type_name -> factory.v1.Task
+	42, // 9: factory.v1.BackupHeader.created_at:type_name -> google.protobuf.Timestamp
+	15, // 10: factory.v1.BackupResponse.header:type_name -> factory.v1.BackupHeader
+	2,  // 11: factory.v1.BackupResponse.counts:type_name -> factory.v1.DumpCounts
+	0,  // 12: factory.v1.DoctorCheck.status:type_name -> factory.v1.DoctorStatus
+	18, // 13: factory.v1.DoctorResponse.checks:type_name -> factory.v1.DoctorCheck
+	42, // 14: factory.v1.GetDigestRequest.since:type_name -> google.protobuf.Timestamp
+	42, // 15: factory.v1.GetDigestRequest.until:type_name -> google.protobuf.Timestamp
+	42, // 16: factory.v1.Digest.since:type_name -> google.protobuf.Timestamp
+	42, // 17: factory.v1.Digest.until:type_name -> google.protobuf.Timestamp
+	21, // 18: factory.v1.GetDigestResponse.digest:type_name -> factory.v1.Digest
+	38, // 19: factory.v1.Alert.labels:type_name -> factory.v1.Alert.LabelsEntry
+	1,  // 20: factory.v1.Alert.state:type_name -> factory.v1.AlertState
+	42, // 21: factory.v1.Alert.active_since:type_name -> google.protobuf.Timestamp
+	42, // 22: factory.v1.Alert.fired_at:type_name -> google.protobuf.Timestamp
+	42, // 23: factory.v1.Alert.resolved_at:type_name -> google.protobuf.Timestamp
+	42, // 24: factory.v1.Alert.last_notified_at:type_name -> google.protobuf.Timestamp
+	42, // 25: factory.v1.Alert.acked_at:type_name -> google.protobuf.Timestamp
+	23, // 26: factory.v1.ListAlertsResponse.alerts:type_name -> factory.v1.Alert
+	23, // 27: factory.v1.AckAlertResponse.alert:type_name -> factory.v1.Alert
+	39, // 28: factory.v1.Silence.matchers:type_name -> factory.v1.Silence.MatchersEntry
+	42, // 29: factory.v1.Silence.starts_at:type_name -> google.protobuf.Timestamp
+	42, // 30: factory.v1.Silence.ends_at:type_name -> google.protobuf.Timestamp
+	42, // 31: factory.v1.Silence.created_at:type_name -> google.protobuf.Timestamp
+	40, // 32: factory.v1.SilenceAlertRequest.matchers:type_name -> factory.v1.SilenceAlertRequest.MatchersEntry
+	43, // 33: factory.v1.SilenceAlertRequest.duration:type_name -> google.protobuf.Duration
+	28, // 34: factory.v1.SilenceAlertResponse.silence:type_name -> factory.v1.Silence
+	28, // 35: factory.v1.ListSilencesResponse.silences:type_name -> factory.v1.Silence
+	28, // 36: factory.v1.ExpireSilenceResponse.silence:type_name -> factory.v1.Silence
+	42, // 37: factory.v1.Event.time:type_name -> google.protobuf.Timestamp
+	41, // 38: factory.v1.Event.attributes:type_name -> factory.v1.Event.AttributesEntry
+	35, // 39: factory.v1.WatchEventsResponse.event:type_name -> factory.v1.Event
+	3,  // 40: factory.v1.OpsService.ExportState:input_type -> factory.v1.ExportStateRequest
+	5,  // 41: factory.v1.OpsService.ImportState:input_type -> factory.v1.ImportStateRequest
+	8,  // 42: factory.v1.OpsService.StartMaintenance:input_type -> factory.v1.StartMaintenanceRequest
+	10, // 43: factory.v1.OpsService.EndMaintenance:input_type -> factory.v1.EndMaintenanceRequest
+	12, // 44: factory.v1.OpsService.GetMaintenance:input_type -> factory.v1.GetMaintenanceRequest
+	14, // 45: factory.v1.OpsService.Backup:input_type -> factory.v1.BackupRequest
+	17, // 46: factory.v1.OpsService.Doctor:input_type -> factory.v1.DoctorRequest
+	20, // 47: factory.v1.OpsService.GetDigest:input_type -> factory.v1.GetDigestRequest
+	24, // 48: factory.v1.OpsService.ListAlerts:input_type -> factory.v1.ListAlertsRequest
+	26, // 49: factory.v1.OpsService.AckAlert:input_type -> factory.v1.AckAlertRequest
+	29, // 50: factory.v1.OpsService.SilenceAlert:input_type -> factory.v1.SilenceAlertRequest
+	31, // 51: factory.v1.OpsService.ListSilences:input_type -> factory.v1.ListSilencesRequest
+	33, // 52: factory.v1.OpsService.ExpireSilence:input_type -> factory.v1.ExpireSilenceRequest
+	36, // 53: factory.v1.OpsService.WatchEvents:input_type -> factory.v1.WatchEventsRequest
+	4,  // 54: factory.v1.OpsService.ExportState:output_type -> factory.v1.ExportStateResponse
+	6,  // 55: factory.v1.OpsService.ImportState:output_type -> factory.v1.ImportStateResponse
+	9,  // 56: factory.v1.OpsService.StartMaintenance:output_type -> factory.v1.StartMaintenanceResponse
+	11, // 57: factory.v1.OpsService.EndMaintenance:output_type -> factory.v1.EndMaintenanceResponse
+	13, // 58: factory.v1.OpsService.GetMaintenance:output_type -> factory.v1.GetMaintenanceResponse
+	16, // 59: factory.v1.OpsService.Backup:output_type -> factory.v1.BackupResponse
+	19, // 60: factory.v1.OpsService.Doctor:output_type -> factory.v1.DoctorResponse
+	22, // 61: factory.v1.OpsService.GetDigest:output_type -> factory.v1.GetDigestResponse
+	25, // 62: factory.v1.OpsService.ListAlerts:output_type -> factory.v1.ListAlertsResponse
+	27, // 63: factory.v1.OpsService.AckAlert:output_type -> factory.v1.AckAlertResponse
+	30, // 64: factory.v1.OpsService.SilenceAlert:output_type -> factory.v1.SilenceAlertResponse
+	32, // 65: factory.v1.OpsService.ListSilences:output_type -> factory.v1.ListSilencesResponse
+	34, // 66: factory.v1.OpsService.ExpireSilence:output_type -> factory.v1.ExpireSilenceResponse
+	37, // 67: factory.v1.OpsService.WatchEvents:output_type -> factory.v1.WatchEventsResponse
+	54, // [54:68] is the sub-list for method output_type
+	40, // [40:54] is the sub-list for method input_type
+	40, // [40:40] is the sub-list for extension type_name
+	40, // [40:40] is the sub-list for extension extendee
+	0,  // [0:40] is the sub-list for field type_name
 }
 
 func init() { file_factory_v1_ops_proto_init() }
@@ -371,18 +2754,21 @@ func file_factory_v1_ops_proto_init() {
 	if File_factory_v1_ops_proto != nil {
 		return
 	}
+	file_factory_v1_queue_proto_init()
+	file_factory_v1_ops_proto_msgTypes[19].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_factory_v1_ops_proto_rawDesc), len(file_factory_v1_ops_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   5,
+			NumEnums:      2,
+			NumMessages:   40,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_factory_v1_ops_proto_goTypes,
 		DependencyIndexes: file_factory_v1_ops_proto_depIdxs,
+		EnumInfos:         file_factory_v1_ops_proto_enumTypes,
 		MessageInfos:      file_factory_v1_ops_proto_msgTypes,
 	}.Build()
 	File_factory_v1_ops_proto = out.File

@@ -19,8 +19,20 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	OpsService_ExportState_FullMethodName = "/factory.v1.OpsService/ExportState"
-	OpsService_ImportState_FullMethodName = "/factory.v1.OpsService/ImportState"
+	OpsService_ExportState_FullMethodName      = "/factory.v1.OpsService/ExportState"
+	OpsService_ImportState_FullMethodName      = "/factory.v1.OpsService/ImportState"
+	OpsService_StartMaintenance_FullMethodName = "/factory.v1.OpsService/StartMaintenance"
+	OpsService_EndMaintenance_FullMethodName   = "/factory.v1.OpsService/EndMaintenance"
+	OpsService_GetMaintenance_FullMethodName   = "/factory.v1.OpsService/GetMaintenance"
+	OpsService_Backup_FullMethodName           = "/factory.v1.OpsService/Backup"
+	OpsService_Doctor_FullMethodName           = "/factory.v1.OpsService/Doctor"
+	OpsService_GetDigest_FullMethodName        = "/factory.v1.OpsService/GetDigest"
+	OpsService_ListAlerts_FullMethodName       = "/factory.v1.OpsService/ListAlerts"
+	OpsService_AckAlert_FullMethodName         = "/factory.v1.OpsService/AckAlert"
+	OpsService_SilenceAlert_FullMethodName     = "/factory.v1.OpsService/SilenceAlert"
+	OpsService_ListSilences_FullMethodName     = "/factory.v1.OpsService/ListSilences"
+	OpsService_ExpireSilence_FullMethodName    = "/factory.v1.OpsService/ExpireSilence"
+	OpsService_WatchEvents_FullMethodName      = "/factory.v1.OpsService/WatchEvents"
 )
 
 // OpsServiceClient is the client API for OpsService service.
@@ -38,7 +50,9 @@ const (
 // canonical: two dumps of the same state are the same bytes, whichever
 // store wrote them.
 //
-// Both RPCs are for operators only, and an import is audited.
+// Both RPCs are for operators only, and an import is audited. So are
+// maintenance, backups and the doctor; agents may also read the
+// maintenance state and the morning digest.
 type OpsServiceClient interface {
 	// ExportState streams a dump of the whole state, read from one snapshot
 	// of the store while the factory keeps working. The messages carry
@@ -54,6 +68,67 @@ type OpsServiceClient interface {
 	// agree with the store's. A malformed or truncated dump gets
 	// INVALID_ARGUMENT naming the line.
 	ImportState(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[ImportStateRequest, ImportStateResponse], error)
+	// StartMaintenance puts the factory into maintenance (runbook §11.2):
+	// READY work is paused, new claims are refused with FAILED_PRECONDITION
+	// ("maintenance since T: reason"), and the call waits up to wait for
+	// IN_PROGRESS tasks to finish, then reports those still running. The
+	// state is stored, so a restart stays in maintenance. Starting while in
+	// maintenance keeps the first start's reason and only waits again.
+	// Operators only; audited.
+	StartMaintenance(ctx context.Context, in *StartMaintenanceRequest, opts ...grpc.CallOption) (*StartMaintenanceResponse, error)
+	// EndMaintenance ends maintenance and restores exactly what the start
+	// changed: the queue is resumed only if the start paused it (a queue an
+	// operator had paused before stays paused), and claims are admitted
+	// again. Ending when not in maintenance changes nothing. Operators only;
+	// audited.
+	EndMaintenance(ctx context.Context, in *EndMaintenanceRequest, opts ...grpc.CallOption) (*EndMaintenanceResponse, error)
+	// GetMaintenance says whether the factory is in maintenance and which
+	// tasks are still IN_PROGRESS. Operators and agents.
+	GetMaintenance(ctx context.Context, in *GetMaintenanceRequest, opts ...grpc.CallOption) (*GetMaintenanceResponse, error)
+	// Backup streams a consistent online snapshot of the store (runbook §7).
+	// On SQLite the server copies the database with VACUUM INTO and streams
+	// the copy's bytes, then a dump (the ExportState format) read from that
+	// same copy, so both describe one instant. On PostgreSQL it streams the
+	// dump only, read from one snapshot. The first message carries the
+	// header, the last the dump's counts. Operators only.
+	Backup(ctx context.Context, in *BackupRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[BackupResponse], error)
+	// Doctor runs the integrity checks: the store's own (SQLite PRAGMA
+	// integrity_check; PostgreSQL a round trip), the schema's migration
+	// version against the binary's, the clock skew of connected sidecars
+	// and the queue's sanity (no IN_PROGRESS task without a lease).
+	// Operators only.
+	Doctor(ctx context.Context, in *DoctorRequest, opts ...grpc.CallOption) (*DoctorResponse, error)
+	// GetDigest builds the morning digest (runbook §3.1): tasks completed,
+	// failed and stuck in a window, yesterday's spend against the 7-day
+	// average, the dead letter, agent health and the infrastructure, with
+	// the text card the control plane sends daily. Operators and agents.
+	GetDigest(ctx context.Context, in *GetDigestRequest, opts ...grpc.CallOption) (*GetDigestResponse, error)
+	// ListAlerts lists the alerts: FIRING first, then PENDING (most severe,
+	// then oldest, first), and with include_resolved those RESOLVED in the
+	// last 24 hours. Operators and agents.
+	ListAlerts(ctx context.Context, in *ListAlertsRequest, opts ...grpc.CallOption) (*ListAlertsResponse, error)
+	// AckAlert acknowledges a FIRING or PENDING alert: it is not notified
+	// again until it resolves (the resolution still is). Acking an acked
+	// alert keeps the first ack; a RESOLVED alert is FAILED_PRECONDITION.
+	// Operators only; audited.
+	AckAlert(ctx context.Context, in *AckAlertRequest, opts ...grpc.CallOption) (*AckAlertResponse, error)
+	// SilenceAlert mutes the notifications of a rule's alerts, or of those
+	// carrying every matcher label, from now for duration. Alerts still
+	// change state and are listed (with the silence's id). Operators only;
+	// audited.
+	SilenceAlert(ctx context.Context, in *SilenceAlertRequest, opts ...grpc.CallOption) (*SilenceAlertResponse, error)
+	// ListSilences lists the active silences, and with include_expired
+	// those that ended in the last 24 hours. Operators and agents.
+	ListSilences(ctx context.Context, in *ListSilencesRequest, opts ...grpc.CallOption) (*ListSilencesResponse, error)
+	// ExpireSilence ends a silence now. Operators only; audited.
+	ExpireSilence(ctx context.Context, in *ExpireSilenceRequest, opts ...grpc.CallOption) (*ExpireSilenceResponse, error)
+	// WatchEvents streams what an operator must hear (alerts, approvals,
+	// digests, the emergency stop) as the webhooks receive it, so the
+	// orchestrator agent can relay it to chat. It starts with the current
+	// state (one event per FIRING alert, marked current), then sends new
+	// events as they happen. A watcher that falls too far behind is ended
+	// with RESOURCE_EXHAUSTED and must watch again. Operators and agents.
+	WatchEvents(ctx context.Context, in *WatchEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEventsResponse], error)
 }
 
 type opsServiceClient struct {
@@ -96,6 +171,144 @@ func (c *opsServiceClient) ImportState(ctx context.Context, opts ...grpc.CallOpt
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type OpsService_ImportStateClient = grpc.ClientStreamingClient[ImportStateRequest, ImportStateResponse]
 
+func (c *opsServiceClient) StartMaintenance(ctx context.Context, in *StartMaintenanceRequest, opts ...grpc.CallOption) (*StartMaintenanceResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(StartMaintenanceResponse)
+	err := c.cc.Invoke(ctx, OpsService_StartMaintenance_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *opsServiceClient) EndMaintenance(ctx context.Context, in *EndMaintenanceRequest, opts ...grpc.CallOption) (*EndMaintenanceResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(EndMaintenanceResponse)
+	err := c.cc.Invoke(ctx, OpsService_EndMaintenance_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *opsServiceClient) GetMaintenance(ctx context.Context, in *GetMaintenanceRequest, opts ...grpc.CallOption) (*GetMaintenanceResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetMaintenanceResponse)
+	err := c.cc.Invoke(ctx, OpsService_GetMaintenance_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *opsServiceClient) Backup(ctx context.Context, in *BackupRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[BackupResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &OpsService_ServiceDesc.Streams[2], OpsService_Backup_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[BackupRequest, BackupResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type OpsService_BackupClient = grpc.ServerStreamingClient[BackupResponse]
+
+func (c *opsServiceClient) Doctor(ctx context.Context, in *DoctorRequest, opts ...grpc.CallOption) (*DoctorResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DoctorResponse)
+	err := c.cc.Invoke(ctx, OpsService_Doctor_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *opsServiceClient) GetDigest(ctx context.Context, in *GetDigestRequest, opts ...grpc.CallOption) (*GetDigestResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetDigestResponse)
+	err := c.cc.Invoke(ctx, OpsService_GetDigest_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *opsServiceClient) ListAlerts(ctx context.Context, in *ListAlertsRequest, opts ...grpc.CallOption) (*ListAlertsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListAlertsResponse)
+	err := c.cc.Invoke(ctx, OpsService_ListAlerts_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *opsServiceClient) AckAlert(ctx context.Context, in *AckAlertRequest, opts ...grpc.CallOption) (*AckAlertResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AckAlertResponse)
+	err := c.cc.Invoke(ctx, OpsService_AckAlert_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *opsServiceClient) SilenceAlert(ctx context.Context, in *SilenceAlertRequest, opts ...grpc.CallOption) (*SilenceAlertResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SilenceAlertResponse)
+	err := c.cc.Invoke(ctx, OpsService_SilenceAlert_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *opsServiceClient) ListSilences(ctx context.Context, in *ListSilencesRequest, opts ...grpc.CallOption) (*ListSilencesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListSilencesResponse)
+	err := c.cc.Invoke(ctx, OpsService_ListSilences_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *opsServiceClient) ExpireSilence(ctx context.Context, in *ExpireSilenceRequest, opts ...grpc.CallOption) (*ExpireSilenceResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ExpireSilenceResponse)
+	err := c.cc.Invoke(ctx, OpsService_ExpireSilence_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *opsServiceClient) WatchEvents(ctx context.Context, in *WatchEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEventsResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &OpsService_ServiceDesc.Streams[3], OpsService_WatchEvents_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchEventsRequest, WatchEventsResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type OpsService_WatchEventsClient = grpc.ServerStreamingClient[WatchEventsResponse]
+
 // OpsServiceServer is the server API for OpsService service.
 // All implementations must embed UnimplementedOpsServiceServer
 // for forward compatibility.
@@ -111,7 +324,9 @@ type OpsService_ImportStateClient = grpc.ClientStreamingClient[ImportStateReques
 // canonical: two dumps of the same state are the same bytes, whichever
 // store wrote them.
 //
-// Both RPCs are for operators only, and an import is audited.
+// Both RPCs are for operators only, and an import is audited. So are
+// maintenance, backups and the doctor; agents may also read the
+// maintenance state and the morning digest.
 type OpsServiceServer interface {
 	// ExportState streams a dump of the whole state, read from one snapshot
 	// of the store while the factory keeps working. The messages carry
@@ -127,6 +342,67 @@ type OpsServiceServer interface {
 	// agree with the store's. A malformed or truncated dump gets
 	// INVALID_ARGUMENT naming the line.
 	ImportState(grpc.ClientStreamingServer[ImportStateRequest, ImportStateResponse]) error
+	// StartMaintenance puts the factory into maintenance (runbook §11.2):
+	// READY work is paused, new claims are refused with FAILED_PRECONDITION
+	// ("maintenance since T: reason"), and the call waits up to wait for
+	// IN_PROGRESS tasks to finish, then reports those still running. The
+	// state is stored, so a restart stays in maintenance. Starting while in
+	// maintenance keeps the first start's reason and only waits again.
+	// Operators only; audited.
+	StartMaintenance(context.Context, *StartMaintenanceRequest) (*StartMaintenanceResponse, error)
+	// EndMaintenance ends maintenance and restores exactly what the start
+	// changed: the queue is resumed only if the start paused it (a queue an
+	// operator had paused before stays paused), and claims are admitted
+	// again. Ending when not in maintenance changes nothing. Operators only;
+	// audited.
+	EndMaintenance(context.Context, *EndMaintenanceRequest) (*EndMaintenanceResponse, error)
+	// GetMaintenance says whether the factory is in maintenance and which
+	// tasks are still IN_PROGRESS. Operators and agents.
+	GetMaintenance(context.Context, *GetMaintenanceRequest) (*GetMaintenanceResponse, error)
+	// Backup streams a consistent online snapshot of the store (runbook §7).
+	// On SQLite the server copies the database with VACUUM INTO and streams
+	// the copy's bytes, then a dump (the ExportState format) read from that
+	// same copy, so both describe one instant. On PostgreSQL it streams the
+	// dump only, read from one snapshot. The first message carries the
+	// header, the last the dump's counts. Operators only.
+	Backup(*BackupRequest, grpc.ServerStreamingServer[BackupResponse]) error
+	// Doctor runs the integrity checks: the store's own (SQLite PRAGMA
+	// integrity_check; PostgreSQL a round trip), the schema's migration
+	// version against the binary's, the clock skew of connected sidecars
+	// and the queue's sanity (no IN_PROGRESS task without a lease).
+	// Operators only.
+	Doctor(context.Context, *DoctorRequest) (*DoctorResponse, error)
+	// GetDigest builds the morning digest (runbook §3.1): tasks completed,
+	// failed and stuck in a window, yesterday's spend against the 7-day
+	// average, the dead letter, agent health and the infrastructure, with
+	// the text card the control plane sends daily. Operators and agents.
+	GetDigest(context.Context, *GetDigestRequest) (*GetDigestResponse, error)
+	// ListAlerts lists the alerts: FIRING first, then PENDING (most severe,
+	// then oldest, first), and with include_resolved those RESOLVED in the
+	// last 24 hours. Operators and agents.
+	ListAlerts(context.Context, *ListAlertsRequest) (*ListAlertsResponse, error)
+	// AckAlert acknowledges a FIRING or PENDING alert: it is not notified
+	// again until it resolves (the resolution still is). Acking an acked
+	// alert keeps the first ack; a RESOLVED alert is FAILED_PRECONDITION.
+	// Operators only; audited.
+	AckAlert(context.Context, *AckAlertRequest) (*AckAlertResponse, error)
+	// SilenceAlert mutes the notifications of a rule's alerts, or of those
+	// carrying every matcher label, from now for duration. Alerts still
+	// change state and are listed (with the silence's id). Operators only;
+	// audited.
+	SilenceAlert(context.Context, *SilenceAlertRequest) (*SilenceAlertResponse, error)
+	// ListSilences lists the active silences, and with include_expired
+	// those that ended in the last 24 hours. Operators and agents.
+	ListSilences(context.Context, *ListSilencesRequest) (*ListSilencesResponse, error)
+	// ExpireSilence ends a silence now. Operators only; audited.
+	ExpireSilence(context.Context, *ExpireSilenceRequest) (*ExpireSilenceResponse, error)
+	// WatchEvents streams what an operator must hear (alerts, approvals,
+	// digests, the emergency stop) as the webhooks receive it, so the
+	// orchestrator agent can relay it to chat. It starts with the current
+	// state (one event per FIRING alert, marked current), then sends new
+	// events as they happen. A watcher that falls too far behind is ended
+	// with RESOURCE_EXHAUSTED and must watch again. Operators and agents.
+	WatchEvents(*WatchEventsRequest, grpc.ServerStreamingServer[WatchEventsResponse]) error
 	mustEmbedUnimplementedOpsServiceServer()
 }
 
@@ -142,6 +418,42 @@ func (UnimplementedOpsServiceServer) ExportState(*ExportStateRequest, grpc.Serve
 }
 func (UnimplementedOpsServiceServer) ImportState(grpc.ClientStreamingServer[ImportStateRequest, ImportStateResponse]) error {
 	return status.Error(codes.Unimplemented, "method ImportState not implemented")
+}
+func (UnimplementedOpsServiceServer) StartMaintenance(context.Context, *StartMaintenanceRequest) (*StartMaintenanceResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method StartMaintenance not implemented")
+}
+func (UnimplementedOpsServiceServer) EndMaintenance(context.Context, *EndMaintenanceRequest) (*EndMaintenanceResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method EndMaintenance not implemented")
+}
+func (UnimplementedOpsServiceServer) GetMaintenance(context.Context, *GetMaintenanceRequest) (*GetMaintenanceResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetMaintenance not implemented")
+}
+func (UnimplementedOpsServiceServer) Backup(*BackupRequest, grpc.ServerStreamingServer[BackupResponse]) error {
+	return status.Error(codes.Unimplemented, "method Backup not implemented")
+}
+func (UnimplementedOpsServiceServer) Doctor(context.Context, *DoctorRequest) (*DoctorResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Doctor not implemented")
+}
+func (UnimplementedOpsServiceServer) GetDigest(context.Context, *GetDigestRequest) (*GetDigestResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetDigest not implemented")
+}
+func (UnimplementedOpsServiceServer) ListAlerts(context.Context, *ListAlertsRequest) (*ListAlertsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListAlerts not implemented")
+}
+func (UnimplementedOpsServiceServer) AckAlert(context.Context, *AckAlertRequest) (*AckAlertResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AckAlert not implemented")
+}
+func (UnimplementedOpsServiceServer) SilenceAlert(context.Context, *SilenceAlertRequest) (*SilenceAlertResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SilenceAlert not implemented")
+}
+func (UnimplementedOpsServiceServer) ListSilences(context.Context, *ListSilencesRequest) (*ListSilencesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListSilences not implemented")
+}
+func (UnimplementedOpsServiceServer) ExpireSilence(context.Context, *ExpireSilenceRequest) (*ExpireSilenceResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ExpireSilence not implemented")
+}
+func (UnimplementedOpsServiceServer) WatchEvents(*WatchEventsRequest, grpc.ServerStreamingServer[WatchEventsResponse]) error {
+	return status.Error(codes.Unimplemented, "method WatchEvents not implemented")
 }
 func (UnimplementedOpsServiceServer) mustEmbedUnimplementedOpsServiceServer() {}
 func (UnimplementedOpsServiceServer) testEmbeddedByValue()                    {}
@@ -182,13 +494,256 @@ func _OpsService_ImportState_Handler(srv interface{}, stream grpc.ServerStream) 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type OpsService_ImportStateServer = grpc.ClientStreamingServer[ImportStateRequest, ImportStateResponse]
 
+func _OpsService_StartMaintenance_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(StartMaintenanceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OpsServiceServer).StartMaintenance(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: OpsService_StartMaintenance_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OpsServiceServer).StartMaintenance(ctx, req.(*StartMaintenanceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _OpsService_EndMaintenance_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(EndMaintenanceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OpsServiceServer).EndMaintenance(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: OpsService_EndMaintenance_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OpsServiceServer).EndMaintenance(ctx, req.(*EndMaintenanceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _OpsService_GetMaintenance_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetMaintenanceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OpsServiceServer).GetMaintenance(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: OpsService_GetMaintenance_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OpsServiceServer).GetMaintenance(ctx, req.(*GetMaintenanceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _OpsService_Backup_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(BackupRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(OpsServiceServer).Backup(m, &grpc.GenericServerStream[BackupRequest, BackupResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type OpsService_BackupServer = grpc.ServerStreamingServer[BackupResponse]
+
+func _OpsService_Doctor_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DoctorRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OpsServiceServer).Doctor(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: OpsService_Doctor_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OpsServiceServer).Doctor(ctx, req.(*DoctorRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _OpsService_GetDigest_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetDigestRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OpsServiceServer).GetDigest(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: OpsService_GetDigest_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OpsServiceServer).GetDigest(ctx, req.(*GetDigestRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _OpsService_ListAlerts_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListAlertsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OpsServiceServer).ListAlerts(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: OpsService_ListAlerts_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OpsServiceServer).ListAlerts(ctx, req.(*ListAlertsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _OpsService_AckAlert_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AckAlertRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OpsServiceServer).AckAlert(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: OpsService_AckAlert_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OpsServiceServer).AckAlert(ctx, req.(*AckAlertRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _OpsService_SilenceAlert_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SilenceAlertRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OpsServiceServer).SilenceAlert(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: OpsService_SilenceAlert_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OpsServiceServer).SilenceAlert(ctx, req.(*SilenceAlertRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _OpsService_ListSilences_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListSilencesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OpsServiceServer).ListSilences(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: OpsService_ListSilences_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OpsServiceServer).ListSilences(ctx, req.(*ListSilencesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _OpsService_ExpireSilence_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ExpireSilenceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OpsServiceServer).ExpireSilence(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: OpsService_ExpireSilence_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OpsServiceServer).ExpireSilence(ctx, req.(*ExpireSilenceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _OpsService_WatchEvents_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchEventsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(OpsServiceServer).WatchEvents(m, &grpc.GenericServerStream[WatchEventsRequest, WatchEventsResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type OpsService_WatchEventsServer = grpc.ServerStreamingServer[WatchEventsResponse]
+
 // OpsService_ServiceDesc is the grpc.ServiceDesc for OpsService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
 var OpsService_ServiceDesc = grpc.ServiceDesc{
 	ServiceName: "factory.v1.OpsService",
 	HandlerType: (*OpsServiceServer)(nil),
-	Methods:     []grpc.MethodDesc{},
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "StartMaintenance",
+			Handler:    _OpsService_StartMaintenance_Handler,
+		},
+		{
+			MethodName: "EndMaintenance",
+			Handler:    _OpsService_EndMaintenance_Handler,
+		},
+		{
+			MethodName: "GetMaintenance",
+			Handler:    _OpsService_GetMaintenance_Handler,
+		},
+		{
+			MethodName: "Doctor",
+			Handler:    _OpsService_Doctor_Handler,
+		},
+		{
+			MethodName: "GetDigest",
+			Handler:    _OpsService_GetDigest_Handler,
+		},
+		{
+			MethodName: "ListAlerts",
+			Handler:    _OpsService_ListAlerts_Handler,
+		},
+		{
+			MethodName: "AckAlert",
+			Handler:    _OpsService_AckAlert_Handler,
+		},
+		{
+			MethodName: "SilenceAlert",
+			Handler:    _OpsService_SilenceAlert_Handler,
+		},
+		{
+			MethodName: "ListSilences",
+			Handler:    _OpsService_ListSilences_Handler,
+		},
+		{
+			MethodName: "ExpireSilence",
+			Handler:    _OpsService_ExpireSilence_Handler,
+		},
+	},
 	Streams: []grpc.StreamDesc{
 		{
 			StreamName:    "ExportState",
@@ -199,6 +754,16 @@ var OpsService_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "ImportState",
 			Handler:       _OpsService_ImportState_Handler,
 			ClientStreams: true,
+		},
+		{
+			StreamName:    "Backup",
+			Handler:       _OpsService_Backup_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "WatchEvents",
+			Handler:       _OpsService_WatchEvents_Handler,
+			ServerStreams: true,
 		},
 	},
 	Metadata: "factory/v1/ops.proto",

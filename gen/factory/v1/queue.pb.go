@@ -290,8 +290,16 @@ type Task struct {
 	UpdatedAt *timestamppb.Timestamp `protobuf:"bytes,20,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
 	// When the task last entered its current state.
 	StateChangedAt *timestamppb.Timestamp `protobuf:"bytes,21,opt,name=state_changed_at,json=stateChangedAt,proto3" json:"state_changed_at,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The task waits for an operator's approval before it can be claimed
+	// (created with requires_approval, or its kind is Tier 2 or up).
+	RequiresApproval bool `protobuf:"varint,22,opt,name=requires_approval,json=requiresApproval,proto3" json:"requires_approval,omitempty"`
+	// The approval request gating the task (ApprovalService); empty when
+	// none.
+	ApprovalId string `protobuf:"bytes,23,opt,name=approval_id,json=approvalId,proto3" json:"approval_id,omitempty"`
+	// The approval is not granted yet: the task stays in BACKLOG.
+	ApprovalPending bool `protobuf:"varint,24,opt,name=approval_pending,json=approvalPending,proto3" json:"approval_pending,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Task) Reset() {
@@ -471,6 +479,27 @@ func (x *Task) GetStateChangedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Task) GetRequiresApproval() bool {
+	if x != nil {
+		return x.RequiresApproval
+	}
+	return false
+}
+
+func (x *Task) GetApprovalId() string {
+	if x != nil {
+		return x.ApprovalId
+	}
+	return ""
+}
+
+func (x *Task) GetApprovalPending() bool {
+	if x != nil {
+		return x.ApprovalPending
+	}
+	return false
+}
+
 // CreateTaskRequest describes a new task.
 type CreateTaskRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -504,9 +533,16 @@ type CreateTaskRequest struct {
 	// parking work and for imports; IN_PROGRESS is not.
 	InitialState TaskState `protobuf:"varint,12,opt,name=initial_state,json=initialState,proto3,enum=factory.v1.TaskState" json:"initial_state,omitempty"`
 	// Not claimable before this time; between 1970 and 2200.
-	RunAfter      *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=run_after,json=runAfter,proto3" json:"run_after,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	RunAfter *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=run_after,json=runAfter,proto3" json:"run_after,omitempty"`
+	// Hold the task in BACKLOG until an operator approves it: an approval
+	// request (what = title, agent = the caller, kind = kind, at least Tier
+	// 2) is created with it. Approve → READY (once dependencies are DONE);
+	// reject → FAILED with the reason; modify → READY with the instructions
+	// in the task's note. A kind that policy puts at Tier 2 or up is gated
+	// without it.
+	RequiresApproval bool `protobuf:"varint,14,opt,name=requires_approval,json=requiresApproval,proto3" json:"requires_approval,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *CreateTaskRequest) Reset() {
@@ -628,6 +664,13 @@ func (x *CreateTaskRequest) GetRunAfter() *timestamppb.Timestamp {
 		return x.RunAfter
 	}
 	return nil
+}
+
+func (x *CreateTaskRequest) GetRequiresApproval() bool {
+	if x != nil {
+		return x.RequiresApproval
+	}
+	return false
 }
 
 // CreateTaskResponse holds the created task.
@@ -2519,7 +2562,7 @@ const file_factory_v1_queue_proto_rawDesc = "" +
 	"\n" +
 	"claimed_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tclaimedAt\x129\n" +
 	"\n" +
-	"renewed_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\trenewedAt\"\xbb\x06\n" +
+	"renewed_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\trenewedAt\"\xb4\a\n" +
 	"\x04Task\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05title\x18\x02 \x01(\tR\x05title\x12\x12\n" +
@@ -2546,10 +2589,14 @@ const file_factory_v1_queue_proto_rawDesc = "" +
 	"created_at\x18\x13 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
 	"\n" +
 	"updated_at\x18\x14 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12D\n" +
-	"\x10state_changed_at\x18\x15 \x01(\v2\x1a.google.protobuf.TimestampR\x0estateChangedAt\x1a9\n" +
+	"\x10state_changed_at\x18\x15 \x01(\v2\x1a.google.protobuf.TimestampR\x0estateChangedAt\x12+\n" +
+	"\x11requires_approval\x18\x16 \x01(\bR\x10requiresApproval\x12\x1f\n" +
+	"\vapproval_id\x18\x17 \x01(\tR\n" +
+	"approvalId\x12)\n" +
+	"\x10approval_pending\x18\x18 \x01(\bR\x0fapprovalPending\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xfe\a\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xab\b\n" +
 	"\x11CreateTaskRequest\x12;\n" +
 	"\atask_id\x18\x01 \x01(\tB\"\xbaH\x1f\xd8\x01\x01r\x1a2\x18^[A-Za-z0-9._:-]{1,128}$R\x06taskId\x12[\n" +
 	"\x05title\x18\x02 \x01(\tBE\xbaHB\xba\x017\n" +
@@ -2568,7 +2615,8 @@ const file_factory_v1_queue_proto_rawDesc = "" +
 	"\rinitial_state\x18\f \x01(\x0e2\x15.factory.v1.TaskStateB\x88\x01\xbaH\x84\x01\xba\x01|\n" +
 	"\x1dinitial_state.not_in_progress\x12PIN_PROGRESS needs a claim; allowed: BACKLOG, READY, PAUSED, REVIEW, DONE, FAILED\x1a\tthis != 3\x82\x01\x02\x10\x01R\finitialState\x12I\n" +
 	"\trun_after\x18\r \x01(\v2\x1a.google.protobuf.TimestampB\x10\xbaH\r\xb2\x01\n" +
-	"\x1a\x06\b\x80\xb2\xf8\x84\x1b2\x00R\brunAfter\x1a9\n" +
+	"\x1a\x06\b\x80\xb2\xf8\x84\x1b2\x00R\brunAfter\x12+\n" +
+	"\x11requires_approval\x18\x0e \x01(\bR\x10requiresApproval\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\":\n" +

@@ -2,9 +2,12 @@
 // It keeps a FleetService.Connect stream to the control plane open: Hello
 // with the host and its agents, then heartbeats and telemetry (GPU through
 // NVML, disk, service probes), reconnecting with backoff when the stream
-// breaks. With --once it checks the control plane's health and exits; with
-// --once -o json|text it runs every collector once and prints the readings
-// without needing a control plane.
+// breaks. Agents on the host report their LLM spend to its loopback
+// endpoint (--spend-listen, POST /v1/spend), and with --litellm-url it
+// reads a LiteLLM proxy's spend logs; both are spooled on disk and relayed
+// to BudgetService with the sidecar's token. With --once it checks the
+// control plane's health and exits; with --once -o json|text it runs every
+// collector once and prints the readings without needing a control plane.
 package main
 
 import (
@@ -53,6 +56,11 @@ func run(ctx context.Context, args []string) error {
 	output := fs.String("o", "", "with --once: run every collector once and print the readings as json or text (no control plane needed)")
 	samples := fs.Int("samples", 1, "with --once -o: collect this many times back to back (the first GPU pass includes NVML's init)")
 	requireGPU := fs.Bool("require-gpu", false, "with --once -o: exit non-zero when no GPU could be read")
+	var so spendOptions
+	fs.StringVar(&so.listen, "spend-listen", envOr("FACTORY_SPEND_LISTEN", "127.0.0.1:7421"), "loopback address where agents POST /v1/spend without a token; \"off\" turns it off (FACTORY_SPEND_LISTEN)")
+	fs.StringVar(&so.litellmURL, "litellm-url", os.Getenv("FACTORY_LITELLM_URL"), "poll this LiteLLM proxy's /spend/logs/v2 for spend (FACTORY_LITELLM_URL)")
+	fs.StringVar(&so.litellmKey, "litellm-key", "", "LiteLLM master or admin key (else FACTORY_LITELLM_KEY)")
+	fs.DurationVar(&so.litellmInterval, "litellm-interval", 30*time.Second, "time between LiteLLM spend polls")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -80,7 +88,8 @@ func run(ctx context.Context, args []string) error {
 	}
 	defer conn.Close()
 	if !*once {
-		return connectAndStream(ctx, conn, *configPath, *token, plaintextTo(*addr, creds), log)
+		so.litellmKey = litellmKey(so.litellmKey)
+		return connectAndStream(ctx, conn, *configPath, *token, plaintextTo(*addr, creds), so, log)
 	}
 	health := healthpb.NewHealthClient(conn)
 	check := func() error {
@@ -108,7 +117,7 @@ func plaintextTo(addr string, creds transport.ClientTLS) bool {
 
 // connectAndStream runs the sidecar: the stream client with the
 // collectors, until ctx ends.
-func connectAndStream(ctx context.Context, conn *grpc.ClientConn, configPath, token string, plaintext bool, log *slog.Logger) error {
+func connectAndStream(ctx context.Context, conn *grpc.ClientConn, configPath, token string, plaintext bool, so spendOptions, log *slog.Logger) error {
 	if token == "" {
 		return errors.New("a token is required to connect: --token or FACTORY_TOKEN (mint one with `factory token create --role sidecar --subject HOST`)")
 	}
@@ -123,10 +132,17 @@ func connectAndStream(ctx context.Context, conn *grpc.ClientConn, configPath, to
 		return err
 	}
 	defer stopEvents()
+	callOpts := []grpc.CallOption{grpc.PerRPCCredentials(access.Bearer{Secret: token, Plaintext: plaintext})}
+	ep, stopSpend, err := startSpend(ctx, cfg, so, conn, callOpts, log)
+	if err != nil {
+		return err
+	}
+	defer stopSpend()
 	sc := streamConfig(cfg, c, log)
 	sc.Spool = sp
 	sc.Conn = conn
-	sc.CallOptions = []grpc.CallOption{grpc.PerRPCCredentials(access.Bearer{Secret: token, Plaintext: plaintext})}
+	sc.CallOptions = callOpts
+	sc.OnEmergencyStop = onEmergencyStop(ep)
 	return stream.Run(ctx, sc)
 }
 

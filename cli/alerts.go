@@ -1,0 +1,296 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	factoryv1 "github.com/factory/factory/gen/factory/v1"
+)
+
+func newAlertsCommand(a *app) *cobra.Command {
+	var all bool
+	cmd := &cobra.Command{
+		Use:   "alerts [--all]",
+		Short: "List the alerts: firing, pending, and with --all resolved",
+		Long: `Alerts lists the control plane's alerts, FIRING first, then PENDING, and with
+--all those RESOLVED in the last 24 hours. The rules are the runbook's (§5.1,
+§8.1); deploy/alerts.yaml documents each and how to change them.
+
+An alert nobody acked is notified again every repeat interval (4h); ack it
+to stop that until it resolves, or silence its rule for a while.`,
+		Example: `  factory alerts
+  factory alerts --all -o json
+  factory alerts ack 0193b4c2-...
+  factory alerts silence --rule agent_offline --match agent=forge --for 2h --reason "rebuilding gpu-1"`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.withOps(cmd, func(ctx context.Context, c factoryv1.OpsServiceClient) error {
+				resp, err := c.ListAlerts(ctx, &factoryv1.ListAlertsRequest{IncludeResolved: all})
+				if err != nil {
+					return err
+				}
+				if a.jsonOutput() {
+					return writeProtoList(a.stdout(), resp.GetAlerts())
+				}
+				return writeAlerts(a.stdout(), resp.GetAlerts())
+			})
+		},
+	}
+	cmd.Flags().BoolVar(&all, "all", false, "also list the alerts resolved in the last 24 hours")
+	cmd.AddCommand(newAlertsAckCommand(a), newAlertsSilenceCommand(a), newAlertsSilencesCommand(a), newAlertsUnsilenceCommand(a))
+	return cmd
+}
+
+func newAlertsAckCommand(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "ack ID",
+		Short: "Acknowledge an alert: no repeated notifications until it resolves",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.withOps(cmd, func(ctx context.Context, c factoryv1.OpsServiceClient) error {
+				resp, err := c.AckAlert(ctx, &factoryv1.AckAlertRequest{AlertId: args[0]})
+				if err != nil {
+					return err
+				}
+				if a.jsonOutput() {
+					return writeProto(a.stdout(), resp.GetAlert())
+				}
+				al := resp.GetAlert()
+				_, err = fmt.Fprintf(a.stdout(), "acked %s (%s) by %s\n", al.GetId(), al.GetRule(), al.GetAckedBy())
+				return err
+			})
+		},
+	}
+}
+
+func newAlertsSilenceCommand(a *app) *cobra.Command {
+	var (
+		rule, reason string
+		matches      []string
+		dur          time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "silence --rule RULE --for DURATION [--match LABEL=VALUE]... [--reason TEXT]",
+		Short: "Mute a rule's notifications for a while",
+		Long: `Silence mutes the notifications of a rule's alerts from now for --for (at most
+30 days); with --match, only the alerts carrying every label given. Muted
+alerts still change state and are listed, marked with the silence.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if rule == "" {
+				return usageErrorf("--rule is required")
+			}
+			if dur <= 0 {
+				return usageErrorf("--for is required: how long, such as 2h")
+			}
+			matchers := map[string]string{}
+			for _, m := range matches {
+				k, v, ok := strings.Cut(m, "=")
+				if !ok || k == "" {
+					return usageErrorf("--match %q: want LABEL=VALUE", m)
+				}
+				matchers[k] = v
+			}
+			return a.withOps(cmd, func(ctx context.Context, c factoryv1.OpsServiceClient) error {
+				resp, err := c.SilenceAlert(ctx, &factoryv1.SilenceAlertRequest{Rule: rule, Matchers: matchers,
+					Duration: durationpb.New(dur), Reason: reason})
+				if err != nil {
+					return err
+				}
+				if a.jsonOutput() {
+					return writeProto(a.stdout(), resp.GetSilence())
+				}
+				s := resp.GetSilence()
+				_, err = fmt.Fprintf(a.stdout(), "silenced %s%s until %s (silence %s)\n", s.GetRule(), matcherText(s.GetMatchers()),
+					stamp(s.GetEndsAt()), s.GetId())
+				return err
+			})
+		},
+	}
+	cmd.Flags().StringVar(&rule, "rule", "", "the rule to mute (see `factory alerts`, deploy/alerts.yaml)")
+	cmd.Flags().StringArrayVar(&matches, "match", nil, "mute only alerts with this label (LABEL=VALUE; repeatable)")
+	cmd.Flags().DurationVar(&dur, "for", 0, "how long, from now (e.g. 2h; at most 720h)")
+	cmd.Flags().StringVar(&reason, "reason", "", "why, for the next operator")
+	return cmd
+}
+
+func newAlertsSilencesCommand(a *app) *cobra.Command {
+	var all bool
+	cmd := &cobra.Command{
+		Use:   "silences [--all]",
+		Short: "List the active silences, and with --all those ended in the last 24 hours",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.withOps(cmd, func(ctx context.Context, c factoryv1.OpsServiceClient) error {
+				resp, err := c.ListSilences(ctx, &factoryv1.ListSilencesRequest{IncludeExpired: all})
+				if err != nil {
+					return err
+				}
+				if a.jsonOutput() {
+					return writeProtoList(a.stdout(), resp.GetSilences())
+				}
+				return writeSilences(a.stdout(), resp.GetSilences())
+			})
+		},
+	}
+	cmd.Flags().BoolVar(&all, "all", false, "also list silences that ended")
+	return cmd
+}
+
+func newAlertsUnsilenceCommand(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "unsilence ID",
+		Short: "End a silence now",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.withOps(cmd, func(ctx context.Context, c factoryv1.OpsServiceClient) error {
+				resp, err := c.ExpireSilence(ctx, &factoryv1.ExpireSilenceRequest{SilenceId: args[0]})
+				if err != nil {
+					return err
+				}
+				if a.jsonOutput() {
+					return writeProto(a.stdout(), resp.GetSilence())
+				}
+				_, err = fmt.Fprintf(a.stdout(), "silence %s ended at %s\n", resp.GetSilence().GetId(), stamp(resp.GetSilence().GetEndsAt()))
+				return err
+			})
+		},
+	}
+}
+
+func newEventsCommand(a *app) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "events",
+		Short: "Operator-facing events: alerts, approvals, digests, the emergency stop",
+		Args:  cobra.NoArgs,
+	}
+	var kinds []string
+	watch := &cobra.Command{
+		Use:   "watch [--kind KIND]...",
+		Short: "Print events as they happen (-o json: one JSON object per line)",
+		Long: `Watch prints the events the control plane sends its webhooks, as they happen:
+alerts, spend alerts, approvals, the digest, the emergency stop and
+maintenance. It starts with the alerts firing now (marked current), then
+prints new events until interrupted. An orchestrator agent relays these to
+chat.`,
+		Example: `  factory events watch
+  factory events watch --kind alert --kind emergency_stop -o json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.withOps(cmd, func(ctx context.Context, c factoryv1.OpsServiceClient) error {
+				stream, err := c.WatchEvents(ctx, &factoryv1.WatchEventsRequest{Kinds: kinds})
+				if err != nil {
+					return err
+				}
+				for {
+					resp, err := stream.Recv()
+					if err != nil {
+						if errors.Is(err, io.EOF) || ctx.Err() != nil {
+							return nil
+						}
+						return err
+					}
+					if a.jsonOutput() {
+						err = writeProtoLine(a.stdout(), resp.GetEvent())
+					} else {
+						err = writeEvent(a.stdout(), resp.GetEvent())
+					}
+					if err != nil {
+						return err
+					}
+				}
+			})
+		},
+	}
+	watch.Flags().StringArrayVar(&kinds, "kind", nil, "only this kind (alert, spend_alert, approval, digest, emergency_stop, maintenance; repeatable)")
+	cmd.AddCommand(watch)
+	return cmd
+}
+
+func writeAlerts(w io.Writer, alerts []*factoryv1.Alert) error {
+	if len(alerts) == 0 {
+		_, err := fmt.Fprintln(w, "no alerts")
+		return err
+	}
+	t := newTable(w)
+	fmt.Fprintln(t, "ID\tSTATE\tSEVERITY\tRULE\tLABELS\tSINCE\tNOTE\tSUMMARY")
+	for _, al := range alerts {
+		state := strings.TrimPrefix(al.GetState().String(), "ALERT_STATE_")
+		var note []string
+		if al.GetAckedBy() != "" {
+			note = append(note, "acked by "+al.GetAckedBy())
+		}
+		if al.GetSilencedBy() != "" {
+			note = append(note, "silenced")
+		}
+		since := stamp(al.GetActiveSince())
+		if al.GetResolvedAt() != nil {
+			since = "resolved " + stamp(al.GetResolvedAt())
+		}
+		fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", al.GetId(), state, al.GetSeverity(), al.GetRule(),
+			orDash(labelText(al.GetLabels())), since, orDash(strings.Join(note, ", ")), al.GetSummary())
+	}
+	return t.Flush()
+}
+
+func writeSilences(w io.Writer, silences []*factoryv1.Silence) error {
+	if len(silences) == 0 {
+		_, err := fmt.Fprintln(w, "no silences")
+		return err
+	}
+	t := newTable(w)
+	fmt.Fprintln(t, "ID\tRULE\tMATCH\tUNTIL\tACTIVE\tBY\tREASON")
+	for _, s := range silences {
+		fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%t\t%s\t%s\n", s.GetId(), s.GetRule(), orDash(labelText(s.GetMatchers())),
+			stamp(s.GetEndsAt()), s.GetActive(), s.GetCreatedBy(), orDash(s.GetReason()))
+	}
+	return t.Flush()
+}
+
+func writeEvent(w io.Writer, e *factoryv1.Event) error {
+	current := ""
+	if e.GetCurrent() {
+		current = " (current)"
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s %s%s: %s\n", stamp(e.GetTime()), e.GetKind(), current, e.GetTitle())
+	for line := range strings.SplitSeq(strings.TrimRight(e.GetText(), "\n"), "\n") {
+		if line != "" {
+			fmt.Fprintf(&b, "  %s\n", line)
+		}
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func labelText(m map[string]string) string {
+	parts := make([]string, 0, len(m))
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		parts = append(parts, k+"="+m[k])
+	}
+	return strings.Join(parts, ",")
+}
+
+func matcherText(m map[string]string) string {
+	if len(m) == 0 {
+		return ""
+	}
+	return " {" + labelText(m) + "}"
+}
+
+func stamp(t *timestamppb.Timestamp) string {
+	if t == nil {
+		return "-"
+	}
+	return t.AsTime().UTC().Format(time.RFC3339)
+}

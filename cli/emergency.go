@@ -1,0 +1,103 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	factoryv1 "github.com/factory/factory/gen/factory/v1"
+)
+
+func newEmergencyStopCommand(a *app) *cobra.Command {
+	var (
+		reason, note string
+		rearm        bool
+	)
+	cmd := &cobra.Command{
+		Use:   "emergency-stop (--reason R | --rearm [--note N] | status)",
+		Short: "Halt the whole fleet now, or lift the halt (operators only)",
+		Long: `Emergency-stop is the runbook's big red button (10.2). With --reason it
+halts the fleet: every READY task goes PAUSED, every claim is refused and
+every sidecar is told over its stream. Stopping a stopped fleet keeps the
+first reason. The control plane also pulls it by itself when the day's
+total spend crosses the total budget's emergency threshold.
+
+Nothing lifts it but --rearm: not a restart, not the next day. Rearming
+resumes exactly the tasks the stop paused. 'status' shows the state.`,
+		Example: `  factory emergency-stop --reason "runaway loop in planner-01"
+  factory emergency-stop status
+  factory emergency-stop --rearm --note "planner-01 fixed, budget raised"`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			switch {
+			case rearm && reason != "":
+				return usageErrorf("give --reason to stop or --rearm to lift, not both")
+			case !rearm && reason == "":
+				return usageErrorf("give --reason R to stop the fleet, --rearm to lift the stop, or 'status'")
+			case !rearm && note != "":
+				return usageErrorf("--note goes with --rearm")
+			}
+			return a.withBudget(cmd, func(ctx context.Context, c factoryv1.BudgetServiceClient) error {
+				if rearm {
+					resp, err := c.RearmEmergencyStop(ctx, &factoryv1.RearmEmergencyStopRequest{Note: note})
+					if err != nil {
+						return err
+					}
+					if a.jsonOutput() {
+						return writeProto(a.stdout(), resp)
+					}
+					_, err = fmt.Fprintf(a.stdout(), "emergency stop lifted: %d task(s) resumed\n", resp.GetResumedTasks())
+					return err
+				}
+				resp, err := c.EmergencyStop(ctx, &factoryv1.EmergencyStopRequest{Reason: reason})
+				if err != nil {
+					return err
+				}
+				if a.jsonOutput() {
+					return writeProto(a.stdout(), resp)
+				}
+				return writeStopState(a.stdout(), resp.GetState())
+			})
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&reason, "reason", "", "why the fleet is stopped (shown to everyone, kept in the audit log)")
+	f.BoolVar(&rearm, "rearm", false, "lift the stop and resume the tasks it paused")
+	f.StringVar(&note, "note", "", "with --rearm: a note for the audit log")
+	cmd.AddCommand(&cobra.Command{
+		Use:   "status",
+		Short: "Show whether the fleet is stopped, why and since when",
+		Long: `Status shows the emergency stop: whether the fleet is halted, the reason,
+who pulled it (an operator, or "budget" when the day's spend crossed the
+emergency threshold), since when, and how many tasks it paused.`,
+		Example: `  factory emergency-stop status
+  factory emergency-stop status -o json | jq .state.stopped`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.withBudget(cmd, func(ctx context.Context, c factoryv1.BudgetServiceClient) error {
+				resp, err := c.GetEmergencyStop(ctx, &factoryv1.GetEmergencyStopRequest{})
+				if err != nil {
+					return err
+				}
+				if a.jsonOutput() {
+					return writeProto(a.stdout(), resp)
+				}
+				return writeStopState(a.stdout(), resp.GetState())
+			})
+		},
+	})
+	return cmd
+}
+
+func writeStopState(w io.Writer, s *factoryv1.EmergencyStopState) error {
+	if !s.GetStopped() {
+		_, err := fmt.Fprintln(w, "not stopped: the fleet runs")
+		return err
+	}
+	_, err := fmt.Fprintf(w, "STOPPED since %s by %s: %s\n%d task(s) paused; lift with: factory emergency-stop --rearm\n",
+		s.GetStoppedAt().AsTime().Local().Format(time.DateTime), orDash(s.GetStoppedBy()), orDash(s.GetReason()), s.GetPausedTasks())
+	return err
+}

@@ -1,0 +1,417 @@
+// Package approval is the human-in-the-loop gate (runbook §9): agents ask
+// before risky actions, policy approves the harmless ones at once, an
+// operator decides the rest, and the waiting agent hears the decision by
+// push the moment it is made. Every request has a deadline at which a safe
+// default (deny unless the request says otherwise) is applied and recorded
+// as an expiry, never as a human decision.
+//
+// Decisions are applied by the store atomically and once (a conditional
+// update on a PENDING request); a request gating a task moves the task in
+// the same transaction, and the task changes are published through the
+// queue so that claimers wake.
+package approval
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/factory/factory/controlplane/access"
+	"github.com/factory/factory/controlplane/notify"
+	"github.com/factory/factory/controlplane/queue"
+	"github.com/factory/factory/controlplane/store"
+)
+
+// ErrPermissionDenied is a decision the caller may not make: it is not an
+// operator, or it made the request. The gRPC boundary answers
+// PERMISSION_DENIED.
+var ErrPermissionDenied = errors.New("permission denied")
+
+// Clock tells the time. Tests inject a fake one so that deadlines pass
+// without sleeping.
+type Clock interface{ Now() time.Time }
+
+type wallClock struct{}
+
+func (wallClock) Now() time.Time { return time.Now().UTC() }
+
+// Limits the domain relies on; the API's .proto file declares the same.
+const (
+	DefaultPageSize = 100
+	MaxPageSize     = 1000
+	MaxTimeout      = 30 * 24 * time.Hour
+)
+
+// Config configures a Service.
+type Config struct {
+	Store  store.Store
+	Clock  Clock
+	Logger *slog.Logger
+	// Publisher carries approval cards to webhooks and the event stream;
+	// nil means notify.Discard.
+	Publisher notify.Publisher
+	// Policy decides tiers and auto-approval; the zero value means
+	// DefaultPolicy().
+	Policy Policy
+	// Queue, when set, hears the task changes decisions make (so claimers
+	// wake for an approved task), and gates tasks as they are created.
+	Queue *queue.Service
+
+	// DefaultTimeout is the deadline of a request that names none.
+	DefaultTimeout time.Duration
+	// SweepInterval is the longest the sweeper sleeps between looks; it
+	// wakes sooner for the next deadline or reminder it knows of.
+	SweepInterval time.Duration
+	// WaitRecheck is how often WaitApproval re-reads the request besides
+	// the in-process push: with replicas on PostgreSQL, a decision made on
+	// another replica reaches this one's waiters within this interval.
+	WaitRecheck time.Duration
+}
+
+// WithDefaults returns a copy with every unset field at its default.
+func (c Config) WithDefaults() Config {
+	if c.Clock == nil {
+		c.Clock = wallClock{}
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Publisher == nil {
+		c.Publisher = notify.Discard
+	}
+	if c.Policy.isZero() {
+		c.Policy = DefaultPolicy()
+	}
+	if c.DefaultTimeout == 0 {
+		c.DefaultTimeout = time.Hour
+	}
+	if c.SweepInterval == 0 {
+		c.SweepInterval = time.Second
+	}
+	if c.WaitRecheck == 0 {
+		c.WaitRecheck = time.Second
+	}
+	return c
+}
+
+func (c Config) validate() error {
+	switch {
+	case c.Store == nil:
+		return errors.New("approval: Config.Store is required")
+	case c.DefaultTimeout < time.Second || c.DefaultTimeout > MaxTimeout:
+		return fmt.Errorf("approval: DefaultTimeout %s outside [1s, %s]", c.DefaultTimeout, MaxTimeout)
+	case c.SweepInterval <= 0 || c.WaitRecheck <= 0:
+		return errors.New("approval: SweepInterval and WaitRecheck must be positive")
+	}
+	return c.Policy.Validate()
+}
+
+// Service is the approval domain.
+type Service struct {
+	cfg   Config
+	store store.Store
+	clock Clock
+	log   *slog.Logger
+	pub   notify.Publisher
+	hub   *hub
+}
+
+// New returns a Service. With a Queue configured, it installs the queue's
+// create hook so that tasks needing approval are gated.
+func New(cfg Config) (*Service, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	s := &Service{cfg: cfg, store: cfg.Store, clock: cfg.Clock, log: cfg.Logger, pub: cfg.Publisher, hub: newHub()}
+	if cfg.Queue != nil {
+		cfg.Queue.SetCreateHook(s.GateTasks)
+	}
+	return s, nil
+}
+
+// Now is the service's clock, for time left on a request.
+func (s *Service) Now() time.Time { return s.clock.Now() }
+
+// RequestParams is a new request as the API gives it.
+type RequestParams struct {
+	What          string
+	Why           string
+	Agent         string
+	Risk          store.ApprovalRisk
+	Tier          int32
+	Kind          string
+	PayloadJSON   string
+	PayloadSHA256 string // optional; must match when set
+	// Deadline, or else Timeout from now, or else the default timeout.
+	Deadline         time.Time
+	Timeout          time.Duration
+	DefaultOnTimeout store.ApprovalDecision // Unspecified means deny
+	TaskID           string
+}
+
+// Request stores a request: APPROVED at once by policy for a tier up to
+// the auto-approve tier, else PENDING. Either way a card goes out.
+func (s *Service) Request(ctx context.Context, p RequestParams) (*store.Approval, error) {
+	c, err := s.build(p)
+	if err != nil {
+		return nil, err
+	}
+	a, err := s.store.ApprovalCreate(ctx, &store.ApprovalCreateParams{Approval: c, Now: s.clock.Now()})
+	if err != nil {
+		return nil, err
+	}
+	s.log.InfoContext(ctx, "approval requested", "approval", a.ID, "agent", a.Agent, "tier", a.Tier, "state", a.State.String())
+	if a.Final() {
+		s.hub.publish(a)
+		s.notify(ctx, a, "auto-approved")
+	} else {
+		s.notify(ctx, a, "requested")
+	}
+	return a, nil
+}
+
+// build checks a request and applies policy: the tier, auto-approval, the
+// payload's hash, the deadline and the reminder.
+func (s *Service) build(p RequestParams) (*store.ApprovalCreate, error) {
+	now := s.clock.Now()
+	p.What = strings.TrimSpace(p.What)
+	switch {
+	case p.What == "":
+		return nil, store.InvalidField("what", "must not be blank")
+	case p.Agent == "":
+		return nil, store.InvalidField("agent", "required")
+	case p.Risk < store.RiskLow || p.Risk > store.RiskHigh:
+		return nil, store.InvalidField("risk", "must be LOW, MEDIUM or HIGH")
+	case p.Tier < 0 || p.Tier > 3:
+		return nil, store.InvalidField("tier", "must be 0-3, got %d", p.Tier)
+	case !p.Deadline.IsZero() && p.Timeout != 0:
+		return nil, store.InvalidField("deadline", "set deadline or timeout, not both")
+	case p.Timeout < 0 || p.Timeout > MaxTimeout:
+		return nil, store.InvalidField("timeout", "must be between 1s and %s", MaxTimeout)
+	case p.DefaultOnTimeout == store.DecisionModify:
+		return nil, store.InvalidField("default_on_timeout", "a default is APPROVE or REJECT")
+	}
+	if p.PayloadJSON == "" {
+		p.PayloadJSON = "{}"
+	}
+	if !json.Valid([]byte(p.PayloadJSON)) {
+		return nil, store.InvalidField("payload_json", "is not valid JSON")
+	}
+	sum := sha256.Sum256([]byte(p.PayloadJSON))
+	hash := hex.EncodeToString(sum[:])
+	if p.PayloadSHA256 != "" && !strings.EqualFold(p.PayloadSHA256, hash) {
+		return nil, store.InvalidField("payload_sha256", "does not match the payload: its SHA-256 is %s", hash)
+	}
+	deadline := p.Deadline
+	switch {
+	case deadline.IsZero() && p.Timeout > 0:
+		deadline = now.Add(p.Timeout)
+	case deadline.IsZero():
+		deadline = now.Add(s.cfg.DefaultTimeout)
+	case !deadline.After(now):
+		return nil, store.InvalidField("deadline", "must be in the future")
+	}
+	def := p.DefaultOnTimeout
+	if def == store.DecisionUnspecified {
+		def = store.DecisionReject
+	}
+	id, err := uuid.NewV7()
+	if err != nil {
+		return nil, err
+	}
+	c := &store.ApprovalCreate{
+		ID: id.String(), What: p.What, Why: p.Why, Agent: p.Agent, Risk: p.Risk,
+		Tier: s.cfg.Policy.TierFor(p.Kind, p.Tier, p.PayloadJSON), Kind: p.Kind,
+		PayloadJSON: p.PayloadJSON, PayloadSHA256: hash, Deadline: deadline, DefaultOnTimeout: def,
+		TaskID: p.TaskID, State: store.ApprovalPending,
+	}
+	if s.cfg.Policy.AutoApproves(c.Tier) {
+		c.State, c.AutoApproved, c.Outcome, c.DecidedBy, c.DecidedAt = store.ApprovalApproved, true, store.DecisionApprove, store.DecidedByPolicy, now
+	} else if f := s.cfg.Policy.ReminderFraction; f > 0 {
+		c.ReminderAt = now.Add(time.Duration(f * float64(deadline.Sub(now))))
+	}
+	return c, nil
+}
+
+// GateTasks is the queue's create hook: a task created with
+// RequiresApproval, or whose kind policy puts at Tier 2 or up, gets an
+// approval request stored with it (what = its title, agent = the caller,
+// kind = its kind, at least Tier 2) and waits in BACKLOG for it.
+func (s *Service) GateTasks(ctx context.Context, tasks []*store.TaskCreate) error {
+	creator := "unknown"
+	if c, ok := access.FromContext(ctx); ok && c.Subject != "" {
+		creator = c.Subject
+	}
+	for i, t := range tasks {
+		tier := s.cfg.Policy.TierFor(t.Kind, t.ApprovalTier, t.PayloadJSON)
+		if !t.RequiresApproval && s.cfg.Policy.AutoApproves(tier) {
+			continue
+		}
+		if s.cfg.Policy.AutoApproves(tier) {
+			tier = s.cfg.Policy.AutoApproveMaxTier + 1
+		}
+		tier = min(max(tier, 2), 3)
+		c, err := s.build(RequestParams{
+			What: t.Title, Why: "task " + t.ID + " needs approval before it runs", Agent: creator, Risk: store.RiskHigh,
+			Tier: tier, Kind: t.Kind, PayloadJSON: t.PayloadJSON,
+		})
+		if err != nil {
+			var fe *store.FieldError
+			if len(tasks) > 1 && errors.As(err, &fe) {
+				return store.InvalidField(fmt.Sprintf("tasks[%d].%s", i, fe.Field), "%s", fe.Description)
+			}
+			return err
+		}
+		// A gated task waits for an operator whatever the tier says.
+		c.State, c.AutoApproved, c.Outcome, c.DecidedBy, c.DecidedAt = store.ApprovalPending, false, 0, "", time.Time{}
+		if c.ReminderAt.IsZero() && s.cfg.Policy.ReminderFraction > 0 {
+			now := s.clock.Now()
+			c.ReminderAt = now.Add(time.Duration(s.cfg.Policy.ReminderFraction * float64(c.Deadline.Sub(now))))
+		}
+		c.Tier = tier
+		t.ApprovalTier = max(t.ApprovalTier, tier)
+		t.Approval = c
+	}
+	return nil
+}
+
+// Get returns one request.
+func (s *Service) Get(ctx context.Context, id string) (*store.Approval, error) {
+	return s.store.ApprovalGet(ctx, id)
+}
+
+// ListParams filters List.
+type ListParams struct {
+	States    []store.ApprovalState
+	Agent     string
+	TaskID    string
+	PageSize  int
+	PageToken string
+}
+
+// List returns a page of requests, PENDING first.
+func (s *Service) List(ctx context.Context, p ListParams) (*store.ApprovalListResult, error) {
+	size := p.PageSize
+	if size <= 0 {
+		size = DefaultPageSize
+	}
+	size = min(size, MaxPageSize)
+	return s.store.ApprovalList(ctx, &store.ApprovalListParams{States: p.States, Agent: p.Agent, TaskID: p.TaskID, Limit: size, Cursor: p.PageToken})
+}
+
+// Decider is who decides: the server passes the authenticated caller.
+type Decider struct {
+	Name     string
+	Operator bool
+}
+
+// DecideParams is an operator's decision.
+type DecideParams struct {
+	ID           string
+	Decision     store.ApprovalDecision
+	Reason       string
+	Instructions string
+	By           Decider
+}
+
+// Decide applies a decision: operators only, never on their own request,
+// and once. The gated task moves in the same transaction; waiters hear at
+// once; a card goes out.
+func (s *Service) Decide(ctx context.Context, p DecideParams) (*store.Approval, error) {
+	p.Reason, p.Instructions = strings.TrimSpace(p.Reason), strings.TrimSpace(p.Instructions)
+	switch {
+	case p.Decision != store.DecisionApprove && p.Decision != store.DecisionReject && p.Decision != store.DecisionModify:
+		return nil, store.InvalidField("decision", "must be APPROVE, REJECT or MODIFY")
+	case p.Decision != store.DecisionApprove && p.Reason == "":
+		return nil, store.InvalidField("reason", "a reason is required to %s", strings.ToLower(p.Decision.String()))
+	case p.Decision == store.DecisionModify && p.Instructions == "":
+		return nil, store.InvalidField("instructions", "required to modify")
+	case p.Decision != store.DecisionModify && p.Instructions != "":
+		return nil, store.InvalidField("instructions", "only a MODIFY decision carries instructions")
+	}
+	if !p.By.Operator {
+		return nil, fmt.Errorf("%w: only an operator decides approvals, not %s", ErrPermissionDenied, orUnknown(p.By.Name))
+	}
+	if p.By.Name == "" || p.By.Name == store.DecidedByPolicy || p.By.Name == store.DecidedByTimeout {
+		return nil, fmt.Errorf("%w: the decider has no usable name (%q)", ErrPermissionDenied, p.By.Name)
+	}
+	cur, err := s.store.ApprovalGet(ctx, p.ID)
+	if err != nil {
+		return nil, err
+	}
+	// The requester never decides its own request, whatever token it
+	// holds: an agent given an operator token is still the requester.
+	if cur.Agent == p.By.Name {
+		return nil, fmt.Errorf("%w: %s requested approval %s and may not decide it", ErrPermissionDenied, p.By.Name, p.ID)
+	}
+	res, err := s.store.ApprovalDecide(ctx, &store.ApprovalDecideParams{
+		ID: p.ID, Decision: p.Decision, DecidedBy: p.By.Name, Reason: p.Reason, Instructions: p.Instructions, Now: s.clock.Now(),
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.applied(ctx, res, "decided")
+	return res.Approval, nil
+}
+
+// applied spreads the news of a decision or expiry: waiters, the queue,
+// the card.
+func (s *Service) applied(ctx context.Context, res *store.ApprovalDecideResult, what string) {
+	a := res.Approval
+	s.hub.publish(a)
+	if s.cfg.Queue != nil && len(res.TaskChanges) > 0 {
+		s.cfg.Queue.Publish(res.TaskChanges)
+	}
+	s.log.InfoContext(ctx, "approval "+what, "approval", a.ID, "state", a.State.String(), "outcome", a.Outcome.String(), "by", a.DecidedBy)
+	s.notify(ctx, a, what)
+}
+
+// Wait calls send with the request as it is, then again with its final
+// state as soon as it is decided or expires, and returns. The decision
+// arrives by in-process push; a re-read every WaitRecheck catches a
+// decision made on another replica.
+func (s *Service) Wait(ctx context.Context, id string, send func(a *store.Approval) error) error {
+	sub := s.hub.subscribe(id)
+	defer s.hub.unsubscribe(id, sub)
+	a, err := s.store.ApprovalGet(ctx, id)
+	if err != nil {
+		return err
+	}
+	if err := send(a); err != nil || a.Final() {
+		return err
+	}
+	tick := time.NewTicker(s.cfg.WaitRecheck)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case got := <-sub:
+			return send(got)
+		case <-tick.C:
+			cur, err := s.store.ApprovalGet(ctx, id)
+			if err != nil {
+				return err
+			}
+			if cur.Final() {
+				return send(cur)
+			}
+		}
+	}
+}
+
+func orUnknown(name string) string {
+	if name == "" {
+		return "an unnamed caller"
+	}
+	return name
+}

@@ -1,0 +1,157 @@
+package budget
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+
+	"github.com/factory/factory/controlplane/notify"
+	"github.com/factory/factory/controlplane/store"
+)
+
+// StoppedByBudget is who pulled a stop the spend threshold triggered.
+const StoppedByBudget = "budget"
+
+// StopSignal is what the sidecars are told: the fleet is stopped or not.
+type StopSignal struct {
+	Stopped bool
+	Reason  string
+}
+
+// EmergencyStop halts the fleet: the stop is stored (it survives
+// restarts), the queue is paused when it was running (READY tasks go
+// PAUSED), claims are refused, and operators and sidecars are told.
+// Stopping a stopped fleet changes nothing and keeps the first reason.
+func (s *Service) EmergencyStop(ctx context.Context, reason, by string) (*store.EmergencyStop, error) {
+	if reason == "" {
+		return nil, store.InvalidField("reason", "required")
+	}
+	st, started, err := s.store.EmergencyStopStart(ctx, &store.EmergencyStopStartParams{Reason: reason, StoppedBy: by, Now: s.clock.Now()})
+	if err != nil {
+		return nil, err
+	}
+	if !started {
+		return st, nil
+	}
+	// The stop is stored: what follows must happen even if the caller
+	// gives up waiting.
+	ctx = context.WithoutCancel(ctx)
+	s.log.WarnContext(ctx, "emergency stop", "reason", reason, "by", by)
+	if err := s.pauseForStop(ctx, st); err != nil {
+		// Claims are refused by the gate either way; the pause is
+		// retried at the next start.
+		s.log.ErrorContext(ctx, "emergency stop: pausing the queue failed", "err", err)
+	}
+	if cur, err := s.store.EmergencyStopGet(ctx); err == nil {
+		st = cur
+	}
+	if _, err := s.refresh(ctx, true); err != nil {
+		s.log.WarnContext(ctx, "budget: refreshing after the emergency stop failed", "err", err)
+	}
+	s.announceStop(st)
+	s.publish(ctx, notify.KindEmergencyStop, "EMERGENCY STOP: the fleet is halted",
+		fmt.Sprintf("Emergency stop by %s: %s\nREADY tasks are paused (%d) and claims are refused until an operator runs `factory emergency-stop --rearm`.",
+			by, reason, st.PausedTasks),
+		map[string]string{"stopped": "true", "reason": reason, "stopped_by": by, "paused_tasks": strconv.FormatInt(st.PausedTasks, 10)})
+	return st, nil
+}
+
+// pauseForStop pauses the queue for a stop, unless it is paused already
+// (an operator's pause is then left for the operator to lift), and
+// records whether it did.
+func (s *Service) pauseForStop(ctx context.Context, st *store.EmergencyStop) error {
+	q := s.cfg.Queue
+	if q == nil || st.PausedQueue {
+		return nil
+	}
+	stats, err := s.store.QueueStats(ctx)
+	if err != nil {
+		return err
+	}
+	if stats.Paused {
+		return nil
+	}
+	n, err := q.Pause(ctx, "emergency stop: "+st.Reason)
+	if err != nil {
+		return err
+	}
+	return s.store.EmergencyStopNotePaused(ctx, &store.EmergencyStopNotePausedParams{PausedQueue: true, PausedTasks: int64(n)})
+}
+
+// Rearm lifts the emergency stop and resumes the queue when the stop
+// paused it; it returns how many tasks went back to READY. Nothing else
+// lifts the stop.
+func (s *Service) Rearm(ctx context.Context, by, note string) (int64, error) {
+	prev, err := s.store.EmergencyStopRearm(ctx, &store.EmergencyStopRearmParams{Now: s.clock.Now()})
+	if err != nil {
+		return 0, err
+	}
+	if !prev.Stopped {
+		return 0, nil
+	}
+	ctx = context.WithoutCancel(ctx)
+	var resumed int64
+	if prev.PausedQueue && s.cfg.Queue != nil {
+		n, err := s.cfg.Queue.Resume(ctx)
+		if err != nil {
+			return 0, fmt.Errorf("the stop is lifted but resuming the queue failed (resume it with factory queue resume): %w", err)
+		}
+		resumed = int64(n)
+	}
+	if _, err := s.refresh(ctx, true); err != nil {
+		s.log.WarnContext(ctx, "budget: refreshing after the rearm failed", "err", err)
+	}
+	if s.cfg.Queue != nil {
+		s.cfg.Queue.WakeClaimers()
+	}
+	s.announceStop(&store.EmergencyStop{})
+	s.log.WarnContext(ctx, "emergency stop rearmed", "by", by, "note", note, "resumed_tasks", resumed)
+	s.publish(ctx, notify.KindEmergencyStop, "Emergency stop rearmed: the fleet runs again",
+		fmt.Sprintf("Rearmed by %s. %d tasks resumed.\nNote: %s\n(The stop was: %s)", by, resumed, note, prev.Reason),
+		map[string]string{"stopped": "false", "rearmed_by": by, "resumed_tasks": strconv.FormatInt(resumed, 10)})
+	return resumed, nil
+}
+
+// StopState returns the emergency stop's stored state.
+func (s *Service) StopState(ctx context.Context) (*store.EmergencyStop, error) {
+	return s.store.EmergencyStopGet(ctx)
+}
+
+// WatchStop returns a channel that receives the stop's state whenever it
+// changes (only the latest counts: a slow reader skips to it) and a
+// function to stop watching. The Connect stream forwards it to sidecars.
+func (s *Service) WatchStop() (<-chan StopSignal, func()) {
+	ch := make(chan StopSignal, 1)
+	s.watchMu.Lock()
+	s.watchers[ch] = struct{}{}
+	s.watchMu.Unlock()
+	return ch, func() {
+		s.watchMu.Lock()
+		delete(s.watchers, ch)
+		s.watchMu.Unlock()
+	}
+}
+
+// announceStop tells the watchers when the stop's state differs from what
+// they were last told.
+func (s *Service) announceStop(st *store.EmergencyStop) {
+	sig := StopSignal{Stopped: st.Stopped, Reason: st.Reason}
+	s.watchMu.Lock()
+	defer s.watchMu.Unlock()
+	if s.lastStop != nil && *s.lastStop == sig {
+		return
+	}
+	first := s.lastStop == nil
+	s.lastStop = &sig
+	if first && !sig.Stopped {
+		// Nothing changed since the start: a running fleet is the norm.
+		return
+	}
+	for ch := range s.watchers {
+		select {
+		case <-ch:
+		default:
+		}
+		ch <- sig
+	}
+}
