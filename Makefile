@@ -87,7 +87,7 @@ lint:
 # calls from 127.0.0.1, so the per-caller rate limit is off for it. The CLI
 # finds the fresh control plane's operator token through FACTORY_DATA_DIR.
 bench: build
-	$(GO) test -run '^$$' -bench . -benchtime 2s ./controlplane/store/...
+	$(GO) test -run '^$$' -bench . -benchtime 2s ./controlplane/store/... ./controlplane/alert ./controlplane/notify
 	@dir=$$(mktemp -d); \
 	$(BIN)/factory-controlplane --data-dir $$dir --listen 127.0.0.1:7499 --log-level warn --rate-limit 0 & pid=$$!; \
 	trap "kill $$pid; rm -rf $$dir" EXIT; export FACTORY_DATA_DIR=$$dir; \

@@ -55,7 +55,12 @@ func newAlertsAckCommand(a *app) *cobra.Command {
 	return &cobra.Command{
 		Use:   "ack ID",
 		Short: "Acknowledge an alert: no repeated notifications until it resolves",
-		Args:  cobra.ExactArgs(1),
+		Long: `Ack records that you have seen a FIRING or PENDING alert: it is not notified
+again (every repeat interval) until it resolves; its resolution still is.
+The ack is stored and audited; a second ack keeps the first. A resolved
+alert cannot be acked.`,
+		Example: `  factory alerts ack 0193b4c2-7d1e-7c3a-9f00-5b2d1c0e4a11`,
+		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.withOps(cmd, func(ctx context.Context, c factoryv1.OpsServiceClient) error {
 				resp, err := c.AckAlert(ctx, &factoryv1.AckAlertRequest{AlertId: args[0]})
@@ -85,6 +90,8 @@ func newAlertsSilenceCommand(a *app) *cobra.Command {
 		Long: `Silence mutes the notifications of a rule's alerts from now for --for (at most
 30 days); with --match, only the alerts carrying every label given. Muted
 alerts still change state and are listed, marked with the silence.`,
+		Example: `  factory alerts silence --rule gpu_memory_high --for 2h --reason "loading a bigger model"
+  factory alerts silence --rule agent_offline --match agent=forge --for 30m`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if rule == "" {
@@ -129,7 +136,12 @@ func newAlertsSilencesCommand(a *app) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "silences [--all]",
 		Short: "List the active silences, and with --all those ended in the last 24 hours",
-		Args:  cobra.NoArgs,
+		Long: `Silences lists the silences in force: the rule each mutes, its label
+matchers, when it ends, who made it and why. With --all it adds those that
+ended (or were ended with unsilence) in the last 24 hours.`,
+		Example: `  factory alerts silences
+  factory alerts silences --all -o json`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.withOps(cmd, func(ctx context.Context, c factoryv1.OpsServiceClient) error {
 				resp, err := c.ListSilences(ctx, &factoryv1.ListSilencesRequest{IncludeExpired: all})
@@ -151,7 +163,10 @@ func newAlertsUnsilenceCommand(a *app) *cobra.Command {
 	return &cobra.Command{
 		Use:   "unsilence ID",
 		Short: "End a silence now",
-		Args:  cobra.ExactArgs(1),
+		Long: `Unsilence ends a silence at once: the alerts it muted are notified at the
+next evaluation if they still fire. Audited.`,
+		Example: `  factory alerts unsilence 0193b4c2-7d1e-7c3a-9f00-5b2d1c0e4a11`,
+		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.withOps(cmd, func(ctx context.Context, c factoryv1.OpsServiceClient) error {
 				resp, err := c.ExpireSilence(ctx, &factoryv1.ExpireSilenceRequest{SilenceId: args[0]})
@@ -172,7 +187,11 @@ func newEventsCommand(a *app) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "events",
 		Short: "Operator-facing events: alerts, approvals, digests, the emergency stop",
-		Args:  cobra.NoArgs,
+		Long: `Events are what the control plane tells its operators: alerts, spend alerts,
+approval requests and decisions, the morning digest, the emergency stop and
+maintenance. They go to the configured webhooks and to every watch.`,
+		Example: `  factory events watch -o json`,
+		Args:    cobra.NoArgs,
 	}
 	var kinds []string
 	watch := &cobra.Command{

@@ -102,8 +102,14 @@ Decide with "factory approve", "factory reject" or "factory modify".`,
 func newApprovalsShowCommand(a *app) *cobra.Command {
 	return &cobra.Command{
 		Use:   "show ID",
-		Short: "Show one approval request, with its card",
-		Args:  cobra.ExactArgs(1),
+		Short: "Show one approval request",
+		Long: `Show prints one request: what, why, the requesting agent, risk and tier,
+the payload and its SHA-256, the deadline and its default, and once decided
+the outcome, who decided, the reason and any instructions. -o json prints
+the request as the API returns it, time_left included.`,
+		Example: `  factory approvals show 0193a2b4-...
+  factory approvals show 0193a2b4-... -o json | jq .state`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.withApprovals(cmd, func(ctx context.Context, c factoryv1.ApprovalServiceClient) error {
 				resp, err := c.GetApproval(ctx, &factoryv1.GetApprovalRequest{ApprovalId: args[0]})
@@ -329,6 +335,15 @@ func newDecideCommand(a *app, verb string) *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
+	cmd.Long = `Approve, reject and modify decide a PENDING approval request. Only an
+operator decides, and never on a request made under the operator's own
+name. A decision is final: a second one fails with FAILED_PRECONDITION.
+Every decision is in the audit log (factory audit ls).
+
+A request gating a task moves the task at once: approve and modify make it
+READY (or leave it in BACKLOG until its dependencies are DONE), modify puts
+the instructions in the task's note, reject sends it to FAILED with the
+reason. The agent waiting on the request hears the decision immediately.`
 	switch verb {
 	case "approve":
 		cmd.Use, cmd.Short = "approve ID [--note TEXT]", "Approve a pending request (operators; never your own)"
@@ -399,6 +414,8 @@ func granted(ap *factoryv1.Approval) bool {
 // statusText is PENDING with the time left, or the outcome and who.
 func statusText(ap *factoryv1.Approval) string {
 	switch {
+	case ap.GetState() == factoryv1.ApprovalState_APPROVAL_STATE_PENDING && ap.GetTimeLeft().AsDuration() <= 0:
+		return "due: the default applies now"
 	case ap.GetState() == factoryv1.ApprovalState_APPROVAL_STATE_PENDING:
 		return humanSpan(ap.GetTimeLeft()) + " left"
 	case ap.GetExpired():

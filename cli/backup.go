@@ -65,7 +65,7 @@ Check a backup with "factory backup verify DIR"; load it with
 					fmt.Fprintf(a.stdout(), "  %-10s %10s  sha256 %s\n", name, byteSize(f.Bytes), f.SHA256)
 				}
 			}
-			_, err = fmt.Fprintf(a.stdout(), "  %s\n", dumpCounts{Queue: c.Queue, Tasks: c.Tasks, Tokens: c.Tokens, AuditEntries: c.Audit, FleetEvents: c.FleetEvents})
+			_, err = fmt.Fprintf(a.stdout(), "  %s\n", dumpCounts{Queue: c.Queue, Tasks: c.Tasks, Tokens: c.Tokens, AuditEntries: c.Audit, FleetEvents: c.FleetEvents, Rows: c.Rows})
 			return err
 		},
 	}

@@ -19,6 +19,9 @@ func newMaintenanceCommand(a *app) *cobra.Command {
 hosts or its database: READY work is paused, new claims are refused
 ("maintenance since T: reason"), and tasks already IN_PROGRESS may finish.
 The state is stored: a control plane restarted in maintenance stays in it.`,
+		Example: `  factory maintenance start --reason "disk swap on gpu-1" --wait 10m
+  factory maintenance status
+  factory maintenance end`,
 	}
 	cmd.AddCommand(newMaintenanceStartCommand(a), newMaintenanceEndCommand(a), newMaintenanceStatusCommand(a))
 	return cmd
@@ -151,8 +154,11 @@ claims again. Ending when not in maintenance changes nothing.`,
 
 func newMaintenanceStatusCommand(a *app) *cobra.Command {
 	return &cobra.Command{
-		Use:     "status",
-		Short:   "Whether the factory is in maintenance, and what still runs",
+		Use:   "status",
+		Short: "Whether the factory is in maintenance, and what still runs",
+		Long: `Status shows whether the factory is in maintenance (since when, by whom
+and why) and the tasks still IN_PROGRESS, so an operator can see the
+factory drain after "maintenance start".`,
 		Example: `  factory maintenance status -o json`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {

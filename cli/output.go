@@ -285,6 +285,13 @@ func writeTaskDetail(w io.Writer, t *factoryv1.Task, now time.Time) error {
 	if tier := t.GetApprovalTier(); tier != 0 {
 		row("Approval tier", fmt.Sprint(tier))
 	}
+	if id := t.GetApprovalId(); id != "" {
+		state := "decided"
+		if t.GetApprovalPending() {
+			state = "pending: factory approve " + id
+		}
+		row("Approval", fmt.Sprintf("%s (%s)", id, state))
+	}
 	if l := t.GetLease(); l != nil && l.GetHolder() != "" {
 		row("Lease", fmt.Sprintf("%s, token %d, claimed %s, renewed %s, expires %s",
 			l.GetHolder(), l.GetToken(), humanAge(l.GetClaimedAt(), now), humanAge(l.GetRenewedAt(), now), humanAge(l.GetExpiresAt(), now)))

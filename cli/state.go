@@ -44,10 +44,12 @@ type dumpCounts struct {
 	Tokens       int64 `json:"tokens"`
 	AuditEntries int64 `json:"audit_entries"`
 	FleetEvents  int64 `json:"fleet_events"`
+	// Rows: the spend ledger, budgets, approvals, alerts and the rest.
+	Rows int64 `json:"rows"`
 }
 
 func countsOf(c *factoryv1.DumpCounts) dumpCounts {
-	return dumpCounts{Queue: c.GetQueue(), Tasks: c.GetTasks(), Tokens: c.GetTokens(), AuditEntries: c.GetAuditEntries(), FleetEvents: c.GetFleetEvents()}
+	return dumpCounts{Queue: c.GetQueue(), Tasks: c.GetTasks(), Tokens: c.GetTokens(), AuditEntries: c.GetAuditEntries(), FleetEvents: c.GetFleetEvents(), Rows: c.GetRows()}
 }
 
 func (c dumpCounts) String() string {
@@ -59,7 +61,7 @@ func (c dumpCounts) String() string {
 	}
 	return plural(c.Queue, "queue record", "queue records") + ", " + plural(c.Tasks, "task", "tasks") + ", " +
 		plural(c.Tokens, "token", "tokens") + ", " + plural(c.AuditEntries, "audit entry", "audit entries") + ", " +
-		plural(c.FleetEvents, "fleet event", "fleet events")
+		plural(c.FleetEvents, "fleet event", "fleet events") + ", " + plural(c.Rows, "other row", "other rows")
 }
 
 // writeCountsTable prints counts as a KIND/RECORDS table.

@@ -2,8 +2,10 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
+	"reflect"
 	"sync"
 	"time"
 
@@ -11,6 +13,7 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	grpccodes "google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	factoryv1 "github.com/factory/factory/gen/factory/v1"
 )
@@ -153,7 +156,7 @@ func (a *app) runStatus(cmd *cobra.Command) error {
 		out.Unavailable = errors
 	}
 	if a.jsonOutput() {
-		return writeJSON(a.stdout(), out)
+		return writeStatusJSON(a.stdout(), &out)
 	}
 	return writeStatusScreen(a.stdout(), &out, time.Now())
 }
@@ -241,4 +244,40 @@ func dollars(micros int64) string {
 	}
 	cents := (micros + 5000) / 10000
 	return fmt.Sprintf("%s$%d.%02d", sign, cents/100, cents%100)
+}
+
+// writeStatusJSON prints the sections, each proto in its canonical JSON
+// form (as every other -o json prints it), null when n/a.
+func writeStatusJSON(w io.Writer, s *statusJSON) error {
+	raw := func(m proto.Message) (json.RawMessage, error) {
+		if reflect.ValueOf(m).IsNil() {
+			return json.RawMessage("null"), nil
+		}
+		return protoJSON(m)
+	}
+	out := map[string]any{"approvals_pending": s.ApprovalsPending, "agents": s.Agents}
+	for name, m := range map[string]proto.Message{"queue": s.Queue, "budget": s.Budget, "maintenance": s.Maintenance} {
+		r, err := raw(m)
+		if err != nil {
+			return err
+		}
+		out[name] = r
+	}
+	if s.AlertsFiring == nil {
+		out["alerts_firing"] = nil
+	} else {
+		alerts := make([]json.RawMessage, 0, len(s.AlertsFiring))
+		for _, al := range s.AlertsFiring {
+			r, err := protoJSON(al)
+			if err != nil {
+				return err
+			}
+			alerts = append(alerts, r)
+		}
+		out["alerts_firing"] = alerts
+	}
+	if len(s.Unavailable) > 0 {
+		out["unavailable"] = s.Unavailable
+	}
+	return writeJSON(w, out)
 }

@@ -533,3 +533,21 @@ func labelString(m map[string]string) string {
 	}
 	return strings.Join(parts, ",")
 }
+
+// Alerts of one rule that fire in one evaluation are one event; another
+// rule's are another.
+func TestOneEventPerRulePerEvaluation(t *testing.T) {
+	f := newFixture(t, Config{GroupWait: -1}, "agent_offline", "disk_usage_high")
+	f.fleet.setOffline(f.clock.Now(), "forge", "hammer", "anvil")
+	f.fleet.hosts = []HostReading{{Host: "gpu-1", Disks: []DiskReading{{Path: "/", UsedBytes: 90, TotalBytes: 100}}}}
+	f.eval()
+	evs := f.requireEvents("[FIRING:3] agent_offline", "[FIRING:1] disk_usage_high")
+	if ids := strings.Split(evs[0].Attributes["alert_ids"], ","); len(ids) != 3 || evs[0].Attributes["firing"] != "3" {
+		t.Errorf("agent_offline event %+v", evs[0].Attributes)
+	}
+	// One resolves while another keeps firing: the resolution alone is news.
+	f.fleet.setOffline(f.clock.Now(), "forge", "hammer")
+	f.clock.Advance(time.Minute)
+	f.eval()
+	f.requireEvents("[RESOLVED:1] agent_offline")
+}

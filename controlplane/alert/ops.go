@@ -71,7 +71,7 @@ const MaxSilence = 30 * 24 * time.Hour
 // matcher label) from now for p.For.
 func (s *Service) Silence(ctx context.Context, p SilenceParams) (*store.Silence, error) {
 	if !slices.ContainsFunc(s.rules, func(r Rule) bool { return r.Name == p.Rule }) {
-		return nil, store.InvalidField("rule", "no rule is named %q (see `factory alerts rules`)", p.Rule)
+		return nil, store.InvalidField("rule", "no rule is named %q (the rules in force are the defaults of deploy/alerts.yaml and the --alerts file)", p.Rule)
 	}
 	if p.For <= 0 || p.For > MaxSilence {
 		return nil, store.InvalidField("duration", "must be more than 0 and at most %s, got %s", MaxSilence, p.For)

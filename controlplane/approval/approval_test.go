@@ -490,3 +490,52 @@ func BenchmarkDecideToWaiter(b *testing.B) {
 		<-got
 	}
 }
+
+// chanPublisher hands every event to a channel, so a test can wait for the
+// sweeper's work without polling.
+type chanPublisher chan notify.Event
+
+func (c chanPublisher) Publish(_ context.Context, e notify.Event) { c <- e }
+
+func TestRunSweeperExpiresAndAnnouncesGatedTasks(t *testing.T) {
+	events := make(chanPublisher, 16)
+	b := setup(t, func(c *Config) {
+		c.Publisher = events
+		c.SweepInterval = 5 * time.Millisecond
+	})
+	ctx, cancel := context.WithCancel(t.Context())
+	stopped := make(chan error, 1)
+	go func() { stopped <- b.svc.RunSweeper(ctx) }()
+	next := func(what string) notify.Event {
+		t.Helper()
+		for {
+			select {
+			case e := <-events:
+				if e.Attributes["event"] == what {
+					return e
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatalf("no %q event from the sweeper", what)
+			}
+		}
+	}
+	a := b.request(t, RequestParams{Timeout: time.Minute})
+	next("requested")
+	b.clock.Advance(time.Minute)
+	if e := next("expired"); e.Attributes["id"] != a.ID || e.Attributes["state"] != "EXPIRED" {
+		t.Fatalf("expiry event %v", e.Attributes)
+	}
+	// A task gated as it is created gets its card from the sweeper's
+	// replica.
+	tasks, err := b.q.Create(ctx, []*store.TaskCreate{{Title: "ship", RequiresApproval: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := next("requested"); e.Attributes["task_id"] != tasks[0].ID {
+		t.Fatalf("gated task card %v", e.Attributes)
+	}
+	cancel()
+	if err := <-stopped; err != nil {
+		t.Fatal(err)
+	}
+}

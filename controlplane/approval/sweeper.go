@@ -43,7 +43,9 @@ func (s *Service) Sweep(ctx context.Context) error {
 // sends it.
 func (s *Service) RunSweeper(ctx context.Context) error {
 	if s.cfg.Queue != nil {
-		go s.announceGatedTasks(ctx)
+		// Subscribed before the first sweep, so no task created from here
+		// on goes unannounced.
+		go s.announceGatedTasks(ctx, s.subscribeGated())
 	}
 	for {
 		if err := s.Sweep(ctx); err != nil && ctx.Err() == nil {
@@ -65,32 +67,44 @@ func (s *Service) RunSweeper(ctx context.Context) error {
 
 // announceGatedTasks watches the queue for tasks created waiting for
 // approval and sends their cards.
-func (s *Service) announceGatedTasks(ctx context.Context) {
-	for ctx.Err() == nil {
-		sub := s.cfg.Queue.Subscribe(queue.Filter{States: []store.TaskState{store.StateBacklog}})
-		func() {
-			defer sub.Close()
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case e, ok := <-sub.C:
-					if !ok {
-						return
-					}
-					if e.Type != queue.EventCreated || !e.Task.ApprovalPending || e.Task.ApprovalID == "" {
-						continue
-					}
-					a, err := s.store.ApprovalGet(ctx, e.Task.ApprovalID)
-					if err != nil {
-						if !errors.Is(err, context.Canceled) {
-							s.log.WarnContext(ctx, "gated task's approval not readable", "task", e.Task.ID, "err", err)
-						}
-						continue
-					}
-					s.notify(ctx, a, "requested")
-				}
+func (s *Service) subscribeGated() *queue.Subscription {
+	return s.cfg.Queue.Subscribe(queue.Filter{States: []store.TaskState{store.StateBacklog}})
+}
+
+func (s *Service) announceGatedTasks(ctx context.Context, sub *queue.Subscription) {
+	for {
+		s.announceFrom(ctx, sub)
+		if ctx.Err() != nil {
+			return
+		}
+		// The subscription fell behind and was cut off: take a new one.
+		sub = s.subscribeGated()
+	}
+}
+
+// announceFrom sends the card of each gated task sub reports until ctx
+// ends or sub is cut off, and closes sub.
+func (s *Service) announceFrom(ctx context.Context, sub *queue.Subscription) {
+	defer sub.Close()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case e, ok := <-sub.C:
+			if !ok {
+				return
 			}
-		}()
+			if e.Type != queue.EventCreated || !e.Task.ApprovalPending || e.Task.ApprovalID == "" {
+				continue
+			}
+			a, err := s.store.ApprovalGet(ctx, e.Task.ApprovalID)
+			if err != nil {
+				if !errors.Is(err, context.Canceled) {
+					s.log.WarnContext(ctx, "gated task's approval not readable", "task", e.Task.ID, "err", err)
+				}
+				continue
+			}
+			s.notify(ctx, a, "requested")
+		}
 	}
 }

@@ -3,6 +3,7 @@ package digest_test
 import (
 	"context"
 	"flag"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -269,3 +270,36 @@ func TestDollars(t *testing.T) {
 
 // nopStore satisfies New; NextAt never touches it.
 type nopStore struct{ store.Store }
+
+// BenchmarkBuild measures a digest over a store holding 10,000 DONE tasks:
+// the window is found by reading every DONE, FAILED and IN_PROGRESS task.
+func BenchmarkBuild(b *testing.B) {
+	st, err := sqlite.Open(b.Context(), sqlite.Config{Path: filepath.Join(b.TempDir(), "factory.db"), Logger: quietLog()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	now := time.Date(2026, 11, 27, 8, 0, 0, 0, time.UTC)
+	var batch []*store.TaskCreate
+	for i := range 10_000 {
+		batch = append(batch, &store.TaskCreate{ID: fmt.Sprintf("t-%05d", i), Title: "done", InitialState: store.StateDone})
+		if len(batch) == 500 {
+			if _, err := st.TaskCreate(b.Context(), &store.TaskCreateParams{Tasks: batch, Now: now.Add(-time.Hour)}); err != nil {
+				b.Fatal(err)
+			}
+			batch = nil
+		}
+	}
+	clk := &clock{now: now}
+	svc, err := digest.New(digest.Config{Store: st, Clock: clk, Logger: quietLog()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for b.Loop() {
+		d, err := svc.Build(b.Context(), time.Time{}, time.Time{})
+		if err != nil || d.Completed != 10_000 {
+			b.Fatal(d, err)
+		}
+	}
+}

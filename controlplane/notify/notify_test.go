@@ -13,6 +13,7 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -368,5 +369,30 @@ func BenchmarkHubPublish(b *testing.B) {
 	b.StopTimer()
 	if n := h.Subscribers(); n != len(subs) {
 		b.Errorf("%d subscribers left, want %d", n, len(subs))
+	}
+}
+
+// A receiver that does not answer within the per-attempt timeout is a
+// failed attempt, retried like a network error.
+func TestWebhookAttemptTimeout(t *testing.T) {
+	release := make(chan struct{})
+	var hits atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	defer srv.Close()
+	defer close(release)
+	w, err := NewWebhooks(WebhooksConfig{Hooks: []Webhook{{URL: srv.URL}}, MaxAttempts: 3, Timeout: 50 * time.Millisecond,
+		Client: srv.Client(), Logger: quietLogger(), Sleep: func(context.Context, time.Duration) error { return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	attempts, err := w.deliver(context.Background(), w.cfg.Hooks[0], Event{Kind: KindAlert, ID: "slow"})
+	if !errors.Is(err, context.DeadlineExceeded) || attempts != 3 || hits.Load() != 3 {
+		t.Errorf("deliver to a hanging receiver: %d attempts (%d requests), %v", attempts, hits.Load(), err)
 	}
 }

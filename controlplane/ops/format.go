@@ -137,6 +137,10 @@ type taskJSON struct {
 	UpdatedAt      jsonTime          `json:"updated_at"`
 	StateChangedAt jsonTime          `json:"state_changed_at"`
 	PausedByQueue  bool              `json:"paused_by_queue"`
+	// ApprovalID and ApprovalPending are absent from dumps written before
+	// approval-gated tasks; they then read as "not gated".
+	ApprovalID      string `json:"approval_id"`
+	ApprovalPending bool   `json:"approval_pending"`
 }
 
 type tokenJSON struct {
@@ -210,6 +214,7 @@ func toLine(r *store.DumpRecord) (*line, error) {
 			LeaseExpiresAt: jsonTime(t.LeaseExpiresAt), ClaimedAt: jsonTime(t.ClaimedAt), RenewedAt: jsonTime(t.RenewedAt),
 			RunAfter: jsonTime(t.RunAfter), CreatedAt: jsonTime(t.CreatedAt), UpdatedAt: jsonTime(t.UpdatedAt),
 			StateChangedAt: jsonTime(t.StateChangedAt), PausedByQueue: t.PausedByQueue,
+			ApprovalID: t.ApprovalID, ApprovalPending: t.ApprovalPending,
 		}}, nil
 	case store.DumpToken:
 		t := r.Token
@@ -272,6 +277,7 @@ func (l *line) record() (*store.DumpRecord, error) {
 			ClaimedAt: time.Time(t.ClaimedAt), RenewedAt: time.Time(t.RenewedAt), RunAfter: time.Time(t.RunAfter),
 			CreatedAt: time.Time(t.CreatedAt), UpdatedAt: time.Time(t.UpdatedAt),
 			StateChangedAt: time.Time(t.StateChangedAt), PausedByQueue: t.PausedByQueue,
+			ApprovalID: t.ApprovalID, ApprovalPending: t.ApprovalPending,
 		}
 		// Stores read "none" back as nil; so does a load.
 		if len(t.DependsOn) > 0 {

@@ -15,6 +15,7 @@ import (
 	"github.com/factory/factory/controlplane/notify"
 	"github.com/factory/factory/controlplane/store"
 	"github.com/factory/factory/controlplane/store/postgres"
+	factoryv1 "github.com/factory/factory/gen/factory/v1"
 )
 
 // With replicas on one PostgreSQL, an event published on one replica
@@ -85,5 +86,24 @@ func TestRelayPayloadFitsANotification(t *testing.T) {
 	small := relayPayload(notify.Event{ID: "s", Text: "short"})
 	if err := json.Unmarshal(small, &b); err != nil || b.Text != "short" {
 		t.Errorf("small payload %s", small)
+	}
+}
+
+// The alert rules read a sidecar's telemetry as the fleet keeps it.
+func TestTelemetryReadingForAlerts(t *testing.T) {
+	tel := &factoryv1.Telemetry{
+		Gpus: []*factoryv1.GpuDevice{{Index: 1, MemoryUsedBytes: 23 << 30, MemoryTotalBytes: 24 << 30}},
+		Disks: []*factoryv1.DiskUsage{{Path: "/", UsedBytes: 86, TotalBytes: 100},
+			{Path: "/gone", Error: "no such file or directory"}},
+	}
+	r := telemetryReading("gpu-1", tel)
+	if r.Host != "gpu-1" || len(r.GPUs) != 1 || r.GPUs[0].Index != 1 || r.GPUs[0].UsedBytes != 23<<30 || r.GPUs[0].TotalBytes != 24<<30 {
+		t.Errorf("GPUs %+v", r.GPUs)
+	}
+	if len(r.Disks) != 1 || r.Disks[0].Path != "/" || r.Disks[0].UsedBytes != 86 {
+		t.Errorf("disks %+v (an unreadable disk must be left out, not read as empty)", r.Disks)
+	}
+	if r := telemetryReading("x", "not telemetry"); len(r.GPUs)+len(r.Disks) != 0 {
+		t.Errorf("unknown telemetry read as %+v", r)
 	}
 }

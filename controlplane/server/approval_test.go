@@ -230,3 +230,44 @@ func TestGatedTaskOverGRPC(t *testing.T) {
 		t.Fatalf("task after modify: %v", got.GetTask())
 	}
 }
+
+func TestExpiryOverGRPCAppliesDenyAndRecordsExpired(t *testing.T) {
+	clock := &fakeClock{now: time.Date(2031, 3, 14, 9, 0, 0, 0, time.UTC)}
+	b := setup(t, clock)
+	forgeSecret, _ := b.mintToken(t, store.RoleAgent, "forge")
+	forge := b.approvalAs(t, forgeSecret)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	a := requestTier2(t, forge, "forge")
+	gated, err := forge.q.CreateTask(ctx, &factoryv1.CreateTaskRequest{Title: "ship", RequiresApproval: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream, err := forge.ap.WaitApproval(ctx, &factoryv1.WaitApprovalRequest{ApprovalId: a.GetId()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(time.Hour)
+	if err := b.approvals.Sweep(ctx); err != nil {
+		t.Fatal(err)
+	}
+	m, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := m.GetApproval()
+	if !m.GetFinal() || got.GetState() != factoryv1.ApprovalState_APPROVAL_STATE_EXPIRED || !got.GetExpired() ||
+		got.GetAppliedOutcome() != factoryv1.ApprovalDecision_APPROVAL_DECISION_REJECT || got.GetDecidedBy() != store.DecidedByTimeout {
+		t.Fatalf("after the deadline: %v, want EXPIRED with REJECT applied by timeout", got)
+	}
+	task, err := forge.q.GetTask(ctx, &factoryv1.GetTaskRequest{TaskId: gated.GetTask().GetId()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if task.GetTask().GetState() != factoryv1.TaskState_TASK_STATE_FAILED {
+		t.Fatalf("gated task after its approval expired: %s", task.GetTask().GetState())
+	}
+}

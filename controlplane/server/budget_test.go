@@ -153,7 +153,12 @@ func quotaSubject(t *testing.T, err error) string {
 // Duplicate ids sent at the same time over several connections (as a
 // retrying agent and its sidecar's spool replay would) count once.
 func TestSpendDuplicatesFromManyConnectionsCountOnce(t *testing.T) {
-	b := newSpendBundle(t, sqliteStore(t))
+	t.Run("sqlite", func(t *testing.T) { testDuplicatesFromManyConnections(t, sqliteStore(t)) })
+	t.Run("postgres", func(t *testing.T) { testDuplicatesFromManyConnections(t, postgresStore(t)) })
+}
+
+func testDuplicatesFromManyConnections(t *testing.T, st store.Store) {
+	b := newSpendBundle(t, st)
 	const conns, events, cost = 8, 50, 1_000
 	clients := make([]factoryv1.BudgetServiceClient, conns)
 	for i := range clients {

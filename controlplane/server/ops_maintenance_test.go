@@ -4,11 +4,16 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
+	"net"
 	"strings"
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/otel/trace/noop"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -155,5 +160,64 @@ func TestDoctorOverGRPC(t *testing.T) {
 		if names[n] != factoryv1.DoctorStatus_DOCTOR_STATUS_OK {
 			t.Errorf("check %s: %v (%v)", n, names[n], res)
 		}
+	}
+}
+
+// runOn serves a control plane on dataDir until stop is called.
+func runOn(t *testing.T, dataDir string) (addr string, stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	addrCh := make(chan string, 1)
+	errCh := make(chan error, 1)
+	go func() {
+		errCh <- Run(ctx, Config{Listen: "127.0.0.1:0", DataDir: dataDir, Logger: slog.New(slog.DiscardHandler),
+			TracerProvider: noop.NewTracerProvider(), OnListening: func(a net.Addr) { addrCh <- a.String() }})
+	}()
+	select {
+	case addr = <-addrCh:
+	case err := <-errCh:
+		cancel()
+		t.Fatalf("Run: %v", err)
+	}
+	rememberOperator(t, addr, dataDir)
+	return addr, func() {
+		cancel()
+		if err := <-errCh; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}
+}
+
+func TestMaintenanceSurvivesARestart(t *testing.T) {
+	dir := t.TempDir()
+	dial := func(addr string) (factoryv1.QueueServiceClient, factoryv1.OpsServiceClient) {
+		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()), operatorAt(addr))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return factoryv1.NewQueueServiceClient(conn), factoryv1.NewOpsServiceClient(conn)
+	}
+	ctx := context.Background()
+	addr, stop := runOn(t, dir)
+	q, o := dial(addr)
+	if _, err := q.CreateTask(ctx, &factoryv1.CreateTaskRequest{Title: "waits"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := o.StartMaintenance(ctx, &factoryv1.StartMaintenanceRequest{Reason: "kernel update"}); err != nil {
+		t.Fatal(err)
+	}
+	stop()
+
+	addr, stop = runOn(t, dir)
+	defer stop()
+	q, o = dial(addr)
+	_, err := q.ClaimTask(ctx, &factoryv1.ClaimTaskRequest{Agent: "forge"})
+	if st := wantCode(t, err, codes.FailedPrecondition); !strings.Contains(st.Message(), "kernel update") {
+		t.Errorf("claim after the restart: %q", st.Message())
+	}
+	end, err := o.EndMaintenance(ctx, &factoryv1.EndMaintenanceRequest{})
+	if err != nil || !end.GetResumedQueue() || end.GetResumedTasks() != 1 {
+		t.Errorf("end after the restart: %v %v", end, err)
 	}
 }

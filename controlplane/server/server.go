@@ -218,18 +218,21 @@ func Run(ctx context.Context, cfg Config) error {
 	if counters != nil {
 		counters.bud = bud
 	}
-	if cfg.Digest.Spend == nil {
-		cfg.Digest.Spend = BudgetSpend{Budget: bud}
-	}
-	maint, dig, err := newOpsDomains(ctx, cfg.Digest, qcfg.Store, q, fl, qcfg.Clock, log)
-	if err != nil {
-		return err
-	}
 	alerts, err := newAlerts(cfg.Alerts, qcfg.Store, fl, fleet.NewEvents(qcfg.Store, fleetClock), bud, qcfg.Clock, notif.Notifier, log)
 	if err != nil {
 		return err
 	}
 	approvals, err := newApprovals(cfg.Approvals, qcfg.Store, q, qcfg.Clock, notif.Notifier, log)
+	if err != nil {
+		return err
+	}
+	if cfg.Digest.Spend == nil {
+		cfg.Digest.Spend = BudgetSpend{Budget: bud}
+	}
+	if cfg.Digest.Approvals == nil {
+		cfg.Digest.Approvals = ApprovalCount{Approvals: approvals}
+	}
+	maint, dig, err := newOpsDomains(ctx, cfg.Digest, qcfg.Store, q, fl, qcfg.Clock, log)
 	if err != nil {
 		return err
 	}

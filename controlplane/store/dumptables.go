@@ -82,6 +82,23 @@ var DumpTables = []*DumpTable{
 	{Name: "emergency_stop", Key: 1, Singleton: true, Columns: cols(
 		"id", DumpInt, "stopped", DumpBool, "reason", DumpText, "stopped_by", DumpText, "stopped_at", DumpTime,
 		"paused_queue", DumpBool, "paused_tasks", DumpInt)},
+	// Approvals, without their seq: a load numbers them in id order,
+	// which is their creation order (ids are UUIDv7).
+	{Name: "approvals", Key: 1, Content: true, Columns: cols(
+		"id", DumpText, "what", DumpText, "why", DumpText, "agent", DumpText, "risk", DumpInt, "tier", DumpInt,
+		"kind", DumpText, "payload_json", DumpText, "payload_sha256", DumpText, "deadline", DumpTime,
+		"default_on_timeout", DumpInt, "task_id", DumpText, "reminder_at", DumpTime, "state", DumpInt,
+		"auto_approved", DumpBool, "outcome", DumpInt, "decided_by", DumpText, "decided_at", DumpTime,
+		"reason", DumpText, "instructions", DumpText, "reminded_at", DumpTime, "created_at", DumpTime)},
+	// Alerts are not carried: they are derived from the state and the
+	// evaluator re-derives them within one interval on the new store.
+	// Silences are an operator's decisions, and are.
+	{Name: "silences", Key: 1, Columns: cols(
+		"id", DumpText, "rule", DumpText, "matchers", DumpJSON, "created_by", DumpText, "reason", DumpText,
+		"starts_at", DumpTime, "ends_at", DumpTime, "created_at", DumpTime)},
+	{Name: "maintenance", Key: 1, Singleton: true, Columns: cols(
+		"id", DumpInt, "active", DumpBool, "reason", DumpText, "started_at", DumpTime, "started_by", DumpText,
+		"paused_queue", DumpBool)},
 }
 
 // DumpTableNamed returns the table called name, or nil.

@@ -255,6 +255,10 @@ func fieldString(c fileConfig, flagName string) string {
 		return c.HeartbeatInterval.String()
 	case "offline-after":
 		return c.OfflineAfter.String()
+	case "time-zone":
+		return c.TimeZone
+	case "prices":
+		return c.Prices
 	case "digest-at":
 		return c.DigestAt
 	case "approval-policy":

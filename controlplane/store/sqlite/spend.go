@@ -10,17 +10,20 @@ import (
 	"github.com/factory/factory/controlplane/store"
 )
 
+// qSpendRollupBatch upserts up to maxBatchRows rollup rows at once.
+var qSpendRollupBatch = batchSQL(`INSERT INTO spend_daily (dimension, day, key, cost_micros, events, input_tokens, output_tokens) VALUES `,
+	rollupCols, ` ON CONFLICT (dimension, day, key) DO UPDATE SET
+	cost_micros = cost_micros + excluded.cost_micros,
+	events = events + excluded.events,
+	input_tokens = input_tokens + excluded.input_tokens,
+	output_tokens = output_tokens + excluded.output_tokens`)
+
+const rollupCols = 7
+
 const (
 	qSpendInsert = `INSERT INTO spend_events (id, agent, host, model, provider, tier, input_tokens, output_tokens,
 	cost_micros, priced_by_server, task_id, occurred_at, day, recorded_at)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`
-	qSpendRollup = `INSERT INTO spend_daily (dimension, day, key, cost_micros, events, input_tokens, output_tokens)
-VALUES (?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (dimension, day, key) DO UPDATE SET
-	cost_micros = cost_micros + excluded.cost_micros,
-	events = events + excluded.events,
-	input_tokens = input_tokens + excluded.input_tokens,
-	output_tokens = output_tokens + excluded.output_tokens`
 	qSpendGet = `SELECT id, agent, host, model, provider, tier, input_tokens, output_tokens, cost_micros,
 	priced_by_server, task_id, occurred_at, day, recorded_at FROM spend_events WHERE id = ?`
 	qSpendStandingSpent = `SELECT dimension, key, cost_micros FROM spend_daily
@@ -91,10 +94,8 @@ func (s *Store) SpendRecord(ctx context.Context, p *store.SpendRecordParams) (*s
 			fresh = append(fresh, e)
 		}
 		res.Recorded = len(fresh)
-		for _, r := range store.SpendRollups(fresh) {
-			if _, err := w.exec(qSpendRollup, r.Dimension, r.Day, r.Key, r.CostMicros, r.Events, r.InputTokens, r.OutputTokens); err != nil {
-				return err
-			}
+		if err := w.addRollups(store.SpendRollups(fresh)); err != nil {
+			return err
 		}
 		if p.ReleaseReservation != "" {
 			if _, err := w.exec(qReservationDelete, p.ReleaseReservation); err != nil {
@@ -213,14 +214,17 @@ func (s *Store) SpendRollupAdd(ctx context.Context, rows []store.SpendRollup) er
 	if len(rows) == 0 {
 		return nil
 	}
-	return s.writeTx(ctx, "SpendRollupAdd", func(w *wtx) error {
-		for _, r := range rows {
-			if _, err := w.exec(qSpendRollup, r.Dimension, r.Day, r.Key, r.CostMicros, r.Events, r.InputTokens, r.OutputTokens); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	return s.writeTx(ctx, "SpendRollupAdd", func(w *wtx) error { return w.addRollups(rows) })
+}
+
+// addRollups upserts rollup rows, adding to the sums already stored, in
+// as few statements as maxBatchRows allows.
+func (w *wtx) addRollups(rows []store.SpendRollup) error {
+	args := make([]any, 0, rollupCols*len(rows))
+	for _, r := range rows {
+		args = append(args, r.Dimension, r.Day, r.Key, r.CostMicros, r.Events, r.InputTokens, r.OutputTokens)
+	}
+	return w.execBatch(qSpendRollupBatch, rollupCols, args)
 }
 
 // SpendStanding implements store.Store.

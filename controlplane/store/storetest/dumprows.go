@@ -38,6 +38,13 @@ func (s *suite) testDumpRows(t *testing.T) {
 			if err != nil || !stop.Stopped || stop.Reason != "src stop" {
 				t.Fatalf("emergency stop after the load: %+v, %v", stop, err)
 			}
+			gated, err := dst.s.TaskGet(dst.ctx, "src-gated")
+			if err != nil || !gated.ApprovalPending || gated.ApprovalID != "src-approval" || gated.State != store.StateBacklog {
+				t.Fatalf("gated task after the load: %+v, %v", gated, err)
+			}
+			if a, err := dst.s.ApprovalGet(dst.ctx, "src-approval"); err != nil || a.State != store.ApprovalPending || a.TaskID != "src-gated" {
+				t.Fatalf("approval after the load: %+v, %v", a, err)
+			}
 			ev, err := dst.s.SpendGet(dst.ctx, "src-1")
 			if err != nil || ev.CostMicros != 1500 || ev.Day != "2026-11-26" {
 				t.Fatalf("spend event after the load: %+v, %v", ev, err)
@@ -143,5 +150,21 @@ func fillRows(t *testing.T, h *harness, prefix string) {
 	}
 	if _, _, err := h.s.EmergencyStopStart(h.ctx, &store.EmergencyStopStartParams{Reason: prefix + " stop", StoppedBy: "ops", Now: h.now()}); err != nil {
 		t.Fatalf("EmergencyStopStart: %v", err)
+	}
+	if _, err := h.s.SilenceCreate(h.ctx, &store.SilenceCreateParams{Now: h.now(), Silence: &store.Silence{
+		ID: prefix + "-silence", Rule: "disk_usage", Matchers: map[string]string{"host": "gpu-1"}, CreatedBy: "ops",
+		Reason: "disk swap", StartsAt: h.now(), EndsAt: h.now().Add(2 * time.Hour), CreatedAt: h.now()}}); err != nil {
+		t.Fatalf("SilenceCreate: %v", err)
+	}
+	// A gated task: its request travels as an approvals row, the gate
+	// with the task.
+	h.create(&store.TaskCreate{ID: prefix + "-gated", Title: "deploy to production", Kind: "production_deploy",
+		RequiresApproval: true, Approval: &store.ApprovalCreate{
+			ID: prefix + "-approval", What: "deploy to production", Why: "release 1.2", Agent: "deployer",
+			Risk: store.RiskHigh, Tier: 3, Kind: "production_deploy", PayloadJSON: `{"v":"1.2"}`, PayloadSHA256: "abc",
+			Deadline: h.now().Add(time.Hour), DefaultOnTimeout: store.DecisionReject, TaskID: prefix + "-gated",
+			ReminderAt: h.now().Add(30 * time.Minute), State: store.ApprovalPending}})
+	if err := h.s.MaintenanceSet(h.ctx, &store.MaintenanceState{Active: true, Reason: prefix + " upgrade", StartedAt: h.now(), StartedBy: "ops", PausedQueue: true}); err != nil {
+		t.Fatalf("MaintenanceSet: %v", err)
 	}
 }

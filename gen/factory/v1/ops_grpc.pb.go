@@ -46,7 +46,10 @@ const (
 // A dump is JSON Lines text: a header line
 // {"format":"factory-dump","version":1}, then one line per record (the
 // queue's pause switch, every task with every field, every token as its
-// secret's hash, every audit entry), then an end line counting them. It is
+// secret's hash, every audit entry, every fleet event, then the rows of
+// the other tables: the spend ledger and its daily rollups, budgets,
+// reservations, spend alerts, the emergency stop, approvals, alerts,
+// silences and maintenance), then an end line counting them. It is
 // canonical: two dumps of the same state are the same bytes, whichever
 // store wrote them.
 //
@@ -320,7 +323,10 @@ type OpsService_WatchEventsClient = grpc.ServerStreamingClient[WatchEventsRespon
 // A dump is JSON Lines text: a header line
 // {"format":"factory-dump","version":1}, then one line per record (the
 // queue's pause switch, every task with every field, every token as its
-// secret's hash, every audit entry), then an end line counting them. It is
+// secret's hash, every audit entry, every fleet event, then the rows of
+// the other tables: the spend ledger and its daily rollups, budgets,
+// reservations, spend alerts, the emergency stop, approvals, alerts,
+// silences and maintenance), then an end line counting them. It is
 // canonical: two dumps of the same state are the same bytes, whichever
 // store wrote them.
 //
