@@ -148,6 +148,9 @@ func DefaultBudgets() []store.Budget {
 type Service struct {
 	cfg   Config
 	store store.Store
+	// partners are the other switches that pause the queue (see
+	// SetPausePartners).
+	partners *queue.PausePartners
 	log   *slog.Logger
 	clock Clock
 	loc   *time.Location

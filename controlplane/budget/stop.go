@@ -6,6 +6,7 @@ import (
 	"strconv"
 
 	"github.com/factory/factory/controlplane/notify"
+	"github.com/factory/factory/controlplane/queue"
 	"github.com/factory/factory/controlplane/store"
 )
 
@@ -91,7 +92,15 @@ func (s *Service) Rearm(ctx context.Context, by, note string) (int64, error) {
 	}
 	ctx = context.WithoutCancel(ctx)
 	var resumed int64
-	if prev.PausedQueue && s.cfg.Queue != nil {
+	kept := false
+	if prev.PausedQueue {
+		// Maintenance still on keeps the queue paused, and resumes it
+		// when it ends.
+		if kept, err = s.partners.HandOver(ctx, s); err != nil {
+			return 0, fmt.Errorf("the stop is lifted but the queue stays paused (resume it with factory queue resume): %w", err)
+		}
+	}
+	if prev.PausedQueue && !kept && s.cfg.Queue != nil {
 		n, err := s.cfg.Queue.Resume(ctx)
 		if err != nil {
 			return 0, fmt.Errorf("the stop is lifted but resuming the queue failed (resume it with factory queue resume): %w", err)
@@ -154,4 +163,29 @@ func (s *Service) announceStop(st *store.EmergencyStop) {
 		}
 		ch <- sig
 	}
+}
+
+// SetPausePartners joins the switches that pause the queue (maintenance):
+// a rearm while one is on leaves the queue paused for it to resume.
+func (s *Service) SetPausePartners(p *queue.PausePartners) {
+	s.partners = p
+	p.Add(s)
+}
+
+// HoldsPause implements queue.PauseHolder.
+func (s *Service) HoldsPause(ctx context.Context) (bool, error) {
+	st, err := s.store.EmergencyStopGet(ctx)
+	if err != nil {
+		return false, err
+	}
+	return st.Stopped, nil
+}
+
+// AdoptPause implements queue.PauseHolder: the rearm will resume the queue.
+func (s *Service) AdoptPause(ctx context.Context) error {
+	st, err := s.store.EmergencyStopGet(ctx)
+	if err != nil || !st.Stopped || st.PausedQueue {
+		return err
+	}
+	return s.store.EmergencyStopNotePaused(ctx, &store.EmergencyStopNotePausedParams{PausedQueue: true, PausedTasks: st.PausedTasks})
 }

@@ -104,6 +104,41 @@ type Service struct {
 	mu       sync.Mutex
 	state    store.MaintenanceState
 	loadedAt time.Time
+
+	// partners are the other switches that pause the queue (the
+	// emergency stop): ending maintenance while one is on leaves the queue
+	// paused for it to resume.
+	partners *queue.PausePartners
+}
+
+// SetPausePartners joins the switches that pause the queue.
+func (s *Service) SetPausePartners(p *queue.PausePartners) {
+	s.partners = p
+	p.Add(s)
+}
+
+// HoldsPause implements queue.PauseHolder.
+func (s *Service) HoldsPause(ctx context.Context) (bool, error) {
+	st, err := s.store.MaintenanceGet(ctx)
+	if err != nil {
+		return false, err
+	}
+	return st.Active, nil
+}
+
+// AdoptPause implements queue.PauseHolder: the end of maintenance will
+// resume the queue.
+func (s *Service) AdoptPause(ctx context.Context) error {
+	st, err := s.store.MaintenanceGet(ctx)
+	if err != nil || !st.Active || st.PausedQueue {
+		return err
+	}
+	st.PausedQueue = true
+	if err := s.store.MaintenanceSet(ctx, st); err != nil {
+		return err
+	}
+	s.remember(*st)
+	return nil
 }
 
 // New returns a Service with its claim gate installed on the queue. A
@@ -336,10 +371,16 @@ func (s *Service) End(ctx context.Context, by string) (*EndResult, error) {
 		return res, nil
 	}
 	if cur.PausedQueue {
-		if res.ResumedTasks, err = s.q.Resume(ctx); err != nil {
+		kept, err := s.partners.HandOver(ctx, s)
+		if err != nil {
 			return nil, err
 		}
-		res.ResumedQueue = true
+		if !kept {
+			if res.ResumedTasks, err = s.q.Resume(ctx); err != nil {
+				return nil, err
+			}
+			res.ResumedQueue = true
+		}
 	}
 	if err := s.store.MaintenanceSet(ctx, &store.MaintenanceState{}); err != nil {
 		return nil, err

@@ -66,6 +66,15 @@ func newOpsDomains(ctx context.Context, cfg DigestConfig, st store.Store, q *que
 	return m, d, nil
 }
 
+// joinPauseHolders lets the emergency stop and maintenance mode, which
+// both pause the queue, leave it paused for each other: whichever ends
+// last resumes it.
+func joinPauseHolders(b *budget.Service, m *maintenance.Service) {
+	partners := &queue.PausePartners{}
+	b.SetPausePartners(partners)
+	m.SetPausePartners(partners)
+}
+
 // runDigest sends the digest daily, on the elected replica alone when
 // replicas share a database.
 func runDigest(ctx context.Context, g *errgroup.Group, cfg DigestConfig, raw store.Store, d *digest.Service) {

@@ -508,3 +508,14 @@ func Dollars(micros int64) string {
 	}
 	return fmt.Sprintf("%s$%d.%06d", sign, whole, frac)
 }
+
+// ScopeDimension is the rollup dimension a budget scope reads.
+func ScopeDimension(scope string) string {
+	switch scope {
+	case ScopeTier:
+		return DimTier
+	case ScopeAgent:
+		return DimAgent
+	}
+	return DimTotal
+}

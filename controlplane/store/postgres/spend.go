@@ -354,7 +354,7 @@ func (s *Store) SpendReserve(ctx context.Context, p *store.SpendReserveParams) (
 			if c.CapMicros <= 0 {
 				continue
 			}
-			b.Queue(qSpendScope, scopeDim(c.Scope), r.Day, storable(c.Key), now, c.Scope).QueryRow(func(row pgx.Row) error {
+			b.Queue(qSpendScope, store.ScopeDimension(c.Scope), r.Day, storable(c.Key), now, c.Scope).QueryRow(func(row pgx.Row) error {
 				return row.Scan(&got[i].spent, &got[i].reserved)
 			})
 		}
@@ -383,17 +383,6 @@ func (s *Store) SpendReserve(ctx context.Context, p *store.SpendReserveParams) (
 		return nil, err
 	}
 	return &r, nil
-}
-
-// scopeDim is the rollup dimension a budget scope reads.
-func scopeDim(scope string) string {
-	switch scope {
-	case store.ScopeTier:
-		return store.DimTier
-	case store.ScopeAgent:
-		return store.DimAgent
-	}
-	return store.DimTotal
 }
 
 func scanReservation(row pgx.Row) (*store.SpendReservation, error) {

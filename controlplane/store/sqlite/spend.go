@@ -307,7 +307,7 @@ func (s *Store) SpendReserve(ctx context.Context, p *store.SpendReserveParams) (
 			if c.CapMicros <= 0 {
 				continue
 			}
-			spent, err := w.scalar(qSpendScopeSpent, scopeDim(c.Scope), r.Day, c.Key)
+			spent, err := w.scalar(qSpendScopeSpent, store.ScopeDimension(c.Scope), r.Day, c.Key)
 			if err != nil {
 				return err
 			}
@@ -341,17 +341,6 @@ func (s *Store) SpendReserve(ctx context.Context, p *store.SpendReserveParams) (
 		return nil, err
 	}
 	return &r, nil
-}
-
-// scopeDim is the rollup dimension a budget scope reads.
-func scopeDim(scope string) string {
-	switch scope {
-	case store.ScopeTier:
-		return store.DimTier
-	case store.ScopeAgent:
-		return store.DimAgent
-	}
-	return store.DimTotal
 }
 
 // scalar runs a one-integer query on the write transaction.

@@ -1,0 +1,57 @@
+package queue
+
+import (
+	"context"
+	"sync"
+)
+
+// PauseHolder is a switch that keeps the queue paused while it is on: the
+// emergency stop and maintenance mode. Each resumes the queue when it goes
+// off, but only if it paused it; when the other switch is still on at that
+// moment, the queue must stay paused, and the duty to resume it passes to
+// the switch still on (AdoptPause), so that whichever ends last resumes.
+type PauseHolder interface {
+	// HoldsPause reports whether the switch is on now.
+	HoldsPause(ctx context.Context) (bool, error)
+	// AdoptPause makes the switch the one that resumes the queue when it
+	// goes off.
+	AdoptPause(ctx context.Context) error
+}
+
+// PausePartners lets each pause holder find the others.
+type PausePartners struct {
+	mu      sync.Mutex
+	holders []PauseHolder
+}
+
+// Add registers a holder.
+func (p *PausePartners) Add(h PauseHolder) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.holders = append(p.holders, h)
+}
+
+// HandOver is called by self as it goes off, before it would resume the
+// queue: when another holder is on, that one adopts the pause and HandOver
+// reports true (do not resume); otherwise false (resume).
+func (p *PausePartners) HandOver(ctx context.Context, self PauseHolder) (bool, error) {
+	if p == nil {
+		return false, nil
+	}
+	p.mu.Lock()
+	holders := append([]PauseHolder(nil), p.holders...)
+	p.mu.Unlock()
+	for _, h := range holders {
+		if h == self {
+			continue
+		}
+		on, err := h.HoldsPause(ctx)
+		if err != nil {
+			return false, err
+		}
+		if on {
+			return true, h.AdoptPause(ctx)
+		}
+	}
+	return false, nil
+}
