@@ -151,9 +151,9 @@ type Service struct {
 	// partners are the other switches that pause the queue (see
 	// SetPausePartners).
 	partners *queue.PausePartners
-	log   *slog.Logger
-	clock Clock
-	loc   *time.Location
+	log      *slog.Logger
+	clock    Clock
+	loc      *time.Location
 
 	// refreshMu makes one caller refresh the view while the others wait
 	// for it rather than all reading the store.
