@@ -86,6 +86,13 @@ func TestSoak(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), duration+time.Minute)
 	defer cancel()
+	// The soak spends about $1 a second: far past the runbook's $100 a
+	// day emergency threshold, which would (rightly) halt the fleet.
+	if _, err := budget.SetBudget(ctx, &factoryv1.SetBudgetRequest{Budget: &factoryv1.Budget{
+		Scope: factoryv1.BudgetScope_BUDGET_SCOPE_TOTAL, TargetMicros: 30_000_000, AlertMicros: 50_000_000,
+		EmergencyMicros: 1_000_000_000_000}}); err != nil {
+		t.Fatalf("raise the emergency threshold for the soak: %v", err)
+	}
 	loadCtx, stopLoad := context.WithTimeout(ctx, duration)
 	defer stopLoad()
 	lat := &latencies{d: map[string][]time.Duration{}}
@@ -125,6 +132,8 @@ func TestSoak(t *testing.T) {
 				if err != nil {
 					if loadCtx.Err() == nil {
 						errs.Add(1)
+						t.Logf("%s: claim: %v", name, err)
+						time.Sleep(time.Second) // as an agent backs off
 					}
 					continue
 				}
