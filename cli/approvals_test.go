@@ -126,3 +126,28 @@ func TestApprovalRequestAndWait(t *testing.T) {
 		t.Fatalf("show:\n%s", out)
 	}
 }
+
+// An operator who queues gated work (a production deploy at 7am) can
+// approve it: the request asks on behalf of the agent that will do the
+// work, and no agent can decide.
+func TestOperatorApprovesGatedWorkItQueued(t *testing.T) {
+	sh := newShell(t)
+	r := sh.run("task", "create", "--id", "ship", "--title", "Deploy api 1.5", "--kind", "production_deploy", "-o", "json")
+	if r.code != 0 {
+		t.Fatalf("create: exit %d: %s", r.code, r.stderr)
+	}
+	var task map[string]any
+	if err := json.Unmarshal([]byte(r.stdout), &task); err != nil || task["approval_pending"] != true {
+		t.Fatalf("a production deploy is gated: %v %v", task, err)
+	}
+	apID := task["approval_id"].(string)
+	if out := sh.ok("approvals", "show", apID); !strings.Contains(out, "queue") {
+		t.Fatalf("the request should ask for whichever agent claims the task:\n%s", out)
+	}
+	if out := sh.ok("approve", apID); !strings.Contains(out, "APPROVED") {
+		t.Fatalf("approve:\n%s", out)
+	}
+	if got := sh.task("ship"); got["state"] != "TASK_STATE_READY" {
+		t.Fatalf("approved task %v", got)
+	}
+}

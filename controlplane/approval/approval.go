@@ -242,16 +242,34 @@ func (s *Service) build(p RequestParams) (*store.ApprovalCreate, error) {
 	return c, nil
 }
 
+// QueueRequester is the agent of a gated task's request when an operator
+// created the task with no assignee: whichever agent claims it.
+const QueueRequester = "queue"
+
 // GateTasks is the queue's create hook: a task created with
 // RequiresApproval, or whose kind policy puts at Tier 2 or up, gets an
-// approval request stored with it (what = its title, agent = the caller,
-// kind = its kind, at least Tier 2) and waits in BACKLOG for it.
+// approval request stored with it (what = its title, kind = its kind, at
+// least Tier 2) and waits in BACKLOG for it.
+//
+// The request's agent, the party that may never decide it, is the agent
+// that created the task. A task an operator creates asks on behalf of the
+// agent that will do it (its assignee, or "queue" when whichever agent
+// claims it will), so an operator who queued a production deploy at 7am
+// can approve it: the gate holds the work until someone decides, and no
+// agent can decide.
 func (s *Service) GateTasks(ctx context.Context, tasks []*store.TaskCreate) error {
-	creator := "unknown"
+	creator, byOperator := "unknown", false
 	if c, ok := access.FromContext(ctx); ok && c.Subject != "" {
-		creator = c.Subject
+		creator, byOperator = c.Subject, c.Role == store.RoleOperator
 	}
 	for i, t := range tasks {
+		requester := creator
+		if byOperator {
+			requester = QueueRequester
+			if t.Assignee != "" {
+				requester = t.Assignee
+			}
+		}
 		tier := s.cfg.Policy.TierFor(t.Kind, t.ApprovalTier, t.PayloadJSON)
 		if !t.RequiresApproval && s.cfg.Policy.AutoApproves(tier) {
 			continue
@@ -261,7 +279,7 @@ func (s *Service) GateTasks(ctx context.Context, tasks []*store.TaskCreate) erro
 		}
 		tier = min(max(tier, 2), 3)
 		c, err := s.build(RequestParams{
-			What: t.Title, Why: "task " + t.ID + " needs approval before it runs", Agent: creator, Risk: store.RiskHigh,
+			What: t.Title, Why: "task " + t.ID + " needs approval before it runs", Agent: requester, Risk: store.RiskHigh,
 			Tier: tier, Kind: t.Kind, PayloadJSON: t.PayloadJSON,
 		})
 		if err != nil {
