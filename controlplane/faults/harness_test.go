@@ -3,11 +3,9 @@
 package faults_test
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -15,7 +13,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -24,6 +21,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/factory/factory/controlplane/internal/proctest"
 	factoryv1 "github.com/factory/factory/gen/factory/v1"
 )
 
@@ -76,155 +74,26 @@ func repoRoot() string {
 }
 
 // logLine is one JSON line of a process's log.
-type logLine map[string]any
-
-func (l logLine) str(k string) string { s, _ := l[k].(string); return s }
+type logLine = proctest.Line
 
 // proc is a process under test, with its log kept in memory.
-type proc struct {
-	t      *testing.T
-	name   string
-	cmd    *exec.Cmd
-	exited chan struct{}
-
-	mu    sync.Mutex
-	lines []logLine
-	raw   []string
-}
+type proc struct{ *proctest.Proc }
 
 // start runs bin with args; the process gets SIGTERM (then SIGKILL) when
 // the test ends, and its log is shown when the test failed.
 func start(t *testing.T, name, bin string, env []string, args ...string) *proc {
 	t.Helper()
-	p := &proc{t: t, name: name, exited: make(chan struct{})}
-	p.cmd = exec.Command(bin, args...)
-	p.cmd.Env = append(os.Environ(), env...)
-	pr, pw, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.cmd.Stdout = pw
-	p.cmd.Stderr = pw
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", name, err)
-	}
-	pw.Close()
-	go p.scan(pr)
-	go func() {
-		_ = p.cmd.Wait()
-		close(p.exited)
-	}()
-	t.Cleanup(func() {
-		p.stop()
-		if t.Failed() {
-			t.Logf("%s log (last 60 lines):\n%s", p.name, p.tail(60))
-		}
-	})
-	return p
+	return &proc{proctest.Start(t, name, bin, env, args...)}
 }
 
-func (p *proc) pid() int { return p.cmd.Process.Pid }
-
-func (p *proc) scan(f *os.File) {
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		text := sc.Text()
-		var l logLine
-		if json.Unmarshal([]byte(text), &l) != nil {
-			l = logLine{"msg": text}
-		}
-		p.mu.Lock()
-		p.lines = append(p.lines, l)
-		p.raw = append(p.raw, text)
-		p.mu.Unlock()
-	}
-}
-
-func (p *proc) find(match func(logLine) bool) (logLine, bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, l := range p.lines {
-		if match(l) {
-			return l, true
-		}
-	}
-	return nil, false
-}
-
-func (p *proc) count(match func(logLine) bool) int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	n := 0
-	for _, l := range p.lines {
-		if match(l) {
-			n++
-		}
-	}
-	return n
-}
-
-func (p *proc) tail(n int) string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	raw := p.raw
-	if len(raw) > n {
-		raw = raw[len(raw)-n:]
-	}
-	return strings.Join(raw, "\n")
-}
-
-func (p *proc) alive() bool {
-	select {
-	case <-p.exited:
-		return false
-	default:
-		return true
-	}
-}
-
-// waitLog waits until a log line matches.
+func (p *proc) pid() int          { return p.Pid() }
+func (p *proc) alive() bool       { return p.Alive() }
+func (p *proc) kill9()            { p.Kill9() }
+func (p *proc) stop()             { p.Stop() }
+func (p *proc) tail(n int) string { return p.Tail(n, nil) }
 func (p *proc) waitLog(what string, within time.Duration, match func(logLine) bool) logLine {
-	p.t.Helper()
-	deadline := time.After(within)
-	for {
-		if l, ok := p.find(match); ok {
-			return l
-		}
-		select {
-		case <-p.exited:
-			p.t.Fatalf("%s exited while waiting for %s:\n%s", p.name, what, p.tail(40))
-		case <-deadline:
-			p.t.Fatalf("%s: no %s within %s:\n%s", p.name, what, within, p.tail(40))
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-}
-
-// kill9 ends the process with SIGKILL, as a crash or the OOM killer would.
-func (p *proc) kill9() {
-	p.t.Helper()
-	_ = p.cmd.Process.Signal(syscall.SIGKILL)
-	select {
-	case <-p.exited:
-	case <-time.After(10 * time.Second):
-		p.t.Fatalf("%s did not exit after SIGKILL", p.name)
-	}
-}
-
-// stop asks the process to end (SIGTERM) and kills it if it does not.
-func (p *proc) stop() {
-	if !p.alive() {
-		return
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.exited:
-	case <-time.After(15 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.exited
-	}
+	p.T.Helper()
+	return p.WaitLog(what, within, match)
 }
 
 // controlPlane is a factory-controlplane process on a fixed port, so that
@@ -247,7 +116,7 @@ func startControlPlane(t *testing.T, name, dataDir, addr string, args ...string)
 		"--data-dir", dataDir, "--listen", addr, "--shutdown-timeout", "2s", "--log-level", "info",
 	}, args...)
 	p := start(t, name, binary(t, "factory-controlplane"), nil, all...)
-	p.waitLog("listening", 60*time.Second, func(l logLine) bool { return l.str("msg") == "listening" })
+	p.waitLog("listening", 60*time.Second, func(l logLine) bool { return l.Str("msg") == "listening" })
 	return &controlPlane{proc: p, addr: addr, dataDir: dataDir, args: args}
 }
 
@@ -256,9 +125,9 @@ func startControlPlane(t *testing.T, name, dataDir, addr string, args ...string)
 func (c *controlPlane) restart(t *testing.T) *controlPlane {
 	t.Helper()
 	if c.alive() {
-		t.Fatalf("restart of %s while it still runs", c.name)
+		t.Fatalf("restart of %s while it still runs", c.Name)
 	}
-	return startControlPlane(t, c.name+"'", c.dataDir, c.addr, c.args...)
+	return startControlPlane(t, c.Name+"'", c.dataDir, c.addr, c.args...)
 }
 
 // operatorToken is the secret the first start wrote into the data dir.

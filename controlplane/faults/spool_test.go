@@ -27,7 +27,7 @@ func startSpendSidecar(t *testing.T, name, dir, addr, secret, spendAddr string) 
 	t.Helper()
 	p := start(t, name, binary(t, "factory-sidecar"), []string{"FACTORY_TOKEN=" + secret},
 		"--addr", addr, "--config", sidecarConfig(t, dir, "spool-host", "spool-agent"), "--spend-listen", spendAddr)
-	p.waitLog("spend endpoint", 30*time.Second, func(l logLine) bool { return l.str("msg") == "spend endpoint listening" })
+	p.waitLog("spend endpoint", 30*time.Second, func(l logLine) bool { return l.Str("msg") == "spend endpoint listening" })
 	return &spendSidecar{proc: p, spendAddr: spendAddr}
 }
 

@@ -15,11 +15,9 @@ package main
 // never stops the shared one.
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"maps"
 	"net"
@@ -45,6 +43,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/factory/factory/controlplane/internal/proctest"
 	factoryv1 "github.com/factory/factory/gen/factory/v1"
 )
 
@@ -132,120 +131,40 @@ func freshSchema(t *testing.T, url string) string {
 }
 
 // logLine is one JSON line of a replica's log.
-type logLine map[string]any
-
-func (l logLine) str(k string) string { s, _ := l[k].(string); return s }
+type logLine = proctest.Line
 
 // replica is a control-plane process.
 type replica struct {
-	t       *testing.T
-	name    string
-	cmd     *exec.Cmd
+	*proctest.Proc
 	addr    string
 	dataDir string
-	exited  chan struct{}
-
-	mu    sync.Mutex
-	lines []logLine
-	raw   []string
 }
 
-func (r *replica) scan(f *os.File) {
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		text := sc.Text()
-		var l logLine
-		if json.Unmarshal([]byte(text), &l) != nil {
-			l = logLine{"msg": text}
-		}
-		r.mu.Lock()
-		r.lines = append(r.lines, l)
-		r.raw = append(r.raw, text)
-		r.mu.Unlock()
-	}
-}
-
-// find returns the first log line that matches.
-func (r *replica) find(match func(logLine) bool) (logLine, bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for _, l := range r.lines {
-		if match(l) {
-			return l, true
-		}
-	}
-	return nil, false
-}
-
-// count counts the log lines that match.
-func (r *replica) count(match func(logLine) bool) int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	n := 0
-	for _, l := range r.lines {
-		if match(l) {
-			n++
-		}
-	}
-	return n
-}
-
-// tail is the last n lines of the log that are warnings or errors, or
-// that name the sweeper's duty.
-func (r *replica) tail(n int) string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var out []string
-	for i, l := range r.lines {
-		if l.str("msg") == "finished call" && l.str("grpc.code") == codes.Unavailable.String() {
-			// Expected while the database is away, and many.
-			continue
-		}
-		if lvl := l.str("level"); lvl == "WARN" || lvl == "ERROR" || l.str("duty") != "" || l.str("msg") == "listening" || l.str("level") == "" {
-			out = append(out, r.raw[i])
-		}
-	}
-	if len(out) > n {
-		out = out[len(out)-n:]
-	}
-	return strings.Join(out, "\n")
-}
-
-func (r *replica) alive() bool {
-	select {
-	case <-r.exited:
+// tailFilter keeps what explains a failure: warnings, errors, the
+// sweeper's duty and the listening line, but not the many UNAVAILABLE
+// answers expected while the database is away.
+func tailFilter(l logLine) bool {
+	if l.Str("msg") == "finished call" && l.Str("grpc.code") == codes.Unavailable.String() {
 		return false
-	default:
-		return true
 	}
+	lvl := l.Str("level")
+	return lvl == "WARN" || lvl == "ERROR" || lvl == "" || l.Str("duty") != "" || l.Str("msg") == "listening"
 }
 
-// kill9 ends the process with SIGKILL, as a crash or the OOM killer would.
-func (r *replica) kill9() {
-	r.t.Helper()
-	if err := r.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		r.t.Fatalf("kill -9 %s: %v", r.name, err)
-	}
-	select {
-	case <-r.exited:
-	case <-time.After(10 * time.Second):
-		r.t.Fatalf("%s did not exit after SIGKILL", r.name)
-	}
-}
+// tail is the last n log lines tailFilter keeps.
+func (r *replica) tail(n int) string { return r.Tail(n, tailFilter) }
 
 // isSweeperDuty matches the line a replica logs when it takes the
 // sweeper's duty.
 func isSweeperDuty(l logLine) bool {
-	return l.str("msg") == "duty acquired" && l.str("duty") == "sweeper"
+	return l.Str("msg") == "duty acquired" && l.Str("duty") == "sweeper"
 }
 
 // holdsSweeperDuty reports whether r's log says it holds the sweeper's
 // duty now: it took the duty more often than it gave it up.
 func holdsSweeperDuty(r *replica) bool {
-	released := r.count(func(l logLine) bool { return l.str("msg") == "duty released" && l.str("duty") == "sweeper" })
-	return r.count(isSweeperDuty) > released
+	released := r.Count(func(l logLine) bool { return l.Str("msg") == "duty released" && l.Str("duty") == "sweeper" })
+	return r.Count(isSweeperDuty) > released
 }
 
 // startReplica starts a control plane on the database and waits until it
@@ -253,60 +172,21 @@ func holdsSweeperDuty(r *replica) bool {
 func startReplica(t *testing.T, name, url, schema string, extra ...string) *replica {
 	t.Helper()
 	bin := controlPlaneBinary(t)
-	r := &replica{t: t, name: name, dataDir: t.TempDir(), exited: make(chan struct{})}
+	dataDir := t.TempDir()
 	args := []string{
-		"--store", url, "--pg-schema", schema, "--data-dir", r.dataDir, "--listen", "127.0.0.1:0",
+		"--store", url, "--pg-schema", schema, "--data-dir", dataDir, "--listen", "127.0.0.1:0",
 		// Every test client shares one token, so the per-caller limit
 		// would throttle the load, not protect anything.
 		"--rate-limit", "0",
 		"--shutdown-timeout", "2s",
 		"--log-level", "info",
+		"--metrics-listen", "off",
 	}
-	r.cmd = exec.Command(bin, append(args, extra...)...)
-	pr, pw, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.cmd.Stdout = pw
-	r.cmd.Stderr = pw
-	if err := r.cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", name, err)
-	}
-	pw.Close()
-	go r.scan(pr)
-	go func() {
-		_ = r.cmd.Wait()
-		close(r.exited)
-	}()
-	t.Cleanup(func() {
-		if r.alive() {
-			_ = r.cmd.Process.Signal(syscall.SIGTERM)
-			select {
-			case <-r.exited:
-			case <-time.After(10 * time.Second):
-				_ = r.cmd.Process.Kill()
-				<-r.exited
-			}
-		}
-		if t.Failed() {
-			t.Logf("%s log (warnings, errors, duty; last 40):\n%s", r.name, r.tail(40))
-		}
-	})
-
-	deadline := time.After(60 * time.Second)
-	for {
-		if l, ok := r.find(func(l logLine) bool { return l.str("msg") == "listening" }); ok {
-			r.addr = l.str("addr")
-			return r
-		}
-		select {
-		case <-r.exited:
-			t.Fatalf("%s exited before listening:\n%s", name, r.tail(40))
-		case <-deadline:
-			t.Fatalf("%s did not listen within 60s:\n%s", name, r.tail(40))
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
+	r := &replica{Proc: proctest.Start(t, name, bin, nil, append(args, extra...)...), dataDir: dataDir}
+	r.FailureLines, r.FailureFilter = 40, tailFilter
+	l := r.WaitLog("listening", 60*time.Second, func(l logLine) bool { return l.Str("msg") == "listening" })
+	r.addr = l.Str("addr")
+	return r
 }
 
 // startReplicas starts n replicas on one schema, one after another, so
@@ -893,7 +773,7 @@ func TestReplicaKilledLeasesRescued(t *testing.T) {
 	}
 	killed.Store(true)
 	killedAt := time.Now()
-	rs[victim].kill9()
+	rs[victim].Kill9()
 	orphans = map[string]int64{}
 	for _, c := range claimers {
 		if c.replica == victim {
@@ -1231,14 +1111,14 @@ func TestPostgresRestartDuringLoad(t *testing.T) {
 
 	// Behind the calls, each replica's change feed listens again (and
 	// resyncs its waiting claimers), and the sweeper runs somewhere.
-	isResync := func(l logLine) bool { return l.str("msg") == "change feed listening again; resyncing" }
+	isResync := func(l logLine) bool { return l.Str("msg") == "change feed listening again; resyncing" }
 	feedDeadline := time.Now().Add(20 * time.Second)
 	for _, r := range rs {
-		for r.count(isResync) == 0 && time.Now().Before(feedDeadline) {
+		for r.Count(isResync) == 0 && time.Now().Before(feedDeadline) {
 			time.Sleep(50 * time.Millisecond)
 		}
-		if r.count(isResync) == 0 {
-			t.Errorf("%s's change feed did not listen again within 20s of the restart", r.name)
+		if r.Count(isResync) == 0 {
+			t.Errorf("%s's change feed did not listen again within 20s of the restart", r.Name)
 		}
 	}
 	holder := false
@@ -1266,8 +1146,8 @@ func TestPostgresRestartDuringLoad(t *testing.T) {
 	l.mu.Unlock()
 	t.Logf("claimers' failed calls (all tolerated): %v; %d tasks granted more than once (each under a new lease)", l.codes, regranted)
 	for _, r := range rs {
-		if n := r.count(func(l logLine) bool { return l.str("msg") == "internal error" || l.str("msg") == "panic in handler" }); n > 0 {
-			t.Errorf("%s logged %d internal errors", r.name, n)
+		if n := r.Count(func(l logLine) bool { return l.Str("msg") == "internal error" || l.Str("msg") == "panic in handler" }); n > 0 {
+			t.Errorf("%s logged %d internal errors", r.Name, n)
 		}
 	}
 }
