@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"maps"
-	"slices"
 	"strings"
 	"time"
 
@@ -257,7 +255,7 @@ func writeAlerts(w io.Writer, alerts []*factoryv1.Alert) error {
 			since = "resolved " + stamp(al.GetResolvedAt())
 		}
 		fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", al.GetId(), state, al.GetSeverity(), al.GetRule(),
-			orDash(labelText(al.GetLabels())), since, orDash(strings.Join(note, ", ")), al.GetSummary())
+			orDash(formatLabels(al.GetLabels())), since, orDash(strings.Join(note, ", ")), al.GetSummary())
 	}
 	return t.Flush()
 }
@@ -270,7 +268,7 @@ func writeSilences(w io.Writer, silences []*factoryv1.Silence) error {
 	t := newTable(w)
 	fmt.Fprintln(t, "ID\tRULE\tMATCH\tUNTIL\tACTIVE\tBY\tREASON")
 	for _, s := range silences {
-		fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%t\t%s\t%s\n", s.GetId(), s.GetRule(), orDash(labelText(s.GetMatchers())),
+		fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%t\t%s\t%s\n", s.GetId(), s.GetRule(), orDash(formatLabels(s.GetMatchers())),
 			stamp(s.GetEndsAt()), s.GetActive(), s.GetCreatedBy(), orDash(s.GetReason()))
 	}
 	return t.Flush()
@@ -292,19 +290,11 @@ func writeEvent(w io.Writer, e *factoryv1.Event) error {
 	return err
 }
 
-func labelText(m map[string]string) string {
-	parts := make([]string, 0, len(m))
-	for _, k := range slices.Sorted(maps.Keys(m)) {
-		parts = append(parts, k+"="+m[k])
-	}
-	return strings.Join(parts, ",")
-}
-
 func matcherText(m map[string]string) string {
 	if len(m) == 0 {
 		return ""
 	}
-	return " {" + labelText(m) + "}"
+	return " {" + formatLabels(m) + "}"
 }
 
 func stamp(t *timestamppb.Timestamp) string {

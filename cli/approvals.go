@@ -142,41 +142,56 @@ decisions, expiries) until interrupted.`,
 				return a.watchApprovalEvents(cmd)
 			}
 			var final *factoryv1.Approval
-			err := a.withApprovals(cmd, func(ctx context.Context, c factoryv1.ApprovalServiceClient) error {
-				stream, err := c.WaitApproval(ctx, &factoryv1.WaitApprovalRequest{ApprovalId: args[0]})
-				if err != nil {
-					return err
-				}
-				for {
-					resp, err := stream.Recv()
-					if errors.Is(err, io.EOF) {
-						return nil
-					}
-					if err != nil {
-						return err
-					}
-					if a.jsonOutput() {
-						err = writeProtoLine(a.stdout(), resp.GetApproval())
-					} else {
-						err = writeApprovalLine(a.stdout(), resp.GetApproval())
-					}
-					if err != nil {
-						return err
-					}
-					if resp.GetFinal() {
-						final = resp.GetApproval()
-					}
-				}
-			})
-			if err != nil {
+			err := a.withApprovals(cmd, func(ctx context.Context, c factoryv1.ApprovalServiceClient) (err error) {
+				final, err = a.waitApproval(ctx, c, args[0])
 				return err
-			}
-			if final != nil && !granted(final) {
-				return notGranted(final)
-			}
-			return nil
+			})
+			return finalExit(final, err)
 		},
 	}
+}
+
+// waitApproval prints request id as it is and then its decision, as the
+// WaitApproval stream sends them, and returns its final state (nil if the
+// stream ended without one).
+func (a *app) waitApproval(ctx context.Context, c factoryv1.ApprovalServiceClient, id string) (*factoryv1.Approval, error) {
+	stream, err := c.WaitApproval(ctx, &factoryv1.WaitApprovalRequest{ApprovalId: id})
+	if err != nil {
+		return nil, err
+	}
+	var final *factoryv1.Approval
+	for {
+		resp, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return final, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		if a.jsonOutput() {
+			err = writeProtoLine(a.stdout(), resp.GetApproval())
+		} else {
+			err = writeApprovalLine(a.stdout(), resp.GetApproval())
+		}
+		if err != nil {
+			return nil, err
+		}
+		if resp.GetFinal() {
+			final = resp.GetApproval()
+		}
+	}
+}
+
+// finalExit is a wait's result: err, else exit 3 when the final state does
+// not let the action go ahead.
+func finalExit(final *factoryv1.Approval, err error) error {
+	if err != nil {
+		return err
+	}
+	if final != nil && !granted(final) {
+		return notGranted(final)
+	}
+	return nil
 }
 
 // watchApprovalEvents prints the approval events of the event stream.
@@ -259,38 +274,10 @@ approves Tier 0-1 at once. With --wait it then waits like
 				if !wait {
 					return a.printApproval(got)
 				}
-				stream, err := c.WaitApproval(ctx, &factoryv1.WaitApprovalRequest{ApprovalId: got.GetId()})
-				if err != nil {
-					return err
-				}
-				for {
-					m, err := stream.Recv()
-					if errors.Is(err, io.EOF) {
-						return nil
-					}
-					if err != nil {
-						return err
-					}
-					if a.jsonOutput() {
-						err = writeProtoLine(a.stdout(), m.GetApproval())
-					} else {
-						err = writeApprovalLine(a.stdout(), m.GetApproval())
-					}
-					if err != nil {
-						return err
-					}
-					if m.GetFinal() {
-						final = m.GetApproval()
-					}
-				}
-			})
-			if err != nil {
+				final, err = a.waitApproval(ctx, c, got.GetId())
 				return err
-			}
-			if final != nil && !granted(final) {
-				return notGranted(final)
-			}
-			return nil
+			})
+			return finalExit(final, err)
 		},
 	}
 	f := cmd.Flags()

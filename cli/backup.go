@@ -207,7 +207,7 @@ func (a *app) backup(cmd *cobra.Command, dir string) (_ *ops.Manifest, err error
 			m.Files[name] = entry
 		}
 		n := countsOf(counts)
-		m.Counts = ops.ManifestCounts{Queue: n.Queue, Tasks: n.Tasks, Tokens: n.Tokens, Audit: n.AuditEntries, FleetEvents: n.FleetEvents, Rows: counts.GetRows()}
+		m.Counts = ops.ManifestCounts{Queue: n.Queue, Tasks: n.Tasks, Tokens: n.Tokens, Audit: n.AuditEntries, FleetEvents: n.FleetEvents, Rows: n.Rows}
 		return nil
 	})
 	if err != nil {

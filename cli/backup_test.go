@@ -128,7 +128,9 @@ func backupRoundTrip(t *testing.T, start func(t *testing.T) *shell, wantDriver s
 
 	dir := filepath.Join(t.TempDir(), "backup")
 	var m ops.Manifest
+	before := writes.Load()
 	out := src.ok("backup", dir, "-o", "json")
+	during := writes.Load() - before
 	var sum struct {
 		Manifest *ops.Manifest `json:"manifest"`
 	}
@@ -142,6 +144,10 @@ func backupRoundTrip(t *testing.T, start func(t *testing.T) *shell, wantDriver s
 	stop()
 	stopped = true
 
+	// The backup was taken under load: writes landed while it ran.
+	if during == 0 {
+		t.Errorf("no write landed while the backup ran: it was not taken under load")
+	}
 	if m.Driver != wantDriver || m.MigrationVersion < 8 || m.Counts.Tasks < 20 || m.Counts.Queue != 1 {
 		t.Errorf("manifest: %+v", m)
 	}

@@ -54,17 +54,15 @@ say otherwise.`,
 	return cmd
 }
 
-// parseWhen reads an RFC 3339 time or a duration back from now; "" is
-// unset.
+// parseWhen reads an RFC 3339 time or a span back from now (parseSince);
+// "" is unset.
 func parseWhen(flag, v string) (*timestamppb.Timestamp, error) {
 	if v == "" {
 		return nil, nil
 	}
-	if t, err := time.Parse(time.RFC3339, v); err == nil {
-		return timestamppb.New(t), nil
+	t, err := parseSince(v, time.Now())
+	if err != nil {
+		return nil, usageErrorf("%s: %v", flag, err)
 	}
-	if d, err := time.ParseDuration(v); err == nil && d >= 0 {
-		return timestamppb.New(time.Now().Add(-d)), nil
-	}
-	return nil, usageErrorf("%s %q: want an RFC 3339 time or a duration such as 24h", flag, v)
+	return timestamppb.New(t), nil
 }

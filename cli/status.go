@@ -187,7 +187,7 @@ func writeStatusScreen(w io.Writer, s *statusJSON, now time.Time) error {
 			}
 		}
 		if total != nil {
-			line := fmt.Sprintf("%s of %s target", dollars(total.GetSpentMicros()), dollars(total.GetBudget().GetTargetMicros()))
+			line := fmt.Sprintf("%s of %s target", formatMoney(total.GetSpentMicros()), formatMoney(total.GetBudget().GetTargetMicros()))
 			switch {
 			case total.GetCapped():
 				line += " (CAPPED)"
@@ -234,16 +234,6 @@ func writeStatusScreen(w io.Writer, s *statusJSON, now time.Time) error {
 		fmt.Fprintf(tw, "Maintenance:\tn/a\n")
 	}
 	return tw.Flush()
-}
-
-// dollars renders micro-dollars as "$12.34".
-func dollars(micros int64) string {
-	sign := ""
-	if micros < 0 {
-		sign, micros = "-", -micros
-	}
-	cents := (micros + 5000) / 10000
-	return fmt.Sprintf("%s$%d.%02d", sign, cents/100, cents%100)
 }
 
 // writeStatusJSON prints the sections, each proto in its canonical JSON

@@ -317,7 +317,7 @@ func groupEvent(rule string, group []*store.Alert, now time.Time) notify.Event {
 		if a.State == store.AlertFiring {
 			firing++
 			severity = a.Severity
-			fmt.Fprintf(&text, "FIRING [%s] %s (since %s, alert %s)\n", a.Severity, a.Summary, a.ActiveSince.Format(time.RFC3339), a.ID)
+			text.WriteString(firingLine(a) + "\n")
 		} else {
 			resolved++
 			if severity == "" {
@@ -347,6 +347,11 @@ func groupEvent(rule string, group []*store.Alert, now time.Time) notify.Event {
 			"alert_ids": strings.Join(ids, ","),
 		},
 	}
+}
+
+// firingLine is a FIRING alert's line in an event's text.
+func firingLine(a *store.Alert) string {
+	return fmt.Sprintf("FIRING [%s] %s (since %s, alert %s)", a.Severity, a.Summary, a.ActiveSince.Format(time.RFC3339), a.ID)
 }
 
 func matches(labels, match map[string]string) bool {

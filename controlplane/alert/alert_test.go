@@ -77,9 +77,16 @@ func (f *fakeFleet) setOffline(now time.Time, names ...string) {
 }
 
 // fakeSpend is a SpendSource with fixed amounts.
-type fakeSpend struct{ spend Spend }
+type fakeSpend struct {
+	spend Spend
+	reads int
+}
 
-func (f *fakeSpend) SpendToday(context.Context) (*Spend, error) { s := f.spend; return &s, nil }
+func (f *fakeSpend) SpendToday(context.Context) (*Spend, error) {
+	f.reads++
+	s := f.spend
+	return &s, nil
+}
 
 // recorder is a Publisher keeping what it hears.
 type recorder struct {
@@ -438,11 +445,13 @@ func TestFailedMeasurementDoesNotResolve(t *testing.T) {
 }
 
 type fakeQueue struct {
-	stats  store.QueueStats
-	failed []*store.Task
+	stats      store.QueueStats
+	failed     []*store.Task
+	statsReads int
 }
 
 func (q *fakeQueue) QueueStats(context.Context) (*store.QueueStats, error) {
+	q.statsReads++
 	s := q.stats
 	return &s, nil
 }
@@ -478,12 +487,16 @@ func TestDefaultRulesMeasure(t *testing.T) {
 	f.svc.cfg.Sources.Queue = &fakeQueue{failed: failed, stats: store.QueueStats{
 		Counts:           map[store.TaskState]int64{store.StateReady: 51, store.StateFailed: 7},
 		OldestReadySince: now.Add(-61 * time.Minute), OldestClaimedAt: now.Add(-2*time.Hour - time.Second)}}
-	f.svc.cfg.Sources.Spend = &fakeSpend{Spend{TotalMicros: 50_000_001,
+	f.svc.cfg.Sources.Spend = &fakeSpend{spend: Spend{TotalMicros: 50_000_001,
 		TierMicros:  map[string]int64{"frontier": 25_000_001, "mid": 15_000_000, "infra": 10_500_000},
 		AgentMicros: map[string]int64{"forge": 10_000_001, "hammer": 9_000_000}}}
 	f.fleet.swaps = map[string]int{"gpu-1": 21, "gpu-2": 20}
 	f.fleet.hosts = []HostReading{{Host: "gpu-1", Disks: []DiskReading{{Path: "/data", UsedBytes: 86, TotalBytes: 100}, {Path: "/", UsedBytes: 85, TotalBytes: 100}}}}
 	f.eval()
+	// Rules sharing a source share one read of it per evaluation.
+	if q, sp := f.svc.cfg.Sources.Queue.(*fakeQueue), f.svc.cfg.Sources.Spend.(*fakeSpend); q.statsReads != 1 || sp.reads != 1 {
+		t.Errorf("one evaluation read the queue's stats %d times and the spend %d times, want once each", q.statsReads, sp.reads)
+	}
 	firing := map[string][]map[string]string{}
 	for _, a := range f.alerts() {
 		if a.State == store.AlertFiring {

@@ -49,6 +49,21 @@ func (s *Service) List(ctx context.Context) ([]Listed, error) {
 	return out, nil
 }
 
+// FiringByRule counts the FIRING alerts per rule, silenced ones included
+// (a silence mutes notifications, not the alert): one store read, for the
+// metrics scrape.
+func (s *Service) FiringByRule(ctx context.Context) (map[string]int64, error) {
+	alerts, err := s.cfg.Store.AlertList(ctx, &store.AlertListParams{States: []store.AlertState{store.AlertFiring}})
+	if err != nil {
+		return nil, err
+	}
+	n := make(map[string]int64, len(s.rules))
+	for _, a := range alerts {
+		n[a.Rule]++
+	}
+	return n, nil
+}
+
 // Ack records that by acknowledged alert id: no repeats until it resolves.
 func (s *Service) Ack(ctx context.Context, id, by string) (*store.Alert, error) {
 	return s.cfg.Store.AlertAck(ctx, &store.AlertAckParams{ID: id, By: by, Now: s.clock.Now().UTC()})
@@ -119,7 +134,7 @@ func (s *Service) Current(ctx context.Context) ([]notify.Event, error) {
 			ID:    a.ID,
 			Time:  a.FiredAt,
 			Title: fmt.Sprintf("[FIRING] %s", a.Rule),
-			Text:  fmt.Sprintf("FIRING [%s] %s (since %s, alert %s)", a.Severity, a.Summary, a.ActiveSince.Format(time.RFC3339), a.ID),
+			Text:  firingLine(a),
 			Attributes: map[string]string{"rule": a.Rule, "severity": a.Severity, "status": "firing", "firing": "1",
 				"resolved": "0", "alert_ids": a.ID, "current": "true"},
 		})

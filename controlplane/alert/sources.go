@@ -130,12 +130,33 @@ type series struct {
 	value  float64
 }
 
-// measurer computes the measurements of one evaluation, each at most once.
+// measurer computes the measurements of one evaluation, each at most once,
+// reading each source at most once: several expressions share a read
+// (the spend rollups, the queue's stats, the hosts' readings).
 type measurer struct {
 	src  Sources
 	now  time.Time
 	memo map[Expr][]series
 	errs map[Expr]error
+
+	spend lazy[*Spend]
+	stats lazy[*store.QueueStats]
+	hosts lazy[[]HostReading]
+}
+
+// lazy is a source read made on first use and kept for the evaluation.
+type lazy[T any] struct {
+	done bool
+	v    T
+	err  error
+}
+
+func (l *lazy[T]) get(read func() (T, error)) (T, error) {
+	if !l.done {
+		l.v, l.err = read()
+		l.done = true
+	}
+	return l.v, l.err
 }
 
 func (m *measurer) get(ctx context.Context, e Expr) ([]series, error) {
@@ -157,7 +178,7 @@ func (m *measurer) measure(ctx context.Context, e Expr) ([]series, error) {
 		if m.src.Spend == nil {
 			return nil, errNoSource
 		}
-		sp, err := m.src.Spend.SpendToday(ctx)
+		sp, err := m.spend.get(func() (*Spend, error) { return m.src.Spend.SpendToday(ctx) })
 		if err != nil {
 			return nil, err
 		}
@@ -173,7 +194,7 @@ func (m *measurer) measure(ctx context.Context, e Expr) ([]series, error) {
 		if m.src.Fleet == nil {
 			return nil, errNoSource
 		}
-		hosts, err := m.src.Fleet.Hosts(ctx)
+		hosts, err := m.hosts.get(func() ([]HostReading, error) { return m.src.Fleet.Hosts(ctx) })
 		if err != nil {
 			return nil, err
 		}
@@ -228,7 +249,7 @@ func (m *measurer) measure(ctx context.Context, e Expr) ([]series, error) {
 		if m.src.Queue == nil {
 			return nil, errNoSource
 		}
-		st, err := m.src.Queue.QueueStats(ctx)
+		st, err := m.stats.get(func() (*store.QueueStats, error) { return m.src.Queue.QueueStats(ctx) })
 		if err != nil {
 			return nil, err
 		}

@@ -70,10 +70,10 @@ type Config struct {
 	// SweepInterval is the longest the sweeper sleeps between looks; it
 	// wakes sooner for the next deadline or reminder it knows of.
 	SweepInterval time.Duration
-	// WaitRecheck is how often WaitApproval re-reads the request besides
-	// the in-process push: with replicas on PostgreSQL, a decision made on
-	// another replica reaches this one's waiters within this interval.
-	WaitRecheck time.Duration
+	// Decisions, when set, is the hub every approval card reaches, this
+	// replica's and (through the event relay) the other replicas': Wait
+	// hears a decision made on another replica from it, without polling.
+	Decisions *notify.Hub
 }
 
 // WithDefaults returns a copy with every unset field at its default.
@@ -96,9 +96,6 @@ func (c Config) WithDefaults() Config {
 	if c.SweepInterval == 0 {
 		c.SweepInterval = time.Second
 	}
-	if c.WaitRecheck == 0 {
-		c.WaitRecheck = time.Second
-	}
 	return c
 }
 
@@ -108,8 +105,8 @@ func (c Config) validate() error {
 		return errors.New("approval: Config.Store is required")
 	case c.DefaultTimeout < time.Second || c.DefaultTimeout > MaxTimeout:
 		return fmt.Errorf("approval: DefaultTimeout %s outside [1s, %s]", c.DefaultTimeout, MaxTimeout)
-	case c.SweepInterval <= 0 || c.WaitRecheck <= 0:
-		return errors.New("approval: SweepInterval and WaitRecheck must be positive")
+	case c.SweepInterval <= 0:
+		return errors.New("approval: SweepInterval must be positive")
 	}
 	return c.Policy.Validate()
 }
@@ -165,6 +162,10 @@ func (s *Service) Request(ctx context.Context, p RequestParams) (*store.Approval
 	if err != nil {
 		return nil, err
 	}
+	if s.cfg.Policy.AutoApproves(c.Tier) {
+		c.State, c.AutoApproved, c.Outcome, c.DecidedBy, c.DecidedAt = store.ApprovalApproved, true, store.DecisionApprove, store.DecidedByPolicy, s.clock.Now()
+		c.ReminderAt = time.Time{}
+	}
 	a, err := s.store.ApprovalCreate(ctx, &store.ApprovalCreateParams{Approval: c, Now: s.clock.Now()})
 	if err != nil {
 		return nil, err
@@ -179,8 +180,8 @@ func (s *Service) Request(ctx context.Context, p RequestParams) (*store.Approval
 	return a, nil
 }
 
-// build checks a request and applies policy: the tier, auto-approval, the
-// payload's hash, the deadline and the reminder.
+// build checks a request and applies policy: the tier, the payload's
+// hash, the deadline and the reminder. The request it returns is PENDING.
 func (s *Service) build(p RequestParams) (*store.ApprovalCreate, error) {
 	now := s.clock.Now()
 	p.What = strings.TrimSpace(p.What)
@@ -234,9 +235,7 @@ func (s *Service) build(p RequestParams) (*store.ApprovalCreate, error) {
 		PayloadJSON: p.PayloadJSON, PayloadSHA256: hash, Deadline: deadline, DefaultOnTimeout: def,
 		TaskID: p.TaskID, State: store.ApprovalPending,
 	}
-	if s.cfg.Policy.AutoApproves(c.Tier) {
-		c.State, c.AutoApproved, c.Outcome, c.DecidedBy, c.DecidedAt = store.ApprovalApproved, true, store.DecisionApprove, store.DecidedByPolicy, now
-	} else if f := s.cfg.Policy.ReminderFraction; f > 0 {
+	if f := s.cfg.Policy.ReminderFraction; f > 0 {
 		c.ReminderAt = now.Add(time.Duration(f * float64(deadline.Sub(now))))
 	}
 	return c, nil
@@ -274,10 +273,9 @@ func (s *Service) GateTasks(ctx context.Context, tasks []*store.TaskCreate) erro
 		if !t.RequiresApproval && s.cfg.Policy.AutoApproves(tier) {
 			continue
 		}
-		if s.cfg.Policy.AutoApproves(tier) {
-			tier = s.cfg.Policy.AutoApproveMaxTier + 1
-		}
-		tier = min(max(tier, 2), 3)
+		// A gated task waits for an operator: at least Tier 2, and above
+		// what policy approves by itself.
+		tier = min(max(tier, 2, s.cfg.Policy.AutoApproveMaxTier+1), 3)
 		c, err := s.build(RequestParams{
 			What: t.Title, Why: "task " + t.ID + " needs approval before it runs", Agent: requester, Risk: store.RiskHigh,
 			Tier: tier, Kind: t.Kind, PayloadJSON: t.PayloadJSON,
@@ -289,13 +287,6 @@ func (s *Service) GateTasks(ctx context.Context, tasks []*store.TaskCreate) erro
 			}
 			return err
 		}
-		// A gated task waits for an operator whatever the tier says.
-		c.State, c.AutoApproved, c.Outcome, c.DecidedBy, c.DecidedAt = store.ApprovalPending, false, 0, "", time.Time{}
-		if c.ReminderAt.IsZero() && s.cfg.Policy.ReminderFraction > 0 {
-			now := s.clock.Now()
-			c.ReminderAt = now.Add(time.Duration(s.cfg.Policy.ReminderFraction * float64(c.Deadline.Sub(now))))
-		}
-		c.Tier = tier
 		t.ApprovalTier = max(t.ApprovalTier, tier)
 		t.Approval = c
 	}
@@ -311,7 +302,6 @@ func (s *Service) Get(ctx context.Context, id string) (*store.Approval, error) {
 type ListParams struct {
 	States    []store.ApprovalState
 	Agent     string
-	TaskID    string
 	PageSize  int
 	PageToken string
 }
@@ -323,7 +313,7 @@ func (s *Service) List(ctx context.Context, p ListParams) (*store.ApprovalListRe
 		size = DefaultPageSize
 	}
 	size = min(size, MaxPageSize)
-	return s.store.ApprovalList(ctx, &store.ApprovalListParams{States: p.States, Agent: p.Agent, TaskID: p.TaskID, Limit: size, Cursor: p.PageToken})
+	return s.store.ApprovalList(ctx, &store.ApprovalListParams{States: p.States, Agent: p.Agent, Limit: size, Cursor: p.PageToken})
 }
 
 // Decider is who decides: the server passes the authenticated caller.
@@ -394,12 +384,20 @@ func (s *Service) applied(ctx context.Context, res *store.ApprovalDecideResult, 
 }
 
 // Wait calls send with the request as it is, then again with its final
-// state as soon as it is decided or expires, and returns. The decision
-// arrives by in-process push; a re-read every WaitRecheck catches a
-// decision made on another replica.
+// state as soon as it is decided or expires, and returns. A decision made
+// here arrives by in-process push; one made on another replica arrives as
+// its approval card on the Decisions hub (relayed by LISTEN/NOTIFY), after
+// which the request is read once. Past its deadline the request is re-read
+// every SweepInterval until the sweeper has applied its default, in case
+// the card was lost.
 func (s *Service) Wait(ctx context.Context, id string, send func(a *store.Approval) error) error {
 	sub := s.hub.subscribe(id)
 	defer s.hub.unsubscribe(id, sub)
+	var cards *notify.Subscription
+	if s.cfg.Decisions != nil {
+		cards = s.cfg.Decisions.Subscribe(notify.KindApproval)
+		defer func() { cards.Close() }()
+	}
 	a, err := s.store.ApprovalGet(ctx, id)
 	if err != nil {
 		return err
@@ -407,22 +405,40 @@ func (s *Service) Wait(ctx context.Context, id string, send func(a *store.Approv
 	if err := send(a); err != nil || a.Final() {
 		return err
 	}
-	tick := time.NewTicker(s.cfg.WaitRecheck)
-	defer tick.Stop()
+	overdue := time.NewTimer(max(a.Deadline.Sub(s.clock.Now()), 0) + s.cfg.SweepInterval)
+	defer overdue.Stop()
 	for {
+		var events <-chan notify.Event
+		var cut <-chan struct{}
+		if cards != nil {
+			events, cut = cards.Events(), cards.Done()
+		}
+		reread := false
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case got := <-sub:
 			return send(got)
-		case <-tick.C:
-			cur, err := s.store.ApprovalGet(ctx, id)
-			if err != nil {
-				return err
-			}
-			if cur.Final() {
-				return send(cur)
-			}
+		case e := <-events:
+			reread = e.Attributes["id"] == id && e.Attributes["state"] != store.ApprovalPending.String()
+		case <-cut:
+			// Fell behind and was cut off: a card may be lost.
+			cards.Close()
+			cards = s.cfg.Decisions.Subscribe(notify.KindApproval)
+			reread = true
+		case <-overdue.C:
+			overdue.Reset(s.cfg.SweepInterval)
+			reread = true
+		}
+		if !reread {
+			continue
+		}
+		cur, err := s.store.ApprovalGet(ctx, id)
+		if err != nil {
+			return err
+		}
+		if cur.Final() {
+			return send(cur)
 		}
 	}
 }

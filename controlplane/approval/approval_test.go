@@ -78,7 +78,7 @@ func setup(t *testing.T, mut func(*Config)) *bundle {
 		t.Fatal(err)
 	}
 	pub := &recorder{}
-	cfg := Config{Store: st, Clock: clock, Publisher: pub, Queue: q, WaitRecheck: time.Hour}
+	cfg := Config{Store: st, Clock: clock, Publisher: pub, Queue: q}
 	if mut != nil {
 		mut(&cfg)
 	}
@@ -251,7 +251,7 @@ func TestDecideNeedsReasonToRejectOrModify(t *testing.T) {
 }
 
 // TestWaitHearsDecisionWithin100ms proves the decision is pushed: the
-// store re-read runs only hourly here, so only the push can deliver it.
+// deadline (the only re-read) is an hour off, so only the push can deliver it.
 func TestWaitHearsDecisionWithin100ms(t *testing.T) {
 	b := setup(t, nil)
 	a := b.request(t, RequestParams{})
@@ -302,8 +302,17 @@ func TestWaitOnFinalRequestSendsOnce(t *testing.T) {
 	}
 }
 
-func TestWaitRereadsStoreForOtherReplicas(t *testing.T) {
-	b := setup(t, func(c *Config) { c.WaitRecheck = 10 * time.Millisecond })
+// TestWaitHearsDecisionRelayedFromAnotherReplica decides on a second
+// Service over the same store whose cards reach the waiter's Decisions hub,
+// as the event relay carries them between replicas: the waiter hears it by
+// push, within 100ms.
+func TestWaitHearsDecisionRelayedFromAnotherReplica(t *testing.T) {
+	relayed := notify.NewHub(0)
+	b := setup(t, func(c *Config) { c.Decisions = relayed })
+	other, err := New(Config{Store: b.st, Clock: b.clock, Publisher: relayed})
+	if err != nil {
+		t.Fatal(err)
+	}
 	a := b.request(t, RequestParams{})
 	got := make(chan *store.Approval, 2)
 	done := make(chan error, 1)
@@ -311,19 +320,52 @@ func TestWaitRereadsStoreForOtherReplicas(t *testing.T) {
 		done <- b.svc.Wait(t.Context(), a.ID, func(a *store.Approval) error { got <- a; return nil })
 	}()
 	<-got
-	// Decided through the store directly, as another replica would.
+	if _, err := other.Decide(t.Context(), DecideParams{ID: a.ID, Decision: store.DecisionApprove, By: Decider{Name: "bob", Operator: true}}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case final := <-got:
+		if final.State != store.ApprovalApproved || final.DecidedBy != "bob" {
+			t.Fatalf("final %s by %s", final.State, final.DecidedBy)
+		}
+	case <-time.After(100 * time.Millisecond):
+		t.Fatal("a decision made on another replica did not reach the waiter within 100ms")
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestWaitRereadsOnceOverdue covers a lost card: a decision made where no
+// push reaches the waiter is read when the request falls due.
+func TestWaitRereadsOnceOverdue(t *testing.T) {
+	b := setup(t, func(c *Config) { c.SweepInterval = 10 * time.Millisecond })
+	a := b.request(t, RequestParams{Timeout: 500 * time.Millisecond})
+	got := make(chan *store.Approval, 2)
+	done := make(chan error, 1)
+	go func() {
+		done <- b.svc.Wait(t.Context(), a.ID, func(a *store.Approval) error { got <- a; return nil })
+	}()
+	<-got
 	if _, err := b.st.ApprovalDecide(t.Context(), &store.ApprovalDecideParams{ID: a.ID, Decision: store.DecisionApprove, DecidedBy: "bob", Now: b.clock.Now()}); err != nil {
 		t.Fatal(err)
 	}
 	select {
 	case final := <-got:
-		if final.State != store.ApprovalApproved {
-			t.Fatalf("final %s", final.State)
+		t.Fatalf("heard %s before the deadline with no push", final.State)
+	case <-time.After(100 * time.Millisecond):
+	}
+	select {
+	case final := <-got:
+		if final.State != store.ApprovalApproved || final.DecidedBy != "bob" {
+			t.Fatalf("final %s by %s", final.State, final.DecidedBy)
 		}
 	case <-time.After(10 * time.Second):
-		t.Fatal("a decision made elsewhere never reached the waiter")
+		t.Fatal("the waiter never re-read the overdue request")
 	}
-	<-done
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
 }
 
 func TestExpiryUnderFakeClockAppliesDenyAndRecordsExpired(t *testing.T) {
@@ -468,7 +510,7 @@ func BenchmarkDecideToWaiter(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer st.Close()
-	svc, err := New(Config{Store: st, WaitRecheck: time.Hour, Policy: Policy{AutoApproveMaxTier: -1}})
+	svc, err := New(Config{Store: st, Policy: Policy{AutoApproveMaxTier: -1}})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -4,19 +4,22 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"os"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/factory/factory/controlplane/notify"
 	"github.com/factory/factory/controlplane/store"
 	"github.com/factory/factory/controlplane/store/postgres"
 )
 
 // TestDecisionOnAnotherReplicaReachesTheWaiter runs two replicas on one
-// PostgreSQL schema: the agent waits on one, the operator decides on the
-// other, and the waiter's store re-read delivers the decision.
+// PostgreSQL schema, each relaying its cards to the other's hub as the
+// server's event relay does: the agent waits on one, the operator decides
+// on the other, and the relayed card delivers the decision by push.
 func TestDecisionOnAnotherReplicaReachesTheWaiter(t *testing.T) {
 	url := os.Getenv("FACTORY_TEST_POSTGRES_URL")
 	if url == "" {
@@ -39,13 +42,50 @@ func TestDecisionOnAnotherReplicaReachesTheWaiter(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { st.Close() })
-		svc, err := New(Config{Store: st, WaitRecheck: 20 * time.Millisecond})
+		hub := notify.NewHub(0)
+		relay := notify.PublisherFunc(func(ctx context.Context, e notify.Event) {
+			p, err := json.Marshal(notify.Body{ID: e.ID, Kind: e.Kind, Time: e.Time, Title: e.Title, Attributes: e.Attributes})
+			if err == nil {
+				err = st.RelayEvent(ctx, p)
+			}
+			if err != nil {
+				t.Errorf("relay: %v", err)
+			}
+		})
+		ctx, cancel := context.WithCancel(t.Context())
+		listening := make(chan error, 1)
+		go func() {
+			listening <- st.ListenEvents(ctx, func(p []byte) {
+				var b notify.Body
+				if err := json.Unmarshal(p, &b); err != nil {
+					t.Errorf("relayed event: %v", err)
+					return
+				}
+				hub.Publish(ctx, notify.Event{ID: b.ID, Kind: b.Kind, Time: b.Time, Title: b.Title, Attributes: b.Attributes})
+			})
+		}()
+		t.Cleanup(func() { cancel(); <-listening })
+		svc, err := New(Config{Store: st, Publisher: notify.Fanout{hub, relay}, Decisions: hub})
 		if err != nil {
 			t.Fatal(err)
 		}
 		return svc
 	}
 	a, bSvc := replica("a"), replica("b")
+	// a's LISTEN starts in the background: relay probes from b until one
+	// arrives, so that the decision below can only be missed by a bug.
+	probe := a.cfg.Decisions.Subscribe(notify.KindApproval)
+	for heard := false; !heard; {
+		bSvc.cfg.Publisher.Publish(t.Context(), notify.Event{Kind: notify.KindApproval, Attributes: map[string]string{"id": "probe"}})
+		select {
+		case <-probe.Events():
+			heard = true
+		case <-time.After(100 * time.Millisecond):
+		case <-t.Context().Done():
+			t.Fatal("b's events never reached a")
+		}
+	}
+	probe.Close()
 	req, err := a.Request(t.Context(), RequestParams{What: "deploy", Agent: "forge", Risk: store.RiskHigh, Tier: 2})
 	if err != nil {
 		t.Fatal(err)
@@ -64,8 +104,10 @@ func TestDecisionOnAnotherReplicaReachesTheWaiter(t *testing.T) {
 		if final.State != store.ApprovalApproved || final.DecidedBy != "alice" {
 			t.Fatalf("waiter heard %s by %s", final.State, final.DecidedBy)
 		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("a decision on another replica never reached the waiter")
+	case <-time.After(time.Second):
+		// The deadline is an hour off: only the relayed card can deliver
+		// the decision in time.
+		t.Fatal("a decision on another replica did not reach the waiter within 1s")
 	}
 	if err := <-done; err != nil && err != context.Canceled {
 		t.Fatal(err)

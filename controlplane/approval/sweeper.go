@@ -13,8 +13,9 @@ import (
 // as EXPIRED with the outcome applied) and sends the reminders that are
 // due. The sweeper calls it; tests call it after moving a fake clock.
 func (s *Service) Sweep(ctx context.Context) error {
+	const batch = 100
 	for {
-		res, err := s.store.ApprovalExpire(ctx, &store.ApprovalExpireParams{Now: s.clock.Now()})
+		res, err := s.store.ApprovalExpire(ctx, &store.ApprovalExpireParams{Now: s.clock.Now(), Limit: batch})
 		if err != nil {
 			return err
 		}
@@ -22,7 +23,7 @@ func (s *Service) Sweep(ctx context.Context) error {
 			s.applied(ctx, r, "expired")
 		}
 		// A full batch may have left more behind.
-		if len(res) < 100 {
+		if len(res) < batch {
 			break
 		}
 	}

@@ -15,6 +15,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 	// The runbook's zone must load on hosts without a zone database.
@@ -164,6 +166,12 @@ type Service struct {
 	watchMu  sync.Mutex
 	watchers map[chan StopSignal]struct{}
 	lastStop *StopSignal
+
+	// alerted holds the scopes whose alert the store already has for
+	// alertedDay, so reports past a threshold do not write it again.
+	alertMu    sync.Mutex
+	alertedDay string
+	alerted    map[string]bool
 }
 
 // view is the day's standing as of at: what the claim gate decides on.
@@ -189,9 +197,6 @@ func New(cfg Config) (*Service, error) {
 		watchers: make(map[chan StopSignal]struct{}),
 	}, nil
 }
-
-// Location is the zone days are counted in.
-func (s *Service) Location() *time.Location { return s.loc }
 
 // DayOf is the day t falls on in the configured zone.
 func (s *Service) DayOf(t time.Time) string { return t.In(s.loc).Format(dayLayout) }
@@ -328,16 +333,6 @@ func subject(scope, key string) string {
 
 var tiers = []string{store.TierFrontier, store.TierMid, store.TierLocal, store.TierInfra}
 
-// tierFromName checks a tier's stored name.
-func tierFromName(name string) string {
-	for _, t := range tiers {
-		if t == name {
-			return t
-		}
-	}
-	return ""
-}
-
 // budgetSet is the budgets in force: stored ones over the defaults.
 type budgetSet struct {
 	total        store.Budget
@@ -392,7 +387,7 @@ func (bs *budgetSet) list() []store.Budget {
 		}
 	}
 	out = append(out, bs.agentDefault)
-	for _, name := range sortedKeys(bs.agents) {
+	for _, name := range slices.Sorted(maps.Keys(bs.agents)) {
 		out = append(out, bs.agents[name])
 	}
 	return out

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -261,8 +262,23 @@ func TestReportPricesAndRefusesUnknownModels(t *testing.T) {
 	}
 }
 
+// alertWrites counts the alert writes the service asks of the store.
+type alertWrites struct {
+	store.Store
+	n atomic.Int32
+}
+
+func (a *alertWrites) SpendAlertRaise(ctx context.Context, al *store.SpendAlert) (bool, error) {
+	a.n.Add(1)
+	return a.Store.SpendAlertRaise(ctx, al)
+}
+
 func TestAlertsRaiseOncePerDayPerScope(t *testing.T) {
-	f := newFixture(t, mustUTC("2031-03-14T00:00:00Z"), nil)
+	var writes *alertWrites
+	f := newFixture(t, mustUTC("2031-03-14T00:00:00Z"), func(c *Config) {
+		writes = &alertWrites{Store: c.Store}
+		c.Store = writes
+	})
 	now := f.clock.Now()
 	// The runbook's defaults: an agent over $10 is a runaway; mid alert $15.
 	f.report("1", "forge", store.TierMid, 9_000_000, now)
@@ -278,6 +294,10 @@ func TestAlertsRaiseOncePerDayPerScope(t *testing.T) {
 	f.report("4", "forge", store.TierMid, 1_000_000, now)
 	if n := len(f.pub.kinds(notify.KindSpendAlert)); n != 2 {
 		t.Errorf("%d alerts, want 2 (agent forge once, tier mid once)", n)
+	}
+	// Reports past a threshold already raised do not write it again.
+	if n := writes.n.Load(); n != 2 {
+		t.Errorf("%d alert writes, want 2 (one per scope crossed)", n)
 	}
 	st, err := f.svc.Budgets(f.ctx)
 	if err != nil {
@@ -313,8 +333,8 @@ func TestEmergencyThresholdStopsTheFleetUntilRearmed(t *testing.T) {
 	if s := <-sig; !s.Stopped {
 		t.Errorf("watchers told %+v", s)
 	}
-	if n := len(f.pub.kinds(notify.KindEmergencyStop)); n != 1 {
-		t.Errorf("%d stop notifications", n)
+	if stops := f.pub.kinds(notify.KindEmergencyStop); len(stops) != 1 || stops[0].Attributes["paused_tasks"] != "2" {
+		t.Errorf("stop notifications %+v, want one telling of 2 paused tasks", stops)
 	}
 	stats, _ := f.st.QueueStats(f.ctx)
 	if !stats.Paused || stats.Counts[store.StatePaused] != 2 {

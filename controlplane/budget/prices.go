@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/factory/factory/controlplane/store"
 )
 
 // defaultPrices is deploy/prices.yaml as shipped; --prices replaces it.
@@ -91,7 +93,7 @@ func ParsePrices(b []byte) (*Prices, error) {
 		p.models[name] = pr
 	}
 	for name, m := range raw.Tiers {
-		if tierFromName(name) == "" {
+		if !store.ValidTier(name) {
 			return nil, fmt.Errorf("tiers: %q is not a tier (frontier, mid, local, infra)", name)
 		}
 		pr, err := conv("tier "+name, m)

@@ -1,10 +1,7 @@
 package budget
 
 import (
-	"cmp"
 	"context"
-	"maps"
-	"slices"
 	"time"
 
 	"github.com/factory/factory/controlplane/store"
@@ -85,7 +82,7 @@ func (s *Service) Spend(ctx context.Context, q Query) (*Report, error) {
 	if toT.Sub(fromT) >= MaxReportDays*24*time.Hour {
 		return nil, store.InvalidField("from_day", "the range %s..%s is longer than %d days", from, to, MaxReportDays)
 	}
-	if q.Tier != "" && tierFromName(q.Tier) == "" {
+	if q.Tier != "" && !store.ValidTier(q.Tier) {
 		return nil, store.InvalidField("tier", "%q is not a tier", q.Tier)
 	}
 	limit := q.Limit
@@ -177,7 +174,3 @@ func (s *Service) Spend(ctx context.Context, q Query) (*Report, error) {
 
 // roundDiv is a/b rounded half up, for non-negative a.
 func roundDiv(a, b int64) int64 { return (a + b/2) / b }
-
-func sortedKeys[V any](m map[string]V) []string {
-	return slices.SortedFunc(maps.Keys(m), cmp.Compare[string])
-}

@@ -44,7 +44,7 @@ func (s *Service) prepare(e *Event, field string) (*store.SpendEvent, error) {
 	if e == nil {
 		return nil, store.InvalidField(field, "missing")
 	}
-	if tierFromName(e.Tier) == "" {
+	if !store.ValidTier(e.Tier) {
 		return nil, store.InvalidField(field+".tier", "%q is not a tier (frontier, mid, local, infra)", e.Tier)
 	}
 	if e.OccurredAt.IsZero() {
@@ -159,7 +159,7 @@ func (s *Service) checkThresholds(ctx context.Context, v *view, agents []string)
 		scopes = append(scopes, scope{b, st.Spent[store.DimAgent][a]})
 	}
 	for _, sc := range scopes {
-		if sc.b.AlertMicros <= 0 || sc.spent < sc.b.AlertMicros {
+		if sc.b.AlertMicros <= 0 || sc.spent < sc.b.AlertMicros || s.alertStored(v.day, sc.b.Scope, sc.b.Key) {
 			continue
 		}
 		a := &store.SpendAlert{Day: v.day, Scope: sc.b.Scope, Key: sc.b.Key, ThresholdMicros: sc.b.AlertMicros, SpentMicros: sc.spent, RaisedAt: s.clock.Now()}
@@ -168,6 +168,7 @@ func (s *Service) checkThresholds(ctx context.Context, v *view, agents []string)
 			s.log.WarnContext(ctx, "budget: recording a spend alert failed", "scope", subject(sc.b.Scope, sc.b.Key), "err", err)
 			continue
 		}
+		s.noteAlertStored(v.day, sc.b.Scope, sc.b.Key)
 		if raised {
 			name := subject(sc.b.Scope, sc.b.Key)
 			s.log.WarnContext(ctx, "spend alert", "budget", name, "spent_micros", sc.spent, "alert_micros", sc.b.AlertMicros, "day", v.day)
@@ -184,6 +185,24 @@ func (s *Service) checkThresholds(ctx context.Context, v *view, agents []string)
 			s.log.ErrorContext(ctx, "budget: pulling the emergency stop failed", "reason", reason, "err", err)
 		}
 	}
+}
+
+// alertStored says whether this replica already saw the store hold the
+// alert of scope on day: the store decides once per day per scope, so a
+// report past a threshold need not ask it (a write) again.
+func (s *Service) alertStored(day, scope, key string) bool {
+	s.alertMu.Lock()
+	defer s.alertMu.Unlock()
+	return s.alertedDay == day && s.alerted[scope+"\x00"+key]
+}
+
+func (s *Service) noteAlertStored(day, scope, key string) {
+	s.alertMu.Lock()
+	defer s.alertMu.Unlock()
+	if s.alertedDay != day {
+		s.alertedDay, s.alerted = day, map[string]bool{}
+	}
+	s.alerted[scope+"\x00"+key] = true
 }
 
 // Record returns one stored event.
@@ -206,7 +225,7 @@ type ReserveParams struct {
 // and the agent's). Refused past a cap with a *store.QuotaError, and
 // while the emergency stop is on.
 func (s *Service) Reserve(ctx context.Context, p ReserveParams) (*store.SpendReservation, error) {
-	if tierFromName(p.Tier) == "" {
+	if !store.ValidTier(p.Tier) {
 		return nil, store.InvalidField("tier", "%q is not a tier (frontier, mid, local, infra)", p.Tier)
 	}
 	if p.EstimateMicros <= 0 {

@@ -43,9 +43,6 @@ func (s *Service) EmergencyStop(ctx context.Context, reason, by string) (*store.
 		// retried at the next start.
 		s.log.ErrorContext(ctx, "emergency stop: pausing the queue failed", "err", err)
 	}
-	if cur, err := s.store.EmergencyStopGet(ctx); err == nil {
-		st = cur
-	}
 	if _, err := s.refresh(ctx, true); err != nil {
 		s.log.WarnContext(ctx, "budget: refreshing after the emergency stop failed", "err", err)
 	}
@@ -59,7 +56,7 @@ func (s *Service) EmergencyStop(ctx context.Context, reason, by string) (*store.
 
 // pauseForStop pauses the queue for a stop, unless it is paused already
 // (an operator's pause is then left for the operator to lift), and
-// records whether it did.
+// records whether it did, in st too.
 func (s *Service) pauseForStop(ctx context.Context, st *store.EmergencyStop) error {
 	q := s.cfg.Queue
 	if q == nil || st.PausedQueue {
@@ -76,7 +73,11 @@ func (s *Service) pauseForStop(ctx context.Context, st *store.EmergencyStop) err
 	if err != nil {
 		return err
 	}
-	return s.store.EmergencyStopNotePaused(ctx, &store.EmergencyStopNotePausedParams{PausedQueue: true, PausedTasks: int64(n)})
+	if err := s.store.EmergencyStopNotePaused(ctx, &store.EmergencyStopNotePausedParams{PausedQueue: true, PausedTasks: int64(n)}); err != nil {
+		return err
+	}
+	st.PausedQueue, st.PausedTasks = true, int64(n)
+	return nil
 }
 
 // Rearm lifts the emergency stop and resumes the queue when the stop

@@ -174,9 +174,13 @@ type Digest struct {
 // DefaultWindow is the window of a digest sent at now: from EveningHour
 // the day before, local time, until now.
 func (s *Service) DefaultWindow(now time.Time) (since, until time.Time) {
-	local := now.In(s.cfg.Location)
-	day := time.Date(local.Year(), local.Month(), local.Day(), 0, 0, 0, 0, s.cfg.Location)
-	return day.AddDate(0, 0, -1).Add(time.Duration(s.cfg.EveningHour) * time.Hour), now
+	return s.midnight(now).AddDate(0, 0, -1).Add(time.Duration(s.cfg.EveningHour) * time.Hour), now
+}
+
+// midnight is the start of t's local day.
+func (s *Service) midnight(t time.Time) time.Time {
+	local := t.In(s.cfg.Location)
+	return time.Date(local.Year(), local.Month(), local.Day(), 0, 0, 0, 0, s.cfg.Location)
 }
 
 // listed bounds the tasks a digest names.
@@ -235,9 +239,7 @@ func (s *Service) Build(ctx context.Context, since, until time.Time) (*Digest, e
 		return nil, err
 	}
 	if s.cfg.Spend != nil {
-		local := until.In(s.cfg.Location)
-		day := time.Date(local.Year(), local.Month(), local.Day(), 0, 0, 0, 0, s.cfg.Location)
-		sp, err := s.cfg.Spend.DigestSpend(ctx, day)
+		sp, err := s.cfg.Spend.DigestSpend(ctx, s.midnight(until))
 		if err != nil {
 			s.cfg.Logger.WarnContext(ctx, "digest: spend unknown", "err", err)
 		} else {
@@ -434,7 +436,8 @@ func (s *Service) Send(ctx context.Context) error {
 // and the next day's goes ahead.
 func (s *Service) Run(ctx context.Context) error {
 	for {
-		wait := s.NextAt(s.cfg.Clock.Now()).Sub(s.cfg.Clock.Now())
+		now := s.cfg.Clock.Now()
+		wait := s.NextAt(now).Sub(now)
 		select {
 		case <-ctx.Done():
 			return nil

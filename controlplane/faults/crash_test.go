@@ -112,7 +112,7 @@ func testKilledUnderLoad(t *testing.T, dataDir string, storeArgs ...string) {
 	// Let the load build up, then crash.
 	eventually(t, "a third of the tasks done before the crash", 60*time.Second, func() bool { return doneCount.Load() >= crashTasks/3 })
 	crashed.Store(true)
-	cp.kill9()
+	cp.Kill9()
 	killedAt := time.Now()
 	time.Sleep(300 * time.Millisecond) // calls in flight meet a dead server
 	cp = cp.restart(t)

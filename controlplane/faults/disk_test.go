@@ -78,7 +78,7 @@ func TestSQLiteFullDisk(t *testing.T) {
 		}
 	}
 
-	limitFileSize(t, cp.pid(), uint64(largestFile(t, dataDir, "factory.db")+256<<10))
+	limitFileSize(t, cp.Pid(), uint64(largestFile(t, dataDir, "factory.db")+256<<10))
 	var full error
 	for i := 0; i < 2000 && full == nil; i++ {
 		full = create(fmt.Sprintf("filling-%04d", i))
@@ -99,14 +99,14 @@ func TestSQLiteFullDisk(t *testing.T) {
 	}
 
 	// Space returns: writes work again, with no restart.
-	limitFileSize(t, cp.pid(), 0)
+	limitFileSize(t, cp.Pid(), 0)
 	eventually(t, "a write after space returned", 10*time.Second, func() bool { return create("after-space") == nil })
 	for _, id := range acked {
 		if _, err := q.GetTask(ctx, &factoryv1.GetTaskRequest{TaskId: id}); err != nil {
 			t.Errorf("acknowledged task %s: %v", id, err)
 		}
 	}
-	cp.stop()
+	cp.Stop()
 
 	db, err := sql.Open("sqlite", "file:"+filepath.Join(dataDir, "factory.db")+"?mode=ro")
 	if err != nil {

@@ -86,16 +86,6 @@ func start(t *testing.T, name, bin string, env []string, args ...string) *proc {
 	return &proc{proctest.Start(t, name, bin, env, args...)}
 }
 
-func (p *proc) pid() int          { return p.Pid() }
-func (p *proc) alive() bool       { return p.Alive() }
-func (p *proc) kill9()            { p.Kill9() }
-func (p *proc) stop()             { p.Stop() }
-func (p *proc) tail(n int) string { return p.Tail(n, nil) }
-func (p *proc) waitLog(what string, within time.Duration, match func(logLine) bool) logLine {
-	p.T.Helper()
-	return p.WaitLog(what, within, match)
-}
-
 // controlPlane is a factory-controlplane process on a fixed port, so that
 // a restart on the same data is found at the same address.
 type controlPlane struct {
@@ -116,7 +106,7 @@ func startControlPlane(t *testing.T, name, dataDir, addr string, args ...string)
 		"--data-dir", dataDir, "--listen", addr, "--shutdown-timeout", "2s", "--log-level", "info",
 	}, args...)
 	p := start(t, name, binary(t, "factory-controlplane"), nil, all...)
-	p.waitLog("listening", 60*time.Second, func(l logLine) bool { return l.Str("msg") == "listening" })
+	p.WaitLog("listening", 60*time.Second, func(l logLine) bool { return l.Str("msg") == "listening" })
 	return &controlPlane{proc: p, addr: addr, dataDir: dataDir, args: args}
 }
 
@@ -124,7 +114,7 @@ func startControlPlane(t *testing.T, name, dataDir, addr string, args ...string)
 // old one has ended).
 func (c *controlPlane) restart(t *testing.T) *controlPlane {
 	t.Helper()
-	if c.alive() {
+	if c.Alive() {
 		t.Fatalf("restart of %s while it still runs", c.Name)
 	}
 	return startControlPlane(t, c.Name+"'", c.dataDir, c.addr, c.args...)

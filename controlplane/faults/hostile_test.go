@@ -154,6 +154,13 @@ func TestHostileInput(t *testing.T) {
 			t.Errorf("replayed fencing token %d: got %v, want FailedPrecondition", old, err)
 		}
 	}
+	// The refused replays left the task as the second claim holds it.
+	if res, err := q.GetTask(ctx, &factoryv1.GetTaskRequest{TaskId: "victim"}); err != nil {
+		t.Fatal(err)
+	} else if got := res.GetTask(); got.GetState() != factoryv1.TaskState_TASK_STATE_IN_PROGRESS || got.GetLease().GetToken() != second.GetTasks()[0].GetLease().GetToken() {
+		t.Errorf("after replayed tokens the task is %s under token %d, want IN_PROGRESS under %d",
+			got.GetState(), got.GetLease().GetToken(), second.GetTasks()[0].GetLease().GetToken())
+	}
 	// A flood from one token: refused with RESOURCE_EXHAUSTED, while
 	// another caller's calls all succeed.
 	flooder := factoryv1.NewQueueServiceClient(dial(t, cp.addr, mintToken(t, op, factoryv1.Role_ROLE_AGENT, "flooder")))

@@ -67,7 +67,7 @@ func TestRedisOutage(t *testing.T) {
 	report("before", 50)
 	eventually(t, "counter at 50 events", 10*time.Second, func() bool { return counter() == 50_000 })
 
-	rd.kill9()
+	rd.Kill9()
 	began := time.Now()
 	report("during", 50) // Redis is down: every report still lands
 	t.Logf("50 reports with Redis down took %s", time.Since(began).Round(time.Millisecond))

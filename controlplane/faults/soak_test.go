@@ -188,7 +188,7 @@ func TestSoak(t *testing.T) {
 		case <-tick.C:
 			d, s, b := done.Load(), spent.Load(), beats.Load()
 			p := lat.take()
-			r := rssMiB(cp.pid())
+			r := rssMiB(cp.Pid())
 			rss = append(rss, r)
 			secs := every.Seconds()
 			row := fmt.Sprintf("| %s | %.0f | %.0f | %.0f | %s | %s | %s | %s | %d | %.0f |",

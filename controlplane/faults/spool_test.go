@@ -27,7 +27,7 @@ func startSpendSidecar(t *testing.T, name, dir, addr, secret, spendAddr string) 
 	t.Helper()
 	p := start(t, name, binary(t, "factory-sidecar"), []string{"FACTORY_TOKEN=" + secret},
 		"--addr", addr, "--config", sidecarConfig(t, dir, "spool-host", "spool-agent"), "--spend-listen", spendAddr)
-	p.waitLog("spend endpoint", 30*time.Second, func(l logLine) bool { return l.Str("msg") == "spend endpoint listening" })
+	p.WaitLog("spend endpoint", 30*time.Second, func(l logLine) bool { return l.Str("msg") == "spend endpoint listening" })
 	return &spendSidecar{proc: p, spendAddr: spendAddr}
 }
 
@@ -95,7 +95,7 @@ func TestSidecarKilledWithSpooledSpend(t *testing.T) {
 			t.Fatalf("post while cut off: %d %s", code, body)
 		}
 	}
-	sc.kill9()
+	sc.Kill9()
 	if n, _ := spendTotals(ctx, budget); n != 20 {
 		t.Fatalf("the ledger has %d events while the sidecar was cut off, want 20", n)
 	}
@@ -133,7 +133,7 @@ func TestSpoolFullDisk(t *testing.T) {
 
 	// Keep the spool from draining, so it grows to the limit.
 	px.partition()
-	limitFileSize(t, sc.pid(), uint64(largestFile(t, dir, "")+16<<10))
+	limitFileSize(t, sc.Pid(), uint64(largestFile(t, dir, "")+16<<10))
 	accepted := 0
 	var refusal string
 	for i := 0; i < 400 && refusal == ""; i++ {
@@ -151,11 +151,11 @@ func TestSpoolFullDisk(t *testing.T) {
 	if !strings.Contains(refusal, "disk") {
 		t.Errorf("refusal on a full spool disk does not say why: %s", refusal)
 	}
-	if !sc.alive() {
+	if !sc.Alive() {
 		t.Fatal("the sidecar died of a full disk")
 	}
 
-	limitFileSize(t, sc.pid(), 0)
+	limitFileSize(t, sc.Pid(), 0)
 	if code, body := sc.post(t, ids("after", 0, 5), 500); code != http.StatusAccepted {
 		t.Fatalf("post after space returned: %d %s", code, body)
 	}

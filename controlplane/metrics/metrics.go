@@ -33,6 +33,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -154,6 +155,17 @@ type Metrics struct {
 	claims   metric.Int64Counter
 	finished metric.Int64Counter
 	rescues  metric.Int64Counter
+	// attrs caches the attribute options of the claim and finish
+	// counters (attrKey -> metric.MeasurementOption), so the request path
+	// builds no attribute set. Agents and states are bounded by the fleet.
+	attrs sync.Map
+}
+
+// attrKey names a cached attribute set: an agent, and for the finished
+// counter the state its task went to (unspecified for claims).
+type attrKey struct {
+	agent string
+	state store.TaskState
 }
 
 var _ queue.Observer = (*Metrics)(nil)
@@ -255,14 +267,27 @@ func (m *Metrics) Shutdown(ctx context.Context) error {
 	return m.provider.Shutdown(ctx)
 }
 
-// Claimed implements queue.Observer.
+// Claimed implements queue.Observer. It is on the claim path, as
+// Finished is on the completion path: both reuse a cached attribute set.
 func (m *Metrics) Claimed(agent string, n int) {
-	m.claims.Add(context.Background(), int64(n), metric.WithAttributes(attribute.String("agent", agent)))
+	m.claims.Add(context.Background(), int64(n), m.option(attrKey{agent: agent}))
 }
 
 // Finished implements queue.Observer.
 func (m *Metrics) Finished(agent string, to store.TaskState) {
-	m.finished.Add(context.Background(), 1, metric.WithAttributes(attribute.String("agent", agent), attribute.String("state", stateLabel(to))))
+	m.finished.Add(context.Background(), 1, m.option(attrKey{agent: agent, state: to}))
+}
+
+func (m *Metrics) option(k attrKey) metric.MeasurementOption {
+	if o, ok := m.attrs.Load(k); ok {
+		return o.(metric.MeasurementOption)
+	}
+	kv := []attribute.KeyValue{attribute.String("agent", k.agent)}
+	if k.state != store.StateUnspecified {
+		kv = append(kv, attribute.String("state", stateLabel(k.state)))
+	}
+	o, _ := m.attrs.LoadOrStore(k, metric.WithAttributeSet(attribute.NewSet(kv...)))
+	return o.(metric.MeasurementOption)
 }
 
 // Rescued implements queue.Observer.

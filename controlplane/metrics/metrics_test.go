@@ -279,3 +279,22 @@ func BenchmarkClaimedCounter(b *testing.B) {
 		m.Claimed("forge", 1)
 	}
 }
+
+// The queue calls Claimed on its claim path (thousands a second) and
+// Finished on its completion path: once an agent has claimed or finished,
+// another call builds no attribute set.
+func TestClaimedIsCheapOnTheClaimPath(t *testing.T) {
+	m, err := New(Config{Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Shutdown(context.Background())
+	m.Claimed("forge", 1)
+	m.Finished("forge", store.StateDone)
+	if n := testing.AllocsPerRun(1000, func() { m.Claimed("forge", 1) }); n > 1 {
+		t.Errorf("Claimed allocates %.0f times per call, want at most 1", n)
+	}
+	if n := testing.AllocsPerRun(1000, func() { m.Finished("forge", store.StateDone) }); n > 1 {
+		t.Errorf("Finished allocates %.0f times per call, want at most 1", n)
+	}
+}

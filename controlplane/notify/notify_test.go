@@ -225,6 +225,30 @@ func TestWebhookRetries5xxAnd429WithBackoff(t *testing.T) {
 	}
 }
 
+// A 429's Retry-After (in seconds) sets the wait, capped at MaxBackoff.
+func TestWebhookHonoursRetryAfter(t *testing.T) {
+	var calls atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch calls.Add(1) {
+		case 1:
+			w.Header().Set("Retry-After", "3")
+			w.WriteHeader(http.StatusTooManyRequests)
+		case 2:
+			w.Header().Set("Retry-After", "120")
+			w.WriteHeader(http.StatusTooManyRequests)
+		}
+	}))
+	defer srv.Close()
+	w, done, slept := startHooks(t, srv, 5)
+	w.Publish(context.Background(), Event{Kind: KindAlert, ID: "evt"})
+	if o := wait(t, done); o.err != nil || o.attempts != 3 {
+		t.Fatalf("delivery: %+v, want success on the 3rd attempt", o)
+	}
+	if got, want := slept(), []time.Duration{3 * time.Second, 5 * time.Second}; !equalDurations(got, want) {
+		t.Errorf("backoffs %v, want %v (Retry-After, then capped at MaxBackoff)", got, want)
+	}
+}
+
 func TestWebhookGivesUpAfterMaxAttempts(t *testing.T) {
 	rec := &receiver{statuses: []int{500, 500, 500, 500, 500, 500, 500, 500}}
 	srv := httptest.NewServer(rec)

@@ -199,3 +199,32 @@ func BenchmarkVerifyBackupSQLite(b *testing.B) {
 		}
 	}
 }
+
+// A manifest whose count of table rows disagrees fails verification, and
+// the detail shows the two counts apart.
+func TestVerifyNamesARowCountThatDisagrees(t *testing.T) {
+	st := openSQLite(t)
+	seedTasks(t, st, 3)
+	svc, _ := ops.New(ops.Config{Store: st, Logger: quiet})
+	snap, err := svc.Backup(t.Context(), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer snap.Close()
+	dir := t.TempDir()
+	m := writeBackupDir(t, snap, dir)
+	m.Counts.Rows++
+	if err := ops.WriteManifest(dir, m); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := ops.VerifyBackup(t.Context(), dir, quiet)
+	if err == nil || rep.OK() {
+		t.Fatalf("a manifest counting one row too many verified: %+v", rep)
+	}
+	want := fmt.Sprintf("%d other rows", m.Counts.Rows)
+	for _, c := range rep.Checks {
+		if !c.OK && (!strings.HasPrefix(c.Name, "load ") || !strings.Contains(c.Detail, want)) {
+			t.Errorf("failed check %s: %q, want the load naming the manifest's %q", c.Name, c.Detail, want)
+		}
+	}
+}

@@ -159,7 +159,7 @@ func withLine(n int, err error) error {
 }
 
 // CountsText renders counts as "1 queue, 2 tasks, 1 token, 3 audit entries,
-// 4 fleet events".
+// 4 fleet events, 5 other rows".
 func CountsText(c store.DumpCounts) string {
 	plural := func(n int64, one, many string) string {
 		if n == 1 {
@@ -168,5 +168,6 @@ func CountsText(c store.DumpCounts) string {
 		return fmt.Sprintf("%d %s", n, many)
 	}
 	return plural(c.Queue, "queue", "queues") + ", " + plural(c.Tasks, "task", "tasks") + ", " +
-		plural(c.Tokens, "token", "tokens") + ", " + plural(c.Audit, "audit entry", "audit entries") + ", " + plural(c.FleetEvents, "fleet event", "fleet events")
+		plural(c.Tokens, "token", "tokens") + ", " + plural(c.Audit, "audit entry", "audit entries") + ", " + plural(c.FleetEvents, "fleet event", "fleet events") + ", " +
+		plural(c.Rows, "other row", "other rows")
 }

@@ -99,10 +99,6 @@ func decodeValue(kind store.DumpColumnKind, raw json.RawMessage) (any, error) {
 		var t jsonTime
 		err := t.UnmarshalJSON(raw)
 		return time.Time(t), err
-	case store.DumpFloat:
-		var f float64
-		err := json.Unmarshal(raw, &f)
-		return f, err
 	case store.DumpJSON:
 		if !json.Valid(raw) {
 			return nil, fmt.Errorf("not JSON: %s", raw)

@@ -27,16 +27,14 @@ type ApprovalConfig struct {
 	DefaultTimeout time.Duration
 	// ReminderFraction overrides the policy's reminder point when above 0.
 	ReminderFraction float64
-	// WaitRecheck is how often WaitApproval re-reads a request besides the
-	// in-process push, for decisions made on other replicas (default 1s).
-	WaitRecheck time.Duration
 }
 
 // newApprovals builds the approval domain on the queue's store, gating the
-// queue's new tasks and waking its claimers on decisions.
-func newApprovals(cfg ApprovalConfig, st store.Store, q *queue.Service, clock queue.Clock, pub notify.Publisher, log *slog.Logger) (*approval.Service, error) {
-	acfg := approval.Config{Store: st, Queue: q, Publisher: pub, Logger: log, DefaultTimeout: cfg.DefaultTimeout,
-		WaitRecheck: cfg.WaitRecheck}
+// queue's new tasks and waking its claimers on decisions. events is the hub
+// that pub and the other replicas' relayed events feed: waiters hear
+// decisions made on other replicas from it.
+func newApprovals(cfg ApprovalConfig, st store.Store, q *queue.Service, clock queue.Clock, pub notify.Publisher, events *notify.Hub, log *slog.Logger) (*approval.Service, error) {
+	acfg := approval.Config{Store: st, Queue: q, Publisher: pub, Decisions: events, Logger: log, DefaultTimeout: cfg.DefaultTimeout}
 	if clock != nil {
 		acfg.Clock = clock
 	}

@@ -200,6 +200,11 @@ func testDuplicatesFromManyConnections(t *testing.T, st store.Store) {
 	if recorded.Load() != events {
 		t.Errorf("recorded %d events in all, want %d", recorded.Load(), events)
 	}
+	// Every other report (half the connections send each id twice) was a
+	// duplicate.
+	if sent := int64(conns/2*events + conns/2*events*2); duplicates.Load() != sent-events {
+		t.Errorf("%d duplicates of %d reports, want %d", duplicates.Load(), sent, sent-events)
+	}
 	rep, err := clients[0].GetSpend(ctx, &factoryv1.GetSpendRequest{})
 	if err != nil {
 		t.Fatal(err)

@@ -40,25 +40,19 @@ func spendSource(b *budget.Service) metrics.SpendSource {
 	}
 }
 
-// alertSource counts the FIRING alerts of every enabled rule, listing the
-// rules with none as 0. Silenced alerts still fire, so they count.
+// alertSource counts the FIRING alerts of every rule in force (disabled
+// rules are not), listing the rules with none as 0. Silenced alerts still
+// fire, so they count.
 func alertSource(a *alert.Service) metrics.AlertSource {
 	return func(ctx context.Context) ([]metrics.AlertCount, error) {
-		listed, err := a.List(ctx)
+		firing, err := a.FiringByRule(ctx)
 		if err != nil {
 			return nil, err
 		}
-		firing := map[string]int64{}
-		for _, l := range listed {
-			if l.State == store.AlertFiring {
-				firing[l.Rule]++
-			}
-		}
-		var out []metrics.AlertCount
-		for _, r := range a.Rules() {
-			if !r.Disabled {
-				out = append(out, metrics.AlertCount{Rule: r.Name, Severity: r.Severity, Firing: firing[r.Name]})
-			}
+		rules := a.Rules()
+		out := make([]metrics.AlertCount, len(rules))
+		for i, r := range rules {
+			out[i] = metrics.AlertCount{Rule: r.Name, Severity: r.Severity, Firing: firing[r.Name]}
 		}
 		return out, nil
 	}

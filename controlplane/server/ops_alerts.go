@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"slices"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -68,8 +69,9 @@ func (s *opsServer) SilenceAlert(ctx context.Context, req *factoryv1.SilenceAler
 	if err != nil {
 		return nil, toStatus(ctx, s.log, err)
 	}
-	access.Note(ctx, "silence "+sil.ID, nil, silenceProto(sil, s.alerts))
-	return &factoryv1.SilenceAlertResponse{Silence: silenceProto(sil, s.alerts)}, nil
+	out := silenceProto(sil, s.alerts)
+	access.Note(ctx, "silence "+sil.ID, nil, out)
+	return &factoryv1.SilenceAlertResponse{Silence: out}, nil
 }
 
 // ListSilences implements factoryv1.OpsServiceServer.
@@ -97,7 +99,7 @@ func (s *opsServer) ExpireSilence(ctx context.Context, req *factoryv1.ExpireSile
 	if err != nil {
 		return nil, toStatus(ctx, s.log, err)
 	}
-	access.Note(ctx, "silence "+sil.ID, nil, map[string]string{"ends_at": sil.EndsAt.Format("2006-01-02T15:04:05Z07:00")})
+	access.Note(ctx, "silence "+sil.ID, nil, map[string]string{"ends_at": sil.EndsAt.Format(time.RFC3339)})
 	return &factoryv1.ExpireSilenceResponse{Silence: silenceProto(sil, s.alerts)}, nil
 }
 

@@ -241,8 +241,24 @@ func TestSilencesOverGRPC(t *testing.T) {
 	default:
 	}
 	list, _ := b.ops.ListAlerts(ctx, &factoryv1.ListAlertsRequest{})
-	if len(list.GetAlerts()) != 1 || list.GetAlerts()[0].GetSilencedBy() != sil.GetId() {
-		t.Errorf("listed %v, want the alert silenced by %s", list.GetAlerts(), sil.GetId())
+	if len(list.GetAlerts()) != 1 || list.GetAlerts()[0].GetSilencedBy() != sil.GetId() ||
+		list.GetAlerts()[0].GetState() != factoryv1.AlertState_ALERT_STATE_FIRING {
+		t.Errorf("listed %v, want the FIRING alert silenced by %s", list.GetAlerts(), sil.GetId())
+	}
+	// /metrics counts it firing (a silence mutes notifications only), and
+	// lists every other rule in force at 0.
+	counts, err := alertSource(b.alerts)(ctx)
+	if err != nil || len(counts) != len(b.alerts.Rules()) {
+		t.Fatalf("alert metrics: %v, %v", counts, err)
+	}
+	for _, c := range counts {
+		want := int64(0)
+		if c.Rule == "agent_offline" {
+			want = 1
+		}
+		if c.Firing != want {
+			t.Errorf("alert metrics: rule %s firing %d, want %d", c.Rule, c.Firing, want)
+		}
 	}
 
 	silences, _ := b.ops.ListSilences(ctx, &factoryv1.ListSilencesRequest{})

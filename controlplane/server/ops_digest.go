@@ -19,18 +19,11 @@ func (s *opsServer) GetDigest(ctx context.Context, req *factoryv1.GetDigestReque
 	if s.digest == nil {
 		return nil, status.Error(codes.Unimplemented, "this server was built without the digest")
 	}
-	d, err := s.digest.Build(ctx, timeOrZero(req.GetSince()), timeOrZero(req.GetUntil()))
+	d, err := s.digest.Build(ctx, timeOf(req.GetSince()), timeOf(req.GetUntil()))
 	if err != nil {
 		return nil, toStatus(ctx, s.log, err)
 	}
 	return &factoryv1.GetDigestResponse{Digest: digestProto(d)}, nil
-}
-
-func timeOrZero(t *timestamppb.Timestamp) time.Time {
-	if t == nil {
-		return time.Time{}
-	}
-	return t.AsTime()
 }
 
 func digestProto(d *digest.Digest) *factoryv1.Digest {

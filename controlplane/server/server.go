@@ -192,6 +192,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	fl := fleet.New(fleetClock, cfg.Fleet)
 	history := fleet.NewHistory(qcfg.Store, fleetClock, cfg.Fleet)
+	fleetEvents := fleet.NewEvents(qcfg.Store, fleetClock)
 	counters, err := newLiveCounters(cfg, log)
 	if err != nil {
 		return err
@@ -218,11 +219,11 @@ func Run(ctx context.Context, cfg Config) error {
 	if counters != nil {
 		counters.bud = bud
 	}
-	alerts, err := newAlerts(cfg.Alerts, qcfg.Store, fl, fleet.NewEvents(qcfg.Store, fleetClock), bud, qcfg.Clock, notif.Notifier, log)
+	alerts, err := newAlerts(cfg.Alerts, qcfg.Store, fl, fleetEvents, bud, qcfg.Clock, notif.Notifier, log)
 	if err != nil {
 		return err
 	}
-	approvals, err := newApprovals(cfg.Approvals, qcfg.Store, q, qcfg.Clock, notif.Notifier, log)
+	approvals, err := newApprovals(cfg.Approvals, qcfg.Store, q, qcfg.Clock, notif.Notifier, notif.hub, log)
 	if err != nil {
 		return err
 	}
@@ -242,7 +243,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer func() { _ = met.Shutdown(context.WithoutCancel(ctx)) }()
-	srv, healthSrv := NewGRPCServer(Services{Queue: q, Access: acc, Ops: opsSvc, Fleet: fl, FleetEvents: fleet.NewEvents(qcfg.Store, fleetClock), FleetHistory: history, Maintenance: maint, Digest: dig, Budget: bud, Alerts: alerts, Events: notif.hub, Approvals: approvals}, log, cfg.TracerProvider, stopping,
+	srv, healthSrv := NewGRPCServer(Services{Queue: q, Access: acc, Ops: opsSvc, Fleet: fl, FleetEvents: fleetEvents, FleetHistory: history, Maintenance: maint, Digest: dig, Budget: bud, Alerts: alerts, Events: notif.hub, Approvals: approvals}, log, cfg.TracerProvider, stopping,
 		WithTLS(tlsCfg), WithRateLimit(cfg.RateLimit), WithMeterProvider(met.MeterProvider()))
 
 	log.InfoContext(ctx, "listening", "addr", lis.Addr().String(), "tls", tlsMode(tlsCfg), "store", driver, "db", where, "pid", os.Getpid())

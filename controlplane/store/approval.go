@@ -261,7 +261,6 @@ type ApprovalCreateParams struct {
 type ApprovalListParams struct {
 	States []ApprovalState
 	Agent  string
-	TaskID string
 	Limit  int
 	Cursor string
 }
@@ -319,18 +318,23 @@ func (e *DecidedError) Error() string {
 // Is makes errors.Is(err, ErrIllegalTransition) true.
 func (e *DecidedError) Is(target error) bool { return target == ErrIllegalTransition }
 
-// ApplyDecision records a decision (or, with by = DecidedByTimeout, an
-// expiry applying outcome) on a PENDING request.
+// ApplyDecision records an operator's decision on a PENDING request.
 func (a *Approval) ApplyDecision(outcome ApprovalDecision, by, reason, instructions string, now time.Time) {
 	a.State = outcome.StateOf()
-	if by == DecidedByTimeout {
-		a.State = ApprovalExpired
-	}
 	a.Outcome = outcome
 	a.DecidedBy = by
 	a.DecidedAt = now
 	a.Reason = reason
 	a.Instructions = instructions
+}
+
+// Expire applies a PENDING request's default at its deadline: EXPIRED
+// with the default as Outcome, by DecidedByTimeout, never as a human
+// decision.
+func (a *Approval) Expire(now time.Time) {
+	a.ApplyDecision(a.DefaultOnTimeout, DecidedByTimeout,
+		fmt.Sprintf("no decision by the deadline: default %s applied", a.DefaultOnTimeout), "", now)
+	a.State = ApprovalExpired
 }
 
 // CheckDecide is the input check every driver's ApprovalDecide makes.

@@ -18,12 +18,11 @@ type DumpColumnKind int
 
 // The kinds of column value, and the Go type a DumpRow holds for each.
 const (
-	DumpText  DumpColumnKind = iota // string
-	DumpInt                         // int64
-	DumpBool                        // bool
-	DumpTime                        // time.Time; the zero time is NULL (or 0 where the column is NOT NULL)
-	DumpFloat                       // float64
-	DumpJSON                        // string holding JSON text (jsonb in PostgreSQL)
+	DumpText DumpColumnKind = iota // string
+	DumpInt                        // int64
+	DumpBool                       // bool
+	DumpTime                       // time.Time; the zero time is NULL (or 0 where the column is NOT NULL)
+	DumpJSON                       // string holding JSON text (jsonb in PostgreSQL)
 )
 
 // DumpColumn is one column of a dumped table.
@@ -146,8 +145,6 @@ func validateDumpRow(r *DumpRow) error {
 			ok = c.Kind == DumpBool
 		case time.Time:
 			ok = c.Kind == DumpTime
-		case float64:
-			ok = c.Kind == DumpFloat
 		}
 		if !ok {
 			return InvalidField("records", "%s row: column %s holds %T, not a valid %s", r.Table, c.Name, r.Values[i], c.Kind)
@@ -166,8 +163,6 @@ func (k DumpColumnKind) String() string {
 		return "boolean"
 	case DumpTime:
 		return "time"
-	case DumpFloat:
-		return "number"
 	case DumpJSON:
 		return "JSON text"
 	}

@@ -310,6 +310,27 @@ type SpendStanding struct {
 	Reserved map[string]map[string]int64
 }
 
+// NewSpendStanding is an empty standing with every dimension and scope
+// present, as the drivers fill it.
+func NewSpendStanding() *SpendStanding {
+	return &SpendStanding{
+		Spent: map[string]map[string]int64{
+			DimTotal: {}, DimAgent: {}, DimTier: {}, DimModel: {},
+		},
+		Reserved: map[string]map[string]int64{
+			ScopeTotal: {}, ScopeAgent: {}, ScopeTier: {},
+		},
+	}
+}
+
+// AddReserved counts an open reservation against its agent, its tier and
+// the total.
+func (s *SpendStanding) AddReserved(agent, tier string, estimate int64) {
+	s.Reserved[ScopeTotal][""] += estimate
+	s.Reserved[ScopeAgent][agent] += estimate
+	s.Reserved[ScopeTier][tier] += estimate
+}
+
 // SpendCap is one hard cap a reservation is checked against.
 type SpendCap struct {
 	// Scope and Key name the budget (ScopeTotal with an empty key,
@@ -368,7 +389,7 @@ func CheckBudget(b *Budget) error {
 		return InvalidField("budget.scope", "unknown scope %q", b.Scope)
 	case b.Scope == ScopeTotal && b.Key != "":
 		return InvalidField("budget.key", "the total budget has no key, got %q", b.Key)
-	case b.Scope == ScopeTier && !validTier(b.Key):
+	case b.Scope == ScopeTier && !ValidTier(b.Key):
 		return InvalidField("budget.key", "%q is not a tier (frontier, mid, local, infra)", b.Key)
 	case b.TargetMicros < 0 || b.AlertMicros < 0 || b.CapMicros < 0 || b.EmergencyMicros < 0:
 		return InvalidField("budget", "amounts must not be negative")
@@ -378,7 +399,8 @@ func CheckBudget(b *Budget) error {
 	return nil
 }
 
-func validTier(t string) bool {
+// ValidTier says whether t names a tier (frontier, mid, local, infra).
+func ValidTier(t string) bool {
 	return t == TierFrontier || t == TierMid || t == TierLocal || t == TierInfra
 }
 
@@ -434,7 +456,7 @@ func CheckSpendEvents(events []*SpendEvent) error {
 			return InvalidField("event.agent", "event %s has no agent", e.ID)
 		case e.Model == "":
 			return InvalidField("event.model", "event %s has no model", e.ID)
-		case !validTier(e.Tier):
+		case !ValidTier(e.Tier):
 			return InvalidField("event.tier", "event %s: %q is not a tier", e.ID, e.Tier)
 		case len(e.Day) != len("2006-01-02"):
 			return InvalidField("event.day", "event %s: day %q is not YYYY-MM-DD", e.ID, e.Day)
@@ -456,7 +478,7 @@ func CheckSpendReservation(r *SpendReservation) error {
 		return InvalidField("reservation_id", "required")
 	case r.Agent == "":
 		return InvalidField("agent", "required")
-	case !validTier(r.Tier):
+	case !ValidTier(r.Tier):
 		return InvalidField("tier", "%q is not a tier", r.Tier)
 	case r.EstimateMicros <= 0:
 		return InvalidField("estimate_micros", "must be more than 0")

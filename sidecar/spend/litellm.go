@@ -2,6 +2,7 @@ package spend
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -14,6 +15,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -411,8 +413,8 @@ func (p *LiteLLM) toEvent(r liteRow) (ev *Event, start time.Time, ok bool) {
 		}
 	}
 	tags := r.tags()
-	agent := firstOf(tags["agent"], r.meta("agent"), r.EndUser, r.Metadata.KeyAlias, p.cfg.DefaultAgent)
-	tier := strings.ToLower(firstOf(tags["tier"], r.meta("tier")))
+	agent := cmp.Or(tags["agent"], r.meta("agent"), r.EndUser, r.Metadata.KeyAlias, p.cfg.DefaultAgent)
+	tier := strings.ToLower(cmp.Or(tags["tier"], r.meta("tier")))
 	if Tiers[tier] == 0 {
 		group, _, _ := strings.Cut(strings.ToLower(r.ModelGroup), "-")
 		tier = group
@@ -427,9 +429,9 @@ func (p *LiteLLM) toEvent(r liteRow) (ev *Event, start time.Time, ok bool) {
 	}
 	ev = &Event{
 		ID: liteID(r.RequestID), Agent: sanitize(agent, 128), Host: p.cfg.Host,
-		Model: firstOf(r.Model, r.ModelGroup, "unknown"), Provider: r.Provider, Tier: tier,
+		Model: cmp.Or(r.Model, r.ModelGroup, "unknown"), Provider: r.Provider, Tier: tier,
 		InputTokens: r.PromptTokens, OutputTokens: r.CompletionTokens, CostMicros: &cost,
-		TaskID: sanitize(firstOf(tags["task"], r.meta("task_id")), 128), OccurredAt: start.UTC(),
+		TaskID: sanitize(cmp.Or(tags["task"], r.meta("task_id")), 128), OccurredAt: start.UTC(),
 	}
 	if len(ev.Model) > 200 {
 		ev.Model = ev.Model[:200]
@@ -437,7 +439,7 @@ func (p *LiteLLM) toEvent(r liteRow) (ev *Event, start time.Time, ok bool) {
 	if len(ev.Provider) > 100 {
 		ev.Provider = ev.Provider[:100]
 	}
-	if len(p.cfg.Agents) > 0 && !contains(p.cfg.Agents, ev.Agent) {
+	if len(p.cfg.Agents) > 0 && !slices.Contains(p.cfg.Agents, ev.Agent) {
 		if !p.skipped[ev.Agent] {
 			p.skipped[ev.Agent] = true
 			p.cfg.Logger.Warn("litellm rows of an agent this host does not run are not reported (declare it under agents: to report them)", "agent", ev.Agent)
@@ -474,22 +476,4 @@ func sanitize(s string, n int) string {
 		b = b[:n]
 	}
 	return string(b)
-}
-
-func firstOf(s ...string) string {
-	for _, v := range s {
-		if v != "" {
-			return v
-		}
-	}
-	return ""
-}
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }

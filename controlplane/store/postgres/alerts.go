@@ -60,15 +60,7 @@ func (s *Store) AlertSave(ctx context.Context, p *store.AlertSaveParams) error {
 	}
 	labels := make([]string, len(p.Alerts))
 	for i, a := range p.Alerts {
-		clean := make(map[string]string, len(a.Labels))
-		for k, v := range a.Labels {
-			clean[storable(k)] = storable(v)
-		}
-		b, err := json.Marshal(clean)
-		if err != nil {
-			return store.InvalidField("labels", "alert %d: %v", i, err)
-		}
-		labels[i] = string(b)
+		labels[i] = jsonText(storableMap(a.Labels))
 	}
 	deletes := make([]string, len(p.DeleteIDs))
 	for i, id := range p.DeleteIDs {
@@ -197,6 +189,16 @@ func scanAlerts(rs pgx.Rows) ([]*store.Alert, error) {
 	return out, rs.Err()
 }
 
+// storableMap is m with every key and value made storable (never nil, so
+// it encodes as {}).
+func storableMap(m map[string]string) map[string]string {
+	clean := make(map[string]string, len(m))
+	for k, v := range m {
+		clean[storable(k)] = storable(v)
+	}
+	return clean
+}
+
 // SilenceCreate implements store.Store.
 func (s *Store) SilenceCreate(ctx context.Context, p *store.SilenceCreateParams) (*store.Silence, error) {
 	if p == nil {
@@ -211,18 +213,10 @@ func (s *Store) SilenceCreate(ctx context.Context, p *store.SilenceCreateParams)
 	}
 	x.CreatedBy, x.Reason = storable(x.CreatedBy), storable(x.Reason)
 	x.StartsAt, x.EndsAt, x.CreatedAt = norm(x.StartsAt), norm(x.EndsAt), norm(p.Now)
-	clean := make(map[string]string, len(x.Matchers))
-	for k, v := range x.Matchers {
-		clean[storable(k)] = storable(v)
-	}
-	x.Matchers = clean
-	matchers, err := json.Marshal(clean)
-	if err != nil {
-		return nil, store.InvalidField("matchers", "%v", err)
-	}
-	err = s.inTx(ctx, "SilenceCreate", func(tx *txn) error {
+	x.Matchers = storableMap(x.Matchers)
+	err := s.inTx(ctx, "SilenceCreate", func(tx *txn) error {
 		b := tx.batch()
-		b.Queue(qSilenceInsert, x.ID, x.Rule, string(matchers), x.CreatedBy, x.Reason, x.StartsAt, x.EndsAt, x.CreatedAt)
+		b.Queue(qSilenceInsert, x.ID, x.Rule, jsonText(x.Matchers), x.CreatedBy, x.Reason, x.StartsAt, x.EndsAt, x.CreatedAt)
 		if err := tx.send(b); err != nil {
 			return dbErr("SilenceCreate", err)
 		}

@@ -185,7 +185,7 @@ func (s *Store) ApprovalList(ctx context.Context, p *store.ApprovalListParams) (
 	if err != nil {
 		return nil, err
 	}
-	if err := checkText("agent", p.Agent, "task_id", p.TaskID); err != nil {
+	if err := checkText("agent", p.Agent); err != nil {
 		return nil, err
 	}
 	var b strings.Builder
@@ -202,10 +202,6 @@ func (s *Store) ApprovalList(ctx context.Context, p *store.ApprovalListParams) (
 	if p.Agent != "" {
 		args = append(args, p.Agent)
 		b.WriteString(" AND agent = $" + strconv.Itoa(len(args)))
-	}
-	if p.TaskID != "" {
-		args = append(args, p.TaskID)
-		b.WriteString(" AND task_id = $" + strconv.Itoa(len(args)))
 	}
 	b.WriteString(" ORDER BY (state <> 1), seq")
 	limit := 0
@@ -308,8 +304,7 @@ func (s *Store) ApprovalExpire(ctx context.Context, p *store.ApprovalExpireParam
 		}
 		for _, r := range rows {
 			a := r.a
-			a.ApplyDecision(a.DefaultOnTimeout, store.DecidedByTimeout, "", "", now)
-			a.Reason = fmt.Sprintf("no decision by the deadline: default %s applied", a.DefaultOnTimeout)
+			a.Expire(now)
 			b := t.batch()
 			b.Queue(qApprovalDecide, a.ID, int16(a.State), int16(a.Outcome), a.DecidedBy, now, a.Reason, "")
 			if err := t.send(b); err != nil {

@@ -46,8 +46,6 @@ func dumpReadRows(ctx context.Context, tx pgx.Tx, fn func(*store.DumpRecord) err
 					holders[i] = new(pgtype.Bool)
 				case store.DumpTime:
 					holders[i] = new(pgtype.Timestamptz)
-				case store.DumpFloat:
-					holders[i] = new(pgtype.Float8)
 				}
 			}
 			if err := rs.Scan(holders...); err != nil {
@@ -64,8 +62,6 @@ func dumpReadRows(ctx context.Context, tx pgx.Tx, fn func(*store.DumpRecord) err
 					values[i] = holders[i].(*pgtype.Bool).Bool
 				case store.DumpTime:
 					values[i] = fromTS(*holders[i].(*pgtype.Timestamptz))
-				case store.DumpFloat:
-					values[i] = holders[i].(*pgtype.Float8).Float64
 				}
 			}
 			return fn(&store.DumpRecord{Row: &store.DumpRow{Table: t.Name, Values: values}})

@@ -252,10 +252,6 @@ func (s *Store) SpendRollupQuery(ctx context.Context, p *store.SpendRollupQueryP
 			if err := rs.Scan(&r.Key, &r.CostMicros, &r.Events, &r.InputTokens, &r.OutputTokens); err != nil {
 				return err
 			}
-			if p.Group == store.GroupKey && p.Limit > 0 && len(res.Rows) >= p.Limit {
-				res.LeftOut++
-				continue
-			}
 			r.Key = strings.TrimPrefix(r.Key, p.KeyPrefix)
 			res.Rows = append(res.Rows, r)
 		}
@@ -292,7 +288,7 @@ func (s *Store) SpendRollupAdd(ctx context.Context, rows []store.SpendRollup) er
 func (s *Store) SpendStanding(ctx context.Context, p *store.SpendStandingParams) (*store.SpendStanding, error) {
 	var out *store.SpendStanding
 	err := s.read(ctx, "SpendStanding", func(ctx context.Context) error {
-		out = newStanding()
+		out = store.NewSpendStanding()
 		rs, err := s.pool.Query(ctx, qSpendStanding, storable(p.Day), p.Now)
 		if err != nil {
 			return err
@@ -308,24 +304,11 @@ func (s *Store) SpendStanding(ctx context.Context, p *store.SpendStandingParams)
 				out.Spent[dim][key] = amount
 				continue
 			}
-			out.Reserved[store.ScopeTotal][""] += amount
-			out.Reserved[store.ScopeAgent][key] += amount
-			out.Reserved[store.ScopeTier][tier] += amount
+			out.AddReserved(key, tier, amount)
 		}
 		return rs.Err()
 	})
 	return out, err
-}
-
-func newStanding() *store.SpendStanding {
-	return &store.SpendStanding{
-		Spent: map[string]map[string]int64{
-			store.DimTotal: {}, store.DimAgent: {}, store.DimTier: {}, store.DimModel: {},
-		},
-		Reserved: map[string]map[string]int64{
-			store.ScopeTotal: {}, store.ScopeAgent: {}, store.ScopeTier: {},
-		},
-	}
 }
 
 // SpendReserve implements store.Store. Reservers of one day take a

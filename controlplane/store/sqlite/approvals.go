@@ -178,10 +178,6 @@ func (s *Store) ApprovalList(ctx context.Context, p *store.ApprovalListParams) (
 		b.WriteString(" AND agent = ?")
 		args = append(args, p.Agent)
 	}
-	if p.TaskID != "" {
-		b.WriteString(" AND task_id = ?")
-		args = append(args, p.TaskID)
-	}
 	limit := -1
 	if p.Limit > 0 && p.Limit < math.MaxInt32 {
 		limit = p.Limit + 1
@@ -268,8 +264,7 @@ func (s *Store) ApprovalExpire(ctx context.Context, p *store.ApprovalExpireParam
 		}
 		for _, r := range rows {
 			a := r.a
-			a.ApplyDecision(a.DefaultOnTimeout, store.DecidedByTimeout, "", "", now)
-			a.Reason = fmt.Sprintf("no decision by the deadline: default %s applied", a.DefaultOnTimeout)
+			a.Expire(now)
 			if _, err := w.exec(qApprovalDecide, a.ID, int32(a.State), int32(a.Outcome), a.DecidedBy, toNanos(now), a.Reason, ""); err != nil {
 				return err
 			}

@@ -33,8 +33,6 @@ func dumpReadRows(ctx context.Context, tx *sql.Tx, fn func(*store.DumpRecord) er
 					holders[i] = new(sql.NullString)
 				case store.DumpInt, store.DumpBool, store.DumpTime:
 					holders[i] = new(sql.NullInt64)
-				case store.DumpFloat:
-					holders[i] = new(sql.NullFloat64)
 				}
 			}
 			if err := rs.Scan(holders...); err != nil {
@@ -51,8 +49,6 @@ func dumpReadRows(ctx context.Context, tx *sql.Tx, fn func(*store.DumpRecord) er
 					values[i] = holders[i].(*sql.NullInt64).Int64 != 0
 				case store.DumpTime:
 					values[i] = fromNanos(holders[i].(*sql.NullInt64).Int64)
-				case store.DumpFloat:
-					values[i] = holders[i].(*sql.NullFloat64).Float64
 				}
 			}
 			return fn(&store.DumpRecord{Row: &store.DumpRow{Table: t.Name, Values: values}})

@@ -183,10 +183,6 @@ func (s *Store) SpendRollupQuery(ctx context.Context, p *store.SpendRollupQueryP
 			if err := rs.Scan(&r.Key, &r.CostMicros, &r.Events, &r.InputTokens, &r.OutputTokens); err != nil {
 				return err
 			}
-			if p.Group == store.GroupKey && p.Limit > 0 && len(res.Rows) >= p.Limit {
-				res.LeftOut++
-				continue
-			}
 			r.Key = strings.TrimPrefix(r.Key, p.KeyPrefix)
 			res.Rows = append(res.Rows, r)
 		}
@@ -229,7 +225,7 @@ func (w *wtx) addRollups(rows []store.SpendRollup) error {
 
 // SpendStanding implements store.Store.
 func (s *Store) SpendStanding(ctx context.Context, p *store.SpendStandingParams) (*store.SpendStanding, error) {
-	out := newStanding()
+	out := store.NewSpendStanding()
 	err := s.readTx(ctx, func(tx *sql.Tx) error {
 		rs, err := tx.QueryContext(ctx, qSpendStandingSpent, p.Day)
 		if err != nil {
@@ -259,7 +255,7 @@ func (s *Store) SpendStanding(ctx context.Context, p *store.SpendStandingParams)
 			if err := rs.Scan(&agent, &tier, &est); err != nil {
 				return err
 			}
-			addReserved(out, agent, tier, est)
+			out.AddReserved(agent, tier, est)
 		}
 		return rs.Err()
 	})
@@ -267,23 +263,6 @@ func (s *Store) SpendStanding(ctx context.Context, p *store.SpendStandingParams)
 		return nil, dbErr("SpendStanding", err)
 	}
 	return out, nil
-}
-
-func newStanding() *store.SpendStanding {
-	return &store.SpendStanding{
-		Spent: map[string]map[string]int64{
-			store.DimTotal: {}, store.DimAgent: {}, store.DimTier: {}, store.DimModel: {},
-		},
-		Reserved: map[string]map[string]int64{
-			store.ScopeTotal: {}, store.ScopeAgent: {}, store.ScopeTier: {},
-		},
-	}
-}
-
-func addReserved(s *store.SpendStanding, agent, tier string, est int64) {
-	s.Reserved[store.ScopeTotal][""] += est
-	s.Reserved[store.ScopeAgent][agent] += est
-	s.Reserved[store.ScopeTier][tier] += est
 }
 
 // SpendReserve implements store.Store. The writer runs one call at a
@@ -307,18 +286,18 @@ func (s *Store) SpendReserve(ctx context.Context, p *store.SpendReserveParams) (
 			if c.CapMicros <= 0 {
 				continue
 			}
-			spent, err := w.scalar(qSpendScopeSpent, store.ScopeDimension(c.Scope), r.Day, c.Key)
+			spent, err := w.count(qSpendScopeSpent, store.ScopeDimension(c.Scope), r.Day, c.Key)
 			if err != nil {
 				return err
 			}
 			var reserved int64
 			switch c.Scope {
 			case store.ScopeTotal:
-				reserved, err = w.scalar(qSpendScopeTotalRes, r.Day, now)
+				reserved, err = w.count(qSpendScopeTotalRes, r.Day, now)
 			case store.ScopeTier:
-				reserved, err = w.scalar(qSpendScopeTierRes, r.Day, now, c.Key)
+				reserved, err = w.count(qSpendScopeTierRes, r.Day, now, c.Key)
 			default:
-				reserved, err = w.scalar(qSpendScopeAgentRes, r.Day, now, c.Key)
+				reserved, err = w.count(qSpendScopeAgentRes, r.Day, now, c.Key)
 			}
 			if err != nil {
 				return err
@@ -341,17 +320,6 @@ func (s *Store) SpendReserve(ctx context.Context, p *store.SpendReserveParams) (
 		return nil, err
 	}
 	return &r, nil
-}
-
-// scalar runs a one-integer query on the write transaction.
-func (t *wtx) scalar(query string, args ...any) (int64, error) {
-	st, err := t.stmt(query)
-	if err != nil {
-		return 0, dbErr(t.op, err)
-	}
-	var n int64
-	err = st.QueryRowContext(t.ctx, args...).Scan(&n)
-	return n, dbErr(t.op, err)
 }
 
 // SpendRelease implements store.Store.

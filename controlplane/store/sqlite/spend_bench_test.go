@@ -53,7 +53,7 @@ func BenchmarkSpendBatch(b *testing.B) {
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
 					// Each goroutine takes its own range of ids.
-					start := int(atomicAdd(&next, int64(size))) - size
+					start := int(atomic.AddInt64(&next, int64(size))) - size
 					batch := make([]*store.SpendEvent, size)
 					for i := range batch {
 						batch[i] = benchEvent(start+i, 0)
@@ -77,7 +77,7 @@ func BenchmarkSpendBatch(b *testing.B) {
 // seedRollups writes the rollups of events events over days days, as
 // SpendRecord would leave them, straight through SpendRollupAdd: the
 // rollups of a sample of distinct events per day, scaled up.
-func seedRollups(b *testing.B, s *Store, events, days int) {
+func seedRollups(b testing.TB, s *Store, events, days int) {
 	b.Helper()
 	perDay := events / days
 	// One sampled event stands for weight real ones: as many distinct
@@ -119,23 +119,9 @@ func BenchmarkSpendReport30Days(b *testing.B) {
 			}
 			defer s.Close()
 			seedRollups(b, s, events, 37)
-			from, to := benchDay0.AddDate(0, 0, 7).Format("2006-01-02"), benchDay0.AddDate(0, 0, 36).Format("2006-01-02")
-			ctx := context.Background()
 			b.ResetTimer()
 			for b.Loop() {
-				for _, p := range []*store.SpendRollupQueryParams{
-					{Dimension: store.DimTotal, FromDay: from, ToDay: to},
-					{Dimension: store.DimAgent, FromDay: from, ToDay: to, Group: store.GroupKey, Limit: 100},
-					{Dimension: store.DimTotal, FromDay: benchDay0.Format("2006-01-02"), ToDay: benchDay0.AddDate(0, 0, 6).Format("2006-01-02")},
-				} {
-					res, err := s.SpendRollupQuery(ctx, p)
-					if err != nil {
-						b.Fatal(err)
-					}
-					if p.Group == store.GroupNone && res.Rows[0].Events == 0 {
-						b.Fatal("the report found no events")
-					}
-				}
+				report30Days(b, s)
 			}
 		})
 	}
@@ -159,4 +145,20 @@ func BenchmarkSpendReport30DaysByTask(b *testing.B) {
 	}
 }
 
-func atomicAdd(p *int64, d int64) int64 { return atomic.AddInt64(p, d) }
+// report30Days is the report BenchmarkSpendReport30Days times.
+func report30Days(tb testing.TB, s *Store) {
+	from, to := benchDay0.AddDate(0, 0, 7).Format("2006-01-02"), benchDay0.AddDate(0, 0, 36).Format("2006-01-02")
+	for _, p := range []*store.SpendRollupQueryParams{
+		{Dimension: store.DimTotal, FromDay: from, ToDay: to},
+		{Dimension: store.DimAgent, FromDay: from, ToDay: to, Group: store.GroupKey, Limit: 100},
+		{Dimension: store.DimTotal, FromDay: benchDay0.Format("2006-01-02"), ToDay: benchDay0.AddDate(0, 0, 6).Format("2006-01-02")},
+	} {
+		res, err := s.SpendRollupQuery(context.Background(), p)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		if p.Group == store.GroupNone && res.Rows[0].Events == 0 {
+			tb.Fatal("the report found no events")
+		}
+	}
+}
