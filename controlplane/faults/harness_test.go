@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -41,7 +42,7 @@ func TestMain(m *testing.M) {
 }
 
 // binary returns the path of a built binary: "factory-controlplane" or
-// "factory-sidecar".
+// "factory-sidecar" or "factory" (the CLI).
 func binary(t *testing.T, name string) string {
 	t.Helper()
 	buildOnce.Do(func() {
@@ -52,6 +53,7 @@ func binary(t *testing.T, name string) string {
 		for _, b := range []struct{ name, pkg, cgo string }{
 			{"factory-controlplane", "./controlplane/cmd/factory-controlplane", "0"},
 			{"factory-sidecar", "./sidecar/cmd/factory-sidecar", "1"},
+			{"factory", "./cli/cmd/factory", "0"},
 		} {
 			cmd := exec.Command("go", "build", "-o", filepath.Join(binDir, b.name), b.pkg)
 			cmd.Dir = repoRoot()
@@ -248,6 +250,21 @@ func stateCount(s *factoryv1.GetQueueStatsResponse, state factoryv1.TaskState) i
 	for _, c := range s.GetCounts() {
 		if c.GetState() == state {
 			return c.GetCount()
+		}
+	}
+	return 0
+}
+
+// rssMiB is a process's resident set size.
+func rssMiB(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			kb, _ := strconv.ParseFloat(f[1], 64)
+			return kb / 1024
 		}
 	}
 	return 0

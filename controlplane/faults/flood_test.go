@@ -1,0 +1,161 @@
+//go:build faults
+
+package faults_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+
+	factoryv1 "github.com/factory/factory/gen/factory/v1"
+)
+
+// TestFlood replays, one case per row, what one hostile or buggy caller did
+// to starve everyone else. Each case starts its own control plane, measures
+// a calm client (its own agent token) alone, then again while the load
+// runs: the calm client must keep its claim+complete p99 under 100 ms and
+// at least 80 % of its throughput, and the control plane's RSS must stay
+// under the case's bound.
+func TestFlood(t *testing.T) {
+	rows := []struct {
+		name   string
+		replay func(t *testing.T)
+	}{
+		{"01 idle watch streams", floodRow01IdleWatchers},
+		{"02 watch streams that never read", floodRow02NonReadingWatchers},
+		{"03 thousands of streams during a fan-out", floodRow03ManyStreams},
+		{"04 megabyte payloads, then a list and a claim", floodRow04LargePayloads},
+		{"05 a loop on a refused call", floodRow05RefusedLoop},
+		{"06 random bearer tokens", floodRow06RandomTokens},
+		{"07 a sidecar reconnecting with new agents", floodRow07GhostAgents},
+		{"08 spend for thousands of model names", floodRow08ModelNames},
+	}
+	for _, r := range rows {
+		t.Run(r.name, r.replay)
+	}
+}
+
+// Calm-client thresholds under load.
+const (
+	calmMaxP99      = 100 * time.Millisecond
+	calmMinFraction = 0.8
+)
+
+// flood is a control plane, an operator connection, and a calm client that
+// claims and completes tasks of its own role.
+type flood struct {
+	cp   *controlPlane
+	op   *grpc.ClientConn
+	calm *grpc.ClientConn
+}
+
+// newFlood starts a control plane (extra args go to it) and a calm agent
+// token. The calm client's role is "calm"; its tasks are created as needed.
+func newFlood(t *testing.T, args ...string) *flood {
+	t.Helper()
+	cp := startControlPlane(t, "controlplane", t.TempDir(), "", args...)
+	op := dial(t, cp.addr, cp.operatorToken(t))
+	return &flood{cp: cp, op: op, calm: dial(t, cp.addr, mintToken(t, op, factoryv1.Role_ROLE_AGENT, "calm"))}
+}
+
+// calmResult is what the calm client managed in one measurement.
+type calmResult struct {
+	cycles  int
+	perSec  float64
+	p99     time.Duration
+	errors  int
+	lastErr error
+}
+
+func (r calmResult) String() string {
+	return fmt.Sprintf("%d cycles (%.0f/s), p99 %s, %d errors", r.cycles, r.perSec, r.p99, r.errors)
+}
+
+// measureCalm runs claim+complete cycles, one task at a time, for d.
+func (f *flood) measureCalm(t *testing.T, d time.Duration) calmResult {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d+time.Minute)
+	defer cancel()
+	q := factoryv1.NewQueueServiceClient(f.op)
+	batch := make([]*factoryv1.CreateTaskRequest, 1000)
+	for i := range batch {
+		batch[i] = &factoryv1.CreateTaskRequest{Title: "calm work", Role: "calm"}
+	}
+	// Enough calm work for the whole measurement, created before it starts.
+	for range 4 {
+		if _, err := q.CreateTasks(ctx, &factoryv1.CreateTasksRequest{Tasks: batch}); err != nil {
+			t.Fatalf("create calm tasks: %v", err)
+		}
+	}
+	agent := factoryv1.NewQueueServiceClient(f.calm)
+	var res calmResult
+	var lat []time.Duration
+	start := time.Now()
+	for time.Since(start) < d {
+		t0 := time.Now()
+		err := func() error {
+			c, err := agent.ClaimTask(ctx, &factoryv1.ClaimTaskRequest{Agent: "calm", Roles: []string{"calm"}, MaxTasks: 1})
+			if err != nil {
+				return err
+			}
+			if len(c.GetTasks()) == 0 {
+				return errors.New("no calm task to claim")
+			}
+			task := c.GetTasks()[0]
+			_, err = agent.CompleteTask(ctx, &factoryv1.CompleteTaskRequest{TaskId: task.GetId(), Agent: "calm", FencingToken: task.GetLease().GetToken()})
+			return err
+		}()
+		lat = append(lat, time.Since(t0))
+		if err != nil {
+			res.errors++
+			res.lastErr = err
+			continue
+		}
+		res.cycles++
+	}
+	res.perSec = float64(res.cycles) / time.Since(start).Seconds()
+	slices.Sort(lat)
+	if len(lat) > 0 {
+		res.p99 = lat[(len(lat)*99)/100]
+	}
+	return res
+}
+
+// underLoad measures the calm client alone, then while load runs (load
+// must return when its context ends), and checks the thresholds and that
+// the control plane's RSS stayed under rssBoundMiB.
+func (f *flood) underLoad(t *testing.T, rssBoundMiB float64, load func(ctx context.Context)) {
+	t.Helper()
+	const window = 4 * time.Second
+	alone := f.measureCalm(t, window)
+	t.Logf("calm client alone: %s", alone)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { load(ctx) })
+	time.Sleep(time.Second) // let the load build up
+	loaded := f.measureCalm(t, window)
+	rss := rssMiB(f.cp.Pid())
+	cancel()
+	wg.Wait()
+	t.Logf("calm client under load: %s; control plane RSS %.0f MiB", loaded, rss)
+
+	if loaded.errors > 0 {
+		t.Errorf("calm client got %d errors under load, the last: %v", loaded.errors, loaded.lastErr)
+	}
+	if loaded.p99 > calmMaxP99 {
+		t.Errorf("calm p99 %s under load, want under %s", loaded.p99, calmMaxP99)
+	}
+	if loaded.perSec < calmMinFraction*alone.perSec {
+		t.Errorf("calm throughput %.0f/s under load is under %.0f %% of %.0f/s alone", loaded.perSec, calmMinFraction*100, alone.perSec)
+	}
+	if rss > rssBoundMiB {
+		t.Errorf("control plane RSS %.0f MiB under load, bound %.0f MiB", rss, rssBoundMiB)
+	}
+}
