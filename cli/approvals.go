@@ -45,9 +45,10 @@ func newApprovalsCommand(a *app) *cobra.Command {
 		Short:   "List approval requests: pending first, with the time each has left",
 		Long: `An agent asks for approval before a risky action (runbook §9). Tier 0-1
 requests are approved by policy at once; Tier 2 and up wait for an
-operator until their deadline, when the request's default is applied
-(deny unless the request said otherwise) and the request is recorded as
-EXPIRED.
+operator until their deadline, when they are denied and recorded as
+EXPIRED (never as anyone's decision). Kinds are read in any spelling
+("Production-Deploy", "dns"), and a kind the policy does not know waits
+for an operator.
 
 Without flags this lists the PENDING requests with the time each has left.
 Decide with "factory approve", "factory reject" or "factory modify".`,
@@ -128,9 +129,11 @@ func newApprovalsWatchCommand(a *app) *cobra.Command {
 		Short: "Wait for one request's decision, or print approval events as they happen",
 		Long: `With an id, watch prints the request as it is, then its decision the
 moment an operator makes it (or the default applied at its deadline), and
-exits: 0 when the action may go ahead (approved or modified), 3 when it
-may not (rejected, or expired with deny). An agent waits this way instead of
-polling.
+exits 0 only when the action may go ahead: APPROVED (by an operator, or by
+policy at once for Tier 0-1) or MODIFIED (follow the instructions). It
+exits 3 for anything else: REJECTED, or EXPIRED whatever default was
+applied, because an expiry means nobody decided and is never read as an
+approval. An agent waits this way instead of polling.
 
 Without an id, watch prints every approval card (requests, reminders,
 decisions, expiries) until interrupted.`,
@@ -152,8 +155,9 @@ decisions, expiries) until interrupted.`,
 }
 
 // waitApproval prints request id as it is and then its decision, as the
-// WaitApproval stream sends them, and returns its final state (nil if the
-// stream ended without one).
+// WaitApproval stream sends them, and returns its final state. A stream
+// that ends without one is an error: no decision was heard, so the action
+// may not go ahead.
 func (a *app) waitApproval(ctx context.Context, c factoryv1.ApprovalServiceClient, id string) (*factoryv1.Approval, error) {
 	stream, err := c.WaitApproval(ctx, &factoryv1.WaitApprovalRequest{ApprovalId: id})
 	if err != nil {
@@ -163,6 +167,9 @@ func (a *app) waitApproval(ctx context.Context, c factoryv1.ApprovalServiceClien
 	for {
 		resp, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
+			if final == nil {
+				return nil, fmt.Errorf("approval %s: the wait ended before a decision; the action may not go ahead", id)
+			}
 			return final, nil
 		}
 		if err != nil {
@@ -227,18 +234,33 @@ func newApprovalsRequestCommand(a *app) *cobra.Command {
 		risk    string
 		def     string
 		timeout time.Duration
+		amount  string
 		wait    bool
 	)
 	cmd := &cobra.Command{
 		Use:   "request --what TEXT --agent NAME --risk low|medium|high [flags]",
 		Short: "Ask for approval (as an agent), optionally waiting for the decision",
-		Long: `Request asks an operator to approve an action. Policy may raise the tier
-for the kind (production_deploy, first_customer_message, dns_change,
-domain_change, certificate_change, public_post, or a spend over $20), and
-approves Tier 0-1 at once. With --wait it then waits like
-"factory approvals watch ID" and exits 3 when the action may not go ahead.`,
+		Long: `Request asks an operator to approve an action. Policy raises the tier for
+the kind and approves Tier 0-1 at once. Kinds are read in a normal form
+(case, spaces, '-' and '_' do not matter) and through aliases: with the
+default policy production_deploy, first_customer_message
+(customer_message), dns_change (dns), domain_change (domain),
+certificate_change (certificate), public_post and any kind the policy does
+not know (or none) are at least Tier 2; so is any request with --amount
+(or an amount_micros in the payload) over $20, and a spend that does not
+say how much. Known harmless kinds (research, read, analysis, summary,
+draft, build, test, code_review; staging_deploy and internal_message at
+Tier 1) keep the declared tier.
+
+A request that waits for an operator fails closed: at its deadline it is
+denied (--default approve is refused for it), and its --timeout must be at
+least the control plane's minimum (default 5m). With --wait it then waits
+like "factory approvals watch ID" and exits 3 unless an operator (or
+policy) approved or modified it.`,
 		Example: `  factory approvals request --agent deployer --what "Deploy api 1.4.2" --risk high \
-      --kind production_deploy --payload '{"version":"1.4.2"}' --timeout 30m --wait`,
+      --kind production_deploy --payload '{"version":"1.4.2"}' --timeout 30m --wait
+  factory approvals request --agent buyer --what "GPU hours" --risk medium --tier 1 \
+      --kind spend --amount 25.00 --wait`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			switch strings.ToLower(risk) {
@@ -264,6 +286,13 @@ approves Tier 0-1 at once. With --wait it then waits like
 			if timeout > 0 {
 				req.Timeout = durationpb.New(timeout)
 			}
+			if amount != "" {
+				micros, err := parseDollars(amount)
+				if err != nil {
+					return usageErrorf("--amount: %v", err)
+				}
+				req.AmountMicros = micros
+			}
 			var final *factoryv1.Approval
 			err := a.withApprovals(cmd, func(ctx context.Context, c factoryv1.ApprovalServiceClient) error {
 				resp, err := c.RequestApproval(ctx, &req)
@@ -286,10 +315,11 @@ approves Tier 0-1 at once. With --wait it then waits like
 	f.StringVar(&req.Agent, "agent", envOr("FACTORY_AGENT", ""), "the requesting agent (env FACTORY_AGENT)")
 	f.StringVar(&risk, "risk", "", "low, medium or high (required)")
 	f.Int32Var(&req.Tier, "tier", 2, "declared tier 0-3; policy may raise it")
-	f.StringVar(&req.Kind, "kind", "", "kind of action, such as production_deploy or spend")
+	f.StringVar(&req.Kind, "kind", "", "kind of action, such as production_deploy, dns_change, spend or research (unknown or none: at least Tier 2)")
 	f.StringVar(&req.PayloadJson, "payload", "", "the action's details, as JSON")
-	f.DurationVar(&timeout, "timeout", 0, "time until the default applies (server default 1h)")
-	f.StringVar(&def, "default", "deny", "applied at the deadline: deny or approve")
+	f.DurationVar(&timeout, "timeout", 0, "time until the default applies (server default 1h; at least the server's minimum, 5m by default, for Tier 2 and up)")
+	f.StringVar(&def, "default", "deny", "applied at the deadline: deny, or approve only for a request policy approves at once anyway")
+	f.StringVar(&amount, "amount", "", "what the action spends, in dollars (25 or 12.50); over $20 makes it Tier 2")
 	f.StringVar(&req.TaskId, "task", "", "the task the action belongs to")
 	f.BoolVar(&wait, "wait", false, "wait for the decision and exit 3 unless it lets the action go ahead")
 	_ = cmd.MarkFlagRequired("what")
@@ -386,16 +416,28 @@ func outcomeName(d factoryv1.ApprovalDecision) string {
 }
 
 // ExitNotGranted is the exit status of a wait whose request ended
-// rejected or expired with deny: the action may not go ahead.
+// rejected or expired: the action may not go ahead.
 const ExitNotGranted = 3
 
 func notGranted(ap *factoryv1.Approval) error {
 	return &ExitError{Code: ExitNotGranted, Err: fmt.Errorf("approval %s is %s: the action may not go ahead", ap.GetId(), strings.ToLower(approvalStateName(ap.GetState())))}
 }
 
+// granted reports whether the action may go ahead: an operator (or policy,
+// at once) approved or modified the request. An expiry never grants, even
+// one whose applied default is APPROVE: nobody decided, and a script that
+// runs "factory approvals watch ID && ./deploy.sh" must not deploy.
 func granted(ap *factoryv1.Approval) bool {
-	o := ap.GetAppliedOutcome()
-	return o == factoryv1.ApprovalDecision_APPROVAL_DECISION_APPROVE || o == factoryv1.ApprovalDecision_APPROVAL_DECISION_MODIFY
+	if ap.GetExpired() {
+		return false
+	}
+	switch ap.GetState() {
+	case factoryv1.ApprovalState_APPROVAL_STATE_APPROVED:
+		return ap.GetAppliedOutcome() == factoryv1.ApprovalDecision_APPROVAL_DECISION_APPROVE
+	case factoryv1.ApprovalState_APPROVAL_STATE_MODIFIED:
+		return ap.GetAppliedOutcome() == factoryv1.ApprovalDecision_APPROVAL_DECISION_MODIFY
+	}
+	return false
 }
 
 // statusText is PENDING with the time left, or the outcome and who.
@@ -435,7 +477,9 @@ func writeApprovalDetail(w io.Writer, ap *factoryv1.Approval) error {
 	t := newTable(w)
 	row := func(k, v string) {
 		if v != "" {
-			fmt.Fprintf(t, "%s:\t%s\n", k, v)
+			// One line per field: a newline in an agent's text would
+			// forge one.
+			fmt.Fprintf(t, "%s:\t%s\n", k, escapeTerminal(v))
 		}
 	}
 	row("ID", ap.GetId())

@@ -2,8 +2,14 @@ package cli_test
 
 import (
 	"encoding/json"
+	"net"
+	"path/filepath"
 	"strings"
 	"testing"
+
+	"google.golang.org/grpc"
+
+	factoryv1 "github.com/factory/factory/gen/factory/v1"
 )
 
 // approvalOf fetches an approval request as JSON.
@@ -109,7 +115,7 @@ func TestApprovalRequestAndWait(t *testing.T) {
 	sh := newShell(t)
 	forge := sh.mint("agent", "forge")
 	// Tier 0-1 are approved by policy at once.
-	r := sh.as(forge, "approvals", "request", "--agent", "forge", "--what", "read the docs", "--risk", "low", "--tier", "1", "--wait")
+	r := sh.as(forge, "approvals", "request", "--agent", "forge", "--what", "read the docs", "--risk", "low", "--tier", "1", "--kind", "research", "--wait")
 	if r.code != 0 || !strings.Contains(r.stdout, "APPROVED") {
 		t.Fatalf("tier 1 request: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
@@ -149,5 +155,67 @@ func TestOperatorApprovesGatedWorkItQueued(t *testing.T) {
 	}
 	if got := sh.task("ship"); got["state"] != "TASK_STATE_READY" {
 		t.Fatalf("approved task %v", got)
+	}
+}
+
+// An agent cannot make silence approve a gated request, nor give a person
+// no time to look; the amount of a spend is a flag, and over $20 waits for
+// an operator.
+func TestApprovalRequestFailsClosed(t *testing.T) {
+	sh := newShell(t)
+	forge := sh.mint("agent", "forge")
+	base := []string{"approvals", "request", "--agent", "forge", "--what", "deploy", "--risk", "high"}
+	r := sh.as(forge, append(base, "--kind", "production_deploy", "--tier", "3", "--timeout", "1s", "--default", "approve")...)
+	if r.code != 1 || !strings.Contains(r.stderr, "INVALID_ARGUMENT") || !strings.Contains(r.stderr, "default_on_timeout") {
+		t.Fatalf("default approve on a production deploy: exit %d %q", r.code, r.stderr)
+	}
+	r = sh.as(forge, append(base, "--kind", "production-deploy", "--timeout", "1s")...)
+	if r.code != 1 || !strings.Contains(r.stderr, "INVALID_ARGUMENT") || !strings.Contains(r.stderr, "timeout") {
+		t.Fatalf("a 1s timeout on a production deploy: exit %d %q", r.code, r.stderr)
+	}
+	if r := sh.as(forge, append(base, "--kind", "spend", "--amount", "lots")...); r.code != 2 || !strings.Contains(r.stderr, "--amount") {
+		t.Fatalf("--amount lots: exit %d %q", r.code, r.stderr)
+	}
+	if out := sh.ok("approvals", "--all"); !strings.Contains(out, "no approval requests") {
+		t.Fatalf("refused requests were stored:\n%s", out)
+	}
+	var a map[string]any
+	r = sh.as(forge, append(base, "--kind", "spend", "--tier", "1", "--amount", "25.00", "-o", "json")...)
+	if err := json.Unmarshal([]byte(r.stdout), &a); err != nil || a["state"] != "APPROVAL_STATE_PENDING" || a["tier"] != float64(2) {
+		t.Fatalf("a $25 spend: %v %v %s", a, err, r.stderr)
+	}
+}
+
+// expiredServer answers every wait with a request that expired with
+// APPROVE applied, as a control plane from before approvals failed closed
+// could store one.
+type expiredServer struct {
+	factoryv1.UnimplementedApprovalServiceServer
+}
+
+func (expiredServer) WaitApproval(r *factoryv1.WaitApprovalRequest, stream factoryv1.ApprovalService_WaitApprovalServer) error {
+	return stream.Send(&factoryv1.WaitApprovalResponse{Final: true, Approval: &factoryv1.Approval{
+		Id: r.GetApprovalId(), State: factoryv1.ApprovalState_APPROVAL_STATE_EXPIRED, Expired: true,
+		DefaultOnTimeout: factoryv1.ApprovalDecision_APPROVAL_DECISION_APPROVE,
+		AppliedOutcome:   factoryv1.ApprovalDecision_APPROVAL_DECISION_APPROVE, DecidedBy: "timeout",
+	}})
+}
+
+// An expiry is never read as an approval: `factory approvals watch ID &&
+// ./deploy.sh` must not deploy when nobody decided, whatever default the
+// request had.
+func TestWatchExitsNonZeroForAnExpiryWithApproveApplied(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	factoryv1.RegisterApprovalServiceServer(srv, expiredServer{})
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(srv.Stop)
+	sh := &shell{t: t, addr: lis.Addr().String(), token: "unused", stateFile: filepath.Join(t.TempDir(), "leases.json")}
+	r := sh.run("approvals", "watch", "ap-1")
+	if r.code != 3 || !strings.Contains(r.stdout, "EXPIRED") || !strings.Contains(r.stderr, "may not go ahead") {
+		t.Fatalf("watch of an expiry with APPROVE applied: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
 }

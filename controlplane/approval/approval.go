@@ -2,8 +2,10 @@
 // before risky actions, policy approves the harmless ones at once, an
 // operator decides the rest, and the waiting agent hears the decision by
 // push the moment it is made. Every request has a deadline at which a safe
-// default (deny unless the request says otherwise) is applied and recorded
-// as an expiry, never as a human decision.
+// default is applied and recorded as an expiry, never as a human decision.
+// A request that waits for a person fails closed: its default is deny
+// whoever asks (a default of approve is refused), and its deadline is at
+// least MinTimeout away, so that a person has time to look.
 //
 // Decisions are applied by the store atomically and once (a conditional
 // update on a PENDING request); a request gating a task moves the task in
@@ -48,6 +50,9 @@ const (
 	DefaultPageSize = 100
 	MaxPageSize     = 1000
 	MaxTimeout      = 30 * 24 * time.Hour
+	// DefaultMinTimeout is the shortest time a request that waits for a
+	// person may give one: long enough to read a card and answer it.
+	DefaultMinTimeout = 5 * time.Minute
 )
 
 // Config configures a Service.
@@ -67,6 +72,10 @@ type Config struct {
 
 	// DefaultTimeout is the deadline of a request that names none.
 	DefaultTimeout time.Duration
+	// MinTimeout is the shortest timeout (or time to a deadline) a request
+	// that waits for a person may ask for; a shorter one is refused, naming
+	// the field. Zero means DefaultMinTimeout.
+	MinTimeout time.Duration
 	// SweepInterval is the longest the sweeper sleeps between looks; it
 	// wakes sooner for the next deadline or reminder it knows of.
 	SweepInterval time.Duration
@@ -93,6 +102,9 @@ func (c Config) WithDefaults() Config {
 	if c.DefaultTimeout == 0 {
 		c.DefaultTimeout = time.Hour
 	}
+	if c.MinTimeout == 0 {
+		c.MinTimeout = DefaultMinTimeout
+	}
 	if c.SweepInterval == 0 {
 		c.SweepInterval = time.Second
 	}
@@ -105,6 +117,10 @@ func (c Config) validate() error {
 		return errors.New("approval: Config.Store is required")
 	case c.DefaultTimeout < time.Second || c.DefaultTimeout > MaxTimeout:
 		return fmt.Errorf("approval: DefaultTimeout %s outside [1s, %s]", c.DefaultTimeout, MaxTimeout)
+	case c.MinTimeout <= 0 || c.MinTimeout > c.DefaultTimeout:
+		// A gated task's request takes the default timeout: it must
+		// satisfy the minimum too.
+		return fmt.Errorf("approval: the minimum timeout %s must be above 0 and at most the default timeout %s", c.MinTimeout, c.DefaultTimeout)
 	case c.SweepInterval <= 0:
 		return errors.New("approval: SweepInterval must be positive")
 	}
@@ -148,10 +164,18 @@ type RequestParams struct {
 	Kind          string
 	PayloadJSON   string
 	PayloadSHA256 string // optional; must match when set
-	// Deadline, or else Timeout from now, or else the default timeout.
-	Deadline         time.Time
-	Timeout          time.Duration
-	DefaultOnTimeout store.ApprovalDecision // Unspecified means deny
+	// AmountMicros is what the action spends, in micro-dollars (0: nothing
+	// stated); above the policy's spend threshold the request is at least
+	// the spend tier, whatever its kind.
+	AmountMicros int64
+	// Deadline, or else Timeout from now, or else the default timeout. For
+	// a request that waits for a person, at least MinTimeout from now.
+	Deadline time.Time
+	Timeout  time.Duration
+	// DefaultOnTimeout is applied at the deadline; Unspecified means deny.
+	// APPROVE is accepted only where policy approves the request at once
+	// anyway: a request that waits for a person is denied at its deadline.
+	DefaultOnTimeout store.ApprovalDecision
 	TaskID           string
 }
 
@@ -200,6 +224,8 @@ func (s *Service) build(p RequestParams) (*store.ApprovalCreate, error) {
 		return nil, store.InvalidField("timeout", "must be between 1s and %s", MaxTimeout)
 	case p.DefaultOnTimeout == store.DecisionModify:
 		return nil, store.InvalidField("default_on_timeout", "a default is APPROVE or REJECT")
+	case p.AmountMicros < 0:
+		return nil, store.InvalidField("amount_micros", "must not be negative, got %d", p.AmountMicros)
 	}
 	if p.PayloadJSON == "" {
 		p.PayloadJSON = "{}"
@@ -212,17 +238,33 @@ func (s *Service) build(p RequestParams) (*store.ApprovalCreate, error) {
 	if p.PayloadSHA256 != "" && !strings.EqualFold(p.PayloadSHA256, hash) {
 		return nil, store.InvalidField("payload_sha256", "does not match the payload: its SHA-256 is %s", hash)
 	}
+	kind := s.cfg.Policy.CanonicalKind(p.Kind)
+	tier := s.cfg.Policy.TierFor(Action{Kind: p.Kind, Declared: p.Tier, PayloadJSON: p.PayloadJSON, AmountMicros: p.AmountMicros})
+	// A request policy does not approve at once waits for a person: it
+	// fails closed. Silence denies it, and the person gets time to look.
+	waits := !s.cfg.Policy.AutoApproves(tier)
+	if waits && p.DefaultOnTimeout == store.DecisionApprove {
+		return nil, store.InvalidField("default_on_timeout",
+			"APPROVE is allowed only for a request policy approves at once; this %s request is Tier %d and waits for an operator, so silence denies it: leave the default unset or REJECT",
+			kindOrNone(kind), tier)
+	}
 	deadline := p.Deadline
 	switch {
 	case deadline.IsZero() && p.Timeout > 0:
+		if waits && p.Timeout < s.cfg.MinTimeout {
+			return nil, store.InvalidField("timeout", "a Tier %d request waits for an operator: at least %s, got %s", tier, s.cfg.MinTimeout, p.Timeout)
+		}
 		deadline = now.Add(p.Timeout)
 	case deadline.IsZero():
 		deadline = now.Add(s.cfg.DefaultTimeout)
 	case !deadline.After(now):
 		return nil, store.InvalidField("deadline", "must be in the future")
+	case waits && deadline.Sub(now) < s.cfg.MinTimeout:
+		return nil, store.InvalidField("deadline", "a Tier %d request waits for an operator: at least %s from now, got %s",
+			tier, s.cfg.MinTimeout, deadline.Sub(now).Round(time.Millisecond))
 	}
 	def := p.DefaultOnTimeout
-	if def == store.DecisionUnspecified {
+	if def == store.DecisionUnspecified || waits {
 		def = store.DecisionReject
 	}
 	id, err := uuid.NewV7()
@@ -231,7 +273,7 @@ func (s *Service) build(p RequestParams) (*store.ApprovalCreate, error) {
 	}
 	c := &store.ApprovalCreate{
 		ID: id.String(), What: p.What, Why: p.Why, Agent: p.Agent, Risk: p.Risk,
-		Tier: s.cfg.Policy.TierFor(p.Kind, p.Tier, p.PayloadJSON), Kind: p.Kind,
+		Tier: tier, Kind: kind,
 		PayloadJSON: p.PayloadJSON, PayloadSHA256: hash, Deadline: deadline, DefaultOnTimeout: def,
 		TaskID: p.TaskID, State: store.ApprovalPending,
 	}
@@ -246,9 +288,12 @@ func (s *Service) build(p RequestParams) (*store.ApprovalCreate, error) {
 const QueueRequester = "queue"
 
 // GateTasks is the queue's create hook: a task created with
-// RequiresApproval, or whose kind policy puts at Tier 2 or up, gets an
+// RequiresApproval, or whose tier policy does not approve at once (its
+// declared approval tier raised for its kind, read as TaskTier reads it:
+// "Production-Deploy" and "deploy_production" are production_deploy; or
+// for an amount_micros in its payload over the spend threshold), gets an
 // approval request stored with it (what = its title, kind = its kind, at
-// least Tier 2) and waits in BACKLOG for it.
+// least Tier 2, denied at its deadline) and waits in BACKLOG for it.
 //
 // The request's agent, the party that may never decide it, is the agent
 // that created the task. A task an operator creates asks on behalf of the
@@ -269,7 +314,7 @@ func (s *Service) GateTasks(ctx context.Context, tasks []*store.TaskCreate) erro
 				requester = t.Assignee
 			}
 		}
-		tier := s.cfg.Policy.TierFor(t.Kind, t.ApprovalTier, t.PayloadJSON)
+		tier := s.cfg.Policy.TaskTier(Action{Kind: t.Kind, Declared: t.ApprovalTier, PayloadJSON: t.PayloadJSON})
 		if !t.RequiresApproval && s.cfg.Policy.AutoApproves(tier) {
 			continue
 		}
@@ -441,6 +486,13 @@ func (s *Service) Wait(ctx context.Context, id string, send func(a *store.Approv
 			return send(cur)
 		}
 	}
+}
+
+func kindOrNone(kind string) string {
+	if kind == "" {
+		return "kindless"
+	}
+	return kind
 }
 
 func orUnknown(name string) string {

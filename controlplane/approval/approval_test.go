@@ -292,7 +292,7 @@ func TestWaitHearsDecisionWithin100ms(t *testing.T) {
 
 func TestWaitOnFinalRequestSendsOnce(t *testing.T) {
 	b := setup(t, nil)
-	a := b.request(t, RequestParams{Tier: 1, Risk: store.RiskLow})
+	a := b.request(t, RequestParams{Tier: 1, Risk: store.RiskLow, Kind: "research"})
 	var n int
 	if err := b.svc.Wait(t.Context(), a.ID, func(*store.Approval) error { n++; return nil }); err != nil {
 		t.Fatal(err)
@@ -339,7 +339,10 @@ func TestWaitHearsDecisionRelayedFromAnotherReplica(t *testing.T) {
 // TestWaitRereadsOnceOverdue covers a lost card: a decision made where no
 // push reaches the waiter is read when the request falls due.
 func TestWaitRereadsOnceOverdue(t *testing.T) {
-	b := setup(t, func(c *Config) { c.SweepInterval = 10 * time.Millisecond })
+	b := setup(t, func(c *Config) {
+		c.SweepInterval = 10 * time.Millisecond
+		c.MinTimeout = 100 * time.Millisecond
+	})
 	a := b.request(t, RequestParams{Timeout: 500 * time.Millisecond})
 	got := make(chan *store.Approval, 2)
 	done := make(chan error, 1)
@@ -561,9 +564,9 @@ func TestRunSweeperExpiresAndAnnouncesGatedTasks(t *testing.T) {
 			}
 		}
 	}
-	a := b.request(t, RequestParams{Timeout: time.Minute})
+	a := b.request(t, RequestParams{Timeout: DefaultMinTimeout})
 	next("requested")
-	b.clock.Advance(time.Minute)
+	b.clock.Advance(DefaultMinTimeout)
 	if e := next("expired"); e.Attributes["id"] != a.ID || e.Attributes["state"] != "EXPIRED" {
 		t.Fatalf("expiry event %v", e.Attributes)
 	}

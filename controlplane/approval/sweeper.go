@@ -87,11 +87,12 @@ func (s *Service) announceGatedTasks(ctx context.Context, sub *queue.Subscriptio
 // ends or sub is cut off, and closes sub.
 func (s *Service) announceFrom(ctx context.Context, sub *queue.Subscription) {
 	defer sub.Close()
+	events := sub.Events(ctx)
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case e, ok := <-sub.C:
+		case e, ok := <-events:
 			if !ok {
 				return
 			}

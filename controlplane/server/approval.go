@@ -43,7 +43,7 @@ func (s *approvalServer) RequestApproval(ctx context.Context, r *factoryv1.Reque
 	}
 	a, err := s.a.Request(ctx, approval.RequestParams{
 		What: r.GetWhat(), Why: r.GetWhy(), Agent: r.GetAgent(), Risk: store.ApprovalRisk(r.GetRisk()), Tier: r.GetTier(),
-		Kind: r.GetKind(), PayloadJSON: r.GetPayloadJson(), PayloadSHA256: r.GetPayloadSha256(),
+		Kind: r.GetKind(), PayloadJSON: r.GetPayloadJson(), PayloadSHA256: r.GetPayloadSha256(), AmountMicros: r.GetAmountMicros(),
 		Deadline: timeOf(r.GetDeadline()), Timeout: durationOf(r.GetTimeout()),
 		DefaultOnTimeout: store.ApprovalDecision(r.GetDefaultOnTimeout()), TaskID: r.GetTaskId(),
 	})

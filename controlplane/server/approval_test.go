@@ -10,7 +10,9 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/factory/factory/controlplane/approval"
 	"github.com/factory/factory/controlplane/store"
 	factoryv1 "github.com/factory/factory/gen/factory/v1"
 )
@@ -270,4 +272,81 @@ func TestExpiryOverGRPCAppliesDenyAndRecordsExpired(t *testing.T) {
 	if task.GetTask().GetState() != factoryv1.TaskState_TASK_STATE_FAILED {
 		t.Fatalf("gated task after its approval expired: %s", task.GetTask().GetState())
 	}
+}
+
+// TestApprovalsFailClosedOverGRPC replays, as an agent token, what a
+// hostile agent asked for: silence approving its own production deploy,
+// a one-second deadline, and gated kinds in other spellings. Each is
+// refused naming the field, or waits for an operator; nothing refused is
+// stored.
+func TestApprovalsFailClosedOverGRPC(t *testing.T) {
+	b := setup(t, nil)
+	forgeSecret, _ := b.mintToken(t, store.RoleAgent, "forge")
+	forge := b.approvalAs(t, forgeSecret)
+	ctx := context.Background()
+	ask := func(kind string, tier int32, mut func(*factoryv1.RequestApprovalRequest)) (*factoryv1.Approval, error) {
+		r := &factoryv1.RequestApprovalRequest{What: "act", Agent: "forge", Risk: factoryv1.ApprovalRisk_APPROVAL_RISK_HIGH, Tier: tier, Kind: kind,
+			Timeout: durationpb.New(30 * time.Minute)}
+		if mut != nil {
+			mut(r)
+		}
+		res, err := forge.ap.RequestApproval(ctx, r)
+		return res.GetApproval(), err
+	}
+	approveAtDeadline := func(r *factoryv1.RequestApprovalRequest) {
+		r.DefaultOnTimeout = factoryv1.ApprovalDecision_APPROVAL_DECISION_APPROVE
+	}
+
+	_, err := ask("production_deploy", 3, func(r *factoryv1.RequestApprovalRequest) {
+		approveAtDeadline(r)
+		r.Timeout = durationpb.New(time.Second)
+	})
+	requireViolation(t, err, "default_on_timeout")
+	_, err = ask("dns", 1, approveAtDeadline)
+	requireViolation(t, err, "default_on_timeout")
+	_, err = ask("production_deploy", 3, func(r *factoryv1.RequestApprovalRequest) { r.Timeout = durationpb.New(time.Second) })
+	requireViolation(t, err, "timeout")
+	_, err = ask("production_deploy", 3, func(r *factoryv1.RequestApprovalRequest) {
+		r.Timeout, r.Deadline = nil, timestamppb.New(time.Now().Add(time.Minute))
+	})
+	requireViolation(t, err, "deadline")
+	_, err = ask("spend", 1, func(r *factoryv1.RequestApprovalRequest) { r.AmountMicros = -1 })
+	requireViolation(t, err, "amount_micros")
+	if n := len(b.listApprovals(t)); n != 0 {
+		t.Fatalf("%d refused requests were stored", n)
+	}
+
+	for _, kind := range []string{"dns", "customer_message", "production-deploy", "production_deploy ", "not_a_kind_policy_knows", ""} {
+		a, err := ask(kind, 0, nil)
+		if err != nil {
+			t.Fatalf("kind %q: %v", kind, err)
+		}
+		if a.GetState() != factoryv1.ApprovalState_APPROVAL_STATE_PENDING || a.GetTier() < 2 ||
+			a.GetDefaultOnTimeout() != factoryv1.ApprovalDecision_APPROVAL_DECISION_REJECT {
+			t.Errorf("kind %q declared tier 0: %v, want PENDING, Tier 2+, denied at its deadline", kind, a)
+		}
+	}
+	a, err := ask("spend", 1, func(r *factoryv1.RequestApprovalRequest) { r.AmountMicros = 25_000_000 })
+	if err != nil || a.GetState() != factoryv1.ApprovalState_APPROVAL_STATE_PENDING || a.GetTier() != 2 {
+		t.Fatalf("a $25 spend with amount_micros: %v %v, want PENDING Tier 2", a, err)
+	}
+	a, err = ask("research", 0, approveAtDeadline)
+	if err != nil || a.GetState() != factoryv1.ApprovalState_APPROVAL_STATE_APPROVED || !a.GetAutoApproved() {
+		t.Fatalf("tier 0 research: %v %v, want approved by policy", a, err)
+	}
+
+	// A task of a gated kind, in another spelling, waits for approval.
+	res, err := forge.q.CreateTask(ctx, &factoryv1.CreateTaskRequest{Title: "ship", Kind: "Production-Deploy"})
+	if err != nil || !res.GetTask().GetApprovalPending() {
+		t.Fatalf("task of kind Production-Deploy: %v %v, want gated", res.GetTask(), err)
+	}
+}
+
+func (b *testBundle) listApprovals(t *testing.T) []*store.Approval {
+	t.Helper()
+	res, err := b.approvals.List(context.Background(), approval.ListParams{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res.Approvals
 }

@@ -25,6 +25,9 @@ type ApprovalConfig struct {
 	// DefaultTimeout is the deadline of a request that names none
 	// (default 1h).
 	DefaultTimeout time.Duration
+	// MinTimeout is the shortest timeout a request that waits for an
+	// operator may ask for (default 5m); a shorter one is refused.
+	MinTimeout time.Duration
 	// ReminderFraction overrides the policy's reminder point when above 0.
 	ReminderFraction float64
 }
@@ -34,7 +37,7 @@ type ApprovalConfig struct {
 // that pub and the other replicas' relayed events feed: waiters hear
 // decisions made on other replicas from it.
 func newApprovals(cfg ApprovalConfig, st store.Store, q *queue.Service, clock queue.Clock, pub notify.Publisher, events *notify.Hub, log *slog.Logger) (*approval.Service, error) {
-	acfg := approval.Config{Store: st, Queue: q, Publisher: pub, Decisions: events, Logger: log, DefaultTimeout: cfg.DefaultTimeout}
+	acfg := approval.Config{Store: st, Queue: q, Publisher: pub, Decisions: events, Logger: log, DefaultTimeout: cfg.DefaultTimeout, MinTimeout: cfg.MinTimeout}
 	if clock != nil {
 		acfg.Clock = clock
 	}

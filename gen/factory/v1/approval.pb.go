@@ -218,9 +218,11 @@ type Approval struct {
 	Agent string `protobuf:"bytes,4,opt,name=agent,proto3" json:"agent,omitempty"`
 	// The requester's risk estimate.
 	Risk ApprovalRisk `protobuf:"varint,5,opt,name=risk,proto3,enum=factory.v1.ApprovalRisk" json:"risk,omitempty"`
-	// The tier after policy: the declared tier, raised to the kind's minimum.
+	// The tier after policy: the declared tier, raised to the kind's minimum
+	// and for a large amount.
 	Tier int32 `protobuf:"varint,6,opt,name=tier,proto3" json:"tier,omitempty"`
-	// What kind of action it is, such as "production_deploy" or "spend".
+	// What kind of action it is, in the policy's name for it (normal form,
+	// aliases resolved), such as "production_deploy" or "spend".
 	Kind string `protobuf:"bytes,7,opt,name=kind,proto3" json:"kind,omitempty"`
 	// The action's details, as JSON text.
 	PayloadJson string `protobuf:"bytes,8,opt,name=payload_json,json=payloadJson,proto3" json:"payload_json,omitempty"`
@@ -230,7 +232,8 @@ type Approval struct {
 	// When the default is applied if nobody decides.
 	Deadline *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=deadline,proto3" json:"deadline,omitempty"`
 	// What happens at the deadline: APPROVE or REJECT (UNSPECIFIED is stored
-	// as REJECT: deny).
+	// as REJECT: deny). Always REJECT for a request that waits for an
+	// operator.
 	DefaultOnTimeout ApprovalDecision `protobuf:"varint,11,opt,name=default_on_timeout,json=defaultOnTimeout,proto3,enum=factory.v1.ApprovalDecision" json:"default_on_timeout,omitempty"`
 	// The task this request gates, when it gates one.
 	TaskId string `protobuf:"bytes,12,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
@@ -466,10 +469,16 @@ type RequestApprovalRequest struct {
 	Agent string `protobuf:"bytes,3,opt,name=agent,proto3" json:"agent,omitempty"`
 	// The requester's risk estimate. Required.
 	Risk ApprovalRisk `protobuf:"varint,4,opt,name=risk,proto3,enum=factory.v1.ApprovalRisk" json:"risk,omitempty"`
-	// The declared tier, 0-3; policy may raise it for the kind.
+	// The declared tier, 0-3; policy may raise it for the kind and the
+	// amount, never lower it.
 	Tier int32 `protobuf:"varint,5,opt,name=tier,proto3" json:"tier,omitempty"`
-	// What kind of action, such as "production_deploy", "customer_message",
-	// "spend", "dns", "public_post"; at most 100 characters.
+	// What kind of action, such as "production_deploy",
+	// "first_customer_message", "dns_change", "domain_change",
+	// "certificate_change", "public_post", "spend", "research"; read in
+	// normal form and through aliases ("dns", "customer_message",
+	// "deploy_production"), see ApprovalService. A kind the policy does not
+	// know, or none, is at least Tier 2 by default. At most 100 characters:
+	// letters, digits, spaces and '.', '_', ':', '/', '-'.
 	Kind string `protobuf:"bytes,6,opt,name=kind,proto3" json:"kind,omitempty"`
 	// The action's details as JSON text, at most 1 MiB. Empty means {}.
 	PayloadJson string `protobuf:"bytes,7,opt,name=payload_json,json=payloadJson,proto3" json:"payload_json,omitempty"`
@@ -478,15 +487,28 @@ type RequestApprovalRequest struct {
 	PayloadSha256 string `protobuf:"bytes,8,opt,name=payload_sha256,json=payloadSha256,proto3" json:"payload_sha256,omitempty"`
 	// When to apply the default; between 1970 and 2200. At most one of
 	// deadline and timeout; neither means the configured default timeout.
+	// For a request that waits for an operator, at least the configured
+	// minimum (default 5m) from now.
 	Deadline *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=deadline,proto3" json:"deadline,omitempty"`
-	// How long from now until the default is applied; 1s to 30 days.
+	// How long from now until the default is applied; 1s to 30 days, and
+	// for a request that waits for an operator at least the configured
+	// minimum (default 5m).
 	Timeout *durationpb.Duration `protobuf:"bytes,10,opt,name=timeout,proto3" json:"timeout,omitempty"`
 	// What happens at the deadline: APPROVE or REJECT; unset means REJECT
-	// (deny). MODIFY is not a default.
+	// (deny). MODIFY is not a default. APPROVE is accepted only where policy
+	// approves the request at once anyway (Tier 0-1 by default); for a
+	// request that waits for an operator it is INVALID_ARGUMENT: silence
+	// denies.
 	DefaultOnTimeout ApprovalDecision `protobuf:"varint,11,opt,name=default_on_timeout,json=defaultOnTimeout,proto3,enum=factory.v1.ApprovalDecision" json:"default_on_timeout,omitempty"`
 	// The task the action belongs to, if any (for reference; gating a task
 	// is asked for with CreateTask's requires_approval).
-	TaskId        string `protobuf:"bytes,12,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	TaskId string `protobuf:"bytes,12,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	// What the action spends, in micro-dollars ($1 = 1000000); 0 when it
+	// spends nothing or says nothing. Over the policy's spend threshold ($20
+	// by default) the request is at least Tier 2, whatever its kind. An
+	// "amount_micros" in payload_json counts as well: the larger of the two
+	// applies. 0 to 1e15 ($1,000,000,000).
+	AmountMicros  int64 `protobuf:"varint,13,opt,name=amount_micros,json=amountMicros,proto3" json:"amount_micros,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -603,6 +625,13 @@ func (x *RequestApprovalRequest) GetTaskId() string {
 		return x.TaskId
 	}
 	return ""
+}
+
+func (x *RequestApprovalRequest) GetAmountMicros() int64 {
+	if x != nil {
+		return x.AmountMicros
+	}
+	return 0
 }
 
 // RequestApprovalResponse holds the stored request.
@@ -1127,15 +1156,15 @@ const file_factory_v1_approval_proto_rawDesc = "" +
 	"created_at\x18\x15 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x126\n" +
 	"\ttime_left\x18\x16 \x01(\v2\x19.google.protobuf.DurationR\btimeLeft\x12;\n" +
 	"\vreminded_at\x18\x17 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"remindedAt\"\xe1\x06\n" +
+	"remindedAt\"\x99\a\n" +
 	"\x16RequestApprovalRequest\x12X\n" +
 	"\x04what\x18\x01 \x01(\tBD\xbaHA\xba\x016\n" +
 	"\x0ewhat.not_blank\x12\x11must not be blank\x1a\x11this.trim() != ''\xc8\x01\x01r\x03\x18\xf4\x03R\x04what\x12\x1a\n" +
 	"\x03why\x18\x02 \x01(\tB\b\xbaH\x05r\x03\x18\x80 R\x03why\x126\n" +
 	"\x05agent\x18\x03 \x01(\tB \xbaH\x1d\xc8\x01\x01r\x18\x18\x80\x012\x13^[A-Za-z0-9._:/-]*$R\x05agent\x129\n" +
 	"\x04risk\x18\x04 \x01(\x0e2\x18.factory.v1.ApprovalRiskB\v\xbaH\b\xc8\x01\x01\x82\x01\x02\x10\x01R\x04risk\x12\x1d\n" +
-	"\x04tier\x18\x05 \x01(\x05B\t\xbaH\x06\x1a\x04\x18\x03(\x00R\x04tier\x120\n" +
-	"\x04kind\x18\x06 \x01(\tB\x1c\xbaH\x19r\x17\x18d2\x13^[A-Za-z0-9._:/-]*$R\x04kind\x12,\n" +
+	"\x04tier\x18\x05 \x01(\x05B\t\xbaH\x06\x1a\x04\x18\x03(\x00R\x04tier\x121\n" +
+	"\x04kind\x18\x06 \x01(\tB\x1d\xbaH\x1ar\x18\x18d2\x14^[A-Za-z0-9._:/ -]*$R\x04kind\x12,\n" +
 	"\fpayload_json\x18\a \x01(\tB\t\xbaH\x06r\x04(\x80\x80@R\vpayloadJson\x12?\n" +
 	"\x0epayload_sha256\x18\b \x01(\tB\x18\xbaH\x15r\x132\x11^([0-9a-f]{64})?$R\rpayloadSha256\x12H\n" +
 	"\bdeadline\x18\t \x01(\v2\x1a.google.protobuf.TimestampB\x10\xbaH\r\xb2\x01\n" +
@@ -1144,7 +1173,8 @@ const file_factory_v1_approval_proto_rawDesc = "" +
 	" \x01(\v2\x19.google.protobuf.DurationB\x11\xbaH\x0e\xaa\x01\v\"\x05\b\x80\x9a\x9e\x012\x02\b\x01R\atimeout\x12\xce\x01\n" +
 	"\x12default_on_timeout\x18\v \x01(\x0e2\x1c.factory.v1.ApprovalDecisionB\x81\x01\xbaH~\xba\x01v\n" +
 	"\x1ddefault_on_timeout.not_modify\x12JMODIFY needs instructions from an operator; a default is APPROVE or REJECT\x1a\tthis != 3\x82\x01\x02\x10\x01R\x10defaultOnTimeout\x12;\n" +
-	"\atask_id\x18\f \x01(\tB\"\xbaH\x1f\xd8\x01\x01r\x1a2\x18^[A-Za-z0-9._:-]{1,128}$R\x06taskId\"K\n" +
+	"\atask_id\x18\f \x01(\tB\"\xbaH\x1f\xd8\x01\x01r\x1a2\x18^[A-Za-z0-9._:-]{1,128}$R\x06taskId\x125\n" +
+	"\ramount_micros\x18\r \x01(\x03B\x10\xbaH\r\"\v\x18\x80\x80\x9a\xa6\xea\xaf\xe3\x01(\x00R\famountMicros\"K\n" +
 	"\x17RequestApprovalResponse\x120\n" +
 	"\bapproval\x18\x01 \x01(\v2\x14.factory.v1.ApprovalR\bapproval\"Y\n" +
 	"\x12GetApprovalRequest\x12C\n" +

@@ -36,15 +36,30 @@ const (
 //
 // Policy (runbook §9.3): Tier 0-1 requests are approved at once by policy,
 // recorded as such (auto_approved, decided_by "policy") and notified; Tier 2
-// and up wait for an operator. Some kinds (production deploy, the first
-// customer-facing message, spending over $20 in one transaction, a DNS,
-// domain or certificate change, a public post) are always at least Tier 2:
-// a request declared lower is raised to its kind's tier.
+// and up wait for an operator. A request declared lower is raised to its
+// kind's tier. Kinds are read in a normal form (case, surrounding spaces and
+// runs of spaces, '-' and '_' do not matter: "Production-Deploy" is
+// production_deploy) and through aliases. With the default policy these
+// are always at least Tier 2: production_deploy (deploy_production,
+// prod_deploy), first_customer_message (customer_message,
+// customer_contact), dns_change (dns, dns_record), domain_change (domain),
+// certificate_change (certificate, cert), public_post (social_post,
+// tweet), and a kind the policy does not know, an empty one included:
+// unknown means a person looks. Known harmless kinds (research, read,
+// analysis, summary, draft, build, test, code_review at Tier 0;
+// staging_deploy, internal_message at Tier 1) keep their declared tier.
+// Any request whose amount_micros (or an "amount_micros" in its payload)
+// is over $20 is at least Tier 2, whatever its kind; so is a "spend" that
+// does not say how much.
 //
 // Every request has a deadline. At the deadline the control plane applies
-// the request's default (deny unless the request says otherwise) and
-// records the request as EXPIRED with the outcome it applied: never as a
-// human decision.
+// the request's default and records the request as EXPIRED with the
+// outcome it applied: never as a human decision. A request that waits for
+// an operator fails closed: its default is deny (asking for APPROVE is
+// INVALID_ARGUMENT naming default_on_timeout), and its timeout or deadline
+// must leave the operator at least the control plane's minimum
+// (--approval-min-timeout, default 5m; a shorter one is INVALID_ARGUMENT
+// naming timeout or deadline).
 //
 // Only operators decide, and never on a request they made themselves. A
 // decision is final: a second Decide gets FAILED_PRECONDITION. Every
@@ -149,15 +164,30 @@ type ApprovalService_WaitApprovalClient = grpc.ServerStreamingClient[WaitApprova
 //
 // Policy (runbook §9.3): Tier 0-1 requests are approved at once by policy,
 // recorded as such (auto_approved, decided_by "policy") and notified; Tier 2
-// and up wait for an operator. Some kinds (production deploy, the first
-// customer-facing message, spending over $20 in one transaction, a DNS,
-// domain or certificate change, a public post) are always at least Tier 2:
-// a request declared lower is raised to its kind's tier.
+// and up wait for an operator. A request declared lower is raised to its
+// kind's tier. Kinds are read in a normal form (case, surrounding spaces and
+// runs of spaces, '-' and '_' do not matter: "Production-Deploy" is
+// production_deploy) and through aliases. With the default policy these
+// are always at least Tier 2: production_deploy (deploy_production,
+// prod_deploy), first_customer_message (customer_message,
+// customer_contact), dns_change (dns, dns_record), domain_change (domain),
+// certificate_change (certificate, cert), public_post (social_post,
+// tweet), and a kind the policy does not know, an empty one included:
+// unknown means a person looks. Known harmless kinds (research, read,
+// analysis, summary, draft, build, test, code_review at Tier 0;
+// staging_deploy, internal_message at Tier 1) keep their declared tier.
+// Any request whose amount_micros (or an "amount_micros" in its payload)
+// is over $20 is at least Tier 2, whatever its kind; so is a "spend" that
+// does not say how much.
 //
 // Every request has a deadline. At the deadline the control plane applies
-// the request's default (deny unless the request says otherwise) and
-// records the request as EXPIRED with the outcome it applied: never as a
-// human decision.
+// the request's default and records the request as EXPIRED with the
+// outcome it applied: never as a human decision. A request that waits for
+// an operator fails closed: its default is deny (asking for APPROVE is
+// INVALID_ARGUMENT naming default_on_timeout), and its timeout or deadline
+// must leave the operator at least the control plane's minimum
+// (--approval-min-timeout, default 5m; a shorter one is INVALID_ARGUMENT
+// naming timeout or deadline).
 //
 // Only operators decide, and never on a request they made themselves. A
 // decision is final: a second Decide gets FAILED_PRECONDITION. Every
