@@ -9,6 +9,9 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
+	"unicode/utf16"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -86,11 +89,6 @@ func writeIndented(w io.Writer, raw []byte) error {
 	out.WriteByte('\n')
 	_, err := w.Write(out.Bytes())
 	return err
-}
-
-// newTable returns a compact tab-aligned writer; call Flush when done.
-func newTable(w io.Writer) *tabwriter.Writer {
-	return tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 }
 
 // stateNames are the short names people type and read, in lifecycle order.
@@ -273,7 +271,7 @@ func writeTaskTable(w io.Writer, tasks []*factoryv1.Task, now time.Time) error {
 // writeTaskDetail prints one task as aligned "key: value" lines.
 func writeTaskDetail(w io.Writer, t *factoryv1.Task, now time.Time) error {
 	tw := newTable(w)
-	row := func(k, v string) { fmt.Fprintf(tw, "%s:\t%s\n", k, v) }
+	row := func(k, v string) { fmt.Fprintf(tw, "%s:\t%s\n", k, escapeTerminal(v)) }
 	row("ID", t.GetId())
 	row("Title", t.GetTitle())
 	row("State", fmt.Sprintf("%s (since %s)", stateLabel(t.GetState()), humanAge(t.GetStateChangedAt(), now)))
@@ -321,3 +319,189 @@ func writeTaskDetail(w io.Writer, t *factoryv1.Task, now time.Time) error {
 	}
 	return tw.Flush()
 }
+
+// Terminal safety. Titles, errors, notes, agent and node names come from
+// agents and other callers; printed raw, an ESC or a C1 CSI would let them
+// move the cursor, rewrite the screen or set the window title on the
+// operator's terminal, and a bidi override would make a line read other
+// than it is. So every human-readable byte the CLI prints goes through
+// escapeTerminal (the app's stdout and stderr are safeWriters, and tables
+// escape their cells), and JSON keeps the exact value, with such
+// characters written as \u escapes.
+
+// unsafeRune reports whether r must not reach a terminal as it is: C0
+// controls (NUL, BEL, ESC, CR, ...), DEL, C1 controls (U+0080-U+009F:
+// CSI, OSC, ...), the line and paragraph separators, and Unicode's
+// invisible format characters (bidi embeddings, overrides and isolates,
+// zero-width spaces and marks, the BOM, tag characters). The zero-width
+// joiner and non-joiner stay: emoji sequences and several scripts need
+// them, and they cannot reorder or hide text.
+func unsafeRune(r rune) bool {
+	switch {
+	case r < 0x20 || r == 0x7f:
+		return true
+	case r >= 0x80 && r <= 0x9f:
+		return true
+	case r == 0x2028 || r == 0x2029:
+		return true
+	case r == 0x200c || r == 0x200d:
+		return false
+	case r < 0xad:
+		return false
+	}
+	return unicode.Is(unicode.Cf, r)
+}
+
+// escapeMode is how appendEscaped writes what it escapes.
+type escapeMode int
+
+const (
+	// escapeCell escapes line breaks and tabs too: a table cell or a
+	// one-line value, where a newline would forge a row.
+	escapeCell escapeMode = iota
+	// escapeStream keeps "\n" and "\t": text already laid out in lines.
+	escapeStream
+	// escapeJSON writes \uXXXX escapes, which keep a JSON document valid
+	// and its values exact; JSON's own whitespace stays.
+	escapeJSON
+)
+
+// escapeTerminal returns s with every unsafe character (see unsafeRune)
+// written as a visible escape: "\x1b", "\x9b", "\u202e", "\n".
+func escapeTerminal(s string) string {
+	if !needsEscape([]byte(s), escapeCell) {
+		return s
+	}
+	return string(appendEscaped(nil, []byte(s), escapeCell))
+}
+
+// needsEscape is the fast path: plain ASCII text is passed through.
+func needsEscape(p []byte, mode escapeMode) bool {
+	for _, b := range p {
+		switch {
+		case b >= 0x80 || b == 0x7f:
+			return true
+		case b >= 0x20:
+		case mode != escapeCell && (b == '\n' || b == '\t'):
+		case mode == escapeJSON && b == '\r':
+		default:
+			return true
+		}
+	}
+	return false
+}
+
+func appendEscaped(dst, p []byte, mode escapeMode) []byte {
+	for len(p) > 0 {
+		r, size := utf8.DecodeRune(p)
+		switch {
+		case r == utf8.RuneError && size <= 1:
+			// Not UTF-8: show the byte, never pass it (a lone 0x9b is a
+			// CSI to an 8-bit terminal).
+			if mode == escapeJSON {
+				dst = append(dst, `\ufffd`...)
+			} else {
+				dst = fmt.Appendf(dst, `\x%02x`, p[0])
+			}
+		case !unsafeRune(r):
+			dst = append(dst, p[:size]...)
+		case mode != escapeCell && (r == '\n' || r == '\t'):
+			dst = append(dst, byte(r))
+		case mode == escapeJSON && r == '\r':
+			dst = append(dst, '\r')
+		case mode == escapeJSON:
+			for _, u := range utf16.Encode([]rune{r}) {
+				dst = fmt.Appendf(dst, `\u%04x`, u)
+			}
+		case r == '\n':
+			dst = append(dst, `\n`...)
+		case r == '\t':
+			dst = append(dst, `\t`...)
+		case r == '\r':
+			dst = append(dst, `\r`...)
+		case r < 0x100:
+			dst = fmt.Appendf(dst, `\x%02x`, r)
+		case r <= 0xffff:
+			dst = fmt.Appendf(dst, `\u%04x`, r)
+		default:
+			dst = fmt.Appendf(dst, `\U%08x`, r)
+		}
+		p = p[size:]
+	}
+	return dst
+}
+
+// safeWriter escapes what passes through it (escapeStream, or escapeJSON
+// while json reports true). A character split across two writes is held
+// until the rest arrives, so it is judged whole.
+type safeWriter struct {
+	w       io.Writer
+	json    func() bool
+	pending []byte
+}
+
+func newSafeWriter(w io.Writer, json func() bool) *safeWriter {
+	if json == nil {
+		json = func() bool { return false }
+	}
+	return &safeWriter{w: w, json: json}
+}
+
+func (s *safeWriter) Write(p []byte) (int, error) {
+	buf := p
+	if len(s.pending) > 0 {
+		buf = append(s.pending, p...)
+		s.pending = nil
+	}
+	cut := len(buf)
+	for i := len(buf) - 1; i >= 0 && i >= len(buf)-utf8.UTFMax; i-- {
+		if utf8.RuneStart(buf[i]) {
+			if !utf8.FullRune(buf[i:]) {
+				cut = i
+			}
+			break
+		}
+	}
+	if cut < len(buf) {
+		s.pending = append([]byte(nil), buf[cut:]...)
+		buf = buf[:cut]
+	}
+	mode := escapeStream
+	if s.json() {
+		mode = escapeJSON
+	}
+	if needsEscape(buf, mode) {
+		buf = appendEscaped(make([]byte, 0, len(buf)+16), buf, mode)
+	}
+	if _, err := s.w.Write(buf); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// table is a tab-aligned writer whose cells are escaped before they are
+// measured, so an escape neither reaches the terminal nor breaks the
+// columns. Tabs and newlines in what is written to it are its layout: a
+// cell value that may hold them goes through escapeTerminal first (the
+// table helpers here do).
+type table struct {
+	tw *tabwriter.Writer
+}
+
+// newTable returns a compact tab-aligned writer; call Flush when done.
+func newTable(w io.Writer) *table {
+	return &table{tw: tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)}
+}
+
+func (t *table) Write(p []byte) (int, error) {
+	if !needsEscape(p, escapeStream) {
+		return t.tw.Write(p)
+	}
+	if _, err := t.tw.Write(appendEscaped(nil, p, escapeStream)); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// Flush writes the aligned table.
+func (t *table) Flush() error { return t.tw.Flush() }

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc/codes"
@@ -262,5 +263,106 @@ func TestEveryCommandIsDocumented(t *testing.T) {
 	root.InitDefaultCompletionCmd()
 	if c, _, err := root.Find([]string{"completion", "bash"}); err != nil || c.Name() != "bash" {
 		t.Errorf("no bash completion: %v", err)
+	}
+}
+
+// hasRawUnsafe reports the first character a terminal would act on or hide.
+func hasRawUnsafe(s string) (rune, bool) {
+	for _, r := range s {
+		if r == '\n' || r == '\t' {
+			continue
+		}
+		if r == utf8.RuneError || unsafeRune(r) {
+			return r, true
+		}
+	}
+	return 0, false
+}
+
+func TestEscapeTerminal(t *testing.T) {
+	for in, want := range map[string]string{
+		"plain title":                "plain title",
+		"café 日本 👨‍👩‍👧":              "café 日本 👨‍👩‍👧",
+		"\x1b[2Jcleared":             `\x1b[2Jcleared`,
+		"\x1b]0;pwned\x07":           `\x1b]0;pwned\x07`,
+		"nul\x00byte":                `nul\x00byte`,
+		"del\x7f":                    `del\x7f`,
+		"\u009b31mred":               `\x9b31mred`,
+		"\u0085next line":            `\x85next line`,
+		"\u202eevil\u202c":           `\u202eevil\u202c`,
+		"\u2066isolate\u2069":        `\u2066isolate\u2069`,
+		"zero\u200bwidth\ufeff":      `zero\u200bwidth\ufeff`,
+		"\u2028separator":            `\u2028separator`,
+		"tag\U000E0041":              `tag\U000e0041`,
+		"two\nlines\tand\rreturn":    `two\nlines\tand\rreturn`,
+		"not utf-8 \xff\x9b":         `not utf-8 \xff\x9b`,
+		`already \x1b looks escaped`: `already \x1b looks escaped`,
+	} {
+		if got := escapeTerminal(in); got != want {
+			t.Errorf("escapeTerminal(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// TestSafeWriter: text keeps its lines, a character split across writes is
+// judged whole, and JSON keeps the exact value.
+func TestSafeWriter(t *testing.T) {
+	var buf bytes.Buffer
+	w := newSafeWriter(&buf, nil)
+	for _, part := range []string{"a\tb\n", "\x1b[2J", "\xe2\x80", "\xae", "caf\xc3", "\xa9\n", "\xc2", "\x9b"} {
+		if n, err := w.Write([]byte(part)); n != len(part) || err != nil {
+			t.Fatalf("Write(%q) = %d, %v", part, n, err)
+		}
+	}
+	if got, want := buf.String(), "a\tb\n"+`\x1b[2J\u202e`+"café\n"+`\x9b`; got != want {
+		t.Errorf("stream: got %q, want %q", got, want)
+	}
+
+	buf.Reset()
+	jw := newSafeWriter(&buf, func() bool { return true })
+	title := "\x1b]0;x\x07 \u009b2J \u202eevil \x7f \U000E0041 ok"
+	if err := writeJSON(jw, map[string]string{"title": title}); err != nil {
+		t.Fatal(err)
+	}
+	if r, bad := hasRawUnsafe(buf.String()); bad {
+		t.Errorf("JSON output carries %U raw: %q", r, buf.String())
+	}
+	var back map[string]string
+	if err := json.Unmarshal(buf.Bytes(), &back); err != nil || back["title"] != title {
+		t.Errorf("JSON output %q decodes to %q (%v), want the exact title", buf.String(), back["title"], err)
+	}
+}
+
+// TestTablesEscapeCells: a hostile title neither reaches the terminal nor
+// breaks the columns or forges a line in `task show`.
+func TestTablesEscapeCells(t *testing.T) {
+	now := time.Now()
+	hostile := "\x1b[2J\x1b]0;pwned\x07\u009b31m\u202eevil\nState:\tDONE"
+	tasks := []*factoryv1.Task{
+		{Id: "t-1", Title: hostile, State: factoryv1.TaskState_TASK_STATE_READY, MaxAttempts: 3},
+		{Id: "t-2", Title: "calm", State: factoryv1.TaskState_TASK_STATE_READY, MaxAttempts: 3},
+	}
+	var buf bytes.Buffer
+	if err := writeTaskTable(&buf, tasks, now); err != nil {
+		t.Fatal(err)
+	}
+	if r, bad := hasRawUnsafe(buf.String()); bad {
+		t.Fatalf("task table carries %U raw:\n%q", r, buf.String())
+	}
+	lines := strings.Split(strings.TrimRight(buf.String(), "\n"), "\n")
+	col := strings.Index(lines[0], "TITLE")
+	if len(lines) != 3 || !strings.HasPrefix(lines[1][col:], `\x1b[2J`) || !strings.HasPrefix(lines[2][col:], "calm") {
+		t.Errorf("table:\n%s", buf.String())
+	}
+
+	buf.Reset()
+	if err := writeTaskDetail(&buf, tasks[0], now); err != nil {
+		t.Fatal(err)
+	}
+	if r, bad := hasRawUnsafe(buf.String()); bad {
+		t.Fatalf("task show carries %U raw:\n%q", r, buf.String())
+	}
+	if strings.Count(buf.String(), "\nState:") != 1 || !strings.Contains(buf.String(), `\u202eevil\nState:\tDONE`) {
+		t.Errorf("task show:\n%s", buf.String())
 	}
 }

@@ -59,6 +59,8 @@ type app struct {
 	token        string
 	fileToken    string
 	settingsPath string
+	// out and errOut are Stdout and Stderr behind the terminal escaping.
+	out, errOut io.Writer
 }
 
 const (
@@ -78,6 +80,10 @@ func NewRootCommand(opts Options) *cobra.Command {
 		opts.TracerProvider = otel.GetTracerProvider()
 	}
 	a := &app{opts: opts}
+	// Everything a command prints goes through these: no verb can print
+	// an agent's ESC or bidi override raw (see escapeTerminal).
+	a.out = newSafeWriter(opts.Stdout, a.jsonOutput)
+	a.errOut = newSafeWriter(opts.Stderr, nil)
 
 	root := &cobra.Command{
 		Use:   "factory",
@@ -95,12 +101,17 @@ The queue's states are the runbook's folders:
 
 Connections use TLS when --ca (or --tls, for the system's roots) is given,
 with a client certificate from --cert/--key when the control plane requires
-one. Without TLS the CLI talks plaintext only to a loopback address
-(127.0.0.1, ::1, localhost), or anywhere with --insecure.
+one. Without TLS the CLI talks plaintext only to an address that provably
+stays on this machine (127.0.0.0/8, ::1, localhost, a unix: socket), read
+the way gRPC reads it (dns:///HOST:PORT dials HOST:PORT whatever follows a
+'#' or '?'), or anywhere with --insecure.
 
 ` + tokenHelp + `
 
 Every command prints a table for people or, with -o json, JSON for scripts.
+Text from the server is printed with control and invisible characters
+escaped (\x1b, \u202e), so an agent's task title cannot drive the
+terminal; JSON keeps every value exact.
 A server error prints "error: <message> (<CODE>)" on stderr and exits 1;
 a usage error exits 2.`,
 		Example: `  factory task create --title "Summarise the RFC" --role researcher
@@ -124,8 +135,8 @@ a usage error exits 2.`,
 			return nil
 		},
 	}
-	root.SetOut(opts.Stdout)
-	root.SetErr(opts.Stderr)
+	root.SetOut(a.out)
+	root.SetErr(a.errOut)
 
 	pf := root.PersistentFlags()
 	pf.StringVar(&a.addr, "addr", envOr("FACTORY_ADDR", DefaultAddr), "control plane address (env FACTORY_ADDR)")
@@ -156,7 +167,7 @@ a usage error exits 2.`,
 		newDigestCommand(a),
 		newMaintenanceCommand(a),
 		withCommands(newNodesCommand(a), newNodesDrainCommand(a), newNodesHistoryCommand(a)),
-		withCommands(newAgentsCommand(a), newAgentsRestartCommand(a)),
+		withCommands(newAgentsCommand(a), newAgentsRestartCommand(a), newAgentsPlaceCommand(a), newAgentsUnplaceCommand(a), newAgentsPlacementCommand(a)),
 		newGPUCommand(a),
 		newHealthCommand(a),
 		newSpendCommand(a),
@@ -193,9 +204,14 @@ func envOr(name, fallback string) string {
 	return fallback
 }
 
-func (a *app) stdout() io.Writer { return a.opts.Stdout }
-func (a *app) stderr() io.Writer { return a.opts.Stderr }
-func (a *app) jsonOutput() bool  { return a.output == outputJSON }
+func (a *app) stdout() io.Writer { return a.out }
+func (a *app) stderr() io.Writer { return a.errOut }
+
+// rawStdout is standard output unescaped, for data that must stay byte
+// for byte what the server sent (`factory export -`); never for text.
+func (a *app) rawStdout() io.Writer { return a.opts.Stdout }
+
+func (a *app) jsonOutput() bool { return a.output == outputJSON }
 
 // dial opens a client connection. Nothing is sent until the first call.
 func (a *app) dial() (*grpc.ClientConn, error) {

@@ -135,7 +135,7 @@ and every token's hash: keep it as private as the database.`,
 				}
 			}
 			var (
-				out    io.Writer = a.stdout()
+				out    io.Writer = a.rawStdout()
 				tmp    *os.File
 				counts *factoryv1.DumpCounts
 				n      int64

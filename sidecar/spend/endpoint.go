@@ -2,11 +2,13 @@ package spend
 
 import (
 	"bytes"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"mime"
 	"net"
 	"net/http"
 	"net/netip"
@@ -15,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/factory/factory/controlplane/budget"
 	"github.com/factory/factory/sidecar/spool"
 )
 
@@ -42,7 +45,12 @@ type StopState struct {
 //
 // A report is answered 202 once it is in the spool (so it survives a
 // crash), with the event ids; a bad one 400 naming the field, and nothing
-// of that request is spooled. Only loopback peers are served.
+// of that request is spooled. A report is checked here as fully as the
+// control plane will check it, pricing included, so an event answered 202
+// is one the relay delivers, not one dropped later. Only loopback peers
+// are served, only with Content-Type: application/json (a web page's
+// "simple" cross-origin POST cannot set it), and with Secret set only
+// callers that present it.
 type Endpoint struct {
 	// Spool is where accepted events wait for the relay. Required.
 	Spool *spool.Spool
@@ -52,6 +60,16 @@ type Endpoint struct {
 	// plane refuses a sidecar's report for an agent its host does not run,
 	// and the client should hear that now, not never.
 	Agents []string
+	// Prices prices a call reported without a cost, as the control plane
+	// does: a model it cannot price is refused here, with the reason,
+	// instead of being dropped by the relay. nil: the built-in table
+	// (deploy/prices.yaml); give the sidecar the control plane's --prices.
+	Prices *budget.Prices
+	// Secret, when set, must come with every request, as
+	// "Authorization: Bearer SECRET" or "X-Factory-Spend-Secret: SECRET":
+	// then only processes that were given it (the agents) can report,
+	// not any program that can reach the loopback port.
+	Secret string
 	Logger *slog.Logger
 	Clock  Clock
 
@@ -97,7 +115,34 @@ func (e *Endpoint) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/emergency-stop", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, e.EmergencyStop())
 	})
-	return loopbackOnly(mux)
+	return loopbackOnly(e.withSecret(mux))
+}
+
+// SecretHeader is the header that may carry the endpoint's secret
+// (Authorization: Bearer works too).
+const SecretHeader = "X-Factory-Spend-Secret"
+
+// withSecret refuses a request without the endpoint's secret, when one is
+// set.
+func (e *Endpoint) withSecret(next http.Handler) http.Handler {
+	if e.Secret == "" {
+		return next
+	}
+	want := []byte(e.Secret)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got := r.Header.Get(SecretHeader)
+		if got == "" {
+			if scheme, token, ok := strings.Cut(r.Header.Get("Authorization"), " "); ok && strings.EqualFold(scheme, "Bearer") {
+				got = strings.TrimSpace(token)
+			}
+		}
+		if got == "" || subtle.ConstantTimeCompare([]byte(got), want) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="factory-sidecar spend"`)
+			writeError(w, http.StatusUnauthorized, "", "this sidecar requires its spend secret: send Authorization: Bearer SECRET or "+SecretHeader+": SECRET")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // loopbackOnly refuses a peer that is not on this host, and a Host header
@@ -147,9 +192,10 @@ type report struct {
 }
 
 func (e *Endpoint) report(w http.ResponseWriter, r *http.Request) {
-	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
-		// A browser's "simple" cross-origin POST cannot send JSON's type
-		// without a preflight, which this endpoint never answers.
+	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
+		// A browser's "simple" cross-origin POST (no type, text/plain, a
+		// form) cannot send JSON's type without a preflight, which this
+		// endpoint never answers.
 		writeError(w, http.StatusUnsupportedMediaType, "", "Content-Type must be application/json")
 		return
 	}
@@ -290,6 +336,9 @@ func (e *Endpoint) toEvent(r report, now time.Time) (*Event, error) {
 	if err := ev.Validate(); err != nil {
 		return nil, err
 	}
+	if err := e.checkPrice(ev); err != nil {
+		return nil, err
+	}
 	if ev.ID == "" {
 		if derive {
 			ev.ID = ev.DerivedID("local:")
@@ -298,6 +347,30 @@ func (e *Endpoint) toEvent(r report, now time.Time) (*Event, error) {
 		}
 	}
 	return ev, nil
+}
+
+// defaultPrices is the built-in table, parsed once.
+var defaultPrices = sync.OnceValue(budget.DefaultPrices)
+
+// checkPrice refuses what the control plane could not price or would
+// refuse once priced. The event stays without a cost: the control plane
+// prices it with its own table and marks it priced by the server.
+func (e *Endpoint) checkPrice(ev *Event) error {
+	if ev.CostMicros != nil {
+		return nil
+	}
+	prices := e.Prices
+	if prices == nil {
+		prices = defaultPrices()
+	}
+	price, ok := prices.Lookup(ev.Model, ev.Tier)
+	if !ok {
+		return fieldErr("cost_micros", "no price for model %q on this sidecar: send cost_micros or cost_usd, or give the sidecar the control plane's --prices table", ev.Model)
+	}
+	if c := price.Cost(ev.InputTokens, ev.OutputTokens); c > maxCostMicros {
+		return fieldErr("cost", "the tokens price at over $1,000,000 for one call")
+	}
+	return nil
 }
 
 func intField(name string, n *json.Number) (int64, error) {

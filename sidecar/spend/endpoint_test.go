@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/factory/factory/controlplane/budget"
 )
 
 func newEndpoint(t *testing.T) (*Endpoint, http.Handler) {
@@ -90,8 +92,8 @@ func TestEndpointIDsAreStableAcrossRetries(t *testing.T) {
 	if other.body["id"] == a.body["id"] {
 		t.Error("a different report got the same id")
 	}
-	x := post(t, h, local, `{"agent":"planner-01","model":"m","tier":"mid"}`)
-	y := post(t, h, local, `{"agent":"planner-01","model":"m","tier":"mid"}`)
+	x := post(t, h, local, `{"agent":"planner-01","model":"gpt-4o-mini","tier":"mid"}`)
+	y := post(t, h, local, `{"agent":"planner-01","model":"gpt-4o-mini","tier":"mid"}`)
 	if x.body["id"] == y.body["id"] {
 		t.Error("two reports without time or id got one id: the second would be lost as a duplicate")
 	}
@@ -101,25 +103,30 @@ func TestEndpointIDsAreStableAcrossRetries(t *testing.T) {
 // nothing is spooled, a batch with one bad event included.
 func TestEndpointRefusesBadInput(t *testing.T) {
 	e, h := newEndpoint(t)
-	ok := `"agent":"planner-01","model":"m","tier":"mid"`
+	ok := `"agent":"planner-01","model":"gpt-4o-mini","tier":"mid"`
 	for body, field := range map[string]string{
-		`{"model":"m","tier":"mid"}`:                                "agent",
-		`{"agent":"planner-01","tier":"mid"}`:                       "model",
-		`{"agent":"planner-01","model":"m"}`:                        "tier",
-		`{"agent":"planner-01","model":"m","tier":"gold"}`:          "tier",
-		`{"agent":"someone-else","model":"m","tier":"mid"}`:         "agent",
-		`{"agent":"bad agent","model":"m","tier":"mid"}`:            "agent",
-		`{` + ok + `,"input_tokens":-1}`:                            "input_tokens",
-		`{` + ok + `,"output_tokens":1.5}`:                          "output_tokens",
-		`{` + ok + `,"cost_usd":"twelve"}`:                          "cost_usd",
-		`{` + ok + `,"cost_usd":"1","cost_micros":1}`:               "cost_micros",
-		`{` + ok + `,"cost_micros":-5}`:                             "cost",
-		`{` + ok + `,"occurred_at":"yesterday"}`:                    "occurred_at",
-		`{` + ok + `,"id":"has space"}`:                             "id",
-		`{` + ok + `,"task_id":"a b"}`:                              "task_id",
-		`{` + ok + `,"colour":"red"}`:                               "colour",
-		`[{` + ok + `},{"agent":"planner-01","model":"m"}]`:         "[1].tier",
-		`{"agent":"planner-01","model":"m","tier":"mid","id":"x"}x`: "",
+		`{"model":"m","tier":"mid"}`:                        "agent",
+		`{"agent":"planner-01","tier":"mid"}`:               "model",
+		`{"agent":"planner-01","model":"m"}`:                "tier",
+		`{"agent":"planner-01","model":"m","tier":"gold"}`:  "tier",
+		`{"agent":"someone-else","model":"m","tier":"mid"}`: "agent",
+		`{"agent":"bad agent","model":"m","tier":"mid"}`:    "agent",
+		`{` + ok + `,"input_tokens":-1}`:                    "input_tokens",
+		`{` + ok + `,"output_tokens":1.5}`:                  "output_tokens",
+		`{` + ok + `,"cost_usd":"twelve"}`:                  "cost_usd",
+		`{` + ok + `,"cost_usd":"1","cost_micros":1}`:       "cost_micros",
+		`{` + ok + `,"cost_micros":-5}`:                     "cost",
+		`{` + ok + `,"occurred_at":"yesterday"}`:            "occurred_at",
+		`{` + ok + `,"id":"has space"}`:                     "id",
+		`{` + ok + `,"task_id":"a b"}`:                      "task_id",
+		`{` + ok + `,"colour":"red"}`:                       "colour",
+		`[{` + ok + `},{"agent":"planner-01","model":"m"}]`: "[1].tier",
+		// Nothing can price this call: the relay would drop it.
+		`{"agent":"planner-01","model":"my-finetune","tier":"mid"}`:                            "cost_micros",
+		`[{` + ok + `},{"agent":"planner-01","model":"m","tier":"frontier","input_tokens":5}]`: "[1].cost_micros",
+		// Priced, it is over the cap of one event.
+		`{"agent":"planner-01","model":"claude-opus-4-1","tier":"frontier","input_tokens":100000000000,"output_tokens":100000000000}`: "cost",
+		`{"agent":"planner-01","model":"m","tier":"mid","id":"x"}x`:                                                                   "",
 	} {
 		r := post(t, h, local, body)
 		if r.code != http.StatusBadRequest {
@@ -188,5 +195,102 @@ func TestEndpointEmergencyStop(t *testing.T) {
 	e.SetEmergencyStop(false, "")
 	if s := get(); !s.Known || s.Stopped {
 		t.Errorf("rearmed: %+v", s)
+	}
+}
+
+// TestEndpointTakesOnlyJSON: a request a web page could send without a
+// preflight (no Content-Type, text/plain, a form) is refused before its
+// body is read; JSON with a charset is fine.
+func TestEndpointTakesOnlyJSON(t *testing.T) {
+	e, h := newEndpoint(t)
+	body := `{"agent":"planner-01","model":"gpt-4o-mini","tier":"mid","input_tokens":10}`
+	for _, ct := range []string{"", "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
+		"application/jsonp", "application/json-seq", "text/json", "application/json;;"} {
+		req := httptest.NewRequest(http.MethodPost, "http://127.0.0.1:7421/v1/spend", strings.NewReader(body))
+		req.RemoteAddr = local
+		if ct != "" {
+			req.Header.Set("Content-Type", ct)
+		}
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, req)
+		if w.Code != http.StatusUnsupportedMediaType {
+			t.Errorf("Content-Type %q: %d, want 415", ct, w.Code)
+		}
+	}
+	if e.Spool.Len() != 0 {
+		t.Fatalf("%d spooled from refused requests", e.Spool.Len())
+	}
+	req := httptest.NewRequest(http.MethodPost, "http://127.0.0.1:7421/v1/spend", strings.NewReader(body))
+	req.RemoteAddr = local
+	req.Header.Set("Content-Type", "application/json; charset=utf-8")
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, req)
+	if w.Code != http.StatusAccepted {
+		t.Errorf("application/json; charset=utf-8: %d %s", w.Code, w.Body)
+	}
+}
+
+// TestEndpointPricesLikeTheControlPlane: a model the sidecar's table
+// prices is taken without a cost (and spooled without one: the control
+// plane prices it); with a table of its own, the sidecar follows it.
+func TestEndpointPricesLikeTheControlPlane(t *testing.T) {
+	e, h := newEndpoint(t)
+	for _, body := range []string{
+		`{"agent":"planner-01","model":"claude-sonnet-4-20250514","tier":"frontier","input_tokens":10}`,
+		`{"agent":"planner-01","model":"whatever-local","tier":"local","input_tokens":10}`,
+		`{"agent":"planner-01","model":"my-finetune","tier":"mid","cost_micros":7}`,
+	} {
+		if r := post(t, h, local, body); r.code != http.StatusAccepted {
+			t.Errorf("%s: %d %v", body, r.code, r.body)
+		} else if ev := spooledEvents(t, e.Spool)[r.body["id"].(string)]; strings.Contains(body, "input_tokens") && ev.CostMicros != nil {
+			t.Errorf("%s: spooled with a cost of %d; the control plane prices it", body, *ev.CostMicros)
+		}
+	}
+	r := post(t, h, local, `{"agent":"planner-01","model":"my-finetune","tier":"mid","input_tokens":10}`)
+	if msg, _ := r.body["error"].(string); r.code != http.StatusBadRequest || !strings.Contains(msg, "my-finetune") || !strings.Contains(msg, "cost_micros") {
+		t.Errorf("unpriced: %d %v, want 400 saying how to send it", r.code, r.body)
+	}
+	prices, err := budget.ParsePrices([]byte("models:\n  my-finetune: {input: 1, output: 2}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.Prices = prices
+	if r := post(t, e.Handler(), local, `{"agent":"planner-01","model":"my-finetune","tier":"mid","input_tokens":10}`); r.code != http.StatusAccepted {
+		t.Errorf("priced by the sidecar's own table: %d %v", r.code, r.body)
+	}
+}
+
+// TestEndpointSecret: with a secret set, a report without it (or with a
+// wrong one) is 401 and nothing is spooled; either header carries it.
+func TestEndpointSecret(t *testing.T) {
+	e, _ := newEndpoint(t)
+	e.Secret = "s3cret-for-edge-1"
+	h := e.Handler()
+	body := `{"agent":"planner-01","model":"gpt-4o-mini","tier":"mid","input_tokens":10}`
+	send := func(header, value string) int {
+		req := httptest.NewRequest(http.MethodPost, "http://127.0.0.1:7421/v1/spend", strings.NewReader(body))
+		req.RemoteAddr = local
+		req.Header.Set("Content-Type", "application/json")
+		if header != "" {
+			req.Header.Set(header, value)
+		}
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, req)
+		return w.Code
+	}
+	for _, bad := range [][2]string{{"", ""}, {"Authorization", "Bearer wrong"}, {"Authorization", "Basic s3cret-for-edge-1"},
+		{SecretHeader, "s3cret-for-edge-"}, {SecretHeader, "s3cret-for-edge-1x"}} {
+		if code := send(bad[0], bad[1]); code != http.StatusUnauthorized {
+			t.Errorf("%s: %q: %d, want 401", bad[0], bad[1], code)
+		}
+	}
+	if e.Spool.Len() != 0 {
+		t.Fatalf("%d spooled without the secret", e.Spool.Len())
+	}
+	if code := send("Authorization", "Bearer s3cret-for-edge-1"); code != http.StatusAccepted {
+		t.Errorf("bearer: %d", code)
+	}
+	if code := send(SecretHeader, "s3cret-for-edge-1"); code != http.StatusAccepted {
+		t.Errorf("%s: %d", SecretHeader, code)
 	}
 }

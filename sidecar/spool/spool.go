@@ -133,6 +133,12 @@ func Open(path string) (*Spool, error) {
 	if err != nil {
 		return nil, fmt.Errorf("spool: %w", err)
 	}
+	// The events name agents, tasks and costs: the owner's only, even if
+	// the file was made wider by hand or by an older version.
+	if err := f.Chmod(0o600); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("spool: %w", err)
+	}
 	s.f, s.size = f, int64(len(data))
 	return s, nil
 }

@@ -164,3 +164,41 @@ func TestCompactionKeepsOnlyPending(t *testing.T) {
 		t.Errorf("reopened after compaction: %s", got)
 	}
 }
+
+// TestFilesAreTheOwnersOnly: a new spool is 0600 in a 0700 directory, a
+// spool left wider is tightened on open, and a compaction keeps the mode.
+func TestFilesAreTheOwnersOnly(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	path := filepath.Join(dir, "events.jsonl")
+	s := open(t, path)
+	appendN(t, s, "a", "b")
+	mode := func(p string) os.FileMode {
+		t.Helper()
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.Mode().Perm()
+	}
+	if m := mode(dir); m != 0o700 {
+		t.Errorf("spool directory %v, want 0700", m)
+	}
+	if m := mode(path); m != 0o600 {
+		t.Errorf("new spool %v, want 0600", m)
+	}
+	s.Close()
+	if err := os.Chmod(path, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s = open(t, path)
+	if m := mode(path); m != 0o600 {
+		t.Errorf("reopened spool %v, want it tightened to 0600", m)
+	}
+	if err := s.Ack([]string{"a"}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if m := mode(path); m != 0o600 {
+		t.Errorf("after an ack %v, want 0600", m)
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net/url"
 	"os"
@@ -87,8 +88,11 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: %w", err)
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("sqlite: create directory: %w", err)
+	}
+	if err := ownerOnly(path); err != nil {
+		return nil, fmt.Errorf("sqlite: %w", err)
 	}
 
 	// The writer opens first: it switches the file to WAL (a persistent
@@ -130,6 +134,32 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	cfg.Logger.DebugContext(ctx, "sqlite store open", slog.String("path", path))
 	return &Store{w: w, wr: wr, r: r, rs: newStmtCache(r), logger: cfg.Logger}, nil
+}
+
+// ownerOnly makes the database file (creating it empty, which SQLite
+// takes as a new database) and any -wal, -shm or -journal file beside it
+// readable by the owner only: they hold token hashes, the ledger and the
+// audit log. SQLite creates its -wal and -shm files with the database
+// file's mode, so a 0600 database keeps them 0600 too; one made wider (by
+// hand, or by a version that let the umask decide) is tightened here.
+func ownerOnly(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	err = f.Chmod(0o600)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	for _, suffix := range []string{"-wal", "-shm", "-journal"} {
+		if err := os.Chmod(path+suffix, 0o600); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
 }
 
 // dsn builds a modernc DSN. synchronous=NORMAL is durable across process

@@ -61,6 +61,9 @@ func run(ctx context.Context, args []string) error {
 	fs.StringVar(&so.litellmURL, "litellm-url", os.Getenv("FACTORY_LITELLM_URL"), "poll this LiteLLM proxy's /spend/logs/v2 for spend (FACTORY_LITELLM_URL)")
 	fs.StringVar(&so.litellmKey, "litellm-key", "", "LiteLLM master or admin key (else FACTORY_LITELLM_KEY)")
 	fs.DurationVar(&so.litellmInterval, "litellm-interval", 30*time.Second, "time between LiteLLM spend polls")
+	fs.StringVar(&so.secret, "spend-secret", "", "require this secret on /v1/spend, as \"Authorization: Bearer SECRET\" or \"X-Factory-Spend-Secret: SECRET\" (else FACTORY_SPEND_SECRET)")
+	fs.StringVar(&so.secretFile, "spend-secret-file", os.Getenv("FACTORY_SPEND_SECRET_FILE"), "read the /v1/spend secret from this file, so it stays out of ps (FACTORY_SPEND_SECRET_FILE)")
+	fs.StringVar(&so.pricesFile, "prices", os.Getenv("FACTORY_PRICES"), "price table (deploy/prices.yaml format) for spend reported without a cost; give the control plane's --prices file (FACTORY_PRICES; default the built-in table)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

@@ -9,11 +9,14 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
 	"google.golang.org/grpc"
 
+	"github.com/factory/factory/controlplane/budget"
+	"github.com/factory/factory/controlplane/transport"
 	factoryv1 "github.com/factory/factory/gen/factory/v1"
 	"github.com/factory/factory/sidecar/spend"
 	"github.com/factory/factory/sidecar/spool"
@@ -28,6 +31,33 @@ type spendOptions struct {
 	// admin key.
 	litellmURL, litellmKey string
 	litellmInterval        time.Duration
+	// secret (else secretFile's content, else FACTORY_SPEND_SECRET), when
+	// set, is required on every request to the endpoint.
+	secret, secretFile string
+	// pricesFile is the price table the endpoint checks reports without a
+	// cost against; "" is the built-in one, as on the control plane.
+	pricesFile string
+}
+
+// spendSecret is the endpoint's secret: --spend-secret, else the file
+// --spend-secret-file names, else FACTORY_SPEND_SECRET (read here, not as
+// a flag default, so --help never prints it). "" means none.
+func (o spendOptions) spendSecret() (string, error) {
+	switch {
+	case o.secret != "":
+		return o.secret, nil
+	case o.secretFile != "":
+		b, err := os.ReadFile(o.secretFile)
+		if err != nil {
+			return "", fmt.Errorf("--spend-secret-file: %w", err)
+		}
+		s := strings.TrimSpace(string(b))
+		if s == "" {
+			return "", fmt.Errorf("--spend-secret-file %s is empty", o.secretFile)
+		}
+		return s, nil
+	}
+	return strings.TrimSpace(os.Getenv("FACTORY_SPEND_SECRET")), nil
 }
 
 func (o spendOptions) enabled() bool {
@@ -73,13 +103,25 @@ func startSpend(ctx context.Context, cfg config, opts spendOptions, conn grpc.Cl
 	var ep *spend.Endpoint
 	var srv *http.Server
 	if opts.listen != "" && opts.listen != "off" {
-		ep = &spend.Endpoint{Spool: sp, Host: cfg.Host, Agents: agents, Logger: log}
+		secret, err := opts.spendSecret()
+		if err != nil {
+			sp.Close()
+			return nil, nil, err
+		}
+		var prices *budget.Prices
+		if opts.pricesFile != "" {
+			if prices, err = budget.LoadPrices(opts.pricesFile); err != nil {
+				sp.Close()
+				return nil, nil, err
+			}
+		}
+		ep = &spend.Endpoint{Spool: sp, Host: cfg.Host, Agents: agents, Prices: prices, Secret: secret, Logger: log}
 		lis, err := listenLoopback(opts.listen)
 		if err != nil {
 			log.Error("spend endpoint not started: agents cannot report spend through this sidecar", "listen", opts.listen, "err", err)
 		} else {
 			srv = &http.Server{Handler: ep.Handler(), ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second}
-			log.Info("spend endpoint listening", "addr", lis.Addr().String())
+			log.Info("spend endpoint listening", "addr", lis.Addr().String(), "secret_required", secret != "")
 			wg.Go(func() {
 				if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
 					log.Error("spend endpoint stopped", "err", err)
@@ -124,15 +166,11 @@ func startSpend(ctx context.Context, cfg config, opts spendOptions, conn grpc.Cl
 // listenLoopback listens on addr, which must be a loopback address: the
 // endpoint takes reports without a token.
 func listenLoopback(addr string) (net.Listener, error) {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
+	if _, _, err := net.SplitHostPort(addr); err != nil {
 		return nil, err
 	}
-	if host != "localhost" {
-		ip := net.ParseIP(host)
-		if ip == nil || !ip.IsLoopback() {
-			return nil, fmt.Errorf("--spend-listen %s: must be a loopback address (127.0.0.1, ::1): the endpoint takes reports without a token", addr)
-		}
+	if err := transport.CheckLoopback(addr); err != nil {
+		return nil, fmt.Errorf("--spend-listen %s: must be a loopback address (127.0.0.1, ::1, localhost): the endpoint takes reports without a token (%v)", addr, err)
 	}
 	return net.Listen("tcp", addr)
 }

@@ -184,7 +184,7 @@ func TestSidecarRelaysSpendToTheLedger(t *testing.T) {
 // TestSpendListenIsLoopbackOnly: the endpoint takes reports without a
 // token, so it refuses to listen beyond the host.
 func TestSpendListenIsLoopbackOnly(t *testing.T) {
-	for _, addr := range []string{"0.0.0.0:0", "192.0.2.1:7421", ":7421"} {
+	for _, addr := range []string{"0.0.0.0:0", "192.0.2.1:7421", ":7421", "localhost.:0", "127.0.0.1.nip.io:0", "unix:/tmp/x"} {
 		if l, err := listenLoopback(addr); err == nil {
 			l.Close()
 			t.Errorf("listenLoopback(%q): no error", addr)
@@ -200,5 +200,38 @@ func TestSpendListenIsLoopbackOnly(t *testing.T) {
 			continue
 		}
 		l.Close()
+	}
+}
+
+// TestSpendSecretSources: --spend-secret, else the file, else
+// FACTORY_SPEND_SECRET; an unreadable or empty file is an error, not "no
+// secret".
+func TestSpendSecretSources(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "secret")
+	if err := os.WriteFile(file, []byte("from-file\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	empty := filepath.Join(dir, "empty")
+	if err := os.WriteFile(empty, []byte("\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("FACTORY_SPEND_SECRET", "from-env")
+	for _, tc := range []struct {
+		o    spendOptions
+		want string
+	}{
+		{spendOptions{secret: "from-flag", secretFile: file}, "from-flag"},
+		{spendOptions{secretFile: file}, "from-file"},
+		{spendOptions{}, "from-env"},
+	} {
+		if got, err := tc.o.spendSecret(); err != nil || got != tc.want {
+			t.Errorf("%+v: %q, %v; want %q", tc.o, got, err, tc.want)
+		}
+	}
+	for _, f := range []string{empty, filepath.Join(dir, "missing")} {
+		if got, err := (spendOptions{secretFile: f}).spendSecret(); err == nil {
+			t.Errorf("--spend-secret-file %s: %q and no error", f, got)
+		}
 	}
 }
