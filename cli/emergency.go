@@ -26,7 +26,12 @@ first reason. The control plane also pulls it by itself when the day's
 total spend crosses the total budget's emergency threshold.
 
 Nothing lifts it but --rearm: not a restart, not the next day. Rearming
-resumes exactly the tasks the stop paused. 'status' shows the state.`,
+resumes exactly the tasks the stop paused. 'status' shows the state.
+
+A stop pulled by a bogus spend event: void the event first (factory spend
+void ID --agent A --reason R), then rearm. The threshold reads the net, so
+the next report does not pull the stop again while the day's net stays
+under it.`,
 		Example: `  factory emergency-stop --reason "runaway loop in planner-01"
   factory emergency-stop status
   factory emergency-stop --rearm --note "planner-01 fixed, budget raised"`,

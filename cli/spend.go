@@ -223,7 +223,54 @@ micro-dollars (cost_micros) for scripts.`,
 	f.IntVar(&o.limit, "limit", 0, "at most this many rows, largest first (default 100)")
 	_ = cmd.RegisterFlagCompletionFunc("by", cobra.FixedCompletions(groupByNames, cobra.ShellCompDirectiveNoFileComp))
 	_ = cmd.RegisterFlagCompletionFunc("tier", cobra.FixedCompletions(tierNames, cobra.ShellCompDirectiveNoFileComp))
-	cmd.AddCommand(newSpendReportCommand(a))
+	cmd.AddCommand(newSpendReportCommand(a), newSpendVoidCommand(a))
+	return cmd
+}
+
+// newSpendVoidCommand is `factory spend void`.
+func newSpendVoidCommand(a *app) *cobra.Command {
+	var agent, reason string
+	cmd := &cobra.Command{
+		Use:   "void ID --agent A --reason TEXT",
+		Short: "Void a bogus spend event: append its reversal (operators; audited)",
+		Long: `Void takes one recorded spend event off every sum: the ledger keeps the
+event and appends its reversal with your reason, and from then on the
+reports, the budgets and their claim gates, the live Redis counters and the
+emergency stop's threshold all see the net. Ids are per agent, so --agent
+names whose event it is. An event can be voided once; a second void is
+refused.
+
+A void does not lift an emergency stop by itself: once the net is under
+the threshold, rearm it (factory emergency-stop --rearm) and it stays
+rearmed.`,
+		Example: `  factory spend void 0193f2c4-7d1e-7a55-b3a8-1f0e2d3c4b5a --agent forge --reason "test event sent to production"
+  factory emergency-stop --rearm --note "bogus \$50,000 event voided"`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if agent == "" {
+				return usageErrorf("--agent is required: event ids are per agent")
+			}
+			if strings.TrimSpace(reason) == "" {
+				return usageErrorf("--reason is required: a void is audited")
+			}
+			return a.withBudget(cmd, func(ctx context.Context, c factoryv1.BudgetServiceClient) error {
+				resp, err := c.VoidSpend(ctx, &factoryv1.VoidSpendRequest{Agent: agent, Id: args[0], Reason: reason})
+				if err != nil {
+					return err
+				}
+				if a.jsonOutput() {
+					return writeProto(a.stdout(), resp)
+				}
+				ev := resp.GetRecord().GetEvent()
+				_, err = fmt.Fprintf(a.stdout(), "voided %s of %s: %s off %s\n", ev.GetId(), ev.GetAgent(),
+					formatMoney(ev.GetCostMicros()), resp.GetRecord().GetDay())
+				return err
+			})
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&agent, "agent", "", "the agent that reported the event (required)")
+	f.StringVar(&reason, "reason", "", "why the event is void, for the ledger and the audit log (required)")
 	return cmd
 }
 
@@ -371,7 +418,8 @@ plane prices the tokens from its price table. --cost is in dollars (0.0353
 or $12.50), converted exactly to micro-dollars.
 
 The event id makes a report safe to retry: the same --id sent twice counts
-once. Without --id a fresh one is made and printed; pass it back with --id
+once. Ids are per agent; the same --id with a different cost, tokens, model
+or day is refused (ALREADY_EXISTS, naming what differs). Without --id a fresh one is made and printed; pass it back with --id
 when retrying a report whose answer was lost. The id, the cost, and
 whether the server priced it are printed (-o json for the record).`,
 		Example: `  factory spend report --agent planner-01 --model claude-sonnet-4 --tier frontier \

@@ -18,8 +18,13 @@ func TestSpendReportAndViews(t *testing.T) {
 		t.Errorf("report output: %q", out)
 	}
 	if out := s.ok("spend", "report", "--agent", "planner-01", "--model", "claude-sonnet-4", "--tier", "frontier",
-		"--cost", "12.34", "--id", "run-1:call-1"); !strings.Contains(out, "already recorded") {
+		"--input-tokens", "18650", "--output-tokens", "1204", "--cost", "12.34", "--id", "run-1:call-1", "--task", "T-1"); !strings.Contains(out, "already recorded") {
 		t.Errorf("retry output: %q", out)
+	}
+	// The same id with another cost is a rewrite, refused naming it.
+	if r := s.run("spend", "report", "--agent", "planner-01", "--model", "claude-sonnet-4", "--tier", "frontier",
+		"--input-tokens", "18650", "--output-tokens", "1204", "--cost", "1.00", "--id", "run-1:call-1", "--task", "T-1"); r.code == 0 || !strings.Contains(r.stderr, "cost_micros") {
+		t.Errorf("rewrite: exit %d, stderr %q", r.code, r.stderr)
 	}
 	s.ok("spend", "report", "--agent", "reviewer-02", "--model", "gpt-4o-mini", "--tier", "mid", "--cost", "$0.000715", "--id", "run-1:call-2")
 	s.ok("spend", "report", "--agent", "coder-03", "--model", "qwen2.5:7b", "--tier", "local", "--cost", "0", "--id", "run-1:call-3")
@@ -96,6 +101,38 @@ func TestSpendReportAndViews(t *testing.T) {
 		{"spend", "report", "--agent", "a", "--model", "m", "--tier", "gold"},
 		{"spend", "report", "--agent", "a", "--model", "m", "--tier", "mid", "--cost", "1.0000001"},
 		{"spend", "report", "--model", "m", "--tier", "mid"},
+	} {
+		if r := s.run(bad...); r.code != 2 {
+			t.Errorf("factory %s: exit %d, want 2 (usage)\n%s", strings.Join(bad, " "), r.code, r.stderr)
+		}
+	}
+}
+
+// TestSpendVoid: an operator voids a bogus event; spend shows the net, a
+// second void is refused, and the flags are required.
+func TestSpendVoid(t *testing.T) {
+	s := newShell(t)
+	s.ok("spend", "report", "--agent", "forge", "--model", "m", "--tier", "mid", "--cost", "2", "--id", "ok-1")
+	s.ok("spend", "report", "--agent", "forge", "--model", "m", "--tier", "mid", "--cost", "50000", "--id", "bogus-1")
+	if out := s.ok("spend", "void", "bogus-1", "--agent", "forge", "--reason", "test event"); !strings.Contains(out, "voided bogus-1 of forge: $50,000.00 off") {
+		t.Errorf("void output: %q", out)
+	}
+	if r := s.run("spend", "void", "bogus-1", "--agent", "forge", "--reason", "again"); r.code == 0 || !strings.Contains(r.stderr, "voided") {
+		t.Errorf("second void: exit %d, stderr %q", r.code, r.stderr)
+	}
+	var rep struct {
+		Totals struct {
+			CostMicros string `json:"cost_micros"`
+		} `json:"totals"`
+	}
+	raw := s.ok("spend", "--by", "agent", "-o", "json")
+	if err := json.Unmarshal([]byte(raw), &rep); err != nil || rep.Totals.CostMicros != "2000000" {
+		t.Errorf("spend after the void: %v %s", err, raw)
+	}
+	for _, bad := range [][]string{
+		{"spend", "void", "bogus-1", "--reason", "x"},
+		{"spend", "void", "bogus-1", "--agent", "forge"},
+		{"spend", "void", "--agent", "forge", "--reason", "x"},
 	} {
 		if r := s.run(bad...); r.code != 2 {
 			t.Errorf("factory %s: exit %d, want 2 (usage)\n%s", strings.Join(bad, " "), r.code, r.stderr)

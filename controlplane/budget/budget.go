@@ -133,16 +133,17 @@ func Dollars(d int64) int64 { return d * 1_000_000 }
 
 // DefaultBudgets are the runbook's cost table (8.1, 10.2): the total's
 // target $30, alert $50 and emergency stop $100 a day; tier alerts
-// frontier $25, mid $15, infra $10; an agent over $10 a day is a runaway
-// (an alert on the default agent budget). No hard caps: an operator sets
-// them.
+// frontier $25, mid $15, infra $10; an agent over $10 a day is a runaway:
+// the default agent budget alerts and caps at $10, so a runaway agent's
+// claims are refused (budget:agent:<name>) while the rest of the fleet
+// works on. Only the total's emergency threshold halts the fleet.
 func DefaultBudgets() []store.Budget {
 	return []store.Budget{
 		{Scope: store.ScopeTotal, TargetMicros: Dollars(30), AlertMicros: Dollars(50), EmergencyMicros: Dollars(100)},
 		{Scope: store.ScopeTier, Key: store.TierFrontier, AlertMicros: Dollars(25)},
 		{Scope: store.ScopeTier, Key: store.TierMid, AlertMicros: Dollars(15)},
 		{Scope: store.ScopeTier, Key: store.TierInfra, AlertMicros: Dollars(10)},
-		{Scope: store.ScopeAgent, Key: "", AlertMicros: Dollars(10)},
+		{Scope: store.ScopeAgent, Key: "", AlertMicros: Dollars(10), CapMicros: Dollars(10)},
 	}
 }
 
@@ -296,7 +297,7 @@ func (s *Service) Gate(ctx context.Context, agent string) error {
 			"); an operator must rearm it (factory emergency-stop --rearm)"}
 	}
 	check := func(b store.Budget, spent, reserved int64) error {
-		if b.CapMicros > 0 && spent+reserved >= b.CapMicros {
+		if b.CapMicros > 0 && store.SatAdd(spent, reserved) >= b.CapMicros {
 			return &store.QuotaError{Subject: subject(b.Scope, b.Key), Description: fmt.Sprintf(
 				"today's spend %s (and %s reserved) reached the daily cap of %s; claims are refused until the day ends or the cap is raised",
 				store.Dollars(spent), store.Dollars(reserved), store.Dollars(b.CapMicros))}

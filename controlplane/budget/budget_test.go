@@ -3,6 +3,7 @@ package budget
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"path/filepath"
 	"sync"
@@ -245,7 +246,7 @@ func TestReportPricesAndRefusesUnknownModels(t *testing.T) {
 	if r := res.Records[0]; !r.PricedByServer || r.CostMicros != 1_500_000 {
 		t.Errorf("priced %+v", r)
 	}
-	got, err := f.svc.Record(f.ctx, "a")
+	got, err := f.svc.Record(f.ctx, "forge", "a")
 	if err != nil || !got.PricedByServer || got.CostMicros != 1_500_000 {
 		t.Errorf("stored %+v %v", got, err)
 	}
@@ -257,7 +258,7 @@ func TestReportPricesAndRefusesUnknownModels(t *testing.T) {
 	if !errors.As(err, &fe) || fe.Field != "events[1].cost_micros" {
 		t.Fatalf("unknown model: %v", err)
 	}
-	if _, err := f.svc.Record(f.ctx, "b"); !errors.Is(err, store.ErrNotFound) {
+	if _, err := f.svc.Record(f.ctx, "forge", "b"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("a refused batch stored its other event: %v", err)
 	}
 }
@@ -485,5 +486,136 @@ func TestOnRecordedHearsNewEventsOnly(t *testing.T) {
 	total, byAgent, byTier, _, err := f.svc.DayTotals(f.ctx, "2031-03-14")
 	if err != nil || total != 5 || byAgent["forge"] != 5 || byTier[store.TierMid] != 5 {
 		t.Errorf("DayTotals: %d %v %v %v", total, byAgent, byTier, err)
+	}
+}
+
+func TestEventsAreCappedHoweverPriced(t *testing.T) {
+	dear, err := ParsePrices([]byte("models:\n  dear-model: {input: \"1000000\", output: \"1000000\"}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newFixture(t, mustUTC("2031-03-14T00:00:00Z"), func(c *Config) { c.Prices = dear })
+	now := f.clock.Now()
+	var fe *store.FieldError
+	for _, c := range []struct {
+		name  string
+		event *Event
+		field string
+	}{
+		{"server-priced past $1M", &Event{ID: "a", Agent: "forge", Model: "dear-model", Tier: store.TierFrontier, InputTokens: 1_000_001, OccurredAt: now}, "event.cost_micros"},
+		{"sent cost past $1M", &Event{ID: "b", Agent: "forge", Model: "m", Tier: store.TierFrontier, Cost: cost(store.MaxEventCostMicros + 1), OccurredAt: now}, "event.cost_micros"},
+		{"1e11 input tokens", &Event{ID: "c", Agent: "forge", Model: "claude-opus-4", Tier: store.TierFrontier, InputTokens: 100_000_000_000, OccurredAt: now}, "event.input_tokens"},
+		{"1e11 output tokens", &Event{ID: "d", Agent: "forge", Model: "m", Tier: store.TierFrontier, OutputTokens: 100_000_000_000, Cost: cost(1), OccurredAt: now}, "event.output_tokens"},
+	} {
+		if _, err := f.svc.Report(f.ctx, []*Event{c.event}); !errors.As(err, &fe) || fe.Field != c.field {
+			t.Errorf("%s: %v, want a FieldError on %s", c.name, err, c.field)
+		}
+	}
+	// At the cap exactly is a real (if dear) call.
+	if _, err := f.svc.Report(f.ctx, []*Event{{ID: "e", Agent: "forge", Model: "dear-model", Tier: store.TierFrontier, InputTokens: 1_000_000, OccurredAt: now}}); err != nil {
+		t.Errorf("an event priced at the cap: %v", err)
+	}
+}
+
+func TestResendingAnIDWithOtherContentIsRefused(t *testing.T) {
+	f := newFixture(t, mustUTC("2031-03-14T00:00:00Z"), nil)
+	ev := &Event{ID: "call-1", Agent: "forge", Model: "m", Tier: store.TierMid, Cost: cost(1_000), OccurredAt: f.clock.Now()}
+	if _, dup, err := f.svc.ReportOne(f.ctx, ev); err != nil || dup {
+		t.Fatalf("first report: dup %v, %v", dup, err)
+	}
+	retry := *ev
+	retry.OccurredAt = ev.OccurredAt.Add(time.Second)
+	if rec, dup, err := f.svc.ReportOne(f.ctx, &retry); err != nil || !dup || rec.CostMicros != 1_000 {
+		t.Fatalf("an identical retry: %+v dup %v, %v", rec, dup, err)
+	}
+	rewrite := *ev
+	rewrite.Cost = cost(50_000_000)
+	_, _, err := f.svc.ReportOne(f.ctx, &rewrite)
+	var ce *store.SpendConflictError
+	if !errors.As(err, &ce) || !errors.Is(err, store.ErrAlreadyExists) || fmt.Sprint(ce.Fields) != "[cost_micros]" {
+		t.Fatalf("a rewrite: %v, want a conflict naming cost_micros", err)
+	}
+	// Another agent may use the same id.
+	other := *ev
+	other.Agent = "hammer"
+	if _, dup, err := f.svc.ReportOne(f.ctx, &other); err != nil || dup {
+		t.Fatalf("hammer with forge's id: dup %v, %v", dup, err)
+	}
+	if rep, _ := f.svc.Spend(f.ctx, Query{}); rep.Totals.CostMicros != 2_000 {
+		t.Errorf("total %d, want both agents' $0.001", rep.Totals.CostMicros)
+	}
+}
+
+func TestRunawayAgentIsHaltedNotTheFleet(t *testing.T) {
+	f := newFixture(t, mustUTC("2031-03-14T00:00:00Z"), nil)
+	f.report("loop", "forge", store.TierFrontier, 12_000_000, f.clock.Now())
+	var qe *store.QuotaError
+	if err := f.svc.Gate(f.ctx, "forge"); !errors.As(err, &qe) || qe.Subject != "budget:agent:forge" {
+		t.Errorf("forge past the runbook's $10 a day: %v, want budget:agent:forge", err)
+	}
+	if err := f.svc.Gate(f.ctx, "hammer"); err != nil {
+		t.Errorf("hammer under a runaway forge: %v", err)
+	}
+	if st, _ := f.svc.StopState(f.ctx); st.Stopped {
+		t.Errorf("one runaway agent stopped the fleet: %+v", st)
+	}
+}
+
+func TestVoidNetsOutAndARearmHolds(t *testing.T) {
+	var mu sync.Mutex
+	counted := map[string]int64{}
+	f := newFixture(t, mustUTC("2031-03-14T00:00:00Z"), func(c *Config) {
+		c.OnRecorded = func(_ context.Context, _ string, recs []CounterEntry) {
+			mu.Lock()
+			defer mu.Unlock()
+			for _, r := range recs {
+				counted[r.Agent] += r.CostMicros
+			}
+		}
+	})
+	if _, err := f.q.Create(f.ctx, []*queue.CreateParams{{Title: "a"}}); err != nil {
+		t.Fatal(err)
+	}
+	f.report("real", "hammer", store.TierMid, 3_000_000, f.clock.Now())
+	f.report("bogus", "forge", store.TierFrontier, 50_000_000_000, f.clock.Now())
+	if st, _ := f.svc.StopState(f.ctx); !st.Stopped {
+		t.Fatal("a $50,000 day did not pull the emergency stop")
+	}
+	ev, err := f.svc.Void(f.ctx, "forge", "bogus", "test event", "ops")
+	if err != nil || ev.Void == nil || ev.Void.VoidedBy != "ops" {
+		t.Fatalf("void: %+v, %v", ev, err)
+	}
+	if _, err := f.svc.Void(f.ctx, "forge", "bogus", "again", "ops"); !errors.Is(err, store.ErrAlreadyExists) {
+		t.Errorf("a second void: %v, want ErrAlreadyExists", err)
+	}
+	if counted["forge"] != 0 || counted["hammer"] != 3_000_000 {
+		t.Errorf("live counters heard %v, want forge netted to 0", counted)
+	}
+	// The stop stays until an operator rearms; then a report under the
+	// threshold does not pull it again.
+	if st, _ := f.svc.StopState(f.ctx); !st.Stopped {
+		t.Fatal("the void lifted the stop by itself")
+	}
+	if _, err := f.svc.Rearm(f.ctx, "ops", "bogus event voided"); err != nil {
+		t.Fatal(err)
+	}
+	f.report("next", "hammer", store.TierMid, 1_000_000, f.clock.Now())
+	if st, _ := f.svc.StopState(f.ctx); st.Stopped {
+		t.Fatalf("the next report pulled the stop again: %+v", st)
+	}
+	for _, agent := range []string{"forge", "hammer"} {
+		if err := f.svc.Gate(f.ctx, agent); err != nil {
+			t.Errorf("gate for %s after void and rearm: %v", agent, err)
+		}
+	}
+	st, err := f.svc.Budgets(f.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Budgets[0].Spent != 4_000_000 {
+		t.Errorf("the total budget sees %d, want the net 4000000", st.Budgets[0].Spent)
+	}
+	if rep, _ := f.svc.Spend(f.ctx, Query{GroupBy: GroupAgent}); rep.Totals.CostMicros != 4_000_000 || rep.Totals.Events != 2 {
+		t.Errorf("report totals %+v, want the net", rep.Totals)
 	}
 }

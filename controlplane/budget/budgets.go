@@ -76,8 +76,9 @@ func (s *Service) Budgets(ctx context.Context) (*Standing, error) {
 		status := Status{Budget: b, Spent: spent, Reserved: reserved, Remaining: -1,
 			Alerting: b.AlertMicros > 0 && spent >= b.AlertMicros}
 		if b.CapMicros > 0 {
-			status.Remaining = max(0, b.CapMicros-spent-reserved)
-			status.Capped = spent+reserved >= b.CapMicros
+			used := store.SatAdd(spent, reserved)
+			status.Remaining = max(0, b.CapMicros-max(used, 0))
+			status.Capped = used >= b.CapMicros
 		}
 		out.Budgets = append(out.Budgets, status)
 	}

@@ -172,5 +172,12 @@ func (s *Service) Spend(ctx context.Context, q Query) (*Report, error) {
 	return rep, nil
 }
 
-// roundDiv is a/b rounded half up, for non-negative a.
-func roundDiv(a, b int64) int64 { return (a + b/2) / b }
+// roundDiv is a/b rounded half up, for non-negative a, without
+// overflowing when a is near the int64 range.
+func roundDiv(a, b int64) int64 {
+	q, r := a/b, a%b
+	if r >= b-r {
+		q++
+	}
+	return q
+}

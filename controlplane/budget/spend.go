@@ -36,6 +36,9 @@ type ReportResult struct {
 	Records    []*store.SpendEvent
 	Duplicates []bool
 	Recorded   int
+	// Conflicts are the events refused because the agent already
+	// recorded their id with different content.
+	Conflicts []store.SpendConflict
 }
 
 // prepare prices an event and computes its day. field prefixes the
@@ -50,14 +53,20 @@ func (s *Service) prepare(e *Event, field string) (*store.SpendEvent, error) {
 	if e.OccurredAt.IsZero() {
 		return nil, store.InvalidField(field+".occurred_at", "required")
 	}
+	if e.InputTokens < 0 || e.InputTokens > store.MaxEventTokens {
+		return nil, store.InvalidField(field+".input_tokens", "%d is outside 0 to %d tokens per event", e.InputTokens, int64(store.MaxEventTokens))
+	}
+	if e.OutputTokens < 0 || e.OutputTokens > store.MaxEventTokens {
+		return nil, store.InvalidField(field+".output_tokens", "%d is outside 0 to %d tokens per event", e.OutputTokens, int64(store.MaxEventTokens))
+	}
 	rec := &store.SpendEvent{
 		ID: e.ID, Agent: e.Agent, Host: e.Host, Model: e.Model, Provider: e.Provider, Tier: e.Tier,
 		InputTokens: e.InputTokens, OutputTokens: e.OutputTokens, TaskID: e.TaskID,
 		OccurredAt: e.OccurredAt.UTC(), Day: s.DayOf(e.OccurredAt),
 	}
 	if e.Cost != nil {
-		if *e.Cost < 0 {
-			return nil, store.InvalidField(field+".cost_micros", "must not be negative")
+		if *e.Cost < 0 || *e.Cost > store.MaxEventCostMicros {
+			return nil, store.InvalidField(field+".cost_micros", "%s is outside $0 to %s per event", store.Dollars(*e.Cost), store.Dollars(store.MaxEventCostMicros))
 		}
 		rec.CostMicros = *e.Cost
 		return rec, nil
@@ -67,7 +76,13 @@ func (s *Service) prepare(e *Event, field string) (*store.SpendEvent, error) {
 		return nil, store.InvalidField(field+".cost_micros",
 			"no price for model %s; send cost_micros or add it to the price table", e.Model)
 	}
+	// The same cap as a cost the reporter sends: however an event is
+	// priced, it cannot cost more.
 	rec.CostMicros = price.Cost(e.InputTokens, e.OutputTokens)
+	if rec.CostMicros > store.MaxEventCostMicros {
+		return nil, store.InvalidField(field+".cost_micros", "%d input and %d output tokens of %s are priced at %s, over the cap of %s per event",
+			e.InputTokens, e.OutputTokens, e.Model, store.Dollars(rec.CostMicros), store.Dollars(store.MaxEventCostMicros))
+	}
 	rec.PricedByServer = true
 	return rec, nil
 }
@@ -100,7 +115,10 @@ func (s *Service) record(ctx context.Context, events []*Event, release string) (
 	for _, r := range recs {
 		r.RecordedAt = now
 	}
-	out := &ReportResult{Records: recs, Duplicates: res.Duplicates, Recorded: res.Recorded}
+	out := &ReportResult{Records: recs, Duplicates: res.Duplicates, Recorded: res.Recorded, Conflicts: res.Conflicts}
+	for _, c := range res.Conflicts {
+		s.log.WarnContext(ctx, "spend event refused: its id was recorded with different content", "agent", c.Agent, "id", c.ID, "differs", c.Fields)
+	}
 	if res.Recorded == 0 && release == "" {
 		return out, nil
 	}
@@ -205,9 +223,9 @@ func (s *Service) noteAlertStored(day, scope, key string) {
 	s.alerted[scope+"\x00"+key] = true
 }
 
-// Record returns one stored event.
-func (s *Service) Record(ctx context.Context, id string) (*store.SpendEvent, error) {
-	return s.store.SpendGet(ctx, id)
+// Record returns one stored event of agent.
+func (s *Service) Record(ctx context.Context, agent, id string) (*store.SpendEvent, error) {
+	return s.store.SpendGet(ctx, agent, id)
 }
 
 // ReserveParams asks for a reservation.
@@ -228,8 +246,8 @@ func (s *Service) Reserve(ctx context.Context, p ReserveParams) (*store.SpendRes
 	if !store.ValidTier(p.Tier) {
 		return nil, store.InvalidField("tier", "%q is not a tier (frontier, mid, local, infra)", p.Tier)
 	}
-	if p.EstimateMicros <= 0 {
-		return nil, store.InvalidField("estimate_micros", "must be more than 0")
+	if p.EstimateMicros <= 0 || p.EstimateMicros > store.MaxEventCostMicros {
+		return nil, store.InvalidField("estimate_micros", "must be more than $0 and at most %s, the cap of one event", store.Dollars(store.MaxEventCostMicros))
 	}
 	if p.TTL == 0 {
 		p.TTL = DefaultReservationTTL
@@ -295,24 +313,56 @@ func (s *Service) Settle(ctx context.Context, reservationID string, actual *Even
 	if err != nil {
 		return nil, false, err
 	}
-	if res.Duplicates[0] {
-		stored, err := s.store.SpendGet(ctx, actual.ID)
-		return stored, true, err
-	}
-	return res.Records[0], false, nil
+	return s.one(ctx, res, actual)
 }
 
-// ReportOne records one event; a duplicate answers with the stored record.
+// ReportOne records one event; a duplicate (the same call sent again)
+// answers with the stored record, and an id the agent already used for
+// different content is refused with a *store.SpendConflictError naming
+// what differs.
 func (s *Service) ReportOne(ctx context.Context, e *Event) (*store.SpendEvent, bool, error) {
 	res, err := s.Report(ctx, []*Event{e})
 	if err != nil {
 		return nil, false, err
 	}
+	return s.one(ctx, res, e)
+}
+
+// one is the answer to a report of the single event e.
+func (s *Service) one(ctx context.Context, res *ReportResult, e *Event) (*store.SpendEvent, bool, error) {
+	if len(res.Conflicts) > 0 {
+		return nil, false, &store.SpendConflictError{SpendConflict: res.Conflicts[0]}
+	}
 	if res.Duplicates[0] {
-		stored, err := s.store.SpendGet(ctx, e.ID)
+		stored, err := s.store.SpendGet(ctx, e.Agent, e.ID)
 		return stored, true, err
 	}
 	return res.Records[0], false, nil
+}
+
+// Void appends the reversal of agent's event id: the ledger keeps both,
+// and every report, budget, live counter and the emergency stop's
+// threshold sees the net from then on. Voiding a voided event is
+// ErrAlreadyExists. A claim gate the event had closed (the agent's cap)
+// opens at once; an emergency stop stays on until an operator rearms it,
+// and a rearm then holds while the net is under the threshold.
+func (s *Service) Void(ctx context.Context, agent, id, reason, by string) (*store.SpendEvent, error) {
+	ev, err := s.store.SpendVoid(ctx, &store.SpendVoidParams{Agent: agent, ID: id, Reason: reason, VoidedBy: by, Now: s.clock.Now()})
+	if err != nil {
+		return nil, err
+	}
+	ctx = context.WithoutCancel(ctx)
+	s.log.WarnContext(ctx, "spend event voided", "agent", agent, "id", id, "cost_micros", ev.CostMicros, "day", ev.Day, "by", by, "reason", reason)
+	if s.cfg.OnRecorded != nil && ev.CostMicros != 0 {
+		s.cfg.OnRecorded(ctx, ev.Day, []CounterEntry{{Agent: ev.Agent, Tier: ev.Tier, Model: ev.Model, Provider: ev.Provider, CostMicros: -ev.CostMicros}})
+	}
+	if _, err := s.refresh(ctx, true); err != nil {
+		s.log.WarnContext(ctx, "budget: refreshing after a void failed", "err", err)
+	}
+	if s.cfg.Queue != nil {
+		s.cfg.Queue.WakeClaimers()
+	}
+	return ev, nil
 }
 
 // DayTotals is one day's spend from the rollups: what the live counters

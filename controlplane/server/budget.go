@@ -67,6 +67,29 @@ func (s *budgetServer) ReportSpendBatch(ctx context.Context, req *factoryv1.Repo
 			out.DuplicateIds = append(out.DuplicateIds, events[i].ID)
 		}
 	}
+	for _, c := range res.Conflicts {
+		out.Conflicts = append(out.Conflicts, &factoryv1.SpendConflict{Id: c.ID, Agent: c.Agent, Fields: c.Fields})
+	}
+	return out, nil
+}
+
+// VoidSpend implements factoryv1.BudgetServiceServer.
+func (s *budgetServer) VoidSpend(ctx context.Context, req *factoryv1.VoidSpendRequest) (*factoryv1.VoidSpendResponse, error) {
+	if err := s.ready(); err != nil {
+		return nil, err
+	}
+	ev, err := s.b.Void(ctx, req.GetAgent(), req.GetId(), req.GetReason(), callerName(ctx))
+	if err != nil {
+		return nil, s.err(ctx, err)
+	}
+	out := &factoryv1.VoidSpendResponse{Record: recordToProto(ev)}
+	void := map[string]any{"voided": false}
+	if ev.Void != nil {
+		out.VoidedBy, out.VoidedAt = ev.Void.VoidedBy, timestamppb.New(ev.Void.VoidedAt)
+		void = map[string]any{"voided": true, "reason": ev.Void.Reason, "cost_micros_reversed": ev.CostMicros, "day": ev.Day}
+	}
+	// The audit entry names the event and carries the reason.
+	access.Note(ctx, "spend "+ev.Agent+"/"+ev.ID, map[string]any{"voided": false, "cost_micros": ev.CostMicros}, void)
 	return out, nil
 }
 

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -500,9 +501,83 @@ func TestReportSpendPricesFromTheTable(t *testing.T) {
 	if fieldOf(st) != "event.cost_micros" {
 		t.Errorf("refusal names %q: %v", fieldOf(st), err)
 	}
-	again, err := c.ReportSpend(ctx, &factoryv1.ReportSpendRequest{Event: spendEventPB("p1", "forge", 1)})
+	again, err := c.ReportSpend(ctx, &factoryv1.ReportSpendRequest{Event: &factoryv1.SpendEvent{
+		Id: "p1", Agent: "forge", Model: "claude-sonnet-4-20250514", Tier: factoryv1.SpendTier_SPEND_TIER_FRONTIER,
+		InputTokens: 10_000, OutputTokens: 2_000, OccurredAt: timestamppb.Now()}})
 	if err != nil || !again.GetDuplicate() || again.GetRecord().GetEvent().GetCostMicros() != 60_000 {
 		t.Errorf("duplicate answers with the first record: %v %v", again, err)
+	}
+	// The same id with a cost of its own is a rewrite, not a retry.
+	_, err = c.ReportSpend(ctx, &factoryv1.ReportSpendRequest{Event: spendEventPB("p1", "forge", 1)})
+	if st := wantCode(t, err, codes.AlreadyExists); !strings.Contains(st.Message(), "cost_micros") {
+		t.Errorf("the refusal does not name what differs: %v", err)
+	}
+	// Server-priced events are capped like sent costs.
+	_, err = c.ReportSpend(ctx, &factoryv1.ReportSpendRequest{Event: &factoryv1.SpendEvent{
+		Id: "p3", Agent: "forge", Model: "claude-opus-4", Tier: factoryv1.SpendTier_SPEND_TIER_FRONTIER,
+		InputTokens: 100_000_000_000, OutputTokens: 100_000_000_000, OccurredAt: timestamppb.Now()}})
+	wantCode(t, err, codes.InvalidArgument)
+}
+
+// A batch records what it can: a rewritten id is listed, not stored, and
+// the rest of the batch is recorded.
+func TestReportSpendBatchListsRewrites(t *testing.T) {
+	b := setup(t, nil)
+	ctx := context.Background()
+	c := factoryv1.NewBudgetServiceClient(b.conn)
+	if _, err := c.ReportSpend(ctx, &factoryv1.ReportSpendRequest{Event: spendEventPB("b1", "forge", 100)}); err != nil {
+		t.Fatal(err)
+	}
+	res, err := c.ReportSpendBatch(ctx, &factoryv1.ReportSpendBatchRequest{Events: []*factoryv1.SpendEvent{
+		spendEventPB("b1", "forge", 100), spendEventPB("b1", "hammer", 7), spendEventPB("b2", "forge", 5)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.GetRecorded() != 2 || res.GetDuplicates() != 1 || len(res.GetConflicts()) != 0 {
+		t.Fatalf("batch %v: want hammer's b1 and b2 recorded, forge's b1 a duplicate", res)
+	}
+	res, err = c.ReportSpendBatch(ctx, &factoryv1.ReportSpendBatchRequest{Events: []*factoryv1.SpendEvent{
+		spendEventPB("b1", "forge", 9_000_000), spendEventPB("b3", "forge", 1)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.GetRecorded() != 1 || len(res.GetConflicts()) != 1 || res.GetConflicts()[0].GetId() != "b1" ||
+		res.GetConflicts()[0].GetAgent() != "forge" || fmt.Sprint(res.GetConflicts()[0].GetFields()) != "[cost_micros]" {
+		t.Fatalf("batch with a rewrite %v", res)
+	}
+	rep, err := c.GetSpend(ctx, &factoryv1.GetSpendRequest{})
+	if err != nil || rep.GetTotals().GetCostMicros() != 113 {
+		t.Errorf("total %v %v, want 113 (the rewrite not counted)", rep.GetTotals(), err)
+	}
+}
+
+// An operator voids a bogus event; the report sees the net, and a second
+// void is refused.
+func TestVoidSpend(t *testing.T) {
+	b := setup(t, nil)
+	ctx := context.Background()
+	c := factoryv1.NewBudgetServiceClient(b.conn)
+	for _, e := range []*factoryv1.SpendEvent{spendEventPB("ok", "forge", 2_000_000), spendEventPB("bogus", "forge", 50_000_000_000)} {
+		if _, err := c.ReportSpend(ctx, &factoryv1.ReportSpendRequest{Event: e}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res, err := c.VoidSpend(ctx, &factoryv1.VoidSpendRequest{Agent: "forge", Id: "bogus", Reason: "test event"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.GetRecord().GetEvent().GetCostMicros() != 50_000_000_000 || res.GetVoidedBy() == "" || res.GetVoidedAt() == nil {
+		t.Errorf("void answered %v", res)
+	}
+	_, err = c.VoidSpend(ctx, &factoryv1.VoidSpendRequest{Agent: "forge", Id: "bogus", Reason: "again"})
+	wantCode(t, err, codes.AlreadyExists)
+	_, err = c.VoidSpend(ctx, &factoryv1.VoidSpendRequest{Agent: "forge", Id: "bogus"})
+	if st := wantCode(t, err, codes.InvalidArgument); fieldOf(st) != "reason" {
+		t.Errorf("a void without a reason names %q", fieldOf(st))
+	}
+	rep, err := c.GetSpend(ctx, &factoryv1.GetSpendRequest{})
+	if err != nil || rep.GetTotals().GetCostMicros() != 2_000_000 || rep.GetTotals().GetEvents() != 1 {
+		t.Errorf("report after the void %v %v, want the net", rep.GetTotals(), err)
 	}
 }
 
@@ -512,7 +587,10 @@ func TestSpendIsReportedOnlyForOnesOwnAgents(t *testing.T) {
 	b := setup(t, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	// gpu-1 runs forge.
+	// gpu-1 runs forge, as an operator placed it.
+	if _, err := factoryv1.NewFleetServiceClient(b.conn).PlaceAgent(ctx, &factoryv1.PlaceAgentRequest{Agent: "forge", Host: "gpu-1"}); err != nil {
+		t.Fatal(err)
+	}
 	stream, err := factoryv1.NewFleetServiceClient(b.conn).Connect(ctx)
 	if err != nil {
 		t.Fatal(err)

@@ -21,7 +21,13 @@
 //	<prefix>:<name>:micros   integer micro-dollars, the exact value (INCRBY).
 //
 // Names are "total", the agent itself (the runbook's
-// dash:spend:daily:<agent>), "tier:<tier>" and "model:<model>". The keys
+// dash:spend:daily:<agent>), "tier:<tier>" and "model:<model>". No name
+// can write into another's counter: an agent named "total", or any agent
+// name holding ':' (which could read as "tier:x", "model:x", a dated copy
+// or a :micros key), is counted under "agent:<name>" with ':' and '%'
+// written as %3A and %25; a model name that would read as a dated copy or
+// a :micros key, or holds '%', is counted under "model:" and the same
+// escaping. Ordinary names (forge, qwen2.5:7b) keep their plain keys. The keys
 // without a date hold today in the control plane's time zone; every
 // counter also has dated copies (<prefix>:<name>:<YYYY-MM-DD> and
 // ...:<YYYY-MM-DD>:micros) so yesterday stays readable after the rollover.
@@ -235,7 +241,9 @@ local ttl = tonumber(ARGV[1])
 for i = 1, #KEYS, 2 do
   local v = redis.call('INCRBY', KEYS[i], ARGV[(i + 1) / 2 + 1])
   redis.call('EXPIRE', KEYS[i], ttl)
-  redis.call('SET', KEYS[i + 1], string.format('%d.%06d', math.floor(v / 1000000), v % 1000000), 'EX', ttl)
+  local a, sign = math.abs(v), ''
+  if v < 0 then sign = '-' end
+  redis.call('SET', KEYS[i + 1], string.format('%s%d.%06d', sign, math.floor(a / 1000000), a % 1000000), 'EX', ttl)
 end
 return #KEYS / 2
 `)
@@ -244,15 +252,41 @@ return #KEYS / 2
 func names(e Entry) []string {
 	n := []string{"total"}
 	if e.Agent != "" {
-		n = append(n, e.Agent)
+		n = append(n, AgentCounter(e.Agent))
 	}
 	if e.Tier != "" {
 		n = append(n, "tier:"+e.Tier)
 	}
 	if e.Model != "" {
-		n = append(n, "model:"+e.Model)
+		n = append(n, ModelCounter(e.Model))
 	}
 	return n
+}
+
+// counterEscaper writes the characters that could make one counter's key
+// read as another's. '%' is escaped too, so an escaped name never equals
+// an ordinary one.
+var counterEscaper = strings.NewReplacer("%", "%25", ":", "%3A")
+
+// AgentCounter is the counter name of agent: the name itself (the
+// runbook's dash:spend:daily:<agent>) unless it would collide with the
+// total or hold a ':', then "agent:" and the name escaped.
+func AgentCounter(agent string) string {
+	if agent == "total" || strings.ContainsAny(agent, ":%") {
+		return "agent:" + counterEscaper.Replace(agent)
+	}
+	return agent
+}
+
+// ModelCounter is the counter name of model: "model:<model>", escaped
+// when the name would read as a dated copy or a :micros key of another
+// model's counter (or holds '%').
+func ModelCounter(model string) string {
+	i := strings.LastIndexByte(model, ':')
+	if strings.Contains(model, "%") || (i >= 0 && (model[i+1:] == "micros" || dayPattern.MatchString(model[i+1:]))) {
+		return "model:" + counterEscaper.Replace(model)
+	}
+	return "model:" + model
 }
 
 // Add queues entries recorded for day and returns at once: the ledger's
@@ -401,13 +435,13 @@ func (c *Counters) rebuildLocked(ctx context.Context, day string, live bool) err
 	}
 	want := map[string]int64{"total": t.Total}
 	for k, v := range t.ByAgent {
-		want[k] = v
+		want[AgentCounter(k)] = v
 	}
 	for k, v := range t.ByTier {
 		want["tier:"+k] = v
 	}
 	for k, v := range t.ByModel {
-		want["model:"+k] = v
+		want[ModelCounter(k)] = v
 	}
 	// Find the keys this rebuild owns, so counters without spend go.
 	var stale []string

@@ -231,6 +231,59 @@ func TestCountersKeepTheRunbookKeys(t *testing.T) {
 	f.want("total:micros", "35304230")
 }
 
+// TestCountersNoNameWritesAnothersCounter: the runbook's repro (agent
+// "total" spends $7, kev $1; the total read $15) and its kin. Names that
+// could read as another counter's key are counted under an escaped name,
+// live and after a rebuild, while ordinary names keep their runbook keys.
+func TestCountersNoNameWritesAnothersCounter(t *testing.T) {
+	rdb := client(t, -1)
+	f := newFixture(t, rdb, nil)
+	ctx := context.Background()
+	if err := f.c.Check(ctx); err != nil {
+		t.Fatal(err)
+	}
+	hostile := []spendcounters.Entry{
+		{Agent: "total", Tier: "mid", Model: "m", CostMicros: 7_000_000},
+		{Agent: "tier:frontier", Tier: "mid", Model: "m", CostMicros: 100},
+		{Agent: "kev:2026-11-27", Tier: "mid", Model: "m", CostMicros: 20},
+		{Agent: "kev:micros", Tier: "mid", Model: "m", CostMicros: 3},
+		{Agent: "kev", Tier: "mid", Model: "x:micros", CostMicros: 1_000_000},
+		{Agent: "kev", Tier: "mid", Model: "x:2026-11-27", CostMicros: 0},
+	}
+	check := func(when string) {
+		t.Helper()
+		f.want("total:micros", "8000123")
+		f.want("total", "8.000123")
+		f.want("kev:micros", "1000000")
+		f.want("kev:2026-11-27:micros", "1000000")
+		f.want("tier:frontier:micros", "(nil)")
+		f.want("tier:mid:micros", "8000123")
+		f.want("agent:total:micros", "7000000")
+		f.want("agent:tier%3Afrontier:micros", "100")
+		f.want("agent:kev%3A2026-11-27:micros", "20")
+		f.want("agent:kev%3Amicros:micros", "3")
+		f.want("model:x%3Amicros:micros", "1000000")
+		f.want("model:m:micros", "7000123")
+		if t.Failed() {
+			t.Fatalf("after %s", when)
+		}
+	}
+	if err := f.spend("2026-11-27", hostile...); err != nil {
+		t.Fatal(err)
+	}
+	check("the adds")
+	if err := f.c.Rebuild(ctx, "2026-11-27"); err != nil {
+		t.Fatal(err)
+	}
+	check("a rebuild")
+	if got, want := spendcounters.AgentCounter("forge"), "forge"; got != want {
+		t.Errorf("AgentCounter(forge) = %q, want the runbook's plain name", got)
+	}
+	if got, want := spendcounters.ModelCounter("qwen2.5:7b"), "model:qwen2.5:7b"; got != want {
+		t.Errorf("ModelCounter(qwen2.5:7b) = %q, want %q", got, want)
+	}
+}
+
 // TestCountersRebuildAfterFlush: FLUSHDB wipes the counters; the next check
 // notices the marker key gone and rebuilds them from the ledger, and the
 // adds that follow count on top.

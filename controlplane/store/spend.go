@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"fmt"
+	"math"
 	"sort"
 	"strings"
 	"time"
@@ -15,19 +16,33 @@ import (
 // caller in its configured time zone: a store knows nothing of zones, so
 // every driver agrees on which day an event counts against.
 type SpendStore interface {
-	// SpendRecord inserts events whose ID is not stored yet (an ID repeated
-	// within the batch counts once, the first occurrence wins) and adds
-	// each new one to its day's rollups (SpendRollups) in the same
-	// transaction. When ReleaseReservation is set, that reservation is
-	// deleted in the same transaction too, so a reader sees either the
-	// estimate or the actual, never both or neither. Duplicates[i] says
-	// whether Events[i] was a duplicate. An event without an ID, Agent,
-	// Model, Tier or Day, or with a negative amount, is a FieldError and
-	// nothing is stored.
+	// SpendRecord inserts events whose (Agent, ID) is not stored yet (a
+	// key repeated within the batch counts once, the first occurrence
+	// wins) and adds each new one to its day's rollups (SpendRollups) in
+	// the same transaction. Ids are the reporting agent's own: two agents
+	// sending the same id record two events. When ReleaseReservation is
+	// set, that reservation is deleted in the same transaction too (unless
+	// an event was refused as a rewrite), so a reader sees either the
+	// estimate or the actual, never both or neither. Duplicates[i] says whether Events[i] repeated a stored (or
+	// earlier) event with the same content; an event whose key is taken by
+	// different content is not stored and is listed in Conflicts instead
+	// (a retry is idempotent, a rewrite is refused). An event without an
+	// ID, Agent, Model, Tier or Day, or with an amount outside the
+	// per-event limits, is a FieldError and nothing is stored; so is a
+	// batch that would take a day's rollup past MaxAgentDayMicros for an
+	// agent or past the int64 range (the sums are checked, never wrapped).
 	SpendRecord(ctx context.Context, params *SpendRecordParams) (*SpendRecordResult, error)
 
-	// SpendGet returns one stored event or ErrNotFound.
-	SpendGet(ctx context.Context, id string) (*SpendEvent, error)
+	// SpendGet returns one stored event of agent, with its void if it has
+	// one, or ErrNotFound.
+	SpendGet(ctx context.Context, agent, id string) (*SpendEvent, error)
+
+	// SpendVoid appends the reversal of a stored event: the event stays,
+	// the void is stored with its reason, and the event's amounts are
+	// taken off its day's rollups in the same transaction, so every
+	// report, budget and threshold sees the net. ErrNotFound for an
+	// unknown event; ErrAlreadyExists when it is voided already.
+	SpendVoid(ctx context.Context, params *SpendVoidParams) (*SpendEvent, error)
 
 	// SpendRollupQuery sums the day rollups of one dimension over
 	// [FromDay, ToDay], reading only the rollups, so its cost does not
@@ -127,6 +142,23 @@ const RollupSep = "\x1f"
 // tier): "agent/model".
 func CompositeDim(outer, dim string) string { return outer + "/" + dim }
 
+// Limits on the ledger's amounts. An event is capped however it is priced,
+// and a day's spend per agent has a ceiling far above any real day, so
+// that no agent can fill the shared sums (the day's total, a tier's, a
+// model's) every other agent's report adds to: reaching int64's range on a
+// shared row would take thousands of agents at their ceiling, and even
+// then the sum is refused, not wrapped.
+const (
+	// MaxEventCostMicros is the most one event may cost: $1,000,000.
+	MaxEventCostMicros = 1_000_000_000_000
+	// MaxEventTokens bounds the input and the output tokens of one event:
+	// a billion each, far past any model's context.
+	MaxEventTokens = 1_000_000_000
+	// MaxAgentDayMicros is the most one agent may spend in a day:
+	// $1,000,000,000. The migrations hold the same number as a CHECK.
+	MaxAgentDayMicros = 1_000_000_000_000_000
+)
+
 // SpendEvent is one recorded call.
 type SpendEvent struct {
 	ID             string
@@ -144,6 +176,114 @@ type SpendEvent struct {
 	// Day is the day it counts against, in the caller's zone.
 	Day        string
 	RecordedAt time.Time
+	// Void is the event's reversal, when an operator voided it (read by
+	// SpendGet only).
+	Void *SpendVoidRecord
+}
+
+// SpendVoidRecord is a stored reversal of one event.
+type SpendVoidRecord struct {
+	Reason   string
+	VoidedBy string
+	VoidedAt time.Time
+}
+
+// SpendVoidParams are SpendVoid's arguments.
+type SpendVoidParams struct {
+	Agent    string
+	ID       string
+	Reason   string
+	VoidedBy string
+	Now      time.Time
+}
+
+// CheckSpendVoid validates a void before a driver stores it.
+func CheckSpendVoid(p *SpendVoidParams) error {
+	switch {
+	case p == nil:
+		return InvalidField("params", "missing")
+	case p.Agent == "":
+		return InvalidField("agent", "required: ids are per agent")
+	case p.ID == "":
+		return InvalidField("id", "required")
+	case strings.TrimSpace(p.Reason) == "":
+		return InvalidField("reason", "required: a void is audited")
+	case p.VoidedBy == "":
+		return InvalidField("voided_by", "required")
+	}
+	return nil
+}
+
+// ReverseRollups are the rollup rows that take ev off its day: its own
+// rows, negated.
+func ReverseRollups(ev *SpendEvent) []SpendRollup {
+	rows := SpendRollups([]*SpendEvent{ev})
+	for i := range rows {
+		t := &rows[i].SpendTotals
+		t.CostMicros, t.Events, t.InputTokens, t.OutputTokens = -t.CostMicros, -t.Events, -t.InputTokens, -t.OutputTokens
+	}
+	return rows
+}
+
+// SpendConflict is an event whose (agent, id) was taken by different
+// content: Fields names what differs.
+type SpendConflict struct {
+	Index  int
+	Agent  string
+	ID     string
+	Fields []string
+}
+
+// SpendConflictError refuses a rewrite of a recorded event. It matches
+// ErrAlreadyExists.
+type SpendConflictError struct{ SpendConflict }
+
+func (e *SpendConflictError) Error() string {
+	return fmt.Sprintf("spend event %s of agent %s is already recorded with a different %s; an id is recorded once (send a new id for a new call)",
+		e.ID, e.Agent, strings.Join(e.Fields, ", "))
+}
+
+// Is makes errors.Is(err, ErrAlreadyExists) true.
+func (e *SpendConflictError) Is(target error) bool { return target == ErrAlreadyExists }
+
+// SpendDiff names the fields in which incoming differs from stored, an
+// event of the same agent and id; nil when it is the same call sent again
+// (a retry). A cost the server priced is compared by its tokens only, so
+// a retry stays a retry after the price table changes; the time is
+// compared by the day it counts against, so a retry stamped a moment
+// later (factory spend report --id without --at) stays a retry while a
+// move to another day's budget does not.
+func SpendDiff(stored, incoming *SpendEvent) []string {
+	var out []string
+	add := func(differs bool, name string) {
+		if differs {
+			out = append(out, name)
+		}
+	}
+	add(stored.Host != incoming.Host, "host")
+	add(stored.Model != incoming.Model, "model")
+	add(stored.Provider != incoming.Provider, "provider")
+	add(stored.Tier != incoming.Tier, "tier")
+	add(stored.InputTokens != incoming.InputTokens, "input_tokens")
+	add(stored.OutputTokens != incoming.OutputTokens, "output_tokens")
+	add(stored.PricedByServer != incoming.PricedByServer ||
+		(!stored.PricedByServer && stored.CostMicros != incoming.CostMicros), "cost_micros")
+	add(stored.TaskID != incoming.TaskID, "task_id")
+	add(stored.Day != incoming.Day, "occurred_at")
+	return out
+}
+
+// SatAdd is a+b, held at the int64 range instead of wrapping: for sums
+// compared against limits, where an overflow must read as "too much".
+func SatAdd(a, b int64) int64 {
+	s := a + b
+	switch {
+	case a > 0 && b > 0 && s < 0:
+		return math.MaxInt64
+	case a < 0 && b < 0 && s >= 0:
+		return math.MinInt64
+	}
+	return s
 }
 
 // SpendRecordParams are SpendRecord's arguments. RecordedAt of each event
@@ -159,6 +299,9 @@ type SpendRecordParams struct {
 type SpendRecordResult struct {
 	Recorded   int
 	Duplicates []bool
+	// Conflicts are the events refused because their key holds different
+	// content, in batch order; they are neither recorded nor duplicates.
+	Conflicts []SpendConflict
 }
 
 // SpendTotals sums events.
@@ -169,12 +312,13 @@ type SpendTotals struct {
 	OutputTokens int64
 }
 
-// Add adds o to t.
+// Add adds o to t, held at the int64 range (never wrapped): a held sum
+// is refused by the store when it is added to a rollup.
 func (t *SpendTotals) Add(o SpendTotals) {
-	t.CostMicros += o.CostMicros
-	t.Events += o.Events
-	t.InputTokens += o.InputTokens
-	t.OutputTokens += o.OutputTokens
+	t.CostMicros = SatAdd(t.CostMicros, o.CostMicros)
+	t.Events = SatAdd(t.Events, o.Events)
+	t.InputTokens = SatAdd(t.InputTokens, o.InputTokens)
+	t.OutputTokens = SatAdd(t.OutputTokens, o.OutputTokens)
 }
 
 // SpendRollup is one row of the day rollups.
@@ -326,9 +470,9 @@ func NewSpendStanding() *SpendStanding {
 // AddReserved counts an open reservation against its agent, its tier and
 // the total.
 func (s *SpendStanding) AddReserved(agent, tier string, estimate int64) {
-	s.Reserved[ScopeTotal][""] += estimate
-	s.Reserved[ScopeAgent][agent] += estimate
-	s.Reserved[ScopeTier][tier] += estimate
+	s.Reserved[ScopeTotal][""] = SatAdd(s.Reserved[ScopeTotal][""], estimate)
+	s.Reserved[ScopeAgent][agent] = SatAdd(s.Reserved[ScopeAgent][agent], estimate)
+	s.Reserved[ScopeTier][tier] = SatAdd(s.Reserved[ScopeTier][tier], estimate)
 }
 
 // SpendCap is one hard cap a reservation is checked against.
@@ -462,6 +606,12 @@ func CheckSpendEvents(events []*SpendEvent) error {
 			return InvalidField("event.day", "event %s: day %q is not YYYY-MM-DD", e.ID, e.Day)
 		case e.CostMicros < 0 || e.InputTokens < 0 || e.OutputTokens < 0:
 			return InvalidField("event.cost_micros", "event %s: amounts must not be negative", e.ID)
+		case e.CostMicros > MaxEventCostMicros:
+			return InvalidField("event.cost_micros", "event %s: %s is over the cap of %s per event", e.ID, Dollars(e.CostMicros), Dollars(MaxEventCostMicros))
+		case e.InputTokens > MaxEventTokens:
+			return InvalidField("event.input_tokens", "event %s: %d tokens is over the limit of %d per event", e.ID, e.InputTokens, MaxEventTokens)
+		case e.OutputTokens > MaxEventTokens:
+			return InvalidField("event.output_tokens", "event %s: %d tokens is over the limit of %d per event", e.ID, e.OutputTokens, MaxEventTokens)
 		case strings.Contains(e.Agent, RollupSep) || strings.Contains(e.Tier, RollupSep):
 			return InvalidField("event.agent", "event %s: agent holds a control character", e.ID)
 		}
@@ -490,26 +640,56 @@ func CheckSpendReservation(r *SpendReservation) error {
 	return nil
 }
 
+// SpendKey is an event's key in the ledger: ids are per agent.
+type SpendKey struct{ Agent, ID string }
+
 // FirstSpendIDs marks, for each event, whether an earlier event of the
-// batch has the same ID: drivers store only the first.
-func FirstSpendIDs(events []*SpendEvent) []bool {
-	seen := make(map[string]struct{}, len(events))
-	repeated := make([]bool, len(events))
+// batch has the same (agent, id): drivers store only the first. A repeat
+// with different content is returned as a conflict (its Duplicates entry
+// stays false).
+func FirstSpendIDs(events []*SpendEvent) (repeated []bool, conflicts []SpendConflict) {
+	seen := make(map[SpendKey]*SpendEvent, len(events))
+	repeated = make([]bool, len(events))
 	for i, e := range events {
-		if _, ok := seen[e.ID]; ok {
-			repeated[i] = true
+		k := SpendKey{e.Agent, e.ID}
+		first, ok := seen[k]
+		if !ok {
+			seen[k] = e
 			continue
 		}
-		seen[e.ID] = struct{}{}
+		repeated[i] = true
+		if diff := SpendDiff(first, e); len(diff) > 0 {
+			conflicts = append(conflicts, SpendConflict{Index: i, Agent: e.Agent, ID: e.ID, Fields: diff})
+		}
 	}
-	return repeated
+	return repeated, conflicts
+}
+
+// SortConflicts puts conflicts in batch order.
+func SortConflicts(c []SpendConflict) {
+	sort.Slice(c, func(i, j int) bool { return c[i].Index < c[j].Index })
+}
+
+// DaySumError is the refusal of a report that would take a day's sum past
+// the ledger's limits; it is a FieldError on the event's cost, so a relay
+// drops the event instead of retrying it forever.
+func DaySumError(agents []string) error {
+	return InvalidField("event.cost_micros",
+		"recording this would take the day's spend of %s past the ledger's ceiling of %s per agent per day, or a day's sum past the largest amount the ledger holds; refused, nothing recorded",
+		strings.Join(agents, ", "), Dollars(MaxAgentDayMicros))
+}
+
+// SumRangeError is the refusal of a read whose sum would pass the int64
+// range.
+func SumRangeError() error {
+	return InvalidField("from_day", "the spend summed over this range passes the largest amount the ledger can add up; ask for a shorter range")
 }
 
 // CheckCap is the rule every driver applies to a reservation: the scope's
 // spend, its open reservations and the new estimate together must not
 // exceed the cap.
 func CheckCap(c SpendCap, spent, reserved, estimate int64) error {
-	if c.CapMicros <= 0 || spent+reserved+estimate <= c.CapMicros {
+	if c.CapMicros <= 0 || SatAdd(SatAdd(spent, reserved), estimate) <= c.CapMicros {
 		return nil
 	}
 	return &QuotaError{Subject: c.Subject, Description: fmt.Sprintf(

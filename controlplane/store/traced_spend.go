@@ -17,10 +17,16 @@ func (t *traced) SpendRecord(ctx context.Context, p *SpendRecordParams) (_ *Spen
 	return t.s.SpendRecord(ctx, p)
 }
 
-func (t *traced) SpendGet(ctx context.Context, id string) (_ *SpendEvent, err error) {
+func (t *traced) SpendGet(ctx context.Context, agent, id string) (_ *SpendEvent, err error) {
 	ctx, span := t.start(ctx, "SpendGet")
 	defer func() { end(span, err) }()
-	return t.s.SpendGet(ctx, id)
+	return t.s.SpendGet(ctx, agent, id)
+}
+
+func (t *traced) SpendVoid(ctx context.Context, p *SpendVoidParams) (_ *SpendEvent, err error) {
+	ctx, span := t.start(ctx, "SpendVoid")
+	defer func() { end(span, err) }()
+	return t.s.SpendVoid(ctx, p)
 }
 
 func (t *traced) SpendRollupQuery(ctx context.Context, p *SpendRollupQueryParams) (_ *SpendRollupResult, err error) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -24,8 +25,19 @@ SELECT id, agent, host, model, provider, tier, input_tokens, output_tokens, cost
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::bigint[],
 	$9::bigint[], $10::boolean[], $11::text[], $12::timestamptz[], $13::text[])
 	AS e(id, agent, host, model, provider, tier, input_tokens, output_tokens, cost_micros, priced, task_id, occurred_at, day)
-ON CONFLICT (id) DO NOTHING
-RETURNING id`
+ON CONFLICT (agent, id) DO NOTHING
+RETURNING agent, id`
+
+// qSpendStored reads the stored events a batch's keys collided with, to
+// tell a retry from a rewrite.
+const qSpendStored = `-- name: SpendStored
+SELECT e.id, e.agent, e.host, e.model, e.provider, e.tier, e.input_tokens, e.output_tokens, e.cost_micros,
+	e.priced_by_server, e.task_id, e.occurred_at, e.day, e.recorded_at
+FROM spend_events e JOIN unnest($1::text[], $2::text[]) AS k(agent, id) ON e.agent = k.agent AND e.id = k.id`
+
+const qSpendVoidInsert = `-- name: SpendVoid
+INSERT INTO spend_voids (agent, event_id, day, cost_micros, input_tokens, output_tokens, reason, voided_by, voided_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (agent, event_id) DO NOTHING`
 
 const qSpendRollup = `-- name: SpendRollup
 INSERT INTO spend_daily AS d (dimension, day, key, cost_micros, events, input_tokens, output_tokens)
@@ -37,8 +49,11 @@ ON CONFLICT (dimension, day, key) DO UPDATE SET
 	output_tokens = d.output_tokens + excluded.output_tokens`
 
 const qSpendGet = `-- name: SpendGet
-SELECT id, agent, host, model, provider, tier, input_tokens, output_tokens, cost_micros,
-	priced_by_server, task_id, occurred_at, day, recorded_at FROM spend_events WHERE id = $1`
+SELECT e.id, e.agent, e.host, e.model, e.provider, e.tier, e.input_tokens, e.output_tokens, e.cost_micros,
+	e.priced_by_server, e.task_id, e.occurred_at, e.day, e.recorded_at,
+	v.reason IS NOT NULL, COALESCE(v.reason, ''), COALESCE(v.voided_by, ''), v.voided_at
+FROM spend_events e LEFT JOIN spend_voids v ON v.agent = e.agent AND v.event_id = e.id
+WHERE e.agent = $1 AND e.id = $2`
 
 // One statement, so the spend and the reservations are one snapshot: a
 // settle commits the actual and drops the estimate together.
@@ -110,14 +125,24 @@ func (s *Store) SpendRecord(ctx context.Context, p *store.SpendRecordParams) (*s
 			return nil, err
 		}
 	}
-	repeated := store.FirstSpendIDs(p.Events)
+	repeated, inBatch := store.FirstSpendIDs(p.Events)
+	clashed := map[int]bool{}
+	for _, c := range inBatch {
+		clashed[c.Index] = true
+	}
 	firsts := make([]int, 0, len(p.Events))
 	for i := range p.Events {
 		if !repeated[i] {
 			firsts = append(firsts, i)
 		}
 	}
-	sort.Slice(firsts, func(a, b int) bool { return p.Events[firsts[a]].ID < p.Events[firsts[b]].ID })
+	sort.Slice(firsts, func(a, b int) bool {
+		x, y := p.Events[firsts[a]], p.Events[firsts[b]]
+		if x.Agent != y.Agent {
+			return x.Agent < y.Agent
+		}
+		return x.ID < y.ID
+	})
 	n := len(firsts)
 	var (
 		ids, agents, hosts, models, providers, tiers, tasks, days = make([]string, n), make([]string, n), make([]string, n),
@@ -135,44 +160,130 @@ func (s *Store) SpendRecord(ctx context.Context, p *store.SpendRecordParams) (*s
 	now := norm(p.Now)
 	var res *store.SpendRecordResult
 	err := s.inTx(ctx, "SpendRecord", func(tx *txn) error {
-		inserted := make(map[string]bool, n)
+		inserted := make(map[store.SpendKey]bool, n)
 		b := tx.batch()
 		b.Queue(qSpendInsert, ids, agents, hosts, models, providers, tiers, ins, outs, costs, priced, tasks, occurred, days, now).
 			Query(func(rs pgx.Rows) error {
 				for rs.Next() {
-					var id string
-					if err := rs.Scan(&id); err != nil {
+					var k store.SpendKey
+					if err := rs.Scan(&k.Agent, &k.ID); err != nil {
 						return err
 					}
-					inserted[id] = true
+					inserted[k] = true
 				}
 				return rs.Err()
 			})
-		if p.ReleaseReservation != "" {
-			b.Queue(qReservationDelete, p.ReleaseReservation)
-		}
 		if err := tx.send(b); err != nil {
 			return err
 		}
-		res = &store.SpendRecordResult{Duplicates: make([]bool, len(p.Events))}
+		res = &store.SpendRecordResult{Duplicates: make([]bool, len(p.Events)), Conflicts: append([]store.SpendConflict(nil), inBatch...)}
+		// The keys already stored: a retry or a rewrite.
+		var taken []int
+		for i, e := range p.Events {
+			if !repeated[i] && !inserted[store.SpendKey{Agent: e.Agent, ID: e.ID}] {
+				taken = append(taken, i)
+			}
+		}
+		stored := map[store.SpendKey]*store.SpendEvent{}
+		if len(taken) > 0 {
+			ta, ti := make([]string, len(taken)), make([]string, len(taken))
+			for j, i := range taken {
+				ta[j], ti[j] = p.Events[i].Agent, p.Events[i].ID
+			}
+			b := tx.batch()
+			b.Queue(qSpendStored, ta, ti).Query(func(rs pgx.Rows) error {
+				for rs.Next() {
+					var e store.SpendEvent
+					if err := rs.Scan(&e.ID, &e.Agent, &e.Host, &e.Model, &e.Provider, &e.Tier, &e.InputTokens,
+						&e.OutputTokens, &e.CostMicros, &e.PricedByServer, &e.TaskID, &e.OccurredAt, &e.Day, &e.RecordedAt); err != nil {
+						return err
+					}
+					e.OccurredAt = e.OccurredAt.UTC()
+					stored[store.SpendKey{Agent: e.Agent, ID: e.ID}] = &e
+				}
+				return rs.Err()
+			})
+			if err := tx.send(b); err != nil {
+				return err
+			}
+		}
 		fresh := make([]*store.SpendEvent, 0, len(inserted))
 		for i, e := range p.Events {
-			if repeated[i] || !inserted[e.ID] {
+			switch {
+			case repeated[i]:
+				res.Duplicates[i] = !clashed[i]
+				continue
+			case !inserted[store.SpendKey{Agent: e.Agent, ID: e.ID}]:
+				in := *e
+				in.OccurredAt = norm(e.OccurredAt)
+				if old := stored[store.SpendKey{Agent: e.Agent, ID: e.ID}]; old != nil {
+					if diff := store.SpendDiff(old, &in); len(diff) > 0 {
+						res.Conflicts = append(res.Conflicts, store.SpendConflict{Index: i, Agent: e.Agent, ID: e.ID, Fields: diff})
+						continue
+					}
+				}
 				res.Duplicates[i] = true
 				continue
 			}
 			fresh = append(fresh, e)
 		}
+		store.SortConflicts(res.Conflicts)
 		res.Recorded = len(fresh)
-		if len(fresh) == 0 {
+		// A refused rewrite settles nothing: the reservation stays.
+		release := p.ReleaseReservation != "" && len(res.Conflicts) == 0
+		if len(fresh) == 0 && !release {
 			return nil
 		}
-		return tx.commit(func(b *pgx.Batch) { queueRollups(b, store.SpendRollups(fresh)) })
+		return daySumErr(tx.commit(func(b *pgx.Batch) {
+			if release {
+				b.Queue(qReservationDelete, p.ReleaseReservation)
+			}
+			if len(fresh) > 0 {
+				queueRollups(b, store.SpendRollups(fresh))
+			}
+		}), fresh)
 	})
 	if err != nil {
+		var fe *store.FieldError
+		if errors.As(err, &fe) {
+			return nil, fe
+		}
 		return nil, err
 	}
 	return res, nil
+}
+
+// daySumErr turns the rollups' refusal of a sum (the agent ceiling, or
+// bigint arithmetic out of range) into the caller's error; anything else
+// passes through.
+func daySumErr(err error, events []*store.SpendEvent) error {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) {
+		return err
+	}
+	switch {
+	case pe.Code == "22003", pe.Code == "23514" && pe.ConstraintName == "spend_daily_agent_ceiling":
+		seen := map[string]bool{}
+		var agents []string
+		for _, e := range events {
+			if !seen[e.Agent] {
+				seen[e.Agent] = true
+				agents = append(agents, e.Agent)
+			}
+		}
+		sort.Strings(agents)
+		return store.DaySumError(agents)
+	}
+	return err
+}
+
+// sumRangeErr turns a SUM past the bigint range into the caller's error.
+func sumRangeErr(err error) error {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && pe.Code == "22003" {
+		return store.SumRangeError()
+	}
+	return err
 }
 
 func queueRollups(b *pgx.Batch, rows []store.SpendRollup) {
@@ -186,24 +297,100 @@ func queueRollups(b *pgx.Batch, rows []store.SpendRollup) {
 	b.Queue(qSpendRollup, dims, days, keys, cost, events, ins, outs)
 }
 
-// SpendGet implements store.Store.
-func (s *Store) SpendGet(ctx context.Context, id string) (*store.SpendEvent, error) {
-	if !pgText(id) {
-		return nil, fmt.Errorf("spend event %s: %w", id, store.ErrNotFound)
+func scanSpendEvent(row pgx.Row) (*store.SpendEvent, error) {
+	var (
+		e       store.SpendEvent
+		hasVoid bool
+		v       store.SpendVoidRecord
+		at      pgtype.Timestamptz
+	)
+	if err := row.Scan(&e.ID, &e.Agent, &e.Host, &e.Model, &e.Provider, &e.Tier, &e.InputTokens,
+		&e.OutputTokens, &e.CostMicros, &e.PricedByServer, &e.TaskID, &e.OccurredAt, &e.Day, &e.RecordedAt,
+		&hasVoid, &v.Reason, &v.VoidedBy, &at); err != nil {
+		return nil, err
 	}
-	var e store.SpendEvent
+	e.OccurredAt, e.RecordedAt = e.OccurredAt.UTC(), e.RecordedAt.UTC()
+	if hasVoid {
+		v.VoidedAt = fromTS(at)
+		e.Void = &v
+	}
+	return &e, nil
+}
+
+// SpendGet implements store.Store.
+func (s *Store) SpendGet(ctx context.Context, agent, id string) (*store.SpendEvent, error) {
+	if !pgText(id) || !pgText(agent) {
+		return nil, fmt.Errorf("spend event %s of agent %s: %w", id, agent, store.ErrNotFound)
+	}
+	var e *store.SpendEvent
 	err := s.read(ctx, "SpendGet", func(ctx context.Context) error {
-		return s.pool.QueryRow(ctx, qSpendGet, id).Scan(&e.ID, &e.Agent, &e.Host, &e.Model, &e.Provider, &e.Tier, &e.InputTokens,
-			&e.OutputTokens, &e.CostMicros, &e.PricedByServer, &e.TaskID, &e.OccurredAt, &e.Day, &e.RecordedAt)
+		var err error
+		e, err = scanSpendEvent(s.pool.QueryRow(ctx, qSpendGet, agent, id))
+		return err
 	})
 	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, fmt.Errorf("spend event %s: %w", id, store.ErrNotFound)
+		return nil, fmt.Errorf("spend event %s of agent %s: %w", id, agent, store.ErrNotFound)
 	}
 	if err != nil {
 		return nil, err
 	}
-	e.OccurredAt, e.RecordedAt = e.OccurredAt.UTC(), e.RecordedAt.UTC()
-	return &e, nil
+	return e, nil
+}
+
+// SpendVoid implements store.Store. The event row is locked first, so two
+// concurrent voids of it cannot both take it off the rollups.
+func (s *Store) SpendVoid(ctx context.Context, p *store.SpendVoidParams) (*store.SpendEvent, error) {
+	if err := store.CheckSpendVoid(p); err != nil {
+		return nil, err
+	}
+	if err := checkText("agent", p.Agent, "id", p.ID, "reason", p.Reason, "voided_by", p.VoidedBy); err != nil {
+		return nil, err
+	}
+	now := norm(p.Now)
+	var out *store.SpendEvent
+	err := s.inTx(ctx, "SpendVoid", func(tx *txn) error {
+		out = nil
+		b := tx.batch()
+		b.Queue(qSpendGet+" FOR UPDATE OF e", p.Agent, p.ID).Query(func(rs pgx.Rows) error {
+			for rs.Next() {
+				e, err := scanSpendEvent(rs)
+				if err != nil {
+					return err
+				}
+				out = e
+			}
+			return rs.Err()
+		})
+		if err := tx.send(b); err != nil {
+			return err
+		}
+		e := out
+		switch {
+		case e == nil:
+			return fmt.Errorf("spend event %s of agent %s: %w", p.ID, p.Agent, store.ErrNotFound)
+		case e.Void != nil:
+			return fmt.Errorf("spend event %s of agent %s was voided by %s at %s (%s): %w",
+				p.ID, p.Agent, e.Void.VoidedBy, e.Void.VoidedAt.Format(time.RFC3339), e.Void.Reason, store.ErrAlreadyExists)
+		}
+		b = tx.batch()
+		b.Queue(qSpendVoidInsert, e.Agent, e.ID, e.Day, e.CostMicros, e.InputTokens, e.OutputTokens, p.Reason, p.VoidedBy, now).
+			Exec(func(ct pgconn.CommandTag) error {
+				if ct.RowsAffected() != 1 {
+					return fmt.Errorf("spend event %s of agent %s: void: %w", p.ID, p.Agent, store.ErrAlreadyExists)
+				}
+				return nil
+			})
+		queueRollups(b, store.ReverseRollups(e))
+		if err := tx.send(b); err != nil {
+			return err
+		}
+		e.Void = &store.SpendVoidRecord{Reason: p.Reason, VoidedBy: p.VoidedBy, VoidedAt: now}
+		return tx.commit()
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 // SpendRollupQuery implements store.Store.
@@ -269,7 +456,7 @@ func (s *Store) SpendRollupQuery(ctx context.Context, p *store.SpendRollupQueryP
 		res.LeftOut = groups - len(res.Rows)
 		return nil
 	})
-	return res, err
+	return res, sumRangeErr(err)
 }
 
 // SpendRollupAdd implements store.Store.
@@ -277,11 +464,16 @@ func (s *Store) SpendRollupAdd(ctx context.Context, rows []store.SpendRollup) er
 	if len(rows) == 0 {
 		return nil
 	}
-	return s.inTx(ctx, "SpendRollupAdd", func(tx *txn) error {
+	err := s.inTx(ctx, "SpendRollupAdd", func(tx *txn) error {
 		b := tx.batch()
 		queueRollups(b, rows)
 		return tx.send(b)
 	})
+	var fe *store.FieldError
+	if err = daySumErr(err, nil); errors.As(err, &fe) {
+		return fe
+	}
+	return err
 }
 
 // SpendStanding implements store.Store.

@@ -5,7 +5,12 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"sort"
 	"strings"
+	"time"
+
+	"modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
 
 	"github.com/factory/factory/controlplane/store"
 )
@@ -23,9 +28,14 @@ const rollupCols = 7
 const (
 	qSpendInsert = `INSERT INTO spend_events (id, agent, host, model, provider, tier, input_tokens, output_tokens,
 	cost_micros, priced_by_server, task_id, occurred_at, day, recorded_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`
-	qSpendGet = `SELECT id, agent, host, model, provider, tier, input_tokens, output_tokens, cost_micros,
-	priced_by_server, task_id, occurred_at, day, recorded_at FROM spend_events WHERE id = ?`
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (agent, id) DO NOTHING`
+	qSpendGet = `SELECT e.id, e.agent, e.host, e.model, e.provider, e.tier, e.input_tokens, e.output_tokens, e.cost_micros,
+	e.priced_by_server, e.task_id, e.occurred_at, e.day, e.recorded_at,
+	v.reason IS NOT NULL, COALESCE(v.reason, ''), COALESCE(v.voided_by, ''), COALESCE(v.voided_at, 0)
+FROM spend_events e LEFT JOIN spend_voids v ON v.agent = e.agent AND v.event_id = e.id
+WHERE e.agent = ? AND e.id = ?`
+	qSpendVoidInsert = `INSERT INTO spend_voids (agent, event_id, day, cost_micros, input_tokens, output_tokens, reason, voided_by, voided_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (agent, event_id) DO NOTHING`
 	qSpendStandingSpent = `SELECT dimension, key, cost_micros FROM spend_daily
 WHERE dimension IN ('total', 'agent', 'tier', 'model') AND day = ?`
 	qSpendStandingReserved  = `SELECT agent, tier, estimate_micros FROM spend_reservations WHERE day = ? AND expires_at > ?`
@@ -67,15 +77,19 @@ func (s *Store) SpendRecord(ctx context.Context, p *store.SpendRecordParams) (*s
 	if err := store.CheckSpendEvents(p.Events); err != nil {
 		return nil, err
 	}
-	repeated := store.FirstSpendIDs(p.Events)
+	repeated, inBatch := store.FirstSpendIDs(p.Events)
 	now := norm(p.Now)
 	var res *store.SpendRecordResult
 	err := s.writeTx(ctx, "SpendRecord", func(w *wtx) error {
-		res = &store.SpendRecordResult{Duplicates: make([]bool, len(p.Events))}
+		res = &store.SpendRecordResult{Duplicates: make([]bool, len(p.Events)), Conflicts: append([]store.SpendConflict(nil), inBatch...)}
+		clashed := map[int]bool{}
+		for _, c := range inBatch {
+			clashed[c.Index] = true
+		}
 		fresh := make([]*store.SpendEvent, 0, len(p.Events))
 		for i, e := range p.Events {
 			if repeated[i] {
-				res.Duplicates[i] = true
+				res.Duplicates[i] = !clashed[i]
 				continue
 			}
 			r, err := w.exec(qSpendInsert, e.ID, e.Agent, e.Host, e.Model, e.Provider, e.Tier, e.InputTokens, e.OutputTokens,
@@ -88,16 +102,28 @@ func (s *Store) SpendRecord(ctx context.Context, p *store.SpendRecordParams) (*s
 				return dbErr(w.op, err)
 			}
 			if n == 0 {
+				stored, err := w.spendGet(e.Agent, e.ID)
+				if err != nil {
+					return err
+				}
+				in := *e
+				in.OccurredAt = norm(e.OccurredAt)
+				if diff := store.SpendDiff(stored, &in); len(diff) > 0 {
+					res.Conflicts = append(res.Conflicts, store.SpendConflict{Index: i, Agent: e.Agent, ID: e.ID, Fields: diff})
+					continue
+				}
 				res.Duplicates[i] = true
 				continue
 			}
 			fresh = append(fresh, e)
 		}
+		store.SortConflicts(res.Conflicts)
 		res.Recorded = len(fresh)
 		if err := w.addRollups(store.SpendRollups(fresh)); err != nil {
-			return err
+			return daySumErr(err, fresh)
 		}
-		if p.ReleaseReservation != "" {
+		// A refused rewrite settles nothing: the reservation stays.
+		if p.ReleaseReservation != "" && len(res.Conflicts) == 0 {
 			if _, err := w.exec(qReservationDelete, p.ReleaseReservation); err != nil {
 				return err
 			}
@@ -110,26 +136,123 @@ func (s *Store) SpendRecord(ctx context.Context, p *store.SpendRecordParams) (*s
 	return res, nil
 }
 
+// daySumErr turns the rollups' refusal of a sum (the agent ceiling, or an
+// integer sum that would leave the int64 range and become a REAL) into
+// the caller's error; anything else passes through.
+func daySumErr(err error, events []*store.SpendEvent) error {
+	var se *sqlite.Error
+	if !errors.As(err, &se) || se.Code() != sqlite3.SQLITE_CONSTRAINT_CHECK || !strings.Contains(se.Error(), "spend_daily") {
+		return err
+	}
+	return store.DaySumError(spendAgents(events))
+}
+
+// spendAgents are the agents of events, sorted, each once.
+func spendAgents(events []*store.SpendEvent) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, e := range events {
+		if !seen[e.Agent] {
+			seen[e.Agent] = true
+			out = append(out, e.Agent)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// sumRangeErr turns SQLite's refusal of a SUM past the int64 range into
+// the caller's error.
+func sumRangeErr(err error) error {
+	if err != nil && strings.Contains(err.Error(), "integer overflow") {
+		return store.SumRangeError()
+	}
+	return err
+}
+
+func scanSpendEvent(row interface{ Scan(...any) error }) (*store.SpendEvent, error) {
+	var (
+		e                            store.SpendEvent
+		occurred, recordedAt, voided int64
+		hasVoid                      bool
+		v                            store.SpendVoidRecord
+	)
+	if err := row.Scan(&e.ID, &e.Agent, &e.Host, &e.Model, &e.Provider, &e.Tier, &e.InputTokens,
+		&e.OutputTokens, &e.CostMicros, &e.PricedByServer, &e.TaskID, &occurred, &e.Day, &recordedAt,
+		&hasVoid, &v.Reason, &v.VoidedBy, &voided); err != nil {
+		return nil, err
+	}
+	e.OccurredAt, e.RecordedAt = fromNanos(occurred), fromNanos(recordedAt)
+	if hasVoid {
+		v.VoidedAt = fromNanos(voided)
+		e.Void = &v
+	}
+	return &e, nil
+}
+
 // SpendGet implements store.Store.
-func (s *Store) SpendGet(ctx context.Context, id string) (*store.SpendEvent, error) {
+func (s *Store) SpendGet(ctx context.Context, agent, id string) (*store.SpendEvent, error) {
 	st, err := s.rs.get(ctx, qSpendGet)
 	if err != nil {
 		return nil, dbErr("SpendGet", err)
 	}
-	var (
-		e                    store.SpendEvent
-		occurred, recordedAt int64
-	)
-	err = st.QueryRowContext(ctx, id).Scan(&e.ID, &e.Agent, &e.Host, &e.Model, &e.Provider, &e.Tier, &e.InputTokens,
-		&e.OutputTokens, &e.CostMicros, &e.PricedByServer, &e.TaskID, &occurred, &e.Day, &recordedAt)
+	e, err := scanSpendEvent(st.QueryRowContext(ctx, agent, id))
 	if errors.Is(err, sql.ErrNoRows) {
-		return nil, fmt.Errorf("spend event %s: %w", id, store.ErrNotFound)
+		return nil, fmt.Errorf("spend event %s of agent %s: %w", id, agent, store.ErrNotFound)
 	}
 	if err != nil {
 		return nil, dbErr("SpendGet", err)
 	}
-	e.OccurredAt, e.RecordedAt = fromNanos(occurred), fromNanos(recordedAt)
-	return &e, nil
+	return e, nil
+}
+
+// spendGet reads one event inside the write transaction.
+func (w *wtx) spendGet(agent, id string) (*store.SpendEvent, error) {
+	st, err := w.stmt(qSpendGet)
+	if err != nil {
+		return nil, dbErr(w.op, err)
+	}
+	e, err := scanSpendEvent(st.QueryRowContext(w.ctx, agent, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("spend event %s of agent %s: %w", id, agent, store.ErrNotFound)
+	}
+	return e, dbErr(w.op, err)
+}
+
+// SpendVoid implements store.Store.
+func (s *Store) SpendVoid(ctx context.Context, p *store.SpendVoidParams) (*store.SpendEvent, error) {
+	if err := store.CheckSpendVoid(p); err != nil {
+		return nil, err
+	}
+	var out *store.SpendEvent
+	err := s.writeTx(ctx, "SpendVoid", func(w *wtx) error {
+		e, err := w.spendGet(p.Agent, p.ID)
+		if err != nil {
+			return err
+		}
+		if e.Void != nil {
+			return fmt.Errorf("spend event %s of agent %s was voided by %s at %s (%s): %w",
+				p.ID, p.Agent, e.Void.VoidedBy, e.Void.VoidedAt.Format(time.RFC3339), e.Void.Reason, store.ErrAlreadyExists)
+		}
+		now := norm(p.Now)
+		r, err := w.exec(qSpendVoidInsert, e.Agent, e.ID, e.Day, e.CostMicros, e.InputTokens, e.OutputTokens, p.Reason, p.VoidedBy, toNanos(now))
+		if err != nil {
+			return err
+		}
+		if n, err := r.RowsAffected(); err != nil || n == 0 {
+			return errors.Join(dbErr(w.op, err), fmt.Errorf("spend event %s of agent %s: void: %w", p.ID, p.Agent, store.ErrAlreadyExists))
+		}
+		if err := w.addRollups(store.ReverseRollups(e)); err != nil {
+			return err
+		}
+		e.Void = &store.SpendVoidRecord{Reason: p.Reason, VoidedBy: p.VoidedBy, VoidedAt: now}
+		out = e
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 // SpendRollupQuery implements store.Store.
@@ -200,7 +323,7 @@ func (s *Store) SpendRollupQuery(ctx context.Context, p *store.SpendRollupQueryP
 		return nil
 	})
 	if err != nil {
-		return nil, dbErr("SpendRollupQuery", err)
+		return nil, dbErr("SpendRollupQuery", sumRangeErr(err))
 	}
 	return res, nil
 }
@@ -210,7 +333,7 @@ func (s *Store) SpendRollupAdd(ctx context.Context, rows []store.SpendRollup) er
 	if len(rows) == 0 {
 		return nil
 	}
-	return s.writeTx(ctx, "SpendRollupAdd", func(w *wtx) error { return w.addRollups(rows) })
+	return s.writeTx(ctx, "SpendRollupAdd", func(w *wtx) error { return daySumErr(w.addRollups(rows), nil) })
 }
 
 // addRollups upserts rollup rows, adding to the sums already stored, in

@@ -3,6 +3,7 @@ package storetest
 import (
 	"errors"
 	"fmt"
+	"math"
 	"sync"
 	"testing"
 	"time"
@@ -72,7 +73,7 @@ func (s *suite) testSpend(t *testing.T) {
 			if res.Recorded != 1 || len(res.Duplicates) != 1 || res.Duplicates[0] {
 				t.Fatalf("record: %+v", res)
 			}
-			got, err := h.s.SpendGet(h.ctx, "e1")
+			got, err := h.s.SpendGet(h.ctx, "forge", "e1")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -80,7 +81,7 @@ func (s *suite) testSpend(t *testing.T) {
 				!got.OccurredAt.Equal(baseTime) || !got.RecordedAt.Equal(h.now()) || got.InputTokens != 1000 || got.TaskID != "task-forge" {
 				t.Errorf("stored %+v", got)
 			}
-			if _, err := h.s.SpendGet(h.ctx, "nope"); !errors.Is(err, store.ErrNotFound) {
+			if _, err := h.s.SpendGet(h.ctx, "forge", "nope"); !errors.Is(err, store.ErrNotFound) {
 				t.Errorf("SpendGet(unknown) = %v, want ErrNotFound", err)
 			}
 			tot := h.rollup(store.SpendRollupQueryParams{Dimension: store.DimTotal}).Rows[0]
@@ -97,6 +98,55 @@ func (s *suite) testSpend(t *testing.T) {
 			}
 			if got := h.totalCost(spendDay); got != 110 {
 				t.Errorf("total = %d, want 110", got)
+			}
+		}},
+		{"IDsArePerAgent", func(t *testing.T, h *harness) {
+			// hammer's real call, sent with an id forge already used, is
+			// hammer's own event: counted, and forge's left as it was.
+			h.record(spendEvent("shared", "forge", store.TierMid, 0))
+			res := h.record(spendEvent("shared", "hammer", store.TierMid, 50_000_000))
+			if res.Recorded != 1 || res.Duplicates[0] || len(res.Conflicts) != 0 {
+				t.Fatalf("hammer's event with forge's id: %+v", res)
+			}
+			forge, err := h.s.SpendGet(h.ctx, "forge", "shared")
+			if err != nil || forge.CostMicros != 0 {
+				t.Fatalf("forge's event: %+v, %v", forge, err)
+			}
+			hammer, err := h.s.SpendGet(h.ctx, "hammer", "shared")
+			if err != nil || hammer.CostMicros != 50_000_000 {
+				t.Fatalf("hammer's event: %+v, %v", hammer, err)
+			}
+			if got := h.totalCost(spendDay); got != 50_000_000 {
+				t.Errorf("total = %d, want hammer's 50000000", got)
+			}
+		}},
+		{"DifferingResendIsAConflict", func(t *testing.T, h *harness) {
+			h.record(spendEvent("a", "forge", store.TierMid, 100))
+			same := spendEvent("a", "forge", store.TierMid, 100)
+			same.OccurredAt = baseTime.Add(time.Minute) // a retry stamped later, the same day
+			dearer := spendEvent("a", "forge", store.TierMid, 9_000_000)
+			dearer.InputTokens = 5
+			inBatch := spendEvent("b", "forge", store.TierMid, 10)
+			inBatchAgain := spendEvent("b", "forge", store.TierFrontier, 10)
+			res := h.record(same, dearer, spendEvent("c", "forge", store.TierMid, 1), inBatch, inBatchAgain)
+			if res.Recorded != 2 || !res.Duplicates[0] || res.Duplicates[1] || res.Duplicates[4] {
+				t.Fatalf("record: %+v", res)
+			}
+			if len(res.Conflicts) != 2 {
+				t.Fatalf("conflicts %+v, want events 1 and 4", res.Conflicts)
+			}
+			c := res.Conflicts[0]
+			if c.Index != 1 || c.Agent != "forge" || c.ID != "a" || fmt.Sprint(c.Fields) != "[input_tokens cost_micros]" {
+				t.Errorf("conflict of the stored id: %+v", c)
+			}
+			if c := res.Conflicts[1]; c.Index != 4 || fmt.Sprint(c.Fields) != "[tier]" {
+				t.Errorf("conflict within the batch: %+v", c)
+			}
+			if got := h.totalCost(spendDay); got != 111 {
+				t.Errorf("total = %d, want 111: a rewrite must change nothing", got)
+			}
+			if got, _ := h.s.SpendGet(h.ctx, "forge", "a"); got == nil || got.CostMicros != 100 {
+				t.Errorf("stored event after the rewrite: %+v", got)
 			}
 		}},
 		{"ConcurrentDuplicatesCountOnce", func(t *testing.T, h *harness) {
@@ -208,6 +258,136 @@ func (s *suite) testSpend(t *testing.T) {
 				t.Errorf("empty range: %+v", r.Rows)
 			}
 		}},
+		{"VoidNetsOutEverywhere", func(t *testing.T, h *harness) {
+			h.record(spendEvent("real", "forge", store.TierFrontier, 2_000_000), spendEvent("bogus", "forge", store.TierFrontier, 50_000_000_000),
+				spendEvent("other", "hammer", store.TierMid, 1_000_000))
+			if _, err := h.s.SpendReserve(h.ctx, &store.SpendReserveParams{
+				Reservation: &store.SpendReservation{ID: "r1", Agent: "forge", Tier: store.TierFrontier, EstimateMicros: 1_000_000, Day: spendDay, ExpiresAt: h.now().Add(time.Hour)},
+				Caps:        []store.SpendCap{{Scope: store.ScopeAgent, Key: "forge", CapMicros: 10_000_000, Subject: "budget:agent:forge"}},
+				Now:         h.now(),
+			}); !errors.Is(err, store.ErrQuotaExceeded) {
+				t.Fatalf("reserve before the void = %v, want the agent cap to refuse it", err)
+			}
+			ev, err := h.s.SpendVoid(h.ctx, &store.SpendVoidParams{Agent: "forge", ID: "bogus", Reason: "test event", VoidedBy: "ops", Now: h.now()})
+			if err != nil {
+				t.Fatalf("SpendVoid: %v", err)
+			}
+			if ev.CostMicros != 50_000_000_000 || ev.Void == nil || ev.Void.VoidedBy != "ops" || !ev.Void.VoidedAt.Equal(h.now()) {
+				t.Errorf("voided event %+v (void %+v)", ev, ev.Void)
+			}
+			// The ledger keeps both: the event and its reversal.
+			got, err := h.s.SpendGet(h.ctx, "forge", "bogus")
+			if err != nil || got.CostMicros != 50_000_000_000 || got.Void == nil || got.Void.Reason != "test event" {
+				t.Fatalf("the voided event as stored: %+v, %v", got, err)
+			}
+			if real, _ := h.s.SpendGet(h.ctx, "forge", "real"); real == nil || real.Void != nil {
+				t.Errorf("an event not voided reads as voided: %+v", real)
+			}
+			// Reports (the rollups, every dimension).
+			tot := h.rollup(store.SpendRollupQueryParams{Dimension: store.DimTotal}).Rows[0]
+			if tot.CostMicros != 3_000_000 || tot.Events != 2 || tot.InputTokens != 2000 {
+				t.Errorf("total after the void %+v, want 2 events costing 3000000", tot)
+			}
+			byAgent := map[string]int64{}
+			for _, r := range h.rollup(store.SpendRollupQueryParams{Dimension: store.DimAgent, Group: store.GroupKey}).Rows {
+				byAgent[r.Key] = r.CostMicros
+			}
+			if byAgent["forge"] != 2_000_000 || byAgent["hammer"] != 1_000_000 {
+				t.Errorf("by agent after the void %v", byAgent)
+			}
+			am := h.rollup(store.SpendRollupQueryParams{Dimension: store.CompositeDim(store.DimAgent, store.DimTier), Key: "forge" + store.RollupSep + store.TierFrontier}).Rows[0]
+			if am.CostMicros != 2_000_000 {
+				t.Errorf("forge/frontier after the void %+v", am)
+			}
+			// Budgets (the standing the gate and thresholds read).
+			st, err := h.s.SpendStanding(h.ctx, &store.SpendStandingParams{Day: spendDay, Now: h.now()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Spent[store.DimTotal][""] != 3_000_000 || st.Spent[store.DimAgent]["forge"] != 2_000_000 || st.Spent[store.DimTier][store.TierFrontier] != 2_000_000 {
+				t.Errorf("standing after the void %v", st.Spent)
+			}
+			if err := h.reserve("r2", "forge", store.TierFrontier, 1_000_000, time.Hour,
+				store.SpendCap{Scope: store.ScopeAgent, Key: "forge", CapMicros: 10_000_000, Subject: "budget:agent:forge"}); err != nil {
+				t.Errorf("reserve after the void: %v", err)
+			}
+			// Twice is refused, and changes nothing.
+			_, err = h.s.SpendVoid(h.ctx, &store.SpendVoidParams{Agent: "forge", ID: "bogus", Reason: "again", VoidedBy: "ops", Now: h.now()})
+			requireIs(t, err, store.ErrAlreadyExists, "a second void")
+			if got := h.totalCost(spendDay); got != 3_000_000 {
+				t.Errorf("total after a refused second void = %d", got)
+			}
+			_, err = h.s.SpendVoid(h.ctx, &store.SpendVoidParams{Agent: "hammer", ID: "bogus", Reason: "wrong agent", VoidedBy: "ops", Now: h.now()})
+			requireIs(t, err, store.ErrNotFound, "a void of another agent's id")
+			// A resend of the voided event is a duplicate: it does not
+			// come back.
+			if res := h.record(spendEvent("bogus", "forge", store.TierFrontier, 50_000_000_000)); res.Recorded != 0 || !res.Duplicates[0] {
+				t.Errorf("resend of a voided event: %+v", res)
+			}
+			if got := h.totalCost(spendDay); got != 3_000_000 {
+				t.Errorf("total after resending a voided event = %d", got)
+			}
+		}},
+		{"SumsAtTheInt64EdgeAreRefused", func(t *testing.T, h *harness) {
+			const edge = math.MaxInt64 - 1_000
+			// The day's total sits at the edge (thousands of agents at
+			// their ceiling would be needed to get here by reports).
+			if err := h.s.SpendRollupAdd(h.ctx, []store.SpendRollup{{Day: spendDay, Dimension: store.DimTotal, SpendTotals: store.SpendTotals{CostMicros: edge, Events: 1}}}); err != nil {
+				t.Fatalf("seeding the edge: %v", err)
+			}
+			_, err := h.s.SpendRecord(h.ctx, &store.SpendRecordParams{Events: []*store.SpendEvent{spendEvent("over", "forge", store.TierMid, 5_000)}, Now: h.now()})
+			var fe *store.FieldError
+			if !errors.As(err, &fe) || fe.Field != "event.cost_micros" {
+				t.Fatalf("an event past the edge = %v, want a FieldError on event.cost_micros", err)
+			}
+			if got := h.totalCost(spendDay); got != edge {
+				t.Errorf("total = %d after a refused event, want %d (not wrapped, not changed)", got, int64(edge))
+			}
+			if _, err := h.s.SpendGet(h.ctx, "forge", "over"); !errors.Is(err, store.ErrNotFound) {
+				t.Errorf("the refused event was stored: %v", err)
+			}
+			// Under the edge still records.
+			h.record(spendEvent("under", "forge", store.TierMid, 1_000))
+			if got := h.totalCost(spendDay); got != math.MaxInt64 {
+				t.Errorf("total = %d, want exactly MaxInt64", got)
+			}
+			// A sum over days that would pass the range is refused.
+			next := "2031-03-15"
+			if err := h.s.SpendRollupAdd(h.ctx, []store.SpendRollup{{Day: next, Dimension: store.DimTotal, SpendTotals: store.SpendTotals{CostMicros: 10, Events: 1}}}); err != nil {
+				t.Fatal(err)
+			}
+			_, err = h.s.SpendRollupQuery(h.ctx, &store.SpendRollupQueryParams{Dimension: store.DimTotal, FromDay: spendDay, ToDay: next})
+			if !errors.As(err, &fe) {
+				t.Errorf("a range summing past int64 = %v, want a FieldError", err)
+			}
+			// The day on its own still reads.
+			if got := h.totalCost(next); got != 10 {
+				t.Errorf("the next day = %d", got)
+			}
+		}},
+		{"OneAgentCannotFillTheDay", func(t *testing.T, h *harness) {
+			// forge at its ceiling: its next event is refused, hammer's is
+			// recorded and every read still answers.
+			if err := h.s.SpendRollupAdd(h.ctx, []store.SpendRollup{
+				{Day: spendDay, Dimension: store.DimAgent, Key: "forge", SpendTotals: store.SpendTotals{CostMicros: store.MaxAgentDayMicros - 10, Events: 1}},
+				{Day: spendDay, Dimension: store.DimTotal, SpendTotals: store.SpendTotals{CostMicros: store.MaxAgentDayMicros - 10, Events: 1}},
+			}); err != nil {
+				t.Fatal(err)
+			}
+			_, err := h.s.SpendRecord(h.ctx, &store.SpendRecordParams{Events: []*store.SpendEvent{spendEvent("f1", "forge", store.TierMid, 11)}, Now: h.now()})
+			var fe *store.FieldError
+			if !errors.As(err, &fe) || fe.Field != "event.cost_micros" {
+				t.Fatalf("forge past its ceiling = %v, want a FieldError on event.cost_micros", err)
+			}
+			h.record(spendEvent("h1", "hammer", store.TierMid, 1_000_000))
+			h.record(spendEvent("f2", "forge", store.TierMid, 10))
+			if got, want := h.totalCost(spendDay), int64(store.MaxAgentDayMicros+1_000_000); got != want {
+				t.Errorf("total = %d, want %d", got, want)
+			}
+			if _, err := h.s.SpendStanding(h.ctx, &store.SpendStandingParams{Day: spendDay, Now: h.now()}); err != nil {
+				t.Errorf("standing: %v", err)
+			}
+		}},
 		{"RollupAddSeedsReports", func(t *testing.T, h *harness) {
 			err := h.s.SpendRollupAdd(h.ctx, []store.SpendRollup{
 				{Day: spendDay, Dimension: store.DimTotal, SpendTotals: store.SpendTotals{CostMicros: 7, Events: 3}},
@@ -316,6 +496,28 @@ func (s *suite) testSpend(t *testing.T) {
 			}
 			if _, err := h.s.SpendReservationGet(h.ctx, "r"); !errors.Is(err, store.ErrNotFound) {
 				t.Errorf("settled reservation still there: %v", err)
+			}
+			// Settling with a rewrite of a recorded id settles nothing.
+			if err := h.reserve("r2", "forge", store.TierFrontier, 1_000_000, time.Minute); err != nil {
+				t.Fatal(err)
+			}
+			res, err := h.s.SpendRecord(h.ctx, &store.SpendRecordParams{
+				Events: []*store.SpendEvent{spendEvent("actual", "forge", store.TierFrontier, 9)}, ReleaseReservation: "r2", Now: h.now(),
+			})
+			if err != nil || len(res.Conflicts) != 1 || res.Recorded != 0 {
+				t.Fatalf("settle with a rewrite: %+v, %v", res, err)
+			}
+			if _, err := h.s.SpendReservationGet(h.ctx, "r2"); err != nil {
+				t.Errorf("a refused settle released the reservation: %v", err)
+			}
+			// A duplicate (a retried settle) still releases.
+			if _, err := h.s.SpendRecord(h.ctx, &store.SpendRecordParams{
+				Events: []*store.SpendEvent{spendEvent("actual", "forge", store.TierFrontier, 4_000_000)}, ReleaseReservation: "r2", Now: h.now(),
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := h.s.SpendReservationGet(h.ctx, "r2"); !errors.Is(err, store.ErrNotFound) {
+				t.Errorf("a retried settle kept the reservation: %v", err)
 			}
 		}},
 		{"ReservationsExpire", func(t *testing.T, h *harness) {

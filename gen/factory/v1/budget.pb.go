@@ -216,8 +216,9 @@ func (BudgetScope) EnumDescriptor() ([]byte, []int) {
 // SpendEvent is one LLM call (or infrastructure charge) as reported.
 type SpendEvent struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The reporter's id for this event; the same id twice counts once.
-	// Required; at most 128 characters.
+	// The reporter's id for this event, unique per agent: the same event
+	// sent twice counts once, and the agent's id sent again with other
+	// content is refused. Required; at most 128 characters.
 	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	// The agent that made the call. Required.
 	Agent string `protobuf:"bytes,2,opt,name=agent,proto3" json:"agent,omitempty"`
@@ -230,12 +231,13 @@ type SpendEvent struct {
 	Provider string `protobuf:"bytes,5,opt,name=provider,proto3" json:"provider,omitempty"`
 	// The tier. Required.
 	Tier SpendTier `protobuf:"varint,6,opt,name=tier,proto3,enum=factory.v1.SpendTier" json:"tier,omitempty"`
-	// Input (prompt) tokens.
+	// Input (prompt) tokens: 0 to 1,000,000,000.
 	InputTokens int64 `protobuf:"varint,7,opt,name=input_tokens,json=inputTokens,proto3" json:"input_tokens,omitempty"`
-	// Output (completion) tokens.
+	// Output (completion) tokens: 0 to 1,000,000,000.
 	OutputTokens int64 `protobuf:"varint,8,opt,name=output_tokens,json=outputTokens,proto3" json:"output_tokens,omitempty"`
-	// The cost in micro-dollars. Unset: the control plane prices the call
-	// from the tokens. Zero is a real cost (a local model).
+	// The cost in micro-dollars, 0 to 1,000,000,000,000 ($1,000,000). Unset:
+	// the control plane prices the call from the tokens, under the same cap.
+	// Zero is a real cost (a local model).
 	CostMicros *int64 `protobuf:"varint,9,opt,name=cost_micros,json=costMicros,proto3,oneof" json:"cost_micros,omitempty"`
 	// The task the call was for, if any.
 	TaskId string `protobuf:"bytes,10,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
@@ -581,7 +583,10 @@ type ReportSpendBatchResponse struct {
 	// Events whose id was already recorded (or repeated in the batch).
 	Duplicates int32 `protobuf:"varint,2,opt,name=duplicates,proto3" json:"duplicates,omitempty"`
 	// The ids of the duplicates.
-	DuplicateIds  []string `protobuf:"bytes,3,rep,name=duplicate_ids,json=duplicateIds,proto3" json:"duplicate_ids,omitempty"`
+	DuplicateIds []string `protobuf:"bytes,3,rep,name=duplicate_ids,json=duplicateIds,proto3" json:"duplicate_ids,omitempty"`
+	// Events not recorded because their agent already used the id for
+	// different content, in batch order.
+	Conflicts     []*SpendConflict `protobuf:"bytes,4,rep,name=conflicts,proto3" json:"conflicts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -637,6 +642,207 @@ func (x *ReportSpendBatchResponse) GetDuplicateIds() []string {
 	return nil
 }
 
+func (x *ReportSpendBatchResponse) GetConflicts() []*SpendConflict {
+	if x != nil {
+		return x.Conflicts
+	}
+	return nil
+}
+
+// SpendConflict is an event refused because its agent already recorded
+// its id with different content.
+type SpendConflict struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The event's id.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The agent that reported it.
+	Agent string `protobuf:"bytes,2,opt,name=agent,proto3" json:"agent,omitempty"`
+	// The fields that differ from the recorded event ("cost_micros",
+	// "input_tokens", ...).
+	Fields        []string `protobuf:"bytes,3,rep,name=fields,proto3" json:"fields,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SpendConflict) Reset() {
+	*x = SpendConflict{}
+	mi := &file_factory_v1_budget_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SpendConflict) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SpendConflict) ProtoMessage() {}
+
+func (x *SpendConflict) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_budget_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SpendConflict.ProtoReflect.Descriptor instead.
+func (*SpendConflict) Descriptor() ([]byte, []int) {
+	return file_factory_v1_budget_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *SpendConflict) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *SpendConflict) GetAgent() string {
+	if x != nil {
+		return x.Agent
+	}
+	return ""
+}
+
+func (x *SpendConflict) GetFields() []string {
+	if x != nil {
+		return x.Fields
+	}
+	return nil
+}
+
+// VoidSpendRequest names the event to void and says why.
+type VoidSpendRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The agent that reported the event. Required: ids are per agent.
+	Agent string `protobuf:"bytes,1,opt,name=agent,proto3" json:"agent,omitempty"`
+	// The event's id. Required.
+	Id string `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	// Why it is void, for the ledger and the audit log. Required; at most
+	// 1,000 characters.
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VoidSpendRequest) Reset() {
+	*x = VoidSpendRequest{}
+	mi := &file_factory_v1_budget_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VoidSpendRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VoidSpendRequest) ProtoMessage() {}
+
+func (x *VoidSpendRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_budget_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VoidSpendRequest.ProtoReflect.Descriptor instead.
+func (*VoidSpendRequest) Descriptor() ([]byte, []int) {
+	return file_factory_v1_budget_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *VoidSpendRequest) GetAgent() string {
+	if x != nil {
+		return x.Agent
+	}
+	return ""
+}
+
+func (x *VoidSpendRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *VoidSpendRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// VoidSpendResponse is the voided event.
+type VoidSpendResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The event as recorded (its cost is what the void took off).
+	Record *SpendRecord `protobuf:"bytes,1,opt,name=record,proto3" json:"record,omitempty"`
+	// Who voided it and when.
+	VoidedBy      string                 `protobuf:"bytes,2,opt,name=voided_by,json=voidedBy,proto3" json:"voided_by,omitempty"`
+	VoidedAt      *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=voided_at,json=voidedAt,proto3" json:"voided_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VoidSpendResponse) Reset() {
+	*x = VoidSpendResponse{}
+	mi := &file_factory_v1_budget_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VoidSpendResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VoidSpendResponse) ProtoMessage() {}
+
+func (x *VoidSpendResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_budget_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VoidSpendResponse.ProtoReflect.Descriptor instead.
+func (*VoidSpendResponse) Descriptor() ([]byte, []int) {
+	return file_factory_v1_budget_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *VoidSpendResponse) GetRecord() *SpendRecord {
+	if x != nil {
+		return x.Record
+	}
+	return nil
+}
+
+func (x *VoidSpendResponse) GetVoidedBy() string {
+	if x != nil {
+		return x.VoidedBy
+	}
+	return ""
+}
+
+func (x *VoidSpendResponse) GetVoidedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.VoidedAt
+	}
+	return nil
+}
+
 // GetSpendRequest picks a range of days and a breakdown.
 type GetSpendRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -662,7 +868,7 @@ type GetSpendRequest struct {
 
 func (x *GetSpendRequest) Reset() {
 	*x = GetSpendRequest{}
-	mi := &file_factory_v1_budget_proto_msgTypes[6]
+	mi := &file_factory_v1_budget_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -674,7 +880,7 @@ func (x *GetSpendRequest) String() string {
 func (*GetSpendRequest) ProtoMessage() {}
 
 func (x *GetSpendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_budget_proto_msgTypes[6]
+	mi := &file_factory_v1_budget_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -687,7 +893,7 @@ func (x *GetSpendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSpendRequest.ProtoReflect.Descriptor instead.
 func (*GetSpendRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_budget_proto_rawDescGZIP(), []int{6}
+	return file_factory_v1_budget_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetSpendRequest) GetFromDay() string {
@@ -756,7 +962,7 @@ type SpendTotals struct {
 
 func (x *SpendTotals) Reset() {
 	*x = SpendTotals{}
-	mi := &file_factory_v1_budget_proto_msgTypes[7]
+	mi := &file_factory_v1_budget_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -768,7 +974,7 @@ func (x *SpendTotals) String() string {
 func (*SpendTotals) ProtoMessage() {}
 
 func (x *SpendTotals) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_budget_proto_msgTypes[7]
+	mi := &file_factory_v1_budget_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -781,7 +987,7 @@ func (x *SpendTotals) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SpendTotals.ProtoReflect.Descriptor instead.
 func (*SpendTotals) Descriptor() ([]byte, []int) {
-	return file_factory_v1_budget_proto_rawDescGZIP(), []int{7}
+	return file_factory_v1_budget_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *SpendTotals) GetCostMicros() int64 {
@@ -825,7 +1031,7 @@ type SpendGroup struct {
 
 func (x *SpendGroup) Reset() {
 	*x = SpendGroup{}
-	mi := &file_factory_v1_budget_proto_msgTypes[8]
+	mi := &file_factory_v1_budget_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -837,7 +1043,7 @@ func (x *SpendGroup) String() string {
 func (*SpendGroup) ProtoMessage() {}
 
 func (x *SpendGroup) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_budget_proto_msgTypes[8]
+	mi := &file_factory_v1_budget_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -850,7 +1056,7 @@ func (x *SpendGroup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SpendGroup.ProtoReflect.Descriptor instead.
 func (*SpendGroup) Descriptor() ([]byte, []int) {
-	return file_factory_v1_budget_proto_rawDescGZIP(), []int{8}
+	return file_factory_v1_budget_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SpendGroup) GetKey() string {
@@ -889,7 +1095,7 @@ type GetSpendResponse struct {
 
 func (x *GetSpendResponse) Reset() {
 	*x = GetSpendResponse{}
-	mi := &file_factory_v1_budget_proto_msgTypes[9]
+	mi := &file_factory_v1_budget_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -901,7 +1107,7 @@ func (x *GetSpendResponse) String() string {
 func (*GetSpendResponse) ProtoMessage() {}
 
 func (x *GetSpendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_budget_proto_msgTypes[9]
+	mi := &file_factory_v1_budget_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -914,7 +1120,7 @@ func (x *GetSpendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSpendResponse.ProtoReflect.Descriptor instead.
 func (*GetSpendResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_budget_proto_rawDescGZIP(), []int{9}
+	return file_factory_v1_budget_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GetSpendResponse) GetTimeZone() string {
@@ -989,7 +1195,7 @@ type Budget struct {
 
 func (x *Budget) Reset() {
 	*x = Budget{}
-	mi := &file_factory_v1_budget_proto_msgTypes[10]
+	mi := &file_factory_v1_budget_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1001,7 +1207,7 @@ func (x *Budget) String() string {
 func (*Budget) ProtoMessage() {}
 
 func (x *Budget) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_budget_proto_msgTypes[10]
+	mi := &file_factory_v1_budget_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1014,7 +1220,7 @@ func (x *Budget) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Budget.ProtoReflect.Descriptor instead.
 func (*Budget) Descriptor() ([]byte, []int) {
-	return file_factory_v1_budget_proto_rawDescGZIP(), []int{10}
+	return file_factory_v1_budget_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Budget) GetScope() BudgetScope {
@@ -1080,7 +1286,7 @@ type BudgetStatus struct {
 
 func (x *BudgetStatus) Reset() {
 	*x = BudgetStatus{}
-	mi := &file_factory_v1_budget_proto_msgTypes[11]
+	mi := &file_factory_v1_budget_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1092,7 +1298,7 @@ func (x *BudgetStatus) String() string {
 func (*BudgetStatus) ProtoMessage() {}
 
 func (x *BudgetStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_budget_proto_msgTypes[11]
+	mi := &file_factory_v1_budget_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1105,7 +1311,7 @@ func (x *BudgetStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BudgetStatus.ProtoReflect.Descriptor instead.
 func (*BudgetStatus) Descriptor() ([]byte, []int) {
-	return file_factory_v1_budget_proto_rawDescGZIP(), []int{11}
+	return file_factory_v1_budget_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *BudgetStatus) GetBudget() *Budget {
@@ -1169,7 +1375,7 @@ type SpendAlert struct {
 
 func (x *SpendAlert) Reset() {
 	*x = SpendAlert{}
-	mi := &file_factory_v1_budget_proto_msgTypes[12]
+	mi := &file_factory_v1_budget_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1181,7 +1387,7 @@ func (x *SpendAlert) String() string {
 func (*SpendAlert) ProtoMessage() {}
 
 func (x *SpendAlert) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_budget_proto_msgTypes[12]
+	mi := &file_factory_v1_budget_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1194,7 +1400,7 @@ func (x *SpendAlert) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SpendAlert.ProtoReflect.Descriptor instead.
 func (*SpendAlert) Descriptor() ([]byte, []int) {
-	return file_factory_v1_budget_proto_rawDescGZIP(), []int{12}
+	return file_factory_v1_budget_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SpendAlert) GetScope() BudgetScope {
@@ -1250,7 +1456,7 @@ type SetBudgetRequest struct {
 
 func (x *SetBudgetRequest) Reset() {
 	*x = SetBudgetRequest{}
-	mi := &file_factory_v1_budget_proto_msgTypes[13]
+	mi := &file_factory_v1_budget_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1262,7 +1468,7 @@ func (x *SetBudgetRequest) String() string {
 func (*SetBudgetRequest) ProtoMessage() {}
 
 func (x *SetBudgetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_budget_proto_msgTypes[13]
+	mi := &file_factory_v1_budget_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1275,7 +1481,7 @@ func (x *SetBudgetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetBudgetRequest.ProtoReflect.Descriptor instead.
 func (*SetBudgetRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_budget_proto_rawDescGZIP(), []int{13}
+	return file_factory_v1_budget_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SetBudgetRequest) GetBudget() *Budget {
@@ -1295,7 +1501,7 @@ type SetBudgetResponse struct {
 
 func (x *SetBudgetResponse) Reset() {
 	*x = SetBudgetResponse{}
-	mi := &file_factory_v1_budget_proto_msgTypes[14]
+	mi := &file_factory_v1_budget_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1307,7 +1513,7 @@ func (x *SetBudgetResponse) String() string {
 func (*SetBudgetResponse) ProtoMessage() {}
 
 func (x *SetBudgetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_budget_proto_msgTypes[14]
+	mi := &file_factory_v1_budget_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1320,7 +1526,7 @@ func (x *SetBudgetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetBudgetResponse.ProtoReflect.Descriptor instead.
 func (*SetBudgetResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_budget_proto_rawDescGZIP(), []int{14}
+	return file_factory_v1_budget_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SetBudgetResponse) GetBudget() *Budget {
@@ -1339,7 +1545,7 @@ type GetBudgetRequest struct {
 
 func (x *GetBudgetRequest) Reset() {
 	*x = GetBudgetRequest{}
-	mi := &file_factory_v1_budget_proto_msgTypes[15]
+	mi := &file_factory_v1_budget_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1351,7 +1557,7 @@ func (x *GetBudgetRequest) String() string {
 func (*GetBudgetRequest) ProtoMessage() {}
 
 func (x *GetBudgetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_budget_proto_msgTypes[15]
+	mi := &file_factory_v1_budget_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1364,7 +1570,7 @@ func (x *GetBudgetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBudgetRequest.ProtoReflect.Descriptor instead.
 func (*GetBudgetRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_budget_proto_rawDescGZIP(), []int{15}
+	return file_factory_v1_budget_proto_rawDescGZIP(), []int{18}
 }
 
 // GetBudgetResponse is every budget and today's standing.
@@ -1385,7 +1591,7 @@ type GetBudgetResponse struct {
 
 func (x *GetBudgetResponse) Reset() {
 	*x = GetBudgetResponse{}
-	mi := &file_factory_v1_budget_proto_msgTypes[16]
+	mi := &file_factory_v1_budget_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1397,7 +1603,7 @@ func (x *GetBudgetResponse) String() string {
 func (*GetBudgetResponse) ProtoMessage() {}
 
 func (x *GetBudgetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_budget_proto_msgTypes[16]
+	mi := &file_factory_v1_budget_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1410,7 +1616,7 @@ func (x *GetBudgetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBudgetResponse.ProtoReflect.Descriptor instead.
 func (*GetBudgetResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_budget_proto_rawDescGZIP(), []int{16}
+	return file_factory_v1_budget_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GetBudgetResponse) GetDay() string {
@@ -1470,7 +1676,7 @@ type ReserveSpendRequest struct {
 
 func (x *ReserveSpendRequest) Reset() {
 	*x = ReserveSpendRequest{}
-	mi := &file_factory_v1_budget_proto_msgTypes[17]
+	mi := &file_factory_v1_budget_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1482,7 +1688,7 @@ func (x *ReserveSpendRequest) String() string {
 func (*ReserveSpendRequest) ProtoMessage() {}
 
 func (x *ReserveSpendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_budget_proto_msgTypes[17]
+	mi := &file_factory_v1_budget_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1495,7 +1701,7 @@ func (x *ReserveSpendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReserveSpendRequest.ProtoReflect.Descriptor instead.
 func (*ReserveSpendRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_budget_proto_rawDescGZIP(), []int{17}
+	return file_factory_v1_budget_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ReserveSpendRequest) GetAgent() string {
@@ -1553,7 +1759,7 @@ type ReserveSpendResponse struct {
 
 func (x *ReserveSpendResponse) Reset() {
 	*x = ReserveSpendResponse{}
-	mi := &file_factory_v1_budget_proto_msgTypes[18]
+	mi := &file_factory_v1_budget_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1565,7 +1771,7 @@ func (x *ReserveSpendResponse) String() string {
 func (*ReserveSpendResponse) ProtoMessage() {}
 
 func (x *ReserveSpendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_budget_proto_msgTypes[18]
+	mi := &file_factory_v1_budget_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1578,7 +1784,7 @@ func (x *ReserveSpendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReserveSpendResponse.ProtoReflect.Descriptor instead.
 func (*ReserveSpendResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_budget_proto_rawDescGZIP(), []int{18}
+	return file_factory_v1_budget_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ReserveSpendResponse) GetReservationId() string {
@@ -1608,7 +1814,7 @@ type SettleSpendRequest struct {
 
 func (x *SettleSpendRequest) Reset() {
 	*x = SettleSpendRequest{}
-	mi := &file_factory_v1_budget_proto_msgTypes[19]
+	mi := &file_factory_v1_budget_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1620,7 +1826,7 @@ func (x *SettleSpendRequest) String() string {
 func (*SettleSpendRequest) ProtoMessage() {}
 
 func (x *SettleSpendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_budget_proto_msgTypes[19]
+	mi := &file_factory_v1_budget_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1633,7 +1839,7 @@ func (x *SettleSpendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SettleSpendRequest.ProtoReflect.Descriptor instead.
 func (*SettleSpendRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_budget_proto_rawDescGZIP(), []int{19}
+	return file_factory_v1_budget_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SettleSpendRequest) GetReservationId() string {
@@ -1663,7 +1869,7 @@ type SettleSpendResponse struct {
 
 func (x *SettleSpendResponse) Reset() {
 	*x = SettleSpendResponse{}
-	mi := &file_factory_v1_budget_proto_msgTypes[20]
+	mi := &file_factory_v1_budget_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1675,7 +1881,7 @@ func (x *SettleSpendResponse) String() string {
 func (*SettleSpendResponse) ProtoMessage() {}
 
 func (x *SettleSpendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_budget_proto_msgTypes[20]
+	mi := &file_factory_v1_budget_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1688,7 +1894,7 @@ func (x *SettleSpendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SettleSpendResponse.ProtoReflect.Descriptor instead.
 func (*SettleSpendResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_budget_proto_rawDescGZIP(), []int{20}
+	return file_factory_v1_budget_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *SettleSpendResponse) GetRecord() *SpendRecord {
@@ -1723,7 +1929,7 @@ type EmergencyStopState struct {
 
 func (x *EmergencyStopState) Reset() {
 	*x = EmergencyStopState{}
-	mi := &file_factory_v1_budget_proto_msgTypes[21]
+	mi := &file_factory_v1_budget_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1735,7 +1941,7 @@ func (x *EmergencyStopState) String() string {
 func (*EmergencyStopState) ProtoMessage() {}
 
 func (x *EmergencyStopState) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_budget_proto_msgTypes[21]
+	mi := &file_factory_v1_budget_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1748,7 +1954,7 @@ func (x *EmergencyStopState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EmergencyStopState.ProtoReflect.Descriptor instead.
 func (*EmergencyStopState) Descriptor() ([]byte, []int) {
-	return file_factory_v1_budget_proto_rawDescGZIP(), []int{21}
+	return file_factory_v1_budget_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *EmergencyStopState) GetStopped() bool {
@@ -1797,7 +2003,7 @@ type EmergencyStopRequest struct {
 
 func (x *EmergencyStopRequest) Reset() {
 	*x = EmergencyStopRequest{}
-	mi := &file_factory_v1_budget_proto_msgTypes[22]
+	mi := &file_factory_v1_budget_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1809,7 +2015,7 @@ func (x *EmergencyStopRequest) String() string {
 func (*EmergencyStopRequest) ProtoMessage() {}
 
 func (x *EmergencyStopRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_budget_proto_msgTypes[22]
+	mi := &file_factory_v1_budget_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1822,7 +2028,7 @@ func (x *EmergencyStopRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EmergencyStopRequest.ProtoReflect.Descriptor instead.
 func (*EmergencyStopRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_budget_proto_rawDescGZIP(), []int{22}
+	return file_factory_v1_budget_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *EmergencyStopRequest) GetReason() string {
@@ -1842,7 +2048,7 @@ type EmergencyStopResponse struct {
 
 func (x *EmergencyStopResponse) Reset() {
 	*x = EmergencyStopResponse{}
-	mi := &file_factory_v1_budget_proto_msgTypes[23]
+	mi := &file_factory_v1_budget_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1854,7 +2060,7 @@ func (x *EmergencyStopResponse) String() string {
 func (*EmergencyStopResponse) ProtoMessage() {}
 
 func (x *EmergencyStopResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_budget_proto_msgTypes[23]
+	mi := &file_factory_v1_budget_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1867,7 +2073,7 @@ func (x *EmergencyStopResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EmergencyStopResponse.ProtoReflect.Descriptor instead.
 func (*EmergencyStopResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_budget_proto_rawDescGZIP(), []int{23}
+	return file_factory_v1_budget_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *EmergencyStopResponse) GetState() *EmergencyStopState {
@@ -1888,7 +2094,7 @@ type RearmEmergencyStopRequest struct {
 
 func (x *RearmEmergencyStopRequest) Reset() {
 	*x = RearmEmergencyStopRequest{}
-	mi := &file_factory_v1_budget_proto_msgTypes[24]
+	mi := &file_factory_v1_budget_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1900,7 +2106,7 @@ func (x *RearmEmergencyStopRequest) String() string {
 func (*RearmEmergencyStopRequest) ProtoMessage() {}
 
 func (x *RearmEmergencyStopRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_budget_proto_msgTypes[24]
+	mi := &file_factory_v1_budget_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1913,7 +2119,7 @@ func (x *RearmEmergencyStopRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RearmEmergencyStopRequest.ProtoReflect.Descriptor instead.
 func (*RearmEmergencyStopRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_budget_proto_rawDescGZIP(), []int{24}
+	return file_factory_v1_budget_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RearmEmergencyStopRequest) GetNote() string {
@@ -1934,7 +2140,7 @@ type RearmEmergencyStopResponse struct {
 
 func (x *RearmEmergencyStopResponse) Reset() {
 	*x = RearmEmergencyStopResponse{}
-	mi := &file_factory_v1_budget_proto_msgTypes[25]
+	mi := &file_factory_v1_budget_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1946,7 +2152,7 @@ func (x *RearmEmergencyStopResponse) String() string {
 func (*RearmEmergencyStopResponse) ProtoMessage() {}
 
 func (x *RearmEmergencyStopResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_budget_proto_msgTypes[25]
+	mi := &file_factory_v1_budget_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1959,7 +2165,7 @@ func (x *RearmEmergencyStopResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RearmEmergencyStopResponse.ProtoReflect.Descriptor instead.
 func (*RearmEmergencyStopResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_budget_proto_rawDescGZIP(), []int{25}
+	return file_factory_v1_budget_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RearmEmergencyStopResponse) GetResumedTasks() int64 {
@@ -1978,7 +2184,7 @@ type GetEmergencyStopRequest struct {
 
 func (x *GetEmergencyStopRequest) Reset() {
 	*x = GetEmergencyStopRequest{}
-	mi := &file_factory_v1_budget_proto_msgTypes[26]
+	mi := &file_factory_v1_budget_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1990,7 +2196,7 @@ func (x *GetEmergencyStopRequest) String() string {
 func (*GetEmergencyStopRequest) ProtoMessage() {}
 
 func (x *GetEmergencyStopRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_budget_proto_msgTypes[26]
+	mi := &file_factory_v1_budget_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2003,7 +2209,7 @@ func (x *GetEmergencyStopRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEmergencyStopRequest.ProtoReflect.Descriptor instead.
 func (*GetEmergencyStopRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_budget_proto_rawDescGZIP(), []int{26}
+	return file_factory_v1_budget_proto_rawDescGZIP(), []int{29}
 }
 
 // GetEmergencyStopResponse is the state.
@@ -2016,7 +2222,7 @@ type GetEmergencyStopResponse struct {
 
 func (x *GetEmergencyStopResponse) Reset() {
 	*x = GetEmergencyStopResponse{}
-	mi := &file_factory_v1_budget_proto_msgTypes[27]
+	mi := &file_factory_v1_budget_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2028,7 +2234,7 @@ func (x *GetEmergencyStopResponse) String() string {
 func (*GetEmergencyStopResponse) ProtoMessage() {}
 
 func (x *GetEmergencyStopResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_budget_proto_msgTypes[27]
+	mi := &file_factory_v1_budget_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2041,7 +2247,7 @@ func (x *GetEmergencyStopResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEmergencyStopResponse.ProtoReflect.Descriptor instead.
 func (*GetEmergencyStopResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_budget_proto_rawDescGZIP(), []int{27}
+	return file_factory_v1_budget_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *GetEmergencyStopResponse) GetState() *EmergencyStopState {
@@ -2056,7 +2262,7 @@ var File_factory_v1_budget_proto protoreflect.FileDescriptor
 const file_factory_v1_budget_proto_rawDesc = "" +
 	"\n" +
 	"\x17factory/v1/budget.proto\x12\n" +
-	"factory.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd6\x04\n" +
+	"factory.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd4\x04\n" +
 	"\n" +
 	"SpendEvent\x123\n" +
 	"\x02id\x18\x01 \x01(\tB#\xbaH \xc8\x01\x01r\x1b\x18\x80\x012\x16^[A-Za-z0-9._:/@+=-]*$R\x02id\x126\n" +
@@ -2064,9 +2270,11 @@ const file_factory_v1_budget_proto_rawDesc = "" +
 	"\x04host\x18\x03 \x01(\tB\x1c\xbaH\x19r\x17\x18\xfd\x012\x12^[A-Za-z0-9._:-]*$R\x04host\x12!\n" +
 	"\x05model\x18\x04 \x01(\tB\v\xbaH\b\xc8\x01\x01r\x03\x18\xc8\x01R\x05model\x12#\n" +
 	"\bprovider\x18\x05 \x01(\tB\a\xbaH\x04r\x02\x18dR\bprovider\x126\n" +
-	"\x04tier\x18\x06 \x01(\x0e2\x15.factory.v1.SpendTierB\v\xbaH\b\xc8\x01\x01\x82\x01\x02\x10\x01R\x04tier\x121\n" +
-	"\finput_tokens\x18\a \x01(\x03B\x0e\xbaH\v\"\t\x18\x80\xd0\xdb\xc3\xf4\x02(\x00R\vinputTokens\x123\n" +
-	"\routput_tokens\x18\b \x01(\x03B\x0e\xbaH\v\"\t\x18\x80\xd0\xdb\xc3\xf4\x02(\x00R\foutputTokens\x124\n" +
+	"\x04tier\x18\x06 \x01(\x0e2\x15.factory.v1.SpendTierB\v\xbaH\b\xc8\x01\x01\x82\x01\x02\x10\x01R\x04tier\x120\n" +
+	"\finput_tokens\x18\a \x01(\x03B\r\xbaH\n" +
+	"\"\b\x18\x80\x94\xeb\xdc\x03(\x00R\vinputTokens\x122\n" +
+	"\routput_tokens\x18\b \x01(\x03B\r\xbaH\n" +
+	"\"\b\x18\x80\x94\xeb\xdc\x03(\x00R\foutputTokens\x124\n" +
 	"\vcost_micros\x18\t \x01(\x03B\x0e\xbaH\v\"\t\x18\x80\xa0\x94\xa5\x8d\x1d(\x00H\x00R\n" +
 	"costMicros\x88\x01\x01\x126\n" +
 	"\atask_id\x18\n" +
@@ -2086,13 +2294,26 @@ const file_factory_v1_budget_proto_rawDesc = "" +
 	"\x06record\x18\x01 \x01(\v2\x17.factory.v1.SpendRecordR\x06record\x12\x1c\n" +
 	"\tduplicate\x18\x02 \x01(\bR\tduplicate\"V\n" +
 	"\x17ReportSpendBatchRequest\x12;\n" +
-	"\x06events\x18\x01 \x03(\v2\x16.factory.v1.SpendEventB\v\xbaH\b\x92\x01\x05\b\x01\x10\xe8\aR\x06events\"{\n" +
+	"\x06events\x18\x01 \x03(\v2\x16.factory.v1.SpendEventB\v\xbaH\b\x92\x01\x05\b\x01\x10\xe8\aR\x06events\"\xb4\x01\n" +
 	"\x18ReportSpendBatchResponse\x12\x1a\n" +
 	"\brecorded\x18\x01 \x01(\x05R\brecorded\x12\x1e\n" +
 	"\n" +
 	"duplicates\x18\x02 \x01(\x05R\n" +
 	"duplicates\x12#\n" +
-	"\rduplicate_ids\x18\x03 \x03(\tR\fduplicateIds\"\xfe\x02\n" +
+	"\rduplicate_ids\x18\x03 \x03(\tR\fduplicateIds\x127\n" +
+	"\tconflicts\x18\x04 \x03(\v2\x19.factory.v1.SpendConflictR\tconflicts\"M\n" +
+	"\rSpendConflict\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
+	"\x05agent\x18\x02 \x01(\tR\x05agent\x12\x16\n" +
+	"\x06fields\x18\x03 \x03(\tR\x06fields\"\xa4\x01\n" +
+	"\x10VoidSpendRequest\x126\n" +
+	"\x05agent\x18\x01 \x01(\tB \xbaH\x1d\xc8\x01\x01r\x18\x18\x80\x012\x13^[A-Za-z0-9._:/-]*$R\x05agent\x123\n" +
+	"\x02id\x18\x02 \x01(\tB#\xbaH \xc8\x01\x01r\x1b\x18\x80\x012\x16^[A-Za-z0-9._:/@+=-]*$R\x02id\x12#\n" +
+	"\x06reason\x18\x03 \x01(\tB\v\xbaH\b\xc8\x01\x01r\x03\x18\xe8\aR\x06reason\"\x9a\x01\n" +
+	"\x11VoidSpendResponse\x12/\n" +
+	"\x06record\x18\x01 \x01(\v2\x17.factory.v1.SpendRecordR\x06record\x12\x1b\n" +
+	"\tvoided_by\x18\x02 \x01(\tR\bvoidedBy\x127\n" +
+	"\tvoided_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\bvoidedAt\"\xfe\x02\n" +
 	"\x0fGetSpendRequest\x12A\n" +
 	"\bfrom_day\x18\x01 \x01(\tB&\xbaH#r!2\x1f^([0-9]{4}-[0-9]{2}-[0-9]{2})?$R\afromDay\x12=\n" +
 	"\x06to_day\x18\x02 \x01(\tB&\xbaH#r!2\x1f^([0-9]{4}-[0-9]{2}-[0-9]{2})?$R\x05toDay\x12\x1e\n" +
@@ -2210,10 +2431,11 @@ const file_factory_v1_budget_proto_rawDesc = "" +
 	"\x18BUDGET_SCOPE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12BUDGET_SCOPE_TOTAL\x10\x01\x12\x15\n" +
 	"\x11BUDGET_SCOPE_TIER\x10\x02\x12\x16\n" +
-	"\x12BUDGET_SCOPE_AGENT\x10\x032\xd6\x06\n" +
+	"\x12BUDGET_SCOPE_AGENT\x10\x032\xa0\a\n" +
 	"\rBudgetService\x12N\n" +
 	"\vReportSpend\x12\x1e.factory.v1.ReportSpendRequest\x1a\x1f.factory.v1.ReportSpendResponse\x12]\n" +
-	"\x10ReportSpendBatch\x12#.factory.v1.ReportSpendBatchRequest\x1a$.factory.v1.ReportSpendBatchResponse\x12E\n" +
+	"\x10ReportSpendBatch\x12#.factory.v1.ReportSpendBatchRequest\x1a$.factory.v1.ReportSpendBatchResponse\x12H\n" +
+	"\tVoidSpend\x12\x1c.factory.v1.VoidSpendRequest\x1a\x1d.factory.v1.VoidSpendResponse\x12E\n" +
 	"\bGetSpend\x12\x1b.factory.v1.GetSpendRequest\x1a\x1c.factory.v1.GetSpendResponse\x12H\n" +
 	"\tSetBudget\x12\x1c.factory.v1.SetBudgetRequest\x1a\x1d.factory.v1.SetBudgetResponse\x12H\n" +
 	"\tGetBudget\x12\x1c.factory.v1.GetBudgetRequest\x1a\x1d.factory.v1.GetBudgetResponse\x12Q\n" +
@@ -2236,7 +2458,7 @@ func file_factory_v1_budget_proto_rawDescGZIP() []byte {
 }
 
 var file_factory_v1_budget_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_factory_v1_budget_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_factory_v1_budget_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_factory_v1_budget_proto_goTypes = []any{
 	(SpendTier)(0),                     // 0: factory.v1.SpendTier
 	(SpendGroupBy)(0),                  // 1: factory.v1.SpendGroupBy
@@ -2247,86 +2469,94 @@ var file_factory_v1_budget_proto_goTypes = []any{
 	(*ReportSpendResponse)(nil),        // 6: factory.v1.ReportSpendResponse
 	(*ReportSpendBatchRequest)(nil),    // 7: factory.v1.ReportSpendBatchRequest
 	(*ReportSpendBatchResponse)(nil),   // 8: factory.v1.ReportSpendBatchResponse
-	(*GetSpendRequest)(nil),            // 9: factory.v1.GetSpendRequest
-	(*SpendTotals)(nil),                // 10: factory.v1.SpendTotals
-	(*SpendGroup)(nil),                 // 11: factory.v1.SpendGroup
-	(*GetSpendResponse)(nil),           // 12: factory.v1.GetSpendResponse
-	(*Budget)(nil),                     // 13: factory.v1.Budget
-	(*BudgetStatus)(nil),               // 14: factory.v1.BudgetStatus
-	(*SpendAlert)(nil),                 // 15: factory.v1.SpendAlert
-	(*SetBudgetRequest)(nil),           // 16: factory.v1.SetBudgetRequest
-	(*SetBudgetResponse)(nil),          // 17: factory.v1.SetBudgetResponse
-	(*GetBudgetRequest)(nil),           // 18: factory.v1.GetBudgetRequest
-	(*GetBudgetResponse)(nil),          // 19: factory.v1.GetBudgetResponse
-	(*ReserveSpendRequest)(nil),        // 20: factory.v1.ReserveSpendRequest
-	(*ReserveSpendResponse)(nil),       // 21: factory.v1.ReserveSpendResponse
-	(*SettleSpendRequest)(nil),         // 22: factory.v1.SettleSpendRequest
-	(*SettleSpendResponse)(nil),        // 23: factory.v1.SettleSpendResponse
-	(*EmergencyStopState)(nil),         // 24: factory.v1.EmergencyStopState
-	(*EmergencyStopRequest)(nil),       // 25: factory.v1.EmergencyStopRequest
-	(*EmergencyStopResponse)(nil),      // 26: factory.v1.EmergencyStopResponse
-	(*RearmEmergencyStopRequest)(nil),  // 27: factory.v1.RearmEmergencyStopRequest
-	(*RearmEmergencyStopResponse)(nil), // 28: factory.v1.RearmEmergencyStopResponse
-	(*GetEmergencyStopRequest)(nil),    // 29: factory.v1.GetEmergencyStopRequest
-	(*GetEmergencyStopResponse)(nil),   // 30: factory.v1.GetEmergencyStopResponse
-	(*timestamppb.Timestamp)(nil),      // 31: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),        // 32: google.protobuf.Duration
+	(*SpendConflict)(nil),              // 9: factory.v1.SpendConflict
+	(*VoidSpendRequest)(nil),           // 10: factory.v1.VoidSpendRequest
+	(*VoidSpendResponse)(nil),          // 11: factory.v1.VoidSpendResponse
+	(*GetSpendRequest)(nil),            // 12: factory.v1.GetSpendRequest
+	(*SpendTotals)(nil),                // 13: factory.v1.SpendTotals
+	(*SpendGroup)(nil),                 // 14: factory.v1.SpendGroup
+	(*GetSpendResponse)(nil),           // 15: factory.v1.GetSpendResponse
+	(*Budget)(nil),                     // 16: factory.v1.Budget
+	(*BudgetStatus)(nil),               // 17: factory.v1.BudgetStatus
+	(*SpendAlert)(nil),                 // 18: factory.v1.SpendAlert
+	(*SetBudgetRequest)(nil),           // 19: factory.v1.SetBudgetRequest
+	(*SetBudgetResponse)(nil),          // 20: factory.v1.SetBudgetResponse
+	(*GetBudgetRequest)(nil),           // 21: factory.v1.GetBudgetRequest
+	(*GetBudgetResponse)(nil),          // 22: factory.v1.GetBudgetResponse
+	(*ReserveSpendRequest)(nil),        // 23: factory.v1.ReserveSpendRequest
+	(*ReserveSpendResponse)(nil),       // 24: factory.v1.ReserveSpendResponse
+	(*SettleSpendRequest)(nil),         // 25: factory.v1.SettleSpendRequest
+	(*SettleSpendResponse)(nil),        // 26: factory.v1.SettleSpendResponse
+	(*EmergencyStopState)(nil),         // 27: factory.v1.EmergencyStopState
+	(*EmergencyStopRequest)(nil),       // 28: factory.v1.EmergencyStopRequest
+	(*EmergencyStopResponse)(nil),      // 29: factory.v1.EmergencyStopResponse
+	(*RearmEmergencyStopRequest)(nil),  // 30: factory.v1.RearmEmergencyStopRequest
+	(*RearmEmergencyStopResponse)(nil), // 31: factory.v1.RearmEmergencyStopResponse
+	(*GetEmergencyStopRequest)(nil),    // 32: factory.v1.GetEmergencyStopRequest
+	(*GetEmergencyStopResponse)(nil),   // 33: factory.v1.GetEmergencyStopResponse
+	(*timestamppb.Timestamp)(nil),      // 34: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),        // 35: google.protobuf.Duration
 }
 var file_factory_v1_budget_proto_depIdxs = []int32{
 	0,  // 0: factory.v1.SpendEvent.tier:type_name -> factory.v1.SpendTier
-	31, // 1: factory.v1.SpendEvent.occurred_at:type_name -> google.protobuf.Timestamp
+	34, // 1: factory.v1.SpendEvent.occurred_at:type_name -> google.protobuf.Timestamp
 	3,  // 2: factory.v1.SpendRecord.event:type_name -> factory.v1.SpendEvent
-	31, // 3: factory.v1.SpendRecord.recorded_at:type_name -> google.protobuf.Timestamp
+	34, // 3: factory.v1.SpendRecord.recorded_at:type_name -> google.protobuf.Timestamp
 	3,  // 4: factory.v1.ReportSpendRequest.event:type_name -> factory.v1.SpendEvent
 	4,  // 5: factory.v1.ReportSpendResponse.record:type_name -> factory.v1.SpendRecord
 	3,  // 6: factory.v1.ReportSpendBatchRequest.events:type_name -> factory.v1.SpendEvent
-	1,  // 7: factory.v1.GetSpendRequest.group_by:type_name -> factory.v1.SpendGroupBy
-	0,  // 8: factory.v1.GetSpendRequest.tier:type_name -> factory.v1.SpendTier
-	10, // 9: factory.v1.SpendGroup.totals:type_name -> factory.v1.SpendTotals
-	10, // 10: factory.v1.GetSpendResponse.totals:type_name -> factory.v1.SpendTotals
-	11, // 11: factory.v1.GetSpendResponse.groups:type_name -> factory.v1.SpendGroup
-	2,  // 12: factory.v1.Budget.scope:type_name -> factory.v1.BudgetScope
-	13, // 13: factory.v1.BudgetStatus.budget:type_name -> factory.v1.Budget
-	2,  // 14: factory.v1.SpendAlert.scope:type_name -> factory.v1.BudgetScope
-	31, // 15: factory.v1.SpendAlert.raised_at:type_name -> google.protobuf.Timestamp
-	13, // 16: factory.v1.SetBudgetRequest.budget:type_name -> factory.v1.Budget
-	13, // 17: factory.v1.SetBudgetResponse.budget:type_name -> factory.v1.Budget
-	14, // 18: factory.v1.GetBudgetResponse.budgets:type_name -> factory.v1.BudgetStatus
-	15, // 19: factory.v1.GetBudgetResponse.alerts:type_name -> factory.v1.SpendAlert
-	24, // 20: factory.v1.GetBudgetResponse.emergency_stop:type_name -> factory.v1.EmergencyStopState
-	0,  // 21: factory.v1.ReserveSpendRequest.tier:type_name -> factory.v1.SpendTier
-	32, // 22: factory.v1.ReserveSpendRequest.ttl:type_name -> google.protobuf.Duration
-	31, // 23: factory.v1.ReserveSpendResponse.expires_at:type_name -> google.protobuf.Timestamp
-	3,  // 24: factory.v1.SettleSpendRequest.actual:type_name -> factory.v1.SpendEvent
-	4,  // 25: factory.v1.SettleSpendResponse.record:type_name -> factory.v1.SpendRecord
-	31, // 26: factory.v1.EmergencyStopState.stopped_at:type_name -> google.protobuf.Timestamp
-	24, // 27: factory.v1.EmergencyStopResponse.state:type_name -> factory.v1.EmergencyStopState
-	24, // 28: factory.v1.GetEmergencyStopResponse.state:type_name -> factory.v1.EmergencyStopState
-	5,  // 29: factory.v1.BudgetService.ReportSpend:input_type -> factory.v1.ReportSpendRequest
-	7,  // 30: factory.v1.BudgetService.ReportSpendBatch:input_type -> factory.v1.ReportSpendBatchRequest
-	9,  // 31: factory.v1.BudgetService.GetSpend:input_type -> factory.v1.GetSpendRequest
-	16, // 32: factory.v1.BudgetService.SetBudget:input_type -> factory.v1.SetBudgetRequest
-	18, // 33: factory.v1.BudgetService.GetBudget:input_type -> factory.v1.GetBudgetRequest
-	20, // 34: factory.v1.BudgetService.ReserveSpend:input_type -> factory.v1.ReserveSpendRequest
-	22, // 35: factory.v1.BudgetService.SettleSpend:input_type -> factory.v1.SettleSpendRequest
-	25, // 36: factory.v1.BudgetService.EmergencyStop:input_type -> factory.v1.EmergencyStopRequest
-	27, // 37: factory.v1.BudgetService.RearmEmergencyStop:input_type -> factory.v1.RearmEmergencyStopRequest
-	29, // 38: factory.v1.BudgetService.GetEmergencyStop:input_type -> factory.v1.GetEmergencyStopRequest
-	6,  // 39: factory.v1.BudgetService.ReportSpend:output_type -> factory.v1.ReportSpendResponse
-	8,  // 40: factory.v1.BudgetService.ReportSpendBatch:output_type -> factory.v1.ReportSpendBatchResponse
-	12, // 41: factory.v1.BudgetService.GetSpend:output_type -> factory.v1.GetSpendResponse
-	17, // 42: factory.v1.BudgetService.SetBudget:output_type -> factory.v1.SetBudgetResponse
-	19, // 43: factory.v1.BudgetService.GetBudget:output_type -> factory.v1.GetBudgetResponse
-	21, // 44: factory.v1.BudgetService.ReserveSpend:output_type -> factory.v1.ReserveSpendResponse
-	23, // 45: factory.v1.BudgetService.SettleSpend:output_type -> factory.v1.SettleSpendResponse
-	26, // 46: factory.v1.BudgetService.EmergencyStop:output_type -> factory.v1.EmergencyStopResponse
-	28, // 47: factory.v1.BudgetService.RearmEmergencyStop:output_type -> factory.v1.RearmEmergencyStopResponse
-	30, // 48: factory.v1.BudgetService.GetEmergencyStop:output_type -> factory.v1.GetEmergencyStopResponse
-	39, // [39:49] is the sub-list for method output_type
-	29, // [29:39] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	9,  // 7: factory.v1.ReportSpendBatchResponse.conflicts:type_name -> factory.v1.SpendConflict
+	4,  // 8: factory.v1.VoidSpendResponse.record:type_name -> factory.v1.SpendRecord
+	34, // 9: factory.v1.VoidSpendResponse.voided_at:type_name -> google.protobuf.Timestamp
+	1,  // 10: factory.v1.GetSpendRequest.group_by:type_name -> factory.v1.SpendGroupBy
+	0,  // 11: factory.v1.GetSpendRequest.tier:type_name -> factory.v1.SpendTier
+	13, // 12: factory.v1.SpendGroup.totals:type_name -> factory.v1.SpendTotals
+	13, // 13: factory.v1.GetSpendResponse.totals:type_name -> factory.v1.SpendTotals
+	14, // 14: factory.v1.GetSpendResponse.groups:type_name -> factory.v1.SpendGroup
+	2,  // 15: factory.v1.Budget.scope:type_name -> factory.v1.BudgetScope
+	16, // 16: factory.v1.BudgetStatus.budget:type_name -> factory.v1.Budget
+	2,  // 17: factory.v1.SpendAlert.scope:type_name -> factory.v1.BudgetScope
+	34, // 18: factory.v1.SpendAlert.raised_at:type_name -> google.protobuf.Timestamp
+	16, // 19: factory.v1.SetBudgetRequest.budget:type_name -> factory.v1.Budget
+	16, // 20: factory.v1.SetBudgetResponse.budget:type_name -> factory.v1.Budget
+	17, // 21: factory.v1.GetBudgetResponse.budgets:type_name -> factory.v1.BudgetStatus
+	18, // 22: factory.v1.GetBudgetResponse.alerts:type_name -> factory.v1.SpendAlert
+	27, // 23: factory.v1.GetBudgetResponse.emergency_stop:type_name -> factory.v1.EmergencyStopState
+	0,  // 24: factory.v1.ReserveSpendRequest.tier:type_name -> factory.v1.SpendTier
+	35, // 25: factory.v1.ReserveSpendRequest.ttl:type_name -> google.protobuf.Duration
+	34, // 26: factory.v1.ReserveSpendResponse.expires_at:type_name -> google.protobuf.Timestamp
+	3,  // 27: factory.v1.SettleSpendRequest.actual:type_name -> factory.v1.SpendEvent
+	4,  // 28: factory.v1.SettleSpendResponse.record:type_name -> factory.v1.SpendRecord
+	34, // 29: factory.v1.EmergencyStopState.stopped_at:type_name -> google.protobuf.Timestamp
+	27, // 30: factory.v1.EmergencyStopResponse.state:type_name -> factory.v1.EmergencyStopState
+	27, // 31: factory.v1.GetEmergencyStopResponse.state:type_name -> factory.v1.EmergencyStopState
+	5,  // 32: factory.v1.BudgetService.ReportSpend:input_type -> factory.v1.ReportSpendRequest
+	7,  // 33: factory.v1.BudgetService.ReportSpendBatch:input_type -> factory.v1.ReportSpendBatchRequest
+	10, // 34: factory.v1.BudgetService.VoidSpend:input_type -> factory.v1.VoidSpendRequest
+	12, // 35: factory.v1.BudgetService.GetSpend:input_type -> factory.v1.GetSpendRequest
+	19, // 36: factory.v1.BudgetService.SetBudget:input_type -> factory.v1.SetBudgetRequest
+	21, // 37: factory.v1.BudgetService.GetBudget:input_type -> factory.v1.GetBudgetRequest
+	23, // 38: factory.v1.BudgetService.ReserveSpend:input_type -> factory.v1.ReserveSpendRequest
+	25, // 39: factory.v1.BudgetService.SettleSpend:input_type -> factory.v1.SettleSpendRequest
+	28, // 40: factory.v1.BudgetService.EmergencyStop:input_type -> factory.v1.EmergencyStopRequest
+	30, // 41: factory.v1.BudgetService.RearmEmergencyStop:input_type -> factory.v1.RearmEmergencyStopRequest
+	32, // 42: factory.v1.BudgetService.GetEmergencyStop:input_type -> factory.v1.GetEmergencyStopRequest
+	6,  // 43: factory.v1.BudgetService.ReportSpend:output_type -> factory.v1.ReportSpendResponse
+	8,  // 44: factory.v1.BudgetService.ReportSpendBatch:output_type -> factory.v1.ReportSpendBatchResponse
+	11, // 45: factory.v1.BudgetService.VoidSpend:output_type -> factory.v1.VoidSpendResponse
+	15, // 46: factory.v1.BudgetService.GetSpend:output_type -> factory.v1.GetSpendResponse
+	20, // 47: factory.v1.BudgetService.SetBudget:output_type -> factory.v1.SetBudgetResponse
+	22, // 48: factory.v1.BudgetService.GetBudget:output_type -> factory.v1.GetBudgetResponse
+	24, // 49: factory.v1.BudgetService.ReserveSpend:output_type -> factory.v1.ReserveSpendResponse
+	26, // 50: factory.v1.BudgetService.SettleSpend:output_type -> factory.v1.SettleSpendResponse
+	29, // 51: factory.v1.BudgetService.EmergencyStop:output_type -> factory.v1.EmergencyStopResponse
+	31, // 52: factory.v1.BudgetService.RearmEmergencyStop:output_type -> factory.v1.RearmEmergencyStopResponse
+	33, // 53: factory.v1.BudgetService.GetEmergencyStop:output_type -> factory.v1.GetEmergencyStopResponse
+	43, // [43:54] is the sub-list for method output_type
+	32, // [32:43] is the sub-list for method input_type
+	32, // [32:32] is the sub-list for extension type_name
+	32, // [32:32] is the sub-list for extension extendee
+	0,  // [0:32] is the sub-list for field type_name
 }
 
 func init() { file_factory_v1_budget_proto_init() }
@@ -2341,7 +2571,7 @@ func file_factory_v1_budget_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_factory_v1_budget_proto_rawDesc), len(file_factory_v1_budget_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   28,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

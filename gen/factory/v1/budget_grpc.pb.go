@@ -21,6 +21,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	BudgetService_ReportSpend_FullMethodName        = "/factory.v1.BudgetService/ReportSpend"
 	BudgetService_ReportSpendBatch_FullMethodName   = "/factory.v1.BudgetService/ReportSpendBatch"
+	BudgetService_VoidSpend_FullMethodName          = "/factory.v1.BudgetService/VoidSpend"
 	BudgetService_GetSpend_FullMethodName           = "/factory.v1.BudgetService/GetSpend"
 	BudgetService_SetBudget_FullMethodName          = "/factory.v1.BudgetService/SetBudget"
 	BudgetService_GetBudget_FullMethodName          = "/factory.v1.BudgetService/GetBudget"
@@ -40,9 +41,10 @@ const (
 // day's budgets.
 //
 // Agents report their own calls; a sidecar relays for the agents on its
-// host. Every event carries an id the reporter chooses: the same id sent
-// twice (a retry, a replayed spool) counts once. Money is integer
-// micro-dollars (1 USD = 1,000,000) so sums are exact.
+// host. Every event carries an id the reporter chooses, unique per agent:
+// the same event sent twice (a retry, a replayed spool) counts once. Money
+// is integer micro-dollars (1 USD = 1,000,000) so sums are exact, and every
+// sum is checked: one that would pass the int64 range is refused.
 //
 // Days are calendar days in the control plane's configured time zone
 // (--time-zone), so "today" is the operator's today, across daylight-saving
@@ -55,12 +57,25 @@ const (
 type BudgetServiceClient interface {
 	// ReportSpend records one call's spend. Given tokens but no cost, the
 	// control plane prices the call from its price table and marks the
-	// record priced_by_server. An id already recorded answers with the stored
-	// record and duplicate set, and changes nothing.
+	// record priced_by_server. Ids are per agent: two agents may use the
+	// same id. The same event sent again (a retry) answers with the stored
+	// record and duplicate set, and changes nothing; an id the agent already
+	// used for different content is ALREADY_EXISTS naming the fields that
+	// differ. One event costs at most $1,000,000 however it is priced, and
+	// one agent's day at most $1,000,000,000: past either, INVALID_ARGUMENT
+	// on cost_micros and nothing is recorded.
 	ReportSpend(ctx context.Context, in *ReportSpendRequest, opts ...grpc.CallOption) (*ReportSpendResponse, error)
 	// ReportSpendBatch records many events in one transaction; duplicates
-	// within the batch or of stored events count once.
+	// within the batch or of stored events count once. An event whose id
+	// the agent already used for different content is not recorded and is
+	// listed in conflicts; the rest of the batch is. An invalid event, or a
+	// batch past the limits ReportSpend names, refuses the whole batch.
 	ReportSpendBatch(ctx context.Context, in *ReportSpendBatchRequest, opts ...grpc.CallOption) (*ReportSpendBatchResponse, error)
+	// VoidSpend voids one recorded event by appending its reversal: the
+	// ledger keeps both, and reports, budgets, the live counters and the
+	// emergency stop's threshold see the net from then on. Operators only;
+	// audited. A voided event cannot be voided again (ALREADY_EXISTS).
+	VoidSpend(ctx context.Context, in *VoidSpendRequest, opts ...grpc.CallOption) (*VoidSpendResponse, error)
 	// GetSpend reports spend over a range of days, grouped by agent, model,
 	// provider, tier, task or day, with the rolling 7-day average before the
 	// range's last day.
@@ -116,6 +131,16 @@ func (c *budgetServiceClient) ReportSpendBatch(ctx context.Context, in *ReportSp
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ReportSpendBatchResponse)
 	err := c.cc.Invoke(ctx, BudgetService_ReportSpendBatch_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *budgetServiceClient) VoidSpend(ctx context.Context, in *VoidSpendRequest, opts ...grpc.CallOption) (*VoidSpendResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(VoidSpendResponse)
+	err := c.cc.Invoke(ctx, BudgetService_VoidSpend_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -211,9 +236,10 @@ func (c *budgetServiceClient) GetEmergencyStop(ctx context.Context, in *GetEmerg
 // day's budgets.
 //
 // Agents report their own calls; a sidecar relays for the agents on its
-// host. Every event carries an id the reporter chooses: the same id sent
-// twice (a retry, a replayed spool) counts once. Money is integer
-// micro-dollars (1 USD = 1,000,000) so sums are exact.
+// host. Every event carries an id the reporter chooses, unique per agent:
+// the same event sent twice (a retry, a replayed spool) counts once. Money
+// is integer micro-dollars (1 USD = 1,000,000) so sums are exact, and every
+// sum is checked: one that would pass the int64 range is refused.
 //
 // Days are calendar days in the control plane's configured time zone
 // (--time-zone), so "today" is the operator's today, across daylight-saving
@@ -226,12 +252,25 @@ func (c *budgetServiceClient) GetEmergencyStop(ctx context.Context, in *GetEmerg
 type BudgetServiceServer interface {
 	// ReportSpend records one call's spend. Given tokens but no cost, the
 	// control plane prices the call from its price table and marks the
-	// record priced_by_server. An id already recorded answers with the stored
-	// record and duplicate set, and changes nothing.
+	// record priced_by_server. Ids are per agent: two agents may use the
+	// same id. The same event sent again (a retry) answers with the stored
+	// record and duplicate set, and changes nothing; an id the agent already
+	// used for different content is ALREADY_EXISTS naming the fields that
+	// differ. One event costs at most $1,000,000 however it is priced, and
+	// one agent's day at most $1,000,000,000: past either, INVALID_ARGUMENT
+	// on cost_micros and nothing is recorded.
 	ReportSpend(context.Context, *ReportSpendRequest) (*ReportSpendResponse, error)
 	// ReportSpendBatch records many events in one transaction; duplicates
-	// within the batch or of stored events count once.
+	// within the batch or of stored events count once. An event whose id
+	// the agent already used for different content is not recorded and is
+	// listed in conflicts; the rest of the batch is. An invalid event, or a
+	// batch past the limits ReportSpend names, refuses the whole batch.
 	ReportSpendBatch(context.Context, *ReportSpendBatchRequest) (*ReportSpendBatchResponse, error)
+	// VoidSpend voids one recorded event by appending its reversal: the
+	// ledger keeps both, and reports, budgets, the live counters and the
+	// emergency stop's threshold see the net from then on. Operators only;
+	// audited. A voided event cannot be voided again (ALREADY_EXISTS).
+	VoidSpend(context.Context, *VoidSpendRequest) (*VoidSpendResponse, error)
 	// GetSpend reports spend over a range of days, grouped by agent, model,
 	// provider, tier, task or day, with the rolling 7-day average before the
 	// range's last day.
@@ -278,6 +317,9 @@ func (UnimplementedBudgetServiceServer) ReportSpend(context.Context, *ReportSpen
 }
 func (UnimplementedBudgetServiceServer) ReportSpendBatch(context.Context, *ReportSpendBatchRequest) (*ReportSpendBatchResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ReportSpendBatch not implemented")
+}
+func (UnimplementedBudgetServiceServer) VoidSpend(context.Context, *VoidSpendRequest) (*VoidSpendResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method VoidSpend not implemented")
 }
 func (UnimplementedBudgetServiceServer) GetSpend(context.Context, *GetSpendRequest) (*GetSpendResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetSpend not implemented")
@@ -356,6 +398,24 @@ func _BudgetService_ReportSpendBatch_Handler(srv interface{}, ctx context.Contex
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(BudgetServiceServer).ReportSpendBatch(ctx, req.(*ReportSpendBatchRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _BudgetService_VoidSpend_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(VoidSpendRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BudgetServiceServer).VoidSpend(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: BudgetService_VoidSpend_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BudgetServiceServer).VoidSpend(ctx, req.(*VoidSpendRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -518,6 +578,10 @@ var BudgetService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ReportSpendBatch",
 			Handler:    _BudgetService_ReportSpendBatch_Handler,
+		},
+		{
+			MethodName: "VoidSpend",
+			Handler:    _BudgetService_VoidSpend_Handler,
 		},
 		{
 			MethodName: "GetSpend",
