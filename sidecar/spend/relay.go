@@ -145,8 +145,14 @@ func (r *Relay) deliver(ctx context.Context, batch []spool.Event) error {
 	}
 	cctx, cancel := context.WithTimeout(ctx, r.cfg.CallTimeout)
 	defer cancel()
-	_, err := r.client.ReportSpendBatch(cctx, &factoryv1.ReportSpendBatchRequest{Events: events}, r.cfg.CallOptions...)
+	resp, err := r.client.ReportSpendBatch(cctx, &factoryv1.ReportSpendBatchRequest{Events: events}, r.cfg.CallOptions...)
 	if err == nil {
+		// A conflict is an id the agent already used for other content:
+		// resending cannot change that, so it is dropped, loudly.
+		for _, c := range resp.GetConflicts() {
+			r.cfg.Logger.Error("spend relay: the control plane refused a rewrite of a recorded event; dropped",
+				"id", c.GetId(), "agent", c.GetAgent(), "differs", c.GetFields())
+		}
 		return r.cfg.Spool.Ack(ids)
 	}
 	if status.Code(err) != codes.InvalidArgument && status.Code(err) != codes.PermissionDenied {
@@ -157,8 +163,8 @@ func (r *Relay) deliver(ctx context.Context, batch []spool.Event) error {
 	return r.deliverOneByOne(ctx, events)
 }
 
-// deliverOneByOne reports each event alone. An event refused as invalid
-// is dropped (logged): it can never be stored. One refused because the
+// deliverOneByOne reports each event alone. An event refused as invalid,
+// or as a rewrite of a recorded id, is dropped (logged): it can never be stored. One refused because the
 // host does not run its agent stays spooled (the sidecar's config may
 // declare the agent after a restart) and the error is returned.
 func (r *Relay) deliverOneByOne(ctx context.Context, events []*factoryv1.SpendEvent) error {
@@ -169,8 +175,10 @@ func (r *Relay) deliverOneByOne(ctx context.Context, events []*factoryv1.SpendEv
 		cancel()
 		switch status.Code(err) {
 		case codes.OK:
-		case codes.InvalidArgument:
-			r.cfg.Logger.Error("spend relay: the control plane refused an event as invalid; dropped", "id", ev.GetId(), "agent", ev.GetAgent(), "err", err)
+		case codes.InvalidArgument, codes.AlreadyExists:
+			// Invalid, or a rewrite of an id the agent already used: no
+			// retry can store it, and holding it would hold back the rest.
+			r.cfg.Logger.Error("spend relay: the control plane refused an event; dropped", "id", ev.GetId(), "agent", ev.GetAgent(), "err", err)
 		case codes.PermissionDenied:
 			r.cfg.Logger.Error("spend relay: the control plane refused an event: does this host run the agent? it stays spooled",
 				"id", ev.GetId(), "agent", ev.GetAgent(), "err", err)

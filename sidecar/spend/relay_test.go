@@ -146,11 +146,15 @@ func TestRelayAcksOnlyAfterTheLedgerStored(t *testing.T) {
 // split: the good events are stored, an invalid one is dropped, one whose
 // agent the host does not run stays spooled.
 func TestRelayIsolatesARefusedEvent(t *testing.T) {
-	f := &fakeLedger{stored: map[string]*factoryv1.SpendEvent{}, refused: map[string]codes.Code{"bad": codes.InvalidArgument, "stranger": codes.PermissionDenied}}
+	f := &fakeLedger{stored: map[string]*factoryv1.SpendEvent{}, refused: map[string]codes.Code{
+		"bad": codes.InvalidArgument, "stranger": codes.PermissionDenied, "rewriter": codes.AlreadyExists,
+	}}
 	conn := serveLedger(t, f)
 	sp := openSpool(t, filepath.Join(t.TempDir(), "spend.jsonl"))
 	at := time.Date(2026, 11, 27, 9, 0, 0, 0, time.UTC)
-	for _, a := range []string{"planner-01", "bad", "stranger", "coder-03"} {
+	// A rewrite of a recorded id can never be stored: dropped like an
+	// invalid event, not retried forever ahead of the rest.
+	for _, a := range []string{"planner-01", "bad", "rewriter", "stranger", "coder-03"} {
 		ev := &Event{ID: "id-" + a, Agent: a, Model: "m", Tier: "mid", OccurredAt: at}
 		if _, err := sp.Append(ev.toSpool()); err != nil {
 			t.Fatal(err)
