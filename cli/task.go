@@ -194,6 +194,7 @@ func newTaskListCommand(a *app) *cobra.Command {
 		labels []string
 		req    factoryv1.ListTasksRequest
 		all    bool
+		full   bool
 	)
 	cmd := &cobra.Command{
 		Use:     "ls",
@@ -206,11 +207,18 @@ agent) and --label key=value (repeatable; a task must carry all of them).
 One page of --limit tasks is shown; --all pages through everything. When
 more tasks match than were shown, a hint goes to standard error.
 
+Tasks are listed as summaries, without payload, last error, progress and
+note (-o json shows each payload's size as payload_bytes), so listing
+works whatever the payloads weigh; --full asks for every field. The
+server ends a page early rather than send more than 3 MiB of tasks; ls
+then fetches the rest of --limit from the next pages.
+
 Columns: HOLDER is the lease holder, or →agent for an assignee; ATTEMPT is
 claims so far over claims allowed; SINCE is when the task entered its state.`,
 		Example: `  factory task ls
   factory task ls --state ready,in-progress --role builder
-  factory task ls --state failed --all -o json | jq -r '.[].id'`,
+  factory task ls --state failed --all -o json | jq -r '.[].id'
+  factory task ls --state ready --full -o json | jq '.[].payload_json'`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var err error
@@ -221,6 +229,13 @@ claims so far over claims allowed; SINCE is when the task entered its state.`,
 				return usageErrorf("%v", err)
 			}
 			req.Labels = labels
+			if full {
+				req.View = factoryv1.TaskView_TASK_VIEW_FULL
+			}
+			limit := int(req.PageSize)
+			if limit <= 0 {
+				limit = 100
+			}
 			return a.withQueue(cmd, func(ctx context.Context, q factoryv1.QueueServiceClient) error {
 				var tasks []*factoryv1.Task
 				for {
@@ -232,6 +247,12 @@ claims so far over claims allowed; SINCE is when the task entered its state.`,
 					req.PageToken = resp.GetNextPageToken()
 					if req.PageToken == "" {
 						break
+					}
+					if !all && len(tasks) < limit {
+						// The page ended early at the server's byte bound:
+						// the rest of --limit comes from the next pages.
+						req.PageSize = int32(limit - len(tasks))
+						continue
 					}
 					if !all {
 						fmt.Fprintf(a.stderr(), "more tasks match: use --all, or a larger --limit\n")
@@ -249,6 +270,7 @@ claims so far over claims allowed; SINCE is when the task entered its state.`,
 	f.StringArrayVar(&labels, "label", nil, "only tasks with label key=value (repeatable)")
 	f.Int32Var(&req.PageSize, "limit", 100, "tasks per page (at most 1000)")
 	f.BoolVar(&all, "all", false, "page through every matching task")
+	f.BoolVar(&full, "full", false, "every field of each task, payload included (default: summaries)")
 	_ = cmd.RegisterFlagCompletionFunc("state", completeStates)
 	return cmd
 }

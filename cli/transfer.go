@@ -55,7 +55,8 @@ planes.`,
 				sum.ByFolder[folder] = 0
 			}
 			err := a.withQueue(cmd, func(ctx context.Context, q factoryv1.QueueServiceClient) error {
-				req := &factoryv1.ListTasksRequest{PageSize: pageSize}
+				// Full tasks: the files keep every payload.
+				req := &factoryv1.ListTasksRequest{PageSize: pageSize, View: factoryv1.TaskView_TASK_VIEW_FULL}
 				for {
 					resp, err := q.ListTasks(ctx, req)
 					if err != nil {

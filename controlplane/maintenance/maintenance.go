@@ -302,7 +302,7 @@ func (s *Service) start(ctx context.Context, p StartParams) (*StartResult, error
 func (s *Service) drain(ctx context.Context, wait time.Duration, progress func(int64)) ([]*store.Task, error) {
 	sub := s.q.Subscribe(queue.Filter{})
 	defer sub.Close()
-	events := sub.C
+	events := sub.Events(ctx)
 	deadline := time.NewTimer(wait)
 	defer deadline.Stop()
 	tick := time.NewTicker(s.cfg.Recheck)
@@ -338,9 +338,10 @@ func (s *Service) drain(ctx context.Context, wait time.Duration, progress func(i
 // maxListed bounds the tasks a start or a get lists.
 const maxListed = 100
 
-// InProgress lists up to limit IN_PROGRESS tasks.
+// InProgress lists up to limit IN_PROGRESS tasks, as summaries: a status
+// must not carry (or load) every payload.
 func (s *Service) InProgress(ctx context.Context, limit int) ([]*store.Task, error) {
-	res, err := s.store.TaskList(ctx, &store.TaskListParams{States: []store.TaskState{store.StateInProgress}, Limit: limit})
+	res, err := s.store.TaskList(ctx, &store.TaskListParams{States: []store.TaskState{store.StateInProgress}, Limit: limit, Summary: true})
 	if err != nil {
 		return nil, err
 	}

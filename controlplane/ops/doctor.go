@@ -81,7 +81,8 @@ func (s *Service) queueSanity(ctx context.Context, now time.Time) Check {
 	)
 	cursor := ""
 	for {
-		res, err := s.store.TaskList(ctx, &store.TaskListParams{States: []store.TaskState{store.StateInProgress}, Limit: 1000, Cursor: cursor})
+		// Summaries: the check reads leases, not payloads.
+		res, err := s.store.TaskList(ctx, &store.TaskListParams{States: []store.TaskState{store.StateInProgress}, Limit: 1000, Cursor: cursor, Summary: true})
 		if err != nil {
 			return Check{"queue_sanity", Fail, err.Error()}
 		}

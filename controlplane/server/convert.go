@@ -60,6 +60,7 @@ func taskToProto(t *store.Task) *factoryv1.Task {
 		RequiresApproval: t.ApprovalID != "",
 		ApprovalId:       t.ApprovalID,
 		ApprovalPending:  t.ApprovalPending,
+		PayloadBytes:     t.PayloadSize(),
 	}
 	if t.State == store.StateInProgress {
 		pt.Lease = &factoryv1.Lease{
@@ -77,6 +78,25 @@ func tasksToProto(ts []*store.Task) []*factoryv1.Task {
 	out := make([]*factoryv1.Task, len(ts))
 	for i, t := range ts {
 		out[i] = taskToProto(t)
+	}
+	return out
+}
+
+// taskSummaryToProto is the task as TASK_VIEW_BASIC shows it: without
+// payload, last error, progress and note, which can be large, so that a
+// response listing many tasks stays small.
+func taskSummaryToProto(t *store.Task) *factoryv1.Task {
+	pt := taskToProto(t)
+	if pt != nil {
+		pt.PayloadJson, pt.LastError, pt.Progress, pt.Note = "", "", "", ""
+	}
+	return pt
+}
+
+func taskSummariesToProto(ts []*store.Task) []*factoryv1.Task {
+	out := make([]*factoryv1.Task, len(ts))
+	for i, t := range ts {
+		out[i] = taskSummaryToProto(t)
 	}
 	return out
 }

@@ -33,7 +33,7 @@ func (s *opsServer) StartMaintenance(ctx context.Context, req *factoryv1.StartMa
 	access.Note(ctx, "maintenance", nil, maintenanceNote{Active: true, Reason: res.State.Reason, PausedQueue: res.State.PausedQueue, PausedTasks: res.PausedTasks})
 	out := &factoryv1.StartMaintenanceResponse{Maintenance: maintenanceProto(res.State), PausedTasks: int32(res.PausedTasks)}
 	for _, t := range res.StillRunning {
-		out.StillRunning = append(out.StillRunning, taskToProto(t))
+		out.StillRunning = append(out.StillRunning, taskSummaryToProto(t))
 	}
 	return out, nil
 }
@@ -64,7 +64,7 @@ func (s *opsServer) GetMaintenance(ctx context.Context, _ *factoryv1.GetMaintena
 	}
 	out := &factoryv1.GetMaintenanceResponse{Maintenance: maintenanceProto(st.State), InProgressCount: st.InProgressCount}
 	for _, t := range st.InProgress {
-		out.InProgress = append(out.InProgress, taskToProto(t))
+		out.InProgress = append(out.InProgress, taskSummaryToProto(t))
 	}
 	return out, nil
 }

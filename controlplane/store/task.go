@@ -146,6 +146,40 @@ type Task struct {
 	// over: it leaves BACKLOG only when the request is granted.
 	ApprovalID      string
 	ApprovalPending bool
+
+	// Summary marks a task read without its large fields: PayloadJSON,
+	// LastError, Progress and Note are empty, and PayloadBytes says how
+	// large the payload is.
+	Summary      bool
+	PayloadBytes int64
+}
+
+// TaskSizeFixed is what byte budgets (TaskListParams.MaxBytes,
+// TaskClaimParams.MaxBytes) count for a task besides its text: ids, names,
+// numbers and times, with room for their encoding. A task's size is
+// TaskSizeFixed plus the bytes of its title, kind, dependencies, labels
+// and, unless it is a summary, payload, last error, progress and note.
+// Drivers compute it in SQL from the stored lengths, so a budget bounds
+// what a page or a claim reads, not only what it returns; it is at least
+// the task's encoded size in a response.
+const TaskSizeFixed = 1024
+
+// PayloadSize is the payload's length in bytes, also for a summary.
+func (t *Task) PayloadSize() int64 {
+	if t.Summary {
+		return t.PayloadBytes
+	}
+	return int64(len(t.PayloadJSON))
+}
+
+// Release undoes a claim whose claimer never received the task: back to
+// READY (PAUSED while paused), the lease ended and the attempt given back.
+func (t *Task) Release(paused bool, now time.Time) {
+	t.EndLease()
+	st, byQueue := ReadyState(paused)
+	t.SetState(st, now)
+	t.PausedByQueue = byQueue
+	t.Attempt = max(t.Attempt-1, 0)
 }
 
 // Clone returns a deep copy.

@@ -65,6 +65,12 @@ func (t *traced) TaskClaim(ctx context.Context, p *TaskClaimParams) (_ []TaskCha
 	return t.s.TaskClaim(ctx, p)
 }
 
+func (t *traced) TaskRelease(ctx context.Context, p *TaskReleaseParams) (_ []TaskChange, err error) {
+	ctx, span := t.start(ctx, "TaskRelease")
+	defer func() { end(span, err) }()
+	return t.s.TaskRelease(ctx, p)
+}
+
 func (t *traced) TaskNextRunAfter(ctx context.Context, now time.Time) (_ time.Time, _ bool, err error) {
 	ctx, span := t.start(ctx, "TaskNextRunAfter")
 	defer func() { end(span, err) }()

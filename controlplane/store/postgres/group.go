@@ -3,6 +3,7 @@ package postgres
 import (
 	"context"
 	"fmt"
+	"math"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -196,7 +197,7 @@ func (s *Store) runGroup(ctx context.Context, reqs []groupRequest) error {
 		var picks []claimPick
 		switch {
 		case len(claims) == 1:
-			queueClaim(b, claims[0], claims[0].p.Max)
+			queueClaim(b, claims[0], claims[0].p.Max, claims[0].budget(), true)
 		case len(claims) > 1:
 			queueClaimPick(b, claims, &picks)
 		}
@@ -396,13 +397,22 @@ func (c *completion) finish(t *txn) error {
 	return nil
 }
 
-// queueClaim queues one claim of up to n tasks, appended to r.out.
-func queueClaim(b *pgx.Batch, r *claimReq, n int) {
+// queueClaim queues one claim of up to n tasks within budget bytes,
+// appended to r.out; first lets the first task come whatever its size.
+func queueClaim(b *pgx.Batch, r *claimReq, n int, budget int64, first bool) {
 	roles := r.p.Roles
 	if roles == nil {
 		roles = []string{}
 	}
-	queueRows(b, &r.out, qClaim, r.p.Agent, r.now, norm(r.now.Add(r.p.LeaseDuration)), roles, n)
+	queueRows(b, &r.out, qClaim, r.p.Agent, r.now, norm(r.now.Add(r.p.LeaseDuration)), roles, n, budget, first)
+}
+
+// budget is the claim's byte budget, unbounded when it names none.
+func (r *claimReq) budget() int64 {
+	if r.p.MaxBytes <= 0 {
+		return math.MaxInt64
+	}
+	return r.p.MaxBytes
 }
 
 // claimPick is a candidate for several claims.
@@ -410,6 +420,7 @@ type claimPick struct {
 	seq                int64
 	id, role, assignee string
 	runAfter           pgtype.Timestamptz
+	size               int64
 }
 
 // queueClaimPick locks the candidates for claims: the first
@@ -441,7 +452,7 @@ func queueClaimPick(b *pgx.Batch, claims []*claimReq, picks *[]claimPick) {
 	*picks = nil
 	b.Queue(qClaimPick, latest, roles, agents, total).Query(func(rs pgx.Rows) error {
 		var p claimPick
-		_, err := pgx.ForEachRow(rs, []any{&p.seq, &p.id, &p.role, &p.assignee, &p.runAfter}, func() error {
+		_, err := pgx.ForEachRow(rs, []any{&p.seq, &p.id, &p.role, &p.assignee, &p.runAfter, &p.size}, func() error {
 			*picks = append(*picks, p)
 			return nil
 		})
@@ -451,7 +462,8 @@ func queueClaimPick(b *pgx.Batch, claims []*claimReq, picks *[]claimPick) {
 
 // claimMany hands the locked candidates out as the claims would have taken
 // them one after another: each, in arrival order, takes the first
-// candidates it may take that the claims before it left. The candidates
+// candidates it may take that the claims before it left, until the next
+// would not fit its byte budget. The candidates
 // are a prefix of the queue for the union of the claims' filters, so this
 // is exact unless a claim came up short while the prefix was cut off at
 // its limit (by tasks assigned to other agents, say); such a claim then
@@ -473,9 +485,10 @@ func claimMany(t *txn, claims []*claimReq, picks []claimPick) (func(*pgx.Batch),
 		nows    []time.Time
 		expires []time.Time
 		short   []*claimReq
+		used    = make(map[*claimReq]int64, len(claims))
 	)
 	for _, r := range claims {
-		got := 0
+		got, full := 0, false
 		for i, p := range picks {
 			if got == r.p.Max {
 				break
@@ -483,14 +496,19 @@ func claimMany(t *txn, claims []*claimReq, picks []claimPick) (func(*pgx.Batch),
 			if taken[i] || !r.mayTake(p) {
 				continue
 			}
+			if got > 0 && used[r]+p.size > r.budget() {
+				full = true
+				break
+			}
 			taken[i] = true
 			got++
+			used[r] += p.size
 			owner[p.seq] = r
 			seqs, agents = append(seqs, p.seq), append(agents, r.p.Agent)
 			nows, expires = append(nows, r.now), append(expires, norm(r.now.Add(r.p.LeaseDuration)))
 			t.changes = append(t.changes, store.RemoteChange{TaskID: p.id, PreviousState: store.StateReady, State: store.StateInProgress})
 		}
-		if got < r.p.Max && len(picks) == total {
+		if got < r.p.Max && !full && len(picks) == total {
 			short = append(short, r)
 		}
 	}
@@ -525,7 +543,7 @@ func claimMany(t *txn, claims []*claimReq, picks []claimPick) (func(*pgx.Batch),
 	}
 	b = t.batch()
 	for _, r := range short {
-		queueClaim(b, r, r.p.Max-len(r.out))
+		queueClaim(b, r, r.p.Max-len(r.out), r.budget()-used[r], len(r.out) == 0)
 	}
 	if err := t.send(b); err != nil {
 		return nil, err

@@ -20,6 +20,18 @@ var stateLiterals = strings.NewReplacer(
 	"{PAUSED}", strconv.Itoa(int(store.StatePaused)),
 	"{COLS}", taskCols,
 	"{T.COLS}", qualified("t", taskCols),
+	"{SIZE}", sizeFull,
+)
+
+// sizeSummary and sizeFull are a task's size as byte budgets count it (see
+// store.TaskSizeFixed), as a summary and in full. octet_length of a text
+// reads its stored length without detoasting it; a dependency list counts
+// one more byte per id than its text form, as the wire does.
+var (
+	sizeSummary = "(" + strconv.Itoa(store.TaskSizeFixed) + " + octet_length(title) + octet_length(kind)" +
+		" + octet_length(depends_on::text) + cardinality(depends_on) + octet_length(labels::text))"
+	sizeFull = "(" + sizeSummary +
+		" + octet_length(payload_json) + octet_length(last_error) + octet_length(progress) + octet_length(note))"
 )
 
 // qualified prefixes every column of a column list with a table alias.
@@ -45,6 +57,9 @@ SELECT {COLS} FROM tasks WHERE id = ANY($1::text[])`)
 
 	qGetForUpdate = q(`-- name: TaskLock
 SELECT {COLS} FROM tasks WHERE id = $1 FOR UPDATE`)
+
+	qGetManyForUpdate = q(`-- name: TaskLockMany
+SELECT {COLS} FROM tasks WHERE id = ANY($1::text[]) ORDER BY seq FOR UPDATE`)
 
 	// qStatesShare reads the tasks a new batch names (its own ids and its
 	// dependencies) and share-locks them: a dependency cannot reach DONE
@@ -91,19 +106,26 @@ SELECT set_config('enable_seqscan', 'off', true), set_config('enable_bitmapscan'
 
 	// qClaim picks and takes the tasks in one statement. SKIP LOCKED
 	// passes over rows another claimer has just locked instead of
-	// waiting for it, so concurrent claimers take different tasks.
+	// waiting for it, so concurrent claimers take different tasks. Of
+	// the candidates it takes those whose running size, in claim order,
+	// stays within the byte budget $6, and the first one whatever its
+	// size when $7 is set, so that a claim never commits more than its
+	// response can carry.
 	qClaim = q(`-- name: TaskClaim
 UPDATE tasks SET state = {IN_PROGRESS}, attempt = attempt + 1, fencing_token = fencing_token + 1,
 	lease_holder = $1, claimed_at = $2, renewed_at = $2, lease_expires_at = $3,
 	updated_at = $2, state_changed_at = $2, paused_by_queue = false
 WHERE seq = ANY(ARRAY(
-	SELECT seq FROM tasks
-	WHERE state = {READY} AND (run_after IS NULL OR run_after <= $2::timestamptz)
-		AND (role = '' OR role = ANY($4::text[]))
-		AND (assignee = '' OR assignee = $1::text)
-	ORDER BY priority DESC, seq
-	LIMIT $5
-	FOR UPDATE SKIP LOCKED))
+	SELECT seq FROM (
+		SELECT seq, size, sum(size) OVER (ORDER BY priority DESC, seq) AS run FROM (
+			SELECT seq, priority, {SIZE} AS size FROM tasks
+			WHERE state = {READY} AND (run_after IS NULL OR run_after <= $2::timestamptz)
+				AND (role = '' OR role = ANY($4::text[]))
+				AND (assignee = '' OR assignee = $1::text)
+			ORDER BY priority DESC, seq
+			LIMIT $5
+			FOR UPDATE SKIP LOCKED) AS picked) AS sized
+	WHERE run <= $6::bigint OR (run = size AND $7::boolean)))
 RETURNING {COLS}`)
 
 	// qClaimPick locks the candidates of several claims made together: the
@@ -111,7 +133,7 @@ RETURNING {COLS}`)
 	// which candidate is decided in Go (see claimMany), and qClaimTake
 	// takes them.
 	qClaimPick = q(`-- name: TaskClaimPick
-SELECT seq, id, role, assignee, run_after FROM tasks
+SELECT seq, id, role, assignee, run_after, {SIZE} FROM tasks
 WHERE state = {READY} AND (run_after IS NULL OR run_after <= $1::timestamptz)
 	AND (role = '' OR role = ANY($2::text[]))
 	AND (assignee = '' OR assignee = ANY($3::text[]))

@@ -219,8 +219,19 @@ func (s *Store) TaskList(ctx context.Context, p *store.TaskListParams) (*store.T
 		}
 	}
 
+	bounded := p.MaxBytes > 0 || p.Summary
 	var b strings.Builder
-	b.WriteString("-- name: TaskList\nSELECT " + taskCols + " FROM tasks WHERE seq > $1")
+	if bounded {
+		// The page's rows are chosen from their sizes alone; only those
+		// that fit are then read.
+		size := sizeFull
+		if p.Summary {
+			size = sizeSummary
+		}
+		b.WriteString("-- name: TaskList\nWITH page AS (SELECT seq, " + size + " AS size FROM tasks WHERE seq > $1")
+	} else {
+		b.WriteString("-- name: TaskList\nSELECT " + taskCols + " FROM tasks WHERE seq > $1")
+	}
 	args := []any{after}
 	arg := func(v any) string {
 		args = append(args, v)
@@ -253,6 +264,9 @@ func (s *Store) TaskList(ctx context.Context, p *store.TaskListParams) (*store.T
 		limit = p.Limit + 1
 		b.WriteString(" LIMIT " + arg(limit))
 	}
+	if bounded {
+		return s.taskListBounded(ctx, p, &b, args, limit)
+	}
 
 	var rows []*row
 	err = s.read(ctx, "TaskList", func(ctx context.Context) error {
@@ -269,6 +283,69 @@ func (s *Store) TaskList(ctx context.Context, p *store.TaskListParams) (*store.T
 	res := &store.TaskListResult{}
 	if limit > 0 && len(rows) == limit {
 		rows = rows[:p.Limit]
+		res.NextCursor = strconv.FormatInt(rows[len(rows)-1].seq, 10)
+	}
+	res.Tasks = make([]*store.Task, len(rows))
+	for i, r := range rows {
+		res.Tasks[i] = r.t
+	}
+	return res, nil
+}
+
+// summaryCols is taskCols with the large fields left out.
+var summaryCols = strings.NewReplacer(" payload_json,", " ''::text,", " last_error,", " ''::text,", " progress,", " ''::text,", " note,", " ''::text,").Replace(taskCols)
+
+// taskListBounded finishes a TaskList whose page is bounded by bytes or
+// made of summaries: b holds the page's candidates (seq and size, up to
+// limit) as the CTE "page"; the rows kept are those whose running size
+// fits MaxBytes, and always the first.
+func (s *Store) taskListBounded(ctx context.Context, p *store.TaskListParams, b *strings.Builder, args []any, limit int) (*store.TaskListResult, error) {
+	cols := taskCols
+	if p.Summary {
+		cols = summaryCols
+	}
+	budget := p.MaxBytes
+	if budget <= 0 {
+		budget = math.MaxInt64
+	}
+	args = append(args, budget)
+	b.WriteString(`), sums AS (SELECT seq, size, sum(size) OVER (ORDER BY seq) AS run, count(*) OVER () AS n FROM page)
+SELECT octet_length(payload_json), sums.n, ` + cols + ` FROM sums JOIN tasks USING (seq)
+WHERE run <= $` + strconv.Itoa(len(args)) + `::bigint OR run = size ORDER BY seq`)
+
+	var (
+		rows       []*row
+		candidates int64
+	)
+	err := s.read(ctx, "TaskList", func(ctx context.Context) error {
+		rows, candidates = nil, 0
+		rs, err := s.pool.Query(ctx, b.String(), args...)
+		if err != nil {
+			return err
+		}
+		defer rs.Close()
+		for rs.Next() {
+			var payloadBytes int64
+			r, err := scanRow(rs, &payloadBytes, &candidates)
+			if err != nil {
+				return err
+			}
+			if p.Summary {
+				r.t.Summary, r.t.PayloadBytes = true, payloadBytes
+			}
+			rows = append(rows, r)
+		}
+		return rs.Err()
+	})
+	if err != nil {
+		return nil, err
+	}
+	res := &store.TaskListResult{}
+	if limit > 0 && len(rows) == limit {
+		rows = rows[:p.Limit]
+	}
+	// A candidate left out, by the limit or the budget, starts the next page.
+	if int64(len(rows)) < candidates {
 		res.NextCursor = strconv.FormatInt(rows[len(rows)-1].seq, 10)
 	}
 	res.Tasks = make([]*store.Task, len(rows))
@@ -305,6 +382,58 @@ func (s *Store) TaskClaim(ctx context.Context, p *store.TaskClaimParams) ([]stor
 	}
 	byClaimOrder(r.out)
 	return changes(r.out, store.StateReady), nil
+}
+
+// TaskRelease implements store.Store.
+func (s *Store) TaskRelease(ctx context.Context, p *store.TaskReleaseParams) ([]store.TaskChange, error) {
+	if len(p.Leases) == 0 {
+		return nil, nil
+	}
+	ids := make([]string, 0, len(p.Leases))
+	for _, ref := range p.Leases {
+		if err := checkLease(ref); err != nil {
+			return nil, err
+		}
+		ids = append(ids, ref.TaskID)
+	}
+	now := norm(p.Now)
+	var out []store.TaskChange
+	err := s.inTx(ctx, "TaskRelease", func(t *txn) error {
+		out = nil
+		var (
+			paused bool
+			rows   []*row
+		)
+		b := t.batch()
+		b.Queue(qPausedShare).QueryRow(func(r pgx.Row) error { return r.Scan(&paused) })
+		queueRows(b, &rows, qGetManyForUpdate, ids)
+		if err := t.send(b); err != nil {
+			return err
+		}
+		byID := make(map[string]*row, len(rows))
+		for _, r := range rows {
+			byID[r.t.ID] = r
+		}
+		var held []*row
+		for _, ref := range p.Leases {
+			r := byID[ref.TaskID]
+			if r == nil || store.CheckLease(r.t, ref, now) != nil {
+				continue
+			}
+			r.t.Release(paused, now)
+			held = append(held, r)
+		}
+		if len(held) == 0 {
+			return nil
+		}
+		out = changes(held, store.StateInProgress)
+		t.announce(out)
+		return t.commit(queueSave(held...))
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 // TaskNextRunAfter implements store.Store.

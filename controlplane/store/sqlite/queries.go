@@ -18,6 +18,17 @@ var stateLiterals = strings.NewReplacer(
 	"{FAILED}", strconv.Itoa(int(store.StateFailed)),
 	"{PAUSED}", strconv.Itoa(int(store.StatePaused)),
 	"{COLS}", taskCols,
+	"{SIZE}", sizeFull,
+)
+
+// sizeSummary and sizeFull are a task's size as byte budgets count it (see
+// store.TaskSizeFixed), as a summary and in full. octet_length reads a
+// text's length from the record header without loading the text.
+var (
+	sizeSummary = "(" + strconv.Itoa(store.TaskSizeFixed) +
+		" + octet_length(title) + octet_length(kind) + octet_length(depends_on) + octet_length(labels))"
+	sizeFull = "(" + sizeSummary +
+		" + octet_length(payload_json) + octet_length(last_error) + octet_length(progress) + octet_length(note))"
 )
 
 func q(s string) string { return stateLiterals.Replace(s) }
@@ -36,16 +47,21 @@ var (
 	// other claim sees the same READY rows. The candidates are read in
 	// tasks_ready order so that LIMIT stops the walk early; left to itself
 	// the planner may prefer tasks_ready_run_after and sort every READY
-	// task.
+	// task. Of those, it takes the ones whose running size, in claim
+	// order, stays within the byte budget ?6 (and always the first), so
+	// that a claim never commits more than its response can carry.
 	qClaim = q(`UPDATE tasks SET state = {IN_PROGRESS}, attempt = attempt + 1, fencing_token = fencing_token + 1,
 		lease_holder = ?1, claimed_at = ?2, renewed_at = ?2, lease_expires_at = ?3,
 		updated_at = ?2, state_changed_at = ?2, paused_by_queue = 0
 	WHERE seq IN (
-		SELECT seq FROM tasks INDEXED BY tasks_ready
-		WHERE state = {READY} AND run_after <= ?2
-			AND (role = '' OR role IN (SELECT value FROM json_each(?4)))
-			AND (assignee = '' OR assignee = ?1)
-		ORDER BY priority DESC, seq LIMIT ?5)
+		SELECT seq FROM (
+			SELECT seq, size, SUM(size) OVER (ORDER BY priority DESC, seq) AS run FROM (
+				SELECT seq, priority, {SIZE} AS size FROM tasks INDEXED BY tasks_ready
+				WHERE state = {READY} AND run_after <= ?2
+					AND (role = '' OR role IN (SELECT value FROM json_each(?4)))
+					AND (assignee = '' OR assignee = ?1)
+				ORDER BY priority DESC, seq LIMIT ?5))
+		WHERE run <= ?6 OR run = size)
 	RETURNING {COLS}`)
 
 	// qPromote moves the BACKLOG dependents of tasks that just reached DONE

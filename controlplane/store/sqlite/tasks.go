@@ -169,8 +169,19 @@ func (s *Store) TaskList(ctx context.Context, p *store.TaskListParams) (*store.T
 		return nil, err
 	}
 
+	bounded := p.MaxBytes > 0 || p.Summary
 	var b strings.Builder
-	b.WriteString("SELECT " + taskCols + " FROM tasks WHERE seq > ?")
+	if bounded {
+		// The page's rows are chosen from their sizes alone; only those
+		// that fit are then read.
+		size := sizeFull
+		if p.Summary {
+			size = sizeSummary
+		}
+		b.WriteString("WITH page AS (SELECT seq, " + size + " AS size FROM tasks WHERE seq > ?")
+	} else {
+		b.WriteString("SELECT " + taskCols + " FROM tasks WHERE seq > ?")
+	}
 	args := []any{after}
 	if len(p.States) > 0 {
 		b.WriteString(" AND state IN (SELECT value FROM json_each(?))")
@@ -202,6 +213,9 @@ func (s *Store) TaskList(ctx context.Context, p *store.TaskListParams) (*store.T
 	}
 	b.WriteString(" ORDER BY seq LIMIT ?")
 	args = append(args, limit)
+	if bounded {
+		return s.taskListBounded(ctx, p, &b, args, limit)
+	}
 
 	rows, err := s.readRows(ctx, "TaskList", b.String(), args...)
 	if err != nil {
@@ -210,6 +224,69 @@ func (s *Store) TaskList(ctx context.Context, p *store.TaskListParams) (*store.T
 	res := &store.TaskListResult{}
 	if limit > 0 && len(rows) == limit {
 		rows = rows[:p.Limit]
+		res.NextCursor = strconv.FormatInt(rows[len(rows)-1].seq, 10)
+	}
+	res.Tasks = make([]*store.Task, len(rows))
+	for i, r := range rows {
+		res.Tasks[i] = r.t
+	}
+	return res, nil
+}
+
+// summaryCols is taskCols with the large fields left out.
+var summaryCols = strings.NewReplacer(" payload_json,", " '',", " last_error,", " '',", " progress,", " '',", " note,", " '',").Replace(taskCols)
+
+// taskListBounded finishes a TaskList whose page is bounded by bytes or
+// made of summaries: b holds the page's candidates (seq and size, up to
+// limit) as the CTE "page"; the rows kept are those whose running size
+// fits MaxBytes, and always the first.
+func (s *Store) taskListBounded(ctx context.Context, p *store.TaskListParams, b *strings.Builder, args []any, limit int) (*store.TaskListResult, error) {
+	cols := taskCols
+	if p.Summary {
+		cols = summaryCols
+	}
+	budget := p.MaxBytes
+	if budget <= 0 {
+		budget = math.MaxInt64
+	}
+	b.WriteString(`), sums AS (SELECT seq, size, SUM(size) OVER (ORDER BY seq) AS run, COUNT(*) OVER () AS n FROM page)
+	SELECT ` + cols + `, octet_length(payload_json), sums.n FROM sums JOIN tasks USING (seq)
+	WHERE run <= ? OR run = size ORDER BY seq`)
+	args = append(args, budget)
+
+	st, err := s.rs.get(ctx, b.String())
+	if err != nil {
+		return nil, dbErr("TaskList", err)
+	}
+	rs, err := st.QueryContext(ctx, args...)
+	if err != nil {
+		return nil, dbErr("TaskList", err)
+	}
+	defer rs.Close()
+	var (
+		rows       []*row
+		candidates int
+	)
+	for rs.Next() {
+		var payloadBytes int64
+		r, err := scanRow(rs, &payloadBytes, &candidates)
+		if err != nil {
+			return nil, dbErr("TaskList", err)
+		}
+		if p.Summary {
+			r.t.Summary, r.t.PayloadBytes = true, payloadBytes
+		}
+		rows = append(rows, r)
+	}
+	if err := rs.Err(); err != nil {
+		return nil, dbErr("TaskList", err)
+	}
+	res := &store.TaskListResult{}
+	if limit > 0 && len(rows) == limit {
+		rows = rows[:p.Limit]
+	}
+	// A candidate left out, by the limit or the budget, starts the next page.
+	if len(rows) < candidates {
 		res.NextCursor = strconv.FormatInt(rows[len(rows)-1].seq, 10)
 	}
 	res.Tasks = make([]*store.Task, len(rows))
@@ -234,10 +311,14 @@ func (s *Store) TaskClaim(ctx context.Context, p *store.TaskClaimParams) ([]stor
 	if len(p.Roles) > 0 {
 		roles = jsonText(p.Roles)
 	}
+	budget := p.MaxBytes
+	if budget <= 0 {
+		budget = math.MaxInt64
+	}
 	var claimed []*row
 	err := s.writeTx(ctx, "TaskClaim", func(w *wtx) error {
 		var err error
-		claimed, err = w.rows(qClaim, p.Agent, toNanos(now), toNanos(now.Add(p.LeaseDuration)), roles, p.Max)
+		claimed, err = w.rows(qClaim, p.Agent, toNanos(now), toNanos(now.Add(p.LeaseDuration)), roles, p.Max, budget)
 		return err
 	})
 	if err != nil {
@@ -250,6 +331,40 @@ func (s *Store) TaskClaim(ctx context.Context, p *store.TaskClaimParams) ([]stor
 		return cmpInt64(a.seq, b.seq)
 	})
 	return changes(claimed, store.StateReady), nil
+}
+
+// TaskRelease implements store.Store.
+func (s *Store) TaskRelease(ctx context.Context, p *store.TaskReleaseParams) ([]store.TaskChange, error) {
+	if len(p.Leases) == 0 {
+		return nil, nil
+	}
+	now := norm(p.Now)
+	var out []store.TaskChange
+	err := s.writeTx(ctx, "TaskRelease", func(w *wtx) error {
+		out = nil
+		paused, _, err := w.paused()
+		if err != nil {
+			return err
+		}
+		var held []*row
+		for _, ref := range p.Leases {
+			r, err := w.held(ref, now)
+			if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrStaleLease) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			r.t.Release(paused, now)
+			held = append(held, r)
+		}
+		out = changes(held, store.StateInProgress)
+		return w.save(held...)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 // TaskNextRunAfter implements store.Store.

@@ -1,6 +1,7 @@
 package storetest
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -203,6 +204,102 @@ func (s *suite) testClaim(t *testing.T) {
 				t.Fatalf("rescue at expiry: %v %v", changeIDs(rescued), err)
 			}
 		}},
+		{"ByteBudgetCommitsOnlyWhatFits", func(t *testing.T, h *harness) {
+			// Five tasks of about 100 KiB; a budget of 250 KiB carries two.
+			for i := range 5 {
+				h.create(&store.TaskCreate{ID: fmt.Sprintf("big-%d", i), PayloadJSON: jsonString(100 << 10), Priority: int32(-i)})
+			}
+			budget := int64(250 << 10)
+			for _, want := range [][]string{{"big-0", "big-1"}, {"big-2", "big-3"}, {"big-4"}} {
+				got := h.claimParams(&store.TaskClaimParams{Agent: "agent-1", Max: 5, LeaseDuration: time.Hour, Now: h.now(), MaxBytes: budget})
+				requireSameIDs(t, "claim within 250 KiB", taskIDs(got), want)
+				// What did not fit was never taken: still READY, no attempt used.
+				for _, task := range h.list(&store.TaskListParams{States: []store.TaskState{store.StateReady}}).Tasks {
+					if task.Attempt != 0 || task.FencingToken != 0 {
+						t.Fatalf("READY task %s has attempt %d and token %d after a claim passed it over", task.ID, task.Attempt, task.FencingToken)
+					}
+				}
+			}
+			if n := h.stats().Counts[store.StateInProgress]; n != 5 {
+				t.Fatalf("%d IN_PROGRESS, want 5", n)
+			}
+		}},
+		{"ByteBudgetHandsOutOneTaskLargerThanIt", func(t *testing.T, h *harness) {
+			h.create(
+				&store.TaskCreate{ID: "huge", PayloadJSON: jsonString(300 << 10), Priority: 1},
+				&store.TaskCreate{ID: "small"},
+			)
+			got := h.claimParams(&store.TaskClaimParams{Agent: "agent-1", Max: 10, LeaseDuration: time.Hour, Now: h.now(), MaxBytes: 100 << 10})
+			requireSameIDs(t, "claim of a task larger than the budget", taskIDs(got), []string{"huge"})
+			h.requireState("small", store.StateReady)
+		}},
+		{"ByteBudgetKeepsClaimOrder", func(t *testing.T, h *harness) {
+			// A task that does not fit ends the claim: a smaller one behind
+			// it is not taken out of turn.
+			h.create(
+				&store.TaskCreate{ID: "first", Priority: 3},
+				&store.TaskCreate{ID: "big", PayloadJSON: jsonString(200 << 10), Priority: 2},
+				&store.TaskCreate{ID: "last", Priority: 1},
+			)
+			got := h.claimParams(&store.TaskClaimParams{Agent: "agent-1", Max: 3, LeaseDuration: time.Hour, Now: h.now(), MaxBytes: 150 << 10})
+			requireSameIDs(t, "claim within 150 KiB", taskIDs(got), []string{"first"})
+			h.requireState("big", store.StateReady)
+			h.requireState("last", store.StateReady)
+		}},
+		{"ReleaseUndoesUndeliveredClaim", func(t *testing.T, h *harness) {
+			h.create(&store.TaskCreate{ID: "a", MaxAttempts: 1}, &store.TaskCreate{ID: "b", MaxAttempts: 1})
+			claimed := h.claim("agent-1", nil, 2)
+			h.clock.Advance(time.Second)
+			changes, err := h.s.TaskRelease(h.ctx, &store.TaskReleaseParams{Leases: []store.LeaseRef{leaseOf(claimed[0]), leaseOf(claimed[1])}, Now: h.now()})
+			if err != nil {
+				t.Fatalf("TaskRelease: %v", err)
+			}
+			requireSameIDs(t, "released", changeIDs(changes), []string{"a", "b"})
+			for _, c := range claimed {
+				requireChange(t, changes, c.ID, store.StateInProgress, store.StateReady)
+				got := h.requireState(c.ID, store.StateReady)
+				if got.Attempt != 0 {
+					t.Fatalf("%s: attempt %d after release, want 0 (the attempt given back)", c.ID, got.Attempt)
+				}
+				requireNoLease(t, got)
+				requireTime(t, "StateChangedAt", got.StateChangedAt, h.now())
+			}
+			// With its one attempt given back the task is claimable again,
+			// under a token the released lease never had.
+			again := h.claimOne("agent-2", "a")
+			if again.Attempt != 1 || again.FencingToken <= claimed[0].FencingToken {
+				t.Fatalf("claim after release: attempt %d token %d; want 1 and a token above %d", again.Attempt, again.FencingToken, claimed[0].FencingToken)
+			}
+			// The released lease is stale.
+			res, _ := h.completeItem(store.TaskCompleteItem{Lease: leaseOf(claimed[0])})
+			requireIs(t, res.Err, store.ErrStaleLease, "completion under a released lease")
+		}},
+		{"ReleasePassesOverLeasesNoLongerHeld", func(t *testing.T, h *harness) {
+			h.create(&store.TaskCreate{ID: "a"})
+			old := h.claimOne("agent-1", "a")
+			h.move("a", store.StateReady)
+			current := h.claimOne("agent-2", "a")
+			changes, err := h.s.TaskRelease(h.ctx, &store.TaskReleaseParams{
+				Leases: []store.LeaseRef{leaseOf(old), {TaskID: "missing", Agent: "agent-1", FencingToken: 1}}, Now: h.now(),
+			})
+			if err != nil || len(changes) != 0 {
+				t.Fatalf("release of a lost lease: changes %v, err %v; want none", changeIDs(changes), err)
+			}
+			h.requireUnchanged(current)
+		}},
+		{"ReleaseIntoPausedQueue", func(t *testing.T, h *harness) {
+			h.create(&store.TaskCreate{ID: "a"})
+			claimed := h.claimOne("agent-1", "a")
+			h.pause("maintenance")
+			if _, err := h.s.TaskRelease(h.ctx, &store.TaskReleaseParams{Leases: []store.LeaseRef{leaseOf(claimed)}, Now: h.now()}); err != nil {
+				t.Fatalf("TaskRelease: %v", err)
+			}
+			if got := h.requireState("a", store.StatePaused); !got.PausedByQueue || got.Attempt != 0 {
+				t.Fatalf("released into a paused queue: paused by queue %v, attempt %d; want true, 0", got.PausedByQueue, got.Attempt)
+			}
+			h.resume()
+			h.requireState("a", store.StateReady)
+		}},
 		{"SkipsTasksNotReady", func(t *testing.T, h *harness) {
 			h.create(
 				&store.TaskCreate{ID: "backlog", InitialState: store.StateBacklog},
@@ -217,3 +314,6 @@ func (s *suite) testClaim(t *testing.T) {
 		}},
 	})
 }
+
+// jsonString is a JSON payload of about n bytes.
+func jsonString(n int) string { return `"` + strings.Repeat("x", n-2) + `"` }

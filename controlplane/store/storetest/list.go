@@ -2,6 +2,7 @@ package storetest
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -122,6 +123,76 @@ func (s *suite) testList(t *testing.T) {
 				cursor = res.NextCursor
 			}
 			requireIDs(t, "paged ids", got, want)
+		}},
+		{"SummaryLeavesLargeFieldsOut", func(t *testing.T, h *harness) {
+			payload := jsonString(5000)
+			h.create(&store.TaskCreate{ID: "dep", InitialState: store.StateDone})
+			h.create(&store.TaskCreate{ID: "a", Title: "the task", Kind: "build", PayloadJSON: payload, Note: "a note",
+				Labels: map[string]string{"team": "core"}, DependsOn: []string{"dep"}, MaxAttempts: 5})
+			h.fail(h.claimOne("agent-1", "a"), "flaky", false, noBackoff)
+
+			full := h.list(&store.TaskListParams{IDs: []string{"a"}}).Tasks[0]
+			if full.Summary || full.PayloadJSON != payload || full.LastError != "flaky" || full.PayloadSize() != int64(len(payload)) {
+				t.Fatalf("full task: summary %v, payload %d bytes, last error %q", full.Summary, len(full.PayloadJSON), full.LastError)
+			}
+			res := h.list(&store.TaskListParams{IDs: []string{"a"}, Summary: true, Limit: 10})
+			requireIDs(t, "summary", taskIDs(res.Tasks), []string{"a"})
+			sum := res.Tasks[0]
+			if !sum.Summary || sum.PayloadJSON != "" || sum.LastError != "" || sum.Note != "" || sum.Progress != "" {
+				t.Fatalf("summary carries large fields: payload %d bytes, last error %q, note %q, progress %q", len(sum.PayloadJSON), sum.LastError, sum.Note, sum.Progress)
+			}
+			if sum.PayloadBytes != int64(len(payload)) || sum.PayloadSize() != int64(len(payload)) {
+				t.Fatalf("summary says the payload has %d bytes, want %d", sum.PayloadBytes, len(payload))
+			}
+			// Everything else is as stored.
+			want := full.Clone()
+			want.PayloadJSON, want.LastError, want.Note, want.Progress = "", "", "", ""
+			want.Summary, want.PayloadBytes = true, int64(len(payload))
+			if d := diffTask(sum, want); len(d) > 0 {
+				t.Fatalf("summary differs from the stored task:\n%s", strings.Join(d, "\n"))
+			}
+		}},
+		{"ByteBudgetShrinksPages", func(t *testing.T, h *harness) {
+			// About 100 KiB each; a 250 KiB page holds two. One task is
+			// larger than the budget: it comes alone.
+			var want []string
+			for i := range 7 {
+				id := fmt.Sprintf("t-%d", i)
+				size := 100 << 10
+				if i == 4 {
+					size = 300 << 10
+				}
+				h.create(&store.TaskCreate{ID: id, PayloadJSON: jsonString(size)})
+				want = append(want, id)
+			}
+			var pages [][]string
+			cursor := ""
+			for {
+				if len(pages) > 10 {
+					t.Fatalf("paging did not end: %v", pages)
+				}
+				res := h.list(&store.TaskListParams{Limit: 100, Cursor: cursor, MaxBytes: 250 << 10})
+				pages = append(pages, taskIDs(res.Tasks))
+				if cursor = res.NextCursor; cursor == "" {
+					break
+				}
+			}
+			wantPages := [][]string{{"t-0", "t-1"}, {"t-2", "t-3"}, {"t-4"}, {"t-5", "t-6"}}
+			if fmt.Sprint(pages) != fmt.Sprint(wantPages) {
+				t.Fatalf("pages %v, want %v", pages, wantPages)
+			}
+			// Summaries leave the payloads out, and so fit one page.
+			res := h.list(&store.TaskListParams{Limit: 100, MaxBytes: 250 << 10, Summary: true})
+			requireIDs(t, "summaries within 250 KiB", taskIDs(res.Tasks), want)
+			if res.NextCursor != "" {
+				t.Fatalf("a complete page of summaries has cursor %q", res.NextCursor)
+			}
+			// The count still ends a page that fits the budget.
+			res = h.list(&store.TaskListParams{Limit: 3, MaxBytes: 250 << 10, Summary: true})
+			requireIDs(t, "three summaries", taskIDs(res.Tasks), want[:3])
+			if res.NextCursor == "" {
+				t.Fatal("a page cut by its limit has no cursor")
+			}
 		}},
 		{"GarbageCursor", func(t *testing.T, h *harness) {
 			h.createReady("a")
