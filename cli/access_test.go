@@ -41,9 +41,18 @@ func (s *shell) as(token string, args ...string) result {
 	return s.run(args...)
 }
 
-func (s *shell) mint(role, subject string) string {
+// mint makes a token and returns its secret. An agent token is granted
+// roles, or every role ("*") when none are named.
+func (s *shell) mint(role, subject string, roles ...string) string {
 	s.t.Helper()
-	return strings.TrimSpace(s.ok("token", "create", "--role", role, "--subject", subject, "--quiet"))
+	args := []string{"token", "create", "--role", role, "--subject", subject, "--quiet"}
+	if role == "agent" {
+		if len(roles) == 0 {
+			roles = []string{"*"}
+		}
+		args = append(args, "--roles", strings.Join(roles, ","))
+	}
+	return strings.TrimSpace(s.ok(args...))
 }
 
 func TestTokenCommands(t *testing.T) {
@@ -101,10 +110,14 @@ func TestTokenCommands(t *testing.T) {
 
 func TestAgentTokensAreScoped(t *testing.T) {
 	sh := newShell(t)
-	forge := sh.mint("agent", "forge")
+	forge := sh.mint("agent", "forge", "builder")
 	sh.ok("task", "create", "--id", "job", "--title", "Job", "--role", "builder")
 
-	r := sh.as(forge, "task", "claim", "--agent", "hammer", "--role", "builder", "--state-file", sh.stateFile)
+	r := sh.as(forge, "task", "claim", "--agent", "forge", "--role", "deployer", "--state-file", sh.stateFile)
+	if r.code != 1 || !strings.Contains(r.stderr, "may not claim role deployer") || !strings.Contains(r.stderr, "PERMISSION_DENIED") {
+		t.Fatalf("claim outside the token's roles: %+v", r)
+	}
+	r = sh.as(forge, "task", "claim", "--agent", "hammer", "--role", "builder", "--state-file", sh.stateFile)
 	if r.code != 1 || !strings.Contains(r.stderr, "agent forge may not claim as agent hammer") || !strings.Contains(r.stderr, "PERMISSION_DENIED") {
 		t.Fatalf("claim as another agent: %+v", r)
 	}

@@ -177,7 +177,7 @@ func TestEndToEnd(t *testing.T) {
 
 	// An agent's own token: it works as itself only, and the operator's
 	// moves are in the audit log.
-	agent := strings.TrimSpace(e.ok("token", "create", "--role", "agent", "--subject", "w2", "--quiet"))
+	agent := strings.TrimSpace(e.ok("token", "create", "--role", "agent", "--subject", "w2", "--roles", "worker", "--quiet"))
 	e.ok("task", "create", "--id", "scoped", "--title", "Scoped", "--role", "worker")
 	asAgent := &e2e{t: t, bin: factory, addr: e.addr, stateFile: e.stateFile, env: []string{"FACTORY_TOKEN=" + agent}}
 	if r := asAgent.run("task", "claim", "--agent", "w1", "--role", "worker"); r.code != 1 || !strings.Contains(r.stderr, "PERMISSION_DENIED") {

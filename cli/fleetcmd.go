@@ -112,3 +112,111 @@ Operators only; the call is audited.`,
 		},
 	}
 }
+
+func newAgentsPlaceCommand(a *app) *cobra.Command {
+	var host string
+	cmd := &cobra.Command{
+		Use:   "place NAME --host HOST",
+		Short: "Place an agent on a host: that host's sidecar may act for it",
+		Long: `Place records that the agent runs on HOST. That host's sidecar token may
+then declare the agent in its Hello and report its spend; no other sidecar
+may. An agent is placed on one host at a time: placing it again moves it,
+and the old host's sidecar loses it at once (on other replicas within
+about a second). Placements are kept in the store, so every replica
+agrees. Operators only; the call is audited.
+
+A sidecar started with the operator token (as ` + "`make run`" + ` does) may also
+declare agents placed nowhere, so a single-host setup needs no placement.`,
+		Example: `  factory agents place forge --host gpu-01
+  factory agents placement`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.withFleet(cmd, func(ctx context.Context, c factoryv1.FleetServiceClient) error {
+				resp, err := c.PlaceAgent(ctx, &factoryv1.PlaceAgentRequest{Agent: args[0], Host: host})
+				if err != nil {
+					return err
+				}
+				if a.jsonOutput() {
+					return writeProto(a.stdout(), resp)
+				}
+				p := resp.GetPlacement()
+				if prev := resp.GetPreviousHost(); prev != "" && prev != p.GetHost() {
+					_, err = fmt.Fprintf(a.stdout(), "Moved agent %s from host %s to host %s.\n", p.GetAgent(), prev, p.GetHost())
+					return err
+				}
+				_, err = fmt.Fprintf(a.stdout(), "Placed agent %s on host %s.\n", p.GetAgent(), p.GetHost())
+				return err
+			})
+		},
+	}
+	cmd.Flags().StringVar(&host, "host", "", "the host whose sidecar runs the agent (required)")
+	_ = cmd.MarkFlagRequired("host")
+	return cmd
+}
+
+func newAgentsUnplaceCommand(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "unplace NAME",
+		Short: "Remove an agent's placement: no sidecar acts for it",
+		Long: `Unplace removes the agent's placement: no sidecar token may declare it or
+report its spend until it is placed again. Operators only; audited.`,
+		Example: `  factory agents unplace forge`,
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.withFleet(cmd, func(ctx context.Context, c factoryv1.FleetServiceClient) error {
+				resp, err := c.UnplaceAgent(ctx, &factoryv1.UnplaceAgentRequest{Agent: args[0]})
+				if err != nil {
+					return err
+				}
+				if a.jsonOutput() {
+					return writeProto(a.stdout(), resp.GetPlacement())
+				}
+				p := resp.GetPlacement()
+				_, err = fmt.Fprintf(a.stdout(), "Agent %s is no longer placed on host %s.\n", p.GetAgent(), p.GetHost())
+				return err
+			})
+		},
+	}
+}
+
+func newAgentsPlacementCommand(a *app) *cobra.Command {
+	var host string
+	cmd := &cobra.Command{
+		Use:     "placement",
+		Aliases: []string{"placements"},
+		Short:   "List where agents are placed",
+		Long: `Placement lists the operators' placements, by agent: the host whose
+sidecar may act for the agent, who placed it and when.`,
+		Example: `  factory agents placement
+  factory agents placement --host gpu-01 -o json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.withFleet(cmd, func(ctx context.Context, c factoryv1.FleetServiceClient) error {
+				var all []*factoryv1.Placement
+				page := ""
+				for {
+					resp, err := c.ListPlacements(ctx, &factoryv1.ListPlacementsRequest{Host: host, PageSize: 1000, PageToken: page})
+					if err != nil {
+						return err
+					}
+					all = append(all, resp.GetPlacements()...)
+					if page = resp.GetNextPageToken(); page == "" {
+						break
+					}
+				}
+				if a.jsonOutput() {
+					return writeProtoList(a.stdout(), all)
+				}
+				tw := newTable(a.stdout())
+				fmt.Fprintln(tw, "AGENT\tHOST\tPLACED\tBY")
+				now := time.Now()
+				for _, p := range all {
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", p.GetAgent(), p.GetHost(), humanAge(p.GetPlacedAt(), now), orDash(p.GetPlacedBy()))
+				}
+				return tw.Flush()
+			})
+		},
+	}
+	cmd.Flags().StringVar(&host, "host", "", "only the agents placed on this host")
+	return cmd
+}

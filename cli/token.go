@@ -49,9 +49,11 @@ func newTokenCommand(a *app) *cobra.Command {
 
   operator  may do everything;
   agent     its subject is an agent name: it claims, renews, completes and
-            fails tasks only as that agent, creates tasks and reads the
+            fails tasks only as that agent and only in the task roles the
+            token grants (--roles; see grant), creates tasks and reads the
             queue;
-  sidecar   its subject is a host name: it acts only for its own host.
+  sidecar   its subject is a host name: it acts only for its own host and
+            the agents an operator placed on it (factory agents place).
 
 A token's secret is shown once, when it is created; the control plane keeps
 only a hash of it. At first start the control plane makes one operator
@@ -60,17 +62,19 @@ token and writes it to DATA_DIR/operator.token (mode 0600).
 ` + tokenHelp + `
 
 Token commands need an operator token.`,
-		Example: `  factory token create --role agent --subject forge --expires 720h
+		Example: `  factory token create --role agent --subject forge --roles builder,tester --expires 720h
   factory token ls
+  factory token grant 0193a2b4-... --roles builder,deployer
   factory token revoke 0193a2b4-...`,
 	}
-	cmd.AddCommand(newTokenCreateCommand(a), newTokenListCommand(a), newTokenRevokeCommand(a))
+	cmd.AddCommand(newTokenCreateCommand(a), newTokenListCommand(a), newTokenGrantCommand(a), newTokenRevokeCommand(a))
 	return cmd
 }
 
 func newTokenCreateCommand(a *app) *cobra.Command {
 	var (
 		role, subject, description string
+		roles                      []string
 		expires                    time.Duration
 		quiet                      bool
 	)
@@ -83,9 +87,14 @@ person). The secret is printed once and cannot be shown again: hand it to
 its holder now. --expires limits how long it works (720h = 30 days);
 without it, it works until revoked.
 
+An agent token claims only the task roles --roles grants ("*" grants every
+role); one made without --roles claims only tasks that name no role, until
+"factory token grant" grants some. Other roles' tokens take no --roles.
+
 --quiet prints only the secret, for scripts. -o json prints the token and
 its secret as one object.`,
-		Example: `  factory token create --role agent --subject forge --description "builder on gpu-1"
+		Example: `  factory token create --role agent --subject forge --roles builder --description "builder on gpu-1"
+  factory token create --role agent --subject scout --roles researcher,writer
   factory token create --role sidecar --subject gpu-1 --expires 720h
   FACTORY_TOKEN=$(factory token create --role agent --subject forge --quiet) factory whoami`,
 		Args: cobra.NoArgs,
@@ -94,7 +103,10 @@ its secret as one object.`,
 			if !ok {
 				return usageErrorf("--role %q: want operator, agent or sidecar", role)
 			}
-			req := &factoryv1.CreateTokenRequest{Role: r, Subject: subject, Description: description}
+			req := &factoryv1.CreateTokenRequest{Role: r, Subject: subject, Description: description, Roles: roles}
+			if len(roles) > 0 && r != factoryv1.Role_ROLE_AGENT {
+				return usageErrorf("--roles: only agent tokens carry roles, not a %s token", roleName(r))
+			}
 			if expires < 0 {
 				return usageErrorf("--expires must not be negative")
 			}
@@ -121,6 +133,7 @@ its secret as one object.`,
 	f.StringVar(&subject, "subject", "", "who holds it: an agent name, a host name or a person (required)")
 	f.StringVar(&description, "description", "", "what the token is for")
 	f.DurationVar(&expires, "expires", 0, "how long the token works, such as 720h; 0: until revoked")
+	f.StringSliceVar(&roles, "roles", nil, `for an agent token, the task roles it may claim, comma-separated ("*": every role); none: only tasks without a role`)
 	f.BoolVarP(&quiet, "quiet", "q", false, "print only the secret")
 	_ = cmd.MarkFlagRequired("role")
 	_ = cmd.MarkFlagRequired("subject")
@@ -131,6 +144,9 @@ its secret as one object.`,
 func writeNewToken(w io.Writer, resp *factoryv1.CreateTokenResponse, config string) error {
 	t := resp.GetToken()
 	fmt.Fprintf(w, "Created token %s for %s %s", t.GetId(), roleName(t.GetRole()), t.GetSubject())
+	if t.GetRole() == factoryv1.Role_ROLE_AGENT {
+		fmt.Fprintf(w, ", claiming %s", grantName(t.GetRoles()))
+	}
 	if t.GetExpiresAt() != nil {
 		fmt.Fprintf(w, ", expiring %s", t.GetExpiresAt().AsTime().UTC().Format(time.RFC3339))
 	}
@@ -193,16 +209,73 @@ func tokenStatus(t *factoryv1.Token, now time.Time) string {
 
 func writeTokenTable(w io.Writer, tokens []*factoryv1.Token, now time.Time) error {
 	tw := newTable(w)
-	fmt.Fprintln(tw, "ID\tROLE\tSUBJECT\tSTATUS\tCREATED\tEXPIRES\tLAST USED\tDESCRIPTION")
+	fmt.Fprintln(tw, "ID\tROLE\tSUBJECT\tCLAIMS\tSTATUS\tCREATED\tEXPIRES\tLAST USED\tDESCRIPTION")
 	for _, t := range tokens {
 		expires := "never"
 		if t.GetExpiresAt() != nil {
 			expires = t.GetExpiresAt().AsTime().UTC().Format(time.RFC3339)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.GetId(), roleName(t.GetRole()), t.GetSubject(), tokenStatus(t, now),
+		claims := "-"
+		if t.GetRole() == factoryv1.Role_ROLE_AGENT {
+			claims = strings.Join(t.GetRoles(), ",")
+			if claims == "" {
+				claims = "(none)"
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.GetId(), roleName(t.GetRole()), t.GetSubject(), claims, tokenStatus(t, now),
 			humanAge(t.GetCreatedAt(), now), expires, humanAge(t.GetLastUsedAt(), now), orDash(truncate(t.GetDescription(), 40)))
 	}
 	return tw.Flush()
+}
+
+// grantName is an agent token's grant as the CLI says it.
+func grantName(roles []string) string {
+	switch {
+	case len(roles) == 0:
+		return "no role (only tasks without one)"
+	case len(roles) == 1 && roles[0] == "*":
+		return "every role (*)"
+	}
+	return "roles " + strings.Join(roles, ", ")
+}
+
+func newTokenGrantCommand(a *app) *cobra.Command {
+	var roles []string
+	cmd := &cobra.Command{
+		Use:   "grant ID --roles ROLE[,ROLE...]",
+		Short: "Set the task roles an agent token may claim",
+		Long: `Grant replaces an agent token's grant: afterwards it claims tasks only in
+the roles named (tasks without a role stay open to every agent). "*" grants
+every role; --roles "" takes every role away. The change holds from the
+token's next call to this control plane, and within about a second on other
+replicas. Audited with the grant before and after.
+
+Agent tokens made before grants existed were upgraded to "*" (they claimed
+any role); narrow them with this command. "factory token ls" shows each
+token's grant under CLAIMS.`,
+		Example: `  factory token grant 0193a2b4-7c1e-7000-8000-5f2a9c0e1d3b --roles researcher,writer
+  factory token grant 0193a2b4-... --roles '*'`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if !cmd.Flags().Changed("roles") {
+				return usageErrorf("--roles is required: the whole grant after the change (\"\" for none)")
+			}
+			return a.withAccess(cmd, func(ctx context.Context, c factoryv1.AccessServiceClient) error {
+				resp, err := c.SetTokenRoles(ctx, &factoryv1.SetTokenRolesRequest{TokenId: args[0], Roles: roles})
+				if err != nil {
+					return err
+				}
+				if a.jsonOutput() {
+					return writeProto(a.stdout(), resp.GetToken())
+				}
+				t := resp.GetToken()
+				_, err = fmt.Fprintf(a.stdout(), "Token %s (agent %s) now claims %s.\n", t.GetId(), t.GetSubject(), grantName(t.GetRoles()))
+				return err
+			})
+		},
+	}
+	cmd.Flags().StringSliceVar(&roles, "roles", nil, `the task roles the token may claim, comma-separated ("*": every role; "": none)`)
+	return cmd
 }
 
 func newTokenRevokeCommand(a *app) *cobra.Command {
@@ -267,6 +340,9 @@ any role's token, so it is the quick check that a token is right.
 					expires = resp.GetExpiresAt().AsTime().UTC().Format(time.RFC3339)
 				}
 				fmt.Fprintf(tw, "Expires:\t%s\n", expires)
+				if resp.GetRole() == factoryv1.Role_ROLE_AGENT {
+					fmt.Fprintf(tw, "Claims:\t%s\n", grantName(resp.GetRoles()))
+				}
 				fmt.Fprintf(tw, "Token from:\t%s\n", from)
 				fmt.Fprintf(tw, "Control plane:\t%s\n", a.addr)
 				return tw.Flush()

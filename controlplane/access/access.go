@@ -54,6 +54,9 @@ type Config struct {
 	// CacheTTL is how long a token lookup is reused; 0 means
 	// DefaultCacheTTL, a negative value turns the cache off.
 	CacheTTL time.Duration
+	// AuditWindow is how long identical refusals share one audit entry
+	// (see audit.go); 0 means DefaultAuditWindow, negative turns it off.
+	AuditWindow time.Duration
 }
 
 // Service issues, resolves and revokes tokens and keeps the audit log.
@@ -65,10 +68,16 @@ type Service struct {
 
 	mu    sync.Mutex
 	cache map[string]cached // by secret hash
-	// gen counts revocations. A lookup caches its result only if no
-	// revocation happened while it read the store, so a read that raced a
-	// revoke cannot put the token back.
+	// gen counts revocations and grant changes. A lookup caches its
+	// result only if neither happened while it read the store, so a read
+	// that raced a revoke cannot put the token back.
 	gen uint64
+
+	// created counts tokens made here and remembers the latest
+	// (created.go).
+	created createdTokens
+	// audit coalesces repeated refusals (audit.go).
+	audit coalescer
 }
 
 type cached struct {
@@ -90,7 +99,9 @@ func New(cfg Config) (*Service, error) {
 	if cfg.CacheTTL == 0 {
 		cfg.CacheTTL = DefaultCacheTTL
 	}
-	return &Service{store: cfg.Store, log: cfg.Logger, clock: cfg.Clock, ttl: cfg.CacheTTL, cache: map[string]cached{}}, nil
+	s := &Service{store: cfg.Store, log: cfg.Logger, clock: cfg.Clock, ttl: cfg.CacheTTL, cache: map[string]cached{}}
+	s.audit.init(cfg.AuditWindow)
+	return s, nil
 }
 
 // subjectRE is the shape of an agent or host name, as the queue API
@@ -106,6 +117,10 @@ type CreateParams struct {
 	TTL time.Duration
 	// CreatedBy names the creator, for the record.
 	CreatedBy string
+	// Roles are the task roles an agent token may claim (store.AnyRole:
+	// every role). An agent token made without any claims only tasks
+	// that name no role: a grant is never implied. Other roles take none.
+	Roles []string
 }
 
 // Create issues a token and returns it with its secret, which exists
@@ -122,6 +137,12 @@ func (s *Service) create(ctx context.Context, p CreateParams, onlyIfNoOperator b
 		return nil, "", store.InvalidField("subject", "want 1-128 letters, digits, '.', '_', ':', '/', '-', got %q", p.Subject)
 	case p.TTL < 0:
 		return nil, "", store.InvalidField("expires_in", "must not be negative")
+	case len(p.Roles) > 0 && p.Role != store.RoleAgent:
+		return nil, "", store.InvalidField("roles", "only agent tokens carry roles, not a %s token", p.Role)
+	}
+	roles, err := store.NormalizeRoles(p.Roles)
+	if err != nil {
+		return nil, "", err
 	}
 	id, err := uuid.NewV7()
 	if err != nil {
@@ -134,12 +155,14 @@ func (s *Service) create(ctx context.Context, p CreateParams, onlyIfNoOperator b
 	now := s.clock.Now()
 	tok := &store.Token{
 		ID: id.String(), Hash: HashSecret(secret), Role: p.Role, Subject: p.Subject,
-		Description: p.Description, CreatedBy: p.CreatedBy,
+		Description: p.Description, CreatedBy: p.CreatedBy, Roles: roles,
 	}
 	if p.TTL > 0 {
 		tok.ExpiresAt = now.Add(p.TTL)
 	}
 	created, err := s.store.TokenCreate(ctx, &store.TokenCreateParams{Token: tok, OnlyIfNoActiveOperator: onlyIfNoOperator, Now: now})
+	// Noted even on failure: the insert may have committed.
+	s.created.note(tok.Hash)
 	if err != nil {
 		return nil, "", err
 	}
@@ -192,6 +215,24 @@ func (s *Service) Revoke(ctx context.Context, id string) (*store.Token, error) {
 	return tok, nil
 }
 
+// SetRoles replaces an agent token's grant and returns the token before
+// and after. Like a revocation, this replica forgets its cached lookup at
+// once, so the next claim here sees the new grant; other replicas within
+// CacheTTL.
+func (s *Service) SetRoles(ctx context.Context, id string, roles []string) (before, after *store.Token, err error) {
+	norm, err := store.NormalizeRoles(roles)
+	if err != nil {
+		return nil, nil, err
+	}
+	before, after, err = s.store.TokenSetRoles(ctx, &store.TokenSetRolesParams{ID: id, Roles: norm})
+	// Forget it even when the store failed: the update may have committed.
+	s.forget(id)
+	if err != nil {
+		return nil, nil, err
+	}
+	return before, after, nil
+}
+
 func (s *Service) forget(id string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -232,7 +273,7 @@ func (s *Service) Authenticate(ctx context.Context, secret string) (Caller, erro
 	case !tok.ExpiresAt.IsZero() && !now.Before(tok.ExpiresAt):
 		return Caller{}, &AuthError{Reason: who + " expired at " + tok.ExpiresAt.UTC().Format(time.RFC3339)}
 	}
-	return Caller{TokenID: tok.ID, Role: tok.Role, Subject: tok.Subject, ExpiresAt: tok.ExpiresAt}, nil
+	return Caller{TokenID: tok.ID, Role: tok.Role, Subject: tok.Subject, ExpiresAt: tok.ExpiresAt, Roles: tok.Roles}, nil
 }
 
 // lookup returns the token with the hash, from the cache while it is
@@ -280,6 +321,23 @@ type Caller struct {
 	Subject string
 	// ExpiresAt is when the caller's token stops working; zero: never.
 	ExpiresAt time.Time
+	// Roles are the task roles an agent may claim (store.Token.Roles).
+	// They come with the cached token, so checking a claim against them
+	// reads nothing. Shared with the cache: never modified.
+	Roles []string
+}
+
+// MayClaim reports whether the caller may claim tasks of role: operators
+// always, agents within their grant, sidecars never. Tasks that name no
+// role are every agent's.
+func (c Caller) MayClaim(role string) bool {
+	switch c.Role {
+	case store.RoleOperator:
+		return true
+	case store.RoleAgent:
+		return store.MayClaim(c.Roles, role)
+	}
+	return false
 }
 
 // String names the caller the way refusals do: "agent forge".

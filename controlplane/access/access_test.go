@@ -154,6 +154,7 @@ func TestCreateChecksItsInput(t *testing.T) {
 		"role":       {Role: "admin", Subject: "x"},
 		"subject":    {Role: store.RoleAgent, Subject: "two words"},
 		"expires_in": {Role: store.RoleAgent, Subject: "x", TTL: -time.Second},
+		"roles":      {Role: store.RoleSidecar, Subject: "gpu-01", Roles: []string{"builder"}},
 	} {
 		_, _, err := svc.Create(ctx, p)
 		var fe *store.FieldError

@@ -50,7 +50,7 @@ func TestConnectionCut(t *testing.T) {
 	px := startProxy(t, cp.addr)
 
 	dir := t.TempDir()
-	secret := mintToken(t, op, factoryv1.Role_ROLE_SIDECAR, "cut-host")
+	secret := mintToken(t, op, factoryv1.Role_ROLE_SIDECAR, "cut-host", "cut-agent")
 	start(t, "sidecar", binary(t, "factory-sidecar"), []string{"FACTORY_TOKEN=" + secret},
 		"--addr", px.addr(), "--config", sidecarConfig(t, dir, "cut-host", "cut-agent"))
 

@@ -1,7 +1,9 @@
 // Package fleet keeps the control plane's view of its hosts (nodes, each
 // with a sidecar) and of the agents they run: who is alive, what each last
-// reported, and which host an agent belongs to, which is what lets a
-// sidecar token act for its host's agents.
+// reported, and which agents each host declares now. Which host may run
+// which agent is not decided here from what sidecars say but by the
+// operators' placements (placement.go), kept in the store so every
+// replica agrees; they are what lets a sidecar token act for an agent.
 //
 // Liveness is computed from the last sign of life against an injected
 // clock, never by a timer per node: ONLINE while heartbeats arrive; STALE
@@ -9,18 +11,20 @@
 // flight does not flap a node); OFFLINE after five minutes without one
 // (runbook §5.1). An agent's own queue calls also count as signs of life.
 //
-// Only the latest readings are kept, in memory: history and retention are
-// not part of this package.
+// Only the latest readings are kept, in memory, and only the agents each
+// host's latest Hello declares (at most Config.MaxAgentsPerHost), so the
+// registry stays bounded however often a host reconnects.
 package fleet
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"slices"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/factory/factory/controlplane/store"
 )
 
 // State is a node's or an agent's liveness.
@@ -69,12 +73,20 @@ type Config struct {
 	HistoryEvery time.Duration
 	// HistoryRetention is how long stored readings are kept (7 days).
 	HistoryRetention time.Duration
+	// MaxAgentsPerHost bounds the agents one Hello may declare
+	// (DefaultMaxAgentsPerHost), so one host cannot grow the registry
+	// without bound.
+	MaxAgentsPerHost int
 }
+
+// DefaultMaxAgentsPerHost is the per-host limit on declared agents: far
+// more than one machine runs, and what one Hello can carry on the wire.
+const DefaultMaxAgentsPerHost = 256
 
 // DefaultConfig is the runbook's thresholds.
 func DefaultConfig() Config {
 	return Config{HeartbeatInterval: 10 * time.Second, StaleAfterMissed: 2, OfflineAfter: 5 * time.Minute,
-		HistoryEvery: time.Minute, HistoryRetention: 7 * 24 * time.Hour}
+		HistoryEvery: time.Minute, HistoryRetention: 7 * 24 * time.Hour, MaxAgentsPerHost: DefaultMaxAgentsPerHost}
 }
 
 func (c Config) withDefaults() Config {
@@ -93,6 +105,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.HistoryRetention <= 0 {
 		c.HistoryRetention = d.HistoryRetention
+	}
+	if c.MaxAgentsPerHost <= 0 {
+		c.MaxAgentsPerHost = d.MaxAgentsPerHost
 	}
 	return c
 }
@@ -205,12 +220,27 @@ func New(clock Clock, cfg Config) *Registry {
 // Config is the registry's effective configuration.
 func (r *Registry) Config() Config { return r.cfg }
 
-// Register records a sidecar's Hello. A host that says Hello again (a
-// reconnect) replaces its agent list; an agent that moved to another host
-// follows its latest Hello.
+// Register records a sidecar's Hello, whose agents the caller has
+// admitted (Placements.Admit). A host that says Hello again (a reconnect)
+// replaces its agent list, and the agents it no longer declares are
+// forgotten, so however often a host reconnects the registry holds at
+// most its latest Hello's agents. An agent that moved to another host
+// follows its latest Hello. More agents than MaxAgentsPerHost is a
+// *store.QuotaError and changes nothing.
 func (r *Registry) Register(h Hello) error {
 	if h.Host == "" {
 		return fmt.Errorf("%w: host is empty", ErrInvalid)
+	}
+	if len(h.Agents) > r.cfg.MaxAgentsPerHost {
+		return &store.QuotaError{Subject: "fleet:agents-per-host",
+			Description: fmt.Sprintf("host %s declares %d agents; at most %d per host", h.Host, len(h.Agents), r.cfg.MaxAgentsPerHost)}
+	}
+	var names []string
+	for _, a := range h.Agents {
+		if a.Name == "" {
+			return fmt.Errorf("%w: agent with an empty name on host %s", ErrInvalid, h.Host)
+		}
+		names = append(names, a.Name)
 	}
 	now := r.clock.Now()
 	r.mu.Lock()
@@ -220,18 +250,12 @@ func (r *Registry) Register(h Hello) error {
 		n = &node{}
 		r.nodes[h.Host] = n
 	}
-	var names []string
-	for _, a := range h.Agents {
-		if a.Name == "" {
-			return fmt.Errorf("%w: agent with an empty name on host %s", ErrInvalid, h.Host)
-		}
-		names = append(names, a.Name)
-	}
-	// Agents this host no longer declares are detached from it, so its
-	// sidecar stops acting for them.
+	// Agents this host no longer declares are forgotten, not kept as
+	// ghosts: an agent that still works shows up again on its next queue
+	// call, and on its host's next Hello.
 	for _, old := range n.Agents {
 		if a := r.agents[old]; a != nil && a.Host == h.Host && !slices.Contains(names, old) {
-			a.Host = ""
+			delete(r.agents, old)
 		}
 	}
 	n.Node = Node{Host: h.Host, Version: h.Version, Labels: h.Labels, Agents: names, Capabilities: h.Capabilities,
@@ -242,6 +266,10 @@ func (r *Registry) Register(h Hello) error {
 		if !ok {
 			a = &agent{}
 			r.agents[ai.Name] = a
+		}
+		// Moved here from another host: that host no longer lists it.
+		if prev, ok := r.nodes[a.Host]; ok && a.Host != h.Host {
+			prev.Agents = slices.DeleteFunc(slices.Clone(prev.Agents), func(name string) bool { return name == ai.Name })
 		}
 		a.Name, a.Host, a.Role, a.Capabilities = ai.Name, h.Host, ai.Role, ai.Capabilities
 	}
@@ -316,14 +344,20 @@ func (r *Registry) AgentIdle(name string) {
 	}
 }
 
-// HostsAgent reports whether agent is registered on host. It has the
-// signature of server.HostsAgent, so the access policy lets a sidecar act
-// for exactly its own host's agents.
-func (r *Registry) HostsAgent(_ context.Context, host, agentName string) (bool, error) {
+// heldByOtherOnline names the host other than host that declares agent
+// and is ONLINE now, or "".
+func (r *Registry) heldByOtherOnline(agentName, host string) string {
+	now := r.clock.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	a, ok := r.agents[agentName]
-	return ok && a.Host != "" && a.Host == host, nil
+	if !ok || a.Host == "" || a.Host == host {
+		return ""
+	}
+	if n, ok := r.nodes[a.Host]; ok && r.cfg.state(now, n.LastSeen) == StateOnline {
+		return a.Host
+	}
+	return ""
 }
 
 // Nodes returns every node with its liveness now, sorted by host.

@@ -1,11 +1,14 @@
 package fleet
 
 import (
-	"context"
 	"errors"
+	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/factory/factory/controlplane/store"
 )
 
 type fakeClock struct {
@@ -142,36 +145,70 @@ func TestAgentLivenessFollowsHostAndOwnCalls(t *testing.T) {
 	}
 }
 
-func TestHostsAgent(t *testing.T) {
+// agentNames lists the registry's agents as "name@host".
+func agentNames(r *Registry) []string {
+	var out []string
+	for _, a := range r.Agents() {
+		out = append(out, a.Name+"@"+a.Host)
+	}
+	return out
+}
+
+func TestAHostsAgentsAreItsLatestHellos(t *testing.T) {
 	r, _ := newRegistry()
-	ctx := context.Background()
 	_ = r.Register(Hello{Host: "gpu-1", Agents: []AgentInfo{{Name: "forge"}, {Name: "hammer"}}})
 	_ = r.Register(Hello{Host: "cpu-1", Agents: []AgentInfo{{Name: "scout"}}})
-	r.AgentSeen("loner", "")
-	for _, c := range []struct {
-		host, agent string
-		want        bool
-	}{
-		{"gpu-1", "forge", true}, {"gpu-1", "hammer", true}, {"gpu-1", "scout", false},
-		{"cpu-1", "scout", true}, {"cpu-1", "forge", false}, {"gpu-1", "loner", false},
-		{"", "loner", false}, {"gpu-1", "nobody", false},
-	} {
-		if got, _ := r.HostsAgent(ctx, c.host, c.agent); got != c.want {
-			t.Errorf("HostsAgent(%s, %s) = %v", c.host, c.agent, got)
+	// A reconnect that no longer declares hammer forgets it: no ghost.
+	_ = r.Register(Hello{Host: "gpu-1", Agents: []AgentInfo{{Name: "forge"}}})
+	if got := fmt.Sprint(agentNames(r)); got != "[forge@gpu-1 scout@cpu-1]" {
+		t.Fatalf("after gpu-1 dropped hammer: %s", got)
+	}
+	// forge moving to cpu-1 follows the latest Hello, and gpu-1 no longer
+	// lists it.
+	_ = r.Register(Hello{Host: "cpu-1", Agents: []AgentInfo{{Name: "scout"}, {Name: "forge"}}})
+	if got := fmt.Sprint(agentNames(r)); got != "[forge@cpu-1 scout@cpu-1]" {
+		t.Fatalf("after forge moved: %s", got)
+	}
+	for _, n := range r.Nodes() {
+		if n.Host == "gpu-1" && len(n.Agents) != 0 {
+			t.Fatalf("gpu-1 still lists %v", n.Agents)
 		}
 	}
-	// A reconnect that no longer declares hammer detaches it; forge moving
-	// to cpu-1 follows the latest Hello.
+	// gpu-1's next Hello without forge does not take it from cpu-1.
+	_ = r.Register(Hello{Host: "gpu-1"})
+	if got := fmt.Sprint(agentNames(r)); got != "[forge@cpu-1 scout@cpu-1]" {
+		t.Fatalf("after gpu-1 declared nothing: %s", got)
+	}
+}
+
+func TestReconnectsNamingNewAgentsLeaveOnlyTheLastHellos(t *testing.T) {
+	r, _ := newRegistry()
+	for i := range 100 {
+		h := Hello{Host: "gpu-1"}
+		for j := range DefaultMaxAgentsPerHost {
+			h.Agents = append(h.Agents, AgentInfo{Name: fmt.Sprintf("ghost-%d-%d", i, j)})
+		}
+		if err := r.Register(h); err != nil {
+			t.Fatal(err)
+		}
+	}
+	agents := r.Agents()
+	if len(agents) != DefaultMaxAgentsPerHost || agents[0].Name != "ghost-99-0" {
+		t.Fatalf("%d agents after 100 reconnects (first %v), want the last Hello's %d", len(agents), agents[0], DefaultMaxAgentsPerHost)
+	}
+}
+
+func TestAHelloOverThePerHostLimitIsRefusedWhole(t *testing.T) {
+	clk := &fakeClock{now: time.Date(2026, 11, 27, 9, 0, 0, 0, time.UTC)}
+	r := New(clk, Config{MaxAgentsPerHost: 2})
 	_ = r.Register(Hello{Host: "gpu-1", Agents: []AgentInfo{{Name: "forge"}}})
-	if ok, _ := r.HostsAgent(ctx, "gpu-1", "hammer"); ok {
-		t.Error("hammer still on gpu-1")
+	err := r.Register(Hello{Host: "gpu-1", Agents: []AgentInfo{{Name: "a"}, {Name: "b"}, {Name: "c"}}})
+	var qe *store.QuotaError
+	if !errors.As(err, &qe) || !strings.Contains(qe.Description, "at most 2") {
+		t.Fatalf("3 agents over a limit of 2: %v, want a QuotaError naming the limit", err)
 	}
-	_ = r.Register(Hello{Host: "cpu-1", Agents: []AgentInfo{{Name: "scout"}, {Name: "forge"}}})
-	if ok, _ := r.HostsAgent(ctx, "gpu-1", "forge"); ok {
-		t.Error("forge still acts from gpu-1")
-	}
-	if ok, _ := r.HostsAgent(ctx, "cpu-1", "forge"); !ok {
-		t.Error("forge not on cpu-1")
+	if got := fmt.Sprint(agentNames(r)); got != "[forge@gpu-1]" {
+		t.Fatalf("the refused Hello changed the registry: %s", got)
 	}
 }
 

@@ -154,6 +154,10 @@ type tokenJSON struct {
 	ExpiresAt   jsonTime `json:"expires_at"`
 	RevokedAt   jsonTime `json:"revoked_at"`
 	LastUsedAt  jsonTime `json:"last_used_at"`
+	// Roles is an agent token's grant. Dumps written before grants
+	// existed have no roles key: their agent tokens load with every role
+	// ("*"), as the migration that introduced grants gave them.
+	Roles *[]string `json:"roles,omitempty"`
 }
 
 type auditJSON struct {
@@ -169,6 +173,11 @@ type auditJSON struct {
 	TraceID    string   `json:"trace_id"`
 	Outcome    string   `json:"outcome"`
 	Detail     string   `json:"detail"`
+	// Count and LastSeen describe an entry standing for several identical
+	// refusals. Dumps written before they existed have neither: such an
+	// entry is one call, last seen at its time.
+	Count    int64    `json:"count,omitempty"`
+	LastSeen jsonTime `json:"last_seen,omitempty"`
 }
 
 type fleetJSON struct {
@@ -218,17 +227,18 @@ func toLine(r *store.DumpRecord) (*line, error) {
 		}}, nil
 	case store.DumpToken:
 		t := r.Token
+		roles := append([]string{}, t.Roles...)
 		return &line{Kind: string(store.DumpToken), Token: &tokenJSON{
 			ID: t.ID, Hash: t.Hash, Role: string(t.Role), Subject: t.Subject, Description: t.Description,
 			CreatedBy: t.CreatedBy, CreatedAt: jsonTime(t.CreatedAt), ExpiresAt: jsonTime(t.ExpiresAt),
-			RevokedAt: jsonTime(t.RevokedAt), LastUsedAt: jsonTime(t.LastUsedAt),
+			RevokedAt: jsonTime(t.RevokedAt), LastUsedAt: jsonTime(t.LastUsedAt), Roles: &roles,
 		}}, nil
 	case store.DumpAudit:
 		e := r.Audit
 		return &line{Kind: string(store.DumpAudit), Audit: &auditJSON{
 			ID: e.ID, Time: jsonTime(e.Time), Who: e.Who, Role: string(e.Role), TokenID: e.TokenID, RPC: e.RPC,
 			Target: e.Target, BeforeJSON: e.BeforeJSON, AfterJSON: e.AfterJSON, TraceID: e.TraceID,
-			Outcome: e.Outcome, Detail: e.Detail,
+			Outcome: e.Outcome, Detail: e.Detail, Count: e.Count, LastSeen: jsonTime(e.LastSeen),
 		}}, nil
 	case store.DumpFleetEvent:
 		e := r.FleetEvent
@@ -289,17 +299,27 @@ func (l *line) record() (*store.DumpRecord, error) {
 		return &store.DumpRecord{Task: out}, nil
 	case l.Kind == string(store.DumpToken) && l.Token != nil:
 		t := l.Token
+		var roles []string
+		switch {
+		case t.Roles != nil:
+			roles = *t.Roles
+		case store.Role(t.Role) == store.RoleAgent:
+			roles = []string{store.AnyRole}
+		}
+		if len(roles) == 0 {
+			roles = nil
+		}
 		return &store.DumpRecord{Token: &store.Token{
 			ID: t.ID, Hash: t.Hash, Role: store.Role(t.Role), Subject: t.Subject, Description: t.Description,
 			CreatedBy: t.CreatedBy, CreatedAt: time.Time(t.CreatedAt), ExpiresAt: time.Time(t.ExpiresAt),
-			RevokedAt: time.Time(t.RevokedAt), LastUsedAt: time.Time(t.LastUsedAt),
+			RevokedAt: time.Time(t.RevokedAt), LastUsedAt: time.Time(t.LastUsedAt), Roles: roles,
 		}}, nil
 	case l.Kind == string(store.DumpAudit) && l.Audit != nil:
 		e := l.Audit
 		return &store.DumpRecord{Audit: &store.AuditEntry{
 			ID: e.ID, Time: time.Time(e.Time), Who: e.Who, Role: store.Role(e.Role), TokenID: e.TokenID, RPC: e.RPC,
 			Target: e.Target, BeforeJSON: e.BeforeJSON, AfterJSON: e.AfterJSON, TraceID: e.TraceID,
-			Outcome: e.Outcome, Detail: e.Detail,
+			Outcome: e.Outcome, Detail: e.Detail, Count: e.Count, LastSeen: time.Time(e.LastSeen),
 		}}, nil
 	case l.Kind == string(store.DumpFleetEvent) && l.Fleet != nil:
 		e := l.Fleet

@@ -21,6 +21,8 @@ type accessServer struct {
 	factoryv1.UnimplementedAccessServiceServer
 	acc *access.Service
 	log *slog.Logger
+	// streams, when set, closes a revoked token's streams at once.
+	streams *streamRegistry
 }
 
 var _ factoryv1.AccessServiceServer = (*accessServer)(nil)
@@ -42,7 +44,7 @@ func (s *accessServer) CreateToken(ctx context.Context, r *factoryv1.CreateToken
 	}
 	tok, secret, err := s.acc.Create(ctx, access.CreateParams{
 		Role: roleFromProto(r.GetRole()), Subject: r.GetSubject(), Description: r.GetDescription(),
-		TTL: durationOf(r.GetExpiresIn()), CreatedBy: c.Ref(),
+		TTL: durationOf(r.GetExpiresIn()), CreatedBy: c.Ref(), Roles: r.GetRoles(),
 	})
 	if err != nil {
 		return nil, s.err(ctx, err)
@@ -69,6 +71,9 @@ func (s *accessServer) RevokeToken(ctx context.Context, r *factoryv1.RevokeToken
 	if err != nil {
 		return nil, s.err(ctx, err)
 	}
+	if s.streams != nil {
+		s.streams.recheckToken(tok.ID)
+	}
 	// The store keeps the first revocation's time: a later one means this
 	// call found the token revoked already and changed nothing.
 	before := tok.Clone()
@@ -77,6 +82,17 @@ func (s *accessServer) RevokeToken(ctx context.Context, r *factoryv1.RevokeToken
 	}
 	access.Note(ctx, tok.ID, tokenAudit(before), tokenAudit(tok))
 	return &factoryv1.RevokeTokenResponse{Token: tokenToProto(tok)}, nil
+}
+
+// SetTokenRoles replaces an agent token's grant of task roles; the audit
+// entry holds the grant before and after.
+func (s *accessServer) SetTokenRoles(ctx context.Context, r *factoryv1.SetTokenRolesRequest) (*factoryv1.SetTokenRolesResponse, error) {
+	before, after, err := s.acc.SetRoles(ctx, r.GetTokenId(), r.GetRoles())
+	if err != nil {
+		return nil, s.err(ctx, err)
+	}
+	access.Note(ctx, after.ID, tokenAudit(before), tokenAudit(after))
+	return &factoryv1.SetTokenRolesResponse{Token: tokenToProto(after)}, nil
 }
 
 func (s *accessServer) ListAudit(ctx context.Context, r *factoryv1.ListAuditRequest) (*factoryv1.ListAuditResponse, error) {
@@ -93,6 +109,7 @@ func (s *accessServer) ListAudit(ctx context.Context, r *factoryv1.ListAuditRequ
 			Rpc: e.RPC, Target: e.Target, BeforeJson: e.BeforeJSON, AfterJson: e.AfterJSON, TraceId: e.TraceID,
 			Outcome: e.Outcome, Detail: e.Detail,
 		}
+		out.Entries[i].Count, out.Entries[i].LastSeen = auditCountOf(e)
 	}
 	return out, nil
 }
@@ -102,7 +119,7 @@ func (s *accessServer) WhoAmI(ctx context.Context, _ *factoryv1.WhoAmIRequest) (
 	if err != nil {
 		return nil, err
 	}
-	return &factoryv1.WhoAmIResponse{Role: roleToProto(c.Role), Subject: c.Subject, TokenId: c.TokenID, ExpiresAt: ts(c.ExpiresAt)}, nil
+	return &factoryv1.WhoAmIResponse{Role: roleToProto(c.Role), Subject: c.Subject, TokenId: c.TokenID, ExpiresAt: ts(c.ExpiresAt), Roles: c.Roles}, nil
 }
 
 func roleToProto(r store.Role) factoryv1.Role {
@@ -133,12 +150,16 @@ func tokenToProto(t *store.Token) *factoryv1.Token {
 	return &factoryv1.Token{
 		Id: t.ID, Role: roleToProto(t.Role), Subject: t.Subject, Description: t.Description, CreatedBy: t.CreatedBy,
 		CreatedAt: ts(t.CreatedAt), ExpiresAt: ts(t.ExpiresAt), RevokedAt: ts(t.RevokedAt), LastUsedAt: ts(t.LastUsedAt),
+		Roles: t.Roles,
 	}
 }
 
 // tokenAudit is a token as the audit log records it: never its hash.
 func tokenAudit(t *store.Token) map[string]any {
 	m := map[string]any{"role": t.Role, "subject": t.Subject}
+	if t.Role == store.RoleAgent {
+		m["roles"] = append([]string{}, t.Roles...)
+	}
 	if t.Description != "" {
 		m["description"] = t.Description
 	}

@@ -39,6 +39,9 @@ var fleetWatchTick = 5 * time.Second
 type fleetServer struct {
 	factoryv1.UnimplementedFleetServiceServer
 	fleet *fleet.Registry
+	// placements decide which agents a Hello may declare; nil registers
+	// none a sidecar token declares (fail closed).
+	placements *fleet.Placements
 	// events stores the events sidecars must not lose; nil leaves them
 	// unacked, so sidecars keep them spooled.
 	events *fleet.Events
@@ -81,10 +84,15 @@ func (s *fleetServer) Connect(stream factoryv1.FleetService_ConnectServer) error
 	}
 	// A sidecar token speaks for one host only: its subject. Checked here
 	// because the host is in the stream's first message, not in metadata.
-	if c, ok := access.FromContext(ctx); ok && c.Role == store.RoleSidecar && c.Subject != hello.GetHost() {
+	c, ok := access.FromContext(ctx)
+	if ok && c.Role == store.RoleSidecar && c.Subject != hello.GetHost() {
 		return status.Errorf(codes.PermissionDenied, "sidecar %s may not connect as host %s", c.Subject, hello.GetHost())
 	}
-	if err := s.fleet.Register(helloFromProto(hello)); err != nil {
+	admitted, refused, err := s.admit(ctx, helloFromProto(hello), ok && c.Role == store.RoleOperator)
+	if err != nil {
+		return s.err(ctx, err)
+	}
+	if err := s.fleet.Register(admitted); err != nil {
 		return s.err(ctx, err)
 	}
 	host := hello.GetHost()
@@ -98,6 +106,7 @@ func (s *fleetServer) Connect(stream factoryv1.FleetService_ConnectServer) error
 	interval := s.fleet.Config().HeartbeatInterval
 	if err := stream.Send(&factoryv1.ConnectResponse{Config: &factoryv1.SidecarConfig{
 		HeartbeatInterval: durationpb.New(interval), TelemetryInterval: durationpb.New(interval),
+		RefusedAgents: refusedToProto(refused),
 	}}); err != nil {
 		return err
 	}
@@ -124,6 +133,10 @@ func (s *fleetServer) Connect(stream factoryv1.FleetService_ConnectServer) error
 	}()
 	for {
 		select {
+		case <-ctx.Done():
+			// Closed: the client went away, or its token stopped working
+			// (streams.go answers with the reason).
+			return ctx.Err()
 		case <-s.stopping:
 			// Shutdown: the sidecar reconnects to this replica or another.
 			return status.Error(codes.Unavailable, "the control plane is shutting down")
@@ -141,6 +154,9 @@ func (s *fleetServer) Connect(stream factoryv1.FleetService_ConnectServer) error
 				return err
 			}
 		case m := <-msgs:
+			if ctx.Err() != nil {
+				return ctx.Err() // nothing a closed stream sent is stored
+			}
 			switch msg := m.GetMsg().(type) {
 			case *factoryv1.ConnectRequest_Heartbeat:
 				if err = s.fleet.Heartbeat(host); err == nil {

@@ -57,6 +57,9 @@ func TestSidecarConnectsAndItsNodeAgesByTheClock(t *testing.T) {
 	ops := b.clientsAs(t, b.operator).f
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	if _, err := ops.PlaceAgent(ctx, &factoryv1.PlaceAgentRequest{Agent: "forge", Host: "gpu-1"}); err != nil {
+		t.Fatal(err)
+	}
 
 	stream, cfg, err := connect(ctx, t, side, "gpu-1", "forge")
 	if err != nil {
@@ -65,17 +68,15 @@ func TestSidecarConnectsAndItsNodeAgesByTheClock(t *testing.T) {
 	if got := cfg.GetHeartbeatInterval().AsDuration(); got != 10*time.Second {
 		t.Errorf("heartbeat interval %v, want 10s", got)
 	}
+	if refused := cfg.GetRefusedAgents(); len(refused) != 0 {
+		t.Errorf("refused %v, want none: forge is placed on gpu-1", refused)
+	}
 	if got := nodeStateOf(t, ops, "gpu-1"); got != factoryv1.NodeState_NODE_STATE_ONLINE {
 		t.Fatalf("after Hello: %v, want ONLINE", got)
 	}
 	agents, err := ops.ListAgents(ctx, &factoryv1.ListAgentsRequest{Host: "gpu-1"})
 	if err != nil || len(agents.GetAgents()) != 1 || agents.GetAgents()[0].GetName() != "forge" {
 		t.Fatalf("agents on gpu-1: %v, %v", agents, err)
-	}
-	// The fleet now places forge on gpu-1, so the sidecar's HostsAgent
-	// hook is the fleet's.
-	if ok, _ := b.fleet.HostsAgent(ctx, "gpu-1", "forge"); !ok {
-		t.Error("fleet does not place forge on gpu-1")
 	}
 
 	// Telemetry is a sign of life and is what GetHealth reads: a full disk

@@ -2,6 +2,9 @@ package store
 
 import (
 	"context"
+	"regexp"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -33,6 +36,12 @@ type AccessStore interface {
 	// TokenTouch sets LastUsedAt=Now on a token. An unknown id is not an
 	// error: the token may have been deleted by an import meanwhile.
 	TokenTouch(ctx context.Context, params *TokenTouchParams) error
+
+	// TokenSetRoles replaces an agent token's Roles and returns the token
+	// as it was before and as it is now, or ErrNotFound. A token of
+	// another role is a FieldError on "token_id": only agents claim by
+	// role.
+	TokenSetRoles(ctx context.Context, params *TokenSetRolesParams) (before, after *Token, err error)
 
 	// AuditAppend appends entries in order, all or none, and sets each
 	// one's ID, which grows with every append.
@@ -72,7 +81,19 @@ type Token struct {
 	ExpiresAt  time.Time // zero: never
 	RevokedAt  time.Time // zero: not revoked
 	LastUsedAt time.Time // zero: never used
+	// Roles are the task roles an agent token may claim, sorted; AnyRole
+	// grants all of them. Empty for other roles' tokens, and for an agent
+	// token granted none (it claims only tasks that name no role).
+	Roles []string
 }
+
+// AnyRole, as a token's only role, grants every task role. The migration
+// that introduced grants gave it to every agent token that existed, so
+// agents kept claiming as before until an operator narrows them.
+const AnyRole = "*"
+
+// MaxTokenRoles bounds a token's grant.
+const MaxTokenRoles = 64
 
 // Clone returns a deep copy.
 func (t *Token) Clone() *Token {
@@ -80,7 +101,60 @@ func (t *Token) Clone() *Token {
 		return nil
 	}
 	c := *t
+	c.Roles = slices.Clone(t.Roles)
 	return &c
+}
+
+// MayClaim reports whether the token's grant covers the task role. The
+// empty role is every agent's: tasks that name no role match any agent.
+func MayClaim(granted []string, role string) bool {
+	return role == "" || slices.Contains(granted, AnyRole) || slices.Contains(granted, role)
+}
+
+// NormalizeRoles checks a grant and returns it sorted and without
+// repeats: the form stored, listed and compared. A role is a task's role
+// (letters, digits, '.', '_', ':', '/', '-', at most 128) or AnyRole,
+// which then must be the only one.
+func NormalizeRoles(roles []string) ([]string, error) {
+	if len(roles) > MaxTokenRoles {
+		return nil, InvalidField("roles", "at most %d, got %d", MaxTokenRoles, len(roles))
+	}
+	out := make([]string, 0, len(roles))
+	for _, r := range roles {
+		if r != AnyRole && !taskRoleRE.MatchString(r) {
+			return nil, InvalidField("roles", "%q is not a task role: want 1-128 letters, digits, '.', '_', ':', '/', '-', or %q for every role", r, AnyRole)
+		}
+		out = append(out, r)
+	}
+	slices.Sort(out)
+	out = slices.Compact(out)
+	if slices.Contains(out, AnyRole) && len(out) > 1 {
+		return nil, InvalidField("roles", "%q grants every role; name it alone, not with %v", AnyRole, slices.DeleteFunc(slices.Clone(out), func(r string) bool { return r == AnyRole }))
+	}
+	return out, nil
+}
+
+var taskRoleRE = regexp.MustCompile(`^[A-Za-z0-9._:/-]{1,128}$`)
+
+// JoinRoles is a grant as drivers store it: comma-separated (no role
+// holds a comma), "" for none.
+func JoinRoles(roles []string) string { return strings.Join(roles, ",") }
+
+// SplitRoles reads a grant JoinRoles wrote; "" is no role (a nil slice).
+func SplitRoles(s string) []string {
+	if s == "" {
+		return nil
+	}
+	return strings.Split(s, ",")
+}
+
+// CheckSetRoles is the check TokenSetRoles makes on the stored token:
+// only agents claim by role.
+func CheckSetRoles(t *Token) error {
+	if t.Role != RoleAgent {
+		return InvalidField("token_id", "token %s is a %s token; only agent tokens carry roles", t.ID, t.Role)
+	}
+	return nil
 }
 
 // ActiveAt reports whether the token works at now: not revoked and not
@@ -124,6 +198,13 @@ type TokenRevokeParams struct {
 	Now time.Time
 }
 
+// TokenSetRolesParams replaces a token's grant. Roles are as
+// NormalizeRoles returns them.
+type TokenSetRolesParams struct {
+	ID    string
+	Roles []string
+}
+
 // TokenTouchParams records a token's use.
 type TokenTouchParams struct {
 	ID  string
@@ -146,6 +227,11 @@ type AuditEntry struct {
 	TraceID    string
 	Outcome    string // gRPC code name: OK, PERMISSION_DENIED
 	Detail     string // why a call was refused
+	// Count is how many identical calls the entry stands for (see
+	// audit.go): 0 is read as 1. Time is the first of them, LastSeen the
+	// last; a zero LastSeen is Time.
+	Count    int64
+	LastSeen time.Time
 }
 
 // AuditAppendParams holds entries to append.
@@ -155,7 +241,7 @@ type AuditAppendParams struct {
 
 // AuditListParams filters AuditList. Zero values do not filter.
 type AuditListParams struct {
-	Since time.Time // Time >= Since
+	Since time.Time // LastSeen >= Since: seen at or after Since
 	// Who matches an entry's Who or its TokenID.
 	Who    string
 	Limit  int
@@ -183,6 +269,8 @@ func CheckTokenCreate(p *TokenCreateParams) error {
 		return InvalidField("role", "unknown role %q", in.Role)
 	case in.Subject == "":
 		return InvalidField("subject", "is required")
+	case len(in.Roles) > 0 && in.Role != RoleAgent:
+		return InvalidField("roles", "only agent tokens carry roles, not a %s token", in.Role)
 	}
 	return nil
 }

@@ -146,6 +146,12 @@ func session(ctx context.Context, client factoryv1.FleetServiceClient, cfg Confi
 	sc := first.GetConfig()
 	cfg.Logger.Info("connected to the control plane", "host", cfg.Hello.GetHost(),
 		"heartbeat_interval", sc.GetHeartbeatInterval().AsDuration().String())
+	// Agents the control plane would not register (not placed on this
+	// host): their spend is refused until an operator places them.
+	for _, r := range sc.GetRefusedAgents() {
+		cfg.Logger.Warn("the control plane refused an agent this host declares", "host", cfg.Hello.GetHost(),
+			"agent", r.GetName(), "reason", r.GetReason())
+	}
 	if cfg.OnConnected != nil {
 		cfg.OnConnected(sc)
 	}

@@ -3,6 +3,7 @@ package postgres
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -12,7 +13,7 @@ import (
 	"github.com/factory/factory/controlplane/store"
 )
 
-const tokenCols = `seq, id, hash, role, subject, description, created_by, created_at, expires_at, revoked_at, last_used_at`
+const tokenCols = `seq, id, hash, role, subject, description, created_by, created_at, expires_at, revoked_at, last_used_at, roles`
 
 var (
 	qTokenByHash = `-- name: TokenGetByHash
@@ -21,19 +22,23 @@ SELECT ` + tokenCols + ` FROM tokens WHERE hash = $1`
 	qActiveOperator = `-- name: TokenActiveOperator
 SELECT count(*) FROM tokens WHERE role = 'operator' AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $1)`
 	qTokenInsert = `-- name: TokenCreate
-INSERT INTO tokens (id, hash, role, subject, description, created_by, created_at, expires_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`
+INSERT INTO tokens (id, hash, role, subject, description, created_by, created_at, expires_at, roles)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`
+	qTokenForUpdate = `-- name: TokenForUpdate
+SELECT ` + tokenCols + ` FROM tokens WHERE id = $1 FOR UPDATE`
+	qTokenSetRoles = `-- name: TokenSetRoles
+UPDATE tokens SET roles = $2 WHERE id = $1`
 	// The first revocation's time stands.
 	qTokenRevoke = `-- name: TokenRevoke
 UPDATE tokens SET revoked_at = coalesce(revoked_at, $2) WHERE id = $1 RETURNING ` + tokenCols
 	qTokenTouch = `-- name: TokenTouch
 UPDATE tokens SET last_used_at = $2 WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $2)`
 	qAuditInsert = `-- name: AuditAppend
-INSERT INTO audit_log (time, who, role, token_id, rpc, target, before_json, after_json, trace_id, outcome, detail)
+INSERT INTO audit_log (time, who, role, token_id, rpc, target, before_json, after_json, trace_id, outcome, detail, count, last_seen)
 SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-	$8::text[], $9::text[], $10::text[], $11::text[])
+	$8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[], $13::timestamptz[])
 RETURNING id`
-	auditCols = `id, time, who, role, token_id, rpc, target, before_json, after_json, trace_id, outcome, detail`
+	auditCols = `id, time, who, role, token_id, rpc, target, before_json, after_json, trace_id, outcome, detail, count, last_seen`
 )
 
 func scanToken(row pgx.Row) (int64, *store.Token, error) {
@@ -42,12 +47,13 @@ func scanToken(row pgx.Row) (int64, *store.Token, error) {
 		t                            store.Token
 		role                         string
 		expires, revoked, lastUsedAt pgtype.Timestamptz
+		roles                        string
 	)
 	if err := row.Scan(&seq, &t.ID, &t.Hash, &role, &t.Subject, &t.Description, &t.CreatedBy,
-		&t.CreatedAt, &expires, &revoked, &lastUsedAt); err != nil {
+		&t.CreatedAt, &expires, &revoked, &lastUsedAt, &roles); err != nil {
 		return 0, nil, err
 	}
-	t.Role = store.Role(role)
+	t.Role, t.Roles = store.Role(role), store.SplitRoles(roles)
 	t.CreatedAt = t.CreatedAt.UTC()
 	t.ExpiresAt, t.RevokedAt, t.LastUsedAt = fromTS(expires), fromTS(revoked), fromTS(lastUsedAt)
 	return seq, &t, nil
@@ -67,7 +73,7 @@ func (s *Store) TokenCreate(ctx context.Context, p *store.TokenCreateParams) (*s
 	now := norm(p.Now)
 	t := &store.Token{
 		ID: in.ID, Hash: in.Hash, Role: in.Role, Subject: in.Subject, Description: in.Description,
-		CreatedBy: in.CreatedBy, CreatedAt: now, ExpiresAt: norm(in.ExpiresAt),
+		CreatedBy: in.CreatedBy, CreatedAt: now, ExpiresAt: norm(in.ExpiresAt), Roles: slices.Clone(in.Roles),
 	}
 	err := s.inTx(ctx, "TokenCreate", func(tx *txn) error {
 		if p.OnlyIfNoActiveOperator {
@@ -85,7 +91,7 @@ func (s *Store) TokenCreate(ctx context.Context, p *store.TokenCreateParams) (*s
 			}
 		}
 		b := tx.batch()
-		b.Queue(qTokenInsert, t.ID, t.Hash, string(t.Role), t.Subject, t.Description, t.CreatedBy, t.CreatedAt, ts(t.ExpiresAt))
+		b.Queue(qTokenInsert, t.ID, t.Hash, string(t.Role), t.Subject, t.Description, t.CreatedBy, t.CreatedAt, ts(t.ExpiresAt), store.JoinRoles(t.Roles))
 		return tx.send(b)
 	})
 	if err != nil {
@@ -206,6 +212,51 @@ func (s *Store) TokenRevoke(ctx context.Context, p *store.TokenRevokeParams) (*s
 	return out, nil
 }
 
+// TokenSetRoles implements store.Store.
+func (s *Store) TokenSetRoles(ctx context.Context, p *store.TokenSetRolesParams) (before, after *store.Token, err error) {
+	if p == nil || p.ID == "" {
+		return nil, nil, store.InvalidField("token_id", "is required")
+	}
+	if !pgText(p.ID) {
+		return nil, nil, tokenNotFound(strconv.Quote(p.ID))
+	}
+	err = s.inTx(ctx, "TokenSetRoles", func(tx *txn) error {
+		before, after = nil, nil
+		b := tx.batch()
+		b.Queue(qTokenForUpdate, p.ID).Query(func(rs pgx.Rows) error {
+			for rs.Next() {
+				_, t, err := scanToken(rs)
+				if err != nil {
+					return err
+				}
+				before = t
+			}
+			return rs.Err()
+		})
+		if err := tx.send(b); err != nil {
+			return err
+		}
+		if before == nil {
+			return tokenNotFound(strconv.Quote(p.ID))
+		}
+		if err := store.CheckSetRoles(before); err != nil {
+			return err
+		}
+		b = tx.batch()
+		b.Queue(qTokenSetRoles, p.ID, store.JoinRoles(p.Roles))
+		if err := tx.send(b); err != nil {
+			return err
+		}
+		after = before.Clone()
+		after.Roles = slices.Clone(p.Roles)
+		return nil
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return before, after, nil
+}
+
 // TokenTouch implements store.Store.
 func (s *Store) TokenTouch(ctx context.Context, p *store.TokenTouchParams) error {
 	if p == nil || p.ID == "" || !pgText(p.ID) {
@@ -225,24 +276,17 @@ func (s *Store) AuditAppend(ctx context.Context, p *store.AuditAppendParams) err
 		return nil
 	}
 	n := len(p.Entries)
-	var (
-		times                                 = make([]pgtype.Timestamptz, n)
-		who, role, token, rpc, target, before = make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-		after, trace, outcome, detail         = make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-	)
 	for i, e := range p.Entries {
 		if e == nil {
 			return store.InvalidField("entries", "entry %d is missing", i)
 		}
-		times[i] = pgtype.Timestamptz{Time: norm(e.Time), Valid: true}
-		who[i], role[i], token[i], rpc[i], target[i] = storable(e.Who), string(e.Role), storable(e.TokenID), storable(e.RPC), storable(e.Target)
-		before[i], after[i], trace[i], outcome[i], detail[i] = storable(e.BeforeJSON), storable(e.AfterJSON), storable(e.TraceID), storable(e.Outcome), storable(e.Detail)
 	}
+	cols := auditColumns(p.Entries)
 	ids := make([]int64, 0, n)
 	err := s.inTx(ctx, "AuditAppend", func(tx *txn) error {
 		ids = ids[:0]
 		b := tx.batch()
-		b.Queue(qAuditInsert, times, who, role, token, rpc, target, before, after, trace, outcome, detail).Query(func(rs pgx.Rows) error {
+		b.Queue(qAuditInsert, cols.args()...).Query(func(rs pgx.Rows) error {
 			for rs.Next() {
 				var id int64
 				if err := rs.Scan(&id); err != nil {
@@ -298,7 +342,8 @@ func (s *Store) AuditList(ctx context.Context, p *store.AuditListParams) (*store
 	}
 	if !p.Since.IsZero() {
 		args = append(args, p.Since)
-		fmt.Fprintf(&b, " AND time >= $%d", len(args))
+		// A coalesced entry counts from its last call.
+		fmt.Fprintf(&b, " AND last_seen >= $%d", len(args))
 	}
 	if p.Who != "" {
 		args = append(args, p.Who)
@@ -318,20 +363,15 @@ func (s *Store) AuditList(ctx context.Context, p *store.AuditListParams) (*store
 		}
 		defer rs.Close()
 		for rs.Next() {
-			var (
-				e    store.AuditEntry
-				role string
-			)
-			if err := rs.Scan(&e.ID, &e.Time, &e.Who, &role, &e.TokenID, &e.RPC, &e.Target, &e.BeforeJSON, &e.AfterJSON,
-				&e.TraceID, &e.Outcome, &e.Detail); err != nil {
+			e, err := scanAudit(rs)
+			if err != nil {
 				return err
 			}
 			if p.Limit > 0 && len(res.Entries) == p.Limit {
 				res.NextCursor = strconv.FormatInt(res.Entries[len(res.Entries)-1].ID, 10)
 				break
 			}
-			e.Time, e.Role = e.Time.UTC(), store.Role(role)
-			res.Entries = append(res.Entries, &e)
+			res.Entries = append(res.Entries, e)
 		}
 		return rs.Err()
 	})

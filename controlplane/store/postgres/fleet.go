@@ -118,3 +118,147 @@ func (s *Store) FleetEventsList(ctx context.Context, p *store.FleetEventsListPar
 	})
 	return out, err
 }
+
+// Placements sort by agent in byte order (COLLATE "C"), as SQLite sorts
+// them, so pages and cursors agree across drivers.
+const (
+	placementCols = `agent, host, placed_by, placed_at`
+	qPlacementGet = `-- name: PlacementGet
+SELECT ` + placementCols + ` FROM agent_placements WHERE agent = $1 FOR UPDATE`
+	qPlacementUpsert = `-- name: PlacementSet
+INSERT INTO agent_placements (agent, host, placed_by, placed_at) VALUES ($1, $2, $3, $4)
+ON CONFLICT (agent) DO UPDATE SET host = excluded.host, placed_by = excluded.placed_by, placed_at = excluded.placed_at`
+	qPlacementDelete = `-- name: PlacementDelete
+DELETE FROM agent_placements WHERE agent = $1 RETURNING ` + placementCols
+)
+
+func scanPlacement(row pgx.Row) (*store.Placement, error) {
+	var p store.Placement
+	if err := row.Scan(&p.Agent, &p.Host, &p.PlacedBy, &p.PlacedAt); err != nil {
+		return nil, err
+	}
+	p.PlacedAt = p.PlacedAt.UTC()
+	return &p, nil
+}
+
+// PlacementSet implements store.Store.
+func (s *Store) PlacementSet(ctx context.Context, p *store.PlacementSetParams) (before, after *store.Placement, err error) {
+	if err := store.CheckPlacementSet(p); err != nil {
+		return nil, nil, err
+	}
+	if err := checkText("agent", p.Agent, "host", p.Host, "placed_by", p.PlacedBy); err != nil {
+		return nil, nil, err
+	}
+	after = &store.Placement{Agent: p.Agent, Host: p.Host, PlacedBy: p.PlacedBy, PlacedAt: norm(p.Now)}
+	err = s.inTx(ctx, "PlacementSet", func(tx *txn) error {
+		before = nil
+		b := tx.batch()
+		// The row lock makes the before this call reports the one it
+		// replaced, even with another replica placing the same agent.
+		b.Queue(qPlacementGet, p.Agent).Query(func(rs pgx.Rows) error {
+			for rs.Next() {
+				pl, err := scanPlacement(rs)
+				if err != nil {
+					return err
+				}
+				before = pl
+			}
+			return rs.Err()
+		})
+		b.Queue(qPlacementUpsert, after.Agent, after.Host, after.PlacedBy, after.PlacedAt)
+		return tx.send(b)
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return before, after, nil
+}
+
+// PlacementDelete implements store.Store.
+func (s *Store) PlacementDelete(ctx context.Context, p *store.PlacementDeleteParams) (*store.Placement, error) {
+	if p == nil || p.Agent == "" {
+		return nil, store.InvalidField("agent", "is required")
+	}
+	notFound := fmt.Errorf("agent %q has no placement: %w", p.Agent, store.ErrNotFound)
+	if !pgText(p.Agent) {
+		return nil, notFound
+	}
+	var out *store.Placement
+	err := s.inTx(ctx, "PlacementDelete", func(tx *txn) error {
+		out = nil
+		b := tx.batch()
+		b.Queue(qPlacementDelete, p.Agent).Query(func(rs pgx.Rows) error {
+			for rs.Next() {
+				pl, err := scanPlacement(rs)
+				if err != nil {
+					return err
+				}
+				out = pl
+			}
+			return rs.Err()
+		})
+		return tx.send(b)
+	})
+	if err != nil {
+		return nil, err
+	}
+	if out == nil {
+		return nil, notFound
+	}
+	return out, nil
+}
+
+// PlacementList implements store.Store.
+func (s *Store) PlacementList(ctx context.Context, p *store.PlacementListParams) (*store.PlacementListResult, error) {
+	if p == nil {
+		p = &store.PlacementListParams{}
+	}
+	after, err := store.ParsePlacementCursor(p.Cursor)
+	if err != nil {
+		return nil, err
+	}
+	res := &store.PlacementListResult{}
+	if !pgText(after) || !pgText(p.Host) {
+		return res, nil // unstorable text matches nothing stored
+	}
+	var b strings.Builder
+	b.WriteString(`-- name: PlacementList` + "\n" + `SELECT ` + placementCols + ` FROM agent_placements WHERE agent COLLATE "C" > $1`)
+	args := []any{after}
+	if p.Host != "" {
+		args = append(args, p.Host)
+		fmt.Fprintf(&b, " AND host = $%d", len(args))
+	}
+	if p.Agents != nil {
+		args = append(args, validTexts(p.Agents))
+		fmt.Fprintf(&b, " AND agent = ANY($%d::text[])", len(args))
+	}
+	b.WriteString(` ORDER BY agent COLLATE "C"`)
+	if p.Limit > 0 {
+		args = append(args, p.Limit+1)
+		fmt.Fprintf(&b, " LIMIT $%d", len(args))
+	}
+	err = s.read(ctx, "PlacementList", func(ctx context.Context) error {
+		res.Placements, res.NextCursor = nil, ""
+		rs, err := s.pool.Query(ctx, b.String(), args...)
+		if err != nil {
+			return err
+		}
+		defer rs.Close()
+		for rs.Next() {
+			pl, err := scanPlacement(rs)
+			if err != nil {
+				return err
+			}
+			if p.Limit > 0 && len(res.Placements) == p.Limit {
+				res.NextCursor = store.PlacementCursor(res.Placements[len(res.Placements)-1].Agent)
+				break
+			}
+			res.Placements = append(res.Placements, pl)
+		}
+		return rs.Err()
+	})
+	if err != nil {
+		return nil, err
+	}
+	return res, nil
+}

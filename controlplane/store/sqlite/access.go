@@ -6,13 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/factory/factory/controlplane/store"
 )
 
-const tokenCols = `seq, id, hash, role, subject, description, created_by, created_at, expires_at, revoked_at, last_used_at`
+const tokenCols = `seq, id, hash, role, subject, description, created_by, created_at, expires_at, revoked_at, last_used_at, roles`
 
 var (
 	qTokenByHash = `SELECT ` + tokenCols + ` FROM tokens WHERE hash = ?`
@@ -20,13 +21,14 @@ var (
 	qTokenTaken  = `SELECT COUNT(*) FROM tokens WHERE id = ? OR hash = ?`
 	// An operator token that works at the given time.
 	qActiveOperator = `SELECT COUNT(*) FROM tokens WHERE role = 'operator' AND revoked_at = 0 AND (expires_at = 0 OR expires_at > ?)`
-	qTokenInsert    = `INSERT INTO tokens (id, hash, role, subject, description, created_by, created_at, expires_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?)`
-	qTokenRevoke = `UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at = 0`
-	qTokenTouch  = `UPDATE tokens SET last_used_at = ? WHERE id = ? AND last_used_at < ?`
-	qAuditInsert = `INSERT INTO audit_log (time, who, role, token_id, rpc, target, before_json, after_json, trace_id, outcome, detail)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
-	auditCols = `id, time, who, role, token_id, rpc, target, before_json, after_json, trace_id, outcome, detail`
+	qTokenInsert    = `INSERT INTO tokens (id, hash, role, subject, description, created_by, created_at, expires_at, roles)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`
+	qTokenSetRoles = `UPDATE tokens SET roles = ? WHERE id = ?`
+	qTokenRevoke   = `UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at = 0`
+	qTokenTouch    = `UPDATE tokens SET last_used_at = ? WHERE id = ? AND last_used_at < ?`
+	qAuditInsert   = `INSERT INTO audit_log (time, who, role, token_id, rpc, target, before_json, after_json, trace_id, outcome, detail, count, last_seen)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+	auditCols = `id, time, who, role, token_id, rpc, target, before_json, after_json, trace_id, outcome, detail, count, last_seen`
 )
 
 func scanToken(sc scanner) (int64, *store.Token, error) {
@@ -35,12 +37,13 @@ func scanToken(sc scanner) (int64, *store.Token, error) {
 		t                                     store.Token
 		role                                  string
 		created, expires, revoked, lastUsedAt int64
+		roles                                 string
 	)
 	if err := sc.Scan(&seq, &t.ID, &t.Hash, &role, &t.Subject, &t.Description, &t.CreatedBy,
-		&created, &expires, &revoked, &lastUsedAt); err != nil {
+		&created, &expires, &revoked, &lastUsedAt, &roles); err != nil {
 		return 0, nil, err
 	}
-	t.Role = store.Role(role)
+	t.Role, t.Roles = store.Role(role), store.SplitRoles(roles)
 	t.CreatedAt, t.ExpiresAt, t.RevokedAt, t.LastUsedAt = fromNanos(created), fromNanos(expires), fromNanos(revoked), fromNanos(lastUsedAt)
 	return seq, &t, nil
 }
@@ -56,7 +59,7 @@ func (s *Store) TokenCreate(ctx context.Context, p *store.TokenCreateParams) (*s
 	now := norm(p.Now)
 	t := &store.Token{
 		ID: in.ID, Hash: in.Hash, Role: in.Role, Subject: in.Subject, Description: in.Description,
-		CreatedBy: in.CreatedBy, CreatedAt: now, ExpiresAt: norm(in.ExpiresAt),
+		CreatedBy: in.CreatedBy, CreatedAt: now, ExpiresAt: norm(in.ExpiresAt), Roles: slices.Clone(in.Roles),
 	}
 	err := s.writeTx(ctx, "TokenCreate", func(w *wtx) error {
 		if p.OnlyIfNoActiveOperator {
@@ -76,7 +79,7 @@ func (s *Store) TokenCreate(ctx context.Context, p *store.TokenCreateParams) (*s
 			return fmt.Errorf("token %q: %w", t.ID, store.ErrAlreadyExists)
 		}
 		_, err = w.exec(qTokenInsert, t.ID, t.Hash, string(t.Role), t.Subject, t.Description, t.CreatedBy,
-			toNanos(t.CreatedAt), toNanos(t.ExpiresAt))
+			toNanos(t.CreatedAt), toNanos(t.ExpiresAt), store.JoinRoles(t.Roles))
 		return err
 	})
 	if err != nil {
@@ -196,6 +199,39 @@ func (s *Store) TokenRevoke(ctx context.Context, p *store.TokenRevokeParams) (*s
 	return out, nil
 }
 
+// TokenSetRoles implements store.Store.
+func (s *Store) TokenSetRoles(ctx context.Context, p *store.TokenSetRolesParams) (before, after *store.Token, err error) {
+	if p == nil || p.ID == "" {
+		return nil, nil, store.InvalidField("token_id", "is required")
+	}
+	err = s.writeTx(ctx, "TokenSetRoles", func(w *wtx) error {
+		st, err := w.stmt(qTokenByID)
+		if err != nil {
+			return dbErr(w.op, err)
+		}
+		_, before, err = scanToken(st.QueryRowContext(w.ctx, p.ID))
+		if errors.Is(err, sql.ErrNoRows) {
+			return tokenNotFound(strconv.Quote(p.ID))
+		}
+		if err != nil {
+			return dbErr(w.op, err)
+		}
+		if err := store.CheckSetRoles(before); err != nil {
+			return err
+		}
+		if _, err := w.exec(qTokenSetRoles, store.JoinRoles(p.Roles), p.ID); err != nil {
+			return err
+		}
+		after = before.Clone()
+		after.Roles = slices.Clone(p.Roles)
+		return nil
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return before, after, nil
+}
+
 // TokenTouch implements store.Store.
 func (s *Store) TokenTouch(ctx context.Context, p *store.TokenTouchParams) error {
 	if p == nil || p.ID == "" {
@@ -221,8 +257,7 @@ func (s *Store) AuditAppend(ctx context.Context, p *store.AuditAppendParams) err
 	ids := make([]int64, len(p.Entries))
 	err := s.writeTx(ctx, "AuditAppend", func(w *wtx) error {
 		for i, e := range p.Entries {
-			res, err := w.exec(qAuditInsert, toNanos(norm(e.Time)), e.Who, string(e.Role), e.TokenID, e.RPC, e.Target,
-				e.BeforeJSON, e.AfterJSON, e.TraceID, e.Outcome, e.Detail)
+			res, err := w.exec(qAuditInsert, auditArgs(e)...)
 			if err != nil {
 				return err
 			}
@@ -259,7 +294,8 @@ func (s *Store) AuditList(ctx context.Context, p *store.AuditListParams) (*store
 		args = append(args, before)
 	}
 	if !p.Since.IsZero() {
-		b.WriteString(" AND time >= ?")
+		// A coalesced entry counts from its last call.
+		b.WriteString(" AND last_seen >= ?")
 		args = append(args, toNanos(p.Since))
 	}
 	if p.Who != "" {
@@ -281,21 +317,15 @@ func (s *Store) AuditList(ctx context.Context, p *store.AuditListParams) (*store
 	defer rs.Close()
 	res := &store.AuditListResult{}
 	for rs.Next() {
-		var (
-			e    store.AuditEntry
-			at   int64
-			role string
-		)
-		if err := rs.Scan(&e.ID, &at, &e.Who, &role, &e.TokenID, &e.RPC, &e.Target, &e.BeforeJSON, &e.AfterJSON,
-			&e.TraceID, &e.Outcome, &e.Detail); err != nil {
+		e, err := scanAudit(rs)
+		if err != nil {
 			return nil, dbErr("AuditList", err)
 		}
 		if limit > 0 && len(res.Entries) == p.Limit {
 			res.NextCursor = strconv.FormatInt(res.Entries[len(res.Entries)-1].ID, 10)
 			break
 		}
-		e.Time, e.Role = fromNanos(at), store.Role(role)
-		res.Entries = append(res.Entries, &e)
+		res.Entries = append(res.Entries, e)
 	}
 	if err := rs.Err(); err != nil {
 		return nil, dbErr("AuditList", err)

@@ -170,6 +170,46 @@ func (s *suite) testTokens(t *testing.T) {
 			_, err = h.s.TokenRevoke(h.ctx, &store.TokenRevokeParams{ID: "nobody", Now: h.now()})
 			requireIs(t, err, store.ErrNotFound, "revoking an unknown token")
 		}},
+		{"RolesAreStoredAndReplaced", func(t *testing.T, h *harness) {
+			scout := newToken("scout", store.RoleAgent, "scout")
+			scout.Roles = []string{"researcher", "writer"}
+			h.createToken(scout)
+			h.createToken(newToken("bare", store.RoleAgent, "bare"))
+			requireRoles(t, "scout as created", h.tokenByHash("hash-of-scout").Roles, "researcher", "writer")
+			requireRoles(t, "an agent token made without roles", h.tokenByHash("hash-of-bare").Roles)
+
+			before, after, err := h.s.TokenSetRoles(h.ctx, &store.TokenSetRolesParams{ID: "scout", Roles: []string{"researcher"}})
+			if err != nil {
+				t.Fatalf("TokenSetRoles: %v", err)
+			}
+			requireRoles(t, "before", before.Roles, "researcher", "writer")
+			requireRoles(t, "after", after.Roles, "researcher")
+			requireRoles(t, "read back", h.tokenByHash("hash-of-scout").Roles, "researcher")
+			if after.ID != "scout" || after.Subject != "scout" || after.Role != store.RoleAgent {
+				t.Fatalf("TokenSetRoles returned %+v", after)
+			}
+			if _, _, err := h.s.TokenSetRoles(h.ctx, &store.TokenSetRolesParams{ID: "scout", Roles: []string{store.AnyRole}}); err != nil {
+				t.Fatal(err)
+			}
+			requireRoles(t, "granted every role", h.tokenByHash("hash-of-scout").Roles, store.AnyRole)
+			if _, _, err := h.s.TokenSetRoles(h.ctx, &store.TokenSetRolesParams{ID: "scout"}); err != nil {
+				t.Fatal(err)
+			}
+			requireRoles(t, "every role taken away", h.tokenByHash("hash-of-scout").Roles)
+
+			_, _, err = h.s.TokenSetRoles(h.ctx, &store.TokenSetRolesParams{ID: "nobody", Roles: []string{"x"}})
+			requireIs(t, err, store.ErrNotFound, "roles of an unknown token")
+		}},
+		{"OnlyAgentTokensCarryRoles", func(t *testing.T, h *harness) {
+			op := newToken("op", store.RoleOperator, "ops")
+			op.Roles = []string{"deployer"}
+			_, err := h.s.TokenCreate(h.ctx, &store.TokenCreateParams{Token: op, Now: h.now()})
+			requireFieldError(t, err, "roles")
+			h.createToken(newToken("sc", store.RoleSidecar, "gpu-01"))
+			_, _, err = h.s.TokenSetRoles(h.ctx, &store.TokenSetRolesParams{ID: "sc", Roles: []string{"deployer"}})
+			requireFieldError(t, err, "token_id")
+			requireRoles(t, "the sidecar token after the refusal", h.tokenByHash("hash-of-sc").Roles)
+		}},
 		{"Touch", func(t *testing.T, h *harness) {
 			h.createToken(newToken("t1", store.RoleAgent, "forge"))
 			h.clock.Advance(time.Minute)
@@ -299,6 +339,7 @@ func (s *suite) testAudit(t *testing.T) {
 			got := res.Entries[2]
 			gotCopy, want := *got, *first
 			gotCopy.Time, want.Time = time.Time{}, time.Time{}
+			gotCopy.Count, gotCopy.LastSeen = 0, time.Time{} // see AuditCoalesce
 			if gotCopy != want {
 				t.Fatalf("entry read back as %+v, want %+v", got, first)
 			}
@@ -340,4 +381,11 @@ func (s *suite) testAudit(t *testing.T) {
 			requireFieldError(t, err, "page_token")
 		}},
 	})
+}
+
+func requireRoles(t *testing.T, what string, got []string, want ...string) {
+	t.Helper()
+	if len(got) != len(want) || (len(want) > 0 && fmt.Sprint(got) != fmt.Sprint(want)) {
+		t.Fatalf("%s: roles %q, want %q", what, got, want)
+	}
 }

@@ -118,3 +118,103 @@ func (s *suite) testFleetEvents(t *testing.T) {
 		}},
 	})
 }
+
+func (h *harness) place(agent, host string) *store.Placement {
+	h.t.Helper()
+	_, after, err := h.s.PlacementSet(h.ctx, &store.PlacementSetParams{Agent: agent, Host: host, PlacedBy: "ops (tok-op)", Now: h.now()})
+	if err != nil {
+		h.t.Fatalf("PlacementSet(%s, %s): %v", agent, host, err)
+	}
+	return after
+}
+
+// placements lists as "agent@host" in the store's order.
+func (h *harness) placements(p *store.PlacementListParams) []string {
+	h.t.Helper()
+	res, err := h.s.PlacementList(h.ctx, p)
+	if err != nil {
+		h.t.Fatalf("PlacementList(%+v): %v", p, err)
+	}
+	out := make([]string, len(res.Placements))
+	for i, pl := range res.Placements {
+		out[i] = pl.Agent + "@" + pl.Host
+	}
+	return out
+}
+
+// testPlacements covers where agents are placed: one host per agent,
+// moved by placing again, read by host or by name, shared by every
+// replica because it is in the store.
+func (s *suite) testPlacements(t *testing.T) {
+	s.runCases(t, []testCase{
+		{"PlaceMoveAndUnplace", func(t *testing.T, h *harness) {
+			first := h.place("forge", "gpu-01")
+			if first.Agent != "forge" || first.Host != "gpu-01" || first.PlacedBy != "ops (tok-op)" {
+				t.Fatalf("placed %+v", first)
+			}
+			requireTime(t, "PlacedAt", first.PlacedAt, h.now())
+			h.clock.Advance(time.Minute)
+			before, after, err := h.s.PlacementSet(h.ctx, &store.PlacementSetParams{Agent: "forge", Host: "gpu-02", PlacedBy: "ops", Now: h.now()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if before == nil || before.Host != "gpu-01" || after.Host != "gpu-02" {
+				t.Fatalf("moving forge: before %+v, after %+v", before, after)
+			}
+			requireTime(t, "PlacedAt after the move", after.PlacedAt, h.now())
+			requireIDs(t, "after the move", h.placements(nil), []string{"forge@gpu-02"})
+
+			removed, err := h.s.PlacementDelete(h.ctx, &store.PlacementDeleteParams{Agent: "forge"})
+			if err != nil || removed.Host != "gpu-02" {
+				t.Fatalf("PlacementDelete: %+v, %v", removed, err)
+			}
+			requireIDs(t, "after unplacing", h.placements(nil), nil)
+			_, err = h.s.PlacementDelete(h.ctx, &store.PlacementDeleteParams{Agent: "forge"})
+			requireIs(t, err, store.ErrNotFound, "unplacing an agent placed nowhere")
+		}},
+		{"FirstPlacementReplacesNothing", func(t *testing.T, h *harness) {
+			before, _, err := h.s.PlacementSet(h.ctx, &store.PlacementSetParams{Agent: "scout", Host: "gpu-01", Now: h.now()})
+			if err != nil || before != nil {
+				t.Fatalf("first placement: before %+v, %v", before, err)
+			}
+		}},
+		{"ListFiltersAndPages", func(t *testing.T, h *harness) {
+			for _, p := range [][2]string{{"scout", "gpu-01"}, {"forge", "gpu-02"}, {"Zed", "gpu-01"}, {"anvil", "gpu-01"}, {"hammer", "gpu-02"}} {
+				h.place(p[0], p[1])
+			}
+			// Byte order, as both drivers sort: upper case first.
+			requireIDs(t, "all", h.placements(nil), []string{"Zed@gpu-01", "anvil@gpu-01", "forge@gpu-02", "hammer@gpu-02", "scout@gpu-01"})
+			requireIDs(t, "on gpu-01", h.placements(&store.PlacementListParams{Host: "gpu-01"}), []string{"Zed@gpu-01", "anvil@gpu-01", "scout@gpu-01"})
+			requireIDs(t, "by name", h.placements(&store.PlacementListParams{Agents: []string{"forge", "scout", "nobody"}}),
+				[]string{"forge@gpu-02", "scout@gpu-01"})
+			requireIDs(t, "by name on a host", h.placements(&store.PlacementListParams{Host: "gpu-01", Agents: []string{"forge", "scout"}}),
+				[]string{"scout@gpu-01"})
+			requireIDs(t, "no names", h.placements(&store.PlacementListParams{Agents: []string{}}), nil)
+
+			var got []string
+			cursor := ""
+			for range 10 {
+				res, err := h.s.PlacementList(h.ctx, &store.PlacementListParams{Limit: 2, Cursor: cursor})
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, p := range res.Placements {
+					got = append(got, p.Agent)
+				}
+				if cursor = res.NextCursor; cursor == "" {
+					break
+				}
+			}
+			requireIDs(t, "paged", got, []string{"Zed", "anvil", "forge", "hammer", "scout"})
+			_, err := h.s.PlacementList(h.ctx, &store.PlacementListParams{Cursor: "%%%"})
+			requireFieldError(t, err, "page_token")
+		}},
+		{"BadInput", func(t *testing.T, h *harness) {
+			_, _, err := h.s.PlacementSet(h.ctx, &store.PlacementSetParams{Host: "gpu-01", Now: h.now()})
+			requireFieldError(t, err, "agent")
+			_, _, err = h.s.PlacementSet(h.ctx, &store.PlacementSetParams{Agent: "forge", Now: h.now()})
+			requireFieldError(t, err, "host")
+			requireIDs(t, "after the refusals", h.placements(nil), nil)
+		}},
+	})
+}

@@ -105,7 +105,12 @@ type Token struct {
 	RevokedAt *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=revoked_at,json=revokedAt,proto3" json:"revoked_at,omitempty"`
 	// Roughly when it was last used (updated at most once a minute); unset
 	// when never.
-	LastUsedAt    *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=last_used_at,json=lastUsedAt,proto3" json:"last_used_at,omitempty"`
+	LastUsedAt *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=last_used_at,json=lastUsedAt,proto3" json:"last_used_at,omitempty"`
+	// For an agent token, the task roles it may claim: ClaimTask with a role
+	// outside them is PERMISSION_DENIED (tasks without a role stay open to
+	// every agent). "*" grants every role. Empty: no role at all. Always
+	// empty for operator and sidecar tokens.
+	Roles         []string `protobuf:"bytes,10,rep,name=roles,proto3" json:"roles,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -203,6 +208,13 @@ func (x *Token) GetLastUsedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Token) GetRoles() []string {
+	if x != nil {
+		return x.Roles
+	}
+	return nil
+}
+
 // CreateTokenRequest describes a new token.
 type CreateTokenRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -215,7 +227,13 @@ type CreateTokenRequest struct {
 	Description string `protobuf:"bytes,3,opt,name=description,proto3" json:"description,omitempty"`
 	// How long the token works, from now; unset means until revoked. At
 	// least 1m, at most 10 years.
-	ExpiresIn     *durationpb.Duration `protobuf:"bytes,4,opt,name=expires_in,json=expiresIn,proto3" json:"expires_in,omitempty"`
+	ExpiresIn *durationpb.Duration `protobuf:"bytes,4,opt,name=expires_in,json=expiresIn,proto3" json:"expires_in,omitempty"`
+	// For an agent token, the task roles it may claim ("researcher",
+	// "writer"), or "*" for every role. An agent token made without any may
+	// claim only tasks that name no role, until SetTokenRoles grants some.
+	// Other roles' tokens take none. At most 64, unique; each as a task's
+	// role: letters, digits, '.', '_', ':', '/', '-', at most 128.
+	Roles         []string `protobuf:"bytes,5,rep,name=roles,proto3" json:"roles,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -274,6 +292,13 @@ func (x *CreateTokenRequest) GetDescription() string {
 func (x *CreateTokenRequest) GetExpiresIn() *durationpb.Duration {
 	if x != nil {
 		return x.ExpiresIn
+	}
+	return nil
+}
+
+func (x *CreateTokenRequest) GetRoles() []string {
+	if x != nil {
+		return x.Roles
 	}
 	return nil
 }
@@ -550,7 +575,8 @@ type AuditEntry struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Unique id. Ids grow as entries are appended; pages follow them.
 	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	// When the call finished.
+	// When the call finished; for an entry that stands for several identical
+	// refused calls (count above 1), when the first of them did.
 	Time *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
 	// The caller's subject: an operator's name, an agent or a host.
 	Who string `protobuf:"bytes,3,opt,name=who,proto3" json:"who,omitempty"`
@@ -573,7 +599,13 @@ type AuditEntry struct {
 	// refused call.
 	Outcome string `protobuf:"bytes,11,opt,name=outcome,proto3" json:"outcome,omitempty"`
 	// Why the call was refused; empty when it succeeded.
-	Detail        string `protobuf:"bytes,12,opt,name=detail,proto3" json:"detail,omitempty"`
+	Detail string `protobuf:"bytes,12,opt,name=detail,proto3" json:"detail,omitempty"`
+	// How many calls the entry stands for: identical refusals (same token,
+	// RPC, target, outcome and reason) within the audit window share one
+	// entry. 1 for every successful call.
+	Count int64 `protobuf:"varint,13,opt,name=count,proto3" json:"count,omitempty"`
+	// When the last of those calls finished; equal to time when count is 1.
+	LastSeen      *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -692,10 +724,25 @@ func (x *AuditEntry) GetDetail() string {
 	return ""
 }
 
+func (x *AuditEntry) GetCount() int64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *AuditEntry) GetLastSeen() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastSeen
+	}
+	return nil
+}
+
 // ListAuditRequest filters and pages the audit log.
 type ListAuditRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Only entries at or after this time; unset means from the start.
+	// Only entries seen at or after this time (an entry standing for several
+	// calls, by its last_seen); unset means from the start.
 	Since *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=since,proto3" json:"since,omitempty"`
 	// Only entries by this caller: a subject or a token id.
 	Who string `protobuf:"bytes,2,opt,name=who,proto3" json:"who,omitempty"`
@@ -820,6 +867,109 @@ func (x *ListAuditResponse) GetNextPageToken() string {
 	return ""
 }
 
+// SetTokenRolesRequest names an agent token and the roles it may claim.
+type SetTokenRolesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The token's id, as CreateToken or ListTokens returned it. Required.
+	TokenId string `protobuf:"bytes,1,opt,name=token_id,json=tokenId,proto3" json:"token_id,omitempty"`
+	// The whole grant after the call: it replaces the token's roles. "*"
+	// grants every role; an empty list takes every role away. At most 64,
+	// unique; each letters, digits, '.', '_', ':', '/', '-', at most 128.
+	Roles         []string `protobuf:"bytes,2,rep,name=roles,proto3" json:"roles,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetTokenRolesRequest) Reset() {
+	*x = SetTokenRolesRequest{}
+	mi := &file_factory_v1_access_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetTokenRolesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetTokenRolesRequest) ProtoMessage() {}
+
+func (x *SetTokenRolesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_access_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetTokenRolesRequest.ProtoReflect.Descriptor instead.
+func (*SetTokenRolesRequest) Descriptor() ([]byte, []int) {
+	return file_factory_v1_access_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *SetTokenRolesRequest) GetTokenId() string {
+	if x != nil {
+		return x.TokenId
+	}
+	return ""
+}
+
+func (x *SetTokenRolesRequest) GetRoles() []string {
+	if x != nil {
+		return x.Roles
+	}
+	return nil
+}
+
+// SetTokenRolesResponse holds the token with its new grant.
+type SetTokenRolesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The token, with roles as granted now.
+	Token         *Token `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetTokenRolesResponse) Reset() {
+	*x = SetTokenRolesResponse{}
+	mi := &file_factory_v1_access_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetTokenRolesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetTokenRolesResponse) ProtoMessage() {}
+
+func (x *SetTokenRolesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_access_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetTokenRolesResponse.ProtoReflect.Descriptor instead.
+func (*SetTokenRolesResponse) Descriptor() ([]byte, []int) {
+	return file_factory_v1_access_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *SetTokenRolesResponse) GetToken() *Token {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
 // WhoAmIRequest asks for the caller's identity.
 type WhoAmIRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -829,7 +979,7 @@ type WhoAmIRequest struct {
 
 func (x *WhoAmIRequest) Reset() {
 	*x = WhoAmIRequest{}
-	mi := &file_factory_v1_access_proto_msgTypes[10]
+	mi := &file_factory_v1_access_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -841,7 +991,7 @@ func (x *WhoAmIRequest) String() string {
 func (*WhoAmIRequest) ProtoMessage() {}
 
 func (x *WhoAmIRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_access_proto_msgTypes[10]
+	mi := &file_factory_v1_access_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -854,7 +1004,7 @@ func (x *WhoAmIRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WhoAmIRequest.ProtoReflect.Descriptor instead.
 func (*WhoAmIRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_access_proto_rawDescGZIP(), []int{10}
+	return file_factory_v1_access_proto_rawDescGZIP(), []int{12}
 }
 
 // WhoAmIResponse is the caller's identity.
@@ -867,14 +1017,16 @@ type WhoAmIResponse struct {
 	// The id of the token the call carried.
 	TokenId string `protobuf:"bytes,3,opt,name=token_id,json=tokenId,proto3" json:"token_id,omitempty"`
 	// When that token stops working; unset means never.
-	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	ExpiresAt *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	// For an agent, the task roles its token may claim ("*": every role).
+	Roles         []string `protobuf:"bytes,5,rep,name=roles,proto3" json:"roles,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *WhoAmIResponse) Reset() {
 	*x = WhoAmIResponse{}
-	mi := &file_factory_v1_access_proto_msgTypes[11]
+	mi := &file_factory_v1_access_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -886,7 +1038,7 @@ func (x *WhoAmIResponse) String() string {
 func (*WhoAmIResponse) ProtoMessage() {}
 
 func (x *WhoAmIResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_access_proto_msgTypes[11]
+	mi := &file_factory_v1_access_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -899,7 +1051,7 @@ func (x *WhoAmIResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WhoAmIResponse.ProtoReflect.Descriptor instead.
 func (*WhoAmIResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_access_proto_rawDescGZIP(), []int{11}
+	return file_factory_v1_access_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *WhoAmIResponse) GetRole() Role {
@@ -930,12 +1082,19 @@ func (x *WhoAmIResponse) GetExpiresAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *WhoAmIResponse) GetRoles() []string {
+	if x != nil {
+		return x.Roles
+	}
+	return nil
+}
+
 var File_factory_v1_access_proto protoreflect.FileDescriptor
 
 const file_factory_v1_access_proto_rawDesc = "" +
 	"\n" +
 	"\x17factory/v1/access.proto\x12\n" +
-	"factory.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x87\x03\n" +
+	"factory.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9d\x03\n" +
 	"\x05Token\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12$\n" +
 	"\x04role\x18\x02 \x01(\x0e2\x10.factory.v1.RoleR\x04role\x12\x18\n" +
@@ -950,13 +1109,16 @@ const file_factory_v1_access_proto_rawDesc = "" +
 	"\n" +
 	"revoked_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\trevokedAt\x12<\n" +
 	"\flast_used_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"lastUsedAt\"\xfd\x01\n" +
+	"lastUsedAt\x12\x14\n" +
+	"\x05roles\x18\n" +
+	" \x03(\tR\x05roles\"\xc4\x02\n" +
 	"\x12CreateTokenRequest\x121\n" +
 	"\x04role\x18\x01 \x01(\x0e2\x10.factory.v1.RoleB\v\xbaH\b\xc8\x01\x01\x82\x01\x02\x10\x01R\x04role\x12:\n" +
 	"\asubject\x18\x02 \x01(\tB \xbaH\x1d\xc8\x01\x01r\x18\x18\x80\x012\x13^[A-Za-z0-9._:/-]*$R\asubject\x12*\n" +
 	"\vdescription\x18\x03 \x01(\tB\b\xbaH\x05r\x03\x18\xf4\x03R\vdescription\x12L\n" +
 	"\n" +
-	"expires_in\x18\x04 \x01(\v2\x19.google.protobuf.DurationB\x12\xbaH\x0f\xaa\x01\f\"\x06\b\x80\x86\xb0\x96\x012\x02\b<R\texpiresIn\"V\n" +
+	"expires_in\x18\x04 \x01(\v2\x19.google.protobuf.DurationB\x12\xbaH\x0f\xaa\x01\f\"\x06\b\x80\x86\xb0\x96\x012\x02\b<R\texpiresIn\x12E\n" +
+	"\x05roles\x18\x05 \x03(\tB/\xbaH,\x92\x01)\x10@\x18\x01\"#r!2\x1f^([*]|[A-Za-z0-9._:/-]{1,128})$R\x05roles\"V\n" +
 	"\x13CreateTokenResponse\x12'\n" +
 	"\x05token\x18\x01 \x01(\v2\x11.factory.v1.TokenR\x05token\x12\x16\n" +
 	"\x06secret\x18\x02 \x01(\tR\x06secret\"\x90\x01\n" +
@@ -972,7 +1134,7 @@ const file_factory_v1_access_proto_rawDesc = "" +
 	"\x12RevokeTokenRequest\x12=\n" +
 	"\btoken_id\x18\x01 \x01(\tB\"\xbaH\x1f\xc8\x01\x01r\x1a2\x18^[A-Za-z0-9._:-]{1,128}$R\atokenId\">\n" +
 	"\x13RevokeTokenResponse\x12'\n" +
-	"\x05token\x18\x01 \x01(\v2\x11.factory.v1.TokenR\x05token\"\xd6\x02\n" +
+	"\x05token\x18\x01 \x01(\v2\x11.factory.v1.TokenR\x05token\"\xa5\x03\n" +
 	"\n" +
 	"AuditEntry\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12.\n" +
@@ -989,7 +1151,9 @@ const file_factory_v1_access_proto_rawDesc = "" +
 	"\btrace_id\x18\n" +
 	" \x01(\tR\atraceId\x12\x18\n" +
 	"\aoutcome\x18\v \x01(\tR\aoutcome\x12\x16\n" +
-	"\x06detail\x18\f \x01(\tR\x06detail\"\xd9\x01\n" +
+	"\x06detail\x18\f \x01(\tR\x06detail\x12\x14\n" +
+	"\x05count\x18\r \x01(\x03R\x05count\x127\n" +
+	"\tlast_seen\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\"\xd9\x01\n" +
 	"\x10ListAuditRequest\x12B\n" +
 	"\x05since\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampB\x10\xbaH\r\xb2\x01\n" +
 	"\x1a\x06\b\x80\xb2\xf8\x84\x1b2\x00R\x05since\x12/\n" +
@@ -1000,27 +1164,34 @@ const file_factory_v1_access_proto_rawDesc = "" +
 	"page_token\x18\x04 \x01(\tB\b\xbaH\x05r\x03\x18\x80\bR\tpageToken\"m\n" +
 	"\x11ListAuditResponse\x120\n" +
 	"\aentries\x18\x01 \x03(\v2\x16.factory.v1.AuditEntryR\aentries\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x0f\n" +
-	"\rWhoAmIRequest\"\xa6\x01\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x9c\x01\n" +
+	"\x14SetTokenRolesRequest\x12=\n" +
+	"\btoken_id\x18\x01 \x01(\tB\"\xbaH\x1f\xc8\x01\x01r\x1a2\x18^[A-Za-z0-9._:-]{1,128}$R\atokenId\x12E\n" +
+	"\x05roles\x18\x02 \x03(\tB/\xbaH,\x92\x01)\x10@\x18\x01\"#r!2\x1f^([*]|[A-Za-z0-9._:/-]{1,128})$R\x05roles\"@\n" +
+	"\x15SetTokenRolesResponse\x12'\n" +
+	"\x05token\x18\x01 \x01(\v2\x11.factory.v1.TokenR\x05token\"\x0f\n" +
+	"\rWhoAmIRequest\"\xbc\x01\n" +
 	"\x0eWhoAmIResponse\x12$\n" +
 	"\x04role\x18\x01 \x01(\x0e2\x10.factory.v1.RoleR\x04role\x12\x18\n" +
 	"\asubject\x18\x02 \x01(\tR\asubject\x12\x19\n" +
 	"\btoken_id\x18\x03 \x01(\tR\atokenId\x129\n" +
 	"\n" +
-	"expires_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt*Q\n" +
+	"expires_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12\x14\n" +
+	"\x05roles\x18\x05 \x03(\tR\x05roles*Q\n" +
 	"\x04Role\x12\x14\n" +
 	"\x10ROLE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rROLE_OPERATOR\x10\x01\x12\x0e\n" +
 	"\n" +
 	"ROLE_AGENT\x10\x02\x12\x10\n" +
-	"\fROLE_SIDECAR\x10\x032\x87\x03\n" +
+	"\fROLE_SIDECAR\x10\x032\xdd\x03\n" +
 	"\rAccessService\x12N\n" +
 	"\vCreateToken\x12\x1e.factory.v1.CreateTokenRequest\x1a\x1f.factory.v1.CreateTokenResponse\x12K\n" +
 	"\n" +
 	"ListTokens\x12\x1d.factory.v1.ListTokensRequest\x1a\x1e.factory.v1.ListTokensResponse\x12N\n" +
 	"\vRevokeToken\x12\x1e.factory.v1.RevokeTokenRequest\x1a\x1f.factory.v1.RevokeTokenResponse\x12H\n" +
 	"\tListAudit\x12\x1c.factory.v1.ListAuditRequest\x1a\x1d.factory.v1.ListAuditResponse\x12?\n" +
-	"\x06WhoAmI\x12\x19.factory.v1.WhoAmIRequest\x1a\x1a.factory.v1.WhoAmIResponseB5Z3github.com/factory/factory/gen/factory/v1;factoryv1b\x06proto3"
+	"\x06WhoAmI\x12\x19.factory.v1.WhoAmIRequest\x1a\x1a.factory.v1.WhoAmIResponse\x12T\n" +
+	"\rSetTokenRoles\x12 .factory.v1.SetTokenRolesRequest\x1a!.factory.v1.SetTokenRolesResponseB5Z3github.com/factory/factory/gen/factory/v1;factoryv1b\x06proto3"
 
 var (
 	file_factory_v1_access_proto_rawDescOnce sync.Once
@@ -1035,7 +1206,7 @@ func file_factory_v1_access_proto_rawDescGZIP() []byte {
 }
 
 var file_factory_v1_access_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_factory_v1_access_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_factory_v1_access_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_factory_v1_access_proto_goTypes = []any{
 	(Role)(0),                     // 0: factory.v1.Role
 	(*Token)(nil),                 // 1: factory.v1.Token
@@ -1048,43 +1219,49 @@ var file_factory_v1_access_proto_goTypes = []any{
 	(*AuditEntry)(nil),            // 8: factory.v1.AuditEntry
 	(*ListAuditRequest)(nil),      // 9: factory.v1.ListAuditRequest
 	(*ListAuditResponse)(nil),     // 10: factory.v1.ListAuditResponse
-	(*WhoAmIRequest)(nil),         // 11: factory.v1.WhoAmIRequest
-	(*WhoAmIResponse)(nil),        // 12: factory.v1.WhoAmIResponse
-	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 14: google.protobuf.Duration
+	(*SetTokenRolesRequest)(nil),  // 11: factory.v1.SetTokenRolesRequest
+	(*SetTokenRolesResponse)(nil), // 12: factory.v1.SetTokenRolesResponse
+	(*WhoAmIRequest)(nil),         // 13: factory.v1.WhoAmIRequest
+	(*WhoAmIResponse)(nil),        // 14: factory.v1.WhoAmIResponse
+	(*timestamppb.Timestamp)(nil), // 15: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 16: google.protobuf.Duration
 }
 var file_factory_v1_access_proto_depIdxs = []int32{
 	0,  // 0: factory.v1.Token.role:type_name -> factory.v1.Role
-	13, // 1: factory.v1.Token.created_at:type_name -> google.protobuf.Timestamp
-	13, // 2: factory.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
-	13, // 3: factory.v1.Token.revoked_at:type_name -> google.protobuf.Timestamp
-	13, // 4: factory.v1.Token.last_used_at:type_name -> google.protobuf.Timestamp
+	15, // 1: factory.v1.Token.created_at:type_name -> google.protobuf.Timestamp
+	15, // 2: factory.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
+	15, // 3: factory.v1.Token.revoked_at:type_name -> google.protobuf.Timestamp
+	15, // 4: factory.v1.Token.last_used_at:type_name -> google.protobuf.Timestamp
 	0,  // 5: factory.v1.CreateTokenRequest.role:type_name -> factory.v1.Role
-	14, // 6: factory.v1.CreateTokenRequest.expires_in:type_name -> google.protobuf.Duration
+	16, // 6: factory.v1.CreateTokenRequest.expires_in:type_name -> google.protobuf.Duration
 	1,  // 7: factory.v1.CreateTokenResponse.token:type_name -> factory.v1.Token
 	1,  // 8: factory.v1.ListTokensResponse.tokens:type_name -> factory.v1.Token
 	1,  // 9: factory.v1.RevokeTokenResponse.token:type_name -> factory.v1.Token
-	13, // 10: factory.v1.AuditEntry.time:type_name -> google.protobuf.Timestamp
+	15, // 10: factory.v1.AuditEntry.time:type_name -> google.protobuf.Timestamp
 	0,  // 11: factory.v1.AuditEntry.role:type_name -> factory.v1.Role
-	13, // 12: factory.v1.ListAuditRequest.since:type_name -> google.protobuf.Timestamp
-	8,  // 13: factory.v1.ListAuditResponse.entries:type_name -> factory.v1.AuditEntry
-	0,  // 14: factory.v1.WhoAmIResponse.role:type_name -> factory.v1.Role
-	13, // 15: factory.v1.WhoAmIResponse.expires_at:type_name -> google.protobuf.Timestamp
-	2,  // 16: factory.v1.AccessService.CreateToken:input_type -> factory.v1.CreateTokenRequest
-	4,  // 17: factory.v1.AccessService.ListTokens:input_type -> factory.v1.ListTokensRequest
-	6,  // 18: factory.v1.AccessService.RevokeToken:input_type -> factory.v1.RevokeTokenRequest
-	9,  // 19: factory.v1.AccessService.ListAudit:input_type -> factory.v1.ListAuditRequest
-	11, // 20: factory.v1.AccessService.WhoAmI:input_type -> factory.v1.WhoAmIRequest
-	3,  // 21: factory.v1.AccessService.CreateToken:output_type -> factory.v1.CreateTokenResponse
-	5,  // 22: factory.v1.AccessService.ListTokens:output_type -> factory.v1.ListTokensResponse
-	7,  // 23: factory.v1.AccessService.RevokeToken:output_type -> factory.v1.RevokeTokenResponse
-	10, // 24: factory.v1.AccessService.ListAudit:output_type -> factory.v1.ListAuditResponse
-	12, // 25: factory.v1.AccessService.WhoAmI:output_type -> factory.v1.WhoAmIResponse
-	21, // [21:26] is the sub-list for method output_type
-	16, // [16:21] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	15, // 12: factory.v1.AuditEntry.last_seen:type_name -> google.protobuf.Timestamp
+	15, // 13: factory.v1.ListAuditRequest.since:type_name -> google.protobuf.Timestamp
+	8,  // 14: factory.v1.ListAuditResponse.entries:type_name -> factory.v1.AuditEntry
+	1,  // 15: factory.v1.SetTokenRolesResponse.token:type_name -> factory.v1.Token
+	0,  // 16: factory.v1.WhoAmIResponse.role:type_name -> factory.v1.Role
+	15, // 17: factory.v1.WhoAmIResponse.expires_at:type_name -> google.protobuf.Timestamp
+	2,  // 18: factory.v1.AccessService.CreateToken:input_type -> factory.v1.CreateTokenRequest
+	4,  // 19: factory.v1.AccessService.ListTokens:input_type -> factory.v1.ListTokensRequest
+	6,  // 20: factory.v1.AccessService.RevokeToken:input_type -> factory.v1.RevokeTokenRequest
+	9,  // 21: factory.v1.AccessService.ListAudit:input_type -> factory.v1.ListAuditRequest
+	13, // 22: factory.v1.AccessService.WhoAmI:input_type -> factory.v1.WhoAmIRequest
+	11, // 23: factory.v1.AccessService.SetTokenRoles:input_type -> factory.v1.SetTokenRolesRequest
+	3,  // 24: factory.v1.AccessService.CreateToken:output_type -> factory.v1.CreateTokenResponse
+	5,  // 25: factory.v1.AccessService.ListTokens:output_type -> factory.v1.ListTokensResponse
+	7,  // 26: factory.v1.AccessService.RevokeToken:output_type -> factory.v1.RevokeTokenResponse
+	10, // 27: factory.v1.AccessService.ListAudit:output_type -> factory.v1.ListAuditResponse
+	14, // 28: factory.v1.AccessService.WhoAmI:output_type -> factory.v1.WhoAmIResponse
+	12, // 29: factory.v1.AccessService.SetTokenRoles:output_type -> factory.v1.SetTokenRolesResponse
+	24, // [24:30] is the sub-list for method output_type
+	18, // [18:24] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_factory_v1_access_proto_init() }
@@ -1098,7 +1275,7 @@ func file_factory_v1_access_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_factory_v1_access_proto_rawDesc), len(file_factory_v1_access_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   12,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

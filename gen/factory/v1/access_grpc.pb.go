@@ -19,11 +19,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AccessService_CreateToken_FullMethodName = "/factory.v1.AccessService/CreateToken"
-	AccessService_ListTokens_FullMethodName  = "/factory.v1.AccessService/ListTokens"
-	AccessService_RevokeToken_FullMethodName = "/factory.v1.AccessService/RevokeToken"
-	AccessService_ListAudit_FullMethodName   = "/factory.v1.AccessService/ListAudit"
-	AccessService_WhoAmI_FullMethodName      = "/factory.v1.AccessService/WhoAmI"
+	AccessService_CreateToken_FullMethodName   = "/factory.v1.AccessService/CreateToken"
+	AccessService_ListTokens_FullMethodName    = "/factory.v1.AccessService/ListTokens"
+	AccessService_RevokeToken_FullMethodName   = "/factory.v1.AccessService/RevokeToken"
+	AccessService_ListAudit_FullMethodName     = "/factory.v1.AccessService/ListAudit"
+	AccessService_WhoAmI_FullMethodName        = "/factory.v1.AccessService/WhoAmI"
+	AccessService_SetTokenRoles_FullMethodName = "/factory.v1.AccessService/SetTokenRoles"
 )
 
 // AccessServiceClient is the client API for AccessService service.
@@ -37,9 +38,10 @@ const (
 // `authorization: Bearer <secret>`; only grpc.health.v1 and reflection are
 // open. A missing, unknown, revoked or expired token gets UNAUTHENTICATED.
 // Each token has a role: an operator may do everything; an agent (subject =
-// its agent name) claims and works tasks only as itself, creates tasks and
-// reads the queue; a sidecar (subject = its host name) acts only for its own
-// host. A call the caller's role does not allow gets PERMISSION_DENIED with
+// its agent name) claims and works tasks only as itself and only in the task
+// roles its token grants, creates tasks and reads the queue; a sidecar
+// (subject = its host name) acts only for its own host and the agents an
+// operator placed on it (FleetService.PlaceAgent). A call the caller's role does not allow gets PERMISSION_DENIED with
 // a message saying what was refused and why.
 //
 // Only WhoAmI is open to every role; the other RPCs are for operators.
@@ -59,6 +61,13 @@ type AccessServiceClient interface {
 	ListAudit(ctx context.Context, in *ListAuditRequest, opts ...grpc.CallOption) (*ListAuditResponse, error)
 	// WhoAmI returns the caller's identity as the control plane sees it.
 	WhoAmI(ctx context.Context, in *WhoAmIRequest, opts ...grpc.CallOption) (*WhoAmIResponse, error)
+	// SetTokenRoles replaces the task roles an agent token may claim (its
+	// grant) and returns the token. It takes effect on the replica called at
+	// once and on the others within the token cache time (about a second).
+	// Only agent tokens carry roles: another role's token is
+	// INVALID_ARGUMENT. Operators only, audited with the grant before and
+	// after.
+	SetTokenRoles(ctx context.Context, in *SetTokenRolesRequest, opts ...grpc.CallOption) (*SetTokenRolesResponse, error)
 }
 
 type accessServiceClient struct {
@@ -119,6 +128,16 @@ func (c *accessServiceClient) WhoAmI(ctx context.Context, in *WhoAmIRequest, opt
 	return out, nil
 }
 
+func (c *accessServiceClient) SetTokenRoles(ctx context.Context, in *SetTokenRolesRequest, opts ...grpc.CallOption) (*SetTokenRolesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetTokenRolesResponse)
+	err := c.cc.Invoke(ctx, AccessService_SetTokenRoles_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AccessServiceServer is the server API for AccessService service.
 // All implementations must embed UnimplementedAccessServiceServer
 // for forward compatibility.
@@ -130,9 +149,10 @@ func (c *accessServiceClient) WhoAmI(ctx context.Context, in *WhoAmIRequest, opt
 // `authorization: Bearer <secret>`; only grpc.health.v1 and reflection are
 // open. A missing, unknown, revoked or expired token gets UNAUTHENTICATED.
 // Each token has a role: an operator may do everything; an agent (subject =
-// its agent name) claims and works tasks only as itself, creates tasks and
-// reads the queue; a sidecar (subject = its host name) acts only for its own
-// host. A call the caller's role does not allow gets PERMISSION_DENIED with
+// its agent name) claims and works tasks only as itself and only in the task
+// roles its token grants, creates tasks and reads the queue; a sidecar
+// (subject = its host name) acts only for its own host and the agents an
+// operator placed on it (FleetService.PlaceAgent). A call the caller's role does not allow gets PERMISSION_DENIED with
 // a message saying what was refused and why.
 //
 // Only WhoAmI is open to every role; the other RPCs are for operators.
@@ -152,6 +172,13 @@ type AccessServiceServer interface {
 	ListAudit(context.Context, *ListAuditRequest) (*ListAuditResponse, error)
 	// WhoAmI returns the caller's identity as the control plane sees it.
 	WhoAmI(context.Context, *WhoAmIRequest) (*WhoAmIResponse, error)
+	// SetTokenRoles replaces the task roles an agent token may claim (its
+	// grant) and returns the token. It takes effect on the replica called at
+	// once and on the others within the token cache time (about a second).
+	// Only agent tokens carry roles: another role's token is
+	// INVALID_ARGUMENT. Operators only, audited with the grant before and
+	// after.
+	SetTokenRoles(context.Context, *SetTokenRolesRequest) (*SetTokenRolesResponse, error)
 	mustEmbedUnimplementedAccessServiceServer()
 }
 
@@ -176,6 +203,9 @@ func (UnimplementedAccessServiceServer) ListAudit(context.Context, *ListAuditReq
 }
 func (UnimplementedAccessServiceServer) WhoAmI(context.Context, *WhoAmIRequest) (*WhoAmIResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method WhoAmI not implemented")
+}
+func (UnimplementedAccessServiceServer) SetTokenRoles(context.Context, *SetTokenRolesRequest) (*SetTokenRolesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetTokenRoles not implemented")
 }
 func (UnimplementedAccessServiceServer) mustEmbedUnimplementedAccessServiceServer() {}
 func (UnimplementedAccessServiceServer) testEmbeddedByValue()                       {}
@@ -288,6 +318,24 @@ func _AccessService_WhoAmI_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AccessService_SetTokenRoles_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetTokenRolesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AccessServiceServer).SetTokenRoles(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AccessService_SetTokenRoles_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AccessServiceServer).SetTokenRoles(ctx, req.(*SetTokenRolesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AccessService_ServiceDesc is the grpc.ServiceDesc for AccessService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -314,6 +362,10 @@ var AccessService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "WhoAmI",
 			Handler:    _AccessService_WhoAmI_Handler,
+		},
+		{
+			MethodName: "SetTokenRoles",
+			Handler:    _AccessService_SetTokenRoles_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -355,7 +355,7 @@ type Hello struct {
 	Version string `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
 	// Free-form labels of the host (site, GPU kind).
 	Labels map[string]string `protobuf:"bytes,3,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	// The agents this host runs.
+	// The agents this host runs: each must be placed on it (see Connect).
 	Agents []*HostedAgent `protobuf:"bytes,4,rep,name=agents,proto3" json:"agents,omitempty"`
 	// What the sidecar can collect ("gpu", "disk", "probe").
 	Capabilities []string `protobuf:"bytes,5,rep,name=capabilities,proto3" json:"capabilities,omitempty"`
@@ -1217,8 +1217,12 @@ type SidecarConfig struct {
 	HeartbeatInterval *durationpb.Duration `protobuf:"bytes,1,opt,name=heartbeat_interval,json=heartbeatInterval,proto3" json:"heartbeat_interval,omitempty"`
 	// How often to send telemetry.
 	TelemetryInterval *durationpb.Duration `protobuf:"bytes,2,opt,name=telemetry_interval,json=telemetryInterval,proto3" json:"telemetry_interval,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// The Hello's agents the server did not register, each with the reason
+	// (not placed on this host, held by another ONLINE host). The host
+	// connects without them: no spend is accepted for them from this host.
+	RefusedAgents []*RefusedAgent `protobuf:"bytes,3,rep,name=refused_agents,json=refusedAgents,proto3" json:"refused_agents,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SidecarConfig) Reset() {
@@ -1265,6 +1269,463 @@ func (x *SidecarConfig) GetTelemetryInterval() *durationpb.Duration {
 	return nil
 }
 
+func (x *SidecarConfig) GetRefusedAgents() []*RefusedAgent {
+	if x != nil {
+		return x.RefusedAgents
+	}
+	return nil
+}
+
+// RefusedAgent is an agent a Hello declared that the server refused.
+type RefusedAgent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The agent's name as declared.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Why it was refused, and what an operator does about it.
+	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RefusedAgent) Reset() {
+	*x = RefusedAgent{}
+	mi := &file_factory_v1_fleet_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RefusedAgent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RefusedAgent) ProtoMessage() {}
+
+func (x *RefusedAgent) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_fleet_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RefusedAgent.ProtoReflect.Descriptor instead.
+func (*RefusedAgent) Descriptor() ([]byte, []int) {
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *RefusedAgent) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RefusedAgent) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// Placement says which host an agent runs on, as an operator granted it.
+type Placement struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The agent's name.
+	Agent string `protobuf:"bytes,1,opt,name=agent,proto3" json:"agent,omitempty"`
+	// The host whose sidecar may declare it and report its spend.
+	Host string `protobuf:"bytes,2,opt,name=host,proto3" json:"host,omitempty"`
+	// Who placed it ("subject (token id)").
+	PlacedBy string `protobuf:"bytes,3,opt,name=placed_by,json=placedBy,proto3" json:"placed_by,omitempty"`
+	// When it was placed (or last moved).
+	PlacedAt      *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=placed_at,json=placedAt,proto3" json:"placed_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Placement) Reset() {
+	*x = Placement{}
+	mi := &file_factory_v1_fleet_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Placement) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Placement) ProtoMessage() {}
+
+func (x *Placement) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_fleet_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Placement.ProtoReflect.Descriptor instead.
+func (*Placement) Descriptor() ([]byte, []int) {
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *Placement) GetAgent() string {
+	if x != nil {
+		return x.Agent
+	}
+	return ""
+}
+
+func (x *Placement) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *Placement) GetPlacedBy() string {
+	if x != nil {
+		return x.PlacedBy
+	}
+	return ""
+}
+
+func (x *Placement) GetPlacedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.PlacedAt
+	}
+	return nil
+}
+
+// PlaceAgentRequest places an agent on a host.
+type PlaceAgentRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The agent's name, as its token's subject. Required.
+	Agent string `protobuf:"bytes,1,opt,name=agent,proto3" json:"agent,omitempty"`
+	// The host, as its sidecar's Hello and token name it. Required.
+	Host          string `protobuf:"bytes,2,opt,name=host,proto3" json:"host,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PlaceAgentRequest) Reset() {
+	*x = PlaceAgentRequest{}
+	mi := &file_factory_v1_fleet_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PlaceAgentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PlaceAgentRequest) ProtoMessage() {}
+
+func (x *PlaceAgentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_fleet_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PlaceAgentRequest.ProtoReflect.Descriptor instead.
+func (*PlaceAgentRequest) Descriptor() ([]byte, []int) {
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *PlaceAgentRequest) GetAgent() string {
+	if x != nil {
+		return x.Agent
+	}
+	return ""
+}
+
+func (x *PlaceAgentRequest) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+// PlaceAgentResponse holds the placement and the one it replaced.
+type PlaceAgentResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The placement now.
+	Placement *Placement `protobuf:"bytes,1,opt,name=placement,proto3" json:"placement,omitempty"`
+	// The host the agent was placed on before; empty when it was placed
+	// nowhere.
+	PreviousHost  string `protobuf:"bytes,2,opt,name=previous_host,json=previousHost,proto3" json:"previous_host,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PlaceAgentResponse) Reset() {
+	*x = PlaceAgentResponse{}
+	mi := &file_factory_v1_fleet_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PlaceAgentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PlaceAgentResponse) ProtoMessage() {}
+
+func (x *PlaceAgentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_fleet_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PlaceAgentResponse.ProtoReflect.Descriptor instead.
+func (*PlaceAgentResponse) Descriptor() ([]byte, []int) {
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *PlaceAgentResponse) GetPlacement() *Placement {
+	if x != nil {
+		return x.Placement
+	}
+	return nil
+}
+
+func (x *PlaceAgentResponse) GetPreviousHost() string {
+	if x != nil {
+		return x.PreviousHost
+	}
+	return ""
+}
+
+// UnplaceAgentRequest names the agent to unplace.
+type UnplaceAgentRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The agent's name. Required.
+	Agent         string `protobuf:"bytes,1,opt,name=agent,proto3" json:"agent,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnplaceAgentRequest) Reset() {
+	*x = UnplaceAgentRequest{}
+	mi := &file_factory_v1_fleet_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnplaceAgentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnplaceAgentRequest) ProtoMessage() {}
+
+func (x *UnplaceAgentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_fleet_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnplaceAgentRequest.ProtoReflect.Descriptor instead.
+func (*UnplaceAgentRequest) Descriptor() ([]byte, []int) {
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *UnplaceAgentRequest) GetAgent() string {
+	if x != nil {
+		return x.Agent
+	}
+	return ""
+}
+
+// UnplaceAgentResponse holds the removed placement.
+type UnplaceAgentResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The placement as it was.
+	Placement     *Placement `protobuf:"bytes,1,opt,name=placement,proto3" json:"placement,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnplaceAgentResponse) Reset() {
+	*x = UnplaceAgentResponse{}
+	mi := &file_factory_v1_fleet_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnplaceAgentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnplaceAgentResponse) ProtoMessage() {}
+
+func (x *UnplaceAgentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_fleet_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnplaceAgentResponse.ProtoReflect.Descriptor instead.
+func (*UnplaceAgentResponse) Descriptor() ([]byte, []int) {
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *UnplaceAgentResponse) GetPlacement() *Placement {
+	if x != nil {
+		return x.Placement
+	}
+	return nil
+}
+
+// ListPlacementsRequest filters and pages placements.
+type ListPlacementsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only the agents placed on this host; empty for all.
+	Host string `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
+	// At most this many; default 100, at most 1000.
+	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// The next_page_token of the previous page.
+	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListPlacementsRequest) Reset() {
+	*x = ListPlacementsRequest{}
+	mi := &file_factory_v1_fleet_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListPlacementsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListPlacementsRequest) ProtoMessage() {}
+
+func (x *ListPlacementsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_fleet_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListPlacementsRequest.ProtoReflect.Descriptor instead.
+func (*ListPlacementsRequest) Descriptor() ([]byte, []int) {
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *ListPlacementsRequest) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *ListPlacementsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListPlacementsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// ListPlacementsResponse is one page of placements.
+type ListPlacementsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The placements, sorted by agent.
+	Placements []*Placement `protobuf:"bytes,1,rep,name=placements,proto3" json:"placements,omitempty"`
+	// Pass as page_token for the next page; empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListPlacementsResponse) Reset() {
+	*x = ListPlacementsResponse{}
+	mi := &file_factory_v1_fleet_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListPlacementsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListPlacementsResponse) ProtoMessage() {}
+
+func (x *ListPlacementsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_fleet_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListPlacementsResponse.ProtoReflect.Descriptor instead.
+func (*ListPlacementsResponse) Descriptor() ([]byte, []int) {
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *ListPlacementsResponse) GetPlacements() []*Placement {
+	if x != nil {
+		return x.Placements
+	}
+	return nil
+}
+
+func (x *ListPlacementsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
 // Node is a host as the fleet sees it.
 type Node struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1301,7 +1762,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[15]
+	mi := &file_factory_v1_fleet_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1313,7 +1774,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[15]
+	mi := &file_factory_v1_fleet_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1326,7 +1787,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{15}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Node) GetHost() string {
@@ -1441,7 +1902,7 @@ type Agent struct {
 
 func (x *Agent) Reset() {
 	*x = Agent{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[16]
+	mi := &file_factory_v1_fleet_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1453,7 +1914,7 @@ func (x *Agent) String() string {
 func (*Agent) ProtoMessage() {}
 
 func (x *Agent) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[16]
+	mi := &file_factory_v1_fleet_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1466,7 +1927,7 @@ func (x *Agent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Agent.ProtoReflect.Descriptor instead.
 func (*Agent) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{16}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Agent) GetName() string {
@@ -1520,7 +1981,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[17]
+	mi := &file_factory_v1_fleet_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1532,7 +1993,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[17]
+	mi := &file_factory_v1_fleet_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1545,7 +2006,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{17}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{25}
 }
 
 // ListNodesResponse holds every node, sorted by host.
@@ -1559,7 +2020,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[18]
+	mi := &file_factory_v1_fleet_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1571,7 +2032,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[18]
+	mi := &file_factory_v1_fleet_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1584,7 +2045,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{18}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -1605,7 +2066,7 @@ type ListAgentsRequest struct {
 
 func (x *ListAgentsRequest) Reset() {
 	*x = ListAgentsRequest{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[19]
+	mi := &file_factory_v1_fleet_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1617,7 +2078,7 @@ func (x *ListAgentsRequest) String() string {
 func (*ListAgentsRequest) ProtoMessage() {}
 
 func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[19]
+	mi := &file_factory_v1_fleet_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1630,7 +2091,7 @@ func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsRequest.ProtoReflect.Descriptor instead.
 func (*ListAgentsRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{19}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ListAgentsRequest) GetHost() string {
@@ -1651,7 +2112,7 @@ type ListAgentsResponse struct {
 
 func (x *ListAgentsResponse) Reset() {
 	*x = ListAgentsResponse{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[20]
+	mi := &file_factory_v1_fleet_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1663,7 +2124,7 @@ func (x *ListAgentsResponse) String() string {
 func (*ListAgentsResponse) ProtoMessage() {}
 
 func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[20]
+	mi := &file_factory_v1_fleet_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1676,7 +2137,7 @@ func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsResponse.ProtoReflect.Descriptor instead.
 func (*ListAgentsResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{20}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ListAgentsResponse) GetAgents() []*Agent {
@@ -1695,7 +2156,7 @@ type GetHealthRequest struct {
 
 func (x *GetHealthRequest) Reset() {
 	*x = GetHealthRequest{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[21]
+	mi := &file_factory_v1_fleet_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1707,7 +2168,7 @@ func (x *GetHealthRequest) String() string {
 func (*GetHealthRequest) ProtoMessage() {}
 
 func (x *GetHealthRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[21]
+	mi := &file_factory_v1_fleet_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1720,7 +2181,7 @@ func (x *GetHealthRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHealthRequest.ProtoReflect.Descriptor instead.
 func (*GetHealthRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{21}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{29}
 }
 
 // HealthCheck is one check's outcome.
@@ -1738,7 +2199,7 @@ type HealthCheck struct {
 
 func (x *HealthCheck) Reset() {
 	*x = HealthCheck{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[22]
+	mi := &file_factory_v1_fleet_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1750,7 +2211,7 @@ func (x *HealthCheck) String() string {
 func (*HealthCheck) ProtoMessage() {}
 
 func (x *HealthCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[22]
+	mi := &file_factory_v1_fleet_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1763,7 +2224,7 @@ func (x *HealthCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HealthCheck.ProtoReflect.Descriptor instead.
 func (*HealthCheck) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{22}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *HealthCheck) GetName() string {
@@ -1800,7 +2261,7 @@ type GetHealthResponse struct {
 
 func (x *GetHealthResponse) Reset() {
 	*x = GetHealthResponse{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[23]
+	mi := &file_factory_v1_fleet_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1812,7 +2273,7 @@ func (x *GetHealthResponse) String() string {
 func (*GetHealthResponse) ProtoMessage() {}
 
 func (x *GetHealthResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[23]
+	mi := &file_factory_v1_fleet_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1825,7 +2286,7 @@ func (x *GetHealthResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHealthResponse.ProtoReflect.Descriptor instead.
 func (*GetHealthResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{23}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *GetHealthResponse) GetChecks() []*HealthCheck {
@@ -1851,7 +2312,7 @@ type WatchFleetRequest struct {
 
 func (x *WatchFleetRequest) Reset() {
 	*x = WatchFleetRequest{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[24]
+	mi := &file_factory_v1_fleet_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1863,7 +2324,7 @@ func (x *WatchFleetRequest) String() string {
 func (*WatchFleetRequest) ProtoMessage() {}
 
 func (x *WatchFleetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[24]
+	mi := &file_factory_v1_fleet_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1876,7 +2337,7 @@ func (x *WatchFleetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchFleetRequest.ProtoReflect.Descriptor instead.
 func (*WatchFleetRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{24}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{32}
 }
 
 // WatchFleetResponse is the fleet's whole view at one moment.
@@ -1892,7 +2353,7 @@ type WatchFleetResponse struct {
 
 func (x *WatchFleetResponse) Reset() {
 	*x = WatchFleetResponse{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[25]
+	mi := &file_factory_v1_fleet_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1904,7 +2365,7 @@ func (x *WatchFleetResponse) String() string {
 func (*WatchFleetResponse) ProtoMessage() {}
 
 func (x *WatchFleetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[25]
+	mi := &file_factory_v1_fleet_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1917,7 +2378,7 @@ func (x *WatchFleetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchFleetResponse.ProtoReflect.Descriptor instead.
 func (*WatchFleetResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{25}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *WatchFleetResponse) GetNodes() []*Node {
@@ -1952,7 +2413,7 @@ type SidecarCommand struct {
 
 func (x *SidecarCommand) Reset() {
 	*x = SidecarCommand{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[26]
+	mi := &file_factory_v1_fleet_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1964,7 +2425,7 @@ func (x *SidecarCommand) String() string {
 func (*SidecarCommand) ProtoMessage() {}
 
 func (x *SidecarCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[26]
+	mi := &file_factory_v1_fleet_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1977,7 +2438,7 @@ func (x *SidecarCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SidecarCommand.ProtoReflect.Descriptor instead.
 func (*SidecarCommand) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{26}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *SidecarCommand) GetId() string {
@@ -2042,7 +2503,7 @@ type RestartAgent struct {
 
 func (x *RestartAgent) Reset() {
 	*x = RestartAgent{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[27]
+	mi := &file_factory_v1_fleet_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2054,7 +2515,7 @@ func (x *RestartAgent) String() string {
 func (*RestartAgent) ProtoMessage() {}
 
 func (x *RestartAgent) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[27]
+	mi := &file_factory_v1_fleet_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2067,7 +2528,7 @@ func (x *RestartAgent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartAgent.ProtoReflect.Descriptor instead.
 func (*RestartAgent) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{27}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *RestartAgent) GetName() string {
@@ -2087,7 +2548,7 @@ type DrainHost struct {
 
 func (x *DrainHost) Reset() {
 	*x = DrainHost{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[28]
+	mi := &file_factory_v1_fleet_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2099,7 +2560,7 @@ func (x *DrainHost) String() string {
 func (*DrainHost) ProtoMessage() {}
 
 func (x *DrainHost) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[28]
+	mi := &file_factory_v1_fleet_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2112,7 +2573,7 @@ func (x *DrainHost) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainHost.ProtoReflect.Descriptor instead.
 func (*DrainHost) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{28}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{36}
 }
 
 // CommandResult is what came of a SidecarCommand.
@@ -2134,7 +2595,7 @@ type CommandResult struct {
 
 func (x *CommandResult) Reset() {
 	*x = CommandResult{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[29]
+	mi := &file_factory_v1_fleet_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2146,7 +2607,7 @@ func (x *CommandResult) String() string {
 func (*CommandResult) ProtoMessage() {}
 
 func (x *CommandResult) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[29]
+	mi := &file_factory_v1_fleet_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2159,7 +2620,7 @@ func (x *CommandResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommandResult.ProtoReflect.Descriptor instead.
 func (*CommandResult) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{29}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *CommandResult) GetId() string {
@@ -2218,7 +2679,7 @@ type SendCommandRequest struct {
 
 func (x *SendCommandRequest) Reset() {
 	*x = SendCommandRequest{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[30]
+	mi := &file_factory_v1_fleet_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2230,7 +2691,7 @@ func (x *SendCommandRequest) String() string {
 func (*SendCommandRequest) ProtoMessage() {}
 
 func (x *SendCommandRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[30]
+	mi := &file_factory_v1_fleet_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2243,7 +2704,7 @@ func (x *SendCommandRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendCommandRequest.ProtoReflect.Descriptor instead.
 func (*SendCommandRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{30}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *SendCommandRequest) GetHost() string {
@@ -2314,7 +2775,7 @@ type SendCommandResponse struct {
 
 func (x *SendCommandResponse) Reset() {
 	*x = SendCommandResponse{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[31]
+	mi := &file_factory_v1_fleet_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2326,7 +2787,7 @@ func (x *SendCommandResponse) String() string {
 func (*SendCommandResponse) ProtoMessage() {}
 
 func (x *SendCommandResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[31]
+	mi := &file_factory_v1_fleet_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2339,7 +2800,7 @@ func (x *SendCommandResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendCommandResponse.ProtoReflect.Descriptor instead.
 func (*SendCommandResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{31}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *SendCommandResponse) GetResult() *CommandResult {
@@ -2368,7 +2829,7 @@ type GetNodeHistoryRequest struct {
 
 func (x *GetNodeHistoryRequest) Reset() {
 	*x = GetNodeHistoryRequest{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[32]
+	mi := &file_factory_v1_fleet_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2380,7 +2841,7 @@ func (x *GetNodeHistoryRequest) String() string {
 func (*GetNodeHistoryRequest) ProtoMessage() {}
 
 func (x *GetNodeHistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[32]
+	mi := &file_factory_v1_fleet_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2393,7 +2854,7 @@ func (x *GetNodeHistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeHistoryRequest.ProtoReflect.Descriptor instead.
 func (*GetNodeHistoryRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{32}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *GetNodeHistoryRequest) GetHost() string {
@@ -2438,7 +2899,7 @@ type GetNodeHistoryResponse struct {
 
 func (x *GetNodeHistoryResponse) Reset() {
 	*x = GetNodeHistoryResponse{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[33]
+	mi := &file_factory_v1_fleet_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2450,7 +2911,7 @@ func (x *GetNodeHistoryResponse) String() string {
 func (*GetNodeHistoryResponse) ProtoMessage() {}
 
 func (x *GetNodeHistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[33]
+	mi := &file_factory_v1_fleet_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2463,7 +2924,7 @@ func (x *GetNodeHistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeHistoryResponse.ProtoReflect.Descriptor instead.
 func (*GetNodeHistoryResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{33}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *GetNodeHistoryResponse) GetReadings() []*NodeReading {
@@ -2493,7 +2954,7 @@ type NodeReading struct {
 
 func (x *NodeReading) Reset() {
 	*x = NodeReading{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[34]
+	mi := &file_factory_v1_fleet_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2505,7 +2966,7 @@ func (x *NodeReading) String() string {
 func (*NodeReading) ProtoMessage() {}
 
 func (x *NodeReading) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[34]
+	mi := &file_factory_v1_fleet_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2518,7 +2979,7 @@ func (x *NodeReading) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeReading.ProtoReflect.Descriptor instead.
 func (*NodeReading) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{34}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *NodeReading) GetTime() *timestamppb.Timestamp {
@@ -2641,10 +3102,40 @@ const file_factory_v1_fleet_proto_rawDesc = "" +
 	"\astopped\x18\x01 \x01(\bR\astopped\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"\x1c\n" +
 	"\bEventAck\x12\x10\n" +
-	"\x03ids\x18\x01 \x03(\tR\x03ids\"\xa3\x01\n" +
+	"\x03ids\x18\x01 \x03(\tR\x03ids\"\xe4\x01\n" +
 	"\rSidecarConfig\x12H\n" +
 	"\x12heartbeat_interval\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\x12H\n" +
-	"\x12telemetry_interval\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x11telemetryInterval\"\xe5\x04\n" +
+	"\x12telemetry_interval\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x11telemetryInterval\x12?\n" +
+	"\x0erefused_agents\x18\x03 \x03(\v2\x18.factory.v1.RefusedAgentR\rrefusedAgents\":\n" +
+	"\fRefusedAgent\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"\x8b\x01\n" +
+	"\tPlacement\x12\x14\n" +
+	"\x05agent\x18\x01 \x01(\tR\x05agent\x12\x12\n" +
+	"\x04host\x18\x02 \x01(\tR\x04host\x12\x1b\n" +
+	"\tplaced_by\x18\x03 \x01(\tR\bplacedBy\x127\n" +
+	"\tplaced_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\bplacedAt\"\x85\x01\n" +
+	"\x11PlaceAgentRequest\x128\n" +
+	"\x05agent\x18\x01 \x01(\tB\"\xbaH\x1f\xc8\x01\x01r\x1a2\x18^[A-Za-z0-9._:-]{1,128}$R\x05agent\x126\n" +
+	"\x04host\x18\x02 \x01(\tB\"\xbaH\x1f\xc8\x01\x01r\x1a2\x18^[A-Za-z0-9._:-]{1,128}$R\x04host\"n\n" +
+	"\x12PlaceAgentResponse\x123\n" +
+	"\tplacement\x18\x01 \x01(\v2\x15.factory.v1.PlacementR\tplacement\x12#\n" +
+	"\rprevious_host\x18\x02 \x01(\tR\fpreviousHost\"O\n" +
+	"\x13UnplaceAgentRequest\x128\n" +
+	"\x05agent\x18\x01 \x01(\tB\"\xbaH\x1f\xc8\x01\x01r\x1a2\x18^[A-Za-z0-9._:-]{1,128}$R\x05agent\"K\n" +
+	"\x14UnplaceAgentResponse\x123\n" +
+	"\tplacement\x18\x01 \x01(\v2\x15.factory.v1.PlacementR\tplacement\"\x9b\x01\n" +
+	"\x15ListPlacementsRequest\x120\n" +
+	"\x04host\x18\x01 \x01(\tB\x1c\xbaH\x19r\x17\x18\x80\x012\x12^[A-Za-z0-9._:-]*$R\x04host\x12'\n" +
+	"\tpage_size\x18\x02 \x01(\x05B\n" +
+	"\xbaH\a\x1a\x05\x18\xe8\a(\x00R\bpageSize\x12'\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tB\b\xbaH\x05r\x03\x18\x80\bR\tpageToken\"w\n" +
+	"\x16ListPlacementsResponse\x125\n" +
+	"\n" +
+	"placements\x18\x01 \x03(\v2\x15.factory.v1.PlacementR\n" +
+	"placements\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xe5\x04\n" +
 	"\x04Node\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12+\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x15.factory.v1.NodeStateR\x05state\x12\x18\n" +
@@ -2732,9 +3223,13 @@ const file_factory_v1_fleet_proto_rawDesc = "" +
 	"\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11NODE_STATE_ONLINE\x10\x01\x12\x14\n" +
 	"\x10NODE_STATE_STALE\x10\x02\x12\x16\n" +
-	"\x12NODE_STATE_OFFLINE\x10\x032\xaf\x04\n" +
+	"\x12NODE_STATE_OFFLINE\x10\x032\xa8\x06\n" +
 	"\fFleetService\x12F\n" +
-	"\aConnect\x12\x1a.factory.v1.ConnectRequest\x1a\x1b.factory.v1.ConnectResponse(\x010\x01\x12H\n" +
+	"\aConnect\x12\x1a.factory.v1.ConnectRequest\x1a\x1b.factory.v1.ConnectResponse(\x010\x01\x12K\n" +
+	"\n" +
+	"PlaceAgent\x12\x1d.factory.v1.PlaceAgentRequest\x1a\x1e.factory.v1.PlaceAgentResponse\x12Q\n" +
+	"\fUnplaceAgent\x12\x1f.factory.v1.UnplaceAgentRequest\x1a .factory.v1.UnplaceAgentResponse\x12W\n" +
+	"\x0eListPlacements\x12!.factory.v1.ListPlacementsRequest\x1a\".factory.v1.ListPlacementsResponse\x12H\n" +
 	"\tListNodes\x12\x1c.factory.v1.ListNodesRequest\x1a\x1d.factory.v1.ListNodesResponse\x12K\n" +
 	"\n" +
 	"ListAgents\x12\x1d.factory.v1.ListAgentsRequest\x1a\x1e.factory.v1.ListAgentsResponse\x12H\n" +
@@ -2757,7 +3252,7 @@ func file_factory_v1_fleet_proto_rawDescGZIP() []byte {
 }
 
 var file_factory_v1_fleet_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_factory_v1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
+var file_factory_v1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
 var file_factory_v1_fleet_proto_goTypes = []any{
 	(NodeState)(0),                 // 0: factory.v1.NodeState
 	(*ConnectRequest)(nil),         // 1: factory.v1.ConnectRequest
@@ -2775,100 +3270,119 @@ var file_factory_v1_fleet_proto_goTypes = []any{
 	(*EmergencyStop)(nil),          // 13: factory.v1.EmergencyStop
 	(*EventAck)(nil),               // 14: factory.v1.EventAck
 	(*SidecarConfig)(nil),          // 15: factory.v1.SidecarConfig
-	(*Node)(nil),                   // 16: factory.v1.Node
-	(*Agent)(nil),                  // 17: factory.v1.Agent
-	(*ListNodesRequest)(nil),       // 18: factory.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),      // 19: factory.v1.ListNodesResponse
-	(*ListAgentsRequest)(nil),      // 20: factory.v1.ListAgentsRequest
-	(*ListAgentsResponse)(nil),     // 21: factory.v1.ListAgentsResponse
-	(*GetHealthRequest)(nil),       // 22: factory.v1.GetHealthRequest
-	(*HealthCheck)(nil),            // 23: factory.v1.HealthCheck
-	(*GetHealthResponse)(nil),      // 24: factory.v1.GetHealthResponse
-	(*WatchFleetRequest)(nil),      // 25: factory.v1.WatchFleetRequest
-	(*WatchFleetResponse)(nil),     // 26: factory.v1.WatchFleetResponse
-	(*SidecarCommand)(nil),         // 27: factory.v1.SidecarCommand
-	(*RestartAgent)(nil),           // 28: factory.v1.RestartAgent
-	(*DrainHost)(nil),              // 29: factory.v1.DrainHost
-	(*CommandResult)(nil),          // 30: factory.v1.CommandResult
-	(*SendCommandRequest)(nil),     // 31: factory.v1.SendCommandRequest
-	(*SendCommandResponse)(nil),    // 32: factory.v1.SendCommandResponse
-	(*GetNodeHistoryRequest)(nil),  // 33: factory.v1.GetNodeHistoryRequest
-	(*GetNodeHistoryResponse)(nil), // 34: factory.v1.GetNodeHistoryResponse
-	(*NodeReading)(nil),            // 35: factory.v1.NodeReading
-	nil,                            // 36: factory.v1.FleetEvent.AttributesEntry
-	nil,                            // 37: factory.v1.Hello.LabelsEntry
-	nil,                            // 38: factory.v1.Node.LabelsEntry
-	(*timestamppb.Timestamp)(nil),  // 39: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),    // 40: google.protobuf.Duration
+	(*RefusedAgent)(nil),           // 16: factory.v1.RefusedAgent
+	(*Placement)(nil),              // 17: factory.v1.Placement
+	(*PlaceAgentRequest)(nil),      // 18: factory.v1.PlaceAgentRequest
+	(*PlaceAgentResponse)(nil),     // 19: factory.v1.PlaceAgentResponse
+	(*UnplaceAgentRequest)(nil),    // 20: factory.v1.UnplaceAgentRequest
+	(*UnplaceAgentResponse)(nil),   // 21: factory.v1.UnplaceAgentResponse
+	(*ListPlacementsRequest)(nil),  // 22: factory.v1.ListPlacementsRequest
+	(*ListPlacementsResponse)(nil), // 23: factory.v1.ListPlacementsResponse
+	(*Node)(nil),                   // 24: factory.v1.Node
+	(*Agent)(nil),                  // 25: factory.v1.Agent
+	(*ListNodesRequest)(nil),       // 26: factory.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),      // 27: factory.v1.ListNodesResponse
+	(*ListAgentsRequest)(nil),      // 28: factory.v1.ListAgentsRequest
+	(*ListAgentsResponse)(nil),     // 29: factory.v1.ListAgentsResponse
+	(*GetHealthRequest)(nil),       // 30: factory.v1.GetHealthRequest
+	(*HealthCheck)(nil),            // 31: factory.v1.HealthCheck
+	(*GetHealthResponse)(nil),      // 32: factory.v1.GetHealthResponse
+	(*WatchFleetRequest)(nil),      // 33: factory.v1.WatchFleetRequest
+	(*WatchFleetResponse)(nil),     // 34: factory.v1.WatchFleetResponse
+	(*SidecarCommand)(nil),         // 35: factory.v1.SidecarCommand
+	(*RestartAgent)(nil),           // 36: factory.v1.RestartAgent
+	(*DrainHost)(nil),              // 37: factory.v1.DrainHost
+	(*CommandResult)(nil),          // 38: factory.v1.CommandResult
+	(*SendCommandRequest)(nil),     // 39: factory.v1.SendCommandRequest
+	(*SendCommandResponse)(nil),    // 40: factory.v1.SendCommandResponse
+	(*GetNodeHistoryRequest)(nil),  // 41: factory.v1.GetNodeHistoryRequest
+	(*GetNodeHistoryResponse)(nil), // 42: factory.v1.GetNodeHistoryResponse
+	(*NodeReading)(nil),            // 43: factory.v1.NodeReading
+	nil,                            // 44: factory.v1.FleetEvent.AttributesEntry
+	nil,                            // 45: factory.v1.Hello.LabelsEntry
+	nil,                            // 46: factory.v1.Node.LabelsEntry
+	(*timestamppb.Timestamp)(nil),  // 47: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),    // 48: google.protobuf.Duration
 }
 var file_factory_v1_fleet_proto_depIdxs = []int32{
 	4,  // 0: factory.v1.ConnectRequest.hello:type_name -> factory.v1.Hello
 	6,  // 1: factory.v1.ConnectRequest.heartbeat:type_name -> factory.v1.Heartbeat
 	7,  // 2: factory.v1.ConnectRequest.telemetry:type_name -> factory.v1.Telemetry
 	2,  // 3: factory.v1.ConnectRequest.events:type_name -> factory.v1.FleetEvents
-	30, // 4: factory.v1.ConnectRequest.command_result:type_name -> factory.v1.CommandResult
+	38, // 4: factory.v1.ConnectRequest.command_result:type_name -> factory.v1.CommandResult
 	3,  // 5: factory.v1.FleetEvents.events:type_name -> factory.v1.FleetEvent
-	39, // 6: factory.v1.FleetEvent.time:type_name -> google.protobuf.Timestamp
-	36, // 7: factory.v1.FleetEvent.attributes:type_name -> factory.v1.FleetEvent.AttributesEntry
-	37, // 8: factory.v1.Hello.labels:type_name -> factory.v1.Hello.LabelsEntry
+	47, // 6: factory.v1.FleetEvent.time:type_name -> google.protobuf.Timestamp
+	44, // 7: factory.v1.FleetEvent.attributes:type_name -> factory.v1.FleetEvent.AttributesEntry
+	45, // 8: factory.v1.Hello.labels:type_name -> factory.v1.Hello.LabelsEntry
 	5,  // 9: factory.v1.Hello.agents:type_name -> factory.v1.HostedAgent
-	39, // 10: factory.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
-	39, // 11: factory.v1.Telemetry.collected_at:type_name -> google.protobuf.Timestamp
+	47, // 10: factory.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
+	47, // 11: factory.v1.Telemetry.collected_at:type_name -> google.protobuf.Timestamp
 	8,  // 12: factory.v1.Telemetry.gpus:type_name -> factory.v1.GpuDevice
 	10, // 13: factory.v1.Telemetry.disks:type_name -> factory.v1.DiskUsage
 	11, // 14: factory.v1.Telemetry.probes:type_name -> factory.v1.ProbeResult
 	9,  // 15: factory.v1.GpuDevice.processes:type_name -> factory.v1.GpuProcess
-	40, // 16: factory.v1.ProbeResult.latency:type_name -> google.protobuf.Duration
+	48, // 16: factory.v1.ProbeResult.latency:type_name -> google.protobuf.Duration
 	15, // 17: factory.v1.ConnectResponse.config:type_name -> factory.v1.SidecarConfig
 	14, // 18: factory.v1.ConnectResponse.event_ack:type_name -> factory.v1.EventAck
-	27, // 19: factory.v1.ConnectResponse.command:type_name -> factory.v1.SidecarCommand
+	35, // 19: factory.v1.ConnectResponse.command:type_name -> factory.v1.SidecarCommand
 	13, // 20: factory.v1.ConnectResponse.emergency_stop:type_name -> factory.v1.EmergencyStop
-	40, // 21: factory.v1.SidecarConfig.heartbeat_interval:type_name -> google.protobuf.Duration
-	40, // 22: factory.v1.SidecarConfig.telemetry_interval:type_name -> google.protobuf.Duration
-	0,  // 23: factory.v1.Node.state:type_name -> factory.v1.NodeState
-	38, // 24: factory.v1.Node.labels:type_name -> factory.v1.Node.LabelsEntry
-	39, // 25: factory.v1.Node.connected_at:type_name -> google.protobuf.Timestamp
-	39, // 26: factory.v1.Node.last_seen:type_name -> google.protobuf.Timestamp
-	7,  // 27: factory.v1.Node.telemetry:type_name -> factory.v1.Telemetry
-	39, // 28: factory.v1.Node.telemetry_at:type_name -> google.protobuf.Timestamp
-	0,  // 29: factory.v1.Agent.state:type_name -> factory.v1.NodeState
-	39, // 30: factory.v1.Agent.last_seen:type_name -> google.protobuf.Timestamp
-	16, // 31: factory.v1.ListNodesResponse.nodes:type_name -> factory.v1.Node
-	17, // 32: factory.v1.ListAgentsResponse.agents:type_name -> factory.v1.Agent
-	23, // 33: factory.v1.GetHealthResponse.checks:type_name -> factory.v1.HealthCheck
-	16, // 34: factory.v1.WatchFleetResponse.nodes:type_name -> factory.v1.Node
-	17, // 35: factory.v1.WatchFleetResponse.agents:type_name -> factory.v1.Agent
-	28, // 36: factory.v1.SidecarCommand.restart_agent:type_name -> factory.v1.RestartAgent
-	29, // 37: factory.v1.SidecarCommand.drain:type_name -> factory.v1.DrainHost
-	40, // 38: factory.v1.CommandResult.took:type_name -> google.protobuf.Duration
-	28, // 39: factory.v1.SendCommandRequest.restart_agent:type_name -> factory.v1.RestartAgent
-	29, // 40: factory.v1.SendCommandRequest.drain:type_name -> factory.v1.DrainHost
-	40, // 41: factory.v1.SendCommandRequest.timeout:type_name -> google.protobuf.Duration
-	30, // 42: factory.v1.SendCommandResponse.result:type_name -> factory.v1.CommandResult
-	39, // 43: factory.v1.GetNodeHistoryRequest.since:type_name -> google.protobuf.Timestamp
-	39, // 44: factory.v1.GetNodeHistoryRequest.until:type_name -> google.protobuf.Timestamp
-	35, // 45: factory.v1.GetNodeHistoryResponse.readings:type_name -> factory.v1.NodeReading
-	39, // 46: factory.v1.NodeReading.time:type_name -> google.protobuf.Timestamp
-	7,  // 47: factory.v1.NodeReading.telemetry:type_name -> factory.v1.Telemetry
-	1,  // 48: factory.v1.FleetService.Connect:input_type -> factory.v1.ConnectRequest
-	18, // 49: factory.v1.FleetService.ListNodes:input_type -> factory.v1.ListNodesRequest
-	20, // 50: factory.v1.FleetService.ListAgents:input_type -> factory.v1.ListAgentsRequest
-	22, // 51: factory.v1.FleetService.GetHealth:input_type -> factory.v1.GetHealthRequest
-	25, // 52: factory.v1.FleetService.WatchFleet:input_type -> factory.v1.WatchFleetRequest
-	31, // 53: factory.v1.FleetService.SendCommand:input_type -> factory.v1.SendCommandRequest
-	33, // 54: factory.v1.FleetService.GetNodeHistory:input_type -> factory.v1.GetNodeHistoryRequest
-	12, // 55: factory.v1.FleetService.Connect:output_type -> factory.v1.ConnectResponse
-	19, // 56: factory.v1.FleetService.ListNodes:output_type -> factory.v1.ListNodesResponse
-	21, // 57: factory.v1.FleetService.ListAgents:output_type -> factory.v1.ListAgentsResponse
-	24, // 58: factory.v1.FleetService.GetHealth:output_type -> factory.v1.GetHealthResponse
-	26, // 59: factory.v1.FleetService.WatchFleet:output_type -> factory.v1.WatchFleetResponse
-	32, // 60: factory.v1.FleetService.SendCommand:output_type -> factory.v1.SendCommandResponse
-	34, // 61: factory.v1.FleetService.GetNodeHistory:output_type -> factory.v1.GetNodeHistoryResponse
-	55, // [55:62] is the sub-list for method output_type
-	48, // [48:55] is the sub-list for method input_type
-	48, // [48:48] is the sub-list for extension type_name
-	48, // [48:48] is the sub-list for extension extendee
-	0,  // [0:48] is the sub-list for field type_name
+	48, // 21: factory.v1.SidecarConfig.heartbeat_interval:type_name -> google.protobuf.Duration
+	48, // 22: factory.v1.SidecarConfig.telemetry_interval:type_name -> google.protobuf.Duration
+	16, // 23: factory.v1.SidecarConfig.refused_agents:type_name -> factory.v1.RefusedAgent
+	47, // 24: factory.v1.Placement.placed_at:type_name -> google.protobuf.Timestamp
+	17, // 25: factory.v1.PlaceAgentResponse.placement:type_name -> factory.v1.Placement
+	17, // 26: factory.v1.UnplaceAgentResponse.placement:type_name -> factory.v1.Placement
+	17, // 27: factory.v1.ListPlacementsResponse.placements:type_name -> factory.v1.Placement
+	0,  // 28: factory.v1.Node.state:type_name -> factory.v1.NodeState
+	46, // 29: factory.v1.Node.labels:type_name -> factory.v1.Node.LabelsEntry
+	47, // 30: factory.v1.Node.connected_at:type_name -> google.protobuf.Timestamp
+	47, // 31: factory.v1.Node.last_seen:type_name -> google.protobuf.Timestamp
+	7,  // 32: factory.v1.Node.telemetry:type_name -> factory.v1.Telemetry
+	47, // 33: factory.v1.Node.telemetry_at:type_name -> google.protobuf.Timestamp
+	0,  // 34: factory.v1.Agent.state:type_name -> factory.v1.NodeState
+	47, // 35: factory.v1.Agent.last_seen:type_name -> google.protobuf.Timestamp
+	24, // 36: factory.v1.ListNodesResponse.nodes:type_name -> factory.v1.Node
+	25, // 37: factory.v1.ListAgentsResponse.agents:type_name -> factory.v1.Agent
+	31, // 38: factory.v1.GetHealthResponse.checks:type_name -> factory.v1.HealthCheck
+	24, // 39: factory.v1.WatchFleetResponse.nodes:type_name -> factory.v1.Node
+	25, // 40: factory.v1.WatchFleetResponse.agents:type_name -> factory.v1.Agent
+	36, // 41: factory.v1.SidecarCommand.restart_agent:type_name -> factory.v1.RestartAgent
+	37, // 42: factory.v1.SidecarCommand.drain:type_name -> factory.v1.DrainHost
+	48, // 43: factory.v1.CommandResult.took:type_name -> google.protobuf.Duration
+	36, // 44: factory.v1.SendCommandRequest.restart_agent:type_name -> factory.v1.RestartAgent
+	37, // 45: factory.v1.SendCommandRequest.drain:type_name -> factory.v1.DrainHost
+	48, // 46: factory.v1.SendCommandRequest.timeout:type_name -> google.protobuf.Duration
+	38, // 47: factory.v1.SendCommandResponse.result:type_name -> factory.v1.CommandResult
+	47, // 48: factory.v1.GetNodeHistoryRequest.since:type_name -> google.protobuf.Timestamp
+	47, // 49: factory.v1.GetNodeHistoryRequest.until:type_name -> google.protobuf.Timestamp
+	43, // 50: factory.v1.GetNodeHistoryResponse.readings:type_name -> factory.v1.NodeReading
+	47, // 51: factory.v1.NodeReading.time:type_name -> google.protobuf.Timestamp
+	7,  // 52: factory.v1.NodeReading.telemetry:type_name -> factory.v1.Telemetry
+	1,  // 53: factory.v1.FleetService.Connect:input_type -> factory.v1.ConnectRequest
+	18, // 54: factory.v1.FleetService.PlaceAgent:input_type -> factory.v1.PlaceAgentRequest
+	20, // 55: factory.v1.FleetService.UnplaceAgent:input_type -> factory.v1.UnplaceAgentRequest
+	22, // 56: factory.v1.FleetService.ListPlacements:input_type -> factory.v1.ListPlacementsRequest
+	26, // 57: factory.v1.FleetService.ListNodes:input_type -> factory.v1.ListNodesRequest
+	28, // 58: factory.v1.FleetService.ListAgents:input_type -> factory.v1.ListAgentsRequest
+	30, // 59: factory.v1.FleetService.GetHealth:input_type -> factory.v1.GetHealthRequest
+	33, // 60: factory.v1.FleetService.WatchFleet:input_type -> factory.v1.WatchFleetRequest
+	39, // 61: factory.v1.FleetService.SendCommand:input_type -> factory.v1.SendCommandRequest
+	41, // 62: factory.v1.FleetService.GetNodeHistory:input_type -> factory.v1.GetNodeHistoryRequest
+	12, // 63: factory.v1.FleetService.Connect:output_type -> factory.v1.ConnectResponse
+	19, // 64: factory.v1.FleetService.PlaceAgent:output_type -> factory.v1.PlaceAgentResponse
+	21, // 65: factory.v1.FleetService.UnplaceAgent:output_type -> factory.v1.UnplaceAgentResponse
+	23, // 66: factory.v1.FleetService.ListPlacements:output_type -> factory.v1.ListPlacementsResponse
+	27, // 67: factory.v1.FleetService.ListNodes:output_type -> factory.v1.ListNodesResponse
+	29, // 68: factory.v1.FleetService.ListAgents:output_type -> factory.v1.ListAgentsResponse
+	32, // 69: factory.v1.FleetService.GetHealth:output_type -> factory.v1.GetHealthResponse
+	34, // 70: factory.v1.FleetService.WatchFleet:output_type -> factory.v1.WatchFleetResponse
+	40, // 71: factory.v1.FleetService.SendCommand:output_type -> factory.v1.SendCommandResponse
+	42, // 72: factory.v1.FleetService.GetNodeHistory:output_type -> factory.v1.GetNodeHistoryResponse
+	63, // [63:73] is the sub-list for method output_type
+	53, // [53:63] is the sub-list for method input_type
+	53, // [53:53] is the sub-list for extension type_name
+	53, // [53:53] is the sub-list for extension extendee
+	0,  // [0:53] is the sub-list for field type_name
 }
 
 func init() { file_factory_v1_fleet_proto_init() }
@@ -2883,11 +3397,11 @@ func file_factory_v1_fleet_proto_init() {
 		(*ConnectRequest_Events)(nil),
 		(*ConnectRequest_CommandResult)(nil),
 	}
-	file_factory_v1_fleet_proto_msgTypes[26].OneofWrappers = []any{
+	file_factory_v1_fleet_proto_msgTypes[34].OneofWrappers = []any{
 		(*SidecarCommand_RestartAgent)(nil),
 		(*SidecarCommand_Drain)(nil),
 	}
-	file_factory_v1_fleet_proto_msgTypes[30].OneofWrappers = []any{
+	file_factory_v1_fleet_proto_msgTypes[38].OneofWrappers = []any{
 		(*SendCommandRequest_RestartAgent)(nil),
 		(*SendCommandRequest_Drain)(nil),
 	}
@@ -2897,7 +3411,7 @@ func file_factory_v1_fleet_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_factory_v1_fleet_proto_rawDesc), len(file_factory_v1_fleet_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   38,
+			NumMessages:   46,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

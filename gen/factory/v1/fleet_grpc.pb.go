@@ -20,6 +20,9 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	FleetService_Connect_FullMethodName        = "/factory.v1.FleetService/Connect"
+	FleetService_PlaceAgent_FullMethodName     = "/factory.v1.FleetService/PlaceAgent"
+	FleetService_UnplaceAgent_FullMethodName   = "/factory.v1.FleetService/UnplaceAgent"
+	FleetService_ListPlacements_FullMethodName = "/factory.v1.FleetService/ListPlacements"
 	FleetService_ListNodes_FullMethodName      = "/factory.v1.FleetService/ListNodes"
 	FleetService_ListAgents_FullMethodName     = "/factory.v1.FleetService/ListAgents"
 	FleetService_GetHealth_FullMethodName      = "/factory.v1.FleetService/GetHealth"
@@ -45,12 +48,35 @@ type FleetServiceClient interface {
 	// an operator token as any host. The server answers with the config to
 	// use, then the client sends Heartbeat and Telemetry messages at the
 	// interval the config names. A second Hello on the stream is refused.
+	//
+	// The Hello's agents are checked against the placement (PlaceAgent): a
+	// sidecar token may declare only agents placed on its host; an operator
+	// token also agents placed nowhere, unless another ONLINE host declared
+	// them. Refused agents are not registered and are listed, each with the
+	// reason, in the config's refused_agents; the stream goes on for the
+	// rest. A host's agents are exactly those of its latest Hello: ones it
+	// no longer declares are forgotten. A Hello declaring more agents than
+	// the per-host limit (256 by default) is RESOURCE_EXHAUSTED.
 	Connect(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ConnectRequest, ConnectResponse], error)
+	// PlaceAgent records that an agent runs on a host: that host's sidecar
+	// token may then declare it in its Hello and report its spend. An agent
+	// is placed on one host at a time; placing it again moves it, and the
+	// old host's sidecar loses it at once on the replica called and within
+	// about a second on the others. Operators only, audited.
+	PlaceAgent(ctx context.Context, in *PlaceAgentRequest, opts ...grpc.CallOption) (*PlaceAgentResponse, error)
+	// UnplaceAgent removes an agent's placement: no sidecar token acts for
+	// it any more. An agent that is not placed is NOT_FOUND. Operators
+	// only, audited.
+	UnplaceAgent(ctx context.Context, in *UnplaceAgentRequest, opts ...grpc.CallOption) (*UnplaceAgentResponse, error)
+	// ListPlacements lists placements sorted by agent name, optionally of
+	// one host.
+	ListPlacements(ctx context.Context, in *ListPlacementsRequest, opts ...grpc.CallOption) (*ListPlacementsResponse, error)
 	// ListNodes lists every host that ever connected, sorted by host, with
 	// its liveness and latest telemetry.
 	ListNodes(ctx context.Context, in *ListNodesRequest, opts ...grpc.CallOption) (*ListNodesResponse, error)
-	// ListAgents lists every agent a sidecar declared or that called the
-	// queue, sorted by name, with its liveness, host and current task.
+	// ListAgents lists every agent a connected sidecar declares now or that
+	// called the queue, sorted by name, with its liveness, host and current
+	// task. Agents a host stopped declaring are not kept.
 	ListAgents(ctx context.Context, in *ListAgentsRequest, opts ...grpc.CallOption) (*ListAgentsResponse, error)
 	// GetHealth checks the whole factory, check by check: the queue's store,
 	// each node ONLINE, each service probe, each disk below 85% used, each
@@ -98,6 +124,36 @@ func (c *fleetServiceClient) Connect(ctx context.Context, opts ...grpc.CallOptio
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type FleetService_ConnectClient = grpc.BidiStreamingClient[ConnectRequest, ConnectResponse]
+
+func (c *fleetServiceClient) PlaceAgent(ctx context.Context, in *PlaceAgentRequest, opts ...grpc.CallOption) (*PlaceAgentResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PlaceAgentResponse)
+	err := c.cc.Invoke(ctx, FleetService_PlaceAgent_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *fleetServiceClient) UnplaceAgent(ctx context.Context, in *UnplaceAgentRequest, opts ...grpc.CallOption) (*UnplaceAgentResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UnplaceAgentResponse)
+	err := c.cc.Invoke(ctx, FleetService_UnplaceAgent_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *fleetServiceClient) ListPlacements(ctx context.Context, in *ListPlacementsRequest, opts ...grpc.CallOption) (*ListPlacementsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListPlacementsResponse)
+	err := c.cc.Invoke(ctx, FleetService_ListPlacements_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
 
 func (c *fleetServiceClient) ListNodes(ctx context.Context, in *ListNodesRequest, opts ...grpc.CallOption) (*ListNodesResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
@@ -185,12 +241,35 @@ type FleetServiceServer interface {
 	// an operator token as any host. The server answers with the config to
 	// use, then the client sends Heartbeat and Telemetry messages at the
 	// interval the config names. A second Hello on the stream is refused.
+	//
+	// The Hello's agents are checked against the placement (PlaceAgent): a
+	// sidecar token may declare only agents placed on its host; an operator
+	// token also agents placed nowhere, unless another ONLINE host declared
+	// them. Refused agents are not registered and are listed, each with the
+	// reason, in the config's refused_agents; the stream goes on for the
+	// rest. A host's agents are exactly those of its latest Hello: ones it
+	// no longer declares are forgotten. A Hello declaring more agents than
+	// the per-host limit (256 by default) is RESOURCE_EXHAUSTED.
 	Connect(grpc.BidiStreamingServer[ConnectRequest, ConnectResponse]) error
+	// PlaceAgent records that an agent runs on a host: that host's sidecar
+	// token may then declare it in its Hello and report its spend. An agent
+	// is placed on one host at a time; placing it again moves it, and the
+	// old host's sidecar loses it at once on the replica called and within
+	// about a second on the others. Operators only, audited.
+	PlaceAgent(context.Context, *PlaceAgentRequest) (*PlaceAgentResponse, error)
+	// UnplaceAgent removes an agent's placement: no sidecar token acts for
+	// it any more. An agent that is not placed is NOT_FOUND. Operators
+	// only, audited.
+	UnplaceAgent(context.Context, *UnplaceAgentRequest) (*UnplaceAgentResponse, error)
+	// ListPlacements lists placements sorted by agent name, optionally of
+	// one host.
+	ListPlacements(context.Context, *ListPlacementsRequest) (*ListPlacementsResponse, error)
 	// ListNodes lists every host that ever connected, sorted by host, with
 	// its liveness and latest telemetry.
 	ListNodes(context.Context, *ListNodesRequest) (*ListNodesResponse, error)
-	// ListAgents lists every agent a sidecar declared or that called the
-	// queue, sorted by name, with its liveness, host and current task.
+	// ListAgents lists every agent a connected sidecar declares now or that
+	// called the queue, sorted by name, with its liveness, host and current
+	// task. Agents a host stopped declaring are not kept.
 	ListAgents(context.Context, *ListAgentsRequest) (*ListAgentsResponse, error)
 	// GetHealth checks the whole factory, check by check: the queue's store,
 	// each node ONLINE, each service probe, each disk below 85% used, each
@@ -228,6 +307,15 @@ type UnimplementedFleetServiceServer struct{}
 
 func (UnimplementedFleetServiceServer) Connect(grpc.BidiStreamingServer[ConnectRequest, ConnectResponse]) error {
 	return status.Error(codes.Unimplemented, "method Connect not implemented")
+}
+func (UnimplementedFleetServiceServer) PlaceAgent(context.Context, *PlaceAgentRequest) (*PlaceAgentResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PlaceAgent not implemented")
+}
+func (UnimplementedFleetServiceServer) UnplaceAgent(context.Context, *UnplaceAgentRequest) (*UnplaceAgentResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UnplaceAgent not implemented")
+}
+func (UnimplementedFleetServiceServer) ListPlacements(context.Context, *ListPlacementsRequest) (*ListPlacementsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListPlacements not implemented")
 }
 func (UnimplementedFleetServiceServer) ListNodes(context.Context, *ListNodesRequest) (*ListNodesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListNodes not implemented")
@@ -274,6 +362,60 @@ func _FleetService_Connect_Handler(srv interface{}, stream grpc.ServerStream) er
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type FleetService_ConnectServer = grpc.BidiStreamingServer[ConnectRequest, ConnectResponse]
+
+func _FleetService_PlaceAgent_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PlaceAgentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FleetServiceServer).PlaceAgent(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FleetService_PlaceAgent_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FleetServiceServer).PlaceAgent(ctx, req.(*PlaceAgentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _FleetService_UnplaceAgent_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UnplaceAgentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FleetServiceServer).UnplaceAgent(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FleetService_UnplaceAgent_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FleetServiceServer).UnplaceAgent(ctx, req.(*UnplaceAgentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _FleetService_ListPlacements_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListPlacementsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FleetServiceServer).ListPlacements(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FleetService_ListPlacements_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FleetServiceServer).ListPlacements(ctx, req.(*ListPlacementsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
 
 func _FleetService_ListNodes_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListNodesRequest)
@@ -383,6 +525,18 @@ var FleetService_ServiceDesc = grpc.ServiceDesc{
 	ServiceName: "factory.v1.FleetService",
 	HandlerType: (*FleetServiceServer)(nil),
 	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "PlaceAgent",
+			Handler:    _FleetService_PlaceAgent_Handler,
+		},
+		{
+			MethodName: "UnplaceAgent",
+			Handler:    _FleetService_UnplaceAgent_Handler,
+		},
+		{
+			MethodName: "ListPlacements",
+			Handler:    _FleetService_ListPlacements_Handler,
+		},
 		{
 			MethodName: "ListNodes",
 			Handler:    _FleetService_ListNodes_Handler,

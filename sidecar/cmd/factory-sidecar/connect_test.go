@@ -72,6 +72,10 @@ func TestSidecarStreamsAndReconnectsAfterARestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A sidecar token declares only the agents an operator placed on its host.
+	if _, err := factoryv1.NewFleetServiceClient(conn).PlaceAgent(ctx, &factoryv1.PlaceAgentRequest{Agent: "forge", Host: "edge-1"}); err != nil {
+		t.Fatal(err)
+	}
 	cfgPath := filepath.Join(t.TempDir(), "sidecar.yaml")
 	cfg := "host: edge-1\ngpu: {disabled: true}\nagents: [{name: forge, role: builder}]\ndisk: {paths: [" + t.TempDir() + "]}\n"
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
