@@ -27,7 +27,12 @@ another party's behalf, and every call refused for lack of permission:
 who (subject, role, token), which RPC, on what (a task, a token or the
 queue), the state before and after, the trace id and the outcome. Agents'
 own claims, renewals and completions are not recorded: the queue's state
-already tells that story. Reading it needs an operator token.`,
+already tells that story. Reading it needs an operator token.
+
+Identical refusals from one caller (same token, RPC, target and reason)
+within the control plane's --audit-window (1m) share one entry: COUNT is
+how many calls it stands for, TIME the first and LAST SEEN the last. Entries
+last seen longer ago than --audit-retention (90 days) are deleted.`,
 		Example: `  factory audit ls --since 24h
   factory audit ls --who forge --limit 20
   factory audit ls --since 2031-03-14T09:00:00Z -o json | jq '.[] | select(.outcome != "OK")'`,
@@ -68,8 +73,9 @@ func newAuditListCommand(a *app) *cobra.Command {
 		Short:   "List audit entries, newest first",
 		Long: `Ls lists audit entries, newest first, at most --limit of them. --since
 keeps entries from a span back from now (24h, 7d, 90m) or from an RFC 3339
-time; --who keeps one caller's, by subject (an agent, a host, an
-operator's name) or by token id.
+time (an entry standing for several calls counts from its last one);
+--who keeps one caller's, by subject (an agent, a host, an operator's
+name) or by token id.
 
 The CHANGE column shows the fields that changed (state READY→FAILED); for
 a refused call it shows why. -o json has the full before and after states
@@ -119,13 +125,18 @@ and the trace id.`,
 
 func writeAuditTable(w io.Writer, entries []*factoryv1.AuditEntry) error {
 	tw := newTable(w)
-	fmt.Fprintln(tw, "TIME\tWHO\tROLE\tRPC\tTARGET\tOUTCOME\tCHANGE")
+	fmt.Fprintln(tw, "TIME\tLAST SEEN\tCOUNT\tWHO\tROLE\tRPC\tTARGET\tOUTCOME\tCHANGE")
 	for _, e := range entries {
 		change := e.GetDetail()
 		if change == "" {
 			change = describeChange(e.GetBeforeJson(), e.GetAfterJson())
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.GetTime().AsTime().UTC().Format(time.RFC3339), e.GetWho(), roleName(e.GetRole()),
+		first := e.GetTime().AsTime().UTC()
+		count, last := max(e.GetCount(), 1), "-"
+		if ls := e.GetLastSeen(); ls != nil && ls.AsTime().After(first) {
+			last = ls.AsTime().UTC().Format(time.RFC3339)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", first.Format(time.RFC3339), last, count, e.GetWho(), roleName(e.GetRole()),
 			path.Base(e.GetRpc()), orDash(e.GetTarget()), e.GetOutcome(), orDash(truncate(change, 80)))
 	}
 	return tw.Flush()

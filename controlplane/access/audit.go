@@ -3,6 +3,7 @@ package access
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"sync"
 	"time"
 
@@ -77,14 +78,29 @@ func jsonOf(v any) string {
 }
 
 // Append appends entries to the audit log, stamping any without a time.
+// A refusal (any outcome but OK) that repeats one from the same caller
+// within the audit window is not a new entry: it adds to the count of the
+// entry the first one made (see coalescer).
 func (s *Service) Append(ctx context.Context, entries []*store.AuditEntry) error {
 	now := s.clock.Now()
+	direct := entries[:0:0]
+	var errs []error
 	for _, e := range entries {
 		if e.Time.IsZero() {
 			e.Time = now
 		}
+		if !s.audit.on() || e.Outcome == "OK" || e.Count > 1 {
+			direct = append(direct, e)
+			continue
+		}
+		if _, err := s.refusal(ctx, e); err != nil {
+			errs = append(errs, err)
+		}
 	}
-	return s.store.AuditAppend(ctx, &store.AuditAppendParams{Entries: entries})
+	if len(direct) > 0 {
+		errs = append(errs, s.store.AuditAppend(ctx, &store.AuditAppendParams{Entries: direct}))
+	}
+	return errors.Join(errs...)
 }
 
 // AuditListParams filters and pages ListAudit.
@@ -95,8 +111,10 @@ type AuditListParams struct {
 	PageToken string
 }
 
-// ListAudit returns audit entries, newest first.
+// ListAudit returns audit entries, newest first. Counts this replica has
+// not flushed yet are flushed first, so a listing is exact here.
 func (s *Service) ListAudit(ctx context.Context, p AuditListParams) (*store.AuditListResult, error) {
+	s.FlushAudit(ctx)
 	return s.store.AuditList(ctx, &store.AuditListParams{Since: p.Since, Who: p.Who, Limit: pageSize(p.PageSize), Cursor: p.PageToken})
 }
 

@@ -201,15 +201,47 @@ func (m *Metrics) registerFleet(meter metric.Meter, src FleetSource) error {
 
 func observeFleet(o metric.Observer, in *fleetInstruments, nodes []fleet.Node, agents []fleet.Agent) {
 	agentsBy := map[fleet.State]int64{}
+	names := make([]string, len(agents))
+	for i, a := range agents {
+		names[i] = a.Name
+	}
+	keptAgents, moreAgents := firstNames(names, MaxLabelValues)
+	// Agents past the limit share one series each: how many of them are up
+	// and how many busy.
+	var otherUp, otherBusy int64
 	for _, a := range agents {
 		agentsBy[a.State]++
+		if !keptAgents[a.Name] {
+			otherUp += boolValue(a.State == fleet.StateOnline)
+			otherBusy += boolValue(a.CurrentTask != "")
+			continue
+		}
 		o.ObserveInt64(in.agentUp, boolValue(a.State == fleet.StateOnline), metric.WithAttributes(
 			attribute.String("agent", a.Name), attribute.String("host", a.Host), attribute.String("role", a.Role)))
 		o.ObserveInt64(in.agentBusy, boolValue(a.CurrentTask != ""), metric.WithAttributes(attribute.String("agent", a.Name)))
 	}
+	if moreAgents {
+		o.ObserveInt64(in.agentUp, otherUp, metric.WithAttributes(
+			attribute.String("agent", Other), attribute.String("host", Other), attribute.String("role", Other)))
+		o.ObserveInt64(in.agentBusy, otherBusy, metric.WithAttributes(attribute.String("agent", Other)))
+	}
+	hosts := make([]string, len(nodes))
+	for i, n := range nodes {
+		hosts[i] = n.Host
+	}
+	keptHosts, moreHosts := firstNames(hosts, MaxLabelValues)
+	// Per-device labels are bounded across the whole fleet; a device whose
+	// label is past the limit is not exported (a temperature cannot be
+	// summed into "other").
+	gpuNames, paths, probes, kinds := newLabelValues(MaxLabelValues), newLabelValues(MaxLabelValues), newLabelValues(MaxLabelValues), newLabelValues(MaxLabelValues)
+	var otherNodesUp int64
 	nodesBy := map[fleet.State]int64{}
 	for _, n := range nodes {
 		nodesBy[n.State]++
+		if !keptHosts[n.Host] {
+			otherNodesUp += boolValue(n.State == fleet.StateOnline)
+			continue
+		}
 		host := attribute.String("host", n.Host)
 		o.ObserveInt64(in.nodeUp, boolValue(n.State == fleet.StateOnline), metric.WithAttributes(host))
 		t, ok := n.Telemetry.(*factoryv1.Telemetry)
@@ -218,8 +250,12 @@ func observeFleet(o metric.Observer, in *fleetInstruments, nodes []fleet.Node, a
 		if !ok || t == nil || n.State == fleet.StateOffline {
 			continue
 		}
-		for _, g := range t.GetGpus() {
-			attrs := metric.WithAttributes(host, attribute.String("gpu", strconv.Itoa(int(g.GetIndex()))), attribute.String("gpu_name", g.GetName()))
+		for i, g := range t.GetGpus() {
+			name := gpuNames.value(g.GetName())
+			if i >= MaxLabelValues || name == Other {
+				continue
+			}
+			attrs := metric.WithAttributes(host, attribute.String("gpu", strconv.Itoa(int(g.GetIndex()))), attribute.String("gpu_name", name))
 			o.ObserveInt64(in.gpuMemUsed, clampInt64(g.GetMemoryUsedBytes()), attrs)
 			o.ObserveInt64(in.gpuMemTotal, clampInt64(g.GetMemoryTotalBytes()), attrs)
 			o.ObserveInt64(in.gpuUtil, int64(g.GetUtilizationPercent()), attrs)
@@ -228,19 +264,25 @@ func observeFleet(o metric.Observer, in *fleetInstruments, nodes []fleet.Node, a
 			o.ObserveFloat64(in.gpuPower, float64(g.GetPowerMilliwatts())/1000, attrs)
 		}
 		for _, d := range t.GetDisks() {
-			if d.GetError() != "" || d.GetTotalBytes() == 0 {
+			if d.GetError() != "" || d.GetTotalBytes() == 0 || paths.value(d.GetPath()) == Other {
 				continue
 			}
 			o.ObserveFloat64(in.diskUsage, float64(d.GetUsedBytes())/float64(d.GetTotalBytes()),
 				metric.WithAttributes(host, attribute.String("path", d.GetPath())))
 		}
 		for _, p := range t.GetProbes() {
+			if probes.value(p.GetName()) == Other || kinds.value(p.GetKind()) == Other {
+				continue
+			}
 			attrs := metric.WithAttributes(host, attribute.String("probe", p.GetName()), attribute.String("kind", p.GetKind()))
 			o.ObserveInt64(in.probeUp, boolValue(p.GetOk()), attrs)
 			if p.GetLatency() != nil {
 				o.ObserveFloat64(in.probeLatency, p.GetLatency().AsDuration().Seconds(), attrs)
 			}
 		}
+	}
+	if moreHosts {
+		o.ObserveInt64(in.nodeUp, otherNodesUp, metric.WithAttributes(attribute.String("host", Other)))
 	}
 	for _, s := range fleetStates {
 		attrs := metric.WithAttributes(attribute.String("state", fleetLabel(s)))
@@ -289,11 +331,15 @@ func (m *Metrics) registerSpend(meter metric.Meter, src SpendSource) error {
 				label string
 				by    map[string]int64
 			}{{byTier, "tier", snap.ByTier}, {byAgent, "agent", snap.ByAgent}, {byModel, "model", snap.ByModel}} {
-				for k, v := range d.by {
+				for k, v := range topValues(d.by, MaxLabelValues) {
 					o.ObserveInt64(d.g, v, metric.WithAttributes(attribute.String(d.label, k)))
 				}
 			}
-			for _, b := range snap.Budgets {
+			budgets, otherSpent := boundedBudgets(snap.Budgets, MaxLabelValues)
+			if otherSpent != nil {
+				o.ObserveInt64(spent, *otherSpent, metric.WithAttributes(attribute.String("scope", "agent"), attribute.String("name", Other)))
+			}
+			for _, b := range budgets {
 				who := []attribute.KeyValue{attribute.String("scope", b.Scope), attribute.String("name", b.Name)}
 				o.ObserveInt64(spent, b.SpentMicros, metric.WithAttributes(who...))
 				for kind, v := range b.Limits {

@@ -19,10 +19,14 @@
 // every name a dashboard uses exists.
 //
 // Cardinality: labels carry task states, tiers, hosts, GPU indexes, probe
-// names, disk paths, agents, models, alert rules and budget scopes, all
-// bounded by the fleet's size and configuration, never by traffic: no task
-// ids, no trace ids, no free text. A factory of tens of agents on a handful
-// of hosts exports a few hundred series.
+// names, disk paths, agents, models, alert rules and budget scopes; never
+// task ids, trace ids or free text. Values that callers send or register
+// (models, agents, hosts, roles, tiers, budget names, GPU names, disk paths,
+// probe names) are bounded by design, not by trusting the fleet: each such
+// label takes at most MaxLabelValues values per instrument, and the rest
+// share one series labelled Other (labels.go). A factory of tens of agents
+// on a handful of hosts exports a few hundred series and never meets the
+// limit.
 package metrics
 
 import (
@@ -157,8 +161,10 @@ type Metrics struct {
 	rescues  metric.Int64Counter
 	// attrs caches the attribute options of the claim and finish
 	// counters (attrKey -> metric.MeasurementOption), so the request path
-	// builds no attribute set. Agents and states are bounded by the fleet.
-	attrs sync.Map
+	// builds no attribute set. It is bounded because agents is: past
+	// MaxLabelValues agents, the rest count as Other.
+	attrs  sync.Map
+	agents *labelValues
 }
 
 // attrKey names a cached attribute set: an agent, and for the finished
@@ -199,7 +205,7 @@ func New(cfg Config) (*Metrics, error) {
 	if err != nil && !errors.Is(err, resource.ErrSchemaURLConflict) {
 		return nil, fmt.Errorf("metrics: resource: %w", err)
 	}
-	m := &Metrics{cfg: cfg, log: cfg.Logger, registry: reg,
+	m := &Metrics{cfg: cfg, log: cfg.Logger, registry: reg, agents: newLabelValues(MaxLabelValues),
 		provider: sdkmetric.NewMeterProvider(sdkmetric.WithReader(exp), sdkmetric.WithResource(res))}
 	err = m.registerCounters()
 	if err == nil {
@@ -270,12 +276,12 @@ func (m *Metrics) Shutdown(ctx context.Context) error {
 // Claimed implements queue.Observer. It is on the claim path, as
 // Finished is on the completion path: both reuse a cached attribute set.
 func (m *Metrics) Claimed(agent string, n int) {
-	m.claims.Add(context.Background(), int64(n), m.option(attrKey{agent: agent}))
+	m.claims.Add(context.Background(), int64(n), m.option(attrKey{agent: m.agents.value(agent)}))
 }
 
 // Finished implements queue.Observer.
 func (m *Metrics) Finished(agent string, to store.TaskState) {
-	m.finished.Add(context.Background(), 1, m.option(attrKey{agent: agent, state: to}))
+	m.finished.Add(context.Background(), 1, m.option(attrKey{agent: m.agents.value(agent), state: to}))
 }
 
 func (m *Metrics) option(k attrKey) metric.MeasurementOption {

@@ -2,10 +2,14 @@ package server
 
 import (
 	"context"
+	"strings"
 
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/metric"
+	"google.golang.org/grpc/stats"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
 
 	"github.com/factory/factory/controlplane/metrics"
 	"github.com/factory/factory/controlplane/store"
@@ -68,4 +72,31 @@ func meterOption(mp metric.MeterProvider) otelgrpc.Option {
 		mp = otel.GetMeterProvider()
 	}
 	return otelgrpc.WithMeterProvider(mp)
+}
+
+// knownMethodsOnly keeps calls to methods the API does not have out of
+// otelgrpc's metrics and traces: the method name is a label
+// (rpc_method), and a caller inventing names would otherwise add a series
+// per name. Such calls are answered UNIMPLEMENTED all the same.
+func knownMethodsOnly() otelgrpc.Option {
+	return otelgrpc.WithFilter(func(info *stats.RPCTagInfo) bool { return knownMethod(info.FullMethodName) })
+}
+
+// knownMethod reports whether "/pkg.Service/Method" names a method of a
+// service linked into this binary (the factory API, health, reflection).
+func knownMethod(full string) bool {
+	svc, method, ok := strings.Cut(strings.TrimPrefix(full, "/"), "/")
+	if !ok || method == "" {
+		return false
+	}
+	name := protoreflect.FullName(svc + "." + method)
+	if !name.IsValid() {
+		return false
+	}
+	d, err := protoregistry.GlobalFiles.FindDescriptorByName(name)
+	if err != nil {
+		return false
+	}
+	_, isMethod := d.(protoreflect.MethodDescriptor)
+	return isMethod
 }

@@ -65,21 +65,21 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text
 ORDER BY u.ord`
 
 	qDumpAddTokens = `-- name: DumpInsertTokens
-INSERT INTO tokens (id, hash, role, subject, description, created_by, created_at, expires_at, revoked_at, last_used_at)
-SELECT u.id, u.hash, u.role, u.subject, u.description, u.created_by, u.created_at, u.expires_at, u.revoked_at, u.last_used_at
+INSERT INTO tokens (id, hash, role, subject, description, created_by, created_at, expires_at, revoked_at, last_used_at, roles)
+SELECT u.id, u.hash, u.role, u.subject, u.description, u.created_by, u.created_at, u.expires_at, u.revoked_at, u.last_used_at, u.roles
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[],
-	$8::timestamptz[], $9::timestamptz[], $10::timestamptz[])
+	$8::timestamptz[], $9::timestamptz[], $10::timestamptz[], $11::text[])
 	WITH ORDINALITY AS u(id, hash, role, subject, description, created_by, created_at, expires_at, revoked_at,
-		last_used_at, ord)
+		last_used_at, roles, ord)
 ORDER BY u.ord`
 
 	// qDumpAddAudit keeps the dump's ids; qDumpAuditSeq then moves the
 	// identity past them, so later appends do not collide.
 	qDumpAddAudit = `-- name: DumpInsertAudit
-INSERT INTO audit_log (id, time, who, role, token_id, rpc, target, before_json, after_json, trace_id, outcome, detail)
+INSERT INTO audit_log (id, time, who, role, token_id, rpc, target, before_json, after_json, trace_id, outcome, detail, count, last_seen)
 OVERRIDING SYSTEM VALUE
 SELECT * FROM unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-	$8::text[], $9::text[], $10::text[], $11::text[], $12::text[])`
+	$8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::bigint[], $14::timestamptz[])`
 	qDumpAuditSeq = `-- name: DumpAuditSequence
 SELECT setval(pg_get_serial_sequence('audit_log', 'id'), (SELECT max(id) FROM audit_log))`
 
@@ -140,16 +140,11 @@ func (s *Store) DumpRead(ctx context.Context, fn func(*store.DumpRecord) error) 
 			return err
 		}
 		if err := eachRow(ctx, tx, qDumpAudit, func(rs pgx.Rows) error {
-			var (
-				e    store.AuditEntry
-				role string
-			)
-			if err := rs.Scan(&e.ID, &e.Time, &e.Who, &role, &e.TokenID, &e.RPC, &e.Target, &e.BeforeJSON, &e.AfterJSON,
-				&e.TraceID, &e.Outcome, &e.Detail); err != nil {
+			e, err := scanAudit(rs)
+			if err != nil {
 				return err
 			}
-			e.Time, e.Role = e.Time.UTC(), store.Role(role)
-			return call(&store.DumpRecord{Audit: &e})
+			return call(&store.DumpRecord{Audit: e})
 		}); err != nil {
 			return err
 		}
@@ -369,6 +364,7 @@ func (d *dumpTarget) InsertTokens(tokens []*store.Token) error {
 	var (
 		ids, hashes, roles, subjects, descs, by = text(), text(), text(), text(), text(), text()
 		created, expires, revoked, used         = times(), times(), times(), times()
+		grants                                  = text()
 	)
 	for i, t := range tokens {
 		if err := checkText("id", t.ID, "hash", t.Hash, "subject", t.Subject, "description", t.Description, "created_by", t.CreatedBy); err != nil {
@@ -376,34 +372,27 @@ func (d *dumpTarget) InsertTokens(tokens []*store.Token) error {
 		}
 		ids[i], hashes[i], roles[i], subjects[i], descs[i], by[i] = t.ID, t.Hash, string(t.Role), t.Subject, t.Description, t.CreatedBy
 		created[i], expires[i], revoked[i], used[i] = ts(norm(t.CreatedAt)), ts(norm(t.ExpiresAt)), ts(norm(t.RevokedAt)), ts(norm(t.LastUsedAt))
+		grants[i] = store.JoinRoles(t.Roles)
 	}
 	b := d.t.batch()
-	b.Queue(qDumpAddTokens, ids, hashes, roles, subjects, descs, by, created, expires, revoked, used)
+	b.Queue(qDumpAddTokens, ids, hashes, roles, subjects, descs, by, created, expires, revoked, used, grants)
 	return d.t.send(b)
 }
 
 func (d *dumpTarget) InsertAudit(entries []*store.AuditEntry, keepIDs bool) error {
-	n := len(entries)
-	text := func() []string { return make([]string, n) }
-	var (
-		ids                                   = make([]int64, n)
-		times                                 = make([]pgtype.Timestamptz, n)
-		who, role, token, rpc, target, before = text(), text(), text(), text(), text(), text()
-		after, trace, outcome, detail         = text(), text(), text(), text()
-	)
-	for i, e := range entries {
-		// As AuditAppend does: an entry records what a caller sent, and
-		// text PostgreSQL cannot hold must not lose the entry.
-		ids[i], times[i] = e.ID, pgtype.Timestamptz{Time: norm(e.Time), Valid: true}
-		who[i], role[i], token[i], rpc[i], target[i] = storable(e.Who), storable(string(e.Role)), storable(e.TokenID), storable(e.RPC), storable(e.Target)
-		before[i], after[i], trace[i], outcome[i], detail[i] = storable(e.BeforeJSON), storable(e.AfterJSON), storable(e.TraceID), storable(e.Outcome), storable(e.Detail)
-	}
+	// As AuditAppend does: an entry records what a caller sent, and text
+	// PostgreSQL cannot hold must not lose the entry.
+	cols := auditColumns(entries)
 	b := d.t.batch()
 	if keepIDs {
-		b.Queue(qDumpAddAudit, ids, times, who, role, token, rpc, target, before, after, trace, outcome, detail)
+		ids := make([]int64, len(entries))
+		for i, e := range entries {
+			ids[i] = e.ID
+		}
+		b.Queue(qDumpAddAudit, append([]any{ids}, cols.args()...)...)
 		b.Queue(qDumpAuditSeq)
 	} else {
-		b.Queue(qAuditInsert, times, who, role, token, rpc, target, before, after, trace, outcome, detail)
+		b.Queue(qAuditInsert, cols.args()...)
 	}
 	return d.t.send(b)
 }

@@ -26,10 +26,10 @@ var (
 	qDumpTasksIn  = `SELECT id FROM tasks WHERE id IN (SELECT value FROM json_each(?))`
 	qDumpTokensIn = `SELECT id FROM tokens WHERE id IN (SELECT value FROM json_each(?1)) OR hash IN (SELECT value FROM json_each(?2)) ORDER BY seq`
 	qDumpSetQueue = `UPDATE queue_settings SET paused = ?, pause_reason = ?, paused_at = ? WHERE id = 1`
-	qDumpAddToken = `INSERT INTO tokens (id, hash, role, subject, description, created_by, created_at, expires_at, revoked_at, last_used_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
-	qDumpAddAudit = `INSERT INTO audit_log (id, time, who, role, token_id, rpc, target, before_json, after_json, trace_id, outcome, detail)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+	qDumpAddToken = `INSERT INTO tokens (id, hash, role, subject, description, created_by, created_at, expires_at, revoked_at, last_used_at, roles)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+	qDumpAddAudit = `INSERT INTO audit_log (id, time, who, role, token_id, rpc, target, before_json, after_json, trace_id, outcome, detail, count, last_seen)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
 
 	// qDumpAddTasks writes every column but seq, which the insert order
 	// assigns: a VALUES list is inserted row by row, in order.
@@ -82,17 +82,11 @@ func (s *Store) DumpRead(ctx context.Context, fn func(*store.DumpRecord) error) 
 			return err
 		}
 		if err := eachRow(ctx, tx, qDumpAudit, func(rs *sql.Rows) error {
-			var (
-				e    store.AuditEntry
-				at   int64
-				role string
-			)
-			if err := rs.Scan(&e.ID, &at, &e.Who, &role, &e.TokenID, &e.RPC, &e.Target, &e.BeforeJSON, &e.AfterJSON,
-				&e.TraceID, &e.Outcome, &e.Detail); err != nil {
+			e, err := scanAudit(rs)
+			if err != nil {
 				return err
 			}
-			e.Time, e.Role = fromNanos(at), store.Role(role)
-			return call(&store.DumpRecord{Audit: &e})
+			return call(&store.DumpRecord{Audit: e})
 		}); err != nil {
 			return err
 		}
@@ -236,7 +230,7 @@ func (d *dumpTarget) InsertTasks(tasks []*store.Task) error {
 func (d *dumpTarget) InsertTokens(tokens []*store.Token) error {
 	for _, t := range tokens {
 		if _, err := d.w.exec(qDumpAddToken, t.ID, t.Hash, string(t.Role), t.Subject, t.Description, t.CreatedBy,
-			toNanos(t.CreatedAt), toNanos(t.ExpiresAt), toNanos(t.RevokedAt), toNanos(t.LastUsedAt)); err != nil {
+			toNanos(t.CreatedAt), toNanos(t.ExpiresAt), toNanos(t.RevokedAt), toNanos(t.LastUsedAt), store.JoinRoles(t.Roles)); err != nil {
 			return err
 		}
 	}
@@ -245,8 +239,7 @@ func (d *dumpTarget) InsertTokens(tokens []*store.Token) error {
 
 func (d *dumpTarget) InsertAudit(entries []*store.AuditEntry, keepIDs bool) error {
 	for _, e := range entries {
-		args := []any{toNanos(e.Time), e.Who, string(e.Role), e.TokenID, e.RPC, e.Target, e.BeforeJSON, e.AfterJSON,
-			e.TraceID, e.Outcome, e.Detail}
+		args := auditArgs(e)
 		query := qAuditInsert
 		if keepIDs {
 			// INTEGER PRIMARY KEY: later appends take max(id)+1.
