@@ -53,6 +53,14 @@ func newEventRig(t *testing.T) *eventRig {
 		t.Fatal(err)
 	}
 	r.sidecarSecret = tok.GetSecret()
+	// The operator places the host's agents, as a sidecar token speaks only
+	// for agents placed on its host.
+	for _, agent := range []string{"planner-01", "coder-03"} {
+		if _, err := factoryv1.NewFleetServiceClient(op).PlaceAgent(context.Background(),
+			&factoryv1.PlaceAgentRequest{Agent: agent, Host: "edge-1"}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	return r
 }
 
