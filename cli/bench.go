@@ -17,6 +17,8 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	factoryv1 "github.com/factory/factory/gen/factory/v1"
@@ -37,6 +39,13 @@ type benchConfig struct {
 	// its tasks are created through the first address: a wake-up that
 	// crosses replicas.
 	wakeAddr string
+	// watchers is how many WatchTasks streams are held open during the
+	// run, in watcherMode (see the command's help), spread watchersPerToken to a token and watchersPerConn to a
+	// connection so the control plane's stream caps admit them.
+	watchers         int
+	watcherMode      string
+	watchersPerToken int
+	watchersPerConn  int
 }
 
 // latencySummary is a latency distribution in milliseconds.
@@ -64,6 +73,24 @@ type benchResult struct {
 	ClaimLatency   latencySummary `json:"claim_latency"`
 	WakeupLatency  latencySummary `json:"wakeup_latency"`
 	CompleteErrors int64          `json:"complete_errors"`
+	Watchers       *watcherStats  `json:"watchers,omitempty"`
+}
+
+// watcherStats is what the --watchers streams did during the run.
+type watcherStats struct {
+	Requested int    `json:"requested"`
+	Mode      string `json:"mode"`
+	Tokens    int    `json:"tokens"`
+	Conns     int    `json:"connections"`
+	// Open is how many were open when the throughput phase started;
+	// Refused how many the control plane refused to open.
+	Open    int64 `json:"open"`
+	Refused int64 `json:"refused"`
+	// ClosedBehind is how many the control plane closed during the run
+	// because they fell behind (slow watchers, by design).
+	ClosedBehind int64 `json:"closed_behind"`
+	// Events is how many task events the watchers received.
+	Events int64 `json:"events"`
 }
 
 func newBenchCommand(a *app) *cobra.Command {
@@ -101,6 +128,20 @@ latency runs from just before CreateTask until the waiting agent holds the
 task: the push path from commit to claimer, which a polling queue cannot
 do well.
 
+Watchers: --watchers N holds N WatchTasks streams (changes only) open for
+the whole run, opened before the tasks are created. --watcher-mode says
+what they do: "idle" watchers wait for a role no task has (like a client
+watching its own task or role while the rest of the queue churns), so
+they hear nothing; "slow" ones watch the whole queue and never read (with
+the smallest flow-control windows); "busy" ones watch the whole queue and
+read every event (the fan-out then costs every watcher every event). They
+are spread --watchers-per-token streams to a
+token and --watchers-per-conn to a connection, under the control plane's
+default stream caps (64 per token, 128 per connection); raise those with
+its --max-streams-per-token / --max-streams-per-connection to put more on
+one. The control plane closes a slow watcher once it lags too far (4,096
+events by default); the figures say how many it closed.
+
 Each simulated agent calls with an agent token of its own, issued for the
 run and revoked at its end, so the figures are those of real agents (an
 operator's calls are also audited); bench therefore needs an operator
@@ -116,6 +157,7 @@ Progress goes to standard error; the figures to standard output (-o json
 for a JSON object). The queue must not be paused.`,
 		Example: `  factory bench queue --agents 8 --tasks 5000
   factory bench queue --agents 32 --tasks 20000 --batch 10 --wait-probes 50 -o json
+  factory bench queue --agents 8 --tasks 5000 --watchers 2000 --watcher-mode slow
   factory bench queue --addrs 127.0.0.1:7420,127.0.0.1:7421,127.0.0.1:7422 \
     --wake-addr 127.0.0.1:7421 --agents 64 --tasks 20000`,
 		Args: cobra.NoArgs,
@@ -133,6 +175,12 @@ for a JSON object). The queue must not be paused.`,
 				return usageErrorf("--conns must not be negative")
 			case slices.Contains(cfg.addrs, ""):
 				return usageErrorf("--addrs: an empty address")
+			case cfg.watchers < 0:
+				return usageErrorf("--watchers must not be negative")
+			case !slices.Contains([]string{"idle", "slow", "busy"}, cfg.watcherMode):
+				return usageErrorf("--watcher-mode must be idle, slow or busy, got %q", cfg.watcherMode)
+			case cfg.watchersPerToken < 1 || cfg.watchersPerConn < 1:
+				return usageErrorf("--watchers-per-token and --watchers-per-conn must be at least 1")
 			}
 			if len(cfg.addrs) == 0 {
 				cfg.addrs = []string{a.addr}
@@ -153,6 +201,10 @@ for a JSON object). The queue must not be paused.`,
 	f.DurationVar(&cfg.probeInterval, "probe-interval", 100*time.Millisecond, "pause between wake-up tasks")
 	f.IntVar(&cfg.conns, "conns", 0, "gRPC connections to each address, shared among its agents (0: one per 50 agents)")
 	f.StringSliceVar(&cfg.addrs, "addrs", nil, "control-plane replicas to spread the agents over, comma-separated or repeated (default: --addr); tasks are created through the first")
+	f.IntVar(&cfg.watchers, "watchers", 0, "WatchTasks streams to hold open during the run (0: none)")
+	f.StringVar(&cfg.watcherMode, "watcher-mode", "idle", "idle (watchers wait for a role no task has), slow (they watch everything and never read) or busy (they watch everything and read it)")
+	f.IntVar(&cfg.watchersPerToken, "watchers-per-token", 50, "watch streams per watcher token (keep under the control plane's --max-streams-per-token)")
+	f.IntVar(&cfg.watchersPerConn, "watchers-per-conn", 100, "watch streams per connection (keep under the control plane's --max-streams-per-connection)")
 	f.StringVar(&cfg.wakeAddr, "wake-addr", "", "replica where the wake-up phase's agents wait (default: spread like the agents); its tasks are created through the first address, so another replica here measures the cross-replica wake-up")
 	return cmd
 }
@@ -225,6 +277,23 @@ func (a *app) runBench(cmd *cobra.Command, cfg benchConfig) (err error) {
 		return err
 	}
 
+	var w *benchWatchers
+	if cfg.watchers > 0 {
+		wctx, stopWatchers := context.WithCancel(ctx)
+		w, err = a.startBenchWatchers(wctx, accessClient, run, cfg, progress)
+		defer func() {
+			stopWatchers()
+			if w != nil {
+				w.wg.Wait()
+				defer revokeBenchTokens(accessClient, w.tokens, a.stderr())
+			}
+		}()
+		if err != nil {
+			return err
+		}
+		res.Watchers = &w.stats
+	}
+
 	start := time.Now()
 	if err = createBenchTasks(ctx, q, run, cfg.tasks); err != nil {
 		return err
@@ -249,6 +318,12 @@ func (a *app) runBench(cmd *cobra.Command, cfg benchConfig) (err error) {
 		res.WakeupLatency = summarize(wake)
 	}
 
+	if w != nil {
+		if cfg.watcherMode == "slow" {
+			w.settle(2 * time.Second)
+		}
+		res.Watchers.ClosedBehind, res.Watchers.Events = w.closedBehind.Load(), w.events.Load()
+	}
 	if a.jsonOutput() {
 		return writeJSON(a.stdout(), res)
 	}
@@ -262,6 +337,10 @@ func (a *app) runBench(cmd *cobra.Command, cfg benchConfig) (err error) {
 	if cfg.probes > 0 {
 		fmt.Fprintf(tw, "wake-up latency\tp50 %.2fms  p99 %.2fms  max %.2fms  (%d probes)\n",
 			res.WakeupLatency.P50ms, res.WakeupLatency.P99ms, res.WakeupLatency.Maxms, res.WakeupLatency.Count)
+	}
+	if ws := res.Watchers; ws != nil {
+		fmt.Fprintf(tw, "watchers\t%d %s (%d tokens, %d connections): %d open, %d refused, %d closed as behind, %d events received\n",
+			ws.Requested, ws.Mode, ws.Tokens, ws.Conns, ws.Open, ws.Refused, ws.ClosedBehind, ws.Events)
 	}
 	if res.CompleteErrors > 0 {
 		fmt.Fprintf(tw, "complete errors\t%d\n", res.CompleteErrors)
@@ -636,6 +715,8 @@ func mintBenchTokens(ctx context.Context, c factoryv1.AccessServiceClient, run s
 		resp, err := c.CreateToken(ctx, &factoryv1.CreateTokenRequest{
 			Role: factoryv1.Role_ROLE_AGENT, Subject: name, Description: "factory bench " + run,
 			ExpiresIn: durationpb.New(24 * time.Hour),
+			// The run's tasks have the run's role, the only one its agents claim.
+			Roles: []string{run},
 		})
 		if err != nil {
 			return tokens, fmt.Errorf("issuing the bench agents' tokens (bench needs an operator token): %w", err)
@@ -663,5 +744,122 @@ func revokeBenchTokens(c factoryv1.AccessServiceClient, tokens *benchTokens, log
 func (a *app) dialAddr(addr string) (*grpc.ClientConn, error) {
 	other := *a
 	other.addr = addr
+	return other.dial()
+}
+
+// benchWatchers are the --watchers streams of a run.
+type benchWatchers struct {
+	stats        watcherStats
+	tokens       *benchTokens
+	wg           sync.WaitGroup
+	closedBehind atomic.Int64
+	events       atomic.Int64
+	// drain, closed after the run, has slow watchers read what they were
+	// sent, to learn whether the control plane closed them.
+	drain chan struct{}
+}
+
+// settle has the slow watchers read what is left and waits a little for
+// those the control plane closed to say so.
+func (w *benchWatchers) settle(within time.Duration) {
+	close(w.drain)
+	done := make(chan struct{})
+	go func() { w.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(within):
+	}
+}
+
+func benchWatcher(run string, i int) string { return fmt.Sprintf("%s-watcher-%d", run, i) }
+
+// startBenchWatchers issues the watcher tokens, opens the watch streams and
+// returns once every stream is open (or refused). The streams end with
+// ctx; the caller waits on wg, then revokes tokens.
+func (a *app) startBenchWatchers(ctx context.Context, acc factoryv1.AccessServiceClient, run string, cfg benchConfig, progress io.Writer) (*benchWatchers, error) {
+	w := &benchWatchers{tokens: &benchTokens{secrets: map[string]string{}}, drain: make(chan struct{})}
+	nTokens := (cfg.watchers + cfg.watchersPerToken - 1) / cfg.watchersPerToken
+	nConns := (cfg.watchers + cfg.watchersPerConn - 1) / cfg.watchersPerConn
+	w.stats = watcherStats{Requested: cfg.watchers, Mode: cfg.watcherMode, Tokens: nTokens, Conns: nConns}
+	fmt.Fprintf(progress, "opening %d %s watchers (%d tokens, %d connections)\n", cfg.watchers, cfg.watcherMode, nTokens, nConns)
+	secrets := make([]string, nTokens)
+	for i := range secrets {
+		resp, err := acc.CreateToken(ctx, &factoryv1.CreateTokenRequest{
+			Role: factoryv1.Role_ROLE_AGENT, Subject: benchWatcher(run, i), Description: "factory bench " + run + " watcher",
+			ExpiresIn: durationpb.New(24 * time.Hour),
+		})
+		if err != nil {
+			return w, fmt.Errorf("issuing the bench watchers' tokens: %w", err)
+		}
+		secrets[i] = resp.GetSecret()
+		w.tokens.ids = append(w.tokens.ids, resp.GetToken().GetId())
+	}
+	var extra []grpc.DialOption
+	if cfg.watcherMode == "slow" {
+		// The smallest windows: the server's sends block after 64 KiB
+		// unread, as with a client that stopped reading.
+		extra = append(extra, grpc.WithInitialWindowSize(64<<10), grpc.WithInitialConnWindowSize(64<<10))
+	}
+	conns := make([]factoryv1.QueueServiceClient, nConns)
+	for i := range conns {
+		conn, err := a.dialAddrWith(a.addr, extra...)
+		if err != nil {
+			return w, err
+		}
+		context.AfterFunc(ctx, func() { conn.Close() })
+		conns[i] = factoryv1.NewQueueServiceClient(conn)
+	}
+	var opened sync.WaitGroup
+	opened.Add(cfg.watchers)
+	for i := range cfg.watchers {
+		q := conns[i/cfg.watchersPerConn]
+		wctx := withCallToken(ctx, secrets[i/cfg.watchersPerToken])
+		w.wg.Go(func() {
+			once := sync.OnceFunc(opened.Done)
+			defer once()
+			req := &factoryv1.WatchTasksRequest{ChangesOnly: true}
+			if cfg.watcherMode == "idle" {
+				req.Role = run + "-idle"
+			}
+			stream, err := q.WatchTasks(wctx, req)
+			if err == nil {
+				_, err = stream.Recv() // SYNCED: open
+			}
+			if err != nil {
+				atomic.AddInt64(&w.stats.Refused, 1)
+				return
+			}
+			atomic.AddInt64(&w.stats.Open, 1)
+			once()
+			if cfg.watcherMode == "slow" {
+				select {
+				case <-ctx.Done():
+					return
+				case <-w.drain:
+				}
+			}
+			for {
+				if _, err := stream.Recv(); err != nil {
+					if status.Code(err) == codes.ResourceExhausted {
+						w.closedBehind.Add(1)
+					}
+					return
+				}
+				if cfg.watcherMode != "slow" {
+					w.events.Add(1)
+				}
+			}
+		})
+	}
+	opened.Wait()
+	fmt.Fprintf(progress, "%d watchers open, %d refused\n", atomic.LoadInt64(&w.stats.Open), atomic.LoadInt64(&w.stats.Refused))
+	return w, nil
+}
+
+// dialAddrWith is dialAddr with extra dial options.
+func (a *app) dialAddrWith(addr string, extra ...grpc.DialOption) (*grpc.ClientConn, error) {
+	other := *a
+	other.addr = addr
+	other.opts.DialOptions = append(slices.Clone(a.opts.DialOptions), extra...)
 	return other.dial()
 }

@@ -40,6 +40,49 @@ func TestBenchSpreadsOverAddresses(t *testing.T) {
 	}
 }
 
+// TestBenchWatchers holds watch streams during the run, spread over tokens
+// and connections so the stream caps admit them all: idle ones hear
+// nothing, busy ones every event of the run; slow ones are counted too.
+func TestBenchWatchers(t *testing.T) {
+	s := newShell(t)
+	type watchers struct {
+		Requested    int   `json:"requested"`
+		Tokens       int   `json:"tokens"`
+		Conns        int   `json:"connections"`
+		Open         int64 `json:"open"`
+		Refused      int64 `json:"refused"`
+		ClosedBehind int64 `json:"closed_behind"`
+		Events       int64 `json:"events"`
+	}
+	run := func(mode string) watchers {
+		out := s.ok("bench", "queue", "--agents", "2", "--tasks", "50", "--wait-probes", "0",
+			"--watchers", "150", "--watcher-mode", mode, "--watchers-per-token", "40", "--watchers-per-conn", "60", "-o", "json")
+		var res struct {
+			Watchers watchers `json:"watchers"`
+		}
+		if err := json.Unmarshal([]byte(out), &res); err != nil {
+			t.Fatalf("bench -o json: %v\n%s", err, out)
+		}
+		return res.Watchers
+	}
+	idle := run("idle")
+	if idle.Requested != 150 || idle.Tokens != 4 || idle.Conns != 3 || idle.Open != 150 || idle.Refused != 0 || idle.Events != 0 {
+		t.Errorf("idle watchers: %+v; want 150 open over 4 tokens and 3 connections, hearing nothing", idle)
+	}
+	// 50 tasks, each created, claimed and completed: every busy watcher
+	// hears them (the last may still be on their way when the bench
+	// reports).
+	if busy := run("busy"); busy.Open != 150 || busy.Events < 150*50*2 {
+		t.Errorf("busy watchers: %+v; want 150 open hearing most of %d events", busy, 150*50*3)
+	}
+	if slow := run("slow"); slow.Open != 150 || slow.Refused != 0 {
+		t.Errorf("slow watchers: %+v; want 150 open", slow)
+	}
+	if r := s.run("bench", "queue", "--watchers", "1", "--watcher-mode", "lazy"); r.code != 2 {
+		t.Errorf("--watcher-mode lazy: exit %d, want 2 (usage)\n%s", r.code, r.stderr)
+	}
+}
+
 // TestBenchFleet runs bench fleet against an in-process control plane: every
 // simulated sidecar connects, heartbeats flow, and its hosts show in the
 // fleet view. Latency and process figures need the server's debug listener

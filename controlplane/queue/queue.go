@@ -36,6 +36,14 @@ const (
 	MaxWait         = 60 * time.Second
 	MinLease        = time.Second
 	MaxLease        = time.Hour
+
+	// ResponseBytes bounds the tasks one list page or one claim carries,
+	// by their sizes as the store counts them (store.TaskSizeFixed): a
+	// page ends early and a claim takes fewer tasks rather than go past
+	// it, though a single task always comes. It is under gRPC's default
+	// 4 MiB receive limit, so any client can read every such response,
+	// and one call never makes the server load more than this.
+	ResponseBytes = 3 << 20
 )
 
 // Clock tells the time. Tests inject a fake one so that leases expire
@@ -61,7 +69,9 @@ type Config struct {
 	Jitter    float64
 	// RescueInterval is how often the sweeper looks for expired leases.
 	RescueInterval time.Duration
-	// WatchBuffer is how many events a watcher may lag before it is cut off.
+	// WatchBuffer is how many events a watcher may lag before it is cut
+	// off (told where to resume); the replica keeps four times as many
+	// recent events (at most 64 MiB) to resume from.
 	WatchBuffer int
 	// Rand returns a number in [0,1) for jitter; tests make it fixed.
 	Rand func() float64
@@ -91,7 +101,7 @@ func (c Config) WithDefaults() Config {
 		c.RescueInterval = time.Second
 	}
 	if c.WatchBuffer == 0 {
-		c.WatchBuffer = 1024
+		c.WatchBuffer = DefaultWatchBuffer
 	}
 	if c.Rand == nil {
 		c.Rand = rand.Float64
@@ -166,7 +176,7 @@ func New(cfg Config) (*Service, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	return &Service{cfg: cfg, store: cfg.Store, log: cfg.Logger, clock: cfg.Clock, ready: newBroadcast(), events: newHub()}, nil
+	return &Service{cfg: cfg, store: cfg.Store, log: cfg.Logger, clock: cfg.Clock, ready: newBroadcast(), events: newHubSized(cfg.WatchBuffer, defaultWatchBufferBytes)}, nil
 }
 
 // Backoff is the delay before the next attempt after failing attempt n:
@@ -249,16 +259,19 @@ type ListParams struct {
 	IDs       []string
 	PageSize  int
 	PageToken string
+	// Summary leaves the tasks' large fields out (see store.Task.Summary).
+	Summary bool
 }
 
-// List returns one page of tasks.
+// List returns one page of tasks: at most PageSize, and no more than
+// ResponseBytes hold.
 func (s *Service) List(ctx context.Context, p ListParams) (*store.TaskListResult, error) {
 	if p.PageSize == 0 {
 		p.PageSize = DefaultPageSize
 	}
 	return s.store.TaskList(ctx, &store.TaskListParams{
 		States: p.States, Role: p.Role, Assignee: p.Assignee, Labels: parseLabels(p.Labels), IDs: p.IDs,
-		Limit: p.PageSize, Cursor: p.PageToken,
+		Limit: p.PageSize, Cursor: p.PageToken, MaxBytes: ResponseBytes, Summary: p.Summary,
 	})
 }
 
@@ -285,9 +298,11 @@ type ClaimParams struct {
 	LeaseDuration time.Duration
 }
 
-// Claim hands out READY tasks. With Wait it blocks until work arrives, the
-// wait ends or ctx ends; it is woken by push the moment a task becomes
-// READY, and by a timer when a backed-off task's run_after comes due.
+// Claim hands out READY tasks: up to MaxTasks, and no more than
+// ResponseBytes hold (the rest stay READY). With Wait it blocks until
+// work arrives, the wait ends or ctx ends; it is woken by push the moment
+// a task becomes READY, and by a timer when a backed-off task's run_after
+// comes due.
 func (s *Service) Claim(ctx context.Context, p ClaimParams) ([]*store.Task, error) {
 	if p.MaxTasks == 0 {
 		p.MaxTasks = 1
@@ -306,6 +321,7 @@ func (s *Service) Claim(ctx context.Context, p ClaimParams) ([]*store.Task, erro
 		}
 		changes, err := s.store.TaskClaim(ctx, &store.TaskClaimParams{
 			Agent: p.Agent, Roles: p.Roles, Max: p.MaxTasks, LeaseDuration: lease, Now: s.clock.Now(),
+			MaxBytes: ResponseBytes,
 		})
 		if err != nil {
 			return nil, err
@@ -335,6 +351,23 @@ func (s *Service) Claim(ctx context.Context, p ClaimParams) ([]*store.Task, erro
 		}
 		due.Stop()
 	}
+}
+
+// Release hands back claimed tasks that never reached their claimer (the
+// response could not be sent): each still held under the lease it was
+// claimed with goes back to READY with its attempt given back, and
+// waiting claimers are woken. It returns the tasks released.
+func (s *Service) Release(ctx context.Context, claimed []*store.Task) ([]*store.Task, error) {
+	leases := make([]store.LeaseRef, len(claimed))
+	for i, t := range claimed {
+		leases[i] = store.LeaseRef{TaskID: t.ID, Agent: t.LeaseHolder, FencingToken: t.FencingToken}
+	}
+	changes, err := s.store.TaskRelease(ctx, &store.TaskReleaseParams{Leases: leases, Now: s.clock.Now()})
+	if err != nil {
+		return nil, err
+	}
+	s.publish(changes)
+	return tasksOf(changes), nil
 }
 
 // leaseDuration is d, or the configured default when d is unset.
@@ -471,7 +504,14 @@ func (s *Service) RunSweeper(ctx context.Context) error {
 
 // Subscribe returns a subscription to task events matching f. Subscribe
 // before taking a snapshot so that no change falls between the two.
-func (s *Service) Subscribe(f Filter) *Subscription { return s.events.subscribe(f, s.cfg.WatchBuffer) }
+func (s *Service) Subscribe(f Filter) *Subscription { return s.events.subscribe(f) }
+
+// ResumeWatch returns a subscription to the events matching f after cursor
+// (an Event's Cursor, or a Subscription's); ErrCursorTooOld when this
+// replica cannot replay from there.
+func (s *Service) ResumeWatch(f Filter, cursor string) (*Subscription, error) {
+	return s.events.resume(f, cursor)
+}
 
 func (s *Service) publish(changes []store.TaskChange) {
 	if len(changes) == 0 {

@@ -1,7 +1,6 @@
 package queue
 
 import (
-	"errors"
 	"testing"
 	"time"
 
@@ -44,37 +43,6 @@ func TestConfigValidation(t *testing.T) {
 			t.Errorf("%s: New accepted %+v", name, cfg)
 		}
 	}
-}
-
-func TestHubCutsOffASlowWatcherWithoutBlocking(t *testing.T) {
-	h := newHub()
-	slow := h.subscribe(Filter{}, 2)
-	fast := h.subscribe(Filter{States: []store.TaskState{store.StateReady}}, 100)
-	ev := func(s store.TaskState) Event { return Event{Task: &store.Task{ID: "t", State: s}} }
-	done := make(chan struct{})
-	go func() {
-		for range 5 {
-			h.publish([]Event{ev(store.StateReady), ev(store.StateDone)})
-		}
-		close(done)
-	}()
-	select {
-	case <-done:
-	case <-time.After(5 * time.Second):
-		t.Fatal("publish blocked on a slow watcher")
-	}
-	n := 0
-	for range slow.C {
-		n++
-	}
-	if n != 2 || !errors.Is(slow.Err(), ErrWatchBehind) {
-		t.Fatalf("slow watcher got %d events and err %v; want 2 and ErrWatchBehind", n, slow.Err())
-	}
-	if got := len(fast.C); got != 5 {
-		t.Fatalf("filtered watcher has %d events, want the 5 READY ones", got)
-	}
-	fast.Close()
-	fast.Close() // idempotent
 }
 
 func TestBroadcastWakesEveryWaiter(t *testing.T) {
