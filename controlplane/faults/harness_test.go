@@ -165,12 +165,29 @@ func dial(t *testing.T, addr, token string) *grpc.ClientConn {
 }
 
 // mintToken makes a token for role and subject with the operator's
-// connection and returns its secret.
-func mintToken(t *testing.T, op *grpc.ClientConn, role factoryv1.Role, subject string) string {
+// connection and returns its secret, with what an operator grants beside
+// it: for an agent token, the task roles it may claim (every role, "*",
+// when none are named, as the cases that predate grants claim freely);
+// for a sidecar token, the agents placed on its host.
+func mintToken(t *testing.T, op *grpc.ClientConn, role factoryv1.Role, subject string, grants ...string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	resp, err := factoryv1.NewAccessServiceClient(op).CreateToken(ctx, &factoryv1.CreateTokenRequest{Role: role, Subject: subject})
+	var roles []string
+	switch role {
+	case factoryv1.Role_ROLE_AGENT:
+		roles = grants
+		if len(roles) == 0 {
+			roles = []string{"*"}
+		}
+	case factoryv1.Role_ROLE_SIDECAR:
+		for _, agent := range grants {
+			if _, err := factoryv1.NewFleetServiceClient(op).PlaceAgent(ctx, &factoryv1.PlaceAgentRequest{Agent: agent, Host: subject}); err != nil {
+				t.Fatalf("place agent %s on host %s: %v", agent, subject, err)
+			}
+		}
+	}
+	resp, err := factoryv1.NewAccessServiceClient(op).CreateToken(ctx, &factoryv1.CreateTokenRequest{Role: role, Subject: subject, Roles: roles})
 	if err != nil {
 		t.Fatalf("create %s token for %s: %v", role, subject, err)
 	}
@@ -228,13 +245,13 @@ func eventually(t *testing.T, what string, within time.Duration, cond func() boo
 	}
 }
 
-// listAll lists every task (in the given states, when any).
+// listAll lists every task in full (in the given states, when any).
 func listAll(t *testing.T, ctx context.Context, q factoryv1.QueueServiceClient, states ...factoryv1.TaskState) []*factoryv1.Task {
 	t.Helper()
 	var out []*factoryv1.Task
 	token := ""
 	for {
-		resp, err := q.ListTasks(ctx, &factoryv1.ListTasksRequest{States: states, PageSize: 1000, PageToken: token})
+		resp, err := q.ListTasks(ctx, &factoryv1.ListTasksRequest{States: states, PageSize: 1000, PageToken: token, View: factoryv1.TaskView_TASK_VIEW_FULL})
 		if err != nil {
 			t.Fatalf("list tasks: %v", err)
 		}

@@ -206,7 +206,7 @@ func (a *authorizer) refused(ctx context.Context, c access.Caller, method string
 	}
 	e := a.entry(ctx, c, method, codes.PermissionDenied)
 	e.Target, e.Detail = targetOf(req), st.Message()
-	a.append(ctx, []*store.AuditEntry{e})
+	a.appendRefusal(ctx, e) // audit_wiring.go
 }
 
 func (a *authorizer) entry(ctx context.Context, c access.Caller, method string, code codes.Code) *store.AuditEntry {

@@ -105,10 +105,15 @@ func (b *testBundle) dialAs(t *testing.T, secret string, opts ...grpc.DialOption
 	return conn
 }
 
-// mintToken makes a token and returns its secret.
-func (b *testBundle) mintToken(t *testing.T, role store.Role, subject string) (string, *store.Token) {
+// mintToken makes a token and returns its secret. An agent token granted
+// no roles here gets every role ("*"), as tokens made before grants
+// existed have; tests of grants name the roles.
+func (b *testBundle) mintToken(t *testing.T, role store.Role, subject string, roles ...string) (string, *store.Token) {
 	t.Helper()
-	tok, secret, err := b.access.Create(context.Background(), access.CreateParams{Role: role, Subject: subject, CreatedBy: "test"})
+	if role == store.RoleAgent && len(roles) == 0 {
+		roles = []string{store.AnyRole}
+	}
+	tok, secret, err := b.access.Create(context.Background(), access.CreateParams{Role: role, Subject: subject, CreatedBy: "test", Roles: roles})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,7 +140,7 @@ func (b *testBundle) clientsAs(t *testing.T, secret string) clients {
 // The callers of the access table test, in column order.
 const (
 	anonymous = iota // no token
-	forge            // agent forge: the agent the requests name
+	forge            // agent forge, granted role builder: the agent the requests name
 	hammer           // agent hammer: another agent
 	sidecar          // sidecar on host gpu-1
 	operator
@@ -180,7 +185,7 @@ var accessTable = map[string]accessRow{
 		return err
 	}, [...]codes.Code{unauthorized, ok, ok, denied, ok}},
 	factoryv1.QueueService_ClaimTask_FullMethodName: {func(ctx context.Context, c clients) error {
-		_, err := c.q.ClaimTask(ctx, &factoryv1.ClaimTaskRequest{Agent: "forge", Roles: []string{"no-task-has-this-role"}})
+		_, err := c.q.ClaimTask(ctx, &factoryv1.ClaimTaskRequest{Agent: "forge", Roles: []string{"builder"}})
 		return err
 	}, [...]codes.Code{unauthorized, ok, denied, denied, ok}},
 	factoryv1.QueueService_RenewLease_FullMethodName: {func(ctx context.Context, c clients) error {
@@ -255,6 +260,10 @@ var accessTable = map[string]accessRow{
 		_, err := c.a.WhoAmI(ctx, &factoryv1.WhoAmIRequest{})
 		return err
 	}, [...]codes.Code{unauthorized, ok, ok, ok, ok}},
+	factoryv1.AccessService_SetTokenRoles_FullMethodName: {func(ctx context.Context, c clients) error {
+		_, err := c.a.SetTokenRoles(ctx, &factoryv1.SetTokenRolesRequest{TokenId: "no-such-token", Roles: []string{"deployer"}})
+		return err
+	}, [...]codes.Code{unauthorized, denied, denied, denied, notFound}},
 
 	factoryv1.OpsService_ExportState_FullMethodName: {func(ctx context.Context, c clients) error {
 		stream, err := c.o.ExportState(ctx, &factoryv1.ExportStateRequest{})
@@ -403,8 +412,23 @@ var accessTable = map[string]accessRow{
 			Command: &factoryv1.SendCommandRequest_Drain{Drain: &factoryv1.DrainHost{}}})
 		return err
 	}, [...]codes.Code{unauthorized, denied, denied, denied, codes.FailedPrecondition}},
+	// Placing an agent no other row names, on a host no other row uses.
+	factoryv1.FleetService_PlaceAgent_FullMethodName: {func(ctx context.Context, c clients) error {
+		_, err := c.f.PlaceAgent(ctx, &factoryv1.PlaceAgentRequest{Agent: "table-test-agent", Host: "table-test-host"})
+		return err
+	}, [...]codes.Code{unauthorized, denied, denied, denied, ok}},
+	factoryv1.FleetService_UnplaceAgent_FullMethodName: {func(ctx context.Context, c clients) error {
+		_, err := c.f.UnplaceAgent(ctx, &factoryv1.UnplaceAgentRequest{Agent: "no-such-agent"})
+		return err
+	}, [...]codes.Code{unauthorized, denied, denied, denied, notFound}},
+	factoryv1.FleetService_ListPlacements_FullMethodName: {func(ctx context.Context, c clients) error {
+		_, err := c.f.ListPlacements(ctx, &factoryv1.ListPlacementsRequest{})
+		return err
+	}, [...]codes.Code{unauthorized, ok, ok, ok, ok}},
 
-	// Spend: forge's own events; the sidecar's host runs no agent.
+	// Spend: forge's own events; forge is placed on no host, so the
+	// sidecar may not report for it (TestGrantsDecideClaimsAndSpend
+	// places it).
 	factoryv1.BudgetService_ReportSpend_FullMethodName: {func(ctx context.Context, c clients) error {
 		_, err := c.b.ReportSpend(ctx, &factoryv1.ReportSpendRequest{Event: tableSpendEvent()})
 		return err
@@ -448,6 +472,11 @@ var accessTable = map[string]accessRow{
 		_, err := c.b.GetEmergencyStop(ctx, &factoryv1.GetEmergencyStopRequest{})
 		return err
 	}, [...]codes.Code{unauthorized, ok, ok, ok, ok}},
+	// An unknown event: only an operator gets as far as the ledger.
+	factoryv1.BudgetService_VoidSpend_FullMethodName: {func(ctx context.Context, c clients) error {
+		_, err := c.b.VoidSpend(ctx, &factoryv1.VoidSpendRequest{Agent: "forge", Id: "no-such-event", Reason: "table test"})
+		return err
+	}, [...]codes.Code{unauthorized, denied, denied, denied, notFound}},
 
 	// Approvals: forge requests as itself (Tier 0: approved by policy);
 	// only an operator decides.
@@ -533,7 +562,7 @@ func TestEveryRPCByEveryCaller(t *testing.T) {
 		t.Errorf("the policy (policy.go) must have one row per registered RPC, or the RPC is refused to everyone: no row for %v; rows for unknown RPCs %v", missing, extra)
 	}
 
-	forgeSecret, _ := b.mintToken(t, store.RoleAgent, "forge")
+	forgeSecret, _ := b.mintToken(t, store.RoleAgent, "forge", "builder")
 	hammerSecret, _ := b.mintToken(t, store.RoleAgent, "hammer")
 	sidecarSecret, _ := b.mintToken(t, store.RoleSidecar, "gpu-1")
 	var as [callerCount]clients
@@ -599,6 +628,87 @@ func TestRefusalsSayWhatAndWhy(t *testing.T) {
 	}
 }
 
+// An agent claims only the roles its token grants, and a sidecar reports
+// only for the agents an operator placed on its host; both grants take
+// effect on the next call, and operators are unaffected.
+func TestGrantsDecideClaimsAndSpend(t *testing.T) {
+	b := setup(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	scoutSecret, scoutTok := b.mintToken(t, store.RoleAgent, "scout", "researcher")
+	scout := b.clientsAs(t, scoutSecret)
+	op := b.clientsAs(t, b.operator)
+	deploy, err := op.q.CreateTask(ctx, &factoryv1.CreateTaskRequest{Title: "deploy", Role: "deployer"})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	_, err = scout.q.ClaimTask(ctx, &factoryv1.ClaimTaskRequest{Agent: "scout", Roles: []string{"researcher", "deployer"}})
+	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "may not claim role deployer") {
+		t.Fatalf("scout claiming deployer: %v, want PERMISSION_DENIED naming the role", err)
+	}
+	if got, _ := op.q.GetTask(ctx, &factoryv1.GetTaskRequest{TaskId: deploy.GetTask().GetId()}); got.GetTask().GetState() != factoryv1.TaskState_TASK_STATE_READY {
+		t.Fatalf("the deploy task after the refused claim: %v", got.GetTask().GetState())
+	}
+	if _, err := scout.q.ClaimTask(ctx, &factoryv1.ClaimTaskRequest{Agent: "scout", Roles: []string{"researcher"}}); err != nil {
+		t.Fatalf("scout claiming its own role: %v", err)
+	}
+	// The grant widens on the next call (the cached token was dropped).
+	if _, err := op.a.SetTokenRoles(ctx, &factoryv1.SetTokenRolesRequest{TokenId: scoutTok.ID, Roles: []string{"deployer", "researcher"}}); err != nil {
+		t.Fatal(err)
+	}
+	who, err := scout.a.WhoAmI(ctx, &factoryv1.WhoAmIRequest{})
+	if err != nil || !slices.Equal(who.GetRoles(), []string{"deployer", "researcher"}) {
+		t.Fatalf("WhoAmI after the grant: %v, %v", who.GetRoles(), err)
+	}
+	got, err := scout.q.ClaimTask(ctx, &factoryv1.ClaimTaskRequest{Agent: "scout", Roles: []string{"deployer"}})
+	if err != nil || len(got.GetTasks()) != 1 {
+		t.Fatalf("scout claiming deployer once granted: %v, %v", got, err)
+	}
+	// An operator claims any role, whatever grants say.
+	if _, err := op.q.CreateTask(ctx, &factoryv1.CreateTaskRequest{Title: "ship", Role: "shipper"}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := op.q.ClaimTask(ctx, &factoryv1.ClaimTaskRequest{Agent: "anyone", Roles: []string{"shipper"}}); err != nil || len(got.GetTasks()) != 1 {
+		t.Fatalf("operator claiming: %v, %v", got, err)
+	}
+	entries := auditOf(t, b, &factoryv1.ListAuditRequest{Who: "operator"})
+	if !slices.ContainsFunc(entries, func(e *factoryv1.AuditEntry) bool {
+		return strings.HasSuffix(e.GetRpc(), "/SetTokenRoles") && strings.Contains(e.GetBeforeJson(), "researcher") && strings.Contains(e.GetAfterJson(), "deployer")
+	}) {
+		t.Errorf("the grant is not audited with its before and after: %v", entries)
+	}
+
+	// Placement: the sidecar reports for forge only while forge is placed
+	// on its host.
+	sideSecret, _ := b.mintToken(t, store.RoleSidecar, "gpu-1")
+	side := b.clientsAs(t, sideSecret)
+	report := func(id string) error {
+		_, err := side.b.ReportSpend(ctx, &factoryv1.ReportSpendRequest{Event: spendEventPB(id, "forge", 5)})
+		return err
+	}
+	if err := report("p1"); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "not placed on host gpu-1") {
+		t.Fatalf("spend for an unplaced agent: %v", err)
+	}
+	if _, err := op.f.PlaceAgent(ctx, &factoryv1.PlaceAgentRequest{Agent: "forge", Host: "gpu-1"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := report("p2"); err != nil {
+		t.Fatalf("spend once forge is placed on gpu-1: %v", err)
+	}
+	moved, err := op.f.PlaceAgent(ctx, &factoryv1.PlaceAgentRequest{Agent: "forge", Host: "gpu-2"})
+	if err != nil || moved.GetPreviousHost() != "gpu-1" {
+		t.Fatalf("moving forge: %v, %v", moved, err)
+	}
+	if err := report("p3"); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("spend right after forge moved away: %v", err)
+	}
+	list, err := side.f.ListPlacements(ctx, &factoryv1.ListPlacementsRequest{})
+	if err != nil || len(list.GetPlacements()) != 1 || list.GetPlacements()[0].GetHost() != "gpu-2" {
+		t.Fatalf("placements: %v, %v", list, err)
+	}
+}
+
 // The hook the fleet service will fill: a sidecar may then act for the
 // agents on its host and no others. Nothing grants sidecars a lease RPC
 // yet, so the test grants one to itself.
@@ -617,7 +727,7 @@ func TestSidecarActsOnlyForAgentsOnItsHost(t *testing.T) {
 		t.Fatalf("sidecar for an agent on its host: on behalf %v, err %v", onBehalf, err)
 	}
 	_, err = p.check(context.Background(), c, r, &factoryv1.ClaimTaskRequest{Agent: "hammer"})
-	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "not registered on host gpu-1") {
+	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "not placed on host gpu-1") {
 		t.Fatalf("sidecar for an agent elsewhere: %v", err)
 	}
 	// Without the hook, nothing.

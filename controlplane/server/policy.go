@@ -30,6 +30,11 @@ type rule struct {
 	// does, for the refusal: "agent forge may not claim as agent hammer".
 	actsAs func(req any) []string
 	verb   string
+	// claims, when set, names the task roles a request claims. An agent
+	// may claim only the roles its token grants (access.Caller.Roles,
+	// which came with the cached token: the check reads nothing);
+	// operators claim any.
+	claims func(req any) []string
 	// mutates marks a call that changes state. An operator's successful
 	// call of it is audited, and so is any call acting as a party other
 	// than the caller; an agent acting as itself (the hot path) is not.
@@ -57,7 +62,10 @@ var rules = map[string]rule{
 	// Working tasks: an agent only as itself. The fencing token already
 	// proves the caller holds the task; the agent field must be the caller.
 	factoryv1.QueueService_ClaimTask_FullMethodName: {roles: agents, mutates: true, verb: "claim",
-		actsAs: agentField[*factoryv1.ClaimTaskRequest]},
+		actsAs: agentField[*factoryv1.ClaimTaskRequest], claims: func(req any) []string {
+			r, _ := req.(*factoryv1.ClaimTaskRequest)
+			return r.GetRoles()
+		}},
 	factoryv1.QueueService_RenewLease_FullMethodName: {roles: agents, mutates: true, verb: "renew a lease",
 		actsAs: agentField[*factoryv1.RenewLeaseRequest]},
 	factoryv1.QueueService_CompleteTask_FullMethodName: {roles: agents, mutates: true, verb: "complete a task",
@@ -88,6 +96,8 @@ var rules = map[string]rule{
 	factoryv1.AccessService_RevokeToken_FullMethodName: {roles: operatorOnly, mutates: true},
 	factoryv1.AccessService_ListAudit_FullMethodName:   {roles: operatorOnly},
 	factoryv1.AccessService_WhoAmI_FullMethodName:      {roles: everyone},
+	// An agent token's grant of task roles is an operator's decision.
+	factoryv1.AccessService_SetTokenRoles_FullMethodName: {roles: operatorOnly, mutates: true},
 
 	// Moving the whole state: operators only. An export holds every
 	// task's payload and every token's hash; an import writes every kind
@@ -129,9 +139,16 @@ var rules = map[string]rule{
 	factoryv1.FleetService_GetNodeHistory_FullMethodName: {roles: everyone},
 	// Commands restart agents and drain hosts: operators only, audited.
 	factoryv1.FleetService_SendCommand_FullMethodName: {roles: operatorOnly, mutates: true},
+	// Placing an agent on a host lets that host's sidecar declare it and
+	// report its spend: operators only, audited. Where agents are placed
+	// is read like the fleet.
+	factoryv1.FleetService_PlaceAgent_FullMethodName:     {roles: operatorOnly, mutates: true},
+	factoryv1.FleetService_UnplaceAgent_FullMethodName:   {roles: operatorOnly, mutates: true},
+	factoryv1.FleetService_ListPlacements_FullMethodName: {roles: everyone},
 
 	// Spend: an agent reports and reserves only as itself, a sidecar only
-	// for the agents on its host (it relays their spool). Every event of a
+	// for the agents an operator placed on its host (it relays their
+	// spool). Every event of a
 	// batch is checked. Reading spend and budgets is for agents (they pace
 	// themselves by them) and operators; the stop's state for sidecars too.
 	factoryv1.BudgetService_ReportSpend_FullMethodName: {roles: everyone, mutates: true, verb: "report spend",
@@ -167,6 +184,9 @@ var rules = map[string]rule{
 	factoryv1.BudgetService_SetBudget_FullMethodName:          {roles: operatorOnly, mutates: true},
 	factoryv1.BudgetService_EmergencyStop_FullMethodName:      {roles: operatorOnly, mutates: true},
 	factoryv1.BudgetService_RearmEmergencyStop_FullMethodName: {roles: operatorOnly, mutates: true},
+	// Voiding a spend event rewrites what every budget sees: operators
+	// only, audited.
+	factoryv1.BudgetService_VoidSpend_FullMethodName: {roles: operatorOnly, mutates: true},
 
 	// Approvals: an agent requests only as itself, and reads and waits on
 	// requests; only an operator decides (and the domain refuses the
@@ -187,9 +207,9 @@ func agentField[T interface{ GetAgent() string }](req any) []string {
 	return []string{r.GetAgent()}
 }
 
-// HostsAgent reports whether agent is registered on host. The fleet
-// service provides it, and adds the sidecar role to the rows whose actsAs
-// it should extend to sidecars; until then no sidecar acts for any agent.
+// HostsAgent reports whether agent is placed on host (fleet.Placements,
+// in the store, so every replica answers alike); without one no sidecar
+// acts for any agent.
 type HostsAgent func(ctx context.Context, host, agent string) (bool, error)
 
 // Policy applies the table.
@@ -224,6 +244,14 @@ func (p *Policy) admit(c access.Caller, method string) (rule, error) {
 // caller acted as a party other than itself (an operator working an
 // agent's task, or a sidecar acting for an agent on its host).
 func (p *Policy) check(ctx context.Context, c access.Caller, r rule, req any) (onBehalf bool, err error) {
+	if r.claims != nil {
+		for _, role := range r.claims(req) {
+			if !c.MayClaim(role) {
+				return false, status.Errorf(codes.PermissionDenied, "%s may not claim role %s: its token grants %s (an operator grants roles: factory token grant %s --roles ...)",
+					c, role, grantText(c.Roles), c.TokenID)
+			}
+		}
+	}
 	if r.actsAs == nil {
 		return false, nil
 	}
@@ -238,8 +266,8 @@ func (p *Policy) check(ctx context.Context, c access.Caller, r rule, req any) (o
 				return false, fmt.Errorf("checking whether host %s runs agent %s: %w", c.Subject, agent, err)
 			}
 			if !ok {
-				return false, status.Errorf(codes.PermissionDenied, "%s may not %s as agent %s: that agent is not registered on host %s",
-					c, r.verb, orNone(agent), c.Subject)
+				return false, status.Errorf(codes.PermissionDenied, "%s may not %s as agent %s: that agent is not placed on host %s (factory agents place %s --host %s)",
+					c, r.verb, orNone(agent), c.Subject, orNone(agent), c.Subject)
 			}
 			onBehalf = true
 		default:
@@ -247,6 +275,14 @@ func (p *Policy) check(ctx context.Context, c access.Caller, r rule, req any) (o
 		}
 	}
 	return onBehalf, nil
+}
+
+// grantText names a token's grant in a refusal.
+func grantText(roles []string) string {
+	if len(roles) == 0 {
+		return "no role"
+	}
+	return "only " + strings.Join(roles, ", ")
 }
 
 func orNone(name string) string {

@@ -2,7 +2,9 @@ package server
 
 import (
 	"context"
+	"errors"
 	"log/slog"
+	"sync/atomic"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -65,6 +67,7 @@ func (s *queueServer) ListTasks(ctx context.Context, r *factoryv1.ListTasksReque
 	res, err := s.q.List(ctx, queue.ListParams{
 		States: statesFromProto(r.GetStates()), Role: r.GetRole(), Assignee: r.GetAssignee(),
 		Labels: r.GetLabels(), PageSize: int(r.GetPageSize()), PageToken: r.GetPageToken(),
+		Summary: r.GetView() != factoryv1.TaskView_TASK_VIEW_FULL,
 	})
 	if err != nil {
 		return nil, s.err(ctx, err)
@@ -80,6 +83,9 @@ func (s *queueServer) ClaimTask(ctx context.Context, r *factoryv1.ClaimTaskReque
 	if err != nil {
 		return nil, s.err(ctx, err)
 	}
+	// Committed: if the response cannot be sent, claimDelivery hands
+	// the tasks back.
+	noteClaimed(ctx, tasks)
 	if s.fleet != nil && len(tasks) > 0 {
 		s.fleet.AgentSeen(r.GetAgent(), tasks[0].ID)
 	}
@@ -131,7 +137,7 @@ func (s *queueServer) CompleteTasks(ctx context.Context, r *factoryv1.CompleteTa
 	}
 	out := &factoryv1.CompleteTasksResponse{Results: make([]*factoryv1.CompleteTaskResult, len(res))}
 	for i, r := range res {
-		item := &factoryv1.CompleteTaskResult{TaskId: items[i].Lease.TaskID, Task: taskToProto(r.Task)}
+		item := &factoryv1.CompleteTaskResult{TaskId: items[i].Lease.TaskID, Task: taskSummaryToProto(r.Task)}
 		if r.Err != nil {
 			st := status.Convert(s.err(ctx, r.Err))
 			item.ErrorCode, item.ErrorMessage = codeName(st.Code()), st.Message()
@@ -200,7 +206,7 @@ func (s *queueServer) RequeueStuck(ctx context.Context, r *factoryv1.RequeueStuc
 	if err != nil {
 		return nil, s.err(ctx, err)
 	}
-	return &factoryv1.RequeueStuckResponse{Tasks: tasksToProto(tasks)}, nil
+	return &factoryv1.RequeueStuckResponse{Tasks: taskSummariesToProto(tasks)}, nil
 }
 
 func (s *queueServer) GetQueueStats(ctx context.Context, _ *factoryv1.GetQueueStatsRequest) (*factoryv1.GetQueueStatsResponse, error) {
@@ -224,39 +230,76 @@ func (s *queueServer) GetQueueStats(ctx context.Context, _ *factoryv1.GetQueueSt
 func (s *queueServer) WatchTasks(r *factoryv1.WatchTasksRequest, stream grpc.ServerStreamingServer[factoryv1.WatchTasksResponse]) error {
 	ctx := stream.Context()
 	filter := queue.Filter{States: statesFromProto(r.GetStates()), Role: r.GetRole(), TaskIDs: r.GetTaskIds()}
-	// Subscribe before the snapshot: a change racing the snapshot then shows
-	// up twice (harmless, events carry the whole task) rather than never.
-	sub := s.q.Subscribe(filter)
-	defer sub.Close()
-	if !r.GetChangesOnly() {
-		if err := s.sendSnapshot(ctx, stream, filter); err != nil {
-			return err
+	// The cursor of the last event handed to gRPC, where a watcher that
+	// falls behind resumes to miss nothing; nil until the watch is synced.
+	var sent atomic.Pointer[string]
+	behind := func() error {
+		if c := sent.Load(); c != nil {
+			return status.Errorf(codes.ResourceExhausted, "%v: it did not read fast enough and lagged more events than a watcher may; "+
+				"watch again with resume_cursor set to the cursor of the last event you received (at least %q) to get every event after it, "+
+				"or without it for a fresh snapshot", queue.ErrWatchBehind, *c)
 		}
+		return status.Errorf(codes.ResourceExhausted, "%v during its snapshot: it did not read fast enough; watch again for a fresh snapshot", queue.ErrWatchBehind)
 	}
-	for {
-		select {
-		case e, ok := <-sub.C:
-			if !ok {
-				return status.Error(codes.Unavailable, sub.Err().Error())
-			}
-			if err := stream.Send(&factoryv1.WatchTasksResponse{
-				Type: eventType(e.Type), Task: taskToProto(e.Task),
-				PreviousState: factoryv1.TaskState(e.PreviousState), Time: timestamppb.New(e.Time),
-			}); err != nil {
+	var sub *queue.Subscription
+	resume := r.GetResumeCursor()
+	if resume != "" {
+		var err error
+		if sub, err = s.q.ResumeWatch(filter, resume); err != nil {
+			return status.Error(codes.OutOfRange, err.Error())
+		}
+		sent.Store(&resume)
+	} else {
+		// Subscribe before the snapshot: a change racing the snapshot then
+		// shows up twice (harmless, events carry the whole task) rather
+		// than never.
+		sub = s.q.Subscribe(filter)
+	}
+	defer sub.Close()
+	// A watcher blocked sending to a client that does not read cannot see
+	// that it fell behind; the publisher tells it, and the stream ends.
+	sub.OnBehind(func(error) { closeStream(ctx, behind()) })
+	if resume == "" {
+		if !r.GetChangesOnly() {
+			sub.Snapshotting()
+			if err := s.sendSnapshot(ctx, stream, filter); err != nil {
 				return err
 			}
-		case <-ctx.Done():
+			sub.Synced()
+		}
+		start := sub.Cursor()
+		if err := stream.Send(&factoryv1.WatchTasksResponse{Type: factoryv1.TaskEventType_TASK_EVENT_TYPE_SYNCED, Time: timestamppb.Now(), Cursor: start}); err != nil {
+			return err
+		}
+		sent.Store(&start)
+	}
+	for {
+		events, err := sub.Next(ctx, s.stopping)
+		switch {
+		case errors.Is(err, queue.ErrWatchBehind):
+			return behind()
+		case ctx.Err() != nil:
 			return nil
-		case <-s.stopping:
-			return status.Error(codes.Unavailable, "control plane is shutting down; watch again")
+		case err != nil:
+			return status.Error(codes.Unavailable, "control plane is shutting down; watch again with resume_cursor "+*sent.Load())
+		}
+		for _, e := range events {
+			if err := stream.SendMsg(encodedEvent(e)); err != nil {
+				return err
+			}
+			sent.Store(&e.Cursor)
 		}
 	}
 }
 
+// sendSnapshot sends the tasks matching f as they are now, a page at a
+// time, at the pace snapshotPace allows the caller.
 func (s *queueServer) sendSnapshot(ctx context.Context, stream grpc.ServerStreamingServer[factoryv1.WatchTasksResponse], f queue.Filter) error {
 	token := ""
 	for {
-		page, err := s.q.List(ctx, queue.ListParams{States: f.States, Role: f.Role, IDs: f.TaskIDs, PageSize: queue.MaxPageSize, PageToken: token})
+		page, err := snapshotPage(ctx, func() (*store.TaskListResult, error) {
+			return s.q.List(ctx, queue.ListParams{States: f.States, Role: f.Role, IDs: f.TaskIDs, PageSize: snapshotPageSize, PageToken: token})
+		})
 		if err != nil {
 			return s.err(ctx, err)
 		}
@@ -269,10 +312,9 @@ func (s *queueServer) sendSnapshot(ctx context.Context, stream grpc.ServerStream
 			}
 		}
 		if token = page.NextCursor; token == "" {
-			break
+			return nil
 		}
 	}
-	return stream.Send(&factoryv1.WatchTasksResponse{Type: factoryv1.TaskEventType_TASK_EVENT_TYPE_SYNCED, Time: timestamppb.Now()})
 }
 
 func eventType(t queue.EventType) factoryv1.TaskEventType {

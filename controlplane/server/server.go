@@ -89,6 +89,14 @@ type Config struct {
 	Insecure bool
 	// RateLimit bounds each caller's request rate; the zero value is off.
 	RateLimit RateLimit
+	// Streams caps concurrent streams per token and per connection
+	// (streams.go); zero fields take the defaults.
+	Streams StreamLimits
+	// AuthFailLimit bounds failed authentications per peer address; the
+	// zero value is off (authlimit.go). Audit bounds the audit log
+	// (audit_wiring.go).
+	AuthFailLimit AuthFailLimit
+	Audit         AuditConfig
 
 	Logger         *slog.Logger
 	TracerProvider trace.TracerProvider
@@ -154,7 +162,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	acc, err := access.New(access.Config{Store: qcfg.Store, Logger: log, Clock: qcfg.Clock})
+	acc, err := access.New(access.Config{Store: qcfg.Store, Logger: log, Clock: qcfg.Clock, AuditWindow: cfg.Audit.Window})
 	if err != nil {
 		return err
 	}
@@ -171,6 +179,7 @@ func Run(ctx context.Context, cfg Config) error {
 	// arrived (other replicas hear of it through the change feed).
 	opsSvc, err := ops.New(ops.Config{Store: qcfg.Store, Logger: log, AfterImport: func(ctx context.Context) {
 		_ = q.ApplyRemote(ctx, store.ChangeBatch{Resync: true})
+		acc.TokensReplaced()
 	}})
 	if err != nil {
 		return err
@@ -191,6 +200,7 @@ func Run(ctx context.Context, cfg Config) error {
 		fleetClock = qcfg.Clock
 	}
 	fl := fleet.New(fleetClock, cfg.Fleet)
+	placements := fleet.NewPlacements(qcfg.Store, fleetClock, 0)
 	history := fleet.NewHistory(qcfg.Store, fleetClock, cfg.Fleet)
 	fleetEvents := fleet.NewEvents(qcfg.Store, fleetClock)
 	counters, err := newLiveCounters(cfg, log)
@@ -243,8 +253,8 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer func() { _ = met.Shutdown(context.WithoutCancel(ctx)) }()
-	srv, healthSrv := NewGRPCServer(Services{Queue: q, Access: acc, Ops: opsSvc, Fleet: fl, FleetEvents: fleetEvents, FleetHistory: history, Maintenance: maint, Digest: dig, Budget: bud, Alerts: alerts, Events: notif.hub, Approvals: approvals}, log, cfg.TracerProvider, stopping,
-		WithTLS(tlsCfg), WithRateLimit(cfg.RateLimit), WithMeterProvider(met.MeterProvider()))
+	srv, healthSrv := NewGRPCServer(Services{Queue: q, Access: acc, Ops: opsSvc, Fleet: fl, Placements: placements, FleetEvents: fleetEvents, FleetHistory: history, Maintenance: maint, Digest: dig, Budget: bud, Alerts: alerts, Events: notif.hub, Approvals: approvals}, log, cfg.TracerProvider, stopping,
+		WithTLS(tlsCfg), WithRateLimit(cfg.RateLimit), WithStreamLimits(cfg.Streams), WithMeterProvider(met.MeterProvider()), WithAuthFailLimit(cfg.AuthFailLimit))
 
 	log.InfoContext(ctx, "listening", "addr", lis.Addr().String(), "tls", tlsMode(tlsCfg), "store", driver, "db", where, "pid", os.Getpid())
 	if cfg.OnListening != nil {
@@ -280,6 +290,7 @@ func Run(ctx context.Context, cfg Config) error {
 		g.Go(func() error { return pruneHistory(gctx) })
 	}
 	runDigest(gctx, g, cfg.Digest, raw, dig)
+	runAudit(gctx, g, cfg.Audit, raw, acc, log)
 	runAlerts(gctx, g, cfg.Alerts, raw, alerts)
 	runApprovals(gctx, g, raw, approvals)
 	notif.run(gctx, g)
@@ -300,7 +311,10 @@ func Run(ctx context.Context, cfg Config) error {
 		stopGracefully(srv, cfg.ShutdownTimeout, log)
 		return nil
 	})
-	return g.Wait()
+	err = g.Wait()
+	// The server has stopped: no refusal can arrive after this flush.
+	acc.FlushAudit(context.WithoutCancel(ctx))
+	return err
 }
 
 func tlsMode(cfg *tls.Config) string {
@@ -337,14 +351,20 @@ type Services struct {
 	// Access resolves tokens and keeps the audit log; without it every
 	// call but health and reflection is refused.
 	Access *access.Service
-	// HostsAgent lets a sidecar act for the agents on its host (see
-	// Policy); the fleet service provides it.
+	// HostsAgent lets a sidecar act for the agents placed on its host
+	// (see Policy); Placements provides it. Without either, no sidecar
+	// acts for any agent.
 	HostsAgent HostsAgent
+	// Placements are the operators' grants of which host runs which
+	// agent, in the store (shared by every replica); without them
+	// FleetService's placement RPCs answer UNIMPLEMENTED and a sidecar
+	// token's Hello registers no agent.
+	Placements *fleet.Placements
 	// Ops exports and imports the whole state; without it OpsService
 	// answers UNIMPLEMENTED.
 	Ops *ops.Service
 	// Fleet is the liveness of hosts and agents; without it FleetService
-	// answers UNIMPLEMENTED. When HostsAgent is unset, the fleet's is used.
+	// answers UNIMPLEMENTED.
 	Fleet *fleet.Registry
 	// FleetEvents stores the events sidecars must not lose (model swaps,
 	// log-watch counts); without it they stay unacked in the sidecars'
@@ -377,7 +397,9 @@ type GRPCOption func(*grpcOptions)
 type grpcOptions struct {
 	tls       *tls.Config
 	rateLimit RateLimit
+	streams   StreamLimits
 	meter     metric.MeterProvider // see WithMeterProvider
+	authFail  *AuthFailLimit       // see WithAuthFailLimit
 }
 
 // WithTLS serves TLS with cfg; nil keeps plaintext.
@@ -422,10 +444,12 @@ func NewGRPCServer(svc Services, log *slog.Logger, tp trace.TracerProvider, stop
 		// Successful calls are the hot path (thousands per second): log them
 		// at debug so the default log shows what went wrong, not traffic.
 		// So are refusals by the rate limit during a flood; the limiter
-		// warns once a minute per caller instead.
+		// warns once a minute per caller instead. So are refusals by the
+		// policy: each is in the audit log, where a caller looping on one
+		// makes one entry with a count, not a line per call.
 		logging.WithLevels(func(c codes.Code) logging.Level {
 			switch c {
-			case codes.OK, codes.Canceled, codes.DeadlineExceeded, codes.ResourceExhausted:
+			case codes.OK, codes.Canceled, codes.DeadlineExceeded, codes.ResourceExhausted, codes.PermissionDenied:
 				return logging.LevelDebug
 			case codes.Internal, codes.Unknown, codes.DataLoss, codes.Unavailable:
 				return logging.LevelError
@@ -437,33 +461,41 @@ func NewGRPCServer(svc Services, log *slog.Logger, tp trace.TracerProvider, stop
 	logger := logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
 		log.Log(ctx, slog.Level(lvl), msg, fields...)
 	})
+	// One guard for both chains: a peer's failures count once.
+	authFn := guardAuth(svc.Access, log, o.authFail)
 	unary := []grpc.UnaryServerInterceptor{
 		recovery.UnaryServerInterceptor(recoverOpt),
 		logging.UnaryServerInterceptor(logger, logOpts...),
 		rejectUndecodableUnary,
 		// After logging, so refusals are logged; before the rate limit,
 		// so callers are keyed by token.
-		selector.UnaryServerInterceptor(auth.UnaryServerInterceptor(authenticate(svc.Access, log)), needsCaller),
+		selector.UnaryServerInterceptor(auth.UnaryServerInterceptor(authFn), needsCaller),
 	}
+	streams := newStreamRegistry(o.streams, svc.Access, log)
 	stream := []grpc.StreamServerInterceptor{
 		recovery.StreamServerInterceptor(recoverOpt),
 		logging.StreamServerInterceptor(logger, logOpts...),
 		rejectUndecodableStream,
-		selector.StreamServerInterceptor(auth.StreamServerInterceptor(authenticate(svc.Access, log)), needsCaller),
+		selector.StreamServerInterceptor(auth.StreamServerInterceptor(authFn), needsCaller),
+		// Caps streams per token and connection, and closes a stream
+		// whose token stops working (streams.go).
+		selector.StreamServerInterceptor(streams.intercept, needsCaller),
 	}
 	if lim := o.rateLimit.limiter(log); lim != nil {
 		unary = append(unary, selector.UnaryServerInterceptor(ratelimit.UnaryServerInterceptor(lim), rateLimited))
 		stream = append(stream, selector.StreamServerInterceptor(ratelimit.StreamServerInterceptor(lim), rateLimited))
 	}
-	if svc.HostsAgent == nil && svc.Fleet != nil {
-		svc.HostsAgent = svc.Fleet.HostsAgent
+	if svc.HostsAgent == nil && svc.Placements != nil {
+		svc.HostsAgent = svc.Placements.HostsAgent
 	}
 	authz := &authorizer{policy: newPolicy(svc.HostsAgent), acc: svc.Access, log: log}
 	unary = append(unary, selector.UnaryServerInterceptor(authz.unary, needsCaller), validateUnary(validator, log))
 	stream = append(stream, selector.StreamServerInterceptor(authz.stream, needsCaller), validateStream(validator, log))
 
 	serverOpts := []grpc.ServerOption{
-		grpc.StatsHandler(otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(tp), otelgrpc.WithPropagators(telemetry.Propagator()), meterOption(o.meter))),
+		grpc.StatsHandler(&connTagger{}), // numbers connections for the stream caps
+		grpc.StatsHandler(otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(tp), otelgrpc.WithPropagators(telemetry.Propagator()), meterOption(o.meter), knownMethodsOnly())),
+		grpc.StatsHandler(&claimDelivery{q: svc.Queue, log: log}),
 		// A larger request is refused by gRPC with RESOURCE_EXHAUSTED before
 		// it is decoded.
 		grpc.MaxRecvMsgSize(transport.MaxRequestBytes),
@@ -477,10 +509,10 @@ func NewGRPCServer(svc Services, log *slog.Logger, tp trace.TracerProvider, stop
 	}
 	srv := grpc.NewServer(serverOpts...)
 	factoryv1.RegisterQueueServiceServer(srv, &auditedQueue{&queueServer{q: svc.Queue, log: log, stopping: stopping, fleet: svc.Fleet}})
-	factoryv1.RegisterAccessServiceServer(srv, &accessServer{acc: svc.Access, log: log})
+	factoryv1.RegisterAccessServiceServer(srv, &accessServer{acc: svc.Access, log: log, streams: streams})
 	factoryv1.RegisterOpsServiceServer(srv, &opsServer{ops: svc.Ops, log: log, maint: svc.Maintenance, digest: svc.Digest, fleet: svc.Fleet,
 		alerts: svc.Alerts, events: svc.Events, stopping: stopping})
-	factoryv1.RegisterFleetServiceServer(srv, &fleetServer{fleet: svc.Fleet, events: svc.FleetEvents, history: svc.FleetHistory, cmds: fleet.NewCommands(), q: svc.Queue, log: log, stopping: stopping, budget: svc.Budget})
+	factoryv1.RegisterFleetServiceServer(srv, &fleetServer{fleet: svc.Fleet, placements: svc.Placements, events: svc.FleetEvents, history: svc.FleetHistory, cmds: fleet.NewCommands(), q: svc.Queue, log: log, stopping: stopping, budget: svc.Budget})
 	healthSrv := health.NewServer()
 	healthpb.RegisterHealthServer(srv, healthSrv)
 	healthSrv.SetServingStatus(factoryv1.QueueService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)

@@ -129,7 +129,7 @@ func setupWith(t *testing.T, clock *fakeClock, opts []GRPCOption, dialOpts ...gr
 		t.Fatal(err)
 	}
 	stopping := make(chan struct{})
-	srv, _ := NewGRPCServer(Services{Queue: q, Access: acc, Ops: opsSvc, Fleet: fl, FleetEvents: fleet.NewEvents(st, fleetClock), FleetHistory: fleet.NewHistory(st, fleetClock, fleet.Config{}), Maintenance: maint, Digest: dig, Budget: bud, Alerts: alerts, Events: events, Approvals: approvals}, log, noop.NewTracerProvider(), stopping, opts...)
+	srv, _ := NewGRPCServer(Services{Queue: q, Access: acc, Ops: opsSvc, Fleet: fl, Placements: fleet.NewPlacements(st, fleetClock, 0), FleetEvents: fleet.NewEvents(st, fleetClock), FleetHistory: fleet.NewHistory(st, fleetClock, fleet.Config{}), Maintenance: maint, Digest: dig, Budget: bud, Alerts: alerts, Events: events, Approvals: approvals}, log, noop.NewTracerProvider(), stopping, opts...)
 	lis := bufconn.Listen(1 << 20)
 	go srv.Serve(lis)
 	t.Cleanup(func() { close(stopping); srv.Stop() })

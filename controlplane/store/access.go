@@ -44,7 +44,8 @@ type AccessStore interface {
 	TokenSetRoles(ctx context.Context, params *TokenSetRolesParams) (before, after *Token, err error)
 
 	// AuditAppend appends entries in order, all or none, and sets each
-	// one's ID, which grows with every append.
+	// one's ID, which grows with every append. Count and LastSeen are
+	// stored as AuditCounts reads them (audit.go).
 	AuditAppend(ctx context.Context, params *AuditAppendParams) error
 
 	// AuditList returns entries newest first (by ID) before Cursor, at most

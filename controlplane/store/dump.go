@@ -590,6 +590,15 @@ func ValidateDumpRecord(r *DumpRecord) error {
 			return InvalidField("records", "token %s: no subject", t.ID)
 		case t.CreatedAt.IsZero():
 			return InvalidField("records", "token %s: no created_at", t.ID)
+		case len(t.Roles) > 0 && t.Role != RoleAgent:
+			return InvalidField("records", "token %s: a %s token with roles; only agent tokens carry them", t.ID, t.Role)
+		}
+		roles, err := NormalizeRoles(t.Roles)
+		if err != nil {
+			return InvalidField("records", "token %s: %v", t.ID, err)
+		}
+		if len(t.Roles) > 0 && !slices.Equal(roles, t.Roles) {
+			return InvalidField("records", "token %s: roles %v are not sorted and unique", t.ID, t.Roles)
 		}
 	case DumpAudit:
 		e := r.Audit

@@ -62,13 +62,18 @@ func cols(spec ...any) []DumpColumn {
 
 // DumpTables are the tables that travel as rows, in dump order.
 var DumpTables = []*DumpTable{
-	{Name: "spend_events", Key: 1, Content: true, NoMerge: true, Columns: cols(
-		"id", DumpText, "agent", DumpText, "host", DumpText, "model", DumpText, "provider", DumpText, "tier", DumpText,
+	// Spend event ids are per agent: the key is (agent, id).
+	{Name: "spend_events", Key: 2, Content: true, NoMerge: true, Columns: cols(
+		"agent", DumpText, "id", DumpText, "host", DumpText, "model", DumpText, "provider", DumpText, "tier", DumpText,
 		"input_tokens", DumpInt, "output_tokens", DumpInt, "cost_micros", DumpInt, "priced_by_server", DumpBool,
 		"task_id", DumpText, "occurred_at", DumpTime, "day", DumpText, "recorded_at", DumpTime)},
 	{Name: "spend_daily", Key: 3, Content: true, NoMerge: true, Columns: cols(
 		"dimension", DumpText, "day", DumpText, "key", DumpText, "cost_micros", DumpInt, "events", DumpInt,
 		"input_tokens", DumpInt, "output_tokens", DumpInt)},
+	// Voids travel with the ledger: the rollups already hold their net.
+	{Name: "spend_voids", Key: 2, Content: true, NoMerge: true, Columns: cols(
+		"agent", DumpText, "event_id", DumpText, "day", DumpText, "cost_micros", DumpInt, "input_tokens", DumpInt,
+		"output_tokens", DumpInt, "reason", DumpText, "voided_by", DumpText, "voided_at", DumpTime)},
 	{Name: "budgets", Key: 2, Content: true, Columns: cols(
 		"scope", DumpText, "key", DumpText, "target_micros", DumpInt, "alert_micros", DumpInt, "cap_micros", DumpInt,
 		"emergency_micros", DumpInt, "updated_at", DumpTime)},
@@ -95,6 +100,10 @@ var DumpTables = []*DumpTable{
 	{Name: "silences", Key: 1, Columns: cols(
 		"id", DumpText, "rule", DumpText, "matchers", DumpJSON, "created_by", DumpText, "reason", DumpText,
 		"starts_at", DumpTime, "ends_at", DumpTime, "created_at", DumpTime)},
+	// Placements are operators' grants (which host's sidecar acts for
+	// which agent), so they move with the tokens they go with.
+	{Name: "agent_placements", Key: 1, Columns: cols(
+		"agent", DumpText, "host", DumpText, "placed_by", DumpText, "placed_at", DumpTime)},
 	{Name: "maintenance", Key: 1, Singleton: true, Columns: cols(
 		"id", DumpInt, "active", DumpBool, "reason", DumpText, "started_at", DumpTime, "started_by", DumpText,
 		"paused_queue", DumpBool)},

@@ -28,9 +28,11 @@ type Store interface {
 	// TaskGet returns one task or ErrNotFound.
 	TaskGet(ctx context.Context, id string) (*Task, error)
 
-	// TaskList returns tasks in creation order after Cursor, at most Limit.
-	// NextCursor is empty on the last page. An undecodable cursor is a
-	// FieldError on "page_token".
+	// TaskList returns tasks in creation order after Cursor, at most Limit
+	// and, with MaxBytes, no more than their sizes fit (see TaskSizeFixed;
+	// the first task always comes). NextCursor is empty on the last page.
+	// An undecodable cursor is a FieldError on "page_token". With Summary
+	// the large fields are left out (see Task.Summary).
 	TaskList(ctx context.Context, params *TaskListParams) (*TaskListResult, error)
 
 	// TaskClaim moves up to Max READY tasks to IN_PROGRESS for Agent, in
@@ -39,8 +41,18 @@ type Store interface {
 	// Each claimed task gets Attempt+1, a new FencingToken greater than any
 	// it had before, LeaseHolder=Agent, ClaimedAt=RenewedAt=Now and
 	// LeaseExpiresAt=Now+LeaseDuration. Concurrent claimers never receive
-	// the same task. An empty result is not an error.
+	// the same task. An empty result is not an error. With MaxBytes the
+	// claim stops, in claim order, before the first task that would take
+	// the claimed tasks' total size past it (see TaskSizeFixed; the first
+	// task always comes): what would not fit is never taken.
 	TaskClaim(ctx context.Context, params *TaskClaimParams) ([]TaskChange, error)
+
+	// TaskRelease hands back claimed tasks whose claimer never received
+	// them: each task still held under its lease goes back to READY
+	// (PAUSED while the queue is paused) as if the claim had not happened:
+	// the lease ends (its token goes stale) and the attempt it used is
+	// given back. A lease no longer held is passed over, not an error.
+	TaskRelease(ctx context.Context, params *TaskReleaseParams) ([]TaskChange, error)
 
 	// TaskNextRunAfter returns the earliest RunAfter later than Now among
 	// READY tasks, so a waiting claimer can sleep until then; ok is false
@@ -104,6 +116,9 @@ type Store interface {
 
 	// AccessStore holds tokens and the audit log (see access.go).
 	AccessStore
+
+	// AuditCoalesceStore coalesces and prunes audit entries (see audit.go).
+	AuditCoalesceStore
 
 	// FleetStore holds the fleet events that must not be lost (see fleet.go).
 	FleetStore
@@ -185,6 +200,10 @@ type TaskListParams struct {
 	IDs      []string
 	Limit    int
 	Cursor   string
+	// MaxBytes bounds the page by the tasks' sizes; 0 does not bound.
+	MaxBytes int64
+	// Summary leaves the large fields out of the tasks (see Task.Summary).
+	Summary bool
 }
 
 // TaskListResult is one page.
@@ -200,6 +219,14 @@ type TaskClaimParams struct {
 	Max           int
 	LeaseDuration time.Duration
 	Now           time.Time
+	// MaxBytes bounds the claimed tasks' total size; 0 does not bound.
+	MaxBytes int64
+}
+
+// TaskReleaseParams names the leases of claimed tasks to hand back.
+type TaskReleaseParams struct {
+	Leases []LeaseRef
+	Now    time.Time
 }
 
 // LeaseRef names a held lease. Every call on a claimed task carries one.

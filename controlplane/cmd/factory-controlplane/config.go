@@ -10,6 +10,8 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/factory/factory/controlplane/access"
+	"github.com/factory/factory/controlplane/fleet"
 	"github.com/factory/factory/controlplane/notify"
 	"github.com/factory/factory/controlplane/queue"
 	"github.com/factory/factory/controlplane/server"
@@ -38,11 +40,26 @@ type fileConfig struct {
 	Insecure        bool          `yaml:"insecure"`
 	RateLimit       float64       `yaml:"rate_limit"`
 	RateBurst       int           `yaml:"rate_burst"`
+	// AuditWindow and AuditRetention bound the audit log: identical
+	// refusals within the window share one entry; entries last seen
+	// longer ago than the retention are deleted (0 keeps them).
+	AuditWindow    time.Duration `yaml:"audit_window"`
+	AuditRetention time.Duration `yaml:"audit_retention"`
+	// AuthFailRate and AuthFailBurst limit failed authentications per
+	// peer address.
+	AuthFailRate  float64 `yaml:"auth_fail_rate"`
+	AuthFailBurst int     `yaml:"auth_fail_burst"`
+	// MaxStreamsPerToken and MaxStreamsPerConnection cap concurrent
+	// streams (watches, Connect, WaitApproval).
+	MaxStreamsPerToken      int `yaml:"max_streams_per_token"`
+	MaxStreamsPerConnection int `yaml:"max_streams_per_connection"`
 	// HeartbeatInterval and OfflineAfter are the fleet's liveness
 	// thresholds (runbook §5.1): a host is STALE after two missed
 	// heartbeats and OFFLINE after OfflineAfter without a sign of life.
 	HeartbeatInterval time.Duration `yaml:"heartbeat_interval"`
 	OfflineAfter      time.Duration `yaml:"offline_after"`
+	// MaxAgentsPerHost bounds the agents one sidecar's Hello may declare.
+	MaxAgentsPerHost int `yaml:"max_agents_per_host"`
 	// TimeZone is the zone spend days are counted in; Prices replaces the
 	// built-in price table (deploy/prices.yaml).
 	TimeZone string `yaml:"time_zone"`
@@ -56,9 +73,12 @@ type fileConfig struct {
 	// auto-approval, reminders); ApprovalTimeout is the deadline of a
 	// request that names none; ApprovalReminder, above 0, overrides the
 	// policy's reminder point (a fraction of the time to the deadline).
-	ApprovalPolicy   string        `yaml:"approval_policy"`
-	ApprovalTimeout  time.Duration `yaml:"approval_timeout"`
-	ApprovalReminder float64       `yaml:"approval_reminder"`
+	// ApprovalMinTimeout is the shortest time a request that waits for an
+	// operator may give one; a shorter timeout or deadline is refused.
+	ApprovalPolicy     string        `yaml:"approval_policy"`
+	ApprovalTimeout    time.Duration `yaml:"approval_timeout"`
+	ApprovalMinTimeout time.Duration `yaml:"approval_min_timeout"`
+	ApprovalReminder   float64       `yaml:"approval_reminder"`
 	// Alerts is the alert rules file (deploy/alerts.yaml). Webhooks
 	// receive the operator-facing events (alerts_config.go);
 	// WebhookSecret signs those with no secret of their own.
@@ -76,6 +96,10 @@ func defaultConfig() fileConfig {
 		TimeZone:        "Pacific/Auckland",
 		DigestAt:        "08:00",
 		ApprovalTimeout: time.Hour,
+
+		// Long enough for a person to read a card and answer it.
+		ApprovalMinTimeout: 5 * time.Minute,
+
 		ShutdownTimeout: 10 * time.Second,
 		DefaultLease:    5 * time.Minute,
 		RetryBase:       10 * time.Second,
@@ -85,8 +109,18 @@ func defaultConfig() fileConfig {
 		// runaway loop, not real work.
 		RateLimit:         2000,
 		RateBurst:         4000,
+		AuditWindow:       access.DefaultAuditWindow,
+		AuditRetention:    access.DefaultAuditRetention,
+		AuthFailRate:      server.DefaultAuthFailRate,
+		AuthFailBurst:     server.DefaultAuthFailBurst,
 		HeartbeatInterval: 10 * time.Second,
 		OfflineAfter:      5 * time.Minute,
+		MaxAgentsPerHost:  fleet.DefaultMaxAgentsPerHost,
+
+		// Far above an honest fleet (a sidecar holds one stream, an
+		// orchestrator a few), far below what starves everyone else.
+		MaxStreamsPerToken:      server.DefaultMaxStreamsPerToken,
+		MaxStreamsPerConnection: server.DefaultMaxStreamsPerConnection,
 	}
 }
 
@@ -104,6 +138,10 @@ func (c fileConfig) metricsListen() string {
 
 func (c fileConfig) serverTLS() transport.ServerTLS {
 	return transport.ServerTLS{CertFile: c.TLSCert, KeyFile: c.TLSKey, ClientCAFile: c.TLSClientCA}
+}
+
+func (c fileConfig) streamLimits() server.StreamLimits {
+	return server.StreamLimits{PerToken: c.MaxStreamsPerToken, PerConnection: c.MaxStreamsPerConnection}
 }
 
 func (c fileConfig) rateLimit() server.RateLimit {
@@ -154,13 +192,21 @@ Flags:
 	fs.BoolVar(&cfg.Insecure, "insecure", cfg.Insecure, "allow plaintext on a non-loopback --listen address")
 	fs.Float64Var(&cfg.RateLimit, "rate-limit", cfg.RateLimit, "requests per second each caller may make (0: no limit; health checks are exempt)")
 	fs.IntVar(&cfg.RateBurst, "rate-burst", cfg.RateBurst, "requests a caller may make at once above --rate-limit")
+	fs.DurationVar(&cfg.AuditWindow, "audit-window", cfg.AuditWindow, "identical refusals from one caller within this window share one audit entry with a count (negative: one entry per call)")
+	fs.DurationVar(&cfg.AuditRetention, "audit-retention", cfg.AuditRetention, "delete audit entries last seen longer ago than this (0: keep forever)")
+	fs.Float64Var(&cfg.AuthFailRate, "auth-fail-rate", cfg.AuthFailRate, "failed authentications per second each peer address may make before it gets RESOURCE_EXHAUSTED (0: no limit)")
+	fs.IntVar(&cfg.AuthFailBurst, "auth-fail-burst", cfg.AuthFailBurst, "failed authentications a peer address may make at once above --auth-fail-rate")
+	fs.IntVar(&cfg.MaxStreamsPerToken, "max-streams-per-token", cfg.MaxStreamsPerToken, "concurrent streams (watches, Connect, WaitApproval) one token may hold open on this replica; the next gets RESOURCE_EXHAUSTED")
+	fs.IntVar(&cfg.MaxStreamsPerConnection, "max-streams-per-connection", cfg.MaxStreamsPerConnection, "concurrent streams one client connection may carry, whatever its tokens; the next gets RESOURCE_EXHAUSTED")
 	fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", cfg.HeartbeatInterval, "how often sidecars are told to send heartbeats; two missed make a host STALE")
 	fs.DurationVar(&cfg.OfflineAfter, "offline-after", cfg.OfflineAfter, "how long without a sign of life makes a host and its agents OFFLINE")
+	fs.IntVar(&cfg.MaxAgentsPerHost, "max-agents-per-host", cfg.MaxAgentsPerHost, "the most agents one sidecar's Hello may declare; a Hello over it is refused (RESOURCE_EXHAUSTED)")
 	fs.StringVar(&cfg.TimeZone, "time-zone", cfg.TimeZone, "IANA time zone spend days and budgets are counted in")
 	fs.StringVar(&cfg.Prices, "prices", cfg.Prices, "price table (YAML, like deploy/prices.yaml) replacing the built-in one")
 	fs.StringVar(&cfg.DigestAt, "digest-at", cfg.DigestAt, "local time (HH:MM in --time-zone) the morning digest goes to the webhooks; \"off\" sends none")
-	fs.StringVar(&cfg.ApprovalPolicy, "approval-policy", cfg.ApprovalPolicy, "approval policy (YAML: auto_approve_max_tier, kind_tiers, spend_threshold_micros, reminder_fraction); the runbook's defaults when empty")
+	fs.StringVar(&cfg.ApprovalPolicy, "approval-policy", cfg.ApprovalPolicy, "approval policy (YAML: auto_approve_max_tier, kind_tiers, kind_aliases, unknown_kind_tier, spend_kinds, spend_threshold_micros, spend_tier, reminder_fraction); the runbook's defaults when empty")
 	fs.DurationVar(&cfg.ApprovalTimeout, "approval-timeout", cfg.ApprovalTimeout, "deadline of an approval request that names none; then its default (deny unless stated) applies")
+	fs.DurationVar(&cfg.ApprovalMinTimeout, "approval-min-timeout", cfg.ApprovalMinTimeout, "shortest timeout (or time to a deadline) an approval request that waits for an operator may ask for; a shorter one is refused with INVALID_ARGUMENT (at most --approval-timeout)")
 	fs.Float64Var(&cfg.ApprovalReminder, "approval-reminder", cfg.ApprovalReminder, "send a reminder once this fraction of a request's time has passed (0: the policy's, 0.5 by default)")
 	webhookURLs := alertFlags(fs, &cfg)
 	if err := fs.Parse(args); err != nil {
@@ -251,10 +297,24 @@ func fieldString(c fileConfig, flagName string) string {
 		return strconv.FormatFloat(c.RateLimit, 'g', -1, 64)
 	case "rate-burst":
 		return strconv.Itoa(c.RateBurst)
+	case "audit-window":
+		return c.AuditWindow.String()
+	case "audit-retention":
+		return c.AuditRetention.String()
+	case "auth-fail-rate":
+		return strconv.FormatFloat(c.AuthFailRate, 'g', -1, 64)
+	case "auth-fail-burst":
+		return strconv.Itoa(c.AuthFailBurst)
+	case "max-streams-per-token":
+		return strconv.Itoa(c.MaxStreamsPerToken)
+	case "max-streams-per-connection":
+		return strconv.Itoa(c.MaxStreamsPerConnection)
 	case "heartbeat-interval":
 		return c.HeartbeatInterval.String()
 	case "offline-after":
 		return c.OfflineAfter.String()
+	case "max-agents-per-host":
+		return strconv.Itoa(c.MaxAgentsPerHost)
 	case "time-zone":
 		return c.TimeZone
 	case "prices":
@@ -265,6 +325,8 @@ func fieldString(c fileConfig, flagName string) string {
 		return c.ApprovalPolicy
 	case "approval-timeout":
 		return c.ApprovalTimeout.String()
+	case "approval-min-timeout":
+		return c.ApprovalMinTimeout.String()
 	case "approval-reminder":
 		return strconv.FormatFloat(c.ApprovalReminder, 'g', -1, 64)
 	case "alerts":

@@ -78,3 +78,30 @@ func TestConfigSecurityAndLimits(t *testing.T) {
 		t.Fatalf("--rate-limit 0: %v, %v", cfg.RateLimit, err)
 	}
 }
+
+// The minimum approval timeout defaults to five minutes (a person needs
+// time to answer) and can be lowered from the file, the environment or a
+// flag, as tests of expiry do.
+func TestConfigApprovalMinTimeout(t *testing.T) {
+	cfg, err := loadConfig(nil, func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.ApprovalMinTimeout != 5*time.Minute {
+		t.Fatalf("default approval minimum timeout %s, want 5m", cfg.ApprovalMinTimeout)
+	}
+	file := filepath.Join(t.TempDir(), "cp.yaml")
+	if err := os.WriteFile(file, []byte("approval_min_timeout: 2m\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if cfg, err = loadConfig([]string{"--config", file}, func(string) string { return "" }); err != nil || cfg.ApprovalMinTimeout != 2*time.Minute {
+		t.Fatalf("from the file: %s, %v", cfg.ApprovalMinTimeout, err)
+	}
+	env := map[string]string{"FACTORY_APPROVAL_MIN_TIMEOUT": "30s"}
+	if cfg, err = loadConfig(nil, func(k string) string { return env[k] }); err != nil || cfg.ApprovalMinTimeout != 30*time.Second {
+		t.Fatalf("from the environment: %s, %v", cfg.ApprovalMinTimeout, err)
+	}
+	if cfg, err = loadConfig([]string{"--approval-min-timeout", "2s"}, func(k string) string { return env[k] }); err != nil || cfg.ApprovalMinTimeout != 2*time.Second {
+		t.Fatalf("from the flag: %s, %v", cfg.ApprovalMinTimeout, err)
+	}
+}

@@ -47,6 +47,7 @@ func run(ctx context.Context, args []string) error {
 			log.Warn("trace flush failed", "err", err)
 		}
 	}()
+	warnWideDataDir(cfg.DataDir, log)
 	return server.Run(ctx, server.Config{
 		Listen:          cfg.Listen,
 		DataDir:         cfg.DataDir,
@@ -60,10 +61,13 @@ func run(ctx context.Context, args []string) error {
 		TLS:             cfg.serverTLS(),
 		Insecure:        cfg.Insecure,
 		RateLimit:       cfg.rateLimit(),
-		Fleet:           fleet.Config{HeartbeatInterval: cfg.HeartbeatInterval, OfflineAfter: cfg.OfflineAfter},
+		Streams:         cfg.streamLimits(),
+		Audit:           server.AuditConfig{Window: cfg.AuditWindow, Retention: cfg.AuditRetention},
+		AuthFailLimit:   server.AuthFailLimit{PerSecond: cfg.AuthFailRate, Burst: cfg.AuthFailBurst},
+		Fleet:           fleet.Config{HeartbeatInterval: cfg.HeartbeatInterval, OfflineAfter: cfg.OfflineAfter, MaxAgentsPerHost: cfg.MaxAgentsPerHost},
 		Budget:          server.BudgetConfig{TimeZone: cfg.TimeZone, PricesFile: cfg.Prices},
 		Digest:          server.DigestConfig{TimeZone: cfg.TimeZone, At: cfg.DigestAt},
-		Approvals:       server.ApprovalConfig{PolicyFile: cfg.ApprovalPolicy, DefaultTimeout: cfg.ApprovalTimeout, ReminderFraction: cfg.ApprovalReminder},
+		Approvals:       server.ApprovalConfig{PolicyFile: cfg.ApprovalPolicy, DefaultTimeout: cfg.ApprovalTimeout, MinTimeout: cfg.ApprovalMinTimeout, ReminderFraction: cfg.ApprovalReminder},
 		Notify:          server.NotifyConfig{Webhooks: cfg.Webhooks, WebhookSecret: cfg.WebhookSecret},
 		Alerts:          server.AlertsConfig{File: cfg.Alerts},
 		Logger:          log,

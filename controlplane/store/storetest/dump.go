@@ -203,6 +203,7 @@ func richState(t *testing.T, h *harness) {
 	h.clock.Advance(time.Second)
 	exp := newToken("exp", store.RoleAgent, "hammer")
 	exp.ExpiresAt = h.now().Add(24 * time.Hour)
+	exp.Roles = []string{"builder", "tester"}
 	h.createToken(exp)
 	h.createToken(newToken("gone", store.RoleSidecar, "gpu-1"))
 	h.clock.Advance(time.Second)

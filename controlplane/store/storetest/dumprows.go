@@ -45,9 +45,13 @@ func (s *suite) testDumpRows(t *testing.T) {
 			if a, err := dst.s.ApprovalGet(dst.ctx, "src-approval"); err != nil || a.State != store.ApprovalPending || a.TaskID != "src-gated" {
 				t.Fatalf("approval after the load: %+v, %v", a, err)
 			}
-			ev, err := dst.s.SpendGet(dst.ctx, "src-1")
+			ev, err := dst.s.SpendGet(dst.ctx, "forge", "src-1")
 			if err != nil || ev.CostMicros != 1500 || ev.Day != "2026-11-26" {
 				t.Fatalf("spend event after the load: %+v, %v", ev, err)
+			}
+			voided, err := dst.s.SpendGet(dst.ctx, "forge", "src-0")
+			if err != nil || voided.Void == nil || voided.Void.Reason != "src bogus" {
+				t.Fatalf("voided spend event after the load: %+v, %v", voided, err)
 			}
 		}},
 		{"SpendMakesAStoreNotEmpty", func(t *testing.T, h *harness) {
@@ -93,7 +97,7 @@ func (s *suite) testDumpRows(t *testing.T) {
 					t.Errorf("a merge overwrote the store's total budget: %+v", b)
 				}
 			}
-			if _, err := h.s.SpendGet(h.ctx, "src-1"); err != nil {
+			if _, err := h.s.SpendGet(h.ctx, "forge", "src-1"); err != nil {
 				t.Errorf("the merged spend event: %v", err)
 			}
 		}},
@@ -132,6 +136,9 @@ func recordSpend(t *testing.T, h *harness, prefix string, n int) {
 func fillRows(t *testing.T, h *harness, prefix string) {
 	t.Helper()
 	recordSpend(t, h, prefix, 3)
+	if _, err := h.s.SpendVoid(h.ctx, &store.SpendVoidParams{Agent: "forge", ID: prefix + "-0", Reason: prefix + " bogus", VoidedBy: "ops", Now: h.now()}); err != nil {
+		t.Fatalf("SpendVoid: %v", err)
+	}
 	for _, b := range []*store.Budget{
 		{Scope: "total", TargetMicros: 30_000_000, AlertMicros: 50_000_000, CapMicros: 80_000_000, EmergencyMicros: 100_000_000, UpdatedAt: h.now()},
 		{Scope: "agent", Key: "forge", AlertMicros: 10_000_000, UpdatedAt: h.now()},
@@ -166,5 +173,8 @@ func fillRows(t *testing.T, h *harness, prefix string) {
 			ReminderAt: h.now().Add(30 * time.Minute), State: store.ApprovalPending}})
 	if err := h.s.MaintenanceSet(h.ctx, &store.MaintenanceState{Active: true, Reason: prefix + " upgrade", StartedAt: h.now(), StartedBy: "ops", PausedQueue: true}); err != nil {
 		t.Fatalf("MaintenanceSet: %v", err)
+	}
+	if _, _, err := h.s.PlacementSet(h.ctx, &store.PlacementSetParams{Agent: prefix + "-forge", Host: "gpu-1", PlacedBy: "ops", Now: h.now()}); err != nil {
+		t.Fatalf("PlacementSet: %v", err)
 	}
 }

@@ -578,7 +578,8 @@ type StartMaintenanceResponse struct {
 	Maintenance *Maintenance `protobuf:"bytes,1,opt,name=maintenance,proto3" json:"maintenance,omitempty"`
 	// How many READY tasks the start paused.
 	PausedTasks int32 `protobuf:"varint,2,opt,name=paused_tasks,json=pausedTasks,proto3" json:"paused_tasks,omitempty"`
-	// The tasks still IN_PROGRESS when the wait ended.
+	// The tasks still IN_PROGRESS when the wait ended, as summaries (the
+	// BASIC view: no payload, last error, progress or note; GetTask has them).
 	StillRunning  []*Task `protobuf:"bytes,3,rep,name=still_running,json=stillRunning,proto3" json:"still_running,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -780,7 +781,8 @@ type GetMaintenanceResponse struct {
 	Maintenance *Maintenance `protobuf:"bytes,1,opt,name=maintenance,proto3" json:"maintenance,omitempty"`
 	// How many tasks are IN_PROGRESS.
 	InProgressCount int64 `protobuf:"varint,2,opt,name=in_progress_count,json=inProgressCount,proto3" json:"in_progress_count,omitempty"`
-	// The IN_PROGRESS tasks, at most 100 of them.
+	// The IN_PROGRESS tasks, at most 100 of them, as summaries (the BASIC
+	// view: no payload, last error, progress or note; GetTask has them).
 	InProgress    []*Task `protobuf:"bytes,3,rep,name=in_progress,json=inProgress,proto3" json:"in_progress,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

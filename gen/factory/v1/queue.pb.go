@@ -97,6 +97,60 @@ func (TaskState) EnumDescriptor() ([]byte, []int) {
 	return file_factory_v1_queue_proto_rawDescGZIP(), []int{0}
 }
 
+// TaskView says how much of each task a list returns (AIP-157).
+type TaskView int32
+
+const (
+	// Not set: the list's default, BASIC.
+	TaskView_TASK_VIEW_UNSPECIFIED TaskView = 0
+	// A summary: every field but payload_json, last_error, progress and note,
+	// which are empty; payload_bytes says how large the payload is.
+	TaskView_TASK_VIEW_BASIC TaskView = 1
+	// Every field.
+	TaskView_TASK_VIEW_FULL TaskView = 2
+)
+
+// Enum value maps for TaskView.
+var (
+	TaskView_name = map[int32]string{
+		0: "TASK_VIEW_UNSPECIFIED",
+		1: "TASK_VIEW_BASIC",
+		2: "TASK_VIEW_FULL",
+	}
+	TaskView_value = map[string]int32{
+		"TASK_VIEW_UNSPECIFIED": 0,
+		"TASK_VIEW_BASIC":       1,
+		"TASK_VIEW_FULL":        2,
+	}
+)
+
+func (x TaskView) Enum() *TaskView {
+	p := new(TaskView)
+	*p = x
+	return p
+}
+
+func (x TaskView) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (TaskView) Descriptor() protoreflect.EnumDescriptor {
+	return file_factory_v1_queue_proto_enumTypes[1].Descriptor()
+}
+
+func (TaskView) Type() protoreflect.EnumType {
+	return &file_factory_v1_queue_proto_enumTypes[1]
+}
+
+func (x TaskView) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use TaskView.Descriptor instead.
+func (TaskView) EnumDescriptor() ([]byte, []int) {
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{1}
+}
+
 // TaskEventType says what a task event reports.
 type TaskEventType int32
 
@@ -146,11 +200,11 @@ func (x TaskEventType) String() string {
 }
 
 func (TaskEventType) Descriptor() protoreflect.EnumDescriptor {
-	return file_factory_v1_queue_proto_enumTypes[1].Descriptor()
+	return file_factory_v1_queue_proto_enumTypes[2].Descriptor()
 }
 
 func (TaskEventType) Type() protoreflect.EnumType {
-	return &file_factory_v1_queue_proto_enumTypes[1]
+	return &file_factory_v1_queue_proto_enumTypes[2]
 }
 
 func (x TaskEventType) Number() protoreflect.EnumNumber {
@@ -159,7 +213,7 @@ func (x TaskEventType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use TaskEventType.Descriptor instead.
 func (TaskEventType) EnumDescriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{1}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{2}
 }
 
 // Lease is an agent's hold on an IN_PROGRESS task.
@@ -298,8 +352,11 @@ type Task struct {
 	ApprovalId string `protobuf:"bytes,23,opt,name=approval_id,json=approvalId,proto3" json:"approval_id,omitempty"`
 	// The approval is not granted yet: the task stays in BACKLOG.
 	ApprovalPending bool `protobuf:"varint,24,opt,name=approval_pending,json=approvalPending,proto3" json:"approval_pending,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The payload's size in bytes, also in a summary (TASK_VIEW_BASIC) that
+	// leaves the payload out.
+	PayloadBytes  int64 `protobuf:"varint,25,opt,name=payload_bytes,json=payloadBytes,proto3" json:"payload_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Task) Reset() {
@@ -498,6 +555,13 @@ func (x *Task) GetApprovalPending() bool {
 		return x.ApprovalPending
 	}
 	return false
+}
+
+func (x *Task) GetPayloadBytes() int64 {
+	if x != nil {
+		return x.PayloadBytes
+	}
+	return 0
 }
 
 // CreateTaskRequest describes a new task.
@@ -917,7 +981,11 @@ type ListTasksRequest struct {
 	// At most this many tasks; default 100, at most 1000.
 	PageSize int32 `protobuf:"varint,5,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// The next_page_token of the previous page.
-	PageToken     string `protobuf:"bytes,6,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	PageToken string `protobuf:"bytes,6,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// How much of each task to return: unset or TASK_VIEW_BASIC for
+	// summaries (no payload, last error, progress or note), TASK_VIEW_FULL
+	// for every field.
+	View          TaskView `protobuf:"varint,7,opt,name=view,proto3,enum=factory.v1.TaskView" json:"view,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -994,10 +1062,18 @@ func (x *ListTasksRequest) GetPageToken() string {
 	return ""
 }
 
+func (x *ListTasksRequest) GetView() TaskView {
+	if x != nil {
+		return x.View
+	}
+	return TaskView_TASK_VIEW_UNSPECIFIED
+}
+
 // ListTasksResponse is one page of tasks.
 type ListTasksResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The tasks, oldest first.
+	// The tasks, oldest first: at most page_size, and fewer when more would
+	// carry over 3 MiB of tasks.
 	Tasks []*Task `protobuf:"bytes,1,rep,name=tasks,proto3" json:"tasks,omitempty"`
 	// Pass as page_token for the next page; empty on the last page.
 	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
@@ -1059,7 +1135,8 @@ type ClaimTaskRequest struct {
 	Roles []string `protobuf:"bytes,2,rep,name=roles,proto3" json:"roles,omitempty"`
 	// How long to wait for work when none is READY; at most 60s. Unset: no wait.
 	Wait *durationpb.Duration `protobuf:"bytes,3,opt,name=wait,proto3" json:"wait,omitempty"`
-	// Claim up to this many tasks at once; default 1, at most 100.
+	// Claim up to this many tasks at once; default 1, at most 100. Fewer
+	// come when more would carry over 3 MiB of tasks.
 	MaxTasks int32 `protobuf:"varint,4,opt,name=max_tasks,json=maxTasks,proto3" json:"max_tasks,omitempty"`
 	// Lease length; default 5m, from 1s to 1h.
 	LeaseDuration *durationpb.Duration `protobuf:"bytes,5,opt,name=lease_duration,json=leaseDuration,proto3" json:"lease_duration,omitempty"`
@@ -1135,7 +1212,8 @@ func (x *ClaimTaskRequest) GetLeaseDuration() *durationpb.Duration {
 // ClaimTaskResponse holds the claimed tasks, each with its lease.
 type ClaimTaskResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Claimed tasks; empty when nothing was READY before the wait ended.
+	// Claimed tasks, in full; empty when nothing was READY before the wait
+	// ended.
 	Tasks         []*Task `protobuf:"bytes,1,rep,name=tasks,proto3" json:"tasks,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1486,7 +1564,8 @@ type CompleteTaskResult struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The task id of the item.
 	TaskId string `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
-	// The completed task, when it succeeded.
+	// The completed task, when it succeeded, as a summary (TASK_VIEW_BASIC:
+	// no payload), so a response of many results stays small.
 	Task *Task `protobuf:"bytes,2,opt,name=task,proto3" json:"task,omitempty"`
 	// Why it failed, when it did: the gRPC code name a single CompleteTask
 	// would have returned, such as "FAILED_PRECONDITION".
@@ -2176,7 +2255,8 @@ func (x *RequeueStuckRequest) GetDryRun() bool {
 // RequeueStuckResponse lists the tasks requeued.
 type RequeueStuckResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The tasks moved (or, with dry_run, that would move), as they are now.
+	// The tasks moved (or, with dry_run, that would move), as they are now,
+	// as summaries (TASK_VIEW_BASIC: no payload).
 	Tasks         []*Task `protobuf:"bytes,1,rep,name=tasks,proto3" json:"tasks,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2411,8 +2491,16 @@ type WatchTasksRequest struct {
 	Role string `protobuf:"bytes,2,opt,name=role,proto3" json:"role,omitempty"`
 	// Only these tasks; at most 1000.
 	TaskIds []string `protobuf:"bytes,3,rep,name=task_ids,json=taskIds,proto3" json:"task_ids,omitempty"`
-	// Skip the initial snapshot; send changes only.
-	ChangesOnly   bool `protobuf:"varint,4,opt,name=changes_only,json=changesOnly,proto3" json:"changes_only,omitempty"`
+	// Skip the initial snapshot; send changes only, after a SYNCED that
+	// carries the watch's starting cursor.
+	ChangesOnly bool `protobuf:"varint,4,opt,name=changes_only,json=changesOnly,proto3" json:"changes_only,omitempty"`
+	// Resume a watch that ended (a watcher that fell behind is told its
+	// cursor): the cursor of the last event received. The events after it are
+	// replayed from this replica's recent-event buffer, with no snapshot, so
+	// nothing is missed. A cursor from another replica, from before a restart
+	// or older than the buffer is refused with OUT_OF_RANGE: watch again
+	// without one for a fresh snapshot.
+	ResumeCursor  string `protobuf:"bytes,5,opt,name=resume_cursor,json=resumeCursor,proto3" json:"resume_cursor,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2475,6 +2563,13 @@ func (x *WatchTasksRequest) GetChangesOnly() bool {
 	return false
 }
 
+func (x *WatchTasksRequest) GetResumeCursor() string {
+	if x != nil {
+		return x.ResumeCursor
+	}
+	return ""
+}
+
 // WatchTasksResponse is one task event.
 type WatchTasksResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2485,7 +2580,12 @@ type WatchTasksResponse struct {
 	// The state before, for STATE_CHANGED.
 	PreviousState TaskState `protobuf:"varint,3,opt,name=previous_state,json=previousState,proto3,enum=factory.v1.TaskState" json:"previous_state,omitempty"`
 	// When it happened.
-	Time          *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=time,proto3" json:"time,omitempty"`
+	Time *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=time,proto3" json:"time,omitempty"`
+	// Where this event sits in the replica's event stream: pass it as
+	// resume_cursor to continue after it. Set on change events and on
+	// SYNCED (resuming there skips the snapshot already received); empty on
+	// snapshot entries.
+	Cursor        string `protobuf:"bytes,5,opt,name=cursor,proto3" json:"cursor,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2548,6 +2648,13 @@ func (x *WatchTasksResponse) GetTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *WatchTasksResponse) GetCursor() string {
+	if x != nil {
+		return x.Cursor
+	}
+	return ""
+}
+
 var File_factory_v1_queue_proto protoreflect.FileDescriptor
 
 const file_factory_v1_queue_proto_rawDesc = "" +
@@ -2562,7 +2669,7 @@ const file_factory_v1_queue_proto_rawDesc = "" +
 	"\n" +
 	"claimed_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tclaimedAt\x129\n" +
 	"\n" +
-	"renewed_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\trenewedAt\"\xb4\a\n" +
+	"renewed_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\trenewedAt\"\xd9\a\n" +
 	"\x04Task\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05title\x18\x02 \x01(\tR\x05title\x12\x12\n" +
@@ -2593,7 +2700,8 @@ const file_factory_v1_queue_proto_rawDesc = "" +
 	"\x11requires_approval\x18\x16 \x01(\bR\x10requiresApproval\x12\x1f\n" +
 	"\vapproval_id\x18\x17 \x01(\tR\n" +
 	"approvalId\x12)\n" +
-	"\x10approval_pending\x18\x18 \x01(\bR\x0fapprovalPending\x1a9\n" +
+	"\x10approval_pending\x18\x18 \x01(\bR\x0fapprovalPending\x12#\n" +
+	"\rpayload_bytes\x18\x19 \x01(\x03R\fpayloadBytes\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xab\b\n" +
@@ -2629,7 +2737,7 @@ const file_factory_v1_queue_proto_rawDesc = "" +
 	"\x0eGetTaskRequest\x12;\n" +
 	"\atask_id\x18\x01 \x01(\tB\"\xbaH\x1f\xc8\x01\x01r\x1a2\x18^[A-Za-z0-9._:-]{1,128}$R\x06taskId\"7\n" +
 	"\x0fGetTaskResponse\x12$\n" +
-	"\x04task\x18\x01 \x01(\v2\x10.factory.v1.TaskR\x04task\"\xd5\x03\n" +
+	"\x04task\x18\x01 \x01(\v2\x10.factory.v1.TaskR\x04task\"\x89\x04\n" +
 	"\x10ListTasksRequest\x12\x84\x01\n" +
 	"\x06states\x18\x01 \x03(\x0e2\x15.factory.v1.TaskStateBU\xbaHR\x92\x01O\x10\b\"K\xba\x01C\n" +
 	"\x0fstate.specified\x12%TASK_STATE_UNSPECIFIED is not a state\x1a\tthis != 0\x82\x01\x02\x10\x01R\x06states\x121\n" +
@@ -2640,7 +2748,8 @@ const file_factory_v1_queue_proto_rawDesc = "" +
 	"\tpage_size\x18\x05 \x01(\x05B\n" +
 	"\xbaH\a\x1a\x05\x18\xe8\a(\x00R\bpageSize\x12'\n" +
 	"\n" +
-	"page_token\x18\x06 \x01(\tB\b\xbaH\x05r\x03\x18\x80\bR\tpageToken\"c\n" +
+	"page_token\x18\x06 \x01(\tB\b\xbaH\x05r\x03\x18\x80\bR\tpageToken\x122\n" +
+	"\x04view\x18\a \x01(\x0e2\x14.factory.v1.TaskViewB\b\xbaH\x05\x82\x01\x02\x10\x01R\x04view\"c\n" +
 	"\x11ListTasksResponse\x12&\n" +
 	"\x05tasks\x18\x01 \x03(\v2\x10.factory.v1.TaskR\x05tasks\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xbe\x02\n" +
@@ -2724,18 +2833,20 @@ const file_factory_v1_queue_proto_rawDesc = "" +
 	"\x16oldest_in_progress_age\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x13oldestInProgressAge\x12\x1a\n" +
 	"\bretrying\x18\x04 \x01(\x03R\bretrying\x12\x16\n" +
 	"\x06paused\x18\x05 \x01(\bR\x06paused\x12!\n" +
-	"\fpause_reason\x18\x06 \x01(\tR\vpauseReason\"\xb4\x02\n" +
+	"\fpause_reason\x18\x06 \x01(\tR\vpauseReason\"\xe2\x02\n" +
 	"\x11WatchTasksRequest\x12\x84\x01\n" +
 	"\x06states\x18\x01 \x03(\x0e2\x15.factory.v1.TaskStateBU\xbaHR\x92\x01O\x10\b\"K\xba\x01C\n" +
 	"\x0fstate.specified\x12%TASK_STATE_UNSPECIFIED is not a state\x1a\tthis != 0\x82\x01\x02\x10\x01R\x06states\x121\n" +
 	"\x04role\x18\x02 \x01(\tB\x1d\xbaH\x1ar\x18\x18\x80\x012\x13^[A-Za-z0-9._:/-]*$R\x04role\x12B\n" +
 	"\btask_ids\x18\x03 \x03(\tB'\xbaH$\x92\x01!\x10\xe8\a\"\x1cr\x1a2\x18^[A-Za-z0-9._:-]{1,128}$R\ataskIds\x12!\n" +
-	"\fchanges_only\x18\x04 \x01(\bR\vchangesOnly\"\xd7\x01\n" +
+	"\fchanges_only\x18\x04 \x01(\bR\vchangesOnly\x12,\n" +
+	"\rresume_cursor\x18\x05 \x01(\tB\a\xbaH\x04r\x02\x18@R\fresumeCursor\"\xef\x01\n" +
 	"\x12WatchTasksResponse\x12-\n" +
 	"\x04type\x18\x01 \x01(\x0e2\x19.factory.v1.TaskEventTypeR\x04type\x12$\n" +
 	"\x04task\x18\x02 \x01(\v2\x10.factory.v1.TaskR\x04task\x12<\n" +
 	"\x0eprevious_state\x18\x03 \x01(\x0e2\x15.factory.v1.TaskStateR\rpreviousState\x12.\n" +
-	"\x04time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x04time*\xcb\x01\n" +
+	"\x04time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x16\n" +
+	"\x06cursor\x18\x05 \x01(\tR\x06cursor*\xcb\x01\n" +
 	"\tTaskState\x12\x1a\n" +
 	"\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12TASK_STATE_BACKLOG\x10\x01\x12\x14\n" +
@@ -2744,7 +2855,11 @@ const file_factory_v1_queue_proto_rawDesc = "" +
 	"\x11TASK_STATE_REVIEW\x10\x04\x12\x13\n" +
 	"\x0fTASK_STATE_DONE\x10\x05\x12\x15\n" +
 	"\x11TASK_STATE_FAILED\x10\x06\x12\x15\n" +
-	"\x11TASK_STATE_PAUSED\x10\a*\xc7\x01\n" +
+	"\x11TASK_STATE_PAUSED\x10\a*N\n" +
+	"\bTaskView\x12\x19\n" +
+	"\x15TASK_VIEW_UNSPECIFIED\x10\x00\x12\x13\n" +
+	"\x0fTASK_VIEW_BASIC\x10\x01\x12\x12\n" +
+	"\x0eTASK_VIEW_FULL\x10\x02*\xc7\x01\n" +
 	"\rTaskEventType\x12\x1f\n" +
 	"\x1bTASK_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18TASK_EVENT_TYPE_SNAPSHOT\x10\x01\x12\x1a\n" +
@@ -2786,133 +2901,135 @@ func file_factory_v1_queue_proto_rawDescGZIP() []byte {
 	return file_factory_v1_queue_proto_rawDescData
 }
 
-var file_factory_v1_queue_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_factory_v1_queue_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
 var file_factory_v1_queue_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_factory_v1_queue_proto_goTypes = []any{
 	(TaskState)(0),                // 0: factory.v1.TaskState
-	(TaskEventType)(0),            // 1: factory.v1.TaskEventType
-	(*Lease)(nil),                 // 2: factory.v1.Lease
-	(*Task)(nil),                  // 3: factory.v1.Task
-	(*CreateTaskRequest)(nil),     // 4: factory.v1.CreateTaskRequest
-	(*CreateTaskResponse)(nil),    // 5: factory.v1.CreateTaskResponse
-	(*CreateTasksRequest)(nil),    // 6: factory.v1.CreateTasksRequest
-	(*CreateTasksResponse)(nil),   // 7: factory.v1.CreateTasksResponse
-	(*GetTaskRequest)(nil),        // 8: factory.v1.GetTaskRequest
-	(*GetTaskResponse)(nil),       // 9: factory.v1.GetTaskResponse
-	(*ListTasksRequest)(nil),      // 10: factory.v1.ListTasksRequest
-	(*ListTasksResponse)(nil),     // 11: factory.v1.ListTasksResponse
-	(*ClaimTaskRequest)(nil),      // 12: factory.v1.ClaimTaskRequest
-	(*ClaimTaskResponse)(nil),     // 13: factory.v1.ClaimTaskResponse
-	(*RenewLeaseRequest)(nil),     // 14: factory.v1.RenewLeaseRequest
-	(*RenewLeaseResponse)(nil),    // 15: factory.v1.RenewLeaseResponse
-	(*CompleteTaskRequest)(nil),   // 16: factory.v1.CompleteTaskRequest
-	(*CompleteTaskResponse)(nil),  // 17: factory.v1.CompleteTaskResponse
-	(*CompleteTasksRequest)(nil),  // 18: factory.v1.CompleteTasksRequest
-	(*CompleteTaskResult)(nil),    // 19: factory.v1.CompleteTaskResult
-	(*CompleteTasksResponse)(nil), // 20: factory.v1.CompleteTasksResponse
-	(*FailTaskRequest)(nil),       // 21: factory.v1.FailTaskRequest
-	(*FailTaskResponse)(nil),      // 22: factory.v1.FailTaskResponse
-	(*MoveTaskRequest)(nil),       // 23: factory.v1.MoveTaskRequest
-	(*MoveTaskResponse)(nil),      // 24: factory.v1.MoveTaskResponse
-	(*SetPriorityRequest)(nil),    // 25: factory.v1.SetPriorityRequest
-	(*SetPriorityResponse)(nil),   // 26: factory.v1.SetPriorityResponse
-	(*PauseQueueRequest)(nil),     // 27: factory.v1.PauseQueueRequest
-	(*PauseQueueResponse)(nil),    // 28: factory.v1.PauseQueueResponse
-	(*ResumeQueueRequest)(nil),    // 29: factory.v1.ResumeQueueRequest
-	(*ResumeQueueResponse)(nil),   // 30: factory.v1.ResumeQueueResponse
-	(*RequeueStuckRequest)(nil),   // 31: factory.v1.RequeueStuckRequest
-	(*RequeueStuckResponse)(nil),  // 32: factory.v1.RequeueStuckResponse
-	(*GetQueueStatsRequest)(nil),  // 33: factory.v1.GetQueueStatsRequest
-	(*StateCount)(nil),            // 34: factory.v1.StateCount
-	(*GetQueueStatsResponse)(nil), // 35: factory.v1.GetQueueStatsResponse
-	(*WatchTasksRequest)(nil),     // 36: factory.v1.WatchTasksRequest
-	(*WatchTasksResponse)(nil),    // 37: factory.v1.WatchTasksResponse
-	nil,                           // 38: factory.v1.Task.LabelsEntry
-	nil,                           // 39: factory.v1.CreateTaskRequest.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 40: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 41: google.protobuf.Duration
+	(TaskView)(0),                 // 1: factory.v1.TaskView
+	(TaskEventType)(0),            // 2: factory.v1.TaskEventType
+	(*Lease)(nil),                 // 3: factory.v1.Lease
+	(*Task)(nil),                  // 4: factory.v1.Task
+	(*CreateTaskRequest)(nil),     // 5: factory.v1.CreateTaskRequest
+	(*CreateTaskResponse)(nil),    // 6: factory.v1.CreateTaskResponse
+	(*CreateTasksRequest)(nil),    // 7: factory.v1.CreateTasksRequest
+	(*CreateTasksResponse)(nil),   // 8: factory.v1.CreateTasksResponse
+	(*GetTaskRequest)(nil),        // 9: factory.v1.GetTaskRequest
+	(*GetTaskResponse)(nil),       // 10: factory.v1.GetTaskResponse
+	(*ListTasksRequest)(nil),      // 11: factory.v1.ListTasksRequest
+	(*ListTasksResponse)(nil),     // 12: factory.v1.ListTasksResponse
+	(*ClaimTaskRequest)(nil),      // 13: factory.v1.ClaimTaskRequest
+	(*ClaimTaskResponse)(nil),     // 14: factory.v1.ClaimTaskResponse
+	(*RenewLeaseRequest)(nil),     // 15: factory.v1.RenewLeaseRequest
+	(*RenewLeaseResponse)(nil),    // 16: factory.v1.RenewLeaseResponse
+	(*CompleteTaskRequest)(nil),   // 17: factory.v1.CompleteTaskRequest
+	(*CompleteTaskResponse)(nil),  // 18: factory.v1.CompleteTaskResponse
+	(*CompleteTasksRequest)(nil),  // 19: factory.v1.CompleteTasksRequest
+	(*CompleteTaskResult)(nil),    // 20: factory.v1.CompleteTaskResult
+	(*CompleteTasksResponse)(nil), // 21: factory.v1.CompleteTasksResponse
+	(*FailTaskRequest)(nil),       // 22: factory.v1.FailTaskRequest
+	(*FailTaskResponse)(nil),      // 23: factory.v1.FailTaskResponse
+	(*MoveTaskRequest)(nil),       // 24: factory.v1.MoveTaskRequest
+	(*MoveTaskResponse)(nil),      // 25: factory.v1.MoveTaskResponse
+	(*SetPriorityRequest)(nil),    // 26: factory.v1.SetPriorityRequest
+	(*SetPriorityResponse)(nil),   // 27: factory.v1.SetPriorityResponse
+	(*PauseQueueRequest)(nil),     // 28: factory.v1.PauseQueueRequest
+	(*PauseQueueResponse)(nil),    // 29: factory.v1.PauseQueueResponse
+	(*ResumeQueueRequest)(nil),    // 30: factory.v1.ResumeQueueRequest
+	(*ResumeQueueResponse)(nil),   // 31: factory.v1.ResumeQueueResponse
+	(*RequeueStuckRequest)(nil),   // 32: factory.v1.RequeueStuckRequest
+	(*RequeueStuckResponse)(nil),  // 33: factory.v1.RequeueStuckResponse
+	(*GetQueueStatsRequest)(nil),  // 34: factory.v1.GetQueueStatsRequest
+	(*StateCount)(nil),            // 35: factory.v1.StateCount
+	(*GetQueueStatsResponse)(nil), // 36: factory.v1.GetQueueStatsResponse
+	(*WatchTasksRequest)(nil),     // 37: factory.v1.WatchTasksRequest
+	(*WatchTasksResponse)(nil),    // 38: factory.v1.WatchTasksResponse
+	nil,                           // 39: factory.v1.Task.LabelsEntry
+	nil,                           // 40: factory.v1.CreateTaskRequest.LabelsEntry
+	(*timestamppb.Timestamp)(nil), // 41: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 42: google.protobuf.Duration
 }
 var file_factory_v1_queue_proto_depIdxs = []int32{
-	40, // 0: factory.v1.Lease.expires_at:type_name -> google.protobuf.Timestamp
-	40, // 1: factory.v1.Lease.claimed_at:type_name -> google.protobuf.Timestamp
-	40, // 2: factory.v1.Lease.renewed_at:type_name -> google.protobuf.Timestamp
+	41, // 0: factory.v1.Lease.expires_at:type_name -> google.protobuf.Timestamp
+	41, // 1: factory.v1.Lease.claimed_at:type_name -> google.protobuf.Timestamp
+	41, // 2: factory.v1.Lease.renewed_at:type_name -> google.protobuf.Timestamp
 	0,  // 3: factory.v1.Task.state:type_name -> factory.v1.TaskState
-	2,  // 4: factory.v1.Task.lease:type_name -> factory.v1.Lease
-	40, // 5: factory.v1.Task.run_after:type_name -> google.protobuf.Timestamp
-	38, // 6: factory.v1.Task.labels:type_name -> factory.v1.Task.LabelsEntry
-	40, // 7: factory.v1.Task.created_at:type_name -> google.protobuf.Timestamp
-	40, // 8: factory.v1.Task.updated_at:type_name -> google.protobuf.Timestamp
-	40, // 9: factory.v1.Task.state_changed_at:type_name -> google.protobuf.Timestamp
-	39, // 10: factory.v1.CreateTaskRequest.labels:type_name -> factory.v1.CreateTaskRequest.LabelsEntry
+	3,  // 4: factory.v1.Task.lease:type_name -> factory.v1.Lease
+	41, // 5: factory.v1.Task.run_after:type_name -> google.protobuf.Timestamp
+	39, // 6: factory.v1.Task.labels:type_name -> factory.v1.Task.LabelsEntry
+	41, // 7: factory.v1.Task.created_at:type_name -> google.protobuf.Timestamp
+	41, // 8: factory.v1.Task.updated_at:type_name -> google.protobuf.Timestamp
+	41, // 9: factory.v1.Task.state_changed_at:type_name -> google.protobuf.Timestamp
+	40, // 10: factory.v1.CreateTaskRequest.labels:type_name -> factory.v1.CreateTaskRequest.LabelsEntry
 	0,  // 11: factory.v1.CreateTaskRequest.initial_state:type_name -> factory.v1.TaskState
-	40, // 12: factory.v1.CreateTaskRequest.run_after:type_name -> google.protobuf.Timestamp
-	3,  // 13: factory.v1.CreateTaskResponse.task:type_name -> factory.v1.Task
-	4,  // 14: factory.v1.CreateTasksRequest.tasks:type_name -> factory.v1.CreateTaskRequest
-	3,  // 15: factory.v1.CreateTasksResponse.tasks:type_name -> factory.v1.Task
-	3,  // 16: factory.v1.GetTaskResponse.task:type_name -> factory.v1.Task
+	41, // 12: factory.v1.CreateTaskRequest.run_after:type_name -> google.protobuf.Timestamp
+	4,  // 13: factory.v1.CreateTaskResponse.task:type_name -> factory.v1.Task
+	5,  // 14: factory.v1.CreateTasksRequest.tasks:type_name -> factory.v1.CreateTaskRequest
+	4,  // 15: factory.v1.CreateTasksResponse.tasks:type_name -> factory.v1.Task
+	4,  // 16: factory.v1.GetTaskResponse.task:type_name -> factory.v1.Task
 	0,  // 17: factory.v1.ListTasksRequest.states:type_name -> factory.v1.TaskState
-	3,  // 18: factory.v1.ListTasksResponse.tasks:type_name -> factory.v1.Task
-	41, // 19: factory.v1.ClaimTaskRequest.wait:type_name -> google.protobuf.Duration
-	41, // 20: factory.v1.ClaimTaskRequest.lease_duration:type_name -> google.protobuf.Duration
-	3,  // 21: factory.v1.ClaimTaskResponse.tasks:type_name -> factory.v1.Task
-	41, // 22: factory.v1.RenewLeaseRequest.lease_duration:type_name -> google.protobuf.Duration
-	3,  // 23: factory.v1.RenewLeaseResponse.task:type_name -> factory.v1.Task
-	3,  // 24: factory.v1.CompleteTaskResponse.task:type_name -> factory.v1.Task
-	16, // 25: factory.v1.CompleteTasksRequest.items:type_name -> factory.v1.CompleteTaskRequest
-	3,  // 26: factory.v1.CompleteTaskResult.task:type_name -> factory.v1.Task
-	19, // 27: factory.v1.CompleteTasksResponse.results:type_name -> factory.v1.CompleteTaskResult
-	3,  // 28: factory.v1.FailTaskResponse.task:type_name -> factory.v1.Task
-	0,  // 29: factory.v1.MoveTaskRequest.to:type_name -> factory.v1.TaskState
-	3,  // 30: factory.v1.MoveTaskResponse.task:type_name -> factory.v1.Task
-	3,  // 31: factory.v1.SetPriorityResponse.task:type_name -> factory.v1.Task
-	41, // 32: factory.v1.RequeueStuckRequest.older_than:type_name -> google.protobuf.Duration
-	3,  // 33: factory.v1.RequeueStuckResponse.tasks:type_name -> factory.v1.Task
-	0,  // 34: factory.v1.StateCount.state:type_name -> factory.v1.TaskState
-	34, // 35: factory.v1.GetQueueStatsResponse.counts:type_name -> factory.v1.StateCount
-	41, // 36: factory.v1.GetQueueStatsResponse.oldest_ready_age:type_name -> google.protobuf.Duration
-	41, // 37: factory.v1.GetQueueStatsResponse.oldest_in_progress_age:type_name -> google.protobuf.Duration
-	0,  // 38: factory.v1.WatchTasksRequest.states:type_name -> factory.v1.TaskState
-	1,  // 39: factory.v1.WatchTasksResponse.type:type_name -> factory.v1.TaskEventType
-	3,  // 40: factory.v1.WatchTasksResponse.task:type_name -> factory.v1.Task
-	0,  // 41: factory.v1.WatchTasksResponse.previous_state:type_name -> factory.v1.TaskState
-	40, // 42: factory.v1.WatchTasksResponse.time:type_name -> google.protobuf.Timestamp
-	4,  // 43: factory.v1.QueueService.CreateTask:input_type -> factory.v1.CreateTaskRequest
-	6,  // 44: factory.v1.QueueService.CreateTasks:input_type -> factory.v1.CreateTasksRequest
-	8,  // 45: factory.v1.QueueService.GetTask:input_type -> factory.v1.GetTaskRequest
-	10, // 46: factory.v1.QueueService.ListTasks:input_type -> factory.v1.ListTasksRequest
-	12, // 47: factory.v1.QueueService.ClaimTask:input_type -> factory.v1.ClaimTaskRequest
-	14, // 48: factory.v1.QueueService.RenewLease:input_type -> factory.v1.RenewLeaseRequest
-	16, // 49: factory.v1.QueueService.CompleteTask:input_type -> factory.v1.CompleteTaskRequest
-	18, // 50: factory.v1.QueueService.CompleteTasks:input_type -> factory.v1.CompleteTasksRequest
-	21, // 51: factory.v1.QueueService.FailTask:input_type -> factory.v1.FailTaskRequest
-	23, // 52: factory.v1.QueueService.MoveTask:input_type -> factory.v1.MoveTaskRequest
-	25, // 53: factory.v1.QueueService.SetPriority:input_type -> factory.v1.SetPriorityRequest
-	27, // 54: factory.v1.QueueService.PauseQueue:input_type -> factory.v1.PauseQueueRequest
-	29, // 55: factory.v1.QueueService.ResumeQueue:input_type -> factory.v1.ResumeQueueRequest
-	31, // 56: factory.v1.QueueService.RequeueStuck:input_type -> factory.v1.RequeueStuckRequest
-	33, // 57: factory.v1.QueueService.GetQueueStats:input_type -> factory.v1.GetQueueStatsRequest
-	36, // 58: factory.v1.QueueService.WatchTasks:input_type -> factory.v1.WatchTasksRequest
-	5,  // 59: factory.v1.QueueService.CreateTask:output_type -> factory.v1.CreateTaskResponse
-	7,  // 60: factory.v1.QueueService.CreateTasks:output_type -> factory.v1.CreateTasksResponse
-	9,  // 61: factory.v1.QueueService.GetTask:output_type -> factory.v1.GetTaskResponse
-	11, // 62: factory.v1.QueueService.ListTasks:output_type -> factory.v1.ListTasksResponse
-	13, // 63: factory.v1.QueueService.ClaimTask:output_type -> factory.v1.ClaimTaskResponse
-	15, // 64: factory.v1.QueueService.RenewLease:output_type -> factory.v1.RenewLeaseResponse
-	17, // 65: factory.v1.QueueService.CompleteTask:output_type -> factory.v1.CompleteTaskResponse
-	20, // 66: factory.v1.QueueService.CompleteTasks:output_type -> factory.v1.CompleteTasksResponse
-	22, // 67: factory.v1.QueueService.FailTask:output_type -> factory.v1.FailTaskResponse
-	24, // 68: factory.v1.QueueService.MoveTask:output_type -> factory.v1.MoveTaskResponse
-	26, // 69: factory.v1.QueueService.SetPriority:output_type -> factory.v1.SetPriorityResponse
-	28, // 70: factory.v1.QueueService.PauseQueue:output_type -> factory.v1.PauseQueueResponse
-	30, // 71: factory.v1.QueueService.ResumeQueue:output_type -> factory.v1.ResumeQueueResponse
-	32, // 72: factory.v1.QueueService.RequeueStuck:output_type -> factory.v1.RequeueStuckResponse
-	35, // 73: factory.v1.QueueService.GetQueueStats:output_type -> factory.v1.GetQueueStatsResponse
-	37, // 74: factory.v1.QueueService.WatchTasks:output_type -> factory.v1.WatchTasksResponse
-	59, // [59:75] is the sub-list for method output_type
-	43, // [43:59] is the sub-list for method input_type
-	43, // [43:43] is the sub-list for extension type_name
-	43, // [43:43] is the sub-list for extension extendee
-	0,  // [0:43] is the sub-list for field type_name
+	1,  // 18: factory.v1.ListTasksRequest.view:type_name -> factory.v1.TaskView
+	4,  // 19: factory.v1.ListTasksResponse.tasks:type_name -> factory.v1.Task
+	42, // 20: factory.v1.ClaimTaskRequest.wait:type_name -> google.protobuf.Duration
+	42, // 21: factory.v1.ClaimTaskRequest.lease_duration:type_name -> google.protobuf.Duration
+	4,  // 22: factory.v1.ClaimTaskResponse.tasks:type_name -> factory.v1.Task
+	42, // 23: factory.v1.RenewLeaseRequest.lease_duration:type_name -> google.protobuf.Duration
+	4,  // 24: factory.v1.RenewLeaseResponse.task:type_name -> factory.v1.Task
+	4,  // 25: factory.v1.CompleteTaskResponse.task:type_name -> factory.v1.Task
+	17, // 26: factory.v1.CompleteTasksRequest.items:type_name -> factory.v1.CompleteTaskRequest
+	4,  // 27: factory.v1.CompleteTaskResult.task:type_name -> factory.v1.Task
+	20, // 28: factory.v1.CompleteTasksResponse.results:type_name -> factory.v1.CompleteTaskResult
+	4,  // 29: factory.v1.FailTaskResponse.task:type_name -> factory.v1.Task
+	0,  // 30: factory.v1.MoveTaskRequest.to:type_name -> factory.v1.TaskState
+	4,  // 31: factory.v1.MoveTaskResponse.task:type_name -> factory.v1.Task
+	4,  // 32: factory.v1.SetPriorityResponse.task:type_name -> factory.v1.Task
+	42, // 33: factory.v1.RequeueStuckRequest.older_than:type_name -> google.protobuf.Duration
+	4,  // 34: factory.v1.RequeueStuckResponse.tasks:type_name -> factory.v1.Task
+	0,  // 35: factory.v1.StateCount.state:type_name -> factory.v1.TaskState
+	35, // 36: factory.v1.GetQueueStatsResponse.counts:type_name -> factory.v1.StateCount
+	42, // 37: factory.v1.GetQueueStatsResponse.oldest_ready_age:type_name -> google.protobuf.Duration
+	42, // 38: factory.v1.GetQueueStatsResponse.oldest_in_progress_age:type_name -> google.protobuf.Duration
+	0,  // 39: factory.v1.WatchTasksRequest.states:type_name -> factory.v1.TaskState
+	2,  // 40: factory.v1.WatchTasksResponse.type:type_name -> factory.v1.TaskEventType
+	4,  // 41: factory.v1.WatchTasksResponse.task:type_name -> factory.v1.Task
+	0,  // 42: factory.v1.WatchTasksResponse.previous_state:type_name -> factory.v1.TaskState
+	41, // 43: factory.v1.WatchTasksResponse.time:type_name -> google.protobuf.Timestamp
+	5,  // 44: factory.v1.QueueService.CreateTask:input_type -> factory.v1.CreateTaskRequest
+	7,  // 45: factory.v1.QueueService.CreateTasks:input_type -> factory.v1.CreateTasksRequest
+	9,  // 46: factory.v1.QueueService.GetTask:input_type -> factory.v1.GetTaskRequest
+	11, // 47: factory.v1.QueueService.ListTasks:input_type -> factory.v1.ListTasksRequest
+	13, // 48: factory.v1.QueueService.ClaimTask:input_type -> factory.v1.ClaimTaskRequest
+	15, // 49: factory.v1.QueueService.RenewLease:input_type -> factory.v1.RenewLeaseRequest
+	17, // 50: factory.v1.QueueService.CompleteTask:input_type -> factory.v1.CompleteTaskRequest
+	19, // 51: factory.v1.QueueService.CompleteTasks:input_type -> factory.v1.CompleteTasksRequest
+	22, // 52: factory.v1.QueueService.FailTask:input_type -> factory.v1.FailTaskRequest
+	24, // 53: factory.v1.QueueService.MoveTask:input_type -> factory.v1.MoveTaskRequest
+	26, // 54: factory.v1.QueueService.SetPriority:input_type -> factory.v1.SetPriorityRequest
+	28, // 55: factory.v1.QueueService.PauseQueue:input_type -> factory.v1.PauseQueueRequest
+	30, // 56: factory.v1.QueueService.ResumeQueue:input_type -> factory.v1.ResumeQueueRequest
+	32, // 57: factory.v1.QueueService.RequeueStuck:input_type -> factory.v1.RequeueStuckRequest
+	34, // 58: factory.v1.QueueService.GetQueueStats:input_type -> factory.v1.GetQueueStatsRequest
+	37, // 59: factory.v1.QueueService.WatchTasks:input_type -> factory.v1.WatchTasksRequest
+	6,  // 60: factory.v1.QueueService.CreateTask:output_type -> factory.v1.CreateTaskResponse
+	8,  // 61: factory.v1.QueueService.CreateTasks:output_type -> factory.v1.CreateTasksResponse
+	10, // 62: factory.v1.QueueService.GetTask:output_type -> factory.v1.GetTaskResponse
+	12, // 63: factory.v1.QueueService.ListTasks:output_type -> factory.v1.ListTasksResponse
+	14, // 64: factory.v1.QueueService.ClaimTask:output_type -> factory.v1.ClaimTaskResponse
+	16, // 65: factory.v1.QueueService.RenewLease:output_type -> factory.v1.RenewLeaseResponse
+	18, // 66: factory.v1.QueueService.CompleteTask:output_type -> factory.v1.CompleteTaskResponse
+	21, // 67: factory.v1.QueueService.CompleteTasks:output_type -> factory.v1.CompleteTasksResponse
+	23, // 68: factory.v1.QueueService.FailTask:output_type -> factory.v1.FailTaskResponse
+	25, // 69: factory.v1.QueueService.MoveTask:output_type -> factory.v1.MoveTaskResponse
+	27, // 70: factory.v1.QueueService.SetPriority:output_type -> factory.v1.SetPriorityResponse
+	29, // 71: factory.v1.QueueService.PauseQueue:output_type -> factory.v1.PauseQueueResponse
+	31, // 72: factory.v1.QueueService.ResumeQueue:output_type -> factory.v1.ResumeQueueResponse
+	33, // 73: factory.v1.QueueService.RequeueStuck:output_type -> factory.v1.RequeueStuckResponse
+	36, // 74: factory.v1.QueueService.GetQueueStats:output_type -> factory.v1.GetQueueStatsResponse
+	38, // 75: factory.v1.QueueService.WatchTasks:output_type -> factory.v1.WatchTasksResponse
+	60, // [60:76] is the sub-list for method output_type
+	44, // [44:60] is the sub-list for method input_type
+	44, // [44:44] is the sub-list for extension type_name
+	44, // [44:44] is the sub-list for extension extendee
+	0,  // [0:44] is the sub-list for field type_name
 }
 
 func init() { file_factory_v1_queue_proto_init() }
@@ -2925,7 +3042,7 @@ func file_factory_v1_queue_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_factory_v1_queue_proto_rawDesc), len(file_factory_v1_queue_proto_rawDesc)),
-			NumEnums:      2,
+			NumEnums:      3,
 			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   1,

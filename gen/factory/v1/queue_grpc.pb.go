@@ -58,9 +58,13 @@ type QueueServiceClient interface {
 	CreateTask(ctx context.Context, in *CreateTaskRequest, opts ...grpc.CallOption) (*CreateTaskResponse, error)
 	// CreateTasks adds many tasks in one transaction: all or none.
 	CreateTasks(ctx context.Context, in *CreateTasksRequest, opts ...grpc.CallOption) (*CreateTasksResponse, error)
-	// GetTask returns one task by id.
+	// GetTask returns one task by id, in full.
 	GetTask(ctx context.Context, in *GetTaskRequest, opts ...grpc.CallOption) (*GetTaskResponse, error)
-	// ListTasks returns tasks in creation order, filtered and paged.
+	// ListTasks returns tasks in creation order, filtered and paged. Tasks
+	// come as summaries (without payload, last error, progress and note)
+	// unless view is TASK_VIEW_FULL. A page holds at most page_size tasks and
+	// ends early rather than carry more than 3 MiB of tasks (a single larger
+	// task still comes alone); next_page_token then continues after it.
 	ListTasks(ctx context.Context, in *ListTasksRequest, opts ...grpc.CallOption) (*ListTasksResponse, error)
 	// ClaimTask hands the agent the highest-priority READY tasks (oldest first
 	// within a priority) whose role is one of the agent's roles (or empty), whose
@@ -68,7 +72,10 @@ type QueueServiceClient interface {
 	// claimed task moves to IN_PROGRESS under a lease with a new fencing token,
 	// and its attempt count goes up by one. With wait set, an empty queue holds
 	// the call open until a task becomes READY or the wait ends; it then returns
-	// no tasks, not an error.
+	// no tasks, not an error. A claim takes no more tasks than 3 MiB of
+	// response carries (a single larger task still comes alone): the rest
+	// stay READY, untouched. Claimed tasks whose response cannot be sent (the
+	// client went away) go back to READY at once, their attempt given back.
 	ClaimTask(ctx context.Context, in *ClaimTaskRequest, opts ...grpc.CallOption) (*ClaimTaskResponse, error)
 	// RenewLease extends the holder's lease and records a progress note. A stale
 	// fencing token or an expired lease gets FAILED_PRECONDITION.
@@ -305,9 +312,13 @@ type QueueServiceServer interface {
 	CreateTask(context.Context, *CreateTaskRequest) (*CreateTaskResponse, error)
 	// CreateTasks adds many tasks in one transaction: all or none.
 	CreateTasks(context.Context, *CreateTasksRequest) (*CreateTasksResponse, error)
-	// GetTask returns one task by id.
+	// GetTask returns one task by id, in full.
 	GetTask(context.Context, *GetTaskRequest) (*GetTaskResponse, error)
-	// ListTasks returns tasks in creation order, filtered and paged.
+	// ListTasks returns tasks in creation order, filtered and paged. Tasks
+	// come as summaries (without payload, last error, progress and note)
+	// unless view is TASK_VIEW_FULL. A page holds at most page_size tasks and
+	// ends early rather than carry more than 3 MiB of tasks (a single larger
+	// task still comes alone); next_page_token then continues after it.
 	ListTasks(context.Context, *ListTasksRequest) (*ListTasksResponse, error)
 	// ClaimTask hands the agent the highest-priority READY tasks (oldest first
 	// within a priority) whose role is one of the agent's roles (or empty), whose
@@ -315,7 +326,10 @@ type QueueServiceServer interface {
 	// claimed task moves to IN_PROGRESS under a lease with a new fencing token,
 	// and its attempt count goes up by one. With wait set, an empty queue holds
 	// the call open until a task becomes READY or the wait ends; it then returns
-	// no tasks, not an error.
+	// no tasks, not an error. A claim takes no more tasks than 3 MiB of
+	// response carries (a single larger task still comes alone): the rest
+	// stay READY, untouched. Claimed tasks whose response cannot be sent (the
+	// client went away) go back to READY at once, their attempt given back.
 	ClaimTask(context.Context, *ClaimTaskRequest) (*ClaimTaskResponse, error)
 	// RenewLease extends the holder's lease and records a progress note. A stale
 	// fencing token or an expired lease gets FAILED_PRECONDITION.
