@@ -105,12 +105,14 @@ func startSpend(ctx context.Context, cfg config, opts spendOptions, conn grpc.Cl
 	if opts.listen != "" && opts.listen != "off" {
 		secret, err := opts.spendSecret()
 		if err != nil {
+			cancel()
 			sp.Close()
 			return nil, nil, err
 		}
 		var prices *budget.Prices
 		if opts.pricesFile != "" {
 			if prices, err = budget.LoadPrices(opts.pricesFile); err != nil {
+				cancel()
 				sp.Close()
 				return nil, nil, err
 			}
