@@ -8,7 +8,6 @@ import (
 	"net"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -22,23 +21,6 @@ import (
 	"github.com/factory/factory/controlplane/store"
 	"github.com/factory/factory/controlplane/store/sqlite"
 )
-
-type guardClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *guardClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *guardClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
 
 // guardStore counts the token lookups that reach the store and, when
 // nextHash is set, gives the next created token that hash: it stands for
@@ -64,7 +46,7 @@ func (s *guardStore) TokenCreate(ctx context.Context, p *store.TokenCreateParams
 type guardFixture struct {
 	acc   *access.Service
 	st    *guardStore
-	clock *guardClock
+	clock *fakeClock
 	auth  func(ctx context.Context) error
 }
 
@@ -77,7 +59,7 @@ func newGuardFixture(t *testing.T, limit AuthFailLimit) *guardFixture {
 	}
 	t.Cleanup(func() { raw.Close() })
 	st := &guardStore{Store: raw}
-	clock := &guardClock{now: time.Date(2031, 3, 14, 9, 0, 0, 0, time.UTC)}
+	clock := &fakeClock{now: time.Date(2031, 3, 14, 9, 0, 0, 0, time.UTC)}
 	// No lookup cache: every call that passes the guard reads the store.
 	acc, err := access.New(access.Config{Store: st, Clock: clock, Logger: log, CacheTTL: -1})
 	if err != nil {
