@@ -107,10 +107,11 @@ for a JSON object).`,
 				return usageErrorf("--conns must not be negative")
 			}
 			if cfg.conns == 0 {
-				// The server sets no stream limit per connection; a few
-				// connections spread the client's and the server's
-				// per-connection work (framing, flow control) over cores.
-				cfg.conns = min(8, max(1, cfg.sidecars/500))
+				// The server caps streams per connection (its
+				// --max-streams-per-connection, 128 by default): 100 to a
+				// connection stays under it, as real sidecars, one
+				// connection each, always do.
+				cfg.conns = (cfg.sidecars + benchStreamsPerConn - 1) / benchStreamsPerConn
 			}
 			return a.runFleetBench(cmd, cfg)
 		},
@@ -119,11 +120,15 @@ for a JSON object).`,
 	f.IntVar(&cfg.sidecars, "sidecars", 100, "simulated sidecars, each with its own Connect stream")
 	f.DurationVar(&cfg.duration, "duration", 30*time.Second, "how long to measure once every stream is up")
 	f.DurationVar(&cfg.interval, "interval", time.Second, "heartbeat interval of each simulated sidecar")
-	f.IntVar(&cfg.conns, "conns", 0, "gRPC connections the streams share (0: one per 500 sidecars, at most 8)")
+	f.IntVar(&cfg.conns, "conns", 0, "gRPC connections the streams share (0: one per 100 sidecars, under the control plane's --max-streams-per-connection)")
 	f.IntVar(&cfg.serverPID, "server-pid", 0, "the control plane's pid on this machine, for its CPU and RSS (default: the pid --debug-addr reports)")
 	f.StringVar(&cfg.debugAddr, "debug-addr", "", "the control plane's debug listener (its --debug-listen), for heartbeat latency and its pid")
 	return cmd
 }
+
+// benchStreamsPerConn is how many simulated sidecars share a connection
+// by default.
+const benchStreamsPerConn = 100
 
 func (a *app) runFleetBench(cmd *cobra.Command, cfg fleetBenchConfig) error {
 	ctx, span := a.opts.TracerProvider.Tracer("github.com/factory/factory/cli").Start(cmd.Context(), spanName(cmd))

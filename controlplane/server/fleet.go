@@ -136,7 +136,7 @@ func (s *fleetServer) Connect(stream factoryv1.FleetService_ConnectServer) error
 		case <-ctx.Done():
 			// Closed: the client went away, or its token stopped working
 			// (streams.go answers with the reason).
-			return ctx.Err()
+			return status.FromContextError(ctx.Err()).Err()
 		case <-s.stopping:
 			// Shutdown: the sidecar reconnects to this replica or another.
 			return status.Error(codes.Unavailable, "the control plane is shutting down")
@@ -155,7 +155,7 @@ func (s *fleetServer) Connect(stream factoryv1.FleetService_ConnectServer) error
 			}
 		case m := <-msgs:
 			if ctx.Err() != nil {
-				return ctx.Err() // nothing a closed stream sent is stored
+				return status.FromContextError(ctx.Err()).Err() // nothing a closed stream sent is stored
 			}
 			switch msg := m.GetMsg().(type) {
 			case *factoryv1.ConnectRequest_Heartbeat:

@@ -21,6 +21,7 @@ import (
 
 	"github.com/factory/factory/controlplane/access"
 	"github.com/factory/factory/controlplane/queue"
+	"github.com/factory/factory/controlplane/store"
 	factoryv1 "github.com/factory/factory/gen/factory/v1"
 )
 
@@ -106,7 +107,11 @@ func (r *streamRegistry) open(c access.Caller, secret string, conn uint64, cance
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	ts := r.byToken[c.TokenID]
-	if ts != nil && len(ts.streams) >= r.limits.PerToken {
+	// The per-token cap contains the actors the control plane governs
+	// (agents, sidecars). An operator is a person trusted with everything,
+	// and one operator token may stand for a whole simulated fleet
+	// (factory bench fleet); its streams are bounded per connection.
+	if ts != nil && c.Role != store.RoleOperator && len(ts.streams) >= r.limits.PerToken {
 		return nil, nil, status.Errorf(codes.ResourceExhausted,
 			"too many streams: token %s (%s) already holds %d open streams on this replica, the limit (--max-streams-per-token); close one first", c.TokenID, c, r.limits.PerToken)
 	}

@@ -105,6 +105,27 @@ func TestStreamCapsRefuseTheStreamOverTheLimit(t *testing.T) {
 	}
 }
 
+// An operator token is bounded by the per-connection cap only: a person
+// is trusted, and one operator token may drive a simulated fleet.
+func TestOperatorStreamsAreCappedPerConnectionOnly(t *testing.T) {
+	b := setupWith(t, nil, []GRPCOption{WithStreamLimits(StreamLimits{PerToken: 2, PerConnection: 4})})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	op, _ := b.mintToken(t, store.RoleOperator, "ops")
+	for c := range 2 {
+		q := factoryv1.NewQueueServiceClient(b.dialAs(t, op))
+		for i := range 4 {
+			if _, err := openWatch(t, ctx, q); err != nil {
+				t.Fatalf("operator stream %d on connection %d: %v", i+1, c+1, err)
+			}
+		}
+		_, err := openWatch(t, ctx, q)
+		if st := wantCode(t, err, codes.ResourceExhausted); !strings.Contains(st.Message(), "--max-streams-per-connection") {
+			t.Fatalf("refusal %q does not name the per-connection limit", st.Message())
+		}
+	}
+}
+
 // A closed stream frees its place under the caps.
 func TestStreamCapsCountOnlyOpenStreams(t *testing.T) {
 	b := setupWith(t, nil, []GRPCOption{WithStreamLimits(StreamLimits{PerToken: 2})})
