@@ -52,6 +52,10 @@ type flood struct {
 	cp   *controlPlane
 	op   *grpc.ClientConn
 	calm *grpc.ClientConn
+	// acked and unsure count the calm client's completions: acknowledged,
+	// and failed with an error (the reply may have been lost after the
+	// completion took effect).
+	acked, unsure int
 }
 
 // newFlood starts a control plane (extra args go to it) and a calm agent
@@ -121,6 +125,8 @@ func (f *flood) measureCalm(t *testing.T, d time.Duration) calmResult {
 		res.cycles++
 	}
 	elapsed := time.Since(start) - refilling
+	f.acked += res.cycles
+	f.unsure += res.errors
 	res.perSec = float64(res.cycles) / elapsed.Seconds()
 	slices.Sort(lat)
 	if len(lat) > 0 {
@@ -159,5 +165,69 @@ func (f *flood) underLoad(t *testing.T, rssBoundMiB float64, load func(ctx conte
 	}
 	if rss > rssBoundMiB {
 		t.Errorf("control plane RSS %.0f MiB under load, bound %.0f MiB", rss, rssBoundMiB)
+	}
+	f.checkAcknowledged(t)
+}
+
+// checkAcknowledged checks, once the load has stopped, that every
+// completion the calm client was acknowledged is DONE in the store.
+func (f *flood) checkAcknowledged(t *testing.T) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	q := factoryv1.NewQueueServiceClient(f.op)
+	done, token := 0, ""
+	for {
+		resp, err := q.ListTasks(ctx, &factoryv1.ListTasksRequest{States: []factoryv1.TaskState{factoryv1.TaskState_TASK_STATE_DONE}, Role: "calm", PageSize: 1000, PageToken: token})
+		if err != nil {
+			t.Fatalf("list the calm client's DONE tasks: %v", err)
+		}
+		done += len(resp.GetTasks())
+		if token = resp.GetNextPageToken(); token == "" {
+			break
+		}
+	}
+	if done < f.acked || done > f.acked+f.unsure {
+		t.Errorf("%d calm tasks DONE after the load, want %d acknowledged completions (plus at most %d unsure)", done, f.acked, f.unsure)
+	}
+}
+
+// resumeMissesNothing watches role (changes only) and stops reading at
+// once, as a client cut off would; then runs do, which creates n tasks of
+// role, and resumes from the cursor it had: every one of the n tasks must
+// come back as CREATED.
+func (f *flood) resumeMissesNothing(ctx context.Context, t *testing.T, role string, n int, do func()) {
+	t.Helper()
+	q := factoryv1.NewQueueServiceClient(f.calm)
+	wctx, stop := context.WithCancel(ctx)
+	stream, err := q.WatchTasks(wctx, &factoryv1.WatchTasksRequest{Role: role, ChangesOnly: true})
+	var first *factoryv1.WatchTasksResponse
+	if err == nil {
+		first, err = stream.Recv()
+	}
+	stop()
+	if err != nil || first.GetCursor() == "" {
+		t.Errorf("calm watch of role %s: %v (first message %v, want SYNCED with a cursor)", role, err, first)
+		return
+	}
+	do()
+	// Its own deadline: the load ending does not excuse a missed event.
+	rctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	resumed, err := q.WatchTasks(rctx, &factoryv1.WatchTasksRequest{Role: role, ChangesOnly: true, ResumeCursor: first.GetCursor()})
+	if err != nil {
+		t.Errorf("resume from %s: %v", first.GetCursor(), err)
+		return
+	}
+	seen := map[string]bool{}
+	for len(seen) < n {
+		ev, err := resumed.Recv()
+		if err != nil {
+			t.Errorf("resumed watch from %s ended after %d of %d created tasks: %v", first.GetCursor(), len(seen), n, err)
+			return
+		}
+		if ev.GetType() == factoryv1.TaskEventType_TASK_EVENT_TYPE_CREATED {
+			seen[ev.GetTask().GetId()] = true
+		}
 	}
 }
