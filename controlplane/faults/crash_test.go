@@ -233,8 +233,10 @@ func completeWithRetry(ctx context.Context, q factoryv1.QueueServiceClient, name
 			done.Add(1)
 			return
 		case codes.FailedPrecondition, codes.NotFound:
-			// The lease ended (expired across the crash, or our completion
-			// landed but its answer was lost): someone else finishes it.
+			// The lease ended (expired across the crash and the task was
+			// claimed again): someone else finishes it. A completion that
+			// landed but whose answer was lost is not here: the retry with
+			// the same token answers OK with the task as it is.
 			return
 		default:
 			if errors.Is(ctx.Err(), context.Canceled) {

@@ -46,7 +46,7 @@ func (s *Service) observeCompleted(items []store.TaskCompleteItem, results []sto
 		return
 	}
 	for i, r := range results {
-		if r.Err == nil && r.Task != nil && i < len(items) {
+		if r.Err == nil && r.Task != nil && !r.Replay && i < len(items) {
 			o.Finished(items[i].Lease.Agent, r.Task.State)
 		}
 	}

@@ -408,6 +408,11 @@ func (s *Service) Fail(ctx context.Context, ref store.LeaseRef, errText string, 
 	if err != nil {
 		return nil, err
 	}
+	if changes[0].PreviousState == changes[0].Task.State {
+		// A repeat of the failure that ended this lease: nothing changed,
+		// so there is nothing to announce or count.
+		return changes[0].Task, nil
+	}
 	s.publish(changes)
 	s.observeFailed(ref.Agent, changes[0].Task)
 	return changes[0].Task, nil

@@ -61,7 +61,8 @@ type Store interface {
 
 	// TaskRenew extends a held lease to Now+LeaseDuration, sets RenewedAt=Now
 	// and, when Progress is not empty, the progress note. See CheckLease for
-	// the holder check.
+	// the holder check. Repeating a renewal while the lease holds extends
+	// it again; once the lease has ended, a renewal is refused.
 	TaskRenew(ctx context.Context, params *TaskRenewParams) (*Task, error)
 
 	// TaskComplete completes each held task: to REVIEW when Review is set,
@@ -69,13 +70,17 @@ type Store interface {
 	// Items succeed or fail on their own: Results[i].Err holds item i's
 	// error (ErrNotFound, ErrStaleLease), the successes all land. Tasks
 	// reaching DONE promote BACKLOG dependents whose dependencies are now all
-	// DONE (to PAUSED while the queue is paused).
+	// DONE (to PAUSED while the queue is paused). An item repeating the
+	// completion that ended the task's last lease (see CheckCompleteReplay)
+	// succeeds with the task as it is, Replay set, and changes nothing.
 	TaskComplete(ctx context.Context, params *TaskCompleteParams) (*TaskCompleteResult, error)
 
 	// TaskFail records a failure of a held task: LastError=Error and the
 	// lease ends. Permanent, or Attempt >= MaxAttempts: to FAILED. Otherwise
 	// to READY (PAUSED while the queue is paused) with
-	// RunAfter=Now+Backoff(Attempt).
+	// RunAfter=Now+Backoff(Attempt). A call repeating the failure that
+	// ended the task's last lease (see CheckFailReplay) returns the task as
+	// it is, with PreviousState equal to its State, and changes nothing.
 	TaskFail(ctx context.Context, params *TaskFailParams) ([]TaskChange, error)
 
 	// TaskMove is an operator move. A move CanOperatorMove does not allow is
@@ -267,6 +272,9 @@ type TaskCompleteResult struct {
 type TaskCompleteItemResult struct {
 	Task *Task
 	Err  error
+	// Replay marks a success that repeated an earlier completion of the
+	// same lease: Task is as that completion left it and nothing changed.
+	Replay bool
 }
 
 // TaskFailParams reports a failure.

@@ -331,9 +331,13 @@ func (c *completion) finish(t *txn) error {
 		}
 	}
 	current := make(map[string]*row)
+	ended := make(map[string]store.EndedLease)
 	if len(missing) > 0 {
-		rows, err := t.rows(qGetByIDs, missing)
-		if err != nil {
+		var rows []*row
+		b := t.batch()
+		queueRows(b, &rows, qGetByIDs, missing)
+		queueEnded(b, ended, missing)
+		if err := t.send(b); err != nil {
 			return err
 		}
 		for _, r := range rows {
@@ -350,6 +354,13 @@ func (c *completion) finish(t *txn) error {
 	for i, it := range c.items {
 		res := &it.req.res.Results[it.idx]
 		w, ok := c.won[it.lease.TaskID]
+		// found is the task as the item finds it and endedLease the lease
+		// a completion or failure of it last ended, when the item may be a
+		// repeat of that call.
+		var (
+			found      *store.Task
+			endedLease store.EndedLease
+		)
 		switch {
 		case ok && w.ord == i+1:
 			res.Task = w.row.t.Clone()
@@ -357,6 +368,8 @@ func (c *completion) finish(t *txn) error {
 			continue
 		case ok && w.ord < i+1:
 			// An earlier item completed the task.
+			win := c.items[w.ord-1].lease
+			found, endedLease = w.row.t, store.EndedLease{Holder: win.Agent, FencingToken: win.FencingToken}
 			res.Err = store.CheckLease(w.row.t, it.lease, it.req.now)
 		case ok:
 			// A later item completed the task; until then it was held
@@ -368,7 +381,15 @@ func (c *completion) finish(t *txn) error {
 		case current[it.lease.TaskID] == nil:
 			res.Err = notFound(it.lease.TaskID)
 		default:
-			res.Err = store.CheckLease(current[it.lease.TaskID].t, it.lease, it.req.now)
+			found, endedLease = current[it.lease.TaskID].t, ended[it.lease.TaskID]
+			res.Err = store.CheckLease(found, it.lease, it.req.now)
+		}
+		if res.Err != nil && found != nil {
+			res.Err = store.CheckCompleteReplay(found, endedLease, it.req.p.Items[it.idx], res.Err)
+			if res.Err == nil {
+				res.Task, res.Replay = found.Clone(), true
+				continue
+			}
 		}
 		if res.Err == nil {
 			// The lease holds now but did not when the statement ran.

@@ -55,6 +55,14 @@ SELECT {COLS} FROM tasks WHERE id = $1`)
 	qGetByIDs = q(`-- name: TaskGetMany
 SELECT {COLS} FROM tasks WHERE id = ANY($1::text[])`)
 
+	// qEnded and qSetEnded read and record the lease a completion or a
+	// failure ended (store.EndedLease). qEnded runs only for calls already
+	// refused, to tell a repeat from a stale holder.
+	qEnded = `-- name: TaskEnded
+SELECT id, ended_holder, ended_token FROM tasks WHERE id = ANY($1::text[])`
+	qSetEnded = `-- name: TaskSetEnded
+UPDATE tasks SET ended_holder = $2, ended_token = $3 WHERE seq = $1`
+
 	qGetForUpdate = q(`-- name: TaskLock
 SELECT {COLS} FROM tasks WHERE id = $1 FOR UPDATE`)
 
@@ -171,7 +179,10 @@ WITH items AS (
 		FROM tasks t WHERE t.id = i.id)
 	ORDER BY i.id, i.ord
 ), done AS (
+	-- The ended lease is kept for repeats of the call (see
+	-- store.EndedLease); the right-hand sides read the row as it was.
 	UPDATE tasks t SET state = CASE WHEN w.review THEN {REVIEW} ELSE {DONE} END,
+		ended_holder = t.lease_holder, ended_token = t.fencing_token,
 		lease_holder = '', lease_expires_at = NULL, claimed_at = NULL, renewed_at = NULL,
 		note = CASE WHEN w.note <> '' THEN w.note ELSE t.note END,
 		updated_at = w.now, state_changed_at = w.now

@@ -543,15 +543,24 @@ func (s *Store) TaskFail(ctx context.Context, p *store.TaskFailParams) ([]store.
 		}
 		r := rows[0]
 		if err := store.CheckLease(r.t, p.Lease, now); err != nil {
-			return err
+			ended, endedErr := t.ended([]string{r.t.ID})
+			if endedErr != nil {
+				return endedErr
+			}
+			if err := store.CheckFailReplay(r.t, ended[r.t.ID], p, err); err != nil {
+				return err
+			}
+			out = []store.TaskChange{{Task: r.t, PreviousState: r.t.State}}
+			return nil
 		}
+		holder := r.t.LeaseHolder
 		r.t.LastError = p.Error
 		r.t.EndLease()
 		r.t.Retry(p.Permanent, paused, p.Backoff, now)
 		r.t.RunAfter = norm(r.t.RunAfter) // PostgreSQL keeps microseconds
 		out = []store.TaskChange{{Task: r.t.Clone(), PreviousState: store.StateInProgress}}
 		t.announce(out)
-		return t.commit(queueSave(r))
+		return t.commit(queueSave(r), queueSetEnded(r, holder))
 	})
 	if err != nil {
 		return nil, err
@@ -752,6 +761,40 @@ func queueSave(rows ...*row) func(b *pgx.Batch) {
 		b.Queue(qSave, seqs, priorities, states, attempts, lastErrors, progress, notes, holders, tokens,
 			expires, claimed, renewed, runAfter, updated, change, byQueue)
 	}
+}
+
+// queueSetEnded records that holder's lease on r, under r's token, was
+// ended by a completion or failure.
+func queueSetEnded(r *row, holder string) func(b *pgx.Batch) {
+	return func(b *pgx.Batch) { b.Queue(qSetEnded, r.seq, holder, r.t.FencingToken) }
+}
+
+// queueEnded queues the read of the leases that completions or failures
+// of the tasks last ended, into out.
+func queueEnded(b *pgx.Batch, out map[string]store.EndedLease, ids []string) {
+	b.Queue(qEnded, ids).Query(func(rs pgx.Rows) error {
+		defer rs.Close()
+		for rs.Next() {
+			var (
+				id string
+				e  store.EndedLease
+			)
+			if err := rs.Scan(&id, &e.Holder, &e.FencingToken); err != nil {
+				return err
+			}
+			out[id] = e
+		}
+		return rs.Err()
+	})
+}
+
+// ended reads the leases that completions or failures of the tasks last
+// ended.
+func (t *txn) ended(ids []string) (map[string]store.EndedLease, error) {
+	out := make(map[string]store.EndedLease, len(ids))
+	b := t.batch()
+	queueEnded(b, out, ids)
+	return out, t.send(b)
 }
 
 // jsonText encodes v as a JSON parameter.

@@ -42,6 +42,12 @@ var (
 	qGetByID = q(`SELECT {COLS} FROM tasks WHERE id = ?`)
 	qStates  = q(`SELECT id, state FROM tasks WHERE id IN (SELECT value FROM json_each(?))`)
 
+	// qEnded and qSetEnded read and record the lease a completion or a
+	// failure ended (store.EndedLease). qEnded runs only for a call
+	// already refused, to tell a repeat from a stale holder.
+	qEnded    = `SELECT ended_holder, ended_token FROM tasks WHERE id = ?`
+	qSetEnded = `UPDATE tasks SET ended_holder = ?, ended_token = ? WHERE seq = ?`
+
 	// qClaim picks and takes the tasks in one statement; the IMMEDIATE
 	// transaction around it holds the write lock from the start, so no
 	// other claim sees the same READY rows. The candidates are read in
@@ -123,9 +129,12 @@ var (
 	// still good: CheckLease's rule, in SQL, so that the common case is one
 	// statement. The returned flag says whether some task depends on the
 	// row, so that promotion is looked for only then. The first parameter
-	// is Now; the rows' placeholders come after it.
+	// is Now; the rows' placeholders come after it. The ended lease is
+	// kept for repeats of the call (see store.EndedLease); the right-hand
+	// sides read the row as it was before the update.
 	qComplete = batchSQL(`UPDATE tasks SET state = v.column4,
 		note = CASE WHEN v.column5 = '' THEN tasks.note ELSE v.column5 END,
+		ended_holder = tasks.lease_holder, ended_token = tasks.fencing_token,
 		lease_holder = '', lease_expires_at = 0, claimed_at = 0, renewed_at = 0,
 		updated_at = ?1, state_changed_at = ?1
 	FROM (VALUES `, 5, q(`) AS v

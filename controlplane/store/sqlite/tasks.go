@@ -483,7 +483,15 @@ func (s *Store) TaskComplete(ctx context.Context, p *store.TaskCompleteParams) (
 				return err
 			}
 			if err := store.CheckLease(r.t, it.Lease, now); err != nil {
-				res.Results[i].Err = err
+				ended, endedErr := w.ended(it.Lease.TaskID)
+				if endedErr != nil {
+					return endedErr
+				}
+				if err := store.CheckCompleteReplay(r.t, ended, it, err); err != nil {
+					res.Results[i].Err = err
+				} else {
+					res.Results[i].Task, res.Results[i].Replay = r.t, true
+				}
 				continue
 			}
 			to := store.StateDone
@@ -491,12 +499,16 @@ func (s *Store) TaskComplete(ctx context.Context, p *store.TaskCompleteParams) (
 				to = store.StateReview
 			}
 			t := r.t
+			holder := t.LeaseHolder
 			t.SetState(to, now)
 			t.EndLease()
 			if it.Note != "" {
 				t.Note = it.Note
 			}
 			if err := w.save(r); err != nil {
+				return err
+			}
+			if err := w.setEnded(r, holder); err != nil {
 				return err
 			}
 			if to == store.StateDone {
@@ -506,7 +518,7 @@ func (s *Store) TaskComplete(ctx context.Context, p *store.TaskCompleteParams) (
 		}
 
 		for _, r := range res.Results {
-			if r.Task != nil {
+			if r.Task != nil && !r.Replay {
 				res.Changes = append(res.Changes, store.TaskChange{Task: r.Task.Clone(), PreviousState: store.StateInProgress})
 			}
 		}
@@ -528,20 +540,35 @@ func (s *Store) TaskFail(ctx context.Context, p *store.TaskFailParams) ([]store.
 	now := norm(p.Now)
 	var out []store.TaskChange
 	err := s.writeTx(ctx, "TaskFail", func(w *wtx) error {
-		r, err := w.held(p.Lease, now)
+		r, err := w.byID(p.Lease.TaskID)
 		if err != nil {
 			return err
+		}
+		if err := store.CheckLease(r.t, p.Lease, now); err != nil {
+			ended, endedErr := w.ended(r.t.ID)
+			if endedErr != nil {
+				return endedErr
+			}
+			if err := store.CheckFailReplay(r.t, ended, p, err); err != nil {
+				return err
+			}
+			out = []store.TaskChange{{Task: r.t, PreviousState: r.t.State}}
+			return nil
 		}
 		paused, _, err := w.paused()
 		if err != nil {
 			return err
 		}
 		t := r.t
+		holder := t.LeaseHolder
 		t.LastError = p.Error
 		t.EndLease()
 		t.Retry(p.Permanent, paused, p.Backoff, now)
 		out = []store.TaskChange{{Task: t.Clone(), PreviousState: store.StateInProgress}}
-		return w.save(r)
+		if err := w.save(r); err != nil {
+			return err
+		}
+		return w.setEnded(r, holder)
 	})
 	if err != nil {
 		return nil, err
@@ -701,6 +728,30 @@ func (w *wtx) held(ref store.LeaseRef, now time.Time) (*row, error) {
 		return nil, err
 	}
 	return r, nil
+}
+
+// ended reads the lease a completion or failure of the task last ended.
+func (w *wtx) ended(id string) (store.EndedLease, error) {
+	rs, err := w.query(qEnded, id)
+	if err != nil {
+		return store.EndedLease{}, err
+	}
+	defer rs.Close()
+	var e store.EndedLease
+	if rs.Next() {
+		err = rs.Scan(&e.Holder, &e.FencingToken)
+	}
+	if err == nil {
+		err = rs.Err()
+	}
+	return e, dbErr(w.op, err)
+}
+
+// setEnded records that holder's lease on r, under r's token, was ended by
+// a completion or failure.
+func (w *wtx) setEnded(r *row, holder string) error {
+	_, err := w.exec(qSetEnded, holder, r.t.FencingToken, r.seq)
+	return err
 }
 
 // states returns the stored state of each named task that exists.

@@ -31,7 +31,7 @@ func TestUpgradeDeniesOldPendingApprovalsOnTimeout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := p.UpTo(ctx, 12); err != nil {
+	if _, err := p.UpTo(ctx, 11); err != nil {
 		t.Fatal(err)
 	}
 	const insert = `INSERT INTO approvals (id, what, agent, tier, deadline, default_on_timeout, state, outcome, created_at)

@@ -156,6 +156,7 @@ func (s *suite) testLease(t *testing.T) {
 		}},
 	})
 	t.Run("Stale", s.testStaleLease)
+	t.Run("Repeat", s.testRepeat)
 }
 
 // staleScenario leaves a task whose lease ref no longer holds, at the

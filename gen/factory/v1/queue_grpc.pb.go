@@ -78,18 +78,32 @@ type QueueServiceClient interface {
 	// client went away) go back to READY at once, their attempt given back.
 	ClaimTask(ctx context.Context, in *ClaimTaskRequest, opts ...grpc.CallOption) (*ClaimTaskResponse, error)
 	// RenewLease extends the holder's lease and records a progress note. A stale
-	// fencing token or an expired lease gets FAILED_PRECONDITION.
+	// fencing token or an expired lease gets FAILED_PRECONDITION. Repeating a
+	// renewal (its reply was lost) is safe while the lease holds: it extends
+	// the same lease again; once the lease has ended it is refused.
 	RenewLease(ctx context.Context, in *RenewLeaseRequest, opts ...grpc.CallOption) (*RenewLeaseResponse, error)
 	// CompleteTask finishes a claimed task: to REVIEW for a human check, or
 	// straight to DONE. DONE promotes BACKLOG tasks whose dependencies are now
-	// all DONE. A stale fencing token gets FAILED_PRECONDITION.
+	// all DONE. A stale fencing token gets FAILED_PRECONDITION. A completion
+	// repeated by the same agent with the same fencing token after it took
+	// effect (its reply was lost) is OK with the task as it is now, as long
+	// as the task is still where that completion put it; nothing changes
+	// again. A repeat asking for another outcome (review, a different note)
+	// gets FAILED_PRECONDITION saying what differs; another agent, an older
+	// token or a task claimed again since still gets FAILED_PRECONDITION.
 	CompleteTask(ctx context.Context, in *CompleteTaskRequest, opts ...grpc.CallOption) (*CompleteTaskResponse, error)
 	// CompleteTasks completes many claimed tasks in one call; each well-formed
-	// item succeeds or fails on its own.
+	// item succeeds or fails on its own; a repeated item is answered as a
+	// repeated CompleteTask is.
 	CompleteTasks(ctx context.Context, in *CompleteTasksRequest, opts ...grpc.CallOption) (*CompleteTasksResponse, error)
 	// FailTask reports that a claimed task failed. A retryable failure goes back
 	// to READY after a backoff, or to FAILED (the dead letter) once its attempts
-	// are used up; a permanent failure goes to FAILED at once.
+	// are used up; a permanent failure goes to FAILED at once. A failure
+	// repeated by the same agent with the same fencing token after it took
+	// effect is OK with the task as it is now, while the task is still READY,
+	// PAUSED or FAILED from that failure (not claimed again); nothing changes
+	// again. A repeat with another error or permanence gets
+	// FAILED_PRECONDITION saying what differs, as does being fenced out.
 	FailTask(ctx context.Context, in *FailTaskRequest, opts ...grpc.CallOption) (*FailTaskResponse, error)
 	// MoveTask is an operator move between states, allowed only by the
 	// transition table (for example requeue FAILED to READY, kill IN_PROGRESS to
@@ -332,18 +346,32 @@ type QueueServiceServer interface {
 	// client went away) go back to READY at once, their attempt given back.
 	ClaimTask(context.Context, *ClaimTaskRequest) (*ClaimTaskResponse, error)
 	// RenewLease extends the holder's lease and records a progress note. A stale
-	// fencing token or an expired lease gets FAILED_PRECONDITION.
+	// fencing token or an expired lease gets FAILED_PRECONDITION. Repeating a
+	// renewal (its reply was lost) is safe while the lease holds: it extends
+	// the same lease again; once the lease has ended it is refused.
 	RenewLease(context.Context, *RenewLeaseRequest) (*RenewLeaseResponse, error)
 	// CompleteTask finishes a claimed task: to REVIEW for a human check, or
 	// straight to DONE. DONE promotes BACKLOG tasks whose dependencies are now
-	// all DONE. A stale fencing token gets FAILED_PRECONDITION.
+	// all DONE. A stale fencing token gets FAILED_PRECONDITION. A completion
+	// repeated by the same agent with the same fencing token after it took
+	// effect (its reply was lost) is OK with the task as it is now, as long
+	// as the task is still where that completion put it; nothing changes
+	// again. A repeat asking for another outcome (review, a different note)
+	// gets FAILED_PRECONDITION saying what differs; another agent, an older
+	// token or a task claimed again since still gets FAILED_PRECONDITION.
 	CompleteTask(context.Context, *CompleteTaskRequest) (*CompleteTaskResponse, error)
 	// CompleteTasks completes many claimed tasks in one call; each well-formed
-	// item succeeds or fails on its own.
+	// item succeeds or fails on its own; a repeated item is answered as a
+	// repeated CompleteTask is.
 	CompleteTasks(context.Context, *CompleteTasksRequest) (*CompleteTasksResponse, error)
 	// FailTask reports that a claimed task failed. A retryable failure goes back
 	// to READY after a backoff, or to FAILED (the dead letter) once its attempts
-	// are used up; a permanent failure goes to FAILED at once.
+	// are used up; a permanent failure goes to FAILED at once. A failure
+	// repeated by the same agent with the same fencing token after it took
+	// effect is OK with the task as it is now, while the task is still READY,
+	// PAUSED or FAILED from that failure (not claimed again); nothing changes
+	// again. A repeat with another error or permanence gets
+	// FAILED_PRECONDITION saying what differs, as does being fenced out.
 	FailTask(context.Context, *FailTaskRequest) (*FailTaskResponse, error)
 	// MoveTask is an operator move between states, allowed only by the
 	// transition table (for example requeue FAILED to READY, kill IN_PROGRESS to
