@@ -167,6 +167,10 @@ type Service struct {
 	watchMu  sync.Mutex
 	watchers map[chan StopSignal]struct{}
 	lastStop *StopSignal
+	// stopGen counts announcements; a state read before the latest one
+	// (a view refreshed while the stop was pulled or rearmed) is stale and
+	// is not announced.
+	stopGen uint64
 
 	// alerted holds the scopes whose alert the store already has for
 	// alertedDay, so reports past a threshold do not write it again.
@@ -271,6 +275,7 @@ func (s *Service) refresh(ctx context.Context, force bool) (*view, error) {
 	if err != nil {
 		return nil, err
 	}
+	gen := s.stopGeneration()
 	stop, err := s.store.EmergencyStopGet(ctx)
 	if err != nil {
 		return nil, err
@@ -280,8 +285,9 @@ func (s *Service) refresh(ctx context.Context, force bool) (*view, error) {
 	s.view = v
 	s.mu.Unlock()
 	// Another replica may have pulled or rearmed the stop: tell this
-	// replica's sidecars.
-	s.announceStop(stop)
+	// replica's sidecars, unless this replica announced a newer state
+	// while the read was under way.
+	s.announceStopRead(stop, gen)
 	return v, nil
 }
 

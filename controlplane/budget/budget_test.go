@@ -362,6 +362,40 @@ func TestEmergencyThresholdStopsTheFleetUntilRearmed(t *testing.T) {
 	}
 }
 
+// A view refreshed while the stop was pulled read the state from before
+// the pull: announcing it would tell the sidecars the fleet runs again.
+func TestAStaleReadDoesNotUndoANewerStopAnnouncement(t *testing.T) {
+	f := newFixture(t, mustUTC("2031-03-14T00:00:00Z"), nil)
+	sig, unwatch := f.svc.WatchStop()
+	defer unwatch()
+	gen := f.svc.stopGeneration()
+	stale, err := f.svc.StopState(f.ctx)
+	if err != nil || stale.Stopped {
+		t.Fatalf("before the stop: %+v, %v", stale, err)
+	}
+	if _, err := f.svc.EmergencyStop(f.ctx, "drill", "ops"); err != nil {
+		t.Fatal(err)
+	}
+	if s := <-sig; !s.Stopped {
+		t.Fatalf("watchers told %+v, want the stop", s)
+	}
+	f.svc.announceStopRead(stale, gen)
+	select {
+	case s := <-sig:
+		t.Fatalf("the stale read was announced: %+v", s)
+	default:
+	}
+	// A read taken after the stop is announced as usual (here: unchanged).
+	gen = f.svc.stopGeneration()
+	fresh, _ := f.svc.StopState(f.ctx)
+	f.svc.announceStopRead(fresh, gen)
+	select {
+	case s := <-sig:
+		t.Fatalf("an unchanged state was announced again: %+v", s)
+	default:
+	}
+}
+
 func TestRearmLeavesAnOperatorsPauseAlone(t *testing.T) {
 	f := newFixture(t, mustUTC("2031-03-14T00:00:00Z"), nil)
 	if _, err := f.q.Create(f.ctx, []*queue.CreateParams{{Title: "a"}}); err != nil {

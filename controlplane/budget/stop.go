@@ -142,12 +142,38 @@ func (s *Service) WatchStop() (<-chan StopSignal, func()) {
 	}
 }
 
-// announceStop tells the watchers when the stop's state differs from what
-// they were last told.
+// announceStop tells the watchers when the stop's state, just written by
+// this replica, differs from what they were last told.
 func (s *Service) announceStop(st *store.EmergencyStop) {
-	sig := StopSignal{Stopped: st.Stopped, Reason: st.Reason}
 	s.watchMu.Lock()
 	defer s.watchMu.Unlock()
+	s.announceLocked(st)
+}
+
+// stopGeneration is the announcement count, taken before reading the
+// stop's state for announceStopRead.
+func (s *Service) stopGeneration() uint64 {
+	s.watchMu.Lock()
+	defer s.watchMu.Unlock()
+	return s.stopGen
+}
+
+// announceStopRead announces a state read from the store after
+// stopGeneration returned gen, unless something was announced since: that
+// announcement is newer than the read, and announcing the read would
+// flip the sidecars back to a state already replaced.
+func (s *Service) announceStopRead(st *store.EmergencyStop, gen uint64) {
+	s.watchMu.Lock()
+	defer s.watchMu.Unlock()
+	if s.stopGen != gen {
+		return
+	}
+	s.announceLocked(st)
+}
+
+func (s *Service) announceLocked(st *store.EmergencyStop) {
+	sig := StopSignal{Stopped: st.Stopped, Reason: st.Reason}
+	s.stopGen++
 	if s.lastStop != nil && *s.lastStop == sig {
 		return
 	}

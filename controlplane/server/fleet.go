@@ -110,7 +110,7 @@ func (s *fleetServer) Connect(stream factoryv1.FleetService_ConnectServer) error
 	}}); err != nil {
 		return err
 	}
-	stops, unwatch, err := s.watchStop(ctx, stream)
+	stops, unwatch, toldStopped, err := s.watchStop(ctx, stream)
 	if err != nil {
 		return err
 	}
@@ -150,9 +150,13 @@ func (s *fleetServer) Connect(stream factoryv1.FleetService_ConnectServer) error
 				return err
 			}
 		case sig := <-stops:
+			if !stopChanged(toldStopped, sig) {
+				continue
+			}
 			if err := stream.Send(stopMessage(sig)); err != nil {
 				return err
 			}
+			toldStopped = sig.Stopped
 		case m := <-msgs:
 			if ctx.Err() != nil {
 				return status.FromContextError(ctx.Err()).Err() // nothing a closed stream sent is stored
