@@ -167,9 +167,10 @@ func (s *fleetServer) Connect(stream factoryv1.FleetService_ConnectServer) error
 					heartbeatLatency.record(time.Since(msg.Heartbeat.GetSentAt().AsTime()))
 				}
 			case *factoryv1.ConnectRequest_Telemetry:
-				if err = s.fleet.Telemetry(host, msg.Telemetry); err == nil {
-					s.recordHistory(ctx, host, msg.Telemetry)
-				}
+				// History first: once the live view shows a reading, the
+				// history has taken it (or decided to skip it) already.
+				s.recordHistory(ctx, host, msg.Telemetry)
+				err = s.fleet.Telemetry(host, msg.Telemetry)
 			case *factoryv1.ConnectRequest_Events:
 				err = s.storeEvents(ctx, stream, host, msg.Events.GetEvents())
 			case *factoryv1.ConnectRequest_CommandResult:
