@@ -65,20 +65,14 @@ func TestUndeliveredClaimIsReleased(t *testing.T) {
 
 	// The release runs as the call ends on the server, which may be a
 	// moment after the client saw the failure.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		stats, err := st.QueueStats(ctx)
-		if err != nil {
+	var stats *store.QueueStats
+	waitFor(t, func() bool {
+		var err error
+		if stats, err = st.QueueStats(ctx); err != nil {
 			t.Fatal(err)
 		}
-		if stats.Counts[store.StateInProgress] == 0 && stats.Counts[store.StateReady] == 2 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after an undelivered claim: %d IN_PROGRESS, %d READY; want 0 and 2", stats.Counts[store.StateInProgress], stats.Counts[store.StateReady])
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return stats.Counts[store.StateInProgress] == 0 && stats.Counts[store.StateReady] == 2
+	})
 	for _, id := range []string{"a", "b"} {
 		task, err := st.TaskGet(ctx, id)
 		if err != nil {

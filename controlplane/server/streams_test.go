@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
 
 	"github.com/factory/factory/controlplane/access"
@@ -132,12 +133,22 @@ func TestStreamCapsCountOnlyOpenStreams(t *testing.T) {
 	forge, _ := b.mintToken(t, store.RoleAgent, "forge")
 	agent := b.clientsAs(t, forge)
 	for i := range 10 {
-		ctx, cancel := context.WithCancel(context.Background())
-		if _, err := openWatch(t, ctx, agent.q); err != nil {
-			t.Fatalf("round %d: %v", i, err)
-		}
-		cancel()
-		time.Sleep(20 * time.Millisecond) // the server hears of the cancel
+		// The server hears of the previous round's cancel in its own time:
+		// the place must come free, not the next open succeed at once.
+		var stop context.CancelFunc
+		waitFor(t, func() bool {
+			ctx, cancel := context.WithCancel(context.Background())
+			if _, err := openWatch(t, ctx, agent.q); err != nil {
+				cancel()
+				if status.Code(err) != codes.ResourceExhausted {
+					t.Fatalf("round %d: %v", i, err)
+				}
+				return false
+			}
+			stop = cancel
+			return true
+		})
+		stop()
 	}
 }
 

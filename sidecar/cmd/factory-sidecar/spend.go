@@ -83,6 +83,24 @@ func startSpend(ctx context.Context, cfg config, opts spendOptions, conn grpc.Cl
 	if !opts.enabled() {
 		return nil, func() {}, nil
 	}
+	// The endpoint's settings are read before anything is opened, so a bad
+	// one leaves nothing to undo.
+	endpoint := opts.listen != "" && opts.listen != "off"
+	var (
+		secret string
+		prices *budget.Prices
+		err    error
+	)
+	if endpoint {
+		if secret, err = opts.spendSecret(); err != nil {
+			return nil, nil, err
+		}
+		if opts.pricesFile != "" {
+			if prices, err = budget.LoadPrices(opts.pricesFile); err != nil {
+				return nil, nil, err
+			}
+		}
+	}
 	path, err := cfg.spendSpoolPath()
 	if err != nil {
 		return nil, nil, err
@@ -102,21 +120,7 @@ func startSpend(ctx context.Context, cfg config, opts spendOptions, conn grpc.Cl
 	var wg sync.WaitGroup
 	var ep *spend.Endpoint
 	var srv *http.Server
-	if opts.listen != "" && opts.listen != "off" {
-		secret, err := opts.spendSecret()
-		if err != nil {
-			cancel()
-			sp.Close()
-			return nil, nil, err
-		}
-		var prices *budget.Prices
-		if opts.pricesFile != "" {
-			if prices, err = budget.LoadPrices(opts.pricesFile); err != nil {
-				cancel()
-				sp.Close()
-				return nil, nil, err
-			}
-		}
+	if endpoint {
 		ep = &spend.Endpoint{Spool: sp, Host: cfg.Host, Agents: agents, Prices: prices, Secret: secret, Logger: log}
 		lis, err := listenLoopback(opts.listen)
 		if err != nil {
