@@ -219,7 +219,9 @@ type TaskListResult struct {
 
 // TaskClaimParams asks for up to Max tasks.
 type TaskClaimParams struct {
-	Agent         string
+	Agent string
+	// Roles are the task roles the claim may take, at most MaxClaimRoles;
+	// tasks with the empty role are every agent's.
 	Roles         []string
 	Max           int
 	LeaseDuration time.Duration
@@ -227,6 +229,9 @@ type TaskClaimParams struct {
 	// MaxBytes bounds the claimed tasks' total size; 0 does not bound.
 	MaxBytes int64
 }
+
+// MaxClaimRoles is the most roles one claim may name (as the API allows).
+const MaxClaimRoles = 64
 
 // TaskReleaseParams names the leases of claimed tasks to hand back.
 type TaskReleaseParams struct {

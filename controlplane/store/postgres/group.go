@@ -421,11 +421,7 @@ func (c *completion) finish(t *txn) error {
 // queueClaim queues one claim of up to n tasks within budget bytes,
 // appended to r.out; first lets the first task come whatever its size.
 func queueClaim(b *pgx.Batch, r *claimReq, n int, budget int64, first bool) {
-	roles := r.p.Roles
-	if roles == nil {
-		roles = []string{}
-	}
-	queueRows(b, &r.out, qClaim, r.p.Agent, r.now, norm(r.now.Add(r.p.LeaseDuration)), roles, n, budget, first)
+	queueRows(b, &r.out, qClaim, r.p.Agent, r.now, norm(r.now.Add(r.p.LeaseDuration)), claimRoles(r.p.Roles), n, budget, first)
 }
 
 // budget is the claim's byte budget, unbounded when it names none.
@@ -453,23 +449,15 @@ func queueClaimPick(b *pgx.Batch, claims []*claimReq, picks *[]claimPick) {
 		agents []string
 		total  int
 	)
-	seen := map[string]bool{}
 	for _, r := range claims {
 		if r.now.After(latest) {
 			latest = r.now
 		}
-		for _, role := range r.p.Roles {
-			if !seen[role] {
-				seen[role] = true
-				roles = append(roles, role)
-			}
-		}
+		roles = append(roles, r.p.Roles...)
 		agents = append(agents, r.p.Agent)
 		total += r.p.Max
 	}
-	if roles == nil {
-		roles = []string{}
-	}
+	roles = claimRoles(roles)
 	*picks = nil
 	b.Queue(qClaimPick, latest, roles, agents, total).Query(func(rs pgx.Rows) error {
 		var p claimPick
@@ -586,4 +574,14 @@ func (r *claimReq) mayTake(p claimPick) bool {
 		return false
 	}
 	return true
+}
+
+// claimRoles is the roles a claim walks (see qClaim): the empty role,
+// which every agent may take, then each of roles once.
+func claimRoles(roles []string) []string {
+	out := make([]string, 1, 1+len(roles))
+	out = append(out, roles...)
+	slices.Sort(out[1:])
+	// The empty role sorts first, so Compact leaves one of it, at 0.
+	return slices.Compact(out)
 }

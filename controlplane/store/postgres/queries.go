@@ -112,13 +112,18 @@ INSERT INTO task_deps (task_id, pos, depends_on) SELECT * FROM unnest($1::text[]
 SELECT set_config('enable_seqscan', 'off', true), set_config('enable_bitmapscan', 'off', true),
 	set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true)`
 
-	// qClaim picks and takes the tasks in one statement. SKIP LOCKED
-	// passes over rows another claimer has just locked instead of
-	// waiting for it, so concurrent claimers take different tasks. Of
-	// the candidates it takes those whose running size, in claim order,
-	// stays within the byte budget $6, and the first one whatever its
-	// size when $7 is set, so that a claim never commits more than its
-	// response can carry.
+	// qClaim picks and takes the tasks in one statement. It walks
+	// tasks_ready_role once per role the claim may take ($4, which the
+	// caller gives with the empty role, every agent's, and without
+	// repeats), each walk in claim order and stopped by its LIMIT, and
+	// merges them: a backlog of a role the claimer does not take is never
+	// read. SKIP LOCKED passes over rows another claimer has just locked
+	// instead of waiting for it, so concurrent claimers take different
+	// tasks; a walk locks up to $5 rows, and those the merge leaves are
+	// free again at commit. Of the candidates it takes those whose running
+	// size, in claim order, stays within the byte budget $6, and the first
+	// one whatever its size when $7 is set, so that a claim never commits
+	// more than its response can carry.
 	qClaim = q(`-- name: TaskClaim
 UPDATE tasks SET state = {IN_PROGRESS}, attempt = attempt + 1, fencing_token = fencing_token + 1,
 	lease_holder = $1, claimed_at = $2, renewed_at = $2, lease_expires_at = $3,
@@ -126,28 +131,35 @@ UPDATE tasks SET state = {IN_PROGRESS}, attempt = attempt + 1, fencing_token = f
 WHERE seq = ANY(ARRAY(
 	SELECT seq FROM (
 		SELECT seq, size, sum(size) OVER (ORDER BY priority DESC, seq) AS run FROM (
-			SELECT seq, priority, {SIZE} AS size FROM tasks
-			WHERE state = {READY} AND (run_after IS NULL OR run_after <= $2::timestamptz)
-				AND (role = '' OR role = ANY($4::text[]))
-				AND (assignee = '' OR assignee = $1::text)
-			ORDER BY priority DESC, seq
-			LIMIT $5
-			FOR UPDATE SKIP LOCKED) AS picked) AS sized
+			SELECT w.seq, w.priority, w.size FROM unnest($4::text[]) AS r(role) CROSS JOIN LATERAL (
+				SELECT seq, priority, {SIZE} AS size FROM tasks
+				WHERE state = {READY} AND role = r.role
+					AND (run_after IS NULL OR run_after <= $2::timestamptz)
+					AND (assignee = '' OR assignee = $1::text)
+				ORDER BY priority DESC, seq
+				LIMIT $5
+				FOR UPDATE SKIP LOCKED) AS w
+			ORDER BY w.priority DESC, w.seq
+			LIMIT $5) AS picked) AS sized
 	WHERE run <= $6::bigint OR (run = size AND $7::boolean)))
 RETURNING {COLS}`)
 
 	// qClaimPick locks the candidates of several claims made together: the
-	// head of the queue for the union of their filters. Which claim takes
-	// which candidate is decided in Go (see claimMany), and qClaimTake
-	// takes them.
+	// head of the queue for the union of their filters, walked per role
+	// as in qClaim ($2 names the empty role and no role twice). Which
+	// claim takes which candidate is decided in Go (see claimMany), and
+	// qClaimTake takes them.
 	qClaimPick = q(`-- name: TaskClaimPick
-SELECT seq, id, role, assignee, run_after, {SIZE} FROM tasks
-WHERE state = {READY} AND (run_after IS NULL OR run_after <= $1::timestamptz)
-	AND (role = '' OR role = ANY($2::text[]))
-	AND (assignee = '' OR assignee = ANY($3::text[]))
-ORDER BY priority DESC, seq
-LIMIT $4
-FOR UPDATE SKIP LOCKED`)
+SELECT w.seq, w.id, w.role, w.assignee, w.run_after, w.size FROM unnest($2::text[]) AS r(role) CROSS JOIN LATERAL (
+	SELECT seq, priority, id, role, assignee, run_after, {SIZE} AS size FROM tasks
+	WHERE state = {READY} AND role = r.role
+		AND (run_after IS NULL OR run_after <= $1::timestamptz)
+		AND (assignee = '' OR assignee = ANY($3::text[]))
+	ORDER BY priority DESC, seq
+	LIMIT $4
+	FOR UPDATE SKIP LOCKED) AS w
+ORDER BY w.priority DESC, w.seq
+LIMIT $4`)
 
 	qClaimTake = q(`-- name: TaskClaimTake
 UPDATE tasks t SET state = {IN_PROGRESS}, attempt = t.attempt + 1, fencing_token = t.fencing_token + 1,

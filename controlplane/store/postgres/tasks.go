@@ -372,6 +372,8 @@ func (s *Store) TaskClaim(ctx context.Context, p *store.TaskClaimParams) ([]stor
 		return nil, store.InvalidField("max", "must be positive, got %d", p.Max)
 	case p.LeaseDuration <= 0:
 		return nil, store.InvalidField("lease_duration", "must be positive, got %s", p.LeaseDuration)
+	case len(p.Roles) > store.MaxClaimRoles:
+		return nil, store.InvalidField("roles", "at most %d, got %d", store.MaxClaimRoles, len(p.Roles))
 	}
 	if err := firstErr(checkText("agent", p.Agent), checkTexts("roles", p.Roles)); err != nil {
 		return nil, err

@@ -1,8 +1,10 @@
 package sqlite
 
 import (
+	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/factory/factory/controlplane/store"
 )
@@ -48,28 +50,6 @@ var (
 	qEnded    = `SELECT ended_holder, ended_token FROM tasks WHERE id = ?`
 	qSetEnded = `UPDATE tasks SET ended_holder = ?, ended_token = ? WHERE seq = ?`
 
-	// qClaim picks and takes the tasks in one statement; the IMMEDIATE
-	// transaction around it holds the write lock from the start, so no
-	// other claim sees the same READY rows. The candidates are read in
-	// tasks_ready order so that LIMIT stops the walk early; left to itself
-	// the planner may prefer tasks_ready_run_after and sort every READY
-	// task. Of those, it takes the ones whose running size, in claim
-	// order, stays within the byte budget ?6 (and always the first), so
-	// that a claim never commits more than its response can carry.
-	qClaim = q(`UPDATE tasks SET state = {IN_PROGRESS}, attempt = attempt + 1, fencing_token = fencing_token + 1,
-		lease_holder = ?1, claimed_at = ?2, renewed_at = ?2, lease_expires_at = ?3,
-		updated_at = ?2, state_changed_at = ?2, paused_by_queue = 0
-	WHERE seq IN (
-		SELECT seq FROM (
-			SELECT seq, size, SUM(size) OVER (ORDER BY priority DESC, seq) AS run FROM (
-				SELECT seq, priority, {SIZE} AS size FROM tasks INDEXED BY tasks_ready
-				WHERE state = {READY} AND run_after <= ?2
-					AND (role = '' OR role IN (SELECT value FROM json_each(?4)))
-					AND (assignee = '' OR assignee = ?1)
-				ORDER BY priority DESC, seq LIMIT ?5))
-		WHERE run <= ?6 OR run = size)
-	RETURNING {COLS}`)
-
 	// qPromote moves the BACKLOG dependents of tasks that just reached DONE
 	// once all their dependencies are DONE and no approval is pending; to
 	// PAUSED while the queue is. The dependents are found through task_deps; the unary + keeps the
@@ -106,7 +86,7 @@ var (
 // writerQueries are prepared on the writer at Open; batch statements are
 // prepared on first use.
 var writerQueries = []string{
-	qGetByID, qStates, qClaim, qPromote,
+	qGetByID, qStates, claimSQL(1), qPromote,
 	qSetPriority, qExpired, qStuck, qPaused, qPauseSet, qResumeSet, qPauseTasks, qResumeTasks,
 }
 
@@ -170,4 +150,78 @@ func batchSQL(head string, cols int, tail string) func(n int) string {
 		texts[n] = b.String()
 	}
 	return func(n int) string { return texts[n] }
+}
+
+// claimSQL picks and takes the tasks of a claim in one statement; the
+// IMMEDIATE transaction around it holds the write lock from the start, so
+// no other claim sees the same READY rows. It walks tasks_ready_role once
+// per role the claim may take (roles params from ?6; the first is the
+// empty role, which every agent may take), each walk in claim order and
+// stopped by its LIMIT, and merges the walks: a backlog of a role the
+// claimer does not take is never read. INDEXED BY keeps the planner off
+// tasks_ready_run_after, which would sort every READY task. Of the merged
+// candidates it takes those whose running size, in claim order, stays
+// within the byte budget ?5 (and always the first), so that a claim never
+// commits more than its response can carry. ?1 is the agent, ?2 now, ?3
+// the lease's end, ?4 how many.
+//
+// There is one text per count of roles (see claimRoleSlots), prepared on
+// first use.
+func claimSQL(roles int) string {
+	claimTexts.once.Do(func() {
+		for n := 1; n <= len(claimTexts.texts)-1; n++ {
+			walks := make([]string, n)
+			for i := range walks {
+				walks[i] = fmt.Sprintf(`SELECT * FROM (SELECT seq, priority, {SIZE} AS size FROM tasks INDEXED BY tasks_ready_role
+					WHERE state = {READY} AND role = ?%d AND run_after <= ?2 AND (assignee = '' OR assignee = ?1)
+					ORDER BY priority DESC, seq LIMIT ?4)`, 6+i)
+			}
+			claimTexts.texts[n] = q(`UPDATE tasks SET state = {IN_PROGRESS}, attempt = attempt + 1, fencing_token = fencing_token + 1,
+		lease_holder = ?1, claimed_at = ?2, renewed_at = ?2, lease_expires_at = ?3,
+		updated_at = ?2, state_changed_at = ?2, paused_by_queue = 0
+	WHERE seq IN (
+		SELECT seq FROM (
+			SELECT seq, size, SUM(size) OVER (ORDER BY priority DESC, seq) AS run FROM (
+				SELECT seq, priority, size FROM (` + strings.Join(walks, "\n\t\t\t\tUNION ALL ") + `)
+				ORDER BY priority DESC, seq LIMIT ?4))
+		WHERE run <= ?5 OR run = size)
+	RETURNING {COLS}`)
+		}
+	})
+	return claimTexts.texts[roles]
+}
+
+var claimTexts struct {
+	once  sync.Once
+	texts [maxClaimSlots + 1]string
+}
+
+// maxClaimSlots is the most role walks one claim statement makes: the
+// empty role and up to store.MaxClaimRoles others.
+const maxClaimSlots = 1 + store.MaxClaimRoles
+
+// claimRoleSlots is the role parameters of a claim: the empty role, then
+// each of roles once. Their count picks the statement; it is rounded up to
+// a power of two (padded with a name no task role can have) so that a
+// handful of texts serves every claim.
+func claimRoleSlots(roles []string) []any {
+	out := make([]any, 1, 1+len(roles))
+	out[0] = ""
+	seen := make(map[string]bool, len(roles))
+	for _, r := range roles {
+		if r == "" || seen[r] {
+			continue
+		}
+		seen[r] = true
+		out = append(out, r)
+	}
+	n := 1
+	for n < len(out) {
+		n *= 2
+	}
+	n = min(n, maxClaimSlots)
+	for len(out) < n {
+		out = append(out, store.AnyRole)
+	}
+	return out
 }

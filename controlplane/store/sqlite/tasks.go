@@ -305,12 +305,11 @@ func (s *Store) TaskClaim(ctx context.Context, p *store.TaskClaimParams) ([]stor
 		return nil, store.InvalidField("max", "must be positive, got %d", p.Max)
 	case p.LeaseDuration <= 0:
 		return nil, store.InvalidField("lease_duration", "must be positive, got %s", p.LeaseDuration)
+	case len(p.Roles) > store.MaxClaimRoles:
+		return nil, store.InvalidField("roles", "at most %d, got %d", store.MaxClaimRoles, len(p.Roles))
 	}
 	now := norm(p.Now)
-	roles := "[]"
-	if len(p.Roles) > 0 {
-		roles = jsonText(p.Roles)
-	}
+	slots := claimRoleSlots(p.Roles)
 	budget := p.MaxBytes
 	if budget <= 0 {
 		budget = math.MaxInt64
@@ -318,7 +317,8 @@ func (s *Store) TaskClaim(ctx context.Context, p *store.TaskClaimParams) ([]stor
 	var claimed []*row
 	err := s.writeTx(ctx, "TaskClaim", func(w *wtx) error {
 		var err error
-		claimed, err = w.rows(qClaim, p.Agent, toNanos(now), toNanos(now.Add(p.LeaseDuration)), roles, p.Max, budget)
+		args := append([]any{p.Agent, toNanos(now), toNanos(now.Add(p.LeaseDuration)), p.Max, budget}, slots...)
+		claimed, err = w.rows(claimSQL(len(slots)), args...)
 		return err
 	})
 	if err != nil {

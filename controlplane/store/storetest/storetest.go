@@ -40,6 +40,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 	}{
 		{"Create", s.testCreate},
 		{"Claim", s.testClaim},
+		{"ClaimDeep", s.testClaimDeep},
 		{"Dependencies", s.testDependencies},
 		{"Lease", s.testLease},
 		{"Retry", s.testRetry},

@@ -1,0 +1,50 @@
+package postgres
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// TestClaimWalksOnlyItsRoles reads the claim statements' plans, under the
+// settings a claim runs with: tasks_ready_role searched by role, and no
+// walk of the READY tasks of every role (which made a backlog of one
+// role slow every other role's claims).
+func TestClaimWalksOnlyItsRoles(t *testing.T) {
+	url := testURL(t)
+	s := openTest(t, url, testSchema(t, url), Config{})
+	ctx := context.Background()
+	now := time.Now()
+	for _, c := range []struct {
+		name  string
+		query string
+		args  []any
+	}{
+		{"TaskClaim", qClaim, []any{"agent-1", now, now.Add(time.Minute), claimRoles([]string{"a", "b"}), 1, int64(1 << 20), true}},
+		{"TaskClaimPick", qClaimPick, []any{now, claimRoles([]string{"a", "b"}), []string{"agent-1", "agent-2"}, 2}},
+	} {
+		var plan []string
+		err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, qIndexPlans); err != nil {
+				return err
+			}
+			rows, err := tx.Query(ctx, "EXPLAIN "+c.query, c.args...)
+			if err != nil {
+				return err
+			}
+			plan, err = pgx.CollectRows(rows, pgx.RowTo[string])
+			return err
+		})
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		text := strings.Join(plan, "\n")
+		if !strings.Contains(text, "Index Scan using tasks_ready_role") || !strings.Contains(text, "(role = r.role)") ||
+			strings.Contains(text, "Seq Scan on tasks") {
+			t.Errorf("%s: want tasks_ready_role searched by role; plan:\n%s", c.name, text)
+		}
+	}
+}

@@ -1,0 +1,65 @@
+package sqlite
+
+import (
+	"context"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestClaimWalksOnlyItsRoles reads the claim statement's plan: one search
+// of tasks_ready_role per role, each bounded by the role, and no walk of
+// READY tasks of every role (which made a backlog of one role slow every
+// other role's claims).
+func TestClaimWalksOnlyItsRoles(t *testing.T) {
+	s, err := Open(context.Background(), Config{Path: filepath.Join(t.TempDir(), "plan.db"), Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for _, roles := range [][]string{nil, {"a"}, {"a", "b", "c"}} {
+		slots := claimRoleSlots(roles)
+		args := append([]any{"agent-1", int64(1), int64(2), 1, int64(1 << 20)}, slots...)
+		rows, err := s.r.Query("EXPLAIN QUERY PLAN "+claimSQL(len(slots)), args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var plan []string
+		for rows.Next() {
+			var id, parent, unused int
+			var detail string
+			if err := rows.Scan(&id, &parent, &unused, &detail); err != nil {
+				t.Fatal(err)
+			}
+			plan = append(plan, detail)
+		}
+		if err := rows.Err(); err != nil {
+			t.Fatal(err)
+		}
+		text := strings.Join(plan, "\n")
+		searches := strings.Count(text, "USING INDEX tasks_ready_role (role=?)")
+		if searches != len(slots) || strings.Contains(text, "SCAN tasks") {
+			t.Errorf("roles %v: want %d searches of tasks_ready_role by role and no scan of tasks; plan:\n%s", roles, len(slots), text)
+		}
+	}
+}
+
+func TestClaimRoleSlots(t *testing.T) {
+	for _, c := range []struct {
+		roles []string
+		want  int
+	}{{nil, 1}, {[]string{""}, 1}, {[]string{"a"}, 2}, {[]string{"a", "a", ""}, 2}, {[]string{"a", "b"}, 4}, {make64(), 65}} {
+		got := claimRoleSlots(c.roles)
+		if len(got) != c.want || got[0] != "" {
+			t.Errorf("claimRoleSlots(%q) = %q, want %d slots starting with the empty role", c.roles, got, c.want)
+		}
+	}
+}
+
+func make64() []string {
+	out := make([]string, 64)
+	for i := range out {
+		out[i] = "r" + string(rune('A'+i))
+	}
+	return out
+}
