@@ -63,3 +63,21 @@ func make64() []string {
 	}
 	return out
 }
+
+// TestNextRunAfterUsesItsIndex: the next backoff to end is read from the
+// partial index of READY tasks that wait, not from every READY task.
+func TestNextRunAfterUsesItsIndex(t *testing.T) {
+	s, err := Open(context.Background(), Config{Path: filepath.Join(t.TempDir(), "plan.db"), Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var id, parent, unused int
+	var detail string
+	if err := s.r.QueryRow("EXPLAIN QUERY PLAN "+qNextRunAfter, int64(1)).Scan(&id, &parent, &unused, &detail); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(detail, "tasks_ready_run_after") {
+		t.Errorf("plan of TaskNextRunAfter: %s, want a search of tasks_ready_run_after", detail)
+	}
+}

@@ -80,7 +80,8 @@ var (
 	qResumeTasks = q(`UPDATE tasks SET state = {READY}, paused_by_queue = 0, updated_at = ?1, state_changed_at = ?1
 	WHERE state = {PAUSED} AND paused_by_queue = 1 RETURNING {COLS}`)
 
-	qNextRunAfter = q(`SELECT MIN(run_after) FROM tasks WHERE state = {READY} AND run_after > ?`)
+	// run_after > 0 lets the planner use the partial tasks_ready_run_after.
+	qNextRunAfter = q(`SELECT MIN(run_after) FROM tasks WHERE state = {READY} AND run_after > 0 AND run_after > ?`)
 )
 
 // writerQueries are prepared on the writer at Open; batch statements are

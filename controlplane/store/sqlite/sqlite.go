@@ -172,6 +172,7 @@ func dsn(path string, writer bool) string {
 			"_pragma=journal_mode(WAL)",
 			"_pragma=synchronous(NORMAL)",
 			"_pragma=foreign_keys(1)",
+			"_pragma=cache_size(-65536)",
 			"_txlock=immediate",
 		)
 	} else {
