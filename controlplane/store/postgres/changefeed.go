@@ -119,7 +119,8 @@ const (
 // ListenChanges implements store.ChangeFeed. It holds a connection of its
 // own (outside the pool) with LISTEN on the schema's channel, skips this
 // replica's own notifications, and reconnects with backoff after a lost
-// connection, then calls fn with Resync set. It returns nil when ctx ends
+// connection. Each time it starts listening, the first time included, it
+// calls fn with Resync set. It returns nil when ctx ends
 // and an error only when the store is closed.
 func (s *Store) ListenChanges(parent context.Context, fn func(batch store.ChangeBatch)) error {
 	if !s.goBackground() {
@@ -132,17 +133,19 @@ func (s *Store) ListenChanges(parent context.Context, fn func(batch store.Change
 	defer stop()
 
 	backoff := minBackoff
-	// missed is set once a connection failed or broke: notifications sent
-	// meanwhile are gone, so the next successful LISTEN starts with a
-	// resync.
+	// Every successful LISTEN starts with a resync: notifications sent
+	// before it are gone. That holds for the first one too: the replica
+	// serves calls before its feed listens, and a claimer parked in that
+	// gap would otherwise sleep through work created meanwhile on another
+	// replica for its whole wait.
 	missed := false
 	for {
 		err := s.listenOnce(ctx, func() {
 			backoff = minBackoff
 			if missed {
 				s.log.InfoContext(ctx, "change feed listening again; resyncing")
-				fn(store.ChangeBatch{Resync: true})
 			}
+			fn(store.ChangeBatch{Resync: true})
 			missed = false
 		}, fn)
 		missed = true

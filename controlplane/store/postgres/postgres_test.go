@@ -237,6 +237,13 @@ func TestChangeFeedAcrossReplicas(t *testing.T) {
 	waitListening(t, url, a, 2)
 	waitListening(t, url, other, 1)
 	ctx := context.Background()
+	// A feed starts with a resync: what was announced before it listened
+	// is lost to it, and a claimer already waiting must look again.
+	for name, f := range map[string]*feed{"a": fa, "b": fb, "other": fo} {
+		if got := f.next(t); !got.Resync || len(got.Changes) != 0 {
+			t.Fatalf("%s first heard %+v, want a resync", name, got)
+		}
+	}
 
 	createReady(t, a, "t1")
 	got := fb.next(t)
@@ -291,6 +298,9 @@ func TestChangeFeedResyncsAfterReconnect(t *testing.T) {
 	b := openTest(t, url, schema, Config{ReplicaID: "replica-b"})
 	fb := listen(t, b)
 	waitListening(t, url, b, 1)
+	if got := fb.next(t); !got.Resync {
+		t.Fatalf("first heard %+v, want the resync a feed starts with", got)
+	}
 
 	if n := admin(t, url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = $1",
 		"LISTEN "+pgx.Identifier{b.channel}.Sanitize()); n != 1 {
