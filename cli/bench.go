@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -46,6 +47,14 @@ type benchConfig struct {
 	watcherMode      string
 	watchersPerToken int
 	watchersPerConn  int
+	// debugAddr is the control plane's debug listener, for its CPU over
+	// the claim/complete phase; empty: not measured.
+	debugAddr string
+	// preload is how many READY tasks of preloadRole are created ahead of
+	// the run's own (a backlog of another role); preloadRole empty means
+	// "<run>-preload".
+	preload     int
+	preloadRole string
 }
 
 // latencySummary is a latency distribution in milliseconds.
@@ -74,6 +83,21 @@ type benchResult struct {
 	WakeupLatency  latencySummary `json:"wakeup_latency"`
 	CompleteErrors int64          `json:"complete_errors"`
 	Watchers       *watcherStats  `json:"watchers,omitempty"`
+	// ServerCPUMicrosPerCycle is the control plane's CPU time (user plus
+	// system, from its /debug/process) over the claim/complete phase per
+	// task completed, and ServerCPUCores the same CPU over the phase's
+	// length; both need --debug-addr. ClientCPUMicrosPerCycle is the
+	// bench's own CPU over the same phase per task completed.
+	ServerCPUMicrosPerCycle float64 `json:"server_cpu_us_per_cycle,omitempty"`
+	ClientCPUMicrosPerCycle float64 `json:"client_cpu_us_per_cycle,omitempty"`
+	ServerCPUCores          float64 `json:"server_cpu_cores,omitempty"`
+	// Preload is how many READY tasks of PreloadRole were ahead of the
+	// run's own; PreloadSeconds how long creating them took.
+	Preload        int     `json:"preload"`
+	PreloadRole    string  `json:"preload_role,omitempty"`
+	PreloadSeconds float64 `json:"preload_seconds,omitempty"`
+	// serverCPUNote says why the control plane's CPU is not measured.
+	serverCPUNote string
 }
 
 // watcherStats is what the --watchers streams did during the run.
@@ -142,6 +166,25 @@ its --max-streams-per-token / --max-streams-per-connection to put more on
 one. The control plane closes a slow watcher once it lags too far (4,096
 events by default); the figures say how many it closed.
 
+CPU: with --debug-addr (the control plane's --debug-listen address) the
+bench reads the control plane's own CPU counters (/debug/process) just
+before and just after the throughput phase, and reports its CPU per cycle
+(user plus system CPU over the phase / tasks completed) and the cores it
+kept busy; the counters come from the process itself, so this works with
+the bench on another machine or outside the control plane's container.
+The bench's own CPU per cycle over the same phase is shown beside it. The
+wake-up phase is outside the window.
+
+Preload: --preload N creates N READY tasks of --preload-role (default
+"<run>-preload", a role no agent has) before the throughput phase, at a
+higher priority than the bench's tasks, so they stand ahead of them in
+claim order: a backlog of another role, to see whether it slows claims.
+They are created 1000 per call and carry the labels bench=<run> and
+preload=yes. At the end, on error too, the bench claims and completes them
+100 a call under an agent token of that role, as it finishes its own
+tasks, and moves any left to FAILED. They are READY all the while: real
+agents of --preload-role would take them, so name a role nobody has.
+
 Each simulated agent calls with an agent token of its own, issued for the
 run and revoked at its end, so the figures are those of real agents (an
 operator's calls are also audited); bench therefore needs an operator
@@ -158,6 +201,7 @@ for a JSON object). The queue must not be paused.`,
 		Example: `  factory bench queue --agents 8 --tasks 5000
   factory bench queue --agents 32 --tasks 20000 --batch 10 --wait-probes 50 -o json
   factory bench queue --agents 8 --tasks 5000 --watchers 2000 --watcher-mode slow
+  factory bench queue --agents 8 --tasks 2000 --preload 100000 --debug-addr 127.0.0.1:6060
   factory bench queue --addrs 127.0.0.1:7420,127.0.0.1:7421,127.0.0.1:7422 \
     --wake-addr 127.0.0.1:7421 --agents 64 --tasks 20000`,
 		Args: cobra.NoArgs,
@@ -181,6 +225,9 @@ for a JSON object). The queue must not be paused.`,
 				return usageErrorf("--watcher-mode must be idle, slow or busy, got %q", cfg.watcherMode)
 			case cfg.watchersPerToken < 1 || cfg.watchersPerConn < 1:
 				return usageErrorf("--watchers-per-token and --watchers-per-conn must be at least 1")
+			}
+			if err := validatePreload(cfg.preload, cfg.preloadRole); err != nil {
+				return err
 			}
 			if len(cfg.addrs) == 0 {
 				cfg.addrs = []string{a.addr}
@@ -206,7 +253,39 @@ for a JSON object). The queue must not be paused.`,
 	f.IntVar(&cfg.watchersPerToken, "watchers-per-token", 50, "watch streams per watcher token (keep under the control plane's --max-streams-per-token)")
 	f.IntVar(&cfg.watchersPerConn, "watchers-per-conn", 100, "watch streams per connection (keep under the control plane's --max-streams-per-connection)")
 	f.StringVar(&cfg.wakeAddr, "wake-addr", "", "replica where the wake-up phase's agents wait (default: spread like the agents); its tasks are created through the first address, so another replica here measures the cross-replica wake-up")
+	f.StringVar(&cfg.debugAddr, "debug-addr", "", "the control plane's debug listener (its --debug-listen), for its CPU per cycle")
+	f.IntVar(&cfg.preload, "preload", 0, "READY tasks of --preload-role to create ahead of the bench's own (a backlog of another role); removed at the end")
+	f.StringVar(&cfg.preloadRole, "preload-role", "", `role of the preloaded tasks (default "<run>-preload"); they are READY, so real agents of this role would take them: name a role nobody has`)
 	return cmd
+}
+
+// benchRolePattern is what the control plane accepts as a task's role.
+var benchRolePattern = regexp.MustCompile(`^[A-Za-z0-9._:/-]{1,128}$`)
+
+// validatePreload checks --preload and --preload-role.
+func validatePreload(n int, role string) error {
+	switch {
+	case n < 0:
+		return usageErrorf("--preload must not be negative")
+	case role != "" && n == 0:
+		return usageErrorf("--preload-role needs --preload")
+	case role != "" && !benchRolePattern.MatchString(role):
+		return usageErrorf("--preload-role %q: a role is 1 to 128 letters, digits, '.', '_', ':', '/', '-'", role)
+	}
+	return nil
+}
+
+// preloadRoleFor is the preloaded tasks' role in run: --preload-role, or
+// one no agent has. It must not be the run's own role, or the bench's
+// agents would claim the backlog as their work.
+func preloadRoleFor(run, role string) (string, error) {
+	if role == "" {
+		return run + "-preload", nil
+	}
+	if role == run {
+		return "", usageErrorf("--preload-role %q is this run's own role: its agents would claim the preloaded tasks", role)
+	}
+	return role, nil
 }
 
 func (a *app) runBench(cmd *cobra.Command, cfg benchConfig) (err error) {
@@ -245,6 +324,19 @@ func (a *app) runBench(cmd *cobra.Command, cfg benchConfig) (err error) {
 	}
 
 	run := "bench-" + randomHex(6)
+	preloadRole := ""
+	if cfg.preload > 0 {
+		if preloadRole, err = preloadRoleFor(run, cfg.preloadRole); err != nil {
+			return err
+		}
+	}
+	if cfg.debugAddr != "" {
+		// Before anything is created: a wrong address fails the run now,
+		// not after a long preload.
+		if _, err := readProcessDebug(ctx, cfg.debugAddr); err != nil {
+			return err
+		}
+	}
 	waiters := clients
 	if cfg.wakeAddr != "" && cfg.probes > 0 {
 		waiters = make([]factoryv1.QueueServiceClient, cfg.conns)
@@ -259,7 +351,7 @@ func (a *app) runBench(cmd *cobra.Command, cfg benchConfig) (err error) {
 	}
 
 	res := benchResult{Run: run, Role: run, Agents: cfg.agents, Tasks: cfg.tasks, Batch: cfg.batch, Connections: len(clients),
-		Addrs: cfg.addrs, WakeAddr: cfg.wakeAddr}
+		Addrs: cfg.addrs, WakeAddr: cfg.wakeAddr, Preload: cfg.preload, PreloadRole: preloadRole}
 	progress := a.stderr()
 	fmt.Fprintf(progress, "bench %s: %d agents, %d tasks, batch %d, %d connection(s) to %s\n", run, cfg.agents, cfg.tasks, cfg.batch, len(clients), strings.Join(cfg.addrs, ", "))
 
@@ -275,6 +367,21 @@ func (a *app) runBench(cmd *cobra.Command, cfg benchConfig) (err error) {
 	defer revokeBenchTokens(accessClient, tokens, a.stderr())
 	if err != nil {
 		return err
+	}
+
+	if cfg.preload > 0 {
+		// Before the watchers open: the backlog is the stage, not part of
+		// what they are to hear.
+		fmt.Fprintf(progress, "preloading %d READY tasks of role %s\n", cfg.preload, preloadRole)
+		start := time.Now()
+		created, err := createPreloadTasks(ctx, q, run, preloadRole, cfg.preload, progress)
+		// Whatever happens, on success too, the backlog goes again.
+		defer removePreloadTasks(q, accessClient, run, preloadRole, created, a.stderr())
+		if err != nil {
+			return err
+		}
+		res.PreloadSeconds = time.Since(start).Seconds()
+		fmt.Fprintf(progress, "preloaded %d tasks in %.2fs\n", cfg.preload, res.PreloadSeconds)
 	}
 
 	var w *benchWatchers
@@ -301,11 +408,29 @@ func (a *app) runBench(cmd *cobra.Command, cfg benchConfig) (err error) {
 	res.CreateSeconds = time.Since(start).Seconds()
 	fmt.Fprintf(progress, "created %d tasks in %.2fs\n", cfg.tasks, res.CreateSeconds)
 
+	// The CPU window is the claim/complete phase alone: the server's
+	// counters are read just outside the bench's own.
+	var cpu benchCPU
+	if cfg.debugAddr != "" {
+		if cpu.serverBefore, err = readProcessDebug(ctx, cfg.debugAddr); err != nil {
+			return err
+		}
+	}
+	cpu.clientBefore, cpu.clientOK = selfCPU()
 	var claimLat []time.Duration
 	claimLat, res.CycleSeconds, res.EmptyClaims, res.CompleteErrors, err = runBenchAgents(ctx, clients, run, cfg, tokens.secrets, a.timeout, progress)
 	if err != nil {
 		return err
 	}
+	var clientOK bool
+	cpu.clientAfter, clientOK = selfCPU()
+	cpu.clientOK = cpu.clientOK && clientOK
+	if cfg.debugAddr != "" {
+		if cpu.serverAfter, err = readProcessDebug(ctx, cfg.debugAddr); err != nil {
+			return err
+		}
+	}
+	cpu.apply(&res, int64(cfg.tasks))
 	res.CyclesPerSec = float64(cfg.tasks) / res.CycleSeconds
 	res.ClaimLatency = summarize(claimLat)
 
@@ -327,14 +452,24 @@ func (a *app) runBench(cmd *cobra.Command, cfg benchConfig) (err error) {
 	if a.jsonOutput() {
 		return writeJSON(a.stdout(), res)
 	}
-	tw := newTable(a.stdout())
-	fmt.Fprintf(tw, "run\t%s (%d agents, %d tasks, batch %d, %d connection(s))\n", run, cfg.agents, cfg.tasks, cfg.batch, len(clients))
-	fmt.Fprintf(tw, "replicas\t%s\n", strings.Join(cfg.addrs, ", "))
-	fmt.Fprintf(tw, "create\t%.2fs (%.0f tasks/s)\n", res.CreateSeconds, float64(cfg.tasks)/res.CreateSeconds)
-	fmt.Fprintf(tw, "cycles/s\t%.1f (claim+complete of %d tasks in %.2fs)\n", res.CyclesPerSec, cfg.tasks, res.CycleSeconds)
+	return writeBenchTable(a.stdout(), &res)
+}
+
+// writeBenchTable prints a run's figures as the table bench queue shows.
+func writeBenchTable(w io.Writer, res *benchResult) error {
+	tw := newTable(w)
+	fmt.Fprintf(tw, "run\t%s (%d agents, %d tasks, batch %d, %d connection(s))\n", res.Run, res.Agents, res.Tasks, res.Batch, res.Connections)
+	fmt.Fprintf(tw, "replicas\t%s\n", strings.Join(res.Addrs, ", "))
+	if res.Preload > 0 {
+		fmt.Fprintf(tw, "preload\t%d READY tasks of role %s ahead of the bench's, created in %.2fs (%.0f tasks/s)\n",
+			res.Preload, res.PreloadRole, res.PreloadSeconds, float64(res.Preload)/res.PreloadSeconds)
+	}
+	fmt.Fprintf(tw, "create\t%.2fs (%.0f tasks/s)\n", res.CreateSeconds, float64(res.Tasks)/res.CreateSeconds)
+	fmt.Fprintf(tw, "cycles/s\t%.1f (claim+complete of %d tasks in %.2fs)\n", res.CyclesPerSec, res.Tasks, res.CycleSeconds)
+	fmt.Fprintf(tw, "control plane CPU\t%s\n", res.cpuLine())
 	fmt.Fprintf(tw, "claim latency\tp50 %.2fms  p99 %.2fms  max %.2fms  (%d calls, %d empty)\n",
 		res.ClaimLatency.P50ms, res.ClaimLatency.P99ms, res.ClaimLatency.Maxms, res.ClaimLatency.Count, res.EmptyClaims)
-	if cfg.probes > 0 {
+	if res.WakeupLatency.Count > 0 {
 		fmt.Fprintf(tw, "wake-up latency\tp50 %.2fms  p99 %.2fms  max %.2fms  (%d probes)\n",
 			res.WakeupLatency.P50ms, res.WakeupLatency.P99ms, res.WakeupLatency.Maxms, res.WakeupLatency.Count)
 	}
@@ -355,22 +490,181 @@ func randomHex(n int) string {
 }
 
 func createBenchTasks(ctx context.Context, q factoryv1.QueueServiceClient, run string, n int) error {
+	_, err := createTasksBatched(ctx, q, n, func(i int) *factoryv1.CreateTaskRequest {
+		return &factoryv1.CreateTaskRequest{
+			Title:  fmt.Sprintf("%s task %d", run, i),
+			Kind:   "bench",
+			Role:   run,
+			Labels: map[string]string{"bench": run},
+		}
+	}, nil)
+	if err != nil {
+		return fmt.Errorf("create bench tasks: %w", err)
+	}
+	return nil
+}
+
+// createTasksBatched creates n tasks, task(i) the i-th, 1000 per
+// CreateTasks call; after each call it tells progress how many exist. It
+// returns how many were created, also on error.
+func createTasksBatched(ctx context.Context, q factoryv1.QueueServiceClient, n int, task func(i int) *factoryv1.CreateTaskRequest, progress func(created int)) (int, error) {
 	const perCall = 1000
+	created := 0
 	for start := 0; start < n; start += perCall {
 		reqs := make([]*factoryv1.CreateTaskRequest, 0, min(perCall, n-start))
 		for i := start; i < min(start+perCall, n); i++ {
-			reqs = append(reqs, &factoryv1.CreateTaskRequest{
-				Title:  fmt.Sprintf("%s task %d", run, i),
-				Kind:   "bench",
-				Role:   run,
-				Labels: map[string]string{"bench": run},
-			})
+			reqs = append(reqs, task(i))
 		}
 		if _, err := q.CreateTasks(ctx, &factoryv1.CreateTasksRequest{Tasks: reqs}); err != nil {
-			return fmt.Errorf("create bench tasks: %w", err)
+			return created, err
+		}
+		created += len(reqs)
+		if progress != nil {
+			progress(created)
 		}
 	}
-	return nil
+	return created, nil
+}
+
+// preloadPriority puts the preloaded tasks ahead of the bench's own
+// (priority 0) in claim order, and at the top, so that the cleanup's
+// claims by their role meet them before any real task of that role.
+const preloadPriority = 1000
+
+// preloadLabels mark a run's preloaded tasks, so they can be found again.
+func preloadLabels(run string) map[string]string {
+	return map[string]string{"bench": run, "preload": "yes"}
+}
+
+// isPreloadTask says whether t is one of run's preloaded tasks.
+func isPreloadTask(t *factoryv1.Task, run, role string) bool {
+	return t.GetRole() == role && t.GetLabels()["bench"] == run && t.GetLabels()["preload"] == "yes"
+}
+
+// createPreloadTasks creates n READY tasks of role ahead of the bench's,
+// telling progress every 10,000; it returns how many were created, also
+// on error.
+func createPreloadTasks(ctx context.Context, q factoryv1.QueueServiceClient, run, role string, n int, progress io.Writer) (int, error) {
+	const every = 10000
+	next := every
+	created, err := createTasksBatched(ctx, q, n, func(i int) *factoryv1.CreateTaskRequest {
+		return &factoryv1.CreateTaskRequest{
+			Title:    fmt.Sprintf("%s preload %d", run, i),
+			Kind:     "bench",
+			Role:     role,
+			Priority: preloadPriority,
+			Labels:   preloadLabels(run),
+		}
+	}, func(created int) {
+		if created >= next && created < n {
+			fmt.Fprintf(progress, "  %d/%d preloaded\n", created, n)
+			next += every
+		}
+	})
+	if err != nil {
+		return created, fmt.Errorf("preload tasks: %w", err)
+	}
+	return created, nil
+}
+
+// removePreloadTasks finishes a run's preloaded tasks as the bench finishes
+// its own: an agent token of their role claims them 100 a call and
+// completes them with CompleteTasks, a few claimers at once, which takes
+// seconds for 100,000 where a move per task would take minutes. It claims
+// no more than were created, so it takes no real task of that role queued
+// behind them; should it meet one anyway (queued ahead of them), it hands
+// it back and stops claiming. Whatever is left is moved to FAILED one by
+// one. It runs on its own deadline: the command's context may be what was
+// cancelled.
+func removePreloadTasks(q factoryv1.QueueServiceClient, acc factoryv1.AccessServiceClient, run, role string, created int, log io.Writer) {
+	if created == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	start := time.Now()
+	completed := 0
+	agent := run + "-preload-cleaner"
+	resp, err := acc.CreateToken(ctx, &factoryv1.CreateTokenRequest{
+		Role: factoryv1.Role_ROLE_AGENT, Subject: agent, Description: "factory bench " + run + " preload cleanup",
+		ExpiresIn: durationpb.New(time.Hour), Roles: []string{role},
+	})
+	if err != nil {
+		fmt.Fprintf(log, "bench preload cleanup: issuing its agent token: %v\n", err)
+	} else {
+		defer revokeBenchTokens(acc, &benchTokens{ids: []string{resp.GetToken().GetId()}}, log)
+		completed = drainPreloadTasks(ctx, withCallToken(ctx, resp.GetSecret()), q, run, role, agent, created, log)
+	}
+	moved := failBenchTasks(ctx, q, &factoryv1.ListTasksRequest{
+		Role: role, Labels: []string{"bench=" + run, "preload=yes"},
+	}, "bench preload removed", log)
+	fmt.Fprintf(log, "removed %d preloaded tasks in %.2fs (%d completed, %d moved to FAILED)\n", completed+moved, time.Since(start).Seconds(), completed, moved)
+}
+
+// drainPreloadTasks claims and completes up to n of run's preloaded tasks
+// with agentCtx (an agent token of role) and returns how many it
+// completed. Operator calls (handing a real task back) use ctx.
+func drainPreloadTasks(ctx, agentCtx context.Context, q factoryv1.QueueServiceClient, run, role, agent string, n int, log io.Writer) int {
+	const claimers, perClaim = 4, 100
+	var left, completed atomic.Int64
+	var stop atomic.Bool
+	left.Store(int64(n))
+	// take reserves up to perClaim of what is left to claim.
+	take := func() int64 {
+		for {
+			l := left.Load()
+			if l <= 0 || stop.Load() {
+				return 0
+			}
+			if k := min(perClaim, l); left.CompareAndSwap(l, l-k) {
+				return k
+			}
+		}
+	}
+	var wg sync.WaitGroup
+	for range claimers {
+		wg.Go(func() {
+			for k := take(); k > 0; k = take() {
+				resp, err := q.ClaimTask(agentCtx, &factoryv1.ClaimTaskRequest{
+					Agent: agent, Roles: []string{role}, MaxTasks: int32(k), LeaseDuration: durationpb.New(5 * time.Minute),
+				})
+				if err != nil {
+					fmt.Fprintf(log, "bench preload cleanup: claim: %v\n", err)
+					stop.Store(true)
+					return
+				}
+				if len(resp.GetTasks()) == 0 {
+					stop.Store(true)
+					return
+				}
+				var mine []*factoryv1.Task
+				for _, t := range resp.GetTasks() {
+					if isPreloadTask(t, run, role) {
+						mine = append(mine, t)
+						continue
+					}
+					// A real task queued ahead of the rest: claiming on
+					// would take more of them.
+					stop.Store(true)
+					if err := handBack(ctx, q, run, t); err != nil {
+						fmt.Fprintf(log, "bench preload cleanup: %v\n", err)
+					}
+				}
+				left.Add(k - int64(len(mine)))
+				for chunk := range slices.Chunk(mine, perClaim) {
+					done, err := completeBenchTasks(agentCtx, q, agent, chunk)
+					completed.Add(int64(done))
+					if err != nil {
+						fmt.Fprintf(log, "bench preload cleanup: complete: %v\n", err)
+						stop.Store(true)
+						return
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return int(completed.Load())
 }
 
 // runBenchAgents runs the claim/complete phase and returns every ClaimTask
@@ -654,14 +948,19 @@ func percentile(sorted []time.Duration, p float64) time.Duration {
 func cleanupBench(q factoryv1.QueueServiceClient, run string, log io.Writer) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	req := &factoryv1.ListTasksRequest{
-		Role:     run,
-		Labels:   []string{"bench=" + run},
-		PageSize: 1000,
-		States: []factoryv1.TaskState{
-			factoryv1.TaskState_TASK_STATE_BACKLOG, factoryv1.TaskState_TASK_STATE_READY,
-			factoryv1.TaskState_TASK_STATE_IN_PROGRESS, factoryv1.TaskState_TASK_STATE_PAUSED,
-		},
+	killed := failBenchTasks(ctx, q, &factoryv1.ListTasksRequest{Role: run, Labels: []string{"bench=" + run}}, "bench aborted", log)
+	if killed > 0 {
+		fmt.Fprintf(log, "bench cleanup: %d unfinished bench task(s) moved to FAILED\n", killed)
+	}
+}
+
+// failBenchTasks moves every unfinished task req matches (role and
+// labels) to FAILED with reason and returns how many it moved.
+func failBenchTasks(ctx context.Context, q factoryv1.QueueServiceClient, req *factoryv1.ListTasksRequest, reason string, log io.Writer) int {
+	req.PageSize = 1000
+	req.States = []factoryv1.TaskState{
+		factoryv1.TaskState_TASK_STATE_BACKLOG, factoryv1.TaskState_TASK_STATE_READY,
+		factoryv1.TaskState_TASK_STATE_IN_PROGRESS, factoryv1.TaskState_TASK_STATE_PAUSED,
 	}
 	// Collect first: moving tasks while paging through them would shift
 	// the pages.
@@ -670,7 +969,7 @@ func cleanupBench(q factoryv1.QueueServiceClient, run string, log io.Writer) {
 		resp, err := q.ListTasks(ctx, req)
 		if err != nil {
 			fmt.Fprintf(log, "bench cleanup: %v\n", err)
-			return
+			return 0
 		}
 		for _, t := range resp.GetTasks() {
 			ids = append(ids, t.GetId())
@@ -679,15 +978,13 @@ func cleanupBench(q factoryv1.QueueServiceClient, run string, log io.Writer) {
 			break
 		}
 	}
-	killed := 0
+	moved := 0
 	for _, id := range ids {
-		if _, err := q.MoveTask(ctx, &factoryv1.MoveTaskRequest{TaskId: id, To: factoryv1.TaskState_TASK_STATE_FAILED, Reason: "bench aborted"}); err == nil {
-			killed++
+		if _, err := q.MoveTask(ctx, &factoryv1.MoveTaskRequest{TaskId: id, To: factoryv1.TaskState_TASK_STATE_FAILED, Reason: reason}); err == nil {
+			moved++
 		}
 	}
-	if killed > 0 {
-		fmt.Fprintf(log, "bench cleanup: %d unfinished bench task(s) moved to FAILED\n", killed)
-	}
+	return moved
 }
 
 func benchAgent(run string, i int) string  { return fmt.Sprintf("%s-agent-%d", run, i) }

@@ -1,9 +1,18 @@
 package cli_test
 
 import (
+	"context"
 	"encoding/json"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/factory/factory/controlplane/server"
 )
 
 // TestBenchSpreadsOverAddresses runs bench queue with --addrs and
@@ -110,5 +119,128 @@ func TestBenchFleet(t *testing.T) {
 	}
 	if r := s.run("bench", "fleet", "--sidecars", "0"); r.code != 2 {
 		t.Errorf("--sidecars 0: exit %d, want 2 (usage)\n%s", r.code, r.stderr)
+	}
+}
+
+// debugAddrHandler passes on the address the control plane's debug
+// listener logs, and drops every other record.
+type debugAddrHandler struct{ addr chan<- string }
+
+func (h debugAddrHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h debugAddrHandler) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h debugAddrHandler) WithGroup(string) slog.Handler            { return h }
+func (h debugAddrHandler) Handle(_ context.Context, r slog.Record) error {
+	if r.Message != "debug listener" {
+		return nil
+	}
+	r.Attrs(func(a slog.Attr) bool {
+		if a.Key == "addr" {
+			select {
+			case h.addr <- a.Value.String():
+			default:
+			}
+		}
+		return true
+	})
+	return nil
+}
+
+// newShellWithDebug is newShell with the control plane's debug listener
+// on, on a port of its choosing; it returns the listener's address too.
+func newShellWithDebug(t *testing.T) (*shell, string) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	addrCh, debugCh := make(chan string, 1), make(chan string, 1)
+	done := make(chan error, 1)
+	dataDir := t.TempDir()
+	go func() {
+		done <- server.Run(ctx, server.Config{
+			Listen:      "127.0.0.1:0",
+			DebugListen: "127.0.0.1:0",
+			DataDir:     dataDir,
+			Logger:      slog.New(debugAddrHandler{addr: debugCh}),
+			OnListening: func(a net.Addr) { addrCh <- a.String() },
+		})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	var addr, debugAddr string
+	for addr == "" || debugAddr == "" {
+		select {
+		case addr = <-addrCh:
+		case debugAddr = <-debugCh:
+		case err := <-done:
+			t.Fatalf("control plane did not start: %v", err)
+		case <-time.After(30 * time.Second):
+			t.Fatal("control plane and its debug listener did not start in 30s")
+		}
+	}
+	return &shell{t: t, addr: addr, token: operatorToken(t, dataDir), stateFile: filepath.Join(t.TempDir(), "leases.json")}, debugAddr
+}
+
+// TestBenchPreloadAndCPU runs bench queue with a preloaded backlog and the
+// control plane's debug listener: the figures carry its CPU per cycle (the
+// control plane runs in this test's process, so its CPU includes the
+// bench's: it only has to be there and positive), and the preloaded tasks
+// are finished again at the end, none left READY.
+func TestBenchPreloadAndCPU(t *testing.T) {
+	s, debugAddr := newShellWithDebug(t)
+	out := s.ok("bench", "queue", "--agents", "2", "--tasks", "100", "--wait-probes", "0", "--preload", "50", "--debug-addr", debugAddr)
+	m := regexp.MustCompile(`(?m)^control plane CPU +([0-9.]+) µs/cycle \(([0-9.]+) cores\); bench client ([0-9.]+) µs/cycle$`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("no CPU line:\n%s", out)
+	}
+	for _, v := range m[1:] {
+		if f, _ := strconv.ParseFloat(v, 64); f <= 0 {
+			t.Errorf("CPU figure %s, want positive:\n%s", v, out)
+		}
+	}
+	if !regexp.MustCompile(`(?m)^preload +50 READY tasks of role bench-[0-9a-f]+-preload ahead`).MatchString(out) {
+		t.Errorf("no preload line:\n%s", out)
+	}
+
+	raw := s.ok("bench", "queue", "--agents", "2", "--tasks", "100", "--wait-probes", "0", "--preload", "30", "--preload-role", "nobody-takes-this",
+		"--debug-addr", debugAddr, "-o", "json")
+	var res struct {
+		ServerCPU      float64 `json:"server_cpu_us_per_cycle"`
+		ClientCPU      float64 `json:"client_cpu_us_per_cycle"`
+		Cores          float64 `json:"server_cpu_cores"`
+		Preload        int     `json:"preload"`
+		PreloadRole    string  `json:"preload_role"`
+		PreloadSeconds float64 `json:"preload_seconds"`
+	}
+	if err := json.Unmarshal([]byte(raw), &res); err != nil {
+		t.Fatalf("bench -o json: %v\n%s", err, raw)
+	}
+	if res.ServerCPU <= 0 || res.ClientCPU <= 0 || res.Cores <= 0 || res.Preload != 30 || res.PreloadRole != "nobody-takes-this" || res.PreloadSeconds <= 0 {
+		t.Errorf("json: %s", raw)
+	}
+
+	var preloaded []struct {
+		State string `json:"state"`
+	}
+	if err := json.Unmarshal([]byte(s.ok("task", "ls", "--label", "preload=yes", "--all", "-o", "json")), &preloaded); err != nil {
+		t.Fatal(err)
+	}
+	if len(preloaded) != 80 {
+		t.Errorf("%d preloaded tasks, want 80", len(preloaded))
+	}
+	for _, p := range preloaded {
+		if p.State != "TASK_STATE_DONE" {
+			t.Errorf("a preloaded task left %s, want every one DONE", p.State)
+			break
+		}
+	}
+
+	for _, args := range [][]string{
+		{"--preload", "-1"},
+		{"--preload", "5", "--preload-role", "has space"},
+		{"--preload-role", "nobody-takes-this"},
+	} {
+		if r := s.run(append([]string{"bench", "queue", "--tasks", "1"}, args...)...); r.code != 2 {
+			t.Errorf("%v: exit %d, want 2 (usage)\n%s", args, r.code, r.stderr)
+		}
 	}
 }

@@ -2,11 +2,10 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
-	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -51,6 +50,12 @@ type fleetBenchResult struct {
 	Latency *latencySummary `json:"heartbeat_latency,omitempty"`
 	Server  *procUsage      `json:"server,omitempty"`
 	Client  *procUsage      `json:"client,omitempty"`
+	// ServerCPUMicrosPerHeartbeat is the control plane's CPU over the
+	// window per heartbeat it applied in the window: needs --debug-addr
+	// (for the applied count) and its CPU (from /debug/process, or /proc).
+	ServerCPUMicrosPerHeartbeat float64 `json:"server_cpu_us_per_heartbeat,omitempty"`
+	// heartbeatCPUNote says why ServerCPUMicrosPerHeartbeat is missing.
+	heartbeatCPUNote string
 }
 
 // procUsage is one process's CPU and memory over the window.
@@ -59,8 +64,15 @@ type procUsage struct {
 	// CPUCores is CPU time over the window divided by its length: 1.0 is
 	// one core kept busy.
 	CPUCores float64 `json:"cpu_cores"`
-	RSSMiB   float64 `json:"rss_mib"`
-	PeakMiB  float64 `json:"peak_rss_mib"`
+	// CPUFrom is where the CPU was read: the control plane's own
+	// counters ("/debug/process") or this machine's "/proc".
+	CPUFrom string `json:"cpu_from,omitempty"`
+	// RSSMiB is the resident set now, from /proc only (0: not read);
+	// PeakMiB its peak.
+	RSSMiB  float64 `json:"rss_mib"`
+	PeakMiB float64 `json:"peak_rss_mib"`
+	// cpu is the CPU time over the window.
+	cpu time.Duration
 }
 
 func newBenchFleetCommand(a *app) *cobra.Command {
@@ -81,9 +93,13 @@ beat. Once every stream is up it measures for --duration and reports:
   The server keeps this histogram (0.1 ms buckets) and serves it on its
   debug listener (--debug-listen) at /debug/fleet; pass that address as
   --debug-addr. Both clocks are this machine's, so it runs locally;
-- the control plane's CPU (cores busy) and RSS, read from /proc when it runs
-  on this machine: --server-pid, or the pid /debug/fleet reports. The
-  benchmark's own CPU and RSS are shown too, since it shares the machine.
+- the control plane's CPU (cores busy) and its CPU per applied heartbeat
+  (CPU over the window / heartbeats applied in it). With --debug-addr the
+  CPU comes from the control plane's own counters (/debug/process), which
+  hold wherever the bench runs; otherwise, and for its RSS, from /proc when
+  it runs on this machine: --server-pid, or the pid /debug/fleet reports.
+  The benchmark's own CPU and RSS are shown too, since it shares the
+  machine.
 
 Connecting as many hosts takes an operator token (a sidecar token speaks for
 its own host only). The bench hosts stay in the control plane's in-memory
@@ -122,7 +138,7 @@ for a JSON object).`,
 	f.DurationVar(&cfg.interval, "interval", time.Second, "heartbeat interval of each simulated sidecar")
 	f.IntVar(&cfg.conns, "conns", 0, "gRPC connections the streams share (0: one per 100 sidecars, under the control plane's --max-streams-per-connection)")
 	f.IntVar(&cfg.serverPID, "server-pid", 0, "the control plane's pid on this machine, for its CPU and RSS (default: the pid --debug-addr reports)")
-	f.StringVar(&cfg.debugAddr, "debug-addr", "", "the control plane's debug listener (its --debug-listen), for heartbeat latency and its pid")
+	f.StringVar(&cfg.debugAddr, "debug-addr", "", "the control plane's debug listener (its --debug-listen), for heartbeat latency, its CPU and its pid")
 	return cmd
 }
 
@@ -213,10 +229,18 @@ wait:
 		return ctx.Err()
 	}
 
-	var err error
+	var (
+		err                error
+		procBefore, procAt *processDebug
+	)
 	if cfg.debugAddr != "" {
 		if before, err = readFleetDebug(ctx, cfg.debugAddr); err != nil {
 			return err
+		}
+		// A control plane without /debug/process still has its CPU read
+		// from /proc, as before it had one.
+		if procBefore, err = readProcessDebug(ctx, cfg.debugAddr); err != nil {
+			fmt.Fprintf(progress, "control plane CPU from /proc instead: %v\n", err)
 		}
 	}
 	srvBefore, _ := readProc(pid)
@@ -241,25 +265,74 @@ measure:
 	res.SentPerSec = float64(sent.Load()-sentBefore) / window.Seconds()
 	res.Telemetry = telemetry.Load() - telBefore
 	res.SendErrors = sendErrs.Load()
+	var applied uint64
 	if cfg.debugAddr != "" {
 		after, err := readFleetDebug(ctx, cfg.debugAddr)
 		if err != nil {
 			return err
 		}
-		sum, n := after.since(before)
+		if procBefore != nil {
+			if procAt, err = readProcessDebug(ctx, cfg.debugAddr); err != nil {
+				fmt.Fprintf(progress, "control plane CPU from /proc instead: %v\n", err)
+			}
+		}
+		var sum latencySummary
+		sum, applied = after.since(before)
 		res.Latency = &sum
-		res.AppliedPerSec = float64(n) / window.Seconds()
+		res.AppliedPerSec = float64(applied) / window.Seconds()
 	}
-	res.Server = srvBefore.usage(pid, window)
+	res.Server = serverUsage(srvBefore.usage(pid, window), procBefore, procAt)
 	res.Client = cliBefore.usage(os.Getpid(), window)
+	res.setHeartbeatCPU(cfg.debugAddr != "", applied)
 	cancel()
 	done.Wait()
 
 	if a.jsonOutput() {
 		return writeJSON(a.stdout(), res)
 	}
-	tw := newTable(a.stdout())
-	fmt.Fprintf(tw, "run\t%s (%d sidecars, %d connection(s), heartbeat every %s)\n", run, cfg.sidecars, len(clients), cfg.interval)
+	return writeFleetBenchTable(a.stdout(), &res)
+}
+
+// serverUsage is the control plane's usage over the window: its CPU from
+// its own counters (/debug/process) where they were read, else from /proc
+// (fromProc); its memory from /proc where this machine can see it, else
+// the peak it reports.
+func serverUsage(fromProc *procUsage, before, after *processDebug) *procUsage {
+	cpu, wall, ok := after.cpuSince(before)
+	if !ok {
+		return fromProc
+	}
+	// fromProc may carry another pid for the same process (--server-pid
+	// seen from outside its container): its memory still stands.
+	u := fromProc
+	if u == nil {
+		u = &procUsage{PID: after.PID, PeakMiB: float64(after.MaxRSSBytes) / (1 << 20)}
+	}
+	u.cpu, u.CPUCores, u.CPUFrom = cpu, coresBusy(cpu, wall), "/debug/process"
+	return u
+}
+
+// setHeartbeatCPU sets the control plane's CPU per applied heartbeat, or
+// says why it is missing.
+func (res *fleetBenchResult) setHeartbeatCPU(debug bool, applied uint64) {
+	switch {
+	case !debug:
+		res.heartbeatCPUNote = "not measured: pass --debug-addr (the heartbeats applied come from its /debug/fleet)"
+	case res.Server == nil:
+		res.heartbeatCPUNote = "not measured: no control plane CPU"
+	case applied == 0:
+		res.heartbeatCPUNote = "not measured: no heartbeat applied in the window"
+	default:
+		res.ServerCPUMicrosPerHeartbeat = microsPer(res.Server.cpu, int64(applied))
+	}
+}
+
+// writeFleetBenchTable prints a run's figures as the table bench fleet
+// shows.
+func writeFleetBenchTable(w io.Writer, res *fleetBenchResult) error {
+	interval := time.Duration(res.IntervalSec * float64(time.Second))
+	tw := newTable(w)
+	fmt.Fprintf(tw, "run\t%s (%d sidecars, %d connection(s), heartbeat every %s)\n", res.Run, res.Sidecars, res.Connections, interval)
 	fmt.Fprintf(tw, "connect\t%.1fs for every stream's Hello\n", res.ConnectSec)
 	fmt.Fprintf(tw, "heartbeats/s\t%.0f sent", res.SentPerSec)
 	if res.Latency != nil {
@@ -271,15 +344,28 @@ measure:
 	} else {
 		fmt.Fprintf(tw, "heartbeat latency\tnot measured: pass --debug-addr\n")
 	}
+	if res.ServerCPUMicrosPerHeartbeat > 0 {
+		fmt.Fprintf(tw, "CPU per heartbeat\tcontrol plane %.1f µs per applied heartbeat\n", res.ServerCPUMicrosPerHeartbeat)
+	} else {
+		fmt.Fprintf(tw, "CPU per heartbeat\t%s\n", res.heartbeatCPUNote)
+	}
 	for _, p := range []struct {
 		name string
 		u    *procUsage
 	}{{"control plane", res.Server}, {"bench client", res.Client}} {
 		if p.u == nil {
-			fmt.Fprintf(tw, "%s\tnot measured: pass --server-pid or --debug-addr (local control plane only)\n", p.name)
+			fmt.Fprintf(tw, "%s\tnot measured: pass --debug-addr, or --server-pid for a local control plane\n", p.name)
 			continue
 		}
-		fmt.Fprintf(tw, "%s\tpid %d: CPU %.2f cores, RSS %.0f MiB (peak %.0f MiB)\n", p.name, p.u.PID, p.u.CPUCores, p.u.RSSMiB, p.u.PeakMiB)
+		from := ""
+		if p.u.CPUFrom != "" {
+			from = " (" + p.u.CPUFrom + ")"
+		}
+		rss := "RSS not read (not on this machine)"
+		if p.u.RSSMiB > 0 {
+			rss = fmt.Sprintf("RSS %.0f MiB", p.u.RSSMiB)
+		}
+		fmt.Fprintf(tw, "%s\tpid %d: CPU %.2f cores%s, %s (peak %.0f MiB)\n", p.name, p.u.PID, p.u.CPUCores, from, rss, p.u.PeakMiB)
 	}
 	return tw.Flush()
 }
@@ -369,23 +455,9 @@ type fleetDebug struct {
 }
 
 func readFleetDebug(ctx context.Context, addr string) (*fleetDebug, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/debug/fleet", nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("--debug-addr: %w", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("--debug-addr: GET /debug/fleet: %s (is it the control plane's --debug-listen?)", resp.Status)
-	}
 	var d fleetDebug
-	if err := json.NewDecoder(resp.Body).Decode(&d); err != nil {
-		return nil, fmt.Errorf("--debug-addr: /debug/fleet: %w", err)
+	if err := getDebugJSON(ctx, addr, "/debug/fleet", &d); err != nil {
+		return nil, err
 	}
 	return &d, nil
 }
@@ -485,6 +557,7 @@ func (s *procSample) usage(pid int, window time.Duration) *procUsage {
 	if err != nil {
 		return nil
 	}
-	return &procUsage{PID: pid, CPUCores: float64(now.cpuTicks-s.cpuTicks) / clockTicks / window.Seconds(),
-		RSSMiB: float64(now.rssKiB) / 1024, PeakMiB: float64(now.hwmKiB) / 1024}
+	cpu := time.Duration(now.cpuTicks-s.cpuTicks) * time.Second / clockTicks
+	return &procUsage{PID: pid, CPUCores: cpu.Seconds() / window.Seconds(), CPUFrom: "/proc",
+		RSSMiB: float64(now.rssKiB) / 1024, PeakMiB: float64(now.hwmKiB) / 1024, cpu: cpu}
 }

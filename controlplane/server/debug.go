@@ -13,9 +13,11 @@ import (
 	"github.com/factory/factory/controlplane/transport"
 )
 
-// serveDebug serves Go's profiler on addr until ctx ends, and /debug/fleet
-// (the heartbeat latency histogram `factory bench fleet` reads). It exposes
-// the process's internals, so it listens on loopback only.
+// serveDebug serves Go's profiler on addr until ctx ends, /debug/fleet
+// (the heartbeat latency histogram `factory bench fleet` reads) and
+// /debug/process (the process's own CPU and memory counters, which
+// `factory bench queue` and `bench fleet` divide by the work done). It
+// exposes the process's internals, so it listens on loopback only.
 func serveDebug(ctx context.Context, addr string, log *slog.Logger) error {
 	if !transport.IsLoopback(addr) {
 		return fmt.Errorf("debug listener %s: loopback addresses only (it serves the profiler)", addr)
@@ -27,6 +29,7 @@ func serveDebug(ctx context.Context, addr string, log *slog.Logger) error {
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	mux.HandleFunc("/debug/fleet", serveFleetDebug)
+	mux.HandleFunc("/debug/process", serveProcessDebug)
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("debug listener: %w", err)
