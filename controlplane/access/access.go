@@ -266,12 +266,13 @@ func (s *Service) Authenticate(ctx context.Context, secret string) (Caller, erro
 	if err != nil {
 		return Caller{}, err
 	}
-	who := fmt.Sprintf("token %s (%s %s)", tok.ID, tok.Role, tok.Subject)
+	// Named only on refusal: this runs on every call.
+	who := func() string { return fmt.Sprintf("token %s (%s %s)", tok.ID, tok.Role, tok.Subject) }
 	switch {
 	case !tok.RevokedAt.IsZero():
-		return Caller{}, &AuthError{Reason: who + " was revoked at " + tok.RevokedAt.UTC().Format(time.RFC3339)}
+		return Caller{}, &AuthError{Reason: who() + " was revoked at " + tok.RevokedAt.UTC().Format(time.RFC3339)}
 	case !tok.ExpiresAt.IsZero() && !now.Before(tok.ExpiresAt):
-		return Caller{}, &AuthError{Reason: who + " expired at " + tok.ExpiresAt.UTC().Format(time.RFC3339)}
+		return Caller{}, &AuthError{Reason: who() + " expired at " + tok.ExpiresAt.UTC().Format(time.RFC3339)}
 	}
 	return Caller{TokenID: tok.ID, Role: tok.Role, Subject: tok.Subject, ExpiresAt: tok.ExpiresAt, Roles: tok.Roles}, nil
 }
