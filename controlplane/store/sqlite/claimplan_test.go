@@ -17,10 +17,14 @@ func TestClaimWalksOnlyItsRoles(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	for _, roles := range [][]string{nil, {"a"}, {"a", "b", "c"}} {
+	for _, c := range []struct {
+		roles []string
+		sql   func(int) string
+	}{{nil, claimSQL}, {[]string{"a"}, claimSQL}, {[]string{"a", "b", "c"}, claimSQL}, {[]string{"a"}, claimOneSQL}, {[]string{"a", "b", "c"}, claimOneSQL}} {
+		roles := c.roles
 		slots := claimRoleSlots(roles)
 		args := append([]any{"agent-1", int64(1), int64(2), 1, int64(1 << 20)}, slots...)
-		rows, err := s.r.Query("EXPLAIN QUERY PLAN "+claimSQL(len(slots)), args...)
+		rows, err := s.r.Query("EXPLAIN QUERY PLAN "+c.sql(len(slots)), args...)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -318,7 +318,11 @@ func (s *Store) TaskClaim(ctx context.Context, p *store.TaskClaimParams) ([]stor
 	err := s.writeTx(ctx, "TaskClaim", func(w *wtx) error {
 		var err error
 		args := append([]any{p.Agent, toNanos(now), toNanos(now.Add(p.LeaseDuration)), p.Max, budget}, slots...)
-		claimed, err = w.rows(claimSQL(len(slots)), args...)
+		query := claimSQL(len(slots))
+		if p.Max == 1 {
+			query = claimOneSQL(len(slots))
+		}
+		claimed, err = w.rows(query, args...)
 		return err
 	})
 	if err != nil {
