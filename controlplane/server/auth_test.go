@@ -229,6 +229,22 @@ var accessTable = map[string]accessRow{
 		_, err := c.q.GetQueueStats(ctx, &factoryv1.GetQueueStatsRequest{})
 		return err
 	}, [...]codes.Code{unauthorized, ok, ok, ok, ok}},
+	factoryv1.QueueService_Work_FullMethodName: {func(ctx context.Context, c clients) error {
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		stream, err := c.q.Work(ctx)
+		if err != nil {
+			return err
+		}
+		if err := stream.Send(&factoryv1.WorkRequest{Ref: 1, Call: &factoryv1.WorkRequest_Claim{Claim: &factoryv1.ClaimTaskRequest{Agent: "forge", Roles: []string{"builder"}}}}); err != nil {
+			return err
+		}
+		resp, err := stream.Recv() // the claim's answer, or the refusal
+		if e := resp.GetError(); e != nil {
+			return status.Error(codes.Code(e.GetCode()), e.GetMessage())
+		}
+		return err
+	}, [...]codes.Code{unauthorized, ok, denied, denied, ok}},
 	factoryv1.QueueService_WatchTasks_FullMethodName: {func(ctx context.Context, c clients) error {
 		ctx, cancel := context.WithCancel(ctx)
 		defer cancel()

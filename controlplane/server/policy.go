@@ -82,6 +82,29 @@ var rules = map[string]rule{
 		}},
 	factoryv1.QueueService_FailTask_FullMethodName: {roles: agents, mutates: true, verb: "fail a task",
 		actsAs: agentField[*factoryv1.FailTaskRequest]},
+	// The same four calls on one stream: each message is checked as its
+	// unary call is, as it arrives.
+	factoryv1.QueueService_Work_FullMethodName: {roles: agents, mutates: true, verb: "work",
+		actsAs: func(req any) []string {
+			r, _ := req.(*factoryv1.WorkRequest)
+			switch c := r.GetCall().(type) {
+			case *factoryv1.WorkRequest_Claim:
+				return []string{c.Claim.GetAgent()}
+			case *factoryv1.WorkRequest_Complete:
+				return []string{c.Complete.GetAgent()}
+			case *factoryv1.WorkRequest_Renew:
+				return []string{c.Renew.GetAgent()}
+			case *factoryv1.WorkRequest_Fail:
+				return []string{c.Fail.GetAgent()}
+			}
+			// No call acts as nobody; validation then refuses the request
+			// for lacking one (and the handler would too).
+			return nil
+		},
+		claims: func(req any) []string {
+			r, _ := req.(*factoryv1.WorkRequest)
+			return r.GetClaim().GetRoles()
+		}},
 
 	// Steering other parties' work and the whole queue: operators only.
 	factoryv1.QueueService_MoveTask_FullMethodName:     {roles: operatorOnly, mutates: true},

@@ -15,6 +15,9 @@ import (
 // is false and this layer costs a context lookup.
 type auditedQueue struct {
 	*queueServer
+	// limit, when set, is the per-caller rate limit, applied to each
+	// request on a Work stream as the interceptor applies it to a call.
+	limit func(context.Context) error
 }
 
 // maxNotedIDs caps the ids a batch call's audit entry lists; the count is

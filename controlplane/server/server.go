@@ -466,7 +466,8 @@ func NewGRPCServer(svc Services, log *slog.Logger, tp trace.TracerProvider, stop
 		// whose token stops working (streams.go).
 		selector.StreamServerInterceptor(streams.intercept, needsCaller),
 	}
-	if lim := o.rateLimit.limiter(log); lim != nil {
+	lim := o.rateLimit.limiter(log)
+	if lim != nil {
 		unary = append(unary, selector.UnaryServerInterceptor(ratelimit.UnaryServerInterceptor(lim), rateLimited))
 		stream = append(stream, selector.StreamServerInterceptor(ratelimit.StreamServerInterceptor(lim), rateLimited))
 	}
@@ -499,7 +500,12 @@ func NewGRPCServer(svc Services, log *slog.Logger, tp trace.TracerProvider, stop
 		serverOpts = append(serverOpts, grpc.Creds(credentials.NewTLS(o.tls)))
 	}
 	srv := grpc.NewServer(serverOpts...)
-	factoryv1.RegisterQueueServiceServer(srv, &auditedQueue{&queueServer{q: svc.Queue, log: log, stopping: stopping, fleet: svc.Fleet}})
+	qs := &auditedQueue{queueServer: &queueServer{q: svc.Queue, log: log, stopping: stopping, fleet: svc.Fleet}}
+	if lim != nil {
+		// A Work stream's requests count as the calls they carry.
+		qs.limit = lim.Limit
+	}
+	factoryv1.RegisterQueueServiceServer(srv, qs)
 	factoryv1.RegisterAccessServiceServer(srv, &accessServer{acc: svc.Access, log: log, streams: streams})
 	factoryv1.RegisterOpsServiceServer(srv, &opsServer{ops: svc.Ops, log: log, maint: svc.Maintenance, digest: svc.Digest, fleet: svc.Fleet,
 		alerts: svc.Alerts, events: svc.Events, stopping: stopping})

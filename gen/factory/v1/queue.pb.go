@@ -10,6 +10,7 @@ import (
 	_ "buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	anypb "google.golang.org/protobuf/types/known/anypb"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
@@ -1809,6 +1810,347 @@ func (x *FailTaskResponse) GetTask() *Task {
 	return nil
 }
 
+// WorkRequest is one call on a Work stream.
+type WorkRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Any number the agent chooses; its response carries it back.
+	Ref uint64 `protobuf:"varint,1,opt,name=ref,proto3" json:"ref,omitempty"`
+	// The call: exactly one. Each is checked by its own message's rules.
+	//
+	// Types that are valid to be assigned to Call:
+	//
+	//	*WorkRequest_Claim
+	//	*WorkRequest_Complete
+	//	*WorkRequest_Renew
+	//	*WorkRequest_Fail
+	Call          isWorkRequest_Call `protobuf_oneof:"call"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WorkRequest) Reset() {
+	*x = WorkRequest{}
+	mi := &file_factory_v1_queue_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkRequest) ProtoMessage() {}
+
+func (x *WorkRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_queue_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkRequest.ProtoReflect.Descriptor instead.
+func (*WorkRequest) Descriptor() ([]byte, []int) {
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *WorkRequest) GetRef() uint64 {
+	if x != nil {
+		return x.Ref
+	}
+	return 0
+}
+
+func (x *WorkRequest) GetCall() isWorkRequest_Call {
+	if x != nil {
+		return x.Call
+	}
+	return nil
+}
+
+func (x *WorkRequest) GetClaim() *ClaimTaskRequest {
+	if x != nil {
+		if x, ok := x.Call.(*WorkRequest_Claim); ok {
+			return x.Claim
+		}
+	}
+	return nil
+}
+
+func (x *WorkRequest) GetComplete() *CompleteTaskRequest {
+	if x != nil {
+		if x, ok := x.Call.(*WorkRequest_Complete); ok {
+			return x.Complete
+		}
+	}
+	return nil
+}
+
+func (x *WorkRequest) GetRenew() *RenewLeaseRequest {
+	if x != nil {
+		if x, ok := x.Call.(*WorkRequest_Renew); ok {
+			return x.Renew
+		}
+	}
+	return nil
+}
+
+func (x *WorkRequest) GetFail() *FailTaskRequest {
+	if x != nil {
+		if x, ok := x.Call.(*WorkRequest_Fail); ok {
+			return x.Fail
+		}
+	}
+	return nil
+}
+
+type isWorkRequest_Call interface {
+	isWorkRequest_Call()
+}
+
+type WorkRequest_Claim struct {
+	// Claim tasks, as ClaimTask.
+	Claim *ClaimTaskRequest `protobuf:"bytes,2,opt,name=claim,proto3,oneof"`
+}
+
+type WorkRequest_Complete struct {
+	// Complete a task, as CompleteTask.
+	Complete *CompleteTaskRequest `protobuf:"bytes,3,opt,name=complete,proto3,oneof"`
+}
+
+type WorkRequest_Renew struct {
+	// Renew a lease, as RenewLease.
+	Renew *RenewLeaseRequest `protobuf:"bytes,4,opt,name=renew,proto3,oneof"`
+}
+
+type WorkRequest_Fail struct {
+	// Fail a task, as FailTask.
+	Fail *FailTaskRequest `protobuf:"bytes,5,opt,name=fail,proto3,oneof"`
+}
+
+func (*WorkRequest_Claim) isWorkRequest_Call() {}
+
+func (*WorkRequest_Complete) isWorkRequest_Call() {}
+
+func (*WorkRequest_Renew) isWorkRequest_Call() {}
+
+func (*WorkRequest_Fail) isWorkRequest_Call() {}
+
+// WorkResponse answers one WorkRequest.
+type WorkResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The request's ref.
+	Ref uint64 `protobuf:"varint,1,opt,name=ref,proto3" json:"ref,omitempty"`
+	// What the call returned.
+	//
+	// Types that are valid to be assigned to Result:
+	//
+	//	*WorkResponse_Claim
+	//	*WorkResponse_Complete
+	//	*WorkResponse_Renew
+	//	*WorkResponse_Fail
+	//	*WorkResponse_Error
+	Result        isWorkResponse_Result `protobuf_oneof:"result"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WorkResponse) Reset() {
+	*x = WorkResponse{}
+	mi := &file_factory_v1_queue_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkResponse) ProtoMessage() {}
+
+func (x *WorkResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_queue_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkResponse.ProtoReflect.Descriptor instead.
+func (*WorkResponse) Descriptor() ([]byte, []int) {
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *WorkResponse) GetRef() uint64 {
+	if x != nil {
+		return x.Ref
+	}
+	return 0
+}
+
+func (x *WorkResponse) GetResult() isWorkResponse_Result {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
+func (x *WorkResponse) GetClaim() *ClaimTaskResponse {
+	if x != nil {
+		if x, ok := x.Result.(*WorkResponse_Claim); ok {
+			return x.Claim
+		}
+	}
+	return nil
+}
+
+func (x *WorkResponse) GetComplete() *CompleteTaskResponse {
+	if x != nil {
+		if x, ok := x.Result.(*WorkResponse_Complete); ok {
+			return x.Complete
+		}
+	}
+	return nil
+}
+
+func (x *WorkResponse) GetRenew() *RenewLeaseResponse {
+	if x != nil {
+		if x, ok := x.Result.(*WorkResponse_Renew); ok {
+			return x.Renew
+		}
+	}
+	return nil
+}
+
+func (x *WorkResponse) GetFail() *FailTaskResponse {
+	if x != nil {
+		if x, ok := x.Result.(*WorkResponse_Fail); ok {
+			return x.Fail
+		}
+	}
+	return nil
+}
+
+func (x *WorkResponse) GetError() *WorkError {
+	if x != nil {
+		if x, ok := x.Result.(*WorkResponse_Error); ok {
+			return x.Error
+		}
+	}
+	return nil
+}
+
+type isWorkResponse_Result interface {
+	isWorkResponse_Result()
+}
+
+type WorkResponse_Claim struct {
+	// ClaimTask's response.
+	Claim *ClaimTaskResponse `protobuf:"bytes,2,opt,name=claim,proto3,oneof"`
+}
+
+type WorkResponse_Complete struct {
+	// CompleteTask's response.
+	Complete *CompleteTaskResponse `protobuf:"bytes,3,opt,name=complete,proto3,oneof"`
+}
+
+type WorkResponse_Renew struct {
+	// RenewLease's response.
+	Renew *RenewLeaseResponse `protobuf:"bytes,4,opt,name=renew,proto3,oneof"`
+}
+
+type WorkResponse_Fail struct {
+	// FailTask's response.
+	Fail *FailTaskResponse `protobuf:"bytes,5,opt,name=fail,proto3,oneof"`
+}
+
+type WorkResponse_Error struct {
+	// The call failed: the status the unary call would have returned.
+	Error *WorkError `protobuf:"bytes,6,opt,name=error,proto3,oneof"`
+}
+
+func (*WorkResponse_Claim) isWorkResponse_Result() {}
+
+func (*WorkResponse_Complete) isWorkResponse_Result() {}
+
+func (*WorkResponse_Renew) isWorkResponse_Result() {}
+
+func (*WorkResponse_Fail) isWorkResponse_Result() {}
+
+func (*WorkResponse_Error) isWorkResponse_Result() {}
+
+// WorkError is a failed call's status, as the unary call returns it.
+type WorkError struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The gRPC status code (google.rpc.Code), e.g. 9 for FAILED_PRECONDITION.
+	Code int32 `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
+	// The status message.
+	Message string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	// The status details (google.rpc.BadRequest, ErrorInfo, ...).
+	Details       []*anypb.Any `protobuf:"bytes,3,rep,name=details,proto3" json:"details,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WorkError) Reset() {
+	*x = WorkError{}
+	mi := &file_factory_v1_queue_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkError) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkError) ProtoMessage() {}
+
+func (x *WorkError) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_queue_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkError.ProtoReflect.Descriptor instead.
+func (*WorkError) Descriptor() ([]byte, []int) {
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *WorkError) GetCode() int32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *WorkError) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *WorkError) GetDetails() []*anypb.Any {
+	if x != nil {
+		return x.Details
+	}
+	return nil
+}
+
 // MoveTaskRequest is an operator move.
 type MoveTaskRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1825,7 +2167,7 @@ type MoveTaskRequest struct {
 
 func (x *MoveTaskRequest) Reset() {
 	*x = MoveTaskRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[21]
+	mi := &file_factory_v1_queue_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1837,7 +2179,7 @@ func (x *MoveTaskRequest) String() string {
 func (*MoveTaskRequest) ProtoMessage() {}
 
 func (x *MoveTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[21]
+	mi := &file_factory_v1_queue_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1850,7 +2192,7 @@ func (x *MoveTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveTaskRequest.ProtoReflect.Descriptor instead.
 func (*MoveTaskRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{21}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *MoveTaskRequest) GetTaskId() string {
@@ -1885,7 +2227,7 @@ type MoveTaskResponse struct {
 
 func (x *MoveTaskResponse) Reset() {
 	*x = MoveTaskResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[22]
+	mi := &file_factory_v1_queue_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1897,7 +2239,7 @@ func (x *MoveTaskResponse) String() string {
 func (*MoveTaskResponse) ProtoMessage() {}
 
 func (x *MoveTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[22]
+	mi := &file_factory_v1_queue_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1910,7 +2252,7 @@ func (x *MoveTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveTaskResponse.ProtoReflect.Descriptor instead.
 func (*MoveTaskResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{22}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *MoveTaskResponse) GetTask() *Task {
@@ -1933,7 +2275,7 @@ type SetPriorityRequest struct {
 
 func (x *SetPriorityRequest) Reset() {
 	*x = SetPriorityRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[23]
+	mi := &file_factory_v1_queue_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1945,7 +2287,7 @@ func (x *SetPriorityRequest) String() string {
 func (*SetPriorityRequest) ProtoMessage() {}
 
 func (x *SetPriorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[23]
+	mi := &file_factory_v1_queue_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1958,7 +2300,7 @@ func (x *SetPriorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetPriorityRequest.ProtoReflect.Descriptor instead.
 func (*SetPriorityRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{23}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SetPriorityRequest) GetTaskId() string {
@@ -1986,7 +2328,7 @@ type SetPriorityResponse struct {
 
 func (x *SetPriorityResponse) Reset() {
 	*x = SetPriorityResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[24]
+	mi := &file_factory_v1_queue_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1998,7 +2340,7 @@ func (x *SetPriorityResponse) String() string {
 func (*SetPriorityResponse) ProtoMessage() {}
 
 func (x *SetPriorityResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[24]
+	mi := &file_factory_v1_queue_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2011,7 +2353,7 @@ func (x *SetPriorityResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetPriorityResponse.ProtoReflect.Descriptor instead.
 func (*SetPriorityResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{24}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *SetPriorityResponse) GetTask() *Task {
@@ -2032,7 +2374,7 @@ type PauseQueueRequest struct {
 
 func (x *PauseQueueRequest) Reset() {
 	*x = PauseQueueRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[25]
+	mi := &file_factory_v1_queue_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2044,7 +2386,7 @@ func (x *PauseQueueRequest) String() string {
 func (*PauseQueueRequest) ProtoMessage() {}
 
 func (x *PauseQueueRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[25]
+	mi := &file_factory_v1_queue_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2057,7 +2399,7 @@ func (x *PauseQueueRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseQueueRequest.ProtoReflect.Descriptor instead.
 func (*PauseQueueRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{25}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *PauseQueueRequest) GetReason() string {
@@ -2078,7 +2420,7 @@ type PauseQueueResponse struct {
 
 func (x *PauseQueueResponse) Reset() {
 	*x = PauseQueueResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[26]
+	mi := &file_factory_v1_queue_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2090,7 +2432,7 @@ func (x *PauseQueueResponse) String() string {
 func (*PauseQueueResponse) ProtoMessage() {}
 
 func (x *PauseQueueResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[26]
+	mi := &file_factory_v1_queue_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2103,7 +2445,7 @@ func (x *PauseQueueResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseQueueResponse.ProtoReflect.Descriptor instead.
 func (*PauseQueueResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{26}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *PauseQueueResponse) GetPaused() int32 {
@@ -2122,7 +2464,7 @@ type ResumeQueueRequest struct {
 
 func (x *ResumeQueueRequest) Reset() {
 	*x = ResumeQueueRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[27]
+	mi := &file_factory_v1_queue_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2134,7 +2476,7 @@ func (x *ResumeQueueRequest) String() string {
 func (*ResumeQueueRequest) ProtoMessage() {}
 
 func (x *ResumeQueueRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[27]
+	mi := &file_factory_v1_queue_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2147,7 +2489,7 @@ func (x *ResumeQueueRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeQueueRequest.ProtoReflect.Descriptor instead.
 func (*ResumeQueueRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{27}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{30}
 }
 
 // ResumeQueueResponse says what was resumed.
@@ -2161,7 +2503,7 @@ type ResumeQueueResponse struct {
 
 func (x *ResumeQueueResponse) Reset() {
 	*x = ResumeQueueResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[28]
+	mi := &file_factory_v1_queue_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2173,7 +2515,7 @@ func (x *ResumeQueueResponse) String() string {
 func (*ResumeQueueResponse) ProtoMessage() {}
 
 func (x *ResumeQueueResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[28]
+	mi := &file_factory_v1_queue_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2186,7 +2528,7 @@ func (x *ResumeQueueResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeQueueResponse.ProtoReflect.Descriptor instead.
 func (*ResumeQueueResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{28}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ResumeQueueResponse) GetResumed() int32 {
@@ -2210,7 +2552,7 @@ type RequeueStuckRequest struct {
 
 func (x *RequeueStuckRequest) Reset() {
 	*x = RequeueStuckRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[29]
+	mi := &file_factory_v1_queue_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2222,7 +2564,7 @@ func (x *RequeueStuckRequest) String() string {
 func (*RequeueStuckRequest) ProtoMessage() {}
 
 func (x *RequeueStuckRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[29]
+	mi := &file_factory_v1_queue_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2235,7 +2577,7 @@ func (x *RequeueStuckRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequeueStuckRequest.ProtoReflect.Descriptor instead.
 func (*RequeueStuckRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{29}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RequeueStuckRequest) GetOlderThan() *durationpb.Duration {
@@ -2264,7 +2606,7 @@ type RequeueStuckResponse struct {
 
 func (x *RequeueStuckResponse) Reset() {
 	*x = RequeueStuckResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[30]
+	mi := &file_factory_v1_queue_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2276,7 +2618,7 @@ func (x *RequeueStuckResponse) String() string {
 func (*RequeueStuckResponse) ProtoMessage() {}
 
 func (x *RequeueStuckResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[30]
+	mi := &file_factory_v1_queue_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2289,7 +2631,7 @@ func (x *RequeueStuckResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequeueStuckResponse.ProtoReflect.Descriptor instead.
 func (*RequeueStuckResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{30}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RequeueStuckResponse) GetTasks() []*Task {
@@ -2308,7 +2650,7 @@ type GetQueueStatsRequest struct {
 
 func (x *GetQueueStatsRequest) Reset() {
 	*x = GetQueueStatsRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[31]
+	mi := &file_factory_v1_queue_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2320,7 +2662,7 @@ func (x *GetQueueStatsRequest) String() string {
 func (*GetQueueStatsRequest) ProtoMessage() {}
 
 func (x *GetQueueStatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[31]
+	mi := &file_factory_v1_queue_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2333,7 +2675,7 @@ func (x *GetQueueStatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetQueueStatsRequest.ProtoReflect.Descriptor instead.
 func (*GetQueueStatsRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{31}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{34}
 }
 
 // StateCount is the number of tasks in one state.
@@ -2349,7 +2691,7 @@ type StateCount struct {
 
 func (x *StateCount) Reset() {
 	*x = StateCount{}
-	mi := &file_factory_v1_queue_proto_msgTypes[32]
+	mi := &file_factory_v1_queue_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2361,7 +2703,7 @@ func (x *StateCount) String() string {
 func (*StateCount) ProtoMessage() {}
 
 func (x *StateCount) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[32]
+	mi := &file_factory_v1_queue_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2374,7 +2716,7 @@ func (x *StateCount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateCount.ProtoReflect.Descriptor instead.
 func (*StateCount) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{32}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *StateCount) GetState() TaskState {
@@ -2412,7 +2754,7 @@ type GetQueueStatsResponse struct {
 
 func (x *GetQueueStatsResponse) Reset() {
 	*x = GetQueueStatsResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[33]
+	mi := &file_factory_v1_queue_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2424,7 +2766,7 @@ func (x *GetQueueStatsResponse) String() string {
 func (*GetQueueStatsResponse) ProtoMessage() {}
 
 func (x *GetQueueStatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[33]
+	mi := &file_factory_v1_queue_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2437,7 +2779,7 @@ func (x *GetQueueStatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetQueueStatsResponse.ProtoReflect.Descriptor instead.
 func (*GetQueueStatsResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{33}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *GetQueueStatsResponse) GetCounts() []*StateCount {
@@ -2507,7 +2849,7 @@ type WatchTasksRequest struct {
 
 func (x *WatchTasksRequest) Reset() {
 	*x = WatchTasksRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[34]
+	mi := &file_factory_v1_queue_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2519,7 +2861,7 @@ func (x *WatchTasksRequest) String() string {
 func (*WatchTasksRequest) ProtoMessage() {}
 
 func (x *WatchTasksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[34]
+	mi := &file_factory_v1_queue_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2532,7 +2874,7 @@ func (x *WatchTasksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchTasksRequest.ProtoReflect.Descriptor instead.
 func (*WatchTasksRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{34}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *WatchTasksRequest) GetStates() []TaskState {
@@ -2592,7 +2934,7 @@ type WatchTasksResponse struct {
 
 func (x *WatchTasksResponse) Reset() {
 	*x = WatchTasksResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[35]
+	mi := &file_factory_v1_queue_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2604,7 +2946,7 @@ func (x *WatchTasksResponse) String() string {
 func (*WatchTasksResponse) ProtoMessage() {}
 
 func (x *WatchTasksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[35]
+	mi := &file_factory_v1_queue_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2617,7 +2959,7 @@ func (x *WatchTasksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchTasksResponse.ProtoReflect.Descriptor instead.
 func (*WatchTasksResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{35}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *WatchTasksResponse) GetType() TaskEventType {
@@ -2660,7 +3002,7 @@ var File_factory_v1_queue_proto protoreflect.FileDescriptor
 const file_factory_v1_queue_proto_rawDesc = "" +
 	"\n" +
 	"\x16factory/v1/queue.proto\x12\n" +
-	"factory.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe6\x01\n" +
+	"factory.v1\x1a\x1bbuf/validate/validate.proto\x1a\x19google/protobuf/any.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe6\x01\n" +
 	"\x05Lease\x12\x16\n" +
 	"\x06holder\x18\x01 \x01(\tR\x06holder\x12\x14\n" +
 	"\x05token\x18\x02 \x01(\x03R\x05token\x129\n" +
@@ -2795,7 +3137,26 @@ const file_factory_v1_queue_proto_rawDesc = "" +
 	"\x0ferror.not_blank\x12\x11must not be blank\x1a\x11this.trim() != ''\xc8\x01\x01r\x04(\x80\x80\x04R\x05error\x12\x1c\n" +
 	"\tpermanent\x18\x05 \x01(\bR\tpermanent\"8\n" +
 	"\x10FailTaskResponse\x12$\n" +
-	"\x04task\x18\x01 \x01(\v2\x10.factory.v1.TaskR\x04task\"\xe2\x01\n" +
+	"\x04task\x18\x01 \x01(\v2\x10.factory.v1.TaskR\x04task\"\xb5\x02\n" +
+	"\vWorkRequest\x12\x18\n" +
+	"\x03ref\x18\x01 \x01(\x04B\x06\xbaH\x03\xd8\x01\x01R\x03ref\x12<\n" +
+	"\x05claim\x18\x02 \x01(\v2\x1c.factory.v1.ClaimTaskRequestB\x06\xbaH\x03\xd8\x01\x01H\x00R\x05claim\x12E\n" +
+	"\bcomplete\x18\x03 \x01(\v2\x1f.factory.v1.CompleteTaskRequestB\x06\xbaH\x03\xd8\x01\x01H\x00R\bcomplete\x12=\n" +
+	"\x05renew\x18\x04 \x01(\v2\x1d.factory.v1.RenewLeaseRequestB\x06\xbaH\x03\xd8\x01\x01H\x00R\x05renew\x129\n" +
+	"\x04fail\x18\x05 \x01(\v2\x1b.factory.v1.FailTaskRequestB\x06\xbaH\x03\xd8\x01\x01H\x00R\x04failB\r\n" +
+	"\x04call\x12\x05\xbaH\x02\b\x01\"\xbc\x02\n" +
+	"\fWorkResponse\x12\x10\n" +
+	"\x03ref\x18\x01 \x01(\x04R\x03ref\x125\n" +
+	"\x05claim\x18\x02 \x01(\v2\x1d.factory.v1.ClaimTaskResponseH\x00R\x05claim\x12>\n" +
+	"\bcomplete\x18\x03 \x01(\v2 .factory.v1.CompleteTaskResponseH\x00R\bcomplete\x126\n" +
+	"\x05renew\x18\x04 \x01(\v2\x1e.factory.v1.RenewLeaseResponseH\x00R\x05renew\x122\n" +
+	"\x04fail\x18\x05 \x01(\v2\x1c.factory.v1.FailTaskResponseH\x00R\x04fail\x12-\n" +
+	"\x05error\x18\x06 \x01(\v2\x15.factory.v1.WorkErrorH\x00R\x05errorB\b\n" +
+	"\x06result\"i\n" +
+	"\tWorkError\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\x12.\n" +
+	"\adetails\x18\x03 \x03(\v2\x14.google.protobuf.AnyR\adetails\"\xe2\x01\n" +
 	"\x0fMoveTaskRequest\x12;\n" +
 	"\atask_id\x18\x01 \x01(\tB\"\xbaH\x1f\xc8\x01\x01r\x1a2\x18^[A-Za-z0-9._:-]{1,128}$R\x06taskId\x122\n" +
 	"\x02to\x18\x02 \x01(\x0e2\x15.factory.v1.TaskStateB\v\xbaH\b\xc8\x01\x01\x82\x01\x02\x10\x01R\x02to\x12^\n" +
@@ -2866,7 +3227,8 @@ const file_factory_v1_queue_proto_rawDesc = "" +
 	"\x16TASK_EVENT_TYPE_SYNCED\x10\x02\x12\x1b\n" +
 	"\x17TASK_EVENT_TYPE_CREATED\x10\x03\x12!\n" +
 	"\x1dTASK_EVENT_TYPE_STATE_CHANGED\x10\x04\x12\x1b\n" +
-	"\x17TASK_EVENT_TYPE_UPDATED\x10\x052\xec\t\n" +
+	"\x17TASK_EVENT_TYPE_UPDATED\x10\x052\xab\n" +
+	"\n" +
 	"\fQueueService\x12K\n" +
 	"\n" +
 	"CreateTask\x12\x1d.factory.v1.CreateTaskRequest\x1a\x1e.factory.v1.CreateTaskResponse\x12N\n" +
@@ -2887,7 +3249,8 @@ const file_factory_v1_queue_proto_rawDesc = "" +
 	"\fRequeueStuck\x12\x1f.factory.v1.RequeueStuckRequest\x1a .factory.v1.RequeueStuckResponse\x12T\n" +
 	"\rGetQueueStats\x12 .factory.v1.GetQueueStatsRequest\x1a!.factory.v1.GetQueueStatsResponse\x12M\n" +
 	"\n" +
-	"WatchTasks\x12\x1d.factory.v1.WatchTasksRequest\x1a\x1e.factory.v1.WatchTasksResponse0\x01B5Z3github.com/factory/factory/gen/factory/v1;factoryv1b\x06proto3"
+	"WatchTasks\x12\x1d.factory.v1.WatchTasksRequest\x1a\x1e.factory.v1.WatchTasksResponse0\x01\x12=\n" +
+	"\x04Work\x12\x17.factory.v1.WorkRequest\x1a\x18.factory.v1.WorkResponse(\x010\x01B5Z3github.com/factory/factory/gen/factory/v1;factoryv1b\x06proto3"
 
 var (
 	file_factory_v1_queue_proto_rawDescOnce sync.Once
@@ -2902,7 +3265,7 @@ func file_factory_v1_queue_proto_rawDescGZIP() []byte {
 }
 
 var file_factory_v1_queue_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_factory_v1_queue_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
+var file_factory_v1_queue_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
 var file_factory_v1_queue_proto_goTypes = []any{
 	(TaskState)(0),                // 0: factory.v1.TaskState
 	(TaskView)(0),                 // 1: factory.v1.TaskView
@@ -2928,40 +3291,44 @@ var file_factory_v1_queue_proto_goTypes = []any{
 	(*CompleteTasksResponse)(nil), // 21: factory.v1.CompleteTasksResponse
 	(*FailTaskRequest)(nil),       // 22: factory.v1.FailTaskRequest
 	(*FailTaskResponse)(nil),      // 23: factory.v1.FailTaskResponse
-	(*MoveTaskRequest)(nil),       // 24: factory.v1.MoveTaskRequest
-	(*MoveTaskResponse)(nil),      // 25: factory.v1.MoveTaskResponse
-	(*SetPriorityRequest)(nil),    // 26: factory.v1.SetPriorityRequest
-	(*SetPriorityResponse)(nil),   // 27: factory.v1.SetPriorityResponse
-	(*PauseQueueRequest)(nil),     // 28: factory.v1.PauseQueueRequest
-	(*PauseQueueResponse)(nil),    // 29: factory.v1.PauseQueueResponse
-	(*ResumeQueueRequest)(nil),    // 30: factory.v1.ResumeQueueRequest
-	(*ResumeQueueResponse)(nil),   // 31: factory.v1.ResumeQueueResponse
-	(*RequeueStuckRequest)(nil),   // 32: factory.v1.RequeueStuckRequest
-	(*RequeueStuckResponse)(nil),  // 33: factory.v1.RequeueStuckResponse
-	(*GetQueueStatsRequest)(nil),  // 34: factory.v1.GetQueueStatsRequest
-	(*StateCount)(nil),            // 35: factory.v1.StateCount
-	(*GetQueueStatsResponse)(nil), // 36: factory.v1.GetQueueStatsResponse
-	(*WatchTasksRequest)(nil),     // 37: factory.v1.WatchTasksRequest
-	(*WatchTasksResponse)(nil),    // 38: factory.v1.WatchTasksResponse
-	nil,                           // 39: factory.v1.Task.LabelsEntry
-	nil,                           // 40: factory.v1.CreateTaskRequest.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 41: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 42: google.protobuf.Duration
+	(*WorkRequest)(nil),           // 24: factory.v1.WorkRequest
+	(*WorkResponse)(nil),          // 25: factory.v1.WorkResponse
+	(*WorkError)(nil),             // 26: factory.v1.WorkError
+	(*MoveTaskRequest)(nil),       // 27: factory.v1.MoveTaskRequest
+	(*MoveTaskResponse)(nil),      // 28: factory.v1.MoveTaskResponse
+	(*SetPriorityRequest)(nil),    // 29: factory.v1.SetPriorityRequest
+	(*SetPriorityResponse)(nil),   // 30: factory.v1.SetPriorityResponse
+	(*PauseQueueRequest)(nil),     // 31: factory.v1.PauseQueueRequest
+	(*PauseQueueResponse)(nil),    // 32: factory.v1.PauseQueueResponse
+	(*ResumeQueueRequest)(nil),    // 33: factory.v1.ResumeQueueRequest
+	(*ResumeQueueResponse)(nil),   // 34: factory.v1.ResumeQueueResponse
+	(*RequeueStuckRequest)(nil),   // 35: factory.v1.RequeueStuckRequest
+	(*RequeueStuckResponse)(nil),  // 36: factory.v1.RequeueStuckResponse
+	(*GetQueueStatsRequest)(nil),  // 37: factory.v1.GetQueueStatsRequest
+	(*StateCount)(nil),            // 38: factory.v1.StateCount
+	(*GetQueueStatsResponse)(nil), // 39: factory.v1.GetQueueStatsResponse
+	(*WatchTasksRequest)(nil),     // 40: factory.v1.WatchTasksRequest
+	(*WatchTasksResponse)(nil),    // 41: factory.v1.WatchTasksResponse
+	nil,                           // 42: factory.v1.Task.LabelsEntry
+	nil,                           // 43: factory.v1.CreateTaskRequest.LabelsEntry
+	(*timestamppb.Timestamp)(nil), // 44: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 45: google.protobuf.Duration
+	(*anypb.Any)(nil),             // 46: google.protobuf.Any
 }
 var file_factory_v1_queue_proto_depIdxs = []int32{
-	41, // 0: factory.v1.Lease.expires_at:type_name -> google.protobuf.Timestamp
-	41, // 1: factory.v1.Lease.claimed_at:type_name -> google.protobuf.Timestamp
-	41, // 2: factory.v1.Lease.renewed_at:type_name -> google.protobuf.Timestamp
+	44, // 0: factory.v1.Lease.expires_at:type_name -> google.protobuf.Timestamp
+	44, // 1: factory.v1.Lease.claimed_at:type_name -> google.protobuf.Timestamp
+	44, // 2: factory.v1.Lease.renewed_at:type_name -> google.protobuf.Timestamp
 	0,  // 3: factory.v1.Task.state:type_name -> factory.v1.TaskState
 	3,  // 4: factory.v1.Task.lease:type_name -> factory.v1.Lease
-	41, // 5: factory.v1.Task.run_after:type_name -> google.protobuf.Timestamp
-	39, // 6: factory.v1.Task.labels:type_name -> factory.v1.Task.LabelsEntry
-	41, // 7: factory.v1.Task.created_at:type_name -> google.protobuf.Timestamp
-	41, // 8: factory.v1.Task.updated_at:type_name -> google.protobuf.Timestamp
-	41, // 9: factory.v1.Task.state_changed_at:type_name -> google.protobuf.Timestamp
-	40, // 10: factory.v1.CreateTaskRequest.labels:type_name -> factory.v1.CreateTaskRequest.LabelsEntry
+	44, // 5: factory.v1.Task.run_after:type_name -> google.protobuf.Timestamp
+	42, // 6: factory.v1.Task.labels:type_name -> factory.v1.Task.LabelsEntry
+	44, // 7: factory.v1.Task.created_at:type_name -> google.protobuf.Timestamp
+	44, // 8: factory.v1.Task.updated_at:type_name -> google.protobuf.Timestamp
+	44, // 9: factory.v1.Task.state_changed_at:type_name -> google.protobuf.Timestamp
+	43, // 10: factory.v1.CreateTaskRequest.labels:type_name -> factory.v1.CreateTaskRequest.LabelsEntry
 	0,  // 11: factory.v1.CreateTaskRequest.initial_state:type_name -> factory.v1.TaskState
-	41, // 12: factory.v1.CreateTaskRequest.run_after:type_name -> google.protobuf.Timestamp
+	44, // 12: factory.v1.CreateTaskRequest.run_after:type_name -> google.protobuf.Timestamp
 	4,  // 13: factory.v1.CreateTaskResponse.task:type_name -> factory.v1.Task
 	5,  // 14: factory.v1.CreateTasksRequest.tasks:type_name -> factory.v1.CreateTaskRequest
 	4,  // 15: factory.v1.CreateTasksResponse.tasks:type_name -> factory.v1.Task
@@ -2969,67 +3336,79 @@ var file_factory_v1_queue_proto_depIdxs = []int32{
 	0,  // 17: factory.v1.ListTasksRequest.states:type_name -> factory.v1.TaskState
 	1,  // 18: factory.v1.ListTasksRequest.view:type_name -> factory.v1.TaskView
 	4,  // 19: factory.v1.ListTasksResponse.tasks:type_name -> factory.v1.Task
-	42, // 20: factory.v1.ClaimTaskRequest.wait:type_name -> google.protobuf.Duration
-	42, // 21: factory.v1.ClaimTaskRequest.lease_duration:type_name -> google.protobuf.Duration
+	45, // 20: factory.v1.ClaimTaskRequest.wait:type_name -> google.protobuf.Duration
+	45, // 21: factory.v1.ClaimTaskRequest.lease_duration:type_name -> google.protobuf.Duration
 	4,  // 22: factory.v1.ClaimTaskResponse.tasks:type_name -> factory.v1.Task
-	42, // 23: factory.v1.RenewLeaseRequest.lease_duration:type_name -> google.protobuf.Duration
+	45, // 23: factory.v1.RenewLeaseRequest.lease_duration:type_name -> google.protobuf.Duration
 	4,  // 24: factory.v1.RenewLeaseResponse.task:type_name -> factory.v1.Task
 	4,  // 25: factory.v1.CompleteTaskResponse.task:type_name -> factory.v1.Task
 	17, // 26: factory.v1.CompleteTasksRequest.items:type_name -> factory.v1.CompleteTaskRequest
 	4,  // 27: factory.v1.CompleteTaskResult.task:type_name -> factory.v1.Task
 	20, // 28: factory.v1.CompleteTasksResponse.results:type_name -> factory.v1.CompleteTaskResult
 	4,  // 29: factory.v1.FailTaskResponse.task:type_name -> factory.v1.Task
-	0,  // 30: factory.v1.MoveTaskRequest.to:type_name -> factory.v1.TaskState
-	4,  // 31: factory.v1.MoveTaskResponse.task:type_name -> factory.v1.Task
-	4,  // 32: factory.v1.SetPriorityResponse.task:type_name -> factory.v1.Task
-	42, // 33: factory.v1.RequeueStuckRequest.older_than:type_name -> google.protobuf.Duration
-	4,  // 34: factory.v1.RequeueStuckResponse.tasks:type_name -> factory.v1.Task
-	0,  // 35: factory.v1.StateCount.state:type_name -> factory.v1.TaskState
-	35, // 36: factory.v1.GetQueueStatsResponse.counts:type_name -> factory.v1.StateCount
-	42, // 37: factory.v1.GetQueueStatsResponse.oldest_ready_age:type_name -> google.protobuf.Duration
-	42, // 38: factory.v1.GetQueueStatsResponse.oldest_in_progress_age:type_name -> google.protobuf.Duration
-	0,  // 39: factory.v1.WatchTasksRequest.states:type_name -> factory.v1.TaskState
-	2,  // 40: factory.v1.WatchTasksResponse.type:type_name -> factory.v1.TaskEventType
-	4,  // 41: factory.v1.WatchTasksResponse.task:type_name -> factory.v1.Task
-	0,  // 42: factory.v1.WatchTasksResponse.previous_state:type_name -> factory.v1.TaskState
-	41, // 43: factory.v1.WatchTasksResponse.time:type_name -> google.protobuf.Timestamp
-	5,  // 44: factory.v1.QueueService.CreateTask:input_type -> factory.v1.CreateTaskRequest
-	7,  // 45: factory.v1.QueueService.CreateTasks:input_type -> factory.v1.CreateTasksRequest
-	9,  // 46: factory.v1.QueueService.GetTask:input_type -> factory.v1.GetTaskRequest
-	11, // 47: factory.v1.QueueService.ListTasks:input_type -> factory.v1.ListTasksRequest
-	13, // 48: factory.v1.QueueService.ClaimTask:input_type -> factory.v1.ClaimTaskRequest
-	15, // 49: factory.v1.QueueService.RenewLease:input_type -> factory.v1.RenewLeaseRequest
-	17, // 50: factory.v1.QueueService.CompleteTask:input_type -> factory.v1.CompleteTaskRequest
-	19, // 51: factory.v1.QueueService.CompleteTasks:input_type -> factory.v1.CompleteTasksRequest
-	22, // 52: factory.v1.QueueService.FailTask:input_type -> factory.v1.FailTaskRequest
-	24, // 53: factory.v1.QueueService.MoveTask:input_type -> factory.v1.MoveTaskRequest
-	26, // 54: factory.v1.QueueService.SetPriority:input_type -> factory.v1.SetPriorityRequest
-	28, // 55: factory.v1.QueueService.PauseQueue:input_type -> factory.v1.PauseQueueRequest
-	30, // 56: factory.v1.QueueService.ResumeQueue:input_type -> factory.v1.ResumeQueueRequest
-	32, // 57: factory.v1.QueueService.RequeueStuck:input_type -> factory.v1.RequeueStuckRequest
-	34, // 58: factory.v1.QueueService.GetQueueStats:input_type -> factory.v1.GetQueueStatsRequest
-	37, // 59: factory.v1.QueueService.WatchTasks:input_type -> factory.v1.WatchTasksRequest
-	6,  // 60: factory.v1.QueueService.CreateTask:output_type -> factory.v1.CreateTaskResponse
-	8,  // 61: factory.v1.QueueService.CreateTasks:output_type -> factory.v1.CreateTasksResponse
-	10, // 62: factory.v1.QueueService.GetTask:output_type -> factory.v1.GetTaskResponse
-	12, // 63: factory.v1.QueueService.ListTasks:output_type -> factory.v1.ListTasksResponse
-	14, // 64: factory.v1.QueueService.ClaimTask:output_type -> factory.v1.ClaimTaskResponse
-	16, // 65: factory.v1.QueueService.RenewLease:output_type -> factory.v1.RenewLeaseResponse
-	18, // 66: factory.v1.QueueService.CompleteTask:output_type -> factory.v1.CompleteTaskResponse
-	21, // 67: factory.v1.QueueService.CompleteTasks:output_type -> factory.v1.CompleteTasksResponse
-	23, // 68: factory.v1.QueueService.FailTask:output_type -> factory.v1.FailTaskResponse
-	25, // 69: factory.v1.QueueService.MoveTask:output_type -> factory.v1.MoveTaskResponse
-	27, // 70: factory.v1.QueueService.SetPriority:output_type -> factory.v1.SetPriorityResponse
-	29, // 71: factory.v1.QueueService.PauseQueue:output_type -> factory.v1.PauseQueueResponse
-	31, // 72: factory.v1.QueueService.ResumeQueue:output_type -> factory.v1.ResumeQueueResponse
-	33, // 73: factory.v1.QueueService.RequeueStuck:output_type -> factory.v1.RequeueStuckResponse
-	36, // 74: factory.v1.QueueService.GetQueueStats:output_type -> factory.v1.GetQueueStatsResponse
-	38, // 75: factory.v1.QueueService.WatchTasks:output_type -> factory.v1.WatchTasksResponse
-	60, // [60:76] is the sub-list for method output_type
-	44, // [44:60] is the sub-list for method input_type
-	44, // [44:44] is the sub-list for extension type_name
-	44, // [44:44] is the sub-list for extension extendee
-	0,  // [0:44] is the sub-list for field type_name
+	13, // 30: factory.v1.WorkRequest.claim:type_name -> factory.v1.ClaimTaskRequest
+	17, // 31: factory.v1.WorkRequest.complete:type_name -> factory.v1.CompleteTaskRequest
+	15, // 32: factory.v1.WorkRequest.renew:type_name -> factory.v1.RenewLeaseRequest
+	22, // 33: factory.v1.WorkRequest.fail:type_name -> factory.v1.FailTaskRequest
+	14, // 34: factory.v1.WorkResponse.claim:type_name -> factory.v1.ClaimTaskResponse
+	18, // 35: factory.v1.WorkResponse.complete:type_name -> factory.v1.CompleteTaskResponse
+	16, // 36: factory.v1.WorkResponse.renew:type_name -> factory.v1.RenewLeaseResponse
+	23, // 37: factory.v1.WorkResponse.fail:type_name -> factory.v1.FailTaskResponse
+	26, // 38: factory.v1.WorkResponse.error:type_name -> factory.v1.WorkError
+	46, // 39: factory.v1.WorkError.details:type_name -> google.protobuf.Any
+	0,  // 40: factory.v1.MoveTaskRequest.to:type_name -> factory.v1.TaskState
+	4,  // 41: factory.v1.MoveTaskResponse.task:type_name -> factory.v1.Task
+	4,  // 42: factory.v1.SetPriorityResponse.task:type_name -> factory.v1.Task
+	45, // 43: factory.v1.RequeueStuckRequest.older_than:type_name -> google.protobuf.Duration
+	4,  // 44: factory.v1.RequeueStuckResponse.tasks:type_name -> factory.v1.Task
+	0,  // 45: factory.v1.StateCount.state:type_name -> factory.v1.TaskState
+	38, // 46: factory.v1.GetQueueStatsResponse.counts:type_name -> factory.v1.StateCount
+	45, // 47: factory.v1.GetQueueStatsResponse.oldest_ready_age:type_name -> google.protobuf.Duration
+	45, // 48: factory.v1.GetQueueStatsResponse.oldest_in_progress_age:type_name -> google.protobuf.Duration
+	0,  // 49: factory.v1.WatchTasksRequest.states:type_name -> factory.v1.TaskState
+	2,  // 50: factory.v1.WatchTasksResponse.type:type_name -> factory.v1.TaskEventType
+	4,  // 51: factory.v1.WatchTasksResponse.task:type_name -> factory.v1.Task
+	0,  // 52: factory.v1.WatchTasksResponse.previous_state:type_name -> factory.v1.TaskState
+	44, // 53: factory.v1.WatchTasksResponse.time:type_name -> google.protobuf.Timestamp
+	5,  // 54: factory.v1.QueueService.CreateTask:input_type -> factory.v1.CreateTaskRequest
+	7,  // 55: factory.v1.QueueService.CreateTasks:input_type -> factory.v1.CreateTasksRequest
+	9,  // 56: factory.v1.QueueService.GetTask:input_type -> factory.v1.GetTaskRequest
+	11, // 57: factory.v1.QueueService.ListTasks:input_type -> factory.v1.ListTasksRequest
+	13, // 58: factory.v1.QueueService.ClaimTask:input_type -> factory.v1.ClaimTaskRequest
+	15, // 59: factory.v1.QueueService.RenewLease:input_type -> factory.v1.RenewLeaseRequest
+	17, // 60: factory.v1.QueueService.CompleteTask:input_type -> factory.v1.CompleteTaskRequest
+	19, // 61: factory.v1.QueueService.CompleteTasks:input_type -> factory.v1.CompleteTasksRequest
+	22, // 62: factory.v1.QueueService.FailTask:input_type -> factory.v1.FailTaskRequest
+	27, // 63: factory.v1.QueueService.MoveTask:input_type -> factory.v1.MoveTaskRequest
+	29, // 64: factory.v1.QueueService.SetPriority:input_type -> factory.v1.SetPriorityRequest
+	31, // 65: factory.v1.QueueService.PauseQueue:input_type -> factory.v1.PauseQueueRequest
+	33, // 66: factory.v1.QueueService.ResumeQueue:input_type -> factory.v1.ResumeQueueRequest
+	35, // 67: factory.v1.QueueService.RequeueStuck:input_type -> factory.v1.RequeueStuckRequest
+	37, // 68: factory.v1.QueueService.GetQueueStats:input_type -> factory.v1.GetQueueStatsRequest
+	40, // 69: factory.v1.QueueService.WatchTasks:input_type -> factory.v1.WatchTasksRequest
+	24, // 70: factory.v1.QueueService.Work:input_type -> factory.v1.WorkRequest
+	6,  // 71: factory.v1.QueueService.CreateTask:output_type -> factory.v1.CreateTaskResponse
+	8,  // 72: factory.v1.QueueService.CreateTasks:output_type -> factory.v1.CreateTasksResponse
+	10, // 73: factory.v1.QueueService.GetTask:output_type -> factory.v1.GetTaskResponse
+	12, // 74: factory.v1.QueueService.ListTasks:output_type -> factory.v1.ListTasksResponse
+	14, // 75: factory.v1.QueueService.ClaimTask:output_type -> factory.v1.ClaimTaskResponse
+	16, // 76: factory.v1.QueueService.RenewLease:output_type -> factory.v1.RenewLeaseResponse
+	18, // 77: factory.v1.QueueService.CompleteTask:output_type -> factory.v1.CompleteTaskResponse
+	21, // 78: factory.v1.QueueService.CompleteTasks:output_type -> factory.v1.CompleteTasksResponse
+	23, // 79: factory.v1.QueueService.FailTask:output_type -> factory.v1.FailTaskResponse
+	28, // 80: factory.v1.QueueService.MoveTask:output_type -> factory.v1.MoveTaskResponse
+	30, // 81: factory.v1.QueueService.SetPriority:output_type -> factory.v1.SetPriorityResponse
+	32, // 82: factory.v1.QueueService.PauseQueue:output_type -> factory.v1.PauseQueueResponse
+	34, // 83: factory.v1.QueueService.ResumeQueue:output_type -> factory.v1.ResumeQueueResponse
+	36, // 84: factory.v1.QueueService.RequeueStuck:output_type -> factory.v1.RequeueStuckResponse
+	39, // 85: factory.v1.QueueService.GetQueueStats:output_type -> factory.v1.GetQueueStatsResponse
+	41, // 86: factory.v1.QueueService.WatchTasks:output_type -> factory.v1.WatchTasksResponse
+	25, // 87: factory.v1.QueueService.Work:output_type -> factory.v1.WorkResponse
+	71, // [71:88] is the sub-list for method output_type
+	54, // [54:71] is the sub-list for method input_type
+	54, // [54:54] is the sub-list for extension type_name
+	54, // [54:54] is the sub-list for extension extendee
+	0,  // [0:54] is the sub-list for field type_name
 }
 
 func init() { file_factory_v1_queue_proto_init() }
@@ -3037,13 +3416,26 @@ func file_factory_v1_queue_proto_init() {
 	if File_factory_v1_queue_proto != nil {
 		return
 	}
+	file_factory_v1_queue_proto_msgTypes[21].OneofWrappers = []any{
+		(*WorkRequest_Claim)(nil),
+		(*WorkRequest_Complete)(nil),
+		(*WorkRequest_Renew)(nil),
+		(*WorkRequest_Fail)(nil),
+	}
+	file_factory_v1_queue_proto_msgTypes[22].OneofWrappers = []any{
+		(*WorkResponse_Claim)(nil),
+		(*WorkResponse_Complete)(nil),
+		(*WorkResponse_Renew)(nil),
+		(*WorkResponse_Fail)(nil),
+		(*WorkResponse_Error)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_factory_v1_queue_proto_rawDesc), len(file_factory_v1_queue_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   38,
+			NumMessages:   41,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -35,6 +35,7 @@ const (
 	QueueService_RequeueStuck_FullMethodName  = "/factory.v1.QueueService/RequeueStuck"
 	QueueService_GetQueueStats_FullMethodName = "/factory.v1.QueueService/GetQueueStats"
 	QueueService_WatchTasks_FullMethodName    = "/factory.v1.QueueService/WatchTasks"
+	QueueService_Work_FullMethodName          = "/factory.v1.QueueService/Work"
 )
 
 // QueueServiceClient is the client API for QueueService service.
@@ -126,6 +127,18 @@ type QueueServiceClient interface {
 	// WatchTasks streams task events: first a snapshot of the matching tasks
 	// (events of type SNAPSHOT, then one SYNCED), then every change as it happens.
 	WatchTasks(ctx context.Context, in *WatchTasksRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchTasksResponse], error)
+	// Work is an agent's loop on one stream. Each WorkRequest carries one
+	// ClaimTask, CompleteTask, RenewLease or FailTask request and is handled
+	// as that call would be, under the same access rules and validation; its
+	// WorkResponse carries the same ref, and responses come in request order
+	// (a claim that waits for work holds up the requests behind it). A
+	// request that fails gets a WorkError and the stream stays open; one the
+	// access policy or validation refuses ends the stream. An agent that
+	// sends its completion and its next claim together pays one round trip
+	// per task, without a call's own HTTP/2 stream, headers and interceptors.
+	// Tasks a claim took that could not be sent (the stream broke) go back to
+	// READY at once.
+	Work(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[WorkRequest, WorkResponse], error)
 }
 
 type queueServiceClient struct {
@@ -305,6 +318,19 @@ func (c *queueServiceClient) WatchTasks(ctx context.Context, in *WatchTasksReque
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type QueueService_WatchTasksClient = grpc.ServerStreamingClient[WatchTasksResponse]
 
+func (c *queueServiceClient) Work(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[WorkRequest, WorkResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &QueueService_ServiceDesc.Streams[1], QueueService_Work_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WorkRequest, WorkResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type QueueService_WorkClient = grpc.BidiStreamingClient[WorkRequest, WorkResponse]
+
 // QueueServiceServer is the server API for QueueService service.
 // All implementations must embed UnimplementedQueueServiceServer
 // for forward compatibility.
@@ -394,6 +420,18 @@ type QueueServiceServer interface {
 	// WatchTasks streams task events: first a snapshot of the matching tasks
 	// (events of type SNAPSHOT, then one SYNCED), then every change as it happens.
 	WatchTasks(*WatchTasksRequest, grpc.ServerStreamingServer[WatchTasksResponse]) error
+	// Work is an agent's loop on one stream. Each WorkRequest carries one
+	// ClaimTask, CompleteTask, RenewLease or FailTask request and is handled
+	// as that call would be, under the same access rules and validation; its
+	// WorkResponse carries the same ref, and responses come in request order
+	// (a claim that waits for work holds up the requests behind it). A
+	// request that fails gets a WorkError and the stream stays open; one the
+	// access policy or validation refuses ends the stream. An agent that
+	// sends its completion and its next claim together pays one round trip
+	// per task, without a call's own HTTP/2 stream, headers and interceptors.
+	// Tasks a claim took that could not be sent (the stream broke) go back to
+	// READY at once.
+	Work(grpc.BidiStreamingServer[WorkRequest, WorkResponse]) error
 	mustEmbedUnimplementedQueueServiceServer()
 }
 
@@ -451,6 +489,9 @@ func (UnimplementedQueueServiceServer) GetQueueStats(context.Context, *GetQueueS
 }
 func (UnimplementedQueueServiceServer) WatchTasks(*WatchTasksRequest, grpc.ServerStreamingServer[WatchTasksResponse]) error {
 	return status.Error(codes.Unimplemented, "method WatchTasks not implemented")
+}
+func (UnimplementedQueueServiceServer) Work(grpc.BidiStreamingServer[WorkRequest, WorkResponse]) error {
+	return status.Error(codes.Unimplemented, "method Work not implemented")
 }
 func (UnimplementedQueueServiceServer) mustEmbedUnimplementedQueueServiceServer() {}
 func (UnimplementedQueueServiceServer) testEmbeddedByValue()                      {}
@@ -754,6 +795,13 @@ func _QueueService_WatchTasks_Handler(srv interface{}, stream grpc.ServerStream)
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type QueueService_WatchTasksServer = grpc.ServerStreamingServer[WatchTasksResponse]
 
+func _QueueService_Work_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(QueueServiceServer).Work(&grpc.GenericServerStream[WorkRequest, WorkResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type QueueService_WorkServer = grpc.BidiStreamingServer[WorkRequest, WorkResponse]
+
 // QueueService_ServiceDesc is the grpc.ServiceDesc for QueueService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -827,6 +875,12 @@ var QueueService_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "WatchTasks",
 			Handler:       _QueueService_WatchTasks_Handler,
 			ServerStreams: true,
+		},
+		{
+			StreamName:    "Work",
+			Handler:       _QueueService_Work_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
 		},
 	},
 	Metadata: "factory/v1/queue.proto",

@@ -1,0 +1,116 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"io"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	factoryv1 "github.com/factory/factory/gen/factory/v1"
+)
+
+// Work serves an agent's loop on one stream: each request is handled by
+// the same method its unary call reaches (with the audit notes of an
+// on-behalf call), in order, and answered with its ref. The interceptors
+// already authorized the request (the policy's Work row names the agent
+// and roles inside it) and validated it as it arrived.
+//
+// What a call costs besides the store, its own HTTP/2 stream, header
+// frames and the interceptor chain's per-call work, a Work request does
+// not: that is the point of the path.
+func (s *auditedQueue) Work(stream factoryv1.QueueService_WorkServer) error {
+	ctx := stream.Context()
+	for {
+		req, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		select {
+		case <-s.stopping:
+			return status.Error(codes.Unavailable, "the control plane is shutting down")
+		default:
+		}
+		if s.limit != nil {
+			// Refused as the unary call would be; the stream stays open.
+			if err := s.limit(ctx); err != nil {
+				if err := stream.Send(workError(req.GetRef(), err)); err != nil {
+					return err
+				}
+				continue
+			}
+		}
+		// A claim's tasks are noted as claimDelivery notes a unary
+		// claim's, so that they go back to READY if they cannot be sent.
+		pending := &pendingClaim{}
+		resp := s.work(context.WithValue(ctx, pendingClaimKey{}, pending), req)
+		if err := stream.Send(resp); err != nil {
+			s.releaseUndelivered(ctx, pending, err)
+			return err
+		}
+	}
+}
+
+// work runs one request and returns its response.
+func (s *auditedQueue) work(ctx context.Context, req *factoryv1.WorkRequest) *factoryv1.WorkResponse {
+	resp := &factoryv1.WorkResponse{Ref: req.GetRef()}
+	var err error
+	switch c := req.GetCall().(type) {
+	case *factoryv1.WorkRequest_Claim:
+		var r *factoryv1.ClaimTaskResponse
+		if r, err = s.ClaimTask(ctx, c.Claim); err == nil {
+			resp.Result = &factoryv1.WorkResponse_Claim{Claim: r}
+		}
+	case *factoryv1.WorkRequest_Complete:
+		var r *factoryv1.CompleteTaskResponse
+		if r, err = s.CompleteTask(ctx, c.Complete); err == nil {
+			resp.Result = &factoryv1.WorkResponse_Complete{Complete: r}
+		}
+	case *factoryv1.WorkRequest_Renew:
+		var r *factoryv1.RenewLeaseResponse
+		if r, err = s.RenewLease(ctx, c.Renew); err == nil {
+			resp.Result = &factoryv1.WorkResponse_Renew{Renew: r}
+		}
+	case *factoryv1.WorkRequest_Fail:
+		var r *factoryv1.FailTaskResponse
+		if r, err = s.FailTask(ctx, c.Fail); err == nil {
+			resp.Result = &factoryv1.WorkResponse_Fail{Fail: r}
+		}
+	default:
+		// Validation requires one of the calls; a newer client's call
+		// this server does not know is refused, not ignored.
+		err = status.Error(codes.InvalidArgument, "call: not a call this control plane knows; send claim, complete, renew or fail")
+	}
+	if err != nil {
+		return workError(req.GetRef(), toStatus(ctx, s.log, err))
+	}
+	return resp
+}
+
+// workError answers request ref with err's status.
+func workError(ref uint64, err error) *factoryv1.WorkResponse {
+	st := status.Convert(err).Proto()
+	return &factoryv1.WorkResponse{Ref: ref, Result: &factoryv1.WorkResponse_Error{Error: &factoryv1.WorkError{
+		Code: st.GetCode(), Message: st.GetMessage(), Details: st.GetDetails(),
+	}}}
+}
+
+// releaseUndelivered hands back what a claim took when its response could
+// not be sent.
+func (s *auditedQueue) releaseUndelivered(ctx context.Context, p *pendingClaim, sendErr error) {
+	if len(p.tasks) == 0 {
+		return
+	}
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
+	defer cancel()
+	released, err := s.q.Release(rctx, p.tasks)
+	if err != nil {
+		s.log.ErrorContext(rctx, "work stream: claim not delivered and its tasks not released; their leases will expire", "tasks", len(p.tasks), "send_err", sendErr, "err", err)
+		return
+	}
+	s.log.WarnContext(rctx, "work stream: claim not delivered; tasks released", "claimed", len(p.tasks), "released", len(released), "send_err", sendErr)
+}

@@ -1,0 +1,143 @@
+package server
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/factory/factory/controlplane/store"
+	factoryv1 "github.com/factory/factory/gen/factory/v1"
+)
+
+// workStream is one agent's Work stream in a test.
+type workStream struct {
+	t *testing.T
+	s grpc.BidiStreamingClient[factoryv1.WorkRequest, factoryv1.WorkResponse]
+}
+
+func openWork(t *testing.T, q factoryv1.QueueServiceClient) *workStream {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	s, err := q.Work(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &workStream{t: t, s: s}
+}
+
+func (w *workStream) send(req *factoryv1.WorkRequest) {
+	w.t.Helper()
+	if err := w.s.Send(req); err != nil {
+		w.t.Fatalf("send ref %d: %v", req.GetRef(), err)
+	}
+}
+
+func (w *workStream) recv(ref uint64) *factoryv1.WorkResponse {
+	w.t.Helper()
+	resp, err := w.s.Recv()
+	if err != nil {
+		w.t.Fatalf("waiting for ref %d: %v", ref, err)
+	}
+	if resp.GetRef() != ref {
+		w.t.Fatalf("got the response to ref %d, want ref %d (responses come in request order)", resp.GetRef(), ref)
+	}
+	return resp
+}
+
+func claimReq(ref uint64, agent string, roles ...string) *factoryv1.WorkRequest {
+	return &factoryv1.WorkRequest{Ref: ref, Call: &factoryv1.WorkRequest_Claim{Claim: &factoryv1.ClaimTaskRequest{
+		Agent: agent, Roles: roles, LeaseDuration: durationpb.New(time.Minute)}}}
+}
+
+func completeReq(ref uint64, agent string, task *factoryv1.Task) *factoryv1.WorkRequest {
+	return &factoryv1.WorkRequest{Ref: ref, Call: &factoryv1.WorkRequest_Complete{Complete: &factoryv1.CompleteTaskRequest{
+		TaskId: task.GetId(), Agent: agent, FencingToken: task.GetLease().GetToken()}}}
+}
+
+// TestWorkStream: an agent's claims, completions, renewals and failures on
+// one stream answer as the unary calls do, in order and by ref; a failed
+// call answers with its status and the stream goes on; what the policy
+// refuses ends the stream.
+func TestWorkStream(t *testing.T) {
+	b := setup(t, nil)
+	for i := range 3 {
+		create(t, b, &factoryv1.CreateTaskRequest{Title: "task", Role: "builder", Priority: int32(3 - i)})
+	}
+	secret, _ := b.mintToken(t, store.RoleAgent, "forge", "builder")
+	forge := b.clientsAs(t, secret)
+	w := openWork(t, forge.q)
+
+	w.send(claimReq(1, "forge", "builder"))
+	first := w.recv(1).GetClaim().GetTasks()
+	if len(first) != 1 || first[0].GetPriority() != 3 {
+		t.Fatalf("first claim: %v, want the priority-3 task", first)
+	}
+
+	// The completion and the next claim go together: one round trip.
+	w.send(completeReq(2, "forge", first[0]))
+	w.send(claimReq(3, "forge", "builder"))
+	if got := w.recv(2).GetComplete().GetTask(); got.GetState() != factoryv1.TaskState_TASK_STATE_DONE {
+		t.Fatalf("completion: %v, want DONE", got)
+	}
+	second := w.recv(3).GetClaim().GetTasks()
+	if len(second) != 1 || second[0].GetPriority() != 2 {
+		t.Fatalf("second claim: %v, want the priority-2 task", second)
+	}
+
+	// A stale fencing token: FAILED_PRECONDITION for that call alone.
+	stale := completeReq(4, "forge", second[0])
+	stale.GetComplete().FencingToken++
+	w.send(stale)
+	if e := w.recv(4).GetError(); codes.Code(e.GetCode()) != codes.FailedPrecondition || e.GetMessage() == "" {
+		t.Fatalf("completion with a wrong fencing token answered %v, want FAILED_PRECONDITION", e)
+	}
+	w.send(&factoryv1.WorkRequest{Ref: 5, Call: &factoryv1.WorkRequest_Renew{Renew: &factoryv1.RenewLeaseRequest{
+		TaskId: second[0].GetId(), Agent: "forge", FencingToken: second[0].GetLease().GetToken(), Progress: "half way"}}})
+	if got := w.recv(5).GetRenew().GetTask(); got.GetProgress() != "half way" {
+		t.Fatalf("renewal: %v", got)
+	}
+	w.send(&factoryv1.WorkRequest{Ref: 6, Call: &factoryv1.WorkRequest_Fail{Fail: &factoryv1.FailTaskRequest{
+		TaskId: second[0].GetId(), Agent: "forge", FencingToken: second[0].GetLease().GetToken(), Error: "flaky", Permanent: true}}})
+	if got := w.recv(6).GetFail().GetTask(); got.GetState() != factoryv1.TaskState_TASK_STATE_FAILED {
+		t.Fatalf("failure: %v, want FAILED", got)
+	}
+
+	// Acting as another agent ends the stream, as the unary call is refused.
+	w.send(claimReq(7, "hammer", "builder"))
+	if _, err := w.s.Recv(); err == nil {
+		t.Fatal("a claim as another agent was answered; want the stream ended")
+	} else {
+		wantCode(t, err, codes.PermissionDenied)
+	}
+	// So does a role the token does not grant, on a new stream.
+	w = openWork(t, forge.q)
+	w.send(claimReq(1, "forge", "deployer"))
+	_, err := w.s.Recv()
+	wantCode(t, err, codes.PermissionDenied)
+	// And a request that breaks the API's rules.
+	w = openWork(t, forge.q)
+	w.send(&factoryv1.WorkRequest{Ref: 1})
+	_, err = w.s.Recv()
+	wantCode(t, err, codes.InvalidArgument)
+
+	// The call inside is checked by its own rules.
+	w = openWork(t, forge.q)
+	bad := completeReq(1, "forge", second[0])
+	bad.GetComplete().TaskId = "not an id!"
+	w.send(bad)
+	_, err = w.s.Recv()
+	if st := wantCode(t, err, codes.InvalidArgument); fieldOf(st) != "complete.task_id" {
+		t.Fatalf("a completion with a bad task id: %v, want a violation of complete.task_id", st)
+	}
+
+	// The last task was never touched by the refused requests.
+	res, err := b.client.ListTasks(context.Background(), &factoryv1.ListTasksRequest{States: []factoryv1.TaskState{factoryv1.TaskState_TASK_STATE_READY}})
+	if err != nil || len(res.GetTasks()) != 1 || res.GetTasks()[0].GetPriority() != 1 {
+		t.Fatalf("READY after the stream: %v %v, want the priority-1 task alone", res.GetTasks(), err)
+	}
+}
