@@ -55,6 +55,9 @@ type benchConfig struct {
 	// "<run>-preload".
 	preload     int
 	preloadRole string
+	// stream has each throughput agent claim and complete over one Work
+	// stream instead of unary calls.
+	stream bool
 }
 
 // latencySummary is a latency distribution in milliseconds.
@@ -72,6 +75,7 @@ type benchResult struct {
 	Agents         int            `json:"agents"`
 	Tasks          int            `json:"tasks"`
 	Batch          int            `json:"batch"`
+	Stream         bool           `json:"stream"` // the agents claimed and completed over Work streams
 	Connections    int            `json:"connections"`
 	Addrs          []string       `json:"addrs"`
 	WakeAddr       string         `json:"wake_addr,omitempty"`
@@ -136,7 +140,7 @@ task they create.`,
 func newBenchQueueCommand(a *app) *cobra.Command {
 	cfg := benchConfig{}
 	cmd := &cobra.Command{
-		Use:   "queue --agents N --tasks M [--batch K] [--wait-probes P]",
+		Use:   "queue --agents N --tasks M [--batch K] [--wait-probes P] [--stream]",
 		Short: "Benchmark claim/complete throughput and wake-up latency",
 		Long: `Bench queue runs two phases against the control plane at --addr.
 
@@ -145,6 +149,16 @@ unique to this run ("bench-<random>"), then runs N simulated agents at
 once. Each agent loops ClaimTask (up to K tasks) then CompleteTask (K=1) or
 CompleteTasks (K>1) until all M tasks are DONE. It reports cycles/s
 (completed tasks per second of this phase) and ClaimTask latency p50/p99.
+
+Stream: with --stream each agent opens one Work stream (under its own
+agent token) for the throughput phase and loops on it: it sends the
+completions of the tasks it holds (one per task) and its next claim
+together, then reads their answers, so a cycle is one round trip and no
+call pays its own HTTP/2 stream, headers and interceptors. Cycles/s then
+measure that path; claim latency runs from sending a claim to its answer,
+the completions sent ahead of it included. Completions the control plane
+refuses are counted as complete errors; a refused claim ends the run. The
+wake-up phase stays unary.
 
 Wake-up: P agents wait in ClaimTask (wait 10s) on the empty queue while
 the bench creates P tasks one at a time, --probe-interval apart. Wake-up
@@ -202,6 +216,7 @@ for a JSON object). The queue must not be paused.`,
   factory bench queue --agents 32 --tasks 20000 --batch 10 --wait-probes 50 -o json
   factory bench queue --agents 8 --tasks 5000 --watchers 2000 --watcher-mode slow
   factory bench queue --agents 8 --tasks 2000 --preload 100000 --debug-addr 127.0.0.1:6060
+  factory bench queue --agents 32 --tasks 20000 --stream --debug-addr 127.0.0.1:6060
   factory bench queue --addrs 127.0.0.1:7420,127.0.0.1:7421,127.0.0.1:7422 \
     --wake-addr 127.0.0.1:7421 --agents 64 --tasks 20000`,
 		Args: cobra.NoArgs,
@@ -256,6 +271,7 @@ for a JSON object). The queue must not be paused.`,
 	f.StringVar(&cfg.debugAddr, "debug-addr", "", "the control plane's debug listener (its --debug-listen), for its CPU per cycle")
 	f.IntVar(&cfg.preload, "preload", 0, "READY tasks of --preload-role to create ahead of the bench's own (a backlog of another role); removed at the end")
 	f.StringVar(&cfg.preloadRole, "preload-role", "", `role of the preloaded tasks (default "<run>-preload"); they are READY, so real agents of this role would take them: name a role nobody has`)
+	f.BoolVar(&cfg.stream, "stream", false, "claim and complete over one Work stream per agent (a completion and the next claim in one round trip) instead of unary calls")
 	return cmd
 }
 
@@ -350,10 +366,10 @@ func (a *app) runBench(cmd *cobra.Command, cfg benchConfig) (err error) {
 		}
 	}
 
-	res := benchResult{Run: run, Role: run, Agents: cfg.agents, Tasks: cfg.tasks, Batch: cfg.batch, Connections: len(clients),
+	res := benchResult{Run: run, Role: run, Agents: cfg.agents, Tasks: cfg.tasks, Batch: cfg.batch, Stream: cfg.stream, Connections: len(clients),
 		Addrs: cfg.addrs, WakeAddr: cfg.wakeAddr, Preload: cfg.preload, PreloadRole: preloadRole}
 	progress := a.stderr()
-	fmt.Fprintf(progress, "bench %s: %d agents, %d tasks, batch %d, %d connection(s) to %s\n", run, cfg.agents, cfg.tasks, cfg.batch, len(clients), strings.Join(cfg.addrs, ", "))
+	fmt.Fprintf(progress, "bench %s: %d agents%s, %d tasks, batch %d, %d connection(s) to %s\n", run, cfg.agents, streamNote(cfg.stream, " on Work streams"), cfg.tasks, cfg.batch, len(clients), strings.Join(cfg.addrs, ", "))
 
 	// Whatever happens, leave no bench task claimable by anyone.
 	defer func() {
@@ -458,7 +474,7 @@ func (a *app) runBench(cmd *cobra.Command, cfg benchConfig) (err error) {
 // writeBenchTable prints a run's figures as the table bench queue shows.
 func writeBenchTable(w io.Writer, res *benchResult) error {
 	tw := newTable(w)
-	fmt.Fprintf(tw, "run\t%s (%d agents, %d tasks, batch %d, %d connection(s))\n", res.Run, res.Agents, res.Tasks, res.Batch, res.Connections)
+	fmt.Fprintf(tw, "run\t%s (%d agents, %d tasks, batch %d, %d connection(s)%s)\n", res.Run, res.Agents, res.Tasks, res.Batch, res.Connections, streamNote(res.Stream, ", stream"))
 	fmt.Fprintf(tw, "replicas\t%s\n", strings.Join(res.Addrs, ", "))
 	if res.Preload > 0 {
 		fmt.Fprintf(tw, "preload\t%d READY tasks of role %s ahead of the bench's, created in %.2fs (%.0f tasks/s)\n",
@@ -668,7 +684,8 @@ func drainPreloadTasks(ctx, agentCtx context.Context, q factoryv1.QueueServiceCl
 }
 
 // runBenchAgents runs the claim/complete phase and returns every ClaimTask
-// latency and the phase's length.
+// latency and the phase's length. With cfg.stream each agent works over a
+// Work stream (streamBenchAgent) instead.
 func runBenchAgents(ctx context.Context, clients []factoryv1.QueueServiceClient, run string, cfg benchConfig, tokens map[string]string, stall time.Duration, progress io.Writer) (lat []time.Duration, seconds float64, empty, completeErrs int64, err error) {
 	var claimed, completed atomic.Int64
 	latencies := make([][]time.Duration, cfg.agents)
@@ -680,6 +697,15 @@ func runBenchAgents(ctx context.Context, clients []factoryv1.QueueServiceClient,
 		q := clients[i%len(clients)]
 		agent := benchAgent(run, i)
 		gctx := withCallToken(gctx, tokens[agent])
+		if cfg.stream {
+			a := &streamBenchAgent{
+				q: q, run: run, agent: agent, batch: cfg.batch, total: total,
+				claimed: &claimed, completed: &completed, empty: &empty, completeErrs: &completeErrs,
+				latencies: &latencies[i],
+			}
+			g.Go(func() error { return a.work(gctx) })
+			continue
+		}
 		g.Go(func() error {
 			for claimed.Load() < total {
 				t0 := time.Now()
@@ -717,7 +743,10 @@ func runBenchAgents(ctx context.Context, clients []factoryv1.QueueServiceClient,
 
 	done := make(chan struct{})
 	stalled := make(chan struct{})
-	go func() {
+	// The ticker's last line must be written before the caller writes
+	// progress again: ticking is joined once the phase ends.
+	var ticking sync.WaitGroup
+	ticking.Go(func() {
 		tick := time.NewTicker(time.Second)
 		defer tick.Stop()
 		last, lastChange := int64(-1), time.Now()
@@ -737,7 +766,7 @@ func runBenchAgents(ctx context.Context, clients []factoryv1.QueueServiceClient,
 				}
 			}
 		}
-	}()
+	})
 	waitErr := make(chan error, 1)
 	go func() { waitErr <- g.Wait() }()
 	select {
@@ -747,6 +776,7 @@ func runBenchAgents(ctx context.Context, clients []factoryv1.QueueServiceClient,
 	}
 	close(done)
 	seconds = time.Since(start).Seconds()
+	ticking.Wait()
 	if err != nil {
 		return nil, 0, 0, 0, err
 	}

@@ -244,3 +244,58 @@ func TestBenchPreloadAndCPU(t *testing.T) {
 		}
 	}
 }
+
+// TestBenchStream runs bench queue --stream against an in-process control
+// plane: the agents claim and complete over Work streams, every task ends
+// DONE, and the figures say the run was a streaming one.
+func TestBenchStream(t *testing.T) {
+	s := newShell(t)
+	r := s.run("bench", "queue", "--stream", "--agents", "4", "--tasks", "200", "--batch", "5", "--wait-probes", "2", "--probe-interval", "20ms", "-o", "json")
+	// Shown as "... (UNIMPLEMENTED)" by a control plane without Work.
+	if r.code != 0 && strings.Contains(strings.ToUpper(r.stderr), "UNIMPLEMENTED") {
+		t.Skipf("the control plane does not serve Work yet:\n%s", r.stderr)
+	}
+	if r.code != 0 {
+		t.Fatalf("bench queue --stream: exit %d\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
+	}
+	var res struct {
+		Run            string  `json:"run"`
+		Tasks          int     `json:"tasks"`
+		Stream         bool    `json:"stream"`
+		CyclesPerSec   float64 `json:"cycles_per_second"`
+		CompleteErrors int64   `json:"complete_errors"`
+		Claims         struct {
+			Count int `json:"count"`
+		} `json:"claim_latency"`
+		Wakeup struct {
+			Count int `json:"count"`
+		} `json:"wakeup_latency"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &res); err != nil {
+		t.Fatalf("bench -o json: %v\n%s", err, r.stdout)
+	}
+	// 200 tasks, 5 a claim: at least 40 claims.
+	if !res.Stream || res.Tasks != 200 || res.CyclesPerSec <= 0 || res.CompleteErrors != 0 || res.Claims.Count < 40 || res.Wakeup.Count != 2 {
+		t.Errorf("result: %s", r.stdout)
+	}
+	var tasks []struct {
+		State string `json:"state"`
+	}
+	if err := json.Unmarshal([]byte(s.ok("task", "ls", "--label", "bench="+res.Run, "--all", "-o", "json")), &tasks); err != nil {
+		t.Fatal(err)
+	}
+	if len(tasks) != 202 {
+		t.Errorf("%d tasks of the run, want 202 (200 and 2 wake-up probes)", len(tasks))
+	}
+	for _, task := range tasks {
+		if task.State != "TASK_STATE_DONE" {
+			t.Errorf("a task of the run left %s, want every one DONE", task.State)
+			break
+		}
+	}
+
+	out := s.ok("bench", "queue", "--stream", "--agents", "2", "--tasks", "20", "--wait-probes", "0")
+	if !regexp.MustCompile(`(?m)^run +bench-[0-9a-f]+ \(2 agents, 20 tasks, batch 1, 1 connection\(s\), stream\)$`).MatchString(out) {
+		t.Errorf("no stream run line:\n%s", out)
+	}
+}
