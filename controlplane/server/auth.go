@@ -20,6 +20,7 @@ import (
 
 	"github.com/factory/factory/controlplane/access"
 	"github.com/factory/factory/controlplane/store"
+	factoryv1 "github.com/factory/factory/gen/factory/v1"
 )
 
 // openServices answer without credentials: health checks (load balancers,
@@ -139,6 +140,12 @@ func (a *authorizer) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServ
 	// The per-request rule needs the request, which a stream handler
 	// receives only after it starts: check each message as it arrives.
 	checked := &checkedStream{WrappedServerStream: middleware.WrapServerStream(ss), a: a, c: c, r: r, method: info.FullMethod}
+	if info.FullMethod == factoryv1.QueueService_Work_FullMethodName {
+		// Each request on a Work stream is audited on its own, as the
+		// call it carries, by the handler (auditedQueue.Work): a
+		// stream-long record would grow with every request.
+		return handler(srv, checked)
+	}
 	if !r.mutates || (c.Role != store.RoleOperator && r.actsAs == nil) {
 		// No message can make this call audited.
 		return handler(srv, checked)

@@ -18,6 +18,9 @@ type auditedQueue struct {
 	// limit, when set, is the per-caller rate limit, applied to each
 	// request on a Work stream as the interceptor applies it to a call.
 	limit func(context.Context) error
+	// audit writes the audit entries of one audited request on a Work
+	// stream (the authorizer's, which does it for calls).
+	audit func(ctx context.Context, c access.Caller, method string, rec *access.Record)
 }
 
 // maxNotedIDs caps the ids a batch call's audit entry lists; the count is

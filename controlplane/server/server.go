@@ -500,7 +500,7 @@ func NewGRPCServer(svc Services, log *slog.Logger, tp trace.TracerProvider, stop
 		serverOpts = append(serverOpts, grpc.Creds(credentials.NewTLS(o.tls)))
 	}
 	srv := grpc.NewServer(serverOpts...)
-	qs := &auditedQueue{queueServer: &queueServer{q: svc.Queue, log: log, stopping: stopping, fleet: svc.Fleet}}
+	qs := &auditedQueue{queueServer: &queueServer{q: svc.Queue, log: log, stopping: stopping, fleet: svc.Fleet}, audit: authz.succeeded}
 	if lim != nil {
 		// A Work stream's requests count as the calls they carry.
 		qs.limit = lim.Limit

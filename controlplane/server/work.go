@@ -8,6 +8,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/factory/factory/controlplane/access"
+	"github.com/factory/factory/controlplane/store"
 	factoryv1 "github.com/factory/factory/gen/factory/v1"
 )
 
@@ -47,7 +49,19 @@ func (s *auditedQueue) Work(stream factoryv1.QueueService_WorkServer) error {
 		// A claim's tasks are noted as claimDelivery notes a unary
 		// claim's, so that they go back to READY if they cannot be sent.
 		pending := &pendingClaim{}
-		resp := s.work(context.WithValue(ctx, pendingClaimKey{}, pending), req)
+		rctx := context.WithValue(ctx, pendingClaimKey{}, pending)
+		// Audited as the call it carries would be: an operator's, or a
+		// sidecar's for an agent on its host (the policy lets an agent
+		// act only as itself, which is not audited).
+		var rec *access.Record
+		c, _ := access.FromContext(ctx)
+		if s.audit != nil && c.Role != store.RoleAgent {
+			rctx, rec = access.WithRecord(rctx)
+		}
+		resp := s.work(rctx, req)
+		if rec != nil && resp.GetError() == nil {
+			s.audit(rctx, c, workMethod(req), rec)
+		}
 		if err := stream.Send(resp); err != nil {
 			s.releaseUndelivered(ctx, pending, err)
 			return err
@@ -113,4 +127,20 @@ func (s *auditedQueue) releaseUndelivered(ctx context.Context, p *pendingClaim, 
 		return
 	}
 	s.log.WarnContext(rctx, "work stream: claim not delivered; tasks released", "claimed", len(p.tasks), "released", len(released), "send_err", sendErr)
+}
+
+// workMethod is the unary RPC a Work request stands for, as the audit log
+// names it.
+func workMethod(req *factoryv1.WorkRequest) string {
+	switch req.GetCall().(type) {
+	case *factoryv1.WorkRequest_Claim:
+		return factoryv1.QueueService_ClaimTask_FullMethodName
+	case *factoryv1.WorkRequest_Complete:
+		return factoryv1.QueueService_CompleteTask_FullMethodName
+	case *factoryv1.WorkRequest_Renew:
+		return factoryv1.QueueService_RenewLease_FullMethodName
+	case *factoryv1.WorkRequest_Fail:
+		return factoryv1.QueueService_FailTask_FullMethodName
+	}
+	return factoryv1.QueueService_Work_FullMethodName
 }

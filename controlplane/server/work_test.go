@@ -2,6 +2,8 @@ package server
 
 import (
 	"context"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -139,5 +141,52 @@ func TestWorkStream(t *testing.T) {
 	res, err := b.client.ListTasks(context.Background(), &factoryv1.ListTasksRequest{States: []factoryv1.TaskState{factoryv1.TaskState_TASK_STATE_READY}})
 	if err != nil || len(res.GetTasks()) != 1 || res.GetTasks()[0].GetPriority() != 1 {
 		t.Fatalf("READY after the stream: %v %v, want the priority-1 task alone", res.GetTasks(), err)
+	}
+}
+
+// TestWorkStreamAudit: a request on a Work stream is audited as the call
+// it carries would be: an operator's completion for an agent is, under
+// CompleteTask's name; an agent's own claims and completions are not.
+func TestWorkStreamAudit(t *testing.T) {
+	b := setup(t, nil)
+	mine := create(t, b, &factoryv1.CreateTaskRequest{Title: "mine", Role: "builder", Priority: 2})
+	theirs := create(t, b, &factoryv1.CreateTaskRequest{Title: "theirs", Role: "builder", Priority: 1})
+	secret, _ := b.mintToken(t, store.RoleAgent, "forge", "builder")
+	forge := openWork(t, b.clientsAs(t, secret).q)
+	forge.send(claimReq(1, "forge", "builder"))
+	forge.send(claimReq(2, "forge", "builder"))
+	a, c := forge.recv(1).GetClaim().GetTasks(), forge.recv(2).GetClaim().GetTasks()
+	if len(a) != 1 || a[0].GetId() != mine.GetId() || len(c) != 1 || c[0].GetId() != theirs.GetId() {
+		t.Fatalf("claims: %v, %v", a, c)
+	}
+	forge.send(completeReq(3, "forge", a[0]))
+	forge.recv(3)
+
+	op := openWork(t, b.client)
+	op.send(completeReq(1, "forge", c[0]))
+	if got := op.recv(1).GetComplete().GetTask(); got.GetState() != factoryv1.TaskState_TASK_STATE_DONE {
+		t.Fatalf("the operator's completion: %v", got)
+	}
+	entries, err := b.store.AuditList(context.Background(), &store.AuditListParams{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var forTask = map[string][]string{}
+	for _, e := range entries.Entries {
+		if strings.Contains(e.Target, mine.GetId()) || strings.Contains(e.Target, theirs.GetId()) {
+			id := mine.GetId()
+			if strings.Contains(e.Target, theirs.GetId()) {
+				id = theirs.GetId()
+			}
+			forTask[id] = append(forTask[id], e.RPC+" "+e.Outcome)
+		}
+	}
+	if got := forTask[theirs.GetId()]; !slices.Contains(got, factoryv1.QueueService_CompleteTask_FullMethodName+" OK") {
+		t.Errorf("the operator's completion on a Work stream: audit %v, want a CompleteTask entry", got)
+	}
+	for _, e := range forTask[mine.GetId()] {
+		if !strings.Contains(e, "CreateTask") {
+			t.Errorf("the agent's own work was audited: %v", forTask[mine.GetId()])
+		}
 	}
 }
