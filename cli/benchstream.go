@@ -46,6 +46,8 @@ type benchStream struct {
 	// completes are the refs of the completions sent and not yet answered,
 	// in the order sent: the order their responses come in.
 	completes []uint64
+	// counts is how many tasks each of completes names.
+	counts []int64
 }
 
 // work runs the agent until every task of the run is claimed, completes
@@ -65,9 +67,15 @@ func (a *streamBenchAgent) work(ctx context.Context) error {
 		if tasks, err = a.awaitClaim(ctx, s, claimRef, sent); err != nil {
 			break
 		}
-		for _, t := range tasks {
-			if err = a.sendComplete(s, t); err != nil {
-				break
+		if len(tasks) > 1 {
+			// A batch's completions go in one transaction, as the unary
+			// agents' CompleteTasks.
+			err = a.sendCompleteMany(s, tasks)
+		} else {
+			for _, t := range tasks {
+				if err = a.sendComplete(s, t); err != nil {
+					break
+				}
 			}
 		}
 		// Another agent's claim may take the last tasks while this one's
@@ -109,6 +117,23 @@ func (a *streamBenchAgent) sendComplete(s *benchStream, t *factoryv1.Task) error
 		return fmt.Errorf("%s: complete: %w", a.agent, err)
 	}
 	s.completes = append(s.completes, s.lastRef)
+	s.counts = append(s.counts, 1)
+	return nil
+}
+
+// sendCompleteMany sends the completions of tasks as one request.
+func (a *streamBenchAgent) sendCompleteMany(s *benchStream, tasks []*factoryv1.Task) error {
+	s.lastRef++
+	items := make([]*factoryv1.CompleteTaskRequest, len(tasks))
+	for i, t := range tasks {
+		items[i] = &factoryv1.CompleteTaskRequest{TaskId: t.GetId(), Agent: a.agent, FencingToken: t.GetLease().GetToken()}
+	}
+	err := s.send(&factoryv1.WorkRequest{Ref: s.lastRef, Call: &factoryv1.WorkRequest_CompleteMany{CompleteMany: &factoryv1.CompleteTasksRequest{Items: items}}})
+	if err != nil {
+		return fmt.Errorf("%s: complete: %w", a.agent, err)
+	}
+	s.completes = append(s.completes, s.lastRef)
+	s.counts = append(s.counts, int64(len(tasks)))
 	return nil
 }
 
@@ -165,12 +190,21 @@ func (a *streamBenchAgent) countComplete(s *benchStream, resp *factoryv1.WorkRes
 	if resp.GetRef() != ref {
 		return fmt.Errorf("%s: complete: a response with ref %d where the completion's (ref %d) was due", a.agent, resp.GetRef(), ref)
 	}
-	s.completes = s.completes[1:]
+	n := s.counts[0]
+	s.completes, s.counts = s.completes[1:], s.counts[1:]
 	switch r := resp.GetResult().(type) {
 	case *factoryv1.WorkResponse_Complete:
 		a.completed.Add(1)
+	case *factoryv1.WorkResponse_CompleteMany:
+		for _, res := range r.CompleteMany.GetResults() {
+			if res.GetErrorCode() == "" {
+				a.completed.Add(1)
+			} else {
+				atomic.AddInt64(a.completeErrs, 1)
+			}
+		}
 	case *factoryv1.WorkResponse_Error:
-		atomic.AddInt64(a.completeErrs, 1)
+		atomic.AddInt64(a.completeErrs, n)
 	default:
 		return fmt.Errorf("%s: complete: a %T answers the completion (ref %d)", a.agent, r, ref)
 	}

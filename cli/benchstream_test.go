@@ -95,6 +95,21 @@ func (f *fakeWorkQueue) Work(stream grpc.BidiStreamingServer[factoryv1.WorkReque
 			f.complete(resp, c.Complete)
 			held = append(held, resp)
 			continue
+		case *factoryv1.WorkRequest_CompleteMany:
+			calls = append(calls, "complete")
+			many := &factoryv1.CompleteTasksResponse{}
+			for _, item := range c.CompleteMany.GetItems() {
+				one := &factoryv1.WorkResponse{}
+				f.complete(one, item)
+				r := &factoryv1.CompleteTaskResult{}
+				if e := one.GetError(); e != nil {
+					r.ErrorCode = codes.Code(e.GetCode()).String()
+				}
+				many.Results = append(many.Results, r)
+			}
+			resp.Result = &factoryv1.WorkResponse_CompleteMany{CompleteMany: many}
+			held = append(held, resp)
+			continue
 		case *factoryv1.WorkRequest_Claim:
 			calls = append(calls, "claim")
 			f.claim(resp, c.Claim)

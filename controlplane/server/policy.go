@@ -96,6 +96,13 @@ var rules = map[string]rule{
 				return []string{c.Renew.GetAgent()}
 			case *factoryv1.WorkRequest_Fail:
 				return []string{c.Fail.GetAgent()}
+			case *factoryv1.WorkRequest_CompleteMany:
+				items := c.CompleteMany.GetItems()
+				names := make([]string, len(items))
+				for i, it := range items {
+					names[i] = it.GetAgent()
+				}
+				return names
 			}
 			// No call acts as nobody; validation then refuses the request
 			// for lacking one (and the handler would too).

@@ -94,10 +94,15 @@ func (s *auditedQueue) work(ctx context.Context, req *factoryv1.WorkRequest) *fa
 		if r, err = s.FailTask(ctx, c.Fail); err == nil {
 			resp.Result = &factoryv1.WorkResponse_Fail{Fail: r}
 		}
+	case *factoryv1.WorkRequest_CompleteMany:
+		var r *factoryv1.CompleteTasksResponse
+		if r, err = s.CompleteTasks(ctx, c.CompleteMany); err == nil {
+			resp.Result = &factoryv1.WorkResponse_CompleteMany{CompleteMany: r}
+		}
 	default:
 		// Validation requires one of the calls; a newer client's call
 		// this server does not know is refused, not ignored.
-		err = status.Error(codes.InvalidArgument, "call: not a call this control plane knows; send claim, complete, renew or fail")
+		err = status.Error(codes.InvalidArgument, "call: not a call this control plane knows; send claim, complete, complete_many, renew or fail")
 	}
 	if err != nil {
 		return workError(req.GetRef(), toStatus(ctx, s.log, err))
@@ -141,6 +146,8 @@ func workMethod(req *factoryv1.WorkRequest) string {
 		return factoryv1.QueueService_RenewLease_FullMethodName
 	case *factoryv1.WorkRequest_Fail:
 		return factoryv1.QueueService_FailTask_FullMethodName
+	case *factoryv1.WorkRequest_CompleteMany:
+		return factoryv1.QueueService_CompleteTasks_FullMethodName
 	}
 	return factoryv1.QueueService_Work_FullMethodName
 }

@@ -190,3 +190,37 @@ func TestWorkStreamAudit(t *testing.T) {
 		}
 	}
 }
+
+// TestWorkStreamCompletesMany: a batch's completions go as one request,
+// each item answered as CompleteTasks answers it.
+func TestWorkStreamCompletesMany(t *testing.T) {
+	b := setup(t, nil)
+	for range 3 {
+		create(t, b, &factoryv1.CreateTaskRequest{Title: "task", Role: "builder"})
+	}
+	secret, _ := b.mintToken(t, store.RoleAgent, "forge", "builder")
+	w := openWork(t, b.clientsAs(t, secret).q)
+	claim := claimReq(1, "forge", "builder")
+	claim.GetClaim().MaxTasks = 3
+	w.send(claim)
+	tasks := w.recv(1).GetClaim().GetTasks()
+	if len(tasks) != 3 {
+		t.Fatalf("claimed %d tasks, want 3", len(tasks))
+	}
+	items := make([]*factoryv1.CompleteTaskRequest, len(tasks))
+	for i, task := range tasks {
+		items[i] = completeReq(0, "forge", task).GetComplete()
+	}
+	items[2].FencingToken++ // a stale lease fails alone
+	w.send(&factoryv1.WorkRequest{Ref: 2, Call: &factoryv1.WorkRequest_CompleteMany{CompleteMany: &factoryv1.CompleteTasksRequest{Items: items}}})
+	res := w.recv(2).GetCompleteMany().GetResults()
+	if len(res) != 3 || res[0].GetTask().GetState() != factoryv1.TaskState_TASK_STATE_DONE ||
+		res[1].GetTask().GetState() != factoryv1.TaskState_TASK_STATE_DONE || res[2].GetErrorCode() != "FAILED_PRECONDITION" {
+		t.Fatalf("batch completion: %v, want two DONE and one FAILED_PRECONDITION", res)
+	}
+	// Naming another agent in any item ends the stream.
+	items = []*factoryv1.CompleteTaskRequest{completeReq(0, "hammer", tasks[2]).GetComplete()}
+	w.send(&factoryv1.WorkRequest{Ref: 3, Call: &factoryv1.WorkRequest_CompleteMany{CompleteMany: &factoryv1.CompleteTasksRequest{Items: items}}})
+	_, err := w.s.Recv()
+	wantCode(t, err, codes.PermissionDenied)
+}

@@ -1823,6 +1823,7 @@ type WorkRequest struct {
 	//	*WorkRequest_Complete
 	//	*WorkRequest_Renew
 	//	*WorkRequest_Fail
+	//	*WorkRequest_CompleteMany
 	Call          isWorkRequest_Call `protobuf_oneof:"call"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1908,6 +1909,15 @@ func (x *WorkRequest) GetFail() *FailTaskRequest {
 	return nil
 }
 
+func (x *WorkRequest) GetCompleteMany() *CompleteTasksRequest {
+	if x != nil {
+		if x, ok := x.Call.(*WorkRequest_CompleteMany); ok {
+			return x.CompleteMany
+		}
+	}
+	return nil
+}
+
 type isWorkRequest_Call interface {
 	isWorkRequest_Call()
 }
@@ -1932,6 +1942,11 @@ type WorkRequest_Fail struct {
 	Fail *FailTaskRequest `protobuf:"bytes,5,opt,name=fail,proto3,oneof"`
 }
 
+type WorkRequest_CompleteMany struct {
+	// Complete several tasks in one transaction, as CompleteTasks.
+	CompleteMany *CompleteTasksRequest `protobuf:"bytes,6,opt,name=complete_many,json=completeMany,proto3,oneof"`
+}
+
 func (*WorkRequest_Claim) isWorkRequest_Call() {}
 
 func (*WorkRequest_Complete) isWorkRequest_Call() {}
@@ -1939,6 +1954,8 @@ func (*WorkRequest_Complete) isWorkRequest_Call() {}
 func (*WorkRequest_Renew) isWorkRequest_Call() {}
 
 func (*WorkRequest_Fail) isWorkRequest_Call() {}
+
+func (*WorkRequest_CompleteMany) isWorkRequest_Call() {}
 
 // WorkResponse answers one WorkRequest.
 type WorkResponse struct {
@@ -1954,6 +1971,7 @@ type WorkResponse struct {
 	//	*WorkResponse_Renew
 	//	*WorkResponse_Fail
 	//	*WorkResponse_Error
+	//	*WorkResponse_CompleteMany
 	Result        isWorkResponse_Result `protobuf_oneof:"result"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2048,6 +2066,15 @@ func (x *WorkResponse) GetError() *WorkError {
 	return nil
 }
 
+func (x *WorkResponse) GetCompleteMany() *CompleteTasksResponse {
+	if x != nil {
+		if x, ok := x.Result.(*WorkResponse_CompleteMany); ok {
+			return x.CompleteMany
+		}
+	}
+	return nil
+}
+
 type isWorkResponse_Result interface {
 	isWorkResponse_Result()
 }
@@ -2077,6 +2104,11 @@ type WorkResponse_Error struct {
 	Error *WorkError `protobuf:"bytes,6,opt,name=error,proto3,oneof"`
 }
 
+type WorkResponse_CompleteMany struct {
+	// CompleteTasks's response.
+	CompleteMany *CompleteTasksResponse `protobuf:"bytes,7,opt,name=complete_many,json=completeMany,proto3,oneof"`
+}
+
 func (*WorkResponse_Claim) isWorkResponse_Result() {}
 
 func (*WorkResponse_Complete) isWorkResponse_Result() {}
@@ -2086,6 +2118,8 @@ func (*WorkResponse_Renew) isWorkResponse_Result() {}
 func (*WorkResponse_Fail) isWorkResponse_Result() {}
 
 func (*WorkResponse_Error) isWorkResponse_Result() {}
+
+func (*WorkResponse_CompleteMany) isWorkResponse_Result() {}
 
 // WorkError is a failed call's status, as the unary call returns it.
 type WorkError struct {
@@ -3137,21 +3171,23 @@ const file_factory_v1_queue_proto_rawDesc = "" +
 	"\x0ferror.not_blank\x12\x11must not be blank\x1a\x11this.trim() != ''\xc8\x01\x01r\x04(\x80\x80\x04R\x05error\x12\x1c\n" +
 	"\tpermanent\x18\x05 \x01(\bR\tpermanent\"8\n" +
 	"\x10FailTaskResponse\x12$\n" +
-	"\x04task\x18\x01 \x01(\v2\x10.factory.v1.TaskR\x04task\"\xb5\x02\n" +
+	"\x04task\x18\x01 \x01(\v2\x10.factory.v1.TaskR\x04task\"\x86\x03\n" +
 	"\vWorkRequest\x12\x18\n" +
 	"\x03ref\x18\x01 \x01(\x04B\x06\xbaH\x03\xd8\x01\x01R\x03ref\x12<\n" +
 	"\x05claim\x18\x02 \x01(\v2\x1c.factory.v1.ClaimTaskRequestB\x06\xbaH\x03\xd8\x01\x01H\x00R\x05claim\x12E\n" +
 	"\bcomplete\x18\x03 \x01(\v2\x1f.factory.v1.CompleteTaskRequestB\x06\xbaH\x03\xd8\x01\x01H\x00R\bcomplete\x12=\n" +
 	"\x05renew\x18\x04 \x01(\v2\x1d.factory.v1.RenewLeaseRequestB\x06\xbaH\x03\xd8\x01\x01H\x00R\x05renew\x129\n" +
-	"\x04fail\x18\x05 \x01(\v2\x1b.factory.v1.FailTaskRequestB\x06\xbaH\x03\xd8\x01\x01H\x00R\x04failB\r\n" +
-	"\x04call\x12\x05\xbaH\x02\b\x01\"\xbc\x02\n" +
+	"\x04fail\x18\x05 \x01(\v2\x1b.factory.v1.FailTaskRequestB\x06\xbaH\x03\xd8\x01\x01H\x00R\x04fail\x12O\n" +
+	"\rcomplete_many\x18\x06 \x01(\v2 .factory.v1.CompleteTasksRequestB\x06\xbaH\x03\xd8\x01\x01H\x00R\fcompleteManyB\r\n" +
+	"\x04call\x12\x05\xbaH\x02\b\x01\"\x86\x03\n" +
 	"\fWorkResponse\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\x04R\x03ref\x125\n" +
 	"\x05claim\x18\x02 \x01(\v2\x1d.factory.v1.ClaimTaskResponseH\x00R\x05claim\x12>\n" +
 	"\bcomplete\x18\x03 \x01(\v2 .factory.v1.CompleteTaskResponseH\x00R\bcomplete\x126\n" +
 	"\x05renew\x18\x04 \x01(\v2\x1e.factory.v1.RenewLeaseResponseH\x00R\x05renew\x122\n" +
 	"\x04fail\x18\x05 \x01(\v2\x1c.factory.v1.FailTaskResponseH\x00R\x04fail\x12-\n" +
-	"\x05error\x18\x06 \x01(\v2\x15.factory.v1.WorkErrorH\x00R\x05errorB\b\n" +
+	"\x05error\x18\x06 \x01(\v2\x15.factory.v1.WorkErrorH\x00R\x05error\x12H\n" +
+	"\rcomplete_many\x18\a \x01(\v2!.factory.v1.CompleteTasksResponseH\x00R\fcompleteManyB\b\n" +
 	"\x06result\"i\n" +
 	"\tWorkError\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
@@ -3350,65 +3386,67 @@ var file_factory_v1_queue_proto_depIdxs = []int32{
 	17, // 31: factory.v1.WorkRequest.complete:type_name -> factory.v1.CompleteTaskRequest
 	15, // 32: factory.v1.WorkRequest.renew:type_name -> factory.v1.RenewLeaseRequest
 	22, // 33: factory.v1.WorkRequest.fail:type_name -> factory.v1.FailTaskRequest
-	14, // 34: factory.v1.WorkResponse.claim:type_name -> factory.v1.ClaimTaskResponse
-	18, // 35: factory.v1.WorkResponse.complete:type_name -> factory.v1.CompleteTaskResponse
-	16, // 36: factory.v1.WorkResponse.renew:type_name -> factory.v1.RenewLeaseResponse
-	23, // 37: factory.v1.WorkResponse.fail:type_name -> factory.v1.FailTaskResponse
-	26, // 38: factory.v1.WorkResponse.error:type_name -> factory.v1.WorkError
-	46, // 39: factory.v1.WorkError.details:type_name -> google.protobuf.Any
-	0,  // 40: factory.v1.MoveTaskRequest.to:type_name -> factory.v1.TaskState
-	4,  // 41: factory.v1.MoveTaskResponse.task:type_name -> factory.v1.Task
-	4,  // 42: factory.v1.SetPriorityResponse.task:type_name -> factory.v1.Task
-	45, // 43: factory.v1.RequeueStuckRequest.older_than:type_name -> google.protobuf.Duration
-	4,  // 44: factory.v1.RequeueStuckResponse.tasks:type_name -> factory.v1.Task
-	0,  // 45: factory.v1.StateCount.state:type_name -> factory.v1.TaskState
-	38, // 46: factory.v1.GetQueueStatsResponse.counts:type_name -> factory.v1.StateCount
-	45, // 47: factory.v1.GetQueueStatsResponse.oldest_ready_age:type_name -> google.protobuf.Duration
-	45, // 48: factory.v1.GetQueueStatsResponse.oldest_in_progress_age:type_name -> google.protobuf.Duration
-	0,  // 49: factory.v1.WatchTasksRequest.states:type_name -> factory.v1.TaskState
-	2,  // 50: factory.v1.WatchTasksResponse.type:type_name -> factory.v1.TaskEventType
-	4,  // 51: factory.v1.WatchTasksResponse.task:type_name -> factory.v1.Task
-	0,  // 52: factory.v1.WatchTasksResponse.previous_state:type_name -> factory.v1.TaskState
-	44, // 53: factory.v1.WatchTasksResponse.time:type_name -> google.protobuf.Timestamp
-	5,  // 54: factory.v1.QueueService.CreateTask:input_type -> factory.v1.CreateTaskRequest
-	7,  // 55: factory.v1.QueueService.CreateTasks:input_type -> factory.v1.CreateTasksRequest
-	9,  // 56: factory.v1.QueueService.GetTask:input_type -> factory.v1.GetTaskRequest
-	11, // 57: factory.v1.QueueService.ListTasks:input_type -> factory.v1.ListTasksRequest
-	13, // 58: factory.v1.QueueService.ClaimTask:input_type -> factory.v1.ClaimTaskRequest
-	15, // 59: factory.v1.QueueService.RenewLease:input_type -> factory.v1.RenewLeaseRequest
-	17, // 60: factory.v1.QueueService.CompleteTask:input_type -> factory.v1.CompleteTaskRequest
-	19, // 61: factory.v1.QueueService.CompleteTasks:input_type -> factory.v1.CompleteTasksRequest
-	22, // 62: factory.v1.QueueService.FailTask:input_type -> factory.v1.FailTaskRequest
-	27, // 63: factory.v1.QueueService.MoveTask:input_type -> factory.v1.MoveTaskRequest
-	29, // 64: factory.v1.QueueService.SetPriority:input_type -> factory.v1.SetPriorityRequest
-	31, // 65: factory.v1.QueueService.PauseQueue:input_type -> factory.v1.PauseQueueRequest
-	33, // 66: factory.v1.QueueService.ResumeQueue:input_type -> factory.v1.ResumeQueueRequest
-	35, // 67: factory.v1.QueueService.RequeueStuck:input_type -> factory.v1.RequeueStuckRequest
-	37, // 68: factory.v1.QueueService.GetQueueStats:input_type -> factory.v1.GetQueueStatsRequest
-	40, // 69: factory.v1.QueueService.WatchTasks:input_type -> factory.v1.WatchTasksRequest
-	24, // 70: factory.v1.QueueService.Work:input_type -> factory.v1.WorkRequest
-	6,  // 71: factory.v1.QueueService.CreateTask:output_type -> factory.v1.CreateTaskResponse
-	8,  // 72: factory.v1.QueueService.CreateTasks:output_type -> factory.v1.CreateTasksResponse
-	10, // 73: factory.v1.QueueService.GetTask:output_type -> factory.v1.GetTaskResponse
-	12, // 74: factory.v1.QueueService.ListTasks:output_type -> factory.v1.ListTasksResponse
-	14, // 75: factory.v1.QueueService.ClaimTask:output_type -> factory.v1.ClaimTaskResponse
-	16, // 76: factory.v1.QueueService.RenewLease:output_type -> factory.v1.RenewLeaseResponse
-	18, // 77: factory.v1.QueueService.CompleteTask:output_type -> factory.v1.CompleteTaskResponse
-	21, // 78: factory.v1.QueueService.CompleteTasks:output_type -> factory.v1.CompleteTasksResponse
-	23, // 79: factory.v1.QueueService.FailTask:output_type -> factory.v1.FailTaskResponse
-	28, // 80: factory.v1.QueueService.MoveTask:output_type -> factory.v1.MoveTaskResponse
-	30, // 81: factory.v1.QueueService.SetPriority:output_type -> factory.v1.SetPriorityResponse
-	32, // 82: factory.v1.QueueService.PauseQueue:output_type -> factory.v1.PauseQueueResponse
-	34, // 83: factory.v1.QueueService.ResumeQueue:output_type -> factory.v1.ResumeQueueResponse
-	36, // 84: factory.v1.QueueService.RequeueStuck:output_type -> factory.v1.RequeueStuckResponse
-	39, // 85: factory.v1.QueueService.GetQueueStats:output_type -> factory.v1.GetQueueStatsResponse
-	41, // 86: factory.v1.QueueService.WatchTasks:output_type -> factory.v1.WatchTasksResponse
-	25, // 87: factory.v1.QueueService.Work:output_type -> factory.v1.WorkResponse
-	71, // [71:88] is the sub-list for method output_type
-	54, // [54:71] is the sub-list for method input_type
-	54, // [54:54] is the sub-list for extension type_name
-	54, // [54:54] is the sub-list for extension extendee
-	0,  // [0:54] is the sub-list for field type_name
+	19, // 34: factory.v1.WorkRequest.complete_many:type_name -> factory.v1.CompleteTasksRequest
+	14, // 35: factory.v1.WorkResponse.claim:type_name -> factory.v1.ClaimTaskResponse
+	18, // 36: factory.v1.WorkResponse.complete:type_name -> factory.v1.CompleteTaskResponse
+	16, // 37: factory.v1.WorkResponse.renew:type_name -> factory.v1.RenewLeaseResponse
+	23, // 38: factory.v1.WorkResponse.fail:type_name -> factory.v1.FailTaskResponse
+	26, // 39: factory.v1.WorkResponse.error:type_name -> factory.v1.WorkError
+	21, // 40: factory.v1.WorkResponse.complete_many:type_name -> factory.v1.CompleteTasksResponse
+	46, // 41: factory.v1.WorkError.details:type_name -> google.protobuf.Any
+	0,  // 42: factory.v1.MoveTaskRequest.to:type_name -> factory.v1.TaskState
+	4,  // 43: factory.v1.MoveTaskResponse.task:type_name -> factory.v1.Task
+	4,  // 44: factory.v1.SetPriorityResponse.task:type_name -> factory.v1.Task
+	45, // 45: factory.v1.RequeueStuckRequest.older_than:type_name -> google.protobuf.Duration
+	4,  // 46: factory.v1.RequeueStuckResponse.tasks:type_name -> factory.v1.Task
+	0,  // 47: factory.v1.StateCount.state:type_name -> factory.v1.TaskState
+	38, // 48: factory.v1.GetQueueStatsResponse.counts:type_name -> factory.v1.StateCount
+	45, // 49: factory.v1.GetQueueStatsResponse.oldest_ready_age:type_name -> google.protobuf.Duration
+	45, // 50: factory.v1.GetQueueStatsResponse.oldest_in_progress_age:type_name -> google.protobuf.Duration
+	0,  // 51: factory.v1.WatchTasksRequest.states:type_name -> factory.v1.TaskState
+	2,  // 52: factory.v1.WatchTasksResponse.type:type_name -> factory.v1.TaskEventType
+	4,  // 53: factory.v1.WatchTasksResponse.task:type_name -> factory.v1.Task
+	0,  // 54: factory.v1.WatchTasksResponse.previous_state:type_name -> factory.v1.TaskState
+	44, // 55: factory.v1.WatchTasksResponse.time:type_name -> google.protobuf.Timestamp
+	5,  // 56: factory.v1.QueueService.CreateTask:input_type -> factory.v1.CreateTaskRequest
+	7,  // 57: factory.v1.QueueService.CreateTasks:input_type -> factory.v1.CreateTasksRequest
+	9,  // 58: factory.v1.QueueService.GetTask:input_type -> factory.v1.GetTaskRequest
+	11, // 59: factory.v1.QueueService.ListTasks:input_type -> factory.v1.ListTasksRequest
+	13, // 60: factory.v1.QueueService.ClaimTask:input_type -> factory.v1.ClaimTaskRequest
+	15, // 61: factory.v1.QueueService.RenewLease:input_type -> factory.v1.RenewLeaseRequest
+	17, // 62: factory.v1.QueueService.CompleteTask:input_type -> factory.v1.CompleteTaskRequest
+	19, // 63: factory.v1.QueueService.CompleteTasks:input_type -> factory.v1.CompleteTasksRequest
+	22, // 64: factory.v1.QueueService.FailTask:input_type -> factory.v1.FailTaskRequest
+	27, // 65: factory.v1.QueueService.MoveTask:input_type -> factory.v1.MoveTaskRequest
+	29, // 66: factory.v1.QueueService.SetPriority:input_type -> factory.v1.SetPriorityRequest
+	31, // 67: factory.v1.QueueService.PauseQueue:input_type -> factory.v1.PauseQueueRequest
+	33, // 68: factory.v1.QueueService.ResumeQueue:input_type -> factory.v1.ResumeQueueRequest
+	35, // 69: factory.v1.QueueService.RequeueStuck:input_type -> factory.v1.RequeueStuckRequest
+	37, // 70: factory.v1.QueueService.GetQueueStats:input_type -> factory.v1.GetQueueStatsRequest
+	40, // 71: factory.v1.QueueService.WatchTasks:input_type -> factory.v1.WatchTasksRequest
+	24, // 72: factory.v1.QueueService.Work:input_type -> factory.v1.WorkRequest
+	6,  // 73: factory.v1.QueueService.CreateTask:output_type -> factory.v1.CreateTaskResponse
+	8,  // 74: factory.v1.QueueService.CreateTasks:output_type -> factory.v1.CreateTasksResponse
+	10, // 75: factory.v1.QueueService.GetTask:output_type -> factory.v1.GetTaskResponse
+	12, // 76: factory.v1.QueueService.ListTasks:output_type -> factory.v1.ListTasksResponse
+	14, // 77: factory.v1.QueueService.ClaimTask:output_type -> factory.v1.ClaimTaskResponse
+	16, // 78: factory.v1.QueueService.RenewLease:output_type -> factory.v1.RenewLeaseResponse
+	18, // 79: factory.v1.QueueService.CompleteTask:output_type -> factory.v1.CompleteTaskResponse
+	21, // 80: factory.v1.QueueService.CompleteTasks:output_type -> factory.v1.CompleteTasksResponse
+	23, // 81: factory.v1.QueueService.FailTask:output_type -> factory.v1.FailTaskResponse
+	28, // 82: factory.v1.QueueService.MoveTask:output_type -> factory.v1.MoveTaskResponse
+	30, // 83: factory.v1.QueueService.SetPriority:output_type -> factory.v1.SetPriorityResponse
+	32, // 84: factory.v1.QueueService.PauseQueue:output_type -> factory.v1.PauseQueueResponse
+	34, // 85: factory.v1.QueueService.ResumeQueue:output_type -> factory.v1.ResumeQueueResponse
+	36, // 86: factory.v1.QueueService.RequeueStuck:output_type -> factory.v1.RequeueStuckResponse
+	39, // 87: factory.v1.QueueService.GetQueueStats:output_type -> factory.v1.GetQueueStatsResponse
+	41, // 88: factory.v1.QueueService.WatchTasks:output_type -> factory.v1.WatchTasksResponse
+	25, // 89: factory.v1.QueueService.Work:output_type -> factory.v1.WorkResponse
+	73, // [73:90] is the sub-list for method output_type
+	56, // [56:73] is the sub-list for method input_type
+	56, // [56:56] is the sub-list for extension type_name
+	56, // [56:56] is the sub-list for extension extendee
+	0,  // [0:56] is the sub-list for field type_name
 }
 
 func init() { file_factory_v1_queue_proto_init() }
@@ -3421,6 +3459,7 @@ func file_factory_v1_queue_proto_init() {
 		(*WorkRequest_Complete)(nil),
 		(*WorkRequest_Renew)(nil),
 		(*WorkRequest_Fail)(nil),
+		(*WorkRequest_CompleteMany)(nil),
 	}
 	file_factory_v1_queue_proto_msgTypes[22].OneofWrappers = []any{
 		(*WorkResponse_Claim)(nil),
@@ -3428,6 +3467,7 @@ func file_factory_v1_queue_proto_init() {
 		(*WorkResponse_Renew)(nil),
 		(*WorkResponse_Fail)(nil),
 		(*WorkResponse_Error)(nil),
+		(*WorkResponse_CompleteMany)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{

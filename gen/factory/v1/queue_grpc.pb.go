@@ -128,7 +128,7 @@ type QueueServiceClient interface {
 	// (events of type SNAPSHOT, then one SYNCED), then every change as it happens.
 	WatchTasks(ctx context.Context, in *WatchTasksRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchTasksResponse], error)
 	// Work is an agent's loop on one stream. Each WorkRequest carries one
-	// ClaimTask, CompleteTask, RenewLease or FailTask request and is handled
+	// ClaimTask, CompleteTask, CompleteTasks, RenewLease or FailTask request and is handled
 	// as that call would be, under the same access rules and validation; its
 	// WorkResponse carries the same ref, and responses come in request order
 	// (a claim that waits for work holds up the requests behind it). A
@@ -421,7 +421,7 @@ type QueueServiceServer interface {
 	// (events of type SNAPSHOT, then one SYNCED), then every change as it happens.
 	WatchTasks(*WatchTasksRequest, grpc.ServerStreamingServer[WatchTasksResponse]) error
 	// Work is an agent's loop on one stream. Each WorkRequest carries one
-	// ClaimTask, CompleteTask, RenewLease or FailTask request and is handled
+	// ClaimTask, CompleteTask, CompleteTasks, RenewLease or FailTask request and is handled
 	// as that call would be, under the same access rules and validation; its
 	// WorkResponse carries the same ref, and responses come in request order
 	// (a claim that waits for work holds up the requests behind it). A
