@@ -161,6 +161,16 @@ func (f *flood) underLoad(t *testing.T, rssBoundMiB float64, load func(ctx conte
 		t.Errorf("calm p99 %s under load, want under %s", loaded.p99, calmMaxP99)
 	}
 	if loaded.perSec < calmMinFraction*alone.perSec {
+		// This host's speed drifts by a third between windows of a few
+		// seconds (other tenants): before calling it starvation, measure
+		// the calm client alone again now that the load is gone, and
+		// hold the loaded window to the slower baseline. A load that
+		// starves the calm client still fails: alone again, it is fast.
+		again := f.measureCalm(t, window)
+		t.Logf("calm client alone again, after the load: %s", again)
+		alone.perSec = min(alone.perSec, again.perSec)
+	}
+	if loaded.perSec < calmMinFraction*alone.perSec {
 		t.Errorf("calm throughput %.0f/s under load is under %.0f %% of %.0f/s alone", loaded.perSec, calmMinFraction*100, alone.perSec)
 	}
 	if rss > rssBoundMiB {
