@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"golang.org/x/time/rate"
 	"log/slog"
 	"sync"
 	"time"
@@ -104,18 +105,32 @@ func (g *authGuard) wrap(next auth.AuthFunc) auth.AuthFunc {
 		if bad != "" {
 			return nil, g.failed(ctx, status.Error(codes.Unauthenticated, bad))
 		}
-		if !known && g.over(ctx) && !g.acc.CreatedRecently(hash) {
-			return nil, g.overError(ctx)
+		// A secret not known to be good costs a lookup, which may fail:
+		// it takes one of the peer's failures before the lookup, and gets
+		// it back if the secret turns out good (or the store failed).
+		// Checking the bucket first and charging after let concurrent
+		// calls all pass the check on the last token.
+		var charge *rate.Reservation
+		if !known && !g.acc.CreatedRecently(hash) {
+			var ok bool
+			if charge, ok = g.reserve(ctx); !ok {
+				return nil, g.overError(ctx)
+			}
 		}
 		out, err := next(ctx)
 		if err != nil {
 			if status.Code(err) != codes.Unauthenticated {
 				// A store failure says nothing about the secret.
+				g.refund(charge)
 				return nil, err
 			}
 			g.remember(hash, status.Convert(err).Message(), created)
+			if charge != nil {
+				return nil, err // charged already
+			}
 			return nil, g.failed(ctx, err)
 		}
+		g.refund(charge)
 		g.succeeded(hash)
 		return out, nil
 	}
@@ -181,12 +196,26 @@ func (g *authGuard) succeeded(hash string) {
 	g.good[hash] = now
 }
 
-// over reports whether the call's peer has no failures left to spend.
-func (g *authGuard) over(ctx context.Context) bool {
+// reserve takes one of the call's peer's failures ahead of a lookup; ok
+// is false when none is left. Without a limit it takes nothing.
+func (g *authGuard) reserve(ctx context.Context) (_ *rate.Reservation, ok bool) {
 	if g.peers == nil {
-		return false
+		return nil, true
 	}
-	return g.peers.bucket(PeerIP(ctx)).tokens.TokensAt(g.now()) < 1
+	now := g.now()
+	r := g.peers.bucket(PeerIP(ctx)).tokens.ReserveN(now, 1)
+	if !r.OK() || r.DelayFrom(now) > 0 {
+		r.CancelAt(now)
+		return nil, false
+	}
+	return r, true
+}
+
+// refund gives back a failure reserve took for a lookup that did not fail.
+func (g *authGuard) refund(r *rate.Reservation) {
+	if r != nil {
+		r.CancelAt(g.now())
+	}
 }
 
 // failed charges one failure, known without a lookup or found by one, to
