@@ -40,7 +40,10 @@ func (s *auditedQueue) Work(stream factoryv1.QueueService_WorkServer) error {
 		if s.limit != nil {
 			// Refused as the unary call would be; the stream stays open.
 			if err := s.limit(ctx); err != nil {
-				if err := stream.Send(workError(req.GetRef(), err)); err != nil {
+				// RESOURCE_EXHAUSTED, as the rate-limit interceptor
+				// answers a call (the limiter's error carries no code).
+				refusal := status.Error(codes.ResourceExhausted, err.Error())
+				if err := stream.Send(workError(req.GetRef(), refusal)); err != nil {
 					return err
 				}
 				continue

@@ -224,3 +224,34 @@ func TestWorkStreamCompletesMany(t *testing.T) {
 	_, err := w.s.Recv()
 	wantCode(t, err, codes.PermissionDenied)
 }
+
+// TestWorkStreamCountsEachRequestAgainstTheRateLimit: an agent looping on
+// one Work stream spends its rate limit per request, as it would with
+// calls; refused requests answer RESOURCE_EXHAUSTED and the stream stays
+// open, so the limit cannot be dodged by keeping one stream.
+func TestWorkStreamCountsEachRequestAgainstTheRateLimit(t *testing.T) {
+	b := setupWith(t, nil, []GRPCOption{WithRateLimit(RateLimit{PerSecond: 1, Burst: 5, Key: callerFromMetadata})})
+	ctx, cancel := context.WithTimeout(asCaller("runaway-agent"), 30*time.Second)
+	defer cancel()
+	s, err := b.client.Work(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &workStream{t: t, s: s}
+	var refused int
+	for ref := uint64(1); ref <= 30; ref++ {
+		w.send(claimReq(ref, "runaway-agent"))
+		resp := w.recv(ref)
+		if e := resp.GetError(); e != nil {
+			if codes.Code(e.GetCode()) != codes.ResourceExhausted {
+				t.Fatalf("ref %d: %v, want RESOURCE_EXHAUSTED or a claim", ref, e)
+			}
+			refused++
+		}
+	}
+	// The stream's opening and four requests spend the burst of 5; one
+	// more may have refilled while the loop ran.
+	if refused < 24 {
+		t.Fatalf("%d of 30 requests on one stream refused, want at least 24", refused)
+	}
+}
