@@ -73,14 +73,20 @@ func (d *claimDelivery) HandleRPC(ctx context.Context, s stats.RPCStats) {
 	if len(tasks) == 0 {
 		return
 	}
+	releaseUndelivered(ctx, d.q, d.log, tasks, end.Error)
+}
+
+// releaseUndelivered hands back tasks a claim took whose response could
+// not be sent (sendErr), on a context of its own: the call's has ended.
+func releaseUndelivered(ctx context.Context, q *queue.Service, log *slog.Logger, tasks []*store.Task, sendErr error) {
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
 	defer cancel()
-	released, err := d.q.Release(rctx, tasks)
+	released, err := q.Release(rctx, tasks)
 	if err != nil {
-		d.log.ErrorContext(rctx, "claim response not delivered and its tasks not released; their leases will expire", "tasks", len(tasks), "send_err", end.Error, "err", err)
+		log.ErrorContext(rctx, "claim response not delivered and its tasks not released; their leases will expire", "tasks", len(tasks), "send_err", sendErr, "err", err)
 		return
 	}
-	d.log.WarnContext(rctx, "claim response not delivered; tasks released", "claimed", len(tasks), "released", len(released), "send_err", end.Error)
+	log.WarnContext(rctx, "claim response not delivered; tasks released", "claimed", len(tasks), "released", len(released), "send_err", sendErr)
 }
 
 func (d *claimDelivery) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context {

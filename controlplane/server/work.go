@@ -66,7 +66,9 @@ func (s *auditedQueue) Work(stream factoryv1.QueueService_WorkServer) error {
 			s.audit(rctx, c, workMethod(req), rec)
 		}
 		if err := stream.Send(resp); err != nil {
-			s.releaseUndelivered(ctx, pending, err)
+			if len(pending.tasks) > 0 {
+				releaseUndelivered(ctx, s.q, s.log, pending.tasks, err)
+			}
 			return err
 		}
 	}
@@ -119,22 +121,6 @@ func workError(ref uint64, err error) *factoryv1.WorkResponse {
 	return &factoryv1.WorkResponse{Ref: ref, Result: &factoryv1.WorkResponse_Error{Error: &factoryv1.WorkError{
 		Code: st.GetCode(), Message: st.GetMessage(), Details: st.GetDetails(),
 	}}}
-}
-
-// releaseUndelivered hands back what a claim took when its response could
-// not be sent.
-func (s *auditedQueue) releaseUndelivered(ctx context.Context, p *pendingClaim, sendErr error) {
-	if len(p.tasks) == 0 {
-		return
-	}
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
-	defer cancel()
-	released, err := s.q.Release(rctx, p.tasks)
-	if err != nil {
-		s.log.ErrorContext(rctx, "work stream: claim not delivered and its tasks not released; their leases will expire", "tasks", len(p.tasks), "send_err", sendErr, "err", err)
-		return
-	}
-	s.log.WarnContext(rctx, "work stream: claim not delivered; tasks released", "claimed", len(p.tasks), "released", len(released), "send_err", sendErr)
 }
 
 // workMethod is the unary RPC a Work request stands for, as the audit log
