@@ -5,8 +5,9 @@
 // A token's secret is 32 random bytes, shown once when the token is made;
 // the store keeps only its SHA-256. Resolving a secret to its caller is on
 // every call's path, so lookups are cached in memory for a short TTL. Revoking
-// a token drops it from this replica's cache at once, so the revoked token
-// fails from its next call here; other replicas notice within the TTL.
+// a token drops it, and the console sessions made from it, from this
+// replica's cache at once, so they fail from their next call here; other
+// replicas notice within the TTL.
 //
 // Which caller may call what is not decided here but in the gRPC layer's
 // policy table, the one place that knows the API.
@@ -121,6 +122,10 @@ type CreateParams struct {
 	// every role). An agent token made without any claims only tasks
 	// that name no role: a grant is never implied. Other roles take none.
 	Roles []string
+	// SessionOf, for a console session, is the id of the token the
+	// operator signed in with; revoking that token revokes the session.
+	// Empty for every other token.
+	SessionOf string
 }
 
 // Create issues a token and returns it with its secret, which exists
@@ -155,7 +160,7 @@ func (s *Service) create(ctx context.Context, p CreateParams, onlyIfNoOperator b
 	now := s.clock.Now()
 	tok := &store.Token{
 		ID: id.String(), Hash: HashSecret(secret), Role: p.Role, Subject: p.Subject,
-		Description: p.Description, CreatedBy: p.CreatedBy, Roles: roles,
+		Description: p.Description, CreatedBy: p.CreatedBy, Roles: roles, SessionOf: p.SessionOf,
 	}
 	if p.TTL > 0 {
 		tok.ExpiresAt = now.Add(p.TTL)
@@ -202,9 +207,10 @@ func (s *Service) List(ctx context.Context, p ListParams) (*store.TokenListResul
 	return s.store.TokenList(ctx, lp)
 }
 
-// Revoke ends a token. This replica forgets the token at once, so its very
-// next call here fails; other replicas drop it when their cached lookup
-// (at most CacheTTL old) runs out.
+// Revoke ends a token and the console sessions made from it (the store
+// revokes both in one transaction). This replica forgets them at once, so
+// their very next call here fails; other replicas drop them when their
+// cached lookup (at most CacheTTL old) runs out.
 func (s *Service) Revoke(ctx context.Context, id string) (*store.Token, error) {
 	tok, err := s.store.TokenRevoke(ctx, &store.TokenRevokeParams{ID: id, Now: s.clock.Now()})
 	// Forget it even when the store failed: the revoke may have committed.
@@ -233,12 +239,16 @@ func (s *Service) SetRoles(ctx context.Context, id string, roles []string) (befo
 	return before, after, nil
 }
 
+// forget drops the cached lookups of token id and of the console sessions
+// made from it: a revoke ends those sessions too, and a grant change
+// leaves sessions (operator tokens) as they were, so dropping them costs
+// one store read each at most.
 func (s *Service) forget(id string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.gen++
 	for h, c := range s.cache {
-		if c.tok.ID == id {
+		if c.tok.ID == id || c.tok.SessionOf == id {
 			delete(s.cache, h)
 		}
 	}

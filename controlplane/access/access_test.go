@@ -147,6 +147,77 @@ func TestAuthenticateSaysWhy(t *testing.T) {
 	}
 }
 
+// A console session must die with the token it was made from, at once on
+// the replica that revoked it, although its lookup is cached.
+func TestRevokeEndsItsSessionsAtOnce(t *testing.T) {
+	svc, cs, _ := newService(t)
+	ctx := context.Background()
+	op, opSecret, err := svc.Create(ctx, access.CreateParams{Role: store.RoleOperator, Subject: "ops"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, _, err := svc.Create(ctx, access.CreateParams{Role: store.RoleOperator, Subject: "night-shift"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	session := func(parent *store.Token) (*store.Token, string) {
+		t.Helper()
+		tok, secret, err := svc.Create(ctx, access.CreateParams{Role: store.RoleOperator, Subject: parent.Subject,
+			TTL: 12 * time.Hour, SessionOf: parent.ID, CreatedBy: "console"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tok.SessionOf != parent.ID {
+			t.Fatalf("session made with SessionOf %q", tok.SessionOf)
+		}
+		return tok, secret
+	}
+	mine, mineSecret := session(op)
+	_, spareSecret := session(op)
+	_, theirSecret := session(other)
+	for _, secret := range []string{opSecret, mineSecret, spareSecret, theirSecret} {
+		if _, err := svc.Authenticate(ctx, secret); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lookups := cs.lookups.Load()
+
+	// Signing one session out leaves the token and its other sessions.
+	if _, err := svc.Revoke(ctx, mine.ID); err != nil {
+		t.Fatal(err)
+	}
+	requireRevoked(t, svc, mineSecret)
+	for _, secret := range []string{opSecret, spareSecret, theirSecret} {
+		if _, err := svc.Authenticate(ctx, secret); err != nil {
+			t.Fatalf("after signing one session out: %v", err)
+		}
+	}
+
+	// No time passes: every lookup below would come from the cache but
+	// for the revoke.
+	if _, err := svc.Revoke(ctx, op.ID); err != nil {
+		t.Fatal(err)
+	}
+	requireRevoked(t, svc, opSecret)
+	requireRevoked(t, svc, spareSecret)
+	if _, err := svc.Authenticate(ctx, theirSecret); err != nil {
+		t.Fatalf("a session of another token after the revoke: %v", err)
+	}
+	// mine, op and spare were read again; their session stayed cached.
+	if n := cs.lookups.Load() - lookups; n != 3 {
+		t.Fatalf("%d store lookups after the revokes, want 3", n)
+	}
+}
+
+func requireRevoked(t *testing.T, svc *access.Service, secret string) {
+	t.Helper()
+	_, err := svc.Authenticate(context.Background(), secret)
+	var ae *access.AuthError
+	if !errors.As(err, &ae) || !strings.Contains(ae.Reason, "was revoked at") {
+		t.Fatalf("got %v, want an AuthError saying the token was revoked", err)
+	}
+}
+
 func TestCreateChecksItsInput(t *testing.T) {
 	svc, _, _ := newService(t)
 	ctx := context.Background()
@@ -155,6 +226,7 @@ func TestCreateChecksItsInput(t *testing.T) {
 		"subject":    {Role: store.RoleAgent, Subject: "two words"},
 		"expires_in": {Role: store.RoleAgent, Subject: "x", TTL: -time.Second},
 		"roles":      {Role: store.RoleSidecar, Subject: "gpu-01", Roles: []string{"builder"}},
+		"session_of": {Role: store.RoleOperator, Subject: "ops", SessionOf: "not a token id"},
 	} {
 		_, _, err := svc.Create(ctx, p)
 		var fe *store.FieldError

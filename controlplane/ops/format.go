@@ -158,6 +158,9 @@ type tokenJSON struct {
 	// existed have no roles key: their agent tokens load with every role
 	// ("*"), as the migration that introduced grants gave them.
 	Roles *[]string `json:"roles,omitempty"`
+	// SessionOf links a console session to the token it was made from;
+	// dumps written before sessions existed have none.
+	SessionOf string `json:"session_of,omitempty"`
 }
 
 type auditJSON struct {
@@ -231,7 +234,7 @@ func toLine(r *store.DumpRecord) (*line, error) {
 		return &line{Kind: string(store.DumpToken), Token: &tokenJSON{
 			ID: t.ID, Hash: t.Hash, Role: string(t.Role), Subject: t.Subject, Description: t.Description,
 			CreatedBy: t.CreatedBy, CreatedAt: jsonTime(t.CreatedAt), ExpiresAt: jsonTime(t.ExpiresAt),
-			RevokedAt: jsonTime(t.RevokedAt), LastUsedAt: jsonTime(t.LastUsedAt), Roles: &roles,
+			RevokedAt: jsonTime(t.RevokedAt), LastUsedAt: jsonTime(t.LastUsedAt), Roles: &roles, SessionOf: t.SessionOf,
 		}}, nil
 	case store.DumpAudit:
 		e := r.Audit
@@ -312,7 +315,7 @@ func (l *line) record() (*store.DumpRecord, error) {
 		return &store.DumpRecord{Token: &store.Token{
 			ID: t.ID, Hash: t.Hash, Role: store.Role(t.Role), Subject: t.Subject, Description: t.Description,
 			CreatedBy: t.CreatedBy, CreatedAt: time.Time(t.CreatedAt), ExpiresAt: time.Time(t.ExpiresAt),
-			RevokedAt: time.Time(t.RevokedAt), LastUsedAt: time.Time(t.LastUsedAt), Roles: roles,
+			RevokedAt: time.Time(t.RevokedAt), LastUsedAt: time.Time(t.LastUsedAt), Roles: roles, SessionOf: t.SessionOf,
 		}}, nil
 	case l.Kind == string(store.DumpAudit) && l.Audit != nil:
 		e := l.Audit

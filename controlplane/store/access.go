@@ -31,6 +31,10 @@ type AccessStore interface {
 
 	// TokenRevoke sets RevokedAt=Now on a token and returns it, or
 	// ErrNotFound. A token already revoked keeps its first RevokedAt.
+	// In the same transaction it revokes, with RevokedAt=Now, every
+	// console session made from the token (SessionOf is its id) that is
+	// not revoked yet: a session must not outlive the token that opened
+	// it. Revoking a session touches only the session.
 	TokenRevoke(ctx context.Context, params *TokenRevokeParams) (*Token, error)
 
 	// TokenTouch sets LastUsedAt=Now on a token. An unknown id is not an
@@ -86,6 +90,10 @@ type Token struct {
 	// grants all of them. Empty for other roles' tokens, and for an agent
 	// token granted none (it claims only tasks that name no role).
 	Roles []string
+	// SessionOf is the id of the token this console session was made
+	// from; empty for ordinary tokens. Revoking that token revokes this
+	// one.
+	SessionOf string
 }
 
 // AnyRole, as a token's only role, grants every task role. The migration
@@ -137,6 +145,13 @@ func NormalizeRoles(roles []string) ([]string, error) {
 
 var taskRoleRE = regexp.MustCompile(`^[A-Za-z0-9._:/-]{1,128}$`)
 
+// ValidTokenID reports whether id has the shape of a token id, as the API
+// accepts one (factory.v1 token_id): 1-128 letters, digits, '.', '_',
+// ':', '-'. Issued ids are UUIDs, which fit.
+func ValidTokenID(id string) bool { return tokenIDRE.MatchString(id) }
+
+var tokenIDRE = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,128}$`)
+
 // JoinRoles is a grant as drivers store it: comma-separated (no role
 // holds a comma), "" for none.
 func JoinRoles(roles []string) string { return strings.Join(roles, ",") }
@@ -165,7 +180,8 @@ func (t *Token) ActiveAt(now time.Time) bool {
 }
 
 // TokenCreateParams holds a new token. ID, Hash, Role, Subject,
-// Description, CreatedBy and ExpiresAt come from Token; CreatedAt is Now.
+// Description, CreatedBy, ExpiresAt, Roles and SessionOf come from Token;
+// CreatedAt is Now.
 type TokenCreateParams struct {
 	Token                  *Token
 	OnlyIfNoActiveOperator bool
@@ -272,6 +288,21 @@ func CheckTokenCreate(p *TokenCreateParams) error {
 		return InvalidField("subject", "is required")
 	case len(in.Roles) > 0 && in.Role != RoleAgent:
 		return InvalidField("roles", "only agent tokens carry roles, not a %s token", in.Role)
+	}
+	return checkSessionOf(p.Token)
+}
+
+// checkSessionOf checks a token's link to the token its session was made
+// from. The parent need not exist: the link only decides what a revoke
+// takes with it, and a dangling one takes nothing.
+func checkSessionOf(t *Token) error {
+	switch {
+	case t.SessionOf == "":
+		return nil
+	case !ValidTokenID(t.SessionOf):
+		return InvalidField("session_of", "%q is not a token id: want 1-128 letters, digits, '.', '_', ':', '-'", t.SessionOf)
+	case t.SessionOf == t.ID:
+		return InvalidField("session_of", "names the token itself: a session is made from another token")
 	}
 	return nil
 }

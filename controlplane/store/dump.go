@@ -600,6 +600,9 @@ func ValidateDumpRecord(r *DumpRecord) error {
 		if len(t.Roles) > 0 && !slices.Equal(roles, t.Roles) {
 			return InvalidField("records", "token %s: roles %v are not sorted and unique", t.ID, t.Roles)
 		}
+		if err := checkSessionOf(t); err != nil {
+			return InvalidField("records", "token %s: %v", t.ID, err)
+		}
 	case DumpAudit:
 		e := r.Audit
 		switch {

@@ -13,7 +13,7 @@ import (
 	"github.com/factory/factory/controlplane/store"
 )
 
-const tokenCols = `seq, id, hash, role, subject, description, created_by, created_at, expires_at, revoked_at, last_used_at, roles`
+const tokenCols = `seq, id, hash, role, subject, description, created_by, created_at, expires_at, revoked_at, last_used_at, roles, session_of`
 
 var (
 	qTokenByHash = `-- name: TokenGetByHash
@@ -22,8 +22,8 @@ SELECT ` + tokenCols + ` FROM tokens WHERE hash = $1`
 	qActiveOperator = `-- name: TokenActiveOperator
 SELECT count(*) FROM tokens WHERE role = 'operator' AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $1)`
 	qTokenInsert = `-- name: TokenCreate
-INSERT INTO tokens (id, hash, role, subject, description, created_by, created_at, expires_at, roles)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`
+INSERT INTO tokens (id, hash, role, subject, description, created_by, created_at, expires_at, roles, session_of)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`
 	qTokenForUpdate = `-- name: TokenForUpdate
 SELECT ` + tokenCols + ` FROM tokens WHERE id = $1 FOR UPDATE`
 	qTokenSetRoles = `-- name: TokenSetRoles
@@ -31,6 +31,9 @@ UPDATE tokens SET roles = $2 WHERE id = $1`
 	// The first revocation's time stands.
 	qTokenRevoke = `-- name: TokenRevoke
 UPDATE tokens SET revoked_at = coalesce(revoked_at, $2) WHERE id = $1 RETURNING ` + tokenCols
+	// The console sessions made from a token die with it (tokens_session_of).
+	qTokenRevokeSessions = `-- name: TokenRevokeSessions
+UPDATE tokens SET revoked_at = $2 WHERE session_of = $1 AND revoked_at IS NULL`
 	qTokenTouch = `-- name: TokenTouch
 UPDATE tokens SET last_used_at = $2 WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $2)`
 	qAuditInsert = `-- name: AuditAppend
@@ -50,7 +53,7 @@ func scanToken(row pgx.Row) (int64, *store.Token, error) {
 		roles                        string
 	)
 	if err := row.Scan(&seq, &t.ID, &t.Hash, &role, &t.Subject, &t.Description, &t.CreatedBy,
-		&t.CreatedAt, &expires, &revoked, &lastUsedAt, &roles); err != nil {
+		&t.CreatedAt, &expires, &revoked, &lastUsedAt, &roles, &t.SessionOf); err != nil {
 		return 0, nil, err
 	}
 	t.Role, t.Roles = store.Role(role), store.SplitRoles(roles)
@@ -74,6 +77,7 @@ func (s *Store) TokenCreate(ctx context.Context, p *store.TokenCreateParams) (*s
 	t := &store.Token{
 		ID: in.ID, Hash: in.Hash, Role: in.Role, Subject: in.Subject, Description: in.Description,
 		CreatedBy: in.CreatedBy, CreatedAt: now, ExpiresAt: norm(in.ExpiresAt), Roles: slices.Clone(in.Roles),
+		SessionOf: in.SessionOf,
 	}
 	err := s.inTx(ctx, "TokenCreate", func(tx *txn) error {
 		if p.OnlyIfNoActiveOperator {
@@ -91,7 +95,7 @@ func (s *Store) TokenCreate(ctx context.Context, p *store.TokenCreateParams) (*s
 			}
 		}
 		b := tx.batch()
-		b.Queue(qTokenInsert, t.ID, t.Hash, string(t.Role), t.Subject, t.Description, t.CreatedBy, t.CreatedAt, ts(t.ExpiresAt), store.JoinRoles(t.Roles))
+		b.Queue(qTokenInsert, t.ID, t.Hash, string(t.Role), t.Subject, t.Description, t.CreatedBy, t.CreatedAt, ts(t.ExpiresAt), store.JoinRoles(t.Roles), t.SessionOf)
 		return tx.send(b)
 	})
 	if err != nil {
@@ -188,10 +192,11 @@ func (s *Store) TokenRevoke(ctx context.Context, p *store.TokenRevokeParams) (*s
 		return nil, tokenNotFound(strconv.Quote(p.ID))
 	}
 	var out *store.Token
+	now := norm(p.Now)
 	err := s.inTx(ctx, "TokenRevoke", func(tx *txn) error {
 		out = nil
 		b := tx.batch()
-		b.Queue(qTokenRevoke, p.ID, norm(p.Now)).Query(func(rs pgx.Rows) error {
+		b.Queue(qTokenRevoke, p.ID, now).Query(func(rs pgx.Rows) error {
 			for rs.Next() {
 				_, t, err := scanToken(rs)
 				if err != nil {
@@ -201,13 +206,18 @@ func (s *Store) TokenRevoke(ctx context.Context, p *store.TokenRevokeParams) (*s
 			}
 			return rs.Err()
 		})
-		return tx.send(b)
+		b.Queue(qTokenRevokeSessions, p.ID, now)
+		if err := tx.send(b); err != nil {
+			return err
+		}
+		if out == nil {
+			// Rolls back what the batch did to sessions naming no token.
+			return tokenNotFound(strconv.Quote(p.ID))
+		}
+		return nil
 	})
 	if err != nil {
 		return nil, err
-	}
-	if out == nil {
-		return nil, tokenNotFound(strconv.Quote(p.ID))
 	}
 	return out, nil
 }

@@ -65,12 +65,14 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text
 ORDER BY u.ord`
 
 	qDumpAddTokens = `-- name: DumpInsertTokens
-INSERT INTO tokens (id, hash, role, subject, description, created_by, created_at, expires_at, revoked_at, last_used_at, roles)
-SELECT u.id, u.hash, u.role, u.subject, u.description, u.created_by, u.created_at, u.expires_at, u.revoked_at, u.last_used_at, u.roles
+INSERT INTO tokens (id, hash, role, subject, description, created_by, created_at, expires_at, revoked_at, last_used_at, roles,
+	session_of)
+SELECT u.id, u.hash, u.role, u.subject, u.description, u.created_by, u.created_at, u.expires_at, u.revoked_at, u.last_used_at, u.roles,
+	u.session_of
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[],
-	$8::timestamptz[], $9::timestamptz[], $10::timestamptz[], $11::text[])
+	$8::timestamptz[], $9::timestamptz[], $10::timestamptz[], $11::text[], $12::text[])
 	WITH ORDINALITY AS u(id, hash, role, subject, description, created_by, created_at, expires_at, revoked_at,
-		last_used_at, roles, ord)
+		last_used_at, roles, session_of, ord)
 ORDER BY u.ord`
 
 	// qDumpAddAudit keeps the dump's ids; qDumpAuditSeq then moves the
@@ -364,7 +366,7 @@ func (d *dumpTarget) InsertTokens(tokens []*store.Token) error {
 	var (
 		ids, hashes, roles, subjects, descs, by = text(), text(), text(), text(), text(), text()
 		created, expires, revoked, used         = times(), times(), times(), times()
-		grants                                  = text()
+		grants, sessionOf                       = text(), text()
 	)
 	for i, t := range tokens {
 		if err := checkText("id", t.ID, "hash", t.Hash, "subject", t.Subject, "description", t.Description, "created_by", t.CreatedBy); err != nil {
@@ -372,10 +374,10 @@ func (d *dumpTarget) InsertTokens(tokens []*store.Token) error {
 		}
 		ids[i], hashes[i], roles[i], subjects[i], descs[i], by[i] = t.ID, t.Hash, string(t.Role), t.Subject, t.Description, t.CreatedBy
 		created[i], expires[i], revoked[i], used[i] = ts(norm(t.CreatedAt)), ts(norm(t.ExpiresAt)), ts(norm(t.RevokedAt)), ts(norm(t.LastUsedAt))
-		grants[i] = store.JoinRoles(t.Roles)
+		grants[i], sessionOf[i] = store.JoinRoles(t.Roles), t.SessionOf
 	}
 	b := d.t.batch()
-	b.Queue(qDumpAddTokens, ids, hashes, roles, subjects, descs, by, created, expires, revoked, used, grants)
+	b.Queue(qDumpAddTokens, ids, hashes, roles, subjects, descs, by, created, expires, revoked, used, grants, sessionOf)
 	return d.t.send(b)
 }
 

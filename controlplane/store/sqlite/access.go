@@ -13,7 +13,7 @@ import (
 	"github.com/factory/factory/controlplane/store"
 )
 
-const tokenCols = `seq, id, hash, role, subject, description, created_by, created_at, expires_at, revoked_at, last_used_at, roles`
+const tokenCols = `seq, id, hash, role, subject, description, created_by, created_at, expires_at, revoked_at, last_used_at, roles, session_of`
 
 var (
 	qTokenByHash = `SELECT ` + tokenCols + ` FROM tokens WHERE hash = ?`
@@ -21,12 +21,14 @@ var (
 	qTokenTaken  = `SELECT COUNT(*) FROM tokens WHERE id = ? OR hash = ?`
 	// An operator token that works at the given time.
 	qActiveOperator = `SELECT COUNT(*) FROM tokens WHERE role = 'operator' AND revoked_at = 0 AND (expires_at = 0 OR expires_at > ?)`
-	qTokenInsert    = `INSERT INTO tokens (id, hash, role, subject, description, created_by, created_at, expires_at, roles)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`
+	qTokenInsert    = `INSERT INTO tokens (id, hash, role, subject, description, created_by, created_at, expires_at, roles, session_of)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
 	qTokenSetRoles = `UPDATE tokens SET roles = ? WHERE id = ?`
 	qTokenRevoke   = `UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at = 0`
-	qTokenTouch    = `UPDATE tokens SET last_used_at = ? WHERE id = ? AND last_used_at < ?`
-	qAuditInsert   = `INSERT INTO audit_log (time, who, role, token_id, rpc, target, before_json, after_json, trace_id, outcome, detail, count, last_seen)
+	// The console sessions made from a token die with it (tokens_session_of).
+	qTokenRevokeSessions = `UPDATE tokens SET revoked_at = ? WHERE session_of = ? AND revoked_at = 0`
+	qTokenTouch          = `UPDATE tokens SET last_used_at = ? WHERE id = ? AND last_used_at < ?`
+	qAuditInsert         = `INSERT INTO audit_log (time, who, role, token_id, rpc, target, before_json, after_json, trace_id, outcome, detail, count, last_seen)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
 	auditCols = `id, time, who, role, token_id, rpc, target, before_json, after_json, trace_id, outcome, detail, count, last_seen`
 )
@@ -40,7 +42,7 @@ func scanToken(sc scanner) (int64, *store.Token, error) {
 		roles                                 string
 	)
 	if err := sc.Scan(&seq, &t.ID, &t.Hash, &role, &t.Subject, &t.Description, &t.CreatedBy,
-		&created, &expires, &revoked, &lastUsedAt, &roles); err != nil {
+		&created, &expires, &revoked, &lastUsedAt, &roles, &t.SessionOf); err != nil {
 		return 0, nil, err
 	}
 	t.Role, t.Roles = store.Role(role), store.SplitRoles(roles)
@@ -60,6 +62,7 @@ func (s *Store) TokenCreate(ctx context.Context, p *store.TokenCreateParams) (*s
 	t := &store.Token{
 		ID: in.ID, Hash: in.Hash, Role: in.Role, Subject: in.Subject, Description: in.Description,
 		CreatedBy: in.CreatedBy, CreatedAt: now, ExpiresAt: norm(in.ExpiresAt), Roles: slices.Clone(in.Roles),
+		SessionOf: in.SessionOf,
 	}
 	err := s.writeTx(ctx, "TokenCreate", func(w *wtx) error {
 		if p.OnlyIfNoActiveOperator {
@@ -79,7 +82,7 @@ func (s *Store) TokenCreate(ctx context.Context, p *store.TokenCreateParams) (*s
 			return fmt.Errorf("token %q: %w", t.ID, store.ErrAlreadyExists)
 		}
 		_, err = w.exec(qTokenInsert, t.ID, t.Hash, string(t.Role), t.Subject, t.Description, t.CreatedBy,
-			toNanos(t.CreatedAt), toNanos(t.ExpiresAt), store.JoinRoles(t.Roles))
+			toNanos(t.CreatedAt), toNanos(t.ExpiresAt), store.JoinRoles(t.Roles), t.SessionOf)
 		return err
 	})
 	if err != nil {
@@ -179,8 +182,12 @@ func (s *Store) TokenRevoke(ctx context.Context, p *store.TokenRevokeParams) (*s
 		return nil, store.InvalidField("token_id", "is required")
 	}
 	var out *store.Token
+	now := toNanos(norm(p.Now))
 	err := s.writeTx(ctx, "TokenRevoke", func(w *wtx) error {
-		if _, err := w.exec(qTokenRevoke, toNanos(norm(p.Now)), p.ID); err != nil {
+		if _, err := w.exec(qTokenRevoke, now, p.ID); err != nil {
+			return err
+		}
+		if _, err := w.exec(qTokenRevokeSessions, now, p.ID); err != nil {
 			return err
 		}
 		st, err := w.stmt(qTokenByID)

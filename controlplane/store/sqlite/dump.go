@@ -26,8 +26,8 @@ var (
 	qDumpTasksIn  = `SELECT id FROM tasks WHERE id IN (SELECT value FROM json_each(?))`
 	qDumpTokensIn = `SELECT id FROM tokens WHERE id IN (SELECT value FROM json_each(?1)) OR hash IN (SELECT value FROM json_each(?2)) ORDER BY seq`
 	qDumpSetQueue = `UPDATE queue_settings SET paused = ?, pause_reason = ?, paused_at = ? WHERE id = 1`
-	qDumpAddToken = `INSERT INTO tokens (id, hash, role, subject, description, created_by, created_at, expires_at, revoked_at, last_used_at, roles)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+	qDumpAddToken = `INSERT INTO tokens (id, hash, role, subject, description, created_by, created_at, expires_at, revoked_at, last_used_at, roles, session_of)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
 	qDumpAddAudit = `INSERT INTO audit_log (id, time, who, role, token_id, rpc, target, before_json, after_json, trace_id, outcome, detail, count, last_seen)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
 
@@ -230,7 +230,7 @@ func (d *dumpTarget) InsertTasks(tasks []*store.Task) error {
 func (d *dumpTarget) InsertTokens(tokens []*store.Token) error {
 	for _, t := range tokens {
 		if _, err := d.w.exec(qDumpAddToken, t.ID, t.Hash, string(t.Role), t.Subject, t.Description, t.CreatedBy,
-			toNanos(t.CreatedAt), toNanos(t.ExpiresAt), toNanos(t.RevokedAt), toNanos(t.LastUsedAt), store.JoinRoles(t.Roles)); err != nil {
+			toNanos(t.CreatedAt), toNanos(t.ExpiresAt), toNanos(t.RevokedAt), toNanos(t.LastUsedAt), store.JoinRoles(t.Roles), t.SessionOf); err != nil {
 			return err
 		}
 	}

@@ -3,6 +3,7 @@ package storetest
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -36,21 +37,27 @@ func (h *harness) tokenByHash(hash string) *store.Token {
 
 func (h *harness) tokenIDs(p *store.TokenListParams) []string {
 	h.t.Helper()
-	res, err := h.s.TokenList(h.ctx, p)
-	if err != nil {
-		h.t.Fatalf("TokenList(%+v): %v", p, err)
-	}
-	ids := make([]string, len(res.Tokens))
-	for i, tok := range res.Tokens {
+	toks := h.mustListTokens(p)
+	ids := make([]string, len(toks))
+	for i, tok := range toks {
 		ids[i] = tok.ID
 	}
 	return ids
 }
 
+func (h *harness) mustListTokens(p *store.TokenListParams) []*store.Token {
+	h.t.Helper()
+	res, err := h.s.TokenList(h.ctx, p)
+	if err != nil {
+		h.t.Fatalf("TokenList(%+v): %v", p, err)
+	}
+	return res.Tokens
+}
+
 func requireToken(t *testing.T, got, want *store.Token) {
 	t.Helper()
 	if got.ID != want.ID || got.Hash != want.Hash || got.Role != want.Role || got.Subject != want.Subject ||
-		got.Description != want.Description || got.CreatedBy != want.CreatedBy {
+		got.Description != want.Description || got.CreatedBy != want.CreatedBy || got.SessionOf != want.SessionOf {
 		t.Fatalf("token %+v, want %+v", got, want)
 	}
 	requireTime(t, "CreatedAt", got.CreatedAt, want.CreatedAt)
@@ -96,6 +103,131 @@ func (s *suite) testTokens(t *testing.T) {
 				requireFieldError(t, err, field)
 			}
 			requireIDs(t, "tokens", h.tokenIDs(nil), []string{})
+		}},
+		{"BadSessionOf", func(t *testing.T, h *harness) {
+			h.createToken(newToken("op", store.RoleOperator, "ops"))
+			for name, parent := range map[string]string{
+				"spaces":     "not a token id",
+				"a NUL":      "op\x00",
+				"too long":   strings.Repeat("a", 129),
+				"a slash":    "op/1",
+				"its own id": "sess",
+			} {
+				t.Run(name, func(t *testing.T) {
+					sess := newToken("sess", store.RoleOperator, "ops")
+					sess.SessionOf = parent
+					_, err := h.s.TokenCreate(h.ctx, &store.TokenCreateParams{Token: sess, Now: h.now()})
+					requireFieldError(t, err, "session_of")
+				})
+			}
+			requireIDs(t, "tokens", h.tokenIDs(nil), []string{"op"})
+		}},
+		{"RevokeTakesItsSessions", func(t *testing.T, h *harness) {
+			parent := h.createToken(newToken("op", store.RoleOperator, "ops"))
+			sessions := []*store.Token{newToken("sess-1", store.RoleOperator, "ops"), newToken("sess-2", store.RoleOperator, "ops")}
+			for _, sess := range sessions {
+				sess.SessionOf = "op"
+				sess.ExpiresAt = h.now().Add(12 * time.Hour)
+				h.createToken(sess)
+			}
+			h.createToken(newToken("other", store.RoleOperator, "ops"))
+			// A session of another token is not this revoke's business.
+			theirs := newToken("their-sess", store.RoleOperator, "ops")
+			theirs.SessionOf = "other"
+			h.createToken(theirs)
+			got := h.tokenByHash("hash-of-sess-1")
+			if got.SessionOf != "op" {
+				t.Fatalf("TokenGetByHash: SessionOf %q, want %q", got.SessionOf, "op")
+			}
+			if got := h.tokenByHash("hash-of-op").SessionOf; got != "" {
+				t.Fatalf("an ordinary token has SessionOf %q", got)
+			}
+
+			h.clock.Advance(time.Minute)
+			at := h.now()
+			revoked, err := h.s.TokenRevoke(h.ctx, &store.TokenRevokeParams{ID: "op", Now: at})
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The revoke answers with the token named, not a session.
+			want := *parent
+			want.RevokedAt = at
+			requireToken(t, revoked, &want)
+			for _, sess := range sessions {
+				got := h.tokenByHash(sess.Hash)
+				requireTime(t, sess.ID+" RevokedAt", got.RevokedAt, at)
+				if got.SessionOf != "op" {
+					t.Fatalf("%s after the revoke: SessionOf %q", sess.ID, got.SessionOf)
+				}
+			}
+			requireIDs(t, "active after revoking op", h.tokenIDs(&store.TokenListParams{ActiveAt: h.now()}), []string{"other", "their-sess"})
+			for _, tok := range h.mustListTokens(&store.TokenListParams{}) {
+				if want := map[string]string{"sess-1": "op", "sess-2": "op", "their-sess": "other"}[tok.ID]; tok.SessionOf != want {
+					t.Fatalf("TokenList: %s has SessionOf %q, want %q", tok.ID, tok.SessionOf, want)
+				}
+			}
+		}},
+		{"RevokeKeepsASessionsFirstRevocation", func(t *testing.T, h *harness) {
+			h.createToken(newToken("op", store.RoleOperator, "ops"))
+			early := newToken("early", store.RoleOperator, "ops")
+			early.SessionOf = "op"
+			h.createToken(early)
+			h.clock.Advance(time.Minute)
+			first := h.now()
+			if _, err := h.s.TokenRevoke(h.ctx, &store.TokenRevokeParams{ID: "early", Now: first}); err != nil {
+				t.Fatal(err)
+			}
+			h.clock.Advance(time.Minute)
+			if _, err := h.s.TokenRevoke(h.ctx, &store.TokenRevokeParams{ID: "op", Now: h.now()}); err != nil {
+				t.Fatal(err)
+			}
+			requireTime(t, "a session revoked before its parent", h.tokenByHash("hash-of-early").RevokedAt, first)
+
+			// A session made from the token after it was revoked (a replica
+			// still trusting a cached lookup) dies when the token is revoked
+			// again, at that time; the token keeps its first revocation.
+			late := newToken("late", store.RoleOperator, "ops")
+			late.SessionOf = "op"
+			h.createToken(late)
+			h.clock.Advance(time.Minute)
+			again := h.now()
+			tok, err := h.s.TokenRevoke(h.ctx, &store.TokenRevokeParams{ID: "op", Now: again})
+			if err != nil {
+				t.Fatal(err)
+			}
+			requireTime(t, "the token revoked twice", tok.RevokedAt, first.Add(time.Minute))
+			requireTime(t, "a session made after its parent was revoked", h.tokenByHash("hash-of-late").RevokedAt, again)
+		}},
+		{"RevokingASessionLeavesItsParent", func(t *testing.T, h *harness) {
+			h.createToken(newToken("op", store.RoleOperator, "ops"))
+			for _, id := range []string{"sess-1", "sess-2"} {
+				sess := newToken(id, store.RoleOperator, "ops")
+				sess.SessionOf = "op"
+				h.createToken(sess)
+			}
+			h.clock.Advance(time.Minute)
+			revoked, err := h.s.TokenRevoke(h.ctx, &store.TokenRevokeParams{ID: "sess-1", Now: h.now()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if revoked.ID != "sess-1" || revoked.SessionOf != "op" {
+				t.Fatalf("revoking sess-1 returned %+v", revoked)
+			}
+			requireTime(t, "sess-1 RevokedAt", revoked.RevokedAt, h.now())
+			requireIDs(t, "active after signing one session out", h.tokenIDs(&store.TokenListParams{ActiveAt: h.now()}), []string{"op", "sess-2"})
+		}},
+		{"RevokingAnUnknownTokenLeavesSessionsNamingIt", func(t *testing.T, h *harness) {
+			// The link is not a foreign key: an import may bring a session
+			// without its token. Revoking that id is still not found, and
+			// changes nothing.
+			orphan := newToken("orphan", store.RoleOperator, "ops")
+			orphan.SessionOf = "nobody"
+			h.createToken(orphan)
+			_, err := h.s.TokenRevoke(h.ctx, &store.TokenRevokeParams{ID: "nobody", Now: h.now()})
+			requireIs(t, err, store.ErrNotFound, "revoking an unknown token")
+			if got := h.tokenByHash("hash-of-orphan"); !got.RevokedAt.IsZero() {
+				t.Fatalf("a refused revoke revoked the session naming it, at %v", got.RevokedAt)
+			}
 		}},
 		{"ListFiltersAndPages", func(t *testing.T, h *harness) {
 			h.createToken(newToken("op", store.RoleOperator, "ops"))

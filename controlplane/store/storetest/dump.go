@@ -121,13 +121,15 @@ func (s *suite) testDump(t *testing.T) {
 					x.DependsOn = []string{"nowhere"}
 					return x
 				}()},
-				"token without hash": {Token: &store.Token{ID: "x", Role: store.RoleAgent, Subject: "s", CreatedAt: at}},
-				"token role":         {Token: &store.Token{ID: "x", Hash: "h", Role: "admin", Subject: "s", CreatedAt: at}},
-				"audit id 0":         {Audit: &store.AuditEntry{Time: at, Who: "w", Role: store.RoleOperator, RPC: "/x", Outcome: "OK"}},
-				"unpaused reason":    {Queue: &store.QueueSettings{Reason: "why"}},
-				"fleet event host":   {FleetEvent: &store.FleetEvent{ID: "e", Kind: "model_swap", Time: at}},
-				"fleet event time":   {FleetEvent: &store.FleetEvent{ID: "e", Host: "gpu-1", Kind: "model_swap"}},
-				"event and audit":    {FleetEvent: &store.FleetEvent{ID: "e", Host: "gpu-1", Kind: "k", Time: at}, Audit: auditAt(1, at)},
+				"token without hash":    {Token: &store.Token{ID: "x", Role: store.RoleAgent, Subject: "s", CreatedAt: at}},
+				"token role":            {Token: &store.Token{ID: "x", Hash: "h", Role: "admin", Subject: "s", CreatedAt: at}},
+				"token session_of":      {Token: &store.Token{ID: "x", Hash: "h", Role: store.RoleOperator, Subject: "s", CreatedAt: at, SessionOf: "not an id"}},
+				"token its own session": {Token: &store.Token{ID: "x", Hash: "h", Role: store.RoleOperator, Subject: "s", CreatedAt: at, SessionOf: "x"}},
+				"audit id 0":            {Audit: &store.AuditEntry{Time: at, Who: "w", Role: store.RoleOperator, RPC: "/x", Outcome: "OK"}},
+				"unpaused reason":       {Queue: &store.QueueSettings{Reason: "why"}},
+				"fleet event host":      {FleetEvent: &store.FleetEvent{ID: "e", Kind: "model_swap", Time: at}},
+				"fleet event time":      {FleetEvent: &store.FleetEvent{ID: "e", Host: "gpu-1", Kind: "model_swap"}},
+				"event and audit":       {FleetEvent: &store.FleetEvent{ID: "e", Host: "gpu-1", Kind: "k", Time: at}, Audit: auditAt(1, at)},
 			}
 			for name, rec := range bad {
 				_, err := h.s.DumpLoad(h.ctx, &store.DumpLoadParams{Records: store.DumpRecords(rec)})
@@ -161,8 +163,8 @@ func auditAt(id int64, at time.Time) *store.AuditEntry {
 // richState fills h's store with every kind of row: a task in every state
 // (a held lease, a retried task in backoff, a dependency chain, a task the
 // queue paused and one an operator paused), labels and an unusual payload,
-// a paused queue, live, revoked, expiring and used tokens, and audit
-// entries. Times carry odd fractions of a second on purpose.
+// a paused queue, live, revoked, expiring and used tokens, a console
+// session made from one, and audit entries. Times carry odd fractions of a second on purpose.
 func richState(t *testing.T, h *harness) {
 	t.Helper()
 	h.clock.Advance(1234567 * time.Microsecond)
@@ -206,6 +208,10 @@ func richState(t *testing.T, h *harness) {
 	exp.Roles = []string{"builder", "tester"}
 	h.createToken(exp)
 	h.createToken(newToken("gone", store.RoleSidecar, "gpu-1"))
+	sess := newToken("sess", store.RoleOperator, "ops")
+	sess.SessionOf = "op"
+	sess.ExpiresAt = h.now().Add(12 * time.Hour)
+	h.createToken(sess)
 	h.clock.Advance(time.Second)
 	if _, err := h.s.TokenRevoke(h.ctx, &store.TokenRevokeParams{ID: "gone", Now: h.now()}); err != nil {
 		t.Fatal(err)
@@ -258,7 +264,7 @@ func (s *suite) dumpRoundTrip(t *testing.T, h *harness) {
 	for _, r := range recs {
 		kinds = append(kinds, string(r.Kind()))
 	}
-	wantKinds := "queue " + strings.Repeat("task ", 10) + strings.Repeat("token ", 3) + "audit audit audit " +
+	wantKinds := "queue " + strings.Repeat("task ", 10) + strings.Repeat("token ", 4) + "audit audit audit " +
 		"fleet_event fleet_event fleet_event"
 	if strings.Join(kinds, " ") != strings.TrimSpace(wantKinds) {
 		t.Fatalf("dump order: %v, want %s", kinds, wantKinds)
@@ -290,7 +296,8 @@ func (s *suite) dumpRoundTrip(t *testing.T, h *harness) {
 // dumpCarriesOn proves the loaded rows work, not just read back: the held
 // lease still holds under its fencing token, claims keep their order and
 // their tokens grow, resume restores what the queue paused, audit ids go
-// on from the dump's, and a token is found by its hash.
+// on from the dump's, a token is found by its hash, and revoking a token
+// takes the console sessions made from it.
 func (s *suite) dumpCarriesOn(t *testing.T, h *harness) {
 	recs := richDump(t, h)
 	dst := s.setup(t)
@@ -329,6 +336,12 @@ func (s *suite) dumpCarriesOn(t *testing.T, h *harness) {
 	}
 	if tok := dst.tokenByHash("hash-of-gone"); tok.RevokedAt.IsZero() {
 		t.Fatal("the revoked token is active after the load")
+	}
+	if _, err := dst.s.TokenRevoke(dst.ctx, &store.TokenRevokeParams{ID: "op", Now: dst.now()}); err != nil {
+		t.Fatal(err)
+	}
+	if tok := dst.tokenByHash("hash-of-sess"); tok.SessionOf != "op" || !tok.RevokedAt.Equal(dst.now()) {
+		t.Fatalf("the loaded session after revoking its token: session_of %q revoked at %v", tok.SessionOf, tok.RevokedAt)
 	}
 	// The loaded events list by time, and a sidecar's replay of one
 	// counts nothing.
