@@ -83,6 +83,10 @@ type Config struct {
 	// replica's and (through the event relay) the other replicas': Wait
 	// hears a decision made on another replica from it, without polling.
 	Decisions *notify.Hub
+	// ConsoleURL is the operator console's address as the operator's
+	// phone reaches it (https://factory.example:7421); when set, every
+	// approval card carries the link to its page.
+	ConsoleURL string
 }
 
 // WithDefaults returns a copy with every unset field at its default.

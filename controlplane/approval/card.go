@@ -94,13 +94,20 @@ func (s *Service) notify(ctx context.Context, a *store.Approval, what string) {
 	if what == "reminder" {
 		title = "Reminder: " + title
 	}
+	text := Card(a, now)
+	link := s.Link(a.ID)
+	if link != "" {
+		// One tap from the chat app to the decision.
+		text += "\nOpen: " + link
+	}
 	s.pub.Publish(ctx, notify.Event{
 		Kind:  notify.KindApproval,
 		ID:    id.String(),
 		Time:  now,
 		Title: title,
-		Text:  Card(a, now),
+		Text:  text,
 		Attributes: map[string]string{
+			"url":      link,
 			"id":       a.ID,
 			"agent":    a.Agent,
 			"risk":     a.Risk.String(),
@@ -111,4 +118,13 @@ func (s *Service) notify(ctx context.Context, a *store.Approval, what string) {
 			"task_id":  a.TaskID,
 		},
 	})
+}
+
+// Link is the address of an approval's page in the operator console, or
+// empty when no console URL is configured.
+func (s *Service) Link(id string) string {
+	if s.cfg.ConsoleURL == "" {
+		return ""
+	}
+	return strings.TrimRight(s.cfg.ConsoleURL, "/") + "/approvals/" + id
 }

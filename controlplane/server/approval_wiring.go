@@ -36,8 +36,8 @@ type ApprovalConfig struct {
 // queue's new tasks and waking its claimers on decisions. events is the hub
 // that pub and the other replicas' relayed events feed: waiters hear
 // decisions made on other replicas from it.
-func newApprovals(cfg ApprovalConfig, st store.Store, q *queue.Service, clock queue.Clock, pub notify.Publisher, events *notify.Hub, log *slog.Logger) (*approval.Service, error) {
-	acfg := approval.Config{Store: st, Queue: q, Publisher: pub, Decisions: events, Logger: log, DefaultTimeout: cfg.DefaultTimeout, MinTimeout: cfg.MinTimeout}
+func newApprovals(cfg ApprovalConfig, st store.Store, q *queue.Service, clock queue.Clock, pub notify.Publisher, events *notify.Hub, log *slog.Logger, consoleURL string) (*approval.Service, error) {
+	acfg := approval.Config{Store: st, Queue: q, Publisher: pub, Decisions: events, Logger: log, DefaultTimeout: cfg.DefaultTimeout, MinTimeout: cfg.MinTimeout, ConsoleURL: consoleURL}
 	if clock != nil {
 		acfg.Clock = clock
 	}

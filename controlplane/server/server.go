@@ -12,6 +12,8 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
@@ -27,14 +29,17 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/test/bufconn"
 
 	"github.com/factory/factory/controlplane/access"
 	"github.com/factory/factory/controlplane/alert"
 	"github.com/factory/factory/controlplane/approval"
 	"github.com/factory/factory/controlplane/budget"
+	"github.com/factory/factory/controlplane/console"
 	"github.com/factory/factory/controlplane/digest"
 	"github.com/factory/factory/controlplane/fleet"
 	"github.com/factory/factory/controlplane/maintenance"
@@ -112,6 +117,24 @@ type Config struct {
 	// OnListening, when set, is called with the bound address once the
 	// server accepts connections.
 	OnListening func(addr net.Addr)
+	// Console serves the operator console; its zero value is off.
+	Console ConsoleConfig
+}
+
+// ConsoleConfig configures the operator console (package console).
+type ConsoleConfig struct {
+	// Listen is the console's HTTP address, under the same TLS and
+	// plaintext rules as Listen; empty turns the console off.
+	Listen string
+	// URL is the console's address as operators reach it, which approval
+	// cards link to; empty derives it from the bound address.
+	URL string
+	// SessionTTL bounds a session; 0 means console.DefaultSessionTTL.
+	SessionTTL time.Duration
+	// OnListening, when set, is told the console's URL once it accepts
+	// connections, and a one-time sign-in path for the bootstrap operator
+	// when the console is on loopback (else empty).
+	OnListening func(url, signInPath string)
 }
 
 // WithDefaults returns a copy with every unset field at its default.
@@ -145,6 +168,11 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	if err := transport.CheckListen(cfg.Listen, tlsCfg != nil, cfg.Insecure); err != nil {
 		return err
+	}
+	if cfg.Console.Listen != "" {
+		if err := transport.CheckListen(cfg.Console.Listen, tlsCfg != nil, cfg.Insecure); err != nil {
+			return fmt.Errorf("console: %w", err)
+		}
 	}
 	if _, err := requestValidator(); err != nil {
 		return err
@@ -233,7 +261,14 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	approvals, err := newApprovals(cfg.Approvals, qcfg.Store, q, qcfg.Clock, notif.Notifier, notif.hub, log)
+	consoleLis, consoleURL, err := listenConsole(cfg.Console, tlsCfg)
+	if err != nil {
+		return err
+	}
+	if consoleLis != nil {
+		defer consoleLis.Close()
+	}
+	approvals, err := newApprovals(cfg.Approvals, qcfg.Store, q, qcfg.Clock, notif.Notifier, notif.hub, log, consoleURL)
 	if err != nil {
 		return err
 	}
@@ -253,8 +288,9 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer func() { _ = met.Shutdown(context.WithoutCancel(ctx)) }()
-	srv, healthSrv := NewGRPCServer(Services{Queue: q, Access: acc, Ops: opsSvc, Fleet: fl, Placements: placements, FleetEvents: fleetEvents, FleetHistory: history, Maintenance: maint, Digest: dig, Budget: bud, Alerts: alerts, Events: notif.hub, Approvals: approvals}, log, cfg.TracerProvider, stopping,
-		WithTLS(tlsCfg), WithRateLimit(cfg.RateLimit), WithStreamLimits(cfg.Streams), WithMeterProvider(met.MeterProvider()), WithAuthFailLimit(cfg.AuthFailLimit))
+	services := Services{Queue: q, Access: acc, Ops: opsSvc, Fleet: fl, Placements: placements, FleetEvents: fleetEvents, FleetHistory: history, Maintenance: maint, Digest: dig, Budget: bud, Alerts: alerts, Events: notif.hub, Approvals: approvals}
+	grpcOpts := []GRPCOption{WithRateLimit(cfg.RateLimit), WithStreamLimits(cfg.Streams), WithMeterProvider(met.MeterProvider()), WithAuthFailLimit(cfg.AuthFailLimit)}
+	srv, healthSrv := NewGRPCServer(services, log, cfg.TracerProvider, stopping, append(grpcOpts, WithTLS(tlsCfg))...)
 
 	log.InfoContext(ctx, "listening", "addr", lis.Addr().String(), "tls", tlsMode(tlsCfg), "store", driver, "db", where, "pid", os.Getpid())
 	if cfg.OnListening != nil {
@@ -270,6 +306,20 @@ func Run(ctx context.Context, cfg Config) error {
 	})
 	if cfg.DebugListen != "" {
 		g.Go(func() error { return serveDebug(gctx, cfg.DebugListen, log) })
+	}
+	var inproc *grpc.Server
+	if consoleLis != nil {
+		// The console calls the API in process, on a server of its own
+		// built the same way (policy, validation, limits, audit) but
+		// without TLS, which a connection that never leaves the process
+		// does not need and mutual TLS would refuse.
+		inproc, _ = NewGRPCServer(services, log, cfg.TracerProvider, stopping, grpcOpts...)
+		cons, err := newConsole(cfg, acc, inproc, g, log, tlsCfg != nil)
+		if err != nil {
+			return err
+		}
+		g.Go(func() error { return cons.Serve(gctx, consoleLis, tlsCfg, cfg.ShutdownTimeout) })
+		announceConsole(cfg, cons, consoleLis, consoleURL, log)
 	}
 	if counters != nil {
 		g.Go(func() error { return counters.run(gctx) })
@@ -308,6 +358,9 @@ func Run(ctx context.Context, cfg Config) error {
 		log.Info("shutting down", "grace", cfg.ShutdownTimeout.String())
 		healthSrv.Shutdown()
 		close(stopping)
+		if inproc != nil {
+			stopGracefully(inproc, cfg.ShutdownTimeout, log)
+		}
 		stopGracefully(srv, cfg.ShutdownTimeout, log)
 		return nil
 	})
@@ -520,4 +573,68 @@ func NewGRPCServer(svc Services, log *slog.Logger, tp trace.TracerProvider, stop
 	registerApprovals(srv, healthSrv, svc, log, stopping)
 	registerReflection(srv)
 	return srv, healthSrv
+}
+
+// listenConsole binds the console's address, so its URL is known before
+// the approval cards that link to it are made. Off: nil and "".
+func listenConsole(cfg ConsoleConfig, tlsCfg *tls.Config) (net.Listener, string, error) {
+	if cfg.Listen == "" {
+		return nil, "", nil
+	}
+	lis, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return nil, "", fmt.Errorf("console: listen on %s: %w", cfg.Listen, err)
+	}
+	url := cfg.URL
+	if url == "" {
+		scheme := "http"
+		if tlsCfg != nil {
+			scheme = "https"
+		}
+		url = scheme + "://" + lis.Addr().String()
+	}
+	return lis, strings.TrimRight(url, "/"), nil
+}
+
+// newConsole builds the console over an in-process connection to inproc,
+// which it serves until the control plane stops.
+func newConsole(cfg Config, acc *access.Service, inproc *grpc.Server, g *errgroup.Group, log *slog.Logger, secure bool) (*console.Server, error) {
+	bl := bufconn.Listen(1 << 20)
+	g.Go(func() error {
+		if err := inproc.Serve(bl); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			return fmt.Errorf("console API: %w", err)
+		}
+		return nil
+	})
+	conn, err := grpc.NewClient("passthrough:///console",
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return bl.DialContext(ctx) }),
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(transport.MaxResponseBytes)))
+	if err != nil {
+		return nil, err
+	}
+	return console.New(console.Config{
+		Conn:       conn,
+		Access:     acc,
+		Secure:     secure,
+		SessionTTL: cfg.Console.SessionTTL,
+		TokenFile:  filepath.Join(cfg.DataDir, access.OperatorTokenFile),
+		Logger:     log.With("component", "console"),
+	})
+}
+
+// announceConsole logs the console's address and, on loopback, hands the
+// one-time sign-in path to OnListening (make run prints it).
+func announceConsole(cfg Config, cons *console.Server, lis net.Listener, url string, log *slog.Logger) {
+	var path string
+	if transport.IsLoopback(lis.Addr().String()) {
+		p, err := cons.SignInLink()
+		if err == nil {
+			path = p
+		}
+	}
+	log.Info("console listening", "url", url)
+	if cfg.Console.OnListening != nil {
+		cfg.Console.OnListening(url, path)
+	}
 }

@@ -124,7 +124,7 @@ func setupWith(t *testing.T, clock *fakeClock, opts []GRPCOption, dialOpts ...gr
 	if err != nil {
 		t.Fatal(err)
 	}
-	approvals, err := newApprovals(ApprovalConfig{}, st, q, qcfg.Clock, events, events, log)
+	approvals, err := newApprovals(ApprovalConfig{}, st, q, qcfg.Clock, events, events, log, "")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -22,24 +23,31 @@ import (
 // highest: defaults, the YAML file (--config / FACTORY_CONFIG), FACTORY_*
 // environment variables, flags.
 type fileConfig struct {
-	Listen          string        `yaml:"listen"`
-	DataDir         string        `yaml:"data_dir"`
-	Store           string        `yaml:"store"`
-	PostgresSchema  string        `yaml:"pg_schema"`
-	DebugListen     string        `yaml:"debug_listen"`
-	MetricsListen   string        `yaml:"metrics_listen"`
-	LogLevel        string        `yaml:"log_level"`
-	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
-	DefaultLease    time.Duration `yaml:"default_lease"`
-	RetryBase       time.Duration `yaml:"retry_base"`
-	RetryMax        time.Duration `yaml:"retry_max"`
-	RescueInterval  time.Duration `yaml:"rescue_interval"`
-	TLSCert         string        `yaml:"tls_cert"`
-	TLSKey          string        `yaml:"tls_key"`
-	TLSClientCA     string        `yaml:"tls_client_ca"`
-	Insecure        bool          `yaml:"insecure"`
-	RateLimit       float64       `yaml:"rate_limit"`
-	RateBurst       int           `yaml:"rate_burst"`
+	Listen         string `yaml:"listen"`
+	DataDir        string `yaml:"data_dir"`
+	Store          string `yaml:"store"`
+	PostgresSchema string `yaml:"pg_schema"`
+	DebugListen    string `yaml:"debug_listen"`
+	MetricsListen  string `yaml:"metrics_listen"`
+	// ConsoleListen serves the operator console: "auto" is a loopback
+	// address on the port after Listen's, "off" turns it off. ConsoleURL
+	// is its address as operators reach it (approval cards link to it);
+	// ConsoleSessionTTL bounds a session.
+	ConsoleListen     string        `yaml:"console_listen"`
+	ConsoleURL        string        `yaml:"console_url"`
+	ConsoleSessionTTL time.Duration `yaml:"console_session_ttl"`
+	LogLevel          string        `yaml:"log_level"`
+	ShutdownTimeout   time.Duration `yaml:"shutdown_timeout"`
+	DefaultLease      time.Duration `yaml:"default_lease"`
+	RetryBase         time.Duration `yaml:"retry_base"`
+	RetryMax          time.Duration `yaml:"retry_max"`
+	RescueInterval    time.Duration `yaml:"rescue_interval"`
+	TLSCert           string        `yaml:"tls_cert"`
+	TLSKey            string        `yaml:"tls_key"`
+	TLSClientCA       string        `yaml:"tls_client_ca"`
+	Insecure          bool          `yaml:"insecure"`
+	RateLimit         float64       `yaml:"rate_limit"`
+	RateBurst         int           `yaml:"rate_burst"`
 	// AuditWindow and AuditRetention bound the audit log: identical
 	// refusals within the window share one entry; entries last seen
 	// longer ago than the retention are deleted (0 keeps them).
@@ -89,13 +97,15 @@ type fileConfig struct {
 
 func defaultConfig() fileConfig {
 	return fileConfig{
-		Listen:          "127.0.0.1:7420",
-		DataDir:         "data",
-		LogLevel:        "info",
-		MetricsListen:   "127.0.0.1:9464",
-		TimeZone:        "Pacific/Auckland",
-		DigestAt:        "08:00",
-		ApprovalTimeout: time.Hour,
+		Listen:            "127.0.0.1:7420",
+		DataDir:           "data",
+		LogLevel:          "info",
+		MetricsListen:     "127.0.0.1:9464",
+		ConsoleListen:     "auto",
+		ConsoleSessionTTL: 12 * time.Hour,
+		TimeZone:          "Pacific/Auckland",
+		DigestAt:          "08:00",
+		ApprovalTimeout:   time.Hour,
 
 		// Long enough for a person to read a card and answer it.
 		ApprovalMinTimeout: 5 * time.Minute,
@@ -126,6 +136,34 @@ func defaultConfig() fileConfig {
 
 func (c fileConfig) queueConfig() queue.Config {
 	return queue.Config{DefaultLease: c.DefaultLease, RetryBase: c.RetryBase, RetryMax: c.RetryMax, RescueInterval: c.RescueInterval}
+}
+
+// consoleListen is the console's address for server.Config: "off" is
+// empty, "auto" (or empty) a loopback address on the port after Listen's
+// (port 0 stays 0), so the console never listens wider than asked.
+func (c fileConfig) consoleListen() (string, error) {
+	v := strings.TrimSpace(c.ConsoleListen)
+	switch {
+	case strings.EqualFold(v, "off"):
+		return "", nil
+	case v != "" && !strings.EqualFold(v, "auto"):
+		return v, nil
+	}
+	host, port, err := net.SplitHostPort(c.Listen)
+	if err != nil {
+		return "", fmt.Errorf("console-listen auto: --listen %q: %w", c.Listen, err)
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil || p < 0 || p >= 65535 {
+		return "", fmt.Errorf("console-listen auto: --listen %q has no numeric port; give --console-listen", c.Listen)
+	}
+	if p > 0 {
+		p++
+	}
+	if !transport.IsLoopback(c.Listen) {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, strconv.Itoa(p)), nil
 }
 
 // metricsListen is the metrics address for server.Config: "off" is empty.
@@ -179,6 +217,9 @@ Flags:
 	fs.StringVar(&cfg.DebugListen, "debug-listen", cfg.DebugListen, "loopback address for Go's profiler (/debug/pprof/); off when empty")
 	fs.StringVar(&cfg.RedisURL, "redis-url", cfg.RedisURL, "Redis for the live spend counters (redis://host:6379/0): dash:spend:daily:* as the runbook reads them; off when empty")
 	fs.StringVar(&cfg.MetricsListen, "metrics-listen", cfg.MetricsListen, "address for Prometheus metrics (/metrics, /healthz); \"off\" or empty turns them off")
+	fs.StringVar(&cfg.ConsoleListen, "console-listen", cfg.ConsoleListen, "address of the operator console (web UI): \"auto\" is loopback on the port after --listen's, \"off\" turns it off; same TLS and plaintext rules as --listen")
+	fs.StringVar(&cfg.ConsoleURL, "console-url", cfg.ConsoleURL, "the console's address as operators reach it (https://factory.example:7421), for the links in approval cards; default: the address it listens on")
+	fs.DurationVar(&cfg.ConsoleSessionTTL, "console-session-ttl", cfg.ConsoleSessionTTL, "how long a console sign-in lasts (never longer than the token it was made from)")
 	fs.StringVar(&cfg.PostgresSchema, "pg-schema", cfg.PostgresSchema, "PostgreSQL schema for the tables (default public)")
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long running calls get to finish at shutdown")
@@ -271,6 +312,12 @@ func fieldString(c fileConfig, flagName string) string {
 		return c.DebugListen
 	case "metrics-listen":
 		return c.MetricsListen
+	case "console-listen":
+		return c.ConsoleListen
+	case "console-url":
+		return c.ConsoleURL
+	case "console-session-ttl":
+		return c.ConsoleSessionTTL.String()
 	case "redis-url":
 		return c.RedisURL
 	case "log-level":

@@ -49,7 +49,13 @@ func run(ctx context.Context, args []string) error {
 		}
 	}()
 	warnWideDataDir(cfg.DataDir, log)
+	consoleListen, err := cfg.consoleListen()
+	if err != nil {
+		return err
+	}
 	return server.Run(ctx, server.Config{
+		Console: server.ConsoleConfig{Listen: consoleListen, URL: cfg.ConsoleURL, SessionTTL: cfg.ConsoleSessionTTL,
+			OnListening: func(url, signIn string) { announceConsole(cfg.DataDir, url, signIn, log) }},
 		Listen:          cfg.Listen,
 		DataDir:         cfg.DataDir,
 		Store:           cfg.Store,
