@@ -162,6 +162,19 @@ func TestAuditList(t *testing.T) {
 	if len(byOperator) != 2 || byOperator[0]["rpc"] != "/factory.v1.QueueService/MoveTask" || !strings.Contains(byOperator[0]["before_json"].(string), "READY") {
 		t.Fatalf("audit ls --who operator --limit 2: %v", byOperator)
 	}
+	var byTarget []map[string]any
+	if err := json.Unmarshal([]byte(sh.ok("audit", "ls", "--target", "job", "--limit", "2", "-o", "json")), &byTarget); err != nil {
+		t.Fatal(err)
+	}
+	if len(byTarget) != 2 || byTarget[0]["outcome"] != "PERMISSION_DENIED" || byTarget[1]["rpc"] != "/factory.v1.QueueService/MoveTask" {
+		t.Fatalf("audit ls --target job --limit 2: %v", byTarget)
+	}
+	if out := sh.ok("audit", "ls", "--target", "job", "--who", "forge"); strings.Count(out, "\n") != 2 || !strings.Contains(out, "PERMISSION_DENIED") {
+		t.Fatalf("audit ls --target job --who forge:\n%s", out)
+	}
+	if out := sh.ok("audit", "ls", "--target", "queue"); strings.Count(out, "\n") != 1 {
+		t.Fatalf("audit ls --target queue, never touched:\n%s", out)
+	}
 	if out := sh.ok("audit", "ls", "--since", "2000-01-01T00:00:00Z", "--who", "nobody"); strings.Count(out, "\n") != 1 {
 		t.Fatalf("audit ls for nobody:\n%s", out)
 	}

@@ -64,8 +64,8 @@ func parseSince(s string, now time.Time) (time.Time, error) {
 
 func newAuditListCommand(a *app) *cobra.Command {
 	var (
-		since, who string
-		limit      int
+		since, who, target string
+		limit              int
 	)
 	cmd := &cobra.Command{
 		Use:     "ls",
@@ -75,13 +75,16 @@ func newAuditListCommand(a *app) *cobra.Command {
 keeps entries from a span back from now (24h, 7d, 90m) or from an RFC 3339
 time (an entry standing for several calls counts from its last one);
 --who keeps one caller's, by subject (an agent, a host, an operator's
-name) or by token id.
+name) or by token id; --target keeps what was done to one thing, as the
+TARGET column shows it: a task id (the task's history), a token id,
+"queue", "agent forge".
 
 The CHANGE column shows the fields that changed (state READY→FAILED); for
 a refused call it shows why. -o json has the full before and after states
 and the trace id.`,
 		Example: `  factory audit ls --since 24h
   factory audit ls --since 7d --who forge
+  factory audit ls --target 0190a1b2-7c3d-7e4f-8a9b-0c1d2e3f4a5b
   factory audit ls --limit 500 -o json > audit.json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -92,7 +95,7 @@ and the trace id.`,
 			if limit <= 0 {
 				return usageErrorf("--limit must be positive")
 			}
-			req := &factoryv1.ListAuditRequest{Who: who}
+			req := &factoryv1.ListAuditRequest{Who: who, Target: target}
 			if !from.IsZero() {
 				req.Since = timestamppb.New(from)
 			}
@@ -119,6 +122,7 @@ and the trace id.`,
 	f := cmd.Flags()
 	f.StringVar(&since, "since", "", "only entries from this span back from now (24h, 7d) or this RFC 3339 time")
 	f.StringVar(&who, "who", "", "only entries by this subject or token id")
+	f.StringVar(&target, "target", "", "only entries on this target: a task id, a token id or queue")
 	f.IntVar(&limit, "limit", 100, "at most this many entries")
 	return cmd
 }

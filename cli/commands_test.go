@@ -264,6 +264,8 @@ func TestErrorsAndUsage(t *testing.T) {
 		{"task", "create", "--title", "x", "--payload", "{}", "--payload-file", "f"},
 		{"task", "create", "--title", "x", "--payload", "{not json"},
 		{"task", "ls", "--state", "sideways"},
+		{"task", "ls", "--min-attempt", "-1"},
+		{"task", "ls", "--min-attempt", "many"},
 		{"-o", "yaml", "queue", "stats"},
 		{"task", "claim"}, // no --agent
 		{"queue", "requeue-stuck"},
@@ -296,6 +298,40 @@ func TestListPagingAndJSON(t *testing.T) {
 	}
 	if len(all) != 12 {
 		t.Fatalf("--all returned %d tasks, want 12", len(all))
+	}
+	// --kind and --min-attempt combine with the other filters and page.
+	for _, id := range []string{"k1", "k2", "k3"} {
+		sh.ok("task", "create", "--id", id, "--title", "kinded", "--kind", "build", "--role", "k")
+	}
+	sh.ok("task", "create", "--id", "k4", "--title", "other kind", "--kind", "research", "--role", "k")
+	if r := sh.agent("claim", "k-agent", "--role", "k"); r.code != 0 || !strings.Contains(r.stdout, "k1") {
+		t.Fatalf("claim: %+v", r)
+	}
+	listIDs := func(args ...string) string {
+		t.Helper()
+		var tasks []map[string]any
+		if err := json.Unmarshal([]byte(sh.ok(append([]string{"task", "ls", "-o", "json"}, args...)...)), &tasks); err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for _, task := range tasks {
+			ids = append(ids, task["id"].(string))
+		}
+		return strings.Join(ids, ",")
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--kind", "build"}, "k1,k2,k3"},
+		{[]string{"--kind", "build", "--limit", "1", "--all"}, "k1,k2,k3"},
+		{[]string{"--kind", "build", "--state", "ready"}, "k2,k3"},
+		{[]string{"--min-attempt", "1"}, "k1"},
+		{[]string{"--kind", "research", "--min-attempt", "1"}, ""},
+	} {
+		if got := listIDs(c.args...); got != c.want {
+			t.Errorf("task ls %s: %q, want %q", strings.Join(c.args, " "), got, c.want)
+		}
 	}
 	var stats map[string]any
 	if err := json.Unmarshal([]byte(sh.ok("queue", "stats", "-o", "json")), &stats); err != nil {

@@ -201,8 +201,9 @@ func newTaskListCommand(a *app) *cobra.Command {
 		Aliases: []string{"list"},
 		Short:   "List tasks, filtered",
 		Long: `Ls lists tasks oldest first. Filters combine: --state (repeatable or
-comma-separated), --role, --assignee (tasks assigned to or held by that
-agent) and --label key=value (repeatable; a task must carry all of them).
+comma-separated), --role, --kind, --assignee (tasks assigned to or held by
+that agent), --label key=value (repeatable; a task must carry all of them)
+and --min-attempt N (tasks claimed at least N times: retry loops).
 
 One page of --limit tasks is shown; --all pages through everything. When
 more tasks match than were shown, a hint goes to standard error.
@@ -217,6 +218,7 @@ Columns: HOLDER is the lease holder, or →agent for an assignee; ATTEMPT is
 claims so far over claims allowed; SINCE is when the task entered its state.`,
 		Example: `  factory task ls
   factory task ls --state ready,in-progress --role builder
+  factory task ls --kind build --min-attempt 2
   factory task ls --state failed --all -o json | jq -r '.[].id'
   factory task ls --state ready --full -o json | jq '.[].payload_json'`,
 		Args: cobra.NoArgs,
@@ -224,6 +226,9 @@ claims so far over claims allowed; SINCE is when the task entered its state.`,
 			var err error
 			if req.States, err = parseStates(states); err != nil {
 				return usageErrorf("--state: %v", err)
+			}
+			if req.MinAttempt < 0 {
+				return usageErrorf("--min-attempt must not be negative")
 			}
 			if _, err := parseLabels(labels); err != nil {
 				return usageErrorf("%v", err)
@@ -266,8 +271,10 @@ claims so far over claims allowed; SINCE is when the task entered its state.`,
 	f := cmd.Flags()
 	f.StringSliceVar(&states, "state", nil, "only tasks in this state (repeatable, comma-separated)")
 	f.StringVar(&req.Role, "role", "", "only tasks needing this role")
+	f.StringVar(&req.Kind, "kind", "", "only tasks of this kind")
 	f.StringVar(&req.Assignee, "assignee", "", "only tasks assigned to or held by this agent")
 	f.StringArrayVar(&labels, "label", nil, "only tasks with label key=value (repeatable)")
+	f.Int32Var(&req.MinAttempt, "min-attempt", 0, "only tasks claimed at least this many times")
 	f.Int32Var(&req.PageSize, "limit", 100, "tasks per page (at most 1000)")
 	f.BoolVar(&all, "all", false, "page through every matching task")
 	f.BoolVar(&full, "full", false, "every field of each task, payload included (default: summaries)")

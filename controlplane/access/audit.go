@@ -107,6 +107,7 @@ func (s *Service) Append(ctx context.Context, entries []*store.AuditEntry) error
 type AuditListParams struct {
 	Since     time.Time
 	Who       string
+	Target    string
 	PageSize  int
 	PageToken string
 }
@@ -115,7 +116,7 @@ type AuditListParams struct {
 // not flushed yet are flushed first, so a listing is exact here.
 func (s *Service) ListAudit(ctx context.Context, p AuditListParams) (*store.AuditListResult, error) {
 	s.FlushAudit(ctx)
-	return s.store.AuditList(ctx, &store.AuditListParams{Since: p.Since, Who: p.Who, Limit: pageSize(p.PageSize), Cursor: p.PageToken})
+	return s.store.AuditList(ctx, &store.AuditListParams{Since: p.Since, Who: p.Who, Target: p.Target, Limit: pageSize(p.PageSize), Cursor: p.PageToken})
 }
 
 // Now is the service's clock, for callers stamping entries themselves.

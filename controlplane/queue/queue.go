@@ -257,8 +257,11 @@ type ListParams struct {
 	Assignee  string
 	Labels    []string // "key=value"
 	IDs       []string
+	Kind      string
 	PageSize  int
 	PageToken string
+	// MinAttempt keeps tasks claimed at least this many times; 0 keeps all.
+	MinAttempt int
 	// Summary leaves the tasks' large fields out (see store.Task.Summary).
 	Summary bool
 }
@@ -271,6 +274,7 @@ func (s *Service) List(ctx context.Context, p ListParams) (*store.TaskListResult
 	}
 	return s.store.TaskList(ctx, &store.TaskListParams{
 		States: p.States, Role: p.Role, Assignee: p.Assignee, Labels: parseLabels(p.Labels), IDs: p.IDs,
+		Kind: p.Kind, MinAttempt: p.MinAttempt,
 		Limit: p.PageSize, Cursor: p.PageToken, MaxBytes: ResponseBytes, Summary: p.Summary,
 	})
 }

@@ -97,7 +97,8 @@ func (s *accessServer) SetTokenRoles(ctx context.Context, r *factoryv1.SetTokenR
 
 func (s *accessServer) ListAudit(ctx context.Context, r *factoryv1.ListAuditRequest) (*factoryv1.ListAuditResponse, error) {
 	res, err := s.acc.ListAudit(ctx, access.AuditListParams{
-		Since: timeOf(r.GetSince()), Who: r.GetWho(), PageSize: int(r.GetPageSize()), PageToken: r.GetPageToken(),
+		Since: timeOf(r.GetSince()), Who: r.GetWho(), Target: r.GetTarget(),
+		PageSize: int(r.GetPageSize()), PageToken: r.GetPageToken(),
 	})
 	if err != nil {
 		return nil, s.err(ctx, err)

@@ -66,7 +66,8 @@ func (s *queueServer) GetTask(ctx context.Context, r *factoryv1.GetTaskRequest) 
 func (s *queueServer) ListTasks(ctx context.Context, r *factoryv1.ListTasksRequest) (*factoryv1.ListTasksResponse, error) {
 	res, err := s.q.List(ctx, queue.ListParams{
 		States: statesFromProto(r.GetStates()), Role: r.GetRole(), Assignee: r.GetAssignee(),
-		Labels: r.GetLabels(), PageSize: int(r.GetPageSize()), PageToken: r.GetPageToken(),
+		Labels: r.GetLabels(), Kind: r.GetKind(), MinAttempt: int(r.GetMinAttempt()),
+		PageSize: int(r.GetPageSize()), PageToken: r.GetPageToken(),
 		Summary: r.GetView() != factoryv1.TaskView_TASK_VIEW_FULL,
 	})
 	if err != nil {

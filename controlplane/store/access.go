@@ -261,6 +261,7 @@ type AuditListParams struct {
 	Since time.Time // LastSeen >= Since: seen at or after Since
 	// Who matches an entry's Who or its TokenID.
 	Who    string
+	Target string
 	Limit  int
 	Cursor string
 }

@@ -203,8 +203,11 @@ type TaskListParams struct {
 	Assignee string            // matches Assignee or LeaseHolder
 	Labels   map[string]string // every pair must match
 	IDs      []string
+	Kind     string
 	Limit    int
 	Cursor   string
+	// MinAttempt keeps tasks with Attempt >= MinAttempt: retry loops.
+	MinAttempt int
 	// MaxBytes bounds the page by the tasks' sizes; 0 does not bound.
 	MaxBytes int64
 	// Summary leaves the large fields out of the tasks (see Task.Summary).

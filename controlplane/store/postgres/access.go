@@ -340,7 +340,7 @@ func (s *Store) AuditList(ctx context.Context, p *store.AuditListParams) (*store
 	if err != nil {
 		return nil, err
 	}
-	if !pgText(p.Who) {
+	if !pgText(p.Who) || !pgText(p.Target) {
 		return &store.AuditListResult{}, nil
 	}
 	var b strings.Builder
@@ -358,6 +358,10 @@ func (s *Store) AuditList(ctx context.Context, p *store.AuditListParams) (*store
 	if p.Who != "" {
 		args = append(args, p.Who)
 		fmt.Fprintf(&b, " AND (who = $%d OR token_id = $%d)", len(args), len(args))
+	}
+	if p.Target != "" {
+		args = append(args, p.Target)
+		fmt.Fprintf(&b, " AND target = $%d", len(args))
 	}
 	b.WriteString(" ORDER BY id DESC")
 	if p.Limit > 0 {

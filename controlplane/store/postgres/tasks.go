@@ -207,7 +207,7 @@ func (s *Store) TaskList(ctx context.Context, p *store.TaskListParams) (*store.T
 	if err != nil {
 		return nil, err
 	}
-	if err := checkText("role", p.Role, "assignee", p.Assignee); err != nil {
+	if err := checkText("role", p.Role, "assignee", p.Assignee, "kind", p.Kind); err != nil {
 		return nil, err
 	}
 	if err := checkTexts("ids", p.IDs); err != nil {
@@ -256,6 +256,13 @@ func (s *Store) TaskList(ctx context.Context, p *store.TaskListParams) (*store.T
 	}
 	if len(p.IDs) > 0 {
 		b.WriteString(" AND id = ANY(" + arg(p.IDs) + "::text[])")
+	}
+	if p.Kind != "" {
+		b.WriteString(" AND kind = " + arg(p.Kind))
+	}
+	if p.MinAttempt > 0 {
+		// attempt is an integer column: a larger bound matches nothing.
+		b.WriteString(" AND attempt >= " + arg(int64(p.MinAttempt)) + "::bigint")
 	}
 	b.WriteString(" ORDER BY seq")
 	// One row past the page says whether there is a next page.

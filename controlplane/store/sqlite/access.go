@@ -309,6 +309,10 @@ func (s *Store) AuditList(ctx context.Context, p *store.AuditListParams) (*store
 		b.WriteString(" AND (who = ? OR token_id = ?)")
 		args = append(args, p.Who, p.Who)
 	}
+	if p.Target != "" {
+		b.WriteString(" AND target = ?")
+		args = append(args, p.Target)
+	}
 	limit := pageLimit(p.Limit)
 	b.WriteString(" ORDER BY id DESC LIMIT ?")
 	args = append(args, limit)

@@ -206,6 +206,14 @@ func (s *Store) TaskList(ctx context.Context, p *store.TaskListParams) (*store.T
 		b.WriteString(" AND id IN (SELECT value FROM json_each(?))")
 		args = append(args, jsonText(p.IDs))
 	}
+	if p.Kind != "" {
+		b.WriteString(" AND kind = ?")
+		args = append(args, p.Kind)
+	}
+	if p.MinAttempt > 0 {
+		b.WriteString(" AND attempt >= ?")
+		args = append(args, p.MinAttempt)
+	}
 	// One row past the page says whether there is a next page.
 	limit := -1
 	if p.Limit > 0 && p.Limit < math.MaxInt32 {

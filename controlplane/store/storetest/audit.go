@@ -2,6 +2,7 @@ package storetest
 
 import (
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -9,7 +10,8 @@ import (
 )
 
 // testAuditCoalesce proves what keeps the audit log bounded: a coalesced
-// entry's count and last-seen time, and retention by last-seen time.
+// entry's count and last-seen time, and retention by last-seen time; and
+// how one target's history is read out of it.
 func (s *suite) testAuditCoalesce(t *testing.T) {
 	refusal := func(h *harness) *store.AuditEntry {
 		return &store.AuditEntry{Time: h.now(), Who: "hammer", Role: store.RoleAgent, TokenID: "tok-hammer",
@@ -93,6 +95,66 @@ func (s *suite) testAuditCoalesce(t *testing.T) {
 			if n, err := h.s.AuditPrune(h.ctx, &store.AuditPruneParams{}); err != nil || n != 0 {
 				t.Fatalf("AuditPrune with no cutoff = %d, %v; want nothing deleted", n, err)
 			}
+		}},
+		{"ListByTargetFiltersAndPages", func(t *testing.T, h *harness) {
+			targets := []string{"task-a", "queue", "task-a", "agent forge", "task-a", "task-b", "task-a", "task-a"}
+			var (
+				want  []string // task-a's entries, newest first
+				first int64    // task-a's first entry
+			)
+			for i, target := range targets {
+				e := refusal(h)
+				e.Target, e.Detail = target, fmt.Sprintf("call %d", i)
+				if i%2 == 1 {
+					e.Who, e.TokenID = "ops", "tok-ops"
+				}
+				h.appendAudit(e)
+				if target == "task-a" {
+					want = append([]string{e.Detail}, want...)
+					if first == 0 {
+						first = e.ID
+					}
+				}
+				h.clock.Advance(time.Hour)
+			}
+			// A coalesced refusal on task-a, seen again later, still lists
+			// once and in its place.
+			h.bumpAudit(&store.AuditBumpParams{ID: first, Add: 2, LastSeen: h.now()})
+
+			details := func(p *store.AuditListParams) []string {
+				var out []string
+				for _, e := range h.auditList(p).Entries {
+					out = append(out, e.Detail)
+				}
+				return out
+			}
+			requireIDs(t, "task-a", details(&store.AuditListParams{Target: "task-a"}), want)
+			requireIDs(t, "a target with a space", details(&store.AuditListParams{Target: "agent forge"}), []string{"call 3"})
+			requireIDs(t, "an unknown target", details(&store.AuditListParams{Target: "task-c"}), nil)
+			requireIDs(t, "a prefix is not the target", details(&store.AuditListParams{Target: "task"}), nil)
+			requireIDs(t, "target and who", details(&store.AuditListParams{Target: "task-a", Who: "tok-ops"}), []string{"call 7"})
+			requireIDs(t, "other target and who", details(&store.AuditListParams{Target: "task-b", Who: "ops"}), []string{"call 5"})
+			// Seen at or after hour 5: calls 6 and 7, and call 0 by its bump.
+			requireIDs(t, "target and since", details(&store.AuditListParams{Target: "task-a", Since: baseTime.Add(5 * time.Hour)}), []string{"call 7", "call 6", "call 0"})
+
+			var got []string
+			cursor := ""
+			for pages := 0; ; pages++ {
+				if pages > 5 {
+					t.Fatalf("paging does not end: %v", got)
+				}
+				res := h.auditList(&store.AuditListParams{Target: "task-a", Limit: 2, Cursor: cursor})
+				if len(res.Entries) > 2 {
+					t.Fatalf("page of %d entries with limit 2", len(res.Entries))
+				}
+				for _, e := range res.Entries {
+					got = append(got, e.Detail)
+				}
+				if cursor = res.NextCursor; cursor == "" {
+					break
+				}
+			}
+			requireIDs(t, "task-a paged", got, want)
 		}},
 		{"DumpCarriesCounts", func(t *testing.T, h *harness) {
 			e := refusal(h)

@@ -194,6 +194,102 @@ func (s *suite) testList(t *testing.T) {
 				t.Fatal("a page cut by its limit has no cursor")
 			}
 		}},
+		{"KindAndAttemptFilters", func(t *testing.T, h *harness) {
+			// Each task has its own role, so a claim can pick it out.
+			for _, c := range []struct {
+				id, kind string
+				failures int
+			}{{"k1", "build", 0}, {"k2", "research", 1}, {"k3", "build", 2}, {"k4", "build", 0}, {"k5", "build", 3}} {
+				h.create(&store.TaskCreate{ID: c.id, Role: c.id, Kind: c.kind, MaxAttempts: 3})
+				h.failAttempts(c.id, c.failures)
+			}
+			// k4 is held: attempt 1, IN_PROGRESS. k5 used its attempts: FAILED.
+			h.claimParams(&store.TaskClaimParams{Agent: "agent-1", Roles: []string{"k4"}, Max: 1, LeaseDuration: defaultLease, Now: h.now()})
+			h.requireState("k5", store.StateFailed)
+			if got := h.get("k3").Attempt; got != 2 {
+				t.Fatalf("k3 attempt = %d, want 2", got)
+			}
+
+			cases := []struct {
+				name string
+				p    store.TaskListParams
+				want []string
+			}{
+				{"kind", store.TaskListParams{Kind: "build"}, []string{"k1", "k3", "k4", "k5"}},
+				{"other kind", store.TaskListParams{Kind: "research"}, []string{"k2"}},
+				{"unknown kind", store.TaskListParams{Kind: "Build"}, nil},
+				{"min attempt 1", store.TaskListParams{MinAttempt: 1}, []string{"k2", "k3", "k4", "k5"}},
+				{"min attempt 2", store.TaskListParams{MinAttempt: 2}, []string{"k3", "k5"}},
+				{"min attempt past every task", store.TaskListParams{MinAttempt: 4}, nil},
+				{"min attempt past int32", store.TaskListParams{MinAttempt: 1 << 40}, nil},
+				{"kind and min attempt", store.TaskListParams{Kind: "build", MinAttempt: 1}, []string{"k3", "k4", "k5"}},
+				{"kind, min attempt and state", store.TaskListParams{Kind: "build", MinAttempt: 1, States: []store.TaskState{store.StateReady}}, []string{"k3"}},
+				{"kind and states", store.TaskListParams{Kind: "build", States: []store.TaskState{store.StateInProgress, store.StateFailed}}, []string{"k4", "k5"}},
+				{"kind and role", store.TaskListParams{Kind: "build", Role: "k3"}, []string{"k3"}},
+			}
+			for _, c := range cases {
+				// Summaries take the byte-bounded path: both must filter.
+				for _, summary := range []bool{false, true} {
+					p := c.p
+					p.Limit, p.Summary = 100, summary
+					res := h.list(&p)
+					requireIDs(t, fmt.Sprintf("filter %s (summary %v)", c.name, summary), taskIDs(res.Tasks), c.want)
+					if res.NextCursor != "" {
+						t.Fatalf("filter %s: a complete page has cursor %q", c.name, res.NextCursor)
+					}
+				}
+			}
+		}},
+		{"PagingWithKindAndAttempt", func(t *testing.T, h *harness) {
+			// Every other task is of kind "a", every third has failed once:
+			// each filter, alone and together, spans several pages.
+			var wantKind, wantAttempt, wantBoth []string
+			for i := range 24 {
+				id := fmt.Sprintf("t-%02d", 23-i)
+				kind := []string{"a", "b"}[i%2]
+				h.create(&store.TaskCreate{ID: id, Role: id, Kind: kind, MaxAttempts: 3})
+				if i%3 == 0 {
+					h.failAttempts(id, 1)
+					wantAttempt = append(wantAttempt, id)
+				}
+				if kind == "a" {
+					wantKind = append(wantKind, id)
+					if i%3 == 0 {
+						wantBoth = append(wantBoth, id)
+					}
+				}
+			}
+			for _, c := range []struct {
+				name string
+				p    store.TaskListParams
+				want []string
+			}{
+				{"kind", store.TaskListParams{Kind: "a", Limit: 5}, wantKind},
+				{"min attempt", store.TaskListParams{MinAttempt: 1, Limit: 3}, wantAttempt},
+				{"kind and min attempt", store.TaskListParams{Kind: "a", MinAttempt: 1, Limit: 3}, wantBoth},
+				{"kind and min attempt, summaries", store.TaskListParams{Kind: "a", MinAttempt: 1, Limit: 3, Summary: true}, wantBoth},
+			} {
+				var got []string
+				p := c.p
+				for pages := 0; ; pages++ {
+					if pages > 10 {
+						t.Fatalf("%s: paging did not end: %v", c.name, got)
+					}
+					res := h.list(&p)
+					if len(res.Tasks) > c.p.Limit {
+						t.Fatalf("%s: page of %d tasks with Limit %d", c.name, len(res.Tasks), c.p.Limit)
+					}
+					got = append(got, taskIDs(res.Tasks)...)
+					if p.Cursor = res.NextCursor; p.Cursor == "" {
+						if pages == 0 {
+							t.Fatalf("%s: %d tasks in one page of %d", c.name, len(got), c.p.Limit)
+						}
+						break
+					}
+				}
+				requireIDs(t, c.name+" paged", got, c.want)
+			}
+		}},
 		{"GarbageCursor", func(t *testing.T, h *harness) {
 			h.createReady("a")
 			for _, cursor := range []string{"!!! not a cursor !!!", "\x00\xff", "eyJicm9rZW4iOg"} {
@@ -202,4 +298,17 @@ func (s *suite) testList(t *testing.T) {
 			}
 		}},
 	})
+}
+
+// failAttempts claims task id (its role is its id) and fails it n times,
+// each failure retryable and at once claimable again: attempt ends at n.
+func (h *harness) failAttempts(id string, n int) {
+	h.t.Helper()
+	for range n {
+		got := h.claimParams(&store.TaskClaimParams{Agent: "agent-" + id, Roles: []string{id}, Max: 1, LeaseDuration: defaultLease, Now: h.now()})
+		if len(got) != 1 || got[0].ID != id {
+			h.t.Fatalf("claim of %s got %v", id, taskIDs(got))
+		}
+		h.fail(got[0], "flaky", false, noBackoff)
+	}
 }

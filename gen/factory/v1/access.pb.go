@@ -749,7 +749,13 @@ type ListAuditRequest struct {
 	// At most this many entries; default 100, at most 1000.
 	PageSize int32 `protobuf:"varint,3,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// The next_page_token of the previous page.
-	PageToken     string `protobuf:"bytes,4,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	PageToken string `protobuf:"bytes,4,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Only entries whose target is exactly this: a task id (the task's
+	// history), a token id, "queue", or a kind and an id as the entry shows
+	// them ("agent forge", "silence 42"). Empty means any target. Letters,
+	// digits, spaces and ".", "_", ":", "/", "@", "+", "=", "-"; at most 300,
+	// enough for the longest target the control plane writes.
+	Target        string `protobuf:"bytes,5,opt,name=target,proto3" json:"target,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -808,6 +814,13 @@ func (x *ListAuditRequest) GetPageSize() int32 {
 func (x *ListAuditRequest) GetPageToken() string {
 	if x != nil {
 		return x.PageToken
+	}
+	return ""
+}
+
+func (x *ListAuditRequest) GetTarget() string {
+	if x != nil {
+		return x.Target
 	}
 	return ""
 }
@@ -1153,7 +1166,7 @@ const file_factory_v1_access_proto_rawDesc = "" +
 	"\aoutcome\x18\v \x01(\tR\aoutcome\x12\x16\n" +
 	"\x06detail\x18\f \x01(\tR\x06detail\x12\x14\n" +
 	"\x05count\x18\r \x01(\x03R\x05count\x127\n" +
-	"\tlast_seen\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\"\xd9\x01\n" +
+	"\tlast_seen\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\"\x94\x02\n" +
 	"\x10ListAuditRequest\x12B\n" +
 	"\x05since\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampB\x10\xbaH\r\xb2\x01\n" +
 	"\x1a\x06\b\x80\xb2\xf8\x84\x1b2\x00R\x05since\x12/\n" +
@@ -1161,7 +1174,8 @@ const file_factory_v1_access_proto_rawDesc = "" +
 	"\tpage_size\x18\x03 \x01(\x05B\n" +
 	"\xbaH\a\x1a\x05\x18\xe8\a(\x00R\bpageSize\x12'\n" +
 	"\n" +
-	"page_token\x18\x04 \x01(\tB\b\xbaH\x05r\x03\x18\x80\bR\tpageToken\"m\n" +
+	"page_token\x18\x04 \x01(\tB\b\xbaH\x05r\x03\x18\x80\bR\tpageToken\x129\n" +
+	"\x06target\x18\x05 \x01(\tB!\xbaH\x1er\x1c\x18\xac\x022\x17^[A-Za-z0-9._:/@+= -]*$R\x06target\"m\n" +
 	"\x11ListAuditResponse\x120\n" +
 	"\aentries\x18\x01 \x03(\v2\x16.factory.v1.AuditEntryR\aentries\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x9c\x01\n" +

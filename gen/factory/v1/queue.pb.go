@@ -986,7 +986,13 @@ type ListTasksRequest struct {
 	// How much of each task to return: unset or TASK_VIEW_BASIC for
 	// summaries (no payload, last error, progress or note), TASK_VIEW_FULL
 	// for every field.
-	View          TaskView `protobuf:"varint,7,opt,name=view,proto3,enum=factory.v1.TaskView" json:"view,omitempty"`
+	View TaskView `protobuf:"varint,7,opt,name=view,proto3,enum=factory.v1.TaskView" json:"view,omitempty"`
+	// Only tasks of this kind, compared exactly; empty means any kind. At
+	// most 100 characters, as CreateTaskRequest.kind.
+	Kind string `protobuf:"bytes,8,opt,name=kind,proto3" json:"kind,omitempty"`
+	// Only tasks claimed at least this many times (Task.attempt), to find
+	// retry loops; 0 means no filter. At most 1000000.
+	MinAttempt    int32 `protobuf:"varint,9,opt,name=min_attempt,json=minAttempt,proto3" json:"min_attempt,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1068,6 +1074,20 @@ func (x *ListTasksRequest) GetView() TaskView {
 		return x.View
 	}
 	return TaskView_TASK_VIEW_UNSPECIFIED
+}
+
+func (x *ListTasksRequest) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *ListTasksRequest) GetMinAttempt() int32 {
+	if x != nil {
+		return x.MinAttempt
+	}
+	return 0
 }
 
 // ListTasksResponse is one page of tasks.
@@ -3113,7 +3133,7 @@ const file_factory_v1_queue_proto_rawDesc = "" +
 	"\x0eGetTaskRequest\x12;\n" +
 	"\atask_id\x18\x01 \x01(\tB\"\xbaH\x1f\xc8\x01\x01r\x1a2\x18^[A-Za-z0-9._:-]{1,128}$R\x06taskId\"7\n" +
 	"\x0fGetTaskResponse\x12$\n" +
-	"\x04task\x18\x01 \x01(\v2\x10.factory.v1.TaskR\x04task\"\x89\x04\n" +
+	"\x04task\x18\x01 \x01(\v2\x10.factory.v1.TaskR\x04task\"\xd4\x04\n" +
 	"\x10ListTasksRequest\x12\x84\x01\n" +
 	"\x06states\x18\x01 \x03(\x0e2\x15.factory.v1.TaskStateBU\xbaHR\x92\x01O\x10\b\"K\xba\x01C\n" +
 	"\x0fstate.specified\x12%TASK_STATE_UNSPECIFIED is not a state\x1a\tthis != 0\x82\x01\x02\x10\x01R\x06states\x121\n" +
@@ -3125,7 +3145,10 @@ const file_factory_v1_queue_proto_rawDesc = "" +
 	"\xbaH\a\x1a\x05\x18\xe8\a(\x00R\bpageSize\x12'\n" +
 	"\n" +
 	"page_token\x18\x06 \x01(\tB\b\xbaH\x05r\x03\x18\x80\bR\tpageToken\x122\n" +
-	"\x04view\x18\a \x01(\x0e2\x14.factory.v1.TaskViewB\b\xbaH\x05\x82\x01\x02\x10\x01R\x04view\"c\n" +
+	"\x04view\x18\a \x01(\x0e2\x14.factory.v1.TaskViewB\b\xbaH\x05\x82\x01\x02\x10\x01R\x04view\x12\x1b\n" +
+	"\x04kind\x18\b \x01(\tB\a\xbaH\x04r\x02\x18dR\x04kind\x12,\n" +
+	"\vmin_attempt\x18\t \x01(\x05B\v\xbaH\b\x1a\x06\x18\xc0\x84=(\x00R\n" +
+	"minAttempt\"c\n" +
 	"\x11ListTasksResponse\x12&\n" +
 	"\x05tasks\x18\x01 \x03(\v2\x10.factory.v1.TaskR\x05tasks\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xbe\x02\n" +
