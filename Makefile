@@ -6,6 +6,8 @@ BUF       := $(GO) tool -modfile=.tools/tools.mod buf
 BIN       := bin
 DATA_DIR  ?= ./data
 LISTEN    ?= 127.0.0.1:7420
+# The operator console: "auto" is the port after LISTEN's on loopback; "off" turns it off.
+CONSOLE   ?= auto
 # go-nvml's cgo headers warn about deprecated NVML calls it must still wrap.
 export CGO_CFLAGS := -Wno-deprecated-declarations
 
@@ -13,7 +15,7 @@ BENCH_AGENTS ?= 32
 BENCH_TASKS  ?= 20000
 BENCH_BATCH  ?= 1
 
-.PHONY: all build run test test-short test-race fuzz faults soak generate lint bench clean gpu-check
+.PHONY: all build run test test-short test-race fuzz faults soak generate lint bench clean gpu-check screenshots
 
 all: build
 
@@ -23,15 +25,19 @@ build:
 	CGO_ENABLED=1 $(GO) build -o $(BIN)/factory-sidecar ./sidecar/cmd/factory-sidecar
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/factory ./cli/cmd/factory
 
+# The console's one-time sign-in link is printed once it listens.
 # A sidecar for this host starts beside the control plane, so `factory nodes`,
 # `factory gpu` and `factory health` show real readings at once. It connects
 # with the operator token the control plane writes on its first start (the
 # access policy lets an operator connect as any host), and goes when the
 # control plane does.
 run: build
-	@$(BIN)/factory-controlplane --data-dir $(DATA_DIR) --listen $(LISTEN) & cp=$$!; \
+	@rm -f $(DATA_DIR)/console.link; \
+	$(BIN)/factory-controlplane --data-dir $(DATA_DIR) --listen $(LISTEN) --console-listen $(CONSOLE) & cp=$$!; \
 	trap 'kill $$cp $$sc 2>/dev/null; wait' INT TERM EXIT; \
 	for i in $$(seq 100); do [ -s $(DATA_DIR)/operator.token ] && break; sleep 0.1; done; \
+	for i in $$(seq 50); do [ -s $(DATA_DIR)/console.link ] && break; sleep 0.1; done; \
+	[ -s $(DATA_DIR)/console.link ] && printf '\n  Console: open %s\n  (one-time sign-in link, valid 15 minutes; later, sign in with the token in %s/operator.token)\n\n' "$$(cat $(DATA_DIR)/console.link)" "$(DATA_DIR)"; \
 	FACTORY_TOKEN="$$(cat $(DATA_DIR)/operator.token)" $(BIN)/factory-sidecar --addr $(LISTEN) $(if $(SIDECAR_CONFIG),--config $(SIDECAR_CONFIG)) & sc=$$!; \
 	wait $$cp
 
@@ -105,6 +111,13 @@ gpu-check:
 	@mkdir -p $(BIN)
 	CGO_ENABLED=1 $(GO) build -o $(BIN)/factory-sidecar ./sidecar/cmd/factory-sidecar
 	$(BIN)/factory-sidecar --once -o json --samples 3 --require-gpu $(if $(SIDECAR_CONFIG),--config $(SIDECAR_CONFIG))
+
+# The console's pictures for the README: a factory filled with a morning's
+# work (tasks in every state, pending approvals, two agents' spend, firing
+# alerts, a GPU host), every page at desktop (1280x900) and phone (390x844)
+# sizes, full-page PNGs in deploy/console-screenshots. Needs Chromium.
+screenshots:
+	FACTORY_SCREENSHOTS=$(CURDIR)/deploy/console-screenshots $(GO) test -count=1 -run TestScreenshots ./controlplane/console/
 
 clean:
 	rm -rf $(BIN)

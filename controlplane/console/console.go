@@ -157,9 +157,11 @@ func (s *Server) Handler() http.Handler {
 // grace. tlsCfg, when set, serves HTTPS.
 func (s *Server) Serve(ctx context.Context, lis net.Listener, tlsCfg *tls.Config, grace time.Duration) error {
 	hs := &http.Server{
-		Handler:           s.Handler(),
+		Handler: s.Handler(),
+		// No ReadTimeout: its deadline would end /events streams (the
+		// server cancels a request whose connection read times out).
+		// Headers are bounded here, bodies by maxFormBytes.
 		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
@@ -167,6 +169,9 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener, tlsCfg *tls.Config
 	}
 	if tlsCfg != nil {
 		c := tlsCfg.Clone()
+		// HTTP/2, so the event streams of many open pages share one
+		// connection instead of using up the browser's six.
+		c.NextProtos = []string{"h2", "http/1.1"}
 		// A browser does not present the client certificates mutual TLS
 		// asks gRPC callers for unless one is installed; the rule is the
 		// same as gRPC's, so the same config applies.

@@ -54,6 +54,7 @@ func startFactory(t testing.TB, configure func(*server.Config)) *factory {
 	}
 	if configure != nil {
 		configure(&cfg)
+		f.DataDir = cfg.DataDir
 	}
 	cfg.OnListening = func(a net.Addr) { grpcCh <- a.String() }
 	cfg.Console.OnListening = func(url, signIn string) { consoleCh <- [2]string{url, signIn} }

@@ -2,6 +2,7 @@ package console
 
 import (
 	"context"
+	"slices"
 	"sync"
 
 	"google.golang.org/grpc/codes"
@@ -92,6 +93,10 @@ func (s *Server) overview(rq *request) error {
 		r, err := s.approvals.ListApprovals(ctx, &factoryv1.ListApprovalsRequest{
 			States: []factoryv1.ApprovalState{factoryv1.ApprovalState_APPROVAL_STATE_PENDING}, PageSize: 10})
 		d.Pending, d.MorePending = r.GetApprovals(), r.GetNextPageToken() != ""
+		// The most urgent first, as on the Approvals page.
+		slices.SortStableFunc(d.Pending, func(a, b *factoryv1.Approval) int {
+			return a.GetDeadline().AsTime().Compare(b.GetDeadline().AsTime())
+		})
 		return err
 	})
 	section("agents", func(ctx context.Context) error {

@@ -206,7 +206,9 @@ func money(micros int64) string {
 	case micros < 10_000:
 		s = fmt.Sprintf("$%.4f", float64(micros)/1e6)
 	default:
-		s = fmt.Sprintf("$%d.%02d", micros/1_000_000, (micros%1_000_000)/10_000)
+		// Rounded to the cent, as the CLI shows it.
+		cents := (micros + 5_000) / 10_000
+		s = fmt.Sprintf("$%d.%02d", cents/100, cents%100)
 	}
 	if neg {
 		return "−" + s
@@ -253,7 +255,10 @@ func ago(now time.Time, v any) string {
 		return "—"
 	}
 	d := now.Sub(t)
-	if d < 0 {
+	switch {
+	case d > -time.Second && d < time.Second:
+		return "just now"
+	case d < 0:
 		return "in " + human(-d)
 	}
 	return human(d) + " ago"

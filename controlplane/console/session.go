@@ -32,6 +32,10 @@ const sessionDescription = "console session"
 // signInRPC names sign-ins in the audit log, beside the API's methods.
 const signInRPC = "console/SignIn"
 
+// maxFormBytes bounds a form: the longest is a reason or instructions,
+// which the API caps far below this.
+const maxFormBytes = 64 << 10
+
 // linkTTL bounds a one-time sign-in link: it is printed for the operator
 // who just started the control plane.
 const linkTTL = 15 * time.Minute
@@ -133,6 +137,7 @@ func (s *Server) page(h func(*request) error) http.Handler {
 func (s *Server) action(h func(*request) error) http.Handler {
 	return s.session(func(rq *request) {
 		rq.w.Header().Set("Cache-Control", "no-store")
+		rq.r.Body = http.MaxBytesReader(rq.w, rq.r.Body, maxFormBytes)
 		if err := rq.r.ParseForm(); err != nil {
 			http.Error(rq.w, "malformed form: "+err.Error(), http.StatusBadRequest)
 			return
@@ -218,6 +223,7 @@ func safeNext(next string) string {
 // per client address, as failed gRPC authentications are.
 func (s *Server) signIn(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
+	r.Body = http.MaxBytesReader(w, r.Body, maxFormBytes)
 	if err := r.ParseForm(); err != nil {
 		http.Error(w, "malformed form", http.StatusBadRequest)
 		return

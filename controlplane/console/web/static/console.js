@@ -62,7 +62,14 @@
       })
       .then(function (html) {
         if (html !== null && html !== undefined && !busy()) {
+          // A <details> the operator opened (reject, silence…) stays open.
+          const open = Array.from(main.querySelectorAll("details[open]")).map(function (d) { return d.closest("[id]") && d.closest("[id]").id; });
           main.innerHTML = html;
+          open.forEach(function (id) {
+            const el = id && document.getElementById(id);
+            const d = el && (el.tagName === "DETAILS" ? el : el.querySelector("details"));
+            if (d) d.open = true;
+          });
           tick();
           redraws++;
           body.dataset.redraws = String(redraws);
