@@ -267,7 +267,9 @@ func (s *Server) startSession(w http.ResponseWriter, r *http.Request, parent acc
 	now := s.cfg.Now()
 	ttl := s.cfg.SessionTTL
 	if !parent.ExpiresAt.IsZero() {
-		left := parent.ExpiresAt.Sub(now)
+		// A second short of the parent's end: the token's own clock
+		// reading comes later than this one.
+		left := parent.ExpiresAt.Sub(now) - time.Second
 		if left <= time.Second {
 			return errors.New("the token expires now")
 		}
