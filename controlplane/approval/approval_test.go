@@ -584,3 +584,29 @@ func TestRunSweeperExpiresAndAnnouncesGatedTasks(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestCardsLinkToTheConsole: with a console URL, every card carries the
+// link to its request's page (text and attribute), so the operator taps
+// from his chat app; without one, no link is made up.
+func TestCardsLinkToTheConsole(t *testing.T) {
+	b := setup(t, func(c *Config) { c.ConsoleURL = "https://factory.example:7421/" })
+	a := b.request(t, RequestParams{})
+	want := "https://factory.example:7421/approvals/" + a.ID
+	cards := b.pub.byEvent("requested")
+	if len(cards) != 1 {
+		t.Fatalf("%d requested cards, want 1", len(cards))
+	}
+	if got := cards[0].Attributes["url"]; got != want {
+		t.Errorf("url attribute %q, want %q", got, want)
+	}
+	if !strings.Contains(cards[0].Text, "Open: "+want) {
+		t.Errorf("card text has no link:\n%s", cards[0].Text)
+	}
+
+	plain := setup(t, nil)
+	plain.request(t, RequestParams{})
+	c := plain.pub.byEvent("requested")[0]
+	if c.Attributes["url"] != "" || strings.Contains(c.Text, "Open:") {
+		t.Errorf("a card without a console URL links somewhere: %q\n%s", c.Attributes["url"], c.Text)
+	}
+}

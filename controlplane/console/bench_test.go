@@ -29,11 +29,19 @@ import (
 //	go test -run '^$' -bench BenchmarkConsolePages -benchtime 200x ./controlplane/console/
 //
 // FACTORY_BENCH_TASKS and FACTORY_BENCH_SPEND_EVENTS change the sizes.
+// A session token made at sign-in stays in a kept store: harmless.
 func BenchmarkConsolePages(b *testing.B) {
 	tasks := envInt("FACTORY_BENCH_TASKS", 100_000)
 	events := envInt("FACTORY_BENCH_SPEND_EVENTS", 10_000_000)
-	dataDir := b.TempDir()
-	seedStore(b, filepath.Join(dataDir, "factory.db"), tasks, events)
+	// FACTORY_BENCH_DATA_DIR keeps the seeded store between runs (it is
+	// seeded when it holds none): seeding 10 M events takes minutes.
+	dataDir := os.Getenv("FACTORY_BENCH_DATA_DIR")
+	if dataDir == "" {
+		dataDir = b.TempDir()
+	}
+	if _, err := os.Stat(filepath.Join(dataDir, "factory.db")); err != nil {
+		seedStore(b, filepath.Join(dataDir, "factory.db"), tasks, events)
+	}
 
 	f := startFactory(b, func(c *server.Config) { c.DataDir = dataDir })
 	c := client(b)
