@@ -35,9 +35,10 @@ func (a *app) withApprovals(cmd *cobra.Command, fn func(ctx context.Context, c f
 
 func newApprovalsCommand(a *app) *cobra.Command {
 	var (
-		states []string
-		all    bool
-		agent  string
+		states      []string
+		all         bool
+		agent       string
+		newestFirst bool
 	)
 	cmd := &cobra.Command{
 		Use:     "approvals",
@@ -51,14 +52,17 @@ EXPIRED (never as anyone's decision). Kinds are read in any spelling
 for an operator.
 
 Without flags this lists the PENDING requests with the time each has left.
-Decide with "factory approve", "factory reject" or "factory modify".`,
+Decide with "factory approve", "factory reject" or "factory modify".
+Requests come pending first, then the rest, each group oldest first;
+--newest-first puts each group's newest request first.`,
 		Example: `  factory approvals
   factory approvals --all -o json
+  factory approvals --state approved --state rejected --newest-first
   factory approvals show 0193a2b4-...
   factory approvals watch`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			req := &factoryv1.ListApprovalsRequest{Agent: agent, PageSize: 1000}
+			req := &factoryv1.ListApprovalsRequest{Agent: agent, PageSize: 1000, NewestFirst: newestFirst}
 			switch {
 			case all && len(states) > 0:
 				return usageErrorf("--all and --state are mutually exclusive")
@@ -96,6 +100,7 @@ Decide with "factory approve", "factory reject" or "factory modify".`,
 	f.StringArrayVar(&states, "state", nil, "only this state: pending, approved, rejected, modified, expired (repeatable; default pending)")
 	f.BoolVar(&all, "all", false, "every request, pending first")
 	f.StringVar(&agent, "agent", "", "only requests by this agent")
+	f.BoolVar(&newestFirst, "newest-first", false, "each group's newest request first (default: oldest first)")
 	cmd.AddCommand(newApprovalsShowCommand(a), newApprovalsWatchCommand(a), newApprovalsRequestCommand(a))
 	return cmd
 }

@@ -109,6 +109,14 @@ func TestApprovalGatedTaskFlow(t *testing.T) {
 	if out := sh.ok("approvals", "--all"); strings.Count(out, "orchestrator") != 3 {
 		t.Fatalf("approvals --all:\n%s", out)
 	}
+	// --newest-first: the latest request first.
+	var decided []map[string]any
+	if err := json.Unmarshal([]byte(sh.ok("approvals", "--all", "--newest-first", "-o", "json")), &decided); err != nil || len(decided) != 3 {
+		t.Fatalf("approvals --all --newest-first: %v %v", decided, err)
+	}
+	if decided[0]["task_id"] != "dns" || decided[2]["task_id"] != "deploy" {
+		t.Fatalf("approvals --all --newest-first: tasks %v, %v, %v; want dns first, deploy last", decided[0]["task_id"], decided[1]["task_id"], decided[2]["task_id"])
+	}
 }
 
 func TestApprovalRequestAndWait(t *testing.T) {

@@ -200,7 +200,9 @@ func newTaskListCommand(a *app) *cobra.Command {
 		Use:     "ls",
 		Aliases: []string{"list"},
 		Short:   "List tasks, filtered",
-		Long: `Ls lists tasks oldest first. Filters combine: --state (repeatable or
+		Long: `Ls lists tasks oldest first, or with --newest-first the most recently
+created first (the latest work, without paging through the history).
+Filters combine: --state (repeatable or
 comma-separated), --role, --kind, --assignee (tasks assigned to or held by
 that agent), --label key=value (repeatable; a task must carry all of them)
 and --min-attempt N (tasks claimed at least N times: retry loops).
@@ -219,6 +221,7 @@ claims so far over claims allowed; SINCE is when the task entered its state.`,
 		Example: `  factory task ls
   factory task ls --state ready,in-progress --role builder
   factory task ls --kind build --min-attempt 2
+  factory task ls --newest-first --limit 20
   factory task ls --state failed --all -o json | jq -r '.[].id'
   factory task ls --state ready --full -o json | jq '.[].payload_json'`,
 		Args: cobra.NoArgs,
@@ -278,6 +281,7 @@ claims so far over claims allowed; SINCE is when the task entered its state.`,
 	f.Int32Var(&req.PageSize, "limit", 100, "tasks per page (at most 1000)")
 	f.BoolVar(&all, "all", false, "page through every matching task")
 	f.BoolVar(&full, "full", false, "every field of each task, payload included (default: summaries)")
+	f.BoolVar(&req.NewestFirst, "newest-first", false, "the most recently created task first (default: oldest first)")
 	_ = cmd.RegisterFlagCompletionFunc("state", completeStates)
 	return cmd
 }

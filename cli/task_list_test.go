@@ -42,3 +42,32 @@ func TestListLargePayloads(t *testing.T) {
 		t.Fatalf("ls --full --limit 4 of 5 tasks gave no hint: stderr %q", r.stderr)
 	}
 }
+
+// --newest-first lists the latest work first, paging included.
+func TestListNewestFirst(t *testing.T) {
+	sh := newShell(t)
+	for _, id := range []string{"c", "a", "b"} {
+		sh.ok("task", "create", "--id", id, "--title", "task "+id, "--quiet")
+	}
+	ids := func(args ...string) string {
+		t.Helper()
+		var tasks []map[string]any
+		if err := json.Unmarshal([]byte(sh.ok(append([]string{"task", "ls", "-o", "json"}, args...)...)), &tasks); err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, task := range tasks {
+			out = append(out, task["id"].(string))
+		}
+		return strings.Join(out, ",")
+	}
+	if got := ids(); got != "c,a,b" {
+		t.Fatalf("ls: %s, want c,a,b", got)
+	}
+	if got := ids("--newest-first"); got != "b,a,c" {
+		t.Fatalf("ls --newest-first: %s, want b,a,c", got)
+	}
+	if got := ids("--newest-first", "--limit", "1", "--all"); got != "b,a,c" {
+		t.Fatalf("ls --newest-first --limit 1 --all: %s, want b,a,c", got)
+	}
+}

@@ -353,6 +353,9 @@ type ListParams struct {
 	Agent     string
 	PageSize  int
 	PageToken string
+	// NewestFirst lists each group newest first; PageToken must come from
+	// a list in the same order.
+	NewestFirst bool
 }
 
 // List returns a page of requests, PENDING first.
@@ -362,7 +365,9 @@ func (s *Service) List(ctx context.Context, p ListParams) (*store.ApprovalListRe
 		size = DefaultPageSize
 	}
 	size = min(size, MaxPageSize)
-	return s.store.ApprovalList(ctx, &store.ApprovalListParams{States: p.States, Agent: p.Agent, Limit: size, Cursor: p.PageToken})
+	return s.store.ApprovalList(ctx, &store.ApprovalListParams{
+		States: p.States, Agent: p.Agent, Limit: size, Cursor: p.PageToken, NewestFirst: p.NewestFirst,
+	})
 }
 
 // Decider is who decides: the server passes the authenticated caller.

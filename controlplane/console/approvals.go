@@ -5,8 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"net/url"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"unicode/utf8"
@@ -22,17 +22,22 @@ const (
 	// requests expire, so more than this waiting at once is an anomaly
 	// the page says out loud rather than draws.
 	pendingShown = 50
-	// decidedPage is the decided table's page.
+	// decidedPage is the decided table's page: one ListApprovals call,
+	// newest request first.
 	decidedPage = 20
-	// approvalScanPage is the page size of the walks below. A request's
+	// maxDecidedTrail bounds the page tokens the decided pager carries in
+	// its links for "← Newer", so a link stays short however far back the
+	// operator pages; past it the trail forgets its first pages, and
+	// "« Newest" is the way back to them.
+	maxDecidedTrail = 20
+	// approvalScanPage is the page size of the pending walk. A request's
 	// payload may be up to 1 MiB: fifty of them stay under the in-process
 	// client's 64 MiB response limit whatever the agents sent.
 	approvalScanPage = 50
-	// maxPendingScan and maxDecidedScan bound the walks. The API lists
-	// oldest first and has no other order, so the soonest deadlines and
-	// the newest decisions can only be found by reading the list through.
+	// maxPendingScan bounds the pending walk. The cards come soonest
+	// deadline first, an order the API does not list in, so the pending
+	// requests are read through; they expire, so there are few.
 	maxPendingScan = 1000
-	maxDecidedScan = 10000
 	// whyOnCard bounds the why shown on a card, so a long one does not
 	// push the decision buttons off a phone's first screen; the page of
 	// the request shows all of it.
@@ -147,43 +152,37 @@ type approvalsData struct {
 	PendingTotal  int
 	PendingCapped bool
 
+	// Decided is one page of decided requests, the newest request first.
 	Decided []approvalCard
-	// Page is the decided table's page (1 = newest); Older says there is
-	// a next one. DecidedCapped says the walk stopped at maxDecidedScan,
-	// so the table shows the newest of that many, not of all.
-	Page          int
-	Older         bool
-	DecidedCapped bool
+	// Deeper says the table is past its first page.
+	Deeper bool
+	// Newest, Newer and Older are the pager's links (empty: not offered).
+	Newest, Newer, Older string
 }
-
-// Newer and Next are the pager's pages.
-func (d approvalsData) Newer() int { return d.Page - 1 }
-func (d approvalsData) Next() int  { return d.Page + 1 }
 
 // MaxPendingScan is shown when the pending walk was cut short.
 func (approvalsData) MaxPendingScan() int { return maxPendingScan }
 
-// MaxDecidedScan is shown when the decided walk was cut short.
-func (approvalsData) MaxDecidedScan() int { return maxDecidedScan }
-
 // approvalsPage shows what waits for the operator, soonest deadline first,
-// then what was decided, newest first. The two reads run at once.
+// then one page of what was decided, newest request first. The two reads
+// run at once.
 func (s *Server) approvalsPage(rq *request) error {
-	page, err := pageParam(rq.r.URL.Query().Get("page"))
+	trail, err := parseDecidedTrail(rq.r.URL.Query())
 	if err != nil {
 		return err
 	}
-	d := approvalsData{Page: page}
+	d := approvalsData{Deeper: len(trail.tokens) > 0}
 	var (
-		wg               sync.WaitGroup
-		pendErr, decErr  error
-		pending, decided []*factoryv1.Approval
+		wg              sync.WaitGroup
+		pendErr, decErr error
+		pending         []*factoryv1.Approval
+		decided         *factoryv1.ListApprovalsResponse
 	)
 	wg.Go(func() {
 		pending, d.PendingTotal, d.PendingCapped, pendErr = s.soonestPending(rq.ctx, pendingShown)
 	})
 	wg.Go(func() {
-		decided, d.Older, d.DecidedCapped, decErr = s.newestDecided(rq.ctx, (page-1)*decidedPage, decidedPage)
+		decided, decErr = s.approvals.ListApprovals(rq.ctx, trail.request())
 	})
 	wg.Wait()
 	if pendErr != nil {
@@ -195,25 +194,85 @@ func (s *Server) approvalsPage(rq *request) error {
 	for _, a := range pending {
 		d.Pending = append(d.Pending, newCard(a, whyOnCard))
 	}
-	for _, a := range decided {
+	for _, a := range decided.GetApprovals() {
 		d.Decided = append(d.Decided, newCard(a, 0))
 	}
+	d.Newest, d.Newer, d.Older = trail.links(decided.GetNextPageToken())
 	return s.render(rq, http.StatusOK, "approvals", view{Title: "Approvals", Nav: "approvals", Topics: "approvals"}, d)
 }
 
-// pageParam reads the decided table's page: 1 when absent.
-func pageParam(v string) (int, error) {
-	if v == "" {
-		return 1, nil
+// decidedTrail is where the decided table is: the page tokens of the pages
+// from the second to the one shown, so that "← Newer" is the trail less
+// its last token. The tokens travel in the query as repeated "decided"
+// values, oldest page last; "decided_cut" says older tokens were dropped
+// (see maxDecidedTrail), and then the trail's first page has no
+// "← Newer".
+type decidedTrail struct {
+	tokens []string
+	cut    bool
+}
+
+// parseDecidedTrail reads the decided table's place; none is the first
+// page. Only the shape is checked: the API judges the tokens.
+func parseDecidedTrail(q url.Values) (decidedTrail, error) {
+	t := decidedTrail{tokens: q["decided"], cut: q.Get("decided_cut") != ""}
+	if len(t.tokens) > maxDecidedTrail {
+		return t, status.Errorf(codes.InvalidArgument, "decided: at most %d page tokens, got %d", maxDecidedTrail, len(t.tokens))
 	}
-	n, err := strconv.Atoi(v)
-	if err != nil {
-		return 0, status.Error(codes.InvalidArgument, "page: not a number")
+	if t.cut && len(t.tokens) == 0 {
+		return t, status.Error(codes.InvalidArgument, "decided_cut: set without a page token in decided")
 	}
-	if n < 1 || n > maxDecidedScan/decidedPage {
-		return 0, status.Errorf(codes.InvalidArgument, "page: between 1 and %d", maxDecidedScan/decidedPage)
+	for _, tok := range t.tokens {
+		if tok == "" {
+			return t, status.Error(codes.InvalidArgument, "decided: an empty page token")
+		}
 	}
-	return n, nil
+	return t, nil
+}
+
+// request is the ListApprovals call for the trail's page: the decided
+// requests, newest first, one page from the trail's last token.
+func (t decidedTrail) request() *factoryv1.ListApprovalsRequest {
+	r := &factoryv1.ListApprovalsRequest{States: decidedStates, NewestFirst: true, PageSize: decidedPage}
+	if n := len(t.tokens); n > 0 {
+		r.PageToken = t.tokens[n-1]
+	}
+	return r
+}
+
+// href is the approvals page at this trail.
+func (t decidedTrail) href() string {
+	if len(t.tokens) == 0 {
+		return "/approvals"
+	}
+	q := url.Values{"decided": t.tokens}
+	if t.cut {
+		q.Set("decided_cut", "1")
+	}
+	return "/approvals?" + q.Encode()
+}
+
+// links are the pager's links from the trail's page, given the token of
+// the page after it (empty on the last): newest (only where "← Newer"
+// does not already lead there), newer and older.
+func (t decidedTrail) links(next string) (newest, newer, older string) {
+	if n := len(t.tokens); n > 0 {
+		if n > 1 || !t.cut {
+			back := decidedTrail{tokens: t.tokens[:n-1], cut: t.cut}
+			newer = back.href()
+		}
+		if newer != "/approvals" {
+			newest = "/approvals"
+		}
+	}
+	if next != "" {
+		on := decidedTrail{tokens: append(slices.Clone(t.tokens), next), cut: t.cut}
+		if len(on.tokens) > maxDecidedTrail {
+			on.tokens, on.cut = on.tokens[1:], true
+		}
+		older = on.href()
+	}
+	return newest, newer, older
 }
 
 // walkApprovals reads the requests in states page by page, oldest first,
@@ -257,38 +316,6 @@ func bySoonestDeadline(a, b *factoryv1.Approval) int {
 		return c
 	}
 	return strings.Compare(a.GetId(), b.GetId())
-}
-
-// newestDecided returns the decided requests from skip to skip+n, newest
-// decision first, and whether there are older ones. Only the newest
-// skip+n seen so far are kept while walking, so memory stays bounded by
-// the page asked for, not by the history.
-func (s *Server) newestDecided(ctx context.Context, skip, n int) (_ []*factoryv1.Approval, older, capped bool, err error) {
-	keep := skip + n
-	var top []*factoryv1.Approval
-	read, capped, err := s.walkApprovals(ctx, decidedStates, maxDecidedScan, func(page []*factoryv1.Approval) {
-		top = append(top, page...)
-		if len(top) > 2*keep {
-			slices.SortFunc(top, byNewestDecision)
-			top = top[:keep]
-		}
-	})
-	if err != nil {
-		return nil, false, false, err
-	}
-	slices.SortFunc(top, byNewestDecision)
-	if len(top) <= skip {
-		return nil, false, capped, nil
-	}
-	return top[skip:min(keep, len(top))], read > keep, capped, nil
-}
-
-func byNewestDecision(a, b *factoryv1.Approval) int {
-	if c := toTime(b.GetDecidedAt()).Compare(toTime(a.GetDecidedAt())); c != 0 {
-		return c
-	}
-	// UUIDv7 ids sort by creation: the later request first.
-	return strings.Compare(b.GetId(), a.GetId())
 }
 
 // approvalPage is one request: the page approval notifications link to,

@@ -59,8 +59,17 @@ type taskFilter struct {
 	// MinAttemptText is min_attempt as typed, so a value that is not a
 	// number is shown back for correcting.
 	MinAttemptText string
-	PageToken      string
+	// Oldest lists the oldest task first (order=oldest); the list is
+	// newest first by default, the latest work on the first page.
+	Oldest    bool
+	PageToken string
 }
+
+// The list's orders, as order= in the query.
+const (
+	orderNewest = "newest"
+	orderOldest = "oldest"
+)
 
 // parseTaskFilter reads the list's query. Only the parsing is checked here
 // (a state name, a number); the API checks the rest and names the field.
@@ -71,6 +80,13 @@ func parseTaskFilter(q url.Values) (taskFilter, error) {
 		Kind:           strings.TrimSpace(q.Get("kind")),
 		MinAttemptText: strings.TrimSpace(q.Get("min_attempt")),
 		PageToken:      q.Get("page_token"),
+	}
+	switch o := strings.ToLower(strings.TrimSpace(q.Get("order"))); o {
+	case "", orderNewest:
+	case orderOldest:
+		f.Oldest = true
+	default:
+		return f, status.Errorf(codes.InvalidArgument, "order: %q is not %s or %s", o, orderNewest, orderOldest)
 	}
 	for _, l := range q["label"] {
 		if l = strings.TrimSpace(l); l != "" {
@@ -118,19 +134,30 @@ func parseTaskState(name string) (factoryv1.TaskState, bool, error) {
 // request is the filter as a ListTasks call for one page.
 func (f taskFilter) request() *factoryv1.ListTasksRequest {
 	return &factoryv1.ListTasksRequest{
-		States:     f.States,
-		Role:       f.Role,
-		Assignee:   f.Agent,
-		Labels:     f.Labels,
-		Kind:       f.Kind,
-		MinAttempt: f.MinAttempt,
-		PageSize:   taskPageSize,
-		PageToken:  f.PageToken,
+		States:      f.States,
+		Role:        f.Role,
+		Assignee:    f.Agent,
+		Labels:      f.Labels,
+		Kind:        f.Kind,
+		MinAttempt:  f.MinAttempt,
+		PageSize:    taskPageSize,
+		PageToken:   f.PageToken,
+		NewestFirst: !f.Oldest,
 	}
 }
 
-// query is the filter as a query string, without the page token.
+// query is the filter and the order as a query string, without the page
+// token. The default order is left out, so plain links stay plain.
 func (f taskFilter) query() url.Values {
+	q := f.filters()
+	if f.Oldest {
+		q.Set("order", orderOldest)
+	}
+	return q
+}
+
+// filters is the query's filters alone.
+func (f taskFilter) filters() url.Values {
 	q := url.Values{}
 	for _, st := range f.States {
 		q.Add("state", enumName(st))
@@ -150,8 +177,16 @@ func (f taskFilter) query() url.Values {
 	return q
 }
 
-// Filtered reports whether any filter is set.
-func (f taskFilter) Filtered() bool { return len(f.query()) > 0 }
+// Filtered reports whether any filter is set; the order is not one.
+func (f taskFilter) Filtered() bool { return len(f.filters()) > 0 }
+
+// Order is the order the form's select shows.
+func (f taskFilter) Order() string {
+	if f.Oldest {
+		return orderOldest
+	}
+	return orderNewest
+}
 
 // State is the state the form's select shows: the first filtered one.
 func (f taskFilter) State() string {

@@ -3,6 +3,7 @@ package console
 import (
 	"net/url"
 	"slices"
+	"strings"
 	"testing"
 
 	"google.golang.org/grpc/codes"
@@ -32,6 +33,8 @@ func TestTaskFilterRequest(t *testing.T) {
 		Kind:       "deploy",
 		MinAttempt: 2,
 		PageSize:   taskPageSize, PageToken: "tok",
+		// Newest first unless the query asks for the oldest.
+		NewestFirst: true,
 	}
 	if !proto.Equal(got, want) {
 		t.Fatalf("request:\n got %v\nwant %v", got, want)
@@ -46,8 +49,84 @@ func TestTaskFilterRequest(t *testing.T) {
 	}
 }
 
+func TestTaskListOrder(t *testing.T) {
+	for _, c := range []struct {
+		raw    string
+		newest bool
+		href   string
+	}{
+		{"", true, "/tasks"},
+		{"order=newest", true, "/tasks"},
+		{"order=oldest&page_token=tok", false, "/tasks?order=oldest"},
+		{"order=Oldest&state=READY", false, "/tasks?order=oldest&state=READY"},
+	} {
+		q, _ := url.ParseQuery(c.raw)
+		f, err := parseTaskFilter(q)
+		if err != nil {
+			t.Fatalf("%s: %v", c.raw, err)
+		}
+		if got := f.request().GetNewestFirst(); got != c.newest {
+			t.Errorf("%s: newest_first %v, want %v", c.raw, got, c.newest)
+		}
+		// The pager's and the label links' base keeps the order.
+		if got := tasksHref(f.query()); got != c.href {
+			t.Errorf("%s: href %s, want %s", c.raw, got, c.href)
+		}
+	}
+	// The order alone is not a filter: an empty list says the queue is.
+	q, _ := url.ParseQuery("order=oldest")
+	if f, _ := parseTaskFilter(q); f.Filtered() || f.Order() != orderOldest {
+		t.Errorf("order=oldest: filtered %v, order %q", f.Filtered(), f.Order())
+	}
+}
+
+// The pager's words follow the order: newest first pages to older tasks.
+func TestTaskPagerFollowsOrder(t *testing.T) {
+	pages, err := parsePages()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		query       string
+		first, next string
+	}{
+		{"page_token=n5", "← Newest", "Older →"},
+		{"order=oldest&page_token=5", "← Oldest", "Newer →"},
+	} {
+		q, _ := url.ParseQuery(c.query)
+		f, err := parseTaskFilter(q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		next := f.query()
+		next.Set("page_token", "x")
+		d := tasksData{
+			Filter: f, Stats: &factoryv1.GetQueueStatsResponse{},
+			Tasks:    []*factoryv1.Task{{Id: "t1", Title: "one", State: factoryv1.TaskState_TASK_STATE_READY}},
+			NextPage: tasksHref(next),
+		}
+		var b strings.Builder
+		if err := pages.byName["tasks"].ExecuteTemplate(&b, "main", view{D: d}); err != nil {
+			t.Fatal(err)
+		}
+		body := b.String()
+		for _, want := range []string{">" + c.first + "</a>", `rel="next">` + c.next + "</a>"} {
+			if !strings.Contains(body, want) {
+				t.Errorf("%s: no %q in the pager", c.query, want)
+			}
+		}
+		wantSelected := `<option value="newest" selected>`
+		if f.Oldest {
+			wantSelected = `<option value="oldest" selected>`
+		}
+		if !strings.Contains(body, wantSelected) {
+			t.Errorf("%s: the order select does not show the order", c.query)
+		}
+	}
+}
+
 func TestTaskFilterParseErrors(t *testing.T) {
-	for _, raw := range []string{"state=SOMEWHERE", "min_attempt=two", "min_attempt=99999999999"} {
+	for _, raw := range []string{"state=SOMEWHERE", "min_attempt=two", "min_attempt=99999999999", "order=sideways"} {
 		q, _ := url.ParseQuery(raw)
 		if _, err := parseTaskFilter(q); status.Code(err) != codes.InvalidArgument {
 			t.Errorf("%s: got %v, want INVALID_ARGUMENT", raw, err)

@@ -264,6 +264,9 @@ type ListParams struct {
 	MinAttempt int
 	// Summary leaves the tasks' large fields out (see store.Task.Summary).
 	Summary bool
+	// NewestFirst lists the most recently created task first; PageToken
+	// must come from a list in the same order.
+	NewestFirst bool
 }
 
 // List returns one page of tasks: at most PageSize, and no more than
@@ -276,6 +279,7 @@ func (s *Service) List(ctx context.Context, p ListParams) (*store.TaskListResult
 		States: p.States, Role: p.Role, Assignee: p.Assignee, Labels: parseLabels(p.Labels), IDs: p.IDs,
 		Kind: p.Kind, MinAttempt: p.MinAttempt,
 		Limit: p.PageSize, Cursor: p.PageToken, MaxBytes: ResponseBytes, Summary: p.Summary,
+		NewestFirst: p.NewestFirst,
 	})
 }
 

@@ -72,7 +72,10 @@ func (s *approvalServer) ListApprovals(ctx context.Context, r *factoryv1.ListApp
 	for i, st := range r.GetStates() {
 		states[i] = store.ApprovalState(st)
 	}
-	res, err := s.a.List(ctx, approval.ListParams{States: states, Agent: r.GetAgent(), PageSize: int(r.GetPageSize()), PageToken: r.GetPageToken()})
+	res, err := s.a.List(ctx, approval.ListParams{
+		States: states, Agent: r.GetAgent(), PageSize: int(r.GetPageSize()), PageToken: r.GetPageToken(),
+		NewestFirst: r.GetNewestFirst(),
+	})
 	if err != nil {
 		return nil, s.err(ctx, err)
 	}

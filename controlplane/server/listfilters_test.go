@@ -7,6 +7,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 
+	"github.com/factory/factory/controlplane/store"
 	factoryv1 "github.com/factory/factory/gen/factory/v1"
 )
 
@@ -144,5 +145,93 @@ func TestListAuditByTarget(t *testing.T) {
 		if st := wantCode(t, err, codes.InvalidArgument); fieldOf(st) != "target" {
 			t.Errorf("ListAudit(target %q): violation on %q, want target", target, fieldOf(st))
 		}
+	}
+}
+
+func TestListNewestFirst(t *testing.T) {
+	b := setup(t, nil)
+	ctx := context.Background()
+	for _, id := range []string{"t3", "t1", "t4", "t2"} {
+		create(t, b, &factoryv1.CreateTaskRequest{TaskId: id, Title: "task " + id, Kind: "build"})
+	}
+	for _, c := range []struct {
+		name string
+		req  *factoryv1.ListTasksRequest
+		want string
+	}{
+		{"tasks oldest first", &factoryv1.ListTasksRequest{PageSize: 3}, "t3,t1,t4,t2"},
+		{"tasks newest first", &factoryv1.ListTasksRequest{NewestFirst: true, PageSize: 3}, "t2,t4,t1,t3"},
+		{"tasks newest first, filtered", &factoryv1.ListTasksRequest{NewestFirst: true, Kind: "build", PageSize: 1}, "t2,t4,t1,t3"},
+	} {
+		if ids, pages := listTaskIDs(t, b, c.req); strings.Join(ids, ",") != c.want || pages < 2 {
+			t.Errorf("%s: %v in %d pages, want %s over several pages", c.name, ids, pages, c.want)
+		}
+	}
+	first, err := b.client.ListTasks(ctx, &factoryv1.ListTasksRequest{NewestFirst: true, PageSize: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = b.client.ListTasks(ctx, &factoryv1.ListTasksRequest{PageSize: 1, PageToken: first.GetNextPageToken()})
+	if st := wantCode(t, err, codes.InvalidArgument); fieldOf(st) != "page_token" {
+		t.Errorf("a newest-first token listed oldest first: violation on %q, want page_token", fieldOf(st))
+	}
+
+	forgeSecret, _ := b.mintToken(t, store.RoleAgent, "forge")
+	forge := b.approvalAs(t, forgeSecret)
+	op := b.approvalAs(t, b.operator)
+	var ids []string
+	for range 5 {
+		ids = append(ids, requestTier2(t, forge, "forge").GetId())
+	}
+	for _, i := range []int{3, 0, 1} {
+		if _, err := op.ap.Decide(ctx, approve(ids[i])); err != nil {
+			t.Fatal(err)
+		}
+	}
+	listApprovals := func(req *factoryv1.ListApprovalsRequest) (got []string, pages int) {
+		t.Helper()
+		for ; ; pages++ {
+			if pages > 10 {
+				t.Fatalf("paging did not end: %v", got)
+			}
+			res, err := op.ap.ListApprovals(ctx, req)
+			if err != nil {
+				t.Fatalf("ListApprovals(%v): %v", req, err)
+			}
+			for _, a := range res.GetApprovals() {
+				got = append(got, a.GetId())
+			}
+			if req.PageToken = res.GetNextPageToken(); req.PageToken == "" {
+				return got, pages + 1
+			}
+		}
+	}
+	decided := []factoryv1.ApprovalState{factoryv1.ApprovalState_APPROVAL_STATE_APPROVED, factoryv1.ApprovalState_APPROVAL_STATE_REJECTED,
+		factoryv1.ApprovalState_APPROVAL_STATE_MODIFIED, factoryv1.ApprovalState_APPROVAL_STATE_EXPIRED}
+	for _, c := range []struct {
+		name string
+		req  *factoryv1.ListApprovalsRequest
+		want []int
+	}{
+		{"approvals oldest first", &factoryv1.ListApprovalsRequest{PageSize: 2}, []int{2, 4, 0, 1, 3}},
+		{"approvals newest first", &factoryv1.ListApprovalsRequest{NewestFirst: true, PageSize: 2}, []int{4, 2, 3, 1, 0}},
+		{"decided newest first", &factoryv1.ListApprovalsRequest{NewestFirst: true, States: decided, PageSize: 2}, []int{3, 1, 0}},
+		{"agent newest first", &factoryv1.ListApprovalsRequest{NewestFirst: true, Agent: "forge", PageSize: 3}, []int{4, 2, 3, 1, 0}},
+	} {
+		var want []string
+		for _, i := range c.want {
+			want = append(want, ids[i])
+		}
+		if got, pages := listApprovals(c.req); strings.Join(got, ",") != strings.Join(want, ",") || pages < 2 {
+			t.Errorf("%s: %v in %d pages, want %v over several pages", c.name, got, pages, want)
+		}
+	}
+	page, err := op.ap.ListApprovals(ctx, &factoryv1.ListApprovalsRequest{PageSize: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = op.ap.ListApprovals(ctx, &factoryv1.ListApprovalsRequest{NewestFirst: true, PageToken: page.GetNextPageToken()})
+	if st := wantCode(t, err, codes.InvalidArgument); fieldOf(st) != "page_token" {
+		t.Errorf("an oldest-first token listed newest first: violation on %q, want page_token", fieldOf(st))
 	}
 }

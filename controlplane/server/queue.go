@@ -68,7 +68,8 @@ func (s *queueServer) ListTasks(ctx context.Context, r *factoryv1.ListTasksReque
 		States: statesFromProto(r.GetStates()), Role: r.GetRole(), Assignee: r.GetAssignee(),
 		Labels: r.GetLabels(), Kind: r.GetKind(), MinAttempt: int(r.GetMinAttempt()),
 		PageSize: int(r.GetPageSize()), PageToken: r.GetPageToken(),
-		Summary: r.GetView() != factoryv1.TaskView_TASK_VIEW_FULL,
+		Summary:     r.GetView() != factoryv1.TaskView_TASK_VIEW_FULL,
+		NewestFirst: r.GetNewestFirst(),
 	})
 	if err != nil {
 		return nil, s.err(ctx, err)

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -20,9 +21,10 @@ type ApprovalStore interface {
 	ApprovalGet(ctx context.Context, id string) (*Approval, error)
 
 	// ApprovalList returns requests PENDING first, then the rest, each
-	// group in creation order, after Cursor, at most Limit. NextCursor is
-	// empty on the last page. An undecodable cursor is a FieldError on
-	// "page_token".
+	// group in creation order (newest first with NewestFirst), after
+	// Cursor, at most Limit. NextCursor is empty on the last page. An
+	// undecodable cursor, or one written for the other order, is a
+	// FieldError on "page_token".
 	ApprovalList(ctx context.Context, params *ApprovalListParams) (*ApprovalListResult, error)
 
 	// ApprovalDecide applies an operator's decision to a PENDING request,
@@ -263,6 +265,9 @@ type ApprovalListParams struct {
 	Agent  string
 	Limit  int
 	Cursor string
+	// NewestFirst lists each group newest first. Cursor must come from a
+	// list in the same order.
+	NewestFirst bool
 }
 
 // ApprovalListResult is one page.
@@ -390,29 +395,77 @@ func (t *Task) ApplyApproval(outcome ApprovalDecision, reason, instructions stri
 }
 
 // Approval list cursors are "<group>.<seq>": group 0 for PENDING, 1 for
-// the rest, and the creation sequence of the last request returned.
+// the rest, and the creation sequence of the last request returned. A
+// newest-first cursor carries the prefix newestFirstCursor, so that a
+// token is only ever read in the order that wrote it: read the other way,
+// "after seq" would silently skip or repeat a whole group's pages.
 
-// ParseApprovalCursor reads a cursor; empty means the start.
-func ParseApprovalCursor(cursor string) (group int, seq int64, err error) {
+// ParseApprovalCursor reads a cursor of the given order. Empty means the
+// start: group 0 and, newest first, seq math.MaxInt64 (every request is
+// before it). A cursor of the other order is a FieldError on "page_token".
+func ParseApprovalCursor(cursor string, newestFirst bool) (group int, seq int64, err error) {
 	if cursor == "" {
+		if newestFirst {
+			return 0, math.MaxInt64, nil
+		}
 		return 0, 0, nil
 	}
-	g, s, ok := strings.Cut(cursor, ".")
+	body, err := cursorOfOrder(cursor, newestFirst)
+	if err != nil {
+		return 0, 0, err
+	}
+	g, s, ok := strings.Cut(body, ".")
 	gi, err1 := strconv.Atoi(g)
 	si, err2 := strconv.ParseInt(s, 10, 64)
 	if !ok || err1 != nil || err2 != nil || gi < 0 || gi > 1 || si < 0 {
-		return 0, 0, InvalidField("page_token", "%q is not a page token from a previous list", cursor)
+		return 0, 0, notACursor(cursor)
 	}
 	return gi, si, nil
 }
 
-// FormatApprovalCursor writes a cursor after a request.
-func FormatApprovalCursor(state ApprovalState, seq int64) string {
+// FormatApprovalCursor writes a cursor of the given order after a request.
+func FormatApprovalCursor(state ApprovalState, seq int64, newestFirst bool) string {
 	g := 1
 	if state == ApprovalPending {
 		g = 0
 	}
-	return strconv.Itoa(g) + "." + strconv.FormatInt(seq, 10)
+	return orderPrefix(newestFirst) + strconv.Itoa(g) + "." + strconv.FormatInt(seq, 10)
+}
+
+// ApprovalGroupScan is one group a newest-first ApprovalList reads: the
+// PENDING requests or the rest, those created before seq Before, newest
+// first. Each is one backward range scan of the list index, where a
+// single ORDER BY over both groups (PENDING ascending, seq descending)
+// matches no index direction and would sort every row.
+type ApprovalGroupScan struct {
+	Pending bool
+	Before  int64
+}
+
+// NewestApprovalScans returns the group scans of a newest-first list that
+// continues from a cursor's group and seq (see ParseApprovalCursor), in
+// list order. A group the States filter leaves empty is not read.
+func NewestApprovalScans(states []ApprovalState, group int, seq int64) []ApprovalGroupScan {
+	pending, rest := len(states) == 0, len(states) == 0
+	for _, st := range states {
+		if st == ApprovalPending {
+			pending = true
+		} else {
+			rest = true
+		}
+	}
+	var scans []ApprovalGroupScan
+	if group == 0 && pending {
+		scans = append(scans, ApprovalGroupScan{Pending: true, Before: seq})
+	}
+	if rest {
+		before := int64(math.MaxInt64)
+		if group == 1 {
+			before = seq
+		}
+		scans = append(scans, ApprovalGroupScan{Before: before})
+	}
+	return scans
 }
 
 // Gate attaches a new task's approval request: the request names the task,

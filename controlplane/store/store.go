@@ -3,7 +3,9 @@ package store
 import (
 	"context"
 	"fmt"
+	"math"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -28,11 +30,12 @@ type Store interface {
 	// TaskGet returns one task or ErrNotFound.
 	TaskGet(ctx context.Context, id string) (*Task, error)
 
-	// TaskList returns tasks in creation order after Cursor, at most Limit
-	// and, with MaxBytes, no more than their sizes fit (see TaskSizeFixed;
-	// the first task always comes). NextCursor is empty on the last page.
-	// An undecodable cursor is a FieldError on "page_token". With Summary
-	// the large fields are left out (see Task.Summary).
+	// TaskList returns tasks in creation order (newest first with
+	// NewestFirst) after Cursor, at most Limit and, with MaxBytes, no more
+	// than their sizes fit (see TaskSizeFixed; the first task always
+	// comes). NextCursor is empty on the last page. An undecodable cursor,
+	// or one written for the other order, is a FieldError on "page_token".
+	// With Summary the large fields are left out (see Task.Summary).
 	TaskList(ctx context.Context, params *TaskListParams) (*TaskListResult, error)
 
 	// TaskClaim moves up to Max READY tasks to IN_PROGRESS for Agent, in
@@ -206,6 +209,9 @@ type TaskListParams struct {
 	Kind     string
 	Limit    int
 	Cursor   string
+	// NewestFirst lists the most recently created task first. Cursor
+	// must come from a list in the same order.
+	NewestFirst bool
 	// MinAttempt keeps tasks with Attempt >= MinAttempt: retry loops.
 	MinAttempt int
 	// MaxBytes bounds the page by the tasks' sizes; 0 does not bound.
@@ -390,15 +396,65 @@ func CheckTaskCreates(tasks []*TaskCreate) error {
 	return nil
 }
 
-// ParseCursor reads a list cursor written by a driver as the decimal
-// creation sequence of the last task returned; empty means the start.
-func ParseCursor(cursor string) (int64, error) {
+// Task list cursors are the decimal creation sequence of the last task
+// returned; a newest-first cursor carries the prefix newestFirstCursor
+// (see ParseApprovalCursor for why the order is in the token).
+
+// ParseTaskCursor reads a cursor of the given order. Empty means the
+// start: 0, or newest first math.MaxInt64 (every task is before it). A
+// cursor of the other order is a FieldError on "page_token".
+func ParseTaskCursor(cursor string, newestFirst bool) (int64, error) {
 	if cursor == "" {
+		if newestFirst {
+			return math.MaxInt64, nil
+		}
 		return 0, nil
 	}
-	n, err := strconv.ParseInt(cursor, 10, 64)
+	body, err := cursorOfOrder(cursor, newestFirst)
+	if err != nil {
+		return 0, err
+	}
+	n, err := strconv.ParseInt(body, 10, 64)
 	if err != nil || n < 0 {
-		return 0, InvalidField("page_token", "%q is not a page token from a previous list", cursor)
+		return 0, notACursor(cursor)
 	}
 	return n, nil
+}
+
+// FormatTaskCursor writes a cursor of the given order after the task with
+// creation sequence seq.
+func FormatTaskCursor(seq int64, newestFirst bool) string {
+	return orderPrefix(newestFirst) + strconv.FormatInt(seq, 10)
+}
+
+// newestFirstCursor starts every newest-first list cursor. Oldest-first
+// cursors start with a digit, as they always have, so tokens handed out
+// before lists had an order still work.
+const newestFirstCursor = "n"
+
+func orderPrefix(newestFirst bool) string {
+	if newestFirst {
+		return newestFirstCursor
+	}
+	return ""
+}
+
+// cursorOfOrder strips the order prefix from a cursor, refusing one
+// written for the other order.
+func cursorOfOrder(cursor string, newestFirst bool) (string, error) {
+	body, newest := strings.CutPrefix(cursor, newestFirstCursor)
+	if newest == newestFirst {
+		return body, nil
+	}
+	if body == "" || body[0] < '0' || body[0] > '9' {
+		return "", notACursor(cursor)
+	}
+	if newest {
+		return "", InvalidField("page_token", "%q continues a newest-first list: ask for newest first again, or start over without the token", cursor)
+	}
+	return "", InvalidField("page_token", "%q continues an oldest-first list: ask for oldest first again, or start over without the token", cursor)
+}
+
+func notACursor(cursor string) error {
+	return InvalidField("page_token", "%q is not a page token from a previous list", cursor)
 }

@@ -1,8 +1,11 @@
 package postgres
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -181,34 +184,64 @@ func (s *Store) ApprovalList(ctx context.Context, p *store.ApprovalListParams) (
 	if p == nil {
 		p = &store.ApprovalListParams{}
 	}
-	group, after, err := store.ParseApprovalCursor(p.Cursor)
+	group, at, err := store.ParseApprovalCursor(p.Cursor, p.NewestFirst)
 	if err != nil {
 		return nil, err
 	}
 	if err := checkText("agent", p.Agent); err != nil {
 		return nil, err
 	}
-	var b strings.Builder
-	b.WriteString("-- name: ApprovalList\nSELECT " + approvalCols + " FROM approvals WHERE ((state <> 1) > $1 OR ((state <> 1) = $1 AND seq > $2))")
-	args := []any{group == 1, after}
+	var args []any
+	arg := func(v any) string {
+		args = append(args, v)
+		return "$" + strconv.Itoa(len(args))
+	}
+	// The filters' parameters come first, so that every arm of a
+	// newest-first list shares them.
+	var filter strings.Builder
 	if len(p.States) > 0 {
 		states := make([]int16, len(p.States))
 		for i, st := range p.States {
 			states[i] = int16(st)
 		}
-		args = append(args, states)
-		b.WriteString(" AND state = ANY($" + strconv.Itoa(len(args)) + "::smallint[])")
+		filter.WriteString(" AND state = ANY(" + arg(states) + "::smallint[])")
 	}
 	if p.Agent != "" {
-		args = append(args, p.Agent)
-		b.WriteString(" AND agent = $" + strconv.Itoa(len(args)))
+		filter.WriteString(" AND agent = " + arg(p.Agent))
 	}
-	b.WriteString(" ORDER BY (state <> 1), seq")
-	limit := 0
-	if p.Limit > 0 {
+	// One row past the page says whether there is a next page.
+	limit, limitSQL := 0, ""
+	if p.Limit > 0 && p.Limit < math.MaxInt32 {
 		limit = p.Limit + 1
-		args = append(args, limit)
-		b.WriteString(" LIMIT $" + strconv.Itoa(len(args)))
+		limitSQL = " LIMIT " + arg(limit)
+	}
+	var b strings.Builder
+	b.WriteString("-- name: ApprovalList\n")
+	if p.NewestFirst {
+		// One arm per group, each a backward range scan of approvals_list
+		// limited on its own (see store.ApprovalGroupScan), in one
+		// statement so that the page is one snapshot.
+		scans := store.NewestApprovalScans(p.States, group, at)
+		if len(scans) == 0 {
+			return &store.ApprovalListResult{}, nil
+		}
+		for i, sc := range scans {
+			if i > 0 {
+				b.WriteString(" UNION ALL ")
+			}
+			// IS FALSE, not = false: the planner rewrites the latter to
+			// state = 1, which no longer matches the index's expression.
+			group := "(state <> 1) IS TRUE"
+			if sc.Pending {
+				group = "(state <> 1) IS FALSE"
+			}
+			b.WriteString("(SELECT " + approvalCols + " FROM approvals WHERE " + group +
+				" AND seq < " + arg(sc.Before) + filter.String() + " ORDER BY seq DESC" + limitSQL + ")")
+		}
+	} else {
+		g := arg(group == 1)
+		b.WriteString("SELECT " + approvalCols + " FROM approvals WHERE ((state <> 1) > " + g + " OR ((state <> 1) = " + g +
+			" AND seq > " + arg(at) + "))" + filter.String() + " ORDER BY (state <> 1), seq" + limitSQL)
 	}
 	var rows []*approvalRow
 	err = s.read(ctx, "ApprovalList", func(ctx context.Context) error {
@@ -222,17 +255,36 @@ func (s *Store) ApprovalList(ctx context.Context, p *store.ApprovalListParams) (
 	if err != nil {
 		return nil, err
 	}
+	if p.NewestFirst {
+		sortNewestFirst(rows)
+	}
 	res := &store.ApprovalListResult{}
-	if limit > 0 && len(rows) == limit {
+	if limit > 0 && len(rows) >= limit {
 		rows = rows[:p.Limit]
 		last := rows[len(rows)-1]
-		res.NextCursor = store.FormatApprovalCursor(last.a.State, last.seq)
+		res.NextCursor = store.FormatApprovalCursor(last.a.State, last.seq, p.NewestFirst)
 	}
 	res.Approvals = make([]*store.Approval, len(rows))
 	for i, r := range rows {
 		res.Approvals[i] = r.a
 	}
 	return res, nil
+}
+
+// sortNewestFirst puts the rows of a newest-first list in order: PENDING
+// first, then the rest, each newest first. UNION ALL promises no order of
+// its own, and this sorts at most two pages, never the table.
+func sortNewestFirst(rows []*approvalRow) {
+	slices.SortFunc(rows, func(x, y *approvalRow) int {
+		xp, yp := x.a.State == store.ApprovalPending, y.a.State == store.ApprovalPending
+		if xp != yp {
+			if xp {
+				return -1
+			}
+			return 1
+		}
+		return cmp.Compare(y.seq, x.seq)
+	})
 }
 
 // ApprovalDecide implements store.ApprovalStore.

@@ -203,9 +203,14 @@ func (s *Store) TaskList(ctx context.Context, p *store.TaskListParams) (*store.T
 	if p == nil {
 		p = &store.TaskListParams{}
 	}
-	after, err := store.ParseCursor(p.Cursor)
+	at, err := store.ParseTaskCursor(p.Cursor, p.NewestFirst)
 	if err != nil {
 		return nil, err
+	}
+	// Newest first is the same scan of the primary key, backwards.
+	next, order := " seq > $1", " ORDER BY seq"
+	if p.NewestFirst {
+		next, order = " seq < $1", " ORDER BY seq DESC"
 	}
 	if err := checkText("role", p.Role, "assignee", p.Assignee, "kind", p.Kind); err != nil {
 		return nil, err
@@ -228,11 +233,11 @@ func (s *Store) TaskList(ctx context.Context, p *store.TaskListParams) (*store.T
 		if p.Summary {
 			size = sizeSummary
 		}
-		b.WriteString("-- name: TaskList\nWITH page AS (SELECT seq, " + size + " AS size FROM tasks WHERE seq > $1")
+		b.WriteString("-- name: TaskList\nWITH page AS (SELECT seq, " + size + " AS size FROM tasks WHERE" + next)
 	} else {
-		b.WriteString("-- name: TaskList\nSELECT " + taskCols + " FROM tasks WHERE seq > $1")
+		b.WriteString("-- name: TaskList\nSELECT " + taskCols + " FROM tasks WHERE" + next)
 	}
-	args := []any{after}
+	args := []any{at}
 	arg := func(v any) string {
 		args = append(args, v)
 		return "$" + strconv.Itoa(len(args))
@@ -264,7 +269,7 @@ func (s *Store) TaskList(ctx context.Context, p *store.TaskListParams) (*store.T
 		// attempt is an integer column: a larger bound matches nothing.
 		b.WriteString(" AND attempt >= " + arg(int64(p.MinAttempt)) + "::bigint")
 	}
-	b.WriteString(" ORDER BY seq")
+	b.WriteString(order)
 	// One row past the page says whether there is a next page.
 	limit := 0
 	if p.Limit > 0 && p.Limit < math.MaxInt32 {
@@ -272,7 +277,7 @@ func (s *Store) TaskList(ctx context.Context, p *store.TaskListParams) (*store.T
 		b.WriteString(" LIMIT " + arg(limit))
 	}
 	if bounded {
-		return s.taskListBounded(ctx, p, &b, args, limit)
+		return s.taskListBounded(ctx, p, &b, args, limit, order)
 	}
 
 	var rows []*row
@@ -290,7 +295,7 @@ func (s *Store) TaskList(ctx context.Context, p *store.TaskListParams) (*store.T
 	res := &store.TaskListResult{}
 	if limit > 0 && len(rows) == limit {
 		rows = rows[:p.Limit]
-		res.NextCursor = strconv.FormatInt(rows[len(rows)-1].seq, 10)
+		res.NextCursor = store.FormatTaskCursor(rows[len(rows)-1].seq, p.NewestFirst)
 	}
 	res.Tasks = make([]*store.Task, len(rows))
 	for i, r := range rows {
@@ -305,8 +310,9 @@ var summaryCols = strings.NewReplacer(" payload_json,", " ''::text,", " last_err
 // taskListBounded finishes a TaskList whose page is bounded by bytes or
 // made of summaries: b holds the page's candidates (seq and size, up to
 // limit) as the CTE "page"; the rows kept are those whose running size
-// fits MaxBytes, and always the first.
-func (s *Store) taskListBounded(ctx context.Context, p *store.TaskListParams, b *strings.Builder, args []any, limit int) (*store.TaskListResult, error) {
+// fits MaxBytes, and always the first, in the list's order (" ORDER BY
+// seq" or " ORDER BY seq DESC").
+func (s *Store) taskListBounded(ctx context.Context, p *store.TaskListParams, b *strings.Builder, args []any, limit int, order string) (*store.TaskListResult, error) {
 	cols := taskCols
 	if p.Summary {
 		cols = summaryCols
@@ -316,9 +322,9 @@ func (s *Store) taskListBounded(ctx context.Context, p *store.TaskListParams, b 
 		budget = math.MaxInt64
 	}
 	args = append(args, budget)
-	b.WriteString(`), sums AS (SELECT seq, size, sum(size) OVER (ORDER BY seq) AS run, count(*) OVER () AS n FROM page)
+	b.WriteString(`), sums AS (SELECT seq, size, sum(size) OVER (` + order + `) AS run, count(*) OVER () AS n FROM page)
 SELECT octet_length(payload_json), sums.n, ` + cols + ` FROM sums JOIN tasks USING (seq)
-WHERE run <= $` + strconv.Itoa(len(args)) + `::bigint OR run = size ORDER BY seq`)
+WHERE run <= $` + strconv.Itoa(len(args)) + `::bigint OR run = size` + order)
 
 	var (
 		rows       []*row
@@ -353,7 +359,7 @@ WHERE run <= $` + strconv.Itoa(len(args)) + `::bigint OR run = size ORDER BY seq
 	}
 	// A candidate left out, by the limit or the budget, starts the next page.
 	if int64(len(rows)) < candidates {
-		res.NextCursor = strconv.FormatInt(rows[len(rows)-1].seq, 10)
+		res.NextCursor = store.FormatTaskCursor(rows[len(rows)-1].seq, p.NewestFirst)
 	}
 	res.Tasks = make([]*store.Task, len(rows))
 	for i, r := range rows {

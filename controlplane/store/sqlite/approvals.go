@@ -1,10 +1,12 @@
 package sqlite
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"time"
 
@@ -163,28 +165,40 @@ func (s *Store) ApprovalList(ctx context.Context, p *store.ApprovalListParams) (
 	if p == nil {
 		p = &store.ApprovalListParams{}
 	}
-	group, after, err := store.ParseApprovalCursor(p.Cursor)
+	group, at, err := store.ParseApprovalCursor(p.Cursor, p.NewestFirst)
 	if err != nil {
 		return nil, err
 	}
-	var b strings.Builder
-	b.WriteString("SELECT " + approvalCols + " FROM approvals WHERE ((state <> 1) > ? OR ((state <> 1) = ? AND seq > ?))")
-	args := []any{group, group, after}
+	var filter strings.Builder
+	var filterArgs []any
 	if len(p.States) > 0 {
-		b.WriteString(" AND state IN (SELECT value FROM json_each(?))")
-		args = append(args, jsonText(p.States))
+		filter.WriteString(" AND state IN (SELECT value FROM json_each(?))")
+		filterArgs = append(filterArgs, jsonText(p.States))
 	}
 	if p.Agent != "" {
-		b.WriteString(" AND agent = ?")
-		args = append(args, p.Agent)
+		filter.WriteString(" AND agent = ?")
+		filterArgs = append(filterArgs, p.Agent)
 	}
+	// One row past the page says whether there is a next page.
 	limit := -1
 	if p.Limit > 0 && p.Limit < math.MaxInt32 {
 		limit = p.Limit + 1
 	}
-	b.WriteString(" ORDER BY (state <> 1), seq LIMIT ?")
-	args = append(args, limit)
-	st, err := s.rs.get(ctx, b.String())
+	var (
+		query string
+		args  []any
+	)
+	if p.NewestFirst {
+		query, args = approvalListNewest(store.NewestApprovalScans(p.States, group, at), filter.String(), filterArgs, limit)
+		if query == "" {
+			return &store.ApprovalListResult{}, nil
+		}
+	} else {
+		query = "SELECT " + approvalCols + " FROM approvals WHERE ((state <> 1) > ? OR ((state <> 1) = ? AND seq > ?))" +
+			filter.String() + " ORDER BY (state <> 1), seq LIMIT ?"
+		args = append(append([]any{group, group, at}, filterArgs...), limit)
+	}
+	st, err := s.rs.get(ctx, query)
 	if err != nil {
 		return nil, dbErr("ApprovalList", err)
 	}
@@ -196,17 +210,60 @@ func (s *Store) ApprovalList(ctx context.Context, p *store.ApprovalListParams) (
 	if err != nil {
 		return nil, err
 	}
+	if p.NewestFirst {
+		sortNewestFirst(rows)
+	}
 	res := &store.ApprovalListResult{}
-	if limit > 0 && len(rows) == limit {
+	if limit > 0 && len(rows) >= limit {
 		rows = rows[:p.Limit]
 		last := rows[len(rows)-1]
-		res.NextCursor = store.FormatApprovalCursor(last.a.State, last.seq)
+		res.NextCursor = store.FormatApprovalCursor(last.a.State, last.seq, p.NewestFirst)
 	}
 	res.Approvals = make([]*store.Approval, len(rows))
 	for i, r := range rows {
 		res.Approvals[i] = r.a
 	}
 	return res, nil
+}
+
+// approvalListNewest is the query of a newest-first list: one arm per
+// group scan, each a backward range scan of approvals_list limited on its
+// own, joined in one statement so that the page is one snapshot. It is
+// empty when there is nothing to scan.
+func approvalListNewest(scans []store.ApprovalGroupScan, filter string, filterArgs []any, limit int) (string, []any) {
+	var (
+		b    strings.Builder
+		args []any
+	)
+	for i, sc := range scans {
+		if i > 0 {
+			b.WriteString(" UNION ALL ")
+		}
+		rest := "1"
+		if sc.Pending {
+			rest = "0"
+		}
+		b.WriteString("SELECT * FROM (SELECT " + approvalCols + " FROM approvals WHERE (state <> 1) = " + rest +
+			" AND seq < ?" + filter + " ORDER BY seq DESC LIMIT ?)")
+		args = append(append(append(args, sc.Before), filterArgs...), limit)
+	}
+	return b.String(), args
+}
+
+// sortNewestFirst puts the rows of a newest-first list in order: PENDING
+// first, then the rest, each newest first. A compound SELECT promises no
+// order of its own, and this sorts at most two pages, never the table.
+func sortNewestFirst(rows []*approvalRow) {
+	slices.SortFunc(rows, func(x, y *approvalRow) int {
+		xp, yp := x.a.State == store.ApprovalPending, y.a.State == store.ApprovalPending
+		if xp != yp {
+			if xp {
+				return -1
+			}
+			return 1
+		}
+		return cmp.Compare(y.seq, x.seq)
+	})
 }
 
 // ApprovalDecide implements store.ApprovalStore.

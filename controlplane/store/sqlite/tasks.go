@@ -8,7 +8,6 @@ import (
 	"maps"
 	"math"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -164,9 +163,14 @@ func (s *Store) TaskList(ctx context.Context, p *store.TaskListParams) (*store.T
 	if p == nil {
 		p = &store.TaskListParams{}
 	}
-	after, err := store.ParseCursor(p.Cursor)
+	at, err := store.ParseTaskCursor(p.Cursor, p.NewestFirst)
 	if err != nil {
 		return nil, err
+	}
+	// Newest first is the same scan of the seq key, backwards.
+	next, order := " seq > ?", " ORDER BY seq"
+	if p.NewestFirst {
+		next, order = " seq < ?", " ORDER BY seq DESC"
 	}
 
 	bounded := p.MaxBytes > 0 || p.Summary
@@ -178,11 +182,11 @@ func (s *Store) TaskList(ctx context.Context, p *store.TaskListParams) (*store.T
 		if p.Summary {
 			size = sizeSummary
 		}
-		b.WriteString("WITH page AS (SELECT seq, " + size + " AS size FROM tasks WHERE seq > ?")
+		b.WriteString("WITH page AS (SELECT seq, " + size + " AS size FROM tasks WHERE" + next)
 	} else {
-		b.WriteString("SELECT " + taskCols + " FROM tasks WHERE seq > ?")
+		b.WriteString("SELECT " + taskCols + " FROM tasks WHERE" + next)
 	}
-	args := []any{after}
+	args := []any{at}
 	if len(p.States) > 0 {
 		b.WriteString(" AND state IN (SELECT value FROM json_each(?))")
 		args = append(args, jsonText(p.States))
@@ -219,10 +223,10 @@ func (s *Store) TaskList(ctx context.Context, p *store.TaskListParams) (*store.T
 	if p.Limit > 0 && p.Limit < math.MaxInt32 {
 		limit = p.Limit + 1
 	}
-	b.WriteString(" ORDER BY seq LIMIT ?")
+	b.WriteString(order + " LIMIT ?")
 	args = append(args, limit)
 	if bounded {
-		return s.taskListBounded(ctx, p, &b, args, limit)
+		return s.taskListBounded(ctx, p, &b, args, limit, order)
 	}
 
 	rows, err := s.readRows(ctx, "TaskList", b.String(), args...)
@@ -232,7 +236,7 @@ func (s *Store) TaskList(ctx context.Context, p *store.TaskListParams) (*store.T
 	res := &store.TaskListResult{}
 	if limit > 0 && len(rows) == limit {
 		rows = rows[:p.Limit]
-		res.NextCursor = strconv.FormatInt(rows[len(rows)-1].seq, 10)
+		res.NextCursor = store.FormatTaskCursor(rows[len(rows)-1].seq, p.NewestFirst)
 	}
 	res.Tasks = make([]*store.Task, len(rows))
 	for i, r := range rows {
@@ -247,8 +251,9 @@ var summaryCols = strings.NewReplacer(" payload_json,", " '',", " last_error,", 
 // taskListBounded finishes a TaskList whose page is bounded by bytes or
 // made of summaries: b holds the page's candidates (seq and size, up to
 // limit) as the CTE "page"; the rows kept are those whose running size
-// fits MaxBytes, and always the first.
-func (s *Store) taskListBounded(ctx context.Context, p *store.TaskListParams, b *strings.Builder, args []any, limit int) (*store.TaskListResult, error) {
+// fits MaxBytes, and always the first, in the list's order (" ORDER BY
+// seq" or " ORDER BY seq DESC").
+func (s *Store) taskListBounded(ctx context.Context, p *store.TaskListParams, b *strings.Builder, args []any, limit int, order string) (*store.TaskListResult, error) {
 	cols := taskCols
 	if p.Summary {
 		cols = summaryCols
@@ -257,9 +262,9 @@ func (s *Store) taskListBounded(ctx context.Context, p *store.TaskListParams, b 
 	if budget <= 0 {
 		budget = math.MaxInt64
 	}
-	b.WriteString(`), sums AS (SELECT seq, size, SUM(size) OVER (ORDER BY seq) AS run, COUNT(*) OVER () AS n FROM page)
+	b.WriteString(`), sums AS (SELECT seq, size, SUM(size) OVER (` + order + `) AS run, COUNT(*) OVER () AS n FROM page)
 	SELECT ` + cols + `, octet_length(payload_json), sums.n FROM sums JOIN tasks USING (seq)
-	WHERE run <= ? OR run = size ORDER BY seq`)
+	WHERE run <= ? OR run = size` + order)
 	args = append(args, budget)
 
 	st, err := s.rs.get(ctx, b.String())
@@ -295,7 +300,7 @@ func (s *Store) taskListBounded(ctx context.Context, p *store.TaskListParams, b 
 	}
 	// A candidate left out, by the limit or the budget, starts the next page.
 	if len(rows) < candidates {
-		res.NextCursor = strconv.FormatInt(rows[len(rows)-1].seq, 10)
+		res.NextCursor = store.FormatTaskCursor(rows[len(rows)-1].seq, p.NewestFirst)
 	}
 	res.Tasks = make([]*store.Task, len(rows))
 	for i, r := range rows {

@@ -3,6 +3,7 @@ package storetest
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -234,6 +235,130 @@ func (s *suite) testApprovals(t *testing.T) {
 			_, err = h.s.ApprovalList(h.ctx, &store.ApprovalListParams{Cursor: "garbage"})
 			requireFieldError(t, err, "page_token")
 		}},
+		{"ListNewestFirst", func(t *testing.T, h *harness) {
+			// Pending ap1 ap3 ap4 ap7, decided ap0 ap2 ap5 ap6; ap3 and ap6
+			// come from another agent.
+			for i := range 8 {
+				c := h.pendingApproval(fmt.Sprintf("ap%d", i))
+				if i == 3 || i == 6 {
+					c.Agent = "other"
+				}
+				h.requestApproval(c)
+			}
+			for _, d := range []struct {
+				id       string
+				decision store.ApprovalDecision
+			}{{"ap6", store.DecisionModify}, {"ap0", store.DecisionApprove}, {"ap5", store.DecisionApprove}, {"ap2", store.DecisionReject}} {
+				// Decided out of creation order: the list follows creation.
+				if _, err := h.decide(d.id, d.decision, "because", "do less"); err != nil {
+					t.Fatal(err)
+				}
+			}
+			decided := []store.ApprovalState{store.ApprovalApproved, store.ApprovalRejected, store.ApprovalModified, store.ApprovalExpired}
+			for _, c := range []struct {
+				name string
+				p    store.ApprovalListParams
+				want []string
+			}{
+				{"all", store.ApprovalListParams{}, []string{"ap7", "ap4", "ap3", "ap1", "ap6", "ap5", "ap2", "ap0"}},
+				{"decided", store.ApprovalListParams{States: decided}, []string{"ap6", "ap5", "ap2", "ap0"}},
+				{"pending", store.ApprovalListParams{States: []store.ApprovalState{store.ApprovalPending}}, []string{"ap7", "ap4", "ap3", "ap1"}},
+				{"pending and rejected", store.ApprovalListParams{States: []store.ApprovalState{store.ApprovalRejected, store.ApprovalPending}}, []string{"ap7", "ap4", "ap3", "ap1", "ap2"}},
+				{"approved", store.ApprovalListParams{States: []store.ApprovalState{store.ApprovalApproved}}, []string{"ap5", "ap0"}},
+				{"agent", store.ApprovalListParams{Agent: "other"}, []string{"ap3", "ap6"}},
+				{"agent and decided", store.ApprovalListParams{Agent: "forge", States: decided}, []string{"ap5", "ap2", "ap0"}},
+				{"unknown agent", store.ApprovalListParams{Agent: "nobody"}, nil},
+			} {
+				p := c.p
+				p.NewestFirst, p.Limit = true, 100
+				page, err := h.s.ApprovalList(h.ctx, &p)
+				if err != nil {
+					t.Fatalf("%s: %v", c.name, err)
+				}
+				requireIDs(t, c.name, approvalIDs(page.Approvals), c.want)
+				if page.NextCursor != "" {
+					t.Fatalf("%s: a complete page has cursor %q", c.name, page.NextCursor)
+				}
+			}
+		}},
+		{"ListPagesInBothOrders", func(t *testing.T, h *harness) {
+			// 11 requests, every third decided: groups of 7 and 4 that
+			// pages of 1 to 4 split in every way.
+			var pending, rest []string
+			for i := range 11 {
+				id := fmt.Sprintf("ap%02d", i)
+				h.requestApproval(h.pendingApproval(id))
+				if i%3 == 1 {
+					if _, err := h.decide(id, store.DecisionApprove, "", ""); err != nil {
+						t.Fatal(err)
+					}
+					rest = append(rest, id)
+				} else {
+					pending = append(pending, id)
+				}
+			}
+			oldest := slices.Concat(pending, rest)
+			newest := slices.Concat(reversed(pending), reversed(rest))
+			for limit := 1; limit <= 4; limit++ {
+				for _, c := range []struct {
+					name string
+					p    store.ApprovalListParams
+					want []string
+				}{
+					{"oldest", store.ApprovalListParams{}, oldest},
+					{"newest", store.ApprovalListParams{NewestFirst: true}, newest},
+					{"newest decided", store.ApprovalListParams{NewestFirst: true, States: []store.ApprovalState{store.ApprovalApproved}}, reversed(rest)},
+					{"newest pending", store.ApprovalListParams{NewestFirst: true, States: []store.ApprovalState{store.ApprovalPending}}, reversed(pending)},
+				} {
+					p := c.p
+					p.Limit = limit
+					var got []string
+					for pages := 0; ; pages++ {
+						if pages > 20 {
+							t.Fatalf("%s by %d: paging did not end: %v", c.name, limit, got)
+						}
+						page, err := h.s.ApprovalList(h.ctx, &p)
+						if err != nil {
+							t.Fatalf("%s by %d: %v", c.name, limit, err)
+						}
+						if len(page.Approvals) > limit {
+							t.Fatalf("%s: page of %d with Limit %d", c.name, len(page.Approvals), limit)
+						}
+						got = append(got, approvalIDs(page.Approvals)...)
+						if p.Cursor = page.NextCursor; p.Cursor == "" {
+							break
+						}
+					}
+					requireIDs(t, fmt.Sprintf("%s by %d", c.name, limit), got, c.want)
+				}
+			}
+		}},
+		{"ListCursorOfTheOtherOrderIsRefused", func(t *testing.T, h *harness) {
+			for i := range 5 {
+				h.requestApproval(h.pendingApproval(fmt.Sprintf("ap%d", i)))
+			}
+			for _, id := range []string{"ap0", "ap1"} {
+				if _, err := h.decide(id, store.DecisionApprove, "", ""); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for _, newest := range []bool{false, true} {
+				// A cursor in each group: after the first pending request,
+				// and after the first decided one.
+				for _, limit := range []int{1, 4} {
+					page, err := h.s.ApprovalList(h.ctx, &store.ApprovalListParams{Limit: limit, NewestFirst: newest})
+					if err != nil || page.NextCursor == "" {
+						t.Fatalf("newest %v, limit %d: cursor %q, %v", newest, limit, page.NextCursor, err)
+					}
+					_, err = h.s.ApprovalList(h.ctx, &store.ApprovalListParams{Limit: limit, Cursor: page.NextCursor, NewestFirst: !newest})
+					requireFieldError(t, err, "page_token")
+				}
+				for _, cursor := range []string{"garbage", "n", "n2.1", "n0", "0", "n0.-1"} {
+					_, err := h.s.ApprovalList(h.ctx, &store.ApprovalListParams{Cursor: cursor, NewestFirst: newest})
+					requireFieldError(t, err, "page_token")
+				}
+			}
+		}},
 		{"GatedTaskWaitsForApproval", func(t *testing.T, h *harness) {
 			changes := h.create(h.gated("deploy"))
 			task := changes[0].Task
@@ -349,4 +474,19 @@ func (s *suite) testApprovals(t *testing.T) {
 			}
 		}},
 	})
+}
+
+func approvalIDs(approvals []*store.Approval) []string {
+	ids := make([]string, len(approvals))
+	for i, a := range approvals {
+		ids[i] = a.ID
+	}
+	return ids
+}
+
+// reversed returns a reversed copy of ids.
+func reversed(ids []string) []string {
+	out := slices.Clone(ids)
+	slices.Reverse(out)
+	return out
 }

@@ -292,9 +292,126 @@ func (s *suite) testList(t *testing.T) {
 		}},
 		{"GarbageCursor", func(t *testing.T, h *harness) {
 			h.createReady("a")
-			for _, cursor := range []string{"!!! not a cursor !!!", "\x00\xff", "eyJicm9rZW4iOg"} {
-				_, err := h.s.TaskList(h.ctx, &store.TaskListParams{Limit: 10, Cursor: cursor})
-				requireFieldError(t, err, "page_token")
+			for _, cursor := range []string{"!!! not a cursor !!!", "\x00\xff", "eyJicm9rZW4iOg", "n", "nn1", "n-1", "-1"} {
+				for _, newest := range []bool{false, true} {
+					_, err := h.s.TaskList(h.ctx, &store.TaskListParams{Limit: 10, Cursor: cursor, NewestFirst: newest})
+					requireFieldError(t, err, "page_token")
+				}
+			}
+		}},
+		{"NewestFirstWithFilters", func(t *testing.T, h *harness) {
+			// Ids against creation order, so that the order must come
+			// from creation, not ids.
+			h.create(
+				&store.TaskCreate{ID: "n5", Role: "builder", Kind: "build", Labels: map[string]string{"team": "core"}},
+				&store.TaskCreate{ID: "n4", Role: "tester", Kind: "test", InitialState: store.StateBacklog},
+				&store.TaskCreate{ID: "n3", Role: "builder", Kind: "build", InitialState: store.StateDone, Labels: map[string]string{"team": "core"}},
+				&store.TaskCreate{ID: "n2", Role: "builder", Kind: "build", Assignee: "agent-2"},
+				&store.TaskCreate{ID: "n1", Role: "tester", Kind: "build", InitialState: store.StateFailed, Labels: map[string]string{"team": "core"}},
+			)
+			cases := []struct {
+				name string
+				p    store.TaskListParams
+				want []string
+			}{
+				{"none", store.TaskListParams{}, []string{"n1", "n2", "n3", "n4", "n5"}},
+				{"states", store.TaskListParams{States: []store.TaskState{store.StateReady, store.StateFailed}}, []string{"n1", "n2", "n5"}},
+				{"role", store.TaskListParams{Role: "builder"}, []string{"n2", "n3", "n5"}},
+				{"assignee", store.TaskListParams{Assignee: "agent-2"}, []string{"n2"}},
+				{"label", store.TaskListParams{Labels: map[string]string{"team": "core"}}, []string{"n1", "n3", "n5"}},
+				{"kind and role", store.TaskListParams{Kind: "build", Role: "builder"}, []string{"n2", "n3", "n5"}},
+				{"ids", store.TaskListParams{IDs: []string{"n5", "n4", "missing"}}, []string{"n4", "n5"}},
+			}
+			for _, c := range cases {
+				// Summaries take the byte-bounded path: both must order.
+				for _, summary := range []bool{false, true} {
+					p := c.p
+					p.Limit, p.Summary, p.NewestFirst = 100, summary, true
+					res := h.list(&p)
+					requireIDs(t, fmt.Sprintf("filter %s (summary %v)", c.name, summary), taskIDs(res.Tasks), c.want)
+					if res.NextCursor != "" {
+						t.Fatalf("filter %s: a complete page has cursor %q", c.name, res.NextCursor)
+					}
+				}
+			}
+		}},
+		{"PagingInBothOrders", func(t *testing.T, h *harness) {
+			// Ids are a permutation of creation order and batches share a
+			// timestamp: both orders must follow creation, not ids or times.
+			var oldest, odd []string
+			for batch := range 4 {
+				var tasks []*store.TaskCreate
+				for i := range 4 {
+					n := batch*4 + i
+					id := fmt.Sprintf("p-%02d", n*7%16)
+					parity := []string{"even", "odd"}[n%2]
+					tasks = append(tasks, &store.TaskCreate{ID: id, Labels: map[string]string{"parity": parity}})
+					oldest = append(oldest, id)
+					if parity == "odd" {
+						odd = append(odd, id)
+					}
+				}
+				h.create(tasks...)
+			}
+			newest, newestOdd := reversed(oldest), reversed(odd)
+			for _, c := range []struct {
+				name string
+				p    store.TaskListParams
+				want []string
+			}{
+				{"oldest", store.TaskListParams{Limit: 5}, oldest},
+				{"newest", store.TaskListParams{Limit: 5, NewestFirst: true}, newest},
+				{"newest, summaries", store.TaskListParams{Limit: 3, NewestFirst: true, Summary: true}, newest},
+				{"newest, byte budget", store.TaskListParams{Limit: 100, NewestFirst: true, MaxBytes: 3 * store.TaskSizeFixed}, newest},
+				{"newest, label", store.TaskListParams{Limit: 3, NewestFirst: true, Labels: map[string]string{"parity": "odd"}}, newestOdd},
+				{"oldest, label", store.TaskListParams{Limit: 3, Labels: map[string]string{"parity": "odd"}}, odd},
+			} {
+				var got []string
+				p := c.p
+				for pages := 0; ; pages++ {
+					if pages > 20 {
+						t.Fatalf("%s: paging did not end: %v", c.name, got)
+					}
+					res := h.list(&p)
+					if len(res.Tasks) > p.Limit {
+						t.Fatalf("%s: page of %d tasks with Limit %d", c.name, len(res.Tasks), p.Limit)
+					}
+					got = append(got, taskIDs(res.Tasks)...)
+					if p.Cursor = res.NextCursor; p.Cursor == "" {
+						if pages == 0 {
+							t.Fatalf("%s: %d tasks in one page", c.name, len(got))
+						}
+						break
+					}
+				}
+				requireIDs(t, c.name+" paged", got, c.want)
+			}
+		}},
+		{"NewestFirstPagesAreStable", func(t *testing.T, h *harness) {
+			// A task created while an operator pages newest first lands
+			// before the first page, not in the middle of the next one.
+			h.createReady("a", "b", "c", "d")
+			res := h.list(&store.TaskListParams{Limit: 2, NewestFirst: true})
+			requireIDs(t, "first page", taskIDs(res.Tasks), []string{"d", "c"})
+			h.createReady("late")
+			res = h.list(&store.TaskListParams{Limit: 2, NewestFirst: true, Cursor: res.NextCursor})
+			requireIDs(t, "second page", taskIDs(res.Tasks), []string{"b", "a"})
+			if res.NextCursor != "" {
+				t.Fatalf("the last page has cursor %q", res.NextCursor)
+			}
+			requireIDs(t, "from the start", taskIDs(h.list(&store.TaskListParams{Limit: 1, NewestFirst: true}).Tasks), []string{"late"})
+		}},
+		{"CursorOfTheOtherOrderIsRefused", func(t *testing.T, h *harness) {
+			h.createReady("a", "b", "c")
+			for _, summary := range []bool{false, true} {
+				for _, newest := range []bool{false, true} {
+					res := h.list(&store.TaskListParams{Limit: 1, NewestFirst: newest, Summary: summary})
+					if res.NextCursor == "" {
+						t.Fatal("a page cut by its limit has no cursor")
+					}
+					_, err := h.s.TaskList(h.ctx, &store.TaskListParams{Limit: 1, Cursor: res.NextCursor, NewestFirst: !newest, Summary: summary})
+					requireFieldError(t, err, "page_token")
+				}
 			}
 		}},
 	})

@@ -781,8 +781,15 @@ type ListApprovalsRequest struct {
 	Agent string `protobuf:"bytes,2,opt,name=agent,proto3" json:"agent,omitempty"`
 	// At most this many requests; default 100, at most 1000.
 	PageSize int32 `protobuf:"varint,3,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
-	// The next_page_token of the previous page.
-	PageToken     string `protobuf:"bytes,4,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// The next_page_token of the previous page. A token continues the order
+	// that made it: one from a newest_first list with newest_first, one from
+	// an oldest-first list without it; the other order gets
+	// INVALID_ARGUMENT naming page_token.
+	PageToken string `protobuf:"bytes,4,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Within each group (PENDING first, then the rest) the newest request
+	// first, so that the latest decisions come on the first page; unset
+	// lists each group oldest first.
+	NewestFirst   bool `protobuf:"varint,5,opt,name=newest_first,json=newestFirst,proto3" json:"newest_first,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -845,10 +852,18 @@ func (x *ListApprovalsRequest) GetPageToken() string {
 	return ""
 }
 
+func (x *ListApprovalsRequest) GetNewestFirst() bool {
+	if x != nil {
+		return x.NewestFirst
+	}
+	return false
+}
+
 // ListApprovalsResponse is one page of requests.
 type ListApprovalsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The requests: PENDING first, then the rest, each group oldest first.
+	// The requests: PENDING first, then the rest, each group oldest first,
+	// or newest first with newest_first.
 	Approvals []*Approval `protobuf:"bytes,1,rep,name=approvals,proto3" json:"approvals,omitempty"`
 	// Pass as page_token for the next page; empty on the last page.
 	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
@@ -1181,7 +1196,7 @@ const file_factory_v1_approval_proto_rawDesc = "" +
 	"\vapproval_id\x18\x01 \x01(\tB\"\xbaH\x1f\xc8\x01\x01r\x1a2\x18^[A-Za-z0-9._:-]{1,128}$R\n" +
 	"approvalId\"G\n" +
 	"\x13GetApprovalResponse\x120\n" +
-	"\bapproval\x18\x01 \x01(\v2\x14.factory.v1.ApprovalR\bapproval\"\xac\x02\n" +
+	"\bapproval\x18\x01 \x01(\v2\x14.factory.v1.ApprovalR\bapproval\"\xcf\x02\n" +
 	"\x14ListApprovalsRequest\x12\x8c\x01\n" +
 	"\x06states\x18\x01 \x03(\x0e2\x19.factory.v1.ApprovalStateBY\xbaHV\x92\x01S\x10\x05\"O\xba\x01G\n" +
 	"\x0fstate.specified\x12)APPROVAL_STATE_UNSPECIFIED is not a state\x1a\tthis != 0\x82\x01\x02\x10\x01R\x06states\x123\n" +
@@ -1189,7 +1204,8 @@ const file_factory_v1_approval_proto_rawDesc = "" +
 	"\tpage_size\x18\x03 \x01(\x05B\n" +
 	"\xbaH\a\x1a\x05\x18\xe8\a(\x00R\bpageSize\x12'\n" +
 	"\n" +
-	"page_token\x18\x04 \x01(\tB\b\xbaH\x05r\x03\x18\x80\bR\tpageToken\"s\n" +
+	"page_token\x18\x04 \x01(\tB\b\xbaH\x05r\x03\x18\x80\bR\tpageToken\x12!\n" +
+	"\fnewest_first\x18\x05 \x01(\bR\vnewestFirst\"s\n" +
 	"\x15ListApprovalsResponse\x122\n" +
 	"\tapprovals\x18\x01 \x03(\v2\x14.factory.v1.ApprovalR\tapprovals\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xec\x01\n" +

@@ -73,8 +73,8 @@ type ApprovalServiceClient interface {
 	// GetApproval returns one request by id.
 	GetApproval(ctx context.Context, in *GetApprovalRequest, opts ...grpc.CallOption) (*GetApprovalResponse, error)
 	// ListApprovals returns requests, PENDING first (with the time each has
-	// left), then the decided ones, each group oldest first, filtered and
-	// paged.
+	// left), then the decided ones, each group oldest first (newest first
+	// with newest_first), filtered and paged.
 	ListApprovals(ctx context.Context, in *ListApprovalsRequest, opts ...grpc.CallOption) (*ListApprovalsResponse, error)
 	// Decide approves, rejects, or approves with modifications (instructions
 	// the agent must follow). A reason is required to reject or modify.
@@ -201,8 +201,8 @@ type ApprovalServiceServer interface {
 	// GetApproval returns one request by id.
 	GetApproval(context.Context, *GetApprovalRequest) (*GetApprovalResponse, error)
 	// ListApprovals returns requests, PENDING first (with the time each has
-	// left), then the decided ones, each group oldest first, filtered and
-	// paged.
+	// left), then the decided ones, each group oldest first (newest first
+	// with newest_first), filtered and paged.
 	ListApprovals(context.Context, *ListApprovalsRequest) (*ListApprovalsResponse, error)
 	// Decide approves, rejects, or approves with modifications (instructions
 	// the agent must follow). A reason is required to reject or modify.

@@ -981,7 +981,10 @@ type ListTasksRequest struct {
 	Labels []string `protobuf:"bytes,4,rep,name=labels,proto3" json:"labels,omitempty"`
 	// At most this many tasks; default 100, at most 1000.
 	PageSize int32 `protobuf:"varint,5,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
-	// The next_page_token of the previous page.
+	// The next_page_token of the previous page. A token continues the order
+	// that made it: one from a newest_first list with newest_first, one from
+	// an oldest-first list without it; the other order gets
+	// INVALID_ARGUMENT naming page_token.
 	PageToken string `protobuf:"bytes,6,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	// How much of each task to return: unset or TASK_VIEW_BASIC for
 	// summaries (no payload, last error, progress or note), TASK_VIEW_FULL
@@ -992,7 +995,10 @@ type ListTasksRequest struct {
 	Kind string `protobuf:"bytes,8,opt,name=kind,proto3" json:"kind,omitempty"`
 	// Only tasks claimed at least this many times (Task.attempt), to find
 	// retry loops; 0 means no filter. At most 1000000.
-	MinAttempt    int32 `protobuf:"varint,9,opt,name=min_attempt,json=minAttempt,proto3" json:"min_attempt,omitempty"`
+	MinAttempt int32 `protobuf:"varint,9,opt,name=min_attempt,json=minAttempt,proto3" json:"min_attempt,omitempty"`
+	// The most recently created task first, so that the latest work comes
+	// on the first page; unset lists the oldest first.
+	NewestFirst   bool `protobuf:"varint,10,opt,name=newest_first,json=newestFirst,proto3" json:"newest_first,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1090,11 +1096,18 @@ func (x *ListTasksRequest) GetMinAttempt() int32 {
 	return 0
 }
 
+func (x *ListTasksRequest) GetNewestFirst() bool {
+	if x != nil {
+		return x.NewestFirst
+	}
+	return false
+}
+
 // ListTasksResponse is one page of tasks.
 type ListTasksResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The tasks, oldest first: at most page_size, and fewer when more would
-	// carry over 3 MiB of tasks.
+	// The tasks, oldest first (newest first with newest_first): at most
+	// page_size, and fewer when more would carry over 3 MiB of tasks.
 	Tasks []*Task `protobuf:"bytes,1,rep,name=tasks,proto3" json:"tasks,omitempty"`
 	// Pass as page_token for the next page; empty on the last page.
 	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
@@ -3133,7 +3146,7 @@ const file_factory_v1_queue_proto_rawDesc = "" +
 	"\x0eGetTaskRequest\x12;\n" +
 	"\atask_id\x18\x01 \x01(\tB\"\xbaH\x1f\xc8\x01\x01r\x1a2\x18^[A-Za-z0-9._:-]{1,128}$R\x06taskId\"7\n" +
 	"\x0fGetTaskResponse\x12$\n" +
-	"\x04task\x18\x01 \x01(\v2\x10.factory.v1.TaskR\x04task\"\xd4\x04\n" +
+	"\x04task\x18\x01 \x01(\v2\x10.factory.v1.TaskR\x04task\"\xf7\x04\n" +
 	"\x10ListTasksRequest\x12\x84\x01\n" +
 	"\x06states\x18\x01 \x03(\x0e2\x15.factory.v1.TaskStateBU\xbaHR\x92\x01O\x10\b\"K\xba\x01C\n" +
 	"\x0fstate.specified\x12%TASK_STATE_UNSPECIFIED is not a state\x1a\tthis != 0\x82\x01\x02\x10\x01R\x06states\x121\n" +
@@ -3148,7 +3161,9 @@ const file_factory_v1_queue_proto_rawDesc = "" +
 	"\x04view\x18\a \x01(\x0e2\x14.factory.v1.TaskViewB\b\xbaH\x05\x82\x01\x02\x10\x01R\x04view\x12\x1b\n" +
 	"\x04kind\x18\b \x01(\tB\a\xbaH\x04r\x02\x18dR\x04kind\x12,\n" +
 	"\vmin_attempt\x18\t \x01(\x05B\v\xbaH\b\x1a\x06\x18\xc0\x84=(\x00R\n" +
-	"minAttempt\"c\n" +
+	"minAttempt\x12!\n" +
+	"\fnewest_first\x18\n" +
+	" \x01(\bR\vnewestFirst\"c\n" +
 	"\x11ListTasksResponse\x12&\n" +
 	"\x05tasks\x18\x01 \x03(\v2\x10.factory.v1.TaskR\x05tasks\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xbe\x02\n" +

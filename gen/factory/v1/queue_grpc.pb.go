@@ -61,7 +61,8 @@ type QueueServiceClient interface {
 	CreateTasks(ctx context.Context, in *CreateTasksRequest, opts ...grpc.CallOption) (*CreateTasksResponse, error)
 	// GetTask returns one task by id, in full.
 	GetTask(ctx context.Context, in *GetTaskRequest, opts ...grpc.CallOption) (*GetTaskResponse, error)
-	// ListTasks returns tasks in creation order, filtered and paged. Tasks
+	// ListTasks returns tasks in creation order (newest first with
+	// newest_first), filtered and paged. Tasks
 	// come as summaries (without payload, last error, progress and note)
 	// unless view is TASK_VIEW_FULL. A page holds at most page_size tasks and
 	// ends early rather than carry more than 3 MiB of tasks (a single larger
@@ -354,7 +355,8 @@ type QueueServiceServer interface {
 	CreateTasks(context.Context, *CreateTasksRequest) (*CreateTasksResponse, error)
 	// GetTask returns one task by id, in full.
 	GetTask(context.Context, *GetTaskRequest) (*GetTaskResponse, error)
-	// ListTasks returns tasks in creation order, filtered and paged. Tasks
+	// ListTasks returns tasks in creation order (newest first with
+	// newest_first), filtered and paged. Tasks
 	// come as summaries (without payload, last error, progress and note)
 	// unless view is TASK_VIEW_FULL. A page holds at most page_size tasks and
 	// ends early rather than carry more than 3 MiB of tasks (a single larger
