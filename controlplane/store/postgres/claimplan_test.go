@@ -48,3 +48,33 @@ func TestClaimWalksOnlyItsRoles(t *testing.T) {
 		}
 	}
 }
+
+// TestQueueStatsProbeTheOldest: the oldest READY and IN_PROGRESS times come
+// from the partial indexes of migration 00017, not from reading every
+// such task.
+func TestQueueStatsProbeTheOldest(t *testing.T) {
+	url := testURL(t)
+	s := openTest(t, url, testSchema(t, url), Config{})
+	ctx := context.Background()
+	var plan []string
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, qIndexPlans); err != nil {
+			return err
+		}
+		rows, err := tx.Query(ctx, "EXPLAIN "+qStats)
+		if err != nil {
+			return err
+		}
+		plan, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := strings.Join(plan, "\n")
+	for _, idx := range []string{"tasks_ready_since", "tasks_claimed_since"} {
+		if !strings.Contains(text, idx) {
+			t.Errorf("the queue stats do not use %s; plan:\n%s", idx, text)
+		}
+	}
+}

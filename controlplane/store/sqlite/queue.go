@@ -56,6 +56,14 @@ func (s *Store) QueueResume(ctx context.Context, p *store.QueueResumeParams) ([]
 	return out, nil
 }
 
+// qQueueOldest reads the oldest READY and IN_PROGRESS tasks' times: one
+// probe each of tasks_ready_since and tasks_claimed_since (migration 00017).
+var qQueueOldest = q(`SELECT
+	(SELECT COALESCE(MIN(state_changed_at), 0) FROM tasks WHERE state = {READY}),
+	(SELECT COALESCE(MIN(claimed_at), 0) FROM tasks WHERE state = {IN_PROGRESS}),
+	paused, pause_reason
+FROM queue_settings WHERE id = 1`)
+
 // QueueStats implements store.Store.
 func (s *Store) QueueStats(ctx context.Context) (*store.QueueStats, error) {
 	st := &store.QueueStats{Counts: make(map[store.TaskState]int64, len(store.AllStates))}
@@ -82,11 +90,7 @@ func (s *Store) QueueStats(ctx context.Context) (*store.QueueStats, error) {
 			return err
 		}
 		var oldestReady, oldestClaimed int64
-		err = tx.QueryRowContext(ctx, q(`SELECT
-			(SELECT COALESCE(MIN(state_changed_at), 0) FROM tasks WHERE state = {READY}),
-			(SELECT COALESCE(MIN(claimed_at), 0) FROM tasks WHERE state = {IN_PROGRESS}),
-			paused, pause_reason
-		FROM queue_settings WHERE id = 1`)).Scan(&oldestReady, &oldestClaimed, &st.Paused, &st.PauseReason)
+		err = tx.QueryRowContext(ctx, qQueueOldest).Scan(&oldestReady, &oldestClaimed, &st.Paused, &st.PauseReason)
 		if err != nil {
 			return err
 		}
