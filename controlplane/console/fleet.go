@@ -7,11 +7,8 @@ import (
 	"net/http"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -146,46 +143,29 @@ func (s *Server) fleetPage(rq *request) error {
 		nodes  *factoryv1.ListNodesResponse
 		agents *factoryv1.ListAgentsResponse
 		health *factoryv1.GetHealthResponse
-		mu     sync.Mutex
-		wg     sync.WaitGroup
-		errs   []error
-		d      = fleetData{Host: host, Unavailable: map[string]string{}}
+		d      = fleetData{Host: host}
 	)
-	// Health is a summary beside the readings: a control plane that does
-	// not serve it still shows its fleet.
-	fetch := func(name string, optional bool, call func(ctx context.Context) error) {
-		wg.Go(func() {
-			err := call(rq.ctx)
-			if err == nil {
-				return
-			}
-			mu.Lock()
-			defer mu.Unlock()
-			if c := status.Code(err); optional && (c == codes.Unimplemented || c == codes.PermissionDenied) {
-				d.Unavailable[name] = message(err)
-				return
-			}
-			errs = append(errs, err)
-		})
-	}
-	fetch("nodes", false, func(ctx context.Context) (err error) {
+	r := newReads(rq.ctx)
+	r.must(func(ctx context.Context) (err error) {
 		nodes, err = s.fleet.ListNodes(ctx, &factoryv1.ListNodesRequest{})
 		return err
 	})
-	fetch("agents", false, func(ctx context.Context) (err error) {
+	r.must(func(ctx context.Context) (err error) {
 		// All agents, even with a host filter: the counts at the top are
 		// the fleet's.
 		agents, err = s.fleet.ListAgents(ctx, &factoryv1.ListAgentsRequest{})
 		return err
 	})
-	fetch("health", true, func(ctx context.Context) (err error) {
+	// Health is a summary beside the readings: a control plane that does
+	// not serve it still shows its fleet.
+	r.optional("health", func(ctx context.Context) (err error) {
 		health, err = s.fleet.GetHealth(ctx, &factoryv1.GetHealthRequest{})
 		return err
 	})
-	wg.Wait()
-	if len(errs) > 0 {
-		return errs[0]
+	if err := r.wait(); err != nil {
+		return err
 	}
+	d.Unavailable = r.unavailable
 	d.fill(nodes.GetNodes(), agents.GetAgents(), health)
 	title := "Fleet"
 	if host != "" {

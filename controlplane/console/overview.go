@@ -3,10 +3,6 @@ package console
 import (
 	"context"
 	"slices"
-	"sync"
-
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	factoryv1 "github.com/factory/factory/gen/factory/v1"
 )
@@ -50,33 +46,13 @@ func (overviewData) States() []factoryv1.TaskState { return stateOrder }
 // overview fetches every section at once: the page costs the slowest
 // read, not their sum.
 func (s *Server) overview(rq *request) error {
-	var (
-		d    = overviewData{Unavailable: map[string]string{}}
-		mu   sync.Mutex
-		wg   sync.WaitGroup
-		errs []error
-	)
-	section := func(name string, fetch func(ctx context.Context) error) {
-		wg.Go(func() {
-			err := fetch(rq.ctx)
-			if err == nil {
-				return
-			}
-			mu.Lock()
-			defer mu.Unlock()
-			switch status.Code(err) {
-			case codes.Unimplemented, codes.PermissionDenied:
-				d.Unavailable[name] = message(err)
-			default:
-				errs = append(errs, err)
-			}
-		})
-	}
-	section("queue", func(ctx context.Context) (err error) {
+	d := overviewData{}
+	r := newReads(rq.ctx)
+	r.optional("queue", func(ctx context.Context) (err error) {
 		d.Queue, err = s.queue.GetQueueStats(ctx, &factoryv1.GetQueueStatsRequest{})
 		return err
 	})
-	section("budget", func(ctx context.Context) (err error) {
+	r.optional("budget", func(ctx context.Context) (err error) {
 		d.Budget, err = s.budget.GetBudget(ctx, &factoryv1.GetBudgetRequest{})
 		for _, b := range d.Budget.GetBudgets() {
 			if b.GetBudget().GetScope() == factoryv1.BudgetScope_BUDGET_SCOPE_TOTAL {
@@ -85,11 +61,11 @@ func (s *Server) overview(rq *request) error {
 		}
 		return err
 	})
-	section("maintenance", func(ctx context.Context) (err error) {
+	r.optional("maintenance", func(ctx context.Context) (err error) {
 		d.Maintenance, err = s.ops.GetMaintenance(ctx, &factoryv1.GetMaintenanceRequest{})
 		return err
 	})
-	section("approvals", func(ctx context.Context) error {
+	r.optional("approvals", func(ctx context.Context) error {
 		r, err := s.approvals.ListApprovals(ctx, &factoryv1.ListApprovalsRequest{
 			States: []factoryv1.ApprovalState{factoryv1.ApprovalState_APPROVAL_STATE_PENDING}, PageSize: 10})
 		d.Pending, d.MorePending = r.GetApprovals(), r.GetNextPageToken() != ""
@@ -99,7 +75,7 @@ func (s *Server) overview(rq *request) error {
 		})
 		return err
 	})
-	section("agents", func(ctx context.Context) error {
+	r.optional("agents", func(ctx context.Context) error {
 		r, err := s.fleet.ListAgents(ctx, &factoryv1.ListAgentsRequest{})
 		for _, a := range r.GetAgents() {
 			switch a.GetState() {
@@ -113,7 +89,7 @@ func (s *Server) overview(rq *request) error {
 		}
 		return err
 	})
-	section("alerts", func(ctx context.Context) error {
+	r.optional("alerts", func(ctx context.Context) error {
 		r, err := s.ops.ListAlerts(ctx, &factoryv1.ListAlertsRequest{})
 		for _, a := range r.GetAlerts() {
 			if a.GetState() == factoryv1.AlertState_ALERT_STATE_FIRING {
@@ -122,9 +98,9 @@ func (s *Server) overview(rq *request) error {
 		}
 		return err
 	})
-	wg.Wait()
-	if len(errs) > 0 {
-		return errs[0]
+	if err := r.wait(); err != nil {
+		return err
 	}
+	d.Unavailable = r.unavailable
 	return s.render(rq, 200, "overview", view{Title: "Overview", Nav: "overview", Topics: "tasks,approvals,alerts,spend,ops"}, d)
 }

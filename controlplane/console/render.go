@@ -190,6 +190,24 @@ var funcs = template.FuncMap{
 	"add":      func(a, b int) int { return a + b },
 	"deref64":  func(p *int64) int64 { return *p },
 	"contains": strings.Contains,
+	"dict":     dict,
+}
+
+// dict pairs names with values, so a shared template can be given more
+// than one: {{template "decide" (dict "A" .A "V" $v)}}.
+func dict(kv ...any) (map[string]any, error) {
+	if len(kv)%2 != 0 {
+		return nil, fmt.Errorf("dict: odd number of arguments")
+	}
+	m := make(map[string]any, len(kv)/2)
+	for i := 0; i < len(kv); i += 2 {
+		k, ok := kv[i].(string)
+		if !ok {
+			return nil, fmt.Errorf("dict: key %v is not a string", kv[i])
+		}
+		m[k] = kv[i+1]
+	}
+	return m, nil
 }
 
 // money shows integer micro-dollars as dollars: cents, or more digits

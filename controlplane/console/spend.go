@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	factoryv1 "github.com/factory/factory/gen/factory/v1"
@@ -127,22 +126,9 @@ type budgetLine struct {
 // from the day rollups: the page costs the same with ten events in the
 // ledger or ten million.
 func (s *Server) spendPage(rq *request) error {
-	var (
-		d    spendData
-		mu   sync.Mutex
-		wg   sync.WaitGroup
-		errs []error
-	)
-	section := func(fetch func(ctx context.Context) error) {
-		wg.Go(func() {
-			if err := fetch(rq.ctx); err != nil {
-				mu.Lock()
-				errs = append(errs, err)
-				mu.Unlock()
-			}
-		})
-	}
-	section(func(ctx context.Context) error {
+	var d spendData
+	r := newReads(rq.ctx)
+	r.must(func(ctx context.Context) error {
 		b, err := s.budget.GetBudget(ctx, &factoryv1.GetBudgetRequest{})
 		if err != nil {
 			return err
@@ -157,7 +143,7 @@ func (s *Server) spendPage(rq *request) error {
 		}
 		return nil
 	})
-	section(func(ctx context.Context) error {
+	r.must(func(ctx context.Context) error {
 		r, err := s.budget.GetSpend(ctx, &factoryv1.GetSpendRequest{Days: spendChartDays, GroupBy: factoryv1.SpendGroupBy_SPEND_GROUP_BY_DAY})
 		if err != nil {
 			return err
@@ -175,7 +161,7 @@ func (s *Server) spendPage(rq *request) error {
 		return nil
 	})
 	breakdown := func(by factoryv1.SpendGroupBy, name string, into *spendTable, todayTotals bool) {
-		section(func(ctx context.Context) error {
+		r.must(func(ctx context.Context) error {
 			r, err := s.budget.GetSpend(ctx, &factoryv1.GetSpendRequest{GroupBy: by, Limit: spendBreakdownLimit})
 			if err != nil {
 				return err
@@ -191,9 +177,8 @@ func (s *Server) spendPage(rq *request) error {
 	breakdown(factoryv1.SpendGroupBy_SPEND_GROUP_BY_AGENT, "Agent", &d.ByAgent, true)
 	breakdown(factoryv1.SpendGroupBy_SPEND_GROUP_BY_MODEL, "Model", &d.ByModel, false)
 	breakdown(factoryv1.SpendGroupBy_SPEND_GROUP_BY_TIER, "Tier", &d.ByTier, false)
-	wg.Wait()
-	if len(errs) > 0 {
-		return errs[0]
+	if err := r.wait(); err != nil {
+		return err
 	}
 	return s.render(rq, http.StatusOK, "spend", view{Title: "Spend", Nav: "spend", Topics: "spend"}, d)
 }
