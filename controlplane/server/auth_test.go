@@ -236,7 +236,9 @@ var accessTable = map[string]accessRow{
 		if err != nil {
 			return err
 		}
-		if err := stream.Send(&factoryv1.WorkRequest{Ref: 1, Call: &factoryv1.WorkRequest_Claim{Claim: &factoryv1.ClaimTaskRequest{Agent: "forge", Roles: []string{"builder"}}}}); err != nil {
+		// A stream the server has already refused fails Send with io.EOF;
+		// its status comes from Recv.
+		if err := stream.Send(&factoryv1.WorkRequest{Ref: 1, Call: &factoryv1.WorkRequest_Claim{Claim: &factoryv1.ClaimTaskRequest{Agent: "forge", Roles: []string{"builder"}}}}); err != nil && !errors.Is(err, io.EOF) {
 			return err
 		}
 		resp, err := stream.Recv() // the claim's answer, or the refusal
