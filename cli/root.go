@@ -179,6 +179,8 @@ a usage error exits 2.`,
 		newApproveCommand(a),
 		newRejectCommand(a),
 		newModifyCommand(a),
+		newWorkCommand(a),
+		newMCPCommand(a),
 	)
 	markRunErrors(root)
 	return root

@@ -1,0 +1,13 @@
+//go:build unix && !linux
+
+package cli
+
+import "syscall"
+
+// workProcAttr starts CMD as the leader of a process group of its own:
+// Ctrl-C at the worker's terminal reaches the worker, which drains, and
+// not CMD, which finishes its task; and the worker can kill CMD with
+// everything it started.
+func workProcAttr() *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{Setpgid: true}
+}
