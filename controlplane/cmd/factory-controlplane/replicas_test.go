@@ -440,7 +440,21 @@ func (c *claimer) run(ctx context.Context) {
 		c.l.violate("%s: %s on replica %d: %v", c.agent, rpc, c.replica, err)
 		return false
 	}
+	// stopped holds the claimer while stop says so: an agent whose control
+	// plane is going away makes no more calls, so what it holds then
+	// stays held (and must be rescued).
+	stopped := func() bool {
+		for c.stop != nil && c.stop() {
+			if sleepFor(ctx, 10*time.Millisecond) != nil {
+				return true
+			}
+		}
+		return ctx.Err() != nil
+	}
 	for ctx.Err() == nil {
+		if stopped() {
+			return
+		}
 		resp, err := call(ctx, func(ctx context.Context) (*factoryv1.ClaimTaskResponse, error) {
 			return c.q.ClaimTask(ctx, &factoryv1.ClaimTaskRequest{
 				Agent: c.agent, Roles: []string{c.role}, MaxTasks: int32(c.batch),
@@ -465,6 +479,9 @@ func (c *claimer) run(ctx context.Context) {
 			continue
 		}
 		if c.hold > 0 && sleepFor(ctx, c.hold) != nil {
+			return
+		}
+		if stopped() {
 			return
 		}
 		// Complete until answered: OK, or a refusal that says the lease is
@@ -767,21 +784,29 @@ func TestReplicaKilledLeasesRescued(t *testing.T) {
 		completed := len(l.completed)
 		l.mu.Unlock()
 		if completed >= nTasks/5 && held >= 5 {
-			break
+			// Stop the victim's agents, and let the calls they have in
+			// flight land: a completion that reached the database just
+			// before the kill would leave no lease to rescue (with every
+			// orphan like that, the test saw nothing rescued).
+			killed.Store(true)
+			time.Sleep(300 * time.Millisecond)
+			orphans = map[string]int64{}
+			for _, c := range claimers {
+				if c.replica == victim {
+					for id, tok := range c.heldNow() {
+						orphans[id] = tok
+					}
+				}
+			}
+			if len(orphans) > 0 {
+				break
+			}
+			killed.Store(false)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	killed.Store(true)
 	killedAt := time.Now()
 	rs[victim].Kill9()
-	orphans = map[string]int64{}
-	for _, c := range claimers {
-		if c.replica == victim {
-			for id, tok := range c.heldNow() {
-				orphans[id] = tok
-			}
-		}
-	}
 	t.Logf("killed replica %d (SIGKILL) holding %d leases", victim, len(orphans))
 
 	// The duty moves.
