@@ -1,13 +1,28 @@
 # factory: control plane, sidecar and CLI.
 # `make run` starts the control plane on SQLite under ./data; `make test` is what CI runs.
+#
+# Every port `make run` opens is a variable and everything it writes is under
+# DATA_DIR, so a second factory on the same host needs only other values:
+#   make run DATA_DIR=./data2 LISTEN=127.0.0.1:7430 METRICS=127.0.0.1:9474
+# (SPEND and CONSOLE follow LISTEN by default: 7431 and 7432 there.)
 
 GO        ?= go
 BUF       := $(GO) tool -modfile=.tools/tools.mod buf
 BIN       := bin
+# The control plane's database and operator token, and the sidecar's spools
+# under DATA_DIR/sidecar.
 DATA_DIR  ?= ./data
+# The control plane's gRPC address (the CLI's --addr).
 LISTEN    ?= 127.0.0.1:7420
-# The operator console: "auto" is the port after LISTEN's on loopback; "off" turns it off.
+# The operator console: "auto" is loopback, two ports after LISTEN's (7422); "off" turns it off.
 CONSOLE   ?= auto
+# Prometheus metrics (/metrics, /healthz); "off" turns them off.
+METRICS   ?= 127.0.0.1:9464
+# The sidecar's loopback spend endpoint (POST /v1/spend): "auto" is the port
+# after LISTEN's (7421, the sidecar's own default); "off" turns it off.
+SPEND     ?= auto
+LISTEN_PORT  = $(lastword $(subst :, ,$(LISTEN)))
+spend_listen = $(if $(filter auto,$(SPEND)),127.0.0.1:$(if $(filter 0,$(LISTEN_PORT)),0,$(shell expr $(LISTEN_PORT) + 1)),$(SPEND))
 # go-nvml's cgo headers warn about deprecated NVML calls it must still wrap.
 export CGO_CFLAGS := -Wno-deprecated-declarations
 
@@ -30,23 +45,39 @@ build:
 # `factory gpu` and `factory health` show real readings at once. It connects
 # with the operator token the control plane writes on its first start (the
 # access policy lets an operator connect as any host), and goes when the
-# control plane does.
+# control plane does. It keeps its spools under DATA_DIR/sidecar
+# (STATE_DIRECTORY, as systemd would set it) rather than in ~/.local/state,
+# which every sidecar of this user would share.
 run: build
 	@rm -f $(DATA_DIR)/console.link; \
-	$(BIN)/factory-controlplane --data-dir $(DATA_DIR) --listen $(LISTEN) --console-listen $(CONSOLE) & cp=$$!; \
-	trap 'kill $$cp $$sc 2>/dev/null; wait' INT TERM EXIT; \
+	$(BIN)/factory-controlplane --data-dir $(DATA_DIR) --listen $(LISTEN) --console-listen $(CONSOLE) --metrics-listen "$(METRICS)" & cp=$$!; \
+	trap '[ -n "$$sc" ] && kill $$sc 2>/dev/null && wait $$sc; kill $$cp 2>/dev/null; wait' INT TERM EXIT; \
 	for i in $$(seq 100); do [ -s $(DATA_DIR)/operator.token ] && break; sleep 0.1; done; \
 	for i in $$(seq 50); do [ -s $(DATA_DIR)/console.link ] && break; sleep 0.1; done; \
 	[ -s $(DATA_DIR)/console.link ] && printf '\n  Console: open %s\n  (one-time sign-in link, valid 15 minutes; later, sign in with the token in %s/operator.token)\n\n' "$$(cat $(DATA_DIR)/console.link)" "$(DATA_DIR)"; \
-	FACTORY_TOKEN="$$(cat $(DATA_DIR)/operator.token)" $(BIN)/factory-sidecar --addr $(LISTEN) $(if $(SIDECAR_CONFIG),--config $(SIDECAR_CONFIG)) & sc=$$!; \
+	FACTORY_TOKEN="$$(cat $(DATA_DIR)/operator.token)" STATE_DIRECTORY=$(abspath $(DATA_DIR))/sidecar \
+	  $(BIN)/factory-sidecar --addr $(LISTEN) --spend-listen $(spend_listen) $(if $(SIDECAR_CONFIG),--config $(SIDECAR_CONFIG)) & sc=$$!; \
 	wait $$cp
 
 # The whole suite: unit, conformance (SQLite always; PostgreSQL and Redis when
 # FACTORY_TEST_POSTGRES_URL / FACTORY_TEST_REDIS_URL are set), bufconn handler
-# tests and the end-to-end test that builds and runs the binaries.
+# tests and the end-to-end test that builds and runs the binaries. Suites
+# without their server skip one test at a time, easy to miss among hundreds,
+# so the last lines name what was skipped and why; the exit status is still
+# go test's.
+TEST_ALL  = $(GO) test -count=1 -timeout 20m ./...
+TEST_RACE = $(GO) test -count=1 -timeout 20m -race ./controlplane/queue/... ./controlplane/server/...
 test:
-	$(GO) test -count=1 -timeout 20m ./...
-	$(GO) test -count=1 -timeout 20m -race ./controlplane/queue/... ./controlplane/server/...
+	@status=0; \
+	echo '$(TEST_ALL)'; $(TEST_ALL) || status=$$?; \
+	if [ $$status -eq 0 ]; then echo '$(TEST_RACE)'; $(TEST_RACE) || status=$$?; fi; \
+	skipped=0; \
+	if [ -z "$$FACTORY_TEST_POSTGRES_URL" ]; then skipped=1; echo "make test: PostgreSQL suites skipped (FACTORY_TEST_POSTGRES_URL unset)"; fi; \
+	if [ -z "$$FACTORY_TEST_REDIS_URL" ]; then skipped=1; echo "make test: Redis suites skipped (FACTORY_TEST_REDIS_URL unset)"; fi; \
+	if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null && ! command -v google-chrome >/dev/null; then \
+	  skipped=1; echo "make test: console browser tests skipped (no chromium, chromium-browser or google-chrome on PATH)"; fi; \
+	[ $$skipped -eq 1 ] || echo "make test: no suite skipped (PostgreSQL, Redis and Chromium all present)"; \
+	exit $$status
 
 test-short:
 	$(GO) test -short ./...

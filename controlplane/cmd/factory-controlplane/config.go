@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"net"
@@ -30,7 +31,7 @@ type fileConfig struct {
 	DebugListen    string `yaml:"debug_listen"`
 	MetricsListen  string `yaml:"metrics_listen"`
 	// ConsoleListen serves the operator console: "auto" is a loopback
-	// address on the port after Listen's, "off" turns it off. ConsoleURL
+	// address two ports after Listen's, "off" turns it off. ConsoleURL
 	// is its address as operators reach it (approval cards link to it);
 	// ConsoleSessionTTL bounds a session.
 	ConsoleListen     string        `yaml:"console_listen"`
@@ -139,8 +140,9 @@ func (c fileConfig) queueConfig() queue.Config {
 }
 
 // consoleListen is the console's address for server.Config: "off" is
-// empty, "auto" (or empty) a loopback address on the port after Listen's
-// (port 0 stays 0), so the console never listens wider than asked.
+// empty, "auto" (or empty) a loopback address two ports after Listen's
+// (port 0 stays 0), so the console never listens wider than asked. The
+// port right after Listen's is the sidecar's spend endpoint (7421).
 func (c fileConfig) consoleListen() (string, error) {
 	v := strings.TrimSpace(c.ConsoleListen)
 	switch {
@@ -154,11 +156,11 @@ func (c fileConfig) consoleListen() (string, error) {
 		return "", fmt.Errorf("console-listen auto: --listen %q: %w", c.Listen, err)
 	}
 	p, err := strconv.Atoi(port)
-	if err != nil || p < 0 || p >= 65535 {
+	if err != nil || p < 0 || p >= 65534 {
 		return "", fmt.Errorf("console-listen auto: --listen %q has no numeric port; give --console-listen", c.Listen)
 	}
 	if p > 0 {
-		p++
+		p += 2
 	}
 	if !transport.IsLoopback(c.Listen) {
 		host = "127.0.0.1"
@@ -186,6 +188,9 @@ func (c fileConfig) rateLimit() server.RateLimit {
 	return server.RateLimit{PerSecond: c.RateLimit, Burst: c.RateBurst}
 }
 
+// errShowVersion is loadConfig's answer to --version: print it and exit 0.
+var errShowVersion = errors.New("--version")
+
 // loadConfig builds the configuration from args and the environment.
 func loadConfig(args []string, getenv func(string) string) (fileConfig, error) {
 	cfg := defaultConfig()
@@ -194,6 +199,7 @@ func loadConfig(args []string, getenv func(string) string) (fileConfig, error) {
 		fmt.Fprint(fs.Output(), `factory-controlplane serves the factory's task queue over gRPC.
 
 Usage: factory-controlplane [flags]
+       factory-controlplane version
 
 Every flag can also be set as FACTORY_<FLAG> in the environment (dashes
 become underscores: FACTORY_DATA_DIR) or in the YAML file given by --config
@@ -211,14 +217,15 @@ Flags:
 		fs.PrintDefaults()
 	}
 	configPath := fs.String("config", getenv("FACTORY_CONFIG"), "YAML config file")
+	showVersion := fs.Bool("version", false, "print the version and exit (the version command adds how the binary was built)")
 	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "gRPC listen address (port 0 picks one)")
 	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory for the SQLite database")
 	fs.StringVar(&cfg.Store, "store", cfg.Store, "store: sqlite (DATA_DIR/factory.db), sqlite:PATH, or a postgres:// URL for replicas")
 	fs.StringVar(&cfg.DebugListen, "debug-listen", cfg.DebugListen, "loopback address for Go's profiler (/debug/pprof/); off when empty")
 	fs.StringVar(&cfg.RedisURL, "redis-url", cfg.RedisURL, "Redis for the live spend counters (redis://host:6379/0): dash:spend:daily:* as the runbook reads them; off when empty")
 	fs.StringVar(&cfg.MetricsListen, "metrics-listen", cfg.MetricsListen, "address for Prometheus metrics (/metrics, /healthz); \"off\" or empty turns them off")
-	fs.StringVar(&cfg.ConsoleListen, "console-listen", cfg.ConsoleListen, "address of the operator console (web UI): \"auto\" is loopback on the port after --listen's, \"off\" turns it off; same TLS and plaintext rules as --listen")
-	fs.StringVar(&cfg.ConsoleURL, "console-url", cfg.ConsoleURL, "the console's address as operators reach it (https://factory.example:7421), for the links in approval cards; default: the address it listens on")
+	fs.StringVar(&cfg.ConsoleListen, "console-listen", cfg.ConsoleListen, "address of the operator console (web UI): \"auto\" is loopback two ports after --listen's (7422; the port after is the sidecar's spend endpoint), \"off\" turns it off; same TLS and plaintext rules as --listen")
+	fs.StringVar(&cfg.ConsoleURL, "console-url", cfg.ConsoleURL, "the console's address as operators reach it (https://factory.example:7422), for the links in approval cards; default: the address it listens on")
 	fs.DurationVar(&cfg.ConsoleSessionTTL, "console-session-ttl", cfg.ConsoleSessionTTL, "how long a console sign-in lasts (never longer than the token it was made from)")
 	fs.StringVar(&cfg.PostgresSchema, "pg-schema", cfg.PostgresSchema, "PostgreSQL schema for the tables (default public)")
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
@@ -253,6 +260,11 @@ Flags:
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
+	// Before the file and the environment are read: a bad setting there
+	// must not keep anyone from learning which binary this is.
+	if *showVersion {
+		return cfg, errShowVersion
+	}
 	if fs.NArg() > 0 {
 		return cfg, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
 	}
@@ -275,7 +287,7 @@ Flags:
 	}
 	var errs []string
 	fs.VisitAll(func(f *flag.Flag) {
-		if f.Name == "config" || f.Name == "webhook" {
+		if f.Name == "config" || f.Name == "webhook" || f.Name == "version" {
 			return
 		}
 		env := "FACTORY_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))

@@ -105,3 +105,25 @@ func TestConfigApprovalMinTimeout(t *testing.T) {
 		t.Fatalf("from the flag: %s, %v", cfg.ApprovalMinTimeout, err)
 	}
 }
+
+// TestConsoleListenAuto: "auto" stays on loopback, two ports after the
+// gRPC port (the port between is the sidecar's spend endpoint), whatever
+// --listen binds.
+func TestConsoleListenAuto(t *testing.T) {
+	for _, c := range []struct{ listen, console, want string }{
+		{"127.0.0.1:7420", "auto", "127.0.0.1:7422"},
+		{"127.0.0.1:7420", "", "127.0.0.1:7422"},
+		{"0.0.0.0:7420", "auto", "127.0.0.1:7422"},
+		{"[::1]:7430", "auto", "[::1]:7432"},
+		{"127.0.0.1:0", "auto", "127.0.0.1:0"},
+		{"127.0.0.1:7420", "off", ""},
+		{"127.0.0.1:7420", "10.0.0.5:8443", "10.0.0.5:8443"},
+	} {
+		cfg := defaultConfig()
+		cfg.Listen, cfg.ConsoleListen = c.listen, c.console
+		got, err := cfg.consoleListen()
+		if err != nil || got != c.want {
+			t.Errorf("listen %s, console %q: got %q, %v; want %q", c.listen, c.console, got, err, c.want)
+		}
+	}
+}
