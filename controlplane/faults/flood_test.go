@@ -5,6 +5,7 @@ package faults_test
 import (
 	"context"
 	"fmt"
+	"golang.org/x/time/rate"
 	"slices"
 	"sync"
 	"testing"
@@ -44,6 +45,9 @@ func TestFlood(t *testing.T) {
 const (
 	calmMaxP99      = 100 * time.Millisecond
 	calmMinFraction = 0.8
+	// calmMaxCyclesPerSec keeps the calm client (a claim and a completion
+	// a cycle) under the default per-caller rate limit of 2000 calls/s.
+	calmMaxCyclesPerSec = 900
 )
 
 // flood is a control plane, an operator connection, and a calm client that
@@ -102,8 +106,16 @@ func (f *flood) measureCalm(t *testing.T, d time.Duration) calmResult {
 	var res calmResult
 	var lat []time.Duration
 	var refilling time.Duration
+	// An honest agent stays under its own rate limit (2000 calls/s by
+	// default, two calls a cycle). Unpaced, a fast enough machine made the
+	// calm client trip its own limit under load and count that as the
+	// flood's harm.
+	pace := rate.NewLimiter(rate.Limit(calmMaxCyclesPerSec), 1)
 	start := time.Now()
 	for time.Since(start)-refilling < d {
+		if err := pace.Wait(ctx); err != nil {
+			t.Fatalf("pacing the calm client: %v", err)
+		}
 		t0 := time.Now()
 		c, err := agent.ClaimTask(ctx, &factoryv1.ClaimTaskRequest{Agent: "calm", Roles: []string{"calm"}, MaxTasks: 1})
 		if err == nil && len(c.GetTasks()) == 0 {
