@@ -53,9 +53,17 @@ type lease struct {
 	token  int64
 }
 
-// resolveLease finds the lease to act on: the one named, or the agent's
-// only one. An explicit --fencing-token bypasses the state file for
-// agents that keep their own.
+// severalLeasesError is resolveLease's refusal when more than one of the
+// agent's leases in the file could be meant. Some may be leases the server
+// no longer holds: leaseFor asks before it refuses.
+type severalLeasesError struct{ msg string }
+
+func (e *severalLeasesError) Error() string { return e.msg }
+
+// resolveLease finds the lease to act on in the state file: the one named
+// (by its id or a prefix of it that only one held id starts with), or the
+// agent's only one. An explicit --fencing-token bypasses the state file
+// for agents that keep their own.
 func (af *agentFlags) resolveLease(args []string, token int64) (lease, error) {
 	id := ""
 	if len(args) > 0 {
@@ -73,12 +81,25 @@ func (af *agentFlags) resolveLease(args []string, token int64) (lease, error) {
 	}
 	held := f.held(af.agent)
 	if id != "" {
-		tok, ok := held[id]
-		if !ok {
+		if tok, ok := held[id]; ok {
+			return lease{taskID: id, token: tok}, nil
+		}
+		var matches []string
+		for _, h := range f.heldIDs(af.agent) {
+			if strings.HasPrefix(h, id) {
+				matches = append(matches, h)
+			}
+		}
+		switch len(matches) {
+		case 0:
 			return lease{}, fmt.Errorf("agent %s holds no lease on %s in %s (held: %s); pass --fencing-token if the lease was claimed elsewhere",
 				af.agent, id, af.stateFile, idsOrNone(f.heldIDs(af.agent)))
+		case 1:
+			return lease{taskID: matches[0], token: held[matches[0]]}, nil
+		default:
+			return lease{}, &severalLeasesError{fmt.Sprintf("agent %s holds %d leases whose id starts with %s; give more of the id: %s",
+				af.agent, len(matches), id, strings.Join(matches, ", "))}
 		}
-		return lease{taskID: id, token: tok}, nil
 	}
 	switch ids := f.heldIDs(af.agent); len(ids) {
 	case 0:
@@ -86,8 +107,30 @@ func (af *agentFlags) resolveLease(args []string, token int64) (lease, error) {
 	case 1:
 		return lease{taskID: ids[0], token: held[ids[0]]}, nil
 	default:
-		return lease{}, fmt.Errorf("agent %s holds %d leases; name the task: %s", af.agent, len(ids), strings.Join(ids, ", "))
+		return lease{}, &severalLeasesError{fmt.Sprintf("agent %s holds %d leases; name the task: %s", af.agent, len(ids), strings.Join(ids, ", "))}
 	}
+}
+
+// leaseFor is resolveLease checked with the server. Where the file offers
+// several leases, the ones the server no longer holds for the agent (a
+// rescue after the lease ran out, a move by an operator) are forgotten
+// first, so that only live leases are counted or listed; the single-lease
+// path costs no extra call, as the call on the lease says itself when it
+// is stale. With --fencing-token a shortened id is looked up.
+func (af *agentFlags) leaseFor(ctx context.Context, q factoryv1.QueueServiceClient, args []string, token int64) (lease, error) {
+	l, err := af.resolveLease(args, token)
+	var several *severalLeasesError
+	switch {
+	case err == nil && token > 0:
+		l.taskID, err = resolveTaskID(ctx, q, l.taskID)
+		return l, err
+	case errors.As(err, &several):
+		if err := af.store().forgetLost(ctx, q, af.agent); err != nil {
+			return lease{}, err
+		}
+		return af.resolveLease(args, token)
+	}
+	return l, err
 }
 
 func idsOrNone(ids []string) string {
@@ -235,7 +278,9 @@ func newTaskRenewCommand(a *app) *cobra.Command {
 		Short: "Extend a held lease and report progress",
 		Long: `Renew extends the agent's lease on a task (default 5m from now) and
 records a progress note on it. ID may be left out while the agent holds
-exactly one lease.
+exactly one lease, or shortened to a prefix only one held id starts with.
+Leases the server no longer holds for the agent are forgotten before the
+held ones are counted.
 
 If the lease already expired or the task was taken away (killed,
 requeued, re-claimed), the server answers FAILED_PRECONDITION: stop
@@ -248,15 +293,15 @@ working on it. The stale lease is dropped from the state file.`,
 			if err := af.check(); err != nil {
 				return err
 			}
-			l, err := af.resolveLease(args, token)
-			if err != nil {
-				return err
-			}
-			req := &factoryv1.RenewLeaseRequest{TaskId: l.taskID, Agent: af.agent, FencingToken: l.token, Progress: progress}
-			if leaseD > 0 {
-				req.LeaseDuration = durationpb.New(leaseD)
-			}
 			return a.withQueue(cmd, func(ctx context.Context, q factoryv1.QueueServiceClient) error {
+				l, err := af.leaseFor(ctx, q, args, token)
+				if err != nil {
+					return err
+				}
+				req := &factoryv1.RenewLeaseRequest{TaskId: l.taskID, Agent: af.agent, FencingToken: l.token, Progress: progress}
+				if leaseD > 0 {
+					req.LeaseDuration = durationpb.New(leaseD)
+				}
 				resp, err := q.RenewLease(ctx, req)
 				if err := af.settle(l, err, false); err != nil {
 					return err
@@ -294,7 +339,10 @@ to REVIEW for a human check (an operator then approves it with
 
 DONE releases the tasks that were waiting on this one: BACKLOG tasks
 whose dependencies are now all DONE become READY. The lease is dropped
-from the state file. ID may be left out while the agent holds one lease.`,
+from the state file. ID may be left out while the agent holds one lease,
+or shortened to a prefix only one held id starts with. Leases the server
+no longer holds for the agent (rescued after they ran out, moved by an
+operator) are forgotten before the held ones are counted.`,
 		Example: `  factory task done --agent builder-1 --note "merged as #412"
   factory task done 0193a2b4-... --agent builder-1 --review`,
 		Args:              cobra.MaximumNArgs(1),
@@ -303,11 +351,11 @@ from the state file. ID may be left out while the agent holds one lease.`,
 			if err := af.check(); err != nil {
 				return err
 			}
-			l, err := af.resolveLease(args, token)
-			if err != nil {
-				return err
-			}
 			return a.withQueue(cmd, func(ctx context.Context, q factoryv1.QueueServiceClient) error {
+				l, err := af.leaseFor(ctx, q, args, token)
+				if err != nil {
+					return err
+				}
 				resp, err := q.CompleteTask(ctx, &factoryv1.CompleteTaskRequest{
 					TaskId: l.taskID, Agent: af.agent, FencingToken: l.token, Review: review, Note: note,
 				})
@@ -343,7 +391,9 @@ func newTaskFailCommand(a *app) *cobra.Command {
 back to READY after a backoff while attempts remain, then to FAILED (the
 dead letter); --permanent sends it to FAILED at once (use it when a retry
 cannot help: bad input, missing permission). The error text is kept as the
-task's last error. The lease is dropped from the state file.`,
+task's last error. The lease is dropped from the state file. ID may be
+left out while the agent holds one lease, or shortened to a prefix only
+one held id starts with.`,
 		Example: `  factory task fail --agent builder-1 --error "rate limited by provider"
   factory task fail 0193a2b4-... --agent builder-1 --error "payload has no repo" --permanent`,
 		Args:              cobra.MaximumNArgs(1),
@@ -352,11 +402,11 @@ task's last error. The lease is dropped from the state file.`,
 			if err := af.check(); err != nil {
 				return err
 			}
-			l, err := af.resolveLease(args, token)
-			if err != nil {
-				return err
-			}
 			return a.withQueue(cmd, func(ctx context.Context, q factoryv1.QueueServiceClient) error {
+				l, err := af.leaseFor(ctx, q, args, token)
+				if err != nil {
+					return err
+				}
 				resp, err := q.FailTask(ctx, &factoryv1.FailTaskRequest{
 					TaskId: l.taskID, Agent: af.agent, FencingToken: l.token, Error: errText, Permanent: permanent,
 				})

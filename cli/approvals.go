@@ -112,13 +112,21 @@ func newApprovalsShowCommand(a *app) *cobra.Command {
 		Long: `Show prints one request: what, why, the requesting agent, risk and tier,
 the payload and its SHA-256, the deadline and its default, and once decided
 the outcome, who decided, the reason and any instructions. -o json prints
-the request as the API returns it, time_left included.`,
+the request as the API returns it, time_left included.
+
+Here and in approve, reject, modify and watch, a unique prefix of the id
+will do; a prefix that several ids start with is refused with those ids
+listed.`,
 		Example: `  factory approvals show 0193a2b4-...
-  factory approvals show 0193a2b4-... -o json | jq .state`,
+  factory approvals show 0193a2b4 -o json | jq .state`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.withApprovals(cmd, func(ctx context.Context, c factoryv1.ApprovalServiceClient) error {
-				resp, err := c.GetApproval(ctx, &factoryv1.GetApprovalRequest{ApprovalId: args[0]})
+				id, err := resolveApprovalID(ctx, c, args[0])
+				if err != nil {
+					return err
+				}
+				resp, err := c.GetApproval(ctx, &factoryv1.GetApprovalRequest{ApprovalId: id})
 				if err != nil {
 					return err
 				}
@@ -150,8 +158,12 @@ decisions, expiries) until interrupted.`,
 				return a.watchApprovalEvents(cmd)
 			}
 			var final *factoryv1.Approval
-			err := a.withApprovals(cmd, func(ctx context.Context, c factoryv1.ApprovalServiceClient) (err error) {
-				final, err = a.waitApproval(ctx, c, args[0])
+			err := a.withApprovals(cmd, func(ctx context.Context, c factoryv1.ApprovalServiceClient) error {
+				id, err := resolveApprovalID(ctx, c, args[0])
+				if err != nil {
+					return err
+				}
+				final, err = a.waitApproval(ctx, c, id)
 				return err
 			})
 			return finalExit(final, err)
@@ -298,6 +310,16 @@ policy) approved or modified it.`,
 				}
 				req.AmountMicros = micros
 			}
+			if needsLookup(req.TaskId) {
+				// A shortened --task costs a lookup on a connection of its
+				// own; a whole id (what scripts pass) goes as it is.
+				if err := a.withQueue(cmd, func(ctx context.Context, q factoryv1.QueueServiceClient) (err error) {
+					req.TaskId, err = resolveTaskID(ctx, q, req.TaskId)
+					return err
+				}); err != nil {
+					return fmt.Errorf("--task: %w", err)
+				}
+			}
 			var final *factoryv1.Approval
 			err := a.withApprovals(cmd, func(ctx context.Context, c factoryv1.ApprovalServiceClient) error {
 				resp, err := c.RequestApproval(ctx, &req)
@@ -325,7 +347,7 @@ policy) approved or modified it.`,
 	f.DurationVar(&timeout, "timeout", 0, "time until the default applies (server default 1h; at least the server's minimum, 5m by default, for Tier 2 and up)")
 	f.StringVar(&def, "default", "deny", "applied at the deadline: deny, or approve only for a request policy approves at once anyway")
 	f.StringVar(&amount, "amount", "", "what the action spends, in dollars (25 or 12.50); over $20 makes it Tier 2")
-	f.StringVar(&req.TaskId, "task", "", "the task the action belongs to")
+	f.StringVar(&req.TaskId, "task", "", "the task the action belongs to (id or unique id prefix)")
 	f.BoolVar(&wait, "wait", false, "wait for the decision and exit 3 unless it lets the action go ahead")
 	_ = cmd.MarkFlagRequired("what")
 	_ = cmd.MarkFlagRequired("risk")
@@ -348,6 +370,11 @@ func newDecideCommand(a *app, verb string) *cobra.Command {
 				req.Decision = factoryv1.ApprovalDecision_APPROVAL_DECISION_MODIFY
 			}
 			return a.withApprovals(cmd, func(ctx context.Context, c factoryv1.ApprovalServiceClient) error {
+				id, err := resolveApprovalID(ctx, c, req.ApprovalId)
+				if err != nil {
+					return err
+				}
+				req.ApprovalId = id
 				resp, err := c.Decide(ctx, req)
 				if err != nil {
 					return err

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -9,6 +10,11 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
+
+	"google.golang.org/grpc/codes"
+
+	factoryv1 "github.com/factory/factory/gen/factory/v1"
 )
 
 // leaseFile is the agent state file: for each agent, the tasks it holds and
@@ -113,6 +119,55 @@ func (s *leaseStore) update(fn func(*leaseFile) error) error {
 		return err
 	}
 	return writeFileAtomic(s.path, f)
+}
+
+// lostLookups is how many GetTask calls forgetLost makes at once.
+const lostLookups = 8
+
+// forgetLost drops from the file the agent's leases that the server no
+// longer holds for it: the lease ran out and the task was rescued, the
+// task was re-claimed, moved by an operator or finished elsewhere, or it
+// is gone. It asks once per lease in the file (a few calls at a time),
+// and keeps a lease it could not ask about: only the server's word that
+// the lease is not ours forgets one.
+func (s *leaseStore) forgetLost(ctx context.Context, q factoryv1.QueueServiceClient, agent string) error {
+	f, err := s.load()
+	if err != nil {
+		return err
+	}
+	var (
+		mu   sync.Mutex
+		wg   sync.WaitGroup
+		lost = map[string]int64{}
+		slot = make(chan struct{}, lostLookups)
+	)
+	for id, token := range f.held(agent) {
+		wg.Add(1)
+		slot <- struct{}{}
+		go func() {
+			defer func() { <-slot; wg.Done() }()
+			resp, err := q.GetTask(ctx, &factoryv1.GetTaskRequest{TaskId: id})
+			lease := resp.GetTask().GetLease()
+			if isCode(err, codes.NotFound) || err == nil && (lease.GetHolder() != agent || lease.GetToken() != token) {
+				mu.Lock()
+				lost[id] = token
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if len(lost) == 0 {
+		return nil
+	}
+	return s.update(func(f *leaseFile) error {
+		for id, token := range lost {
+			// A claim made meanwhile wrote a new token: that lease is live.
+			if tok, ok := f.held(agent)[id]; ok && tok == token {
+				f.drop(agent, id)
+			}
+		}
+		return nil
+	})
 }
 
 // writeFileAtomic writes v as JSON to a temporary file in the same

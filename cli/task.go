@@ -121,6 +121,9 @@ fails with ALREADY_EXISTS, so a retried script cannot add a task twice.
 				}
 			}
 			return a.withQueue(cmd, func(ctx context.Context, q factoryv1.QueueServiceClient) error {
+				if err := resolveTaskIDs(ctx, q, req.DependsOn); err != nil {
+					return fmt.Errorf("--depends-on: %w", err)
+				}
 				resp, err := q.CreateTask(ctx, &req)
 				if err != nil {
 					return err
@@ -141,7 +144,7 @@ fails with ALREADY_EXISTS, so a retried script cannot add a task twice.
 	f.Int32Var(&req.Priority, "priority", 0, "-1000 to 1000; higher is claimed first")
 	f.StringVar(&payload, "payload", "", "the work, as JSON text")
 	f.StringVar(&payloadFile, "payload-file", "", "read the payload JSON from this file (- for standard input)")
-	f.StringSliceVar(&req.DependsOn, "depends-on", nil, "id of a task that must be DONE first (repeatable)")
+	f.StringSliceVar(&req.DependsOn, "depends-on", nil, "id (or unique id prefix) of a task that must be DONE first (repeatable)")
 	f.StringArrayVar(&labels, "label", nil, "label key=value (repeatable)")
 	f.Int32Var(&req.MaxAttempts, "max-attempts", 0, "claims allowed before the dead letter (server default 3)")
 	f.Int32Var(&req.ApprovalTier, "approval-tier", 0, "approval tier 0-3 (2 and up wait for an operator)")
@@ -172,13 +175,22 @@ func newTaskShowCommand(a *app) *cobra.Command {
 		Long: `Show prints everything the queue knows about a task: state and since
 when, attempts, the current lease (holder, fencing token, expiry),
 dependencies, labels, the last error, the holder's progress note, operator
-notes and the payload.`,
+notes and the payload.
+
+Wherever a task id is taken, a unique prefix of it will do (0193a2b4 for
+0193a2b4-7c1e-...); a prefix that several ids start with is refused with
+those ids listed.`,
 		Example: `  factory task show 0193a2b4-7c1e-7d3f-9a4b-2f6c1e0d9b8a
+  factory task show 0193a2b4
   factory task show deploy-api -o json | jq .state`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.withQueue(cmd, func(ctx context.Context, q factoryv1.QueueServiceClient) error {
-				resp, err := q.GetTask(ctx, &factoryv1.GetTaskRequest{TaskId: args[0]})
+				id, err := resolveTaskID(ctx, q, args[0])
+				if err != nil {
+					return err
+				}
+				resp, err := q.GetTask(ctx, &factoryv1.GetTaskRequest{TaskId: id})
 				if err != nil {
 					return err
 				}
@@ -286,9 +298,13 @@ claims so far over claims allowed; SINCE is when the task entered its state.`,
 	return cmd
 }
 
-// moveTask runs MoveTask and prints the result.
-func (a *app) moveTask(cmd *cobra.Command, id string, to factoryv1.TaskState, reason string) error {
+// moveTask runs MoveTask on the task arg names and prints the result.
+func (a *app) moveTask(cmd *cobra.Command, arg string, to factoryv1.TaskState, reason string) error {
 	return a.withQueue(cmd, func(ctx context.Context, q factoryv1.QueueServiceClient) error {
+		id, err := resolveTaskID(ctx, q, arg)
+		if err != nil {
+			return err
+		}
 		resp, err := q.MoveTask(ctx, &factoryv1.MoveTaskRequest{TaskId: id, To: to, Reason: reason})
 		if err != nil {
 			return err
@@ -321,7 +337,7 @@ the states allowed from where the task is:
 The reason is required and kept in the task's note. kill and requeue are
 shorthands for the two most common moves.`,
 		Example: `  factory task move 0193a2b4-... --to done --reason "reviewed, looks good"
-  factory task move 0193a2b4-... --to ready --reason "tests missing, see PR comment"`,
+  factory task move 0193a2b4 --to ready --reason "tests missing, see PR comment"`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			state, err := parseState(to)
@@ -394,7 +410,11 @@ Flags go before the id, so that a negative priority is read as a number.`,
 				return usageErrorf("priority %q is not a whole number", args[1])
 			}
 			return a.withQueue(cmd, func(ctx context.Context, q factoryv1.QueueServiceClient) error {
-				resp, err := q.SetPriority(ctx, &factoryv1.SetPriorityRequest{TaskId: args[0], Priority: int32(n)})
+				id, err := resolveTaskID(ctx, q, args[0])
+				if err != nil {
+					return err
+				}
+				resp, err := q.SetPriority(ctx, &factoryv1.SetPriorityRequest{TaskId: id, Priority: int32(n)})
 				if err != nil {
 					return err
 				}
@@ -436,6 +456,9 @@ initial snapshot.`,
 				return usageErrorf("--state: %v", err)
 			}
 			return a.withQueue(cmd, func(ctx context.Context, q factoryv1.QueueServiceClient) error {
+				if err := resolveTaskIDs(ctx, q, req.TaskIds); err != nil {
+					return fmt.Errorf("--id: %w", err)
+				}
 				stream, err := q.WatchTasks(ctx, &req)
 				if err != nil {
 					return err
@@ -461,7 +484,7 @@ initial snapshot.`,
 	f := cmd.Flags()
 	f.StringSliceVar(&states, "state", nil, "only tasks in or entering this state (repeatable, comma-separated)")
 	f.StringVar(&req.Role, "role", "", "only tasks needing this role")
-	f.StringSliceVar(&req.TaskIds, "id", nil, "only this task (repeatable)")
+	f.StringSliceVar(&req.TaskIds, "id", nil, "only this task, by id or unique id prefix (repeatable)")
 	f.BoolVar(&req.ChangesOnly, "changes-only", false, "skip the initial snapshot")
 	_ = cmd.RegisterFlagCompletionFunc("state", completeStates)
 	return cmd

@@ -356,6 +356,8 @@ type ListParams struct {
 	// NewestFirst lists each group newest first; PageToken must come from
 	// a list in the same order.
 	NewestFirst bool
+	// IDPrefix keeps requests whose id starts with it: a shortened id.
+	IDPrefix string
 }
 
 // List returns a page of requests, PENDING first.
@@ -367,6 +369,7 @@ func (s *Service) List(ctx context.Context, p ListParams) (*store.ApprovalListRe
 	size = min(size, MaxPageSize)
 	return s.store.ApprovalList(ctx, &store.ApprovalListParams{
 		States: p.States, Agent: p.Agent, Limit: size, Cursor: p.PageToken, NewestFirst: p.NewestFirst,
+		IDPrefix: p.IDPrefix,
 	})
 }
 

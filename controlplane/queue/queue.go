@@ -267,6 +267,8 @@ type ListParams struct {
 	// NewestFirst lists the most recently created task first; PageToken
 	// must come from a list in the same order.
 	NewestFirst bool
+	// IDPrefix keeps tasks whose id starts with it: a shortened id.
+	IDPrefix string
 }
 
 // List returns one page of tasks: at most PageSize, and no more than
@@ -279,7 +281,7 @@ func (s *Service) List(ctx context.Context, p ListParams) (*store.TaskListResult
 		States: p.States, Role: p.Role, Assignee: p.Assignee, Labels: parseLabels(p.Labels), IDs: p.IDs,
 		Kind: p.Kind, MinAttempt: p.MinAttempt,
 		Limit: p.PageSize, Cursor: p.PageToken, MaxBytes: ResponseBytes, Summary: p.Summary,
-		NewestFirst: p.NewestFirst,
+		NewestFirst: p.NewestFirst, IDPrefix: p.IDPrefix,
 	})
 }
 

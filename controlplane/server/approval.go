@@ -74,7 +74,7 @@ func (s *approvalServer) ListApprovals(ctx context.Context, r *factoryv1.ListApp
 	}
 	res, err := s.a.List(ctx, approval.ListParams{
 		States: states, Agent: r.GetAgent(), PageSize: int(r.GetPageSize()), PageToken: r.GetPageToken(),
-		NewestFirst: r.GetNewestFirst(),
+		NewestFirst: r.GetNewestFirst(), IDPrefix: r.GetIdPrefix(),
 	})
 	if err != nil {
 		return nil, s.err(ctx, err)

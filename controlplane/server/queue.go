@@ -69,7 +69,7 @@ func (s *queueServer) ListTasks(ctx context.Context, r *factoryv1.ListTasksReque
 		Labels: r.GetLabels(), Kind: r.GetKind(), MinAttempt: int(r.GetMinAttempt()),
 		PageSize: int(r.GetPageSize()), PageToken: r.GetPageToken(),
 		Summary:     r.GetView() != factoryv1.TaskView_TASK_VIEW_FULL,
-		NewestFirst: r.GetNewestFirst(),
+		NewestFirst: r.GetNewestFirst(), IDPrefix: r.GetIdPrefix(),
 	})
 	if err != nil {
 		return nil, s.err(ctx, err)

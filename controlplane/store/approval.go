@@ -268,6 +268,10 @@ type ApprovalListParams struct {
 	// NewestFirst lists each group newest first. Cursor must come from a
 	// list in the same order.
 	NewestFirst bool
+	// IDPrefix keeps requests whose id starts with it (byte for byte): how
+	// a shortened id resolves. Drivers answer it from the id index with
+	// IDPrefixRange.
+	IDPrefix string
 }
 
 // ApprovalListResult is one page.

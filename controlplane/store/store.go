@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // Store is the persistence contract. Every method runs in one transaction:
@@ -218,6 +219,31 @@ type TaskListParams struct {
 	MaxBytes int64
 	// Summary leaves the large fields out of the tasks (see Task.Summary).
 	Summary bool
+	// IDPrefix keeps tasks whose id starts with it (byte for byte): how a
+	// shortened id resolves. Drivers answer it from the id index with
+	// IDPrefixRange.
+	IDPrefix string
+}
+
+// IDPrefixRange bounds the ids that start with prefix, lo <= id < hi,
+// for an index range scan (LIKE would need an index of its own); hi is
+// empty when there is no upper bound. The range may hold more than the
+// prefix's ids, so the caller still compares the prefix exactly. hi
+// leaves out trailing separators and steps '9' to 'a' rather than to ':',
+// so that for UUID-shaped ids the range holds under a collation that
+// ignores punctuation (a PostgreSQL database in en_US) as well as in byte
+// order.
+func IDPrefixRange(prefix string) (lo, hi string) {
+	stem := strings.TrimRight(prefix, "-._:")
+	last, size := utf8.DecodeLastRuneInString(stem)
+	if stem == "" || last == utf8.RuneError || last >= utf8.MaxRune {
+		return prefix, ""
+	}
+	next := last + 1
+	if last == '9' {
+		next = 'a'
+	}
+	return prefix, stem[:len(stem)-size] + string(next)
 }
 
 // TaskListResult is one page.

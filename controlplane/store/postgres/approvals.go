@@ -188,7 +188,7 @@ func (s *Store) ApprovalList(ctx context.Context, p *store.ApprovalListParams) (
 	if err != nil {
 		return nil, err
 	}
-	if err := checkText("agent", p.Agent); err != nil {
+	if err := checkText("agent", p.Agent, "id_prefix", p.IDPrefix); err != nil {
 		return nil, err
 	}
 	var args []any
@@ -208,6 +208,9 @@ func (s *Store) ApprovalList(ctx context.Context, p *store.ApprovalListParams) (
 	}
 	if p.Agent != "" {
 		filter.WriteString(" AND agent = " + arg(p.Agent))
+	}
+	if p.IDPrefix != "" {
+		filter.WriteString(idPrefixFilter(p.IDPrefix, arg))
 	}
 	// One row past the page says whether there is a next page.
 	limit, limitSQL := 0, ""

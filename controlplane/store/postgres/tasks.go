@@ -212,7 +212,7 @@ func (s *Store) TaskList(ctx context.Context, p *store.TaskListParams) (*store.T
 	if p.NewestFirst {
 		next, order = " seq < $1", " ORDER BY seq DESC"
 	}
-	if err := checkText("role", p.Role, "assignee", p.Assignee, "kind", p.Kind); err != nil {
+	if err := checkText("role", p.Role, "assignee", p.Assignee, "kind", p.Kind, "id_prefix", p.IDPrefix); err != nil {
 		return nil, err
 	}
 	if err := checkTexts("ids", p.IDs); err != nil {
@@ -269,6 +269,9 @@ func (s *Store) TaskList(ctx context.Context, p *store.TaskListParams) (*store.T
 		// attempt is an integer column: a larger bound matches nothing.
 		b.WriteString(" AND attempt >= " + arg(int64(p.MinAttempt)) + "::bigint")
 	}
+	if p.IDPrefix != "" {
+		b.WriteString(idPrefixFilter(p.IDPrefix, arg))
+	}
 	b.WriteString(order)
 	// One row past the page says whether there is a next page.
 	limit := 0
@@ -302,6 +305,19 @@ func (s *Store) TaskList(ctx context.Context, p *store.TaskListParams) (*store.T
 		res.Tasks[i] = r.t
 	}
 	return res, nil
+}
+
+// idPrefixFilter is the condition keeping ids that start with prefix: a
+// range the id index answers (in the database's collation, which LIKE
+// could not use), then the exact comparison. arg adds a parameter.
+func idPrefixFilter(prefix string, arg func(any) string) string {
+	lo, hi := store.IDPrefixRange(prefix)
+	cond := " AND id >= " + arg(lo) + "::text"
+	if hi != "" {
+		cond += " AND id < " + arg(hi) + "::text"
+	}
+	n := arg(prefix)
+	return cond + " AND left(id, char_length(" + n + "::text)) = " + n + "::text"
 }
 
 // summaryCols is taskCols with the large fields left out.

@@ -179,6 +179,9 @@ func (s *Store) ApprovalList(ctx context.Context, p *store.ApprovalListParams) (
 		filter.WriteString(" AND agent = ?")
 		filterArgs = append(filterArgs, p.Agent)
 	}
+	if p.IDPrefix != "" {
+		filter.WriteString(idPrefixFilter(p.IDPrefix, &filterArgs))
+	}
 	// One row past the page says whether there is a next page.
 	limit := -1
 	if p.Limit > 0 && p.Limit < math.MaxInt32 {

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/factory/factory/controlplane/store"
 )
@@ -218,6 +219,9 @@ func (s *Store) TaskList(ctx context.Context, p *store.TaskListParams) (*store.T
 		b.WriteString(" AND attempt >= ?")
 		args = append(args, p.MinAttempt)
 	}
+	if p.IDPrefix != "" {
+		b.WriteString(idPrefixFilter(p.IDPrefix, &args))
+	}
 	// One row past the page says whether there is a next page.
 	limit := -1
 	if p.Limit > 0 && p.Limit < math.MaxInt32 {
@@ -243,6 +247,21 @@ func (s *Store) TaskList(ctx context.Context, p *store.TaskListParams) (*store.T
 		res.Tasks[i] = r.t
 	}
 	return res, nil
+}
+
+// idPrefixFilter is the condition keeping ids that start with prefix: a
+// range the id index answers (LIKE could not use it), then the exact
+// comparison; substr counts characters, as RuneCountInString does.
+func idPrefixFilter(prefix string, args *[]any) string {
+	lo, hi := store.IDPrefixRange(prefix)
+	cond := " AND id >= ?"
+	*args = append(*args, lo)
+	if hi != "" {
+		cond += " AND id < ?"
+		*args = append(*args, hi)
+	}
+	*args = append(*args, utf8.RuneCountInString(prefix), prefix)
+	return cond + " AND substr(id, 1, ?) = ?"
 }
 
 // summaryCols is taskCols with the large fields left out.

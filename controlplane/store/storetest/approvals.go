@@ -281,6 +281,34 @@ func (s *suite) testApprovals(t *testing.T) {
 				}
 			}
 		}},
+		{"ListIDPrefix", func(t *testing.T, h *harness) {
+			for _, id := range []string{"0190abc9-1111", "0190abc:", "0190abca-0000", "0190abc9-2222", "ap1"} {
+				h.requestApproval(h.pendingApproval(id))
+			}
+			if _, err := h.decide("0190abc9-2222", store.DecisionApprove, "", ""); err != nil {
+				t.Fatal(err)
+			}
+			for _, c := range []struct {
+				name string
+				p    store.ApprovalListParams
+				want []string
+			}{
+				{"prefix", store.ApprovalListParams{IDPrefix: "0190abc9"}, []string{"0190abc9-1111", "0190abc9-2222"}},
+				{"newest first", store.ApprovalListParams{IDPrefix: "0190abc9", NewestFirst: true}, []string{"0190abc9-1111", "0190abc9-2222"}},
+				{"shorter", store.ApprovalListParams{IDPrefix: "0190abc", NewestFirst: true}, []string{"0190abca-0000", "0190abc:", "0190abc9-1111", "0190abc9-2222"}},
+				{"pending", store.ApprovalListParams{IDPrefix: "0190abc9-", States: []store.ApprovalState{store.ApprovalPending}}, []string{"0190abc9-1111"}},
+				{"whole id", store.ApprovalListParams{IDPrefix: "ap1"}, []string{"ap1"}},
+				{"none", store.ApprovalListParams{IDPrefix: "0190abd"}, nil},
+			} {
+				p := c.p
+				p.Limit = 100
+				page, err := h.s.ApprovalList(h.ctx, &p)
+				if err != nil {
+					t.Fatalf("%s: %v", c.name, err)
+				}
+				requireIDs(t, c.name, approvalIDs(page.Approvals), c.want)
+			}
+		}},
 		{"ListPagesInBothOrders", func(t *testing.T, h *harness) {
 			// 11 requests, every third decided: groups of 7 and 4 that
 			// pages of 1 to 4 split in every way.

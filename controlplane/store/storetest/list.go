@@ -59,6 +59,48 @@ func (s *suite) testList(t *testing.T) {
 				}
 			}
 		}},
+		{"IDPrefix", func(t *testing.T, h *harness) {
+			// "0190abc:" and "0190abca-..." sit inside the index range of
+			// "0190abc9" ('9' steps to 'a'); the exact comparison keeps
+			// them out.
+			ids := []string{
+				"0190abc9-1111", "0190abca-0000", "0190abc9-2222", "0190abc:", "0190abd0",
+				"deploy-api", "deploy", "deploy.x", "deploy-db", "f", "fz", "fa", "g0",
+			}
+			for _, id := range ids {
+				h.create(&store.TaskCreate{ID: id})
+			}
+			h.move("deploy-db", store.StateFailed)
+			for _, c := range []struct {
+				prefix string
+				states []store.TaskState
+				want   []string
+			}{
+				{"0190abc9", nil, []string{"0190abc9-1111", "0190abc9-2222"}},
+				{"0190abc9-", nil, []string{"0190abc9-1111", "0190abc9-2222"}},
+				{"0190abc9-2", nil, []string{"0190abc9-2222"}},
+				{"0190abc", nil, []string{"0190abc9-1111", "0190abca-0000", "0190abc9-2222", "0190abc:"}},
+				{"0190abc9-1111", nil, []string{"0190abc9-1111"}},
+				{"0190abc9-11110", nil, nil},
+				{"deploy", nil, []string{"deploy-api", "deploy", "deploy.x", "deploy-db"}},
+				{"deploy-", nil, []string{"deploy-api", "deploy-db"}},
+				{"deploy-", []store.TaskState{store.StateFailed}, []string{"deploy-db"}},
+				{"f", nil, []string{"f", "fz", "fa"}},
+				{"fz", nil, []string{"fz"}},
+				{"F", nil, nil},
+				{"x", nil, nil},
+			} {
+				res := h.list(&store.TaskListParams{IDPrefix: c.prefix, States: c.states, Limit: 100})
+				requireIDs(t, "prefix "+c.prefix, taskIDs(res.Tasks), c.want)
+			}
+			// A page of the prefix's tasks continues with its cursor.
+			first := h.list(&store.TaskListParams{IDPrefix: "deploy", Limit: 3, Summary: true})
+			requireIDs(t, "first page", taskIDs(first.Tasks), []string{"deploy-api", "deploy", "deploy.x"})
+			rest := h.list(&store.TaskListParams{IDPrefix: "deploy", Limit: 3, Cursor: first.NextCursor})
+			requireIDs(t, "second page", taskIDs(rest.Tasks), []string{"deploy-db"})
+			newest := h.list(&store.TaskListParams{IDPrefix: "f", NewestFirst: true, Limit: 100})
+			requireIDs(t, "newest first", taskIDs(newest.Tasks), []string{"fa", "fz", "f"})
+		}},
 		{"PagingVisitsEveryTaskOnce", func(t *testing.T, h *harness) {
 			// Ids are a permutation of creation order, several batches
 			// share a timestamp, and tasks arrive mid-scan: the cursor must

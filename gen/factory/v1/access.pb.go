@@ -1032,7 +1032,11 @@ type WhoAmIResponse struct {
 	// When that token stops working; unset means never.
 	ExpiresAt *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
 	// For an agent, the task roles its token may claim ("*": every role).
-	Roles         []string `protobuf:"bytes,5,rep,name=roles,proto3" json:"roles,omitempty"`
+	Roles []string `protobuf:"bytes,5,rep,name=roles,proto3" json:"roles,omitempty"`
+	// The control plane's version, from its build: a release tag, a
+	// pseudo-version naming the commit it was built from, or "dev" for a
+	// build without either. `factory version` shows it beside the CLI's.
+	Version       string `protobuf:"bytes,6,opt,name=version,proto3" json:"version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1100,6 +1104,13 @@ func (x *WhoAmIResponse) GetRoles() []string {
 		return x.Roles
 	}
 	return nil
+}
+
+func (x *WhoAmIResponse) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
 }
 
 var File_factory_v1_access_proto protoreflect.FileDescriptor
@@ -1184,14 +1195,15 @@ const file_factory_v1_access_proto_rawDesc = "" +
 	"\x05roles\x18\x02 \x03(\tB/\xbaH,\x92\x01)\x10@\x18\x01\"#r!2\x1f^([*]|[A-Za-z0-9._:/-]{1,128})$R\x05roles\"@\n" +
 	"\x15SetTokenRolesResponse\x12'\n" +
 	"\x05token\x18\x01 \x01(\v2\x11.factory.v1.TokenR\x05token\"\x0f\n" +
-	"\rWhoAmIRequest\"\xbc\x01\n" +
+	"\rWhoAmIRequest\"\xd6\x01\n" +
 	"\x0eWhoAmIResponse\x12$\n" +
 	"\x04role\x18\x01 \x01(\x0e2\x10.factory.v1.RoleR\x04role\x12\x18\n" +
 	"\asubject\x18\x02 \x01(\tR\asubject\x12\x19\n" +
 	"\btoken_id\x18\x03 \x01(\tR\atokenId\x129\n" +
 	"\n" +
 	"expires_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12\x14\n" +
-	"\x05roles\x18\x05 \x03(\tR\x05roles*Q\n" +
+	"\x05roles\x18\x05 \x03(\tR\x05roles\x12\x18\n" +
+	"\aversion\x18\x06 \x01(\tR\aversion*Q\n" +
 	"\x04Role\x12\x14\n" +
 	"\x10ROLE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rROLE_OPERATOR\x10\x01\x12\x0e\n" +

@@ -789,7 +789,12 @@ type ListApprovalsRequest struct {
 	// Within each group (PENDING first, then the rest) the newest request
 	// first, so that the latest decisions come on the first page; unset
 	// lists each group oldest first.
-	NewestFirst   bool `protobuf:"varint,5,opt,name=newest_first,json=newestFirst,proto3" json:"newest_first,omitempty"`
+	NewestFirst bool `protobuf:"varint,5,opt,name=newest_first,json=newestFirst,proto3" json:"newest_first,omitempty"`
+	// Only requests whose id starts with this text, compared exactly (case
+	// matters); empty means any id. What a shortened id resolves with: the
+	// CLI asks for a few and takes the one that matches, and the store
+	// answers from the id index. The characters of an id, at most 128.
+	IdPrefix      string `protobuf:"bytes,6,opt,name=id_prefix,json=idPrefix,proto3" json:"id_prefix,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -857,6 +862,13 @@ func (x *ListApprovalsRequest) GetNewestFirst() bool {
 		return x.NewestFirst
 	}
 	return false
+}
+
+func (x *ListApprovalsRequest) GetIdPrefix() string {
+	if x != nil {
+		return x.IdPrefix
+	}
+	return ""
 }
 
 // ListApprovalsResponse is one page of requests.
@@ -1196,7 +1208,7 @@ const file_factory_v1_approval_proto_rawDesc = "" +
 	"\vapproval_id\x18\x01 \x01(\tB\"\xbaH\x1f\xc8\x01\x01r\x1a2\x18^[A-Za-z0-9._:-]{1,128}$R\n" +
 	"approvalId\"G\n" +
 	"\x13GetApprovalResponse\x120\n" +
-	"\bapproval\x18\x01 \x01(\v2\x14.factory.v1.ApprovalR\bapproval\"\xcf\x02\n" +
+	"\bapproval\x18\x01 \x01(\v2\x14.factory.v1.ApprovalR\bapproval\"\x90\x03\n" +
 	"\x14ListApprovalsRequest\x12\x8c\x01\n" +
 	"\x06states\x18\x01 \x03(\x0e2\x19.factory.v1.ApprovalStateBY\xbaHV\x92\x01S\x10\x05\"O\xba\x01G\n" +
 	"\x0fstate.specified\x12)APPROVAL_STATE_UNSPECIFIED is not a state\x1a\tthis != 0\x82\x01\x02\x10\x01R\x06states\x123\n" +
@@ -1205,7 +1217,8 @@ const file_factory_v1_approval_proto_rawDesc = "" +
 	"\xbaH\a\x1a\x05\x18\xe8\a(\x00R\bpageSize\x12'\n" +
 	"\n" +
 	"page_token\x18\x04 \x01(\tB\b\xbaH\x05r\x03\x18\x80\bR\tpageToken\x12!\n" +
-	"\fnewest_first\x18\x05 \x01(\bR\vnewestFirst\"s\n" +
+	"\fnewest_first\x18\x05 \x01(\bR\vnewestFirst\x12?\n" +
+	"\tid_prefix\x18\x06 \x01(\tB\"\xbaH\x1f\xd8\x01\x01r\x1a2\x18^[A-Za-z0-9._:-]{1,128}$R\bidPrefix\"s\n" +
 	"\x15ListApprovalsResponse\x122\n" +
 	"\tapprovals\x18\x01 \x03(\v2\x14.factory.v1.ApprovalR\tapprovals\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xec\x01\n" +

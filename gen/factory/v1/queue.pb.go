@@ -998,7 +998,13 @@ type ListTasksRequest struct {
 	MinAttempt int32 `protobuf:"varint,9,opt,name=min_attempt,json=minAttempt,proto3" json:"min_attempt,omitempty"`
 	// The most recently created task first, so that the latest work comes
 	// on the first page; unset lists the oldest first.
-	NewestFirst   bool `protobuf:"varint,10,opt,name=newest_first,json=newestFirst,proto3" json:"newest_first,omitempty"`
+	NewestFirst bool `protobuf:"varint,10,opt,name=newest_first,json=newestFirst,proto3" json:"newest_first,omitempty"`
+	// Only tasks whose id starts with this text, compared exactly (case
+	// matters); empty means any id. What a shortened id resolves with: the
+	// CLI asks for a few and takes the one that matches, and the store
+	// answers from the id index, whatever the queue's size. The characters
+	// of a task id, at most 128.
+	IdPrefix      string `protobuf:"bytes,11,opt,name=id_prefix,json=idPrefix,proto3" json:"id_prefix,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1101,6 +1107,13 @@ func (x *ListTasksRequest) GetNewestFirst() bool {
 		return x.NewestFirst
 	}
 	return false
+}
+
+func (x *ListTasksRequest) GetIdPrefix() string {
+	if x != nil {
+		return x.IdPrefix
+	}
+	return ""
 }
 
 // ListTasksResponse is one page of tasks.
@@ -3146,7 +3159,7 @@ const file_factory_v1_queue_proto_rawDesc = "" +
 	"\x0eGetTaskRequest\x12;\n" +
 	"\atask_id\x18\x01 \x01(\tB\"\xbaH\x1f\xc8\x01\x01r\x1a2\x18^[A-Za-z0-9._:-]{1,128}$R\x06taskId\"7\n" +
 	"\x0fGetTaskResponse\x12$\n" +
-	"\x04task\x18\x01 \x01(\v2\x10.factory.v1.TaskR\x04task\"\xf7\x04\n" +
+	"\x04task\x18\x01 \x01(\v2\x10.factory.v1.TaskR\x04task\"\xb8\x05\n" +
 	"\x10ListTasksRequest\x12\x84\x01\n" +
 	"\x06states\x18\x01 \x03(\x0e2\x15.factory.v1.TaskStateBU\xbaHR\x92\x01O\x10\b\"K\xba\x01C\n" +
 	"\x0fstate.specified\x12%TASK_STATE_UNSPECIFIED is not a state\x1a\tthis != 0\x82\x01\x02\x10\x01R\x06states\x121\n" +
@@ -3163,7 +3176,8 @@ const file_factory_v1_queue_proto_rawDesc = "" +
 	"\vmin_attempt\x18\t \x01(\x05B\v\xbaH\b\x1a\x06\x18\xc0\x84=(\x00R\n" +
 	"minAttempt\x12!\n" +
 	"\fnewest_first\x18\n" +
-	" \x01(\bR\vnewestFirst\"c\n" +
+	" \x01(\bR\vnewestFirst\x12?\n" +
+	"\tid_prefix\x18\v \x01(\tB\"\xbaH\x1f\xd8\x01\x01r\x1a2\x18^[A-Za-z0-9._:-]{1,128}$R\bidPrefix\"c\n" +
 	"\x11ListTasksResponse\x12&\n" +
 	"\x05tasks\x18\x01 \x03(\v2\x10.factory.v1.TaskR\x05tasks\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xbe\x02\n" +
