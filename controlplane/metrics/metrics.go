@@ -51,6 +51,8 @@ import (
 	"go.opentelemetry.io/otel/sdk/resource"
 	semconv "go.opentelemetry.io/otel/semconv/v1.37.0"
 
+	"github.com/factory/factory/controlplane/telemetry"
+
 	"github.com/factory/factory/controlplane/fleet"
 	"github.com/factory/factory/controlplane/queue"
 	"github.com/factory/factory/controlplane/store"
@@ -201,7 +203,7 @@ func New(cfg Config) (*Metrics, error) {
 		return nil, fmt.Errorf("metrics: prometheus exporter: %w", err)
 	}
 	// A schema URL conflict still returns the merged resource.
-	res, err := resource.Merge(resource.Default(), resource.NewSchemaless(semconv.ServiceName(cfg.ServiceName)))
+	res, err := resource.Merge(resource.Default(), resource.NewSchemaless(semconv.ServiceName(cfg.ServiceName), semconv.ServiceVersion(telemetry.Version())))
 	if err != nil && !errors.Is(err, resource.ErrSchemaURLConflict) {
 		return nil, fmt.Errorf("metrics: resource: %w", err)
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/factory/factory/controlplane/access"
 	"github.com/factory/factory/controlplane/store"
+	"github.com/factory/factory/controlplane/telemetry"
 	factoryv1 "github.com/factory/factory/gen/factory/v1"
 )
 
@@ -120,7 +121,7 @@ func (s *accessServer) WhoAmI(ctx context.Context, _ *factoryv1.WhoAmIRequest) (
 	if err != nil {
 		return nil, err
 	}
-	return &factoryv1.WhoAmIResponse{Role: roleToProto(c.Role), Subject: c.Subject, TokenId: c.TokenID, ExpiresAt: ts(c.ExpiresAt), Roles: c.Roles}, nil
+	return &factoryv1.WhoAmIResponse{Role: roleToProto(c.Role), Subject: c.Subject, TokenId: c.TokenID, ExpiresAt: ts(c.ExpiresAt), Roles: c.Roles, Version: telemetry.Version()}, nil
 }
 
 func roleToProto(r store.Role) factoryv1.Role {

@@ -292,7 +292,7 @@ func Run(ctx context.Context, cfg Config) error {
 	grpcOpts := []GRPCOption{WithRateLimit(cfg.RateLimit), WithStreamLimits(cfg.Streams), WithMeterProvider(met.MeterProvider()), WithAuthFailLimit(cfg.AuthFailLimit)}
 	srv, healthSrv := NewGRPCServer(services, log, cfg.TracerProvider, stopping, append(grpcOpts, WithTLS(tlsCfg))...)
 
-	log.InfoContext(ctx, "listening", "addr", lis.Addr().String(), "tls", tlsMode(tlsCfg), "store", driver, "db", where, "pid", os.Getpid())
+	log.InfoContext(ctx, "listening", "addr", lis.Addr().String(), "tls", tlsMode(tlsCfg), "store", driver, "db", where, "pid", os.Getpid(), "version", telemetry.Version())
 	if cfg.OnListening != nil {
 		cfg.OnListening(lis.Addr())
 	}

@@ -73,7 +73,7 @@ func Setup(ctx context.Context, service string) (trace.TracerProvider, func(cont
 	if err != nil {
 		return nil, nil, fmt.Errorf("trace exporter: %w", err)
 	}
-	res, err := resource.Merge(resource.Default(), resource.NewSchemaless(semconv.ServiceName(service)))
+	res, err := resource.Merge(resource.Default(), resource.NewSchemaless(semconv.ServiceName(service), semconv.ServiceVersion(Version())))
 	if err != nil && !errors.Is(err, resource.ErrSchemaURLConflict) {
 		return nil, nil, err
 	}

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/factory/factory/controlplane/fleet"
@@ -30,7 +31,18 @@ func main() {
 }
 
 func run(ctx context.Context, args []string) error {
+	if len(args) > 0 && args[0] == "version" {
+		if len(args) > 1 {
+			return fmt.Errorf("version takes no arguments, got %s", strings.Join(args[1:], " "))
+		}
+		fmt.Printf("factory-controlplane version %s\n", telemetry.VersionInfo())
+		return nil
+	}
 	cfg, err := loadConfig(args, os.Getenv)
+	if errors.Is(err, errShowVersion) {
+		fmt.Printf("factory-controlplane version %s\n", telemetry.Version())
+		return nil
+	}
 	if err != nil {
 		return err
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
@@ -88,10 +89,37 @@ func collectOnce(ctx context.Context, cfg config, log *slog.Logger, w io.Writer,
 	default:
 		return fmt.Errorf("-o %q: want json or text", format)
 	}
-	if requireGPU && !all[len(all)-1].GPU.Available {
-		return fmt.Errorf("--require-gpu: %s", all[len(all)-1].GPU.Reason)
+	// The last pass decides, as the steady state after NVML's init: a
+	// cron job gets status 1 and the failures on stderr.
+	last := all[len(all)-1]
+	failed := last.failures()
+	if requireGPU && !last.GPU.Available {
+		failed = append(failed, "--require-gpu: "+last.GPU.Reason)
 	}
-	return nil
+	switch len(failed) {
+	case 0:
+		return nil
+	case 1:
+		return fmt.Errorf("check failed: %s", failed[0])
+	}
+	return fmt.Errorf("%d checks failed:\n  %s", len(failed), strings.Join(failed, "\n  "))
+}
+
+// failures names every probe and disk check of r that failed. A host
+// without a GPU is not one: that takes --require-gpu.
+func (r readings) failures() []string {
+	var out []string
+	for _, p := range r.Probes {
+		if !p.OK {
+			out = append(out, fmt.Sprintf("probe %s (%s %s): %s", p.Name, p.Kind, p.Target, p.Detail))
+		}
+	}
+	for _, d := range r.Disk {
+		if d.Error != "" {
+			out = append(out, fmt.Sprintf("disk %s: %s", d.Path, d.Error))
+		}
+	}
+	return out
 }
 
 func printText(w io.Writer, r readings) {

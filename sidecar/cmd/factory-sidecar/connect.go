@@ -7,18 +7,15 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/factory/factory/controlplane/telemetry"
 	factoryv1 "github.com/factory/factory/gen/factory/v1"
 	"github.com/factory/factory/sidecar/stream"
 )
 
-// version is the sidecar's version as its Hello reports it; release
-// builds set it with -ldflags "-X main.version=...".
-var version = "dev"
-
 // hello is what this sidecar says when it connects: its host and the
 // agents the config declares.
 func (c config) hello() *factoryv1.Hello {
-	h := &factoryv1.Hello{Host: c.Host, Version: version, Labels: c.Labels, Capabilities: []string{"disk", "probe"}}
+	h := &factoryv1.Hello{Host: c.Host, Version: telemetry.Version(), Labels: c.Labels, Capabilities: []string{"disk", "probe"}}
 	if !c.GPU.Disabled {
 		h.Capabilities = append(h.Capabilities, "gpu")
 	}

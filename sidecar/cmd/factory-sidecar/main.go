@@ -7,7 +7,8 @@
 // reads a LiteLLM proxy's spend logs; both are spooled on disk and relayed
 // to BudgetService with the sidecar's token. With --once it checks the
 // control plane's health and exits; with --once -o json|text it runs every
-// collector once and prints the readings without needing a control plane.
+// collector once and prints the readings without needing a control plane,
+// exiting 1 when a probe or a disk check failed (a cron job's check).
 package main
 
 import (
@@ -19,6 +20,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -42,9 +44,17 @@ func main() {
 }
 
 func run(ctx context.Context, args []string) error {
+	if len(args) > 0 && args[0] == "version" {
+		if len(args) > 1 {
+			return fmt.Errorf("version takes no arguments, got %s", strings.Join(args[1:], " "))
+		}
+		fmt.Fprintf(stdout, "factory-sidecar version %s\n", telemetry.VersionInfo())
+		return nil
+	}
 	fs := flag.NewFlagSet("factory-sidecar", flag.ContinueOnError)
+	showVersion := fs.Bool("version", false, "print the version and exit (the version command adds how the binary was built)")
 	addr := fs.String("addr", envOr("FACTORY_ADDR", "127.0.0.1:7420"), "control plane address (FACTORY_ADDR)")
-	once := fs.Bool("once", false, "check the control plane's health once and exit: status 0 when it serves")
+	once := fs.Bool("once", false, "check the control plane's health once and exit: status 0 when it serves; with -o, run every collector once instead: status 1 when a probe or disk check fails")
 	token := fs.String("token", os.Getenv("FACTORY_TOKEN"), "this host's sidecar token, whose subject is the host (FACTORY_TOKEN); an operator token also works")
 	var creds transport.ClientTLS
 	fs.StringVar(&creds.CAFile, "ca", os.Getenv("FACTORY_CA"), "verify the control plane's TLS certificate against this CA (PEM); turns TLS on (FACTORY_CA)")
@@ -66,6 +76,10 @@ func run(ctx context.Context, args []string) error {
 	fs.StringVar(&so.pricesFile, "prices", os.Getenv("FACTORY_PRICES"), "price table (deploy/prices.yaml format) for spend reported without a cost; give the control plane's --prices file (FACTORY_PRICES; default the built-in table)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *showVersion {
+		fmt.Fprintf(stdout, "factory-sidecar version %s\n", telemetry.Version())
+		return nil
 	}
 	if *once && *output != "" {
 		cfg, err := loadSidecarConfig(*configPath)
