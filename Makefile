@@ -34,11 +34,13 @@ BENCH_BATCH  ?= 1
 
 all: build
 
+# Binaries carry their version: the module version or the VCS stamp
+# (-buildvcs=auto, whatever GOFLAGS says), shown by --version and factory nodes.
 build:
 	@mkdir -p $(BIN)
-	CGO_ENABLED=0 $(GO) build -o $(BIN)/factory-controlplane ./controlplane/cmd/factory-controlplane
-	CGO_ENABLED=1 $(GO) build -o $(BIN)/factory-sidecar ./sidecar/cmd/factory-sidecar
-	CGO_ENABLED=0 $(GO) build -o $(BIN)/factory ./cli/cmd/factory
+	CGO_ENABLED=0 $(GO) build -buildvcs=auto -o $(BIN)/factory-controlplane ./controlplane/cmd/factory-controlplane
+	CGO_ENABLED=1 $(GO) build -buildvcs=auto -o $(BIN)/factory-sidecar ./sidecar/cmd/factory-sidecar
+	CGO_ENABLED=0 $(GO) build -buildvcs=auto -o $(BIN)/factory ./cli/cmd/factory
 
 # The console's one-time sign-in link is printed once it listens.
 # A sidecar for this host starts beside the control plane, so `factory nodes`,
@@ -140,7 +142,7 @@ bench: build
 # no GPU could be read. SIDECAR_CONFIG=deploy/sidecar.yaml adds probes and disk.
 gpu-check:
 	@mkdir -p $(BIN)
-	CGO_ENABLED=1 $(GO) build -o $(BIN)/factory-sidecar ./sidecar/cmd/factory-sidecar
+	CGO_ENABLED=1 $(GO) build -buildvcs=auto -o $(BIN)/factory-sidecar ./sidecar/cmd/factory-sidecar
 	$(BIN)/factory-sidecar --once -o json --samples 3 --require-gpu $(if $(SIDECAR_CONFIG),--config $(SIDECAR_CONFIG))
 
 # The console's pictures for the README: a factory filled with a morning's

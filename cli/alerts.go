@@ -17,6 +17,7 @@ import (
 
 func newAlertsCommand(a *app) *cobra.Command {
 	var all bool
+	var wf *watchFlags
 	cmd := &cobra.Command{
 		Use:   "alerts [--all]",
 		Short: "List the alerts: firing, pending, and with --all resolved",
@@ -25,26 +26,32 @@ func newAlertsCommand(a *app) *cobra.Command {
 §8.1); deploy/alerts.yaml documents each and how to change them.
 
 An alert nobody acked is notified again every repeat interval (4h); ack it
-to stop that until it resolves, or silence its rule for a while.`,
+to stop that until it resolves, or silence its rule for a while.
+
+With --watch the list is shown again every --interval (see ` + "`factory status --help`" + `).`,
 		Example: `  factory alerts
+  factory alerts --watch
   factory alerts --all -o json
   factory alerts ack 0193b4c2-...
   factory alerts silence --rule agent_offline --match agent=forge --for 2h --reason "rebuilding gpu-1"`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.withOps(cmd, func(ctx context.Context, c factoryv1.OpsServiceClient) error {
-				resp, err := c.ListAlerts(ctx, &factoryv1.ListAlertsRequest{IncludeResolved: all})
-				if err != nil {
-					return err
-				}
-				if a.jsonOutput() {
-					return writeProtoList(a.stdout(), resp.GetAlerts())
-				}
-				return writeAlerts(a.stdout(), resp.GetAlerts())
+				return a.view(ctx, cmd, wf, paintAlerts, func(ctx context.Context, w io.Writer) error {
+					resp, err := c.ListAlerts(ctx, &factoryv1.ListAlertsRequest{IncludeResolved: all})
+					if err != nil {
+						return err
+					}
+					if a.jsonOutput() {
+						return writeProtoList(w, resp.GetAlerts())
+					}
+					return writeAlerts(w, resp.GetAlerts())
+				})
 			})
 		},
 	}
 	cmd.Flags().BoolVar(&all, "all", false, "also list the alerts resolved in the last 24 hours")
+	wf = addWatchFlags(cmd, defaultWatchInterval)
 	cmd.AddCommand(newAlertsAckCommand(a), newAlertsSilenceCommand(a), newAlertsSilencesCommand(a), newAlertsUnsilenceCommand(a))
 	return cmd
 }
@@ -254,10 +261,18 @@ func writeAlerts(w io.Writer, alerts []*factoryv1.Alert) error {
 		if al.GetResolvedAt() != nil {
 			since = "resolved " + stamp(al.GetResolvedAt())
 		}
-		fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", al.GetId(), state, al.GetSeverity(), al.GetRule(),
-			orDash(formatLabels(al.GetLabels())), since, orDash(strings.Join(note, ", ")), al.GetSummary())
+		// Cells are escaped whole: a newline in a label or a summary
+		// would otherwise start a row of its own.
+		fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", al.GetId(), state, escapeTerminal(al.GetSeverity()), escapeTerminal(al.GetRule()),
+			orDash(escapeTerminal(formatLabels(al.GetLabels()))), since, orDash(escapeTerminal(strings.Join(note, ", "))), escapeTerminal(al.GetSummary()))
 	}
 	return t.Flush()
+}
+
+// paintAlerts colours the alerts' states (FIRING red, PENDING yellow,
+// RESOLVED green) and severities.
+func paintAlerts(text string) string {
+	return paintColumns(text, columnPainters{"STATE": paintStates, "SEVERITY": paintStates})
 }
 
 func writeSilences(w io.Writer, silences []*factoryv1.Silence) error {

@@ -110,8 +110,16 @@ func (f *hashedFile) close() (ops.ManifestFile, error) {
 // backup streams a backup into dir and writes its manifest last, so a
 // directory with a manifest holds a whole backup.
 func (a *app) backup(cmd *cobra.Command, dir string) (_ *ops.Manifest, err error) {
+	// The command line was fine; the directory is not: a short error and
+	// exit 1, not the usage text. Backup never overwrites, so there is no
+	// flag to name; checked before the call so nothing is streamed in vain.
 	if _, err := os.Stat(filepath.Join(dir, ops.ManifestName)); err == nil {
-		return nil, usageErrorf("%s already holds a backup (%s); pick a new directory", dir, ops.ManifestName)
+		return nil, fmt.Errorf("%s already holds a backup (%s): back up into a new directory", dir, ops.ManifestName)
+	}
+	for _, name := range []string{ops.DatabaseFile, ops.DumpFile} {
+		if _, err := os.Stat(filepath.Join(dir, name)); err == nil {
+			return nil, fmt.Errorf("%s already holds %s (a backup cut short?): back up into a new directory", dir, name)
+		}
 	}
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, err

@@ -266,7 +266,7 @@ func TestErrorsAndUsage(t *testing.T) {
 		{"task", "ls", "--state", "sideways"},
 		{"task", "ls", "--min-attempt", "-1"},
 		{"task", "ls", "--min-attempt", "many"},
-		{"-o", "yaml", "queue", "stats"},
+		{"-o", "xml", "queue", "stats"},
 		{"task", "claim"}, // no --agent
 		{"queue", "requeue-stuck"},
 		{"no-such-command"},

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"regexp"
 	"strings"
 	"time"
 
@@ -39,30 +40,42 @@ func nodeStateName(s factoryv1.NodeState) string {
 }
 
 func newNodesCommand(a *app) *cobra.Command {
-	return &cobra.Command{
+	var wf *watchFlags
+	cmd := &cobra.Command{
 		Use:   "nodes",
 		Short: "List the factory's hosts and whether their sidecars are alive",
 		Long: `Nodes lists every host whose factory-sidecar has connected: its liveness
 (ONLINE while heartbeats arrive, STALE after two missed ones, OFFLINE after
 five minutes of silence), the agents it runs, its GPUs and disks, its model
 swaps in the last hour (above 20 the host thrashes) and when it was last
-heard from.`,
+heard from. With --watch the list is shown again every --interval.`,
 		Example: `  factory nodes
+  factory nodes --watch
   factory nodes -o json | jq '.[] | select(.state != "NODE_STATE_ONLINE").host'`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.withFleet(cmd, func(ctx context.Context, c factoryv1.FleetServiceClient) error {
-				resp, err := c.ListNodes(ctx, &factoryv1.ListNodesRequest{})
-				if err != nil {
-					return err
-				}
-				if a.jsonOutput() {
-					return writeProtoList(a.stdout(), resp.GetNodes())
-				}
-				return writeNodesTable(a.stdout(), resp.GetNodes(), time.Now())
+				return a.view(ctx, cmd, wf, paintFleetTables, func(ctx context.Context, w io.Writer) error {
+					resp, err := c.ListNodes(ctx, &factoryv1.ListNodesRequest{})
+					if err != nil {
+						return err
+					}
+					if a.jsonOutput() {
+						return writeProtoList(w, resp.GetNodes())
+					}
+					return writeNodesTable(w, resp.GetNodes(), time.Now())
+				})
 			})
 		},
 	}
+	wf = addWatchFlags(cmd, defaultWatchInterval)
+	return cmd
+}
+
+// paintFleetTables colours the nodes', agents' and GPUs' tables: a
+// host's or agent's liveness, and a GPU's memory where health fails it.
+func paintFleetTables(text string) string {
+	return paintColumns(text, columnPainters{"STATE": paintStates, "VRAM": paintVRAM})
 }
 
 func writeNodesTable(w io.Writer, nodes []*factoryv1.Node, now time.Time) error {
@@ -83,37 +96,42 @@ func writeNodesTable(w io.Writer, nodes []*factoryv1.Node, now time.Time) error 
 
 func newAgentsCommand(a *app) *cobra.Command {
 	var host string
+	var wf *watchFlags
 	cmd := &cobra.Command{
 		Use:   "agents",
 		Short: "List the agents: liveness, host and current task",
 		Long: `Agents lists every agent a sidecar declared or that called the queue: its
 liveness (its host's heartbeats and its own claims and renewals both count),
 the host it runs on, its role, the task it is working on and when it was
-last heard from.`,
+last heard from. With --watch the list is shown again every --interval.`,
 		Example: `  factory agents
+  factory agents --watch --interval 5s
   factory agents --host gpu-1 -o json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.withFleet(cmd, func(ctx context.Context, c factoryv1.FleetServiceClient) error {
-				resp, err := c.ListAgents(ctx, &factoryv1.ListAgentsRequest{Host: host})
-				if err != nil {
-					return err
-				}
-				if a.jsonOutput() {
-					return writeProtoList(a.stdout(), resp.GetAgents())
-				}
-				tw := newTable(a.stdout())
-				fmt.Fprintln(tw, "NAME\tSTATE\tHOST\tROLE\tTASK\tLAST SEEN")
-				now := time.Now()
-				for _, ag := range resp.GetAgents() {
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", ag.GetName(), nodeStateName(ag.GetState()), orDash(ag.GetHost()),
-						orDash(ag.GetRole()), orDash(ag.GetCurrentTask()), humanAge(ag.GetLastSeen(), now))
-				}
-				return tw.Flush()
+				return a.view(ctx, cmd, wf, paintFleetTables, func(ctx context.Context, w io.Writer) error {
+					resp, err := c.ListAgents(ctx, &factoryv1.ListAgentsRequest{Host: host})
+					if err != nil {
+						return err
+					}
+					if a.jsonOutput() {
+						return writeProtoList(w, resp.GetAgents())
+					}
+					tw := newTable(w)
+					fmt.Fprintln(tw, "NAME\tSTATE\tHOST\tROLE\tTASK\tLAST SEEN")
+					now := time.Now()
+					for _, ag := range resp.GetAgents() {
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", ag.GetName(), nodeStateName(ag.GetState()), orDash(ag.GetHost()),
+							orDash(ag.GetRole()), orDash(ag.GetCurrentTask()), humanAge(ag.GetLastSeen(), now))
+					}
+					return tw.Flush()
+				})
 			})
 		},
 	}
 	cmd.Flags().StringVar(&host, "host", "", "only the agents on this host")
+	wf = addWatchFlags(cmd, defaultWatchInterval)
 	return cmd
 }
 
@@ -125,40 +143,48 @@ type hostGPU struct {
 }
 
 func newGPUCommand(a *app) *cobra.Command {
-	return &cobra.Command{
+	var wf *watchFlags
+	cmd := &cobra.Command{
 		Use:   "gpu",
 		Short: "Show every GPU in the factory: VRAM, utilisation, temperature, power, processes",
 		Long: `GPU shows each GPU the sidecars read through NVML, from their latest
 telemetry: host, index and name, VRAM used of total, utilisation,
 temperature, power draw of its limit, and the compute processes on it with
 the agent that owns each (when the sidecar knows the agent's pid). A host
-without a GPU shows why.`,
+without a GPU shows why. On a terminal, VRAM is red where health fails the
+GPU (23/24 of its memory used). With --watch the table is shown again
+every --interval.`,
 		Example: `  factory gpu
+  factory gpu --watch
   factory gpu -o json | jq '.[] | .gpu.memory_used_bytes'`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.withFleet(cmd, func(ctx context.Context, c factoryv1.FleetServiceClient) error {
-				resp, err := c.ListNodes(ctx, &factoryv1.ListNodesRequest{})
-				if err != nil {
-					return err
-				}
-				if a.jsonOutput() {
-					out := []hostGPU{}
-					for _, n := range resp.GetNodes() {
-						for _, g := range n.GetTelemetry().GetGpus() {
-							raw, err := protoJSON(g)
-							if err != nil {
-								return err
-							}
-							out = append(out, hostGPU{Host: n.GetHost(), GPU: raw})
-						}
+				return a.view(ctx, cmd, wf, paintFleetTables, func(ctx context.Context, w io.Writer) error {
+					resp, err := c.ListNodes(ctx, &factoryv1.ListNodesRequest{})
+					if err != nil {
+						return err
 					}
-					return writeJSON(a.stdout(), out)
-				}
-				return writeGPUTable(a.stdout(), resp.GetNodes())
+					if a.jsonOutput() {
+						out := []hostGPU{}
+						for _, n := range resp.GetNodes() {
+							for _, g := range n.GetTelemetry().GetGpus() {
+								raw, err := protoJSON(g)
+								if err != nil {
+									return err
+								}
+								out = append(out, hostGPU{Host: n.GetHost(), GPU: raw})
+							}
+						}
+						return writeJSON(w, out)
+					}
+					return writeGPUTable(w, resp.GetNodes())
+				})
 			})
 		},
 	}
+	wf = addWatchFlags(cmd, defaultWatchInterval)
+	return cmd
 }
 
 func writeGPUTable(w io.Writer, nodes []*factoryv1.Node) error {
@@ -188,8 +214,7 @@ func writeGPUTable(w io.Writer, nodes []*factoryv1.Node) error {
 const maxHealthExit = 125
 
 func newHealthCommand(a *app) *cobra.Command {
-	var watch bool
-	var every time.Duration
+	var wf *watchFlags
 	cmd := &cobra.Command{
 		Use:   "health",
 		Short: "Check the whole factory, a ✅/❌ line per check; exit status = failed checks",
@@ -197,10 +222,12 @@ func newHealthCommand(a *app) *cobra.Command {
 plane checks its queue's store, each node's liveness, each service probe the
 sidecars ran, each disk (fails at 85% used) and each GPU's memory (fails at
 23/24 of its total, where the next model load would not fit), and prints a
-✅ or ❌ line per check. The exit status is the number of failed checks
-(capped at 125), so a cron job or a script can act on it. With --watch it
-checks again every --interval until interrupted; the exit status is then
-the last round's.`,
+line per check: ✅ or ❌ on a terminal, "ok" or "FAIL" into a pipe or a
+file (FACTORY_COLOR=always|never overrides; NO_COLOR turns colour and
+symbols off). The exit status is the number of failed checks (capped at
+125), so a cron job or a script can act on it. With --watch it checks
+again every --interval until interrupted; the exit status is then the last
+round's.`,
 		Example: `  factory health
   factory health --watch --interval 30s
   factory health -o json | jq '.checks[] | select(.ok | not)'`,
@@ -208,28 +235,17 @@ the last round's.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var failed int32
 			err := a.withFleet(cmd, func(ctx context.Context, c factoryv1.FleetServiceClient) error {
-				for {
+				return a.view(ctx, cmd, wf, paintHealth, func(ctx context.Context, w io.Writer) error {
 					resp, err := c.GetHealth(ctx, &factoryv1.GetHealthRequest{})
 					if err != nil {
-						if watch && interrupted(ctx) {
-							// Interrupted mid-check: the last round stands.
-							return nil
-						}
 						return err
 					}
 					failed = resp.GetFailed()
-					if err := writeHealth(a, resp, watch); err != nil {
-						return err
+					if a.jsonOutput() {
+						return writeProto(w, resp)
 					}
-					if !watch {
-						return nil
-					}
-					select {
-					case <-ctx.Done():
-						return nil
-					case <-time.After(every):
-					}
-				}
+					return writeHealth(w, resp, a.styled())
+				})
 			})
 			if err != nil {
 				return err
@@ -240,35 +256,24 @@ the last round's.`,
 			return nil
 		},
 	}
-	cmd.Flags().BoolVar(&watch, "watch", false, "check again every --interval until interrupted")
-	cmd.Flags().DurationVar(&every, "interval", 10*time.Second, "with --watch: time between checks")
+	// A round of health asks every node, probe and disk: a slower default
+	// than the lists'.
+	wf = addWatchFlags(cmd, 10*time.Second)
 	return cmd
 }
 
-// interrupted reports that ctx ended; a call's DEADLINE_EXCEEDED can
-// arrive a moment before ctx.Err() says so.
-func interrupted(ctx context.Context) bool {
-	if ctx.Err() != nil {
-		return true
-	}
-	d, ok := ctx.Deadline()
-	return ok && !time.Now().Before(d)
-}
-
-// writeHealth prints one round; with --watch, -o json prints a line per
-// round so a consumer can read the stream line by line.
-func writeHealth(a *app, resp *factoryv1.GetHealthResponse, watch bool) error {
-	if a.jsonOutput() {
-		if watch {
-			return writeProtoLine(a.stdout(), resp)
-		}
-		return writeProto(a.stdout(), resp)
-	}
-	w := a.stdout()
+// writeHealth prints a line per check, marked ✅ or ❌ when symbols is set
+// (a person at a terminal), else "ok" or "FAIL", which grep and logs read.
+func writeHealth(w io.Writer, resp *factoryv1.GetHealthResponse, symbols bool) error {
 	for _, c := range resp.GetChecks() {
-		mark := "✅"
-		if !c.GetOk() {
+		mark := "ok  "
+		switch {
+		case symbols && c.GetOk():
+			mark = "✅"
+		case symbols:
 			mark = "❌"
+		case !c.GetOk():
+			mark = "FAIL"
 		}
 		if _, err := fmt.Fprintf(w, "%s %s: %s\n", mark, c.GetName(), c.GetDetail()); err != nil {
 			return err
@@ -276,4 +281,17 @@ func writeHealth(a *app, resp *factoryv1.GetHealthResponse, watch bool) error {
 	}
 	_, err := fmt.Fprintf(w, "%d of %d checks failed\n", resp.GetFailed(), len(resp.GetChecks()))
 	return err
+}
+
+// healthSummary is health's last line.
+var healthSummary = regexp.MustCompile(`(?m)^(\d+) of \d+ checks failed$`)
+
+// paintHealth colours health's summary: red while a check fails.
+func paintHealth(text string) string {
+	return healthSummary.ReplaceAllStringFunc(text, func(line string) string {
+		if strings.HasPrefix(line, "0 ") {
+			return colourGreen.paint(line)
+		}
+		return colourRed.paint(line)
+	})
 }

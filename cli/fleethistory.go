@@ -38,8 +38,20 @@ full.`,
 				if err != nil {
 					return err
 				}
+				if len(readings) == 0 {
+					// The API answers an empty list for any host, known or
+					// not (history ages out); a name the fleet has never
+					// heard of is a typo, not a quiet host.
+					if err := checkHostKnown(ctx, c, args[0]); err != nil {
+						return err
+					}
+				}
 				if a.jsonOutput() {
 					return writeProtoList(a.stdout(), readings)
+				}
+				if len(readings) == 0 {
+					_, err := fmt.Fprintf(a.stdout(), "no history yet for %s in the last %s\n", args[0], since)
+					return err
 				}
 				return writeHistoryTable(a.stdout(), readings)
 			})
@@ -47,6 +59,32 @@ full.`,
 	}
 	cmd.Flags().DurationVar(&since, "since", 24*time.Hour, "how far back to look")
 	return cmd
+}
+
+// checkHostKnown fails unless host is one of the nodes the control plane
+// lists, naming the ones it knows.
+func checkHostKnown(ctx context.Context, c factoryv1.FleetServiceClient, host string) error {
+	resp, err := c.ListNodes(ctx, &factoryv1.ListNodesRequest{})
+	if err != nil {
+		return err
+	}
+	var known []string
+	for _, n := range resp.GetNodes() {
+		if n.GetHost() == host {
+			return nil
+		}
+		known = append(known, n.GetHost())
+	}
+	if len(known) == 0 {
+		return fmt.Errorf("no host named %s (no host has connected to this control plane)", host)
+	}
+	// A big fleet's list would bury the message: "factory nodes" has it all.
+	const shown = 20
+	list := strings.Join(known[:min(len(known), shown)], ", ")
+	if len(known) > shown {
+		list += fmt.Sprintf(" and %d more: factory nodes", len(known)-shown)
+	}
+	return fmt.Errorf("no host named %s (known: %s)", host, list)
 }
 
 // nodeHistory fetches every reading of host in [from, until), page by page:
@@ -71,9 +109,14 @@ func nodeHistory(ctx context.Context, c factoryv1.FleetServiceClient, host strin
 	}
 }
 
+// historyBarWidth is the utilisation bar's width in cells: 5% a cell.
+const historyBarWidth = 20
+
+// writeHistoryTable prints one row per reading, with a bar of the mean GPU
+// utilisation so a busy or idle stretch shows at a glance.
 func writeHistoryTable(w io.Writer, readings []*factoryv1.NodeReading) error {
 	tw := newTable(w)
-	fmt.Fprintln(tw, "TIME\tGPU UTIL\tVRAM MIB\tGPU TEMP\tFULLEST DISK\tPROBES OK")
+	fmt.Fprintln(tw, "TIME\tGPU UTIL\tVRAM MIB\tGPU TEMP\tFULLEST DISK\tPROBES OK\tMEAN GPU UTIL 0-100%")
 	for _, r := range readings {
 		t := r.GetTelemetry()
 		var (
@@ -84,8 +127,10 @@ func writeHistoryTable(w io.Writer, readings []*factoryv1.NodeReading) error {
 			worst           float64
 			probesOK, probe int
 		)
+		var utilSum int64
 		for _, g := range t.GetGpus() {
 			utils = append(utils, fmt.Sprintf("%d%%", g.GetUtilizationPercent()))
+			utilSum += int64(g.GetUtilizationPercent())
 			used, total = used+g.GetMemoryUsedBytes(), total+g.GetMemoryTotalBytes()
 			hottest = max(hottest, g.GetTemperatureCelsius())
 		}
@@ -103,12 +148,15 @@ func writeHistoryTable(w io.Writer, readings []*factoryv1.NodeReading) error {
 				probesOK++
 			}
 		}
-		vram, temp := "-", "-"
-		if len(t.GetGpus()) > 0 {
+		vram, temp, bar := "-", "-", "-"
+		if n := int64(len(t.GetGpus())); n > 0 {
 			vram, temp = fmt.Sprintf("%d/%d", used>>20, total>>20), fmt.Sprintf("%dC", hottest)
+			// Against 100%, not the window's busiest reading: a host idling
+			// at 3% must not draw full bars.
+			bar = blockBar(utilSum, 100*n, historyBarWidth)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d/%d\n", r.GetTime().AsTime().Local().Format(time.DateTime),
-			orDash(strings.Join(utils, ",")), vram, temp, fullest, probesOK, probe)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d/%d\t%s\n", r.GetTime().AsTime().Local().Format(time.DateTime),
+			orDash(strings.Join(utils, ",")), vram, temp, fullest, probesOK, probe, bar)
 	}
 	return tw.Flush()
 }

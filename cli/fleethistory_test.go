@@ -40,7 +40,7 @@ func TestNodesHistory(t *testing.T) {
 			t.Errorf("nodes history lacks %q:\n%s", want, out)
 		}
 	}
-	if out := s.ok("nodes", "history", "gpu-9"); strings.Count(strings.TrimSpace(out), "\n") != 0 {
-		t.Errorf("history of an unknown host has rows:\n%s", out)
+	if r := s.run("nodes", "history", "gpu-9"); r.code != 1 || !strings.Contains(r.stderr, "no host named gpu-9 (known: gpu-1)") {
+		t.Errorf("history of an unknown host: exit %d\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
 	}
 }

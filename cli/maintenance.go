@@ -3,6 +3,9 @@ package cli
 import (
 	"context"
 	"fmt"
+	"io"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -45,7 +48,11 @@ func newMaintenanceStartCommand(a *app) *cobra.Command {
 leaves it paused), refuses new claims, and waits up to --wait for the
 IN_PROGRESS tasks to finish, showing how many are left. It then lists the
 tasks still running: kill or requeue them, or wait longer with "maintenance
-status". Starting again while in maintenance keeps the first reason.`,
+status". Starting again while in maintenance keeps the first reason.
+
+When --wait runs out with tasks still running, start exits 1 (a drain that
+timed out did not do what it says) after listing them; maintenance stays
+on. --wait 0 only starts maintenance and exits 0.`,
 		Example: `  factory maintenance start --reason "PostgreSQL minor upgrade" --wait 10m`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -74,14 +81,19 @@ status". Starting again while in maintenance keeps the first reason.`,
 					return err
 				}
 				if a.jsonOutput() {
-					return writeJSON(a.stdout(), maintenanceStartJSON{Start: start, StillRunning: running})
-				}
-				if len(running) == 0 {
+					err = writeJSON(a.stdout(), maintenanceStartJSON{Start: start, StillRunning: running})
+				} else if len(running) == 0 {
 					_, err = fmt.Fprintln(a.stdout(), "no task is IN_PROGRESS: the factory is quiet")
-					return err
+				} else {
+					fmt.Fprintf(a.stdout(), "%d task(s) still IN_PROGRESS:\n", len(running))
+					err = writeTaskTable(a.stdout(), running, time.Now())
 				}
-				fmt.Fprintf(a.stdout(), "%d task(s) still IN_PROGRESS:\n", len(running))
-				return writeTaskTable(a.stdout(), running, time.Now())
+				// --wait 0 asked only to start maintenance, not to wait for
+				// the drain; a wait that ran out is a failure.
+				if err == nil && wait > 0 && len(running) > 0 {
+					err = drainTimedOut(wait, running)
+				}
+				return err
 			})
 		},
 	}
@@ -91,11 +103,12 @@ status". Starting again while in maintenance keeps the first reason.`,
 }
 
 // drainWait polls the maintenance state once a second until no task is
-// IN_PROGRESS or wait has passed, printing the count on stderr when it
-// changes, and returns the tasks still running.
+// IN_PROGRESS or wait has passed, showing progress on stderr, and returns
+// the tasks still running.
 func (a *app) drainWait(ctx context.Context, c factoryv1.OpsServiceClient, wait time.Duration) ([]*factoryv1.Task, error) {
 	deadline := time.Now().Add(wait)
-	last := int64(-1)
+	p := a.newDrainProgress()
+	defer p.done()
 	for {
 		st, err := c.GetMaintenance(ctx, &factoryv1.GetMaintenanceRequest{})
 		if err != nil {
@@ -109,16 +122,71 @@ func (a *app) drainWait(ctx context.Context, c factoryv1.OpsServiceClient, wait 
 		if left <= 0 {
 			return st.GetInProgress(), nil
 		}
-		if n != last {
-			fmt.Fprintf(a.stderr(), "waiting up to %s: %d task(s) IN_PROGRESS\n", left.Round(time.Second), n)
-			last = n
-		}
+		p.show(n, left)
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-time.After(min(time.Second, left)):
 		}
 	}
+}
+
+// drainProgress shows how the drain goes. On a terminal one line is
+// redrawn every poll, so the countdown moves; anywhere else (a log, a
+// pipe) a line is written only when the count changes, so a long drain
+// does not fill the log with one line a second.
+type drainProgress struct {
+	w      io.Writer
+	redraw bool
+	last   int64
+	drawn  bool
+}
+
+func (a *app) newDrainProgress() *drainProgress {
+	if f, ok := a.opts.Stderr.(*os.File); ok && os.Getenv("TERM") != "dumb" {
+		if fi, err := f.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
+			// Raw stderr: the escaping writer would print \r and ESC as
+			// text, and this line holds nothing from the server.
+			return &drainProgress{w: f, redraw: true, last: -1}
+		}
+	}
+	return &drainProgress{w: a.stderr(), last: -1}
+}
+
+func (p *drainProgress) show(running int64, left time.Duration) {
+	line := fmt.Sprintf("draining: %d task(s) still running (%s left)", running, left.Round(time.Second))
+	switch {
+	case p.redraw:
+		fmt.Fprintf(p.w, "\r%s\x1b[K", line)
+		p.drawn = true
+	case running != p.last:
+		fmt.Fprintln(p.w, line)
+	}
+	p.last = running
+}
+
+// done clears the redrawn line: the summary that follows says the rest.
+func (p *drainProgress) done() {
+	if p.drawn {
+		fmt.Fprint(p.w, "\r\x1b[K")
+	}
+}
+
+// drainTimedOut is the error of a drain whose --wait ran out with tasks
+// still running: the command did not leave the factory quiet, so it must
+// not exit 0 (as kubectl drain fails on its timeout).
+func drainTimedOut(wait time.Duration, running []*factoryv1.Task) error {
+	const shown = 5
+	ids := make([]string, 0, shown)
+	for _, t := range running[:min(len(running), shown)] {
+		ids = append(ids, t.GetId())
+	}
+	list := strings.Join(ids, ", ")
+	if len(running) > shown {
+		list += fmt.Sprintf(" and %d more", len(running)-shown)
+	}
+	return fmt.Errorf("drain timed out after %s: %d task(s) still running: %s; maintenance stays on (\"factory maintenance status\" shows the drain, \"factory maintenance end\" ends it)",
+		wait, len(running), list)
 }
 
 func newMaintenanceEndCommand(a *app) *cobra.Command {

@@ -40,16 +40,18 @@ func protoJSON(m proto.Message) (json.RawMessage, error) {
 	return out.Bytes(), nil
 }
 
-// writeProto prints one message as indented JSON.
+// writeProto prints one message as indented JSON (or as the -o format w
+// carries: see writeResult).
 func writeProto(w io.Writer, m proto.Message) error {
 	raw, err := protoJSON(m)
 	if err != nil {
 		return err
 	}
-	return writeIndented(w, raw)
+	return writeResult(w, raw)
 }
 
-// writeProtoList prints messages as one indented JSON array ([] when empty).
+// writeProtoList prints messages as one indented JSON array ([] when
+// empty), or in w's -o format.
 func writeProtoList[M proto.Message](w io.Writer, items []M) error {
 	raws := make([]json.RawMessage, 0, len(items))
 	for _, m := range items {
@@ -62,23 +64,23 @@ func writeProtoList[M proto.Message](w io.Writer, items []M) error {
 	return writeJSON(w, raws)
 }
 
-// writeProtoLine prints one message as a single JSON line (for streams).
+// writeProtoLine prints one message as a single JSON line (for streams),
+// or as one item in w's -o format.
 func writeProtoLine(w io.Writer, m proto.Message) error {
 	raw, err := protoJSON(m)
 	if err != nil {
 		return err
 	}
-	_, err = fmt.Fprintf(w, "%s\n", raw)
-	return err
+	return writeResultLine(w, raw)
 }
 
-// writeJSON prints any Go value as indented JSON.
+// writeJSON prints any Go value as indented JSON, or in w's -o format.
 func writeJSON(w io.Writer, v any) error {
 	raw, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
-	return writeIndented(w, raw)
+	return writeResult(w, raw)
 }
 
 func writeIndented(w io.Writer, raw []byte) error {
@@ -256,14 +258,42 @@ func holderText(t *factoryv1.Task) string {
 	return "-"
 }
 
-// writeTaskTable prints tasks one per row.
+// writeTaskTable prints tasks one per row; with -o wide, writeTaskTableWide.
 func writeTaskTable(w io.Writer, tasks []*factoryv1.Task, now time.Time) error {
+	if wideOutput(w) {
+		return writeTaskTableWide(w, tasks, now)
+	}
 	tw := newTable(w)
 	fmt.Fprintln(tw, "ID\tSTATE\tPRI\tROLE\tHOLDER\tATTEMPT\tSINCE\tTITLE")
 	for _, t := range tasks {
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n",
 			t.GetId(), stateLabel(t.GetState()), t.GetPriority(), orDash(t.GetRole()),
 			holderText(t), attemptText(t), humanAge(t.GetStateChangedAt(), now), truncate(t.GetTitle(), 60))
+	}
+	return tw.Flush()
+}
+
+// writeTaskTableWide is the task table with what a queue operator looks
+// at next: the kind, the assignee apart from the lease holder, when the
+// lease expires, how long a retried task still waits (run_after), its
+// labels and a longer title.
+func writeTaskTableWide(w io.Writer, tasks []*factoryv1.Task, now time.Time) error {
+	tw := newTable(w)
+	fmt.Fprintln(tw, "ID\tSTATE\tPRI\tROLE\tKIND\tASSIGNEE\tHOLDER\tATTEMPT\tLEASE EXPIRES\tRUN AFTER\tSINCE\tLABELS\tTITLE")
+	for _, t := range tasks {
+		holder, expires := "-", "-"
+		if l := t.GetLease(); l.GetHolder() != "" {
+			holder, expires = l.GetHolder(), humanAge(l.GetExpiresAt(), now)
+		}
+		runAfter := "-"
+		if ra := t.GetRunAfter(); ra != nil && ra.AsTime().After(now) {
+			runAfter = humanAge(ra, now)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
+			t.GetId(), stateLabel(t.GetState()), t.GetPriority(), orDash(escapeTerminal(t.GetRole())),
+			orDash(escapeTerminal(t.GetKind())), orDash(escapeTerminal(t.GetAssignee())), escapeTerminal(holder),
+			attemptText(t), expires, runAfter, humanAge(t.GetStateChangedAt(), now),
+			orDash(escapeTerminal(truncate(formatLabels(t.GetLabels()), 60))), truncate(t.GetTitle(), 100))
 	}
 	return tw.Flush()
 }
@@ -438,6 +468,9 @@ type safeWriter struct {
 	w       io.Writer
 	json    func() bool
 	pending []byte
+	// format is the parsed -o value, set once the flags are parsed; the
+	// writers read it from here (see formatOf).
+	format *outputFormat
 }
 
 func newSafeWriter(w io.Writer, json func() bool) *safeWriter {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"regexp"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -35,35 +36,54 @@ folder layout (export and import).`,
 	return cmd
 }
 
-func (a *app) getStats(cmd *cobra.Command, show func(w io.Writer, s *factoryv1.GetQueueStatsResponse) error) error {
-	return a.withQueue(cmd, func(ctx context.Context, q factoryv1.QueueServiceClient) error {
-		resp, err := q.GetQueueStats(ctx, &factoryv1.GetQueueStatsRequest{})
-		if err != nil {
-			return err
-		}
-		if a.jsonOutput() {
-			return writeProto(a.stdout(), resp)
-		}
-		return show(a.stdout(), resp)
-	})
-}
-
 func newQueueStatsCommand(a *app) *cobra.Command {
-	return &cobra.Command{
+	var wf *watchFlags
+	cmd := &cobra.Command{
 		Use:   "stats",
 		Short: "Show the queue's shape",
 		Long: `Stats shows how many tasks are in each state, whether the queue is
 paused (and why), how long the oldest READY task has waited to be claimed,
 how long the oldest IN_PROGRESS claim has run, and how many unfinished
 tasks are on a retry (attempt > 1). A growing READY age means too few
-agents; a growing IN_PROGRESS age means a stuck agent (see requeue-stuck).`,
+agents; a growing IN_PROGRESS age means a stuck agent (see requeue-stuck).
+With --watch the stats are shown again every --interval.`,
 		Example: `  factory queue stats
+  factory queue stats --watch
   factory queue stats -o json | jq '.counts[] | select(.state=="TASK_STATE_READY").count'`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return a.getStats(cmd, writeStatsTable)
+			return a.withQueue(cmd, func(ctx context.Context, q factoryv1.QueueServiceClient) error {
+				return a.view(ctx, cmd, wf, paintStats, func(ctx context.Context, w io.Writer) error {
+					resp, err := q.GetQueueStats(ctx, &factoryv1.GetQueueStatsRequest{})
+					if err != nil {
+						return err
+					}
+					if a.jsonOutput() {
+						return writeProto(w, resp)
+					}
+					return writeStatsTable(w, resp)
+				})
+			})
 		},
 	}
+	wf = addWatchFlags(cmd, defaultWatchInterval)
+	return cmd
+}
+
+// statsRow is a row of the stats table: a state and its count.
+var statsRow = regexp.MustCompile(`(?m)^([A-Z_]+)( +)([0-9]+)$`)
+
+// paintStats colours the states that hold tasks (a FAILED 0 is no
+// news) and the queue's running or PAUSED.
+func paintStats(text string) string {
+	text = statsRow.ReplaceAllStringFunc(text, func(row string) string {
+		m := statsRow.FindStringSubmatch(row)
+		if m[3] == "0" {
+			return row
+		}
+		return stateColour(m[1]).paint(m[1]) + m[2] + m[3]
+	})
+	return paintStatus(text)
 }
 
 // countOf returns the count for one state (0 when missing).
@@ -103,13 +123,14 @@ func pausedText(s *factoryv1.GetQueueStatsResponse) string {
 		return "running"
 	}
 	if r := s.GetPauseReason(); r != "" {
-		return "PAUSED (" + r + ")"
+		return "PAUSED (" + escapeTerminal(r) + ")"
 	}
 	return "PAUSED"
 }
 
 func newStatusCommand(a *app) *cobra.Command {
-	return &cobra.Command{
+	var wf *watchFlags
+	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "One-screen summary of the factory",
 		Long: `Status is the first command to run when something looks wrong: one
@@ -118,14 +139,22 @@ READY and IN_PROGRESS ages, retries), today's spend against the total
 target, the emergency stop, approvals pending, agents online and offline,
 firing alerts and maintenance mode. The sections are fetched in parallel;
 one the control plane does not serve (or this caller may not read) shows
-n/a. With -o json each section is a field (null when n/a).`,
+n/a. With -o json each section is a field (null when n/a).
+
+With --watch the screen is redrawn every --interval on a terminal, under a
+header with the time; into a pipe each snapshot follows the last after a
+blank line (-o json: one document per line). Ctrl-C ends it. Colour is for
+terminals only: NO_COLOR turns it off, FACTORY_COLOR=always|never forces
+it.`,
 		Example: `  factory status
-  watch -n 10 factory status`,
+  factory status --watch --interval 10s`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return a.runStatus(cmd)
+			return a.runStatus(cmd, wf)
 		},
 	}
+	wf = addWatchFlags(cmd, defaultWatchInterval)
+	return cmd
 }
 
 func newQueuePauseCommand(a *app) *cobra.Command {

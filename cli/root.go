@@ -108,23 +108,32 @@ the way gRPC reads it (dns:///HOST:PORT dials HOST:PORT whatever follows a
 
 ` + tokenHelp + `
 
-Every command prints a table for people or, with -o json, JSON for scripts.
+Every command prints a table for people; -o wide adds columns where a
+table has more to show (task ls, token ls) and is the table elsewhere.
+For scripts, -o json prints the API's own JSON: proto field names, every
+field present, enums by their full API names ("state": "TASK_STATE_READY"
+where the table says READY), 64-bit integers as strings. -o yaml prints
+the same data as YAML, and -o template='{{range .}}{{.id}} {{.state}}{{"\n"}}{{end}}'
+runs a Go text/template over it (a missing key is an error).
 Text from the server is printed with control and invisible characters
 escaped (\x1b, \u202e), so an agent's task title cannot drive the
-terminal; JSON keeps every value exact.
+terminal (templates too); JSON and YAML keep every value exact.
 A server error prints "error: <message> (<CODE>)" on stderr and exits 1;
-a usage error exits 2.`,
+so does a control plane that cannot be reached, refuses the token or
+disagrees about TLS, with a message that says what to change (the code
+stays last: UNAVAILABLE, DEADLINE_EXCEEDED, UNAUTHENTICATED); a usage
+error exits 2.`,
 		Example: `  factory task create --title "Summarise the RFC" --role researcher
   factory task ls --state ready --state in-progress
   FACTORY_AGENT=builder-1 factory task claim --role builder --wait 30s
   factory queue stats -o json`,
 		SilenceErrors: true,
 		SilenceUsage:  true,
+		// --version prints this; `factory version` adds the control plane's.
+		Version: telemetry.Version(),
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
-			switch a.output {
-			case outputTable, outputJSON:
-			default:
-				return usageErrorf("--output %q: want table or json", a.output)
+			if err := a.applyOutputFlag(); err != nil {
+				return err
 			}
 			if a.timeout <= 0 {
 				return usageErrorf("--timeout must be positive")
@@ -137,10 +146,12 @@ a usage error exits 2.`,
 	}
 	root.SetOut(a.out)
 	root.SetErr(a.errOut)
+	// Cobra would add this flag itself, with help that says less.
+	root.Flags().BoolP("version", "v", false, "print the CLI's version and exit (factory version adds the control plane's)")
 
 	pf := root.PersistentFlags()
 	pf.StringVar(&a.addr, "addr", envOr("FACTORY_ADDR", DefaultAddr), "control plane address (env FACTORY_ADDR)")
-	pf.StringVarP(&a.output, "output", "o", outputTable, "output format: table or json")
+	pf.StringVarP(&a.output, "output", "o", outputTable, "output format: table, wide, json, yaml, or template=GOTEMPLATE (Go text/template over the JSON data)")
 	pf.DurationVar(&a.timeout, "timeout", 30*time.Second, "deadline for each call to the control plane (claims add their --wait)")
 	pf.StringVar(&a.tls.CAFile, "ca", os.Getenv("FACTORY_CA"), "verify the control plane's TLS certificate against this CA (PEM); turns TLS on (env FACTORY_CA)")
 	pf.BoolVar(&a.tls.SystemRoots, "tls", false, "use TLS, verifying the control plane against the system's roots")
@@ -149,7 +160,7 @@ a usage error exits 2.`,
 	pf.BoolVar(&a.tls.Insecure, "insecure", false, "allow plaintext to a non-loopback --addr")
 	// No default from the environment here: --help would print the secret.
 	pf.StringVar(&a.token, "token", "", "bearer token for the control plane (else FACTORY_TOKEN, the config file, or ./data/operator.token on loopback)")
-	_ = root.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{outputTable, outputJSON}, cobra.ShellCompDirectiveNoFileComp))
+	_ = root.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{outputTable, outputWide, outputJSON, outputYAML, outputTemplate + "="}, cobra.ShellCompDirectiveNoFileComp))
 
 	root.AddCommand(
 		newTaskCommand(a),
@@ -181,7 +192,9 @@ a usage error exits 2.`,
 		newModifyCommand(a),
 		newWorkCommand(a),
 		newMCPCommand(a),
+		newVersionCommand(a),
 	)
+	rejectUnknownSubcommands(root)
 	markRunErrors(root)
 	return root
 }
@@ -199,6 +212,43 @@ func Execute(ctx context.Context, cmd *cobra.Command) int {
 	return reportError(ran, err)
 }
 
+// rejectUnknownSubcommands gives every group command (one with
+// subcommands and nothing to run itself) a RunE: cobra would print its help
+// and exit 0 for "factory task lss", so a typo in a script passed. Without
+// arguments the group still prints its help; with one it is a usage error
+// (exit 2) naming the unknown command and the nearest known ones.
+func rejectUnknownSubcommands(cmd *cobra.Command) {
+	if cmd.HasSubCommands() && cmd.Run == nil && cmd.RunE == nil {
+		cmd.RunE = func(c *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return c.Help()
+			}
+			return unknownSubcommandError(c, args[0])
+		}
+	}
+	for _, sub := range cmd.Commands() {
+		rejectUnknownSubcommands(sub)
+	}
+}
+
+// unknownSubcommandError is cobra's own text for an unknown command under
+// the root, so every level of the tree reads the same.
+func unknownSubcommandError(cmd *cobra.Command, name string) error {
+	var hint strings.Builder
+	if !cmd.DisableSuggestions {
+		if cmd.SuggestionsMinimumDistance <= 0 {
+			cmd.SuggestionsMinimumDistance = 2
+		}
+		if suggestions := cmd.SuggestionsFor(name); len(suggestions) > 0 {
+			hint.WriteString("\n\nDid you mean this?\n")
+			for _, s := range suggestions {
+				fmt.Fprintf(&hint, "\t%s\n", s)
+			}
+		}
+	}
+	return usageErrorf("unknown command %q for %q%s", name, cmd.CommandPath(), hint.String())
+}
+
 func envOr(name, fallback string) string {
 	if v := os.Getenv(name); v != "" {
 		return v
@@ -213,7 +263,9 @@ func (a *app) stderr() io.Writer { return a.errOut }
 // for byte what the server sent (`factory export -`); never for text.
 func (a *app) rawStdout() io.Writer { return a.opts.Stdout }
 
-func (a *app) jsonOutput() bool { return a.output == outputJSON }
+// jsonOutput reports whether -o asks for data (json, yaml, a template),
+// which the data writers render, rather than a table.
+func (a *app) jsonOutput() bool { return isDataOutput(a.output) }
 
 // dial opens a client connection. Nothing is sent until the first call.
 func (a *app) dial() (*grpc.ClientConn, error) {
@@ -230,6 +282,8 @@ func (a *app) dial() (*grpc.ClientConn, error) {
 		grpc.WithStatsHandler(otelgrpc.NewClientHandler(otelgrpc.WithTracerProvider(a.opts.TracerProvider), otelgrpc.WithPropagators(telemetry.Propagator()))),
 		grpc.WithChainUnaryInterceptor(defaultDeadline(a.timeout)),
 	)
+	// After defaultDeadline, so a failed call knows how long it waited.
+	dialOpts = append(dialOpts, a.dialContext().interceptors()...)
 	dialOpts = append(dialOpts, a.opts.DialOptions...)
 	conn, err := grpc.NewClient(a.addr, dialOpts...)
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -375,25 +376,86 @@ func standing(r todayRow) string {
 	return "ok"
 }
 
+// spendBarWidth is the cost bar's width in cells; the largest row fills it.
+const spendBarWidth = 24
+
+// barEighths are the partial blocks, one to seven eighths of a cell.
+var barEighths = [...]string{"", "▏", "▎", "▍", "▌", "▋", "▊", "▉"}
+
+// blockBar draws v against largest in width cells, to an eighth of a cell.
+// Any v above zero gets at least an eighth, so a small amount never reads
+// as none; zero is no bar at all.
+func blockBar(v, largest int64, width int) string {
+	if v <= 0 || largest <= 0 || width <= 0 {
+		return ""
+	}
+	eighths := int(math.Round(float64(v) / float64(largest) * float64(width*8)))
+	eighths = min(max(eighths, 1), width*8)
+	return strings.Repeat("█", eighths/8) + barEighths[eighths%8]
+}
+
+// everyDay is a day report's groups with the days that had no spend put
+// back as zero rows (the API lists only days with spend), so the bars read
+// as a time line. A report cut short by --limit is left as it is: a day
+// missing from it may have had spend.
+func everyDay(r *factoryv1.GetSpendResponse) []*factoryv1.SpendGroup {
+	from, err1 := time.Parse(time.DateOnly, r.GetFromDay())
+	to, err2 := time.Parse(time.DateOnly, r.GetToDay())
+	if err1 != nil || err2 != nil || to.Before(from) || r.GetGroupsLeftOut() > 0 {
+		return r.GetGroups()
+	}
+	byDay := make(map[string]*factoryv1.SpendGroup, len(r.GetGroups()))
+	for _, g := range r.GetGroups() {
+		byDay[g.GetKey()] = g
+	}
+	var out []*factoryv1.SpendGroup
+	matched := 0
+	// Calendar arithmetic on dates read as UTC: no day is 23 or 25 hours.
+	for d := from; !d.After(to) && len(out) < 366; d = d.AddDate(0, 0, 1) {
+		day := d.Format(time.DateOnly)
+		g := byDay[day]
+		if g == nil {
+			g = &factoryv1.SpendGroup{Key: day, Totals: &factoryv1.SpendTotals{}}
+		} else {
+			matched++
+		}
+		out = append(out, g)
+	}
+	if matched < len(r.GetGroups()) {
+		// A row outside the range the response names: show what came
+		// rather than drop it.
+		return r.GetGroups()
+	}
+	return out
+}
+
 func writeSpendReport(w io.Writer, r *factoryv1.GetSpendResponse, by string) error {
 	fmt.Fprintf(w, "Spend %s to %s (%s)\n\n", r.GetFromDay(), r.GetToDay(), r.GetTimeZone())
 	if by == "" {
 		by = "day"
 	}
 	total := r.GetTotals().GetCostMicros()
+	groups := r.GetGroups()
+	if by == "day" {
+		groups = everyDay(r)
+	}
+	var largest int64
+	for _, g := range groups {
+		largest = max(largest, g.GetTotals().GetCostMicros())
+	}
 	tw := newTable(w)
-	fmt.Fprintf(tw, "%s\tCOST\tSHARE\tCALLS\tIN TOKENS\tOUT TOKENS\n", strings.ToUpper(by))
-	for _, g := range r.GetGroups() {
+	fmt.Fprintf(tw, "%s\tCOST\tSHARE\tCALLS\tIN TOKENS\tOUT TOKENS\tCOST BAR\n", strings.ToUpper(by))
+	for _, g := range groups {
 		t := g.GetTotals()
 		share := "-"
 		if total > 0 {
 			share = fmt.Sprintf("%.1f%%", float64(t.GetCostMicros())*100/float64(total))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\n", orDash(g.GetKey()), formatMoney(t.GetCostMicros()), share,
-			t.GetEvents(), t.GetInputTokens(), t.GetOutputTokens())
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%s\n", orDash(g.GetKey()), formatMoney(t.GetCostMicros()), share,
+			t.GetEvents(), t.GetInputTokens(), t.GetOutputTokens(), blockBar(t.GetCostMicros(), largest, spendBarWidth))
 	}
 	t := r.GetTotals()
-	fmt.Fprintf(tw, "TOTAL\t%s\t\t%d\t%d\t%d\n", formatMoney(t.GetCostMicros()), t.GetEvents(), t.GetInputTokens(), t.GetOutputTokens())
+	fmt.Fprintf(tw, "TOTAL\t%s\t\t%d\t%d\t%d\t\n", formatMoney(t.GetCostMicros()), t.GetEvents(), t.GetInputTokens(), t.GetOutputTokens())
 	if err := tw.Flush(); err != nil {
 		return err
 	}

@@ -129,7 +129,8 @@ and every token's hash: keep it as private as the database.`,
 			path := args[0]
 			if path != "-" && !force {
 				if _, err := os.Stat(path); err == nil {
-					return usageErrorf("%s exists; pass --force to replace it", path)
+					// Exit 1 with one line: the command line was fine.
+					return fmt.Errorf("%s exists: pass --force to replace it", path)
 				} else if !errors.Is(err, fs.ErrNotExist) {
 					return err
 				}

@@ -164,7 +164,7 @@ func TestMoveFromSQLiteToPostgres(t *testing.T) {
 	if !strings.Contains(r.stderr, "exported 1 queue record, 7 tasks, 3 tokens") || !strings.Contains(r.stderr, " at 20") {
 		t.Fatalf("export's summary on stderr: %q", r.stderr)
 	}
-	if r := old.run("export", a); r.code != cli.ExitUsage || !strings.Contains(r.stderr, "--force") {
+	if r := old.run("export", a); r.code != cli.ExitFailure || !strings.Contains(r.stderr, "--force") || strings.Contains(r.stderr, "Usage:") {
 		t.Fatalf("export over an existing file: %+v", r)
 	}
 

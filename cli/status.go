@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"go.opentelemetry.io/otel/codes"
+	"google.golang.org/grpc"
 	grpccodes "google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -49,17 +50,35 @@ func optional(err error) bool {
 }
 
 // runStatus is `factory status`: every section fetched in parallel over
-// one connection.
-func (a *app) runStatus(cmd *cobra.Command) error {
+// one connection, once or every interval with --watch.
+func (a *app) runStatus(cmd *cobra.Command, wf *watchFlags) error {
 	ctx, span := a.opts.TracerProvider.Tracer("github.com/factory/factory/cli").Start(cmd.Context(), spanName(cmd))
 	defer span.End()
 	conn, err := a.dial()
+	if err == nil {
+		defer conn.Close()
+		err = a.view(ctx, cmd, wf, paintStatus, func(ctx context.Context, w io.Writer) error {
+			out, err := fetchStatus(ctx, conn)
+			if err != nil {
+				return err
+			}
+			if a.jsonOutput() {
+				return writeStatusJSON(w, out)
+			}
+			return writeStatusScreen(w, out, time.Now())
+		})
+	}
 	if err != nil {
 		span.RecordError(err)
 		span.SetStatus(codes.Error, err.Error())
-		return err
 	}
-	defer conn.Close()
+	return err
+}
+
+// fetchStatus reads every section in parallel. The queue is the one
+// section status cannot do without; another that this control plane does
+// not serve is left nil and named in Unavailable.
+func fetchStatus(ctx context.Context, conn grpc.ClientConnInterface) (*statusJSON, error) {
 	q, b, ap := factoryv1.NewQueueServiceClient(conn), factoryv1.NewBudgetServiceClient(conn), factoryv1.NewApprovalServiceClient(conn)
 	fl, o := factoryv1.NewFleetServiceClient(conn), factoryv1.NewOpsServiceClient(conn)
 
@@ -148,17 +167,12 @@ func (a *app) runStatus(cmd *cobra.Command) error {
 	})
 	wg.Wait()
 	if qErr != nil {
-		span.RecordError(qErr)
-		span.SetStatus(codes.Error, qErr.Error())
-		return qErr
+		return nil, qErr
 	}
 	if len(errors) > 0 {
 		out.Unavailable = errors
 	}
-	if a.jsonOutput() {
-		return writeStatusJSON(a.stdout(), &out)
-	}
-	return writeStatusScreen(a.stdout(), &out, time.Now())
+	return &out, nil
 }
 
 // writeStatusScreen prints the one screen: the queue first (as it always
@@ -199,7 +213,7 @@ func writeStatusScreen(w io.Writer, s *statusJSON, now time.Time) error {
 			fmt.Fprintf(tw, "Spend today:\tno total budget set (%s)\n", bud.GetDay())
 		}
 		if es := bud.GetEmergencyStop(); es.GetStopped() {
-			fmt.Fprintf(tw, "Emergency stop:\tSTOPPED since %s by %s: %s\n", es.GetStoppedAt().AsTime().Format(time.RFC3339), es.GetStoppedBy(), es.GetReason())
+			fmt.Fprintf(tw, "Emergency stop:\tSTOPPED since %s by %s: %s\n", es.GetStoppedAt().AsTime().Format(time.RFC3339), escapeTerminal(es.GetStoppedBy()), escapeTerminal(es.GetReason()))
 		} else {
 			fmt.Fprintf(tw, "Emergency stop:\tarmed\n")
 		}
@@ -219,14 +233,14 @@ func writeStatusScreen(w io.Writer, s *statusJSON, now time.Time) error {
 	if s.AlertsFiring != nil {
 		fmt.Fprintf(tw, "Alerts firing:\t%d\n", len(s.AlertsFiring))
 		for _, al := range s.AlertsFiring {
-			fmt.Fprintf(tw, "\t%s %s: %s (for %s)\n", al.GetSeverity(), al.GetRule(), al.GetSummary(), now.Sub(al.GetFiredAt().AsTime()).Round(time.Second))
+			fmt.Fprintf(tw, "\t%s %s: %s (for %s)\n", escapeTerminal(al.GetSeverity()), escapeTerminal(al.GetRule()), escapeTerminal(al.GetSummary()), now.Sub(al.GetFiredAt().AsTime()).Round(time.Second))
 		}
 	} else {
 		fmt.Fprintf(tw, "Alerts firing:\tn/a\n")
 	}
 	if m := s.Maintenance; m != nil {
 		if mm := m.GetMaintenance(); mm.GetActive() {
-			fmt.Fprintf(tw, "Maintenance:\tON since %s by %s: %s (%d IN_PROGRESS)\n", mm.GetStartedAt().AsTime().Format(time.RFC3339), mm.GetStartedBy(), mm.GetReason(), m.GetInProgressCount())
+			fmt.Fprintf(tw, "Maintenance:\tON since %s by %s: %s (%d IN_PROGRESS)\n", mm.GetStartedAt().AsTime().Format(time.RFC3339), escapeTerminal(mm.GetStartedBy()), escapeTerminal(mm.GetReason()), m.GetInProgressCount())
 		} else {
 			fmt.Fprintf(tw, "Maintenance:\toff\n")
 		}

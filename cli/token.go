@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 	"go.opentelemetry.io/otel/codes"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	factoryv1 "github.com/factory/factory/gen/factory/v1"
 )
@@ -208,6 +209,9 @@ func tokenStatus(t *factoryv1.Token, now time.Time) string {
 }
 
 func writeTokenTable(w io.Writer, tokens []*factoryv1.Token, now time.Time) error {
+	if wideOutput(w) {
+		return writeTokenTableWide(w, tokens, now)
+	}
 	tw := newTable(w)
 	fmt.Fprintln(tw, "ID\tROLE\tSUBJECT\tCLAIMS\tSTATUS\tCREATED\tEXPIRES\tLAST USED\tDESCRIPTION")
 	for _, t := range tokens {
@@ -224,6 +228,33 @@ func writeTokenTable(w io.Writer, tokens []*factoryv1.Token, now time.Time) erro
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.GetId(), roleName(t.GetRole()), t.GetSubject(), claims, tokenStatus(t, now),
 			humanAge(t.GetCreatedAt(), now), expires, humanAge(t.GetLastUsedAt(), now), orDash(truncate(t.GetDescription(), 40)))
+	}
+	return tw.Flush()
+}
+
+// writeTokenTableWide adds who made each token and when it was revoked,
+// shows times as timestamps and the description whole: what an audit of
+// the tokens needs.
+func writeTokenTableWide(w io.Writer, tokens []*factoryv1.Token, now time.Time) error {
+	tw := newTable(w)
+	fmt.Fprintln(tw, "ID\tROLE\tSUBJECT\tCLAIMS\tSTATUS\tCREATED\tCREATED BY\tEXPIRES\tREVOKED\tLAST USED\tDESCRIPTION")
+	stamp := func(ts *timestamppb.Timestamp, unset string) string {
+		if ts == nil {
+			return unset
+		}
+		return ts.AsTime().UTC().Format(time.RFC3339)
+	}
+	for _, t := range tokens {
+		claims := "-"
+		if t.GetRole() == factoryv1.Role_ROLE_AGENT {
+			claims = strings.Join(t.GetRoles(), ",")
+			if claims == "" {
+				claims = "(none)"
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.GetId(), roleName(t.GetRole()), escapeTerminal(t.GetSubject()),
+			escapeTerminal(claims), tokenStatus(t, now), stamp(t.GetCreatedAt(), "-"), orDash(escapeTerminal(t.GetCreatedBy())),
+			stamp(t.GetExpiresAt(), "never"), stamp(t.GetRevokedAt(), "-"), stamp(t.GetLastUsedAt(), "never"), orDash(escapeTerminal(t.GetDescription())))
 	}
 	return tw.Flush()
 }
