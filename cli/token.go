@@ -283,7 +283,11 @@ replicas. Audited with the grant before and after.
 
 Agent tokens made before grants existed were upgraded to "*" (they claimed
 any role); narrow them with this command. "factory token ls" shows each
-token's grant under CLAIMS.`,
+token's grant under CLAIMS.
+
+Here and in revoke, a unique prefix of the id will do (0193a2b4 for
+0193a2b4-7c1e-...); a prefix that several ids start with is refused with
+those tokens listed.`,
 		Example: `  factory token grant 0193a2b4-7c1e-7000-8000-5f2a9c0e1d3b --roles researcher,writer
   factory token grant 0193a2b4-... --roles '*'`,
 		Args: cobra.ExactArgs(1),
@@ -292,7 +296,11 @@ token's grant under CLAIMS.`,
 				return usageErrorf("--roles is required: the whole grant after the change (\"\" for none)")
 			}
 			return a.withAccess(cmd, func(ctx context.Context, c factoryv1.AccessServiceClient) error {
-				resp, err := c.SetTokenRoles(ctx, &factoryv1.SetTokenRolesRequest{TokenId: args[0], Roles: roles})
+				id, err := resolveTokenID(ctx, c, args[0])
+				if err != nil {
+					return err
+				}
+				resp, err := c.SetTokenRoles(ctx, &factoryv1.SetTokenRolesRequest{TokenId: id, Roles: roles})
 				if err != nil {
 					return err
 				}
@@ -316,13 +324,21 @@ func newTokenRevokeCommand(a *app) *cobra.Command {
 		Long: `Revoke ends a token at once: the holder's next call to this control plane
 fails with UNAUTHENTICATED (other replicas follow within about a second).
 The token stays listed under ls --all, marked revoked. Revoking twice is
-harmless.`,
+harmless.
+
+A unique prefix of the id will do; a prefix that several ids start with is
+refused with those tokens listed, and nothing is revoked.`,
 		Example: `  factory token revoke 0193a2b4-7c1e-7000-8000-5f2a9c0e1d3b
+  factory token revoke 0193a2b4-7c1e
   factory token ls -o json | jq -r '.[] | select(.subject=="forge") | .id' | xargs -n1 factory token revoke`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.withAccess(cmd, func(ctx context.Context, c factoryv1.AccessServiceClient) error {
-				resp, err := c.RevokeToken(ctx, &factoryv1.RevokeTokenRequest{TokenId: args[0]})
+				id, err := resolveTokenID(ctx, c, args[0])
+				if err != nil {
+					return err
+				}
+				resp, err := c.RevokeToken(ctx, &factoryv1.RevokeTokenRequest{TokenId: id})
 				if err != nil {
 					return err
 				}
