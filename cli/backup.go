@@ -11,7 +11,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"time"
 
 	"github.com/spf13/cobra"
 
@@ -58,14 +57,13 @@ Check a backup with "factory backup verify DIR"; load it with
 			if a.jsonOutput() {
 				return writeJSON(a.stdout(), backupSummaryJSON{Dir: dir, Manifest: m})
 			}
-			c := m.Counts
 			fmt.Fprintf(a.stdout(), "backup of a %s store (schema version %d) written to %s\n", m.Driver, m.MigrationVersion, dir)
 			for _, name := range []string{ops.DatabaseFile, ops.DumpFile} {
 				if f, ok := m.Files[name]; ok {
 					fmt.Fprintf(a.stdout(), "  %-10s %10s  sha256 %s\n", name, byteSize(f.Bytes), f.SHA256)
 				}
 			}
-			_, err = fmt.Fprintf(a.stdout(), "  %s\n", dumpCounts{Queue: c.Queue, Tasks: c.Tasks, Tokens: c.Tokens, AuditEntries: c.Audit, FleetEvents: c.FleetEvents, Rows: c.Rows})
+			_, err = fmt.Fprintf(a.stdout(), "  %s\n", manifestCounts(m.Counts))
 			return err
 		},
 	}
@@ -142,7 +140,8 @@ func (a *app) backup(cmd *cobra.Command, dir string) (_ *ops.Manifest, err error
 		return f, nil
 	}
 	m := &ops.Manifest{Format: ops.ManifestFormat, Version: ops.ManifestVersion, Files: map[string]ops.ManifestFile{}}
-	p := &progress{w: a.stderr(), last: time.Now()}
+	p := a.newProgress("backing up", "record", "records")
+	defer p.stop()
 	err = a.withOps(cmd, func(ctx context.Context, c factoryv1.OpsServiceClient) error {
 		stream, err := c.Backup(ctx, &factoryv1.BackupRequest{})
 		if err != nil {
@@ -185,7 +184,7 @@ func (a *app) backup(cmd *cobra.Command, dir string) (_ *ops.Manifest, err error
 				if _, err := db.Write(b); err != nil {
 					return err
 				}
-				p.maybe("backup: database %s", byteSize(db.n))
+				p.add(0, int64(len(b)))
 			}
 			if l := msg.GetDumpLines(); l != "" {
 				if dump == nil {
@@ -194,7 +193,7 @@ func (a *app) backup(cmd *cobra.Command, dir string) (_ *ops.Manifest, err error
 				if _, err := io.WriteString(dump, l); err != nil {
 					return err
 				}
-				p.maybe("backup: dump %s", byteSize(dump.n))
+				p.add(dumpRecords(l), int64(len(l)))
 			}
 			if msg.GetCounts() != nil {
 				counts = msg.GetCounts()
@@ -224,7 +223,17 @@ func (a *app) backup(cmd *cobra.Command, dir string) (_ *ops.Manifest, err error
 	if err := ops.WriteManifest(dir, m); err != nil {
 		return nil, err
 	}
+	var written int64
+	for _, f := range m.Files {
+		written += f.Bytes
+	}
+	p.finish("backed up %s (%s) to %s in %s", p.count(manifestCounts(m.Counts).total()), byteSize(written), dir, p.elapsed())
 	return m, nil
+}
+
+// manifestCounts is a manifest's counts as a dump's.
+func manifestCounts(c ops.ManifestCounts) dumpCounts {
+	return dumpCounts{Queue: c.Queue, Tasks: c.Tasks, Tokens: c.Tokens, AuditEntries: c.Audit, FleetEvents: c.FleetEvents, Rows: c.Rows}
 }
 
 func newBackupVerifyCommand(a *app) *cobra.Command {
@@ -304,9 +313,16 @@ stop the control plane, copy DIR/factory.db to DATA_DIR/factory.db
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			dir := args[0]
+			p := a.newProgress("restoring", "record", "records")
+			defer p.stop()
+			var manifest *ops.Manifest
 			if !skipVerify {
+				// The trial restore takes about as long as the restore:
+				// the line says what the wait is for.
+				p.setPhase("verifying the backup")
 				rep, err := ops.VerifyBackup(cmd.Context(), dir, nil)
 				if err != nil {
+					p.stop()
 					if rep != nil {
 						for _, c := range rep.Checks {
 							if !c.OK {
@@ -316,15 +332,26 @@ stop the control plane, copy DIR/factory.db to DATA_DIR/factory.db
 					}
 					return &runError{err: fmt.Errorf("%s: %w; nothing was restored", dir, err)}
 				}
-			} else if _, err := ops.ReadManifest(dir); err != nil {
-				return err
+				manifest = rep.Manifest
+				p.setPhase("")
+			} else {
+				m, err := ops.ReadManifest(dir)
+				if err != nil {
+					return err
+				}
+				manifest = m
 			}
+			p.setTotal(manifestCounts(manifest.Counts).total())
+			p.setSize(manifest.Files[ops.DumpFile].Bytes)
 			f, err := os.Open(filepath.Join(dir, ops.DumpFile))
 			if err != nil {
 				return err
 			}
 			defer f.Close()
-			var resp *factoryv1.ImportStateResponse
+			var (
+				resp *factoryv1.ImportStateResponse
+				sent int64
+			)
 			err = a.withOps(cmd, func(ctx context.Context, c factoryv1.OpsServiceClient) error {
 				stream, err := c.ImportState(ctx)
 				if err != nil {
@@ -347,7 +374,10 @@ stop the control plane, copy DIR/factory.db to DATA_DIR/factory.db
 						return err
 					}
 					first = false
+					sent += int64(len(chunk))
+					p.add(dumpRecords(chunk), int64(len(chunk)))
 				}
+				p.setPhase("loading")
 				resp, err = stream.CloseAndRecv()
 				return err
 			})
@@ -355,6 +385,7 @@ stop the control plane, copy DIR/factory.db to DATA_DIR/factory.db
 				return err
 			}
 			loaded := countsOf(resp.GetLoaded())
+			p.finish("restored %s (%s) from %s in %s", p.count(loaded.total()), byteSize(sent), dir, p.elapsed())
 			if a.jsonOutput() {
 				return writeJSON(a.stdout(), restoreSummaryJSON{Dir: dir, Merge: merge, Loaded: loaded})
 			}

@@ -64,6 +64,11 @@ func (c dumpCounts) String() string {
 		plural(c.FleetEvents, "fleet event", "fleet events") + ", " + plural(c.Rows, "other row", "other rows")
 }
 
+// total is the number of records, one a dump line.
+func (c dumpCounts) total() int64 {
+	return c.Queue + c.Tasks + c.Tokens + c.AuditEntries + c.FleetEvents + c.Rows
+}
+
 // writeCountsTable prints counts as a KIND/RECORDS table.
 func writeCountsTable(w io.Writer, c dumpCounts) error {
 	tw := newTable(w)
@@ -74,20 +79,6 @@ func writeCountsTable(w io.Writer, c dumpCounts) error {
 	fmt.Fprintf(tw, "audit entries\t%d\n", c.AuditEntries)
 	fmt.Fprintf(tw, "fleet events\t%d\n", c.FleetEvents)
 	return tw.Flush()
-}
-
-// progress prints a line on stderr at most once a second while a long
-// transfer runs, so an operator sees it move.
-type progress struct {
-	w    io.Writer
-	last time.Time
-}
-
-func (p *progress) maybe(format string, args ...any) {
-	if now := time.Now(); now.Sub(p.last) >= time.Second {
-		p.last = now
-		fmt.Fprintf(p.w, format+"\n", args...)
-	}
 }
 
 // exportSummaryJSON is what `export -o json` prints.
@@ -119,8 +110,10 @@ RFC 3339 UTC with microseconds, the finest both stores keep.
 
 FILE must not exist unless --force; it is written to a temporary file
 beside it and renamed into place once whole. Progress and a summary, with
-the time of the export, go to stderr. The dump holds every task's payload
-and every token's hash: keep it as private as the database.`,
+the time of the export, go to stderr: on a terminal one line redrawn in
+place, elsewhere a line every 5 s at most (FACTORY_PROGRESS_INTERVAL, a Go
+duration, changes that; 0 writes one per update). The dump holds every
+task's payload and every token's hash: keep it as private as the database.`,
 		Example: `  factory export factory.dump
   factory export - | gzip > factory.dump.gz
   factory export factory.dump --force -o json`,
@@ -159,7 +152,8 @@ and every token's hash: keep it as private as the database.`,
 			// The snapshot is taken as the call starts: that is the
 			// export's time.
 			started := time.Now().UTC()
-			p := &progress{w: a.stderr(), last: started}
+			p := a.newProgress("exporting", "record", "records")
+			defer p.stop()
 			err := a.withOps(cmd, func(ctx context.Context, c factoryv1.OpsServiceClient) error {
 				stream, err := c.ExportState(ctx, &factoryv1.ExportStateRequest{})
 				if err != nil {
@@ -181,7 +175,7 @@ and every token's hash: keep it as private as the database.`,
 					if m.GetCounts() != nil {
 						counts = m.GetCounts()
 					}
-					p.maybe("exporting: %s written", byteSize(n))
+					p.add(dumpRecords(m.GetLines()), int64(k))
 				}
 			})
 			if err != nil {
@@ -205,8 +199,8 @@ and every token's hash: keep it as private as the database.`,
 				}
 			}
 			c := countsOf(counts)
-			fmt.Fprintf(a.stderr(), "exported %s (%s) to %s at %s\n", c, byteSize(n), streamName(path, "stdout"),
-				started.Format(time.RFC3339))
+			p.finish("exported %s (%s) to %s at %s in %s", c, byteSize(n), streamName(path, "stdout"),
+				started.Format(time.RFC3339), p.elapsed())
 			if path != "-" {
 				if a.jsonOutput() {
 					return writeJSON(a.stdout(), exportSummaryJSON{File: path, Bytes: n, Counts: c})
@@ -256,7 +250,7 @@ behind those already there, audit entries are appended, and the dump's
 queue pause must match this one's.
 
 A damaged, truncated or unknown dump is refused naming the line, before
-anything is written.`,
+anything is written. Progress and a summary go to stderr, as for export.`,
 		Example: `  factory --addr pg-host:7420 import factory.dump
   gunzip -c factory.dump.gz | factory import -
   factory import other-factory.dump --merge -o json`,
@@ -288,7 +282,9 @@ anything is written.`,
 				sent int64
 				resp *factoryv1.ImportStateResponse
 			)
-			p := &progress{w: a.stderr(), last: time.Now()}
+			p := a.newProgress("importing", "record", "records")
+			defer p.stop()
+			p.setSize(size)
 			err := a.withOps(cmd, func(ctx context.Context, c factoryv1.OpsServiceClient) error {
 				stream, err := c.ImportState(ctx)
 				if err != nil {
@@ -312,13 +308,11 @@ anything is written.`,
 					}
 					first = false
 					sent += int64(len(chunk))
-					if size > 0 {
-						p.maybe("importing: sent %s of %s", byteSize(sent), byteSize(size))
-					} else {
-						p.maybe("importing: sent %s", byteSize(sent))
-					}
+					p.add(dumpRecords(chunk), int64(len(chunk)))
 				}
-				fmt.Fprintf(a.stderr(), "sent %s; loading...\n", byteSize(sent))
+				// The server spools the upload, then checks and loads it:
+				// the counts stop while the clock goes on.
+				p.setPhase("loading")
 				resp, err = stream.CloseAndRecv()
 				return err
 			})
@@ -326,12 +320,13 @@ anything is written.`,
 				return err
 			}
 			loaded := countsOf(resp.GetLoaded())
-			if a.jsonOutput() {
-				return writeJSON(a.stdout(), importSummaryJSON{File: path, Merge: merge, Bytes: sent, Loaded: loaded})
-			}
 			verb := "imported"
 			if merge {
 				verb = "merged"
+			}
+			p.finish("%s %s (%s) from %s in %s", verb, p.count(loaded.total()), byteSize(sent), streamName(path, "stdin"), p.elapsed())
+			if a.jsonOutput() {
+				return writeJSON(a.stdout(), importSummaryJSON{File: path, Merge: merge, Bytes: sent, Loaded: loaded})
 			}
 			fmt.Fprintf(a.stdout(), "%s %s from %s\n", verb, loaded, streamName(path, "stdin"))
 			return writeCountsTable(a.stdout(), loaded)

@@ -54,6 +54,8 @@ planes.`,
 			for _, folder := range stateNames {
 				sum.ByFolder[folder] = 0
 			}
+			p := a.newProgress("exporting", "task", "tasks")
+			defer p.stop()
 			err := a.withQueue(cmd, func(ctx context.Context, q factoryv1.QueueServiceClient) error {
 				// Full tasks: the files keep every payload.
 				req := &factoryv1.ListTasksRequest{PageSize: pageSize, View: factoryv1.TaskView_TASK_VIEW_FULL}
@@ -69,6 +71,7 @@ planes.`,
 						}
 						sum.ByFolder[folder]++
 						sum.Exported++
+						p.add(1, 0)
 					}
 					if req.PageToken = resp.GetNextPageToken(); req.PageToken == "" {
 						return nil
@@ -78,6 +81,7 @@ planes.`,
 			if err != nil {
 				return err
 			}
+			p.finish("exported %s to %s in %s", p.count(int64(sum.Exported)), dir, p.elapsed())
 			if a.jsonOutput() {
 				return writeJSON(a.stdout(), sum)
 			}
@@ -155,6 +159,9 @@ that already exists fails its batch with ALREADY_EXISTS.
 				return usageErrorf("--batch must be 1 to 1000")
 			}
 			dir := args[0]
+			p := a.newProgress("importing", "task", "tasks")
+			defer p.stop()
+			p.setPhase("reading task files")
 			items, skipped, err := readFileQueue(dir)
 			if err != nil {
 				return err
@@ -175,6 +182,9 @@ that already exists fails its batch with ALREADY_EXISTS.
 					sum.PayloadMerged++
 				}
 			}
+			p.setTotal(int64(len(items)))
+			// Each dependency not in DIR is looked up on the server.
+			p.setPhase("ordering by dependencies")
 			err = a.withQueue(cmd, func(ctx context.Context, q factoryv1.QueueServiceClient) error {
 				waves, err := orderForImport(items, func(id string) (bool, error) {
 					_, err := q.GetTask(ctx, &factoryv1.GetTaskRequest{TaskId: id})
@@ -190,6 +200,7 @@ that already exists fails its batch with ALREADY_EXISTS.
 				if dryRun {
 					return nil
 				}
+				p.setPhase("")
 				for _, wave := range waves {
 					for start := 0; start < len(wave); start += batch {
 						chunk := wave[start:min(start+batch, len(wave))]
@@ -206,15 +217,18 @@ that already exists fails its batch with ALREADY_EXISTS.
 							sum.ByState[stateLabel(t.GetState())]++
 						}
 						sum.Imported += len(resp.GetTasks())
-						if !a.jsonOutput() {
-							fmt.Fprintf(a.stderr(), "created %d/%d\n", sum.Imported, len(items))
-						}
+						p.add(int64(len(resp.GetTasks())), 0)
 					}
 				}
 				return nil
 			})
 			if err != nil {
 				return err
+			}
+			if dryRun {
+				p.finish("checked %s in %s; dry run: nothing created", p.count(int64(len(items))), p.elapsed())
+			} else {
+				p.finish("imported %s from %s in %s", p.count(int64(sum.Imported)), dir, p.elapsed())
 			}
 			return a.printImportSummary(sum)
 		},
