@@ -657,6 +657,17 @@ func TestReplicasClaimExactlyOnce(t *testing.T) {
 		go func() { defer wg.Done(); c.run(ctx) }()
 	}
 	took := waitAllDone(t, clients[0], nTasks, 3*time.Minute, l)
+	// The server shows every task DONE a moment before the claimers have
+	// read the answers to their last completions; stopping them then would
+	// lose those answers and count the tasks as never completed.
+	for ackBy := time.Now().Add(10 * time.Second); time.Now().Before(ackBy); time.Sleep(10 * time.Millisecond) {
+		l.mu.Lock()
+		acked := len(l.completed)
+		l.mu.Unlock()
+		if acked >= nTasks {
+			break
+		}
+	}
 	cancel()
 	wg.Wait()
 	t.Logf("%d tasks claimed and completed by %d claimers over %d replicas in %s (%.0f/s)",
