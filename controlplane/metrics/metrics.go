@@ -48,8 +48,6 @@ import (
 	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
 	"go.opentelemetry.io/otel/metric"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
-	"go.opentelemetry.io/otel/sdk/resource"
-	semconv "go.opentelemetry.io/otel/semconv/v1.37.0"
 
 	"github.com/factory/factory/controlplane/telemetry"
 
@@ -202,9 +200,8 @@ func New(cfg Config) (*Metrics, error) {
 	if err != nil {
 		return nil, fmt.Errorf("metrics: prometheus exporter: %w", err)
 	}
-	// A schema URL conflict still returns the merged resource.
-	res, err := resource.Merge(resource.Default(), resource.NewSchemaless(semconv.ServiceName(cfg.ServiceName), semconv.ServiceVersion(telemetry.Version())))
-	if err != nil && !errors.Is(err, resource.ErrSchemaURLConflict) {
+	res, err := telemetry.Resource(context.Background(), cfg.ServiceName)
+	if err != nil {
 		return nil, fmt.Errorf("metrics: resource: %w", err)
 	}
 	m := &Metrics{cfg: cfg, log: cfg.Logger, registry: reg, agents: newLabelValues(MaxLabelValues),

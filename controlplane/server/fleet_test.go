@@ -210,6 +210,52 @@ func TestAnAgentsClaimIsASignOfLifeWithItsTask(t *testing.T) {
 	}
 }
 
+// TestAnAgentPollingAnEmptyQueueStaysOnline: an agent whose only calls are
+// empty claims is alive, though its host's sidecar has gone quiet, and an
+// agent no sidecar declared shows up by its claims alone.
+func TestAnAgentPollingAnEmptyQueueStaysOnline(t *testing.T) {
+	clock := &fakeClock{now: time.Date(2031, 3, 14, 9, 0, 0, 0, time.UTC)}
+	b := setup(t, clock)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ops := b.clientsAs(t, b.operator).f
+	if _, err := ops.PlaceAgent(ctx, &factoryv1.PlaceAgentRequest{Agent: "forge", Host: "gpu-1"}); err != nil {
+		t.Fatal(err)
+	}
+	sidecar, _ := b.mintToken(t, store.RoleSidecar, "gpu-1")
+	if _, _, err := connect(ctx, t, b.clientsAs(t, sidecar).f, "gpu-1", "forge"); err != nil {
+		t.Fatal(err)
+	}
+	forgeSecret, _ := b.mintToken(t, store.RoleAgent, "forge")
+	scoutSecret, _ := b.mintToken(t, store.RoleAgent, "scout")
+	forge, scout := b.clientsAs(t, forgeSecret).q, b.clientsAs(t, scoutSecret).q
+	for range 7 {
+		clock.Advance(time.Minute)
+		for name, q := range map[string]factoryv1.QueueServiceClient{"forge": forge, "scout": scout} {
+			resp, err := q.ClaimTask(ctx, &factoryv1.ClaimTaskRequest{Agent: name})
+			if err != nil || len(resp.GetTasks()) != 0 {
+				t.Fatalf("%s's claim: %v, %v; want an empty answer", name, resp, err)
+			}
+		}
+	}
+	if got := nodeStateOf(t, ops, "gpu-1"); got != factoryv1.NodeState_NODE_STATE_OFFLINE {
+		t.Fatalf("gpu-1 after 7 silent minutes: %v, want OFFLINE", got)
+	}
+	resp, err := ops.ListAgents(ctx, &factoryv1.ListAgentsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	states := map[string]factoryv1.NodeState{}
+	for _, a := range resp.GetAgents() {
+		states[a.GetName()] = a.GetState()
+	}
+	for _, name := range []string{"forge", "scout"} {
+		if states[name] != factoryv1.NodeState_NODE_STATE_ONLINE {
+			t.Errorf("%s, claiming every minute from an empty queue: %v, want ONLINE (agents: %v)", name, states[name], states)
+		}
+	}
+}
+
 func TestConnectMessagesAreValidated(t *testing.T) {
 	b := setup(t, nil)
 	stream, err := b.clientsAs(t, b.operator).f.Connect(context.Background())

@@ -88,8 +88,14 @@ func (s *queueServer) ClaimTask(ctx context.Context, r *factoryv1.ClaimTaskReque
 	// Committed: if the response cannot be sent, claimDelivery hands
 	// the tasks back.
 	noteClaimed(ctx, tasks)
-	if s.fleet != nil && len(tasks) > 0 {
-		s.fleet.AgentSeen(r.GetAgent(), tasks[0].ID)
+	if s.fleet != nil {
+		// An empty claim is a sign of life too: an agent polling an idle
+		// queue is alive, not OFFLINE.
+		current := ""
+		if len(tasks) > 0 {
+			current = tasks[0].ID
+		}
+		s.fleet.AgentSeen(r.GetAgent(), current)
 	}
 	return &factoryv1.ClaimTaskResponse{Tasks: tasksToProto(tasks)}, nil
 }
