@@ -211,7 +211,7 @@ func (s *Service) Evaluate(ctx context.Context) (*Result, error) {
 					State: store.AlertPending, ActiveSince: now}
 				byKey[k] = a
 			}
-			summary, err := r.render(x.value, labels)
+			summary, err := r.render(x.value, labels, x.examples)
 			if err != nil {
 				summary = fmt.Sprintf("%s: %v > %v", r.Name, x.value, r.Threshold)
 			}

@@ -521,6 +521,12 @@ func TestDefaultRulesMeasure(t *testing.T) {
 			t.Errorf("%s: firing %v, want one with %q", rule, got, labels)
 		}
 	}
+	// The dead letter's alert names its newest tasks, not only a count.
+	for _, a := range f.alerts() {
+		if a.Rule == "task_dead_lettered" && a.Summary != "7 FAILED tasks need an operator (dead-lettered): a, b, …" {
+			t.Errorf("task_dead_lettered summary %q, want the count and the newest task ids", a.Summary)
+		}
+	}
 	// 6 failed in 24 h is under the threshold of 10; mid spend is at, not
 	// over, its line.
 	for _, rule := range []string{"tasks_failed_24h", "spend_tier_mid"} {

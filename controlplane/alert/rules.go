@@ -131,7 +131,7 @@ func DefaultRules() []Rule {
 		{Name: "tasks_failed_24h", Expr: ExprFailed24h, Threshold: 10, Severity: SeverityWarning,
 			Summary: "{{.Value}} tasks failed in the last 24 hours, above {{.Threshold}}"},
 		{Name: "task_dead_lettered", Expr: ExprDeadLettered, Threshold: 0, Severity: SeverityWarning,
-			Summary: "{{.Value}} tasks are FAILED (dead-lettered) and need an operator"},
+			Summary: deadLetterSummary},
 		{Name: "disk_usage_high", Expr: ExprDiskUsed, Threshold: 0.85, Severity: SeverityWarning,
 			Summary: "disk {{.Labels.path}} on {{.Labels.host}} is {{percent .Value}} full"},
 		{Name: "agent_offline", Expr: ExprAgentOffline, Threshold: 300, Severity: SeverityCritical,
@@ -149,7 +149,18 @@ var funcs = template.FuncMap{
 	"dollars":  func(micros float64) string { return fmt.Sprintf("$%.2f", micros/1e6) },
 	"percent":  func(r float64) string { return fmt.Sprintf("%.1f%%", r*100) },
 	"duration": func(s float64) string { return (time.Duration(s) * time.Second).Round(time.Second).String() },
+	// plural picks the word for a count: {{plural .Value "task" "tasks"}}.
+	"plural": func(n float64, one, many string) string {
+		if n == 1 {
+			return one
+		}
+		return many
+	},
 }
+
+// deadLetterSummary names the newest dead-lettered tasks beside their
+// count (.Examples: a few ids, and "…" when there are more).
+const deadLetterSummary = `{{.Value}} FAILED {{plural .Value "task needs" "tasks need"}} an operator (dead-lettered){{with .Examples}}: {{.}}{{end}}`
 
 // compile checks a rule and parses its summary.
 func (r *Rule) compile() error {
@@ -178,15 +189,19 @@ func (r *Rule) compile() error {
 	}
 	r.summary = t
 	// A template that fails on sample data would fail every evaluation.
-	if _, err := r.render(1, map[string]string{}); err != nil {
+	if _, err := r.render(1, map[string]string{}, nil); err != nil {
 		return fmt.Errorf("rule %s: summary: %w", r.Name, err)
 	}
 	return nil
 }
 
-func (r *Rule) render(value float64, labels map[string]string) (string, error) {
+func (r *Rule) render(value float64, labels map[string]string, examples []string) (string, error) {
+	ex := strings.Join(examples, ", ")
+	if ex != "" && value > float64(len(examples)) {
+		ex += ", …"
+	}
 	var b bytes.Buffer
-	err := r.summary.Execute(&b, map[string]any{"Value": value, "Threshold": r.Threshold, "Labels": labels})
+	err := r.summary.Execute(&b, map[string]any{"Value": value, "Threshold": r.Threshold, "Labels": labels, "Examples": ex})
 	return b.String(), err
 }
 

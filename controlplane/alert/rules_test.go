@@ -92,3 +92,26 @@ func TestFingerprintIgnoresOrder(t *testing.T) {
 		t.Errorf("fingerprints %s %s %s", a, b, c)
 	}
 }
+
+// TestDeadLetterSummaryCountsInWords: one task is "a task", not "1 tasks",
+// and the ids come after the count.
+func TestDeadLetterSummaryCountsInWords(t *testing.T) {
+	r := Rule{Name: "task_dead_lettered", Expr: ExprDeadLettered, Summary: deadLetterSummary}
+	if err := r.compile(); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		value    float64
+		examples []string
+		want     string
+	}{
+		{1, []string{"t-1"}, "1 FAILED task needs an operator (dead-lettered): t-1"},
+		{2, []string{"t-2", "t-1"}, "2 FAILED tasks need an operator (dead-lettered): t-2, t-1"},
+		{5, []string{"t-5", "t-4", "t-3"}, "5 FAILED tasks need an operator (dead-lettered): t-5, t-4, t-3, …"},
+	} {
+		got, err := r.render(c.value, nil, c.examples)
+		if err != nil || got != c.want {
+			t.Errorf("render(%v, %v) = %q, %v; want %q", c.value, c.examples, got, err, c.want)
+		}
+	}
+}

@@ -128,6 +128,9 @@ var errNoSource = errors.New("no source for this measurement")
 type series struct {
 	labels map[string]string
 	value  float64
+	// examples name a few of what the value counts (task ids), for the
+	// alert's text: an operator reads which, not only how many.
+	examples []string
 }
 
 // measurer computes the measurements of one evaluation, each at most once,
@@ -257,7 +260,16 @@ func (m *measurer) measure(ctx context.Context, e Expr) ([]series, error) {
 		case ExprReadyDepth:
 			return one(float64(st.Counts[store.StateReady])), nil
 		case ExprDeadLettered:
-			return one(float64(st.Counts[store.StateFailed])), nil
+			n := st.Counts[store.StateFailed]
+			out := one(float64(n))
+			if n > 0 {
+				ids, err := m.newestFailed(ctx, deadLetterExamples)
+				if err != nil {
+					return nil, err
+				}
+				out[0].examples = ids
+			}
+			return out, nil
 		case ExprReadyOldestWait:
 			if st.OldestReadySince.IsZero() {
 				return one(0), nil
@@ -277,6 +289,22 @@ func (m *measurer) measure(ctx context.Context, e Expr) ([]series, error) {
 		return one(float64(n)), err
 	}
 	return nil, errNoSource
+}
+
+// deadLetterExamples is how many dead-lettered tasks an alert names.
+const deadLetterExamples = 3
+
+// newestFailed returns the ids of the n most recently created FAILED tasks.
+func (m *measurer) newestFailed(ctx context.Context, n int) ([]string, error) {
+	page, err := m.src.Queue.TaskList(ctx, &store.TaskListParams{States: []store.TaskState{store.StateFailed}, NewestFirst: true, Limit: n})
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]string, 0, len(page.Tasks))
+	for _, t := range page.Tasks[:min(n, len(page.Tasks))] {
+		ids = append(ids, t.ID)
+	}
+	return ids, nil
 }
 
 // failedSince counts FAILED tasks that went FAILED at or after since. The
