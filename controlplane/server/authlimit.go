@@ -2,12 +2,12 @@ package server
 
 import (
 	"context"
-	"golang.org/x/time/rate"
 	"log/slog"
 	"sync"
 	"time"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
+	"golang.org/x/time/rate"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -111,9 +111,10 @@ func (g *authGuard) wrap(next auth.AuthFunc) auth.AuthFunc {
 		// Checking the bucket first and charging after let concurrent
 		// calls all pass the check on the last token.
 		var charge *rate.Reservation
+		chargedAt := g.now()
 		if !known && !g.acc.CreatedRecently(hash) {
 			var ok bool
-			if charge, ok = g.reserve(ctx); !ok {
+			if charge, ok = g.reserve(ctx, chargedAt); !ok {
 				return nil, g.overError(ctx)
 			}
 		}
@@ -121,7 +122,7 @@ func (g *authGuard) wrap(next auth.AuthFunc) auth.AuthFunc {
 		if err != nil {
 			if status.Code(err) != codes.Unauthenticated {
 				// A store failure says nothing about the secret.
-				g.refund(charge)
+				refund(charge, chargedAt)
 				return nil, err
 			}
 			g.remember(hash, status.Convert(err).Message(), created)
@@ -130,7 +131,7 @@ func (g *authGuard) wrap(next auth.AuthFunc) auth.AuthFunc {
 			}
 			return nil, g.failed(ctx, err)
 		}
-		g.refund(charge)
+		refund(charge, chargedAt)
 		g.succeeded(hash)
 		return out, nil
 	}
@@ -196,13 +197,12 @@ func (g *authGuard) succeeded(hash string) {
 	g.good[hash] = now
 }
 
-// reserve takes one of the call's peer's failures ahead of a lookup; ok
-// is false when none is left. Without a limit it takes nothing.
-func (g *authGuard) reserve(ctx context.Context) (_ *rate.Reservation, ok bool) {
+// reserve takes one of the call's peer's failures ahead of a lookup, at
+// now; ok is false when none is left. Without a limit it takes nothing.
+func (g *authGuard) reserve(ctx context.Context, now time.Time) (_ *rate.Reservation, ok bool) {
 	if g.peers == nil {
 		return nil, true
 	}
-	now := g.now()
 	r := g.peers.bucket(PeerIP(ctx)).tokens.ReserveN(now, 1)
 	if !r.OK() || r.DelayFrom(now) > 0 {
 		r.CancelAt(now)
@@ -211,10 +211,13 @@ func (g *authGuard) reserve(ctx context.Context) (_ *rate.Reservation, ok bool) 
 	return r, true
 }
 
-// refund gives back a failure reserve took for a lookup that did not fail.
-func (g *authGuard) refund(r *rate.Reservation) {
+// refund gives back a failure reserve took at chargedAt for a lookup that
+// did not fail. It cancels at chargedAt, not now: CancelAt restores
+// nothing once the reservation's time has passed, which the lookup's own
+// duration would always ensure.
+func refund(r *rate.Reservation, chargedAt time.Time) {
 	if r != nil {
-		r.CancelAt(g.now())
+		r.CancelAt(chargedAt)
 	}
 }
 

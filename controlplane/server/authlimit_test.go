@@ -29,10 +29,15 @@ type guardStore struct {
 	store.Store
 	lookups  atomic.Int64
 	nextHash string
+	// onLookup, when set, runs at each lookup: a lookup that takes time.
+	onLookup func()
 }
 
 func (s *guardStore) TokenGetByHash(ctx context.Context, p *store.TokenGetByHashParams) (*store.Token, error) {
 	s.lookups.Add(1)
+	if s.onLookup != nil {
+		s.onLookup()
+	}
 	return s.Store.TokenGetByHash(ctx, p)
 }
 
@@ -151,6 +156,34 @@ func TestRevokedTokenStaysRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	requireCode(t, "revoked, after another token was made", fx.auth(call("10.0.0.1", secret)), codes.Unauthenticated)
+}
+
+// TestValidTokensSpendNoFailures: a valid token the guard does not know
+// yet (made on another replica) costs its peer none of its failures, however
+// long its lookup takes: the failure taken ahead of the lookup goes back.
+// Agents behind one address starting together must not lock each other out.
+func TestValidTokensSpendNoFailures(t *testing.T) {
+	fx := newGuardFixture(t, AuthFailLimit{PerSecond: 1, Burst: 2})
+	fx.st.onLookup = func() { fx.clock.Advance(time.Millisecond) }
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	elsewhere, err := access.New(access.Config{Store: fx.st, Clock: fx.clock, Logger: log, CacheTTL: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		_, secret, err := elsewhere.Create(context.Background(), access.CreateParams{Role: store.RoleAgent, Subject: fmt.Sprintf("agent-%d", i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := fx.auth(call("127.0.0.1", secret)); err != nil {
+			t.Fatalf("valid token %d of 5 from one peer: %v", i, err)
+		}
+	}
+	// The burst is whole: two guesses are looked up, the third is not.
+	for i := range 2 {
+		requireCode(t, "guess within the burst", fx.auth(call("127.0.0.1", fmt.Sprintf("guess-%d", i))), codes.Unauthenticated)
+	}
+	requireCode(t, "guess past the burst", fx.auth(call("127.0.0.1", "guess-x")), codes.ResourceExhausted)
 }
 
 func TestFailedAuthenticationsAreLimitedPerPeer(t *testing.T) {

@@ -229,12 +229,13 @@ type TaskListParams struct {
 // for an index range scan (LIKE would need an index of its own); hi is
 // empty when there is no upper bound. The range may hold more than the
 // prefix's ids, so the caller still compares the prefix exactly. hi
-// leaves out trailing separators and steps '9' to 'a' rather than to ':',
-// so that for UUID-shaped ids the range holds under a collation that
-// ignores punctuation (a PostgreSQL database in en_US) as well as in byte
-// order.
+// steps only a letter or digit, and '9' to 'a' rather than to ':', so that
+// the range holds under a collation that ignores punctuation or sorts it
+// before letters and digits (a PostgreSQL database in en_US) as well as in
+// byte order: it leaves out trailing separators, and trailing 'z' and 'Z',
+// whose successors '{' and '[' are punctuation.
 func IDPrefixRange(prefix string) (lo, hi string) {
-	stem := strings.TrimRight(prefix, "-._:")
+	stem := strings.TrimRight(prefix, "-._:zZ")
 	last, size := utf8.DecodeLastRuneInString(stem)
 	if stem == "" || last == utf8.RuneError || last >= utf8.MaxRune {
 		return prefix, ""
