@@ -1,12 +1,12 @@
 package console
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -76,22 +76,18 @@ func (s *Server) alertsPage(rq *request) error {
 	var (
 		alerts   *factoryv1.ListAlertsResponse
 		silences *factoryv1.ListSilencesResponse
-		aErr     error
-		sErr     error
-		wg       sync.WaitGroup
 	)
-	wg.Go(func() {
-		alerts, aErr = s.ops.ListAlerts(rq.ctx, &factoryv1.ListAlertsRequest{IncludeResolved: true})
+	r := newReads(rq.ctx)
+	r.must(func(ctx context.Context) (err error) {
+		alerts, err = s.ops.ListAlerts(ctx, &factoryv1.ListAlertsRequest{IncludeResolved: true})
+		return err
 	})
-	wg.Go(func() {
-		silences, sErr = s.ops.ListSilences(rq.ctx, &factoryv1.ListSilencesRequest{})
+	r.must(func(ctx context.Context) (err error) {
+		silences, err = s.ops.ListSilences(ctx, &factoryv1.ListSilencesRequest{})
+		return err
 	})
-	wg.Wait()
-	if aErr != nil {
-		return aErr
-	}
-	if sErr != nil {
-		return sErr
+	if err := r.wait(); err != nil {
+		return err
 	}
 	d := alertsData{SilenceFor: silenceChoices}
 	d.fill(alerts.GetAlerts(), silences.GetSilences())

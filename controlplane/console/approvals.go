@@ -8,7 +8,6 @@ import (
 	"net/url"
 	"slices"
 	"strings"
-	"sync"
 	"unicode/utf8"
 
 	"google.golang.org/grpc/codes"
@@ -173,23 +172,20 @@ func (s *Server) approvalsPage(rq *request) error {
 	}
 	d := approvalsData{Deeper: len(trail.tokens) > 0}
 	var (
-		wg              sync.WaitGroup
-		pendErr, decErr error
-		pending         []*factoryv1.Approval
-		decided         *factoryv1.ListApprovalsResponse
+		pending []*factoryv1.Approval
+		decided *factoryv1.ListApprovalsResponse
 	)
-	wg.Go(func() {
-		pending, d.PendingTotal, d.PendingCapped, pendErr = s.soonestPending(rq.ctx, pendingShown)
+	r := newReads(rq.ctx)
+	r.must(func(ctx context.Context) (err error) {
+		pending, d.PendingTotal, d.PendingCapped, err = s.soonestPending(ctx, pendingShown)
+		return err
 	})
-	wg.Go(func() {
-		decided, decErr = s.approvals.ListApprovals(rq.ctx, trail.request())
+	r.must(func(ctx context.Context) (err error) {
+		decided, err = s.approvals.ListApprovals(ctx, trail.request())
+		return err
 	})
-	wg.Wait()
-	if pendErr != nil {
-		return pendErr
-	}
-	if decErr != nil {
-		return decErr
+	if err := r.wait(); err != nil {
+		return err
 	}
 	for _, a := range pending {
 		d.Pending = append(d.Pending, newCard(a, whyOnCard))

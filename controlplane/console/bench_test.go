@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"syscall"
 	"testing"
 	"time"
 
@@ -17,6 +16,7 @@ import (
 	"github.com/factory/factory/controlplane/server"
 	"github.com/factory/factory/controlplane/store"
 	"github.com/factory/factory/controlplane/store/sqlite"
+	"github.com/factory/factory/controlplane/telemetry"
 )
 
 // The console's target: Overview and Tasks served in under 50 ms with
@@ -89,11 +89,8 @@ func envInt(name string, def int) int {
 }
 
 func processCPU() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	user, sys, _, _ := telemetry.ProcessUsage()
+	return user + sys
 }
 
 // seedStore writes tasks (spread over the states, roles and kinds a

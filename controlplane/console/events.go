@@ -68,9 +68,9 @@ func (s *Server) events(rq *request) {
 		switch t {
 		case "tasks":
 			ready.Add(1)
-			go f.run(t, func() error { return s.watchTasks(ctx, f, &ready) })
+			go f.run(func() error { return s.watchTasks(ctx, f, &ready) })
 		case "fleet":
-			go f.run(t, func() error { return s.watchFleet(ctx, f) })
+			go f.run(func() error { return s.watchFleet(ctx, f) })
 		default:
 			for _, k := range topicKinds[t] {
 				if !slices.Contains(kinds, k) {
@@ -81,7 +81,7 @@ func (s *Server) events(rq *request) {
 		}
 	}
 	if len(kinds) > 0 {
-		go f.run("events", func() error { return s.watchEvents(ctx, f, kinds, kindTopics) })
+		go f.run(func() error { return s.watchEvents(ctx, f, kinds, kindTopics) })
 	}
 	// "ready" tells the page (and the browser tests) that changes from
 	// now on reach it.
@@ -158,7 +158,7 @@ func (f *feed) changed(topic string) {
 
 // run runs one watch until it ends; its end ends the page's stream (the
 // page reconnects, and a fresh watch starts from the current state).
-func (f *feed) run(_ string, watch func() error) {
+func (f *feed) run(watch func() error) {
 	err := watch()
 	if err == nil {
 		err = status.Error(codes.Unavailable, "watch ended")

@@ -13,8 +13,6 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -176,21 +174,17 @@ func clip(s string, n int) string {
 }
 
 var funcs = template.FuncMap{
-	"money":    money,
-	"ago":      ago,
-	"since":    since,
-	"stamp":    stamp,
-	"iso":      iso,
-	"dur":      dur,
-	"enum":     enumName,
-	"lower":    strings.ToLower,
-	"pct":      pct,
-	"pjson":    prettyJSON,
-	"short":    shortID,
-	"add":      func(a, b int) int { return a + b },
-	"deref64":  func(p *int64) int64 { return *p },
-	"contains": strings.Contains,
-	"dict":     dict,
+	"money": money,
+	"ago":   ago,
+	"since": since,
+	"stamp": stamp,
+	"iso":   iso,
+	"dur":   dur,
+	"enum":  enumName,
+	"lower": strings.ToLower,
+	"pct":   pct,
+	"short": shortID,
+	"dict":  dict,
 }
 
 // dict pairs names with values, so a shared template can be given more
@@ -356,20 +350,6 @@ func pct(part, whole int64) int {
 	}
 	p := float64(part) / float64(whole) * 100
 	return int(math.Min(100, math.Round(p)))
-}
-
-func prettyJSON(v any) string {
-	switch m := v.(type) {
-	case proto.Message:
-		b, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(m)
-		if err != nil {
-			return err.Error()
-		}
-		return string(b)
-	case string:
-		return m
-	}
-	return fmt.Sprint(v)
 }
 
 // shortID is the head of a UUIDv7 that tells tasks apart on screen: its

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"io"
+	"net"
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
@@ -717,5 +718,67 @@ func TestSessionCookieUnderTLS(t *testing.T) {
 	}
 	if p := secGet(t, c, f.URL+"/"); p.status != http.StatusOK {
 		t.Fatalf("GET / over TLS signed in: %d, want 200", p.status)
+	}
+}
+
+// TestSignInFailuresLimited: a client that keeps failing to sign in, with
+// wrong tokens or tokens of another role, is refused before its next
+// attempt is even looked at: a working operator token from that address
+// is refused too, a refused agent token is not audited, and the one-time
+// link is not used up; another address is not limited.
+func TestSignInFailuresLimited(t *testing.T) {
+	f := startFactory(t, nil)
+	op := secAPIOf(t, f, f.Operator)
+	agentID, agent := f.token(t, factoryv1.Role_ROLE_AGENT, "forge")
+	c := client(t)
+	for i := range 10 {
+		token, want := "fst_not-a-real-token", http.StatusUnauthorized
+		if i%2 == 1 {
+			token, want = agent, http.StatusForbidden
+		}
+		if p := secSignIn(t, f, c, token, ""); p.status != want {
+			t.Fatalf("failed sign-in %d: %d, want %d", i+1, p.status, want)
+		}
+	}
+	refusals := func() int {
+		n := 0
+		for _, e := range secAudit(t, op) {
+			if e.GetRpc() == "console/SignIn" && e.GetTokenId() == agentID {
+				n++
+			}
+		}
+		return n
+	}
+	before := refusals()
+
+	for _, tc := range []struct{ what, token string }{
+		{"a wrong token", "fst_not-a-real-token"},
+		{"an agent token", agent},
+		{"the operator token", f.Operator},
+	} {
+		p := secSignIn(t, f, c, tc.token, "")
+		if p.status != http.StatusTooManyRequests {
+			t.Errorf("sign-in with %s after 10 failures: %d, want 429", tc.what, p.status)
+		}
+		if v := p.header.Values("Set-Cookie"); len(v) != 0 {
+			t.Errorf("a limited sign-in with %s set cookies: %q", tc.what, v)
+		}
+	}
+	if after := refusals(); after != before {
+		t.Errorf("the agent token's limited sign-in was looked at: %d refusals audited, want %d", after, before)
+	}
+	if p := secGet(t, client(t), f.URL+f.SignInPath); p.status != http.StatusTooManyRequests {
+		t.Errorf("the one-time link from a limited address: %d, want 429", p.status)
+	}
+	if s := secSessionsOf(t, op, secTokenID(t, f, f.Operator)); len(s) != 0 {
+		t.Errorf("a limited address got %d console sessions", len(s))
+	}
+
+	// Another loopback address (Linux answers on all of 127/8) has its own
+	// count, and the link the limited address was refused still works.
+	other := client(t)
+	other.Transport = &http.Transport{DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}).DialContext}
+	if p := secGet(t, other, f.URL+f.SignInPath); p.status != http.StatusSeeOther {
+		t.Errorf("the one-time link from another address: %d, want 303", p.status)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"strings"
@@ -202,9 +203,8 @@ type signInData struct {
 }
 
 func (s *Server) signInPage(w http.ResponseWriter, r *http.Request) {
-	if rq, err := s.authenticate(r); err == nil {
+	if _, err := s.authenticate(r); err == nil {
 		http.Redirect(w, r, safeNext(r.URL.Query().Get("next")), http.StatusSeeOther)
-		_ = rq
 		return
 	}
 	w.Header().Set("Cache-Control", "no-store")
@@ -353,13 +353,19 @@ func (s *Server) SignInLink() (string, error) {
 
 func (s *Server) signInWithLink(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
+	// A limited client is refused before its code is looked at, so it
+	// neither learns whether the code works nor uses it up.
+	ip := clientIP(r)
+	if !s.signIns.allowed(ip) {
+		s.renderBare(w, http.StatusTooManyRequests, "signin", signInData{Next: "/", Error: "too many failed sign-ins from this address; wait a minute"})
+		return
+	}
 	code := r.URL.Query().Get("code")
 	h := access.HashSecret(code)
 	s.linksMu.Lock()
 	exp, ok := s.links[h]
 	delete(s.links, h) // once, used or not
 	s.linksMu.Unlock()
-	ip := clientIP(r)
 	if !ok || s.cfg.Now().After(exp) || code == "" {
 		s.signIns.failed(ip)
 		s.renderBare(w, http.StatusUnauthorized, "signin", signInData{Next: "/", Error: "that sign-in link was used already or has expired; sign in with the operator token"})
@@ -390,29 +396,63 @@ func clientIP(r *http.Request) string {
 	return host
 }
 
-// signInLimiter bounds failed sign-ins per client address: a burst of 10,
-// then one every 6 seconds. Successful sign-ins cost nothing.
+// signInLimiter bounds failed sign-ins per client: a burst of 10, then
+// one every 6 seconds. Successful sign-ins cost nothing. An IPv6 client is
+// its /64, which one host usually holds whole.
 type signInLimiter struct {
 	mu   sync.Mutex
 	byIP map[string]*rate.Limiter
+	// overflow is shared by the clients that find the map full of others
+	// still paying for their failures: many addresses can neither wipe one
+	// address's record nor grow the map without bound.
+	overflow  *rate.Limiter
+	lastSweep time.Time
 }
 
-const maxSignInPeers = 10000
+const (
+	maxSignInPeers = 10000
+	signInBurst    = 10
+	signInEvery    = 6 * time.Second
+)
 
-func newSignInLimiter() *signInLimiter { return &signInLimiter{byIP: map[string]*rate.Limiter{}} }
+func newSignInLimiter() *signInLimiter {
+	return &signInLimiter{byIP: map[string]*rate.Limiter{}, overflow: rate.NewLimiter(rate.Every(signInEvery), signInBurst)}
+}
 
 func (l *signInLimiter) get(ip string) *rate.Limiter {
+	key := ip
+	if a, err := netip.ParseAddr(ip); err == nil && a.Unmap().Is6() {
+		key = netip.PrefixFrom(a, 64).Masked().String()
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	lim, ok := l.byIP[ip]
-	if !ok {
-		if len(l.byIP) >= maxSignInPeers {
-			clear(l.byIP)
-		}
-		lim = rate.NewLimiter(rate.Every(6*time.Second), 10)
-		l.byIP[ip] = lim
+	if lim, ok := l.byIP[key]; ok {
+		return lim
 	}
+	if len(l.byIP) >= maxSignInPeers {
+		// Sweeping is a pass over the map: at most once per refill of a
+		// token, however many new clients arrive.
+		if now := time.Now(); now.Sub(l.lastSweep) >= signInEvery {
+			l.lastSweep = now
+			l.forgetIdle()
+		}
+		if len(l.byIP) >= maxSignInPeers {
+			return l.overflow
+		}
+	}
+	lim := rate.NewLimiter(rate.Every(signInEvery), signInBurst)
+	l.byIP[key] = lim
 	return lim
+}
+
+// forgetIdle drops the clients whose limiter has filled up again: a new
+// limiter would be the same.
+func (l *signInLimiter) forgetIdle() {
+	for k, lim := range l.byIP {
+		if lim.Tokens() >= signInBurst {
+			delete(l.byIP, k)
+		}
+	}
 }
 
 func (l *signInLimiter) allowed(ip string) bool { return l.get(ip).Tokens() >= 1 }

@@ -61,19 +61,23 @@
         return r.ok ? r.text() : null;
       })
       .then(function (html) {
-        if (html !== null && html !== undefined && !busy()) {
-          // A <details> the operator opened (reject, silence…) stays open.
-          const open = Array.from(main.querySelectorAll("details[open]")).map(function (d) { return d.closest("[id]") && d.closest("[id]").id; });
-          main.innerHTML = html;
-          open.forEach(function (id) {
-            const el = id && document.getElementById(id);
-            const d = el && (el.tagName === "DETAILS" ? el : el.querySelector("details"));
-            if (d) d.open = true;
-          });
-          tick();
-          redraws++;
-          body.dataset.redraws = String(redraws);
+        if (html === null || html === undefined) return;
+        if (busy()) {
+          // Typing began while the page was fetched: redraw after it.
+          document.activeElement.addEventListener("blur", schedule, { once: true });
+          return;
         }
+        // A <details> the operator opened (reject, silence…) stays open.
+        const open = Array.from(main.querySelectorAll("details[open]")).map(function (d) { return d.closest("[id]") && d.closest("[id]").id; });
+        main.innerHTML = html;
+        open.forEach(function (id) {
+          const el = id && document.getElementById(id);
+          const d = el && (el.tagName === "DETAILS" ? el : el.querySelector("details"));
+          if (d) d.open = true;
+        });
+        tick();
+        redraws++;
+        body.dataset.redraws = String(redraws);
       })
       .catch(function () {})
       .finally(function () {
