@@ -1,18 +1,15 @@
-//go:build unix
-
 package cli
 
 import (
-	"syscall"
 	"time"
+
+	"github.com/factory/factory/controlplane/telemetry"
 )
 
 // selfCPU is this process's user plus system CPU time so far; ok is false
-// where getrusage fails.
+// where the platform cannot say (the bench then shows no client figure
+// rather than a wrong one).
 func selfCPU() (time.Duration, bool) {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0, false
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), true
+	user, sys, _, err := telemetry.ProcessUsage()
+	return user + sys, err == nil
 }

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 
+	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc/codes"
 
 	factoryv1 "github.com/factory/factory/gen/factory/v1"
@@ -137,15 +138,12 @@ func (s *leaseStore) forgetLost(ctx context.Context, q factoryv1.QueueServiceCli
 	}
 	var (
 		mu   sync.Mutex
-		wg   sync.WaitGroup
 		lost = map[string]int64{}
-		slot = make(chan struct{}, lostLookups)
+		g    errgroup.Group
 	)
+	g.SetLimit(lostLookups)
 	for id, token := range f.held(agent) {
-		wg.Add(1)
-		slot <- struct{}{}
-		go func() {
-			defer func() { <-slot; wg.Done() }()
+		g.Go(func() error {
 			resp, err := q.GetTask(ctx, &factoryv1.GetTaskRequest{TaskId: id})
 			lease := resp.GetTask().GetLease()
 			if isCode(err, codes.NotFound) || err == nil && (lease.GetHolder() != agent || lease.GetToken() != token) {
@@ -153,9 +151,10 @@ func (s *leaseStore) forgetLost(ctx context.Context, q factoryv1.QueueServiceCli
 				lost[id] = token
 				mu.Unlock()
 			}
-		}()
+			return nil
+		})
 	}
-	wg.Wait()
+	_ = g.Wait() // every lookup returns nil: one it could not make keeps its lease
 	if len(lost) == 0 {
 		return nil
 	}

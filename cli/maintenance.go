@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"time"
 
@@ -143,12 +142,10 @@ type drainProgress struct {
 }
 
 func (a *app) newDrainProgress() *drainProgress {
-	if f, ok := a.opts.Stderr.(*os.File); ok && os.Getenv("TERM") != "dumb" {
-		if fi, err := f.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
-			// Raw stderr: the escaping writer would print \r and ESC as
-			// text, and this line holds nothing from the server.
-			return &drainProgress{w: f, redraw: true, last: -1}
-		}
+	if a.stderrTerminal() {
+		// Raw stderr: the escaping writer would print \r and ESC as
+		// text, and this line holds nothing from the server.
+		return &drainProgress{w: a.opts.Stderr, redraw: true, last: -1}
 	}
 	return &drainProgress{w: a.stderr(), last: -1}
 }

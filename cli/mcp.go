@@ -126,7 +126,8 @@ func (a *app) serveMCP(cmd *cobra.Command, agent string, roles []string) error {
 	s.register(server)
 
 	log.Info("serving MCP on stdio", "addr", a.addr, "roles", roles)
-	if mcpStdinIsTerminal() {
+	// A person, not an MCP client, on the other end: say what is expected.
+	if f, ok := cmd.InOrStdin().(*os.File); ok && isTerminal(f) {
 		log.Info("standard input is a terminal: this command is meant to be started by an MCP client, which speaks JSON-RPC on its stdin and stdout")
 	}
 	transport := &mcp.IOTransport{Reader: io.NopCloser(cmd.InOrStdin()), Writer: mcpStdout{a.rawStdout()}}
@@ -277,7 +278,8 @@ func (s *mcpSession) hold(t *factoryv1.Task, requested time.Duration) *mcpLease 
 // it, the session closes or the control plane refuses: a lost lease is
 // kept for the next tool call on the task to report.
 func (s *mcpSession) keepRenewed(ctx context.Context, l *mcpLease) {
-	every := max(l.length/3, 100*time.Millisecond)
+	every := l.renewEvery()
+	retry := leaseRetryBackOff(every)
 	timer := time.NewTimer(every)
 	defer timer.Stop()
 	for {
@@ -291,6 +293,7 @@ func (s *mcpSession) keepRenewed(ctx context.Context, l *mcpLease) {
 		cancel()
 		switch {
 		case err == nil:
+			retry.Reset()
 			timer.Reset(every)
 		case ctx.Err() != nil || errors.Is(err, errMCPLeaseClosed):
 			return
@@ -301,9 +304,14 @@ func (s *mcpSession) keepRenewed(ctx context.Context, l *mcpLease) {
 			// The control plane may be briefly out of reach: try again
 			// well before the lease runs out.
 			s.log.Warn("lease renewal failed; retrying", "task_id", l.taskID, "error", mcpErrorText(err))
-			timer.Reset(max(every/3, 100*time.Millisecond))
+			timer.Reset(retry.NextBackOff())
 		}
 	}
+}
+
+// renewEvery is how often the lease is renewed: every third of its length.
+func (l *mcpLease) renewEvery() time.Duration {
+	return max(l.length/3, 100*time.Millisecond)
 }
 
 // errMCPLeaseClosed stops a renewal of a lease that already ended.
@@ -435,12 +443,12 @@ func (s *mcpSession) releaseAll(log *slog.Logger) {
 	ctx, cancel := context.WithTimeout(context.Background(), mcpReleaseTimeout)
 	defer cancel()
 	for _, l := range s.heldLeases() {
-		err := s.onLease(l.taskID, func(l *mcpLease) (bool, error) {
-			_, err := s.queue.FailTask(ctx, &factoryv1.FailTaskRequest{
+		_, err := s.endTask(l.taskID, func(l *mcpLease) (*factoryv1.Task, error) {
+			resp, err := s.queue.FailTask(ctx, &factoryv1.FailTaskRequest{
 				TaskId: l.taskID, Agent: s.agent, FencingToken: l.token,
 				Error: "factory mcp: the MCP client disconnected before completing the task",
 			})
-			return true, err
+			return resp.GetTask(), err
 		})
 		if err != nil {
 			log.Warn("unfinished task not handed back; it returns to the queue when its lease runs out", "task_id", l.taskID, "error", err.Error())
@@ -494,11 +502,4 @@ func addMCPTool[In, Out any](s *mcpSession, server *mcp.Server, tool *mcp.Tool, 
 		}
 		return nil, out, nil
 	})
-}
-
-// mcpStdinIsTerminal reports whether a person, not an MCP client, is on the
-// other end; the server then says what it expects.
-func mcpStdinIsTerminal() bool {
-	fi, err := os.Stdin.Stat()
-	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }

@@ -416,6 +416,27 @@ func TestMCPServer(t *testing.T) {
 		}
 	})
 
+	t.Run("fail", func(t *testing.T) {
+		sh.ok("task", "create", "--id", "mcp-broken", "--title", "Build a repo that is gone", "--role", "builder")
+		var claimed mcpClaimResult
+		agent.ok("claim_task", nil, &claimed)
+		if claimed.Task.ID != "mcp-broken" {
+			t.Fatalf("claim_task: %+v", claimed)
+		}
+		var got struct {
+			State   string `json:"state"`
+			Message string `json:"message"`
+		}
+		agent.ok("fail_task", map[string]any{"task_id": "mcp-broken", "error": "no such repo", "permanent": true}, &got)
+		if got.State != "FAILED" || !strings.Contains(got.Message, "failed for good") {
+			t.Fatalf("fail_task: %+v", got)
+		}
+		if tk := task("mcp-broken"); tk.GetState() != factoryv1.TaskState_TASK_STATE_FAILED || tk.GetLastError() != "no such repo" {
+			t.Fatalf("after fail_task: %v", tk)
+		}
+		agent.refused("fail_task", map[string]any{"task_id": "mcp-broken", "error": "again"}, "not held by this session")
+	})
+
 	t.Run("unfinished work is handed back at disconnect", func(t *testing.T) {
 		sh.ok("task", "create", "--id", "mcp-left", "--title", "Abandoned", "--role", "builder")
 		agent.ok("claim_task", nil, nil)

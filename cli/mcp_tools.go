@@ -159,7 +159,7 @@ type mcpTask struct {
 func mcpTaskOf(t *factoryv1.Task, held bool) *mcpTask {
 	out := &mcpTask{
 		ID: t.GetId(), Title: t.GetTitle(), Kind: t.GetKind(), Role: t.GetRole(),
-		State:    strings.TrimPrefix(t.GetState().String(), "TASK_STATE_"),
+		State:    stateLabel(t.GetState()),
 		Priority: t.GetPriority(), Attempt: t.GetAttempt(), MaxAttempts: t.GetMaxAttempts(),
 		Labels: t.GetLabels(), DependsOn: t.GetDependsOn(),
 		Progress: t.GetProgress(), Note: t.GetNote(), LastError: t.GetLastError(),
@@ -242,7 +242,7 @@ func (s *mcpSession) claimTask(ctx context.Context, _ *mcp.CallToolRequest, in m
 		Claimed: true,
 		Task:    mcpTaskOf(t, true),
 		Message: fmt.Sprintf("claimed task %s (attempt %d); its lease is renewed in the background every %s until you call complete_task or fail_task",
-			t.GetId(), t.GetAttempt(), max(l.length/3, 100*time.Millisecond).Round(time.Millisecond)),
+			t.GetId(), t.GetAttempt(), l.renewEvery().Round(time.Millisecond)),
 	}, nil
 }
 
@@ -306,23 +306,34 @@ type mcpDoneOutput struct {
 }
 
 func (s *mcpSession) completeTask(ctx context.Context, _ *mcp.CallToolRequest, in mcpCompleteInput) (mcpDoneOutput, error) {
-	var out mcpDoneOutput
-	err := s.onLease(in.TaskID, func(l *mcpLease) (bool, error) {
+	t, err := s.endTask(in.TaskID, func(l *mcpLease) (*factoryv1.Task, error) {
 		resp, err := s.queue.CompleteTask(ctx, &factoryv1.CompleteTaskRequest{
 			TaskId: l.taskID, Agent: s.agent, FencingToken: l.token, Review: in.Review, Note: in.Note,
 		})
-		if err != nil {
-			return false, err
-		}
-		t := resp.GetTask()
-		out = mcpDoneOutput{TaskID: t.GetId(), State: strings.TrimPrefix(t.GetState().String(), "TASK_STATE_"), Attempt: t.GetAttempt(),
-			Message: "task finished; claim_task for the next one"}
-		return true, nil
+		return resp.GetTask(), err
 	})
-	if err == nil {
-		s.log.Info("completed", "task_id", in.TaskID, "state", out.State)
+	if err != nil {
+		return mcpDoneOutput{}, err
 	}
-	return out, err
+	s.log.Info("completed", "task_id", in.TaskID, "state", stateLabel(t.GetState()))
+	return mcpDoneOf(t, "task finished; claim_task for the next one"), nil
+}
+
+// endTask makes call, the completion or failure of taskID under its
+// lease, and returns the task as the control plane then has it; the lease
+// is over once call succeeds.
+func (s *mcpSession) endTask(taskID string, call func(l *mcpLease) (*factoryv1.Task, error)) (*factoryv1.Task, error) {
+	var t *factoryv1.Task
+	err := s.onLease(taskID, func(l *mcpLease) (bool, error) {
+		var err error
+		t, err = call(l)
+		return err == nil, err
+	})
+	return t, err
+}
+
+func mcpDoneOf(t *factoryv1.Task, msg string) mcpDoneOutput {
+	return mcpDoneOutput{TaskID: t.GetId(), State: stateLabel(t.GetState()), Attempt: t.GetAttempt(), Message: msg}
 }
 
 type mcpFailInput struct {
@@ -332,29 +343,24 @@ type mcpFailInput struct {
 }
 
 func (s *mcpSession) failTask(ctx context.Context, _ *mcp.CallToolRequest, in mcpFailInput) (mcpDoneOutput, error) {
-	var out mcpDoneOutput
-	err := s.onLease(in.TaskID, func(l *mcpLease) (bool, error) {
+	t, err := s.endTask(in.TaskID, func(l *mcpLease) (*factoryv1.Task, error) {
 		resp, err := s.queue.FailTask(ctx, &factoryv1.FailTaskRequest{
 			TaskId: l.taskID, Agent: s.agent, FencingToken: l.token, Error: in.Error, Permanent: in.Permanent,
 		})
-		if err != nil {
-			return false, err
-		}
-		t := resp.GetTask()
-		msg := "task failed for good (FAILED)"
-		if t.GetState() != factoryv1.TaskState_TASK_STATE_FAILED {
-			msg = fmt.Sprintf("task returned to the queue for attempt %d", t.GetAttempt()+1)
-			if ra := t.GetRunAfter(); ra != nil {
-				msg += " after " + mcpTime(ra)
-			}
-		}
-		out = mcpDoneOutput{TaskID: t.GetId(), State: strings.TrimPrefix(t.GetState().String(), "TASK_STATE_"), Attempt: t.GetAttempt(), Message: msg}
-		return true, nil
+		return resp.GetTask(), err
 	})
-	if err == nil {
-		s.log.Info("failed", "task_id", in.TaskID, "state", out.State)
+	if err != nil {
+		return mcpDoneOutput{}, err
 	}
-	return out, err
+	s.log.Info("failed", "task_id", in.TaskID, "state", stateLabel(t.GetState()))
+	msg := "task failed for good (FAILED)"
+	if t.GetState() != factoryv1.TaskState_TASK_STATE_FAILED {
+		msg = fmt.Sprintf("task returned to the queue for attempt %d", t.GetAttempt()+1)
+		if ra := t.GetRunAfter(); ra != nil {
+			msg += " after " + mcpTime(ra)
+		}
+	}
+	return mcpDoneOf(t, msg), nil
 }
 
 type mcpSpendInput struct {
@@ -644,7 +650,7 @@ func (s *mcpSession) queueStatus(ctx context.Context, _ *mcp.CallToolRequest, _ 
 		YourTasks: []mcpHeldTask{},
 	}
 	for _, c := range resp.GetCounts() {
-		out.Counts[strings.TrimPrefix(c.GetState().String(), "TASK_STATE_")] = c.GetCount()
+		out.Counts[stateLabel(c.GetState())] = c.GetCount()
 	}
 	for _, l := range s.heldLeases() {
 		l.mu.Lock()

@@ -112,29 +112,19 @@ func ambiguousIDError(noun, arg string, matches []idMatch, more bool) error {
 // the top of this file); it costs one small ListTasks call unless arg is
 // a whole UUID.
 func resolveTaskID(ctx context.Context, q factoryv1.QueueServiceClient, arg string) (string, error) {
-	if !needsLookup(arg) {
-		return arg, nil
-	}
-	resp, err := q.ListTasks(ctx, &factoryv1.ListTasksRequest{IdPrefix: arg, PageSize: idCandidates})
-	if lookupRefused(err) {
-		return arg, nil
-	}
-	if err != nil {
-		return "", fmt.Errorf("look up task id %s: %w", arg, err)
-	}
-	found := make([]idMatch, len(resp.GetTasks()))
-	for i, t := range resp.GetTasks() {
-		found[i] = idMatch{id: t.GetId(), state: stateLabel(t.GetState()), what: t.GetTitle()}
-	}
-	more := resp.GetNextPageToken() != ""
-	id, ambiguous, err := pickID("task", arg, found, more)
-	if ambiguous && more {
-		// The id as typed may exist beyond the page of longer ones.
-		if _, getErr := q.GetTask(ctx, &factoryv1.GetTaskRequest{TaskId: arg}); getErr == nil {
-			return arg, nil
+	list := func() ([]idMatch, bool, error) {
+		resp, err := q.ListTasks(ctx, &factoryv1.ListTasksRequest{IdPrefix: arg, PageSize: idCandidates})
+		found := make([]idMatch, len(resp.GetTasks()))
+		for i, t := range resp.GetTasks() {
+			found[i] = idMatch{id: t.GetId(), state: stateLabel(t.GetState()), what: t.GetTitle()}
 		}
+		return found, resp.GetNextPageToken() != "", err
 	}
-	return id, err
+	exists := func() bool {
+		_, err := q.GetTask(ctx, &factoryv1.GetTaskRequest{TaskId: arg})
+		return err == nil
+	}
+	return resolveByPrefix("task", arg, list, exists)
 }
 
 // resolveTaskIDs resolves each of ids (a repeatable flag's values).
@@ -151,26 +141,39 @@ func resolveTaskIDs(ctx context.Context, q factoryv1.QueueServiceClient, ids []s
 
 // resolveApprovalID is resolveTaskID for approval requests.
 func resolveApprovalID(ctx context.Context, c factoryv1.ApprovalServiceClient, arg string) (string, error) {
+	list := func() ([]idMatch, bool, error) {
+		resp, err := c.ListApprovals(ctx, &factoryv1.ListApprovalsRequest{IdPrefix: arg, PageSize: idCandidates})
+		found := make([]idMatch, len(resp.GetApprovals()))
+		for i, ap := range resp.GetApprovals() {
+			found[i] = idMatch{id: ap.GetId(), state: approvalStateName(ap.GetState()), what: ap.GetWhat()}
+		}
+		return found, resp.GetNextPageToken() != "", err
+	}
+	exists := func() bool {
+		_, err := c.GetApproval(ctx, &factoryv1.GetApprovalRequest{ApprovalId: arg})
+		return err == nil
+	}
+	return resolveByPrefix("approval", arg, list, exists)
+}
+
+// resolveByPrefix is the lookup resolveTaskID and resolveApprovalID share.
+// list returns the ids that arg begins (at most a page of idCandidates)
+// and whether there are more; exists asks whether arg itself is an id,
+// which a full page of longer ids can hide.
+func resolveByPrefix(noun, arg string, list func() ([]idMatch, bool, error), exists func() bool) (string, error) {
 	if !needsLookup(arg) {
 		return arg, nil
 	}
-	resp, err := c.ListApprovals(ctx, &factoryv1.ListApprovalsRequest{IdPrefix: arg, PageSize: idCandidates})
+	found, more, err := list()
 	if lookupRefused(err) {
 		return arg, nil
 	}
 	if err != nil {
-		return "", fmt.Errorf("look up approval id %s: %w", arg, err)
+		return "", fmt.Errorf("look up %s id %s: %w", noun, arg, err)
 	}
-	found := make([]idMatch, len(resp.GetApprovals()))
-	for i, ap := range resp.GetApprovals() {
-		found[i] = idMatch{id: ap.GetId(), state: approvalStateName(ap.GetState()), what: ap.GetWhat()}
-	}
-	more := resp.GetNextPageToken() != ""
-	id, ambiguous, err := pickID("approval", arg, found, more)
-	if ambiguous && more {
-		if _, getErr := c.GetApproval(ctx, &factoryv1.GetApprovalRequest{ApprovalId: arg}); getErr == nil {
-			return arg, nil
-		}
+	id, ambiguous, err := pickID(noun, arg, found, more)
+	if ambiguous && more && exists() {
+		return arg, nil
 	}
 	return id, err
 }

@@ -485,9 +485,7 @@ func (r *taskRun) reportSpend() {
 func (r *taskRun) keepLease(stop <-chan struct{}) {
 	interval := r.w.o.lease / 3
 	gap := min(time.Second, interval)
-	retry := backoff.NewExponentialBackOff()
-	retry.InitialInterval = 100 * time.Millisecond
-	retry.MaxInterval = max(interval/2, retry.InitialInterval)
+	retry := leaseRetryBackOff(interval)
 	next := r.claimedAt.Add(interval)
 	var lastTry time.Time
 	for {
@@ -531,6 +529,19 @@ func (r *taskRun) keepLease(stop <-chan struct{}) {
 		}
 		next = time.Now().Add(retry.NextBackOff())
 	}
+}
+
+// leaseRetryBackOff paces the retries of a lease renewal that failed for
+// the connection's sake, for a lease renewed every interval: the first
+// soon, the later ones jittered, so that sessions cut off together do not
+// come back together, and at most about half an interval apart, so that
+// several tries fit before the lease runs out. factory work and factory
+// mcp both renew by it.
+func leaseRetryBackOff(interval time.Duration) *backoff.ExponentialBackOff {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval = 100 * time.Millisecond
+	b.MaxInterval = max(interval/2, b.InitialInterval)
+	return b
 }
 
 // renew sends one renewal and waits for its answer.

@@ -1,29 +1,13 @@
-//go:build unix
-
 package server
 
-import (
-	"runtime"
-	"syscall"
-)
+import "github.com/factory/factory/controlplane/telemetry"
 
-// readRusage fills p's CPU and memory from getrusage(RUSAGE_SELF).
+// readRusage fills p's CPU and memory from the process's own counters.
 func readRusage(p *ProcessDebug) {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		p.Unavailable = "getrusage: " + err.Error()
+	user, sys, maxRSS, err := telemetry.ProcessUsage()
+	if err != nil {
+		p.Unavailable = "CPU and memory counters: " + err.Error()
 		return
 	}
-	p.CPUUserSeconds = float64(ru.Utime.Nano()) / 1e9
-	p.CPUSystemSeconds = float64(ru.Stime.Nano()) / 1e9
-	p.MaxRSSBytes = int64(ru.Maxrss) * maxRSSUnit()
-}
-
-// maxRSSUnit is the unit of ru_maxrss: bytes on Apple's systems, KiB on
-// the others.
-func maxRSSUnit() int64 {
-	if runtime.GOOS == "darwin" || runtime.GOOS == "ios" {
-		return 1
-	}
-	return 1024
+	p.CPUUserSeconds, p.CPUSystemSeconds, p.MaxRSSBytes = user.Seconds(), sys.Seconds(), maxRSS
 }
