@@ -1,19 +1,12 @@
 package server
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
-	"os"
-	"path/filepath"
-	"slices"
-	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -29,9 +22,6 @@ import (
 	factoryv1 "github.com/factory/factory/gen/factory/v1"
 )
 
-// dashboardDir holds the Grafana dashboards the deploy kit provisions.
-const dashboardDir = "../../deploy/grafana/dashboards"
-
 // unwiredHint says, per metric-name prefix, which source feeds those
 // gauges, so a missing name points at the wiring to check (newMetrics in
 // metrics.go, the adapters in metrics_sources.go).
@@ -44,48 +34,6 @@ var unwiredHint = map[string]string{
 	"factory_fleet_":     "metrics.Sources.Fleet (the fleet registry)",
 	"factory_gpu_":       "metrics.Sources.Fleet (the fleet registry; needs a sidecar's telemetry)",
 	"rpc_server_":        "WithMeterProvider on NewGRPCServer (otelgrpc)",
-}
-
-// TestDashboardsQueryOnlyExportedMetrics parses every PromQL expression in
-// the Grafana dashboards, and checks that every metric name they query is
-// in a scrape of a running control plane with tasks claimed, completed,
-// failed and rescued and a sidecar reporting GPUs, disks and probes. A
-// renamed instrument or a typo in a dashboard fails here instead of
-// drawing an empty panel.
-func TestDashboardsQueryOnlyExportedMetrics(t *testing.T) {
-	wanted := dashboardMetrics(t)
-	if len(wanted) < 20 {
-		t.Fatalf("only %d metric names found in the dashboards; is the parser broken?", len(wanted))
-	}
-	addr := startWithData(t)
-
-	// Counters appear once the sweeper has rescued the expired lease; the
-	// sweeper runs on its own tick, so scrape until everything is there.
-	var missing []string
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		got := scrapeNames(t, addr)
-		missing = missing[:0]
-		for name, where := range wanted {
-			if !got[name] {
-				missing = append(missing, name+" (in "+strings.Join(where, ", ")+")")
-			}
-		}
-		if len(missing) == 0 || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	sort.Strings(missing)
-	for _, m := range missing {
-		hint := "no instrument exports it: fix the dashboard or add the instrument"
-		for prefix, h := range unwiredHint {
-			if strings.HasPrefix(m, prefix) {
-				hint = "its source may not be wired into the running control plane: " + h
-			}
-		}
-		t.Errorf("dashboard metric missing from /metrics: %s\n\t%s", m, hint)
-	}
 }
 
 // startWithData runs a control plane with metrics on, fills it with a bit
@@ -183,255 +131,6 @@ func startWithData(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return metricsAddr.String()
-}
-
-// scrapeNames GETs /metrics and returns every sample name in it.
-func scrapeNames(t *testing.T, addr string) map[string]bool {
-	t.Helper()
-	resp, err := http.Get("http://" + addr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET /metrics: %s", resp.Status)
-	}
-	names := map[string]bool{}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		if i := strings.IndexAny(line, "{ "); i > 0 {
-			names[line[:i]] = true
-		}
-	}
-	if err := sc.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return names
-}
-
-// dashboardMetrics returns every metric name the dashboards query, each
-// with the dashboards and panels that query it.
-func dashboardMetrics(t *testing.T) map[string][]string {
-	t.Helper()
-	files, err := filepath.Glob(filepath.Join(dashboardDir, "*.json"))
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no dashboards in %s: %v", dashboardDir, err)
-	}
-	out := map[string][]string{}
-	for _, file := range files {
-		raw, err := os.ReadFile(file)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var dash map[string]any
-		if err := json.Unmarshal(raw, &dash); err != nil {
-			t.Fatalf("%s: %v", file, err)
-		}
-		for _, q := range dashboardQueries(dash, "") {
-			names, err := promqlMetricNames(q.expr)
-			if err != nil {
-				t.Errorf("%s, %s: %v in %q", filepath.Base(file), q.where, err, q.expr)
-			}
-			for _, n := range names {
-				where := filepath.Base(file) + ": " + q.where
-				if !slices.Contains(out[n], where) {
-					out[n] = append(out[n], where)
-				}
-			}
-		}
-	}
-	return out
-}
-
-type dashboardQuery struct{ where, expr string }
-
-// dashboardQueries walks a dashboard's JSON for every query: each
-// target's "expr" (named by its panel's title) and each template
-// variable's label_values(...) query.
-func dashboardQueries(v any, panel string) []dashboardQuery {
-	var out []dashboardQuery
-	switch v := v.(type) {
-	case map[string]any:
-		if title, ok := v["title"].(string); ok {
-			panel = title
-		}
-		if expr, ok := v["expr"].(string); ok {
-			out = append(out, dashboardQuery{where: fmt.Sprintf("panel %q", panel), expr: expr})
-		}
-		if def, ok := v["definition"].(string); ok {
-			if metric, ok := labelValuesMetric(def); ok {
-				out = append(out, dashboardQuery{where: fmt.Sprintf("variable %q", v["name"]), expr: metric})
-			}
-		}
-		for k, child := range v {
-			if k != "expr" {
-				out = append(out, dashboardQueries(child, panel)...)
-			}
-		}
-	case []any:
-		for _, child := range v {
-			out = append(out, dashboardQueries(child, panel)...)
-		}
-	}
-	return out
-}
-
-// labelValuesMetric is the metric of Grafana's label_values(METRIC, label).
-func labelValuesMetric(q string) (string, bool) {
-	rest, ok := strings.CutPrefix(strings.TrimSpace(q), "label_values(")
-	if !ok {
-		return "", false
-	}
-	metric, _, ok := strings.Cut(rest, ",")
-	return strings.TrimSpace(metric), ok && strings.TrimSpace(metric) != ""
-}
-
-// promqlKeywords are the words of PromQL that are not metric names.
-var promqlKeywords = map[string]bool{
-	"by": true, "without": true, "on": true, "ignoring": true, "group_left": true, "group_right": true,
-	"bool": true, "and": true, "or": true, "unless": true, "offset": true, "atan2": true,
-	"inf": true, "nan": true, "start": true, "end": true,
-	// Aggregations, which may be followed by "by (...)" rather than "(".
-	"sum": true, "min": true, "max": true, "avg": true, "group": true, "stddev": true, "stdvar": true,
-	"count": true, "count_values": true, "bottomk": true, "topk": true, "quantile": true, "limitk": true, "limit_ratio": true,
-}
-
-// promqlMetricNames is a small PromQL tokenizer: it returns the bare
-// identifiers of expr that name metrics. It skips strings, label
-// matchers ({...}), ranges and subqueries ([...]), Grafana variables
-// ($x, ${x}), numbers and durations, the label lists after by, without,
-// on, ignoring, group_left and group_right, function names (an
-// identifier before "(") and keywords.
-func promqlMetricNames(expr string) ([]string, error) {
-	var names []string
-	isIdentStart := func(c byte) bool { return c == '_' || c == ':' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' }
-	isIdent := func(c byte) bool { return isIdentStart(c) || c >= '0' && c <= '9' }
-	// skipTo returns the index just past the close that balances s[i].
-	skipTo := func(i int, open, close byte) (int, error) {
-		depth := 0
-		for j := i; j < len(expr); j++ {
-			switch c := expr[j]; {
-			case c == '"' || c == '\'' || c == '`':
-				end := strings.IndexByte(expr[j+1:], c)
-				if end < 0 {
-					return 0, fmt.Errorf("unterminated string at %d", j)
-				}
-				j += end + 1
-			case c == open:
-				depth++
-			case c == close:
-				depth--
-				if depth == 0 {
-					return j + 1, nil
-				}
-			}
-		}
-		return 0, fmt.Errorf("unbalanced %c at %d", open, i)
-	}
-	groupingNext := false
-	for i := 0; i < len(expr); {
-		c := expr[i]
-		switch {
-		case c == ' ' || c == '\t' || c == '\n' || c == '\r':
-			i++
-			continue // a grouping keyword still applies to the "(" after it
-		case c == '"' || c == '\'' || c == '`':
-			end := strings.IndexByte(expr[i+1:], c)
-			if end < 0 {
-				return nil, fmt.Errorf("unterminated string at %d", i)
-			}
-			i += end + 2
-		case c == '{':
-			j, err := skipTo(i, '{', '}')
-			if err != nil {
-				return nil, err
-			}
-			i = j
-		case c == '[':
-			j, err := skipTo(i, '[', ']')
-			if err != nil {
-				return nil, err
-			}
-			i = j
-		case c == '$':
-			i++
-			if i < len(expr) && expr[i] == '{' {
-				j, err := skipTo(i, '{', '}')
-				if err != nil {
-					return nil, err
-				}
-				i = j
-			}
-			for i < len(expr) && isIdent(expr[i]) {
-				i++
-			}
-		case c >= '0' && c <= '9' || c == '.':
-			for i < len(expr) && (isIdent(expr[i]) || expr[i] == '.') {
-				i++
-			}
-		case isIdentStart(c):
-			j := i
-			for j < len(expr) && isIdent(expr[j]) {
-				j++
-			}
-			word := expr[i:j]
-			k := j
-			for k < len(expr) && expr[k] == ' ' {
-				k++
-			}
-			i = j
-			switch lw := strings.ToLower(word); {
-			case lw == "by" || lw == "without" || lw == "on" || lw == "ignoring" || lw == "group_left" || lw == "group_right":
-				groupingNext = true
-				continue
-			case promqlKeywords[lw]:
-			case k < len(expr) && expr[k] == '(':
-				// A function call.
-			default:
-				if !slices.Contains(names, word) {
-					names = append(names, word)
-				}
-			}
-		case c == '(' && groupingNext:
-			j, err := skipTo(i, '(', ')')
-			if err != nil {
-				return nil, err
-			}
-			i = j
-		default:
-			i++
-		}
-		groupingNext = false
-	}
-	return names, nil
-}
-
-func TestPromQLMetricNames(t *testing.T) {
-	cases := map[string][]string{
-		`factory_queue_depth{state="ready"}`: {"factory_queue_depth"},
-		`sum by (state) (rate(factory_queue_claims_total{agent=~"$agent", x="}by("}[$__rate_interval])) * 60`:   {"factory_queue_claims_total"},
-		`histogram_quantile(0.95, sum by (le, rpc_method) (rate(rpc_server_call_duration_seconds_bucket[5m])))`: {"rpc_server_call_duration_seconds_bucket"},
-		`1 - a_remaining{scope="total"} / on (scope) group_left (name) b_cap / 1e6`:                             {"a_remaining", "b_cap"},
-		`count(sum by (agent) (spend) > 10e6) or vector(0)`:                                                     {"spend"},
-		`topk(10, sum without (instance) (x offset 1h)) and y @ start()`:                                        {"x", "y"},
-		`max(m[1h:5m]) > bool ${threshold}`:                                                                     {"m"},
-	}
-	for expr, want := range cases {
-		got, err := promqlMetricNames(expr)
-		if err != nil || !slices.Equal(got, want) {
-			t.Errorf("promqlMetricNames(%q) = %v, %v; want %v", expr, got, err, want)
-		}
-	}
-	for _, bad := range []string{`x{a="b"`, `sum(rate(x[5m)`, `x{a="b}`} {
-		if _, err := promqlMetricNames(bad); err == nil {
-			t.Errorf("promqlMetricNames(%q): no error", bad)
-		}
-	}
 }
 
 // A metrics port that is taken (a second replica on the host) is logged,
