@@ -7,9 +7,14 @@ import (
 	"errors"
 	"io"
 	"io/fs"
+	"net"
+	"net/url"
 	"os"
 	"path/filepath"
+	"reflect"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -93,15 +98,25 @@ var runbookDashboards = map[string]string{
 	"infrastructure.json":    "Infrastructure",
 }
 
-func TestDashboardsAreTheRunbooksAndUseTheProvisionedDatasource(t *testing.T) {
-	var dsUID string
+// dsVar is how every panel, target and query variable names its
+// datasource: the dashboard's own ${datasource} variable, so the
+// dashboards import into any Grafana, whatever its Prometheus's uid.
+var dsVar = map[string]any{"type": "prometheus", "uid": "${datasource}"}
+
+func TestDashboardsAreTheRunbooksAndUseTheDatasourceVariable(t *testing.T) {
+	// The compose file's Grafana: its Prometheus is the default one, which
+	// is what a datasource variable starts on.
+	provisioned := 0
 	for _, doc := range decodeYAML(t, "grafana/provisioning/datasources/prometheus.yaml") {
 		for _, ds := range doc["datasources"].([]any) {
-			dsUID = ds.(map[string]any)["uid"].(string)
+			ds := ds.(map[string]any)
+			if ds["type"] == "prometheus" && ds["isDefault"] == true {
+				provisioned++
+			}
 		}
 	}
-	if dsUID == "" {
-		t.Fatal("the datasource provisioning names no uid")
+	if provisioned != 1 {
+		t.Errorf("%d default Prometheus datasources provisioned, want 1", provisioned)
 	}
 	files, _ := filepath.Glob("grafana/dashboards/*.json")
 	var names []string
@@ -117,23 +132,48 @@ func TestDashboardsAreTheRunbooksAndUseTheProvisionedDatasource(t *testing.T) {
 			t.Errorf("%s: uid %q missing or also used by %s", f, uid, uids[uid])
 		}
 		uids[uid] = f
-		panels, _ := d["panels"].([]any)
+		templating, _ := d["templating"].(map[string]any)
+		vars, _ := templating["list"].([]any)
+		hasVar := false
+		for _, v := range vars {
+			v := v.(map[string]any)
+			if v["name"] == "datasource" {
+				hasVar = v["type"] == "datasource" && v["query"] == "prometheus"
+				if !hasVar {
+					t.Errorf("%s: variable datasource is %v, want type datasource, query prometheus", f, v)
+				}
+			} else if v["type"] == "query" && !reflect.DeepEqual(v["datasource"], dsVar) {
+				t.Errorf("%s: variable %q uses datasource %v, not %v", f, v["name"], v["datasource"], dsVar)
+			}
+		}
+		if !hasVar {
+			t.Errorf("%s: no datasource variable", f)
+		}
+		// Every datasource reference anywhere in the JSON is the variable.
+		for _, ref := range datasourceRefs(d, "") {
+			if !reflect.DeepEqual(ref.ds, dsVar) {
+				t.Errorf("%s: %s uses datasource %v, not %v", f, ref.where, ref.ds, dsVar)
+			}
+		}
 		targets := 0
-		for _, p := range panels {
-			p := p.(map[string]any)
+		for _, p := range allPanels(d) {
 			if p["type"] == "row" {
 				continue
 			}
-			if ds, _ := p["datasource"].(map[string]any); ds["uid"] != dsUID {
-				t.Errorf("%s: panel %q uses datasource %v, not the provisioned %q", f, p["title"], p["datasource"], dsUID)
+			if !reflect.DeepEqual(p["datasource"], dsVar) {
+				t.Errorf("%s: panel %q uses datasource %v, not %v", f, p["title"], p["datasource"], dsVar)
 			}
 			ts, _ := p["targets"].([]any)
 			if len(ts) == 0 {
 				t.Errorf("%s: panel %q has no query", f, p["title"])
 			}
 			for _, tg := range ts {
-				if expr, _ := tg.(map[string]any)["expr"].(string); strings.TrimSpace(expr) == "" {
+				tg := tg.(map[string]any)
+				if expr, _ := tg["expr"].(string); strings.TrimSpace(expr) == "" {
 					t.Errorf("%s: panel %q has an empty query", f, p["title"])
+				}
+				if !reflect.DeepEqual(tg["datasource"], dsVar) {
+					t.Errorf("%s: panel %q, query %v uses datasource %v, not %v", f, p["title"], tg["refId"], tg["datasource"], dsVar)
 				}
 				targets++
 			}
@@ -151,6 +191,54 @@ func TestDashboardsAreTheRunbooksAndUseTheProvisionedDatasource(t *testing.T) {
 	if !slices.Equal(names, want) {
 		t.Errorf("dashboards %v, want exactly %v", names, want)
 	}
+}
+
+// allPanels returns a dashboard's panels, with those inside rows.
+func allPanels(d map[string]any) []map[string]any {
+	var out []map[string]any
+	var walk func([]any)
+	walk = func(ps []any) {
+		for _, p := range ps {
+			p := p.(map[string]any)
+			out = append(out, p)
+			nested, _ := p["panels"].([]any)
+			walk(nested)
+		}
+	}
+	ps, _ := d["panels"].([]any)
+	walk(ps)
+	return out
+}
+
+type dsRef struct {
+	where string
+	ds    any
+}
+
+// datasourceRefs returns every "datasource" value in v, named by the
+// panel or variable around it.
+func datasourceRefs(v any, where string) []dsRef {
+	var out []dsRef
+	switch v := v.(type) {
+	case map[string]any:
+		if title, ok := v["title"].(string); ok {
+			where = "panel " + strconv.Quote(title)
+		} else if name, ok := v["name"].(string); ok {
+			where = "variable " + strconv.Quote(name)
+		}
+		for k, c := range v {
+			if k == "datasource" {
+				out = append(out, dsRef{where, c})
+				continue
+			}
+			out = append(out, datasourceRefs(c, where)...)
+		}
+	case []any:
+		for _, c := range v {
+			out = append(out, datasourceRefs(c, where)...)
+		}
+	}
+	return out
 }
 
 func TestComposeMountsFilesThatExistAndPrometheusScrapesTheMetricsPort(t *testing.T) {
@@ -257,6 +345,178 @@ func TestSystemdUnitsAreHardenedAndRestart(t *testing.T) {
 		}
 		if !slices.Equal(svc["DynamicUser"], []string{"yes"}) && len(svc["User"]) != 1 {
 			t.Errorf("%s: runs as root (neither DynamicUser=yes nor User=)", f)
+		}
+	}
+}
+
+// runbookPorts are the host ports the runbook's services already hold on
+// a factory host: the ones deploy/sidecar.yaml probes, TimescaleDB (5432),
+// Redis (6379) and Grafana (3001) among them. The control plane's own
+// probe is left out: compose.yaml's control plane is that service.
+func runbookPorts(t *testing.T) map[string]string {
+	t.Helper()
+	ports := map[string]string{"5432": "TimescaleDB", "6379": "Redis", "3001": "Grafana"}
+	docs := decodeYAML(t, "sidecar.yaml")
+	probes, _ := docs[0]["probes"].([]any)
+	for _, p := range probes {
+		p := p.(map[string]any)
+		name, _ := p["name"].(string)
+		target, _ := p["target"].(string)
+		if name == "controlplane" {
+			continue
+		}
+		hostport := target
+		if u, err := url.Parse(target); err == nil && u.Host != "" {
+			hostport = u.Host
+		}
+		_, port, err := net.SplitHostPort(hostport)
+		if err != nil {
+			t.Errorf("sidecar.yaml: probe %s's target %q names no port", name, target)
+			continue
+		}
+		ports[port] = name
+	}
+	if len(ports) < 10 {
+		t.Fatalf("only %d runbook ports found: %v", len(ports), ports)
+	}
+	return ports
+}
+
+// publishedPorts returns each host port a compose service publishes.
+func publishedPorts(t *testing.T, service map[string]any) []string {
+	t.Helper()
+	var out []string
+	ports, _ := service["ports"].([]any)
+	for _, p := range ports {
+		spec, ok := p.(string)
+		if !ok {
+			t.Fatalf("compose.yaml: port %v is not in the short syntax", p)
+		}
+		spec, _, _ = strings.Cut(spec, "/")
+		parts := strings.Split(spec, ":")
+		if len(parts) < 2 {
+			t.Errorf("compose.yaml: port %q publishes on a random host port", spec)
+			continue
+		}
+		out = append(out, parts[len(parts)-2])
+	}
+	return out
+}
+
+// The compose file runs beside the runbook's services on one host: it
+// publishes none of their ports, and no port twice.
+func TestComposePublishesNoRunbookPort(t *testing.T) {
+	runbook := runbookPorts(t)
+	services, _ := decodeYAML(t, "compose.yaml")[0]["services"].(map[string]any)
+	seen := map[string]string{}
+	for name, s := range services {
+		for _, port := range publishedPorts(t, s.(map[string]any)) {
+			if owner, ok := runbook[port]; ok {
+				t.Errorf("compose.yaml: %s publishes host port %s, where the runbook's %s runs", name, port, owner)
+			}
+			if other, ok := seen[port]; ok {
+				t.Errorf("compose.yaml: %s and %s both publish host port %s", name, other, port)
+			}
+			seen[port] = name
+		}
+	}
+	if seen["7420"] != "controlplane" || seen["9090"] != "prometheus" || seen["3002"] != "grafana" {
+		t.Errorf("compose.yaml publishes %v; want the control plane on 7420, Prometheus on 9090 and Grafana on 3002 (as its header says)", seen)
+	}
+}
+
+// The control plane's container has a health check that runs the image's
+// own binary (distroless: no shell), through its healthcheck subcommand
+// (tested in controlplane/cmd/factory-controlplane), and Prometheus waits
+// for it.
+func TestComposeControlPlaneHasAHealthcheck(t *testing.T) {
+	services, _ := decodeYAML(t, "compose.yaml")[0]["services"].(map[string]any)
+	cp, _ := services["controlplane"].(map[string]any)
+	hc, _ := cp["healthcheck"].(map[string]any)
+	test, _ := hc["test"].([]any)
+	dockerfile, err := os.ReadFile("Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(test) != 3 || test[0] != "CMD" || test[2] != "healthcheck" {
+		t.Fatalf("the control plane's healthcheck is %v, want [CMD <binary> healthcheck]", hc["test"])
+	}
+	if bin := test[1].(string); !strings.Contains(string(dockerfile), `ENTRYPOINT ["`+bin+`"]`) {
+		t.Errorf("the healthcheck runs %s, which is not the image's entrypoint", bin)
+	}
+	for _, k := range []string{"interval", "timeout", "retries"} {
+		if hc[k] == nil {
+			t.Errorf("the control plane's healthcheck has no %s", k)
+		}
+	}
+	main, err := os.ReadFile("../controlplane/cmd/factory-controlplane/main.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(main), `args[0] == "healthcheck"`) {
+		t.Error("factory-controlplane has no healthcheck subcommand")
+	}
+	prom, _ := services["prometheus"].(map[string]any)
+	deps, _ := prom["depends_on"].(map[string]any)
+	if dep, _ := deps["controlplane"].(map[string]any); dep["condition"] != "service_healthy" {
+		t.Errorf("Prometheus does not wait for a healthy control plane: depends_on %v", prom["depends_on"])
+	}
+}
+
+// Both sidecar configs turn on the LiteLLM poller (spend.litellm; that
+// they load through the sidecar's own loader is checked in
+// sidecar/cmd/factory-sidecar), pointed at the LiteLLM their probes
+// check; the sidecar unit says where its key goes, and every FACTORY_*
+// variable the unit names is one the sidecar reads.
+func TestSidecarKitRunsTheLiteLLMPoller(t *testing.T) {
+	for _, f := range []string{"sidecar.yaml", "examples/sidecar.yaml"} {
+		doc := decodeYAML(t, f)[0]
+		spend, _ := doc["spend"].(map[string]any)
+		lite, _ := spend["litellm"].(map[string]any)
+		u, _ := lite["url"].(string)
+		pu, err := url.Parse(u)
+		if u == "" || err != nil || pu.Scheme != "http" {
+			t.Errorf("%s: spend.litellm.url is %q", f, u)
+			continue
+		}
+		if lite["interval"] == nil {
+			t.Errorf("%s: spend.litellm has no interval", f)
+		}
+		probed := false
+		probes, _ := doc["probes"].([]any)
+		for _, p := range probes {
+			p := p.(map[string]any)
+			if target, _ := p["target"].(string); p["name"] == "litellm" && strings.HasPrefix(target, u+"/") {
+				probed = true
+			}
+		}
+		if !probed {
+			t.Errorf("%s: the poller reads %s, which no litellm probe checks", f, u)
+		}
+	}
+	raw, err := os.ReadFile("systemd/factory-sidecar.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	named := regexp.MustCompile(`FACTORY_[A-Z_]+`).FindAllString(string(raw), -1)
+	if !slices.Contains(named, "FACTORY_LITELLM_KEY") {
+		t.Errorf("the sidecar unit does not say where the LiteLLM poller's key goes (FACTORY_LITELLM_KEY); it names %v", named)
+	}
+	var src strings.Builder
+	files, _ := filepath.Glob("../sidecar/cmd/factory-sidecar/*.go")
+	for _, f := range files {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		src.Write(b)
+	}
+	for _, v := range named {
+		if !strings.Contains(src.String(), `"`+v+`"`) {
+			t.Errorf("the sidecar unit names %s, which factory-sidecar does not read", v)
 		}
 	}
 }

@@ -38,6 +38,9 @@ func run(ctx context.Context, args []string) error {
 		fmt.Printf("factory-controlplane version %s\n", telemetry.VersionInfo())
 		return nil
 	}
+	if len(args) > 0 && args[0] == "healthcheck" {
+		return healthcheck(ctx, args[1:], os.Getenv)
+	}
 	cfg, err := loadConfig(args, os.Getenv)
 	if errors.Is(err, errShowVersion) {
 		fmt.Printf("factory-controlplane version %s\n", telemetry.Version())

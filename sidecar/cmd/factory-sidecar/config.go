@@ -46,6 +46,8 @@ type config struct {
 		// else ~/.local/state/factory-sidecar/events.jsonl).
 		Path string `yaml:"path"`
 	} `yaml:"spool"`
+	// Spend is the spend collector's LiteLLM poller (spend_config.go).
+	Spend spendConfig `yaml:"spend"`
 }
 
 type agentConfig struct {
@@ -86,6 +88,9 @@ func loadSidecarConfig(path string) (config, error) {
 	}
 	if len(cfg.Disk.Paths) == 0 {
 		cfg.Disk.Paths = []string{"/"}
+	}
+	if err := cfg.Spend.check(); err != nil {
+		return cfg, fmt.Errorf("%s: %w", path, err)
 	}
 	return cfg, nil
 }

@@ -68,9 +68,9 @@ func run(ctx context.Context, args []string) error {
 	requireGPU := fs.Bool("require-gpu", false, "with --once -o: exit non-zero when no GPU could be read")
 	var so spendOptions
 	fs.StringVar(&so.listen, "spend-listen", envOr("FACTORY_SPEND_LISTEN", "127.0.0.1:7421"), "loopback address where agents POST /v1/spend without a token; \"off\" turns it off (FACTORY_SPEND_LISTEN)")
-	fs.StringVar(&so.litellmURL, "litellm-url", os.Getenv("FACTORY_LITELLM_URL"), "poll this LiteLLM proxy's /spend/logs/v2 for spend (FACTORY_LITELLM_URL)")
+	fs.StringVar(&so.litellmURL, "litellm-url", os.Getenv("FACTORY_LITELLM_URL"), "poll this LiteLLM proxy's /spend/logs/v2 for spend (FACTORY_LITELLM_URL; else spend.litellm.url in --config)")
 	fs.StringVar(&so.litellmKey, "litellm-key", "", "LiteLLM master or admin key (else FACTORY_LITELLM_KEY)")
-	fs.DurationVar(&so.litellmInterval, "litellm-interval", 30*time.Second, "time between LiteLLM spend polls")
+	fs.DurationVar(&so.litellmInterval, "litellm-interval", 0, "time between LiteLLM spend polls (default spend.litellm.interval in --config, else 30s)")
 	fs.StringVar(&so.secret, "spend-secret", "", "require this secret on /v1/spend, as \"Authorization: Bearer SECRET\" or \"X-Factory-Spend-Secret: SECRET\" (else FACTORY_SPEND_SECRET)")
 	fs.StringVar(&so.secretFile, "spend-secret-file", os.Getenv("FACTORY_SPEND_SECRET_FILE"), "read the /v1/spend secret from this file, so it stays out of ps (FACTORY_SPEND_SECRET_FILE)")
 	fs.StringVar(&so.pricesFile, "prices", os.Getenv("FACTORY_PRICES"), "price table (deploy/prices.yaml format) for spend reported without a cost; give the control plane's --prices file (FACTORY_PRICES; default the built-in table)")
@@ -142,6 +142,7 @@ func connectAndStream(ctx context.Context, conn *grpc.ClientConn, configPath, to
 	if err != nil {
 		return err
 	}
+	so = so.withConfig(cfg.Spend)
 	c := newCollectors(cfg, log)
 	defer c.close()
 	sp, stopEvents, err := startEventSources(ctx, cfg, log)
