@@ -218,7 +218,15 @@ func kitQueries(t *testing.T) []kitQuery {
 		}
 		out = append(out, dashboardExprs(t, filepath.Base(f), d, "")...)
 	}
-	err = filepath.WalkDir(deployDir, func(path string, d fs.DirEntry, err error) error {
+	return append(out, ruleQueries(t, deployDir)...)
+}
+
+// ruleQueries returns the expr of every rule in the Prometheus rule files
+// (YAML files with groups of rules) under dir.
+func ruleQueries(t *testing.T, dir string) []kitQuery {
+	t.Helper()
+	var out []kitQuery
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() || (filepath.Ext(path) != ".yaml" && filepath.Ext(path) != ".yml") {
 			return err
 		}
@@ -228,7 +236,6 @@ func kitQueries(t *testing.T) []kitQuery {
 		}
 		var rules struct {
 			Groups []struct {
-				Name  string `yaml:"name"`
 				Rules []struct {
 					Alert  string `yaml:"alert"`
 					Record string `yaml:"record"`
@@ -237,7 +244,7 @@ func kitQueries(t *testing.T) []kitQuery {
 			} `yaml:"groups"`
 		}
 		if yaml.Unmarshal(raw, &rules) != nil {
-			return nil // not a rule file (other tests check every file parses)
+			return nil // not a rule file (deploy's tests check every file parses)
 		}
 		for _, g := range rules.Groups {
 			for _, r := range g.Rules {
@@ -250,6 +257,40 @@ func kitQueries(t *testing.T) []kitQuery {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// A Prometheus rule file anywhere under the kit is found, and its
+// expressions checked like the dashboards'.
+func TestRuleFilesAreChecked(t *testing.T) {
+	dir := t.TempDir()
+	files := map[string]string{
+		"prometheus/rules/factory.yml": "groups:\n- name: factory\n  rules:\n  - alert: DeadLetter\n    expr: factory_queue_depth{state=\"failed\"} > 0\n" +
+			"  - record: factory:claims:rate5m\n    expr: sum by (agent) (rate(factory_queue_claims_total[5m]))\n",
+		"compose.yaml": "services:\n  x:\n    image: y\n",
+		"alerts.yaml":  "rules:\n  - name: x\n    expr: spend_daily_micros\n",
+	}
+	for name, body := range files {
+		path := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	qs := ruleQueries(t, dir)
+	if len(qs) != 2 || !strings.HasSuffix(qs[0].where, "rule DeadLetter") || qs[1].expr != "sum by (agent) (rate(factory_queue_claims_total[5m]))" {
+		t.Fatalf("rule queries: %+v", qs)
+	}
+	schema := func(m string) (map[string]bool, bool) {
+		return map[string]bool{"state": true}, m == "factory_queue_depth" || m == "factory_queue_claims_total"
+	}
+	if p := pqCheck(qs[0].expr, schema); len(p) != 0 {
+		t.Errorf("%s: %v", qs[0].where, p)
+	}
+	if p := pqCheck(qs[1].expr, schema); len(p) != 1 || !strings.Contains(p[0], `"agent"`) {
+		t.Errorf("%s: %v, want agent missing", qs[1].where, p)
+	}
 }
 
 // dashboardExprs walks a dashboard's JSON for each target's "expr" (named
