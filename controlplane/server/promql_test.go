@@ -16,8 +16,10 @@ import (
 // and @), and a label check that walks the tree knowing which labels each
 // subexpression carries. Grafana's variables ($x, ${x}, $__rate_interval)
 // stand for a number or a duration. It accepts what Prometheus accepts for
-// the expressions the deploy kit writes; it is not a full validator (it
-// does not type-check function arguments beyond their labels).
+// the expressions the deploy kit writes, and its checker refuses range
+// vectors where an instant vector is due and the reverse; it is not a
+// full validator (argument counts and scalar/vector types are not
+// checked).
 
 type pqTokKind int
 
@@ -180,7 +182,7 @@ func pqNumberKind(s string) (pqTokKind, error) {
 // AST.
 type (
 	pqNode     interface{ pqNode() }
-	pqLiteral  struct{ scalar bool } // a number or a Grafana variable
+	pqLiteral  struct{} // a number or a Grafana variable
 	pqSelector struct {
 		name     string
 		matchers []pqMatcher
@@ -448,7 +450,7 @@ func (p *pqParser) primary() (pqNode, error) {
 	switch t.kind {
 	case pqNumber, pqVar:
 		p.next()
-		return pqLiteral{scalar: true}, nil
+		return pqLiteral{}, nil
 	case pqString:
 		p.next()
 		return pqStringArg(t.text), nil
@@ -469,7 +471,7 @@ func (p *pqParser) primary() (pqNode, error) {
 		switch {
 		case word == "inf" || word == "nan":
 			p.next()
-			return pqLiteral{scalar: true}, nil
+			return pqLiteral{}, nil
 		case pqAggregations[word]:
 			return p.aggregation()
 		case p.toks[p.i+1].kind == pqOp && p.toks[p.i+1].text == "(":
