@@ -165,6 +165,8 @@ type Metrics struct {
 	// MaxLabelValues agents, the rest count as Other.
 	attrs  sync.Map
 	agents *labelValues
+
+	activity activity // activity.go
 }
 
 // attrKey names a cached attribute set: an agent, and for the finished
@@ -207,6 +209,9 @@ func New(cfg Config) (*Metrics, error) {
 	m := &Metrics{cfg: cfg, log: cfg.Logger, registry: reg, agents: newLabelValues(MaxLabelValues),
 		provider: sdkmetric.NewMeterProvider(sdkmetric.WithReader(exp), sdkmetric.WithResource(res))}
 	err = m.registerCounters()
+	if err == nil {
+		err = m.registerActivity()
+	}
 	if err == nil {
 		err = m.Register(cfg.Sources)
 	}
