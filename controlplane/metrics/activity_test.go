@@ -60,7 +60,7 @@ func TestActivityAndHostMetricsHaveTheirNamesAndLabels(t *testing.T) {
 	m.AttemptEnded(queue.Attempt{Agent: "forge", Role: "builder", To: store.StateReview, Took: 3 * time.Hour, Timed: true})
 	m.AttemptEnded(queue.Attempt{Agent: "forge", Role: "builder", To: store.StateFailed, Took: 2 * time.Second, Timed: true})
 	m.AttemptEnded(queue.Attempt{Agent: "forge", Role: "builder", To: store.StateReady, Took: 3 * time.Second, Timed: true}) // a retried failure
-	m.AttemptEnded(queue.Attempt{Agent: "anvil", To: store.StateDone})                                                         // untimed: counted only
+	m.AttemptEnded(queue.Attempt{Agent: "anvil", To: store.StateDone})                                                       // untimed: counted only
 	m.Spent(budget.Call{Agent: "forge", Host: "gpu-01", Model: "claude-sonnet-4-5", Provider: "anthropic", Tier: "frontier",
 		InputTokens: 18650, OutputTokens: 1204, CacheReadTokens: 14336, CacheWriteTokens: 10, CostMicros: 35303})
 	m.Spent(budget.Call{Agent: "forge", Host: "gpu-01", Model: "claude-sonnet-4-5", Provider: "anthropic", Tier: "frontier", Failed: true})

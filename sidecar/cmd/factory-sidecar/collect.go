@@ -25,7 +25,7 @@ type readings struct {
 	Disk        []disk.Usage   `json:"disk"`
 	Probes      []probe.Result `json:"probes"`
 	// HostStat is the host's CPU, memory, load and network.
-	HostStat hoststat.Reading `json:"host"`
+	HostStat hoststat.Reading `json:"host_stat"`
 	// Took is how long each collector took, by collector name.
 	Took map[string]gpu.Duration `json:"took"`
 }
@@ -165,5 +165,15 @@ func printText(w io.Writer, r readings) {
 			mark = "❌"
 		}
 		fmt.Fprintf(w, "  %s %s (%s %s): %s in %s\n", mark, p.Name, p.Kind, p.Target, p.Detail, p.Latency.Round(time.Microsecond))
+	}
+	if h := r.HostStat; h.Error != "" {
+		fmt.Fprintf(w, "  host: %s\n", h.Error)
+	} else {
+		cpu := "n/a (needs an earlier reading)"
+		if h.CPUUsage != nil {
+			cpu = fmt.Sprintf("%.1f%%", *h.CPUUsage*100)
+		}
+		fmt.Fprintf(w, "  host: cpu %s, memory %d / %d MiB used, load %.2f %.2f %.2f, %d network device(s)\n",
+			cpu, h.MemoryUsedBytes>>20, h.MemoryTotalBytes>>20, h.Load1, h.Load5, h.Load15, len(h.Networks))
 	}
 }
