@@ -101,9 +101,14 @@ func (s *Service) attemptEnded(o Observer, ref store.LeaseRef, t *store.Task) {
 	}
 }
 
-// maxClaimTimes bounds the claim times a replica remembers: past it, new
-// claims go untimed (their attempts still count, without a duration).
-const maxClaimTimes = 1 << 17
+// maxClaimTimes bounds the claim times a replica remembers. When it is
+// reached, claims older than maxClaimAge are forgotten (a lease that long
+// is past every bucket of the duration histogram); if none is, new claims
+// go untimed (their attempts still count, without a duration).
+const (
+	maxClaimTimes = 1 << 17
+	maxClaimAge   = 24 * time.Hour
+)
 
 // claimTimes remembers when each lease this replica handed out was
 // claimed, by task and fencing token, so that the attempt's duration is
@@ -133,6 +138,9 @@ func (c *claimTimes) note(changes []store.TaskChange) {
 			if c.m == nil {
 				c.m = map[string]claimTime{}
 			}
+			if _, ok := c.m[t.ID]; !ok && len(c.m) >= maxClaimTimes {
+				c.evict(t.ClaimedAt.Add(-maxClaimAge))
+			}
 			if _, ok := c.m[t.ID]; ok || len(c.m) < maxClaimTimes {
 				c.m[t.ID] = claimTime{token: t.FencingToken, at: t.ClaimedAt}
 			}
@@ -140,6 +148,27 @@ func (c *claimTimes) note(changes []store.TaskChange) {
 			// A completion or failure took its entry already; this is a
 			// lease that ended otherwise.
 			delete(c.m, t.ID)
+		}
+	}
+}
+
+// evict forgets the claims made before cutoff.
+func (c *claimTimes) evict(cutoff time.Time) {
+	for id, ct := range c.m {
+		if ct.at.Before(cutoff) {
+			delete(c.m, id)
+		}
+	}
+}
+
+// forgetRemote forgets the leases another replica ended (a completion
+// there of a task claimed here, a rescue, a move).
+func (c *claimTimes) forgetRemote(changes []store.RemoteChange) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, ch := range changes {
+		if ch.PreviousState == store.StateInProgress && ch.State != store.StateInProgress {
+			delete(c.m, ch.TaskID)
 		}
 	}
 }
