@@ -3,6 +3,7 @@ package spend
 import (
 	"context"
 	"encoding/json"
+	"net/http"
 	"path/filepath"
 	"testing"
 	"time"
@@ -104,5 +105,32 @@ func TestFirstCountSkipsNullsAndHoldsTheBounds(t *testing.T) {
 		if got := firstCount(raw...); got != c.want {
 			t.Errorf("firstCount(%q) = %d, want %d", c.raw, got, c.want)
 		}
+	}
+}
+
+// An agent posting to the endpoint reports its prompt-cache tokens and a
+// failed call the same way; out-of-range counts are refused naming the
+// field.
+func TestEndpointTakesCacheTokensAndFailures(t *testing.T) {
+	e, h := newEndpoint(t)
+	r := post(t, h, local, `{"id":"c-1","agent":"planner-01","model":"claude-sonnet-4","provider":"anthropic","tier":"frontier",
+		"input_tokens":18650,"output_tokens":1204,"cache_read_tokens":14336,"cache_write_tokens":512,"cost_micros":35303,"occurred_at":"2026-11-27T08:59:00Z"}`)
+	if r.code != http.StatusAccepted {
+		t.Fatalf("got %d %v", r.code, r.body)
+	}
+	r = post(t, h, local, `{"id":"c-2","agent":"planner-01","model":"claude-sonnet-4","tier":"frontier","failed":true,"cost_micros":0,"occurred_at":"2026-11-27T08:59:01Z"}`)
+	if r.code != http.StatusAccepted {
+		t.Fatalf("got %d %v", r.code, r.body)
+	}
+	got := spooledEvents(t, e.Spool)
+	if c := got["c-1"]; c == nil || c.CacheReadTokens != 14336 || c.CacheWriteTokens != 512 || c.Failed {
+		t.Errorf("c-1 %+v", c)
+	}
+	if c := got["c-2"]; c == nil || !c.Failed {
+		t.Errorf("c-2 %+v", c)
+	}
+	r = post(t, h, local, `{"agent":"planner-01","model":"m","tier":"mid","cache_read_tokens":-1}`)
+	if r.code != http.StatusBadRequest || r.body["field"] != "cache_read_tokens" {
+		t.Errorf("negative cache tokens: %d %v", r.code, r.body)
 	}
 }
