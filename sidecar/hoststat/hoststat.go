@@ -251,7 +251,7 @@ func (c *Collector) Collect() Reading {
 	})
 	r.Error = strings.Join(errs, "; ")
 	if len(r.Error) > 1000 {
-		r.Error = r.Error[:1000]
+		r.Error = strings.ToValidUTF8(r.Error[:1000], "")
 	}
 	return r
 }
