@@ -135,8 +135,9 @@ type Service struct {
 	gatesMu sync.RWMutex
 	gates   []ClaimGate
 
-	obs    atomic.Pointer[observerBox] // see SetObserver
-	claims claimTimes                  // see metrics.go
+	obs atomic.Pointer[observerBox] // see SetObserver
+
+	claims claimTimes // see metrics.go
 
 	createHook atomic.Pointer[CreateHook] // see SetCreateHook
 }
