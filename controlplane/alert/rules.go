@@ -61,12 +61,17 @@ const (
 	ExprReadyOldestWait Expr = "ready_oldest_wait_seconds"
 	// ExprInProgressOldest is how long the oldest claim has been running.
 	ExprInProgressOldest Expr = "in_progress_oldest_seconds"
+	// ExprLLMErrorRate is, per provider and model (labels provider,
+	// model), the fraction of LLM calls that failed in the last 15
+	// minutes, from the spend reports (LiteLLM's spend-log status);
+	// a pair with fewer than LLMErrorRateMinRequests calls has no series.
+	ExprLLMErrorRate Expr = "llm_error_ratio"
 )
 
 // Exprs is every measurement.
 var Exprs = []Expr{ExprSpendDaily, ExprSpendTierDaily, ExprSpendAgentDaily, ExprGPUMemoryUsed, ExprDiskUsed,
 	ExprAgentOffline, ExprModelSwaps, ExprReadyDepth, ExprFailed24h, ExprDeadLettered, ExprReadyOldestWait,
-	ExprInProgressOldest}
+	ExprInProgressOldest, ExprLLMErrorRate}
 
 // Severities.
 const (
@@ -142,6 +147,8 @@ func DefaultRules() []Rule {
 			Summary: "the oldest READY task has waited {{duration .Value}}"},
 		{Name: "task_in_progress_long", Expr: ExprInProgressOldest, Threshold: 7200, Severity: SeverityWarning,
 			Summary: "a task has been IN_PROGRESS for {{duration .Value}}"},
+		{Name: "litellm_error_rate", Expr: ExprLLMErrorRate, Threshold: 0.05, Severity: SeverityWarning,
+			Summary: "{{percent .Value}} of LiteLLM calls to {{.Labels.provider}} {{.Labels.model}} failed in the last 15 minutes, above {{percent .Threshold}}"},
 	}
 }
 

@@ -17,7 +17,25 @@ type Sources struct {
 	Queue QueueSource
 	Fleet FleetSource
 	Spend SpendSource
+	LLM   LLMSource
 }
+
+// LLMSource counts recent LLM calls and their failures.
+type LLMSource interface {
+	// LLMRequests returns the calls of the last window (15 minutes) per
+	// provider and model.
+	LLMRequests(ctx context.Context) ([]LLMRequests, error)
+}
+
+// LLMRequests is one provider and model's recent calls.
+type LLMRequests struct {
+	Provider, Model    string
+	Requests, Failures int64
+}
+
+// LLMErrorRateMinRequests is the fewest calls in the window that give an
+// error rate: one failure in a handful of calls is noise, not an outage.
+const LLMErrorRateMinRequests = 20
 
 // QueueSource reads the queue; store.Store is one.
 type QueueSource interface {
@@ -281,6 +299,22 @@ func (m *measurer) measure(ctx context.Context, e Expr) ([]series, error) {
 			}
 			return one(seconds(m.now.Sub(st.OldestClaimedAt))), nil
 		}
+	case ExprLLMErrorRate:
+		if m.src.LLM == nil {
+			return nil, errNoSource
+		}
+		counts, err := m.src.LLM.LLMRequests(ctx)
+		if err != nil {
+			return nil, err
+		}
+		var out []series
+		for _, c := range counts {
+			if c.Requests >= LLMErrorRateMinRequests {
+				out = append(out, series{labels: map[string]string{"provider": c.Provider, "model": c.Model},
+					value: float64(c.Failures) / float64(c.Requests)})
+			}
+		}
+		return out, nil
 	case ExprFailed24h:
 		if m.src.Queue == nil {
 			return nil, errNoSource

@@ -177,6 +177,8 @@ type Service struct {
 	alertMu    sync.Mutex
 	alertedDay string
 	alerted    map[string]bool
+
+	extra observers // calls.go
 }
 
 // view is the day's standing as of at: what the claim gate decides on.

@@ -28,6 +28,12 @@ type Event struct {
 	Cost         *int64
 	TaskID       string
 	OccurredAt   time.Time
+	// CacheReadTokens and CacheWriteTokens are the input tokens read
+	// from and written to the provider's prompt cache; Failed marks a
+	// failed call. They are counted (SpendObserver), not stored.
+	CacheReadTokens  int64
+	CacheWriteTokens int64
+	Failed           bool
 }
 
 // ReportResult says what a report recorded; Records are the events as
@@ -58,6 +64,12 @@ func (s *Service) prepare(e *Event, field string) (*store.SpendEvent, error) {
 	}
 	if e.OutputTokens < 0 || e.OutputTokens > store.MaxEventTokens {
 		return nil, store.InvalidField(field+".output_tokens", "%d is outside 0 to %d tokens per event", e.OutputTokens, int64(store.MaxEventTokens))
+	}
+	if e.CacheReadTokens < 0 || e.CacheReadTokens > store.MaxEventTokens {
+		return nil, store.InvalidField(field+".cache_read_tokens", "%d is outside 0 to %d tokens per event", e.CacheReadTokens, int64(store.MaxEventTokens))
+	}
+	if e.CacheWriteTokens < 0 || e.CacheWriteTokens > store.MaxEventTokens {
+		return nil, store.InvalidField(field+".cache_write_tokens", "%d is outside 0 to %d tokens per event", e.CacheWriteTokens, int64(store.MaxEventTokens))
 	}
 	rec := &store.SpendEvent{
 		ID: e.ID, Agent: e.Agent, Host: e.Host, Model: e.Model, Provider: e.Provider, Tier: e.Tier,
@@ -119,6 +131,7 @@ func (s *Service) record(ctx context.Context, events []*Event, release string) (
 	for _, c := range res.Conflicts {
 		s.log.WarnContext(ctx, "spend event refused: its id was recorded with different content", "agent", c.Agent, "id", c.ID, "differs", c.Fields)
 	}
+	s.observeRecorded(events, recs, res)
 	if res.Recorded == 0 && release == "" {
 		return out, nil
 	}

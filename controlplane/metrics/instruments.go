@@ -50,6 +50,17 @@ var Names = map[string]string{
 	"factory.budget.halted":               "factory_budget_halted",
 	"factory.approvals.pending":           "factory_approvals_pending",
 	"factory.alerts.firing":               "factory_alerts_firing",
+	"factory.task.duration":               "factory_task_duration_seconds",
+	"factory.agent.tasks":                 "factory_agent_tasks_total",
+	"factory.spend.micros":                "factory_spend_micros_total",
+	"factory.llm.tokens":                  "factory_llm_tokens_total",
+	"factory.llm.requests":                "factory_llm_requests_total",
+	"factory.host.cpu.usage":              "factory_host_cpu_usage_ratio",
+	"factory.host.memory.used":            "factory_host_memory_used_bytes",
+	"factory.host.memory.total":           "factory_host_memory_total_bytes",
+	"factory.host.load1":                  "factory_host_load1",
+	"factory.host.network.receive":        "factory_host_network_receive_bytes_total",
+	"factory.host.network.transmit":       "factory_host_network_transmit_bytes_total",
 	"rpc.server.call.duration (otelgrpc)": "rpc_server_call_duration_seconds",
 }
 
@@ -157,6 +168,9 @@ type fleetInstruments struct {
 	gpuTemp                                      metric.Int64ObservableGauge
 	gpuPower, diskUsage, probeLatency            metric.Float64ObservableGauge
 	probeUp                                      metric.Int64ObservableGauge
+	hostCPU, hostLoad1                           metric.Float64ObservableGauge
+	hostMemUsed, hostMemTotal                    metric.Int64ObservableGauge
+	hostRx, hostTx                               metric.Int64ObservableCounter
 }
 
 func (m *Metrics) registerFleet(meter metric.Meter, src FleetSource) error {
@@ -186,6 +200,18 @@ func (m *Metrics) registerFleet(meter metric.Meter, src FleetSource) error {
 	fg(&in.diskUsage, "factory.disk.usage", "1", "Fraction of each configured filesystem in use.")
 	ig(&in.probeUp, "factory.probe.up", "", "1 while the service probe succeeds, per host and probe.")
 	fg(&in.probeLatency, "factory.probe.latency", "s", "How long the service probe took.")
+	fg(&in.hostCPU, "factory.host.cpu.usage", "1", "Fraction of the host's CPU time busy between its sidecar's last two readings, per host.")
+	fg(&in.hostLoad1, "factory.host.load1", "", "The host's 1-minute load average, per host.")
+	ig(&in.hostMemUsed, "factory.host.memory.used", "By", "Host memory in use (MemTotal - MemAvailable), per host.")
+	ig(&in.hostMemTotal, "factory.host.memory.total", "By", "Host memory in all, per host.")
+	if err == nil {
+		in.hostRx, err = meter.Int64ObservableCounter("factory.host.network.receive", metric.WithUnit("By"),
+			metric.WithDescription("Bytes each network device received since the host booted (loopback excluded), per host and device."))
+	}
+	if err == nil {
+		in.hostTx, err = meter.Int64ObservableCounter("factory.host.network.transmit", metric.WithUnit("By"),
+			metric.WithDescription("Bytes each network device transmitted since the host booted (loopback excluded), per host and device."))
+	}
 	if err != nil {
 		return err
 	}
@@ -195,7 +221,8 @@ func (m *Metrics) registerFleet(meter metric.Meter, src FleetSource) error {
 			return nil
 		})
 	}, in.agents, in.nodes, in.agentUp, in.agentBusy, in.nodeUp, in.gpuMemUsed, in.gpuMemTotal, in.gpuUtil,
-		in.gpuMemUtil, in.gpuTemp, in.gpuPower, in.diskUsage, in.probeUp, in.probeLatency)
+		in.gpuMemUtil, in.gpuTemp, in.gpuPower, in.diskUsage, in.probeUp, in.probeLatency,
+		in.hostCPU, in.hostLoad1, in.hostMemUsed, in.hostMemTotal, in.hostRx, in.hostTx)
 	return err
 }
 
@@ -234,6 +261,7 @@ func observeFleet(o metric.Observer, in *fleetInstruments, nodes []fleet.Node, a
 	// label is past the limit is not exported (a temperature cannot be
 	// summed into "other").
 	gpuNames, paths, probes, kinds := newLabelValues(MaxLabelValues), newLabelValues(MaxLabelValues), newLabelValues(MaxLabelValues), newLabelValues(MaxLabelValues)
+	devices := newLabelValues(MaxLabelValues)
 	var otherNodesUp int64
 	nodesBy := map[fleet.State]int64{}
 	for _, n := range nodes {
@@ -280,6 +308,7 @@ func observeFleet(o metric.Observer, in *fleetInstruments, nodes []fleet.Node, a
 				o.ObserveFloat64(in.probeLatency, p.GetLatency().AsDuration().Seconds(), attrs)
 			}
 		}
+		observeHost(o, in, host, t.GetHost(), devices)
 	}
 	if moreHosts {
 		o.ObserveInt64(in.nodeUp, otherNodesUp, metric.WithAttributes(attribute.String("host", Other)))

@@ -7,7 +7,9 @@
 //
 // Gauges are read at scrape time from small source interfaces, so the
 // numbers are as fresh as the store and nothing is cached here; counters
-// are fed by the queue's Observer hook. A source that is not wired simply
+// are fed by the queue's Observer hook (claims, finished tasks, each
+// attempt's duration) and the budget's SpendObserver (spend, tokens and
+// LLM calls as counters, so Prometheus shows any trend; activity.go). A source that is not wired simply
 // exports nothing, and a source that fails is logged and skipped for that
 // scrape, so one broken source never hides the others.
 //
@@ -165,6 +167,8 @@ type Metrics struct {
 	// MaxLabelValues agents, the rest count as Other.
 	attrs  sync.Map
 	agents *labelValues
+
+	activity activity // activity.go
 }
 
 // attrKey names a cached attribute set: an agent, and for the finished
@@ -207,6 +211,9 @@ func New(cfg Config) (*Metrics, error) {
 	m := &Metrics{cfg: cfg, log: cfg.Logger, registry: reg, agents: newLabelValues(MaxLabelValues),
 		provider: sdkmetric.NewMeterProvider(sdkmetric.WithReader(exp), sdkmetric.WithResource(res))}
 	err = m.registerCounters()
+	if err == nil {
+		err = m.registerActivity()
+	}
 	if err == nil {
 		err = m.Register(cfg.Sources)
 	}

@@ -15,7 +15,9 @@ import (
 
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/factory/factory/controlplane/budget"
 	"github.com/factory/factory/controlplane/fleet"
+	"github.com/factory/factory/controlplane/queue"
 	"github.com/factory/factory/controlplane/store"
 	factoryv1 "github.com/factory/factory/gen/factory/v1"
 )
@@ -96,6 +98,7 @@ func TestEveryInstrumentIsExportedUnderItsListedName(t *testing.T) {
 			UtilizationPercent: 87, MemoryUtilizationPercent: 40, TemperatureCelsius: 61, PowerMilliwatts: 350_500}},
 		Disks:  []*factoryv1.DiskUsage{{Path: "/", TotalBytes: 100, UsedBytes: 25}},
 		Probes: []*factoryv1.ProbeResult{{Name: "litellm", Kind: "http", Ok: true, Latency: durationpb.New(30 * time.Millisecond)}, {Name: "qdrant", Kind: "tcp"}},
+		Host:   hostReading(),
 	}
 	m, err := New(Config{
 		Logger: quiet(), Sources: Sources{
@@ -123,6 +126,8 @@ func TestEveryInstrumentIsExportedUnderItsListedName(t *testing.T) {
 	m.Claimed("forge", 2)
 	m.Finished("forge", store.StateDone)
 	m.Rescued(store.StateReady, 1)
+	m.AttemptEnded(queue.Attempt{Agent: "forge", Role: "builder", To: store.StateDone, Took: time.Minute, Timed: true})
+	m.Spent(budget.Call{Agent: "forge", Host: "gpu-01", Model: "claude", Provider: "anthropic", Tier: "frontier", InputTokens: 10, CostMicros: 5})
 
 	got := scrape(t, m.Handler())
 	names := map[string]bool{}
@@ -134,7 +139,7 @@ func TestEveryInstrumentIsExportedUnderItsListedName(t *testing.T) {
 		if strings.HasPrefix(otel, "rpc.") {
 			continue // otelgrpc's; the server's test covers it
 		}
-		if !names[prom] {
+		if !names[prom] && !names[prom+"_count"] { // a histogram's
 			t.Errorf("%s is not exported as %s", otel, prom)
 		}
 	}

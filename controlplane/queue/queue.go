@@ -137,6 +137,8 @@ type Service struct {
 
 	obs atomic.Pointer[observerBox] // see SetObserver
 
+	claims claimTimes // see metrics.go
+
 	createHook atomic.Pointer[CreateHook] // see SetCreateHook
 }
 
@@ -407,8 +409,8 @@ func (s *Service) Complete(ctx context.Context, items []store.TaskCompleteItem) 
 	if err != nil {
 		return nil, err
 	}
+	s.observeCompleted(items, res.Results) // before publish forgets the claim times
 	s.publish(res.Changes)
-	s.observeCompleted(items, res.Results)
 	return res.Results, nil
 }
 
@@ -423,8 +425,8 @@ func (s *Service) Fail(ctx context.Context, ref store.LeaseRef, errText string, 
 		// so there is nothing to announce or count.
 		return changes[0].Task, nil
 	}
+	s.observeFailed(ref, changes[0].Task) // before publish forgets the claim time
 	s.publish(changes)
-	s.observeFailed(ref.Agent, changes[0].Task)
 	return changes[0].Task, nil
 }
 
@@ -532,6 +534,7 @@ func (s *Service) publish(changes []store.TaskChange) {
 	if len(changes) == 0 {
 		return
 	}
+	s.claims.note(changes)
 	for _, c := range changes {
 		if c.Task.State == store.StateReady && c.PreviousState != store.StateReady {
 			s.ready.notify()

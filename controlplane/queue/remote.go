@@ -12,6 +12,7 @@ import (
 // from the store; a task changed again since reads in its newer state, which
 // a watcher would see next anyway.
 func (s *Service) ApplyRemote(ctx context.Context, batch store.ChangeBatch) error {
+	s.claims.forgetRemote(batch.Changes)
 	if batch.Resync {
 		// Notifications may have been lost while the feed reconnected: any
 		// waiting claimer may have missed work, so let them all look again.

@@ -161,6 +161,7 @@ func newAlerts(cfg AlertsConfig, st store.Store, fl *fleet.Registry, events *fle
 	}
 	if bud != nil {
 		acfg.Sources.Spend = budgetSpend{bud}
+		acfg.Sources.LLM = budgetLLM{bud}
 	}
 	if cfg.File != "" {
 		f, err := alert.LoadFile(cfg.File)
@@ -194,6 +195,18 @@ func (s budgetSpend) SpendToday(ctx context.Context) (*alert.Spend, error) {
 		return nil, err
 	}
 	return &alert.Spend{TotalMicros: total, AgentMicros: byAgent, TierMicros: byTier}, nil
+}
+
+// budgetLLM counts the LLM calls the budget recorded lately.
+type budgetLLM struct{ b *budget.Service }
+
+func (s budgetLLM) LLMRequests(context.Context) ([]alert.LLMRequests, error) {
+	counts := s.b.LLMRequests()
+	out := make([]alert.LLMRequests, len(counts))
+	for i, c := range counts {
+		out[i] = alert.LLMRequests{Provider: c.Provider, Model: c.Model, Requests: c.Requests, Failures: c.Failures}
+	}
+	return out, nil
 }
 
 // telemetryReading turns a sidecar's latest telemetry into the readings

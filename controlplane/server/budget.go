@@ -271,6 +271,7 @@ func eventFromProto(e *factoryv1.SpendEvent) *budget.Event {
 	out := &budget.Event{
 		ID: e.GetId(), Agent: e.GetAgent(), Host: e.GetHost(), Model: e.GetModel(), Provider: e.GetProvider(),
 		Tier: tierFromProto(e.GetTier()), InputTokens: e.GetInputTokens(), OutputTokens: e.GetOutputTokens(), TaskID: e.GetTaskId(),
+		CacheReadTokens: e.GetCacheReadTokens(), CacheWriteTokens: e.GetCacheWriteTokens(), Failed: e.GetFailed(),
 	}
 	if e.CostMicros != nil {
 		c := e.GetCostMicros()

@@ -50,6 +50,9 @@ func newMetrics(cfg Config, svc Services, st store.Store) (*metrics.Metrics, err
 	if svc.Queue != nil {
 		svc.Queue.SetObserver(m)
 	}
+	if svc.Budget != nil {
+		svc.Budget.SetObserver(m)
+	}
 	return m, nil
 }
 

@@ -34,6 +34,10 @@ var unwiredHint = map[string]string{
 	"factory_fleet_":     "metrics.Sources.Fleet (the fleet registry)",
 	"factory_gpu_":       "metrics.Sources.Fleet (the fleet registry; needs a sidecar's telemetry)",
 	"rpc_server_":        "WithMeterProvider on NewGRPCServer (otelgrpc)",
+	"factory_host_":      "metrics.Sources.Fleet (the fleet registry; needs a sidecar's telemetry with a host reading)",
+	"factory_task_":      "the queue's Observer (metrics.Metrics is an AttemptObserver)",
+	"factory_agent_":     "the queue's Observer (metrics.Metrics is an AttemptObserver)",
+	"factory_llm_":       "the budget's SpendObserver (svc.Budget.SetObserver in newMetrics)",
 }
 
 // startWithData runs a control plane with metrics on, fills it with a bit
@@ -88,7 +92,9 @@ func startWithData(t *testing.T) string {
 			UtilizationPercent: 87, MemoryUtilizationPercent: 30, TemperatureCelsius: 60, PowerMilliwatts: 300_000}},
 		Disks: []*factoryv1.DiskUsage{{Path: "/", TotalBytes: 100 << 30, UsedBytes: 40 << 30}},
 		Probes: []*factoryv1.ProbeResult{{Name: "litellm", Kind: "http", Ok: true, Latency: durationpb.New(20 * time.Millisecond)},
-			{Name: "qdrant", Kind: "http", Detail: "503", Latency: durationpb.New(time.Millisecond)}}}
+			{Name: "qdrant", Kind: "http", Detail: "503", Latency: durationpb.New(time.Millisecond)}},
+		Host: &factoryv1.HostReading{CpuUsageRatio: proto.Float64(0.4), MemoryTotalBytes: 64 << 30, MemoryUsedBytes: 16 << 30, Load1: 2.5,
+			Networks: []*factoryv1.HostNetworkDevice{{Device: "eth0", ReceiveBytes: 1 << 30, TransmitBytes: 1 << 20}}}}
 	if err := stream.Send(&factoryv1.ConnectRequest{Msg: &factoryv1.ConnectRequest_Telemetry{Telemetry: tel}}); err != nil {
 		t.Fatal(err)
 	}

@@ -189,6 +189,10 @@ type report struct {
 	CostUSD      json.RawMessage `json:"cost_usd"`
 	TaskID       string          `json:"task_id"`
 	OccurredAt   string          `json:"occurred_at"`
+	// Prompt-cache tokens and a failed call, as in SpendEvent.
+	CacheReadTokens  *json.Number `json:"cache_read_tokens"`
+	CacheWriteTokens *json.Number `json:"cache_write_tokens"`
+	Failed           bool         `json:"failed"`
 }
 
 func (e *Endpoint) report(w http.ResponseWriter, r *http.Request) {
@@ -301,6 +305,13 @@ func (e *Endpoint) toEvent(r report, now time.Time) (*Event, error) {
 	if ev.OutputTokens, err = intField("output_tokens", r.OutputTokens); err != nil {
 		return nil, err
 	}
+	if ev.CacheReadTokens, err = intField("cache_read_tokens", r.CacheReadTokens); err != nil {
+		return nil, err
+	}
+	if ev.CacheWriteTokens, err = intField("cache_write_tokens", r.CacheWriteTokens); err != nil {
+		return nil, err
+	}
+	ev.Failed = r.Failed
 	switch {
 	case r.CostMicros != nil && len(r.CostUSD) > 0:
 		return nil, fieldErr("cost_micros", "give cost_micros or cost_usd, not both")

@@ -51,6 +51,13 @@ type Event struct {
 	CostMicros   *int64
 	TaskID       string
 	OccurredAt   time.Time
+	// CacheReadTokens and CacheWriteTokens are the input tokens read from
+	// and written to the provider's prompt cache (part of InputTokens
+	// where the provider counts them there, as LiteLLM does).
+	CacheReadTokens  int64
+	CacheWriteTokens int64
+	// Failed marks a failed call (LiteLLM's status "failure").
+	Failed bool
 }
 
 // The API's limits (proto/factory/v1/budget.proto): an event the control
@@ -61,6 +68,9 @@ var (
 	hostPattern   = regexp.MustCompile(`^[A-Za-z0-9._:-]*$`)
 	maxTokens     = int64(100_000_000_000)
 	maxCostMicros = int64(1_000_000_000_000)
+	// maxCacheTokens is SpendEvent's bound on cache_read_tokens and
+	// cache_write_tokens.
+	maxCacheTokens = int64(1_000_000_000)
 )
 
 // Tiers are the tier names the API knows, as SpendTier values.
@@ -108,6 +118,10 @@ func (e *Event) Validate() error {
 		return fieldErr("input_tokens", "0 to %d", maxTokens)
 	case e.OutputTokens < 0 || e.OutputTokens > maxTokens:
 		return fieldErr("output_tokens", "0 to %d", maxTokens)
+	case e.CacheReadTokens < 0 || e.CacheReadTokens > maxCacheTokens:
+		return fieldErr("cache_read_tokens", "0 to %d", maxCacheTokens)
+	case e.CacheWriteTokens < 0 || e.CacheWriteTokens > maxCacheTokens:
+		return fieldErr("cache_write_tokens", "0 to %d", maxCacheTokens)
 	case e.CostMicros != nil && (*e.CostMicros < 0 || *e.CostMicros > maxCostMicros):
 		return fieldErr("cost", "0 to $1,000,000")
 	case e.TaskID != "" && (len(e.TaskID) > 128 || !namePattern.MatchString(e.TaskID)):
@@ -131,6 +145,11 @@ func (e *Event) DerivedID(prefix string) string {
 		h.Write([]byte(s))
 		h.Write([]byte{0})
 	}
+	// Written only when set, so the ids of reports without them stay
+	// what they were.
+	if e.CacheReadTokens != 0 || e.CacheWriteTokens != 0 || e.Failed {
+		fmt.Fprintf(h, "cache:%d:%d:failed:%t", e.CacheReadTokens, e.CacheWriteTokens, e.Failed)
+	}
 	return prefix + hex.EncodeToString(h.Sum(nil))[:40]
 }
 
@@ -148,6 +167,15 @@ func (e *Event) toSpool() spool.Event {
 	}
 	if e.CostMicros != nil {
 		a["cost_micros"] = strconv.FormatInt(*e.CostMicros, 10)
+	}
+	if e.CacheReadTokens != 0 {
+		a["cache_read_tokens"] = strconv.FormatInt(e.CacheReadTokens, 10)
+	}
+	if e.CacheWriteTokens != 0 {
+		a["cache_write_tokens"] = strconv.FormatInt(e.CacheWriteTokens, 10)
+	}
+	if e.Failed {
+		a["failed"] = "true"
 	}
 	return spool.Event{ID: e.ID, Kind: Kind, Time: e.OccurredAt.UTC(), Attributes: a}
 }
@@ -174,6 +202,15 @@ func fromSpool(s spool.Event) (*Event, error) {
 		}
 		e.CostMicros = &c
 	}
+	// Absent from events spooled before these fields existed: 0.
+	for k, dst := range map[string]*int64{"cache_read_tokens": &e.CacheReadTokens, "cache_write_tokens": &e.CacheWriteTokens} {
+		if v, ok := a[k]; ok {
+			if *dst, err = strconv.ParseInt(v, 10, 64); err != nil {
+				return nil, fmt.Errorf("spool event %s: %s: %w", s.ID, k, err)
+			}
+		}
+	}
+	e.Failed = a["failed"] == "true"
 	return e, nil
 }
 
@@ -182,7 +219,8 @@ func (e *Event) Proto() *factoryv1.SpendEvent {
 	return &factoryv1.SpendEvent{
 		Id: e.ID, Agent: e.Agent, Host: e.Host, Model: e.Model, Provider: e.Provider, Tier: Tiers[e.Tier],
 		InputTokens: e.InputTokens, OutputTokens: e.OutputTokens, CostMicros: e.CostMicros, TaskId: e.TaskID,
-		OccurredAt: timestamppb.New(e.OccurredAt),
+		OccurredAt: timestamppb.New(e.OccurredAt), CacheReadTokens: e.CacheReadTokens, CacheWriteTokens: e.CacheWriteTokens,
+		Failed: e.Failed,
 	}
 }
 

@@ -302,10 +302,65 @@ type liteRow struct {
 	User             string          `json:"user"`
 	EndUser          string          `json:"end_user"`
 	RequestTags      json.RawMessage `json:"request_tags"`
-	Metadata         struct {
+	// Status is "success" or "failure"; rows of older proxies carry it
+	// only in metadata.status.
+	Status   string `json:"status"`
+	Metadata struct {
 		KeyAlias          string         `json:"user_api_key_alias"`
 		SpendLogsMetadata map[string]any `json:"spend_logs_metadata"`
+		Status            string         `json:"status"`
+		// AdditionalUsage holds the prompt-cache counts LiteLLM keeps
+		// beside the usage: cache_read_input_tokens and
+		// cache_creation_input_tokens (Anthropic's names, which LiteLLM
+		// uses for every provider). The row's top-level cache_hit is
+		// LiteLLM's own response cache, not the provider's prompt cache.
+		AdditionalUsage map[string]json.RawMessage `json:"additional_usage_values"`
+		// UsageObject is the provider's usage as LiteLLM normalised it:
+		// OpenAI-style rows carry cached input tokens in
+		// prompt_tokens_details.cached_tokens.
+		UsageObject struct {
+			CacheRead           json.RawMessage `json:"cache_read_input_tokens"`
+			CacheCreation       json.RawMessage `json:"cache_creation_input_tokens"`
+			PromptTokensDetails struct {
+				CachedTokens json.RawMessage `json:"cached_tokens"`
+			} `json:"prompt_tokens_details"`
+		} `json:"usage_object"`
 	} `json:"metadata"`
+}
+
+// failed reports whether the row is a failed call: status "failure" at
+// the top level or, on older proxies, in the metadata. Any other value
+// (or none) is a success, as every row was before LiteLLM logged
+// failures.
+func (r *liteRow) failed() bool {
+	return strings.EqualFold(strings.TrimSpace(cmp.Or(r.Status, r.Metadata.Status)), "failure")
+}
+
+// cacheTokens reads the prompt-cache tokens: read from the cache, and
+// written to it. Each is the first of its sources that holds a count.
+func (r *liteRow) cacheTokens() (read, write int64) {
+	m, u := r.Metadata.AdditionalUsage, r.Metadata.UsageObject
+	read = firstCount(m["cache_read_input_tokens"], u.CacheRead, u.PromptTokensDetails.CachedTokens)
+	write = firstCount(m["cache_creation_input_tokens"], u.CacheCreation)
+	return read, write
+}
+
+// firstCount is the first of raw that is a token count (a JSON number or
+// a numeric string; null and absent are skipped), held to 0 through
+// maxCacheTokens; 0 when none is.
+func firstCount(raw ...json.RawMessage) int64 {
+	for _, b := range raw {
+		s := strings.Trim(strings.TrimSpace(string(b)), `"`)
+		if s == "" || s == "null" {
+			continue
+		}
+		f, err := strconv.ParseFloat(s, 64)
+		if err != nil || f != f {
+			continue
+		}
+		return int64(min(max(f, 0), float64(maxCacheTokens)))
+	}
+	return 0
 }
 
 // fetch reads one page.
@@ -432,7 +487,9 @@ func (p *LiteLLM) toEvent(r liteRow) (ev *Event, start time.Time, ok bool) {
 		Model: cmp.Or(r.Model, r.ModelGroup, "unknown"), Provider: r.Provider, Tier: tier,
 		InputTokens: r.PromptTokens, OutputTokens: r.CompletionTokens, CostMicros: &cost,
 		TaskID: sanitize(cmp.Or(tags["task"], r.meta("task_id")), 128), OccurredAt: start.UTC(),
+		Failed: r.failed(),
 	}
+	ev.CacheReadTokens, ev.CacheWriteTokens = r.cacheTokens()
 	if len(ev.Model) > 200 {
 		ev.Model = ev.Model[:200]
 	}

@@ -243,7 +243,22 @@ type SpendEvent struct {
 	TaskId string `protobuf:"bytes,10,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
 	// When the call happened; its day decides which day's budget it counts
 	// against. Required.
-	OccurredAt    *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=occurred_at,json=occurredAt,proto3" json:"occurred_at,omitempty"`
+	OccurredAt *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=occurred_at,json=occurredAt,proto3" json:"occurred_at,omitempty"`
+	// Input tokens read from the provider's prompt cache, 0 to
+	// 1,000,000,000. They are part of input_tokens where the provider counts
+	// them there (LiteLLM's prompt_tokens does), so cache reads over input
+	// tokens is the prompt-cache hit ratio. Counted on /metrics
+	// (factory_llm_tokens_total{type="cache_read"}), not stored.
+	CacheReadTokens int64 `protobuf:"varint,12,opt,name=cache_read_tokens,json=cacheReadTokens,proto3" json:"cache_read_tokens,omitempty"`
+	// Input tokens written to the provider's prompt cache, 0 to
+	// 1,000,000,000. Counted on /metrics
+	// (factory_llm_tokens_total{type="cache_write"}), not stored.
+	CacheWriteTokens int64 `protobuf:"varint,13,opt,name=cache_write_tokens,json=cacheWriteTokens,proto3" json:"cache_write_tokens,omitempty"`
+	// The call failed (LiteLLM's spend-log status "failure"). A failed call
+	// is recorded like any other, usually at no cost, and counted in
+	// factory_llm_requests_total{status="failure"} and the
+	// litellm_error_rate alert. False: the call succeeded.
+	Failed        bool `protobuf:"varint,14,opt,name=failed,proto3" json:"failed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -353,6 +368,27 @@ func (x *SpendEvent) GetOccurredAt() *timestamppb.Timestamp {
 		return x.OccurredAt
 	}
 	return nil
+}
+
+func (x *SpendEvent) GetCacheReadTokens() int64 {
+	if x != nil {
+		return x.CacheReadTokens
+	}
+	return 0
+}
+
+func (x *SpendEvent) GetCacheWriteTokens() int64 {
+	if x != nil {
+		return x.CacheWriteTokens
+	}
+	return 0
+}
+
+func (x *SpendEvent) GetFailed() bool {
+	if x != nil {
+		return x.Failed
+	}
+	return false
 }
 
 // SpendRecord is a stored event.
@@ -2262,7 +2298,7 @@ var File_factory_v1_budget_proto protoreflect.FileDescriptor
 const file_factory_v1_budget_proto_rawDesc = "" +
 	"\n" +
 	"\x17factory/v1/budget.proto\x12\n" +
-	"factory.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd4\x04\n" +
+	"factory.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe4\x05\n" +
 	"\n" +
 	"SpendEvent\x123\n" +
 	"\x02id\x18\x01 \x01(\tB#\xbaH \xc8\x01\x01r\x1b\x18\x80\x012\x16^[A-Za-z0-9._:/@+=-]*$R\x02id\x126\n" +
@@ -2280,7 +2316,12 @@ const file_factory_v1_budget_proto_rawDesc = "" +
 	"\atask_id\x18\n" +
 	" \x01(\tB\x1d\xbaH\x1ar\x18\x18\x80\x012\x13^[A-Za-z0-9._:/-]*$R\x06taskId\x12C\n" +
 	"\voccurred_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampB\x06\xbaH\x03\xc8\x01\x01R\n" +
-	"occurredAtB\x0e\n" +
+	"occurredAt\x129\n" +
+	"\x11cache_read_tokens\x18\f \x01(\x03B\r\xbaH\n" +
+	"\"\b\x18\x80\x94\xeb\xdc\x03(\x00R\x0fcacheReadTokens\x12;\n" +
+	"\x12cache_write_tokens\x18\r \x01(\x03B\r\xbaH\n" +
+	"\"\b\x18\x80\x94\xeb\xdc\x03(\x00R\x10cacheWriteTokens\x12\x16\n" +
+	"\x06failed\x18\x0e \x01(\bR\x06failedB\x0e\n" +
 	"\f_cost_micros\"\xb4\x01\n" +
 	"\vSpendRecord\x12,\n" +
 	"\x05event\x18\x01 \x01(\v2\x16.factory.v1.SpendEventR\x05event\x12(\n" +

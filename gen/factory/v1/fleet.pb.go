@@ -563,7 +563,10 @@ type Telemetry struct {
 	// The configured service probes.
 	Probes []*ProbeResult `protobuf:"bytes,4,rep,name=probes,proto3" json:"probes,omitempty"`
 	// Why GPU readings are missing ("no GPU"), or empty.
-	GpuError      string `protobuf:"bytes,5,opt,name=gpu_error,json=gpuError,proto3" json:"gpu_error,omitempty"`
+	GpuError string `protobuf:"bytes,5,opt,name=gpu_error,json=gpuError,proto3" json:"gpu_error,omitempty"`
+	// The host's CPU, memory, load and network; unset from a sidecar that
+	// does not read them.
+	Host          *HostReading `protobuf:"bytes,6,opt,name=host,proto3" json:"host,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -633,6 +636,189 @@ func (x *Telemetry) GetGpuError() string {
 	return ""
 }
 
+func (x *Telemetry) GetHost() *HostReading {
+	if x != nil {
+		return x.Host
+	}
+	return nil
+}
+
+// HostReading is a host's CPU, memory, load and network readings, from
+// /proc (Linux).
+type HostReading struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The fraction of CPU time (all CPUs) not idle or waiting on I/O since
+	// the previous reading, 0 to 1; unset on the first reading.
+	CpuUsageRatio *float64 `protobuf:"fixed64,1,opt,name=cpu_usage_ratio,json=cpuUsageRatio,proto3,oneof" json:"cpu_usage_ratio,omitempty"`
+	// Memory in all (MemTotal), in bytes.
+	MemoryTotalBytes uint64 `protobuf:"varint,2,opt,name=memory_total_bytes,json=memoryTotalBytes,proto3" json:"memory_total_bytes,omitempty"`
+	// Memory in use: MemTotal - MemAvailable, in bytes.
+	MemoryUsedBytes uint64 `protobuf:"varint,3,opt,name=memory_used_bytes,json=memoryUsedBytes,proto3" json:"memory_used_bytes,omitempty"`
+	// The 1-minute load average.
+	Load1 float64 `protobuf:"fixed64,4,opt,name=load1,proto3" json:"load1,omitempty"`
+	// The 5-minute load average.
+	Load5 float64 `protobuf:"fixed64,5,opt,name=load5,proto3" json:"load5,omitempty"`
+	// The 15-minute load average.
+	Load15 float64 `protobuf:"fixed64,6,opt,name=load15,proto3" json:"load15,omitempty"`
+	// Network devices (loopback excluded) with their byte counters since
+	// boot.
+	Networks []*HostNetworkDevice `protobuf:"bytes,7,rep,name=networks,proto3" json:"networks,omitempty"`
+	// What could not be read, or empty.
+	Error         string `protobuf:"bytes,8,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HostReading) Reset() {
+	*x = HostReading{}
+	mi := &file_factory_v1_fleet_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HostReading) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HostReading) ProtoMessage() {}
+
+func (x *HostReading) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_fleet_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HostReading.ProtoReflect.Descriptor instead.
+func (*HostReading) Descriptor() ([]byte, []int) {
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *HostReading) GetCpuUsageRatio() float64 {
+	if x != nil && x.CpuUsageRatio != nil {
+		return *x.CpuUsageRatio
+	}
+	return 0
+}
+
+func (x *HostReading) GetMemoryTotalBytes() uint64 {
+	if x != nil {
+		return x.MemoryTotalBytes
+	}
+	return 0
+}
+
+func (x *HostReading) GetMemoryUsedBytes() uint64 {
+	if x != nil {
+		return x.MemoryUsedBytes
+	}
+	return 0
+}
+
+func (x *HostReading) GetLoad1() float64 {
+	if x != nil {
+		return x.Load1
+	}
+	return 0
+}
+
+func (x *HostReading) GetLoad5() float64 {
+	if x != nil {
+		return x.Load5
+	}
+	return 0
+}
+
+func (x *HostReading) GetLoad15() float64 {
+	if x != nil {
+		return x.Load15
+	}
+	return 0
+}
+
+func (x *HostReading) GetNetworks() []*HostNetworkDevice {
+	if x != nil {
+		return x.Networks
+	}
+	return nil
+}
+
+func (x *HostReading) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+// HostNetworkDevice is one network device's byte counters since boot.
+type HostNetworkDevice struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The device name (eth0, ens5).
+	Device string `protobuf:"bytes,1,opt,name=device,proto3" json:"device,omitempty"`
+	// Bytes received.
+	ReceiveBytes uint64 `protobuf:"varint,2,opt,name=receive_bytes,json=receiveBytes,proto3" json:"receive_bytes,omitempty"`
+	// Bytes transmitted.
+	TransmitBytes uint64 `protobuf:"varint,3,opt,name=transmit_bytes,json=transmitBytes,proto3" json:"transmit_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HostNetworkDevice) Reset() {
+	*x = HostNetworkDevice{}
+	mi := &file_factory_v1_fleet_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HostNetworkDevice) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HostNetworkDevice) ProtoMessage() {}
+
+func (x *HostNetworkDevice) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_fleet_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HostNetworkDevice.ProtoReflect.Descriptor instead.
+func (*HostNetworkDevice) Descriptor() ([]byte, []int) {
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *HostNetworkDevice) GetDevice() string {
+	if x != nil {
+		return x.Device
+	}
+	return ""
+}
+
+func (x *HostNetworkDevice) GetReceiveBytes() uint64 {
+	if x != nil {
+		return x.ReceiveBytes
+	}
+	return 0
+}
+
+func (x *HostNetworkDevice) GetTransmitBytes() uint64 {
+	if x != nil {
+		return x.TransmitBytes
+	}
+	return 0
+}
+
 // GpuDevice is one GPU's readings.
 type GpuDevice struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -670,7 +856,7 @@ type GpuDevice struct {
 
 func (x *GpuDevice) Reset() {
 	*x = GpuDevice{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[7]
+	mi := &file_factory_v1_fleet_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -682,7 +868,7 @@ func (x *GpuDevice) String() string {
 func (*GpuDevice) ProtoMessage() {}
 
 func (x *GpuDevice) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[7]
+	mi := &file_factory_v1_fleet_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -695,7 +881,7 @@ func (x *GpuDevice) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GpuDevice.ProtoReflect.Descriptor instead.
 func (*GpuDevice) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{7}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GpuDevice) GetIndex() int32 {
@@ -811,7 +997,7 @@ type GpuProcess struct {
 
 func (x *GpuProcess) Reset() {
 	*x = GpuProcess{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[8]
+	mi := &file_factory_v1_fleet_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -823,7 +1009,7 @@ func (x *GpuProcess) String() string {
 func (*GpuProcess) ProtoMessage() {}
 
 func (x *GpuProcess) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[8]
+	mi := &file_factory_v1_fleet_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -836,7 +1022,7 @@ func (x *GpuProcess) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GpuProcess.ProtoReflect.Descriptor instead.
 func (*GpuProcess) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{8}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GpuProcess) GetPid() uint32 {
@@ -879,7 +1065,7 @@ type DiskUsage struct {
 
 func (x *DiskUsage) Reset() {
 	*x = DiskUsage{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[9]
+	mi := &file_factory_v1_fleet_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -891,7 +1077,7 @@ func (x *DiskUsage) String() string {
 func (*DiskUsage) ProtoMessage() {}
 
 func (x *DiskUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[9]
+	mi := &file_factory_v1_fleet_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -904,7 +1090,7 @@ func (x *DiskUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiskUsage.ProtoReflect.Descriptor instead.
 func (*DiskUsage) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{9}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *DiskUsage) GetPath() string {
@@ -963,7 +1149,7 @@ type ProbeResult struct {
 
 func (x *ProbeResult) Reset() {
 	*x = ProbeResult{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[10]
+	mi := &file_factory_v1_fleet_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -975,7 +1161,7 @@ func (x *ProbeResult) String() string {
 func (*ProbeResult) ProtoMessage() {}
 
 func (x *ProbeResult) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[10]
+	mi := &file_factory_v1_fleet_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -988,7 +1174,7 @@ func (x *ProbeResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProbeResult.ProtoReflect.Descriptor instead.
 func (*ProbeResult) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{10}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ProbeResult) GetName() string {
@@ -1051,7 +1237,7 @@ type ConnectResponse struct {
 
 func (x *ConnectResponse) Reset() {
 	*x = ConnectResponse{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[11]
+	mi := &file_factory_v1_fleet_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1063,7 +1249,7 @@ func (x *ConnectResponse) String() string {
 func (*ConnectResponse) ProtoMessage() {}
 
 func (x *ConnectResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[11]
+	mi := &file_factory_v1_fleet_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1076,7 +1262,7 @@ func (x *ConnectResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectResponse.ProtoReflect.Descriptor instead.
 func (*ConnectResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{11}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ConnectResponse) GetConfig() *SidecarConfig {
@@ -1121,7 +1307,7 @@ type EmergencyStop struct {
 
 func (x *EmergencyStop) Reset() {
 	*x = EmergencyStop{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[12]
+	mi := &file_factory_v1_fleet_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1133,7 +1319,7 @@ func (x *EmergencyStop) String() string {
 func (*EmergencyStop) ProtoMessage() {}
 
 func (x *EmergencyStop) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[12]
+	mi := &file_factory_v1_fleet_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1146,7 +1332,7 @@ func (x *EmergencyStop) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EmergencyStop.ProtoReflect.Descriptor instead.
 func (*EmergencyStop) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{12}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *EmergencyStop) GetStopped() bool {
@@ -1175,7 +1361,7 @@ type EventAck struct {
 
 func (x *EventAck) Reset() {
 	*x = EventAck{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[13]
+	mi := &file_factory_v1_fleet_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1187,7 +1373,7 @@ func (x *EventAck) String() string {
 func (*EventAck) ProtoMessage() {}
 
 func (x *EventAck) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[13]
+	mi := &file_factory_v1_fleet_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1200,7 +1386,7 @@ func (x *EventAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventAck.ProtoReflect.Descriptor instead.
 func (*EventAck) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{13}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *EventAck) GetIds() []string {
@@ -1227,7 +1413,7 @@ type SidecarConfig struct {
 
 func (x *SidecarConfig) Reset() {
 	*x = SidecarConfig{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[14]
+	mi := &file_factory_v1_fleet_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1239,7 +1425,7 @@ func (x *SidecarConfig) String() string {
 func (*SidecarConfig) ProtoMessage() {}
 
 func (x *SidecarConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[14]
+	mi := &file_factory_v1_fleet_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1252,7 +1438,7 @@ func (x *SidecarConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SidecarConfig.ProtoReflect.Descriptor instead.
 func (*SidecarConfig) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{14}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SidecarConfig) GetHeartbeatInterval() *durationpb.Duration {
@@ -1289,7 +1475,7 @@ type RefusedAgent struct {
 
 func (x *RefusedAgent) Reset() {
 	*x = RefusedAgent{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[15]
+	mi := &file_factory_v1_fleet_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1301,7 +1487,7 @@ func (x *RefusedAgent) String() string {
 func (*RefusedAgent) ProtoMessage() {}
 
 func (x *RefusedAgent) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[15]
+	mi := &file_factory_v1_fleet_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1314,7 +1500,7 @@ func (x *RefusedAgent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefusedAgent.ProtoReflect.Descriptor instead.
 func (*RefusedAgent) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{15}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RefusedAgent) GetName() string {
@@ -1348,7 +1534,7 @@ type Placement struct {
 
 func (x *Placement) Reset() {
 	*x = Placement{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[16]
+	mi := &file_factory_v1_fleet_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1360,7 +1546,7 @@ func (x *Placement) String() string {
 func (*Placement) ProtoMessage() {}
 
 func (x *Placement) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[16]
+	mi := &file_factory_v1_fleet_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1373,7 +1559,7 @@ func (x *Placement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Placement.ProtoReflect.Descriptor instead.
 func (*Placement) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{16}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Placement) GetAgent() string {
@@ -1417,7 +1603,7 @@ type PlaceAgentRequest struct {
 
 func (x *PlaceAgentRequest) Reset() {
 	*x = PlaceAgentRequest{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[17]
+	mi := &file_factory_v1_fleet_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1429,7 +1615,7 @@ func (x *PlaceAgentRequest) String() string {
 func (*PlaceAgentRequest) ProtoMessage() {}
 
 func (x *PlaceAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[17]
+	mi := &file_factory_v1_fleet_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1442,7 +1628,7 @@ func (x *PlaceAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlaceAgentRequest.ProtoReflect.Descriptor instead.
 func (*PlaceAgentRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{17}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *PlaceAgentRequest) GetAgent() string {
@@ -1473,7 +1659,7 @@ type PlaceAgentResponse struct {
 
 func (x *PlaceAgentResponse) Reset() {
 	*x = PlaceAgentResponse{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[18]
+	mi := &file_factory_v1_fleet_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1485,7 +1671,7 @@ func (x *PlaceAgentResponse) String() string {
 func (*PlaceAgentResponse) ProtoMessage() {}
 
 func (x *PlaceAgentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[18]
+	mi := &file_factory_v1_fleet_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1498,7 +1684,7 @@ func (x *PlaceAgentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlaceAgentResponse.ProtoReflect.Descriptor instead.
 func (*PlaceAgentResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{18}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *PlaceAgentResponse) GetPlacement() *Placement {
@@ -1526,7 +1712,7 @@ type UnplaceAgentRequest struct {
 
 func (x *UnplaceAgentRequest) Reset() {
 	*x = UnplaceAgentRequest{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[19]
+	mi := &file_factory_v1_fleet_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1538,7 +1724,7 @@ func (x *UnplaceAgentRequest) String() string {
 func (*UnplaceAgentRequest) ProtoMessage() {}
 
 func (x *UnplaceAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[19]
+	mi := &file_factory_v1_fleet_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1551,7 +1737,7 @@ func (x *UnplaceAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnplaceAgentRequest.ProtoReflect.Descriptor instead.
 func (*UnplaceAgentRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{19}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *UnplaceAgentRequest) GetAgent() string {
@@ -1572,7 +1758,7 @@ type UnplaceAgentResponse struct {
 
 func (x *UnplaceAgentResponse) Reset() {
 	*x = UnplaceAgentResponse{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[20]
+	mi := &file_factory_v1_fleet_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1584,7 +1770,7 @@ func (x *UnplaceAgentResponse) String() string {
 func (*UnplaceAgentResponse) ProtoMessage() {}
 
 func (x *UnplaceAgentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[20]
+	mi := &file_factory_v1_fleet_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1597,7 +1783,7 @@ func (x *UnplaceAgentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnplaceAgentResponse.ProtoReflect.Descriptor instead.
 func (*UnplaceAgentResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{20}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *UnplaceAgentResponse) GetPlacement() *Placement {
@@ -1622,7 +1808,7 @@ type ListPlacementsRequest struct {
 
 func (x *ListPlacementsRequest) Reset() {
 	*x = ListPlacementsRequest{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[21]
+	mi := &file_factory_v1_fleet_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1634,7 +1820,7 @@ func (x *ListPlacementsRequest) String() string {
 func (*ListPlacementsRequest) ProtoMessage() {}
 
 func (x *ListPlacementsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[21]
+	mi := &file_factory_v1_fleet_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1647,7 +1833,7 @@ func (x *ListPlacementsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPlacementsRequest.ProtoReflect.Descriptor instead.
 func (*ListPlacementsRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{21}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListPlacementsRequest) GetHost() string {
@@ -1684,7 +1870,7 @@ type ListPlacementsResponse struct {
 
 func (x *ListPlacementsResponse) Reset() {
 	*x = ListPlacementsResponse{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[22]
+	mi := &file_factory_v1_fleet_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1696,7 +1882,7 @@ func (x *ListPlacementsResponse) String() string {
 func (*ListPlacementsResponse) ProtoMessage() {}
 
 func (x *ListPlacementsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[22]
+	mi := &file_factory_v1_fleet_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1709,7 +1895,7 @@ func (x *ListPlacementsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPlacementsResponse.ProtoReflect.Descriptor instead.
 func (*ListPlacementsResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{22}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListPlacementsResponse) GetPlacements() []*Placement {
@@ -1762,7 +1948,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[23]
+	mi := &file_factory_v1_fleet_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1774,7 +1960,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[23]
+	mi := &file_factory_v1_fleet_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1787,7 +1973,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{23}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Node) GetHost() string {
@@ -1902,7 +2088,7 @@ type Agent struct {
 
 func (x *Agent) Reset() {
 	*x = Agent{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[24]
+	mi := &file_factory_v1_fleet_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1914,7 +2100,7 @@ func (x *Agent) String() string {
 func (*Agent) ProtoMessage() {}
 
 func (x *Agent) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[24]
+	mi := &file_factory_v1_fleet_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1927,7 +2113,7 @@ func (x *Agent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Agent.ProtoReflect.Descriptor instead.
 func (*Agent) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{24}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Agent) GetName() string {
@@ -1981,7 +2167,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[25]
+	mi := &file_factory_v1_fleet_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1993,7 +2179,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[25]
+	mi := &file_factory_v1_fleet_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2006,7 +2192,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{25}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{27}
 }
 
 // ListNodesResponse holds every node, sorted by host.
@@ -2020,7 +2206,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[26]
+	mi := &file_factory_v1_fleet_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2032,7 +2218,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[26]
+	mi := &file_factory_v1_fleet_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2045,7 +2231,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{26}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -2066,7 +2252,7 @@ type ListAgentsRequest struct {
 
 func (x *ListAgentsRequest) Reset() {
 	*x = ListAgentsRequest{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[27]
+	mi := &file_factory_v1_fleet_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2078,7 +2264,7 @@ func (x *ListAgentsRequest) String() string {
 func (*ListAgentsRequest) ProtoMessage() {}
 
 func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[27]
+	mi := &file_factory_v1_fleet_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2091,7 +2277,7 @@ func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsRequest.ProtoReflect.Descriptor instead.
 func (*ListAgentsRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{27}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ListAgentsRequest) GetHost() string {
@@ -2112,7 +2298,7 @@ type ListAgentsResponse struct {
 
 func (x *ListAgentsResponse) Reset() {
 	*x = ListAgentsResponse{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[28]
+	mi := &file_factory_v1_fleet_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2124,7 +2310,7 @@ func (x *ListAgentsResponse) String() string {
 func (*ListAgentsResponse) ProtoMessage() {}
 
 func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[28]
+	mi := &file_factory_v1_fleet_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2137,7 +2323,7 @@ func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsResponse.ProtoReflect.Descriptor instead.
 func (*ListAgentsResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{28}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ListAgentsResponse) GetAgents() []*Agent {
@@ -2156,7 +2342,7 @@ type GetHealthRequest struct {
 
 func (x *GetHealthRequest) Reset() {
 	*x = GetHealthRequest{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[29]
+	mi := &file_factory_v1_fleet_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2168,7 +2354,7 @@ func (x *GetHealthRequest) String() string {
 func (*GetHealthRequest) ProtoMessage() {}
 
 func (x *GetHealthRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[29]
+	mi := &file_factory_v1_fleet_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2181,7 +2367,7 @@ func (x *GetHealthRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHealthRequest.ProtoReflect.Descriptor instead.
 func (*GetHealthRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{29}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{31}
 }
 
 // HealthCheck is one check's outcome.
@@ -2199,7 +2385,7 @@ type HealthCheck struct {
 
 func (x *HealthCheck) Reset() {
 	*x = HealthCheck{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[30]
+	mi := &file_factory_v1_fleet_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2211,7 +2397,7 @@ func (x *HealthCheck) String() string {
 func (*HealthCheck) ProtoMessage() {}
 
 func (x *HealthCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[30]
+	mi := &file_factory_v1_fleet_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2224,7 +2410,7 @@ func (x *HealthCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HealthCheck.ProtoReflect.Descriptor instead.
 func (*HealthCheck) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{30}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *HealthCheck) GetName() string {
@@ -2261,7 +2447,7 @@ type GetHealthResponse struct {
 
 func (x *GetHealthResponse) Reset() {
 	*x = GetHealthResponse{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[31]
+	mi := &file_factory_v1_fleet_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2273,7 +2459,7 @@ func (x *GetHealthResponse) String() string {
 func (*GetHealthResponse) ProtoMessage() {}
 
 func (x *GetHealthResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[31]
+	mi := &file_factory_v1_fleet_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2286,7 +2472,7 @@ func (x *GetHealthResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHealthResponse.ProtoReflect.Descriptor instead.
 func (*GetHealthResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{31}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *GetHealthResponse) GetChecks() []*HealthCheck {
@@ -2312,7 +2498,7 @@ type WatchFleetRequest struct {
 
 func (x *WatchFleetRequest) Reset() {
 	*x = WatchFleetRequest{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[32]
+	mi := &file_factory_v1_fleet_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2324,7 +2510,7 @@ func (x *WatchFleetRequest) String() string {
 func (*WatchFleetRequest) ProtoMessage() {}
 
 func (x *WatchFleetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[32]
+	mi := &file_factory_v1_fleet_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2337,7 +2523,7 @@ func (x *WatchFleetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchFleetRequest.ProtoReflect.Descriptor instead.
 func (*WatchFleetRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{32}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{34}
 }
 
 // WatchFleetResponse is the fleet's whole view at one moment.
@@ -2353,7 +2539,7 @@ type WatchFleetResponse struct {
 
 func (x *WatchFleetResponse) Reset() {
 	*x = WatchFleetResponse{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[33]
+	mi := &file_factory_v1_fleet_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2365,7 +2551,7 @@ func (x *WatchFleetResponse) String() string {
 func (*WatchFleetResponse) ProtoMessage() {}
 
 func (x *WatchFleetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[33]
+	mi := &file_factory_v1_fleet_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2378,7 +2564,7 @@ func (x *WatchFleetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchFleetResponse.ProtoReflect.Descriptor instead.
 func (*WatchFleetResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{33}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *WatchFleetResponse) GetNodes() []*Node {
@@ -2413,7 +2599,7 @@ type SidecarCommand struct {
 
 func (x *SidecarCommand) Reset() {
 	*x = SidecarCommand{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[34]
+	mi := &file_factory_v1_fleet_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2425,7 +2611,7 @@ func (x *SidecarCommand) String() string {
 func (*SidecarCommand) ProtoMessage() {}
 
 func (x *SidecarCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[34]
+	mi := &file_factory_v1_fleet_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2438,7 +2624,7 @@ func (x *SidecarCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SidecarCommand.ProtoReflect.Descriptor instead.
 func (*SidecarCommand) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{34}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *SidecarCommand) GetId() string {
@@ -2503,7 +2689,7 @@ type RestartAgent struct {
 
 func (x *RestartAgent) Reset() {
 	*x = RestartAgent{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[35]
+	mi := &file_factory_v1_fleet_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2515,7 +2701,7 @@ func (x *RestartAgent) String() string {
 func (*RestartAgent) ProtoMessage() {}
 
 func (x *RestartAgent) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[35]
+	mi := &file_factory_v1_fleet_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2528,7 +2714,7 @@ func (x *RestartAgent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartAgent.ProtoReflect.Descriptor instead.
 func (*RestartAgent) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{35}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *RestartAgent) GetName() string {
@@ -2548,7 +2734,7 @@ type DrainHost struct {
 
 func (x *DrainHost) Reset() {
 	*x = DrainHost{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[36]
+	mi := &file_factory_v1_fleet_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2560,7 +2746,7 @@ func (x *DrainHost) String() string {
 func (*DrainHost) ProtoMessage() {}
 
 func (x *DrainHost) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[36]
+	mi := &file_factory_v1_fleet_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2573,7 +2759,7 @@ func (x *DrainHost) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainHost.ProtoReflect.Descriptor instead.
 func (*DrainHost) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{36}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{38}
 }
 
 // CommandResult is what came of a SidecarCommand.
@@ -2595,7 +2781,7 @@ type CommandResult struct {
 
 func (x *CommandResult) Reset() {
 	*x = CommandResult{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[37]
+	mi := &file_factory_v1_fleet_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2607,7 +2793,7 @@ func (x *CommandResult) String() string {
 func (*CommandResult) ProtoMessage() {}
 
 func (x *CommandResult) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[37]
+	mi := &file_factory_v1_fleet_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2620,7 +2806,7 @@ func (x *CommandResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommandResult.ProtoReflect.Descriptor instead.
 func (*CommandResult) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{37}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *CommandResult) GetId() string {
@@ -2679,7 +2865,7 @@ type SendCommandRequest struct {
 
 func (x *SendCommandRequest) Reset() {
 	*x = SendCommandRequest{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[38]
+	mi := &file_factory_v1_fleet_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2691,7 +2877,7 @@ func (x *SendCommandRequest) String() string {
 func (*SendCommandRequest) ProtoMessage() {}
 
 func (x *SendCommandRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[38]
+	mi := &file_factory_v1_fleet_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2704,7 +2890,7 @@ func (x *SendCommandRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendCommandRequest.ProtoReflect.Descriptor instead.
 func (*SendCommandRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{38}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *SendCommandRequest) GetHost() string {
@@ -2775,7 +2961,7 @@ type SendCommandResponse struct {
 
 func (x *SendCommandResponse) Reset() {
 	*x = SendCommandResponse{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[39]
+	mi := &file_factory_v1_fleet_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2787,7 +2973,7 @@ func (x *SendCommandResponse) String() string {
 func (*SendCommandResponse) ProtoMessage() {}
 
 func (x *SendCommandResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[39]
+	mi := &file_factory_v1_fleet_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2800,7 +2986,7 @@ func (x *SendCommandResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendCommandResponse.ProtoReflect.Descriptor instead.
 func (*SendCommandResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{39}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *SendCommandResponse) GetResult() *CommandResult {
@@ -2829,7 +3015,7 @@ type GetNodeHistoryRequest struct {
 
 func (x *GetNodeHistoryRequest) Reset() {
 	*x = GetNodeHistoryRequest{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[40]
+	mi := &file_factory_v1_fleet_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2841,7 +3027,7 @@ func (x *GetNodeHistoryRequest) String() string {
 func (*GetNodeHistoryRequest) ProtoMessage() {}
 
 func (x *GetNodeHistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[40]
+	mi := &file_factory_v1_fleet_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2854,7 +3040,7 @@ func (x *GetNodeHistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeHistoryRequest.ProtoReflect.Descriptor instead.
 func (*GetNodeHistoryRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{40}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *GetNodeHistoryRequest) GetHost() string {
@@ -2899,7 +3085,7 @@ type GetNodeHistoryResponse struct {
 
 func (x *GetNodeHistoryResponse) Reset() {
 	*x = GetNodeHistoryResponse{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[41]
+	mi := &file_factory_v1_fleet_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2911,7 +3097,7 @@ func (x *GetNodeHistoryResponse) String() string {
 func (*GetNodeHistoryResponse) ProtoMessage() {}
 
 func (x *GetNodeHistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[41]
+	mi := &file_factory_v1_fleet_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2924,7 +3110,7 @@ func (x *GetNodeHistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeHistoryResponse.ProtoReflect.Descriptor instead.
 func (*GetNodeHistoryResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{41}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *GetNodeHistoryResponse) GetReadings() []*NodeReading {
@@ -2954,7 +3140,7 @@ type NodeReading struct {
 
 func (x *NodeReading) Reset() {
 	*x = NodeReading{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[42]
+	mi := &file_factory_v1_fleet_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2966,7 +3152,7 @@ func (x *NodeReading) String() string {
 func (*NodeReading) ProtoMessage() {}
 
 func (x *NodeReading) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[42]
+	mi := &file_factory_v1_fleet_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2979,7 +3165,7 @@ func (x *NodeReading) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeReading.ProtoReflect.Descriptor instead.
 func (*NodeReading) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{42}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *NodeReading) GetTime() *timestamppb.Timestamp {
@@ -3042,13 +3228,28 @@ const file_factory_v1_fleet_proto_rawDesc = "" +
 	"\x05roles\x18\x02 \x03(\tB\x0f\xbaH\f\x92\x01\t\x10 \"\x05r\x03\x18\x80\x01R\x05roles\x12\x19\n" +
 	"\x03pid\x18\x03 \x01(\x05B\a\xbaH\x04\x1a\x02(\x00R\x03pid\"J\n" +
 	"\tHeartbeat\x12=\n" +
-	"\asent_at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampB\b\xbaH\x05\xb2\x01\x02*\x00R\x06sentAt\"\xa3\x02\n" +
+	"\asent_at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampB\b\xbaH\x05\xb2\x01\x02*\x00R\x06sentAt\"\xd0\x02\n" +
 	"\tTelemetry\x12G\n" +
 	"\fcollected_at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampB\b\xbaH\x05\xb2\x01\x02*\x00R\vcollectedAt\x123\n" +
 	"\x04gpus\x18\x02 \x03(\v2\x15.factory.v1.GpuDeviceB\b\xbaH\x05\x92\x01\x02\x10@R\x04gpus\x125\n" +
 	"\x05disks\x18\x03 \x03(\v2\x15.factory.v1.DiskUsageB\b\xbaH\x05\x92\x01\x02\x10@R\x05disks\x12:\n" +
 	"\x06probes\x18\x04 \x03(\v2\x17.factory.v1.ProbeResultB\t\xbaH\x06\x92\x01\x03\x10\x80\x02R\x06probes\x12%\n" +
-	"\tgpu_error\x18\x05 \x01(\tB\b\xbaH\x05r\x03\x18\xe8\aR\bgpuError\"\xff\x05\n" +
+	"\tgpu_error\x18\x05 \x01(\tB\b\xbaH\x05r\x03\x18\xe8\aR\bgpuError\x12+\n" +
+	"\x04host\x18\x06 \x01(\v2\x17.factory.v1.HostReadingR\x04host\"\xd6\x03\n" +
+	"\vHostReading\x12D\n" +
+	"\x0fcpu_usage_ratio\x18\x01 \x01(\x01B\x17\xbaH\x14\x12\x12\x19\x00\x00\x00\x00\x00\x00\xf0?)\x00\x00\x00\x00\x00\x00\x00\x00H\x00R\rcpuUsageRatio\x88\x01\x01\x12<\n" +
+	"\x12memory_total_bytes\x18\x02 \x01(\x04B\x0e\xbaH\v2\t\x18\x80\x80\x80\x80\x80\x80\x80\x02R\x10memoryTotalBytes\x12:\n" +
+	"\x11memory_used_bytes\x18\x03 \x01(\x04B\x0e\xbaH\v2\t\x18\x80\x80\x80\x80\x80\x80\x80\x02R\x0fmemoryUsedBytes\x12-\n" +
+	"\x05load1\x18\x04 \x01(\x01B\x17\xbaH\x14\x12\x12\x19\x00\x00\x00\x00\x80\x84.A)\x00\x00\x00\x00\x00\x00\x00\x00R\x05load1\x12-\n" +
+	"\x05load5\x18\x05 \x01(\x01B\x17\xbaH\x14\x12\x12\x19\x00\x00\x00\x00\x80\x84.A)\x00\x00\x00\x00\x00\x00\x00\x00R\x05load5\x12/\n" +
+	"\x06load15\x18\x06 \x01(\x01B\x17\xbaH\x14\x12\x12\x19\x00\x00\x00\x00\x80\x84.A)\x00\x00\x00\x00\x00\x00\x00\x00R\x06load15\x12D\n" +
+	"\bnetworks\x18\a \x03(\v2\x1d.factory.v1.HostNetworkDeviceB\t\xbaH\x06\x92\x01\x03\x10\x80\x02R\bnetworks\x12\x1e\n" +
+	"\x05error\x18\b \x01(\tB\b\xbaH\x05r\x03\x18\xe8\aR\x05errorB\x12\n" +
+	"\x10_cpu_usage_ratio\"\x80\x01\n" +
+	"\x11HostNetworkDevice\x12\x1f\n" +
+	"\x06device\x18\x01 \x01(\tB\a\xbaH\x04r\x02\x18@R\x06device\x12#\n" +
+	"\rreceive_bytes\x18\x02 \x01(\x04R\freceiveBytes\x12%\n" +
+	"\x0etransmit_bytes\x18\x03 \x01(\x04R\rtransmitBytes\"\xff\x05\n" +
 	"\tGpuDevice\x12 \n" +
 	"\x05index\x18\x01 \x01(\x05B\n" +
 	"\xbaH\a\x1a\x05\x18\xff\a(\x00R\x05index\x12\x1c\n" +
@@ -3252,7 +3453,7 @@ func file_factory_v1_fleet_proto_rawDescGZIP() []byte {
 }
 
 var file_factory_v1_fleet_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_factory_v1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
+var file_factory_v1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
 var file_factory_v1_fleet_proto_goTypes = []any{
 	(NodeState)(0),                 // 0: factory.v1.NodeState
 	(*ConnectRequest)(nil),         // 1: factory.v1.ConnectRequest
@@ -3262,127 +3463,131 @@ var file_factory_v1_fleet_proto_goTypes = []any{
 	(*HostedAgent)(nil),            // 5: factory.v1.HostedAgent
 	(*Heartbeat)(nil),              // 6: factory.v1.Heartbeat
 	(*Telemetry)(nil),              // 7: factory.v1.Telemetry
-	(*GpuDevice)(nil),              // 8: factory.v1.GpuDevice
-	(*GpuProcess)(nil),             // 9: factory.v1.GpuProcess
-	(*DiskUsage)(nil),              // 10: factory.v1.DiskUsage
-	(*ProbeResult)(nil),            // 11: factory.v1.ProbeResult
-	(*ConnectResponse)(nil),        // 12: factory.v1.ConnectResponse
-	(*EmergencyStop)(nil),          // 13: factory.v1.EmergencyStop
-	(*EventAck)(nil),               // 14: factory.v1.EventAck
-	(*SidecarConfig)(nil),          // 15: factory.v1.SidecarConfig
-	(*RefusedAgent)(nil),           // 16: factory.v1.RefusedAgent
-	(*Placement)(nil),              // 17: factory.v1.Placement
-	(*PlaceAgentRequest)(nil),      // 18: factory.v1.PlaceAgentRequest
-	(*PlaceAgentResponse)(nil),     // 19: factory.v1.PlaceAgentResponse
-	(*UnplaceAgentRequest)(nil),    // 20: factory.v1.UnplaceAgentRequest
-	(*UnplaceAgentResponse)(nil),   // 21: factory.v1.UnplaceAgentResponse
-	(*ListPlacementsRequest)(nil),  // 22: factory.v1.ListPlacementsRequest
-	(*ListPlacementsResponse)(nil), // 23: factory.v1.ListPlacementsResponse
-	(*Node)(nil),                   // 24: factory.v1.Node
-	(*Agent)(nil),                  // 25: factory.v1.Agent
-	(*ListNodesRequest)(nil),       // 26: factory.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),      // 27: factory.v1.ListNodesResponse
-	(*ListAgentsRequest)(nil),      // 28: factory.v1.ListAgentsRequest
-	(*ListAgentsResponse)(nil),     // 29: factory.v1.ListAgentsResponse
-	(*GetHealthRequest)(nil),       // 30: factory.v1.GetHealthRequest
-	(*HealthCheck)(nil),            // 31: factory.v1.HealthCheck
-	(*GetHealthResponse)(nil),      // 32: factory.v1.GetHealthResponse
-	(*WatchFleetRequest)(nil),      // 33: factory.v1.WatchFleetRequest
-	(*WatchFleetResponse)(nil),     // 34: factory.v1.WatchFleetResponse
-	(*SidecarCommand)(nil),         // 35: factory.v1.SidecarCommand
-	(*RestartAgent)(nil),           // 36: factory.v1.RestartAgent
-	(*DrainHost)(nil),              // 37: factory.v1.DrainHost
-	(*CommandResult)(nil),          // 38: factory.v1.CommandResult
-	(*SendCommandRequest)(nil),     // 39: factory.v1.SendCommandRequest
-	(*SendCommandResponse)(nil),    // 40: factory.v1.SendCommandResponse
-	(*GetNodeHistoryRequest)(nil),  // 41: factory.v1.GetNodeHistoryRequest
-	(*GetNodeHistoryResponse)(nil), // 42: factory.v1.GetNodeHistoryResponse
-	(*NodeReading)(nil),            // 43: factory.v1.NodeReading
-	nil,                            // 44: factory.v1.FleetEvent.AttributesEntry
-	nil,                            // 45: factory.v1.Hello.LabelsEntry
-	nil,                            // 46: factory.v1.Node.LabelsEntry
-	(*timestamppb.Timestamp)(nil),  // 47: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),    // 48: google.protobuf.Duration
+	(*HostReading)(nil),            // 8: factory.v1.HostReading
+	(*HostNetworkDevice)(nil),      // 9: factory.v1.HostNetworkDevice
+	(*GpuDevice)(nil),              // 10: factory.v1.GpuDevice
+	(*GpuProcess)(nil),             // 11: factory.v1.GpuProcess
+	(*DiskUsage)(nil),              // 12: factory.v1.DiskUsage
+	(*ProbeResult)(nil),            // 13: factory.v1.ProbeResult
+	(*ConnectResponse)(nil),        // 14: factory.v1.ConnectResponse
+	(*EmergencyStop)(nil),          // 15: factory.v1.EmergencyStop
+	(*EventAck)(nil),               // 16: factory.v1.EventAck
+	(*SidecarConfig)(nil),          // 17: factory.v1.SidecarConfig
+	(*RefusedAgent)(nil),           // 18: factory.v1.RefusedAgent
+	(*Placement)(nil),              // 19: factory.v1.Placement
+	(*PlaceAgentRequest)(nil),      // 20: factory.v1.PlaceAgentRequest
+	(*PlaceAgentResponse)(nil),     // 21: factory.v1.PlaceAgentResponse
+	(*UnplaceAgentRequest)(nil),    // 22: factory.v1.UnplaceAgentRequest
+	(*UnplaceAgentResponse)(nil),   // 23: factory.v1.UnplaceAgentResponse
+	(*ListPlacementsRequest)(nil),  // 24: factory.v1.ListPlacementsRequest
+	(*ListPlacementsResponse)(nil), // 25: factory.v1.ListPlacementsResponse
+	(*Node)(nil),                   // 26: factory.v1.Node
+	(*Agent)(nil),                  // 27: factory.v1.Agent
+	(*ListNodesRequest)(nil),       // 28: factory.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),      // 29: factory.v1.ListNodesResponse
+	(*ListAgentsRequest)(nil),      // 30: factory.v1.ListAgentsRequest
+	(*ListAgentsResponse)(nil),     // 31: factory.v1.ListAgentsResponse
+	(*GetHealthRequest)(nil),       // 32: factory.v1.GetHealthRequest
+	(*HealthCheck)(nil),            // 33: factory.v1.HealthCheck
+	(*GetHealthResponse)(nil),      // 34: factory.v1.GetHealthResponse
+	(*WatchFleetRequest)(nil),      // 35: factory.v1.WatchFleetRequest
+	(*WatchFleetResponse)(nil),     // 36: factory.v1.WatchFleetResponse
+	(*SidecarCommand)(nil),         // 37: factory.v1.SidecarCommand
+	(*RestartAgent)(nil),           // 38: factory.v1.RestartAgent
+	(*DrainHost)(nil),              // 39: factory.v1.DrainHost
+	(*CommandResult)(nil),          // 40: factory.v1.CommandResult
+	(*SendCommandRequest)(nil),     // 41: factory.v1.SendCommandRequest
+	(*SendCommandResponse)(nil),    // 42: factory.v1.SendCommandResponse
+	(*GetNodeHistoryRequest)(nil),  // 43: factory.v1.GetNodeHistoryRequest
+	(*GetNodeHistoryResponse)(nil), // 44: factory.v1.GetNodeHistoryResponse
+	(*NodeReading)(nil),            // 45: factory.v1.NodeReading
+	nil,                            // 46: factory.v1.FleetEvent.AttributesEntry
+	nil,                            // 47: factory.v1.Hello.LabelsEntry
+	nil,                            // 48: factory.v1.Node.LabelsEntry
+	(*timestamppb.Timestamp)(nil),  // 49: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),    // 50: google.protobuf.Duration
 }
 var file_factory_v1_fleet_proto_depIdxs = []int32{
 	4,  // 0: factory.v1.ConnectRequest.hello:type_name -> factory.v1.Hello
 	6,  // 1: factory.v1.ConnectRequest.heartbeat:type_name -> factory.v1.Heartbeat
 	7,  // 2: factory.v1.ConnectRequest.telemetry:type_name -> factory.v1.Telemetry
 	2,  // 3: factory.v1.ConnectRequest.events:type_name -> factory.v1.FleetEvents
-	38, // 4: factory.v1.ConnectRequest.command_result:type_name -> factory.v1.CommandResult
+	40, // 4: factory.v1.ConnectRequest.command_result:type_name -> factory.v1.CommandResult
 	3,  // 5: factory.v1.FleetEvents.events:type_name -> factory.v1.FleetEvent
-	47, // 6: factory.v1.FleetEvent.time:type_name -> google.protobuf.Timestamp
-	44, // 7: factory.v1.FleetEvent.attributes:type_name -> factory.v1.FleetEvent.AttributesEntry
-	45, // 8: factory.v1.Hello.labels:type_name -> factory.v1.Hello.LabelsEntry
+	49, // 6: factory.v1.FleetEvent.time:type_name -> google.protobuf.Timestamp
+	46, // 7: factory.v1.FleetEvent.attributes:type_name -> factory.v1.FleetEvent.AttributesEntry
+	47, // 8: factory.v1.Hello.labels:type_name -> factory.v1.Hello.LabelsEntry
 	5,  // 9: factory.v1.Hello.agents:type_name -> factory.v1.HostedAgent
-	47, // 10: factory.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
-	47, // 11: factory.v1.Telemetry.collected_at:type_name -> google.protobuf.Timestamp
-	8,  // 12: factory.v1.Telemetry.gpus:type_name -> factory.v1.GpuDevice
-	10, // 13: factory.v1.Telemetry.disks:type_name -> factory.v1.DiskUsage
-	11, // 14: factory.v1.Telemetry.probes:type_name -> factory.v1.ProbeResult
-	9,  // 15: factory.v1.GpuDevice.processes:type_name -> factory.v1.GpuProcess
-	48, // 16: factory.v1.ProbeResult.latency:type_name -> google.protobuf.Duration
-	15, // 17: factory.v1.ConnectResponse.config:type_name -> factory.v1.SidecarConfig
-	14, // 18: factory.v1.ConnectResponse.event_ack:type_name -> factory.v1.EventAck
-	35, // 19: factory.v1.ConnectResponse.command:type_name -> factory.v1.SidecarCommand
-	13, // 20: factory.v1.ConnectResponse.emergency_stop:type_name -> factory.v1.EmergencyStop
-	48, // 21: factory.v1.SidecarConfig.heartbeat_interval:type_name -> google.protobuf.Duration
-	48, // 22: factory.v1.SidecarConfig.telemetry_interval:type_name -> google.protobuf.Duration
-	16, // 23: factory.v1.SidecarConfig.refused_agents:type_name -> factory.v1.RefusedAgent
-	47, // 24: factory.v1.Placement.placed_at:type_name -> google.protobuf.Timestamp
-	17, // 25: factory.v1.PlaceAgentResponse.placement:type_name -> factory.v1.Placement
-	17, // 26: factory.v1.UnplaceAgentResponse.placement:type_name -> factory.v1.Placement
-	17, // 27: factory.v1.ListPlacementsResponse.placements:type_name -> factory.v1.Placement
-	0,  // 28: factory.v1.Node.state:type_name -> factory.v1.NodeState
-	46, // 29: factory.v1.Node.labels:type_name -> factory.v1.Node.LabelsEntry
-	47, // 30: factory.v1.Node.connected_at:type_name -> google.protobuf.Timestamp
-	47, // 31: factory.v1.Node.last_seen:type_name -> google.protobuf.Timestamp
-	7,  // 32: factory.v1.Node.telemetry:type_name -> factory.v1.Telemetry
-	47, // 33: factory.v1.Node.telemetry_at:type_name -> google.protobuf.Timestamp
-	0,  // 34: factory.v1.Agent.state:type_name -> factory.v1.NodeState
-	47, // 35: factory.v1.Agent.last_seen:type_name -> google.protobuf.Timestamp
-	24, // 36: factory.v1.ListNodesResponse.nodes:type_name -> factory.v1.Node
-	25, // 37: factory.v1.ListAgentsResponse.agents:type_name -> factory.v1.Agent
-	31, // 38: factory.v1.GetHealthResponse.checks:type_name -> factory.v1.HealthCheck
-	24, // 39: factory.v1.WatchFleetResponse.nodes:type_name -> factory.v1.Node
-	25, // 40: factory.v1.WatchFleetResponse.agents:type_name -> factory.v1.Agent
-	36, // 41: factory.v1.SidecarCommand.restart_agent:type_name -> factory.v1.RestartAgent
-	37, // 42: factory.v1.SidecarCommand.drain:type_name -> factory.v1.DrainHost
-	48, // 43: factory.v1.CommandResult.took:type_name -> google.protobuf.Duration
-	36, // 44: factory.v1.SendCommandRequest.restart_agent:type_name -> factory.v1.RestartAgent
-	37, // 45: factory.v1.SendCommandRequest.drain:type_name -> factory.v1.DrainHost
-	48, // 46: factory.v1.SendCommandRequest.timeout:type_name -> google.protobuf.Duration
-	38, // 47: factory.v1.SendCommandResponse.result:type_name -> factory.v1.CommandResult
-	47, // 48: factory.v1.GetNodeHistoryRequest.since:type_name -> google.protobuf.Timestamp
-	47, // 49: factory.v1.GetNodeHistoryRequest.until:type_name -> google.protobuf.Timestamp
-	43, // 50: factory.v1.GetNodeHistoryResponse.readings:type_name -> factory.v1.NodeReading
-	47, // 51: factory.v1.NodeReading.time:type_name -> google.protobuf.Timestamp
-	7,  // 52: factory.v1.NodeReading.telemetry:type_name -> factory.v1.Telemetry
-	1,  // 53: factory.v1.FleetService.Connect:input_type -> factory.v1.ConnectRequest
-	18, // 54: factory.v1.FleetService.PlaceAgent:input_type -> factory.v1.PlaceAgentRequest
-	20, // 55: factory.v1.FleetService.UnplaceAgent:input_type -> factory.v1.UnplaceAgentRequest
-	22, // 56: factory.v1.FleetService.ListPlacements:input_type -> factory.v1.ListPlacementsRequest
-	26, // 57: factory.v1.FleetService.ListNodes:input_type -> factory.v1.ListNodesRequest
-	28, // 58: factory.v1.FleetService.ListAgents:input_type -> factory.v1.ListAgentsRequest
-	30, // 59: factory.v1.FleetService.GetHealth:input_type -> factory.v1.GetHealthRequest
-	33, // 60: factory.v1.FleetService.WatchFleet:input_type -> factory.v1.WatchFleetRequest
-	39, // 61: factory.v1.FleetService.SendCommand:input_type -> factory.v1.SendCommandRequest
-	41, // 62: factory.v1.FleetService.GetNodeHistory:input_type -> factory.v1.GetNodeHistoryRequest
-	12, // 63: factory.v1.FleetService.Connect:output_type -> factory.v1.ConnectResponse
-	19, // 64: factory.v1.FleetService.PlaceAgent:output_type -> factory.v1.PlaceAgentResponse
-	21, // 65: factory.v1.FleetService.UnplaceAgent:output_type -> factory.v1.UnplaceAgentResponse
-	23, // 66: factory.v1.FleetService.ListPlacements:output_type -> factory.v1.ListPlacementsResponse
-	27, // 67: factory.v1.FleetService.ListNodes:output_type -> factory.v1.ListNodesResponse
-	29, // 68: factory.v1.FleetService.ListAgents:output_type -> factory.v1.ListAgentsResponse
-	32, // 69: factory.v1.FleetService.GetHealth:output_type -> factory.v1.GetHealthResponse
-	34, // 70: factory.v1.FleetService.WatchFleet:output_type -> factory.v1.WatchFleetResponse
-	40, // 71: factory.v1.FleetService.SendCommand:output_type -> factory.v1.SendCommandResponse
-	42, // 72: factory.v1.FleetService.GetNodeHistory:output_type -> factory.v1.GetNodeHistoryResponse
-	63, // [63:73] is the sub-list for method output_type
-	53, // [53:63] is the sub-list for method input_type
-	53, // [53:53] is the sub-list for extension type_name
-	53, // [53:53] is the sub-list for extension extendee
-	0,  // [0:53] is the sub-list for field type_name
+	49, // 10: factory.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
+	49, // 11: factory.v1.Telemetry.collected_at:type_name -> google.protobuf.Timestamp
+	10, // 12: factory.v1.Telemetry.gpus:type_name -> factory.v1.GpuDevice
+	12, // 13: factory.v1.Telemetry.disks:type_name -> factory.v1.DiskUsage
+	13, // 14: factory.v1.Telemetry.probes:type_name -> factory.v1.ProbeResult
+	8,  // 15: factory.v1.Telemetry.host:type_name -> factory.v1.HostReading
+	9,  // 16: factory.v1.HostReading.networks:type_name -> factory.v1.HostNetworkDevice
+	11, // 17: factory.v1.GpuDevice.processes:type_name -> factory.v1.GpuProcess
+	50, // 18: factory.v1.ProbeResult.latency:type_name -> google.protobuf.Duration
+	17, // 19: factory.v1.ConnectResponse.config:type_name -> factory.v1.SidecarConfig
+	16, // 20: factory.v1.ConnectResponse.event_ack:type_name -> factory.v1.EventAck
+	37, // 21: factory.v1.ConnectResponse.command:type_name -> factory.v1.SidecarCommand
+	15, // 22: factory.v1.ConnectResponse.emergency_stop:type_name -> factory.v1.EmergencyStop
+	50, // 23: factory.v1.SidecarConfig.heartbeat_interval:type_name -> google.protobuf.Duration
+	50, // 24: factory.v1.SidecarConfig.telemetry_interval:type_name -> google.protobuf.Duration
+	18, // 25: factory.v1.SidecarConfig.refused_agents:type_name -> factory.v1.RefusedAgent
+	49, // 26: factory.v1.Placement.placed_at:type_name -> google.protobuf.Timestamp
+	19, // 27: factory.v1.PlaceAgentResponse.placement:type_name -> factory.v1.Placement
+	19, // 28: factory.v1.UnplaceAgentResponse.placement:type_name -> factory.v1.Placement
+	19, // 29: factory.v1.ListPlacementsResponse.placements:type_name -> factory.v1.Placement
+	0,  // 30: factory.v1.Node.state:type_name -> factory.v1.NodeState
+	48, // 31: factory.v1.Node.labels:type_name -> factory.v1.Node.LabelsEntry
+	49, // 32: factory.v1.Node.connected_at:type_name -> google.protobuf.Timestamp
+	49, // 33: factory.v1.Node.last_seen:type_name -> google.protobuf.Timestamp
+	7,  // 34: factory.v1.Node.telemetry:type_name -> factory.v1.Telemetry
+	49, // 35: factory.v1.Node.telemetry_at:type_name -> google.protobuf.Timestamp
+	0,  // 36: factory.v1.Agent.state:type_name -> factory.v1.NodeState
+	49, // 37: factory.v1.Agent.last_seen:type_name -> google.protobuf.Timestamp
+	26, // 38: factory.v1.ListNodesResponse.nodes:type_name -> factory.v1.Node
+	27, // 39: factory.v1.ListAgentsResponse.agents:type_name -> factory.v1.Agent
+	33, // 40: factory.v1.GetHealthResponse.checks:type_name -> factory.v1.HealthCheck
+	26, // 41: factory.v1.WatchFleetResponse.nodes:type_name -> factory.v1.Node
+	27, // 42: factory.v1.WatchFleetResponse.agents:type_name -> factory.v1.Agent
+	38, // 43: factory.v1.SidecarCommand.restart_agent:type_name -> factory.v1.RestartAgent
+	39, // 44: factory.v1.SidecarCommand.drain:type_name -> factory.v1.DrainHost
+	50, // 45: factory.v1.CommandResult.took:type_name -> google.protobuf.Duration
+	38, // 46: factory.v1.SendCommandRequest.restart_agent:type_name -> factory.v1.RestartAgent
+	39, // 47: factory.v1.SendCommandRequest.drain:type_name -> factory.v1.DrainHost
+	50, // 48: factory.v1.SendCommandRequest.timeout:type_name -> google.protobuf.Duration
+	40, // 49: factory.v1.SendCommandResponse.result:type_name -> factory.v1.CommandResult
+	49, // 50: factory.v1.GetNodeHistoryRequest.since:type_name -> google.protobuf.Timestamp
+	49, // 51: factory.v1.GetNodeHistoryRequest.until:type_name -> google.protobuf.Timestamp
+	45, // 52: factory.v1.GetNodeHistoryResponse.readings:type_name -> factory.v1.NodeReading
+	49, // 53: factory.v1.NodeReading.time:type_name -> google.protobuf.Timestamp
+	7,  // 54: factory.v1.NodeReading.telemetry:type_name -> factory.v1.Telemetry
+	1,  // 55: factory.v1.FleetService.Connect:input_type -> factory.v1.ConnectRequest
+	20, // 56: factory.v1.FleetService.PlaceAgent:input_type -> factory.v1.PlaceAgentRequest
+	22, // 57: factory.v1.FleetService.UnplaceAgent:input_type -> factory.v1.UnplaceAgentRequest
+	24, // 58: factory.v1.FleetService.ListPlacements:input_type -> factory.v1.ListPlacementsRequest
+	28, // 59: factory.v1.FleetService.ListNodes:input_type -> factory.v1.ListNodesRequest
+	30, // 60: factory.v1.FleetService.ListAgents:input_type -> factory.v1.ListAgentsRequest
+	32, // 61: factory.v1.FleetService.GetHealth:input_type -> factory.v1.GetHealthRequest
+	35, // 62: factory.v1.FleetService.WatchFleet:input_type -> factory.v1.WatchFleetRequest
+	41, // 63: factory.v1.FleetService.SendCommand:input_type -> factory.v1.SendCommandRequest
+	43, // 64: factory.v1.FleetService.GetNodeHistory:input_type -> factory.v1.GetNodeHistoryRequest
+	14, // 65: factory.v1.FleetService.Connect:output_type -> factory.v1.ConnectResponse
+	21, // 66: factory.v1.FleetService.PlaceAgent:output_type -> factory.v1.PlaceAgentResponse
+	23, // 67: factory.v1.FleetService.UnplaceAgent:output_type -> factory.v1.UnplaceAgentResponse
+	25, // 68: factory.v1.FleetService.ListPlacements:output_type -> factory.v1.ListPlacementsResponse
+	29, // 69: factory.v1.FleetService.ListNodes:output_type -> factory.v1.ListNodesResponse
+	31, // 70: factory.v1.FleetService.ListAgents:output_type -> factory.v1.ListAgentsResponse
+	34, // 71: factory.v1.FleetService.GetHealth:output_type -> factory.v1.GetHealthResponse
+	36, // 72: factory.v1.FleetService.WatchFleet:output_type -> factory.v1.WatchFleetResponse
+	42, // 73: factory.v1.FleetService.SendCommand:output_type -> factory.v1.SendCommandResponse
+	44, // 74: factory.v1.FleetService.GetNodeHistory:output_type -> factory.v1.GetNodeHistoryResponse
+	65, // [65:75] is the sub-list for method output_type
+	55, // [55:65] is the sub-list for method input_type
+	55, // [55:55] is the sub-list for extension type_name
+	55, // [55:55] is the sub-list for extension extendee
+	0,  // [0:55] is the sub-list for field type_name
 }
 
 func init() { file_factory_v1_fleet_proto_init() }
@@ -3397,11 +3602,12 @@ func file_factory_v1_fleet_proto_init() {
 		(*ConnectRequest_Events)(nil),
 		(*ConnectRequest_CommandResult)(nil),
 	}
-	file_factory_v1_fleet_proto_msgTypes[34].OneofWrappers = []any{
+	file_factory_v1_fleet_proto_msgTypes[7].OneofWrappers = []any{}
+	file_factory_v1_fleet_proto_msgTypes[36].OneofWrappers = []any{
 		(*SidecarCommand_RestartAgent)(nil),
 		(*SidecarCommand_Drain)(nil),
 	}
-	file_factory_v1_fleet_proto_msgTypes[38].OneofWrappers = []any{
+	file_factory_v1_fleet_proto_msgTypes[40].OneofWrappers = []any{
 		(*SendCommandRequest_RestartAgent)(nil),
 		(*SendCommandRequest_Drain)(nil),
 	}
@@ -3411,7 +3617,7 @@ func file_factory_v1_fleet_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_factory_v1_fleet_proto_rawDesc), len(file_factory_v1_fleet_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   46,
+			NumMessages:   48,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -13,6 +13,7 @@ import (
 
 	"github.com/factory/factory/sidecar/disk"
 	"github.com/factory/factory/sidecar/gpu"
+	"github.com/factory/factory/sidecar/hoststat"
 	"github.com/factory/factory/sidecar/probe"
 )
 
@@ -23,6 +24,8 @@ type readings struct {
 	GPU         gpu.Snapshot   `json:"gpu"`
 	Disk        []disk.Usage   `json:"disk"`
 	Probes      []probe.Result `json:"probes"`
+	// HostStat is the host's CPU, memory, load and network.
+	HostStat hoststat.Reading `json:"host_stat"`
 	// Took is how long each collector took, by collector name.
 	Took map[string]gpu.Duration `json:"took"`
 }
@@ -30,12 +33,13 @@ type readings struct {
 // collectors holds the sidecar's collectors for its whole life, so NVML is
 // initialised once and not per reading.
 type collectors struct {
-	cfg config
-	gpu *gpu.Collector
+	cfg  config
+	gpu  *gpu.Collector
+	host *hoststat.Collector
 }
 
 func newCollectors(cfg config, log *slog.Logger) *collectors {
-	c := &collectors{cfg: cfg}
+	c := &collectors{cfg: cfg, host: hoststat.New("")}
 	if !cfg.GPU.Disabled {
 		c.gpu = gpu.New(nvml.New(), gpu.Options{Logger: log, AgentPIDs: cfg.agentPIDs()})
 	}
@@ -62,6 +66,7 @@ func (c *collectors) collect(ctx context.Context) readings {
 	}
 	timed("disk", func() { r.Disk = disk.Collect(c.cfg.Disk.Paths) })
 	timed("probes", func() { r.Probes = probe.RunAll(ctx, c.cfg.Probes) })
+	timed("host", func() { r.HostStat = c.host.Collect() })
 	return r
 }
 
@@ -160,5 +165,15 @@ func printText(w io.Writer, r readings) {
 			mark = "❌"
 		}
 		fmt.Fprintf(w, "  %s %s (%s %s): %s in %s\n", mark, p.Name, p.Kind, p.Target, p.Detail, p.Latency.Round(time.Microsecond))
+	}
+	if h := r.HostStat; h.Error != "" {
+		fmt.Fprintf(w, "  host: %s\n", h.Error)
+	} else {
+		cpu := "n/a (needs an earlier reading)"
+		if h.CPUUsage != nil {
+			cpu = fmt.Sprintf("%.1f%%", *h.CPUUsage*100)
+		}
+		fmt.Fprintf(w, "  host: cpu %s, memory %d / %d MiB used, load %.2f %.2f %.2f, %d network device(s)\n",
+			cpu, h.MemoryUsedBytes>>20, h.MemoryTotalBytes>>20, h.Load1, h.Load5, h.Load15, len(h.Networks))
 	}
 }

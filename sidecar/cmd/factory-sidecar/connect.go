@@ -62,6 +62,17 @@ func telemetryOf(r readings) *factoryv1.Telemetry {
 		t.Probes = append(t.Probes, &factoryv1.ProbeResult{Name: p.Name, Kind: p.Kind, Target: p.Target, Ok: p.OK,
 			Detail: p.Detail, Latency: durationpb.New(p.Latency)})
 	}
+	h := r.HostStat
+	if h.MemoryTotalBytes > 0 || h.Error != "" {
+		t.Host = &factoryv1.HostReading{CpuUsageRatio: h.CPUUsage, MemoryTotalBytes: h.MemoryTotalBytes, MemoryUsedBytes: h.MemoryUsedBytes,
+			Load1: h.Load1, Load5: h.Load5, Load15: h.Load15, Error: h.Error}
+		for i, n := range h.Networks {
+			if i >= 256 {
+				break
+			}
+			t.Host.Networks = append(t.Host.Networks, &factoryv1.HostNetworkDevice{Device: n.Device, ReceiveBytes: n.ReceiveBytes, TransmitBytes: n.TransmitBytes})
+		}
+	}
 	return t
 }
 

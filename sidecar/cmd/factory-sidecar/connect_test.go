@@ -101,7 +101,9 @@ func TestSidecarStreamsAndReconnectsAfterARestart(t *testing.T) {
 		}
 		n := resp.GetNodes()[0]
 		return n.GetHost() == "edge-1" && n.GetState() == factoryv1.NodeState_NODE_STATE_ONLINE &&
-			len(n.GetTelemetry().GetDisks()) == 1 && slicesEqual(n.GetAgents(), []string{"forge"})
+			len(n.GetTelemetry().GetDisks()) == 1 && slicesEqual(n.GetAgents(), []string{"forge"}) &&
+			// The host's own reading, from /proc (sidecar/hoststat).
+			n.GetTelemetry().GetHost().GetMemoryTotalBytes() > 0
 	}
 	waitUntil(t, "node edge-1 ONLINE with telemetry", online)
 
