@@ -29,23 +29,6 @@ const deployDir = "../../deploy"
 // are exported (the test then requires them on the scrape like every
 // other metric).
 var pendingMetrics = map[string][]string{
-	// Task run time from claim to done/review/failed (Agent Performance).
-	"factory_task_duration_seconds_bucket": {"role", "agent", "outcome", "le"},
-	"factory_task_duration_seconds_count":  {"role", "agent", "outcome"},
-	"factory_task_duration_seconds_sum":    {"role", "agent", "outcome"},
-	"factory_agent_tasks_total":            {"agent", "role", "outcome"},
-	// Spend and tokens as counters, for daily/weekly/monthly trends and
-	// the prompt-cache hit ratio (LLM Costs).
-	"factory_spend_micros_total": {"agent", "model", "tier", "provider"},
-	"factory_llm_tokens_total":   {"agent", "model", "tier", "provider", "type"},
-	"factory_llm_requests_total": {"host", "provider", "model", "status"},
-	// Host readings from the sidecars (Infrastructure).
-	"factory_host_cpu_usage_ratio":                  {"host"},
-	"factory_host_memory_used_bytes":                {"host"},
-	"factory_host_memory_total_bytes":               {"host"},
-	"factory_host_load1":                            {"host"},
-	"factory_host_network_receive_bytes_total":      {"host", "device"},
-	"factory_host_network_transmit_bytes_total":     {"host", "device"},
 	"factory_backup_last_success_timestamp_seconds": {},
 }
 
