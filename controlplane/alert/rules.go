@@ -61,12 +61,20 @@ const (
 	ExprReadyOldestWait Expr = "ready_oldest_wait_seconds"
 	// ExprInProgressOldest is how long the oldest claim has been running.
 	ExprInProgressOldest Expr = "in_progress_oldest_seconds"
+	// ExprServiceDown is 1 for each service probe failing on an ONLINE
+	// host (labels host, service); a passing probe has no series, nor
+	// has a host not ONLINE (its readings are unknown, not failing).
+	ExprServiceDown Expr = "service_down"
+	// ExprGPUUnavailable is 1 for each ONLINE host whose NVML fails, or
+	// that has fewer working GPUs than it reported (label host); the
+	// alert's text says which.
+	ExprGPUUnavailable Expr = "gpu_unavailable"
 )
 
 // Exprs is every measurement.
 var Exprs = []Expr{ExprSpendDaily, ExprSpendTierDaily, ExprSpendAgentDaily, ExprGPUMemoryUsed, ExprDiskUsed,
 	ExprAgentOffline, ExprModelSwaps, ExprReadyDepth, ExprFailed24h, ExprDeadLettered, ExprReadyOldestWait,
-	ExprInProgressOldest}
+	ExprInProgressOldest, ExprServiceDown, ExprGPUUnavailable}
 
 // Severities.
 const (
@@ -142,6 +150,10 @@ func DefaultRules() []Rule {
 			Summary: "the oldest READY task has waited {{duration .Value}}"},
 		{Name: "task_in_progress_long", Expr: ExprInProgressOldest, Threshold: 7200, Severity: SeverityWarning,
 			Summary: "a task has been IN_PROGRESS for {{duration .Value}}"},
+		{Name: "service_down", Expr: ExprServiceDown, Threshold: 0, For: 2 * time.Minute, Severity: SeverityCritical,
+			Summary: "service {{.Labels.service}} on {{.Labels.host}} has failed its probe for 2 minutes"},
+		{Name: "gpu_unavailable", Expr: ExprGPUUnavailable, Threshold: 0, Severity: SeverityCritical,
+			Summary: "GPU unavailable on {{.Labels.host}}{{with .Examples}}: {{.}}{{end}}"},
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/factory/factory/controlplane/fleet"
 	factoryv1 "github.com/factory/factory/gen/factory/v1"
 )
 
@@ -264,14 +265,16 @@ func newFleetHost(n *factoryv1.Node) fleetHost {
 	}
 	for _, du := range t.GetDisks() {
 		fd := fleetDisk{DiskUsage: du, Used: fleetBytes(du.GetUsedBytes()), Total: fleetBytes(du.GetTotalBytes())}
-		if du.GetError() != "" || du.GetTotalBytes() == 0 {
+		if du.GetError() != "" || du.GetUsedBytes()+du.GetAvailableBytes() == 0 {
 			// An unreadable disk fails its health check, whatever the
 			// others read.
 			fd.Unreadable = true
 			h.DiskUnreadable++
 		} else {
-			fd.Percent = fleetPercent(du.GetUsedBytes(), du.GetTotalBytes())
-			fd.Full = du.GetUsedBytes()*100 >= du.GetTotalBytes()*fleetDiskFullPercent
+			// df's usage, as the health check and the alert judge it.
+			ratio := fleet.DiskUsedRatio(du.GetUsedBytes(), du.GetAvailableBytes())
+			fd.Percent = min(100, int(ratio*100+0.5))
+			fd.Full = ratio*100 >= fleetDiskFullPercent
 			h.WorstDisk = max(h.WorstDisk, fd.Percent)
 			h.DiskFull = h.DiskFull || fd.Full
 		}
