@@ -220,10 +220,14 @@ func newHealthCommand(a *app) *cobra.Command {
 		Short: "Check the whole factory, a ✅/❌ line per check; exit status = failed checks",
 		Long: `Health is the runbook's health-check script as one command. The control
 plane checks its queue's store, each node's liveness, each service probe the
-sidecars ran, each disk (fails at 85% used) and each GPU's memory (fails at
-23/24 of its total, where the next model load would not fit), and prints a
-line per check: ✅ or ❌ on a terminal, "ok" or "FAIL" into a pipe or a
-file (FACTORY_COLOR=always|never overrides; NO_COLOR turns colour and
+sidecars ran, each disk (fails at 85% used, as df counts: used / (used +
+available)), each GPU's memory (fails at 23/24 of its total, where the next
+model load would not fit) and NVML on each GPU host (fails with its error
+when the driver is broken or a GPU is gone), and prints a line per check:
+✅ or ❌ on a terminal, "ok" or "FAIL" into a pipe or a file. A host that
+is not ONLINE has no current readings: its probes, disks and GPUs show ❔
+("UNKN") with their age and count as failed, since unknown is not
+healthy (FACTORY_COLOR=always|never overrides; NO_COLOR turns colour and
 symbols off). The exit status is the number of failed checks (capped at
 125), so a cron job or a script can act on it. With --watch it checks
 again every --interval until interrupted; the exit status is then the last
@@ -267,11 +271,16 @@ round's.`,
 func writeHealth(w io.Writer, resp *factoryv1.GetHealthResponse, symbols bool) error {
 	for _, c := range resp.GetChecks() {
 		mark := "ok  "
+		unknown := c.GetState() == factoryv1.HealthCheckState_HEALTH_CHECK_STATE_UNKNOWN
 		switch {
+		case symbols && unknown:
+			mark = "❔"
 		case symbols && c.GetOk():
 			mark = "✅"
 		case symbols:
 			mark = "❌"
+		case unknown:
+			mark = "UNKN"
 		case !c.GetOk():
 			mark = "FAIL"
 		}
@@ -279,12 +288,16 @@ func writeHealth(w io.Writer, resp *factoryv1.GetHealthResponse, symbols bool) e
 			return err
 		}
 	}
-	_, err := fmt.Fprintf(w, "%d of %d checks failed\n", resp.GetFailed(), len(resp.GetChecks()))
+	unknown := ""
+	if n := resp.GetUnknown(); n > 0 {
+		unknown = fmt.Sprintf(" (%d unknown)", n)
+	}
+	_, err := fmt.Fprintf(w, "%d of %d checks failed%s\n", resp.GetFailed(), len(resp.GetChecks()), unknown)
 	return err
 }
 
 // healthSummary is health's last line.
-var healthSummary = regexp.MustCompile(`(?m)^(\d+) of \d+ checks failed$`)
+var healthSummary = regexp.MustCompile(`(?m)^(\d+) of \d+ checks failed( \(\d+ unknown\))?$`)
 
 // paintHealth colours health's summary: red while a check fails.
 func paintHealth(text string) string {
