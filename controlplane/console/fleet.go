@@ -82,6 +82,9 @@ type fleetHost struct {
 	Probes []fleetProbe
 	// ProbesOK counts the probes that passed.
 	ProbesOK int
+	// Unknown: the host is not ONLINE, so its readings are old and say
+	// nothing about now (shown unknown, not ok).
+	Unknown bool
 	// GPUError says why there are no GPU readings ("no GPU").
 	GPUError string
 	// ReadAt is when the latest readings arrived: every GPU, disk and
@@ -127,6 +130,8 @@ type fleetGPUProc struct {
 type fleetProbe struct {
 	*factoryv1.ProbeResult
 	Took string
+	// Unknown: its host is not ONLINE.
+	Unknown bool
 }
 
 // fleetDisk is one filesystem's usage.
@@ -256,6 +261,10 @@ func newFleetHost(n *factoryv1.Node) fleetHost {
 		GPUError:  t.GetGpuError(),
 		ReadAt:    n.GetTelemetryAt(),
 		Thrashing: n.GetModelSwapsLastHour() > fleetSwapsThrashing,
+		Unknown:   n.GetState() != factoryv1.NodeState_NODE_STATE_ONLINE,
+	}
+	if e := t.GetNvmlError(); e != "" {
+		h.GPUError = "NVML failing: " + e
 	}
 	for _, g := range t.GetGpus() {
 		fg := newFleetGPU(g)
@@ -284,7 +293,7 @@ func newFleetHost(n *factoryv1.Node) fleetHost {
 		if p.GetOk() {
 			h.ProbesOK++
 		}
-		h.Probes = append(h.Probes, fleetProbe{ProbeResult: p, Took: fleetLatency(p.GetLatency())})
+		h.Probes = append(h.Probes, fleetProbe{ProbeResult: p, Took: fleetLatency(p.GetLatency()), Unknown: h.Unknown})
 	}
 	return h
 }
