@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/factory/factory/controlplane/fleet"
 	"github.com/factory/factory/controlplane/store"
 )
 
@@ -100,5 +101,28 @@ func TestGPUUnavailableFiresOnNVMLFailure(t *testing.T) {
 	f.fleet.setHosts(HostReading{Host: "gpu-1", Online: true, GPUsReported: 1, GPUs: []GPUReading{{Index: 0, TotalBytes: 1}}})
 	if res := f.eval(); res.Firing != 0 {
 		t.Errorf("after the driver is fixed: %+v", res)
+	}
+}
+
+// The registry source says which hosts are ONLINE and how many GPUs each
+// ever reported, which service_down and gpu_unavailable read.
+func TestRegistrySourceCarriesLivenessAndReportedGPUs(t *testing.T) {
+	clock := &fakeClock{now: t0}
+	reg := fleet.New(clock, fleet.Config{})
+	if err := reg.Register(fleet.Hello{Host: "gpu-1"}); err != nil {
+		t.Fatal(err)
+	}
+	reg.ReportedGPUs("gpu-1", 2)
+	if err := reg.Telemetry("gpu-1", "reading"); err != nil {
+		t.Fatal(err)
+	}
+	src := FleetRegistry(reg, nil, func(string, any) HostReading { return HostReading{} })
+	hosts, err := src.Hosts(t.Context())
+	if err != nil || len(hosts) != 1 || !hosts[0].Online || hosts[0].GPUsReported != 2 {
+		t.Fatalf("hosts %+v, %v", hosts, err)
+	}
+	clock.Advance(time.Minute)
+	if hosts, _ := src.Hosts(t.Context()); hosts[0].Online {
+		t.Error("a STALE host read as ONLINE")
 	}
 }
