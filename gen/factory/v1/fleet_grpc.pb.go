@@ -115,7 +115,11 @@ type FleetServiceClient interface {
 	// history stays (it ages out). A host that is ONLINE is refused
 	// (FAILED_PRECONDITION) unless force is set: a live sidecar would come
 	// back on its next Hello anyway. A host neither registered nor holding a
-	// placement is NOT_FOUND. Operators only, audited.
+	// placement is NOT_FOUND. Forgetting also drops the count of GPUs the
+	// host reported, after which fewer GPUs no longer fail its GPU check
+	// (a GPU removed on purpose). With replicas, a host is registered on
+	// each replica its sidecar connected to and is forgotten on the one
+	// called; placements are forgotten on all. Operators only, audited.
 	ForgetNode(ctx context.Context, in *ForgetNodeRequest, opts ...grpc.CallOption) (*ForgetNodeResponse, error)
 }
 
@@ -332,7 +336,11 @@ type FleetServiceServer interface {
 	// history stays (it ages out). A host that is ONLINE is refused
 	// (FAILED_PRECONDITION) unless force is set: a live sidecar would come
 	// back on its next Hello anyway. A host neither registered nor holding a
-	// placement is NOT_FOUND. Operators only, audited.
+	// placement is NOT_FOUND. Forgetting also drops the count of GPUs the
+	// host reported, after which fewer GPUs no longer fail its GPU check
+	// (a GPU removed on purpose). With replicas, a host is registered on
+	// each replica its sidecar connected to and is forgotten on the one
+	// called; placements are forgotten on all. Operators only, audited.
 	ForgetNode(context.Context, *ForgetNodeRequest) (*ForgetNodeResponse, error)
 	mustEmbedUnimplementedFleetServiceServer()
 }
