@@ -178,7 +178,7 @@ every --interval.`,
 						}
 						return writeJSON(w, out)
 					}
-					return writeGPUTable(w, resp.GetNodes())
+					return writeGPUTable(w, resp.GetNodes(), time.Now())
 				})
 			})
 		},
@@ -187,13 +187,22 @@ every --interval.`,
 	return cmd
 }
 
-func writeGPUTable(w io.Writer, nodes []*factoryv1.Node) error {
+func writeGPUTable(w io.Writer, nodes []*factoryv1.Node, now time.Time) error {
 	tw := newTable(w)
 	fmt.Fprintln(tw, "HOST\tGPU\tNAME\tVRAM\tUTIL\tTEMP\tPOWER\tPROCESSES")
 	for _, n := range nodes {
 		t := n.GetTelemetry()
+		host := n.GetHost()
+		if n.GetState() != factoryv1.NodeState_NODE_STATE_ONLINE {
+			// Not current: what the host said last, and how long ago.
+			host = fmt.Sprintf("%s (%s, read %s)", host, nodeStateName(n.GetState()), humanAge(n.GetTelemetryAt(), now))
+		}
 		if len(t.GetGpus()) == 0 {
-			fmt.Fprintf(tw, "%s\t-\t%s\t-\t-\t-\t-\t-\n", n.GetHost(), orDash(t.GetGpuError()))
+			why := t.GetGpuError()
+			if e := t.GetNvmlError(); e != "" {
+				why = "NVML failing: " + e
+			}
+			fmt.Fprintf(tw, "%s\t-\t%s\t-\t-\t-\t-\t-\n", host, orDash(why))
 			continue
 		}
 		for _, g := range t.GetGpus() {
@@ -201,7 +210,11 @@ func writeGPUTable(w io.Writer, nodes []*factoryv1.Node) error {
 			for _, p := range g.GetProcesses() {
 				procs = append(procs, fmt.Sprintf("%d(%s) %dMiB", p.GetPid(), orDash(p.GetAgent()), p.GetUsedMemoryBytes()>>20))
 			}
-			fmt.Fprintf(tw, "%s\t%d\t%s\t%d/%d MiB\t%d%%\t%d°C\t%.0f/%.0f W\t%s\n", n.GetHost(), g.GetIndex(), g.GetName(),
+			name := g.GetName()
+			if e := g.GetError(); e != "" {
+				name += " (" + e + ")"
+			}
+			fmt.Fprintf(tw, "%s\t%d\t%s\t%d/%d MiB\t%d%%\t%d°C\t%.0f/%.0f W\t%s\n", host, g.GetIndex(), name,
 				g.GetMemoryUsedBytes()>>20, g.GetMemoryTotalBytes()>>20, g.GetUtilizationPercent(), g.GetTemperatureCelsius(),
 				float64(g.GetPowerMilliwatts())/1000, float64(g.GetPowerLimitMilliwatts())/1000, orDash(strings.Join(procs, ", ")))
 		}

@@ -95,6 +95,9 @@ func TestHealthShowsAStaleHostsReadingsUnknownAndForgetRemovesIt(t *testing.T) {
 	if strings.Contains(r.stdout, "ok   probe") {
 		t.Errorf("a STALE host's probe reads ok:\n%s", r.stdout)
 	}
+	if out := s.ok("gpu"); !strings.Contains(out, "gpu-1 (STALE, read ") {
+		t.Errorf("gpu shows a STALE host's readings as current:\n%s", out)
+	}
 
 	clock.Advance(5 * time.Minute) // OFFLINE: gone
 	if out := s.ok("nodes", "forget", "gpu-1"); !strings.Contains(out, "forgot gpu-1 (OFFLINE)") {
