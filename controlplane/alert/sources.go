@@ -122,7 +122,7 @@ func (s *registrySource) Hosts(context.Context) ([]HostReading, error) {
 			continue
 		}
 		r := s.hostReading(n.Host, n.Telemetry)
-		r.Host, r.Online, r.GPUsReported = n.Host, n.State == fleet.StateOnline, n.GPUs
+		r.Host, r.Online, r.GPUsReported = n.Host, n.State == fleet.StateOnline, n.GPUsReported
 		out = append(out, r)
 	}
 	return out, nil

@@ -168,10 +168,10 @@ type Node struct {
 	// Drained is set by a drain command (or a Hello that says so): the
 	// host's agents are to claim no new work.
 	Drained bool
-	// GPUs is the most GPUs the host has reported since it first
+	// GPUsReported is the most GPUs the host has reported since it first
 	// registered (a reconnect keeps it): a host that reported GPUs and
 	// now reports fewer lost one, or its driver.
-	GPUs int
+	GPUsReported int
 }
 
 // Agent is an agent as the fleet sees it now.
@@ -267,7 +267,7 @@ func (r *Registry) Register(h Hello) error {
 	}
 	n.Node = Node{Host: h.Host, Version: h.Version, Labels: h.Labels, Agents: names, Capabilities: h.Capabilities,
 		Connected: true, ConnectedAt: now, LastSeen: now, Telemetry: n.Telemetry, TelemetryAt: n.TelemetryAt,
-		Drained: h.Drained || n.Drained, GPUs: n.GPUs}
+		Drained: h.Drained || n.Drained, GPUsReported: n.GPUsReported}
 	for _, ai := range h.Agents {
 		a, ok := r.agents[ai.Name]
 		if !ok {
@@ -301,8 +301,8 @@ func (r *Registry) Heartbeat(host string) error {
 func (r *Registry) ReportedGPUs(host string, gpus int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if n, ok := r.nodes[host]; ok && gpus > n.GPUs {
-		n.GPUs = gpus
+	if n, ok := r.nodes[host]; ok && gpus > n.GPUsReported {
+		n.GPUsReported = gpus
 	}
 }
 

@@ -98,7 +98,7 @@ func TestForgetHostRemovesItAndItsAgents(t *testing.T) {
 	}
 	clk.Advance(time.Minute)
 	res, err := ForgetHost(t.Context(), r, nil, "a", false)
-	if err != nil || !res.Known || res.Node.State != StateStale || res.Node.GPUs != 2 {
+	if err != nil || !res.Known || res.Node.State != StateStale || res.Node.GPUsReported != 2 {
 		t.Fatalf("forget: %+v, %v", res, err)
 	}
 	if len(r.Nodes()) != 1 || len(r.Agents()) != 1 || r.Agents()[0].Name != "scout" {

@@ -362,8 +362,8 @@ func nodeReadingChecks(h *healthChecks, n fleet.Node, now time.Time) {
 	switch gpus := len(t.GetGpus()); {
 	case t.GetNvmlError() != "":
 		add("gpu "+n.Host, false, "NVML failing: "+t.GetNvmlError())
-	case gpus < n.GPUs:
-		detail := fmt.Sprintf("%d of the %d GPU(s) this host reported are gone", n.GPUs-gpus, n.GPUs)
+	case gpus < n.GPUsReported:
+		detail := fmt.Sprintf("%d of the %d GPU(s) this host reported are gone", n.GPUsReported-gpus, n.GPUsReported)
 		if e := t.GetGpuError(); e != "" {
 			detail += ": " + e
 		}

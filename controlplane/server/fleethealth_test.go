@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/factory/factory/controlplane/fleet"
 	"github.com/factory/factory/controlplane/store"
 	factoryv1 "github.com/factory/factory/gen/factory/v1"
 )
@@ -420,4 +421,22 @@ func nodeDrained(t *testing.T, c factoryv1.FleetServiceClient, host string) bool
 		}
 	}
 	return false
+}
+
+// The digest's disk line uses df's number: 81 used and 14 available
+// (5 reserved) is 85%, where used / total would say 81% and stay quiet.
+func TestDigestDiskLineIsDfs(t *testing.T) {
+	clock := &fakeClock{now: time.Date(2031, 3, 14, 9, 0, 0, 0, time.UTC)}
+	reg := fleet.New(clock, fleet.Config{})
+	if err := reg.Register(fleet.Hello{Host: "gpu-1"}); err != nil {
+		t.Fatal(err)
+	}
+	const g = 1 << 30
+	if err := reg.Telemetry("gpu-1", &factoryv1.Telemetry{Disks: []*factoryv1.DiskUsage{{Path: "/", TotalBytes: 100 * g, UsedBytes: 81 * g, AvailableBytes: 14 * g}}}); err != nil {
+		t.Fatal(err)
+	}
+	lines, err := FleetInfra{Fleet: reg}.Infrastructure(context.Background())
+	if err != nil || len(lines) != 1 || lines[0] != "gpu-1 disk /: 85% used, 14.0 GiB free" {
+		t.Errorf("digest lines %q, %v", lines, err)
+	}
 }
