@@ -178,7 +178,7 @@ every --interval.`,
 						}
 						return writeJSON(w, out)
 					}
-					return writeGPUTable(w, resp.GetNodes())
+					return writeGPUTable(w, resp.GetNodes(), time.Now())
 				})
 			})
 		},
@@ -187,13 +187,22 @@ every --interval.`,
 	return cmd
 }
 
-func writeGPUTable(w io.Writer, nodes []*factoryv1.Node) error {
+func writeGPUTable(w io.Writer, nodes []*factoryv1.Node, now time.Time) error {
 	tw := newTable(w)
 	fmt.Fprintln(tw, "HOST\tGPU\tNAME\tVRAM\tUTIL\tTEMP\tPOWER\tPROCESSES")
 	for _, n := range nodes {
 		t := n.GetTelemetry()
+		host := n.GetHost()
+		if n.GetState() != factoryv1.NodeState_NODE_STATE_ONLINE {
+			// Not current: what the host said last, and how long ago.
+			host = fmt.Sprintf("%s (%s, read %s)", host, nodeStateName(n.GetState()), humanAge(n.GetTelemetryAt(), now))
+		}
 		if len(t.GetGpus()) == 0 {
-			fmt.Fprintf(tw, "%s\t-\t%s\t-\t-\t-\t-\t-\n", n.GetHost(), orDash(t.GetGpuError()))
+			why := t.GetGpuError()
+			if e := t.GetNvmlError(); e != "" {
+				why = "NVML failing: " + e
+			}
+			fmt.Fprintf(tw, "%s\t-\t%s\t-\t-\t-\t-\t-\n", host, orDash(why))
 			continue
 		}
 		for _, g := range t.GetGpus() {
@@ -201,7 +210,11 @@ func writeGPUTable(w io.Writer, nodes []*factoryv1.Node) error {
 			for _, p := range g.GetProcesses() {
 				procs = append(procs, fmt.Sprintf("%d(%s) %dMiB", p.GetPid(), orDash(p.GetAgent()), p.GetUsedMemoryBytes()>>20))
 			}
-			fmt.Fprintf(tw, "%s\t%d\t%s\t%d/%d MiB\t%d%%\t%d°C\t%.0f/%.0f W\t%s\n", n.GetHost(), g.GetIndex(), g.GetName(),
+			name := g.GetName()
+			if e := g.GetError(); e != "" {
+				name += " (" + e + ")"
+			}
+			fmt.Fprintf(tw, "%s\t%d\t%s\t%d/%d MiB\t%d%%\t%d°C\t%.0f/%.0f W\t%s\n", host, g.GetIndex(), name,
 				g.GetMemoryUsedBytes()>>20, g.GetMemoryTotalBytes()>>20, g.GetUtilizationPercent(), g.GetTemperatureCelsius(),
 				float64(g.GetPowerMilliwatts())/1000, float64(g.GetPowerLimitMilliwatts())/1000, orDash(strings.Join(procs, ", ")))
 		}
@@ -220,10 +233,14 @@ func newHealthCommand(a *app) *cobra.Command {
 		Short: "Check the whole factory, a ✅/❌ line per check; exit status = failed checks",
 		Long: `Health is the runbook's health-check script as one command. The control
 plane checks its queue's store, each node's liveness, each service probe the
-sidecars ran, each disk (fails at 85% used) and each GPU's memory (fails at
-23/24 of its total, where the next model load would not fit), and prints a
-line per check: ✅ or ❌ on a terminal, "ok" or "FAIL" into a pipe or a
-file (FACTORY_COLOR=always|never overrides; NO_COLOR turns colour and
+sidecars ran, each disk (fails at 85% used, as df counts: used / (used +
+available)), each GPU's memory (fails at 23/24 of its total, where the next
+model load would not fit) and NVML on each GPU host (fails with its error
+when the driver is broken or a GPU is gone), and prints a line per check:
+✅ or ❌ on a terminal, "ok" or "FAIL" into a pipe or a file. A host that
+is not ONLINE has no current readings: its probes, disks and GPUs show ❔
+("UNKN") with their age and count as failed, since unknown is not
+healthy (FACTORY_COLOR=always|never overrides; NO_COLOR turns colour and
 symbols off). The exit status is the number of failed checks (capped at
 125), so a cron job or a script can act on it. With --watch it checks
 again every --interval until interrupted; the exit status is then the last
@@ -267,11 +284,16 @@ round's.`,
 func writeHealth(w io.Writer, resp *factoryv1.GetHealthResponse, symbols bool) error {
 	for _, c := range resp.GetChecks() {
 		mark := "ok  "
+		unknown := c.GetState() == factoryv1.HealthCheckState_HEALTH_CHECK_STATE_UNKNOWN
 		switch {
+		case symbols && unknown:
+			mark = "❔"
 		case symbols && c.GetOk():
 			mark = "✅"
 		case symbols:
 			mark = "❌"
+		case unknown:
+			mark = "UNKN"
 		case !c.GetOk():
 			mark = "FAIL"
 		}
@@ -279,12 +301,16 @@ func writeHealth(w io.Writer, resp *factoryv1.GetHealthResponse, symbols bool) e
 			return err
 		}
 	}
-	_, err := fmt.Fprintf(w, "%d of %d checks failed\n", resp.GetFailed(), len(resp.GetChecks()))
+	unknown := ""
+	if n := resp.GetUnknown(); n > 0 {
+		unknown = fmt.Sprintf(" (%d unknown)", n)
+	}
+	_, err := fmt.Fprintf(w, "%d of %d checks failed%s\n", resp.GetFailed(), len(resp.GetChecks()), unknown)
 	return err
 }
 
 // healthSummary is health's last line.
-var healthSummary = regexp.MustCompile(`(?m)^(\d+) of \d+ checks failed$`)
+var healthSummary = regexp.MustCompile(`(?m)^(\d+) of \d+ checks failed( \(\d+ unknown\))?$`)
 
 // paintHealth colours health's summary: red while a check fails.
 func paintHealth(text string) string {

@@ -60,7 +60,8 @@ func TestFleetCommands(t *testing.T) {
 		Gpus: []*factoryv1.GpuDevice{{Index: 0, Name: "NVIDIA H100 PCIe", MemoryTotalBytes: 80 << 30, MemoryUsedBytes: 79 << 30,
 			UtilizationPercent: 97, TemperatureCelsius: 64, PowerMilliwatts: 301000, PowerLimitMilliwatts: 350000,
 			Processes: []*factoryv1.GpuProcess{{Pid: 4242, UsedMemoryBytes: 78 << 30, Agent: "forge"}}}},
-		Disks:  []*factoryv1.DiskUsage{{Path: "/", TotalBytes: 1000, UsedBytes: 500}, {Path: "/data", TotalBytes: 1000, UsedBytes: 900}},
+		Disks: []*factoryv1.DiskUsage{{Path: "/", TotalBytes: 1000, UsedBytes: 500, AvailableBytes: 450},
+			{Path: "/data", TotalBytes: 1000, UsedBytes: 900, AvailableBytes: 50}},
 		Probes: []*factoryv1.ProbeResult{{Name: "litellm", Kind: "http", Ok: true, Detail: "200"}, {Name: "qdrant", Kind: "tcp", Detail: "connection refused"}},
 	})
 

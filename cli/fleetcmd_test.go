@@ -16,8 +16,8 @@ import (
 	"github.com/factory/factory/sidecar/stream"
 )
 
-// `factory agents restart` and `factory nodes drain` reach a sidecar's
-// stream client and print what it answered.
+// `factory agents restart`, `factory nodes drain` and `undrain` reach a
+// sidecar's stream client and print what it answered.
 func TestAgentsRestartAndNodesDrain(t *testing.T) {
 	s := newShell(t)
 	conn, err := grpc.NewClient(s.addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
@@ -66,4 +66,16 @@ func TestAgentsRestartAndNodesDrain(t *testing.T) {
 	if r := s.run("nodes", "drain", "nowhere"); r.code == 0 {
 		t.Errorf("nodes drain of a host with no sidecar: exit 0")
 	}
+	// A drained host takes no placement; undrain (through the sidecar,
+	// which stops repeating the mark) makes it eligible again.
+	if r := s.run("agents", "place", "scout", "--host", "gpu-7"); r.code == 0 || !strings.Contains(r.stderr, "drained") {
+		t.Errorf("placing on a drained host: exit %d, %s", r.code, r.stderr)
+	}
+	if r := s.run("nodes", "undrain", "gpu-7"); r.code != 0 || !strings.Contains(r.stderr, "undrain on gpu-7: ok") {
+		t.Fatalf("nodes undrain: exit %d, %s", r.code, r.stderr)
+	}
+	if out := s.ok("nodes"); strings.Contains(out, "DRAINED") {
+		t.Errorf("nodes after the undrain:\n%s", out)
+	}
+	s.ok("agents", "place", "scout", "--host", "gpu-7")
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/factory/factory/controlplane/fleet"
 	factoryv1 "github.com/factory/factory/gen/factory/v1"
 )
 
@@ -135,10 +136,10 @@ func writeHistoryTable(w io.Writer, readings []*factoryv1.NodeReading) error {
 			hottest = max(hottest, g.GetTemperatureCelsius())
 		}
 		for _, d := range t.GetDisks() {
-			if d.GetTotalBytes() == 0 {
+			if d.GetUsedBytes()+d.GetAvailableBytes() == 0 {
 				continue
 			}
-			if pct := 100 * float64(d.GetUsedBytes()) / float64(d.GetTotalBytes()); pct >= worst {
+			if pct := 100 * fleet.DiskUsedRatio(d.GetUsedBytes(), d.GetAvailableBytes()); pct >= worst {
 				worst, fullest = pct, fmt.Sprintf("%s %.0f%%", d.GetPath(), pct)
 			}
 		}

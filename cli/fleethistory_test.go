@@ -17,7 +17,7 @@ func TestNodesHistory(t *testing.T) {
 		CollectedAt: timestamppb.Now(),
 		Gpus: []*factoryv1.GpuDevice{{Index: 0, Name: "NVIDIA H100 PCIe", MemoryTotalBytes: 80 << 30, MemoryUsedBytes: 79 << 30,
 			UtilizationPercent: 97, TemperatureCelsius: 64}},
-		Disks:  []*factoryv1.DiskUsage{{Path: "/", TotalBytes: 1000, UsedBytes: 500}, {Path: "/data", TotalBytes: 1000, UsedBytes: 900}},
+		Disks:  []*factoryv1.DiskUsage{{Path: "/", TotalBytes: 1000, UsedBytes: 500, AvailableBytes: 450}, {Path: "/data", TotalBytes: 1000, UsedBytes: 900, AvailableBytes: 50}},
 		Probes: []*factoryv1.ProbeResult{{Name: "litellm", Kind: "http", Ok: true}, {Name: "qdrant", Kind: "tcp"}},
 	})
 
@@ -35,7 +35,8 @@ func TestNodesHistory(t *testing.T) {
 		t.Fatalf("nodes history -o json: %v", readings)
 	}
 	out := s.ok("nodes", "history", "gpu-1", "--since", "1h")
-	for _, want := range []string{"GPU UTIL", "97%", "80896/81920", "64C", "/data 90%", "1/2"} {
+	// df's usage: 900 / (900 + 50), not 900 / 1000.
+	for _, want := range []string{"GPU UTIL", "97%", "80896/81920", "64C", "/data 95%", "1/2"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("nodes history lacks %q:\n%s", want, out)
 		}

@@ -491,7 +491,10 @@ func TestDefaultRulesMeasure(t *testing.T) {
 		TierMicros:  map[string]int64{"frontier": 25_000_001, "mid": 15_000_000, "infra": 10_500_000},
 		AgentMicros: map[string]int64{"forge": 10_000_001, "hammer": 9_000_000}}}
 	f.fleet.swaps = map[string]int{"gpu-1": 21, "gpu-2": 20}
-	f.fleet.hosts = []HostReading{{Host: "gpu-1", Disks: []DiskReading{{Path: "/data", UsedBytes: 86, TotalBytes: 100}, {Path: "/", UsedBytes: 85, TotalBytes: 100}}}}
+	// df's usage, used / (used + available): /data's 5% reserved blocks
+	// put it at 85.3% (used / total would say 81%); / is at, not over.
+	f.fleet.hosts = []HostReading{{Host: "gpu-1", Disks: []DiskReading{{Path: "/data", UsedBytes: 81, AvailableBytes: 14, TotalBytes: 100},
+		{Path: "/", UsedBytes: 85, AvailableBytes: 15, TotalBytes: 100}}}}
 	f.eval()
 	// Rules sharing a source share one read of it per evaluation.
 	if q, sp := f.svc.cfg.Sources.Queue.(*fakeQueue), f.svc.cfg.Sources.Spend.(*fakeSpend); q.statsReads != 1 || sp.reads != 1 {

@@ -66,12 +66,20 @@ const (
 	// minutes, from the spend reports (LiteLLM's spend-log status);
 	// a pair with fewer than LLMErrorRateMinRequests calls has no series.
 	ExprLLMErrorRate Expr = "llm_error_ratio"
+	// ExprServiceDown is 1 for each service probe failing on an ONLINE
+	// host (labels host, service); a passing probe has no series, nor
+	// has a host not ONLINE (its readings are unknown, not failing).
+	ExprServiceDown Expr = "service_down"
+	// ExprGPUUnavailable is 1 for each ONLINE host whose NVML fails, or
+	// that has fewer working GPUs than it reported (label host); the
+	// alert's text says which.
+	ExprGPUUnavailable Expr = "gpu_unavailable"
 )
 
 // Exprs is every measurement.
 var Exprs = []Expr{ExprSpendDaily, ExprSpendTierDaily, ExprSpendAgentDaily, ExprGPUMemoryUsed, ExprDiskUsed,
 	ExprAgentOffline, ExprModelSwaps, ExprReadyDepth, ExprFailed24h, ExprDeadLettered, ExprReadyOldestWait,
-	ExprInProgressOldest, ExprLLMErrorRate}
+	ExprInProgressOldest, ExprLLMErrorRate, ExprServiceDown, ExprGPUUnavailable}
 
 // Severities.
 const (
@@ -149,6 +157,10 @@ func DefaultRules() []Rule {
 			Summary: "a task has been IN_PROGRESS for {{duration .Value}}"},
 		{Name: "litellm_error_rate", Expr: ExprLLMErrorRate, Threshold: 0.05, Severity: SeverityWarning,
 			Summary: "{{percent .Value}} of LiteLLM calls to {{.Labels.provider}} {{.Labels.model}} failed in the last 15 minutes, above {{percent .Threshold}}"},
+		{Name: "service_down", Expr: ExprServiceDown, Threshold: 0, For: 2 * time.Minute, Severity: SeverityCritical,
+			Summary: "service {{.Labels.service}} on {{.Labels.host}} has failed its probe for 2 minutes"},
+		{Name: "gpu_unavailable", Expr: ExprGPUUnavailable, Threshold: 0, Severity: SeverityCritical,
+			Summary: "GPU unavailable on {{.Labels.host}}{{with .Examples}}: {{.}}{{end}}"},
 	}
 }
 

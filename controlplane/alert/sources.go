@@ -3,7 +3,9 @@ package alert
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/factory/factory/controlplane/fleet"
@@ -58,18 +60,38 @@ type HostReading struct {
 	Host  string
 	GPUs  []GPUReading
 	Disks []DiskReading
+	// Online is whether the host is ONLINE: the readings of one that is
+	// not are unknown, and its probes measure nothing.
+	Online bool
+	// Probes are the service probes' outcomes.
+	Probes []ProbeReading
+	// NVMLError is why NVML fails on the host, or empty.
+	NVMLError string
+	// GPUsReported is the most GPUs the host ever reported.
+	GPUsReported int
+}
+
+// ProbeReading is one service probe's outcome.
+type ProbeReading struct {
+	Service string
+	OK      bool
+	Detail  string
 }
 
 // GPUReading is one GPU's memory.
 type GPUReading struct {
 	Index                 int
 	UsedBytes, TotalBytes uint64
+	// Error is why the GPU's readings failed, or empty.
+	Error string
 }
 
-// DiskReading is one filesystem's usage.
+// DiskReading is one filesystem's usage: its ratio is df's, used /
+// (used + available) (fleet.DiskUsedRatio).
 type DiskReading struct {
 	Path                  string
 	UsedBytes, TotalBytes uint64
+	AvailableBytes        uint64
 }
 
 // AgentReading is one agent's liveness.
@@ -118,7 +140,7 @@ func (s *registrySource) Hosts(context.Context) ([]HostReading, error) {
 			continue
 		}
 		r := s.hostReading(n.Host, n.Telemetry)
-		r.Host = n.Host
+		r.Host, r.Online, r.GPUsReported = n.Host, n.State == fleet.StateOnline, n.GPUsReported
 		out = append(out, r)
 	}
 	return out, nil
@@ -231,10 +253,36 @@ func (m *measurer) measure(ctx context.Context, e Expr) ([]series, error) {
 				continue
 			}
 			for _, d := range h.Disks {
-				if d.TotalBytes > 0 {
+				if d.UsedBytes+d.AvailableBytes > 0 {
 					out = append(out, series{labels: map[string]string{"host": h.Host, "path": d.Path},
-						value: float64(d.UsedBytes) / float64(d.TotalBytes)})
+						value: fleet.DiskUsedRatio(d.UsedBytes, d.AvailableBytes)})
 				}
+			}
+		}
+		return out, nil
+	case ExprServiceDown, ExprGPUUnavailable:
+		if m.src.Fleet == nil {
+			return nil, errNoSource
+		}
+		hosts, err := m.hosts.get(func() ([]HostReading, error) { return m.src.Fleet.Hosts(ctx) })
+		if err != nil {
+			return nil, err
+		}
+		var out []series
+		for _, h := range hosts {
+			if !h.Online {
+				continue
+			}
+			if e == ExprServiceDown {
+				for _, p := range h.Probes {
+					if !p.OK {
+						out = append(out, series{labels: map[string]string{"host": h.Host, "service": p.Service}, value: 1})
+					}
+				}
+				continue
+			}
+			if s, ok := gpuUnavailable(h); ok {
+				out = append(out, s)
 			}
 		}
 		return out, nil
@@ -323,6 +371,31 @@ func (m *measurer) measure(ctx context.Context, e Expr) ([]series, error) {
 		return one(float64(n)), err
 	}
 	return nil, errNoSource
+}
+
+// gpuUnavailable is h's gpu_unavailable series: NVML failing, GPUs gone
+// since the host reported them, or GPUs whose readings fail.
+func gpuUnavailable(h HostReading) (series, bool) {
+	labels := map[string]string{"host": h.Host}
+	if h.NVMLError != "" {
+		return series{labels: labels, value: 1, examples: []string{"NVML failing: " + h.NVMLError}}, true
+	}
+	missing := max(h.GPUsReported-len(h.GPUs), 0)
+	var failing []string
+	for _, g := range h.GPUs {
+		if g.Error != "" {
+			missing++
+			failing = append(failing, fmt.Sprintf("GPU %d: %s", g.Index, g.Error))
+		}
+	}
+	if missing == 0 {
+		return series{}, false
+	}
+	reason := fmt.Sprintf("%d of %d GPU(s) unavailable", missing, max(h.GPUsReported, len(h.GPUs)))
+	if len(failing) > 0 {
+		reason += " (" + strings.Join(failing, "; ") + ")"
+	}
+	return series{labels: labels, value: 1, examples: []string{reason}}, true
 }
 
 // deadLetterExamples is how many dead-lettered tasks an alert names.

@@ -939,7 +939,7 @@ func connectGPUHost(t *testing.T, fleetc factoryv1.FleetServiceClient) {
 		Gpus: []*factoryv1.GpuDevice{{Index: 0, Name: "NVIDIA H100 80GB HBM3", Uuid: "GPU-5d3f1c2a-8e4b-4f7a-9c61-2b7d0e9a4f11",
 			MemoryUsedBytes: 61 * gib, MemoryTotalBytes: 80 * gib, UtilizationPercent: 87, MemoryUtilizationPercent: 64,
 			TemperatureCelsius: 63, PowerMilliwatts: 512_000, PowerLimitMilliwatts: 700_000, SmClockMhz: 1980, MemoryClockMhz: 2619}},
-		Disks: []*factoryv1.DiskUsage{{Path: "/", UsedBytes: 412 * gib, TotalBytes: 1800 * gib}},
+		Disks: []*factoryv1.DiskUsage{{Path: "/", UsedBytes: 412 * gib, AvailableBytes: 1298 * gib, TotalBytes: 1800 * gib}},
 	}
 	if err := st.Send(&factoryv1.ConnectRequest{Msg: &factoryv1.ConnectRequest_Telemetry{Telemetry: tel}}); err != nil {
 		t.Fatal(err)

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/factory/factory/controlplane/fleet"
 	factoryv1 "github.com/factory/factory/gen/factory/v1"
 )
 
@@ -81,6 +82,9 @@ type fleetHost struct {
 	Probes []fleetProbe
 	// ProbesOK counts the probes that passed.
 	ProbesOK int
+	// Unknown: the host is not ONLINE, so its readings are old and say
+	// nothing about now (shown unknown, not ok).
+	Unknown bool
 	// GPUError says why there are no GPU readings ("no GPU").
 	GPUError string
 	// ReadAt is when the latest readings arrived: every GPU, disk and
@@ -126,6 +130,8 @@ type fleetGPUProc struct {
 type fleetProbe struct {
 	*factoryv1.ProbeResult
 	Took string
+	// Unknown: its host is not ONLINE.
+	Unknown bool
 }
 
 // fleetDisk is one filesystem's usage.
@@ -255,6 +261,10 @@ func newFleetHost(n *factoryv1.Node) fleetHost {
 		GPUError:  t.GetGpuError(),
 		ReadAt:    n.GetTelemetryAt(),
 		Thrashing: n.GetModelSwapsLastHour() > fleetSwapsThrashing,
+		Unknown:   n.GetState() != factoryv1.NodeState_NODE_STATE_ONLINE,
+	}
+	if e := t.GetNvmlError(); e != "" {
+		h.GPUError = "NVML failing: " + e
 	}
 	for _, g := range t.GetGpus() {
 		fg := newFleetGPU(g)
@@ -264,14 +274,16 @@ func newFleetHost(n *factoryv1.Node) fleetHost {
 	}
 	for _, du := range t.GetDisks() {
 		fd := fleetDisk{DiskUsage: du, Used: fleetBytes(du.GetUsedBytes()), Total: fleetBytes(du.GetTotalBytes())}
-		if du.GetError() != "" || du.GetTotalBytes() == 0 {
+		if du.GetError() != "" || du.GetUsedBytes()+du.GetAvailableBytes() == 0 {
 			// An unreadable disk fails its health check, whatever the
 			// others read.
 			fd.Unreadable = true
 			h.DiskUnreadable++
 		} else {
-			fd.Percent = fleetPercent(du.GetUsedBytes(), du.GetTotalBytes())
-			fd.Full = du.GetUsedBytes()*100 >= du.GetTotalBytes()*fleetDiskFullPercent
+			// df's usage, as the health check and the alert judge it.
+			ratio := fleet.DiskUsedRatio(du.GetUsedBytes(), du.GetAvailableBytes())
+			fd.Percent = min(100, int(ratio*100+0.5))
+			fd.Full = ratio*100 >= fleetDiskFullPercent
 			h.WorstDisk = max(h.WorstDisk, fd.Percent)
 			h.DiskFull = h.DiskFull || fd.Full
 		}
@@ -281,7 +293,7 @@ func newFleetHost(n *factoryv1.Node) fleetHost {
 		if p.GetOk() {
 			h.ProbesOK++
 		}
-		h.Probes = append(h.Probes, fleetProbe{ProbeResult: p, Took: fleetLatency(p.GetLatency())})
+		h.Probes = append(h.Probes, fleetProbe{ProbeResult: p, Took: fleetLatency(p.GetLatency()), Unknown: h.Unknown})
 	}
 	return h
 }

@@ -90,7 +90,7 @@ func inferenceHost() *factoryv1.Node {
 					{Pid: 5151, UsedMemoryBytes: 14 * gib},
 				},
 			}},
-			Disks: []*factoryv1.DiskUsage{{Path: "/", TotalBytes: 1000 * gib, UsedBytes: 910 * gib}},
+			Disks: []*factoryv1.DiskUsage{{Path: "/", TotalBytes: 1000 * gib, UsedBytes: 910 * gib, AvailableBytes: 90 * gib}},
 			Probes: []*factoryv1.ProbeResult{
 				{Name: "litellm", Kind: "http", Target: "http://127.0.0.1:4000/health/readiness", Ok: true, Latency: durationpb.New(31 * time.Millisecond)},
 				{Name: "qdrant", Kind: "http", Target: "http://127.0.0.1:6333/readyz", Ok: false, Detail: "503 some shards are not ready", Latency: durationpb.New(2 * time.Second)},
@@ -212,5 +212,29 @@ func TestFleetBytes(t *testing.T) {
 		if got := fleetBytes(in); got != want {
 			t.Errorf("fleetBytes(%d) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// A host that is not ONLINE shows its probes unknown, not ok, and a
+// failing NVML as the reason there are no GPU readings.
+func TestFleetPageShowsAStaleHostsProbesUnknown(t *testing.T) {
+	stale := inferenceHost()
+	stale.State = factoryv1.NodeState_NODE_STATE_STALE
+	stale.Telemetry.Probes = stale.Telemetry.Probes[:1] // litellm, ok when read
+	stale.Telemetry.Gpus = nil
+	stale.Telemetry.NvmlError = "NVML init: Driver/library version mismatch"
+	s := pageTestServer(t, &fakeFleet{nodes: []*factoryv1.Node{stale}}, nil)
+	rq, rec := pageTestRequest(http.MethodGet, "/fleet", nil)
+	if err := s.fleetPage(rq); err != nil {
+		t.Fatal(err)
+	}
+	body := rec.Body.String()
+	for _, want := range []string{`1 unknown</span>`, `>unknown</span>`, `NVML failing: NVML init: Driver/library version mismatch`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("the page lacks %q", want)
+		}
+	}
+	if strings.Contains(body, `<span class="chip ok">ok</span>`) {
+		t.Error("a STALE host's probe shows ok")
 	}
 }

@@ -13,10 +13,13 @@ import (
 // Command is an operator's command for one host's sidecar.
 type Command struct {
 	ID string
-	// RestartAgent names the agent to restart; empty for a drain.
+	// RestartAgent names the agent to restart; empty for a drain or an
+	// undrain.
 	RestartAgent string
 	// Drain marks the host drained.
 	Drain bool
+	// Undrain clears the host's drain mark.
+	Undrain bool
 }
 
 // CommandResult is the sidecar's answer to a Command.

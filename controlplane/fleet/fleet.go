@@ -168,6 +168,10 @@ type Node struct {
 	// Drained is set by a drain command (or a Hello that says so): the
 	// host's agents are to claim no new work.
 	Drained bool
+	// GPUsReported is the most GPUs the host has reported since it first
+	// registered (a reconnect keeps it): a host that reported GPUs and
+	// now reports fewer lost one, or its driver.
+	GPUsReported int
 }
 
 // Agent is an agent as the fleet sees it now.
@@ -217,6 +221,9 @@ func New(clock Clock, cfg Config) *Registry {
 	return &Registry{clock: clock, cfg: cfg.withDefaults(), nodes: map[string]*node{}, agents: map[string]*agent{}, subs: map[chan struct{}]struct{}{}}
 }
 
+// Clock is the registry's time source.
+func (r *Registry) Clock() Clock { return r.clock }
+
 // Config is the registry's effective configuration.
 func (r *Registry) Config() Config { return r.cfg }
 
@@ -260,7 +267,7 @@ func (r *Registry) Register(h Hello) error {
 	}
 	n.Node = Node{Host: h.Host, Version: h.Version, Labels: h.Labels, Agents: names, Capabilities: h.Capabilities,
 		Connected: true, ConnectedAt: now, LastSeen: now, Telemetry: n.Telemetry, TelemetryAt: n.TelemetryAt,
-		Drained: h.Drained || n.Drained}
+		Drained: h.Drained || n.Drained, GPUsReported: n.GPUsReported}
 	for _, ai := range h.Agents {
 		a, ok := r.agents[ai.Name]
 		if !ok {
@@ -287,6 +294,16 @@ func (r *Registry) Heartbeat(host string) error {
 	}
 	n.LastSeen = r.clock.Now()
 	return nil
+}
+
+// ReportedGPUs records that host's latest readings hold gpus GPUs; the
+// node's GPUs keeps the most ever reported.
+func (r *Registry) ReportedGPUs(host string, gpus int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if n, ok := r.nodes[host]; ok && gpus > n.GPUsReported {
+		n.GPUsReported = gpus
+	}
 }
 
 // Telemetry stores host's latest readings; it also counts as a heartbeat.
@@ -396,9 +413,10 @@ func (r *Registry) Agents() []Agent {
 }
 
 // Subscribe returns a channel that receives (coalesced) when a node
-// registers, disconnects or reports telemetry, and a cancel func. Liveness
-// changes by the clock alone are not signalled: a watcher re-reads on its
-// own tick as well.
+// registers, disconnects, reports telemetry or is forgotten, and a cancel
+// func. Liveness changes by the clock alone are not signalled here: a
+// watcher also waits on LivenessTimer, which fires when the next one is
+// due.
 func (r *Registry) Subscribe() (<-chan struct{}, func()) {
 	ch := make(chan struct{}, 1)
 	r.mu.Lock()

@@ -197,7 +197,7 @@ func (m *Metrics) registerFleet(meter metric.Meter, src FleetSource) error {
 	ig(&in.gpuMemUtil, "factory.gpu.memory.utilization", "%", "GPU memory bandwidth utilisation, per device.")
 	ig(&in.gpuTemp, "factory.gpu.temperature", "Cel", "GPU temperature, per device.")
 	fg(&in.gpuPower, "factory.gpu.power", "W", "GPU power draw, per device.")
-	fg(&in.diskUsage, "factory.disk.usage", "1", "Fraction of each configured filesystem in use.")
+	fg(&in.diskUsage, "factory.disk.usage", "1", "Fraction of each configured filesystem in use, as df says: used / (used + available).")
 	ig(&in.probeUp, "factory.probe.up", "", "1 while the service probe succeeds, per host and probe.")
 	fg(&in.probeLatency, "factory.probe.latency", "s", "How long the service probe took.")
 	fg(&in.hostCPU, "factory.host.cpu.usage", "1", "Fraction of the host's CPU time busy between its sidecar's last two readings, per host.")
@@ -292,10 +292,10 @@ func observeFleet(o metric.Observer, in *fleetInstruments, nodes []fleet.Node, a
 			o.ObserveFloat64(in.gpuPower, float64(g.GetPowerMilliwatts())/1000, attrs)
 		}
 		for _, d := range t.GetDisks() {
-			if d.GetError() != "" || d.GetTotalBytes() == 0 || paths.value(d.GetPath()) == Other {
+			if d.GetError() != "" || d.GetUsedBytes()+d.GetAvailableBytes() == 0 || paths.value(d.GetPath()) == Other {
 				continue
 			}
-			o.ObserveFloat64(in.diskUsage, float64(d.GetUsedBytes())/float64(d.GetTotalBytes()),
+			o.ObserveFloat64(in.diskUsage, fleet.DiskUsedRatio(d.GetUsedBytes(), d.GetAvailableBytes()),
 				metric.WithAttributes(host, attribute.String("path", d.GetPath())))
 		}
 		for _, p := range t.GetProbes() {

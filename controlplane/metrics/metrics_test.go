@@ -96,7 +96,7 @@ func TestEveryInstrumentIsExportedUnderItsListedName(t *testing.T) {
 	tel := &factoryv1.Telemetry{
 		Gpus: []*factoryv1.GpuDevice{{Index: 0, Name: "NVIDIA H100 80GB HBM3", MemoryUsedBytes: 40 << 30, MemoryTotalBytes: 80 << 30,
 			UtilizationPercent: 87, MemoryUtilizationPercent: 40, TemperatureCelsius: 61, PowerMilliwatts: 350_500}},
-		Disks:  []*factoryv1.DiskUsage{{Path: "/", TotalBytes: 100, UsedBytes: 25}},
+		Disks:  []*factoryv1.DiskUsage{{Path: "/", TotalBytes: 100, UsedBytes: 20, AvailableBytes: 60}}, // df: 20/(20+60); not 20/100
 		Probes: []*factoryv1.ProbeResult{{Name: "litellm", Kind: "http", Ok: true, Latency: durationpb.New(30 * time.Millisecond)}, {Name: "qdrant", Kind: "tcp"}},
 		Host:   hostReading(),
 	}

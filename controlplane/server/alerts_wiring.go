@@ -218,12 +218,16 @@ func telemetryReading(host string, t any) alert.HostReading {
 		return r
 	}
 	for _, g := range tel.GetGpus() {
-		r.GPUs = append(r.GPUs, alert.GPUReading{Index: int(g.GetIndex()), UsedBytes: g.GetMemoryUsedBytes(), TotalBytes: g.GetMemoryTotalBytes()})
+		r.GPUs = append(r.GPUs, alert.GPUReading{Index: int(g.GetIndex()), UsedBytes: g.GetMemoryUsedBytes(), TotalBytes: g.GetMemoryTotalBytes(), Error: g.GetError()})
 	}
 	for _, d := range tel.GetDisks() {
 		if d.GetError() == "" {
-			r.Disks = append(r.Disks, alert.DiskReading{Path: d.GetPath(), UsedBytes: d.GetUsedBytes(), TotalBytes: d.GetTotalBytes()})
+			r.Disks = append(r.Disks, alert.DiskReading{Path: d.GetPath(), UsedBytes: d.GetUsedBytes(), TotalBytes: d.GetTotalBytes(), AvailableBytes: d.GetAvailableBytes()})
 		}
 	}
+	for _, p := range tel.GetProbes() {
+		r.Probes = append(r.Probes, alert.ProbeReading{Service: p.GetName(), OK: p.GetOk(), Detail: p.GetDetail()})
+	}
+	r.NVMLError = tel.GetNvmlError()
 	return r
 }

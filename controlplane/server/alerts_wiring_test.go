@@ -93,14 +93,14 @@ func TestRelayPayloadFitsANotification(t *testing.T) {
 func TestTelemetryReadingForAlerts(t *testing.T) {
 	tel := &factoryv1.Telemetry{
 		Gpus: []*factoryv1.GpuDevice{{Index: 1, MemoryUsedBytes: 23 << 30, MemoryTotalBytes: 24 << 30}},
-		Disks: []*factoryv1.DiskUsage{{Path: "/", UsedBytes: 86, TotalBytes: 100},
+		Disks: []*factoryv1.DiskUsage{{Path: "/", UsedBytes: 86, AvailableBytes: 9, TotalBytes: 100},
 			{Path: "/gone", Error: "no such file or directory"}},
 	}
 	r := telemetryReading("gpu-1", tel)
 	if r.Host != "gpu-1" || len(r.GPUs) != 1 || r.GPUs[0].Index != 1 || r.GPUs[0].UsedBytes != 23<<30 || r.GPUs[0].TotalBytes != 24<<30 {
 		t.Errorf("GPUs %+v", r.GPUs)
 	}
-	if len(r.Disks) != 1 || r.Disks[0].Path != "/" || r.Disks[0].UsedBytes != 86 {
+	if len(r.Disks) != 1 || r.Disks[0].Path != "/" || r.Disks[0].UsedBytes != 86 || r.Disks[0].AvailableBytes != 9 {
 		t.Errorf("disks %+v (an unreadable disk must be left out, not read as empty)", r.Disks)
 	}
 	if r := telemetryReading("x", "not telemetry"); len(r.GPUs)+len(r.Disks) != 0 {

@@ -439,6 +439,12 @@ var accessTable = map[string]accessRow{
 		_, err := c.f.UnplaceAgent(ctx, &factoryv1.UnplaceAgentRequest{Agent: "no-such-agent"})
 		return err
 	}, [...]codes.Code{unauthorized, denied, denied, denied, notFound}},
+	// Forgetting a host nothing names: admitted for operators only, then
+	// NOT_FOUND.
+	factoryv1.FleetService_ForgetNode_FullMethodName: {func(ctx context.Context, c clients) error {
+		_, err := c.f.ForgetNode(ctx, &factoryv1.ForgetNodeRequest{Host: "no-such-host"})
+		return err
+	}, [...]codes.Code{unauthorized, denied, denied, denied, notFound}},
 	factoryv1.FleetService_ListPlacements_FullMethodName: {func(ctx context.Context, c clients) error {
 		_, err := c.f.ListPlacements(ctx, &factoryv1.ListPlacementsRequest{})
 		return err

@@ -70,7 +70,7 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 		return status.Error(codes.PermissionDenied, err.Error())
 	case errors.Is(err, fleet.ErrInvalid):
 		return status.Error(codes.InvalidArgument, err.Error())
-	case errors.Is(err, fleet.ErrUnknownNode), errors.Is(err, fleet.ErrNotConnected):
+	case errors.Is(err, fleet.ErrUnknownNode), errors.Is(err, fleet.ErrNotConnected), errors.Is(err, fleet.ErrRefused):
 		return status.Error(codes.FailedPrecondition, err.Error())
 	case errors.Is(err, maintenance.ErrInMaintenance):
 		return status.Error(codes.FailedPrecondition, err.Error())

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -30,10 +31,6 @@ const (
 	// fails: a model swap into it would run out of memory.
 	gpuFullNum, gpuFullDen = 23, 24
 )
-
-// fleetWatchTick is how often WatchFleet re-reads the view when nothing
-// was signalled: liveness changes by the clock alone are not signalled.
-var fleetWatchTick = 5 * time.Second
 
 // fleetServer adapts controlplane/fleet to FleetService.
 type fleetServer struct {
@@ -170,6 +167,7 @@ func (s *fleetServer) Connect(stream factoryv1.FleetService_ConnectServer) error
 				// History first: once the live view shows a reading, the
 				// history has taken it (or decided to skip it) already.
 				s.recordHistory(ctx, host, msg.Telemetry)
+				s.fleet.ReportedGPUs(host, len(msg.Telemetry.GetGpus()))
 				err = s.fleet.Telemetry(host, msg.Telemetry)
 			case *factoryv1.ConnectRequest_Events:
 				err = s.storeEvents(ctx, stream, host, msg.Events.GetEvents())
@@ -273,60 +271,114 @@ func (s *fleetServer) GetHealth(ctx context.Context, _ *factoryv1.GetHealthReque
 	if err := s.ready(); err != nil {
 		return nil, err
 	}
-	var checks []*factoryv1.HealthCheck
-	add := func(name string, ok bool, detail string) {
-		checks = append(checks, &factoryv1.HealthCheck{Name: name, Ok: ok, Detail: detail})
-	}
+	h := &healthChecks{}
 	if s.q == nil {
-		add("queue", false, "no queue service")
+		h.add("queue", false, "no queue service")
 	} else if st, _, err := s.q.Stats(ctx); err != nil {
-		add("queue", false, "store unreachable: "+err.Error())
+		h.add("queue", false, "store unreachable: "+err.Error())
 	} else {
-		add("queue", true, fmt.Sprintf("store reachable; %d tasks", totalTasks(st)))
+		h.add("queue", true, fmt.Sprintf("store reachable; %d tasks", totalTasks(st)))
 	}
 	var swaps map[string]int
 	if s.events != nil {
 		var err error
 		if swaps, err = s.events.SwapRates(ctx); err != nil {
-			add("model swaps", false, "store unreachable: "+err.Error())
+			h.add("model swaps", false, "store unreachable: "+err.Error())
 		}
 	}
+	now := s.fleet.Clock().Now()
 	for _, n := range s.fleet.Nodes() {
-		add("node "+n.Host, n.State == fleet.StateOnline, fmt.Sprintf("%s, last seen %s", n.State, n.LastSeen.UTC().Format(time.RFC3339)))
+		h.add("node "+n.Host, n.State == fleet.StateOnline, fmt.Sprintf("%s, last seen %s", n.State, n.LastSeen.UTC().Format(time.RFC3339)))
 		if swaps != nil {
 			// A host swapping models this often spends its GPU time
 			// loading weights instead of serving agents.
 			c := swaps[n.Host]
-			add("model swaps "+n.Host, c < fleet.MaxSwapsPerHour,
+			h.add("model swaps "+n.Host, c < fleet.MaxSwapsPerHour,
 				fmt.Sprintf("%d in the last hour (limit %d)", c, fleet.MaxSwapsPerHour))
 		}
-		t, _ := n.Telemetry.(*factoryv1.Telemetry)
-		for _, p := range t.GetProbes() {
-			add(fmt.Sprintf("probe %s:%s", n.Host, p.GetName()), p.GetOk(), p.GetDetail())
-		}
-		for _, d := range t.GetDisks() {
-			name := fmt.Sprintf("disk %s:%s", n.Host, d.GetPath())
-			if d.GetError() != "" || d.GetTotalBytes() == 0 {
-				add(name, false, "unreadable: "+d.GetError())
-				continue
-			}
-			pct := float64(d.GetUsedBytes()) * 100 / float64(d.GetTotalBytes())
-			add(name, pct < diskFullPercent, fmt.Sprintf("%.1f%% used (limit %d%%)", pct, diskFullPercent))
-		}
-		for _, g := range t.GetGpus() {
-			name := fmt.Sprintf("gpu %s:%d", n.Host, g.GetIndex())
-			used, total := g.GetMemoryUsedBytes(), g.GetMemoryTotalBytes()
-			add(name, total > 0 && used*gpuFullDen < total*gpuFullNum,
-				fmt.Sprintf("%s: %d/%d MiB VRAM", g.GetName(), used>>20, total>>20))
-		}
+		nodeReadingChecks(h, n, now)
 	}
-	var failed int32
-	for _, c := range checks {
+	return h.response(), nil
+}
+
+// healthChecks collects GetHealth's checks.
+type healthChecks struct{ checks []*factoryv1.HealthCheck }
+
+func (h *healthChecks) add(name string, ok bool, detail string) *factoryv1.HealthCheck {
+	c := &factoryv1.HealthCheck{Name: name, Ok: ok, Detail: detail, State: factoryv1.HealthCheckState_HEALTH_CHECK_STATE_FAILED}
+	if ok {
+		c.State = factoryv1.HealthCheckState_HEALTH_CHECK_STATE_OK
+	}
+	h.checks = append(h.checks, c)
+	return c
+}
+
+func (h *healthChecks) response() *factoryv1.GetHealthResponse {
+	out := &factoryv1.GetHealthResponse{Checks: h.checks}
+	for _, c := range h.checks {
 		if !c.GetOk() {
-			failed++
+			out.Failed++
+		}
+		if c.GetState() == factoryv1.HealthCheckState_HEALTH_CHECK_STATE_UNKNOWN {
+			out.Unknown++
 		}
 	}
-	return &factoryv1.GetHealthResponse{Checks: checks, Failed: failed}, nil
+	return out
+}
+
+// nodeReadingChecks adds the checks of a node's latest readings: each
+// probe, disk and GPU, and NVML itself. A node that is not ONLINE has no
+// current readings: each check is UNKNOWN, with the age of the reading it
+// would have judged, and is not healthy.
+func nodeReadingChecks(h *healthChecks, n fleet.Node, now time.Time) {
+	t, _ := n.Telemetry.(*factoryv1.Telemetry)
+	var age time.Duration
+	if !n.TelemetryAt.IsZero() {
+		age = max(now.Sub(n.TelemetryAt), 0)
+	}
+	add := func(name string, ok bool, detail string) {
+		c := h.add(name, ok, detail)
+		c.Age = durationpb.New(age)
+		if n.State != fleet.StateOnline {
+			c.Ok, c.State = false, factoryv1.HealthCheckState_HEALTH_CHECK_STATE_UNKNOWN
+			c.Detail = fmt.Sprintf("unknown: host %s, reading %s old (was: %s)", n.State, age.Round(time.Second), detail)
+		}
+	}
+	for _, p := range t.GetProbes() {
+		add(fmt.Sprintf("probe %s:%s", n.Host, p.GetName()), p.GetOk(), p.GetDetail())
+	}
+	for _, d := range t.GetDisks() {
+		name := fmt.Sprintf("disk %s:%s", n.Host, d.GetPath())
+		if d.GetError() != "" || d.GetUsedBytes()+d.GetAvailableBytes() == 0 {
+			add(name, false, "unreadable: "+d.GetError())
+			continue
+		}
+		pct := fleet.DiskUsedRatio(d.GetUsedBytes(), d.GetAvailableBytes()) * 100
+		add(name, pct < diskFullPercent, fmt.Sprintf("%.1f%% used (limit %d%%)", pct, diskFullPercent))
+	}
+	// NVML failing, or fewer GPUs than the host reported before: the
+	// runbook's "GPU available" check. A host with no NVIDIA library and
+	// no GPU ever reported has no GPU check.
+	switch gpus := len(t.GetGpus()); {
+	case t.GetNvmlError() != "":
+		add("gpu "+n.Host, false, "NVML failing: "+t.GetNvmlError())
+	case gpus < n.GPUsReported:
+		detail := fmt.Sprintf("%d of the %d GPU(s) this host reported are gone", n.GPUsReported-gpus, n.GPUsReported)
+		if e := t.GetGpuError(); e != "" {
+			detail += ": " + e
+		}
+		add("gpu "+n.Host, false, detail)
+	}
+	for _, g := range t.GetGpus() {
+		name := fmt.Sprintf("gpu %s:%d", n.Host, g.GetIndex())
+		if e := g.GetError(); e != "" {
+			add(name, false, fmt.Sprintf("%s: %s", g.GetName(), e))
+			continue
+		}
+		used, total := g.GetMemoryUsedBytes(), g.GetMemoryTotalBytes()
+		add(name, total > 0 && used*gpuFullDen < total*gpuFullNum,
+			fmt.Sprintf("%s: %d/%d MiB VRAM", g.GetName(), used>>20, total>>20))
+	}
 }
 
 func totalTasks(st *store.QueueStats) int64 {
@@ -337,29 +389,55 @@ func totalTasks(st *store.QueueStats) int64 {
 	return n
 }
 
-// WatchFleet sends the view now, then again on every change and on a tick
-// (liveness moves with the clock alone).
+// WatchFleet sends the view now, then again on every change: a signalled
+// one (a Hello, telemetry, a disconnect) at once, and a liveness change by
+// the clock alone (STALE, OFFLINE) at the moment it is due, by a timer set
+// to the earliest threshold any node or agent crosses next. A timer that
+// finds no state changed (a heartbeat moved the threshold) sends nothing.
 func (s *fleetServer) WatchFleet(_ *factoryv1.WatchFleetRequest, stream factoryv1.FleetService_WatchFleetServer) error {
 	if err := s.ready(); err != nil {
 		return err
 	}
 	ch, cancel := s.fleet.Subscribe()
 	defer cancel()
-	tick := time.NewTicker(fleetWatchTick)
-	defer tick.Stop()
+	var sent string
+	send := true
 	for {
-		if err := stream.Send(&factoryv1.WatchFleetResponse{Nodes: nodesToProto(s.fleet.Nodes()), Agents: agentsToProto(s.fleet.Agents())}); err != nil {
-			return err
+		nodes, agents := s.fleet.Nodes(), s.fleet.Agents()
+		if states := livenessKey(nodes, agents); send || states != sent {
+			if err := stream.Send(&factoryv1.WatchFleetResponse{Nodes: nodesToProto(nodes), Agents: agentsToProto(agents)}); err != nil {
+				return err
+			}
+			sent = states
 		}
+		wake, stop := s.fleet.LivenessTimer()
 		select {
 		case <-stream.Context().Done():
+			stop()
 			return nil
 		case <-s.stopping:
+			stop()
 			return status.Error(codes.Unavailable, "the control plane is shutting down")
 		case <-ch:
-		case <-tick.C:
+			send = true
+		case <-wake:
+			send = false
 		}
+		stop()
 	}
+}
+
+// livenessKey sums up every node's and agent's state, to tell whether a
+// timer's wake-up changed any.
+func livenessKey(nodes []fleet.Node, agents []fleet.Agent) string {
+	var b strings.Builder
+	for _, n := range nodes {
+		fmt.Fprintf(&b, "n%s=%d;", n.Host, n.State)
+	}
+	for _, a := range agents {
+		fmt.Fprintf(&b, "a%s=%d;", a.Name, a.State)
+	}
+	return b.String()
 }
 
 func stateToProto(s fleet.State) factoryv1.NodeState {

@@ -24,6 +24,7 @@ type commandNote struct {
 	ID           string `json:"id,omitempty"`
 	RestartAgent string `json:"restart_agent,omitempty"`
 	Drain        bool   `json:"drain,omitempty"`
+	Undrain      bool   `json:"undrain,omitempty"`
 	OK           bool   `json:"ok"`
 	Error        string `json:"error,omitempty"`
 }
@@ -37,7 +38,7 @@ func (s *fleetServer) SendCommand(ctx context.Context, req *factoryv1.SendComman
 	if s.cmds == nil {
 		return nil, status.Error(codes.Unimplemented, "this control plane sends no commands")
 	}
-	cmd := fleet.Command{RestartAgent: req.GetRestartAgent().GetName(), Drain: req.GetDrain() != nil}
+	cmd := fleet.Command{RestartAgent: req.GetRestartAgent().GetName(), Drain: req.GetDrain() != nil, Undrain: req.GetUndrain() != nil}
 	timeout := defaultCommandTimeout
 	if d := req.GetTimeout().AsDuration(); d > 0 {
 		timeout = d
@@ -45,7 +46,7 @@ func (s *fleetServer) SendCommand(ctx context.Context, req *factoryv1.SendComman
 	wctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	res, err := s.cmds.Send(wctx, req.GetHost(), cmd)
-	note := commandNote{ID: res.ID, RestartAgent: cmd.RestartAgent, Drain: cmd.Drain, OK: err == nil && res.OK, Error: res.Error}
+	note := commandNote{ID: res.ID, RestartAgent: cmd.RestartAgent, Drain: cmd.Drain, Undrain: cmd.Undrain, OK: err == nil && res.OK, Error: res.Error}
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
 			// Sent but unanswered: audited, since the command may still run.
@@ -55,8 +56,8 @@ func (s *fleetServer) SendCommand(ctx context.Context, req *factoryv1.SendComman
 		}
 		return nil, s.err(ctx, err)
 	}
-	if cmd.Drain && res.OK {
-		s.fleet.SetDrained(req.GetHost(), true)
+	if (cmd.Drain || cmd.Undrain) && res.OK {
+		s.fleet.SetDrained(req.GetHost(), cmd.Drain)
 	}
 	access.Note(ctx, req.GetHost(), nil, note)
 	return &factoryv1.SendCommandResponse{Result: commandResultToProto(res)}, nil
@@ -67,6 +68,8 @@ func commandToProto(c fleet.Command) *factoryv1.SidecarCommand {
 	switch {
 	case c.Drain:
 		out.Command = &factoryv1.SidecarCommand_Drain{Drain: &factoryv1.DrainHost{}}
+	case c.Undrain:
+		out.Command = &factoryv1.SidecarCommand_Undrain{Undrain: &factoryv1.UndrainHost{}}
 	default:
 		out.Command = &factoryv1.SidecarCommand_RestartAgent{RestartAgent: &factoryv1.RestartAgent{Name: c.RestartAgent}}
 	}

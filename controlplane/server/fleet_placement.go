@@ -68,6 +68,11 @@ func (s *fleetServer) PlaceAgent(ctx context.Context, r *factoryv1.PlaceAgentReq
 	if err != nil {
 		return nil, err
 	}
+	if s.fleet != nil {
+		if err := s.fleet.CheckPlaceable(r.GetHost()); err != nil {
+			return nil, s.err(ctx, err)
+		}
+	}
 	before, after, err := s.placements.Place(ctx, r.GetAgent(), r.GetHost(), c.Ref())
 	if err != nil {
 		return nil, s.err(ctx, err)

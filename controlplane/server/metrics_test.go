@@ -90,7 +90,7 @@ func startWithData(t *testing.T) string {
 	tel := &factoryv1.Telemetry{CollectedAt: timestamppb.New(clock.Now()),
 		Gpus: []*factoryv1.GpuDevice{{Index: 0, Name: "NVIDIA H100 80GB HBM3", MemoryUsedBytes: 40 << 30, MemoryTotalBytes: 80 << 30,
 			UtilizationPercent: 87, MemoryUtilizationPercent: 30, TemperatureCelsius: 60, PowerMilliwatts: 300_000}},
-		Disks: []*factoryv1.DiskUsage{{Path: "/", TotalBytes: 100 << 30, UsedBytes: 40 << 30}},
+		Disks: []*factoryv1.DiskUsage{{Path: "/", TotalBytes: 100 << 30, UsedBytes: 40 << 30, AvailableBytes: 55 << 30}},
 		Probes: []*factoryv1.ProbeResult{{Name: "litellm", Kind: "http", Ok: true, Latency: durationpb.New(20 * time.Millisecond)},
 			{Name: "qdrant", Kind: "http", Detail: "503", Latency: durationpb.New(time.Millisecond)}},
 		Host: &factoryv1.HostReading{CpuUsageRatio: proto.Float64(0.4), MemoryTotalBytes: 64 << 30, MemoryUsedBytes: 16 << 30, Load1: 2.5,

@@ -86,8 +86,8 @@ func (f FleetInfra) Infrastructure(context.Context) ([]string, error) {
 			switch {
 			case d.GetError() != "":
 				lines = append(lines, fmt.Sprintf("%s disk %s: %s", n.Host, d.GetPath(), d.GetError()))
-			case d.GetTotalBytes() > 0:
-				if pct := d.GetUsedBytes() * 100 / d.GetTotalBytes(); pct >= diskHighPercent {
+			case d.GetUsedBytes()+d.GetAvailableBytes() > 0:
+				if pct := int(fleet.DiskUsedRatio(d.GetUsedBytes(), d.GetAvailableBytes()) * 100); pct >= diskHighPercent {
 					lines = append(lines, fmt.Sprintf("%s disk %s: %d%% used, %.1f GiB free", n.Host, d.GetPath(), pct, gib(d.GetAvailableBytes())))
 				}
 			}

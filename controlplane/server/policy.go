@@ -169,6 +169,9 @@ var rules = map[string]rule{
 	factoryv1.FleetService_GetNodeHistory_FullMethodName: {roles: everyone},
 	// Commands restart agents and drain hosts: operators only, audited.
 	factoryv1.FleetService_SendCommand_FullMethodName: {roles: operatorOnly, mutates: true},
+	// Forgetting a gone host drops its readings and its placements:
+	// operators only, audited.
+	factoryv1.FleetService_ForgetNode_FullMethodName: {roles: operatorOnly, mutates: true},
 	// Placing an agent on a host lets that host's sidecar declare it and
 	// report its spend: operators only, audited. Where agents are placed
 	// is read like the fleet.

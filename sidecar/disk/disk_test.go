@@ -34,3 +34,28 @@ func TestCollect(t *testing.T) {
 		t.Errorf("df says %d KiB, statfs %d", kb, u.TotalBytes/1024)
 	}
 }
+
+// UsedPercent is df's Use%, used / (used + available), for the test's own
+// filesystem (df rounds up).
+func TestUsedPercentIsDfs(t *testing.T) {
+	dir := t.TempDir()
+	u := Collect([]string{dir})[0]
+	if u.Error != "" {
+		t.Fatal(u.Error)
+	}
+	if want := float64(u.UsedBytes) * 100 / float64(u.UsedBytes+u.AvailableBytes); u.UsedPercent != want {
+		t.Errorf("UsedPercent %v, want used/(used+available) %v", u.UsedPercent, want)
+	}
+	out, err := exec.Command("df", "--output=pcent", dir).Output()
+	if err != nil {
+		t.Skipf("df not usable here: %v", err)
+	}
+	f := strings.Fields(string(out))
+	df, err := strconv.Atoi(strings.TrimSuffix(f[len(f)-1], "%"))
+	if err != nil {
+		t.Skipf("df output %q", out)
+	}
+	if up := int(u.UsedPercent); !(up == df || up+1 == df) {
+		t.Errorf("UsedPercent %.3f, df says %d%%", u.UsedPercent, df)
+	}
+}

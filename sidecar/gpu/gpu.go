@@ -24,6 +24,11 @@ type Snapshot struct {
 	Available bool `json:"available"`
 	// Reason says why Available is false ("no GPU: ...").
 	Reason string `json:"reason,omitempty"`
+	// NVMLError is set when NVML is installed but fails (init other than
+	// "library not found", the device count, every device handle): a
+	// broken or mismatched driver, not a host without a GPU. It is a
+	// failing GPU check, where a host with no NVIDIA library is not.
+	NVMLError string `json:"nvml_error,omitempty"`
 	// Init is NVML's return code for nvmlInit, as NVML spells it.
 	Init          string   `json:"init,omitempty"`
 	DriverVersion string   `json:"driver_version,omitempty"`
@@ -59,6 +64,9 @@ type Device struct {
 	// Calls holds NVML's return code for every call made for this device,
 	// keyed like the recorded fixtures ("mem_v2", "util", "procs", ...).
 	Calls map[string]string `json:"calls"`
+	// Error is set when the device's readings failed: its memory could
+	// not be read at all, or NVML says the GPU is lost.
+	Error string `json:"error,omitempty"`
 	// Took is how long this device's collection took.
 	Took Duration `json:"took"`
 }
@@ -147,6 +155,7 @@ type Collector struct {
 	mu       sync.Mutex
 	started  bool
 	noGPU    string // non-empty: why there is no GPU; collections are empty
+	nvmlErr  string // NVML is there but fails; "" when it works or is absent
 	initRet  nvml.Return
 	devices  []nvml.Device
 	events   nvml.EventSet
@@ -203,7 +212,11 @@ func (c *Collector) startLocked() error {
 		// ERROR_LIBRARY_NOT_FOUND: no driver here. Any other failure (driver
 		// and library mismatch, no permission) is reported the same way, as
 		// the host still runs agents without a GPU.
-		return c.setNoGPU(fmt.Sprintf("NVML init: %s", retString(ret)), calls)
+		reason := fmt.Sprintf("NVML init: %s", retString(ret))
+		if ret != nvml.ERROR_LIBRARY_NOT_FOUND {
+			c.nvmlErr = reason
+		}
+		return c.setNoGPU(reason, calls)
 	}
 	call(calls, "driver", func() nvml.Return {
 		var r nvml.Return
@@ -229,6 +242,7 @@ func (c *Collector) startLocked() error {
 		reason := "no device"
 		if r != nvml.SUCCESS {
 			reason = "device count: " + retString(r)
+			c.nvmlErr = reason
 		}
 		return c.setNoGPU(reason, calls)
 	}
@@ -243,7 +257,8 @@ func (c *Collector) startLocked() error {
 		}
 	}
 	if len(c.devices) == 0 {
-		return c.setNoGPU("no device handle", calls)
+		c.nvmlErr = fmt.Sprintf("no handle for any of %d device(s)", count)
+		return c.setNoGPU(c.nvmlErr, calls)
 	}
 	// Events are best effort: some devices (and every mock) do not support
 	// them, and readings matter more than events.
@@ -291,7 +306,7 @@ func (c *Collector) Close() {
 	if c.started && c.initRet == nvml.SUCCESS {
 		_ = guard(func() { c.lib.Shutdown() })
 	}
-	c.started, c.devices, c.noGPU = false, nil, ""
+	c.started, c.devices, c.noGPU, c.nvmlErr = false, nil, "", ""
 }
 
 // Collect reads every device once. It never fails: a call that fails is
@@ -308,6 +323,7 @@ func (c *Collector) Collect() Snapshot {
 	}
 	if c.noGPU != "" {
 		snap.Reason = "no GPU: " + c.noGPU
+		snap.NVMLError = c.nvmlErr
 		snap.Took = Duration(time.Since(start))
 		return snap
 	}
@@ -334,8 +350,10 @@ func (c *Collector) collectDevice(index int, d nvml.Device) Device {
 		// Older drivers (and GPUs before Turing) lack v2; v1's Used then
 		// includes the driver's reservation.
 		var v1 nvml.Memory
-		if call(out.Calls, "mem", func() (r nvml.Return) { v1, r = d.GetMemoryInfo(); return }) == nvml.SUCCESS {
+		if r := call(out.Calls, "mem", func() (r nvml.Return) { v1, r = d.GetMemoryInfo(); return }); r == nvml.SUCCESS {
 			out.Memory = Memory{TotalBytes: v1.Total, UsedBytes: v1.Used, FreeBytes: v1.Free, Version: "v1"}
+		} else {
+			out.Error = "memory unreadable: " + out.Calls["mem"]
 		}
 	}
 	call(out.Calls, "util", func() nvml.Return {
@@ -355,6 +373,13 @@ func (c *Collector) collectDevice(index int, d nvml.Device) Device {
 		}
 		return r
 	})
+	// A lost GPU (fallen off the bus) answers every call with this code.
+	for name, code := range out.Calls {
+		if code == retString(nvml.ERROR_GPU_IS_LOST) {
+			out.Error = fmt.Sprintf("GPU is lost (%s: %s)", name, code)
+			break
+		}
+	}
 	out.Took = Duration(time.Since(start))
 	return out
 }

@@ -336,6 +336,10 @@ func runCommand(ctx context.Context, cfg Config, c *factoryv1.SidecarCommand, dr
 		drained.Store(true)
 		cfg.Logger.Info("drained by the control plane: agents are to claim no new work", "host", cfg.Hello.GetHost())
 		return &factoryv1.CommandResult{Ok: true, Output: "drained"}
+	case c.GetUndrain() != nil:
+		drained.Store(false)
+		cfg.Logger.Info("undrained by the control plane: agents may claim work again", "host", cfg.Hello.GetHost())
+		return &factoryv1.CommandResult{Ok: true, Output: "undrained"}
 	case c.GetRestartAgent() != nil && cfg.OnCommand != nil:
 		if r := cfg.OnCommand(ctx, c); r != nil {
 			return r

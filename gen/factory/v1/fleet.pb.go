@@ -81,6 +81,64 @@ func (NodeState) EnumDescriptor() ([]byte, []int) {
 	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{0}
 }
 
+// HealthCheckState is a check's outcome.
+type HealthCheckState int32
+
+const (
+	// Not set (a server before states: read ok).
+	HealthCheckState_HEALTH_CHECK_STATE_UNSPECIFIED HealthCheckState = 0
+	// The check passed.
+	HealthCheckState_HEALTH_CHECK_STATE_OK HealthCheckState = 1
+	// The check failed.
+	HealthCheckState_HEALTH_CHECK_STATE_FAILED HealthCheckState = 2
+	// The reading is too old to say: its host is STALE or OFFLINE. Not
+	// healthy: ok is false and it counts in failed.
+	HealthCheckState_HEALTH_CHECK_STATE_UNKNOWN HealthCheckState = 3
+)
+
+// Enum value maps for HealthCheckState.
+var (
+	HealthCheckState_name = map[int32]string{
+		0: "HEALTH_CHECK_STATE_UNSPECIFIED",
+		1: "HEALTH_CHECK_STATE_OK",
+		2: "HEALTH_CHECK_STATE_FAILED",
+		3: "HEALTH_CHECK_STATE_UNKNOWN",
+	}
+	HealthCheckState_value = map[string]int32{
+		"HEALTH_CHECK_STATE_UNSPECIFIED": 0,
+		"HEALTH_CHECK_STATE_OK":          1,
+		"HEALTH_CHECK_STATE_FAILED":      2,
+		"HEALTH_CHECK_STATE_UNKNOWN":     3,
+	}
+)
+
+func (x HealthCheckState) Enum() *HealthCheckState {
+	p := new(HealthCheckState)
+	*p = x
+	return p
+}
+
+func (x HealthCheckState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (HealthCheckState) Descriptor() protoreflect.EnumDescriptor {
+	return file_factory_v1_fleet_proto_enumTypes[1].Descriptor()
+}
+
+func (HealthCheckState) Type() protoreflect.EnumType {
+	return &file_factory_v1_fleet_proto_enumTypes[1]
+}
+
+func (x HealthCheckState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use HealthCheckState.Descriptor instead.
+func (HealthCheckState) EnumDescriptor() ([]byte, []int) {
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{1}
+}
+
 // ConnectRequest is one message from a sidecar on its stream.
 type ConnectRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -564,6 +622,11 @@ type Telemetry struct {
 	Probes []*ProbeResult `protobuf:"bytes,4,rep,name=probes,proto3" json:"probes,omitempty"`
 	// Why GPU readings are missing ("no GPU"), or empty.
 	GpuError string `protobuf:"bytes,5,opt,name=gpu_error,json=gpuError,proto3" json:"gpu_error,omitempty"`
+	// NVML is installed but fails (init, device count or handles: a broken
+	// or mismatched driver), with its error; empty when it works or when
+	// the host has no NVIDIA library at all. A failing GPU health check and
+	// the gpu_unavailable alert.
+	NvmlError string `protobuf:"bytes,8,opt,name=nvml_error,json=nvmlError,proto3" json:"nvml_error,omitempty"`
 	// The host's CPU, memory, load and network; unset from a sidecar that
 	// does not read them.
 	Host          *HostReading `protobuf:"bytes,6,opt,name=host,proto3" json:"host,omitempty"`
@@ -632,6 +695,13 @@ func (x *Telemetry) GetProbes() []*ProbeResult {
 func (x *Telemetry) GetGpuError() string {
 	if x != nil {
 		return x.GpuError
+	}
+	return ""
+}
+
+func (x *Telemetry) GetNvmlError() string {
+	if x != nil {
+		return x.NvmlError
 	}
 	return ""
 }
@@ -849,7 +919,10 @@ type GpuDevice struct {
 	// Memory clock, MHz.
 	MemoryClockMhz uint32 `protobuf:"varint,13,opt,name=memory_clock_mhz,json=memoryClockMhz,proto3" json:"memory_clock_mhz,omitempty"`
 	// Running compute processes.
-	Processes     []*GpuProcess `protobuf:"bytes,14,rep,name=processes,proto3" json:"processes,omitempty"`
+	Processes []*GpuProcess `protobuf:"bytes,14,rep,name=processes,proto3" json:"processes,omitempty"`
+	// Why this device's readings failed (its memory could not be read, or
+	// NVML says the GPU is lost), or empty. A failing GPU health check.
+	Error         string `protobuf:"bytes,17,opt,name=error,proto3" json:"error,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -982,6 +1055,13 @@ func (x *GpuDevice) GetProcesses() []*GpuProcess {
 	return nil
 }
 
+func (x *GpuDevice) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 // GpuProcess is a compute process on a GPU.
 type GpuProcess struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1055,7 +1135,9 @@ type DiskUsage struct {
 	TotalBytes uint64 `protobuf:"varint,2,opt,name=total_bytes,json=totalBytes,proto3" json:"total_bytes,omitempty"`
 	// Bytes used.
 	UsedBytes uint64 `protobuf:"varint,3,opt,name=used_bytes,json=usedBytes,proto3" json:"used_bytes,omitempty"`
-	// Bytes available to unprivileged users.
+	// Bytes available to unprivileged users. Usage everywhere is df's:
+	// used_bytes / (used_bytes + available_bytes), so the blocks reserved
+	// for root count as full.
 	AvailableBytes uint64 `protobuf:"varint,4,opt,name=available_bytes,json=availableBytes,proto3" json:"available_bytes,omitempty"`
 	// Why the path could not be read, or empty.
 	Error         string `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
@@ -2375,10 +2457,15 @@ type HealthCheck struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// What was checked ("queue", "node gpu-1", "disk gpu-1:/").
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	// Whether it passed.
+	// Whether it passed; false for an UNKNOWN check too.
 	Ok bool `protobuf:"varint,2,opt,name=ok,proto3" json:"ok,omitempty"`
 	// What was found.
-	Detail        string `protobuf:"bytes,3,opt,name=detail,proto3" json:"detail,omitempty"`
+	Detail string `protobuf:"bytes,3,opt,name=detail,proto3" json:"detail,omitempty"`
+	// The outcome: OK, FAILED or UNKNOWN.
+	State HealthCheckState `protobuf:"varint,6,opt,name=state,proto3,enum=factory.v1.HealthCheckState" json:"state,omitempty"`
+	// How old the reading checked is (a probe's, disk's or GPU's); unset
+	// for checks made now (the queue, a node's liveness).
+	Age           *durationpb.Duration `protobuf:"bytes,7,opt,name=age,proto3" json:"age,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2434,13 +2521,29 @@ func (x *HealthCheck) GetDetail() string {
 	return ""
 }
 
+func (x *HealthCheck) GetState() HealthCheckState {
+	if x != nil {
+		return x.State
+	}
+	return HealthCheckState_HEALTH_CHECK_STATE_UNSPECIFIED
+}
+
+func (x *HealthCheck) GetAge() *durationpb.Duration {
+	if x != nil {
+		return x.Age
+	}
+	return nil
+}
+
 // GetHealthResponse holds every check.
 type GetHealthResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The checks, in a stable order.
 	Checks []*HealthCheck `protobuf:"bytes,1,rep,name=checks,proto3" json:"checks,omitempty"`
-	// How many failed; 0 is healthy.
-	Failed        int32 `protobuf:"varint,2,opt,name=failed,proto3" json:"failed,omitempty"`
+	// How many failed, the UNKNOWN ones included; 0 is healthy.
+	Failed int32 `protobuf:"varint,2,opt,name=failed,proto3" json:"failed,omitempty"`
+	// How many of the failed are UNKNOWN (readings of hosts not ONLINE).
+	Unknown       int32 `protobuf:"varint,5,opt,name=unknown,proto3" json:"unknown,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2485,6 +2588,13 @@ func (x *GetHealthResponse) GetChecks() []*HealthCheck {
 func (x *GetHealthResponse) GetFailed() int32 {
 	if x != nil {
 		return x.Failed
+	}
+	return 0
+}
+
+func (x *GetHealthResponse) GetUnknown() int32 {
+	if x != nil {
+		return x.Unknown
 	}
 	return 0
 }
@@ -2592,6 +2702,7 @@ type SidecarCommand struct {
 	//
 	//	*SidecarCommand_RestartAgent
 	//	*SidecarCommand_Drain
+	//	*SidecarCommand_Undrain
 	Command       isSidecarCommand_Command `protobuf_oneof:"command"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2659,6 +2770,15 @@ func (x *SidecarCommand) GetDrain() *DrainHost {
 	return nil
 }
 
+func (x *SidecarCommand) GetUndrain() *UndrainHost {
+	if x != nil {
+		if x, ok := x.Command.(*SidecarCommand_Undrain); ok {
+			return x.Undrain
+		}
+	}
+	return nil
+}
+
 type isSidecarCommand_Command interface {
 	isSidecarCommand_Command()
 }
@@ -2673,9 +2793,16 @@ type SidecarCommand_Drain struct {
 	Drain *DrainHost `protobuf:"bytes,3,opt,name=drain,proto3,oneof"`
 }
 
+type SidecarCommand_Undrain struct {
+	// Undo a drain.
+	Undrain *UndrainHost `protobuf:"bytes,6,opt,name=undrain,proto3,oneof"`
+}
+
 func (*SidecarCommand_RestartAgent) isSidecarCommand_Command() {}
 
 func (*SidecarCommand_Drain) isSidecarCommand_Command() {}
+
+func (*SidecarCommand_Undrain) isSidecarCommand_Command() {}
 
 // RestartAgent restarts an agent with the restart_command configured for it
 // in the sidecar's YAML (agents[].restart_command), run with a timeout.
@@ -2725,7 +2852,8 @@ func (x *RestartAgent) GetName() string {
 }
 
 // DrainHost marks the host drained: its agents are to claim no new work.
-// The mark shows in ListNodes and is repeated in the sidecar's Hello.
+// The mark shows in ListNodes and is repeated in the sidecar's Hello. No
+// agent is placed on a drained host (PlaceAgent is FAILED_PRECONDITION).
 type DrainHost struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -2762,6 +2890,44 @@ func (*DrainHost) Descriptor() ([]byte, []int) {
 	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{38}
 }
 
+// UndrainHost clears a host's drain mark: its agents may claim work and
+// agents may be placed on it again.
+type UndrainHost struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UndrainHost) Reset() {
+	*x = UndrainHost{}
+	mi := &file_factory_v1_fleet_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UndrainHost) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UndrainHost) ProtoMessage() {}
+
+func (x *UndrainHost) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_fleet_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UndrainHost.ProtoReflect.Descriptor instead.
+func (*UndrainHost) Descriptor() ([]byte, []int) {
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{39}
+}
+
 // CommandResult is what came of a SidecarCommand.
 type CommandResult struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2781,7 +2947,7 @@ type CommandResult struct {
 
 func (x *CommandResult) Reset() {
 	*x = CommandResult{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[39]
+	mi := &file_factory_v1_fleet_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2793,7 +2959,7 @@ func (x *CommandResult) String() string {
 func (*CommandResult) ProtoMessage() {}
 
 func (x *CommandResult) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[39]
+	mi := &file_factory_v1_fleet_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2806,7 +2972,7 @@ func (x *CommandResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommandResult.ProtoReflect.Descriptor instead.
 func (*CommandResult) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{39}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *CommandResult) GetId() string {
@@ -2855,6 +3021,7 @@ type SendCommandRequest struct {
 	//
 	//	*SendCommandRequest_RestartAgent
 	//	*SendCommandRequest_Drain
+	//	*SendCommandRequest_Undrain
 	Command isSendCommandRequest_Command `protobuf_oneof:"command"`
 	// How long to wait for the result (default 60s): a restart command may
 	// take a while, and the sidecar applies its own timeout too.
@@ -2865,7 +3032,7 @@ type SendCommandRequest struct {
 
 func (x *SendCommandRequest) Reset() {
 	*x = SendCommandRequest{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[40]
+	mi := &file_factory_v1_fleet_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2877,7 +3044,7 @@ func (x *SendCommandRequest) String() string {
 func (*SendCommandRequest) ProtoMessage() {}
 
 func (x *SendCommandRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[40]
+	mi := &file_factory_v1_fleet_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2890,7 +3057,7 @@ func (x *SendCommandRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendCommandRequest.ProtoReflect.Descriptor instead.
 func (*SendCommandRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{40}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *SendCommandRequest) GetHost() string {
@@ -2925,6 +3092,15 @@ func (x *SendCommandRequest) GetDrain() *DrainHost {
 	return nil
 }
 
+func (x *SendCommandRequest) GetUndrain() *UndrainHost {
+	if x != nil {
+		if x, ok := x.Command.(*SendCommandRequest_Undrain); ok {
+			return x.Undrain
+		}
+	}
+	return nil
+}
+
 func (x *SendCommandRequest) GetTimeout() *durationpb.Duration {
 	if x != nil {
 		return x.Timeout
@@ -2946,9 +3122,16 @@ type SendCommandRequest_Drain struct {
 	Drain *DrainHost `protobuf:"bytes,3,opt,name=drain,proto3,oneof"`
 }
 
+type SendCommandRequest_Undrain struct {
+	// Undo a drain (an empty message: nothing in it to check).
+	Undrain *UndrainHost `protobuf:"bytes,7,opt,name=undrain,proto3,oneof"`
+}
+
 func (*SendCommandRequest_RestartAgent) isSendCommandRequest_Command() {}
 
 func (*SendCommandRequest_Drain) isSendCommandRequest_Command() {}
+
+func (*SendCommandRequest_Undrain) isSendCommandRequest_Command() {}
 
 // SendCommandResponse is the sidecar's answer.
 type SendCommandResponse struct {
@@ -2961,7 +3144,7 @@ type SendCommandResponse struct {
 
 func (x *SendCommandResponse) Reset() {
 	*x = SendCommandResponse{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[41]
+	mi := &file_factory_v1_fleet_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2973,7 +3156,7 @@ func (x *SendCommandResponse) String() string {
 func (*SendCommandResponse) ProtoMessage() {}
 
 func (x *SendCommandResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[41]
+	mi := &file_factory_v1_fleet_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2986,7 +3169,7 @@ func (x *SendCommandResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendCommandResponse.ProtoReflect.Descriptor instead.
 func (*SendCommandResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{41}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *SendCommandResponse) GetResult() *CommandResult {
@@ -3015,7 +3198,7 @@ type GetNodeHistoryRequest struct {
 
 func (x *GetNodeHistoryRequest) Reset() {
 	*x = GetNodeHistoryRequest{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[42]
+	mi := &file_factory_v1_fleet_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3027,7 +3210,7 @@ func (x *GetNodeHistoryRequest) String() string {
 func (*GetNodeHistoryRequest) ProtoMessage() {}
 
 func (x *GetNodeHistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[42]
+	mi := &file_factory_v1_fleet_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3040,7 +3223,7 @@ func (x *GetNodeHistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeHistoryRequest.ProtoReflect.Descriptor instead.
 func (*GetNodeHistoryRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{42}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *GetNodeHistoryRequest) GetHost() string {
@@ -3085,7 +3268,7 @@ type GetNodeHistoryResponse struct {
 
 func (x *GetNodeHistoryResponse) Reset() {
 	*x = GetNodeHistoryResponse{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[43]
+	mi := &file_factory_v1_fleet_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3097,7 +3280,7 @@ func (x *GetNodeHistoryResponse) String() string {
 func (*GetNodeHistoryResponse) ProtoMessage() {}
 
 func (x *GetNodeHistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[43]
+	mi := &file_factory_v1_fleet_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3110,7 +3293,7 @@ func (x *GetNodeHistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeHistoryResponse.ProtoReflect.Descriptor instead.
 func (*GetNodeHistoryResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{43}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *GetNodeHistoryResponse) GetReadings() []*NodeReading {
@@ -3140,7 +3323,7 @@ type NodeReading struct {
 
 func (x *NodeReading) Reset() {
 	*x = NodeReading{}
-	mi := &file_factory_v1_fleet_proto_msgTypes[44]
+	mi := &file_factory_v1_fleet_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3152,7 +3335,7 @@ func (x *NodeReading) String() string {
 func (*NodeReading) ProtoMessage() {}
 
 func (x *NodeReading) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_fleet_proto_msgTypes[44]
+	mi := &file_factory_v1_fleet_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3165,7 +3348,7 @@ func (x *NodeReading) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeReading.ProtoReflect.Descriptor instead.
 func (*NodeReading) Descriptor() ([]byte, []int) {
-	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{44}
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *NodeReading) GetTime() *timestamppb.Timestamp {
@@ -3178,6 +3361,116 @@ func (x *NodeReading) GetTime() *timestamppb.Timestamp {
 func (x *NodeReading) GetTelemetry() *Telemetry {
 	if x != nil {
 		return x.Telemetry
+	}
+	return nil
+}
+
+// ForgetNodeRequest names the host to forget.
+type ForgetNodeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The host's name, as its sidecar's Hello gave it.
+	Host string `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
+	// Forget it even though it is ONLINE.
+	Force         bool `protobuf:"varint,2,opt,name=force,proto3" json:"force,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForgetNodeRequest) Reset() {
+	*x = ForgetNodeRequest{}
+	mi := &file_factory_v1_fleet_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForgetNodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForgetNodeRequest) ProtoMessage() {}
+
+func (x *ForgetNodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_fleet_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForgetNodeRequest.ProtoReflect.Descriptor instead.
+func (*ForgetNodeRequest) Descriptor() ([]byte, []int) {
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *ForgetNodeRequest) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *ForgetNodeRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+// ForgetNodeResponse says what was forgotten.
+type ForgetNodeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The node as it was; unset when only placements named the host.
+	Node *Node `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	// The agents whose placement on the host was removed, sorted.
+	UnplacedAgents []string `protobuf:"bytes,2,rep,name=unplaced_agents,json=unplacedAgents,proto3" json:"unplaced_agents,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *ForgetNodeResponse) Reset() {
+	*x = ForgetNodeResponse{}
+	mi := &file_factory_v1_fleet_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForgetNodeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForgetNodeResponse) ProtoMessage() {}
+
+func (x *ForgetNodeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_fleet_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForgetNodeResponse.ProtoReflect.Descriptor instead.
+func (*ForgetNodeResponse) Descriptor() ([]byte, []int) {
+	return file_factory_v1_fleet_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *ForgetNodeResponse) GetNode() *Node {
+	if x != nil {
+		return x.Node
+	}
+	return nil
+}
+
+func (x *ForgetNodeResponse) GetUnplacedAgents() []string {
+	if x != nil {
+		return x.UnplacedAgents
 	}
 	return nil
 }
@@ -3228,13 +3521,15 @@ const file_factory_v1_fleet_proto_rawDesc = "" +
 	"\x05roles\x18\x02 \x03(\tB\x0f\xbaH\f\x92\x01\t\x10 \"\x05r\x03\x18\x80\x01R\x05roles\x12\x19\n" +
 	"\x03pid\x18\x03 \x01(\x05B\a\xbaH\x04\x1a\x02(\x00R\x03pid\"J\n" +
 	"\tHeartbeat\x12=\n" +
-	"\asent_at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampB\b\xbaH\x05\xb2\x01\x02*\x00R\x06sentAt\"\xd0\x02\n" +
+	"\asent_at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampB\b\xbaH\x05\xb2\x01\x02*\x00R\x06sentAt\"\xf9\x02\n" +
 	"\tTelemetry\x12G\n" +
 	"\fcollected_at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampB\b\xbaH\x05\xb2\x01\x02*\x00R\vcollectedAt\x123\n" +
 	"\x04gpus\x18\x02 \x03(\v2\x15.factory.v1.GpuDeviceB\b\xbaH\x05\x92\x01\x02\x10@R\x04gpus\x125\n" +
 	"\x05disks\x18\x03 \x03(\v2\x15.factory.v1.DiskUsageB\b\xbaH\x05\x92\x01\x02\x10@R\x05disks\x12:\n" +
 	"\x06probes\x18\x04 \x03(\v2\x17.factory.v1.ProbeResultB\t\xbaH\x06\x92\x01\x03\x10\x80\x02R\x06probes\x12%\n" +
-	"\tgpu_error\x18\x05 \x01(\tB\b\xbaH\x05r\x03\x18\xe8\aR\bgpuError\x12+\n" +
+	"\tgpu_error\x18\x05 \x01(\tB\b\xbaH\x05r\x03\x18\xe8\aR\bgpuError\x12'\n" +
+	"\n" +
+	"nvml_error\x18\b \x01(\tB\b\xbaH\x05r\x03\x18\xe8\aR\tnvmlError\x12+\n" +
 	"\x04host\x18\x06 \x01(\v2\x17.factory.v1.HostReadingR\x04host\"\xd6\x03\n" +
 	"\vHostReading\x12D\n" +
 	"\x0fcpu_usage_ratio\x18\x01 \x01(\x01B\x17\xbaH\x14\x12\x12\x19\x00\x00\x00\x00\x00\x00\xf0?)\x00\x00\x00\x00\x00\x00\x00\x00H\x00R\rcpuUsageRatio\x88\x01\x01\x12<\n" +
@@ -3249,7 +3544,7 @@ const file_factory_v1_fleet_proto_rawDesc = "" +
 	"\x11HostNetworkDevice\x12\x1f\n" +
 	"\x06device\x18\x01 \x01(\tB\a\xbaH\x04r\x02\x18@R\x06device\x12#\n" +
 	"\rreceive_bytes\x18\x02 \x01(\x04R\freceiveBytes\x12%\n" +
-	"\x0etransmit_bytes\x18\x03 \x01(\x04R\rtransmitBytes\"\xff\x05\n" +
+	"\x0etransmit_bytes\x18\x03 \x01(\x04R\rtransmitBytes\"\x9f\x06\n" +
 	"\tGpuDevice\x12 \n" +
 	"\x05index\x18\x01 \x01(\x05B\n" +
 	"\xbaH\a\x1a\x05\x18\xff\a(\x00R\x05index\x12\x1c\n" +
@@ -3269,7 +3564,8 @@ const file_factory_v1_fleet_proto_rawDesc = "" +
 	"\fsm_clock_mhz\x18\f \x01(\rB\t\xbaH\x06*\x04\x18\xa0\x8d\x06R\n" +
 	"smClockMhz\x123\n" +
 	"\x10memory_clock_mhz\x18\r \x01(\rB\t\xbaH\x06*\x04\x18\xa0\x8d\x06R\x0ememoryClockMhz\x12?\n" +
-	"\tprocesses\x18\x0e \x03(\v2\x16.factory.v1.GpuProcessB\t\xbaH\x06\x92\x01\x03\x10\x80\bR\tprocesses\"\x83\x01\n" +
+	"\tprocesses\x18\x0e \x03(\v2\x16.factory.v1.GpuProcessB\t\xbaH\x06\x92\x01\x03\x10\x80\bR\tprocesses\x12\x1e\n" +
+	"\x05error\x18\x11 \x01(\tB\b\xbaH\x05r\x03\x18\xe8\aR\x05error\"\x83\x01\n" +
 	"\n" +
 	"GpuProcess\x12\x19\n" +
 	"\x03pid\x18\x01 \x01(\rB\a\xbaH\x04*\x02 \x00R\x03pid\x12:\n" +
@@ -3369,38 +3665,44 @@ const file_factory_v1_fleet_proto_rawDesc = "" +
 	"\x04host\x18\x01 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x01R\x04host\"?\n" +
 	"\x12ListAgentsResponse\x12)\n" +
 	"\x06agents\x18\x01 \x03(\v2\x11.factory.v1.AgentR\x06agents\"\x12\n" +
-	"\x10GetHealthRequest\"I\n" +
+	"\x10GetHealthRequest\"\xaa\x01\n" +
 	"\vHealthCheck\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
 	"\x02ok\x18\x02 \x01(\bR\x02ok\x12\x16\n" +
-	"\x06detail\x18\x03 \x01(\tR\x06detail\"\\\n" +
+	"\x06detail\x18\x03 \x01(\tR\x06detail\x122\n" +
+	"\x05state\x18\x06 \x01(\x0e2\x1c.factory.v1.HealthCheckStateR\x05state\x12+\n" +
+	"\x03age\x18\a \x01(\v2\x19.google.protobuf.DurationR\x03age\"v\n" +
 	"\x11GetHealthResponse\x12/\n" +
 	"\x06checks\x18\x01 \x03(\v2\x17.factory.v1.HealthCheckR\x06checks\x12\x16\n" +
-	"\x06failed\x18\x02 \x01(\x05R\x06failed\"\x13\n" +
+	"\x06failed\x18\x02 \x01(\x05R\x06failed\x12\x18\n" +
+	"\aunknown\x18\x05 \x01(\x05R\aunknown\"\x13\n" +
 	"\x11WatchFleetRequest\"g\n" +
 	"\x12WatchFleetResponse\x12&\n" +
 	"\x05nodes\x18\x01 \x03(\v2\x10.factory.v1.NodeR\x05nodes\x12)\n" +
-	"\x06agents\x18\x02 \x03(\v2\x11.factory.v1.AgentR\x06agents\"\x9b\x01\n" +
+	"\x06agents\x18\x02 \x03(\v2\x11.factory.v1.AgentR\x06agents\"\xd0\x01\n" +
 	"\x0eSidecarCommand\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12?\n" +
 	"\rrestart_agent\x18\x02 \x01(\v2\x18.factory.v1.RestartAgentH\x00R\frestartAgent\x12-\n" +
-	"\x05drain\x18\x03 \x01(\v2\x15.factory.v1.DrainHostH\x00R\x05drainB\t\n" +
+	"\x05drain\x18\x03 \x01(\v2\x15.factory.v1.DrainHostH\x00R\x05drain\x123\n" +
+	"\aundrain\x18\x06 \x01(\v2\x17.factory.v1.UndrainHostH\x00R\aundrainB\t\n" +
 	"\acommand\"F\n" +
 	"\fRestartAgent\x126\n" +
 	"\x04name\x18\x01 \x01(\tB\"\xbaH\x1f\xc8\x01\x01r\x1a2\x18^[A-Za-z0-9._:-]{1,128}$R\x04name\"\v\n" +
-	"\tDrainHost\"\xb7\x01\n" +
+	"\tDrainHost\"\r\n" +
+	"\vUndrainHost\"\xb7\x01\n" +
 	"\rCommandResult\x12\x1a\n" +
 	"\x02id\x18\x01 \x01(\tB\n" +
 	"\xbaH\a\xc8\x01\x01r\x02\x18@R\x02id\x12\x0e\n" +
 	"\x02ok\x18\x02 \x01(\bR\x02ok\x12!\n" +
 	"\x06output\x18\x03 \x01(\tB\t\xbaH\x06r\x04\x18\x80\x80\x04R\x06output\x12\x1e\n" +
 	"\x05error\x18\x04 \x01(\tB\b\xbaH\x05r\x03\x18\xe8\aR\x05error\x127\n" +
-	"\x04took\x18\x05 \x01(\v2\x19.google.protobuf.DurationB\b\xbaH\x05\xaa\x01\x022\x00R\x04took\"\xe6\x02\n" +
+	"\x04took\x18\x05 \x01(\v2\x19.google.protobuf.DurationB\b\xbaH\x05\xaa\x01\x022\x00R\x04took\"\xa3\x03\n" +
 	"\x12SendCommandRequest\x126\n" +
 	"\x04host\x18\x01 \x01(\tB\"\xbaH\x1f\xc8\x01\x01r\x1a2\x18^[A-Za-z0-9._:-]{1,128}$R\x04host\x12\x8a\x01\n" +
 	"\rrestart_agent\x18\x02 \x01(\v2\x18.factory.v1.RestartAgentBI\xbaHF\xba\x01C\n" +
 	"\x12restart_agent.name\x12\x1cthe agent's name is required\x1a\x0fthis.name != ''H\x00R\frestartAgent\x125\n" +
-	"\x05drain\x18\x03 \x01(\v2\x15.factory.v1.DrainHostB\x06\xbaH\x03\xd8\x01\x03H\x00R\x05drain\x12B\n" +
+	"\x05drain\x18\x03 \x01(\v2\x15.factory.v1.DrainHostB\x06\xbaH\x03\xd8\x01\x03H\x00R\x05drain\x12;\n" +
+	"\aundrain\x18\a \x01(\v2\x17.factory.v1.UndrainHostB\x06\xbaH\x03\xd8\x01\x03H\x00R\aundrain\x12B\n" +
 	"\atimeout\x18\x04 \x01(\v2\x19.google.protobuf.DurationB\r\xbaH\n" +
 	"\xaa\x01\a\"\x03\b\xd8\x042\x00R\atimeoutB\x10\n" +
 	"\acommand\x12\x05\xbaH\x02\b\x01\"H\n" +
@@ -3419,12 +3721,23 @@ const file_factory_v1_fleet_proto_rawDesc = "" +
 	"\ttruncated\x18\x02 \x01(\bR\ttruncated\"r\n" +
 	"\vNodeReading\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x123\n" +
-	"\ttelemetry\x18\x02 \x01(\v2\x15.factory.v1.TelemetryR\ttelemetry*l\n" +
+	"\ttelemetry\x18\x02 \x01(\v2\x15.factory.v1.TelemetryR\ttelemetry\"a\n" +
+	"\x11ForgetNodeRequest\x126\n" +
+	"\x04host\x18\x01 \x01(\tB\"\xbaH\x1f\xc8\x01\x01r\x1a2\x18^[A-Za-z0-9._:-]{1,128}$R\x04host\x12\x14\n" +
+	"\x05force\x18\x02 \x01(\bR\x05force\"c\n" +
+	"\x12ForgetNodeResponse\x12$\n" +
+	"\x04node\x18\x01 \x01(\v2\x10.factory.v1.NodeR\x04node\x12'\n" +
+	"\x0funplaced_agents\x18\x02 \x03(\tR\x0eunplacedAgents*l\n" +
 	"\tNodeState\x12\x1a\n" +
 	"\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11NODE_STATE_ONLINE\x10\x01\x12\x14\n" +
 	"\x10NODE_STATE_STALE\x10\x02\x12\x16\n" +
-	"\x12NODE_STATE_OFFLINE\x10\x032\xa8\x06\n" +
+	"\x12NODE_STATE_OFFLINE\x10\x03*\x90\x01\n" +
+	"\x10HealthCheckState\x12\"\n" +
+	"\x1eHEALTH_CHECK_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15HEALTH_CHECK_STATE_OK\x10\x01\x12\x1d\n" +
+	"\x19HEALTH_CHECK_STATE_FAILED\x10\x02\x12\x1e\n" +
+	"\x1aHEALTH_CHECK_STATE_UNKNOWN\x10\x032\xf5\x06\n" +
 	"\fFleetService\x12F\n" +
 	"\aConnect\x12\x1a.factory.v1.ConnectRequest\x1a\x1b.factory.v1.ConnectResponse(\x010\x01\x12K\n" +
 	"\n" +
@@ -3438,7 +3751,9 @@ const file_factory_v1_fleet_proto_rawDesc = "" +
 	"\n" +
 	"WatchFleet\x12\x1d.factory.v1.WatchFleetRequest\x1a\x1e.factory.v1.WatchFleetResponse0\x01\x12N\n" +
 	"\vSendCommand\x12\x1e.factory.v1.SendCommandRequest\x1a\x1f.factory.v1.SendCommandResponse\x12W\n" +
-	"\x0eGetNodeHistory\x12!.factory.v1.GetNodeHistoryRequest\x1a\".factory.v1.GetNodeHistoryResponseB5Z3github.com/factory/factory/gen/factory/v1;factoryv1b\x06proto3"
+	"\x0eGetNodeHistory\x12!.factory.v1.GetNodeHistoryRequest\x1a\".factory.v1.GetNodeHistoryResponse\x12K\n" +
+	"\n" +
+	"ForgetNode\x12\x1d.factory.v1.ForgetNodeRequest\x1a\x1e.factory.v1.ForgetNodeResponseB5Z3github.com/factory/factory/gen/factory/v1;factoryv1b\x06proto3"
 
 var (
 	file_factory_v1_fleet_proto_rawDescOnce sync.Once
@@ -3452,142 +3767,153 @@ func file_factory_v1_fleet_proto_rawDescGZIP() []byte {
 	return file_factory_v1_fleet_proto_rawDescData
 }
 
-var file_factory_v1_fleet_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_factory_v1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
+var file_factory_v1_fleet_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_factory_v1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 51)
 var file_factory_v1_fleet_proto_goTypes = []any{
 	(NodeState)(0),                 // 0: factory.v1.NodeState
-	(*ConnectRequest)(nil),         // 1: factory.v1.ConnectRequest
-	(*FleetEvents)(nil),            // 2: factory.v1.FleetEvents
-	(*FleetEvent)(nil),             // 3: factory.v1.FleetEvent
-	(*Hello)(nil),                  // 4: factory.v1.Hello
-	(*HostedAgent)(nil),            // 5: factory.v1.HostedAgent
-	(*Heartbeat)(nil),              // 6: factory.v1.Heartbeat
-	(*Telemetry)(nil),              // 7: factory.v1.Telemetry
-	(*HostReading)(nil),            // 8: factory.v1.HostReading
-	(*HostNetworkDevice)(nil),      // 9: factory.v1.HostNetworkDevice
-	(*GpuDevice)(nil),              // 10: factory.v1.GpuDevice
-	(*GpuProcess)(nil),             // 11: factory.v1.GpuProcess
-	(*DiskUsage)(nil),              // 12: factory.v1.DiskUsage
-	(*ProbeResult)(nil),            // 13: factory.v1.ProbeResult
-	(*ConnectResponse)(nil),        // 14: factory.v1.ConnectResponse
-	(*EmergencyStop)(nil),          // 15: factory.v1.EmergencyStop
-	(*EventAck)(nil),               // 16: factory.v1.EventAck
-	(*SidecarConfig)(nil),          // 17: factory.v1.SidecarConfig
-	(*RefusedAgent)(nil),           // 18: factory.v1.RefusedAgent
-	(*Placement)(nil),              // 19: factory.v1.Placement
-	(*PlaceAgentRequest)(nil),      // 20: factory.v1.PlaceAgentRequest
-	(*PlaceAgentResponse)(nil),     // 21: factory.v1.PlaceAgentResponse
-	(*UnplaceAgentRequest)(nil),    // 22: factory.v1.UnplaceAgentRequest
-	(*UnplaceAgentResponse)(nil),   // 23: factory.v1.UnplaceAgentResponse
-	(*ListPlacementsRequest)(nil),  // 24: factory.v1.ListPlacementsRequest
-	(*ListPlacementsResponse)(nil), // 25: factory.v1.ListPlacementsResponse
-	(*Node)(nil),                   // 26: factory.v1.Node
-	(*Agent)(nil),                  // 27: factory.v1.Agent
-	(*ListNodesRequest)(nil),       // 28: factory.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),      // 29: factory.v1.ListNodesResponse
-	(*ListAgentsRequest)(nil),      // 30: factory.v1.ListAgentsRequest
-	(*ListAgentsResponse)(nil),     // 31: factory.v1.ListAgentsResponse
-	(*GetHealthRequest)(nil),       // 32: factory.v1.GetHealthRequest
-	(*HealthCheck)(nil),            // 33: factory.v1.HealthCheck
-	(*GetHealthResponse)(nil),      // 34: factory.v1.GetHealthResponse
-	(*WatchFleetRequest)(nil),      // 35: factory.v1.WatchFleetRequest
-	(*WatchFleetResponse)(nil),     // 36: factory.v1.WatchFleetResponse
-	(*SidecarCommand)(nil),         // 37: factory.v1.SidecarCommand
-	(*RestartAgent)(nil),           // 38: factory.v1.RestartAgent
-	(*DrainHost)(nil),              // 39: factory.v1.DrainHost
-	(*CommandResult)(nil),          // 40: factory.v1.CommandResult
-	(*SendCommandRequest)(nil),     // 41: factory.v1.SendCommandRequest
-	(*SendCommandResponse)(nil),    // 42: factory.v1.SendCommandResponse
-	(*GetNodeHistoryRequest)(nil),  // 43: factory.v1.GetNodeHistoryRequest
-	(*GetNodeHistoryResponse)(nil), // 44: factory.v1.GetNodeHistoryResponse
-	(*NodeReading)(nil),            // 45: factory.v1.NodeReading
-	nil,                            // 46: factory.v1.FleetEvent.AttributesEntry
-	nil,                            // 47: factory.v1.Hello.LabelsEntry
-	nil,                            // 48: factory.v1.Node.LabelsEntry
-	(*timestamppb.Timestamp)(nil),  // 49: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),    // 50: google.protobuf.Duration
+	(HealthCheckState)(0),          // 1: factory.v1.HealthCheckState
+	(*ConnectRequest)(nil),         // 2: factory.v1.ConnectRequest
+	(*FleetEvents)(nil),            // 3: factory.v1.FleetEvents
+	(*FleetEvent)(nil),             // 4: factory.v1.FleetEvent
+	(*Hello)(nil),                  // 5: factory.v1.Hello
+	(*HostedAgent)(nil),            // 6: factory.v1.HostedAgent
+	(*Heartbeat)(nil),              // 7: factory.v1.Heartbeat
+	(*Telemetry)(nil),              // 8: factory.v1.Telemetry
+	(*HostReading)(nil),            // 9: factory.v1.HostReading
+	(*HostNetworkDevice)(nil),      // 10: factory.v1.HostNetworkDevice
+	(*GpuDevice)(nil),              // 11: factory.v1.GpuDevice
+	(*GpuProcess)(nil),             // 12: factory.v1.GpuProcess
+	(*DiskUsage)(nil),              // 13: factory.v1.DiskUsage
+	(*ProbeResult)(nil),            // 14: factory.v1.ProbeResult
+	(*ConnectResponse)(nil),        // 15: factory.v1.ConnectResponse
+	(*EmergencyStop)(nil),          // 16: factory.v1.EmergencyStop
+	(*EventAck)(nil),               // 17: factory.v1.EventAck
+	(*SidecarConfig)(nil),          // 18: factory.v1.SidecarConfig
+	(*RefusedAgent)(nil),           // 19: factory.v1.RefusedAgent
+	(*Placement)(nil),              // 20: factory.v1.Placement
+	(*PlaceAgentRequest)(nil),      // 21: factory.v1.PlaceAgentRequest
+	(*PlaceAgentResponse)(nil),     // 22: factory.v1.PlaceAgentResponse
+	(*UnplaceAgentRequest)(nil),    // 23: factory.v1.UnplaceAgentRequest
+	(*UnplaceAgentResponse)(nil),   // 24: factory.v1.UnplaceAgentResponse
+	(*ListPlacementsRequest)(nil),  // 25: factory.v1.ListPlacementsRequest
+	(*ListPlacementsResponse)(nil), // 26: factory.v1.ListPlacementsResponse
+	(*Node)(nil),                   // 27: factory.v1.Node
+	(*Agent)(nil),                  // 28: factory.v1.Agent
+	(*ListNodesRequest)(nil),       // 29: factory.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),      // 30: factory.v1.ListNodesResponse
+	(*ListAgentsRequest)(nil),      // 31: factory.v1.ListAgentsRequest
+	(*ListAgentsResponse)(nil),     // 32: factory.v1.ListAgentsResponse
+	(*GetHealthRequest)(nil),       // 33: factory.v1.GetHealthRequest
+	(*HealthCheck)(nil),            // 34: factory.v1.HealthCheck
+	(*GetHealthResponse)(nil),      // 35: factory.v1.GetHealthResponse
+	(*WatchFleetRequest)(nil),      // 36: factory.v1.WatchFleetRequest
+	(*WatchFleetResponse)(nil),     // 37: factory.v1.WatchFleetResponse
+	(*SidecarCommand)(nil),         // 38: factory.v1.SidecarCommand
+	(*RestartAgent)(nil),           // 39: factory.v1.RestartAgent
+	(*DrainHost)(nil),              // 40: factory.v1.DrainHost
+	(*UndrainHost)(nil),            // 41: factory.v1.UndrainHost
+	(*CommandResult)(nil),          // 42: factory.v1.CommandResult
+	(*SendCommandRequest)(nil),     // 43: factory.v1.SendCommandRequest
+	(*SendCommandResponse)(nil),    // 44: factory.v1.SendCommandResponse
+	(*GetNodeHistoryRequest)(nil),  // 45: factory.v1.GetNodeHistoryRequest
+	(*GetNodeHistoryResponse)(nil), // 46: factory.v1.GetNodeHistoryResponse
+	(*NodeReading)(nil),            // 47: factory.v1.NodeReading
+	(*ForgetNodeRequest)(nil),      // 48: factory.v1.ForgetNodeRequest
+	(*ForgetNodeResponse)(nil),     // 49: factory.v1.ForgetNodeResponse
+	nil,                            // 50: factory.v1.FleetEvent.AttributesEntry
+	nil,                            // 51: factory.v1.Hello.LabelsEntry
+	nil,                            // 52: factory.v1.Node.LabelsEntry
+	(*timestamppb.Timestamp)(nil),  // 53: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),    // 54: google.protobuf.Duration
 }
 var file_factory_v1_fleet_proto_depIdxs = []int32{
-	4,  // 0: factory.v1.ConnectRequest.hello:type_name -> factory.v1.Hello
-	6,  // 1: factory.v1.ConnectRequest.heartbeat:type_name -> factory.v1.Heartbeat
-	7,  // 2: factory.v1.ConnectRequest.telemetry:type_name -> factory.v1.Telemetry
-	2,  // 3: factory.v1.ConnectRequest.events:type_name -> factory.v1.FleetEvents
-	40, // 4: factory.v1.ConnectRequest.command_result:type_name -> factory.v1.CommandResult
-	3,  // 5: factory.v1.FleetEvents.events:type_name -> factory.v1.FleetEvent
-	49, // 6: factory.v1.FleetEvent.time:type_name -> google.protobuf.Timestamp
-	46, // 7: factory.v1.FleetEvent.attributes:type_name -> factory.v1.FleetEvent.AttributesEntry
-	47, // 8: factory.v1.Hello.labels:type_name -> factory.v1.Hello.LabelsEntry
-	5,  // 9: factory.v1.Hello.agents:type_name -> factory.v1.HostedAgent
-	49, // 10: factory.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
-	49, // 11: factory.v1.Telemetry.collected_at:type_name -> google.protobuf.Timestamp
-	10, // 12: factory.v1.Telemetry.gpus:type_name -> factory.v1.GpuDevice
-	12, // 13: factory.v1.Telemetry.disks:type_name -> factory.v1.DiskUsage
-	13, // 14: factory.v1.Telemetry.probes:type_name -> factory.v1.ProbeResult
-	8,  // 15: factory.v1.Telemetry.host:type_name -> factory.v1.HostReading
-	9,  // 16: factory.v1.HostReading.networks:type_name -> factory.v1.HostNetworkDevice
-	11, // 17: factory.v1.GpuDevice.processes:type_name -> factory.v1.GpuProcess
-	50, // 18: factory.v1.ProbeResult.latency:type_name -> google.protobuf.Duration
-	17, // 19: factory.v1.ConnectResponse.config:type_name -> factory.v1.SidecarConfig
-	16, // 20: factory.v1.ConnectResponse.event_ack:type_name -> factory.v1.EventAck
-	37, // 21: factory.v1.ConnectResponse.command:type_name -> factory.v1.SidecarCommand
-	15, // 22: factory.v1.ConnectResponse.emergency_stop:type_name -> factory.v1.EmergencyStop
-	50, // 23: factory.v1.SidecarConfig.heartbeat_interval:type_name -> google.protobuf.Duration
-	50, // 24: factory.v1.SidecarConfig.telemetry_interval:type_name -> google.protobuf.Duration
-	18, // 25: factory.v1.SidecarConfig.refused_agents:type_name -> factory.v1.RefusedAgent
-	49, // 26: factory.v1.Placement.placed_at:type_name -> google.protobuf.Timestamp
-	19, // 27: factory.v1.PlaceAgentResponse.placement:type_name -> factory.v1.Placement
-	19, // 28: factory.v1.UnplaceAgentResponse.placement:type_name -> factory.v1.Placement
-	19, // 29: factory.v1.ListPlacementsResponse.placements:type_name -> factory.v1.Placement
+	5,  // 0: factory.v1.ConnectRequest.hello:type_name -> factory.v1.Hello
+	7,  // 1: factory.v1.ConnectRequest.heartbeat:type_name -> factory.v1.Heartbeat
+	8,  // 2: factory.v1.ConnectRequest.telemetry:type_name -> factory.v1.Telemetry
+	3,  // 3: factory.v1.ConnectRequest.events:type_name -> factory.v1.FleetEvents
+	42, // 4: factory.v1.ConnectRequest.command_result:type_name -> factory.v1.CommandResult
+	4,  // 5: factory.v1.FleetEvents.events:type_name -> factory.v1.FleetEvent
+	53, // 6: factory.v1.FleetEvent.time:type_name -> google.protobuf.Timestamp
+	50, // 7: factory.v1.FleetEvent.attributes:type_name -> factory.v1.FleetEvent.AttributesEntry
+	51, // 8: factory.v1.Hello.labels:type_name -> factory.v1.Hello.LabelsEntry
+	6,  // 9: factory.v1.Hello.agents:type_name -> factory.v1.HostedAgent
+	53, // 10: factory.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
+	53, // 11: factory.v1.Telemetry.collected_at:type_name -> google.protobuf.Timestamp
+	11, // 12: factory.v1.Telemetry.gpus:type_name -> factory.v1.GpuDevice
+	13, // 13: factory.v1.Telemetry.disks:type_name -> factory.v1.DiskUsage
+	14, // 14: factory.v1.Telemetry.probes:type_name -> factory.v1.ProbeResult
+	9,  // 15: factory.v1.Telemetry.host:type_name -> factory.v1.HostReading
+	10, // 16: factory.v1.HostReading.networks:type_name -> factory.v1.HostNetworkDevice
+	12, // 17: factory.v1.GpuDevice.processes:type_name -> factory.v1.GpuProcess
+	54, // 18: factory.v1.ProbeResult.latency:type_name -> google.protobuf.Duration
+	18, // 19: factory.v1.ConnectResponse.config:type_name -> factory.v1.SidecarConfig
+	17, // 20: factory.v1.ConnectResponse.event_ack:type_name -> factory.v1.EventAck
+	38, // 21: factory.v1.ConnectResponse.command:type_name -> factory.v1.SidecarCommand
+	16, // 22: factory.v1.ConnectResponse.emergency_stop:type_name -> factory.v1.EmergencyStop
+	54, // 23: factory.v1.SidecarConfig.heartbeat_interval:type_name -> google.protobuf.Duration
+	54, // 24: factory.v1.SidecarConfig.telemetry_interval:type_name -> google.protobuf.Duration
+	19, // 25: factory.v1.SidecarConfig.refused_agents:type_name -> factory.v1.RefusedAgent
+	53, // 26: factory.v1.Placement.placed_at:type_name -> google.protobuf.Timestamp
+	20, // 27: factory.v1.PlaceAgentResponse.placement:type_name -> factory.v1.Placement
+	20, // 28: factory.v1.UnplaceAgentResponse.placement:type_name -> factory.v1.Placement
+	20, // 29: factory.v1.ListPlacementsResponse.placements:type_name -> factory.v1.Placement
 	0,  // 30: factory.v1.Node.state:type_name -> factory.v1.NodeState
-	48, // 31: factory.v1.Node.labels:type_name -> factory.v1.Node.LabelsEntry
-	49, // 32: factory.v1.Node.connected_at:type_name -> google.protobuf.Timestamp
-	49, // 33: factory.v1.Node.last_seen:type_name -> google.protobuf.Timestamp
-	7,  // 34: factory.v1.Node.telemetry:type_name -> factory.v1.Telemetry
-	49, // 35: factory.v1.Node.telemetry_at:type_name -> google.protobuf.Timestamp
+	52, // 31: factory.v1.Node.labels:type_name -> factory.v1.Node.LabelsEntry
+	53, // 32: factory.v1.Node.connected_at:type_name -> google.protobuf.Timestamp
+	53, // 33: factory.v1.Node.last_seen:type_name -> google.protobuf.Timestamp
+	8,  // 34: factory.v1.Node.telemetry:type_name -> factory.v1.Telemetry
+	53, // 35: factory.v1.Node.telemetry_at:type_name -> google.protobuf.Timestamp
 	0,  // 36: factory.v1.Agent.state:type_name -> factory.v1.NodeState
-	49, // 37: factory.v1.Agent.last_seen:type_name -> google.protobuf.Timestamp
-	26, // 38: factory.v1.ListNodesResponse.nodes:type_name -> factory.v1.Node
-	27, // 39: factory.v1.ListAgentsResponse.agents:type_name -> factory.v1.Agent
-	33, // 40: factory.v1.GetHealthResponse.checks:type_name -> factory.v1.HealthCheck
-	26, // 41: factory.v1.WatchFleetResponse.nodes:type_name -> factory.v1.Node
-	27, // 42: factory.v1.WatchFleetResponse.agents:type_name -> factory.v1.Agent
-	38, // 43: factory.v1.SidecarCommand.restart_agent:type_name -> factory.v1.RestartAgent
-	39, // 44: factory.v1.SidecarCommand.drain:type_name -> factory.v1.DrainHost
-	50, // 45: factory.v1.CommandResult.took:type_name -> google.protobuf.Duration
-	38, // 46: factory.v1.SendCommandRequest.restart_agent:type_name -> factory.v1.RestartAgent
-	39, // 47: factory.v1.SendCommandRequest.drain:type_name -> factory.v1.DrainHost
-	50, // 48: factory.v1.SendCommandRequest.timeout:type_name -> google.protobuf.Duration
-	40, // 49: factory.v1.SendCommandResponse.result:type_name -> factory.v1.CommandResult
-	49, // 50: factory.v1.GetNodeHistoryRequest.since:type_name -> google.protobuf.Timestamp
-	49, // 51: factory.v1.GetNodeHistoryRequest.until:type_name -> google.protobuf.Timestamp
-	45, // 52: factory.v1.GetNodeHistoryResponse.readings:type_name -> factory.v1.NodeReading
-	49, // 53: factory.v1.NodeReading.time:type_name -> google.protobuf.Timestamp
-	7,  // 54: factory.v1.NodeReading.telemetry:type_name -> factory.v1.Telemetry
-	1,  // 55: factory.v1.FleetService.Connect:input_type -> factory.v1.ConnectRequest
-	20, // 56: factory.v1.FleetService.PlaceAgent:input_type -> factory.v1.PlaceAgentRequest
-	22, // 57: factory.v1.FleetService.UnplaceAgent:input_type -> factory.v1.UnplaceAgentRequest
-	24, // 58: factory.v1.FleetService.ListPlacements:input_type -> factory.v1.ListPlacementsRequest
-	28, // 59: factory.v1.FleetService.ListNodes:input_type -> factory.v1.ListNodesRequest
-	30, // 60: factory.v1.FleetService.ListAgents:input_type -> factory.v1.ListAgentsRequest
-	32, // 61: factory.v1.FleetService.GetHealth:input_type -> factory.v1.GetHealthRequest
-	35, // 62: factory.v1.FleetService.WatchFleet:input_type -> factory.v1.WatchFleetRequest
-	41, // 63: factory.v1.FleetService.SendCommand:input_type -> factory.v1.SendCommandRequest
-	43, // 64: factory.v1.FleetService.GetNodeHistory:input_type -> factory.v1.GetNodeHistoryRequest
-	14, // 65: factory.v1.FleetService.Connect:output_type -> factory.v1.ConnectResponse
-	21, // 66: factory.v1.FleetService.PlaceAgent:output_type -> factory.v1.PlaceAgentResponse
-	23, // 67: factory.v1.FleetService.UnplaceAgent:output_type -> factory.v1.UnplaceAgentResponse
-	25, // 68: factory.v1.FleetService.ListPlacements:output_type -> factory.v1.ListPlacementsResponse
-	29, // 69: factory.v1.FleetService.ListNodes:output_type -> factory.v1.ListNodesResponse
-	31, // 70: factory.v1.FleetService.ListAgents:output_type -> factory.v1.ListAgentsResponse
-	34, // 71: factory.v1.FleetService.GetHealth:output_type -> factory.v1.GetHealthResponse
-	36, // 72: factory.v1.FleetService.WatchFleet:output_type -> factory.v1.WatchFleetResponse
-	42, // 73: factory.v1.FleetService.SendCommand:output_type -> factory.v1.SendCommandResponse
-	44, // 74: factory.v1.FleetService.GetNodeHistory:output_type -> factory.v1.GetNodeHistoryResponse
-	65, // [65:75] is the sub-list for method output_type
-	55, // [55:65] is the sub-list for method input_type
-	55, // [55:55] is the sub-list for extension type_name
-	55, // [55:55] is the sub-list for extension extendee
-	0,  // [0:55] is the sub-list for field type_name
+	53, // 37: factory.v1.Agent.last_seen:type_name -> google.protobuf.Timestamp
+	27, // 38: factory.v1.ListNodesResponse.nodes:type_name -> factory.v1.Node
+	28, // 39: factory.v1.ListAgentsResponse.agents:type_name -> factory.v1.Agent
+	1,  // 40: factory.v1.HealthCheck.state:type_name -> factory.v1.HealthCheckState
+	54, // 41: factory.v1.HealthCheck.age:type_name -> google.protobuf.Duration
+	34, // 42: factory.v1.GetHealthResponse.checks:type_name -> factory.v1.HealthCheck
+	27, // 43: factory.v1.WatchFleetResponse.nodes:type_name -> factory.v1.Node
+	28, // 44: factory.v1.WatchFleetResponse.agents:type_name -> factory.v1.Agent
+	39, // 45: factory.v1.SidecarCommand.restart_agent:type_name -> factory.v1.RestartAgent
+	40, // 46: factory.v1.SidecarCommand.drain:type_name -> factory.v1.DrainHost
+	41, // 47: factory.v1.SidecarCommand.undrain:type_name -> factory.v1.UndrainHost
+	54, // 48: factory.v1.CommandResult.took:type_name -> google.protobuf.Duration
+	39, // 49: factory.v1.SendCommandRequest.restart_agent:type_name -> factory.v1.RestartAgent
+	40, // 50: factory.v1.SendCommandRequest.drain:type_name -> factory.v1.DrainHost
+	41, // 51: factory.v1.SendCommandRequest.undrain:type_name -> factory.v1.UndrainHost
+	54, // 52: factory.v1.SendCommandRequest.timeout:type_name -> google.protobuf.Duration
+	42, // 53: factory.v1.SendCommandResponse.result:type_name -> factory.v1.CommandResult
+	53, // 54: factory.v1.GetNodeHistoryRequest.since:type_name -> google.protobuf.Timestamp
+	53, // 55: factory.v1.GetNodeHistoryRequest.until:type_name -> google.protobuf.Timestamp
+	47, // 56: factory.v1.GetNodeHistoryResponse.readings:type_name -> factory.v1.NodeReading
+	53, // 57: factory.v1.NodeReading.time:type_name -> google.protobuf.Timestamp
+	8,  // 58: factory.v1.NodeReading.telemetry:type_name -> factory.v1.Telemetry
+	27, // 59: factory.v1.ForgetNodeResponse.node:type_name -> factory.v1.Node
+	2,  // 60: factory.v1.FleetService.Connect:input_type -> factory.v1.ConnectRequest
+	21, // 61: factory.v1.FleetService.PlaceAgent:input_type -> factory.v1.PlaceAgentRequest
+	23, // 62: factory.v1.FleetService.UnplaceAgent:input_type -> factory.v1.UnplaceAgentRequest
+	25, // 63: factory.v1.FleetService.ListPlacements:input_type -> factory.v1.ListPlacementsRequest
+	29, // 64: factory.v1.FleetService.ListNodes:input_type -> factory.v1.ListNodesRequest
+	31, // 65: factory.v1.FleetService.ListAgents:input_type -> factory.v1.ListAgentsRequest
+	33, // 66: factory.v1.FleetService.GetHealth:input_type -> factory.v1.GetHealthRequest
+	36, // 67: factory.v1.FleetService.WatchFleet:input_type -> factory.v1.WatchFleetRequest
+	43, // 68: factory.v1.FleetService.SendCommand:input_type -> factory.v1.SendCommandRequest
+	45, // 69: factory.v1.FleetService.GetNodeHistory:input_type -> factory.v1.GetNodeHistoryRequest
+	48, // 70: factory.v1.FleetService.ForgetNode:input_type -> factory.v1.ForgetNodeRequest
+	15, // 71: factory.v1.FleetService.Connect:output_type -> factory.v1.ConnectResponse
+	22, // 72: factory.v1.FleetService.PlaceAgent:output_type -> factory.v1.PlaceAgentResponse
+	24, // 73: factory.v1.FleetService.UnplaceAgent:output_type -> factory.v1.UnplaceAgentResponse
+	26, // 74: factory.v1.FleetService.ListPlacements:output_type -> factory.v1.ListPlacementsResponse
+	30, // 75: factory.v1.FleetService.ListNodes:output_type -> factory.v1.ListNodesResponse
+	32, // 76: factory.v1.FleetService.ListAgents:output_type -> factory.v1.ListAgentsResponse
+	35, // 77: factory.v1.FleetService.GetHealth:output_type -> factory.v1.GetHealthResponse
+	37, // 78: factory.v1.FleetService.WatchFleet:output_type -> factory.v1.WatchFleetResponse
+	44, // 79: factory.v1.FleetService.SendCommand:output_type -> factory.v1.SendCommandResponse
+	46, // 80: factory.v1.FleetService.GetNodeHistory:output_type -> factory.v1.GetNodeHistoryResponse
+	49, // 81: factory.v1.FleetService.ForgetNode:output_type -> factory.v1.ForgetNodeResponse
+	71, // [71:82] is the sub-list for method output_type
+	60, // [60:71] is the sub-list for method input_type
+	60, // [60:60] is the sub-list for extension type_name
+	60, // [60:60] is the sub-list for extension extendee
+	0,  // [0:60] is the sub-list for field type_name
 }
 
 func init() { file_factory_v1_fleet_proto_init() }
@@ -3606,18 +3932,20 @@ func file_factory_v1_fleet_proto_init() {
 	file_factory_v1_fleet_proto_msgTypes[36].OneofWrappers = []any{
 		(*SidecarCommand_RestartAgent)(nil),
 		(*SidecarCommand_Drain)(nil),
+		(*SidecarCommand_Undrain)(nil),
 	}
-	file_factory_v1_fleet_proto_msgTypes[40].OneofWrappers = []any{
+	file_factory_v1_fleet_proto_msgTypes[41].OneofWrappers = []any{
 		(*SendCommandRequest_RestartAgent)(nil),
 		(*SendCommandRequest_Drain)(nil),
+		(*SendCommandRequest_Undrain)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_factory_v1_fleet_proto_rawDesc), len(file_factory_v1_fleet_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   48,
+			NumEnums:      2,
+			NumMessages:   51,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -29,6 +29,7 @@ const (
 	FleetService_WatchFleet_FullMethodName     = "/factory.v1.FleetService/WatchFleet"
 	FleetService_SendCommand_FullMethodName    = "/factory.v1.FleetService/SendCommand"
 	FleetService_GetNodeHistory_FullMethodName = "/factory.v1.FleetService/GetNodeHistory"
+	FleetService_ForgetNode_FullMethodName     = "/factory.v1.FleetService/ForgetNode"
 )
 
 // FleetServiceClient is the client API for FleetService service.
@@ -79,12 +80,18 @@ type FleetServiceClient interface {
 	// task. Agents a host stopped declaring are not kept.
 	ListAgents(ctx context.Context, in *ListAgentsRequest, opts ...grpc.CallOption) (*ListAgentsResponse, error)
 	// GetHealth checks the whole factory, check by check: the queue's store,
-	// each node ONLINE, each service probe, each disk below 85% used, each
-	// GPU's memory below 23/24 of its total.
+	// each node ONLINE, each service probe, each disk below 85% used (df's
+	// used / (used + available)), each GPU's memory below 23/24 of its
+	// total, NVML working on each host that has it. A host that is not
+	// ONLINE has no current readings: its probes, disks and GPUs are
+	// reported UNKNOWN with the age of their last reading, and count as
+	// failed (unknown is not healthy).
 	GetHealth(ctx context.Context, in *GetHealthRequest, opts ...grpc.CallOption) (*GetHealthResponse, error)
 	// WatchFleet streams the fleet: the current nodes and agents first, then
 	// the whole view again whenever a node registers, disconnects, reports
-	// telemetry or changes liveness.
+	// telemetry or changes liveness. A liveness change by the clock alone
+	// (STALE, OFFLINE) is pushed at the moment it happens: the server wakes
+	// at the earliest threshold any node or agent crosses next.
 	WatchFleet(ctx context.Context, in *WatchFleetRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchFleetResponse], error)
 	// SendCommand hands a command to a host's sidecar over its Connect stream
 	// and waits for the sidecar's result: restart one of its agents with the
@@ -102,6 +109,18 @@ type FleetServiceClient interface {
 	// "what did every message say". A host with no stored reading gets an
 	// empty list, not NOT_FOUND: its history may simply have aged out.
 	GetNodeHistory(ctx context.Context, in *GetNodeHistoryRequest, opts ...grpc.CallOption) (*GetNodeHistoryResponse, error)
+	// ForgetNode removes a host that is gone for good: its live readings,
+	// the agents its sidecar declared and the placements of the agents
+	// placed on it, so health and alerts stop failing on it. Its stored
+	// history stays (it ages out). A host that is ONLINE is refused
+	// (FAILED_PRECONDITION) unless force is set: a live sidecar would come
+	// back on its next Hello anyway. A host neither registered nor holding a
+	// placement is NOT_FOUND. Forgetting also drops the count of GPUs the
+	// host reported, after which fewer GPUs no longer fail its GPU check
+	// (a GPU removed on purpose). With replicas, a host is registered on
+	// each replica its sidecar connected to and is forgotten on the one
+	// called; placements are forgotten on all. Operators only, audited.
+	ForgetNode(ctx context.Context, in *ForgetNodeRequest, opts ...grpc.CallOption) (*ForgetNodeResponse, error)
 }
 
 type fleetServiceClient struct {
@@ -224,6 +243,16 @@ func (c *fleetServiceClient) GetNodeHistory(ctx context.Context, in *GetNodeHist
 	return out, nil
 }
 
+func (c *fleetServiceClient) ForgetNode(ctx context.Context, in *ForgetNodeRequest, opts ...grpc.CallOption) (*ForgetNodeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ForgetNodeResponse)
+	err := c.cc.Invoke(ctx, FleetService_ForgetNode_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // FleetServiceServer is the server API for FleetService service.
 // All implementations must embed UnimplementedFleetServiceServer
 // for forward compatibility.
@@ -272,12 +301,18 @@ type FleetServiceServer interface {
 	// task. Agents a host stopped declaring are not kept.
 	ListAgents(context.Context, *ListAgentsRequest) (*ListAgentsResponse, error)
 	// GetHealth checks the whole factory, check by check: the queue's store,
-	// each node ONLINE, each service probe, each disk below 85% used, each
-	// GPU's memory below 23/24 of its total.
+	// each node ONLINE, each service probe, each disk below 85% used (df's
+	// used / (used + available)), each GPU's memory below 23/24 of its
+	// total, NVML working on each host that has it. A host that is not
+	// ONLINE has no current readings: its probes, disks and GPUs are
+	// reported UNKNOWN with the age of their last reading, and count as
+	// failed (unknown is not healthy).
 	GetHealth(context.Context, *GetHealthRequest) (*GetHealthResponse, error)
 	// WatchFleet streams the fleet: the current nodes and agents first, then
 	// the whole view again whenever a node registers, disconnects, reports
-	// telemetry or changes liveness.
+	// telemetry or changes liveness. A liveness change by the clock alone
+	// (STALE, OFFLINE) is pushed at the moment it happens: the server wakes
+	// at the earliest threshold any node or agent crosses next.
 	WatchFleet(*WatchFleetRequest, grpc.ServerStreamingServer[WatchFleetResponse]) error
 	// SendCommand hands a command to a host's sidecar over its Connect stream
 	// and waits for the sidecar's result: restart one of its agents with the
@@ -295,6 +330,18 @@ type FleetServiceServer interface {
 	// "what did every message say". A host with no stored reading gets an
 	// empty list, not NOT_FOUND: its history may simply have aged out.
 	GetNodeHistory(context.Context, *GetNodeHistoryRequest) (*GetNodeHistoryResponse, error)
+	// ForgetNode removes a host that is gone for good: its live readings,
+	// the agents its sidecar declared and the placements of the agents
+	// placed on it, so health and alerts stop failing on it. Its stored
+	// history stays (it ages out). A host that is ONLINE is refused
+	// (FAILED_PRECONDITION) unless force is set: a live sidecar would come
+	// back on its next Hello anyway. A host neither registered nor holding a
+	// placement is NOT_FOUND. Forgetting also drops the count of GPUs the
+	// host reported, after which fewer GPUs no longer fail its GPU check
+	// (a GPU removed on purpose). With replicas, a host is registered on
+	// each replica its sidecar connected to and is forgotten on the one
+	// called; placements are forgotten on all. Operators only, audited.
+	ForgetNode(context.Context, *ForgetNodeRequest) (*ForgetNodeResponse, error)
 	mustEmbedUnimplementedFleetServiceServer()
 }
 
@@ -334,6 +381,9 @@ func (UnimplementedFleetServiceServer) SendCommand(context.Context, *SendCommand
 }
 func (UnimplementedFleetServiceServer) GetNodeHistory(context.Context, *GetNodeHistoryRequest) (*GetNodeHistoryResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetNodeHistory not implemented")
+}
+func (UnimplementedFleetServiceServer) ForgetNode(context.Context, *ForgetNodeRequest) (*ForgetNodeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ForgetNode not implemented")
 }
 func (UnimplementedFleetServiceServer) mustEmbedUnimplementedFleetServiceServer() {}
 func (UnimplementedFleetServiceServer) testEmbeddedByValue()                      {}
@@ -518,6 +568,24 @@ func _FleetService_GetNodeHistory_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _FleetService_ForgetNode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ForgetNodeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FleetServiceServer).ForgetNode(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FleetService_ForgetNode_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FleetServiceServer).ForgetNode(ctx, req.(*ForgetNodeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // FleetService_ServiceDesc is the grpc.ServiceDesc for FleetService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -556,6 +624,10 @@ var FleetService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetNodeHistory",
 			Handler:    _FleetService_GetNodeHistory_Handler,
+		},
+		{
+			MethodName: "ForgetNode",
+			Handler:    _FleetService_ForgetNode_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -110,8 +110,9 @@ func collectOnce(ctx context.Context, cfg config, log *slog.Logger, w io.Writer,
 	return fmt.Errorf("%d checks failed:\n  %s", len(failed), strings.Join(failed, "\n  "))
 }
 
-// failures names every probe and disk check of r that failed. A host
-// without a GPU is not one: that takes --require-gpu.
+// failures names every probe, disk and GPU check of r that failed. A host
+// without a GPU is not one (that takes --require-gpu); NVML failing where
+// it is installed is.
 func (r readings) failures() []string {
 	var out []string
 	for _, p := range r.Probes {
@@ -122,6 +123,15 @@ func (r readings) failures() []string {
 	for _, d := range r.Disk {
 		if d.Error != "" {
 			out = append(out, fmt.Sprintf("disk %s: %s", d.Path, d.Error))
+		}
+	}
+	// A broken driver is a failure, unlike a host without the library.
+	if r.GPU.NVMLError != "" {
+		out = append(out, "gpu: NVML failing: "+r.GPU.NVMLError)
+	}
+	for _, d := range r.GPU.Devices {
+		if d.Error != "" {
+			out = append(out, fmt.Sprintf("gpu %d: %s", d.Index, d.Error))
 		}
 	}
 	return out

@@ -41,13 +41,14 @@ func telemetryOf(r readings) *factoryv1.Telemetry {
 	if !r.GPU.Available {
 		t.GpuError = r.GPU.Reason
 	}
+	t.NvmlError = r.GPU.NVMLError
 	for _, d := range r.GPU.Devices {
 		g := &factoryv1.GpuDevice{
 			Index: int32(d.Index), Name: d.Name, Uuid: d.UUID,
 			MemoryUsedBytes: d.Memory.UsedBytes, MemoryReservedBytes: d.Memory.ReservedBytes, MemoryTotalBytes: d.Memory.TotalBytes,
 			UtilizationPercent: d.UtilGPU, MemoryUtilizationPercent: d.UtilMemory, TemperatureCelsius: d.TemperatureC,
 			PowerMilliwatts: d.PowerMilliwatts, PowerLimitMilliwatts: d.PowerLimitMilliwatts,
-			SmClockMhz: d.SMClockMHz, MemoryClockMhz: d.MemClockMHz,
+			SmClockMhz: d.SMClockMHz, MemoryClockMhz: d.MemClockMHz, Error: d.Error,
 		}
 		for _, p := range d.Processes {
 			g.Processes = append(g.Processes, &factoryv1.GpuProcess{Pid: p.PID, UsedMemoryBytes: p.UsedMemoryBytes, Agent: p.Agent})
