@@ -47,6 +47,16 @@ type AccessStore interface {
 	// role.
 	TokenSetRoles(ctx context.Context, params *TokenSetRolesParams) (before, after *Token, err error)
 
+	// TokenRotate replaces, in one transaction, every token of Role (of
+	// Subjects, when given) that works at Now and is not a console
+	// session: each gets a new token (ID and Hash from Issue, which may
+	// be called again if the transaction is retried) with its role,
+	// subject, description and grant, and its own ExpiresAt becomes
+	// GraceEnd unless it was earlier. A token whose ExpiresAt is at or
+	// before GraceEnd already is left alone and returned in Skipped.
+	// More than MaxRotate matching tokens is a FieldError on "subjects".
+	TokenRotate(ctx context.Context, params *TokenRotateParams) (*TokenRotateResult, error)
+
 	// AuditAppend appends entries in order, all or none, and sets each
 	// one's ID, which grows with every append. Count and LastSeen are
 	// stored as AuditCounts reads them (audit.go).
@@ -306,4 +316,73 @@ func checkSessionOf(t *Token) error {
 		return InvalidField("session_of", "names the token itself: a session is made from another token")
 	}
 	return nil
+}
+
+// MaxRotate bounds one rotation: its new secrets travel in one response.
+const MaxRotate = 1000
+
+// TokenRotateParams selects the tokens TokenRotate replaces.
+type TokenRotateParams struct {
+	Role Role
+	// Subjects, when not empty, keeps only tokens of these subjects.
+	Subjects []string
+	Now      time.Time
+	// GraceEnd is when the old tokens stop working.
+	GraceEnd time.Time
+	// CreatedBy is recorded on the new tokens.
+	CreatedBy string
+	// Issue returns the id and secret hash of old's replacement.
+	Issue func(old *Token) (id, hash string, err error)
+}
+
+// TokenRotation is one replaced token.
+type TokenRotation struct {
+	Old *Token // as it is after the rotation
+	New *Token
+}
+
+// TokenRotateResult is what TokenRotate did, oldest token first.
+type TokenRotateResult struct {
+	Rotated []TokenRotation
+	Skipped []*Token
+}
+
+// CheckTokenRotate is the input check every driver's TokenRotate makes.
+func CheckTokenRotate(p *TokenRotateParams) error {
+	switch {
+	case p == nil:
+		return InvalidField("role", "is required")
+	case p.Role != RoleAgent && p.Role != RoleSidecar:
+		return InvalidField("role", "only agent and sidecar tokens are rotated, not %q", p.Role)
+	case p.Issue == nil:
+		return InvalidField("issue", "is required")
+	case p.GraceEnd.Before(p.Now):
+		return InvalidField("grace", "must not be negative")
+	}
+	return nil
+}
+
+// Rotation returns the replacement of old and old as the rotation leaves
+// it; skip reports that old stops working by graceEnd already. Both
+// drivers build their rows with it.
+func Rotation(old *Token, id, hash, createdBy string, now, graceEnd time.Time) (after, repl *Token) {
+	after = old.Clone()
+	if after.ExpiresAt.IsZero() || after.ExpiresAt.After(graceEnd) {
+		after.ExpiresAt = graceEnd
+	}
+	repl = &Token{
+		ID: id, Hash: hash, Role: old.Role, Subject: old.Subject, Description: old.Description,
+		CreatedBy: createdBy, CreatedAt: now, Roles: slices.Clone(old.Roles),
+	}
+	if !old.ExpiresAt.IsZero() {
+		// The same lifetime as the old token had, from now.
+		repl.ExpiresAt = now.Add(old.ExpiresAt.Sub(old.CreatedAt))
+	}
+	return after, repl
+}
+
+// RotationSkips reports whether a live token is left alone by a rotation
+// whose grace ends at graceEnd: it stops working by then anyway.
+func RotationSkips(t *Token, graceEnd time.Time) bool {
+	return !t.ExpiresAt.IsZero() && !t.ExpiresAt.After(graceEnd)
 }
