@@ -39,6 +39,10 @@ type rule struct {
 	// call of it is audited, and so is any call acting as a party other
 	// than the caller; an agent acting as itself (the hot path) is not.
 	mutates bool
+	// operatorFields, when set, names the request fields it sets that
+	// only an operator may set; any other caller's request setting one is
+	// refused, naming it.
+	operatorFields func(req any) []string
 }
 
 var (
@@ -51,11 +55,24 @@ var (
 var rules = map[string]rule{
 	// Creating work and reading the queue: agents too (an orchestrator
 	// agent decomposes work into tasks).
-	factoryv1.QueueService_CreateTask_FullMethodName:  {roles: agents, mutates: true},
-	factoryv1.QueueService_CreateTasks_FullMethodName: {roles: agents, mutates: true},
-	factoryv1.QueueService_GetTask_FullMethodName:     {roles: agents},
-	factoryv1.QueueService_ListTasks_FullMethodName:   {roles: agents},
-	factoryv1.QueueService_WatchTasks_FullMethodName:  {roles: agents},
+	// A task's history (attempt, last error, progress) is an import's,
+	// so an operator's: an agent setting it would hide a retry loop.
+	factoryv1.QueueService_CreateTask_FullMethodName: {roles: agents, mutates: true, operatorFields: func(req any) []string {
+		r, _ := req.(*factoryv1.CreateTaskRequest)
+		return historyFields(r)
+	}},
+	factoryv1.QueueService_CreateTasks_FullMethodName: {roles: agents, mutates: true, operatorFields: func(req any) []string {
+		r, _ := req.(*factoryv1.CreateTasksRequest)
+		for i, t := range r.GetTasks() {
+			if f := historyFields(t); len(f) > 0 {
+				return []string{fmt.Sprintf("tasks[%d].%s", i, f[0])}
+			}
+		}
+		return nil
+	}},
+	factoryv1.QueueService_GetTask_FullMethodName:    {roles: agents},
+	factoryv1.QueueService_ListTasks_FullMethodName:  {roles: agents},
+	factoryv1.QueueService_WatchTasks_FullMethodName: {roles: agents},
 	// Queue stats are what a sidecar reports next to its host's health.
 	factoryv1.QueueService_GetQueueStats_FullMethodName: {roles: everyone},
 
@@ -128,6 +145,8 @@ var rules = map[string]rule{
 	factoryv1.AccessService_WhoAmI_FullMethodName:      {roles: everyone},
 	// An agent token's grant of task roles is an operator's decision.
 	factoryv1.AccessService_SetTokenRoles_FullMethodName: {roles: operatorOnly, mutates: true},
+	// Rotating a role's credentials ends every holder's old secret.
+	factoryv1.AccessService_RotateTokens_FullMethodName: {roles: operatorOnly, mutates: true},
 
 	// Moving the whole state: operators only. An export holds every
 	// task's payload and every token's hash; an import writes every kind
@@ -230,6 +249,21 @@ var rules = map[string]rule{
 	factoryv1.ApprovalService_Decide_FullMethodName:        {roles: operatorOnly, mutates: true},
 }
 
+// historyFields names the history fields a create request sets.
+func historyFields(r *factoryv1.CreateTaskRequest) []string {
+	var out []string
+	if r.GetAttempt() != 0 {
+		out = append(out, "attempt")
+	}
+	if r.GetLastError() != "" {
+		out = append(out, "last_error")
+	}
+	if r.GetProgress() != "" {
+		out = append(out, "progress")
+	}
+	return out
+}
+
 // agentField is the actsAs of a request with one agent field.
 func agentField[T interface{ GetAgent() string }](req any) []string {
 	// Another type only by a bug; its nil then answers "", no caller's name.
@@ -274,6 +308,11 @@ func (p *Policy) admit(c access.Caller, method string) (rule, error) {
 // caller acted as a party other than itself (an operator working an
 // agent's task, or a sidecar acting for an agent on its host).
 func (p *Policy) check(ctx context.Context, c access.Caller, r rule, req any) (onBehalf bool, err error) {
+	if r.operatorFields != nil && c.Role != store.RoleOperator {
+		if fields := r.operatorFields(req); len(fields) > 0 {
+			return false, status.Errorf(codes.PermissionDenied, "%s may not set %s: only an operator sets a task's history (an import)", c, fields[0])
+		}
+	}
 	if r.claims != nil {
 		for _, role := range r.claims(req) {
 			if !c.MayClaim(role) {

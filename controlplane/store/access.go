@@ -337,8 +337,9 @@ type TokenRotateParams struct {
 
 // TokenRotation is one replaced token.
 type TokenRotation struct {
-	Old *Token // as it is after the rotation
-	New *Token
+	Before *Token // the old token as it was
+	Old    *Token // the old token as the rotation left it
+	New    *Token
 }
 
 // TokenRotateResult is what TokenRotate did, oldest token first.

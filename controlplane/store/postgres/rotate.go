@@ -73,7 +73,7 @@ func (s *Store) TokenRotate(ctx context.Context, p *store.TokenRotateParams) (*s
 			b.Queue(qTokenSetExpiry, after.ID, after.ExpiresAt)
 			b.Queue(qTokenInsert, repl.ID, repl.Hash, string(repl.Role), repl.Subject, repl.Description, repl.CreatedBy,
 				repl.CreatedAt, ts(repl.ExpiresAt), store.JoinRoles(repl.Roles), "")
-			out.Rotated = append(out.Rotated, store.TokenRotation{Old: after, New: repl})
+			out.Rotated = append(out.Rotated, store.TokenRotation{Before: old, Old: after, New: repl})
 		}
 		if len(out.Rotated) == 0 {
 			return nil

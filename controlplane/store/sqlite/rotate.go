@@ -74,7 +74,7 @@ func (s *Store) TokenRotate(ctx context.Context, p *store.TokenRotateParams) (*s
 				toNanos(repl.CreatedAt), toNanos(repl.ExpiresAt), store.JoinRoles(repl.Roles), ""); err != nil {
 				return err
 			}
-			out.Rotated = append(out.Rotated, store.TokenRotation{Old: after, New: repl})
+			out.Rotated = append(out.Rotated, store.TokenRotation{Before: old, Old: after, New: repl})
 		}
 		return nil
 	})
