@@ -76,8 +76,12 @@ type AccessServiceClient interface {
 	// is then refused as expired; an old token already due to expire sooner
 	// keeps its own expiry. A token that already stops working within the
 	// grace period (rotated before, or about to expire) is left alone and
-	// listed as skipped. Everything happens in one transaction: all tokens
-	// are rotated or none. Agent and sidecar tokens only: an operator token
+	// listed as skipped. A new token made from one with an expiry works as
+	// long as the old one was made to (its expires_at − created_at) from
+	// now; otherwise until revoked. Everything happens in one transaction:
+	// all tokens are rotated or none. The replica called refuses an old
+	// token from the end of its grace on, other replicas within the token
+	// cache time (about a second). Agent and sidecar tokens only: an operator token
 	// is replaced by creating one and revoking the old (its console
 	// sessions end with it). Operators only; audited with one entry per
 	// rotated token (target: the old token's id; after: its new expiry and
@@ -212,8 +216,12 @@ type AccessServiceServer interface {
 	// is then refused as expired; an old token already due to expire sooner
 	// keeps its own expiry. A token that already stops working within the
 	// grace period (rotated before, or about to expire) is left alone and
-	// listed as skipped. Everything happens in one transaction: all tokens
-	// are rotated or none. Agent and sidecar tokens only: an operator token
+	// listed as skipped. A new token made from one with an expiry works as
+	// long as the old one was made to (its expires_at − created_at) from
+	// now; otherwise until revoked. Everything happens in one transaction:
+	// all tokens are rotated or none. The replica called refuses an old
+	// token from the end of its grace on, other replicas within the token
+	// cache time (about a second). Agent and sidecar tokens only: an operator token
 	// is replaced by creating one and revoking the old (its console
 	// sessions end with it). Operators only; audited with one entry per
 	// rotated token (target: the old token's id; after: its new expiry and
