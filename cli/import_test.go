@@ -79,6 +79,14 @@ func TestImportSkipExistingImportsOnlyTheNewFile(t *testing.T) {
 		t.Fatal("a failed re-run created the new task")
 	}
 
+	// A dry run checks the same way and creates nothing.
+	if out := sh.ok("queue", "import", dir, "--skip-existing", "--dry-run"); !strings.Contains(out, "dry run: 3 task file(s)") || !strings.Contains(out, "skipped 2 file(s)") {
+		t.Fatalf("dry run with --skip-existing:\n%s", out)
+	}
+	if sh.taskExists("c") {
+		t.Fatal("a dry run created the new task")
+	}
+
 	var sum struct {
 		Imported        int `json:"imported"`
 		SkippedExisting int `json:"skipped_existing"`

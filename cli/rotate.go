@@ -54,12 +54,15 @@ token of the role (only those of the --subject names, when given) gets a
 new token with the same role, subject, description and task-role grant.
 Each old secret keeps working through --grace (default 1h), so holders can
 switch without a gap, and is then refused like an expired token; an old
-token due to expire sooner keeps its own expiry. Everything happens in one
-transaction on the control plane: all matching tokens are rotated, or none.
+token due to expire sooner keeps its own expiry (and still gets a
+replacement, which lives as long as the old one was made to). Everything
+happens in one transaction on the control plane: all matching tokens are
+rotated, or none.
 
-A token that already stops working within the grace period (one rotated
-before, or about to expire) is left alone and listed as skipped, so running
-rotate twice does not rotate the old secrets again.
+A token that stops working within the grace period anyway and has a newer
+token of its subject (its replacement from an earlier rotation) is left
+alone and listed as skipped, so running rotate twice does not replace the
+old secrets again.
 
 The new secrets are printed once. With --out-dir they are written instead
 to DIR/<subject>.token (mode 0600; DIR/<subject>.<token id>.token when a
@@ -209,7 +212,7 @@ func (a *app) writeRotation(out rotateJSON) error {
 	if len(out.Rotated) == 0 {
 		fmt.Fprintln(w, "No token rotated: no live token matched.")
 	} else {
-		fmt.Fprintf(w, "Rotated %d token(s); the old secrets stop working at %s.\n\n", len(out.Rotated), out.Rotated[0].OldExpiresAt)
+		fmt.Fprintf(w, "Rotated %d token(s); each old secret stops working at its END.\n\n", len(out.Rotated))
 		tw := newTable(w)
 		fmt.Fprintln(tw, "ROLE\tSUBJECT\tOLD TOKEN\tENDS\tNEW TOKEN\tSECRET")
 		for _, r := range out.Rotated {
@@ -229,7 +232,7 @@ func (a *app) writeRotation(out rotateJSON) error {
 		}
 	}
 	for _, s := range out.Skipped {
-		fmt.Fprintf(w, "Skipped token %s (%s): it stops working at %s, within the grace period, anyway.\n", s.TokenID, escapeTerminal(s.Subject), s.ExpiresAt)
+		fmt.Fprintf(w, "Skipped token %s (%s): replaced before, it stops working at %s.\n", s.TokenID, escapeTerminal(s.Subject), s.ExpiresAt)
 	}
 	return nil
 }

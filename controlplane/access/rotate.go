@@ -39,8 +39,8 @@ type Rotated struct {
 // RotateResult is what Rotate did.
 type RotateResult struct {
 	Rotated []Rotated
-	// Skipped are live tokens left alone: they stop working within the
-	// grace period anyway.
+	// Skipped are live tokens left alone: replaced by an earlier
+	// rotation, they stop working within the grace period anyway.
 	Skipped []*store.Token
 	// GraceEnd is when the old tokens stop working.
 	GraceEnd time.Time

@@ -52,8 +52,10 @@ type AccessStore interface {
 	// session: each gets a new token (ID and Hash from Issue, which may
 	// be called again if the transaction is retried) with its role,
 	// subject, description and grant, and its own ExpiresAt becomes
-	// GraceEnd unless it was earlier. A token whose ExpiresAt is at or
-	// before GraceEnd already is left alone and returned in Skipped.
+	// GraceEnd unless it was earlier. A token that stops working by
+	// GraceEnd anyway and has a newer live token of its subject (its
+	// replacement from an earlier rotation) is left alone and returned in
+	// Skipped: rotating twice does not replace it twice.
 	// More than MaxRotate matching tokens is a FieldError on "subjects".
 	TokenRotate(ctx context.Context, params *TokenRotateParams) (*TokenRotateResult, error)
 
@@ -382,8 +384,21 @@ func Rotation(old *Token, id, hash, createdBy string, now, graceEnd time.Time) (
 	return after, repl
 }
 
-// RotationSkips reports whether a live token is left alone by a rotation
-// whose grace ends at graceEnd: it stops working by then anyway.
-func RotationSkips(t *Token, graceEnd time.Time) bool {
-	return !t.ExpiresAt.IsZero() && !t.ExpiresAt.After(graceEnd)
+// RotationSkips returns the live tokens (in creation order) a rotation
+// whose grace ends at graceEnd leaves alone: those that stop working by
+// then anyway and have a newer live token of the same subject, which is
+// what an earlier rotation leaves. A token about to expire with no
+// successor is rotated (keeping its expiry), so its holder is not left
+// without one.
+func RotationSkips(live []*Token, graceEnd time.Time) map[string]bool {
+	skip := map[string]bool{}
+	newer := map[string]bool{} // subjects with a newer live token
+	for i := len(live) - 1; i >= 0; i-- {
+		t := live[i]
+		if newer[t.Subject] && !t.ExpiresAt.IsZero() && !t.ExpiresAt.After(graceEnd) {
+			skip[t.ID] = true
+		}
+		newer[t.Subject] = true
+	}
+	return skip
 }

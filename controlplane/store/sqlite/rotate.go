@@ -56,8 +56,9 @@ func (s *Store) TokenRotate(ctx context.Context, p *store.TokenRotateParams) (*s
 		if len(live) > store.MaxRotate {
 			return store.InvalidField("subjects", "more than %d live %s tokens match; name fewer subjects", store.MaxRotate, p.Role)
 		}
+		skip := store.RotationSkips(live, graceEnd)
 		for _, old := range live {
-			if store.RotationSkips(old, graceEnd) {
+			if skip[old.ID] {
 				out.Skipped = append(out.Skipped, old)
 				continue
 			}

@@ -109,14 +109,18 @@ func (s *suite) testTokenRotate(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			// A token about to expire is still replaced (its holder needs
+			// one), but keeps its own, earlier, end.
 			olds, skipped := rotatedIDs(res)
-			if !slices.Equal(olds, []string{"later"}) || !slices.Equal(skipped, []string{"soon"}) {
-				t.Fatalf("rotated %v, skipped %v; want later rotated and soon skipped", olds, skipped)
+			if !slices.Equal(olds, []string{"soon", "later"}) || len(skipped) != 0 {
+				t.Fatalf("rotated %v, skipped %v; want both rotated", olds, skipped)
 			}
-			requireTime(t, "skipped token's expiry", h.tokenByHash("hash-of-soon").ExpiresAt, soon.ExpiresAt)
-			requireTime(t, "rotated token's expiry", h.tokenByHash("hash-of-later").ExpiresAt, graceEnd)
-			// The replacement lives as long as the old one was made to.
-			requireTime(t, "replacement's expiry", res.Rotated[0].New.ExpiresAt, h.now().Add(48*time.Hour))
+			requireTime(t, "soon's expiry", h.tokenByHash("hash-of-soon").ExpiresAt, soon.ExpiresAt)
+			requireTime(t, "soon's expiry as returned", res.Rotated[0].Old.ExpiresAt, soon.ExpiresAt)
+			requireTime(t, "later's expiry", h.tokenByHash("hash-of-later").ExpiresAt, graceEnd)
+			// A replacement lives as long as the old one was made to.
+			requireTime(t, "soon's replacement's expiry", res.Rotated[0].New.ExpiresAt, h.now().Add(30*time.Minute))
+			requireTime(t, "later's replacement's expiry", res.Rotated[1].New.ExpiresAt, h.now().Add(48*time.Hour))
 		}},
 		{"RotatingAgainInTheGraceSkipsTheOldTokens", func(t *testing.T, h *harness) {
 			h.createToken(newToken("forge-1", store.RoleAgent, "forge"))

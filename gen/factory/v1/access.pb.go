@@ -220,8 +220,9 @@ type RotateTokensResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The rotated tokens, oldest first.
 	Rotated []*RotatedToken `protobuf:"bytes,1,rep,name=rotated,proto3" json:"rotated,omitempty"`
-	// Live tokens that matched but were left alone because they stop
-	// working within the grace period already.
+	// Live tokens that matched but were left alone: they stop working
+	// within the grace period anyway and a newer token of their subject
+	// (their replacement from an earlier rotation) exists.
 	Skipped       []*Token `protobuf:"bytes,2,rep,name=skipped,proto3" json:"skipped,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -74,19 +74,21 @@ type AccessServiceClient interface {
 	// description and task-role grant, and returns the new secrets, shown
 	// only here. Each old token keeps working through the grace period and
 	// is then refused as expired; an old token already due to expire sooner
-	// keeps its own expiry. A token that already stops working within the
-	// grace period (rotated before, or about to expire) is left alone and
-	// listed as skipped. A new token made from one with an expiry works as
-	// long as the old one was made to (its expires_at − created_at) from
-	// now; otherwise until revoked. Everything happens in one transaction:
-	// all tokens are rotated or none. The replica called refuses an old
-	// token from the end of its grace on, other replicas within the token
-	// cache time (about a second). Agent and sidecar tokens only: an operator token
-	// is replaced by creating one and revoking the old (its console
-	// sessions end with it). Operators only; audited with one entry per
-	// rotated token (target: the old token's id; after: its new expiry and
-	// the id of the token replacing it), or one entry with the selection
-	// when nothing matched.
+	// keeps its own expiry (and is still replaced). A new token made from
+	// one with an expiry works as long as the old one was made to (its
+	// expires_at − created_at) from now; otherwise until revoked. A token
+	// that stops working within the grace period anyway and has a newer
+	// live token of its subject (its replacement from an earlier rotation)
+	// is left alone and listed as skipped, so a second rotation does not
+	// replace it again. Everything happens in one transaction: all tokens
+	// are rotated or none. The replica called refuses an old token from the
+	// end of its grace on, other replicas within the token cache time
+	// (about a second). Agent and sidecar tokens only: an operator token is
+	// replaced by creating one and revoking the old (its console sessions
+	// end with it). Operators only; audited with one entry per rotated
+	// token (target: the old token's id; before and after: its expiry, and
+	// after also the id of the token replacing it), or one entry with the
+	// selection when nothing matched.
 	RotateTokens(ctx context.Context, in *RotateTokensRequest, opts ...grpc.CallOption) (*RotateTokensResponse, error)
 }
 
@@ -214,19 +216,21 @@ type AccessServiceServer interface {
 	// description and task-role grant, and returns the new secrets, shown
 	// only here. Each old token keeps working through the grace period and
 	// is then refused as expired; an old token already due to expire sooner
-	// keeps its own expiry. A token that already stops working within the
-	// grace period (rotated before, or about to expire) is left alone and
-	// listed as skipped. A new token made from one with an expiry works as
-	// long as the old one was made to (its expires_at − created_at) from
-	// now; otherwise until revoked. Everything happens in one transaction:
-	// all tokens are rotated or none. The replica called refuses an old
-	// token from the end of its grace on, other replicas within the token
-	// cache time (about a second). Agent and sidecar tokens only: an operator token
-	// is replaced by creating one and revoking the old (its console
-	// sessions end with it). Operators only; audited with one entry per
-	// rotated token (target: the old token's id; after: its new expiry and
-	// the id of the token replacing it), or one entry with the selection
-	// when nothing matched.
+	// keeps its own expiry (and is still replaced). A new token made from
+	// one with an expiry works as long as the old one was made to (its
+	// expires_at − created_at) from now; otherwise until revoked. A token
+	// that stops working within the grace period anyway and has a newer
+	// live token of its subject (its replacement from an earlier rotation)
+	// is left alone and listed as skipped, so a second rotation does not
+	// replace it again. Everything happens in one transaction: all tokens
+	// are rotated or none. The replica called refuses an old token from the
+	// end of its grace on, other replicas within the token cache time
+	// (about a second). Agent and sidecar tokens only: an operator token is
+	// replaced by creating one and revoking the old (its console sessions
+	// end with it). Operators only; audited with one entry per rotated
+	// token (target: the old token's id; before and after: its expiry, and
+	// after also the id of the token replacing it), or one entry with the
+	// selection when nothing matched.
 	RotateTokens(context.Context, *RotateTokensRequest) (*RotateTokensResponse, error)
 	mustEmbedUnimplementedAccessServiceServer()
 }
