@@ -365,9 +365,9 @@ func CheckTokenRotate(p *TokenRotateParams) error {
 	return nil
 }
 
-// Rotation returns the replacement of old and old as the rotation leaves
-// it; skip reports that old stops working by graceEnd already. Both
-// drivers build their rows with it.
+// Rotation returns old as the rotation leaves it (ending at graceEnd, or
+// earlier if it did) and its replacement, made at now. Both drivers build
+// their rows with it.
 func Rotation(old *Token, id, hash, createdBy string, now, graceEnd time.Time) (after, repl *Token) {
 	after = old.Clone()
 	if after.ExpiresAt.IsZero() || after.ExpiresAt.After(graceEnd) {

@@ -36,23 +36,10 @@ func (s *Store) TokenRotate(ctx context.Context, p *store.TokenRotateParams) (*s
 	var out *store.TokenRotateResult
 	err := s.writeTx(ctx, "TokenRotate", func(w *wtx) error {
 		out = &store.TokenRotateResult{}
-		rs, err := w.query(qTokensToRotate, string(p.Role), toNanos(now), subjects, subjects, store.MaxRotate+1)
+		live, err := w.tokensToRotate(string(p.Role), toNanos(now), subjects)
 		if err != nil {
 			return err
 		}
-		var live []*store.Token
-		for rs.Next() {
-			_, t, err := scanToken(rs)
-			if err != nil {
-				rs.Close()
-				return dbErr(w.op, err)
-			}
-			live = append(live, t)
-		}
-		if err := dbErr(w.op, rs.Err()); err != nil {
-			return err
-		}
-		rs.Close()
 		if len(live) > store.MaxRotate {
 			return store.InvalidField("subjects", "more than %d live %s tokens match; name fewer subjects", store.MaxRotate, p.Role)
 		}
@@ -83,4 +70,23 @@ func (s *Store) TokenRotate(ctx context.Context, p *store.TokenRotateParams) (*s
 		return nil, err
 	}
 	return out, nil
+}
+
+// tokensToRotate reads the tokens a rotation may replace, one more than
+// MaxRotate at most.
+func (w *wtx) tokensToRotate(role string, now int64, subjects any) ([]*store.Token, error) {
+	rs, err := w.query(qTokensToRotate, role, now, subjects, subjects, store.MaxRotate+1)
+	if err != nil {
+		return nil, err
+	}
+	defer rs.Close()
+	var live []*store.Token
+	for rs.Next() {
+		_, t, err := scanToken(rs)
+		if err != nil {
+			return nil, dbErr(w.op, err)
+		}
+		live = append(live, t)
+	}
+	return live, dbErr(w.op, rs.Err())
 }
