@@ -55,24 +55,13 @@ var (
 var rules = map[string]rule{
 	// Creating work and reading the queue: agents too (an orchestrator
 	// agent decomposes work into tasks).
-	// A task's history (attempt, last error, progress) is an import's,
-	// so an operator's: an agent setting it would hide a retry loop.
-	factoryv1.QueueService_CreateTask_FullMethodName: {roles: agents, mutates: true, operatorFields: func(req any) []string {
-		r, _ := req.(*factoryv1.CreateTaskRequest)
-		return historyFields(r)
-	}},
-	factoryv1.QueueService_CreateTasks_FullMethodName: {roles: agents, mutates: true, operatorFields: func(req any) []string {
-		r, _ := req.(*factoryv1.CreateTasksRequest)
-		for i, t := range r.GetTasks() {
-			if f := historyFields(t); len(f) > 0 {
-				return []string{fmt.Sprintf("tasks[%d].%s", i, f[0])}
-			}
-		}
-		return nil
-	}},
-	factoryv1.QueueService_GetTask_FullMethodName:    {roles: agents},
-	factoryv1.QueueService_ListTasks_FullMethodName:  {roles: agents},
-	factoryv1.QueueService_WatchTasks_FullMethodName: {roles: agents},
+	// A new task's history (attempt, last_error, progress) is an
+	// operator's to set: see operatorFields (policy_history.go).
+	factoryv1.QueueService_CreateTask_FullMethodName:  {roles: agents, mutates: true},
+	factoryv1.QueueService_CreateTasks_FullMethodName: {roles: agents, mutates: true},
+	factoryv1.QueueService_GetTask_FullMethodName:     {roles: agents},
+	factoryv1.QueueService_ListTasks_FullMethodName:   {roles: agents},
+	factoryv1.QueueService_WatchTasks_FullMethodName:  {roles: agents},
 	// Queue stats are what a sidecar reports next to its host's health.
 	factoryv1.QueueService_GetQueueStats_FullMethodName: {roles: everyone},
 
@@ -247,21 +236,6 @@ var rules = map[string]rule{
 	factoryv1.ApprovalService_ListApprovals_FullMethodName: {roles: agents},
 	factoryv1.ApprovalService_WaitApproval_FullMethodName:  {roles: agents},
 	factoryv1.ApprovalService_Decide_FullMethodName:        {roles: operatorOnly, mutates: true},
-}
-
-// historyFields names the history fields a create request sets.
-func historyFields(r *factoryv1.CreateTaskRequest) []string {
-	var out []string
-	if r.GetAttempt() != 0 {
-		out = append(out, "attempt")
-	}
-	if r.GetLastError() != "" {
-		out = append(out, "last_error")
-	}
-	if r.GetProgress() != "" {
-		out = append(out, "progress")
-	}
-	return out
 }
 
 // agentField is the actsAs of a request with one agent field.
