@@ -8,9 +8,11 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	factoryv1 "github.com/factory/factory/gen/factory/v1"
 )
@@ -43,22 +45,32 @@ type fileTask struct {
 	Payload      json.RawMessage   `json:"payload"`
 }
 
-// settableFields map to CreateTaskRequest fields on import.
+// settableFields map to CreateTaskRequest fields on import. attempt,
+// last_error and progress are the task's history, which only an operator
+// may set (an import).
 var settableFields = map[string]bool{
 	"id": true, "title": true, "kind": true, "role": true, "assignee": true,
 	"priority": true, "max_attempts": true, "depends_on": true, "labels": true,
 	"approval_tier": true, "payload": true, "payload_json": true,
+	"attempt": true, "last_error": true, "progress": true,
 }
 
-// historyFields are task fields the server owns (counters, notes, times,
+// historyFields are task fields the server owns (notes, times, the lease,
 // the state itself, which the folder gives). The API cannot set them, so an
-// import reads past them; they are not unknown, so they do not go into the
-// payload either.
+// import drops them, and says so (importItem.Dropped); they are not
+// unknown, so they do not go into the payload either.
 var historyFields = map[string]bool{
-	"attempt": true, "last_error": true, "progress": true, "note": true,
-	"created_at": true, "updated_at": true, "state_changed_at": true,
+	"note": true, "created_at": true, "updated_at": true, "state_changed_at": true,
 	"state": true, "lease": true, "run_after": true,
 }
+
+// Bounds of a task's history, as CreateTaskRequest takes it.
+const (
+	maxImportAttempt   = 100
+	maxLastErrorBytes  = 65536
+	maxProgressRunes   = 4096
+	defaultMaxAttempts = 3
+)
 
 // folderOf is the file-queue folder for a state.
 func folderOf(s factoryv1.TaskState) string { return stateName(s) }
@@ -145,6 +157,15 @@ type importItem struct {
 	Req    *factoryv1.CreateTaskRequest
 	// MergedFields are the unknown top-level fields moved into the payload.
 	MergedFields []string
+	// Dropped are the fields with a value that the import cannot keep
+	// (historyFields but state, which the folder gives), sorted.
+	Dropped []string
+}
+
+// hasHistory reports whether the file brings attempt, last error or
+// progress along.
+func (it *importItem) hasHistory() bool {
+	return it.Req.GetAttempt() != 0 || it.Req.GetLastError() != "" || it.Req.GetProgress() != ""
 }
 
 // initialStateFor maps a folder to the state a task is created in. READY
@@ -209,15 +230,19 @@ func parseTaskFile(folder, path string, data []byte) (*importItem, error) {
 		}
 		return nil
 	}
-	for key, dst := range map[string]*string{"id": &req.TaskId, "title": &req.Title, "kind": &req.Kind, "role": &req.Role, "assignee": &req.Assignee} {
+	for key, dst := range map[string]*string{"id": &req.TaskId, "title": &req.Title, "kind": &req.Kind, "role": &req.Role, "assignee": &req.Assignee,
+		"last_error": &req.LastError, "progress": &req.Progress} {
 		if err := str(key, dst); err != nil {
 			return nil, err
 		}
 	}
-	for key, dst := range map[string]*int32{"priority": &req.Priority, "max_attempts": &req.MaxAttempts, "approval_tier": &req.ApprovalTier} {
+	for key, dst := range map[string]*int32{"priority": &req.Priority, "max_attempts": &req.MaxAttempts, "approval_tier": &req.ApprovalTier, "attempt": &req.Attempt} {
 		if err := num(key, dst); err != nil {
 			return nil, err
 		}
+	}
+	if err := checkHistory(req); err != nil {
+		return nil, fail("%v", err)
 	}
 	if raw, ok := fields["depends_on"]; ok {
 		if err := json.Unmarshal(raw, &req.DependsOn); err != nil {
@@ -256,7 +281,43 @@ func parseTaskFile(folder, path string, data []byte) (*importItem, error) {
 		sort.Strings(item.MergedFields)
 	}
 	req.PayloadJson = string(payload)
+	for k, v := range fields {
+		if historyFields[k] && k != "state" && !emptyJSON(v) {
+			item.Dropped = append(item.Dropped, k)
+		}
+	}
+	sort.Strings(item.Dropped)
 	return item, nil
+}
+
+// checkHistory checks a file's attempt, last error and progress against
+// what CreateTaskRequest takes, so that a bad one is named with its file.
+func checkHistory(req *factoryv1.CreateTaskRequest) error {
+	limit := req.GetMaxAttempts()
+	if limit == 0 {
+		limit = defaultMaxAttempts
+	}
+	switch {
+	case req.GetAttempt() < 0 || req.GetAttempt() > maxImportAttempt:
+		return fmt.Errorf("attempt: want 0 to %d, got %d", maxImportAttempt, req.GetAttempt())
+	case req.GetAttempt() > limit:
+		return fmt.Errorf("attempt %d is more than max_attempts %d", req.GetAttempt(), limit)
+	case len(req.GetLastError()) > maxLastErrorBytes:
+		return fmt.Errorf("last_error: at most %d bytes, got %d", maxLastErrorBytes, len(req.GetLastError()))
+	case utf8.RuneCountInString(req.GetProgress()) > maxProgressRunes:
+		return fmt.Errorf("progress: at most %d characters, got %d", maxProgressRunes, utf8.RuneCountInString(req.GetProgress()))
+	}
+	return nil
+}
+
+// emptyJSON reports whether a field's value holds nothing: "", 0, false,
+// {} or [] (export writes every field, empty or not).
+func emptyJSON(v json.RawMessage) bool {
+	switch strings.Join(strings.Fields(string(v)), "") {
+	case `""`, "0", "false", "{}", "[]", "null":
+		return true
+	}
+	return false
 }
 
 // filePayload returns the task's payload as compact JSON text: the nested
@@ -314,9 +375,22 @@ func mergeIntoPayload(payload []byte, unknown map[string]json.RawMessage) ([]byt
 	return json.Marshal(obj)
 }
 
+// importProblems are what is wrong with the files of one import, each
+// naming its file. An import with any creates nothing.
+type importProblems []string
+
+func (ps importProblems) Error() string {
+	sorted := slices.Clone(ps)
+	sort.Strings(sorted)
+	return fmt.Sprintf("%d problem(s) in the task files, so nothing was imported; fix them and run the import again:\n  %s",
+		len(ps), strings.Join(sorted, "\n  "))
+}
+
 // readFileQueue reads every task file under dir's state folders. Files not
-// ending in .json are skipped and reported.
-func readFileQueue(dir string) (items []*importItem, skipped []string, err error) {
+// ending in .json are skipped and reported. A file that cannot be read or
+// parsed, or repeats another's id, is a problem: every one is collected,
+// so one run names them all. err is for the directory itself.
+func readFileQueue(dir string) (items []*importItem, skipped []string, problems importProblems, err error) {
 	found := false
 	byID := map[string]string{}
 	for _, folder := range stateNames {
@@ -326,7 +400,7 @@ func readFileQueue(dir string) (items []*importItem, skipped []string, err error
 			continue
 		}
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		found = true
 		for _, e := range entries {
@@ -337,31 +411,37 @@ func readFileQueue(dir string) (items []*importItem, skipped []string, err error
 			}
 			data, err := os.ReadFile(path)
 			if err != nil {
-				return nil, nil, err
+				problems = append(problems, fmt.Sprintf("%s: %v", path, err))
+				continue
 			}
 			item, err := parseTaskFile(folder, path, data)
 			if err != nil {
-				return nil, nil, err
+				problems = append(problems, err.Error())
+				continue
 			}
 			if other, dup := byID[item.Req.TaskId]; dup {
-				return nil, nil, fmt.Errorf("%s: id %s is also the id of %s", path, item.Req.TaskId, other)
+				problems = append(problems, fmt.Sprintf("%s: id %s is also the id of %s", path, item.Req.TaskId, other))
+				continue
 			}
 			byID[item.Req.TaskId] = path
 			items = append(items, item)
 		}
 	}
 	if !found {
-		return nil, nil, fmt.Errorf("%s has none of the queue folders (%s)", dir, strings.Join(stateNames, ", "))
+		return nil, nil, nil, fmt.Errorf("%s has none of the queue folders (%s)", dir, strings.Join(stateNames, ", "))
 	}
-	return items, skipped, nil
+	return items, skipped, problems, nil
 }
 
 // orderForImport arranges items in waves: every task's dependencies are in
 // an earlier wave or already on the server, so each wave can be created in
 // batches in any order. exists reports whether an id is on the server; it
 // is asked only about dependencies outside the import. Within a wave the
-// order is folder then file, so imports are repeatable.
-func orderForImport(items []*importItem, exists func(id string) (bool, error)) ([][]*importItem, error) {
+// order is folder then file, so imports are repeatable. A dependency on
+// nothing and a cycle are problems, all of them collected; err is only
+// exists failing.
+func orderForImport(items []*importItem, exists func(id string) (bool, error)) ([][]*importItem, importProblems, error) {
+	var problems importProblems
 	byID := make(map[string]*importItem, len(items))
 	for _, it := range items {
 		byID[it.Req.TaskId] = it
@@ -382,10 +462,10 @@ func orderForImport(items []*importItem, exists func(id string) (bool, error)) (
 			}
 			ok, err := exists(dep)
 			if err != nil {
-				return nil, fmt.Errorf("%s: checking dependency %s: %w", it.File, dep, err)
+				return nil, nil, fmt.Errorf("%s: checking dependency %s: %w", it.File, dep, err)
 			}
 			if !ok {
-				return nil, fmt.Errorf("%s: depends on %s, which is neither in the import nor on the server", it.File, dep)
+				problems = append(problems, fmt.Sprintf("%s: depends on %s, which is neither in the import nor on the server", it.File, dep))
 			}
 		}
 	}
@@ -420,9 +500,12 @@ func orderForImport(items []*importItem, exists func(id string) (bool, error)) (
 			}
 		}
 		sort.Strings(cyclic)
-		return nil, fmt.Errorf("dependency cycle among: %s", strings.Join(cyclic, ", "))
+		problems = append(problems, fmt.Sprintf("dependency cycle among: %s", strings.Join(cyclic, ", ")))
 	}
-	return waves, nil
+	if len(problems) > 0 {
+		return nil, problems, nil
+	}
+	return waves, nil, nil
 }
 
 func sortItems(items []*importItem) {

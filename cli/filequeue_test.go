@@ -183,9 +183,9 @@ func TestReadFileQueue(t *testing.T) {
 	write(t, dir, "in-progress/b.json", `{"title": "B", "depends_on": ["a"]}`)
 	write(t, dir, "done/c.json", `{"title": "C"}`)
 	write(t, dir, "done/README.txt", `notes`)
-	items, skipped, err := readFileQueue(dir)
-	if err != nil {
-		t.Fatal(err)
+	items, skipped, problems, err := readFileQueue(dir)
+	if err != nil || len(problems) > 0 {
+		t.Fatal(err, problems)
 	}
 	var ids []string
 	for _, it := range items {
@@ -199,11 +199,11 @@ func TestReadFileQueue(t *testing.T) {
 	}
 
 	write(t, dir, "failed/dup.json", `{"title": "D", "id": "a"}`)
-	if _, _, err := readFileQueue(dir); err == nil || !strings.Contains(err.Error(), "dup.json") || !strings.Contains(err.Error(), "a.json") {
-		t.Fatalf("duplicate id: want both files named, got %v", err)
+	if _, _, problems, err := readFileQueue(dir); err != nil || len(problems) != 1 || !strings.Contains(problems.Error(), "dup.json") || !strings.Contains(problems.Error(), "a.json") {
+		t.Fatalf("duplicate id: want both files named, got %v %v", err, problems)
 	}
 
-	if _, _, err := readFileQueue(t.TempDir()); err == nil || !strings.Contains(err.Error(), "none of the queue folders") {
+	if _, _, _, err := readFileQueue(t.TempDir()); err == nil || !strings.Contains(err.Error(), "none of the queue folders") {
 		t.Fatalf("empty dir: got %v", err)
 	}
 }
@@ -218,9 +218,9 @@ func TestOrderForImport(t *testing.T) {
 	// d depends on b and c, which depend on a; e depends on a task already
 	// on the server. Given in the worst order.
 	items := []*importItem{item("d", "b", "c"), item("c", "a"), item("e", "old"), item("b", "a", "a"), item("a")}
-	waves, err := orderForImport(items, exists)
-	if err != nil {
-		t.Fatal(err)
+	waves, problems, err := orderForImport(items, exists)
+	if err != nil || len(problems) > 0 {
+		t.Fatal(err, problems)
 	}
 	var got [][]string
 	for _, w := range waves {
@@ -235,18 +235,19 @@ func TestOrderForImport(t *testing.T) {
 		t.Fatalf("waves %v, want %v", got, want)
 	}
 
-	_, err = orderForImport([]*importItem{item("x", "ghost")}, exists)
-	if err == nil || !strings.Contains(err.Error(), "q/ready/x.json") || !strings.Contains(err.Error(), "ghost") {
-		t.Fatalf("missing dependency: want the file and the id named, got %v", err)
+	_, problems, _ = orderForImport([]*importItem{item("x", "ghost"), item("y", "ghost2")}, exists)
+	if len(problems) != 2 || !strings.Contains(problems[0], "q/ready/x.json") || !strings.Contains(problems[0], "ghost") ||
+		!strings.Contains(problems[1], "q/ready/y.json") || !strings.Contains(problems[1], "ghost2") {
+		t.Fatalf("missing dependencies: want each file and id named, got %v", problems)
 	}
 
-	_, err = orderForImport([]*importItem{item("p", "q"), item("q", "p"), item("r")}, exists)
-	if err == nil || !strings.Contains(err.Error(), "cycle") || !strings.Contains(err.Error(), "p.json") || strings.Contains(err.Error(), "r.json") {
-		t.Fatalf("cycle: want p and q named, not r; got %v", err)
+	_, problems, _ = orderForImport([]*importItem{item("p", "q"), item("q", "p"), item("r")}, exists)
+	if err := problems.Error(); len(problems) != 1 || !strings.Contains(err, "cycle") || !strings.Contains(err, "p.json") || strings.Contains(err, "r.json") {
+		t.Fatalf("cycle: want p and q named, not r; got %v", problems)
 	}
-	_, err = orderForImport([]*importItem{item("self", "self")}, exists)
-	if err == nil || !strings.Contains(err.Error(), "cycle") {
-		t.Fatalf("self-dependency: got %v", err)
+	_, problems, _ = orderForImport([]*importItem{item("self", "self")}, exists)
+	if len(problems) != 1 || !strings.Contains(problems[0], "cycle") {
+		t.Fatalf("self-dependency: got %v", problems)
 	}
 }
 

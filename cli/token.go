@@ -66,9 +66,11 @@ Token commands need an operator token.`,
 		Example: `  factory token create --role agent --subject forge --roles builder,tester --expires 720h
   factory token ls
   factory token grant 0193a2b4-... --roles builder,deployer
-  factory token revoke 0193a2b4-...`,
+  factory token revoke 0193a2b4-...
+  factory token rotate --role agent --grace 1h --out-dir ./new-tokens`,
 	}
 	cmd.AddCommand(newTokenCreateCommand(a), newTokenListCommand(a), newTokenGrantCommand(a), newTokenRevokeCommand(a))
+	cmd.AddCommand(newTokenRotateCommand(a))
 	return cmd
 }
 

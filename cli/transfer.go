@@ -8,7 +8,6 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc/codes"
 
 	factoryv1 "github.com/factory/factory/gen/factory/v1"
 )
@@ -119,12 +118,22 @@ type importSummary struct {
 	PayloadMerged int      `json:"payload_merged"`
 	Skipped       []string `json:"skipped"`
 	Waves         int      `json:"waves"`
+	// SkippedExisting counts files whose task id exists on the server
+	// already, skipped under --skip-existing.
+	SkippedExisting int `json:"skipped_existing"`
+	// HistoryKept counts files whose attempt, last_error or progress the
+	// tasks keep.
+	HistoryKept int `json:"history_kept"`
+	// Dropped counts, per field, the files with a value for it that the
+	// tasks could not keep (the API sets none of them).
+	Dropped map[string]int `json:"dropped"`
 }
 
 func newQueueImportCommand(a *app) *cobra.Command {
 	var (
-		batch  int
-		dryRun bool
+		batch        int
+		dryRun       bool
+		skipExisting bool
 	)
 	cmd := &cobra.Command{
 		Use:   "import DIR",
@@ -139,19 +148,28 @@ func newQueueImportCommand(a *app) *cobra.Command {
   - id, title, kind, role, assignee, priority, max_attempts, depends_on,
     labels, approval_tier and payload (a nested value, or payload_json as
     text) become the task's fields.
-  - Fields the server keeps itself (attempt, last_error, progress, note,
-    created_at, ...) cannot be set through the API and start afresh.
+  - attempt, last_error and progress are kept: a task that failed twice
+    comes in with attempt 2, so its retries are not reset (an operator
+    token is needed for this; attempt is at most max_attempts).
+  - Other fields the server keeps itself (note, created_at, updated_at,
+    lease, run_after) cannot be set through the API: the summary says how
+    many files had each, under "dropped".
   - Any other field is kept: it is merged into the payload object, so
     nothing in a hand-written file is lost.
 
-Dependencies are created before their dependents; a dependency on an id
-that is neither in DIR nor on the server is an error naming the file, and
-so is a cycle. Tasks are created in batches, each all-or-nothing; an id
-that already exists fails its batch with ALREADY_EXISTS.
+Every file is checked before anything is created: one that is not valid,
+repeats another's id, depends on an id that is neither in DIR nor on the
+server, is part of a cycle, or names a task that exists on the server
+already is listed with its problem, all of them in one run, and then
+nothing is imported. With --skip-existing, files whose task id exists on
+the server are skipped instead (and counted), so an import can be run
+again after adding files: it creates just the new ones. Dependencies are
+created before their dependents, in batches, each all-or-nothing.
 
 --dry-run reads, checks and orders everything without creating anything.`,
 		Example: `  factory queue import ./queue-backup --dry-run
   factory queue import ./queue-backup
+  factory queue import ./queue-backup --skip-existing
   factory --addr new-host:7420 queue import /srv/factory/queue -o json`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -162,11 +180,11 @@ that already exists fails its batch with ALREADY_EXISTS.
 			p := a.newProgress("importing", "task", "tasks")
 			defer p.stop()
 			p.setPhase("reading task files")
-			items, skipped, err := readFileQueue(dir)
+			items, skipped, problems, err := readFileQueue(dir)
 			if err != nil {
 				return err
 			}
-			sum := importSummary{Dir: dir, DryRun: dryRun, ByFolder: map[string]int{}, ByState: map[string]int{}, Skipped: skipped}
+			sum := importSummary{Dir: dir, DryRun: dryRun, ByFolder: map[string]int{}, ByState: map[string]int{}, Skipped: skipped, Dropped: map[string]int{}}
 			if sum.Skipped == nil {
 				sum.Skipped = []string{}
 			}
@@ -181,20 +199,45 @@ that already exists fails its batch with ALREADY_EXISTS.
 				if len(it.MergedFields) > 0 {
 					sum.PayloadMerged++
 				}
+				if it.hasHistory() {
+					sum.HistoryKept++
+				}
+				for _, f := range it.Dropped {
+					sum.Dropped[f]++
+				}
 			}
 			p.setTotal(int64(len(items)))
-			// Each dependency not in DIR is looked up on the server.
-			p.setPhase("ordering by dependencies")
 			err = a.withQueue(cmd, func(ctx context.Context, q factoryv1.QueueServiceClient) error {
-				waves, err := orderForImport(items, func(id string) (bool, error) {
-					_, err := q.GetTask(ctx, &factoryv1.GetTaskRequest{TaskId: id})
-					if isCode(err, codes.NotFound) {
-						return false, nil
+				// Which of the files' tasks exist already: each is a
+				// problem, or skipped under --skip-existing.
+				p.setPhase("checking which tasks exist")
+				onServer := newTaskExistence(ctx, q)
+				ids := make([]string, len(items))
+				for i, it := range items {
+					ids[i] = it.Req.GetTaskId()
+				}
+				if err := onServer.load(ids); err != nil {
+					return err
+				}
+				fresh := items[:0:0]
+				for _, it := range items {
+					switch {
+					case !onServer.has(it.Req.GetTaskId()):
+						fresh = append(fresh, it)
+					case skipExisting:
+						sum.SkippedExisting++
+					default:
+						problems = append(problems, fmt.Sprintf("%s: task %s exists on the server already (--skip-existing skips such files)", it.File, it.Req.GetTaskId()))
 					}
-					return err == nil, err
-				})
+				}
+				// Each dependency not in DIR is looked up on the server.
+				p.setPhase("ordering by dependencies")
+				waves, more, err := orderForImport(fresh, onServer.exists)
 				if err != nil {
 					return err
+				}
+				if problems = append(problems, more...); len(problems) > 0 {
+					return problems
 				}
 				sum.Waves = len(waves)
 				if dryRun {
@@ -235,6 +278,7 @@ that already exists fails its batch with ALREADY_EXISTS.
 	}
 	cmd.Flags().IntVar(&batch, "batch", 500, "tasks per CreateTasks call (at most 1000)")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "read, check and order without creating")
+	cmd.Flags().BoolVar(&skipExisting, "skip-existing", false, "skip files whose task id exists on the server already, instead of failing")
 	return cmd
 }
 
@@ -270,6 +314,7 @@ func (a *app) printImportSummary(sum importSummary) error {
 	if sum.PayloadMerged > 0 {
 		fmt.Fprintf(a.stdout(), "%d file(s) had fields that are not task fields; they were kept in the payload\n", sum.PayloadMerged)
 	}
+	printImportHistory(a.stdout(), sum)
 	for _, s := range sum.Skipped {
 		fmt.Fprintf(a.stderr(), "skipped %s: not a .json file\n", s)
 	}

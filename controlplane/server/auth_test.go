@@ -282,6 +282,12 @@ var accessTable = map[string]accessRow{
 		_, err := c.a.SetTokenRoles(ctx, &factoryv1.SetTokenRolesRequest{TokenId: "no-such-token", Roles: []string{"deployer"}})
 		return err
 	}, [...]codes.Code{unauthorized, denied, denied, denied, notFound}},
+	// A host no token names: an admitted rotation replaces nothing, so
+	// the other rows' tokens keep working.
+	factoryv1.AccessService_RotateTokens_FullMethodName: {func(ctx context.Context, c clients) error {
+		_, err := c.a.RotateTokens(ctx, &factoryv1.RotateTokensRequest{Role: factoryv1.Role_ROLE_SIDECAR, Subjects: []string{"no-such-host"}})
+		return err
+	}, [...]codes.Code{unauthorized, denied, denied, denied, ok}},
 
 	factoryv1.OpsService_ExportState_FullMethodName: {func(ctx context.Context, c clients) error {
 		stream, err := c.o.ExportState(ctx, &factoryv1.ExportStateRequest{})

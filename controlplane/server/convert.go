@@ -118,6 +118,7 @@ func createFromProto(r *factoryv1.CreateTaskRequest) *store.TaskCreate {
 		RunAfter:     timeOf(r.GetRunAfter()),
 
 		RequiresApproval: r.GetRequiresApproval(),
+		History:          store.TaskHistory{Attempt: r.GetAttempt(), LastError: r.GetLastError(), Progress: r.GetProgress()},
 	}
 }
 

@@ -39,6 +39,10 @@ type rule struct {
 	// call of it is audited, and so is any call acting as a party other
 	// than the caller; an agent acting as itself (the hot path) is not.
 	mutates bool
+	// operatorFields, when set, names the request fields it sets that
+	// only an operator may set; any other caller's request setting one is
+	// refused, naming it.
+	operatorFields func(req any) []string
 }
 
 var (
@@ -51,6 +55,8 @@ var (
 var rules = map[string]rule{
 	// Creating work and reading the queue: agents too (an orchestrator
 	// agent decomposes work into tasks).
+	// A new task's history (attempt, last_error, progress) is an
+	// operator's to set: see operatorFields (policy_history.go).
 	factoryv1.QueueService_CreateTask_FullMethodName:  {roles: agents, mutates: true},
 	factoryv1.QueueService_CreateTasks_FullMethodName: {roles: agents, mutates: true},
 	factoryv1.QueueService_GetTask_FullMethodName:     {roles: agents},
@@ -128,6 +134,8 @@ var rules = map[string]rule{
 	factoryv1.AccessService_WhoAmI_FullMethodName:      {roles: everyone},
 	// An agent token's grant of task roles is an operator's decision.
 	factoryv1.AccessService_SetTokenRoles_FullMethodName: {roles: operatorOnly, mutates: true},
+	// Rotating a role's credentials ends every holder's old secret.
+	factoryv1.AccessService_RotateTokens_FullMethodName: {roles: operatorOnly, mutates: true},
 
 	// Moving the whole state: operators only. An export holds every
 	// task's payload and every token's hash; an import writes every kind
@@ -277,6 +285,11 @@ func (p *Policy) admit(c access.Caller, method string) (rule, error) {
 // caller acted as a party other than itself (an operator working an
 // agent's task, or a sidecar acting for an agent on its host).
 func (p *Policy) check(ctx context.Context, c access.Caller, r rule, req any) (onBehalf bool, err error) {
+	if r.operatorFields != nil && c.Role != store.RoleOperator {
+		if fields := r.operatorFields(req); len(fields) > 0 {
+			return false, status.Errorf(codes.PermissionDenied, "%s may not set %s: only an operator sets a task's history (an import)", c, fields[0])
+		}
+	}
 	if r.claims != nil {
 		for _, role := range r.claims(req) {
 			if !c.MayClaim(role) {

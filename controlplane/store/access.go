@@ -47,6 +47,18 @@ type AccessStore interface {
 	// role.
 	TokenSetRoles(ctx context.Context, params *TokenSetRolesParams) (before, after *Token, err error)
 
+	// TokenRotate replaces, in one transaction, every token of Role (of
+	// Subjects, when given) that works at Now and is not a console
+	// session: each gets a new token (ID and Hash from Issue, which may
+	// be called again if the transaction is retried) with its role,
+	// subject, description and grant, and its own ExpiresAt becomes
+	// GraceEnd unless it was earlier. A token that stops working by
+	// GraceEnd anyway and has a newer live token of its subject (its
+	// replacement from an earlier rotation) is left alone and returned in
+	// Skipped: rotating twice does not replace it twice.
+	// More than MaxRotate matching tokens is a FieldError on "subjects".
+	TokenRotate(ctx context.Context, params *TokenRotateParams) (*TokenRotateResult, error)
+
 	// AuditAppend appends entries in order, all or none, and sets each
 	// one's ID, which grows with every append. Count and LastSeen are
 	// stored as AuditCounts reads them (audit.go).
@@ -306,4 +318,87 @@ func checkSessionOf(t *Token) error {
 		return InvalidField("session_of", "names the token itself: a session is made from another token")
 	}
 	return nil
+}
+
+// MaxRotate bounds one rotation: its new secrets travel in one response.
+const MaxRotate = 1000
+
+// TokenRotateParams selects the tokens TokenRotate replaces.
+type TokenRotateParams struct {
+	Role Role
+	// Subjects, when not empty, keeps only tokens of these subjects.
+	Subjects []string
+	Now      time.Time
+	// GraceEnd is when the old tokens stop working.
+	GraceEnd time.Time
+	// CreatedBy is recorded on the new tokens.
+	CreatedBy string
+	// Issue returns the id and secret hash of old's replacement.
+	Issue func(old *Token) (id, hash string, err error)
+}
+
+// TokenRotation is one replaced token.
+type TokenRotation struct {
+	Before *Token // the old token as it was
+	Old    *Token // the old token as the rotation left it
+	New    *Token
+}
+
+// TokenRotateResult is what TokenRotate did, oldest token first.
+type TokenRotateResult struct {
+	Rotated []TokenRotation
+	Skipped []*Token
+}
+
+// CheckTokenRotate is the input check every driver's TokenRotate makes.
+func CheckTokenRotate(p *TokenRotateParams) error {
+	switch {
+	case p == nil:
+		return InvalidField("role", "is required")
+	case p.Role != RoleAgent && p.Role != RoleSidecar:
+		return InvalidField("role", "only agent and sidecar tokens are rotated, not %q", p.Role)
+	case p.Issue == nil:
+		return InvalidField("issue", "is required")
+	case p.GraceEnd.Before(p.Now):
+		return InvalidField("grace", "must not be negative")
+	}
+	return nil
+}
+
+// Rotation returns old as the rotation leaves it (ending at graceEnd, or
+// earlier if it did) and its replacement, made at now. Both drivers build
+// their rows with it.
+func Rotation(old *Token, id, hash, createdBy string, now, graceEnd time.Time) (after, repl *Token) {
+	after = old.Clone()
+	if after.ExpiresAt.IsZero() || after.ExpiresAt.After(graceEnd) {
+		after.ExpiresAt = graceEnd
+	}
+	repl = &Token{
+		ID: id, Hash: hash, Role: old.Role, Subject: old.Subject, Description: old.Description,
+		CreatedBy: createdBy, CreatedAt: now, Roles: slices.Clone(old.Roles),
+	}
+	if !old.ExpiresAt.IsZero() {
+		// The same lifetime as the old token had, from now.
+		repl.ExpiresAt = now.Add(old.ExpiresAt.Sub(old.CreatedAt))
+	}
+	return after, repl
+}
+
+// RotationSkips returns the live tokens (in creation order) a rotation
+// whose grace ends at graceEnd leaves alone: those that stop working by
+// then anyway and have a newer live token of the same subject, which is
+// what an earlier rotation leaves. A token about to expire with no
+// successor is rotated (keeping its expiry), so its holder is not left
+// without one.
+func RotationSkips(live []*Token, graceEnd time.Time) map[string]bool {
+	skip := map[string]bool{}
+	newer := map[string]bool{} // subjects with a newer live token
+	for i := len(live) - 1; i >= 0; i-- {
+		t := live[i]
+		if newer[t.Subject] && !t.ExpiresAt.IsZero() && !t.ExpiresAt.After(graceEnd) {
+			skip[t.ID] = true
+		}
+		newer[t.Subject] = true
+	}
+	return skip
 }

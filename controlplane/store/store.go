@@ -1,6 +1,7 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"math"
@@ -165,8 +166,9 @@ const DefaultMaxAttempts = 3
 type BackoffFunc func(attempt int32) time.Duration
 
 // TaskCreateParams holds new tasks. ID, Title, State etc. come from each
-// *Task; drivers fill CreatedAt/UpdatedAt/StateChangedAt from Now and ignore
-// lease fields, Attempt, LastError and Progress.
+// *Task; drivers fill CreatedAt/UpdatedAt/StateChangedAt from Now. A task
+// starts without a lease; Attempt, LastError and Progress are kept as
+// given (History), for imports.
 type TaskCreateParams struct {
 	Tasks []*TaskCreate
 	Now   time.Time
@@ -198,7 +200,21 @@ type TaskCreate struct {
 	// in BACKLOG with ApprovalPending until the request is granted.
 	// InitialState must then be unset, READY or BACKLOG.
 	Approval *ApprovalCreate
+	// History is what an imported task brings from where it was: the
+	// claims used, the last failure and the last progress note. Zero for
+	// new work. Attempt is at most MaxAttempts (after its default).
+	History TaskHistory
 }
+
+// TaskHistory is the part of a task's record an import keeps.
+type TaskHistory struct {
+	Attempt   int32
+	LastError string
+	Progress  string
+}
+
+// IsZero reports whether there is no history to keep.
+func (h TaskHistory) IsZero() bool { return h == TaskHistory{} }
 
 // TaskListParams filters TaskList. Zero values do not filter.
 type TaskListParams struct {
@@ -418,6 +434,10 @@ func CheckTaskCreates(tasks []*TaskCreate) error {
 			return InvalidField("initial_state", "task %s: unknown state %s", c.ID, c.InitialState)
 		case c.MaxAttempts < 0:
 			return InvalidField("max_attempts", "task %s: must not be negative, got %d", c.ID, c.MaxAttempts)
+		case c.History.Attempt < 0:
+			return InvalidField("attempt", "task %s: must not be negative, got %d", c.ID, c.History.Attempt)
+		case c.History.Attempt > cmp.Or(c.MaxAttempts, DefaultMaxAttempts):
+			return InvalidField("attempt", "task %s: %d claims used is more than its max_attempts %d", c.ID, c.History.Attempt, cmp.Or(c.MaxAttempts, DefaultMaxAttempts))
 		}
 	}
 	return nil

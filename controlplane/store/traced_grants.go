@@ -12,6 +12,12 @@ func (t *traced) TokenSetRoles(ctx context.Context, p *TokenSetRolesParams) (_, 
 	return t.s.TokenSetRoles(ctx, p)
 }
 
+func (t *traced) TokenRotate(ctx context.Context, p *TokenRotateParams) (_ *TokenRotateResult, err error) {
+	ctx, span := t.start(ctx, "TokenRotate")
+	defer func() { end(span, err) }()
+	return t.s.TokenRotate(ctx, p)
+}
+
 func (t *traced) PlacementSet(ctx context.Context, p *PlacementSetParams) (_, _ *Placement, err error) {
 	ctx, span := t.start(ctx, "PlacementSet")
 	defer func() { end(span, err) }()

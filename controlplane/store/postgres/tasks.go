@@ -27,7 +27,8 @@ func (s *Store) TaskCreate(ctx context.Context, p *store.TaskCreateParams) ([]st
 	}
 	for _, c := range p.Tasks {
 		if err := checkText("id", c.ID, "title", c.Title, "kind", c.Kind, "payload_json", c.PayloadJSON,
-			"role", c.Role, "assignee", c.Assignee, "note", c.Note); err != nil {
+			"role", c.Role, "assignee", c.Assignee, "note", c.Note,
+			"last_error", c.History.LastError, "progress", c.History.Progress); err != nil {
 			return nil, err
 		}
 		if err := checkTexts("depends_on", c.DependsOn); err != nil {
@@ -155,6 +156,7 @@ func (s *Store) TaskCreate(ctx context.Context, p *store.TaskCreateParams) ([]st
 			if len(depTask) > 0 {
 				b.Queue(qInsertDeps, depTask, depPos, depOn)
 			}
+			queueHistory(b, p.Tasks)
 			// Gated tasks' requests, after the tasks they name.
 			for _, c := range p.Tasks {
 				if c.Approval != nil {
@@ -166,6 +168,7 @@ func (s *Store) TaskCreate(ctx context.Context, p *store.TaskCreateParams) ([]st
 			return err
 		}
 		bySeq(rows)
+		withHistory(rows, p.Tasks)
 		out = changes(rows, store.StateUnspecified)
 		return nil
 	})

@@ -93,6 +93,7 @@ func (s *Store) TaskCreate(ctx context.Context, p *store.TaskCreateParams) ([]st
 			if t.MaxAttempts == 0 {
 				t.MaxAttempts = store.DefaultMaxAttempts
 			}
+			t.Attempt, t.LastError, t.Progress = c.History.Attempt, c.History.LastError, c.History.Progress
 			if c.Approval != nil {
 				if err := t.Gate(c.Approval); err != nil {
 					return err
@@ -124,6 +125,9 @@ func (s *Store) TaskCreate(ctx context.Context, p *store.TaskCreateParams) ([]st
 			return err
 		}
 		if err := w.execBatch(qInsertDeps, 3, deps); err != nil {
+			return err
+		}
+		if err := w.keepHistory(p.Tasks); err != nil {
 			return err
 		}
 		// Gated tasks' requests, after the tasks they name.

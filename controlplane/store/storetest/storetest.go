@@ -53,6 +53,8 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"SetPriority", s.testSetPriority},
 		{"Concurrency", s.testConcurrency},
 		{"Tokens", s.testTokens},
+		{"TokenRotate", s.testTokenRotate},
+		{"CreateHistory", s.testCreateHistory},
 		{"Audit", s.testAudit},
 		{"AuditCoalesce", s.testAuditCoalesce},
 		{"Dump", s.testDump},

@@ -83,6 +83,195 @@ func (Role) EnumDescriptor() ([]byte, []int) {
 	return file_factory_v1_access_proto_rawDescGZIP(), []int{0}
 }
 
+// RotateTokensRequest selects the tokens to rotate.
+type RotateTokensRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Whose tokens: ROLE_AGENT or ROLE_SIDECAR. Required; ROLE_OPERATOR is
+	// INVALID_ARGUMENT.
+	Role Role `protobuf:"varint,1,opt,name=role,proto3,enum=factory.v1.Role" json:"role,omitempty"`
+	// Only tokens of these subjects (agent or host names); empty means
+	// every live token of the role. At most 1000, unique; each 1-128
+	// letters, digits, '.', '_', ':', '/', '-'.
+	Subjects []string `protobuf:"bytes,2,rep,name=subjects,proto3" json:"subjects,omitempty"`
+	// How long each old token keeps working; unset means 1h. 0s ends them
+	// at once; at most 30 days.
+	Grace         *durationpb.Duration `protobuf:"bytes,3,opt,name=grace,proto3" json:"grace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateTokensRequest) Reset() {
+	*x = RotateTokensRequest{}
+	mi := &file_factory_v1_access_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateTokensRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateTokensRequest) ProtoMessage() {}
+
+func (x *RotateTokensRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_access_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateTokensRequest.ProtoReflect.Descriptor instead.
+func (*RotateTokensRequest) Descriptor() ([]byte, []int) {
+	return file_factory_v1_access_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *RotateTokensRequest) GetRole() Role {
+	if x != nil {
+		return x.Role
+	}
+	return Role_ROLE_UNSPECIFIED
+}
+
+func (x *RotateTokensRequest) GetSubjects() []string {
+	if x != nil {
+		return x.Subjects
+	}
+	return nil
+}
+
+func (x *RotateTokensRequest) GetGrace() *durationpb.Duration {
+	if x != nil {
+		return x.Grace
+	}
+	return nil
+}
+
+// RotatedToken is one token replaced by a rotation.
+type RotatedToken struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The old token, with expires_at set to the end of its grace period.
+	OldToken *Token `protobuf:"bytes,1,opt,name=old_token,json=oldToken,proto3" json:"old_token,omitempty"`
+	// The new token.
+	NewToken *Token `protobuf:"bytes,2,opt,name=new_token,json=newToken,proto3" json:"new_token,omitempty"`
+	// The new token's bearer secret, shown only here.
+	Secret        string `protobuf:"bytes,3,opt,name=secret,proto3" json:"secret,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotatedToken) Reset() {
+	*x = RotatedToken{}
+	mi := &file_factory_v1_access_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotatedToken) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotatedToken) ProtoMessage() {}
+
+func (x *RotatedToken) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_access_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotatedToken.ProtoReflect.Descriptor instead.
+func (*RotatedToken) Descriptor() ([]byte, []int) {
+	return file_factory_v1_access_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *RotatedToken) GetOldToken() *Token {
+	if x != nil {
+		return x.OldToken
+	}
+	return nil
+}
+
+func (x *RotatedToken) GetNewToken() *Token {
+	if x != nil {
+		return x.NewToken
+	}
+	return nil
+}
+
+func (x *RotatedToken) GetSecret() string {
+	if x != nil {
+		return x.Secret
+	}
+	return ""
+}
+
+// RotateTokensResponse lists what a rotation did.
+type RotateTokensResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The rotated tokens, oldest first.
+	Rotated []*RotatedToken `protobuf:"bytes,1,rep,name=rotated,proto3" json:"rotated,omitempty"`
+	// Live tokens that matched but were left alone: they stop working
+	// within the grace period anyway and a newer token of their subject
+	// (their replacement from an earlier rotation) exists.
+	Skipped       []*Token `protobuf:"bytes,2,rep,name=skipped,proto3" json:"skipped,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateTokensResponse) Reset() {
+	*x = RotateTokensResponse{}
+	mi := &file_factory_v1_access_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateTokensResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateTokensResponse) ProtoMessage() {}
+
+func (x *RotateTokensResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_access_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateTokensResponse.ProtoReflect.Descriptor instead.
+func (*RotateTokensResponse) Descriptor() ([]byte, []int) {
+	return file_factory_v1_access_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *RotateTokensResponse) GetRotated() []*RotatedToken {
+	if x != nil {
+		return x.Rotated
+	}
+	return nil
+}
+
+func (x *RotateTokensResponse) GetSkipped() []*Token {
+	if x != nil {
+		return x.Skipped
+	}
+	return nil
+}
+
 // Token describes an issued token. Its secret is never part of it.
 type Token struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -117,7 +306,7 @@ type Token struct {
 
 func (x *Token) Reset() {
 	*x = Token{}
-	mi := &file_factory_v1_access_proto_msgTypes[0]
+	mi := &file_factory_v1_access_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -129,7 +318,7 @@ func (x *Token) String() string {
 func (*Token) ProtoMessage() {}
 
 func (x *Token) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_access_proto_msgTypes[0]
+	mi := &file_factory_v1_access_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -142,7 +331,7 @@ func (x *Token) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Token.ProtoReflect.Descriptor instead.
 func (*Token) Descriptor() ([]byte, []int) {
-	return file_factory_v1_access_proto_rawDescGZIP(), []int{0}
+	return file_factory_v1_access_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Token) GetId() string {
@@ -240,7 +429,7 @@ type CreateTokenRequest struct {
 
 func (x *CreateTokenRequest) Reset() {
 	*x = CreateTokenRequest{}
-	mi := &file_factory_v1_access_proto_msgTypes[1]
+	mi := &file_factory_v1_access_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -252,7 +441,7 @@ func (x *CreateTokenRequest) String() string {
 func (*CreateTokenRequest) ProtoMessage() {}
 
 func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_access_proto_msgTypes[1]
+	mi := &file_factory_v1_access_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -265,7 +454,7 @@ func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateTokenRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_access_proto_rawDescGZIP(), []int{1}
+	return file_factory_v1_access_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *CreateTokenRequest) GetRole() Role {
@@ -317,7 +506,7 @@ type CreateTokenResponse struct {
 
 func (x *CreateTokenResponse) Reset() {
 	*x = CreateTokenResponse{}
-	mi := &file_factory_v1_access_proto_msgTypes[2]
+	mi := &file_factory_v1_access_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -329,7 +518,7 @@ func (x *CreateTokenResponse) String() string {
 func (*CreateTokenResponse) ProtoMessage() {}
 
 func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_access_proto_msgTypes[2]
+	mi := &file_factory_v1_access_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -342,7 +531,7 @@ func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateTokenResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_access_proto_rawDescGZIP(), []int{2}
+	return file_factory_v1_access_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *CreateTokenResponse) GetToken() *Token {
@@ -374,7 +563,7 @@ type ListTokensRequest struct {
 
 func (x *ListTokensRequest) Reset() {
 	*x = ListTokensRequest{}
-	mi := &file_factory_v1_access_proto_msgTypes[3]
+	mi := &file_factory_v1_access_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -386,7 +575,7 @@ func (x *ListTokensRequest) String() string {
 func (*ListTokensRequest) ProtoMessage() {}
 
 func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_access_proto_msgTypes[3]
+	mi := &file_factory_v1_access_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -399,7 +588,7 @@ func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensRequest.ProtoReflect.Descriptor instead.
 func (*ListTokensRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_access_proto_rawDescGZIP(), []int{3}
+	return file_factory_v1_access_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ListTokensRequest) GetIncludeInactive() bool {
@@ -436,7 +625,7 @@ type ListTokensResponse struct {
 
 func (x *ListTokensResponse) Reset() {
 	*x = ListTokensResponse{}
-	mi := &file_factory_v1_access_proto_msgTypes[4]
+	mi := &file_factory_v1_access_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -448,7 +637,7 @@ func (x *ListTokensResponse) String() string {
 func (*ListTokensResponse) ProtoMessage() {}
 
 func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_access_proto_msgTypes[4]
+	mi := &file_factory_v1_access_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -461,7 +650,7 @@ func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensResponse.ProtoReflect.Descriptor instead.
 func (*ListTokensResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_access_proto_rawDescGZIP(), []int{4}
+	return file_factory_v1_access_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ListTokensResponse) GetTokens() []*Token {
@@ -489,7 +678,7 @@ type RevokeTokenRequest struct {
 
 func (x *RevokeTokenRequest) Reset() {
 	*x = RevokeTokenRequest{}
-	mi := &file_factory_v1_access_proto_msgTypes[5]
+	mi := &file_factory_v1_access_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -501,7 +690,7 @@ func (x *RevokeTokenRequest) String() string {
 func (*RevokeTokenRequest) ProtoMessage() {}
 
 func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_access_proto_msgTypes[5]
+	mi := &file_factory_v1_access_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -514,7 +703,7 @@ func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenRequest.ProtoReflect.Descriptor instead.
 func (*RevokeTokenRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_access_proto_rawDescGZIP(), []int{5}
+	return file_factory_v1_access_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *RevokeTokenRequest) GetTokenId() string {
@@ -535,7 +724,7 @@ type RevokeTokenResponse struct {
 
 func (x *RevokeTokenResponse) Reset() {
 	*x = RevokeTokenResponse{}
-	mi := &file_factory_v1_access_proto_msgTypes[6]
+	mi := &file_factory_v1_access_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -547,7 +736,7 @@ func (x *RevokeTokenResponse) String() string {
 func (*RevokeTokenResponse) ProtoMessage() {}
 
 func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_access_proto_msgTypes[6]
+	mi := &file_factory_v1_access_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -560,7 +749,7 @@ func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenResponse.ProtoReflect.Descriptor instead.
 func (*RevokeTokenResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_access_proto_rawDescGZIP(), []int{6}
+	return file_factory_v1_access_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *RevokeTokenResponse) GetToken() *Token {
@@ -612,7 +801,7 @@ type AuditEntry struct {
 
 func (x *AuditEntry) Reset() {
 	*x = AuditEntry{}
-	mi := &file_factory_v1_access_proto_msgTypes[7]
+	mi := &file_factory_v1_access_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -624,7 +813,7 @@ func (x *AuditEntry) String() string {
 func (*AuditEntry) ProtoMessage() {}
 
 func (x *AuditEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_access_proto_msgTypes[7]
+	mi := &file_factory_v1_access_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -637,7 +826,7 @@ func (x *AuditEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditEntry.ProtoReflect.Descriptor instead.
 func (*AuditEntry) Descriptor() ([]byte, []int) {
-	return file_factory_v1_access_proto_rawDescGZIP(), []int{7}
+	return file_factory_v1_access_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *AuditEntry) GetId() string {
@@ -762,7 +951,7 @@ type ListAuditRequest struct {
 
 func (x *ListAuditRequest) Reset() {
 	*x = ListAuditRequest{}
-	mi := &file_factory_v1_access_proto_msgTypes[8]
+	mi := &file_factory_v1_access_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -774,7 +963,7 @@ func (x *ListAuditRequest) String() string {
 func (*ListAuditRequest) ProtoMessage() {}
 
 func (x *ListAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_access_proto_msgTypes[8]
+	mi := &file_factory_v1_access_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -787,7 +976,7 @@ func (x *ListAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditRequest.ProtoReflect.Descriptor instead.
 func (*ListAuditRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_access_proto_rawDescGZIP(), []int{8}
+	return file_factory_v1_access_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListAuditRequest) GetSince() *timestamppb.Timestamp {
@@ -838,7 +1027,7 @@ type ListAuditResponse struct {
 
 func (x *ListAuditResponse) Reset() {
 	*x = ListAuditResponse{}
-	mi := &file_factory_v1_access_proto_msgTypes[9]
+	mi := &file_factory_v1_access_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -850,7 +1039,7 @@ func (x *ListAuditResponse) String() string {
 func (*ListAuditResponse) ProtoMessage() {}
 
 func (x *ListAuditResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_access_proto_msgTypes[9]
+	mi := &file_factory_v1_access_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -863,7 +1052,7 @@ func (x *ListAuditResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditResponse.ProtoReflect.Descriptor instead.
 func (*ListAuditResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_access_proto_rawDescGZIP(), []int{9}
+	return file_factory_v1_access_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListAuditResponse) GetEntries() []*AuditEntry {
@@ -895,7 +1084,7 @@ type SetTokenRolesRequest struct {
 
 func (x *SetTokenRolesRequest) Reset() {
 	*x = SetTokenRolesRequest{}
-	mi := &file_factory_v1_access_proto_msgTypes[10]
+	mi := &file_factory_v1_access_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -907,7 +1096,7 @@ func (x *SetTokenRolesRequest) String() string {
 func (*SetTokenRolesRequest) ProtoMessage() {}
 
 func (x *SetTokenRolesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_access_proto_msgTypes[10]
+	mi := &file_factory_v1_access_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -920,7 +1109,7 @@ func (x *SetTokenRolesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetTokenRolesRequest.ProtoReflect.Descriptor instead.
 func (*SetTokenRolesRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_access_proto_rawDescGZIP(), []int{10}
+	return file_factory_v1_access_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SetTokenRolesRequest) GetTokenId() string {
@@ -948,7 +1137,7 @@ type SetTokenRolesResponse struct {
 
 func (x *SetTokenRolesResponse) Reset() {
 	*x = SetTokenRolesResponse{}
-	mi := &file_factory_v1_access_proto_msgTypes[11]
+	mi := &file_factory_v1_access_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -960,7 +1149,7 @@ func (x *SetTokenRolesResponse) String() string {
 func (*SetTokenRolesResponse) ProtoMessage() {}
 
 func (x *SetTokenRolesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_access_proto_msgTypes[11]
+	mi := &file_factory_v1_access_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -973,7 +1162,7 @@ func (x *SetTokenRolesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetTokenRolesResponse.ProtoReflect.Descriptor instead.
 func (*SetTokenRolesResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_access_proto_rawDescGZIP(), []int{11}
+	return file_factory_v1_access_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SetTokenRolesResponse) GetToken() *Token {
@@ -992,7 +1181,7 @@ type WhoAmIRequest struct {
 
 func (x *WhoAmIRequest) Reset() {
 	*x = WhoAmIRequest{}
-	mi := &file_factory_v1_access_proto_msgTypes[12]
+	mi := &file_factory_v1_access_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1004,7 +1193,7 @@ func (x *WhoAmIRequest) String() string {
 func (*WhoAmIRequest) ProtoMessage() {}
 
 func (x *WhoAmIRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_access_proto_msgTypes[12]
+	mi := &file_factory_v1_access_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1017,7 +1206,7 @@ func (x *WhoAmIRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WhoAmIRequest.ProtoReflect.Descriptor instead.
 func (*WhoAmIRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_access_proto_rawDescGZIP(), []int{12}
+	return file_factory_v1_access_proto_rawDescGZIP(), []int{15}
 }
 
 // WhoAmIResponse is the caller's identity.
@@ -1043,7 +1232,7 @@ type WhoAmIResponse struct {
 
 func (x *WhoAmIResponse) Reset() {
 	*x = WhoAmIResponse{}
-	mi := &file_factory_v1_access_proto_msgTypes[13]
+	mi := &file_factory_v1_access_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1055,7 +1244,7 @@ func (x *WhoAmIResponse) String() string {
 func (*WhoAmIResponse) ProtoMessage() {}
 
 func (x *WhoAmIResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_access_proto_msgTypes[13]
+	mi := &file_factory_v1_access_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1068,7 +1257,7 @@ func (x *WhoAmIResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WhoAmIResponse.ProtoReflect.Descriptor instead.
 func (*WhoAmIResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_access_proto_rawDescGZIP(), []int{13}
+	return file_factory_v1_access_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *WhoAmIResponse) GetRole() Role {
@@ -1118,7 +1307,18 @@ var File_factory_v1_access_proto protoreflect.FileDescriptor
 const file_factory_v1_access_proto_rawDesc = "" +
 	"\n" +
 	"\x17factory/v1/access.proto\x12\n" +
-	"factory.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9d\x03\n" +
+	"factory.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd2\x01\n" +
+	"\x13RotateTokensRequest\x121\n" +
+	"\x04role\x18\x01 \x01(\x0e2\x10.factory.v1.RoleB\v\xbaH\b\xc8\x01\x01\x82\x01\x02\x10\x01R\x04role\x12F\n" +
+	"\bsubjects\x18\x02 \x03(\tB*\xbaH'\x92\x01$\x10\xe8\a\x18\x01\"\x1dr\x1b2\x19^[A-Za-z0-9._:/-]{1,128}$R\bsubjects\x12@\n" +
+	"\x05grace\x18\x03 \x01(\v2\x19.google.protobuf.DurationB\x0f\xbaH\f\xaa\x01\t\"\x05\b\x80\x9a\x9e\x012\x00R\x05grace\"\x86\x01\n" +
+	"\fRotatedToken\x12.\n" +
+	"\told_token\x18\x01 \x01(\v2\x11.factory.v1.TokenR\boldToken\x12.\n" +
+	"\tnew_token\x18\x02 \x01(\v2\x11.factory.v1.TokenR\bnewToken\x12\x16\n" +
+	"\x06secret\x18\x03 \x01(\tR\x06secret\"w\n" +
+	"\x14RotateTokensResponse\x122\n" +
+	"\arotated\x18\x01 \x03(\v2\x18.factory.v1.RotatedTokenR\arotated\x12+\n" +
+	"\askipped\x18\x02 \x03(\v2\x11.factory.v1.TokenR\askipped\"\x9d\x03\n" +
 	"\x05Token\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12$\n" +
 	"\x04role\x18\x02 \x01(\x0e2\x10.factory.v1.RoleR\x04role\x12\x18\n" +
@@ -1209,7 +1409,7 @@ const file_factory_v1_access_proto_rawDesc = "" +
 	"\rROLE_OPERATOR\x10\x01\x12\x0e\n" +
 	"\n" +
 	"ROLE_AGENT\x10\x02\x12\x10\n" +
-	"\fROLE_SIDECAR\x10\x032\xdd\x03\n" +
+	"\fROLE_SIDECAR\x10\x032\xb0\x04\n" +
 	"\rAccessService\x12N\n" +
 	"\vCreateToken\x12\x1e.factory.v1.CreateTokenRequest\x1a\x1f.factory.v1.CreateTokenResponse\x12K\n" +
 	"\n" +
@@ -1217,7 +1417,8 @@ const file_factory_v1_access_proto_rawDesc = "" +
 	"\vRevokeToken\x12\x1e.factory.v1.RevokeTokenRequest\x1a\x1f.factory.v1.RevokeTokenResponse\x12H\n" +
 	"\tListAudit\x12\x1c.factory.v1.ListAuditRequest\x1a\x1d.factory.v1.ListAuditResponse\x12?\n" +
 	"\x06WhoAmI\x12\x19.factory.v1.WhoAmIRequest\x1a\x1a.factory.v1.WhoAmIResponse\x12T\n" +
-	"\rSetTokenRoles\x12 .factory.v1.SetTokenRolesRequest\x1a!.factory.v1.SetTokenRolesResponseB5Z3github.com/factory/factory/gen/factory/v1;factoryv1b\x06proto3"
+	"\rSetTokenRoles\x12 .factory.v1.SetTokenRolesRequest\x1a!.factory.v1.SetTokenRolesResponse\x12Q\n" +
+	"\fRotateTokens\x12\x1f.factory.v1.RotateTokensRequest\x1a .factory.v1.RotateTokensResponseB5Z3github.com/factory/factory/gen/factory/v1;factoryv1b\x06proto3"
 
 var (
 	file_factory_v1_access_proto_rawDescOnce sync.Once
@@ -1232,62 +1433,73 @@ func file_factory_v1_access_proto_rawDescGZIP() []byte {
 }
 
 var file_factory_v1_access_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_factory_v1_access_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_factory_v1_access_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_factory_v1_access_proto_goTypes = []any{
 	(Role)(0),                     // 0: factory.v1.Role
-	(*Token)(nil),                 // 1: factory.v1.Token
-	(*CreateTokenRequest)(nil),    // 2: factory.v1.CreateTokenRequest
-	(*CreateTokenResponse)(nil),   // 3: factory.v1.CreateTokenResponse
-	(*ListTokensRequest)(nil),     // 4: factory.v1.ListTokensRequest
-	(*ListTokensResponse)(nil),    // 5: factory.v1.ListTokensResponse
-	(*RevokeTokenRequest)(nil),    // 6: factory.v1.RevokeTokenRequest
-	(*RevokeTokenResponse)(nil),   // 7: factory.v1.RevokeTokenResponse
-	(*AuditEntry)(nil),            // 8: factory.v1.AuditEntry
-	(*ListAuditRequest)(nil),      // 9: factory.v1.ListAuditRequest
-	(*ListAuditResponse)(nil),     // 10: factory.v1.ListAuditResponse
-	(*SetTokenRolesRequest)(nil),  // 11: factory.v1.SetTokenRolesRequest
-	(*SetTokenRolesResponse)(nil), // 12: factory.v1.SetTokenRolesResponse
-	(*WhoAmIRequest)(nil),         // 13: factory.v1.WhoAmIRequest
-	(*WhoAmIResponse)(nil),        // 14: factory.v1.WhoAmIResponse
-	(*timestamppb.Timestamp)(nil), // 15: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 16: google.protobuf.Duration
+	(*RotateTokensRequest)(nil),   // 1: factory.v1.RotateTokensRequest
+	(*RotatedToken)(nil),          // 2: factory.v1.RotatedToken
+	(*RotateTokensResponse)(nil),  // 3: factory.v1.RotateTokensResponse
+	(*Token)(nil),                 // 4: factory.v1.Token
+	(*CreateTokenRequest)(nil),    // 5: factory.v1.CreateTokenRequest
+	(*CreateTokenResponse)(nil),   // 6: factory.v1.CreateTokenResponse
+	(*ListTokensRequest)(nil),     // 7: factory.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),    // 8: factory.v1.ListTokensResponse
+	(*RevokeTokenRequest)(nil),    // 9: factory.v1.RevokeTokenRequest
+	(*RevokeTokenResponse)(nil),   // 10: factory.v1.RevokeTokenResponse
+	(*AuditEntry)(nil),            // 11: factory.v1.AuditEntry
+	(*ListAuditRequest)(nil),      // 12: factory.v1.ListAuditRequest
+	(*ListAuditResponse)(nil),     // 13: factory.v1.ListAuditResponse
+	(*SetTokenRolesRequest)(nil),  // 14: factory.v1.SetTokenRolesRequest
+	(*SetTokenRolesResponse)(nil), // 15: factory.v1.SetTokenRolesResponse
+	(*WhoAmIRequest)(nil),         // 16: factory.v1.WhoAmIRequest
+	(*WhoAmIResponse)(nil),        // 17: factory.v1.WhoAmIResponse
+	(*durationpb.Duration)(nil),   // 18: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 19: google.protobuf.Timestamp
 }
 var file_factory_v1_access_proto_depIdxs = []int32{
-	0,  // 0: factory.v1.Token.role:type_name -> factory.v1.Role
-	15, // 1: factory.v1.Token.created_at:type_name -> google.protobuf.Timestamp
-	15, // 2: factory.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
-	15, // 3: factory.v1.Token.revoked_at:type_name -> google.protobuf.Timestamp
-	15, // 4: factory.v1.Token.last_used_at:type_name -> google.protobuf.Timestamp
-	0,  // 5: factory.v1.CreateTokenRequest.role:type_name -> factory.v1.Role
-	16, // 6: factory.v1.CreateTokenRequest.expires_in:type_name -> google.protobuf.Duration
-	1,  // 7: factory.v1.CreateTokenResponse.token:type_name -> factory.v1.Token
-	1,  // 8: factory.v1.ListTokensResponse.tokens:type_name -> factory.v1.Token
-	1,  // 9: factory.v1.RevokeTokenResponse.token:type_name -> factory.v1.Token
-	15, // 10: factory.v1.AuditEntry.time:type_name -> google.protobuf.Timestamp
-	0,  // 11: factory.v1.AuditEntry.role:type_name -> factory.v1.Role
-	15, // 12: factory.v1.AuditEntry.last_seen:type_name -> google.protobuf.Timestamp
-	15, // 13: factory.v1.ListAuditRequest.since:type_name -> google.protobuf.Timestamp
-	8,  // 14: factory.v1.ListAuditResponse.entries:type_name -> factory.v1.AuditEntry
-	1,  // 15: factory.v1.SetTokenRolesResponse.token:type_name -> factory.v1.Token
-	0,  // 16: factory.v1.WhoAmIResponse.role:type_name -> factory.v1.Role
-	15, // 17: factory.v1.WhoAmIResponse.expires_at:type_name -> google.protobuf.Timestamp
-	2,  // 18: factory.v1.AccessService.CreateToken:input_type -> factory.v1.CreateTokenRequest
-	4,  // 19: factory.v1.AccessService.ListTokens:input_type -> factory.v1.ListTokensRequest
-	6,  // 20: factory.v1.AccessService.RevokeToken:input_type -> factory.v1.RevokeTokenRequest
-	9,  // 21: factory.v1.AccessService.ListAudit:input_type -> factory.v1.ListAuditRequest
-	13, // 22: factory.v1.AccessService.WhoAmI:input_type -> factory.v1.WhoAmIRequest
-	11, // 23: factory.v1.AccessService.SetTokenRoles:input_type -> factory.v1.SetTokenRolesRequest
-	3,  // 24: factory.v1.AccessService.CreateToken:output_type -> factory.v1.CreateTokenResponse
-	5,  // 25: factory.v1.AccessService.ListTokens:output_type -> factory.v1.ListTokensResponse
-	7,  // 26: factory.v1.AccessService.RevokeToken:output_type -> factory.v1.RevokeTokenResponse
-	10, // 27: factory.v1.AccessService.ListAudit:output_type -> factory.v1.ListAuditResponse
-	14, // 28: factory.v1.AccessService.WhoAmI:output_type -> factory.v1.WhoAmIResponse
-	12, // 29: factory.v1.AccessService.SetTokenRoles:output_type -> factory.v1.SetTokenRolesResponse
-	24, // [24:30] is the sub-list for method output_type
-	18, // [18:24] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	0,  // 0: factory.v1.RotateTokensRequest.role:type_name -> factory.v1.Role
+	18, // 1: factory.v1.RotateTokensRequest.grace:type_name -> google.protobuf.Duration
+	4,  // 2: factory.v1.RotatedToken.old_token:type_name -> factory.v1.Token
+	4,  // 3: factory.v1.RotatedToken.new_token:type_name -> factory.v1.Token
+	2,  // 4: factory.v1.RotateTokensResponse.rotated:type_name -> factory.v1.RotatedToken
+	4,  // 5: factory.v1.RotateTokensResponse.skipped:type_name -> factory.v1.Token
+	0,  // 6: factory.v1.Token.role:type_name -> factory.v1.Role
+	19, // 7: factory.v1.Token.created_at:type_name -> google.protobuf.Timestamp
+	19, // 8: factory.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
+	19, // 9: factory.v1.Token.revoked_at:type_name -> google.protobuf.Timestamp
+	19, // 10: factory.v1.Token.last_used_at:type_name -> google.protobuf.Timestamp
+	0,  // 11: factory.v1.CreateTokenRequest.role:type_name -> factory.v1.Role
+	18, // 12: factory.v1.CreateTokenRequest.expires_in:type_name -> google.protobuf.Duration
+	4,  // 13: factory.v1.CreateTokenResponse.token:type_name -> factory.v1.Token
+	4,  // 14: factory.v1.ListTokensResponse.tokens:type_name -> factory.v1.Token
+	4,  // 15: factory.v1.RevokeTokenResponse.token:type_name -> factory.v1.Token
+	19, // 16: factory.v1.AuditEntry.time:type_name -> google.protobuf.Timestamp
+	0,  // 17: factory.v1.AuditEntry.role:type_name -> factory.v1.Role
+	19, // 18: factory.v1.AuditEntry.last_seen:type_name -> google.protobuf.Timestamp
+	19, // 19: factory.v1.ListAuditRequest.since:type_name -> google.protobuf.Timestamp
+	11, // 20: factory.v1.ListAuditResponse.entries:type_name -> factory.v1.AuditEntry
+	4,  // 21: factory.v1.SetTokenRolesResponse.token:type_name -> factory.v1.Token
+	0,  // 22: factory.v1.WhoAmIResponse.role:type_name -> factory.v1.Role
+	19, // 23: factory.v1.WhoAmIResponse.expires_at:type_name -> google.protobuf.Timestamp
+	5,  // 24: factory.v1.AccessService.CreateToken:input_type -> factory.v1.CreateTokenRequest
+	7,  // 25: factory.v1.AccessService.ListTokens:input_type -> factory.v1.ListTokensRequest
+	9,  // 26: factory.v1.AccessService.RevokeToken:input_type -> factory.v1.RevokeTokenRequest
+	12, // 27: factory.v1.AccessService.ListAudit:input_type -> factory.v1.ListAuditRequest
+	16, // 28: factory.v1.AccessService.WhoAmI:input_type -> factory.v1.WhoAmIRequest
+	14, // 29: factory.v1.AccessService.SetTokenRoles:input_type -> factory.v1.SetTokenRolesRequest
+	1,  // 30: factory.v1.AccessService.RotateTokens:input_type -> factory.v1.RotateTokensRequest
+	6,  // 31: factory.v1.AccessService.CreateToken:output_type -> factory.v1.CreateTokenResponse
+	8,  // 32: factory.v1.AccessService.ListTokens:output_type -> factory.v1.ListTokensResponse
+	10, // 33: factory.v1.AccessService.RevokeToken:output_type -> factory.v1.RevokeTokenResponse
+	13, // 34: factory.v1.AccessService.ListAudit:output_type -> factory.v1.ListAuditResponse
+	17, // 35: factory.v1.AccessService.WhoAmI:output_type -> factory.v1.WhoAmIResponse
+	15, // 36: factory.v1.AccessService.SetTokenRoles:output_type -> factory.v1.SetTokenRolesResponse
+	3,  // 37: factory.v1.AccessService.RotateTokens:output_type -> factory.v1.RotateTokensResponse
+	31, // [31:38] is the sub-list for method output_type
+	24, // [24:31] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_factory_v1_access_proto_init() }
@@ -1301,7 +1513,7 @@ func file_factory_v1_access_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_factory_v1_access_proto_rawDesc), len(file_factory_v1_access_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   14,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -25,6 +25,7 @@ const (
 	AccessService_ListAudit_FullMethodName     = "/factory.v1.AccessService/ListAudit"
 	AccessService_WhoAmI_FullMethodName        = "/factory.v1.AccessService/WhoAmI"
 	AccessService_SetTokenRoles_FullMethodName = "/factory.v1.AccessService/SetTokenRoles"
+	AccessService_RotateTokens_FullMethodName  = "/factory.v1.AccessService/RotateTokens"
 )
 
 // AccessServiceClient is the client API for AccessService service.
@@ -68,6 +69,27 @@ type AccessServiceClient interface {
 	// INVALID_ARGUMENT. Operators only, audited with the grant before and
 	// after.
 	SetTokenRoles(ctx context.Context, in *SetTokenRolesRequest, opts ...grpc.CallOption) (*SetTokenRolesResponse, error)
+	// RotateTokens replaces every live token of a role (optionally only
+	// those of some subjects) with a new one of the same role, subject,
+	// description and task-role grant, and returns the new secrets, shown
+	// only here. Each old token keeps working through the grace period and
+	// is then refused as expired; an old token already due to expire sooner
+	// keeps its own expiry (and is still replaced). A new token made from
+	// one with an expiry works as long as the old one was made to (its
+	// expires_at − created_at) from now; otherwise until revoked. A token
+	// that stops working within the grace period anyway and has a newer
+	// live token of its subject (its replacement from an earlier rotation)
+	// is left alone and listed as skipped, so a second rotation does not
+	// replace it again. Everything happens in one transaction: all tokens
+	// are rotated or none. The replica called refuses an old token from the
+	// end of its grace on, other replicas within the token cache time
+	// (about a second). Agent and sidecar tokens only: an operator token is
+	// replaced by creating one and revoking the old (its console sessions
+	// end with it). Operators only; audited with one entry per rotated
+	// token (target: the old token's id; before and after: its expiry, and
+	// after also the id of the token replacing it), or one entry with the
+	// selection when nothing matched.
+	RotateTokens(ctx context.Context, in *RotateTokensRequest, opts ...grpc.CallOption) (*RotateTokensResponse, error)
 }
 
 type accessServiceClient struct {
@@ -138,6 +160,16 @@ func (c *accessServiceClient) SetTokenRoles(ctx context.Context, in *SetTokenRol
 	return out, nil
 }
 
+func (c *accessServiceClient) RotateTokens(ctx context.Context, in *RotateTokensRequest, opts ...grpc.CallOption) (*RotateTokensResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RotateTokensResponse)
+	err := c.cc.Invoke(ctx, AccessService_RotateTokens_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AccessServiceServer is the server API for AccessService service.
 // All implementations must embed UnimplementedAccessServiceServer
 // for forward compatibility.
@@ -179,6 +211,27 @@ type AccessServiceServer interface {
 	// INVALID_ARGUMENT. Operators only, audited with the grant before and
 	// after.
 	SetTokenRoles(context.Context, *SetTokenRolesRequest) (*SetTokenRolesResponse, error)
+	// RotateTokens replaces every live token of a role (optionally only
+	// those of some subjects) with a new one of the same role, subject,
+	// description and task-role grant, and returns the new secrets, shown
+	// only here. Each old token keeps working through the grace period and
+	// is then refused as expired; an old token already due to expire sooner
+	// keeps its own expiry (and is still replaced). A new token made from
+	// one with an expiry works as long as the old one was made to (its
+	// expires_at − created_at) from now; otherwise until revoked. A token
+	// that stops working within the grace period anyway and has a newer
+	// live token of its subject (its replacement from an earlier rotation)
+	// is left alone and listed as skipped, so a second rotation does not
+	// replace it again. Everything happens in one transaction: all tokens
+	// are rotated or none. The replica called refuses an old token from the
+	// end of its grace on, other replicas within the token cache time
+	// (about a second). Agent and sidecar tokens only: an operator token is
+	// replaced by creating one and revoking the old (its console sessions
+	// end with it). Operators only; audited with one entry per rotated
+	// token (target: the old token's id; before and after: its expiry, and
+	// after also the id of the token replacing it), or one entry with the
+	// selection when nothing matched.
+	RotateTokens(context.Context, *RotateTokensRequest) (*RotateTokensResponse, error)
 	mustEmbedUnimplementedAccessServiceServer()
 }
 
@@ -206,6 +259,9 @@ func (UnimplementedAccessServiceServer) WhoAmI(context.Context, *WhoAmIRequest) 
 }
 func (UnimplementedAccessServiceServer) SetTokenRoles(context.Context, *SetTokenRolesRequest) (*SetTokenRolesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SetTokenRoles not implemented")
+}
+func (UnimplementedAccessServiceServer) RotateTokens(context.Context, *RotateTokensRequest) (*RotateTokensResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RotateTokens not implemented")
 }
 func (UnimplementedAccessServiceServer) mustEmbedUnimplementedAccessServiceServer() {}
 func (UnimplementedAccessServiceServer) testEmbeddedByValue()                       {}
@@ -336,6 +392,24 @@ func _AccessService_SetTokenRoles_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AccessService_RotateTokens_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RotateTokensRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AccessServiceServer).RotateTokens(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AccessService_RotateTokens_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AccessServiceServer).RotateTokens(ctx, req.(*RotateTokensRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AccessService_ServiceDesc is the grpc.ServiceDesc for AccessService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -366,6 +440,10 @@ var AccessService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SetTokenRoles",
 			Handler:    _AccessService_SetTokenRoles_Handler,
+		},
+		{
+			MethodName: "RotateTokens",
+			Handler:    _AccessService_RotateTokens_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -606,8 +606,19 @@ type CreateTaskRequest struct {
 	// in the task's note. A kind that policy puts at Tier 2 or up is gated
 	// without it.
 	RequiresApproval bool `protobuf:"varint,14,opt,name=requires_approval,json=requiresApproval,proto3" json:"requires_approval,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// For imports (`factory queue import`): the claims the task has used
+	// already, kept from where it came from. 0 to 100, and at most the
+	// task's max_attempts (its default 3 when unset). Operators only: an
+	// agent's request that sets it is PERMISSION_DENIED naming the field.
+	Attempt int32 `protobuf:"varint,16,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	// For imports: the last failure's text, kept from where the task came
+	// from; at most 64 KiB. Operators only, as attempt.
+	LastError string `protobuf:"bytes,17,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	// For imports: the last holder's progress note; at most 4096
+	// characters. Operators only, as attempt.
+	Progress      string `protobuf:"bytes,18,opt,name=progress,proto3" json:"progress,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CreateTaskRequest) Reset() {
@@ -736,6 +747,27 @@ func (x *CreateTaskRequest) GetRequiresApproval() bool {
 		return x.RequiresApproval
 	}
 	return false
+}
+
+func (x *CreateTaskRequest) GetAttempt() int32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *CreateTaskRequest) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+func (x *CreateTaskRequest) GetProgress() string {
+	if x != nil {
+		return x.Progress
+	}
+	return ""
 }
 
 // CreateTaskResponse holds the created task.
@@ -3126,7 +3158,7 @@ const file_factory_v1_queue_proto_rawDesc = "" +
 	"\rpayload_bytes\x18\x19 \x01(\x03R\fpayloadBytes\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xab\b\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa0\t\n" +
 	"\x11CreateTaskRequest\x12;\n" +
 	"\atask_id\x18\x01 \x01(\tB\"\xbaH\x1f\xd8\x01\x01r\x1a2\x18^[A-Za-z0-9._:-]{1,128}$R\x06taskId\x12[\n" +
 	"\x05title\x18\x02 \x01(\tBE\xbaHB\xba\x017\n" +
@@ -3146,7 +3178,11 @@ const file_factory_v1_queue_proto_rawDesc = "" +
 	"\x1dinitial_state.not_in_progress\x12PIN_PROGRESS needs a claim; allowed: BACKLOG, READY, PAUSED, REVIEW, DONE, FAILED\x1a\tthis != 3\x82\x01\x02\x10\x01R\finitialState\x12I\n" +
 	"\trun_after\x18\r \x01(\v2\x1a.google.protobuf.TimestampB\x10\xbaH\r\xb2\x01\n" +
 	"\x1a\x06\b\x80\xb2\xf8\x84\x1b2\x00R\brunAfter\x12+\n" +
-	"\x11requires_approval\x18\x0e \x01(\bR\x10requiresApproval\x1a9\n" +
+	"\x11requires_approval\x18\x0e \x01(\bR\x10requiresApproval\x12#\n" +
+	"\aattempt\x18\x10 \x01(\x05B\t\xbaH\x06\x1a\x04\x18d(\x00R\aattempt\x12(\n" +
+	"\n" +
+	"last_error\x18\x11 \x01(\tB\t\xbaH\x06r\x04(\x80\x80\x04R\tlastError\x12$\n" +
+	"\bprogress\x18\x12 \x01(\tB\b\xbaH\x05r\x03\x18\x80 R\bprogress\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\":\n" +
