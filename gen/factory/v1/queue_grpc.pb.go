@@ -117,7 +117,10 @@ type QueueServiceClient interface {
 	// PauseQueue moves every READY task to PAUSED and keeps new READY work
 	// paused until ResumeQueue.
 	PauseQueue(ctx context.Context, in *PauseQueueRequest, opts ...grpc.CallOption) (*PauseQueueResponse, error)
-	// ResumeQueue moves the tasks PauseQueue paused back to READY.
+	// ResumeQueue moves the tasks PauseQueue paused back to READY. Refused
+	// with FAILED_PRECONDITION, naming the holder, while the emergency stop
+	// or maintenance holds the queue: claims stay refused until that ends,
+	// and ending it (RearmEmergencyStop, EndMaintenance) resumes the queue.
 	ResumeQueue(ctx context.Context, in *ResumeQueueRequest, opts ...grpc.CallOption) (*ResumeQueueResponse, error)
 	// RequeueStuck moves IN_PROGRESS tasks with no sign of life (claim or
 	// renewal) for longer than older_than back to READY, ending their leases.
@@ -411,7 +414,10 @@ type QueueServiceServer interface {
 	// PauseQueue moves every READY task to PAUSED and keeps new READY work
 	// paused until ResumeQueue.
 	PauseQueue(context.Context, *PauseQueueRequest) (*PauseQueueResponse, error)
-	// ResumeQueue moves the tasks PauseQueue paused back to READY.
+	// ResumeQueue moves the tasks PauseQueue paused back to READY. Refused
+	// with FAILED_PRECONDITION, naming the holder, while the emergency stop
+	// or maintenance holds the queue: claims stay refused until that ends,
+	// and ending it (RearmEmergencyStop, EndMaintenance) resumes the queue.
 	ResumeQueue(context.Context, *ResumeQueueRequest) (*ResumeQueueResponse, error)
 	// RequeueStuck moves IN_PROGRESS tasks with no sign of life (claim or
 	// renewal) for longer than older_than back to READY, ending their leases.
