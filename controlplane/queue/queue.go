@@ -151,8 +151,8 @@ type Service struct {
 // also while a claim waits, so a cap reached meanwhile holds the waiter.
 type ClaimGate func(ctx context.Context, agent string) error
 
-// AddClaimGate adds a gate every claim must pass. Budgets, the emergency
-// stop and maintenance mode each add one.
+// AddClaimGate adds a gate every claim must pass. Maintenance mode adds
+// one; the budget domain (caps and the emergency stop) adds a ClaimFilter.
 func (s *Service) AddClaimGate(g ClaimGate) {
 	s.gatesMu.Lock()
 	defer s.gatesMu.Unlock()
