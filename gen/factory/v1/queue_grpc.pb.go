@@ -78,6 +78,9 @@ type QueueServiceClient interface {
 	// response carries (a single larger task still comes alone): the rest
 	// stay READY, untouched. Claimed tasks whose response cannot be sent (the
 	// client went away) go back to READY at once, their attempt given back.
+	// Tasks whose tier is turned off or at its daily cap are passed over;
+	// the emergency stop, the total's cap and the agent's cap refuse the
+	// claim with RESOURCE_EXHAUSTED.
 	ClaimTask(ctx context.Context, in *ClaimTaskRequest, opts ...grpc.CallOption) (*ClaimTaskResponse, error)
 	// RenewLease extends the holder's lease and records a progress note. A stale
 	// fencing token or an expired lease gets FAILED_PRECONDITION. Repeating a
@@ -375,6 +378,9 @@ type QueueServiceServer interface {
 	// response carries (a single larger task still comes alone): the rest
 	// stay READY, untouched. Claimed tasks whose response cannot be sent (the
 	// client went away) go back to READY at once, their attempt given back.
+	// Tasks whose tier is turned off or at its daily cap are passed over;
+	// the emergency stop, the total's cap and the agent's cap refuse the
+	// claim with RESOURCE_EXHAUSTED.
 	ClaimTask(context.Context, *ClaimTaskRequest) (*ClaimTaskResponse, error)
 	// RenewLease extends the holder's lease and records a progress note. A stale
 	// fencing token or an expired lease gets FAILED_PRECONDITION. Repeating a
