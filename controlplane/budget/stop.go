@@ -116,6 +116,10 @@ func (s *Service) RearmWith(ctx context.Context, p RearmParams) (int64, error) {
 		return 0, err
 	}
 	params := &store.EmergencyStopRearmParams{Now: s.clock.Now()}
+	if !v.stop.Stopped && p.ThresholdMicros > 0 {
+		return 0, fmt.Errorf("%w: the fleet is not stopped, so there is nothing to rearm; set the threshold with: factory budget set --scope total --emergency <dollars>",
+			ErrRearmRefused)
+	}
 	if v.stop.Stopped {
 		total := v.standing.Spent[store.DimTotal][""]
 		threshold := v.budgets.total.EmergencyMicros

@@ -157,6 +157,11 @@ func TestRearmRefusedOverTheThresholdUnlessRaised(t *testing.T) {
 	if st, _ := f.svc.StopState(f.ctx); st.Stopped {
 		t.Error("the next report stopped the fleet again")
 	}
+	// A threshold given to a rearm of a running fleet is refused, not
+	// silently dropped.
+	if _, err := f.svc.RearmWith(f.ctx, RearmParams{By: "ops", ThresholdMicros: 200_000_000}); !errors.Is(err, ErrRearmRefused) {
+		t.Errorf("rearm --threshold of a running fleet: %v", err)
+	}
 }
 
 // A task naming an unknown tier is refused, naming the field.

@@ -2103,7 +2103,8 @@ type RearmEmergencyStopRequest struct {
 	Note string `protobuf:"bytes,1,opt,name=note,proto3" json:"note,omitempty"`
 	// When more than 0, the total budget's new emergency threshold, stored
 	// in the same transaction as the rearm (and audited with it). It must
-	// be above today's total spend. 0 keeps the threshold.
+	// be above today's total spend, and the fleet must be stopped (set the
+	// threshold of a running fleet with SetBudget). 0 keeps the threshold.
 	ThresholdMicros int64 `protobuf:"varint,2,opt,name=threshold_micros,json=thresholdMicros,proto3" json:"threshold_micros,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
