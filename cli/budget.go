@@ -47,14 +47,17 @@ agents' (an agent budget without a key applies to each agent without one
 of its own), with today's spend, open reservations and what is left under
 the cap.
 
-A budget has up to four limits, each optional:
+A budget has up to four limits, each optional (0 means none):
   target     what a good day costs (reports only)
   alert      crossing it raises an alert, once a day
-  cap        reaching it refuses new task claims in its scope
+  cap        reaching it: the total's refuses every claim, an agent's that
+             agent's claims; a tier's leaves that tier's tasks unclaimed
+             (tasks of other tiers and without a tier are still claimed)
   emergency  total only: crossing it pulls the emergency stop
+A tier can also be turned off: its tasks are not claimed whatever the spend.
 
-STATUS is ALERT past the alert threshold and CAPPED at the cap (claims in
-scope are refused until the day ends or the cap is raised). Change a budget
+STATUS is ALERT past the alert threshold, CAPPED at the cap (until the day
+ends or the cap is raised) and OFF for a tier turned off. Change a budget
 with 'factory budget set'.`,
 		Example: `  factory budget
   factory budget -o json | jq '.budgets[] | select(.capped)'
@@ -94,6 +97,8 @@ func writeBudgets(w io.Writer, r *factoryv1.GetBudgetResponse) error {
 		}
 		st := "ok"
 		switch {
+		case b.GetOff():
+			st = "OFF"
 		case s.GetCapped():
 			st = "CAPPED"
 		case s.GetAlerting():
@@ -121,23 +126,35 @@ func writeBudgets(w io.Writer, r *factoryv1.GetBudgetResponse) error {
 }
 
 func newBudgetSetCommand(a *app) *cobra.Command {
-	var scope, key, target, alert, capText, emergency string
+	var (
+		scope, key, target, alert, capText, emergency string
+		off, on                                       bool
+	)
 	cmd := &cobra.Command{
-		Use:   "set --scope total|tier|agent [--key K] [--target $] [--alert $] [--cap $] [--emergency $]",
-		Short: "Set a daily budget's limits (operators only)",
+		Use:   "set --scope total|tier|agent [--key K] [--target $] [--alert $] [--cap $] [--emergency $] [--off|--on]",
+		Short: "Set a daily budget's limits, or turn a tier off (operators only)",
 		Long: `Set changes one budget. Amounts are dollars per day (30, 12.50, $0.50),
-converted exactly to micro-dollars; 0 removes a limit. Limits not given
-keep their current values, so '--alert 60' leaves the cap alone.
+converted exactly to micro-dollars; 0 removes a limit: '--cap 0' means no
+cap, not a cap of $0. Limits not given keep their current values, so
+'--alert 60' leaves the cap alone.
 
 --key is the tier (frontier, mid, local, infra) for --scope tier, and the
 agent for --scope agent; an agent budget without --key is the default for
 every agent without a budget of its own. The total budget has no key and
-is the only one with --emergency: crossing it stops the whole fleet.`,
+is the only one with --emergency: crossing it stops the whole fleet.
+
+A cap reached refuses claims for the total and for an agent. A tier's cap
+only leaves the tasks created with that tier (factory task add --tier)
+unclaimed: the rest of the fleet works on. To force cheaper models (runbook
+8.3), turn a tier off with --off: its tasks are not claimed whatever the
+spend, until --on turns it on again.`,
 		Example: `  factory budget set --scope total --target 30 --alert 50 --emergency 100
   factory budget set --scope tier --key frontier --alert 25
   factory budget set --scope agent --alert 10          # every agent's default
   factory budget set --scope agent --key planner-01 --cap 15
-  factory budget set --scope tier --key infra --cap 0  # remove the cap`,
+  factory budget set --scope tier --key infra --cap 0  # remove the cap (0 is no cap)
+  factory budget set --scope tier --key frontier --off # no frontier tasks are claimed
+  factory budget set --scope tier --key frontier --on  # they are again`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			sc, err := parseScope(scope)
@@ -159,6 +176,12 @@ is the only one with --emergency: crossing it stops the whole fleet.`,
 			if cmd.Flags().Changed("emergency") && sc != factoryv1.BudgetScope_BUDGET_SCOPE_TOTAL {
 				return usageErrorf("--emergency applies to --scope total only")
 			}
+			switch {
+			case off && on:
+				return usageErrorf("give --off or --on, not both")
+			case (off || on) && sc != factoryv1.BudgetScope_BUDGET_SCOPE_TIER:
+				return usageErrorf("--off and --on apply to --scope tier only")
+			}
 			set := map[string]*int64{}
 			for _, f := range []struct {
 				name, text string
@@ -172,7 +195,7 @@ is the only one with --emergency: crossing it stops the whole fleet.`,
 				}
 				set[f.name] = &v
 			}
-			if len(set) == 0 {
+			if len(set) == 0 && !off && !on {
 				return usageErrorf("%v", errNoChange)
 			}
 			return a.withBudget(cmd, func(ctx context.Context, c factoryv1.BudgetServiceClient) error {
@@ -204,6 +227,12 @@ is the only one with --emergency: crossing it stops the whole fleet.`,
 				if v := set["emergency"]; v != nil {
 					b.EmergencyMicros = *v
 				}
+				switch {
+				case off:
+					b.Off = true
+				case on:
+					b.Off = false
+				}
 				resp, err := c.SetBudget(ctx, &factoryv1.SetBudgetRequest{Budget: b})
 				if err != nil {
 					return err
@@ -215,6 +244,13 @@ is the only one with --emergency: crossing it stops the whole fleet.`,
 				_, err = fmt.Fprintf(a.stdout(), "budget %s %s: target %s, alert %s, cap %s, emergency %s\n",
 					scopeName(nb.GetScope()), budgetKeyText(nb), formatLimit(nb.GetTargetMicros()), formatLimit(nb.GetAlertMicros()),
 					formatLimit(nb.GetCapMicros()), formatLimit(nb.GetEmergencyMicros()))
+				if err == nil && nb.GetScope() == factoryv1.BudgetScope_BUDGET_SCOPE_TIER {
+					state := "on: its tasks are claimed while under its cap"
+					if nb.GetOff() {
+						state = "OFF: its tasks are not claimed until --on"
+					}
+					_, err = fmt.Fprintf(a.stdout(), "tier %s is %s\n", nb.GetKey(), state)
+				}
 				return err
 			})
 		},
@@ -224,7 +260,9 @@ is the only one with --emergency: crossing it stops the whole fleet.`,
 	f.StringVar(&key, "key", "", "the tier or agent; empty for the total, or for every agent's default")
 	f.StringVar(&target, "target", "", "what a good day costs, in dollars (reports only)")
 	f.StringVar(&alert, "alert", "", "alert threshold in dollars, raised once a day")
-	f.StringVar(&capText, "cap", "", "hard cap in dollars: new claims in scope are refused once reached")
+	f.StringVar(&capText, "cap", "", "hard cap in dollars (0 = no cap): the total's and an agent's refuse claims once reached, a tier's leaves that tier's tasks unclaimed")
+	f.BoolVar(&off, "off", false, "tier only: turn the tier off; its tasks are not claimed whatever the spend")
+	f.BoolVar(&on, "on", false, "tier only: turn a tier turned off on again")
 	f.StringVar(&emergency, "emergency", "", "total only: dollars that pull the emergency stop")
 	_ = cmd.RegisterFlagCompletionFunc("scope", cobra.FixedCompletions(scopeNames, cobra.ShellCompDirectiveNoFileComp))
 	return cmd

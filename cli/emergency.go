@@ -13,11 +13,11 @@ import (
 
 func newEmergencyStopCommand(a *app) *cobra.Command {
 	var (
-		reason, note string
-		rearm        bool
+		reason, note, threshold string
+		rearm                   bool
 	)
 	cmd := &cobra.Command{
-		Use:   "emergency-stop (--reason R | --rearm [--note N] | status)",
+		Use:   "emergency-stop (--reason R | --rearm [--threshold $] [--note N] | status)",
 		Short: "Halt the whole fleet now, or lift the halt (operators only)",
 		Long: `Emergency-stop is the runbook's big red button (10.2). With --reason it
 halts the fleet: every READY task goes PAUSED, every claim is refused and
@@ -27,6 +27,12 @@ total spend crosses the total budget's emergency threshold.
 
 Nothing lifts it but --rearm: not a restart, not the next day. Rearming
 resumes exactly the tasks the stop paused. 'status' shows the state.
+'factory queue resume' is refused while the stop holds the queue.
+
+A rearm is refused while today's total is still at or over the emergency
+threshold: the next report would stop the fleet again. Raise the threshold
+in the same command with --threshold (dollars, above today's total): it is
+stored together with the rearm, all or nothing, and audited.
 
 A stop pulled by a bogus spend event: void the event first (factory spend
 void ID --agent A --reason R), then rearm. The threshold reads the net, so
@@ -34,7 +40,8 @@ the next report does not pull the stop again while the day's net stays
 under it.`,
 		Example: `  factory emergency-stop --reason "runaway loop in planner-01"
   factory emergency-stop status
-  factory emergency-stop --rearm --note "planner-01 fixed, budget raised"`,
+  factory emergency-stop --rearm --note "planner-01 fixed, budget raised"
+  factory emergency-stop --rearm --threshold 150 --note "launch day: raised to $150"`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			switch {
@@ -44,10 +51,23 @@ under it.`,
 				return usageErrorf("give --reason R to stop the fleet, --rearm to lift the stop, or 'status'")
 			case !rearm && note != "":
 				return usageErrorf("--note goes with --rearm")
+			case !rearm && threshold != "":
+				return usageErrorf("--threshold goes with --rearm")
+			}
+			var thresholdMicros int64
+			if threshold != "" {
+				v, err := parseDollars(threshold)
+				if err != nil {
+					return usageErrorf("--threshold: %v", err)
+				}
+				if v <= 0 {
+					return usageErrorf("--threshold: must be more than $0")
+				}
+				thresholdMicros = v
 			}
 			return a.withBudget(cmd, func(ctx context.Context, c factoryv1.BudgetServiceClient) error {
 				if rearm {
-					resp, err := c.RearmEmergencyStop(ctx, &factoryv1.RearmEmergencyStopRequest{Note: note})
+					resp, err := c.RearmEmergencyStop(ctx, &factoryv1.RearmEmergencyStopRequest{Note: note, ThresholdMicros: thresholdMicros})
 					if err != nil {
 						return err
 					}
@@ -55,6 +75,9 @@ under it.`,
 						return writeProto(a.stdout(), resp)
 					}
 					_, err = fmt.Fprintf(a.stdout(), "emergency stop lifted: %d task(s) resumed\n", resp.GetResumedTasks())
+					if err == nil && thresholdMicros > 0 {
+						_, err = fmt.Fprintf(a.stdout(), "emergency threshold now %s a day\n", formatMoney(thresholdMicros))
+					}
 					return err
 				}
 				resp, err := c.EmergencyStop(ctx, &factoryv1.EmergencyStopRequest{Reason: reason})
@@ -72,6 +95,7 @@ under it.`,
 	f.StringVar(&reason, "reason", "", "why the fleet is stopped (shown to everyone, kept in the audit log)")
 	f.BoolVar(&rearm, "rearm", false, "lift the stop and resume the tasks it paused")
 	f.StringVar(&note, "note", "", "with --rearm: a note for the audit log")
+	f.StringVar(&threshold, "threshold", "", "with --rearm: the total's new emergency threshold in dollars, above today's total, set together with the rearm")
 	cmd.AddCommand(&cobra.Command{
 		Use:   "status",
 		Short: "Show whether the fleet is stopped, why and since when",

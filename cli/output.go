@@ -279,7 +279,7 @@ func writeTaskTable(w io.Writer, tasks []*factoryv1.Task, now time.Time) error {
 // labels and a longer title.
 func writeTaskTableWide(w io.Writer, tasks []*factoryv1.Task, now time.Time) error {
 	tw := newTable(w)
-	fmt.Fprintln(tw, "ID\tSTATE\tPRI\tROLE\tKIND\tASSIGNEE\tHOLDER\tATTEMPT\tLEASE EXPIRES\tRUN AFTER\tSINCE\tLABELS\tTITLE")
+	fmt.Fprintln(tw, "ID\tSTATE\tPRI\tROLE\tKIND\tTIER\tASSIGNEE\tHOLDER\tATTEMPT\tLEASE EXPIRES\tRUN AFTER\tSINCE\tLABELS\tTITLE")
 	for _, t := range tasks {
 		holder, expires := "-", "-"
 		if l := t.GetLease(); l.GetHolder() != "" {
@@ -289,9 +289,9 @@ func writeTaskTableWide(w io.Writer, tasks []*factoryv1.Task, now time.Time) err
 		if ra := t.GetRunAfter(); ra != nil && ra.AsTime().After(now) {
 			runAfter = humanAge(ra, now)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
 			t.GetId(), stateLabel(t.GetState()), t.GetPriority(), orDash(escapeTerminal(t.GetRole())),
-			orDash(escapeTerminal(t.GetKind())), orDash(escapeTerminal(t.GetAssignee())), escapeTerminal(holder),
+			orDash(escapeTerminal(t.GetKind())), orDash(escapeTerminal(t.GetTier())), orDash(escapeTerminal(t.GetAssignee())), escapeTerminal(holder),
 			attemptText(t), expires, runAfter, humanAge(t.GetStateChangedAt(), now),
 			orDash(escapeTerminal(truncate(formatLabels(t.GetLabels()), 60))), truncate(t.GetTitle(), 100))
 	}
@@ -310,6 +310,9 @@ func writeTaskDetail(w io.Writer, t *factoryv1.Task, now time.Time) error {
 	row("Assignee", orDash(t.GetAssignee()))
 	row("Priority", fmt.Sprint(t.GetPriority()))
 	row("Attempt", attemptText(t))
+	if tier := t.GetTier(); tier != "" {
+		row("Spend tier", tier)
+	}
 	if tier := t.GetApprovalTier(); tier != 0 {
 		row("Approval tier", fmt.Sprint(tier))
 	}

@@ -78,8 +78,9 @@ func newTaskCreateCommand(a *app) *cobra.Command {
 		quiet       bool
 	)
 	cmd := &cobra.Command{
-		Use:   "create --title TITLE [flags]",
-		Short: "Add a task to the queue",
+		Use:     "create --title TITLE [flags]",
+		Aliases: []string{"add"},
+		Short:   "Add a task to the queue",
 		Long: `Create adds one task. It starts READY, or BACKLOG while any task it
 depends on is not DONE, or PAUSED while the queue is paused. --state parks
 it somewhere else from the start (backlog, paused, review, done or failed).
@@ -89,6 +90,11 @@ file with --payload-file (- reads standard input). Labels are key=value
 pairs for filtering. --id picks the id (letters, digits, '.', '_', ':',
 '-'); without it the server assigns a UUIDv7. Creating an id that exists
 fails with ALREADY_EXISTS, so a retried script cannot add a task twice.
+
+--tier names the spend tier the task's model calls use (frontier, mid,
+local, infra): while that tier is at its daily cap or turned off (factory
+budget set --scope tier --key K --cap $ | --off), the task waits READY and
+every other task is still claimed.
 
 --quiet prints only the new id, for scripts.`,
 		Example: `  factory task create --title "Summarise RFC 9110" --role researcher --priority 10
@@ -148,11 +154,13 @@ fails with ALREADY_EXISTS, so a retried script cannot add a task twice.
 	f.StringArrayVar(&labels, "label", nil, "label key=value (repeatable)")
 	f.Int32Var(&req.MaxAttempts, "max-attempts", 0, "claims allowed before the dead letter (server default 3)")
 	f.Int32Var(&req.ApprovalTier, "approval-tier", 0, "approval tier 0-3 (2 and up wait for an operator)")
+	f.StringVar(&req.Tier, "tier", "", "spend tier the task's model calls use: frontier, mid, local or infra; while that tier is capped or turned off (factory budget set --scope tier) the task is not claimed")
 	f.BoolVar(&req.RequiresApproval, "requires-approval", false, "hold the task in BACKLOG until an operator approves it (factory approve)")
 	f.StringVar(&initial, "state", "", "start in this state: backlog, paused, review, done or failed")
 	f.StringVar(&req.TaskId, "id", "", "choose the task id instead of a server-assigned UUIDv7")
 	f.BoolVarP(&quiet, "quiet", "q", false, "print only the new task's id")
 	_ = cmd.MarkFlagRequired("title")
+	_ = cmd.RegisterFlagCompletionFunc("tier", cobra.FixedCompletions(tierNames, cobra.ShellCompDirectiveNoFileComp))
 	_ = cmd.RegisterFlagCompletionFunc("state", cobra.FixedCompletions([]string{"backlog", "paused", "review", "done", "failed"}, cobra.ShellCompDirectiveNoFileComp))
 	return cmd
 }

@@ -191,6 +191,8 @@ type view struct {
 	standing *store.SpendStanding
 	budgets  *budgetSet
 	stop     *store.EmergencyStop
+	// excluded are the tiers claims leave (see excludedTiers).
+	excluded []string
 }
 
 // New returns a Service.
@@ -225,7 +227,7 @@ func (s *Service) Today() string { return s.DayOf(s.clock.Now()) }
 func (s *Service) Attach(ctx context.Context, q *queue.Service) error {
 	if q != nil {
 		s.cfg.Queue = q
-		q.AddClaimGate(s.Gate)
+		q.AddClaimFilter(s.ClaimFilter)
 	}
 	st, err := s.store.EmergencyStopGet(ctx)
 	if err != nil {
@@ -283,6 +285,7 @@ func (s *Service) refresh(ctx context.Context, force bool) (*view, error) {
 		return nil, err
 	}
 	v := &view{day: day, end: s.dayEnd(now), at: now, standing: standing, budgets: newBudgetSet(s.cfg.Defaults, stored), stop: stop}
+	v.excluded = excludedTiers(v.budgets, standing)
 	s.mu.Lock()
 	s.view = v
 	s.mu.Unlock()
@@ -293,15 +296,27 @@ func (s *Service) refresh(ctx context.Context, force bool) (*view, error) {
 	return v, nil
 }
 
-// Gate is the claim gate: it refuses claims while the emergency stop is
-// on, the total or a tier's hard cap is reached, or the agent's.
+// Gate says whether agent may claim at all: it refuses claims while the
+// emergency stop is on, or the total's or the agent's hard cap is
+// reached. A tier's cap does not refuse a claim; it only leaves that
+// tier's tasks out of it (see ClaimFilter).
 func (s *Service) Gate(ctx context.Context, agent string) error {
+	_, err := s.ClaimFilter(ctx, agent)
+	return err
+}
+
+// ClaimFilter is the queue's claim filter: Gate's refusals, and otherwise
+// the tiers whose tasks the claim must leave, those turned off or whose
+// hard cap is reached. Tasks without a tier and of other tiers stay
+// claimable, so a capped frontier tier does not stop the builders that
+// run on mid-tier models.
+func (s *Service) ClaimFilter(ctx context.Context, agent string) ([]string, error) {
 	v, err := s.current(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if v.stop.Stopped {
-		return &store.QuotaError{Subject: SubjectEmergencyStop, Description: "the fleet is under an emergency stop (" + v.stop.Reason +
+		return nil, &store.QuotaError{Subject: SubjectEmergencyStop, Description: "the fleet is under an emergency stop (" + v.stop.Reason +
 			"); an operator must rearm it (factory emergency-stop --rearm)"}
 	}
 	check := func(b store.Budget, spent, reserved int64) error {
@@ -314,18 +329,30 @@ func (s *Service) Gate(ctx context.Context, agent string) error {
 	}
 	st := v.standing
 	if err := check(v.budgets.total, st.Spent[store.DimTotal][""], st.Reserved[store.ScopeTotal][""]); err != nil {
-		return err
-	}
-	for _, tier := range tiers {
-		if b, ok := v.budgets.tiers[tier]; ok {
-			if err := check(b, st.Spent[store.DimTier][tier], st.Reserved[store.ScopeTier][tier]); err != nil {
-				return err
-			}
-		}
+		return nil, err
 	}
 	b := v.budgets.agent(agent)
 	b.Key = agent
-	return check(b, st.Spent[store.DimAgent][agent], st.Reserved[store.ScopeAgent][agent])
+	if err := check(b, st.Spent[store.DimAgent][agent], st.Reserved[store.ScopeAgent][agent]); err != nil {
+		return nil, err
+	}
+	return v.excluded, nil
+}
+
+// excludedTiers are the tiers whose tasks no claim takes now: turned off,
+// or at their hard cap (spent plus reserved).
+func excludedTiers(bs *budgetSet, st *store.SpendStanding) []string {
+	var out []string
+	for _, tier := range tiers {
+		b, ok := bs.tiers[tier]
+		if !ok {
+			continue
+		}
+		if b.Off || (b.CapMicros > 0 && store.SatAdd(st.Spent[store.DimTier][tier], st.Reserved[store.ScopeTier][tier]) >= b.CapMicros) {
+			out = append(out, tier)
+		}
+	}
+	return out
 }
 
 // SubjectEmergencyStop names the emergency stop in a refusal.

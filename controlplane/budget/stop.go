@@ -2,6 +2,7 @@ package budget
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 
@@ -80,11 +81,67 @@ func (s *Service) pauseForStop(ctx context.Context, st *store.EmergencyStop) err
 	return nil
 }
 
+// ErrRearmRefused is a rearm refused because today's spend is still at
+// or over the emergency threshold: the next report would pull the stop
+// again. The gRPC boundary answers FAILED_PRECONDITION.
+var ErrRearmRefused = errors.New("rearm refused")
+
+// RearmParams asks for a rearm.
+type RearmParams struct {
+	By, Note string
+	// ThresholdMicros, when more than 0, is the total's new emergency
+	// threshold, stored in the same transaction as the rearm. It must be
+	// above today's spend.
+	ThresholdMicros int64
+}
+
 // Rearm lifts the emergency stop and resumes the queue when the stop
 // paused it; it returns how many tasks went back to READY. Nothing else
 // lifts the stop.
 func (s *Service) Rearm(ctx context.Context, by, note string) (int64, error) {
-	prev, err := s.store.EmergencyStopRearm(ctx, &store.EmergencyStopRearmParams{Now: s.clock.Now()})
+	return s.RearmWith(ctx, RearmParams{By: by, Note: note})
+}
+
+// RearmWith is Rearm, optionally raising the emergency threshold with it.
+// While today's total is at or over the threshold that would be in force
+// after the rearm, it is refused (ErrRearmRefused) and nothing changes:
+// the stop would trip again on the next report.
+func (s *Service) RearmWith(ctx context.Context, p RearmParams) (int64, error) {
+	by, note := p.By, p.Note
+	if p.ThresholdMicros < 0 {
+		return 0, store.InvalidField("threshold_micros", "must not be negative")
+	}
+	v, err := s.refresh(ctx, true)
+	if err != nil {
+		return 0, err
+	}
+	params := &store.EmergencyStopRearmParams{Now: s.clock.Now()}
+	if !v.stop.Stopped && p.ThresholdMicros > 0 {
+		return 0, fmt.Errorf("%w: the fleet is not stopped, so there is nothing to rearm; set the threshold with: factory budget set --scope total --emergency <dollars>",
+			ErrRearmRefused)
+	}
+	if v.stop.Stopped {
+		total := v.standing.Spent[store.DimTotal][""]
+		threshold := v.budgets.total.EmergencyMicros
+		if p.ThresholdMicros > 0 {
+			threshold = p.ThresholdMicros
+		}
+		switch {
+		case p.ThresholdMicros > 0 && total >= threshold:
+			return 0, fmt.Errorf("%w: today's spend %s (%s) is at or over the new threshold %s; raise it above today's spend",
+				ErrRearmRefused, store.Dollars(total), v.day, store.Dollars(threshold))
+		case threshold > 0 && total >= threshold:
+			return 0, fmt.Errorf("%w: today's spend %s (%s) is still at or over the emergency-stop threshold %s, so the next report would stop the fleet again; "+
+				"raise the threshold in the same command: factory emergency-stop --rearm --threshold <dollars above %s>",
+				ErrRearmRefused, store.Dollars(total), v.day, store.Dollars(threshold), store.Dollars(total))
+		}
+		if p.ThresholdMicros > 0 {
+			b := v.budgets.total
+			b.Scope, b.Key, b.EmergencyMicros, b.UpdatedAt = store.ScopeTotal, "", p.ThresholdMicros, s.clock.Now()
+			params.Budget = &b
+		}
+	}
+	prev, err := s.store.EmergencyStopRearm(ctx, params)
 	if err != nil {
 		return 0, err
 	}
@@ -115,10 +172,16 @@ func (s *Service) Rearm(ctx context.Context, by, note string) (int64, error) {
 		s.cfg.Queue.WakeClaimers()
 	}
 	s.announceStop(&store.EmergencyStop{})
-	s.log.WarnContext(ctx, "emergency stop rearmed", "by", by, "note", note, "resumed_tasks", resumed)
+	attrs := map[string]string{"stopped": "false", "rearmed_by": by, "resumed_tasks": strconv.FormatInt(resumed, 10)}
+	raised := ""
+	if params.Budget != nil {
+		attrs["emergency_micros"] = strconv.FormatInt(params.Budget.EmergencyMicros, 10)
+		raised = fmt.Sprintf("\nThe emergency threshold is now %s.", store.Dollars(params.Budget.EmergencyMicros))
+	}
+	s.log.WarnContext(ctx, "emergency stop rearmed", "by", by, "note", note, "resumed_tasks", resumed, "emergency_micros", v.budgets.total.EmergencyMicros,
+		"raised_to_micros", p.ThresholdMicros)
 	s.publish(ctx, notify.KindEmergencyStop, "Emergency stop rearmed: the fleet runs again",
-		fmt.Sprintf("Rearmed by %s. %d tasks resumed.\nNote: %s\n(The stop was: %s)", by, resumed, note, prev.Reason),
-		map[string]string{"stopped": "false", "rearmed_by": by, "resumed_tasks": strconv.FormatInt(resumed, 10)})
+		fmt.Sprintf("Rearmed by %s. %d tasks resumed.%s\nNote: %s\n(The stop was: %s)", by, resumed, raised, note, prev.Reason), attrs)
 	return resumed, nil
 }
 
@@ -206,6 +269,15 @@ func (s *Service) HoldsPause(ctx context.Context) (bool, error) {
 		return false, err
 	}
 	return st.Stopped, nil
+}
+
+// PauseHold implements queue.PauseHolder.
+func (s *Service) PauseHold(ctx context.Context) (string, error) {
+	st, err := s.store.EmergencyStopGet(ctx)
+	if err != nil || !st.Stopped {
+		return "", err
+	}
+	return fmt.Sprintf("the emergency stop holds the queue (reason %s); rearm it first: factory emergency-stop --rearm", st.Reason), nil
 }
 
 // AdoptPause implements queue.PauseHolder: the rearm will resume the queue.

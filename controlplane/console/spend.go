@@ -118,6 +118,8 @@ type budgetLine struct {
 	Spent, Reserved, Remaining    int64
 	Target, Alert, Cap, Emergency int64
 	Alerting, Capped, OverTarget  bool
+	// Off is a tier turned off: its tasks wait whatever the spend.
+	Off                           bool
 	MeterMax, MeterLow, MeterHigh int64 // 0 low/high: attribute left out
 	HasLimits                     bool
 }
@@ -261,7 +263,7 @@ func newBudgetLine(st *factoryv1.BudgetStatus) budgetLine {
 	l := budgetLine{
 		Spent: st.GetSpentMicros(), Reserved: st.GetReservedMicros(), Remaining: st.GetRemainingMicros(),
 		Target: b.GetTargetMicros(), Alert: b.GetAlertMicros(), Cap: b.GetCapMicros(), Emergency: b.GetEmergencyMicros(),
-		Alerting: st.GetAlerting(), Capped: st.GetCapped(),
+		Alerting: st.GetAlerting(), Capped: st.GetCapped(), Off: b.GetOff(),
 	}
 	l.OverTarget = l.Target > 0 && l.Spent > l.Target
 	switch b.GetScope() {

@@ -126,6 +126,16 @@ func (s *Service) HoldsPause(ctx context.Context) (bool, error) {
 	return st.Active, nil
 }
 
+// PauseHold implements queue.PauseHolder.
+func (s *Service) PauseHold(ctx context.Context) (string, error) {
+	st, err := s.store.MaintenanceGet(ctx)
+	if err != nil || !st.Active {
+		return "", err
+	}
+	return fmt.Sprintf("maintenance holds the queue (reason %s, since %s); end it first: factory maintenance end",
+		st.Reason, st.StartedAt.UTC().Format(time.RFC3339)), nil
+}
+
 // AdoptPause implements queue.PauseHolder: the end of maintenance will
 // resume the queue.
 func (s *Service) AdoptPause(ctx context.Context) error {

@@ -141,6 +141,9 @@ type taskJSON struct {
 	// approval-gated tasks; they then read as "not gated".
 	ApprovalID      string `json:"approval_id"`
 	ApprovalPending bool   `json:"approval_pending"`
+	// Tier is absent from dumps written before tasks named a spend tier;
+	// it then reads as none.
+	Tier string `json:"tier,omitempty"`
 }
 
 type tokenJSON struct {
@@ -226,7 +229,7 @@ func toLine(r *store.DumpRecord) (*line, error) {
 			LeaseExpiresAt: jsonTime(t.LeaseExpiresAt), ClaimedAt: jsonTime(t.ClaimedAt), RenewedAt: jsonTime(t.RenewedAt),
 			RunAfter: jsonTime(t.RunAfter), CreatedAt: jsonTime(t.CreatedAt), UpdatedAt: jsonTime(t.UpdatedAt),
 			StateChangedAt: jsonTime(t.StateChangedAt), PausedByQueue: t.PausedByQueue,
-			ApprovalID: t.ApprovalID, ApprovalPending: t.ApprovalPending,
+			ApprovalID: t.ApprovalID, ApprovalPending: t.ApprovalPending, Tier: t.Tier,
 		}}, nil
 	case store.DumpToken:
 		t := r.Token
@@ -290,7 +293,7 @@ func (l *line) record() (*store.DumpRecord, error) {
 			ClaimedAt: time.Time(t.ClaimedAt), RenewedAt: time.Time(t.RenewedAt), RunAfter: time.Time(t.RunAfter),
 			CreatedAt: time.Time(t.CreatedAt), UpdatedAt: time.Time(t.UpdatedAt),
 			StateChangedAt: time.Time(t.StateChangedAt), PausedByQueue: t.PausedByQueue,
-			ApprovalID: t.ApprovalID, ApprovalPending: t.ApprovalPending,
+			ApprovalID: t.ApprovalID, ApprovalPending: t.ApprovalPending, Tier: t.Tier,
 		}
 		// Stores read "none" back as nil; so does a load.
 		if len(t.DependsOn) > 0 {

@@ -297,7 +297,7 @@ func TestDumpIsCanonical(t *testing.T) {
 	}
 	for _, want := range []string{
 		`{"kind":"row","row":{"table":"spend_events","values":{"agent":"forge","cost_micros":8700,"day":"2031-03-14","host":"gpu-1","id":"call-1","input_tokens":1200,"model":"claude-sonnet-4","occurred_at":"2031-03-14T09:27:09.132789Z","output_tokens":340,"priced_by_server":false,"provider":"anthropic","recorded_at":"2031-03-14T09:27:09.132789Z","task_id":"spec","tier":"mid"}}}`,
-		`{"kind":"row","row":{"table":"budgets","values":{"alert_micros":10000000,"cap_micros":12000000,"emergency_micros":0,"key":"forge","scope":"agent","target_micros":0,"updated_at":"2031-03-14T09:27:09.132789Z"}}}`,
+		`{"kind":"row","row":{"table":"budgets","values":{"alert_micros":10000000,"cap_micros":12000000,"emergency_micros":0,"key":"forge","off":false,"scope":"agent","target_micros":0,"updated_at":"2031-03-14T09:27:09.132789Z"}}}`,
 		`{"kind":"row","row":{"table":"emergency_stop","values":{"id":1,"paused_queue":false,"paused_tasks":0,"reason":"","stopped":false,"stopped_at":null,"stopped_by":""}}}`,
 	} {
 		if !slices.Contains(lines, want) {

@@ -61,12 +61,17 @@ func (rj *rowJSON) row() (*store.DumpRow, error) {
 	if t == nil {
 		return nil, fmt.Errorf("row of unknown table %q", rj.Table)
 	}
-	if len(rj.Values) != len(t.Columns) {
+	if len(rj.Values) > len(t.Columns) {
 		return nil, fmt.Errorf("%s row: %d values for %d columns", rj.Table, len(rj.Values), len(t.Columns))
 	}
 	values := make([]any, len(t.Columns))
 	for i, c := range t.Columns {
 		raw, ok := rj.Values[c.Name]
+		if !ok && c.Added {
+			// A dump written before the column was added.
+			values[i] = c.Kind.Zero()
+			continue
+		}
 		if !ok {
 			return nil, fmt.Errorf("%s row: no value for column %s", rj.Table, c.Name)
 		}

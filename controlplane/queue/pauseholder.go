@@ -2,6 +2,8 @@ package queue
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"sync"
 )
 
@@ -16,6 +18,44 @@ type PauseHolder interface {
 	// AdoptPause makes the switch the one that resumes the queue when it
 	// goes off.
 	AdoptPause(ctx context.Context) error
+	// PauseHold says, while the switch is on, what holds the queue and how
+	// to lift it ("the emergency stop holds the queue (reason …); rearm it
+	// first: factory emergency-stop --rearm"); empty while it is off.
+	PauseHold(ctx context.Context) (string, error)
+}
+
+// ErrPauseHeld is an operator's resume refused while a pause holder is on.
+// The gRPC boundary answers FAILED_PRECONDITION.
+var ErrPauseHeld = errors.New("the queue is held paused")
+
+// PauseHeldError names the holder that refused a resume. It matches
+// ErrPauseHeld.
+type PauseHeldError struct{ Hold string }
+
+func (e *PauseHeldError) Error() string { return "cannot resume the queue: " + e.Hold }
+
+// Is makes errors.Is(err, ErrPauseHeld) true.
+func (e *PauseHeldError) Is(target error) bool { return target == ErrPauseHeld }
+
+// CheckResume refuses an operator's resume while any holder is on, naming
+// it; a nil PausePartners holds nothing.
+func (p *PausePartners) CheckResume(ctx context.Context) error {
+	if p == nil {
+		return nil
+	}
+	p.mu.Lock()
+	holders := append([]PauseHolder(nil), p.holders...)
+	p.mu.Unlock()
+	for _, h := range holders {
+		hold, err := h.PauseHold(ctx)
+		if err != nil {
+			return fmt.Errorf("checking what holds the queue: %w", err)
+		}
+		if hold != "" {
+			return &PauseHeldError{Hold: hold}
+		}
+	}
+	return nil
 }
 
 // PausePartners lets each pause holder find the others.

@@ -134,6 +134,11 @@ type Service struct {
 
 	gatesMu sync.RWMutex
 	gates   []ClaimGate
+	filters []ClaimFilter
+
+	// holders are the switches that keep the queue paused (see
+	// SetPauseHolders).
+	holders atomic.Pointer[PausePartners]
 
 	obs atomic.Pointer[observerBox] // see SetObserver
 
@@ -148,24 +153,48 @@ type Service struct {
 // also while a claim waits, so a cap reached meanwhile holds the waiter.
 type ClaimGate func(ctx context.Context, agent string) error
 
-// AddClaimGate adds a gate every claim must pass. Budgets, the emergency
-// stop and maintenance mode each add one.
+// AddClaimGate adds a gate every claim must pass. Maintenance mode adds
+// one; the budget domain (caps and the emergency stop) adds a ClaimFilter.
 func (s *Service) AddClaimGate(g ClaimGate) {
 	s.gatesMu.Lock()
 	defer s.gatesMu.Unlock()
 	s.gates = append(s.gates, g)
 }
 
-func (s *Service) checkGates(ctx context.Context, agent string) error {
+// ClaimFilter is a claim gate that may also narrow the claim: it returns
+// the spend tiers whose tasks agent may not claim now (a tier capped or
+// turned off), or an error that refuses the claim as a ClaimGate's does.
+// Tasks without a tier and of other tiers stay claimable.
+type ClaimFilter func(ctx context.Context, agent string) (excludeTiers []string, err error)
+
+// AddClaimFilter adds a filter every claim must pass; the budget domain
+// adds one.
+func (s *Service) AddClaimFilter(f ClaimFilter) {
+	s.gatesMu.Lock()
+	defer s.gatesMu.Unlock()
+	s.filters = append(s.filters, f)
+}
+
+// checkGates asks every gate and filter; it returns the tiers the claim
+// must leave.
+func (s *Service) checkGates(ctx context.Context, agent string) ([]string, error) {
 	s.gatesMu.RLock()
-	gates := s.gates
+	gates, filters := s.gates, s.filters
 	s.gatesMu.RUnlock()
 	for _, g := range gates {
 		if err := g(ctx, agent); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	return nil
+	var exclude []string
+	for _, f := range filters {
+		tiers, err := f(ctx, agent)
+		if err != nil {
+			return nil, err
+		}
+		exclude = append(exclude, tiers...)
+	}
+	return exclude, nil
 }
 
 // WakeClaimers wakes every waiting claimer to look again: after a gate
@@ -238,6 +267,9 @@ func (s *Service) prepareCreate(prefix string, t *CreateParams) error {
 	}
 	if !json.Valid([]byte(t.PayloadJSON)) {
 		return store.InvalidField(prefix+"payload_json", "is not valid JSON")
+	}
+	if t.Tier != "" && !store.ValidTier(t.Tier) {
+		return store.InvalidField(prefix+"tier", "%q is not a tier (frontier, mid, local, infra; empty for none)", t.Tier)
 	}
 	for i, d := range t.DependsOn {
 		if d == t.ID {
@@ -328,12 +360,13 @@ func (s *Service) Claim(ctx context.Context, p ClaimParams) ([]*store.Task, erro
 	}
 	for {
 		woken := s.ready.wait()
-		if err := s.checkGates(ctx, p.Agent); err != nil {
+		exclude, err := s.checkGates(ctx, p.Agent)
+		if err != nil {
 			return nil, err
 		}
 		changes, err := s.store.TaskClaim(ctx, &store.TaskClaimParams{
 			Agent: p.Agent, Roles: p.Roles, Max: p.MaxTasks, LeaseDuration: lease, Now: s.clock.Now(),
-			MaxBytes: ResponseBytes,
+			MaxBytes: ResponseBytes, ExcludeTiers: exclude,
 		})
 		if err != nil {
 			return nil, err
@@ -460,7 +493,24 @@ func (s *Service) Pause(ctx context.Context, reason string) (int, error) {
 	return len(changes), nil
 }
 
+// ResumeByOperator is an operator's resume: refused (ErrPauseHeld) while
+// a switch that holds the queue paused (the emergency stop, maintenance)
+// is on, since claims stay refused until it goes off, and it resumes the
+// queue itself then.
+func (s *Service) ResumeByOperator(ctx context.Context) (int, error) {
+	if err := s.holders.Load().CheckResume(ctx); err != nil {
+		return 0, err
+	}
+	return s.Resume(ctx)
+}
+
+// SetPauseHolders names the switches that hold the queue paused, for
+// ResumeByOperator.
+func (s *Service) SetPauseHolders(p *PausePartners) { s.holders.Store(p) }
+
 // Resume resumes the queue; it returns how many tasks went back to READY.
+// The pause holders call it as they go off; an operator's resume is
+// ResumeByOperator.
 func (s *Service) Resume(ctx context.Context) (int, error) {
 	changes, err := s.store.QueueResume(ctx, &store.QueueResumeParams{Now: s.clock.Now()})
 	if err != nil {

@@ -240,9 +240,14 @@ func (s *budgetServer) RearmEmergencyStop(ctx context.Context, req *factoryv1.Re
 	if err := s.ready(); err != nil {
 		return nil, err
 	}
-	n, err := s.b.Rearm(ctx, callerName(ctx), req.GetNote())
+	n, err := s.b.RearmWith(ctx, budget.RearmParams{By: callerName(ctx), Note: req.GetNote(), ThresholdMicros: req.GetThresholdMicros()})
 	if err != nil {
 		return nil, s.err(ctx, err)
+	}
+	if req.GetThresholdMicros() > 0 {
+		// The audit entry carries the threshold the rearm raised.
+		access.Note(ctx, "emergency-stop", map[string]any{"stopped": true},
+			map[string]any{"stopped": false, "emergency_micros": req.GetThresholdMicros(), "resumed_tasks": n})
 	}
 	return &factoryv1.RearmEmergencyStopResponse{ResumedTasks: n}, nil
 }
@@ -359,14 +364,14 @@ func budgetFromProto(b *factoryv1.Budget) store.Budget {
 	}
 	return store.Budget{
 		Scope: scope, Key: b.GetKey(), TargetMicros: b.GetTargetMicros(), AlertMicros: b.GetAlertMicros(),
-		CapMicros: b.GetCapMicros(), EmergencyMicros: b.GetEmergencyMicros(),
+		CapMicros: b.GetCapMicros(), EmergencyMicros: b.GetEmergencyMicros(), Off: b.GetOff(),
 	}
 }
 
 func budgetToProto(b store.Budget) *factoryv1.Budget {
 	return &factoryv1.Budget{
 		Scope: scopeToProto(b.Scope), Key: b.Key, TargetMicros: b.TargetMicros, AlertMicros: b.AlertMicros,
-		CapMicros: b.CapMicros, EmergencyMicros: b.EmergencyMicros,
+		CapMicros: b.CapMicros, EmergencyMicros: b.EmergencyMicros, Off: b.Off,
 	}
 }
 

@@ -12,8 +12,10 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/factory/factory/controlplane/approval"
+	"github.com/factory/factory/controlplane/budget"
 	"github.com/factory/factory/controlplane/fleet"
 	"github.com/factory/factory/controlplane/maintenance"
+	"github.com/factory/factory/controlplane/queue"
 	"github.com/factory/factory/controlplane/store"
 )
 
@@ -73,6 +75,8 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 	case errors.Is(err, fleet.ErrUnknownNode), errors.Is(err, fleet.ErrNotConnected), errors.Is(err, fleet.ErrRefused):
 		return status.Error(codes.FailedPrecondition, err.Error())
 	case errors.Is(err, maintenance.ErrInMaintenance):
+		return status.Error(codes.FailedPrecondition, err.Error())
+	case errors.Is(err, queue.ErrPauseHeld), errors.Is(err, budget.ErrRearmRefused):
 		return status.Error(codes.FailedPrecondition, err.Error())
 	}
 	// Also where a validation rule fails to evaluate (a CompilationError or

@@ -68,11 +68,12 @@ func newOpsDomains(ctx context.Context, cfg DigestConfig, st store.Store, q *que
 
 // joinPauseHolders lets the emergency stop and maintenance mode, which
 // both pause the queue, leave it paused for each other: whichever ends
-// last resumes it.
-func joinPauseHolders(b *budget.Service, m *maintenance.Service) {
+// last resumes it; while either is on, an operator's resume is refused.
+func joinPauseHolders(q *queue.Service, b *budget.Service, m *maintenance.Service) {
 	partners := &queue.PausePartners{}
 	b.SetPausePartners(partners)
 	m.SetPausePartners(partners)
+	q.SetPauseHolders(partners)
 }
 
 // runDigest sends the digest daily, on the elected replica alone when

@@ -202,7 +202,7 @@ func (s *queueServer) PauseQueue(ctx context.Context, r *factoryv1.PauseQueueReq
 }
 
 func (s *queueServer) ResumeQueue(ctx context.Context, _ *factoryv1.ResumeQueueRequest) (*factoryv1.ResumeQueueResponse, error) {
-	n, err := s.q.Resume(ctx)
+	n, err := s.q.ResumeByOperator(ctx)
 	if err != nil {
 		return nil, s.err(ctx, err)
 	}

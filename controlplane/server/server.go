@@ -282,7 +282,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	joinPauseHolders(bud, maint)
+	joinPauseHolders(q, bud, maint)
 	met, err := newMetrics(cfg, Services{Queue: q, Fleet: fl, Budget: bud, Alerts: alerts}, qcfg.Store)
 	if err != nil {
 		return err

@@ -118,7 +118,7 @@ func setupWith(t *testing.T, clock *fakeClock, opts []GRPCOption, dialOpts ...gr
 	if err != nil {
 		t.Fatal(err)
 	}
-	joinPauseHolders(bud, maint)
+	joinPauseHolders(q, bud, maint)
 	events := notify.NewHub(0)
 	alerts, err := newAlerts(AlertsConfig{}, st, fl, fleet.NewEvents(st, fleetClock), bud, qcfg.Clock, events, log)
 	if err != nil {

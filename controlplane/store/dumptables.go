@@ -29,6 +29,10 @@ const (
 type DumpColumn struct {
 	Name string
 	Kind DumpColumnKind
+	// Added marks a column added after dumps of its table were first
+	// written: a row from an older dump, without it, takes the kind's
+	// zero value.
+	Added bool
 }
 
 // DumpTable describes a table that travels as rows.
@@ -52,12 +56,37 @@ type DumpTable struct {
 	NoMerge bool
 }
 
+// added, after a column's kind in cols, marks it DumpColumn.Added.
+type addedMark struct{}
+
+var added = addedMark{}
+
 func cols(spec ...any) []DumpColumn {
 	out := make([]DumpColumn, 0, len(spec)/2)
 	for i := 0; i < len(spec); i += 2 {
+		if _, ok := spec[i].(addedMark); ok {
+			out[len(out)-1].Added = true
+			i--
+			continue
+		}
 		out = append(out, DumpColumn{Name: spec[i].(string), Kind: spec[i+1].(DumpColumnKind)})
 	}
 	return out
+}
+
+// Zero is the column kind's zero value, as a DumpRow holds it.
+func (k DumpColumnKind) Zero() any {
+	switch k {
+	case DumpInt:
+		return int64(0)
+	case DumpBool:
+		return false
+	case DumpTime:
+		return time.Time{}
+	case DumpJSON:
+		return "null"
+	}
+	return ""
 }
 
 // DumpTables are the tables that travel as rows, in dump order.
@@ -76,7 +105,7 @@ var DumpTables = []*DumpTable{
 		"output_tokens", DumpInt, "reason", DumpText, "voided_by", DumpText, "voided_at", DumpTime)},
 	{Name: "budgets", Key: 2, Content: true, Columns: cols(
 		"scope", DumpText, "key", DumpText, "target_micros", DumpInt, "alert_micros", DumpInt, "cap_micros", DumpInt,
-		"emergency_micros", DumpInt, "updated_at", DumpTime)},
+		"emergency_micros", DumpInt, "updated_at", DumpTime, "off", DumpBool, added)},
 	{Name: "spend_reservations", Key: 1, Columns: cols(
 		"id", DumpText, "agent", DumpText, "tier", DumpText, "model", DumpText, "task_id", DumpText,
 		"estimate_micros", DumpInt, "day", DumpText, "created_at", DumpTime, "expires_at", DumpTime)},

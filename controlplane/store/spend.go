@@ -513,7 +513,8 @@ type SpendReleaseParams struct {
 	Now time.Time
 }
 
-// Budget is one scope's daily limits in micro-dollars; 0 means none.
+// Budget is one scope's daily limits in micro-dollars; 0 means none
+// (a CapMicros of 0 is no cap, not a cap of $0).
 type Budget struct {
 	Scope           string
 	Key             string
@@ -521,7 +522,10 @@ type Budget struct {
 	AlertMicros     int64
 	CapMicros       int64
 	EmergencyMicros int64
-	UpdatedAt       time.Time
+	// Off turns a tier off (tier scope only): its tasks are not claimed,
+	// whatever the day's spend, until it is turned on again.
+	Off       bool
+	UpdatedAt time.Time
 }
 
 // CheckBudget validates a budget before a driver stores it.
@@ -539,6 +543,8 @@ func CheckBudget(b *Budget) error {
 		return InvalidField("budget", "amounts must not be negative")
 	case b.Scope != ScopeTotal && b.EmergencyMicros != 0:
 		return InvalidField("budget.emergency_micros", "only the total budget has an emergency threshold")
+	case b.Scope != ScopeTier && b.Off:
+		return InvalidField("budget.off", "only a tier can be turned off")
 	}
 	return nil
 }
@@ -586,6 +592,10 @@ type EmergencyStopNotePausedParams struct {
 // EmergencyStopRearmParams are EmergencyStopRearm's arguments.
 type EmergencyStopRearmParams struct {
 	Now time.Time
+	// Budget, when set, is stored in the same transaction as the rearm
+	// (the total's raised emergency threshold), and only if the stop was
+	// on; it is checked as BudgetSet checks it.
+	Budget *Budget
 }
 
 // CheckSpendEvents validates events before a driver stores them.

@@ -186,6 +186,9 @@ type TaskCreate struct {
 	MaxAttempts  int32
 	DependsOn    []string
 	ApprovalTier int32
+	// Tier is the spend tier the task will use; empty names none (see
+	// Task.Tier). Drivers store it as given; the queue checks it.
+	Tier         string
 	Labels       map[string]string
 	InitialState TaskState
 	RunAfter     time.Time
@@ -280,6 +283,10 @@ type TaskClaimParams struct {
 	Now           time.Time
 	// MaxBytes bounds the claimed tasks' total size; 0 does not bound.
 	MaxBytes int64
+	// ExcludeTiers are spend tiers whose tasks the claim must leave
+	// (capped or turned off); tasks without a tier and of other tiers
+	// stay claimable.
+	ExcludeTiers []string
 }
 
 // MaxClaimRoles is the most roles one claim may name (as the API allows).

@@ -120,10 +120,14 @@ type Task struct {
 	MaxAttempts  int32
 	DependsOn    []string
 	ApprovalTier int32
-	Labels       map[string]string
-	LastError    string
-	Progress     string
-	Note         string
+	// Tier is the spend tier the task's model calls use (TierFrontier,
+	// TierMid, TierLocal, TierInfra); empty names none. A tier capped or
+	// turned off keeps its tasks from being claimed.
+	Tier      string
+	Labels    map[string]string
+	LastError string
+	Progress  string
+	Note      string
 
 	// Lease fields are set only while IN_PROGRESS.
 	LeaseHolder    string

@@ -23,8 +23,8 @@ func TestClaimWalksOnlyItsRoles(t *testing.T) {
 		query string
 		args  []any
 	}{
-		{"TaskClaim", qClaim, []any{"agent-1", now, now.Add(time.Minute), claimRoles([]string{"a", "b"}), 1, int64(1 << 20), true}},
-		{"TaskClaimPick", qClaimPick, []any{now, claimRoles([]string{"a", "b"}), []string{"agent-1", "agent-2"}, 2}},
+		{"TaskClaim", qClaim, []any{"agent-1", now, now.Add(time.Minute), claimRoles([]string{"a", "b"}), 1, int64(1 << 20), true, []string{"frontier"}}},
+		{"TaskClaimPick", qClaimPick, []any{now, claimRoles([]string{"a", "b"}), []string{"agent-1", "agent-2"}, 2, []string{"frontier"}}},
 	} {
 		var plan []string
 		err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {

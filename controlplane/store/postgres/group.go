@@ -421,7 +421,8 @@ func (c *completion) finish(t *txn) error {
 // queueClaim queues one claim of up to n tasks within budget bytes,
 // appended to r.out; first lets the first task come whatever its size.
 func queueClaim(b *pgx.Batch, r *claimReq, n int, budget int64, first bool) {
-	queueRows(b, &r.out, qClaim, r.p.Agent, r.now, norm(r.now.Add(r.p.LeaseDuration)), claimRoles(r.p.Roles), n, budget, first)
+	queueRows(b, &r.out, qClaim, r.p.Agent, r.now, norm(r.now.Add(r.p.LeaseDuration)), claimRoles(r.p.Roles), n, budget, first,
+		excludeTiers(r.p.ExcludeTiers))
 }
 
 // budget is the claim's byte budget, unbounded when it names none.
@@ -434,10 +435,10 @@ func (r *claimReq) budget() int64 {
 
 // claimPick is a candidate for several claims.
 type claimPick struct {
-	seq                int64
-	id, role, assignee string
-	runAfter           pgtype.Timestamptz
-	size               int64
+	seq                      int64
+	id, role, assignee, tier string
+	runAfter                 pgtype.Timestamptz
+	size                     int64
 }
 
 // queueClaimPick locks the candidates for claims: the first
@@ -448,8 +449,11 @@ func queueClaimPick(b *pgx.Batch, claims []*claimReq, picks *[]claimPick) {
 		roles  []string
 		agents []string
 		total  int
+		// shared are the tiers every claim excludes.
+		shared = excludeTiers(claims[0].p.ExcludeTiers)
 	)
 	for _, r := range claims {
+		shared = slices.DeleteFunc(shared, func(t string) bool { return !slices.Contains(r.p.ExcludeTiers, t) })
 		if r.now.After(latest) {
 			latest = r.now
 		}
@@ -459,9 +463,9 @@ func queueClaimPick(b *pgx.Batch, claims []*claimReq, picks *[]claimPick) {
 	}
 	roles = claimRoles(roles)
 	*picks = nil
-	b.Queue(qClaimPick, latest, roles, agents, total).Query(func(rs pgx.Rows) error {
+	b.Queue(qClaimPick, latest, roles, agents, total, shared).Query(func(rs pgx.Rows) error {
 		var p claimPick
-		_, err := pgx.ForEachRow(rs, []any{&p.seq, &p.id, &p.role, &p.assignee, &p.runAfter, &p.size}, func() error {
+		_, err := pgx.ForEachRow(rs, []any{&p.seq, &p.id, &p.role, &p.assignee, &p.runAfter, &p.size, &p.tier}, func() error {
 			*picks = append(*picks, p)
 			return nil
 		})
@@ -572,8 +576,19 @@ func (r *claimReq) mayTake(p claimPick) bool {
 		return false
 	case p.role != "" && !slices.Contains(r.p.Roles, p.role):
 		return false
+	case p.tier != "" && slices.Contains(r.p.ExcludeTiers, p.tier):
+		return false
 	}
 	return true
+}
+
+// excludeTiers is a claim's excluded tiers as its statement takes them:
+// never a NULL array, which would exclude every task.
+func excludeTiers(tiers []string) []string {
+	if tiers == nil {
+		return []string{}
+	}
+	return slices.Clone(tiers)
 }
 
 // claimRoles is the roles a claim walks (see qClaim): the empty role,

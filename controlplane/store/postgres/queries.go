@@ -85,14 +85,15 @@ SELECT paused FROM queue_settings WHERE id = 1 FOR SHARE`
 	qInsertTasks = q(`-- name: TaskInsert
 INSERT INTO tasks (id, title, kind, payload_json, role, assignee, priority, state, max_attempts, depends_on,
 	approval_tier, labels, note, run_after, created_at, updated_at, state_changed_at, paused_by_queue, approval_id,
-	approval_pending)
+	approval_pending, tier)
 SELECT u.id, u.title, u.kind, u.payload_json, u.role, u.assignee, u.priority, u.state, u.max_attempts,
 	ARRAY(SELECT jsonb_array_elements_text(u.depends_on::jsonb)), u.approval_tier, u.labels::jsonb, u.note, u.run_after,
-	$15, $15, $15, u.paused_by_queue, u.approval_id, u.approval_pending
+	$15, $15, $15, u.paused_by_queue, u.approval_id, u.approval_pending, u.tier
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], $8::smallint[], $9::int[],
-	$10::text[], $11::int[], $12::text[], $13::text[], $14::timestamptz[], $16::boolean[], $17::text[], $18::boolean[])
+	$10::text[], $11::int[], $12::text[], $13::text[], $14::timestamptz[], $16::boolean[], $17::text[], $18::boolean[],
+	$19::text[])
 	WITH ORDINALITY AS u(id, title, kind, payload_json, role, assignee, priority, state, max_attempts,
-		depends_on, approval_tier, labels, note, run_after, paused_by_queue, approval_id, approval_pending, ord)
+		depends_on, approval_tier, labels, note, run_after, paused_by_queue, approval_id, approval_pending, tier, ord)
 ORDER BY u.ord
 RETURNING {COLS}`)
 
@@ -123,7 +124,9 @@ SELECT set_config('enable_seqscan', 'off', true), set_config('enable_bitmapscan'
 	// free again at commit. Of the candidates it takes those whose running
 	// size, in claim order, stays within the byte budget $6, and the first
 	// one whatever its size when $7 is set, so that a claim never commits
-	// more than its response can carry.
+	// more than its response can carry. $8 are the tiers whose tasks the
+	// claim leaves (store.TaskClaimParams.ExcludeTiers): a filter on the
+	// rows a walk reads, so the walks stay index scans in claim order.
 	qClaim = q(`-- name: TaskClaim
 UPDATE tasks SET state = {IN_PROGRESS}, attempt = attempt + 1, fencing_token = fencing_token + 1,
 	lease_holder = $1, claimed_at = $2, renewed_at = $2, lease_expires_at = $3,
@@ -136,6 +139,7 @@ WHERE seq = ANY(ARRAY(
 				WHERE state = {READY} AND role = r.role
 					AND (run_after IS NULL OR run_after <= $2::timestamptz)
 					AND (assignee = '' OR assignee = $1::text)
+					AND tier <> ALL($8::text[])
 				ORDER BY priority DESC, seq
 				LIMIT $5
 				FOR UPDATE SKIP LOCKED) AS w
@@ -148,13 +152,15 @@ RETURNING {COLS}`)
 	// head of the queue for the union of their filters, walked per role
 	// as in qClaim ($2 names the empty role and no role twice). Which
 	// claim takes which candidate is decided in Go (see claimMany), and
-	// qClaimTake takes them.
+	// qClaimTake takes them. $5 are the tiers every one of the claims
+	// leaves; each claim's own are applied in Go.
 	qClaimPick = q(`-- name: TaskClaimPick
-SELECT w.seq, w.id, w.role, w.assignee, w.run_after, w.size FROM unnest($2::text[]) AS r(role) CROSS JOIN LATERAL (
-	SELECT seq, priority, id, role, assignee, run_after, {SIZE} AS size FROM tasks
+SELECT w.seq, w.id, w.role, w.assignee, w.run_after, w.size, w.tier FROM unnest($2::text[]) AS r(role) CROSS JOIN LATERAL (
+	SELECT seq, priority, id, role, assignee, run_after, {SIZE} AS size, tier FROM tasks
 	WHERE state = {READY} AND role = r.role
 		AND (run_after IS NULL OR run_after <= $1::timestamptz)
 		AND (assignee = '' OR assignee = ANY($3::text[]))
+		AND tier <> ALL($5::text[])
 	ORDER BY priority DESC, seq
 	LIMIT $4
 	FOR UPDATE SKIP LOCKED) AS w

@@ -83,12 +83,22 @@ FROM spend_reservations WHERE id = $1`
 DELETE FROM spend_reservations WHERE id = $1
 RETURNING id, agent, tier, model, task_id, estimate_micros, day, created_at, expires_at`
 	qBudgetSet = `-- name: BudgetSet
-INSERT INTO budgets (scope, key, target_micros, alert_micros, cap_micros, emergency_micros, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
+INSERT INTO budgets (scope, key, target_micros, alert_micros, cap_micros, emergency_micros, updated_at, off)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 ON CONFLICT (scope, key) DO UPDATE SET target_micros = excluded.target_micros, alert_micros = excluded.alert_micros,
-	cap_micros = excluded.cap_micros, emergency_micros = excluded.emergency_micros, updated_at = excluded.updated_at`
+	cap_micros = excluded.cap_micros, emergency_micros = excluded.emergency_micros, updated_at = excluded.updated_at,
+	off = excluded.off`
+	// qBudgetSetIfStopped is qBudgetSet for a rearm that raises the
+	// threshold: it writes only while the stop (locked by qStopRearmGet)
+	// is still on.
+	qBudgetSetIfStopped = `-- name: EmergencyStopRearmBudget
+INSERT INTO budgets (scope, key, target_micros, alert_micros, cap_micros, emergency_micros, updated_at, off)
+SELECT $1, $2, $3, $4, $5, $6, $7, $8 FROM emergency_stop WHERE id = 1 AND stopped
+ON CONFLICT (scope, key) DO UPDATE SET target_micros = excluded.target_micros, alert_micros = excluded.alert_micros,
+	cap_micros = excluded.cap_micros, emergency_micros = excluded.emergency_micros, updated_at = excluded.updated_at,
+	off = excluded.off`
 	qBudgetList = `-- name: BudgetList
-SELECT scope, key, target_micros, alert_micros, cap_micros, emergency_micros, updated_at FROM budgets ORDER BY scope, key`
+SELECT scope, key, target_micros, alert_micros, cap_micros, emergency_micros, updated_at, off FROM budgets ORDER BY scope, key`
 	qAlertRaise = `-- name: SpendAlertRaise
 INSERT INTO spend_alerts (day, scope, key, threshold_micros, spent_micros, raised_at)
 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (day, scope, key) DO NOTHING`
@@ -628,7 +638,7 @@ func (s *Store) BudgetSet(ctx context.Context, b *store.Budget) (*store.Budget, 
 	out.UpdatedAt = norm(b.UpdatedAt)
 	err := s.inTx(ctx, "BudgetSet", func(tx *txn) error {
 		bt := tx.batch()
-		bt.Queue(qBudgetSet, out.Scope, out.Key, out.TargetMicros, out.AlertMicros, out.CapMicros, out.EmergencyMicros, out.UpdatedAt)
+		bt.Queue(qBudgetSet, out.Scope, out.Key, out.TargetMicros, out.AlertMicros, out.CapMicros, out.EmergencyMicros, out.UpdatedAt, out.Off)
 		return tx.send(bt)
 	})
 	if err != nil {
@@ -649,7 +659,7 @@ func (s *Store) BudgetList(ctx context.Context) ([]*store.Budget, error) {
 		defer rs.Close()
 		for rs.Next() {
 			var b store.Budget
-			if err := rs.Scan(&b.Scope, &b.Key, &b.TargetMicros, &b.AlertMicros, &b.CapMicros, &b.EmergencyMicros, &b.UpdatedAt); err != nil {
+			if err := rs.Scan(&b.Scope, &b.Key, &b.TargetMicros, &b.AlertMicros, &b.CapMicros, &b.EmergencyMicros, &b.UpdatedAt, &b.Off); err != nil {
 				return err
 			}
 			b.UpdatedAt = b.UpdatedAt.UTC()
@@ -757,7 +767,12 @@ func (s *Store) EmergencyStopNotePaused(ctx context.Context, p *store.EmergencyS
 }
 
 // EmergencyStopRearm implements store.Store.
-func (s *Store) EmergencyStopRearm(ctx context.Context, _ *store.EmergencyStopRearmParams) (*store.EmergencyStop, error) {
+func (s *Store) EmergencyStopRearm(ctx context.Context, p *store.EmergencyStopRearmParams) (*store.EmergencyStop, error) {
+	if p.Budget != nil {
+		if err := store.CheckBudget(p.Budget); err != nil {
+			return nil, err
+		}
+	}
 	var prev *store.EmergencyStop
 	err := s.inTx(ctx, "EmergencyStopRearm", func(tx *txn) error {
 		b := tx.batch()
@@ -766,6 +781,10 @@ func (s *Store) EmergencyStopRearm(ctx context.Context, _ *store.EmergencyStopRe
 			prev, err = scanStop(row)
 			return err
 		})
+		if bu := p.Budget; bu != nil {
+			b.Queue(qBudgetSetIfStopped, bu.Scope, bu.Key, bu.TargetMicros, bu.AlertMicros, bu.CapMicros, bu.EmergencyMicros,
+				norm(bu.UpdatedAt), bu.Off)
+		}
 		b.Queue(qStopRearm)
 		return tx.send(b)
 	})

@@ -86,7 +86,7 @@ func (s *Store) TaskCreate(ctx context.Context, p *store.TaskCreateParams) ([]st
 			states                              = make([]int16, n)
 			runAfter                            = make([]pgtype.Timestamptz, n)
 			byQueue, gatedPending               = make([]bool, n), make([]bool, n)
-			approvalIDs                         = text()
+			approvalIDs, spendTiers             = text(), text()
 			depTask, depOn                      []string
 			depPos                              []int32
 		)
@@ -134,6 +134,7 @@ func (s *Store) TaskCreate(ctx context.Context, p *store.TaskCreateParams) ([]st
 			}
 			batch[c.ID] = state
 			ids[i], titles[i], kinds[i], payloads[i], roles[i], assignees[i], notes[i] = c.ID, c.Title, c.Kind, c.PayloadJSON, c.Role, c.Assignee, c.Note
+			spendTiers[i] = c.Tier
 			priorities[i], maxAttempts[i], tiers[i], states[i] = c.Priority, c.MaxAttempts, c.ApprovalTier, int16(state)
 			if maxAttempts[i] == 0 {
 				maxAttempts[i] = store.DefaultMaxAttempts
@@ -152,7 +153,7 @@ func (s *Store) TaskCreate(ctx context.Context, p *store.TaskCreateParams) ([]st
 		var rows []*row
 		err := t.commit(func(b *pgx.Batch) {
 			queueRows(b, &rows, qInsertTasks, ids, titles, kinds, payloads, roles, assignees, priorities, states, maxAttempts,
-				deps, tiers, labels, notes, runAfter, now, byQueue, approvalIDs, gatedPending)
+				deps, tiers, labels, notes, runAfter, now, byQueue, approvalIDs, gatedPending, spendTiers)
 			if len(depTask) > 0 {
 				b.Queue(qInsertDeps, depTask, depPos, depOn)
 			}

@@ -24,6 +24,7 @@ func TestClaimWalksOnlyItsRoles(t *testing.T) {
 		roles := c.roles
 		slots := claimRoleSlots(roles)
 		args := append([]any{"agent-1", int64(1), int64(2), 1, int64(1 << 20)}, slots...)
+		args = append(args, `["frontier"]`)
 		rows, err := s.r.Query("EXPLAIN QUERY PLAN "+c.sql(len(slots)), args...)
 		if err != nil {
 			t.Fatal(err)

@@ -97,12 +97,12 @@ var writerQueries = []string{
 const maxBatchRows = 64
 
 // insertCols are the columns a new task sets; the rest keep their defaults.
-const insertCols = 20
+const insertCols = 21
 
 var (
 	qInsertTasks = batchSQL(`INSERT INTO tasks (id, title, kind, payload_json, role, assignee, priority, state,
 		max_attempts, depends_on, approval_tier, labels, note, run_after, created_at, updated_at, state_changed_at,
-		paused_by_queue, approval_id, approval_pending) VALUES `, insertCols, "")
+		paused_by_queue, approval_id, approval_pending, tier) VALUES `, insertCols, "")
 	qInsertDeps = batchSQL(`INSERT INTO task_deps (task_id, pos, depends_on) VALUES `, 3, "")
 
 	// qComplete ends the leases its rows name, each to the state it gives
@@ -159,7 +159,9 @@ func batchSQL(head string, cols int, tail string) func(n int) string {
 // per role the claim may take (roles params from ?6; the first is the
 // empty role, which every agent may take), each walk in claim order and
 // stopped by its LIMIT, and merges the walks: a backlog of a role the
-// claimer does not take is never read. INDEXED BY keeps the planner off
+// claimer does not take is never read. The parameter after the roles is
+// the tiers the claim must leave, a JSON array ('[]' for none): a filter
+// on the rows each walk reads, not a change of index. INDEXED BY keeps the planner off
 // tasks_ready_run_after, which would sort every READY task. Of the merged
 // candidates it takes those whose running size, in claim order, stays
 // within the byte budget ?5 (and always the first), so that a claim never
@@ -175,7 +177,8 @@ func claimSQL(roles int) string {
 			for i := range walks {
 				walks[i] = fmt.Sprintf(`SELECT * FROM (SELECT seq, priority, {SIZE} AS size FROM tasks INDEXED BY tasks_ready_role
 					WHERE state = {READY} AND role = ?%d AND run_after <= ?2 AND (assignee = '' OR assignee = ?1)
-					ORDER BY priority DESC, seq LIMIT ?4)`, 6+i)
+						AND tier NOT IN (SELECT value FROM json_each(?%d))
+					ORDER BY priority DESC, seq LIMIT ?4)`, 6+i, 6+n)
 			}
 			claimTexts.texts[n] = q(`UPDATE tasks SET state = {IN_PROGRESS}, attempt = attempt + 1, fencing_token = fencing_token + 1,
 		lease_holder = ?1, claimed_at = ?2, renewed_at = ?2, lease_expires_at = ?3,
@@ -203,7 +206,8 @@ func claimOneSQL(roles int) string {
 			for i := range walks {
 				walks[i] = fmt.Sprintf(`SELECT * FROM (SELECT seq, priority FROM tasks INDEXED BY tasks_ready_role
 					WHERE state = {READY} AND role = ?%d AND run_after <= ?2 AND (assignee = '' OR assignee = ?1)
-					ORDER BY priority DESC, seq LIMIT 1)`, 6+i)
+						AND tier NOT IN (SELECT value FROM json_each(?%d))
+					ORDER BY priority DESC, seq LIMIT 1)`, 6+i, 6+n)
 			}
 			claimTexts.one[n] = q(`UPDATE tasks SET state = {IN_PROGRESS}, attempt = attempt + 1, fencing_token = fencing_token + 1,
 		lease_holder = ?1, claimed_at = ?2, renewed_at = ?2, lease_expires_at = ?3,

@@ -49,11 +49,12 @@ FROM spend_reservations WHERE id = ?`
 	qSpendScopeTotalRes = `SELECT COALESCE(SUM(estimate_micros), 0) FROM spend_reservations WHERE day = ? AND expires_at > ?`
 	qSpendScopeTierRes  = `SELECT COALESCE(SUM(estimate_micros), 0) FROM spend_reservations WHERE day = ? AND expires_at > ? AND tier = ?`
 	qSpendScopeAgentRes = `SELECT COALESCE(SUM(estimate_micros), 0) FROM spend_reservations WHERE day = ? AND expires_at > ? AND agent = ?`
-	qBudgetSet          = `INSERT INTO budgets (scope, key, target_micros, alert_micros, cap_micros, emergency_micros, updated_at)
-VALUES (?, ?, ?, ?, ?, ?, ?)
+	qBudgetSet          = `INSERT INTO budgets (scope, key, target_micros, alert_micros, cap_micros, emergency_micros, updated_at, off)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (scope, key) DO UPDATE SET target_micros = excluded.target_micros, alert_micros = excluded.alert_micros,
-	cap_micros = excluded.cap_micros, emergency_micros = excluded.emergency_micros, updated_at = excluded.updated_at`
-	qBudgetList = `SELECT scope, key, target_micros, alert_micros, cap_micros, emergency_micros, updated_at
+	cap_micros = excluded.cap_micros, emergency_micros = excluded.emergency_micros, updated_at = excluded.updated_at,
+	off = excluded.off`
+	qBudgetList = `SELECT scope, key, target_micros, alert_micros, cap_micros, emergency_micros, updated_at, off
 FROM budgets ORDER BY scope, key`
 	qAlertRaise = `INSERT INTO spend_alerts (day, scope, key, threshold_micros, spent_micros, raised_at)
 VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (day, scope, key) DO NOTHING`
@@ -511,7 +512,7 @@ func (s *Store) BudgetSet(ctx context.Context, b *store.Budget) (*store.Budget, 
 	out.UpdatedAt = norm(b.UpdatedAt)
 	err := s.writeTx(ctx, "BudgetSet", func(w *wtx) error {
 		_, err := w.exec(qBudgetSet, out.Scope, out.Key, out.TargetMicros, out.AlertMicros, out.CapMicros, out.EmergencyMicros,
-			toNanos(out.UpdatedAt))
+			toNanos(out.UpdatedAt), boolInt(out.Off))
 		return err
 	})
 	if err != nil {
@@ -535,7 +536,7 @@ func (s *Store) BudgetList(ctx context.Context) ([]*store.Budget, error) {
 	for rs.Next() {
 		var b store.Budget
 		var at int64
-		if err := rs.Scan(&b.Scope, &b.Key, &b.TargetMicros, &b.AlertMicros, &b.CapMicros, &b.EmergencyMicros, &at); err != nil {
+		if err := rs.Scan(&b.Scope, &b.Key, &b.TargetMicros, &b.AlertMicros, &b.CapMicros, &b.EmergencyMicros, &at, &b.Off); err != nil {
 			return nil, dbErr("BudgetList", err)
 		}
 		b.UpdatedAt = fromNanos(at)
@@ -641,7 +642,12 @@ func (s *Store) EmergencyStopNotePaused(ctx context.Context, p *store.EmergencyS
 }
 
 // EmergencyStopRearm implements store.Store.
-func (s *Store) EmergencyStopRearm(ctx context.Context, _ *store.EmergencyStopRearmParams) (*store.EmergencyStop, error) {
+func (s *Store) EmergencyStopRearm(ctx context.Context, p *store.EmergencyStopRearmParams) (*store.EmergencyStop, error) {
+	if p.Budget != nil {
+		if err := store.CheckBudget(p.Budget); err != nil {
+			return nil, err
+		}
+	}
 	var prev *store.EmergencyStop
 	err := s.writeTx(ctx, "EmergencyStopRearm", func(w *wtx) error {
 		st, err := w.stmt(qStopGet)
@@ -650,6 +656,12 @@ func (s *Store) EmergencyStopRearm(ctx context.Context, _ *store.EmergencyStopRe
 		}
 		if prev, err = scanStop(st.QueryRowContext(w.ctx)); err != nil {
 			return dbErr(w.op, err)
+		}
+		if b := p.Budget; b != nil && prev.Stopped {
+			if _, err := w.exec(qBudgetSet, b.Scope, b.Key, b.TargetMicros, b.AlertMicros, b.CapMicros, b.EmergencyMicros,
+				toNanos(norm(b.UpdatedAt)), boolInt(b.Off)); err != nil {
+				return err
+			}
 		}
 		_, err = w.exec(qStopRearm)
 		return err

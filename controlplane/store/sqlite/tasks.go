@@ -78,6 +78,7 @@ func (s *Store) TaskCreate(ctx context.Context, p *store.TaskCreateParams) ([]st
 				State:          c.InitialState,
 				MaxAttempts:    c.MaxAttempts,
 				ApprovalTier:   c.ApprovalTier,
+				Tier:           c.Tier,
 				RunAfter:       norm(c.RunAfter),
 				Note:           c.Note,
 				CreatedAt:      now,
@@ -118,6 +119,7 @@ func (s *Store) TaskCreate(ctx context.Context, p *store.TaskCreateParams) ([]st
 				t.ID, t.Title, t.Kind, t.PayloadJSON, t.Role, t.Assignee, t.Priority, int32(t.State), t.MaxAttempts,
 				dependsOn, t.ApprovalTier, labels, t.Note, toNanos(t.RunAfter),
 				toNanos(now), toNanos(now), toNanos(now), boolInt(t.PausedByQueue), t.ApprovalID, boolInt(t.ApprovalPending),
+				t.Tier,
 			)
 			out = append(out, store.TaskChange{Task: t})
 		}
@@ -354,6 +356,7 @@ func (s *Store) TaskClaim(ctx context.Context, p *store.TaskClaimParams) ([]stor
 	err := s.writeTx(ctx, "TaskClaim", func(w *wtx) error {
 		var err error
 		args := append([]any{p.Agent, toNanos(now), toNanos(now.Add(p.LeaseDuration)), p.Max, budget}, slots...)
+		args = append(args, excludeTiersJSON(p.ExcludeTiers))
 		query := claimSQL(len(slots))
 		if p.Max == 1 {
 			query = claimOneSQL(len(slots))
@@ -872,4 +875,13 @@ func (w *wtx) promote(done []string, now time.Time) ([]*row, error) {
 	}
 	bySeq(rows)
 	return rows, nil
+}
+
+// excludeTiersJSON is a claim's excluded tiers as the JSON array its
+// statement reads.
+func excludeTiersJSON(tiers []string) string {
+	if len(tiers) == 0 {
+		return "[]"
+	}
+	return jsonText(tiers)
 }

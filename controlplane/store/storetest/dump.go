@@ -172,7 +172,7 @@ func richState(t *testing.T, h *harness) {
 		&store.TaskCreate{ID: "done", Title: "Write the spec", Kind: "research", Role: "researcher", Priority: 2,
 			PayloadJSON: `{"z": 1,  "a": [true, null, 2.50], "nested": {"b": "é\u00e9", "a": "<&>"}}`,
 			Labels:      map[string]string{"proj": "factory", "b": "2", "a": "1"}, Note: "from the runbook"},
-		&store.TaskCreate{ID: "review", Title: "Review me", Role: "builder", MaxAttempts: 5, ApprovalTier: 2},
+		&store.TaskCreate{ID: "review", Title: "Review me", Role: "builder", MaxAttempts: 5, ApprovalTier: 2, Tier: store.TierFrontier},
 		&store.TaskCreate{ID: "held", Title: "Being worked", Role: "builder", Assignee: "forge", Priority: 1},
 		&store.TaskCreate{ID: "retry", Title: "Flaky", MaxAttempts: 4},
 		&store.TaskCreate{ID: "dead", Title: "Broken", MaxAttempts: 1},

@@ -142,6 +142,7 @@ func fillRows(t *testing.T, h *harness, prefix string) {
 	for _, b := range []*store.Budget{
 		{Scope: "total", TargetMicros: 30_000_000, AlertMicros: 50_000_000, CapMicros: 80_000_000, EmergencyMicros: 100_000_000, UpdatedAt: h.now()},
 		{Scope: "agent", Key: "forge", AlertMicros: 10_000_000, UpdatedAt: h.now()},
+		{Scope: "tier", Key: "frontier", AlertMicros: 25_000_000, Off: true, UpdatedAt: h.now()},
 	} {
 		if _, err := h.s.BudgetSet(h.ctx, b); err != nil {
 			t.Fatalf("BudgetSet: %v", err)

@@ -1220,13 +1220,19 @@ type Budget struct {
 	TargetMicros int64 `protobuf:"varint,3,opt,name=target_micros,json=targetMicros,proto3" json:"target_micros,omitempty"`
 	// Crossing it raises an alert, once per day.
 	AlertMicros int64 `protobuf:"varint,4,opt,name=alert_micros,json=alertMicros,proto3" json:"alert_micros,omitempty"`
-	// Reaching it refuses new claims (the scope's agent, or everyone for the
-	// total and tiers) until the day ends or the cap is raised.
+	// Reaching it (spent plus reserved) until the day ends or the cap is
+	// raised: for the total, refuses every claim; for an agent, refuses that
+	// agent's claims; for a tier, leaves that tier's tasks unclaimed (tasks
+	// of other tiers and without a tier are still claimed). 0 means no cap,
+	// not a cap of $0: to stop a tier, set off.
 	CapMicros int64 `protobuf:"varint,5,opt,name=cap_micros,json=capMicros,proto3" json:"cap_micros,omitempty"`
 	// Total scope only: crossing it triggers the emergency stop.
 	EmergencyMicros int64 `protobuf:"varint,6,opt,name=emergency_micros,json=emergencyMicros,proto3" json:"emergency_micros,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Tier scope only: the tier is turned off, and its tasks are not claimed
+	// whatever the day's spend, until it is turned on (off false) again.
+	Off           bool `protobuf:"varint,7,opt,name=off,proto3" json:"off,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Budget) Reset() {
@@ -1299,6 +1305,13 @@ func (x *Budget) GetEmergencyMicros() int64 {
 		return x.EmergencyMicros
 	}
 	return 0
+}
+
+func (x *Budget) GetOff() bool {
+	if x != nil {
+		return x.Off
+	}
+	return false
 }
 
 // BudgetStatus is a budget and where today stands against it.
@@ -2123,9 +2136,14 @@ func (x *EmergencyStopResponse) GetState() *EmergencyStopState {
 type RearmEmergencyStopRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// A note for the audit log.
-	Note          string `protobuf:"bytes,1,opt,name=note,proto3" json:"note,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Note string `protobuf:"bytes,1,opt,name=note,proto3" json:"note,omitempty"`
+	// When more than 0, the total budget's new emergency threshold, stored
+	// in the same transaction as the rearm (and audited with it). It must
+	// be above today's total spend, and the fleet must be stopped (set the
+	// threshold of a running fleet with SetBudget). 0 keeps the threshold.
+	ThresholdMicros int64 `protobuf:"varint,2,opt,name=threshold_micros,json=thresholdMicros,proto3" json:"threshold_micros,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *RearmEmergencyStopRequest) Reset() {
@@ -2163,6 +2181,13 @@ func (x *RearmEmergencyStopRequest) GetNote() string {
 		return x.Note
 	}
 	return ""
+}
+
+func (x *RearmEmergencyStopRequest) GetThresholdMicros() int64 {
+	if x != nil {
+		return x.ThresholdMicros
+	}
+	return 0
 }
 
 // RearmEmergencyStopResponse says what was resumed.
@@ -2382,7 +2407,7 @@ const file_factory_v1_budget_proto_rawDesc = "" +
 	"\x06totals\x18\x04 \x01(\v2\x17.factory.v1.SpendTotalsR\x06totals\x12.\n" +
 	"\x06groups\x18\x05 \x03(\v2\x16.factory.v1.SpendGroupR\x06groups\x12=\n" +
 	"\x1brolling_7day_average_micros\x18\x06 \x01(\x03R\x18rolling7dayAverageMicros\x12&\n" +
-	"\x0fgroups_left_out\x18\a \x01(\x05R\rgroupsLeftOut\"\xab\x02\n" +
+	"\x0fgroups_left_out\x18\a \x01(\x05R\rgroupsLeftOut\"\xbd\x02\n" +
 	"\x06Budget\x12:\n" +
 	"\x05scope\x18\x01 \x01(\x0e2\x17.factory.v1.BudgetScopeB\v\xbaH\b\xc8\x01\x01\x82\x01\x02\x10\x01R\x05scope\x12/\n" +
 	"\x03key\x18\x02 \x01(\tB\x1d\xbaH\x1ar\x18\x18\x80\x012\x13^[A-Za-z0-9._:/-]*$R\x03key\x12,\n" +
@@ -2390,7 +2415,8 @@ const file_factory_v1_budget_proto_rawDesc = "" +
 	"\falert_micros\x18\x04 \x01(\x03B\a\xbaH\x04\"\x02(\x00R\valertMicros\x12&\n" +
 	"\n" +
 	"cap_micros\x18\x05 \x01(\x03B\a\xbaH\x04\"\x02(\x00R\tcapMicros\x122\n" +
-	"\x10emergency_micros\x18\x06 \x01(\x03B\a\xbaH\x04\"\x02(\x00R\x0femergencyMicros\"\xe5\x01\n" +
+	"\x10emergency_micros\x18\x06 \x01(\x03B\a\xbaH\x04\"\x02(\x00R\x0femergencyMicros\x12\x10\n" +
+	"\x03off\x18\a \x01(\bR\x03off\"\xe5\x01\n" +
 	"\fBudgetStatus\x12*\n" +
 	"\x06budget\x18\x01 \x01(\v2\x12.factory.v1.BudgetR\x06budget\x12!\n" +
 	"\fspent_micros\x18\x02 \x01(\x03R\vspentMicros\x12'\n" +
@@ -2446,9 +2472,10 @@ const file_factory_v1_budget_proto_rawDesc = "" +
 	"\x14EmergencyStopRequest\x12#\n" +
 	"\x06reason\x18\x01 \x01(\tB\v\xbaH\b\xc8\x01\x01r\x03\x18\xe8\aR\x06reason\"M\n" +
 	"\x15EmergencyStopResponse\x124\n" +
-	"\x05state\x18\x01 \x01(\v2\x1e.factory.v1.EmergencyStopStateR\x05state\"9\n" +
+	"\x05state\x18\x01 \x01(\v2\x1e.factory.v1.EmergencyStopStateR\x05state\"m\n" +
 	"\x19RearmEmergencyStopRequest\x12\x1c\n" +
-	"\x04note\x18\x01 \x01(\tB\b\xbaH\x05r\x03\x18\xe8\aR\x04note\"A\n" +
+	"\x04note\x18\x01 \x01(\tB\b\xbaH\x05r\x03\x18\xe8\aR\x04note\x122\n" +
+	"\x10threshold_micros\x18\x02 \x01(\x03B\a\xbaH\x04\"\x02(\x00R\x0fthresholdMicros\"A\n" +
 	"\x1aRearmEmergencyStopResponse\x12#\n" +
 	"\rresumed_tasks\x18\x01 \x01(\x03R\fresumedTasks\"\x19\n" +
 	"\x17GetEmergencyStopRequest\"P\n" +

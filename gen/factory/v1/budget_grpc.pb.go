@@ -81,7 +81,10 @@ type BudgetServiceClient interface {
 	// range's last day.
 	GetSpend(ctx context.Context, in *GetSpendRequest, opts ...grpc.CallOption) (*GetSpendResponse, error)
 	// SetBudget sets one budget (a scope's target, alert threshold and hard
-	// cap). Operators only.
+	// cap, and for a tier whether it is turned off). A cap of 0 means no
+	// cap. The total's and an agent's cap refuse claims; a tier's cap (or a
+	// tier turned off) only keeps that tier's tasks from being claimed.
+	// Operators only.
 	SetBudget(ctx context.Context, in *SetBudgetRequest, opts ...grpc.CallOption) (*SetBudgetResponse, error)
 	// GetBudget returns every budget with today's spend, open reservations
 	// and what is left, the alerts raised today and the emergency stop.
@@ -103,7 +106,10 @@ type BudgetServiceClient interface {
 	EmergencyStop(ctx context.Context, in *EmergencyStopRequest, opts ...grpc.CallOption) (*EmergencyStopResponse, error)
 	// RearmEmergencyStop lifts the emergency stop and resumes exactly the
 	// tasks it paused. Operators only; nothing else lifts it, neither a day
-	// rollover nor a restart.
+	// rollover nor a restart. Refused with FAILED_PRECONDITION while today's
+	// total is still at or over the emergency threshold (the next report
+	// would stop the fleet again), unless threshold_micros raises it above
+	// today's total in the same call.
 	RearmEmergencyStop(ctx context.Context, in *RearmEmergencyStopRequest, opts ...grpc.CallOption) (*RearmEmergencyStopResponse, error)
 	// GetEmergencyStop returns the emergency stop's state.
 	GetEmergencyStop(ctx context.Context, in *GetEmergencyStopRequest, opts ...grpc.CallOption) (*GetEmergencyStopResponse, error)
@@ -276,7 +282,10 @@ type BudgetServiceServer interface {
 	// range's last day.
 	GetSpend(context.Context, *GetSpendRequest) (*GetSpendResponse, error)
 	// SetBudget sets one budget (a scope's target, alert threshold and hard
-	// cap). Operators only.
+	// cap, and for a tier whether it is turned off). A cap of 0 means no
+	// cap. The total's and an agent's cap refuse claims; a tier's cap (or a
+	// tier turned off) only keeps that tier's tasks from being claimed.
+	// Operators only.
 	SetBudget(context.Context, *SetBudgetRequest) (*SetBudgetResponse, error)
 	// GetBudget returns every budget with today's spend, open reservations
 	// and what is left, the alerts raised today and the emergency stop.
@@ -298,7 +307,10 @@ type BudgetServiceServer interface {
 	EmergencyStop(context.Context, *EmergencyStopRequest) (*EmergencyStopResponse, error)
 	// RearmEmergencyStop lifts the emergency stop and resumes exactly the
 	// tasks it paused. Operators only; nothing else lifts it, neither a day
-	// rollover nor a restart.
+	// rollover nor a restart. Refused with FAILED_PRECONDITION while today's
+	// total is still at or over the emergency threshold (the next report
+	// would stop the fleet again), unless threshold_micros raises it above
+	// today's total in the same call.
 	RearmEmergencyStop(context.Context, *RearmEmergencyStopRequest) (*RearmEmergencyStopResponse, error)
 	// GetEmergencyStop returns the emergency stop's state.
 	GetEmergencyStop(context.Context, *GetEmergencyStopRequest) (*GetEmergencyStopResponse, error)

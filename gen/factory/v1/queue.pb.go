@@ -355,7 +355,12 @@ type Task struct {
 	ApprovalPending bool `protobuf:"varint,24,opt,name=approval_pending,json=approvalPending,proto3" json:"approval_pending,omitempty"`
 	// The payload's size in bytes, also in a summary (TASK_VIEW_BASIC) that
 	// leaves the payload out.
-	PayloadBytes  int64 `protobuf:"varint,25,opt,name=payload_bytes,json=payloadBytes,proto3" json:"payload_bytes,omitempty"`
+	PayloadBytes int64 `protobuf:"varint,25,opt,name=payload_bytes,json=payloadBytes,proto3" json:"payload_bytes,omitempty"`
+	// The spend tier the task's model calls use: frontier, mid, local or
+	// infra; empty for none. While that tier is turned off or at its daily
+	// cap (BudgetService), the task is not claimed; other tiers' tasks and
+	// tasks without a tier are.
+	Tier          string `protobuf:"bytes,26,opt,name=tier,proto3" json:"tier,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -565,6 +570,13 @@ func (x *Task) GetPayloadBytes() int64 {
 	return 0
 }
 
+func (x *Task) GetTier() string {
+	if x != nil {
+		return x.Tier
+	}
+	return ""
+}
+
 // CreateTaskRequest describes a new task.
 type CreateTaskRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -606,6 +618,10 @@ type CreateTaskRequest struct {
 	// in the task's note. A kind that policy puts at Tier 2 or up is gated
 	// without it.
 	RequiresApproval bool `protobuf:"varint,14,opt,name=requires_approval,json=requiresApproval,proto3" json:"requires_approval,omitempty"`
+	// The spend tier the task will use: frontier, mid, local or infra;
+	// empty for none. A tier turned off or at its daily cap keeps its tasks
+	// from being claimed and leaves every other task claimable.
+	Tier string `protobuf:"bytes,15,opt,name=tier,proto3" json:"tier,omitempty"`
 	// For imports (`factory queue import`): the claims the task has used
 	// already, kept from where it came from. 0 to 100, and at most the
 	// task's max_attempts (its default 3 when unset). Operators only: an
@@ -747,6 +763,13 @@ func (x *CreateTaskRequest) GetRequiresApproval() bool {
 		return x.RequiresApproval
 	}
 	return false
+}
+
+func (x *CreateTaskRequest) GetTier() string {
+	if x != nil {
+		return x.Tier
+	}
+	return ""
 }
 
 func (x *CreateTaskRequest) GetAttempt() int32 {
@@ -3123,7 +3146,7 @@ const file_factory_v1_queue_proto_rawDesc = "" +
 	"\n" +
 	"claimed_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tclaimedAt\x129\n" +
 	"\n" +
-	"renewed_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\trenewedAt\"\xd9\a\n" +
+	"renewed_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\trenewedAt\"\xed\a\n" +
 	"\x04Task\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05title\x18\x02 \x01(\tR\x05title\x12\x12\n" +
@@ -3155,10 +3178,11 @@ const file_factory_v1_queue_proto_rawDesc = "" +
 	"\vapproval_id\x18\x17 \x01(\tR\n" +
 	"approvalId\x12)\n" +
 	"\x10approval_pending\x18\x18 \x01(\bR\x0fapprovalPending\x12#\n" +
-	"\rpayload_bytes\x18\x19 \x01(\x03R\fpayloadBytes\x1a9\n" +
+	"\rpayload_bytes\x18\x19 \x01(\x03R\fpayloadBytes\x12\x12\n" +
+	"\x04tier\x18\x1a \x01(\tR\x04tier\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa0\t\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xdb\t\n" +
 	"\x11CreateTaskRequest\x12;\n" +
 	"\atask_id\x18\x01 \x01(\tB\"\xbaH\x1f\xd8\x01\x01r\x1a2\x18^[A-Za-z0-9._:-]{1,128}$R\x06taskId\x12[\n" +
 	"\x05title\x18\x02 \x01(\tBE\xbaHB\xba\x017\n" +
@@ -3178,7 +3202,8 @@ const file_factory_v1_queue_proto_rawDesc = "" +
 	"\x1dinitial_state.not_in_progress\x12PIN_PROGRESS needs a claim; allowed: BACKLOG, READY, PAUSED, REVIEW, DONE, FAILED\x1a\tthis != 3\x82\x01\x02\x10\x01R\finitialState\x12I\n" +
 	"\trun_after\x18\r \x01(\v2\x1a.google.protobuf.TimestampB\x10\xbaH\r\xb2\x01\n" +
 	"\x1a\x06\b\x80\xb2\xf8\x84\x1b2\x00R\brunAfter\x12+\n" +
-	"\x11requires_approval\x18\x0e \x01(\bR\x10requiresApproval\x12#\n" +
+	"\x11requires_approval\x18\x0e \x01(\bR\x10requiresApproval\x129\n" +
+	"\x04tier\x18\x0f \x01(\tB%\xbaH\"\xd8\x01\x01r\x1dR\bfrontierR\x03midR\x05localR\x05infraR\x04tier\x12#\n" +
 	"\aattempt\x18\x10 \x01(\x05B\t\xbaH\x06\x1a\x04\x18d(\x00R\aattempt\x12(\n" +
 	"\n" +
 	"last_error\x18\x11 \x01(\tB\t\xbaH\x06r\x04(\x80\x80\x04R\tlastError\x12$\n" +

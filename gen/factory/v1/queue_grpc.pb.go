@@ -78,6 +78,9 @@ type QueueServiceClient interface {
 	// response carries (a single larger task still comes alone): the rest
 	// stay READY, untouched. Claimed tasks whose response cannot be sent (the
 	// client went away) go back to READY at once, their attempt given back.
+	// Tasks whose tier is turned off or at its daily cap are passed over;
+	// the emergency stop, the total's cap and the agent's cap refuse the
+	// claim with RESOURCE_EXHAUSTED.
 	ClaimTask(ctx context.Context, in *ClaimTaskRequest, opts ...grpc.CallOption) (*ClaimTaskResponse, error)
 	// RenewLease extends the holder's lease and records a progress note. A stale
 	// fencing token or an expired lease gets FAILED_PRECONDITION. Repeating a
@@ -117,7 +120,10 @@ type QueueServiceClient interface {
 	// PauseQueue moves every READY task to PAUSED and keeps new READY work
 	// paused until ResumeQueue.
 	PauseQueue(ctx context.Context, in *PauseQueueRequest, opts ...grpc.CallOption) (*PauseQueueResponse, error)
-	// ResumeQueue moves the tasks PauseQueue paused back to READY.
+	// ResumeQueue moves the tasks PauseQueue paused back to READY. Refused
+	// with FAILED_PRECONDITION, naming the holder, while the emergency stop
+	// or maintenance holds the queue: claims stay refused until that ends,
+	// and ending it (RearmEmergencyStop, EndMaintenance) resumes the queue.
 	ResumeQueue(ctx context.Context, in *ResumeQueueRequest, opts ...grpc.CallOption) (*ResumeQueueResponse, error)
 	// RequeueStuck moves IN_PROGRESS tasks with no sign of life (claim or
 	// renewal) for longer than older_than back to READY, ending their leases.
@@ -372,6 +378,9 @@ type QueueServiceServer interface {
 	// response carries (a single larger task still comes alone): the rest
 	// stay READY, untouched. Claimed tasks whose response cannot be sent (the
 	// client went away) go back to READY at once, their attempt given back.
+	// Tasks whose tier is turned off or at its daily cap are passed over;
+	// the emergency stop, the total's cap and the agent's cap refuse the
+	// claim with RESOURCE_EXHAUSTED.
 	ClaimTask(context.Context, *ClaimTaskRequest) (*ClaimTaskResponse, error)
 	// RenewLease extends the holder's lease and records a progress note. A stale
 	// fencing token or an expired lease gets FAILED_PRECONDITION. Repeating a
@@ -411,7 +420,10 @@ type QueueServiceServer interface {
 	// PauseQueue moves every READY task to PAUSED and keeps new READY work
 	// paused until ResumeQueue.
 	PauseQueue(context.Context, *PauseQueueRequest) (*PauseQueueResponse, error)
-	// ResumeQueue moves the tasks PauseQueue paused back to READY.
+	// ResumeQueue moves the tasks PauseQueue paused back to READY. Refused
+	// with FAILED_PRECONDITION, naming the holder, while the emergency stop
+	// or maintenance holds the queue: claims stay refused until that ends,
+	// and ending it (RearmEmergencyStop, EndMaintenance) resumes the queue.
 	ResumeQueue(context.Context, *ResumeQueueRequest) (*ResumeQueueResponse, error)
 	// RequeueStuck moves IN_PROGRESS tasks with no sign of life (claim or
 	// renewal) for longer than older_than back to READY, ending their leases.
