@@ -3648,7 +3648,7 @@ const file_factory_v1_queue_proto_rawDesc = "" +
 	"\x0eGetTaskRequest\x12;\n" +
 	"\atask_id\x18\x01 \x01(\tB\"\xbaH\x1f\xc8\x01\x01r\x1a2\x18^[A-Za-z0-9._:-]{1,128}$R\x06taskId\"7\n" +
 	"\x0fGetTaskResponse\x12$\n" +
-	"\x04task\x18\x01 \x01(\v2\x10.factory.v1.TaskR\x04task\"\xe8\x05\n" +
+	"\x04task\x18\x01 \x01(\v2\x10.factory.v1.TaskR\x04task\"\x96\a\n" +
 	"\x10ListTasksRequest\x12\x84\x01\n" +
 	"\x06states\x18\x01 \x03(\x0e2\x15.factory.v1.TaskStateBU\xbaHR\x92\x01O\x10\b\"K\xba\x01C\n" +
 	"\x0fstate.specified\x12%TASK_STATE_UNSPECIFIED is not a state\x1a\tthis != 0\x82\x01\x02\x10\x01R\x06states\x121\n" +
@@ -3666,8 +3666,9 @@ const file_factory_v1_queue_proto_rawDesc = "" +
 	"minAttempt\x12!\n" +
 	"\fnewest_first\x18\n" +
 	" \x01(\bR\vnewestFirst\x12?\n" +
-	"\tid_prefix\x18\v \x01(\tB\"\xbaH\x1f\xd8\x01\x01r\x1a2\x18^[A-Za-z0-9._:-]{1,128}$R\bidPrefix\x12.\n" +
-	"\x06filter\x18\f \x01(\v2\x16.factory.v1.TaskFilterR\x06filter\"\xe5\x05\n" +
+	"\tid_prefix\x18\v \x01(\tB\"\xbaH\x1f\xd8\x01\x01r\x1a2\x18^[A-Za-z0-9._:-]{1,128}$R\bidPrefix\x12\xdb\x01\n" +
+	"\x06filter\x18\f \x01(\v2\x16.factory.v1.TaskFilterB\xaa\x01\xbaH\xa6\x01\xba\x01\xa2\x01\n" +
+	"\x15filter.priority_range\x12+min_priority must not be above max_priority\x1a\\!has(this.min_priority) || !has(this.max_priority) || this.min_priority <= this.max_priorityR\x06filter\"\xe5\x05\n" +
 	"\n" +
 	"TaskFilter\x12\x84\x01\n" +
 	"\x06states\x18\x01 \x03(\x0e2\x15.factory.v1.TaskStateBU\xbaHR\x92\x01O\x10\b\"K\xba\x01C\n" +
@@ -3685,9 +3686,10 @@ const file_factory_v1_queue_proto_rawDesc = "" +
 	"\rmin_state_age\x18\n" +
 	" \x01(\v2\x19.google.protobuf.DurationB\b\xbaH\x05\xaa\x01\x022\x00R\vminStateAgeB\x0f\n" +
 	"\r_min_priorityB\x0f\n" +
-	"\r_max_priority\"\xc5\x02\n" +
-	"\x16BulkUpdateTasksRequest\x126\n" +
-	"\x06filter\x18\x01 \x01(\v2\x16.factory.v1.TaskFilterB\x06\xbaH\x03\xc8\x01\x01R\x06filter\x12t\n" +
+	"\r_max_priority\"\xee\x03\n" +
+	"\x16BulkUpdateTasksRequest\x12\xde\x01\n" +
+	"\x06filter\x18\x01 \x01(\v2\x16.factory.v1.TaskFilterB\xad\x01\xbaH\xa9\x01\xba\x01\xa2\x01\n" +
+	"\x15filter.priority_range\x12+min_priority must not be above max_priority\x1a\\!has(this.min_priority) || !has(this.max_priority) || this.min_priority <= this.max_priority\xc8\x01\x01R\x06filter\x12t\n" +
 	"\x02to\x18\x02 \x01(\x0e2\x15.factory.v1.TaskStateBK\xbaHH\xba\x01@\n" +
 	"\fto.specified\x12%TASK_STATE_UNSPECIFIED is not a state\x1a\tthis != 0\x82\x01\x02\x10\x01H\x00R\x02to\x121\n" +
 	"\bpriority\x18\x03 \x01(\x05B\x13\xbaH\x10\x1a\x0e\x18\xe8\a(\x98\xf8\xff\xff\xff\xff\xff\xff\xff\x01H\x00R\bpriority\x12 \n" +
@@ -3787,10 +3789,12 @@ const file_factory_v1_queue_proto_rawDesc = "" +
 	"\atask_id\x18\x01 \x01(\tB\"\xbaH\x1f\xc8\x01\x01r\x1a2\x18^[A-Za-z0-9._:-]{1,128}$R\x06taskId\x12/\n" +
 	"\bpriority\x18\x02 \x01(\x05B\x13\xbaH\x10\x1a\x0e\x18\xe8\a(\x98\xf8\xff\xff\xff\xff\xff\xff\xff\x01R\bpriority\";\n" +
 	"\x13SetPriorityResponse\x12$\n" +
-	"\x04task\x18\x01 \x01(\v2\x10.factory.v1.TaskR\x04task\"e\n" +
+	"\x04task\x18\x01 \x01(\v2\x10.factory.v1.TaskR\x04task\"\x91\x05\n" +
 	"\x11PauseQueueRequest\x12 \n" +
-	"\x06reason\x18\x01 \x01(\tB\b\xbaH\x05r\x03\x18\x80 R\x06reason\x12.\n" +
-	"\x06filter\x18\x02 \x01(\v2\x16.factory.v1.TaskFilterR\x06filter\"G\n" +
+	"\x06reason\x18\x01 \x01(\tB\b\xbaH\x05r\x03\x18\x80 R\x06reason\x12\xd9\x04\n" +
+	"\x06filter\x18\x02 \x01(\v2\x16.factory.v1.TaskFilterB\xa8\x04\xbaH\xa4\x04\xba\x01\xa2\x01\n" +
+	"\x15filter.priority_range\x12+min_priority must not be above max_priority\x1a\\!has(this.min_priority) || !has(this.max_priority) || this.min_priority <= this.max_priority\xba\x01\xfa\x02\n" +
+	"\x10filter.not_empty\x12\x97\x01a selective pause needs a term besides states (role, agent, labels, kind, min_attempt, priority or an age); leave filter unset to pause the whole queue\x1a\xcb\x01this.role != '' || this.agent != '' || size(this.labels) > 0 || this.kind != '' || this.min_attempt > 0 || has(this.min_priority) || has(this.max_priority) || has(this.min_age) || has(this.min_state_age)R\x06filter\"G\n" +
 	"\x12PauseQueueResponse\x12\x16\n" +
 	"\x06paused\x18\x01 \x01(\x05R\x06paused\x12\x19\n" +
 	"\bpause_id\x18\x02 \x01(\tR\apauseId\"8\n" +
