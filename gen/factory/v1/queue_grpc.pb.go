@@ -116,15 +116,22 @@ type QueueServiceClient interface {
 	// SetPriority changes a task's priority; higher is claimed first.
 	SetPriority(ctx context.Context, in *SetPriorityRequest, opts ...grpc.CallOption) (*SetPriorityResponse, error)
 	// PauseQueue moves every READY task to PAUSED and keeps new READY work
-	// paused until ResumeQueue.
+	// paused until ResumeQueue. With a filter it is a selective pause
+	// instead: only the READY tasks the filter selects move to PAUSED, held
+	// by a new pause (its id in the response, listed by GetQueueStats); the
+	// queue runs on, and tasks that become READY later are not held.
 	PauseQueue(ctx context.Context, in *PauseQueueRequest, opts ...grpc.CallOption) (*PauseQueueResponse, error)
-	// ResumeQueue moves the tasks PauseQueue paused back to READY.
+	// ResumeQueue moves the tasks PauseQueue paused back to READY: the
+	// queue's pause and every selective pause, or with pause_id that
+	// selective pause only. Only tasks a pause moved and that are still
+	// PAUSED by it go back; tasks paused by hand stay PAUSED.
 	ResumeQueue(ctx context.Context, in *ResumeQueueRequest, opts ...grpc.CallOption) (*ResumeQueueResponse, error)
 	// RequeueStuck moves IN_PROGRESS tasks with no sign of life (claim or
 	// renewal) for longer than older_than back to READY, ending their leases.
 	RequeueStuck(ctx context.Context, in *RequeueStuckRequest, opts ...grpc.CallOption) (*RequeueStuckResponse, error)
 	// GetQueueStats returns the queue's shape: tasks per state, the oldest
-	// READY and IN_PROGRESS ages, and how many tasks are on a retry.
+	// READY and IN_PROGRESS ages, how many tasks are on a retry, and the
+	// pauses in force.
 	GetQueueStats(ctx context.Context, in *GetQueueStatsRequest, opts ...grpc.CallOption) (*GetQueueStatsResponse, error)
 	// WatchTasks streams task events: first a snapshot of the matching tasks
 	// (events of type SNAPSHOT, then one SYNCED), then every change as it happens.
@@ -434,15 +441,22 @@ type QueueServiceServer interface {
 	// SetPriority changes a task's priority; higher is claimed first.
 	SetPriority(context.Context, *SetPriorityRequest) (*SetPriorityResponse, error)
 	// PauseQueue moves every READY task to PAUSED and keeps new READY work
-	// paused until ResumeQueue.
+	// paused until ResumeQueue. With a filter it is a selective pause
+	// instead: only the READY tasks the filter selects move to PAUSED, held
+	// by a new pause (its id in the response, listed by GetQueueStats); the
+	// queue runs on, and tasks that become READY later are not held.
 	PauseQueue(context.Context, *PauseQueueRequest) (*PauseQueueResponse, error)
-	// ResumeQueue moves the tasks PauseQueue paused back to READY.
+	// ResumeQueue moves the tasks PauseQueue paused back to READY: the
+	// queue's pause and every selective pause, or with pause_id that
+	// selective pause only. Only tasks a pause moved and that are still
+	// PAUSED by it go back; tasks paused by hand stay PAUSED.
 	ResumeQueue(context.Context, *ResumeQueueRequest) (*ResumeQueueResponse, error)
 	// RequeueStuck moves IN_PROGRESS tasks with no sign of life (claim or
 	// renewal) for longer than older_than back to READY, ending their leases.
 	RequeueStuck(context.Context, *RequeueStuckRequest) (*RequeueStuckResponse, error)
 	// GetQueueStats returns the queue's shape: tasks per state, the oldest
-	// READY and IN_PROGRESS ages, and how many tasks are on a retry.
+	// READY and IN_PROGRESS ages, how many tasks are on a retry, and the
+	// pauses in force.
 	GetQueueStats(context.Context, *GetQueueStatsRequest) (*GetQueueStatsResponse, error)
 	// WatchTasks streams task events: first a snapshot of the matching tasks
 	// (events of type SNAPSHOT, then one SYNCED), then every change as it happens.
