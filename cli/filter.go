@@ -27,8 +27,10 @@ hold):
   attempt>=3              claimed at least this many times (>= or >)
   age>1h                  created longer ago than this (s, m, h or d)
   state-age>30m           in its current state for longer than this
-The same filter lists with "task ls --filter" exactly the tasks a bulk
-verb with it changes: look before you leap.`
+Quote an expression holding <, > or |, which the shell reads itself:
+--filter 'state=failed|review,attempt>=3'. The same filter lists with
+"task ls --filter" exactly the tasks a bulk verb with it changes: look
+before you leap.`
 
 // filterFlags is the --filter flag shared by task ls, the bulk verbs and
 // queue pause.

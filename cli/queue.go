@@ -190,7 +190,7 @@ pause would take.
 ` + filterHelp,
 		Example: `  factory queue pause --reason "frontier provider outage"
   factory queue pause --filter role=deployer --reason "prod freeze"
-  factory queue pause --filter label:team=web,priority<=0 --reason "web low priority off"`,
+  factory queue pause --filter 'label:team=web,priority<=0' --reason "web low priority off"`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			req := &factoryv1.PauseQueueRequest{Reason: reason}

@@ -244,8 +244,8 @@ change; it replaces --state, --role, --kind, --assignee, --label and
   factory task ls --newest-first --limit 20
   factory task ls --state failed --all -o json | jq -r '.[].id'
   factory task ls --state ready --full -o json | jq '.[].payload_json'
-  factory task ls --filter state=in_progress,role=builder,attempt>=3,age>1h
-  factory task ls --filter label:team=web,priority<=0 --filter state=ready|paused`,
+  factory task ls --filter 'state=in_progress,role=builder,attempt>=3,age>1h'
+  factory task ls --filter 'label:team=web,priority<=0' --filter 'state=ready|paused'`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if ff.set() {
@@ -401,9 +401,9 @@ func newTaskKillCommand(a *app) *cobra.Command {
 progress loses its lease: the holder's next renew or done is refused with
 FAILED_PRECONDITION. Requeue brings it back.` + bulkHelp,
 		Example: `  factory task kill 0193a2b4-... --reason "runaway spend"
-  factory task ls --filter state=in_progress,role=builder,attempt>=3
-  factory task kill --filter state=in_progress,role=builder,attempt>=3 --reason "retry loop" --dry-run
-  factory task kill --filter state=in_progress,role=builder,attempt>=3 --reason "retry loop"`,
+  factory task ls --filter 'state=in_progress,role=builder,attempt>=3'
+  factory task kill --filter 'state=in_progress,role=builder,attempt>=3' --reason "retry loop" --dry-run
+  factory task kill --filter 'state=in_progress,role=builder,attempt>=3' --reason "retry loop"`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if ff.set() {
 				return a.bulkUpdate(cmd, ff, "kill", bulkMove(factoryv1.TaskState_TASK_STATE_FAILED, reason, dryRun))
@@ -432,7 +432,7 @@ func newTaskRequeueCommand(a *app) *cobra.Command {
 attempts, a stuck IN_PROGRESS task loses its lease, and a REVIEW task is
 sent back for another go.` + bulkHelp,
 		Example: `  factory task requeue 0193a2b4-... --reason "API key rotated, retry"
-  factory task requeue --filter state=failed,kind=build,age>2h --reason "provider back" --dry-run`,
+  factory task requeue --filter 'state=failed,kind=build,age>2h' --reason "provider back" --dry-run`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if ff.set() {
 				return a.bulkUpdate(cmd, ff, "requeue", bulkMove(factoryv1.TaskState_TASK_STATE_READY, reason, dryRun))
@@ -463,7 +463,7 @@ tasks of equal priority are claimed oldest first.
 Flags go before the id, so that a negative priority is read as a number.` + bulkHelp,
 		Example: `  factory task prioritize 0193a2b4-... 100
   factory task prioritize -o json 0193a2b4-... -50
-  factory task prioritize --filter state=ready,label:team=web,priority<=0 --priority 50`,
+  factory task prioritize --filter 'state=ready,label:team=web,priority<=0' --priority 50`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if ff.set() {
 				if !cmd.Flags().Changed("priority") {
