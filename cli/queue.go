@@ -115,6 +115,13 @@ func writeStatsTable(w io.Writer, s *factoryv1.GetQueueStatsResponse) error {
 	fmt.Fprintf(tw, "Oldest READY:\t%s\n", humanSpan(s.GetOldestReadyAge()))
 	fmt.Fprintf(tw, "Oldest IN_PROGRESS:\t%s\n", humanSpan(s.GetOldestInProgressAge()))
 	fmt.Fprintf(tw, "Retrying:\t%d\n", s.GetRetrying())
+	for _, p := range s.GetPauses() {
+		fmt.Fprintf(tw, "Pause %s:\tholds %d, %s", p.GetId(), p.GetHeld(), escapeTerminal(formatFilter(p.GetFilter())))
+		if r := p.GetReason(); r != "" {
+			fmt.Fprintf(tw, " (%s)", escapeTerminal(r))
+		}
+		fmt.Fprintln(tw)
+	}
 	return tw.Flush()
 }
 
@@ -158,24 +165,53 @@ it.`,
 }
 
 func newQueuePauseCommand(a *app) *cobra.Command {
-	var reason string
+	var (
+		reason string
+		ff     *filterFlags
+	)
 	cmd := &cobra.Command{
-		Use:   "pause [--reason TEXT]",
-		Short: "Pause the queue: READY work moves to PAUSED",
+		Use:   "pause [--filter EXPR] [--reason TEXT]",
+		Short: "Pause the queue, or with --filter some of its READY work",
 		Long: `Pause is the queue's brake. Every READY task moves to PAUSED, and work
 that would become READY (new tasks, promoted dependents, retries) is
 paused too, until "queue resume". Tasks already IN_PROGRESS carry on;
-kill them separately if they must stop. The reason shows in stats.`,
-		Example: `  factory queue pause --reason "frontier provider outage"`,
-		Args:    cobra.NoArgs,
+kill them separately if they must stop. The reason shows in stats.
+
+With --filter the pause is selective: only the READY tasks the filter
+selects move to PAUSED, held by a new pause whose id is printed; the rest
+of the queue runs on. Tasks that become READY later are NOT held by it
+(pause again, or pause the whole queue). "queue resume --pause ID" ends
+that pause, "queue resume" ends every pause; either way only the tasks the
+pause moved and that are still PAUSED go back to READY: tasks paused by
+hand, or by another pause, stay. "queue stats" lists the active pauses.
+An empty filter is refused. ` + "`task ls --filter state=ready,...`" + ` shows the tasks a
+pause would take.
+
+` + filterHelp,
+		Example: `  factory queue pause --reason "frontier provider outage"
+  factory queue pause --filter role=deployer --reason "prod freeze"
+  factory queue pause --filter 'label:team=web,priority<=0' --reason "web low priority off"`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			req := &factoryv1.PauseQueueRequest{Reason: reason}
+			if ff.set() {
+				f, err := ff.required("a selective pause")
+				if err != nil {
+					return err
+				}
+				req.Filter = f
+			}
 			return a.withQueue(cmd, func(ctx context.Context, q factoryv1.QueueServiceClient) error {
-				resp, err := q.PauseQueue(ctx, &factoryv1.PauseQueueRequest{Reason: reason})
+				resp, err := q.PauseQueue(ctx, req)
 				if err != nil {
 					return err
 				}
 				if a.jsonOutput() {
 					return writeProto(a.stdout(), resp)
+				}
+				if id := resp.GetPauseId(); id != "" {
+					_, err = fmt.Fprintf(a.stdout(), "pause %s: %d READY task(s) matching %s moved to PAUSED\n", id, resp.GetPaused(), formatFilter(req.GetFilter()))
+					return err
 				}
 				_, err = fmt.Fprintf(a.stdout(), "queue paused: %d READY task(s) moved to PAUSED\n", resp.GetPaused())
 				return err
@@ -183,32 +219,49 @@ kill them separately if they must stop. The reason shows in stats.`,
 		},
 	}
 	cmd.Flags().StringVar(&reason, "reason", "", "why; shown in stats")
+	ff = addFilterFlags(cmd)
 	return cmd
 }
 
 func newQueueResumeCommand(a *app) *cobra.Command {
-	return &cobra.Command{
-		Use:   "resume",
+	var pauseID string
+	cmd := &cobra.Command{
+		Use:   "resume [--pause ID]",
 		Short: "Resume the queue: paused work goes back to READY",
 		Long: `Resume undoes "queue pause": the tasks the pause held move back to READY
 and new work is READY again. Tasks an operator paused by hand with
-"task move --to paused" stay paused.`,
-		Example: `  factory queue resume`,
-		Args:    cobra.NoArgs,
+"task move --to paused" stay paused.
+
+Without --pause it ends the queue's pause and every selective pause
+("queue pause --filter"). With --pause ID it ends only that selective
+pause: the tasks it moved that are still PAUSED go back to READY (into the
+queue's pause, if the whole queue is paused meanwhile); the queue's pause
+and other pauses stay.`,
+		Example: `  factory queue resume
+  factory queue resume --pause 0193a2b4-...`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.withQueue(cmd, func(ctx context.Context, q factoryv1.QueueServiceClient) error {
-				resp, err := q.ResumeQueue(ctx, &factoryv1.ResumeQueueRequest{})
+				resp, err := q.ResumeQueue(ctx, &factoryv1.ResumeQueueRequest{PauseId: pauseID})
 				if err != nil {
 					return err
 				}
 				if a.jsonOutput() {
 					return writeProto(a.stdout(), resp)
 				}
-				_, err = fmt.Fprintf(a.stdout(), "queue resumed: %d task(s) back to READY\n", resp.GetResumed())
+				what := "queue resumed"
+				if pauseID != "" {
+					what = "pause " + pauseID + " ended"
+				} else if n := len(resp.GetEndedPauses()); n > 0 {
+					what = fmt.Sprintf("queue resumed and %d selective pause(s) ended", n)
+				}
+				_, err = fmt.Fprintf(a.stdout(), "%s: %d task(s) back to READY\n", what, resp.GetResumed())
 				return err
 			})
 		},
 	}
+	cmd.Flags().StringVar(&pauseID, "pause", "", "end only this selective pause (its id, as queue pause and queue stats show it)")
+	return cmd
 }
 
 func newQueueRequeueStuckCommand(a *app) *cobra.Command {

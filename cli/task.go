@@ -215,6 +215,7 @@ func newTaskListCommand(a *app) *cobra.Command {
 		req    factoryv1.ListTasksRequest
 		all    bool
 		full   bool
+		ff     *filterFlags
 	)
 	cmd := &cobra.Command{
 		Use:     "ls",
@@ -237,15 +238,36 @@ server ends a page early rather than send more than 3 MiB of tasks; ls
 then fetches the rest of --limit from the next pages.
 
 Columns: HOLDER is the lease holder, or →agent for an assignee; ATTEMPT is
-claims so far over claims allowed; SINCE is when the task entered its state.`,
+claims so far over claims allowed; SINCE is when the task entered its state.
+
+--filter takes the filter syntax the bulk verbs (kill, requeue, move,
+prioritize) and "queue pause" take, and lists exactly the tasks they would
+change; it replaces --state, --role, --kind, --assignee, --label and
+--min-attempt.
+
+` + filterHelp,
 		Example: `  factory task ls
   factory task ls --state ready,in-progress --role builder
   factory task ls --kind build --min-attempt 2
   factory task ls --newest-first --limit 20
   factory task ls --state failed --all -o json | jq -r '.[].id'
-  factory task ls --state ready --full -o json | jq '.[].payload_json'`,
+  factory task ls --state ready --full -o json | jq '.[].payload_json'
+  factory task ls --filter 'state=in_progress,role=builder,attempt>=3,age>1h'
+  factory task ls --filter 'label:team=web,priority<=0' --filter 'state=ready|paused'`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if ff.set() {
+				for _, name := range []string{"state", "role", "kind", "assignee", "label", "min-attempt"} {
+					if cmd.Flags().Changed(name) {
+						return usageErrorf("--%s and --filter: use one (--filter takes every term, e.g. --filter %s=...)", name, name)
+					}
+				}
+				f, err := ff.filter()
+				if err != nil {
+					return err
+				}
+				req.Filter = f
+			}
 			var err error
 			if req.States, err = parseStates(states); err != nil {
 				return usageErrorf("--state: %v", err)
@@ -302,6 +324,7 @@ claims so far over claims allowed; SINCE is when the task entered its state.`,
 	f.BoolVar(&all, "all", false, "page through every matching task")
 	f.BoolVar(&full, "full", false, "every field of each task, payload included (default: summaries)")
 	f.BoolVar(&req.NewestFirst, "newest-first", false, "the most recently created task first (default: oldest first)")
+	ff = addFilterFlags(cmd)
 	_ = cmd.RegisterFlagCompletionFunc("state", completeStates)
 	return cmd
 }
@@ -326,9 +349,13 @@ func (a *app) moveTask(cmd *cobra.Command, arg string, to factoryv1.TaskState, r
 }
 
 func newTaskMoveCommand(a *app) *cobra.Command {
-	var to, reason string
+	var (
+		to, reason string
+		dryRun     bool
+		ff         *filterFlags
+	)
 	cmd := &cobra.Command{
-		Use:   "move ID --to STATE --reason TEXT",
+		Use:   "move (ID | --filter EXPR [--dry-run]) --to STATE --reason TEXT",
 		Short: "Move a task to another state (operator)",
 		Long: `Move is the operator's hand on a task. Only the transition table's moves
 are allowed; an illegal one is refused with FAILED_PRECONDITION naming
@@ -343,18 +370,24 @@ the states allowed from where the task is:
   DONE is final.
 
 The reason is required and kept in the task's note. kill and requeue are
-shorthands for the two most common moves.`,
+shorthands for the two most common moves.` + bulkHelp,
 		Example: `  factory task move 0193a2b4-... --to done --reason "reviewed, looks good"
-  factory task move 0193a2b4 --to ready --reason "tests missing, see PR comment"`,
-		Args: cobra.ExactArgs(1),
+  factory task move 0193a2b4 --to ready --reason "tests missing, see PR comment"
+  factory task move --filter state=review,label:team=web --to done --reason "batch approved" --dry-run`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			state, err := parseState(to)
 			if err != nil {
 				return usageErrorf("--to: %v", err)
 			}
+			if ff.set() {
+				return a.bulkUpdate(cmd, ff, "move", bulkMove(state, reason, dryRun))
+			}
 			return a.moveTask(cmd, args[0], state, reason)
 		},
 	}
+	ff = addFilterFlags(cmd)
+	cmd.Args = bulkArgs(ff, cobra.ExactArgs(1))
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "with --filter: show what would change, change nothing")
 	cmd.Flags().StringVar(&to, "to", "", "target state (required)")
 	cmd.Flags().StringVar(&reason, "reason", "", "why; kept in the task's note (required)")
 	_ = cmd.MarkFlagRequired("to")
@@ -364,55 +397,92 @@ shorthands for the two most common moves.`,
 }
 
 func newTaskKillCommand(a *app) *cobra.Command {
-	var reason string
+	var (
+		reason string
+		dryRun bool
+		ff     *filterFlags
+	)
 	cmd := &cobra.Command{
-		Use:   "kill ID --reason TEXT",
-		Short: "Send a task to FAILED, the dead letter (operator)",
+		Use:   "kill (ID | --filter EXPR [--dry-run]) --reason TEXT",
+		Short: "Send tasks to FAILED, the dead letter (operator)",
 		Long: `Kill moves a task to FAILED at once, from any state but DONE. A task in
 progress loses its lease: the holder's next renew or done is refused with
-FAILED_PRECONDITION. Requeue brings it back.`,
-		Example: `  factory task kill 0193a2b4-... --reason "runaway spend"`,
-		Args:    cobra.ExactArgs(1),
+FAILED_PRECONDITION. Requeue brings it back.` + bulkHelp,
+		Example: `  factory task kill 0193a2b4-... --reason "runaway spend"
+  factory task ls --filter 'state=in_progress,role=builder,attempt>=3'
+  factory task kill --filter 'state=in_progress,role=builder,attempt>=3' --reason "retry loop" --dry-run
+  factory task kill --filter 'state=in_progress,role=builder,attempt>=3' --reason "retry loop"`,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if ff.set() {
+				return a.bulkUpdate(cmd, ff, "kill", bulkMove(factoryv1.TaskState_TASK_STATE_FAILED, reason, dryRun))
+			}
 			return a.moveTask(cmd, args[0], factoryv1.TaskState_TASK_STATE_FAILED, reason)
 		},
 	}
+	ff = addFilterFlags(cmd)
+	cmd.Args = bulkArgs(ff, cobra.ExactArgs(1))
 	cmd.Flags().StringVar(&reason, "reason", "", "why; kept in the task's note (required)")
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "with --filter: show what would change, change nothing")
 	_ = cmd.MarkFlagRequired("reason")
 	return cmd
 }
 
 func newTaskRequeueCommand(a *app) *cobra.Command {
-	var reason string
+	var (
+		reason string
+		dryRun bool
+		ff     *filterFlags
+	)
 	cmd := &cobra.Command{
-		Use:   "requeue ID [--reason TEXT]",
-		Short: "Put a task back to READY (operator)",
+		Use:   "requeue (ID | --filter EXPR [--dry-run]) [--reason TEXT]",
+		Short: "Put tasks back to READY (operator)",
 		Long: `Requeue moves a task back to READY: a FAILED task gets a fresh set of
 attempts, a stuck IN_PROGRESS task loses its lease, and a REVIEW task is
-sent back for another go.`,
-		Example: `  factory task requeue 0193a2b4-... --reason "API key rotated, retry"`,
-		Args:    cobra.ExactArgs(1),
+sent back for another go.` + bulkHelp,
+		Example: `  factory task requeue 0193a2b4-... --reason "API key rotated, retry"
+  factory task requeue --filter 'state=failed,kind=build,age>2h' --reason "provider back" --dry-run`,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if ff.set() {
+				return a.bulkUpdate(cmd, ff, "requeue", bulkMove(factoryv1.TaskState_TASK_STATE_READY, reason, dryRun))
+			}
 			return a.moveTask(cmd, args[0], factoryv1.TaskState_TASK_STATE_READY, reason)
 		},
 	}
+	ff = addFilterFlags(cmd)
+	cmd.Args = bulkArgs(ff, cobra.ExactArgs(1))
 	cmd.Flags().StringVar(&reason, "reason", "requeued by operator", "why; kept in the task's note")
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "with --filter: show what would change, change nothing")
 	return cmd
 }
 
 func newTaskPrioritizeCommand(a *app) *cobra.Command {
+	var (
+		priority int32
+		dryRun   bool
+		ff       *filterFlags
+	)
 	cmd := &cobra.Command{
-		Use:     "prioritize [flags] ID PRIORITY",
+		Use:     "prioritize [flags] (ID PRIORITY | --filter EXPR --priority N [--dry-run])",
 		Aliases: []string{"prioritise"},
 		Short:   "Change a task's priority",
 		Long: `Prioritize sets a task's priority, -1000 to 1000. Higher is claimed first;
 tasks of equal priority are claimed oldest first.
 
-Flags go before the id, so that a negative priority is read as a number.`,
+Flags go before the id, so that a negative priority is read as a number.` + bulkHelp,
 		Example: `  factory task prioritize 0193a2b4-... 100
-  factory task prioritize -o json 0193a2b4-... -50`,
-		Args: cobra.ExactArgs(2),
+  factory task prioritize -o json 0193a2b4-... -50
+  factory task prioritize --filter 'state=ready,label:team=web,priority<=0' --priority 50`,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if ff.set() {
+				if !cmd.Flags().Changed("priority") {
+					return usageErrorf("--filter needs --priority N")
+				}
+				if priority < -1000 || priority > 1000 {
+					return usageErrorf("--priority %d is outside -1000..1000", priority)
+				}
+				return a.bulkUpdate(cmd, ff, "prioritize", &factoryv1.BulkUpdateTasksRequest{
+					Change: &factoryv1.BulkUpdateTasksRequest_Priority{Priority: priority}, DryRun: dryRun})
+			}
 			n, err := strconv.ParseInt(args[1], 10, 32)
 			if err != nil {
 				return usageErrorf("priority %q is not a whole number", args[1])
@@ -434,6 +504,10 @@ Flags go before the id, so that a negative priority is read as a number.`,
 			})
 		},
 	}
+	ff = addFilterFlags(cmd)
+	cmd.Args = bulkArgs(ff, cobra.ExactArgs(2))
+	cmd.Flags().Int32Var(&priority, "priority", 0, "with --filter: the new priority, -1000 to 1000")
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "with --filter: show what would change, change nothing")
 	// Everything after the id is an argument, so "-50" is a priority.
 	cmd.Flags().SetInterspersed(false)
 	return cmd

@@ -303,6 +303,9 @@ type ListParams struct {
 	NewestFirst bool
 	// IDPrefix keeps tasks whose id starts with it: a shortened id.
 	IDPrefix string
+	// Filter, when set, is the filter (see Service.Filter) instead of
+	// States, Role, Assignee, Labels, Kind and MinAttempt.
+	Filter *store.TaskFilter
 }
 
 // List returns one page of tasks: at most PageSize, and no more than
@@ -311,13 +314,22 @@ func (s *Service) List(ctx context.Context, p ListParams) (*store.TaskListResult
 	if p.PageSize == 0 {
 		p.PageSize = DefaultPageSize
 	}
-	return s.store.TaskList(ctx, &store.TaskListParams{
+	lp := &store.TaskListParams{
 		States: p.States, Role: p.Role, Assignee: p.Assignee, Labels: parseLabels(p.Labels), IDs: p.IDs,
 		Kind: p.Kind, MinAttempt: p.MinAttempt,
 		Limit: p.PageSize, Cursor: p.PageToken, MaxBytes: ResponseBytes, Summary: p.Summary,
 		NewestFirst: p.NewestFirst, IDPrefix: p.IDPrefix,
-	})
+	}
+	if p.Filter != nil {
+		lp.SetFilter(*p.Filter)
+	}
+	return s.store.TaskList(ctx, lp)
 }
+
+// ParseLabels turns "key=value" filters into a map (nil for none); the
+// API's rules have already refused a filter without '=' or with an empty
+// key.
+func ParseLabels(pairs []string) map[string]string { return parseLabels(pairs) }
 
 // parseLabels turns "key=value" filters into a map; the API's rules have
 // already refused a filter without '=' or with an empty key.

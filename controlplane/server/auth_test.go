@@ -225,6 +225,11 @@ var accessTable = map[string]accessRow{
 		_, err := c.q.RequeueStuck(ctx, &factoryv1.RequeueStuckRequest{OlderThan: durationpb.New(time.Hour), DryRun: true})
 		return err
 	}, [...]codes.Code{unauthorized, denied, denied, denied, ok}},
+	factoryv1.QueueService_BulkUpdateTasks_FullMethodName: {func(ctx context.Context, c clients) error {
+		_, err := c.q.BulkUpdateTasks(ctx, &factoryv1.BulkUpdateTasksRequest{Filter: &factoryv1.TaskFilter{Role: "nobody-has-it"},
+			Change: &factoryv1.BulkUpdateTasksRequest_To{To: factoryv1.TaskState_TASK_STATE_FAILED}, DryRun: true})
+		return err
+	}, [...]codes.Code{unauthorized, denied, denied, denied, ok}},
 	factoryv1.QueueService_GetQueueStats_FullMethodName: {func(ctx context.Context, c clients) error {
 		_, err := c.q.GetQueueStats(ctx, &factoryv1.GetQueueStatsRequest{})
 		return err

@@ -62,7 +62,8 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 		return status.Error(codes.NotFound, err.Error())
 	case errors.Is(err, store.ErrAlreadyExists):
 		return status.Error(codes.AlreadyExists, err.Error())
-	case errors.Is(err, store.ErrStaleLease), errors.Is(err, store.ErrIllegalTransition), errors.Is(err, store.ErrLoadRefused):
+	case errors.Is(err, store.ErrStaleLease), errors.Is(err, store.ErrIllegalTransition), errors.Is(err, store.ErrLoadRefused),
+		errors.Is(err, store.ErrTooMany):
 		return status.Error(codes.FailedPrecondition, err.Error())
 	case errors.Is(err, store.ErrStorageFull):
 		return status.Error(codes.ResourceExhausted, err.Error())

@@ -125,6 +125,8 @@ var rules = map[string]rule{
 	factoryv1.QueueService_PauseQueue_FullMethodName:   {roles: operatorOnly, mutates: true},
 	factoryv1.QueueService_ResumeQueue_FullMethodName:  {roles: operatorOnly, mutates: true},
 	factoryv1.QueueService_RequeueStuck_FullMethodName: {roles: operatorOnly, mutates: true},
+	// Many tasks at once, by filter: operators only.
+	factoryv1.QueueService_BulkUpdateTasks_FullMethodName: {roles: operatorOnly, mutates: true},
 
 	// Identity: everyone may ask who they are; the rest is for operators.
 	factoryv1.AccessService_CreateToken_FullMethodName: {roles: operatorOnly, mutates: true},

@@ -64,12 +64,16 @@ func (s *queueServer) GetTask(ctx context.Context, r *factoryv1.GetTaskRequest) 
 }
 
 func (s *queueServer) ListTasks(ctx context.Context, r *factoryv1.ListTasksRequest) (*factoryv1.ListTasksResponse, error) {
+	filter, err := s.listFilter(r)
+	if err != nil {
+		return nil, s.err(ctx, err)
+	}
 	res, err := s.q.List(ctx, queue.ListParams{
 		States: statesFromProto(r.GetStates()), Role: r.GetRole(), Assignee: r.GetAssignee(),
 		Labels: r.GetLabels(), Kind: r.GetKind(), MinAttempt: int(r.GetMinAttempt()),
 		PageSize: int(r.GetPageSize()), PageToken: r.GetPageToken(),
 		Summary:     r.GetView() != factoryv1.TaskView_TASK_VIEW_FULL,
-		NewestFirst: r.GetNewestFirst(), IDPrefix: r.GetIdPrefix(),
+		NewestFirst: r.GetNewestFirst(), IDPrefix: r.GetIdPrefix(), Filter: filter,
 	})
 	if err != nil {
 		return nil, s.err(ctx, err)
@@ -194,6 +198,9 @@ func (s *queueServer) SetPriority(ctx context.Context, r *factoryv1.SetPriorityR
 }
 
 func (s *queueServer) PauseQueue(ctx context.Context, r *factoryv1.PauseQueueRequest) (*factoryv1.PauseQueueResponse, error) {
+	if r.GetFilter() != nil {
+		return s.pauseTasks(ctx, r)
+	}
 	n, err := s.q.Pause(ctx, r.GetReason())
 	if err != nil {
 		return nil, s.err(ctx, err)
@@ -201,12 +208,24 @@ func (s *queueServer) PauseQueue(ctx context.Context, r *factoryv1.PauseQueueReq
 	return &factoryv1.PauseQueueResponse{Paused: int32(n)}, nil
 }
 
-func (s *queueServer) ResumeQueue(ctx context.Context, _ *factoryv1.ResumeQueueRequest) (*factoryv1.ResumeQueueResponse, error) {
+func (s *queueServer) ResumeQueue(ctx context.Context, r *factoryv1.ResumeQueueRequest) (*factoryv1.ResumeQueueResponse, error) {
+	if r.GetPauseId() != "" {
+		resp := &factoryv1.ResumeQueueResponse{}
+		if err := s.resumePauses(ctx, r.GetPauseId(), resp); err != nil {
+			return nil, err
+		}
+		return resp, nil
+	}
 	n, err := s.q.ResumeByOperator(ctx)
 	if err != nil {
 		return nil, s.err(ctx, err)
 	}
-	return &factoryv1.ResumeQueueResponse{Resumed: int32(n)}, nil
+	// The queue's own pause and every selective pause.
+	resp := &factoryv1.ResumeQueueResponse{Resumed: int32(n)}
+	if err := s.resumePauses(ctx, "", resp); err != nil {
+		return nil, err
+	}
+	return resp, nil
 }
 
 func (s *queueServer) RequeueStuck(ctx context.Context, r *factoryv1.RequeueStuckRequest) (*factoryv1.RequeueStuckResponse, error) {
@@ -222,7 +241,7 @@ func (s *queueServer) GetQueueStats(ctx context.Context, _ *factoryv1.GetQueueSt
 	if err != nil {
 		return nil, s.err(ctx, err)
 	}
-	out := &factoryv1.GetQueueStatsResponse{Retrying: st.Retrying, Paused: st.Paused, PauseReason: st.PauseReason}
+	out := &factoryv1.GetQueueStatsResponse{Retrying: st.Retrying, Paused: st.Paused, PauseReason: st.PauseReason, Pauses: pausesToProto(st.Pauses)}
 	for _, state := range store.AllStates {
 		out.Counts = append(out.Counts, &factoryv1.StateCount{State: factoryv1.TaskState(state), Count: st.Counts[state]})
 	}

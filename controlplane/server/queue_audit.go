@@ -192,6 +192,9 @@ func (s *auditedQueue) PauseQueue(ctx context.Context, r *factoryv1.PauseQueueRe
 		after := s.queueAudit(ctx)
 		if after != nil {
 			after["tasks_paused"] = resp.GetPaused()
+			if id := resp.GetPauseId(); id != "" {
+				after["pause_id"], after["filter"] = id, filterText(r.GetFilter())
+			}
 		}
 		access.Note(ctx, "queue", before, after)
 	}
@@ -205,6 +208,9 @@ func (s *auditedQueue) ResumeQueue(ctx context.Context, r *factoryv1.ResumeQueue
 		after := s.queueAudit(ctx)
 		if after != nil {
 			after["tasks_resumed"] = resp.GetResumed()
+			if ended := resp.GetEndedPauses(); len(ended) > 0 {
+				after["ended_pauses"] = ended
+			}
 		}
 		access.Note(ctx, "queue", before, after)
 	}

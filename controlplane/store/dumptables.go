@@ -136,6 +136,13 @@ var DumpTables = []*DumpTable{
 	{Name: "maintenance", Key: 1, Singleton: true, Columns: cols(
 		"id", DumpInt, "active", DumpBool, "reason", DumpText, "started_at", DumpTime, "started_by", DumpText,
 		"paused_queue", DumpBool)},
+	// Selective pauses and the tasks each holds (after the tasks and the
+	// pauses they name), so that a resume after a move still restores
+	// exactly.
+	{Name: "queue_pauses", Key: 1, Columns: cols(
+		"id", DumpText, "reason", DumpText, "filter", DumpText, "created_at", DumpTime)},
+	{Name: "task_pauses", Key: 1, Columns: cols(
+		"task_id", DumpText, "pause_id", DumpText)},
 }
 
 // DumpTableNamed returns the table called name, or nil.

@@ -119,6 +119,28 @@ type Store interface {
 	// READY. Tasks an operator paused stay PAUSED.
 	QueueResume(ctx context.Context, params *QueueResumeParams) ([]TaskChange, error)
 
+	// TaskBulk applies one operator change to every task Filter selects,
+	// in one transaction: all of it lands or none. An empty filter is a
+	// FieldError on "filter"; more than Max selected is a *TooManyError
+	// and nothing changes. A move goes as TaskMove's does (OperatorMove:
+	// leaving IN_PROGRESS ends the lease, reaching DONE promotes
+	// dependents); a selected task the move is not allowed from is left as
+	// it is and counted in Skipped. See TaskBulkParams.
+	TaskBulk(ctx context.Context, params *TaskBulkParams) (*TaskBulkResult, error)
+
+	// QueuePauseTasks is a selective pause: it records a pause named ID and
+	// moves the READY tasks Filter selects to PAUSED, held by it (not
+	// PausedByQueue). Tasks becoming READY later are not held. An existing
+	// ID gets ErrAlreadyExists; more than Max selected a *TooManyError.
+	QueuePauseTasks(ctx context.Context, params *QueuePauseTasksParams) ([]TaskChange, error)
+
+	// QueueResumeTasks ends the selective pause ID (ErrNotFound when there
+	// is none), or every one when ID is empty: the tasks it moved that are
+	// still PAUSED by it go back to READY (PAUSED by the queue while the
+	// queue is paused). A task that left PAUSED since (an operator moved
+	// it) is no longer held, so it stays as it is.
+	QueueResumeTasks(ctx context.Context, params *QueueResumeTasksParams) (*QueueResumeTasksResult, error)
+
 	// QueueStats counts tasks per state (every state present, zeros too)
 	// and reports the oldest READY StateChangedAt, the oldest IN_PROGRESS
 	// ClaimedAt, the number of tasks not DONE with Attempt > 1, and the pause.
@@ -242,6 +264,10 @@ type TaskListParams struct {
 	// shortened id resolves. Drivers answer it from the id index with
 	// IDPrefixRange.
 	IDPrefix string
+	// MinPriority, MaxPriority, CreatedBefore and StateChangedBefore are
+	// TaskFilter's fields of the same names.
+	MinPriority, MaxPriority          *int32
+	CreatedBefore, StateChangedBefore time.Time
 }
 
 // IDPrefixRange bounds the ids that start with prefix, lo <= id < hi,
@@ -397,6 +423,8 @@ type QueueStats struct {
 	Retrying         int64
 	Paused           bool
 	PauseReason      string
+	// Pauses are the active selective pauses, oldest first.
+	Pauses []QueuePauseInfo
 }
 
 // CheckLease is the fencing rule every driver applies to a call on a held

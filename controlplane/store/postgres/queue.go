@@ -92,5 +92,8 @@ func (s *Store) QueueStats(ctx context.Context) (*store.QueueStats, error) {
 		st.Counts[store.TaskState(state)] = counts[i]
 	}
 	st.OldestReadySince, st.OldestClaimedAt = fromTS(oldestReady), fromTS(oldestClaimed)
+	if st.Pauses, err = s.queuePauses(ctx); err != nil {
+		return nil, err
+	}
 	return st, nil
 }

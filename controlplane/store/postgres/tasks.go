@@ -246,32 +246,10 @@ func (s *Store) TaskList(ctx context.Context, p *store.TaskListParams) (*store.T
 		args = append(args, v)
 		return "$" + strconv.Itoa(len(args))
 	}
-	if len(p.States) > 0 {
-		states := make([]int16, len(p.States))
-		for i, st := range p.States {
-			states[i] = int16(st)
-		}
-		b.WriteString(" AND state = ANY(" + arg(states) + "::smallint[])")
-	}
-	if p.Role != "" {
-		b.WriteString(" AND role = " + arg(p.Role))
-	}
-	if p.Assignee != "" {
-		n := arg(p.Assignee)
-		b.WriteString(" AND (assignee = " + n + " OR lease_holder = " + n + ")")
-	}
-	if len(p.Labels) > 0 {
-		b.WriteString(" AND labels @> " + arg(jsonText(p.Labels)) + "::jsonb")
-	}
+	filter := p.Filter()
+	writeFilter(&b, &filter, arg)
 	if len(p.IDs) > 0 {
 		b.WriteString(" AND id = ANY(" + arg(p.IDs) + "::text[])")
-	}
-	if p.Kind != "" {
-		b.WriteString(" AND kind = " + arg(p.Kind))
-	}
-	if p.MinAttempt > 0 {
-		// attempt is an integer column: a larger bound matches nothing.
-		b.WriteString(" AND attempt >= " + arg(int64(p.MinAttempt)) + "::bigint")
 	}
 	if p.IDPrefix != "" {
 		b.WriteString(idPrefixFilter(p.IDPrefix, arg))
@@ -634,21 +612,8 @@ func (s *Store) TaskMove(ctx context.Context, p *store.TaskMoveParams) ([]store.
 		r := rows[0]
 		task := r.t
 		from := task.State
-		if !store.CanOperatorMove(from, p.To) {
-			return &store.TransitionError{TaskID: task.ID, From: from, To: p.To, Allowed: store.OperatorMoves(from)}
-		}
-		task.SetState(p.To, now)
-		// An operator's pause is not the queue's: resume must leave it.
-		task.PausedByQueue = false
-		if from == store.StateInProgress {
-			task.EndLease()
-		}
-		if from == store.StateFailed && p.To == store.StateReady {
-			task.Attempt = 0
-			task.RunAfter = time.Time{}
-		}
-		if p.Reason != "" {
-			task.Note = p.Reason
+		if err := store.OperatorMove(task, p.To, p.Reason, now); err != nil {
+			return err
 		}
 		out = []store.TaskChange{{Task: task.Clone(), PreviousState: from}}
 		if p.To == store.StateDone {

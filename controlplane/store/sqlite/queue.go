@@ -95,7 +95,8 @@ func (s *Store) QueueStats(ctx context.Context) (*store.QueueStats, error) {
 			return err
 		}
 		st.OldestReadySince, st.OldestClaimedAt = fromNanos(oldestReady), fromNanos(oldestClaimed)
-		return nil
+		st.Pauses, err = queuePauses(ctx, tx)
+		return err
 	})
 	if err != nil {
 		return nil, dbErr("QueueStats", err)

@@ -194,36 +194,11 @@ func (s *Store) TaskList(ctx context.Context, p *store.TaskListParams) (*store.T
 		b.WriteString("SELECT " + taskCols + " FROM tasks WHERE" + next)
 	}
 	args := []any{at}
-	if len(p.States) > 0 {
-		b.WriteString(" AND state IN (SELECT value FROM json_each(?))")
-		args = append(args, jsonText(p.States))
-	}
-	if p.Role != "" {
-		b.WriteString(" AND role = ?")
-		args = append(args, p.Role)
-	}
-	if p.Assignee != "" {
-		b.WriteString(" AND (assignee = ? OR lease_holder = ?)")
-		args = append(args, p.Assignee, p.Assignee)
-	}
-	if len(p.Labels) > 0 {
-		// json_each instead of json_extract: a label key may hold
-		// characters ('"', '.', '[') that a JSON path cannot quote.
-		b.WriteString(` AND (SELECT COUNT(*) FROM json_each(?) AS f JOIN json_each(tasks.labels) AS l
-			ON l.key = f.key AND l.value = f.value) = ?`)
-		args = append(args, jsonText(p.Labels), len(p.Labels))
-	}
+	filter := p.Filter()
+	writeFilter(&b, &filter, &args)
 	if len(p.IDs) > 0 {
 		b.WriteString(" AND id IN (SELECT value FROM json_each(?))")
 		args = append(args, jsonText(p.IDs))
-	}
-	if p.Kind != "" {
-		b.WriteString(" AND kind = ?")
-		args = append(args, p.Kind)
-	}
-	if p.MinAttempt > 0 {
-		b.WriteString(" AND attempt >= ?")
-		args = append(args, p.MinAttempt)
 	}
 	if p.IDPrefix != "" {
 		b.WriteString(idPrefixFilter(p.IDPrefix, &args))
@@ -633,21 +608,8 @@ func (s *Store) TaskMove(ctx context.Context, p *store.TaskMoveParams) ([]store.
 		}
 		t := r.t
 		from := t.State
-		if !store.CanOperatorMove(from, p.To) {
-			return &store.TransitionError{TaskID: t.ID, From: from, To: p.To, Allowed: store.OperatorMoves(from)}
-		}
-		t.SetState(p.To, now)
-		// An operator's pause is not the queue's: resume must leave it.
-		t.PausedByQueue = false
-		if from == store.StateInProgress {
-			t.EndLease()
-		}
-		if from == store.StateFailed && p.To == store.StateReady {
-			t.Attempt = 0
-			t.RunAfter = time.Time{}
-		}
-		if p.Reason != "" {
-			t.Note = p.Reason
+		if err := store.OperatorMove(t, p.To, p.Reason, now); err != nil {
+			return err
 		}
 		if err := w.save(r); err != nil {
 			return err

@@ -49,6 +49,9 @@ func (s *suite) testDumpRows(t *testing.T) {
 			if err != nil || ev.CostMicros != 1500 || ev.Day != "2026-11-26" {
 				t.Fatalf("spend event after the load: %+v, %v", ev, err)
 			}
+			if st, err := dst.s.QueueStats(dst.ctx); err != nil || len(st.Pauses) != 1 || st.Pauses[0].ID != "src-pause" || st.Pauses[0].Held != 1 {
+				t.Fatalf("selective pauses after the load: %+v, %v", st, err)
+			}
 			voided, err := dst.s.SpendGet(dst.ctx, "forge", "src-0")
 			if err != nil || voided.Void == nil || voided.Void.Reason != "src bogus" {
 				t.Fatalf("voided spend event after the load: %+v, %v", voided, err)
@@ -155,6 +158,12 @@ func fillRows(t *testing.T, h *harness, prefix string) {
 		ID: prefix + "-res", Agent: "forge", Tier: "frontier", Model: "claude-opus-4", EstimateMicros: 2_000_000, Day: "2026-11-26",
 		CreatedAt: h.now(), ExpiresAt: h.now().Add(10 * time.Minute)}, Now: h.now()}); err != nil {
 		t.Fatalf("SpendReserve: %v", err)
+	}
+	// A selective pause holding one task.
+	h.create(&store.TaskCreate{ID: prefix + "-held", Role: prefix + "-held-role"})
+	if _, err := h.s.QueuePauseTasks(h.ctx, &store.QueuePauseTasksParams{ID: prefix + "-pause", Reason: "freeze", FilterText: `{"role":"x"}`,
+		Filter: store.TaskFilter{Role: prefix + "-held-role"}, Now: h.now()}); err != nil {
+		t.Fatalf("QueuePauseTasks: %v", err)
 	}
 	if _, _, err := h.s.EmergencyStopStart(h.ctx, &store.EmergencyStopStartParams{Reason: prefix + " stop", StoppedBy: "ops", Now: h.now()}); err != nil {
 		t.Fatalf("EmergencyStopStart: %v", err)

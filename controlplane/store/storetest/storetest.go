@@ -51,6 +51,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"Stats", s.testStats},
 		{"NextRunAfter", s.testNextRunAfter},
 		{"SetPriority", s.testSetPriority},
+		{"Bulk", s.testBulk},
 		{"Concurrency", s.testConcurrency},
 		{"Tokens", s.testTokens},
 		{"TokenRotate", s.testTokenRotate},

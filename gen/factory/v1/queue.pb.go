@@ -1059,7 +1059,12 @@ type ListTasksRequest struct {
 	// CLI asks for a few and takes the one that matches, and the store
 	// answers from the id index, whatever the queue's size. The characters
 	// of a task id, at most 128.
-	IdPrefix      string `protobuf:"bytes,11,opt,name=id_prefix,json=idPrefix,proto3" json:"id_prefix,omitempty"`
+	IdPrefix string `protobuf:"bytes,11,opt,name=id_prefix,json=idPrefix,proto3" json:"id_prefix,omitempty"`
+	// Only tasks the filter selects: the filter BulkUpdateTasks and a
+	// selective PauseQueue take, so a list shows what such a call changes.
+	// It replaces states, role, assignee, labels, kind and min_attempt: a
+	// request setting both gets INVALID_ARGUMENT naming filter.
+	Filter        *TaskFilter `protobuf:"bytes,12,opt,name=filter,proto3" json:"filter,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1171,6 +1176,435 @@ func (x *ListTasksRequest) GetIdPrefix() string {
 	return ""
 }
 
+func (x *ListTasksRequest) GetFilter() *TaskFilter {
+	if x != nil {
+		return x.Filter
+	}
+	return nil
+}
+
+// TaskFilter selects tasks: every term set must hold; a term left unset
+// selects every task. One definition shared by ListTasks,
+// BulkUpdateTasks and PauseQueue.
+type TaskFilter struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only tasks in these states; empty means all.
+	States []TaskState `protobuf:"varint,1,rep,packed,name=states,proto3,enum=factory.v1.TaskState" json:"states,omitempty"`
+	// Only tasks needing this role.
+	Role string `protobuf:"bytes,2,opt,name=role,proto3" json:"role,omitempty"`
+	// Only tasks assigned to or held (under a lease) by this agent.
+	Agent string `protobuf:"bytes,3,opt,name=agent,proto3" json:"agent,omitempty"`
+	// Only tasks carrying all these labels, as "key=value"; at most 64.
+	Labels []string `protobuf:"bytes,4,rep,name=labels,proto3" json:"labels,omitempty"`
+	// Only tasks of this kind, compared exactly. At most 100 characters.
+	Kind string `protobuf:"bytes,5,opt,name=kind,proto3" json:"kind,omitempty"`
+	// Only tasks claimed at least this many times (Task.attempt); 0 means
+	// no filter. At most 1000000.
+	MinAttempt int32 `protobuf:"varint,6,opt,name=min_attempt,json=minAttempt,proto3" json:"min_attempt,omitempty"`
+	// Only tasks with at least this priority, when set; -1000 to 1000.
+	MinPriority *int32 `protobuf:"varint,7,opt,name=min_priority,json=minPriority,proto3,oneof" json:"min_priority,omitempty"`
+	// Only tasks with at most this priority, when set; -1000 to 1000.
+	MaxPriority *int32 `protobuf:"varint,8,opt,name=max_priority,json=maxPriority,proto3,oneof" json:"max_priority,omitempty"`
+	// Only tasks created at least this long ago; unset or zero means no
+	// filter.
+	MinAge *durationpb.Duration `protobuf:"bytes,9,opt,name=min_age,json=minAge,proto3" json:"min_age,omitempty"`
+	// Only tasks that have been in their current state at least this long
+	// (since state_changed_at); unset or zero means no filter.
+	MinStateAge   *durationpb.Duration `protobuf:"bytes,10,opt,name=min_state_age,json=minStateAge,proto3" json:"min_state_age,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TaskFilter) Reset() {
+	*x = TaskFilter{}
+	mi := &file_factory_v1_queue_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TaskFilter) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TaskFilter) ProtoMessage() {}
+
+func (x *TaskFilter) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_queue_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TaskFilter.ProtoReflect.Descriptor instead.
+func (*TaskFilter) Descriptor() ([]byte, []int) {
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *TaskFilter) GetStates() []TaskState {
+	if x != nil {
+		return x.States
+	}
+	return nil
+}
+
+func (x *TaskFilter) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *TaskFilter) GetAgent() string {
+	if x != nil {
+		return x.Agent
+	}
+	return ""
+}
+
+func (x *TaskFilter) GetLabels() []string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *TaskFilter) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *TaskFilter) GetMinAttempt() int32 {
+	if x != nil {
+		return x.MinAttempt
+	}
+	return 0
+}
+
+func (x *TaskFilter) GetMinPriority() int32 {
+	if x != nil && x.MinPriority != nil {
+		return *x.MinPriority
+	}
+	return 0
+}
+
+func (x *TaskFilter) GetMaxPriority() int32 {
+	if x != nil && x.MaxPriority != nil {
+		return *x.MaxPriority
+	}
+	return 0
+}
+
+func (x *TaskFilter) GetMinAge() *durationpb.Duration {
+	if x != nil {
+		return x.MinAge
+	}
+	return nil
+}
+
+func (x *TaskFilter) GetMinStateAge() *durationpb.Duration {
+	if x != nil {
+		return x.MinStateAge
+	}
+	return nil
+}
+
+// BulkUpdateTasksRequest is one operator change to every task a filter
+// selects.
+type BulkUpdateTasksRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Which tasks. Required, and it must hold at least one term.
+	Filter *TaskFilter `protobuf:"bytes,1,opt,name=filter,proto3" json:"filter,omitempty"`
+	// The change: exactly one.
+	//
+	// Types that are valid to be assigned to Change:
+	//
+	//	*BulkUpdateTasksRequest_To
+	//	*BulkUpdateTasksRequest_Priority
+	Change isBulkUpdateTasksRequest_Change `protobuf_oneof:"change"`
+	// Why; kept in each moved task's note when set. At most 4096 characters.
+	Reason string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Change nothing; report what would change.
+	DryRun        bool `protobuf:"varint,5,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BulkUpdateTasksRequest) Reset() {
+	*x = BulkUpdateTasksRequest{}
+	mi := &file_factory_v1_queue_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BulkUpdateTasksRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BulkUpdateTasksRequest) ProtoMessage() {}
+
+func (x *BulkUpdateTasksRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_queue_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BulkUpdateTasksRequest.ProtoReflect.Descriptor instead.
+func (*BulkUpdateTasksRequest) Descriptor() ([]byte, []int) {
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *BulkUpdateTasksRequest) GetFilter() *TaskFilter {
+	if x != nil {
+		return x.Filter
+	}
+	return nil
+}
+
+func (x *BulkUpdateTasksRequest) GetChange() isBulkUpdateTasksRequest_Change {
+	if x != nil {
+		return x.Change
+	}
+	return nil
+}
+
+func (x *BulkUpdateTasksRequest) GetTo() TaskState {
+	if x != nil {
+		if x, ok := x.Change.(*BulkUpdateTasksRequest_To); ok {
+			return x.To
+		}
+	}
+	return TaskState_TASK_STATE_UNSPECIFIED
+}
+
+func (x *BulkUpdateTasksRequest) GetPriority() int32 {
+	if x != nil {
+		if x, ok := x.Change.(*BulkUpdateTasksRequest_Priority); ok {
+			return x.Priority
+		}
+	}
+	return 0
+}
+
+func (x *BulkUpdateTasksRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *BulkUpdateTasksRequest) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+type isBulkUpdateTasksRequest_Change interface {
+	isBulkUpdateTasksRequest_Change()
+}
+
+type BulkUpdateTasksRequest_To struct {
+	// Move each task to this state, as MoveTask would.
+	To TaskState `protobuf:"varint,2,opt,name=to,proto3,enum=factory.v1.TaskState,oneof"`
+}
+
+type BulkUpdateTasksRequest_Priority struct {
+	// Set each task's priority, -1000 to 1000.
+	Priority int32 `protobuf:"varint,3,opt,name=priority,proto3,oneof"`
+}
+
+func (*BulkUpdateTasksRequest_To) isBulkUpdateTasksRequest_Change() {}
+
+func (*BulkUpdateTasksRequest_Priority) isBulkUpdateTasksRequest_Change() {}
+
+// BulkUpdateTasksResponse says what changed (or, with dry_run, would).
+type BulkUpdateTasksResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Tasks the filter selected.
+	Matched int32 `protobuf:"varint,1,opt,name=matched,proto3" json:"matched,omitempty"`
+	// Selected tasks changed (with dry_run: that would change).
+	Changed int32 `protobuf:"varint,2,opt,name=changed,proto3" json:"changed,omitempty"`
+	// Selected tasks left as they were because the move is not allowed from
+	// their state, counted per state.
+	Skipped []*StateCount `protobuf:"bytes,3,rep,name=skipped,proto3" json:"skipped,omitempty"`
+	// The changed tasks (as they are now; with dry_run as they are before),
+	// as summaries (TASK_VIEW_BASIC), the first 1000 only.
+	Tasks []*Task `protobuf:"bytes,4,rep,name=tasks,proto3" json:"tasks,omitempty"`
+	// BACKLOG tasks promoted because a move reached DONE.
+	Promoted int32 `protobuf:"varint,5,opt,name=promoted,proto3" json:"promoted,omitempty"`
+	// Whether this was a dry run.
+	DryRun        bool `protobuf:"varint,6,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BulkUpdateTasksResponse) Reset() {
+	*x = BulkUpdateTasksResponse{}
+	mi := &file_factory_v1_queue_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BulkUpdateTasksResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BulkUpdateTasksResponse) ProtoMessage() {}
+
+func (x *BulkUpdateTasksResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_queue_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BulkUpdateTasksResponse.ProtoReflect.Descriptor instead.
+func (*BulkUpdateTasksResponse) Descriptor() ([]byte, []int) {
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *BulkUpdateTasksResponse) GetMatched() int32 {
+	if x != nil {
+		return x.Matched
+	}
+	return 0
+}
+
+func (x *BulkUpdateTasksResponse) GetChanged() int32 {
+	if x != nil {
+		return x.Changed
+	}
+	return 0
+}
+
+func (x *BulkUpdateTasksResponse) GetSkipped() []*StateCount {
+	if x != nil {
+		return x.Skipped
+	}
+	return nil
+}
+
+func (x *BulkUpdateTasksResponse) GetTasks() []*Task {
+	if x != nil {
+		return x.Tasks
+	}
+	return nil
+}
+
+func (x *BulkUpdateTasksResponse) GetPromoted() int32 {
+	if x != nil {
+		return x.Promoted
+	}
+	return 0
+}
+
+func (x *BulkUpdateTasksResponse) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+// QueuePause is an active selective pause (PauseQueue with a filter).
+type QueuePause struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The pause's id: ResumeQueue's pause_id.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The reason given to PauseQueue.
+	Reason string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The filter that chose the tasks.
+	Filter *TaskFilter `protobuf:"bytes,3,opt,name=filter,proto3" json:"filter,omitempty"`
+	// When the pause began.
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// Tasks the pause still holds (PAUSED by it, not moved since).
+	Held          int64 `protobuf:"varint,5,opt,name=held,proto3" json:"held,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QueuePause) Reset() {
+	*x = QueuePause{}
+	mi := &file_factory_v1_queue_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueuePause) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueuePause) ProtoMessage() {}
+
+func (x *QueuePause) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_queue_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueuePause.ProtoReflect.Descriptor instead.
+func (*QueuePause) Descriptor() ([]byte, []int) {
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *QueuePause) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *QueuePause) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *QueuePause) GetFilter() *TaskFilter {
+	if x != nil {
+		return x.Filter
+	}
+	return nil
+}
+
+func (x *QueuePause) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *QueuePause) GetHeld() int64 {
+	if x != nil {
+		return x.Held
+	}
+	return 0
+}
+
 // ListTasksResponse is one page of tasks.
 type ListTasksResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1185,7 +1619,7 @@ type ListTasksResponse struct {
 
 func (x *ListTasksResponse) Reset() {
 	*x = ListTasksResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[9]
+	mi := &file_factory_v1_queue_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1197,7 +1631,7 @@ func (x *ListTasksResponse) String() string {
 func (*ListTasksResponse) ProtoMessage() {}
 
 func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[9]
+	mi := &file_factory_v1_queue_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1210,7 +1644,7 @@ func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksResponse.ProtoReflect.Descriptor instead.
 func (*ListTasksResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{9}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListTasksResponse) GetTasks() []*Task {
@@ -1248,7 +1682,7 @@ type ClaimTaskRequest struct {
 
 func (x *ClaimTaskRequest) Reset() {
 	*x = ClaimTaskRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[10]
+	mi := &file_factory_v1_queue_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1260,7 +1694,7 @@ func (x *ClaimTaskRequest) String() string {
 func (*ClaimTaskRequest) ProtoMessage() {}
 
 func (x *ClaimTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[10]
+	mi := &file_factory_v1_queue_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1273,7 +1707,7 @@ func (x *ClaimTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClaimTaskRequest.ProtoReflect.Descriptor instead.
 func (*ClaimTaskRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{10}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ClaimTaskRequest) GetAgent() string {
@@ -1323,7 +1757,7 @@ type ClaimTaskResponse struct {
 
 func (x *ClaimTaskResponse) Reset() {
 	*x = ClaimTaskResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[11]
+	mi := &file_factory_v1_queue_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1335,7 +1769,7 @@ func (x *ClaimTaskResponse) String() string {
 func (*ClaimTaskResponse) ProtoMessage() {}
 
 func (x *ClaimTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[11]
+	mi := &file_factory_v1_queue_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1348,7 +1782,7 @@ func (x *ClaimTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClaimTaskResponse.ProtoReflect.Descriptor instead.
 func (*ClaimTaskResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{11}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ClaimTaskResponse) GetTasks() []*Task {
@@ -1377,7 +1811,7 @@ type RenewLeaseRequest struct {
 
 func (x *RenewLeaseRequest) Reset() {
 	*x = RenewLeaseRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[12]
+	mi := &file_factory_v1_queue_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1389,7 +1823,7 @@ func (x *RenewLeaseRequest) String() string {
 func (*RenewLeaseRequest) ProtoMessage() {}
 
 func (x *RenewLeaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[12]
+	mi := &file_factory_v1_queue_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1402,7 +1836,7 @@ func (x *RenewLeaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLeaseRequest.ProtoReflect.Descriptor instead.
 func (*RenewLeaseRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{12}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RenewLeaseRequest) GetTaskId() string {
@@ -1451,7 +1885,7 @@ type RenewLeaseResponse struct {
 
 func (x *RenewLeaseResponse) Reset() {
 	*x = RenewLeaseResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[13]
+	mi := &file_factory_v1_queue_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1463,7 +1897,7 @@ func (x *RenewLeaseResponse) String() string {
 func (*RenewLeaseResponse) ProtoMessage() {}
 
 func (x *RenewLeaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[13]
+	mi := &file_factory_v1_queue_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1476,7 +1910,7 @@ func (x *RenewLeaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLeaseResponse.ProtoReflect.Descriptor instead.
 func (*RenewLeaseResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{13}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RenewLeaseResponse) GetTask() *Task {
@@ -1505,7 +1939,7 @@ type CompleteTaskRequest struct {
 
 func (x *CompleteTaskRequest) Reset() {
 	*x = CompleteTaskRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[14]
+	mi := &file_factory_v1_queue_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1517,7 +1951,7 @@ func (x *CompleteTaskRequest) String() string {
 func (*CompleteTaskRequest) ProtoMessage() {}
 
 func (x *CompleteTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[14]
+	mi := &file_factory_v1_queue_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1530,7 +1964,7 @@ func (x *CompleteTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteTaskRequest.ProtoReflect.Descriptor instead.
 func (*CompleteTaskRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{14}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CompleteTaskRequest) GetTaskId() string {
@@ -1579,7 +2013,7 @@ type CompleteTaskResponse struct {
 
 func (x *CompleteTaskResponse) Reset() {
 	*x = CompleteTaskResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[15]
+	mi := &file_factory_v1_queue_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1591,7 +2025,7 @@ func (x *CompleteTaskResponse) String() string {
 func (*CompleteTaskResponse) ProtoMessage() {}
 
 func (x *CompleteTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[15]
+	mi := &file_factory_v1_queue_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1604,7 +2038,7 @@ func (x *CompleteTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteTaskResponse.ProtoReflect.Descriptor instead.
 func (*CompleteTaskResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{15}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CompleteTaskResponse) GetTask() *Task {
@@ -1626,7 +2060,7 @@ type CompleteTasksRequest struct {
 
 func (x *CompleteTasksRequest) Reset() {
 	*x = CompleteTasksRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[16]
+	mi := &file_factory_v1_queue_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1638,7 +2072,7 @@ func (x *CompleteTasksRequest) String() string {
 func (*CompleteTasksRequest) ProtoMessage() {}
 
 func (x *CompleteTasksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[16]
+	mi := &file_factory_v1_queue_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1651,7 +2085,7 @@ func (x *CompleteTasksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteTasksRequest.ProtoReflect.Descriptor instead.
 func (*CompleteTasksRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{16}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CompleteTasksRequest) GetItems() []*CompleteTaskRequest {
@@ -1680,7 +2114,7 @@ type CompleteTaskResult struct {
 
 func (x *CompleteTaskResult) Reset() {
 	*x = CompleteTaskResult{}
-	mi := &file_factory_v1_queue_proto_msgTypes[17]
+	mi := &file_factory_v1_queue_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1692,7 +2126,7 @@ func (x *CompleteTaskResult) String() string {
 func (*CompleteTaskResult) ProtoMessage() {}
 
 func (x *CompleteTaskResult) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[17]
+	mi := &file_factory_v1_queue_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1705,7 +2139,7 @@ func (x *CompleteTaskResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteTaskResult.ProtoReflect.Descriptor instead.
 func (*CompleteTaskResult) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{17}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CompleteTaskResult) GetTaskId() string {
@@ -1747,7 +2181,7 @@ type CompleteTasksResponse struct {
 
 func (x *CompleteTasksResponse) Reset() {
 	*x = CompleteTasksResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[18]
+	mi := &file_factory_v1_queue_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1759,7 +2193,7 @@ func (x *CompleteTasksResponse) String() string {
 func (*CompleteTasksResponse) ProtoMessage() {}
 
 func (x *CompleteTasksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[18]
+	mi := &file_factory_v1_queue_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1772,7 +2206,7 @@ func (x *CompleteTasksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteTasksResponse.ProtoReflect.Descriptor instead.
 func (*CompleteTasksResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{18}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CompleteTasksResponse) GetResults() []*CompleteTaskResult {
@@ -1802,7 +2236,7 @@ type FailTaskRequest struct {
 
 func (x *FailTaskRequest) Reset() {
 	*x = FailTaskRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[19]
+	mi := &file_factory_v1_queue_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1814,7 +2248,7 @@ func (x *FailTaskRequest) String() string {
 func (*FailTaskRequest) ProtoMessage() {}
 
 func (x *FailTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[19]
+	mi := &file_factory_v1_queue_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1827,7 +2261,7 @@ func (x *FailTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailTaskRequest.ProtoReflect.Descriptor instead.
 func (*FailTaskRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{19}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *FailTaskRequest) GetTaskId() string {
@@ -1876,7 +2310,7 @@ type FailTaskResponse struct {
 
 func (x *FailTaskResponse) Reset() {
 	*x = FailTaskResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[20]
+	mi := &file_factory_v1_queue_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1888,7 +2322,7 @@ func (x *FailTaskResponse) String() string {
 func (*FailTaskResponse) ProtoMessage() {}
 
 func (x *FailTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[20]
+	mi := &file_factory_v1_queue_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1901,7 +2335,7 @@ func (x *FailTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailTaskResponse.ProtoReflect.Descriptor instead.
 func (*FailTaskResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{20}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *FailTaskResponse) GetTask() *Task {
@@ -1932,7 +2366,7 @@ type WorkRequest struct {
 
 func (x *WorkRequest) Reset() {
 	*x = WorkRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[21]
+	mi := &file_factory_v1_queue_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1944,7 +2378,7 @@ func (x *WorkRequest) String() string {
 func (*WorkRequest) ProtoMessage() {}
 
 func (x *WorkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[21]
+	mi := &file_factory_v1_queue_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1957,7 +2391,7 @@ func (x *WorkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkRequest.ProtoReflect.Descriptor instead.
 func (*WorkRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{21}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *WorkRequest) GetRef() uint64 {
@@ -2080,7 +2514,7 @@ type WorkResponse struct {
 
 func (x *WorkResponse) Reset() {
 	*x = WorkResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[22]
+	mi := &file_factory_v1_queue_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2092,7 +2526,7 @@ func (x *WorkResponse) String() string {
 func (*WorkResponse) ProtoMessage() {}
 
 func (x *WorkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[22]
+	mi := &file_factory_v1_queue_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2105,7 +2539,7 @@ func (x *WorkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkResponse.ProtoReflect.Descriptor instead.
 func (*WorkResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{22}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *WorkResponse) GetRef() uint64 {
@@ -2237,7 +2671,7 @@ type WorkError struct {
 
 func (x *WorkError) Reset() {
 	*x = WorkError{}
-	mi := &file_factory_v1_queue_proto_msgTypes[23]
+	mi := &file_factory_v1_queue_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2249,7 +2683,7 @@ func (x *WorkError) String() string {
 func (*WorkError) ProtoMessage() {}
 
 func (x *WorkError) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[23]
+	mi := &file_factory_v1_queue_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2262,7 +2696,7 @@ func (x *WorkError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkError.ProtoReflect.Descriptor instead.
 func (*WorkError) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{23}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *WorkError) GetCode() int32 {
@@ -2302,7 +2736,7 @@ type MoveTaskRequest struct {
 
 func (x *MoveTaskRequest) Reset() {
 	*x = MoveTaskRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[24]
+	mi := &file_factory_v1_queue_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2314,7 +2748,7 @@ func (x *MoveTaskRequest) String() string {
 func (*MoveTaskRequest) ProtoMessage() {}
 
 func (x *MoveTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[24]
+	mi := &file_factory_v1_queue_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2327,7 +2761,7 @@ func (x *MoveTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveTaskRequest.ProtoReflect.Descriptor instead.
 func (*MoveTaskRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{24}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *MoveTaskRequest) GetTaskId() string {
@@ -2362,7 +2796,7 @@ type MoveTaskResponse struct {
 
 func (x *MoveTaskResponse) Reset() {
 	*x = MoveTaskResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[25]
+	mi := &file_factory_v1_queue_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2374,7 +2808,7 @@ func (x *MoveTaskResponse) String() string {
 func (*MoveTaskResponse) ProtoMessage() {}
 
 func (x *MoveTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[25]
+	mi := &file_factory_v1_queue_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2387,7 +2821,7 @@ func (x *MoveTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveTaskResponse.ProtoReflect.Descriptor instead.
 func (*MoveTaskResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{25}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *MoveTaskResponse) GetTask() *Task {
@@ -2410,7 +2844,7 @@ type SetPriorityRequest struct {
 
 func (x *SetPriorityRequest) Reset() {
 	*x = SetPriorityRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[26]
+	mi := &file_factory_v1_queue_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2422,7 +2856,7 @@ func (x *SetPriorityRequest) String() string {
 func (*SetPriorityRequest) ProtoMessage() {}
 
 func (x *SetPriorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[26]
+	mi := &file_factory_v1_queue_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2435,7 +2869,7 @@ func (x *SetPriorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetPriorityRequest.ProtoReflect.Descriptor instead.
 func (*SetPriorityRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{26}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *SetPriorityRequest) GetTaskId() string {
@@ -2463,7 +2897,7 @@ type SetPriorityResponse struct {
 
 func (x *SetPriorityResponse) Reset() {
 	*x = SetPriorityResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[27]
+	mi := &file_factory_v1_queue_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2475,7 +2909,7 @@ func (x *SetPriorityResponse) String() string {
 func (*SetPriorityResponse) ProtoMessage() {}
 
 func (x *SetPriorityResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[27]
+	mi := &file_factory_v1_queue_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2488,7 +2922,7 @@ func (x *SetPriorityResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetPriorityResponse.ProtoReflect.Descriptor instead.
 func (*SetPriorityResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{27}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *SetPriorityResponse) GetTask() *Task {
@@ -2502,14 +2936,21 @@ func (x *SetPriorityResponse) GetTask() *Task {
 type PauseQueueRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Why; shown in stats. At most 4096 characters.
-	Reason        string `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
+	Reason string `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
+	// When set, a selective pause: only the READY tasks this filter selects
+	// move to PAUSED, held by a new pause whose id the response names; the
+	// queue itself is not paused, and tasks that become READY later are not
+	// held. The filter must hold a term besides states (states are ignored:
+	// a pause holds READY tasks); at most 10000 tasks, else
+	// FAILED_PRECONDITION. Unset: the whole queue pauses, as before.
+	Filter        *TaskFilter `protobuf:"bytes,2,opt,name=filter,proto3" json:"filter,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PauseQueueRequest) Reset() {
 	*x = PauseQueueRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[28]
+	mi := &file_factory_v1_queue_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2521,7 +2962,7 @@ func (x *PauseQueueRequest) String() string {
 func (*PauseQueueRequest) ProtoMessage() {}
 
 func (x *PauseQueueRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[28]
+	mi := &file_factory_v1_queue_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2534,7 +2975,7 @@ func (x *PauseQueueRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseQueueRequest.ProtoReflect.Descriptor instead.
 func (*PauseQueueRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{28}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *PauseQueueRequest) GetReason() string {
@@ -2544,18 +2985,28 @@ func (x *PauseQueueRequest) GetReason() string {
 	return ""
 }
 
+func (x *PauseQueueRequest) GetFilter() *TaskFilter {
+	if x != nil {
+		return x.Filter
+	}
+	return nil
+}
+
 // PauseQueueResponse says what was paused.
 type PauseQueueResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// READY tasks moved to PAUSED.
-	Paused        int32 `protobuf:"varint,1,opt,name=paused,proto3" json:"paused,omitempty"`
+	Paused int32 `protobuf:"varint,1,opt,name=paused,proto3" json:"paused,omitempty"`
+	// The selective pause's id (ResumeQueue's pause_id); empty for the
+	// whole queue's pause.
+	PauseId       string `protobuf:"bytes,2,opt,name=pause_id,json=pauseId,proto3" json:"pause_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PauseQueueResponse) Reset() {
 	*x = PauseQueueResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[29]
+	mi := &file_factory_v1_queue_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2567,7 +3018,7 @@ func (x *PauseQueueResponse) String() string {
 func (*PauseQueueResponse) ProtoMessage() {}
 
 func (x *PauseQueueResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[29]
+	mi := &file_factory_v1_queue_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2580,7 +3031,7 @@ func (x *PauseQueueResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseQueueResponse.ProtoReflect.Descriptor instead.
 func (*PauseQueueResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{29}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *PauseQueueResponse) GetPaused() int32 {
@@ -2590,16 +3041,29 @@ func (x *PauseQueueResponse) GetPaused() int32 {
 	return 0
 }
 
+func (x *PauseQueueResponse) GetPauseId() string {
+	if x != nil {
+		return x.PauseId
+	}
+	return ""
+}
+
 // ResumeQueueRequest resumes the queue.
 type ResumeQueueRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Resume only this selective pause: the tasks it moved that are still
+	// PAUSED by it go back to READY (to the queue's pause while the queue
+	// is paused); the queue's own pause and other pauses stay. Unset:
+	// resume the queue's pause and end every selective pause. Tasks an
+	// operator paused by hand stay PAUSED either way.
+	PauseId       string `protobuf:"bytes,1,opt,name=pause_id,json=pauseId,proto3" json:"pause_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ResumeQueueRequest) Reset() {
 	*x = ResumeQueueRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[30]
+	mi := &file_factory_v1_queue_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2611,7 +3075,7 @@ func (x *ResumeQueueRequest) String() string {
 func (*ResumeQueueRequest) ProtoMessage() {}
 
 func (x *ResumeQueueRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[30]
+	mi := &file_factory_v1_queue_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2624,21 +3088,30 @@ func (x *ResumeQueueRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeQueueRequest.ProtoReflect.Descriptor instead.
 func (*ResumeQueueRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{30}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *ResumeQueueRequest) GetPauseId() string {
+	if x != nil {
+		return x.PauseId
+	}
+	return ""
 }
 
 // ResumeQueueResponse says what was resumed.
 type ResumeQueueResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// PAUSED tasks moved back to READY.
-	Resumed       int32 `protobuf:"varint,1,opt,name=resumed,proto3" json:"resumed,omitempty"`
+	Resumed int32 `protobuf:"varint,1,opt,name=resumed,proto3" json:"resumed,omitempty"`
+	// The selective pauses ended.
+	EndedPauses   []string `protobuf:"bytes,2,rep,name=ended_pauses,json=endedPauses,proto3" json:"ended_pauses,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ResumeQueueResponse) Reset() {
 	*x = ResumeQueueResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[31]
+	mi := &file_factory_v1_queue_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2650,7 +3123,7 @@ func (x *ResumeQueueResponse) String() string {
 func (*ResumeQueueResponse) ProtoMessage() {}
 
 func (x *ResumeQueueResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[31]
+	mi := &file_factory_v1_queue_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2663,7 +3136,7 @@ func (x *ResumeQueueResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeQueueResponse.ProtoReflect.Descriptor instead.
 func (*ResumeQueueResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{31}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ResumeQueueResponse) GetResumed() int32 {
@@ -2671,6 +3144,13 @@ func (x *ResumeQueueResponse) GetResumed() int32 {
 		return x.Resumed
 	}
 	return 0
+}
+
+func (x *ResumeQueueResponse) GetEndedPauses() []string {
+	if x != nil {
+		return x.EndedPauses
+	}
+	return nil
 }
 
 // RequeueStuckRequest finds tasks with no sign of life.
@@ -2687,7 +3167,7 @@ type RequeueStuckRequest struct {
 
 func (x *RequeueStuckRequest) Reset() {
 	*x = RequeueStuckRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[32]
+	mi := &file_factory_v1_queue_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2699,7 +3179,7 @@ func (x *RequeueStuckRequest) String() string {
 func (*RequeueStuckRequest) ProtoMessage() {}
 
 func (x *RequeueStuckRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[32]
+	mi := &file_factory_v1_queue_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2712,7 +3192,7 @@ func (x *RequeueStuckRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequeueStuckRequest.ProtoReflect.Descriptor instead.
 func (*RequeueStuckRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{32}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *RequeueStuckRequest) GetOlderThan() *durationpb.Duration {
@@ -2741,7 +3221,7 @@ type RequeueStuckResponse struct {
 
 func (x *RequeueStuckResponse) Reset() {
 	*x = RequeueStuckResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[33]
+	mi := &file_factory_v1_queue_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2753,7 +3233,7 @@ func (x *RequeueStuckResponse) String() string {
 func (*RequeueStuckResponse) ProtoMessage() {}
 
 func (x *RequeueStuckResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[33]
+	mi := &file_factory_v1_queue_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2766,7 +3246,7 @@ func (x *RequeueStuckResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequeueStuckResponse.ProtoReflect.Descriptor instead.
 func (*RequeueStuckResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{33}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *RequeueStuckResponse) GetTasks() []*Task {
@@ -2785,7 +3265,7 @@ type GetQueueStatsRequest struct {
 
 func (x *GetQueueStatsRequest) Reset() {
 	*x = GetQueueStatsRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[34]
+	mi := &file_factory_v1_queue_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2797,7 +3277,7 @@ func (x *GetQueueStatsRequest) String() string {
 func (*GetQueueStatsRequest) ProtoMessage() {}
 
 func (x *GetQueueStatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[34]
+	mi := &file_factory_v1_queue_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2810,7 +3290,7 @@ func (x *GetQueueStatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetQueueStatsRequest.ProtoReflect.Descriptor instead.
 func (*GetQueueStatsRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{34}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{38}
 }
 
 // StateCount is the number of tasks in one state.
@@ -2826,7 +3306,7 @@ type StateCount struct {
 
 func (x *StateCount) Reset() {
 	*x = StateCount{}
-	mi := &file_factory_v1_queue_proto_msgTypes[35]
+	mi := &file_factory_v1_queue_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2838,7 +3318,7 @@ func (x *StateCount) String() string {
 func (*StateCount) ProtoMessage() {}
 
 func (x *StateCount) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[35]
+	mi := &file_factory_v1_queue_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2851,7 +3331,7 @@ func (x *StateCount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateCount.ProtoReflect.Descriptor instead.
 func (*StateCount) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{35}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *StateCount) GetState() TaskState {
@@ -2882,14 +3362,16 @@ type GetQueueStatsResponse struct {
 	// Whether the queue is paused.
 	Paused bool `protobuf:"varint,5,opt,name=paused,proto3" json:"paused,omitempty"`
 	// The reason given to PauseQueue.
-	PauseReason   string `protobuf:"bytes,6,opt,name=pause_reason,json=pauseReason,proto3" json:"pause_reason,omitempty"`
+	PauseReason string `protobuf:"bytes,6,opt,name=pause_reason,json=pauseReason,proto3" json:"pause_reason,omitempty"`
+	// The active selective pauses, oldest first.
+	Pauses        []*QueuePause `protobuf:"bytes,7,rep,name=pauses,proto3" json:"pauses,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetQueueStatsResponse) Reset() {
 	*x = GetQueueStatsResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[36]
+	mi := &file_factory_v1_queue_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2901,7 +3383,7 @@ func (x *GetQueueStatsResponse) String() string {
 func (*GetQueueStatsResponse) ProtoMessage() {}
 
 func (x *GetQueueStatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[36]
+	mi := &file_factory_v1_queue_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2914,7 +3396,7 @@ func (x *GetQueueStatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetQueueStatsResponse.ProtoReflect.Descriptor instead.
 func (*GetQueueStatsResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{36}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *GetQueueStatsResponse) GetCounts() []*StateCount {
@@ -2959,6 +3441,13 @@ func (x *GetQueueStatsResponse) GetPauseReason() string {
 	return ""
 }
 
+func (x *GetQueueStatsResponse) GetPauses() []*QueuePause {
+	if x != nil {
+		return x.Pauses
+	}
+	return nil
+}
+
 // WatchTasksRequest filters the event stream.
 type WatchTasksRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2984,7 +3473,7 @@ type WatchTasksRequest struct {
 
 func (x *WatchTasksRequest) Reset() {
 	*x = WatchTasksRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[37]
+	mi := &file_factory_v1_queue_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2996,7 +3485,7 @@ func (x *WatchTasksRequest) String() string {
 func (*WatchTasksRequest) ProtoMessage() {}
 
 func (x *WatchTasksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[37]
+	mi := &file_factory_v1_queue_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3009,7 +3498,7 @@ func (x *WatchTasksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchTasksRequest.ProtoReflect.Descriptor instead.
 func (*WatchTasksRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{37}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *WatchTasksRequest) GetStates() []TaskState {
@@ -3069,7 +3558,7 @@ type WatchTasksResponse struct {
 
 func (x *WatchTasksResponse) Reset() {
 	*x = WatchTasksResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[38]
+	mi := &file_factory_v1_queue_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3081,7 +3570,7 @@ func (x *WatchTasksResponse) String() string {
 func (*WatchTasksResponse) ProtoMessage() {}
 
 func (x *WatchTasksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[38]
+	mi := &file_factory_v1_queue_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3094,7 +3583,7 @@ func (x *WatchTasksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchTasksResponse.ProtoReflect.Descriptor instead.
 func (*WatchTasksResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{38}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *WatchTasksResponse) GetType() TaskEventType {
@@ -3220,7 +3709,7 @@ const file_factory_v1_queue_proto_rawDesc = "" +
 	"\x0eGetTaskRequest\x12;\n" +
 	"\atask_id\x18\x01 \x01(\tB\"\xbaH\x1f\xc8\x01\x01r\x1a2\x18^[A-Za-z0-9._:-]{1,128}$R\x06taskId\"7\n" +
 	"\x0fGetTaskResponse\x12$\n" +
-	"\x04task\x18\x01 \x01(\v2\x10.factory.v1.TaskR\x04task\"\xb8\x05\n" +
+	"\x04task\x18\x01 \x01(\v2\x10.factory.v1.TaskR\x04task\"\x96\a\n" +
 	"\x10ListTasksRequest\x12\x84\x01\n" +
 	"\x06states\x18\x01 \x03(\x0e2\x15.factory.v1.TaskStateBU\xbaHR\x92\x01O\x10\b\"K\xba\x01C\n" +
 	"\x0fstate.specified\x12%TASK_STATE_UNSPECIFIED is not a state\x1a\tthis != 0\x82\x01\x02\x10\x01R\x06states\x121\n" +
@@ -3238,7 +3727,51 @@ const file_factory_v1_queue_proto_rawDesc = "" +
 	"minAttempt\x12!\n" +
 	"\fnewest_first\x18\n" +
 	" \x01(\bR\vnewestFirst\x12?\n" +
-	"\tid_prefix\x18\v \x01(\tB\"\xbaH\x1f\xd8\x01\x01r\x1a2\x18^[A-Za-z0-9._:-]{1,128}$R\bidPrefix\"c\n" +
+	"\tid_prefix\x18\v \x01(\tB\"\xbaH\x1f\xd8\x01\x01r\x1a2\x18^[A-Za-z0-9._:-]{1,128}$R\bidPrefix\x12\xdb\x01\n" +
+	"\x06filter\x18\f \x01(\v2\x16.factory.v1.TaskFilterB\xaa\x01\xbaH\xa6\x01\xba\x01\xa2\x01\n" +
+	"\x15filter.priority_range\x12+min_priority must not be above max_priority\x1a\\!has(this.min_priority) || !has(this.max_priority) || this.min_priority <= this.max_priorityR\x06filter\"\xe5\x05\n" +
+	"\n" +
+	"TaskFilter\x12\x84\x01\n" +
+	"\x06states\x18\x01 \x03(\x0e2\x15.factory.v1.TaskStateBU\xbaHR\x92\x01O\x10\b\"K\xba\x01C\n" +
+	"\x0fstate.specified\x12%TASK_STATE_UNSPECIFIED is not a state\x1a\tthis != 0\x82\x01\x02\x10\x01R\x06states\x121\n" +
+	"\x04role\x18\x02 \x01(\tB\x1d\xbaH\x1ar\x18\x18\x80\x012\x13^[A-Za-z0-9._:/-]*$R\x04role\x123\n" +
+	"\x05agent\x18\x03 \x01(\tB\x1d\xbaH\x1ar\x18\x18\x80\x012\x13^[A-Za-z0-9._:/-]*$R\x05agent\x12z\n" +
+	"\x06labels\x18\x04 \x03(\tBb\xbaH_\x92\x01\\\x10@\"X\xba\x01P\n" +
+	"\x0flabel.key_value\x12&must be key=value with a non-empty key\x1a\x15this.indexOf('=') > 0r\x03\x18\x90\x03R\x06labels\x12\x1b\n" +
+	"\x04kind\x18\x05 \x01(\tB\a\xbaH\x04r\x02\x18dR\x04kind\x12,\n" +
+	"\vmin_attempt\x18\x06 \x01(\x05B\v\xbaH\b\x1a\x06\x18\xc0\x84=(\x00R\n" +
+	"minAttempt\x12;\n" +
+	"\fmin_priority\x18\a \x01(\x05B\x13\xbaH\x10\x1a\x0e\x18\xe8\a(\x98\xf8\xff\xff\xff\xff\xff\xff\xff\x01H\x00R\vminPriority\x88\x01\x01\x12;\n" +
+	"\fmax_priority\x18\b \x01(\x05B\x13\xbaH\x10\x1a\x0e\x18\xe8\a(\x98\xf8\xff\xff\xff\xff\xff\xff\xff\x01H\x01R\vmaxPriority\x88\x01\x01\x12<\n" +
+	"\amin_age\x18\t \x01(\v2\x19.google.protobuf.DurationB\b\xbaH\x05\xaa\x01\x022\x00R\x06minAge\x12G\n" +
+	"\rmin_state_age\x18\n" +
+	" \x01(\v2\x19.google.protobuf.DurationB\b\xbaH\x05\xaa\x01\x022\x00R\vminStateAgeB\x0f\n" +
+	"\r_min_priorityB\x0f\n" +
+	"\r_max_priority\"\xee\x03\n" +
+	"\x16BulkUpdateTasksRequest\x12\xde\x01\n" +
+	"\x06filter\x18\x01 \x01(\v2\x16.factory.v1.TaskFilterB\xad\x01\xbaH\xa9\x01\xba\x01\xa2\x01\n" +
+	"\x15filter.priority_range\x12+min_priority must not be above max_priority\x1a\\!has(this.min_priority) || !has(this.max_priority) || this.min_priority <= this.max_priority\xc8\x01\x01R\x06filter\x12t\n" +
+	"\x02to\x18\x02 \x01(\x0e2\x15.factory.v1.TaskStateBK\xbaHH\xba\x01@\n" +
+	"\fto.specified\x12%TASK_STATE_UNSPECIFIED is not a state\x1a\tthis != 0\x82\x01\x02\x10\x01H\x00R\x02to\x121\n" +
+	"\bpriority\x18\x03 \x01(\x05B\x13\xbaH\x10\x1a\x0e\x18\xe8\a(\x98\xf8\xff\xff\xff\xff\xff\xff\xff\x01H\x00R\bpriority\x12 \n" +
+	"\x06reason\x18\x04 \x01(\tB\b\xbaH\x05r\x03\x18\x80 R\x06reason\x12\x17\n" +
+	"\adry_run\x18\x05 \x01(\bR\x06dryRunB\x0f\n" +
+	"\x06change\x12\x05\xbaH\x02\b\x01\"\xdc\x01\n" +
+	"\x17BulkUpdateTasksResponse\x12\x18\n" +
+	"\amatched\x18\x01 \x01(\x05R\amatched\x12\x18\n" +
+	"\achanged\x18\x02 \x01(\x05R\achanged\x120\n" +
+	"\askipped\x18\x03 \x03(\v2\x16.factory.v1.StateCountR\askipped\x12&\n" +
+	"\x05tasks\x18\x04 \x03(\v2\x10.factory.v1.TaskR\x05tasks\x12\x1a\n" +
+	"\bpromoted\x18\x05 \x01(\x05R\bpromoted\x12\x17\n" +
+	"\adry_run\x18\x06 \x01(\bR\x06dryRun\"\xb3\x01\n" +
+	"\n" +
+	"QueuePause\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\x12.\n" +
+	"\x06filter\x18\x03 \x01(\v2\x16.factory.v1.TaskFilterR\x06filter\x129\n" +
+	"\n" +
+	"created_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x12\n" +
+	"\x04held\x18\x05 \x01(\x03R\x04held\"c\n" +
 	"\x11ListTasksResponse\x12&\n" +
 	"\x05tasks\x18\x01 \x03(\v2\x10.factory.v1.TaskR\x05tasks\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xbe\x02\n" +
@@ -3317,14 +3850,20 @@ const file_factory_v1_queue_proto_rawDesc = "" +
 	"\atask_id\x18\x01 \x01(\tB\"\xbaH\x1f\xc8\x01\x01r\x1a2\x18^[A-Za-z0-9._:-]{1,128}$R\x06taskId\x12/\n" +
 	"\bpriority\x18\x02 \x01(\x05B\x13\xbaH\x10\x1a\x0e\x18\xe8\a(\x98\xf8\xff\xff\xff\xff\xff\xff\xff\x01R\bpriority\";\n" +
 	"\x13SetPriorityResponse\x12$\n" +
-	"\x04task\x18\x01 \x01(\v2\x10.factory.v1.TaskR\x04task\"5\n" +
+	"\x04task\x18\x01 \x01(\v2\x10.factory.v1.TaskR\x04task\"\x91\x05\n" +
 	"\x11PauseQueueRequest\x12 \n" +
-	"\x06reason\x18\x01 \x01(\tB\b\xbaH\x05r\x03\x18\x80 R\x06reason\",\n" +
+	"\x06reason\x18\x01 \x01(\tB\b\xbaH\x05r\x03\x18\x80 R\x06reason\x12\xd9\x04\n" +
+	"\x06filter\x18\x02 \x01(\v2\x16.factory.v1.TaskFilterB\xa8\x04\xbaH\xa4\x04\xba\x01\xa2\x01\n" +
+	"\x15filter.priority_range\x12+min_priority must not be above max_priority\x1a\\!has(this.min_priority) || !has(this.max_priority) || this.min_priority <= this.max_priority\xba\x01\xfa\x02\n" +
+	"\x10filter.not_empty\x12\x97\x01a selective pause needs a term besides states (role, agent, labels, kind, min_attempt, priority or an age); leave filter unset to pause the whole queue\x1a\xcb\x01this.role != '' || this.agent != '' || size(this.labels) > 0 || this.kind != '' || this.min_attempt > 0 || has(this.min_priority) || has(this.max_priority) || has(this.min_age) || has(this.min_state_age)R\x06filter\"G\n" +
 	"\x12PauseQueueResponse\x12\x16\n" +
-	"\x06paused\x18\x01 \x01(\x05R\x06paused\"\x14\n" +
-	"\x12ResumeQueueRequest\"/\n" +
+	"\x06paused\x18\x01 \x01(\x05R\x06paused\x12\x19\n" +
+	"\bpause_id\x18\x02 \x01(\tR\apauseId\"8\n" +
+	"\x12ResumeQueueRequest\x12\"\n" +
+	"\bpause_id\x18\x01 \x01(\tB\a\xbaH\x04r\x02\x18@R\apauseId\"R\n" +
 	"\x13ResumeQueueResponse\x12\x18\n" +
-	"\aresumed\x18\x01 \x01(\x05R\aresumed\"w\n" +
+	"\aresumed\x18\x01 \x01(\x05R\aresumed\x12!\n" +
+	"\fended_pauses\x18\x02 \x03(\tR\vendedPauses\"w\n" +
 	"\x13RequeueStuckRequest\x12G\n" +
 	"\n" +
 	"older_than\x18\x01 \x01(\v2\x19.google.protobuf.DurationB\r\xbaH\n" +
@@ -3336,14 +3875,15 @@ const file_factory_v1_queue_proto_rawDesc = "" +
 	"\n" +
 	"StateCount\x12+\n" +
 	"\x05state\x18\x01 \x01(\x0e2\x15.factory.v1.TaskStateR\x05state\x12\x14\n" +
-	"\x05count\x18\x02 \x01(\x03R\x05count\"\xb3\x02\n" +
+	"\x05count\x18\x02 \x01(\x03R\x05count\"\xe3\x02\n" +
 	"\x15GetQueueStatsResponse\x12.\n" +
 	"\x06counts\x18\x01 \x03(\v2\x16.factory.v1.StateCountR\x06counts\x12C\n" +
 	"\x10oldest_ready_age\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x0eoldestReadyAge\x12N\n" +
 	"\x16oldest_in_progress_age\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x13oldestInProgressAge\x12\x1a\n" +
 	"\bretrying\x18\x04 \x01(\x03R\bretrying\x12\x16\n" +
 	"\x06paused\x18\x05 \x01(\bR\x06paused\x12!\n" +
-	"\fpause_reason\x18\x06 \x01(\tR\vpauseReason\"\xe2\x02\n" +
+	"\fpause_reason\x18\x06 \x01(\tR\vpauseReason\x12.\n" +
+	"\x06pauses\x18\a \x03(\v2\x16.factory.v1.QueuePauseR\x06pauses\"\xe2\x02\n" +
 	"\x11WatchTasksRequest\x12\x84\x01\n" +
 	"\x06states\x18\x01 \x03(\x0e2\x15.factory.v1.TaskStateBU\xbaHR\x92\x01O\x10\b\"K\xba\x01C\n" +
 	"\x0fstate.specified\x12%TASK_STATE_UNSPECIFIED is not a state\x1a\tthis != 0\x82\x01\x02\x10\x01R\x06states\x121\n" +
@@ -3376,8 +3916,7 @@ const file_factory_v1_queue_proto_rawDesc = "" +
 	"\x16TASK_EVENT_TYPE_SYNCED\x10\x02\x12\x1b\n" +
 	"\x17TASK_EVENT_TYPE_CREATED\x10\x03\x12!\n" +
 	"\x1dTASK_EVENT_TYPE_STATE_CHANGED\x10\x04\x12\x1b\n" +
-	"\x17TASK_EVENT_TYPE_UPDATED\x10\x052\xab\n" +
-	"\n" +
+	"\x17TASK_EVENT_TYPE_UPDATED\x10\x052\x87\v\n" +
 	"\fQueueService\x12K\n" +
 	"\n" +
 	"CreateTask\x12\x1d.factory.v1.CreateTaskRequest\x1a\x1e.factory.v1.CreateTaskResponse\x12N\n" +
@@ -3399,7 +3938,8 @@ const file_factory_v1_queue_proto_rawDesc = "" +
 	"\rGetQueueStats\x12 .factory.v1.GetQueueStatsRequest\x1a!.factory.v1.GetQueueStatsResponse\x12M\n" +
 	"\n" +
 	"WatchTasks\x12\x1d.factory.v1.WatchTasksRequest\x1a\x1e.factory.v1.WatchTasksResponse0\x01\x12=\n" +
-	"\x04Work\x12\x17.factory.v1.WorkRequest\x1a\x18.factory.v1.WorkResponse(\x010\x01B5Z3github.com/factory/factory/gen/factory/v1;factoryv1b\x06proto3"
+	"\x04Work\x12\x17.factory.v1.WorkRequest\x1a\x18.factory.v1.WorkResponse(\x010\x01\x12Z\n" +
+	"\x0fBulkUpdateTasks\x12\".factory.v1.BulkUpdateTasksRequest\x1a#.factory.v1.BulkUpdateTasksResponseB5Z3github.com/factory/factory/gen/factory/v1;factoryv1b\x06proto3"
 
 var (
 	file_factory_v1_queue_proto_rawDescOnce sync.Once
@@ -3414,152 +3954,170 @@ func file_factory_v1_queue_proto_rawDescGZIP() []byte {
 }
 
 var file_factory_v1_queue_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_factory_v1_queue_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
+var file_factory_v1_queue_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
 var file_factory_v1_queue_proto_goTypes = []any{
-	(TaskState)(0),                // 0: factory.v1.TaskState
-	(TaskView)(0),                 // 1: factory.v1.TaskView
-	(TaskEventType)(0),            // 2: factory.v1.TaskEventType
-	(*Lease)(nil),                 // 3: factory.v1.Lease
-	(*Task)(nil),                  // 4: factory.v1.Task
-	(*CreateTaskRequest)(nil),     // 5: factory.v1.CreateTaskRequest
-	(*CreateTaskResponse)(nil),    // 6: factory.v1.CreateTaskResponse
-	(*CreateTasksRequest)(nil),    // 7: factory.v1.CreateTasksRequest
-	(*CreateTasksResponse)(nil),   // 8: factory.v1.CreateTasksResponse
-	(*GetTaskRequest)(nil),        // 9: factory.v1.GetTaskRequest
-	(*GetTaskResponse)(nil),       // 10: factory.v1.GetTaskResponse
-	(*ListTasksRequest)(nil),      // 11: factory.v1.ListTasksRequest
-	(*ListTasksResponse)(nil),     // 12: factory.v1.ListTasksResponse
-	(*ClaimTaskRequest)(nil),      // 13: factory.v1.ClaimTaskRequest
-	(*ClaimTaskResponse)(nil),     // 14: factory.v1.ClaimTaskResponse
-	(*RenewLeaseRequest)(nil),     // 15: factory.v1.RenewLeaseRequest
-	(*RenewLeaseResponse)(nil),    // 16: factory.v1.RenewLeaseResponse
-	(*CompleteTaskRequest)(nil),   // 17: factory.v1.CompleteTaskRequest
-	(*CompleteTaskResponse)(nil),  // 18: factory.v1.CompleteTaskResponse
-	(*CompleteTasksRequest)(nil),  // 19: factory.v1.CompleteTasksRequest
-	(*CompleteTaskResult)(nil),    // 20: factory.v1.CompleteTaskResult
-	(*CompleteTasksResponse)(nil), // 21: factory.v1.CompleteTasksResponse
-	(*FailTaskRequest)(nil),       // 22: factory.v1.FailTaskRequest
-	(*FailTaskResponse)(nil),      // 23: factory.v1.FailTaskResponse
-	(*WorkRequest)(nil),           // 24: factory.v1.WorkRequest
-	(*WorkResponse)(nil),          // 25: factory.v1.WorkResponse
-	(*WorkError)(nil),             // 26: factory.v1.WorkError
-	(*MoveTaskRequest)(nil),       // 27: factory.v1.MoveTaskRequest
-	(*MoveTaskResponse)(nil),      // 28: factory.v1.MoveTaskResponse
-	(*SetPriorityRequest)(nil),    // 29: factory.v1.SetPriorityRequest
-	(*SetPriorityResponse)(nil),   // 30: factory.v1.SetPriorityResponse
-	(*PauseQueueRequest)(nil),     // 31: factory.v1.PauseQueueRequest
-	(*PauseQueueResponse)(nil),    // 32: factory.v1.PauseQueueResponse
-	(*ResumeQueueRequest)(nil),    // 33: factory.v1.ResumeQueueRequest
-	(*ResumeQueueResponse)(nil),   // 34: factory.v1.ResumeQueueResponse
-	(*RequeueStuckRequest)(nil),   // 35: factory.v1.RequeueStuckRequest
-	(*RequeueStuckResponse)(nil),  // 36: factory.v1.RequeueStuckResponse
-	(*GetQueueStatsRequest)(nil),  // 37: factory.v1.GetQueueStatsRequest
-	(*StateCount)(nil),            // 38: factory.v1.StateCount
-	(*GetQueueStatsResponse)(nil), // 39: factory.v1.GetQueueStatsResponse
-	(*WatchTasksRequest)(nil),     // 40: factory.v1.WatchTasksRequest
-	(*WatchTasksResponse)(nil),    // 41: factory.v1.WatchTasksResponse
-	nil,                           // 42: factory.v1.Task.LabelsEntry
-	nil,                           // 43: factory.v1.CreateTaskRequest.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 44: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 45: google.protobuf.Duration
-	(*anypb.Any)(nil),             // 46: google.protobuf.Any
+	(TaskState)(0),                  // 0: factory.v1.TaskState
+	(TaskView)(0),                   // 1: factory.v1.TaskView
+	(TaskEventType)(0),              // 2: factory.v1.TaskEventType
+	(*Lease)(nil),                   // 3: factory.v1.Lease
+	(*Task)(nil),                    // 4: factory.v1.Task
+	(*CreateTaskRequest)(nil),       // 5: factory.v1.CreateTaskRequest
+	(*CreateTaskResponse)(nil),      // 6: factory.v1.CreateTaskResponse
+	(*CreateTasksRequest)(nil),      // 7: factory.v1.CreateTasksRequest
+	(*CreateTasksResponse)(nil),     // 8: factory.v1.CreateTasksResponse
+	(*GetTaskRequest)(nil),          // 9: factory.v1.GetTaskRequest
+	(*GetTaskResponse)(nil),         // 10: factory.v1.GetTaskResponse
+	(*ListTasksRequest)(nil),        // 11: factory.v1.ListTasksRequest
+	(*TaskFilter)(nil),              // 12: factory.v1.TaskFilter
+	(*BulkUpdateTasksRequest)(nil),  // 13: factory.v1.BulkUpdateTasksRequest
+	(*BulkUpdateTasksResponse)(nil), // 14: factory.v1.BulkUpdateTasksResponse
+	(*QueuePause)(nil),              // 15: factory.v1.QueuePause
+	(*ListTasksResponse)(nil),       // 16: factory.v1.ListTasksResponse
+	(*ClaimTaskRequest)(nil),        // 17: factory.v1.ClaimTaskRequest
+	(*ClaimTaskResponse)(nil),       // 18: factory.v1.ClaimTaskResponse
+	(*RenewLeaseRequest)(nil),       // 19: factory.v1.RenewLeaseRequest
+	(*RenewLeaseResponse)(nil),      // 20: factory.v1.RenewLeaseResponse
+	(*CompleteTaskRequest)(nil),     // 21: factory.v1.CompleteTaskRequest
+	(*CompleteTaskResponse)(nil),    // 22: factory.v1.CompleteTaskResponse
+	(*CompleteTasksRequest)(nil),    // 23: factory.v1.CompleteTasksRequest
+	(*CompleteTaskResult)(nil),      // 24: factory.v1.CompleteTaskResult
+	(*CompleteTasksResponse)(nil),   // 25: factory.v1.CompleteTasksResponse
+	(*FailTaskRequest)(nil),         // 26: factory.v1.FailTaskRequest
+	(*FailTaskResponse)(nil),        // 27: factory.v1.FailTaskResponse
+	(*WorkRequest)(nil),             // 28: factory.v1.WorkRequest
+	(*WorkResponse)(nil),            // 29: factory.v1.WorkResponse
+	(*WorkError)(nil),               // 30: factory.v1.WorkError
+	(*MoveTaskRequest)(nil),         // 31: factory.v1.MoveTaskRequest
+	(*MoveTaskResponse)(nil),        // 32: factory.v1.MoveTaskResponse
+	(*SetPriorityRequest)(nil),      // 33: factory.v1.SetPriorityRequest
+	(*SetPriorityResponse)(nil),     // 34: factory.v1.SetPriorityResponse
+	(*PauseQueueRequest)(nil),       // 35: factory.v1.PauseQueueRequest
+	(*PauseQueueResponse)(nil),      // 36: factory.v1.PauseQueueResponse
+	(*ResumeQueueRequest)(nil),      // 37: factory.v1.ResumeQueueRequest
+	(*ResumeQueueResponse)(nil),     // 38: factory.v1.ResumeQueueResponse
+	(*RequeueStuckRequest)(nil),     // 39: factory.v1.RequeueStuckRequest
+	(*RequeueStuckResponse)(nil),    // 40: factory.v1.RequeueStuckResponse
+	(*GetQueueStatsRequest)(nil),    // 41: factory.v1.GetQueueStatsRequest
+	(*StateCount)(nil),              // 42: factory.v1.StateCount
+	(*GetQueueStatsResponse)(nil),   // 43: factory.v1.GetQueueStatsResponse
+	(*WatchTasksRequest)(nil),       // 44: factory.v1.WatchTasksRequest
+	(*WatchTasksResponse)(nil),      // 45: factory.v1.WatchTasksResponse
+	nil,                             // 46: factory.v1.Task.LabelsEntry
+	nil,                             // 47: factory.v1.CreateTaskRequest.LabelsEntry
+	(*timestamppb.Timestamp)(nil),   // 48: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 49: google.protobuf.Duration
+	(*anypb.Any)(nil),               // 50: google.protobuf.Any
 }
 var file_factory_v1_queue_proto_depIdxs = []int32{
-	44, // 0: factory.v1.Lease.expires_at:type_name -> google.protobuf.Timestamp
-	44, // 1: factory.v1.Lease.claimed_at:type_name -> google.protobuf.Timestamp
-	44, // 2: factory.v1.Lease.renewed_at:type_name -> google.protobuf.Timestamp
+	48, // 0: factory.v1.Lease.expires_at:type_name -> google.protobuf.Timestamp
+	48, // 1: factory.v1.Lease.claimed_at:type_name -> google.protobuf.Timestamp
+	48, // 2: factory.v1.Lease.renewed_at:type_name -> google.protobuf.Timestamp
 	0,  // 3: factory.v1.Task.state:type_name -> factory.v1.TaskState
 	3,  // 4: factory.v1.Task.lease:type_name -> factory.v1.Lease
-	44, // 5: factory.v1.Task.run_after:type_name -> google.protobuf.Timestamp
-	42, // 6: factory.v1.Task.labels:type_name -> factory.v1.Task.LabelsEntry
-	44, // 7: factory.v1.Task.created_at:type_name -> google.protobuf.Timestamp
-	44, // 8: factory.v1.Task.updated_at:type_name -> google.protobuf.Timestamp
-	44, // 9: factory.v1.Task.state_changed_at:type_name -> google.protobuf.Timestamp
-	43, // 10: factory.v1.CreateTaskRequest.labels:type_name -> factory.v1.CreateTaskRequest.LabelsEntry
+	48, // 5: factory.v1.Task.run_after:type_name -> google.protobuf.Timestamp
+	46, // 6: factory.v1.Task.labels:type_name -> factory.v1.Task.LabelsEntry
+	48, // 7: factory.v1.Task.created_at:type_name -> google.protobuf.Timestamp
+	48, // 8: factory.v1.Task.updated_at:type_name -> google.protobuf.Timestamp
+	48, // 9: factory.v1.Task.state_changed_at:type_name -> google.protobuf.Timestamp
+	47, // 10: factory.v1.CreateTaskRequest.labels:type_name -> factory.v1.CreateTaskRequest.LabelsEntry
 	0,  // 11: factory.v1.CreateTaskRequest.initial_state:type_name -> factory.v1.TaskState
-	44, // 12: factory.v1.CreateTaskRequest.run_after:type_name -> google.protobuf.Timestamp
+	48, // 12: factory.v1.CreateTaskRequest.run_after:type_name -> google.protobuf.Timestamp
 	4,  // 13: factory.v1.CreateTaskResponse.task:type_name -> factory.v1.Task
 	5,  // 14: factory.v1.CreateTasksRequest.tasks:type_name -> factory.v1.CreateTaskRequest
 	4,  // 15: factory.v1.CreateTasksResponse.tasks:type_name -> factory.v1.Task
 	4,  // 16: factory.v1.GetTaskResponse.task:type_name -> factory.v1.Task
 	0,  // 17: factory.v1.ListTasksRequest.states:type_name -> factory.v1.TaskState
 	1,  // 18: factory.v1.ListTasksRequest.view:type_name -> factory.v1.TaskView
-	4,  // 19: factory.v1.ListTasksResponse.tasks:type_name -> factory.v1.Task
-	45, // 20: factory.v1.ClaimTaskRequest.wait:type_name -> google.protobuf.Duration
-	45, // 21: factory.v1.ClaimTaskRequest.lease_duration:type_name -> google.protobuf.Duration
-	4,  // 22: factory.v1.ClaimTaskResponse.tasks:type_name -> factory.v1.Task
-	45, // 23: factory.v1.RenewLeaseRequest.lease_duration:type_name -> google.protobuf.Duration
-	4,  // 24: factory.v1.RenewLeaseResponse.task:type_name -> factory.v1.Task
-	4,  // 25: factory.v1.CompleteTaskResponse.task:type_name -> factory.v1.Task
-	17, // 26: factory.v1.CompleteTasksRequest.items:type_name -> factory.v1.CompleteTaskRequest
-	4,  // 27: factory.v1.CompleteTaskResult.task:type_name -> factory.v1.Task
-	20, // 28: factory.v1.CompleteTasksResponse.results:type_name -> factory.v1.CompleteTaskResult
-	4,  // 29: factory.v1.FailTaskResponse.task:type_name -> factory.v1.Task
-	13, // 30: factory.v1.WorkRequest.claim:type_name -> factory.v1.ClaimTaskRequest
-	17, // 31: factory.v1.WorkRequest.complete:type_name -> factory.v1.CompleteTaskRequest
-	15, // 32: factory.v1.WorkRequest.renew:type_name -> factory.v1.RenewLeaseRequest
-	22, // 33: factory.v1.WorkRequest.fail:type_name -> factory.v1.FailTaskRequest
-	19, // 34: factory.v1.WorkRequest.complete_many:type_name -> factory.v1.CompleteTasksRequest
-	14, // 35: factory.v1.WorkResponse.claim:type_name -> factory.v1.ClaimTaskResponse
-	18, // 36: factory.v1.WorkResponse.complete:type_name -> factory.v1.CompleteTaskResponse
-	16, // 37: factory.v1.WorkResponse.renew:type_name -> factory.v1.RenewLeaseResponse
-	23, // 38: factory.v1.WorkResponse.fail:type_name -> factory.v1.FailTaskResponse
-	26, // 39: factory.v1.WorkResponse.error:type_name -> factory.v1.WorkError
-	21, // 40: factory.v1.WorkResponse.complete_many:type_name -> factory.v1.CompleteTasksResponse
-	46, // 41: factory.v1.WorkError.details:type_name -> google.protobuf.Any
-	0,  // 42: factory.v1.MoveTaskRequest.to:type_name -> factory.v1.TaskState
-	4,  // 43: factory.v1.MoveTaskResponse.task:type_name -> factory.v1.Task
-	4,  // 44: factory.v1.SetPriorityResponse.task:type_name -> factory.v1.Task
-	45, // 45: factory.v1.RequeueStuckRequest.older_than:type_name -> google.protobuf.Duration
-	4,  // 46: factory.v1.RequeueStuckResponse.tasks:type_name -> factory.v1.Task
-	0,  // 47: factory.v1.StateCount.state:type_name -> factory.v1.TaskState
-	38, // 48: factory.v1.GetQueueStatsResponse.counts:type_name -> factory.v1.StateCount
-	45, // 49: factory.v1.GetQueueStatsResponse.oldest_ready_age:type_name -> google.protobuf.Duration
-	45, // 50: factory.v1.GetQueueStatsResponse.oldest_in_progress_age:type_name -> google.protobuf.Duration
-	0,  // 51: factory.v1.WatchTasksRequest.states:type_name -> factory.v1.TaskState
-	2,  // 52: factory.v1.WatchTasksResponse.type:type_name -> factory.v1.TaskEventType
-	4,  // 53: factory.v1.WatchTasksResponse.task:type_name -> factory.v1.Task
-	0,  // 54: factory.v1.WatchTasksResponse.previous_state:type_name -> factory.v1.TaskState
-	44, // 55: factory.v1.WatchTasksResponse.time:type_name -> google.protobuf.Timestamp
-	5,  // 56: factory.v1.QueueService.CreateTask:input_type -> factory.v1.CreateTaskRequest
-	7,  // 57: factory.v1.QueueService.CreateTasks:input_type -> factory.v1.CreateTasksRequest
-	9,  // 58: factory.v1.QueueService.GetTask:input_type -> factory.v1.GetTaskRequest
-	11, // 59: factory.v1.QueueService.ListTasks:input_type -> factory.v1.ListTasksRequest
-	13, // 60: factory.v1.QueueService.ClaimTask:input_type -> factory.v1.ClaimTaskRequest
-	15, // 61: factory.v1.QueueService.RenewLease:input_type -> factory.v1.RenewLeaseRequest
-	17, // 62: factory.v1.QueueService.CompleteTask:input_type -> factory.v1.CompleteTaskRequest
-	19, // 63: factory.v1.QueueService.CompleteTasks:input_type -> factory.v1.CompleteTasksRequest
-	22, // 64: factory.v1.QueueService.FailTask:input_type -> factory.v1.FailTaskRequest
-	27, // 65: factory.v1.QueueService.MoveTask:input_type -> factory.v1.MoveTaskRequest
-	29, // 66: factory.v1.QueueService.SetPriority:input_type -> factory.v1.SetPriorityRequest
-	31, // 67: factory.v1.QueueService.PauseQueue:input_type -> factory.v1.PauseQueueRequest
-	33, // 68: factory.v1.QueueService.ResumeQueue:input_type -> factory.v1.ResumeQueueRequest
-	35, // 69: factory.v1.QueueService.RequeueStuck:input_type -> factory.v1.RequeueStuckRequest
-	37, // 70: factory.v1.QueueService.GetQueueStats:input_type -> factory.v1.GetQueueStatsRequest
-	40, // 71: factory.v1.QueueService.WatchTasks:input_type -> factory.v1.WatchTasksRequest
-	24, // 72: factory.v1.QueueService.Work:input_type -> factory.v1.WorkRequest
-	6,  // 73: factory.v1.QueueService.CreateTask:output_type -> factory.v1.CreateTaskResponse
-	8,  // 74: factory.v1.QueueService.CreateTasks:output_type -> factory.v1.CreateTasksResponse
-	10, // 75: factory.v1.QueueService.GetTask:output_type -> factory.v1.GetTaskResponse
-	12, // 76: factory.v1.QueueService.ListTasks:output_type -> factory.v1.ListTasksResponse
-	14, // 77: factory.v1.QueueService.ClaimTask:output_type -> factory.v1.ClaimTaskResponse
-	16, // 78: factory.v1.QueueService.RenewLease:output_type -> factory.v1.RenewLeaseResponse
-	18, // 79: factory.v1.QueueService.CompleteTask:output_type -> factory.v1.CompleteTaskResponse
-	21, // 80: factory.v1.QueueService.CompleteTasks:output_type -> factory.v1.CompleteTasksResponse
-	23, // 81: factory.v1.QueueService.FailTask:output_type -> factory.v1.FailTaskResponse
-	28, // 82: factory.v1.QueueService.MoveTask:output_type -> factory.v1.MoveTaskResponse
-	30, // 83: factory.v1.QueueService.SetPriority:output_type -> factory.v1.SetPriorityResponse
-	32, // 84: factory.v1.QueueService.PauseQueue:output_type -> factory.v1.PauseQueueResponse
-	34, // 85: factory.v1.QueueService.ResumeQueue:output_type -> factory.v1.ResumeQueueResponse
-	36, // 86: factory.v1.QueueService.RequeueStuck:output_type -> factory.v1.RequeueStuckResponse
-	39, // 87: factory.v1.QueueService.GetQueueStats:output_type -> factory.v1.GetQueueStatsResponse
-	41, // 88: factory.v1.QueueService.WatchTasks:output_type -> factory.v1.WatchTasksResponse
-	25, // 89: factory.v1.QueueService.Work:output_type -> factory.v1.WorkResponse
-	73, // [73:90] is the sub-list for method output_type
-	56, // [56:73] is the sub-list for method input_type
-	56, // [56:56] is the sub-list for extension type_name
-	56, // [56:56] is the sub-list for extension extendee
-	0,  // [0:56] is the sub-list for field type_name
+	12, // 19: factory.v1.ListTasksRequest.filter:type_name -> factory.v1.TaskFilter
+	0,  // 20: factory.v1.TaskFilter.states:type_name -> factory.v1.TaskState
+	49, // 21: factory.v1.TaskFilter.min_age:type_name -> google.protobuf.Duration
+	49, // 22: factory.v1.TaskFilter.min_state_age:type_name -> google.protobuf.Duration
+	12, // 23: factory.v1.BulkUpdateTasksRequest.filter:type_name -> factory.v1.TaskFilter
+	0,  // 24: factory.v1.BulkUpdateTasksRequest.to:type_name -> factory.v1.TaskState
+	42, // 25: factory.v1.BulkUpdateTasksResponse.skipped:type_name -> factory.v1.StateCount
+	4,  // 26: factory.v1.BulkUpdateTasksResponse.tasks:type_name -> factory.v1.Task
+	12, // 27: factory.v1.QueuePause.filter:type_name -> factory.v1.TaskFilter
+	48, // 28: factory.v1.QueuePause.created_at:type_name -> google.protobuf.Timestamp
+	4,  // 29: factory.v1.ListTasksResponse.tasks:type_name -> factory.v1.Task
+	49, // 30: factory.v1.ClaimTaskRequest.wait:type_name -> google.protobuf.Duration
+	49, // 31: factory.v1.ClaimTaskRequest.lease_duration:type_name -> google.protobuf.Duration
+	4,  // 32: factory.v1.ClaimTaskResponse.tasks:type_name -> factory.v1.Task
+	49, // 33: factory.v1.RenewLeaseRequest.lease_duration:type_name -> google.protobuf.Duration
+	4,  // 34: factory.v1.RenewLeaseResponse.task:type_name -> factory.v1.Task
+	4,  // 35: factory.v1.CompleteTaskResponse.task:type_name -> factory.v1.Task
+	21, // 36: factory.v1.CompleteTasksRequest.items:type_name -> factory.v1.CompleteTaskRequest
+	4,  // 37: factory.v1.CompleteTaskResult.task:type_name -> factory.v1.Task
+	24, // 38: factory.v1.CompleteTasksResponse.results:type_name -> factory.v1.CompleteTaskResult
+	4,  // 39: factory.v1.FailTaskResponse.task:type_name -> factory.v1.Task
+	17, // 40: factory.v1.WorkRequest.claim:type_name -> factory.v1.ClaimTaskRequest
+	21, // 41: factory.v1.WorkRequest.complete:type_name -> factory.v1.CompleteTaskRequest
+	19, // 42: factory.v1.WorkRequest.renew:type_name -> factory.v1.RenewLeaseRequest
+	26, // 43: factory.v1.WorkRequest.fail:type_name -> factory.v1.FailTaskRequest
+	23, // 44: factory.v1.WorkRequest.complete_many:type_name -> factory.v1.CompleteTasksRequest
+	18, // 45: factory.v1.WorkResponse.claim:type_name -> factory.v1.ClaimTaskResponse
+	22, // 46: factory.v1.WorkResponse.complete:type_name -> factory.v1.CompleteTaskResponse
+	20, // 47: factory.v1.WorkResponse.renew:type_name -> factory.v1.RenewLeaseResponse
+	27, // 48: factory.v1.WorkResponse.fail:type_name -> factory.v1.FailTaskResponse
+	30, // 49: factory.v1.WorkResponse.error:type_name -> factory.v1.WorkError
+	25, // 50: factory.v1.WorkResponse.complete_many:type_name -> factory.v1.CompleteTasksResponse
+	50, // 51: factory.v1.WorkError.details:type_name -> google.protobuf.Any
+	0,  // 52: factory.v1.MoveTaskRequest.to:type_name -> factory.v1.TaskState
+	4,  // 53: factory.v1.MoveTaskResponse.task:type_name -> factory.v1.Task
+	4,  // 54: factory.v1.SetPriorityResponse.task:type_name -> factory.v1.Task
+	12, // 55: factory.v1.PauseQueueRequest.filter:type_name -> factory.v1.TaskFilter
+	49, // 56: factory.v1.RequeueStuckRequest.older_than:type_name -> google.protobuf.Duration
+	4,  // 57: factory.v1.RequeueStuckResponse.tasks:type_name -> factory.v1.Task
+	0,  // 58: factory.v1.StateCount.state:type_name -> factory.v1.TaskState
+	42, // 59: factory.v1.GetQueueStatsResponse.counts:type_name -> factory.v1.StateCount
+	49, // 60: factory.v1.GetQueueStatsResponse.oldest_ready_age:type_name -> google.protobuf.Duration
+	49, // 61: factory.v1.GetQueueStatsResponse.oldest_in_progress_age:type_name -> google.protobuf.Duration
+	15, // 62: factory.v1.GetQueueStatsResponse.pauses:type_name -> factory.v1.QueuePause
+	0,  // 63: factory.v1.WatchTasksRequest.states:type_name -> factory.v1.TaskState
+	2,  // 64: factory.v1.WatchTasksResponse.type:type_name -> factory.v1.TaskEventType
+	4,  // 65: factory.v1.WatchTasksResponse.task:type_name -> factory.v1.Task
+	0,  // 66: factory.v1.WatchTasksResponse.previous_state:type_name -> factory.v1.TaskState
+	48, // 67: factory.v1.WatchTasksResponse.time:type_name -> google.protobuf.Timestamp
+	5,  // 68: factory.v1.QueueService.CreateTask:input_type -> factory.v1.CreateTaskRequest
+	7,  // 69: factory.v1.QueueService.CreateTasks:input_type -> factory.v1.CreateTasksRequest
+	9,  // 70: factory.v1.QueueService.GetTask:input_type -> factory.v1.GetTaskRequest
+	11, // 71: factory.v1.QueueService.ListTasks:input_type -> factory.v1.ListTasksRequest
+	17, // 72: factory.v1.QueueService.ClaimTask:input_type -> factory.v1.ClaimTaskRequest
+	19, // 73: factory.v1.QueueService.RenewLease:input_type -> factory.v1.RenewLeaseRequest
+	21, // 74: factory.v1.QueueService.CompleteTask:input_type -> factory.v1.CompleteTaskRequest
+	23, // 75: factory.v1.QueueService.CompleteTasks:input_type -> factory.v1.CompleteTasksRequest
+	26, // 76: factory.v1.QueueService.FailTask:input_type -> factory.v1.FailTaskRequest
+	31, // 77: factory.v1.QueueService.MoveTask:input_type -> factory.v1.MoveTaskRequest
+	33, // 78: factory.v1.QueueService.SetPriority:input_type -> factory.v1.SetPriorityRequest
+	35, // 79: factory.v1.QueueService.PauseQueue:input_type -> factory.v1.PauseQueueRequest
+	37, // 80: factory.v1.QueueService.ResumeQueue:input_type -> factory.v1.ResumeQueueRequest
+	39, // 81: factory.v1.QueueService.RequeueStuck:input_type -> factory.v1.RequeueStuckRequest
+	41, // 82: factory.v1.QueueService.GetQueueStats:input_type -> factory.v1.GetQueueStatsRequest
+	44, // 83: factory.v1.QueueService.WatchTasks:input_type -> factory.v1.WatchTasksRequest
+	28, // 84: factory.v1.QueueService.Work:input_type -> factory.v1.WorkRequest
+	13, // 85: factory.v1.QueueService.BulkUpdateTasks:input_type -> factory.v1.BulkUpdateTasksRequest
+	6,  // 86: factory.v1.QueueService.CreateTask:output_type -> factory.v1.CreateTaskResponse
+	8,  // 87: factory.v1.QueueService.CreateTasks:output_type -> factory.v1.CreateTasksResponse
+	10, // 88: factory.v1.QueueService.GetTask:output_type -> factory.v1.GetTaskResponse
+	16, // 89: factory.v1.QueueService.ListTasks:output_type -> factory.v1.ListTasksResponse
+	18, // 90: factory.v1.QueueService.ClaimTask:output_type -> factory.v1.ClaimTaskResponse
+	20, // 91: factory.v1.QueueService.RenewLease:output_type -> factory.v1.RenewLeaseResponse
+	22, // 92: factory.v1.QueueService.CompleteTask:output_type -> factory.v1.CompleteTaskResponse
+	25, // 93: factory.v1.QueueService.CompleteTasks:output_type -> factory.v1.CompleteTasksResponse
+	27, // 94: factory.v1.QueueService.FailTask:output_type -> factory.v1.FailTaskResponse
+	32, // 95: factory.v1.QueueService.MoveTask:output_type -> factory.v1.MoveTaskResponse
+	34, // 96: factory.v1.QueueService.SetPriority:output_type -> factory.v1.SetPriorityResponse
+	36, // 97: factory.v1.QueueService.PauseQueue:output_type -> factory.v1.PauseQueueResponse
+	38, // 98: factory.v1.QueueService.ResumeQueue:output_type -> factory.v1.ResumeQueueResponse
+	40, // 99: factory.v1.QueueService.RequeueStuck:output_type -> factory.v1.RequeueStuckResponse
+	43, // 100: factory.v1.QueueService.GetQueueStats:output_type -> factory.v1.GetQueueStatsResponse
+	45, // 101: factory.v1.QueueService.WatchTasks:output_type -> factory.v1.WatchTasksResponse
+	29, // 102: factory.v1.QueueService.Work:output_type -> factory.v1.WorkResponse
+	14, // 103: factory.v1.QueueService.BulkUpdateTasks:output_type -> factory.v1.BulkUpdateTasksResponse
+	86, // [86:104] is the sub-list for method output_type
+	68, // [68:86] is the sub-list for method input_type
+	68, // [68:68] is the sub-list for extension type_name
+	68, // [68:68] is the sub-list for extension extendee
+	0,  // [0:68] is the sub-list for field type_name
 }
 
 func init() { file_factory_v1_queue_proto_init() }
@@ -3567,14 +4125,19 @@ func file_factory_v1_queue_proto_init() {
 	if File_factory_v1_queue_proto != nil {
 		return
 	}
-	file_factory_v1_queue_proto_msgTypes[21].OneofWrappers = []any{
+	file_factory_v1_queue_proto_msgTypes[9].OneofWrappers = []any{}
+	file_factory_v1_queue_proto_msgTypes[10].OneofWrappers = []any{
+		(*BulkUpdateTasksRequest_To)(nil),
+		(*BulkUpdateTasksRequest_Priority)(nil),
+	}
+	file_factory_v1_queue_proto_msgTypes[25].OneofWrappers = []any{
 		(*WorkRequest_Claim)(nil),
 		(*WorkRequest_Complete)(nil),
 		(*WorkRequest_Renew)(nil),
 		(*WorkRequest_Fail)(nil),
 		(*WorkRequest_CompleteMany)(nil),
 	}
-	file_factory_v1_queue_proto_msgTypes[22].OneofWrappers = []any{
+	file_factory_v1_queue_proto_msgTypes[26].OneofWrappers = []any{
 		(*WorkResponse_Claim)(nil),
 		(*WorkResponse_Complete)(nil),
 		(*WorkResponse_Renew)(nil),
@@ -3588,7 +4151,7 @@ func file_factory_v1_queue_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_factory_v1_queue_proto_rawDesc), len(file_factory_v1_queue_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   41,
+			NumMessages:   45,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,23 +19,24 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	QueueService_CreateTask_FullMethodName    = "/factory.v1.QueueService/CreateTask"
-	QueueService_CreateTasks_FullMethodName   = "/factory.v1.QueueService/CreateTasks"
-	QueueService_GetTask_FullMethodName       = "/factory.v1.QueueService/GetTask"
-	QueueService_ListTasks_FullMethodName     = "/factory.v1.QueueService/ListTasks"
-	QueueService_ClaimTask_FullMethodName     = "/factory.v1.QueueService/ClaimTask"
-	QueueService_RenewLease_FullMethodName    = "/factory.v1.QueueService/RenewLease"
-	QueueService_CompleteTask_FullMethodName  = "/factory.v1.QueueService/CompleteTask"
-	QueueService_CompleteTasks_FullMethodName = "/factory.v1.QueueService/CompleteTasks"
-	QueueService_FailTask_FullMethodName      = "/factory.v1.QueueService/FailTask"
-	QueueService_MoveTask_FullMethodName      = "/factory.v1.QueueService/MoveTask"
-	QueueService_SetPriority_FullMethodName   = "/factory.v1.QueueService/SetPriority"
-	QueueService_PauseQueue_FullMethodName    = "/factory.v1.QueueService/PauseQueue"
-	QueueService_ResumeQueue_FullMethodName   = "/factory.v1.QueueService/ResumeQueue"
-	QueueService_RequeueStuck_FullMethodName  = "/factory.v1.QueueService/RequeueStuck"
-	QueueService_GetQueueStats_FullMethodName = "/factory.v1.QueueService/GetQueueStats"
-	QueueService_WatchTasks_FullMethodName    = "/factory.v1.QueueService/WatchTasks"
-	QueueService_Work_FullMethodName          = "/factory.v1.QueueService/Work"
+	QueueService_CreateTask_FullMethodName      = "/factory.v1.QueueService/CreateTask"
+	QueueService_CreateTasks_FullMethodName     = "/factory.v1.QueueService/CreateTasks"
+	QueueService_GetTask_FullMethodName         = "/factory.v1.QueueService/GetTask"
+	QueueService_ListTasks_FullMethodName       = "/factory.v1.QueueService/ListTasks"
+	QueueService_ClaimTask_FullMethodName       = "/factory.v1.QueueService/ClaimTask"
+	QueueService_RenewLease_FullMethodName      = "/factory.v1.QueueService/RenewLease"
+	QueueService_CompleteTask_FullMethodName    = "/factory.v1.QueueService/CompleteTask"
+	QueueService_CompleteTasks_FullMethodName   = "/factory.v1.QueueService/CompleteTasks"
+	QueueService_FailTask_FullMethodName        = "/factory.v1.QueueService/FailTask"
+	QueueService_MoveTask_FullMethodName        = "/factory.v1.QueueService/MoveTask"
+	QueueService_SetPriority_FullMethodName     = "/factory.v1.QueueService/SetPriority"
+	QueueService_PauseQueue_FullMethodName      = "/factory.v1.QueueService/PauseQueue"
+	QueueService_ResumeQueue_FullMethodName     = "/factory.v1.QueueService/ResumeQueue"
+	QueueService_RequeueStuck_FullMethodName    = "/factory.v1.QueueService/RequeueStuck"
+	QueueService_GetQueueStats_FullMethodName   = "/factory.v1.QueueService/GetQueueStats"
+	QueueService_WatchTasks_FullMethodName      = "/factory.v1.QueueService/WatchTasks"
+	QueueService_Work_FullMethodName            = "/factory.v1.QueueService/Work"
+	QueueService_BulkUpdateTasks_FullMethodName = "/factory.v1.QueueService/BulkUpdateTasks"
 )
 
 // QueueServiceClient is the client API for QueueService service.
@@ -118,18 +119,27 @@ type QueueServiceClient interface {
 	// SetPriority changes a task's priority; higher is claimed first.
 	SetPriority(ctx context.Context, in *SetPriorityRequest, opts ...grpc.CallOption) (*SetPriorityResponse, error)
 	// PauseQueue moves every READY task to PAUSED and keeps new READY work
-	// paused until ResumeQueue.
+	// paused until ResumeQueue. With a filter it is a selective pause
+	// instead: only the READY tasks the filter selects move to PAUSED, held
+	// by a new pause (its id in the response, listed by GetQueueStats); the
+	// queue runs on, and tasks that become READY later are not held.
 	PauseQueue(ctx context.Context, in *PauseQueueRequest, opts ...grpc.CallOption) (*PauseQueueResponse, error)
-	// ResumeQueue moves the tasks PauseQueue paused back to READY. Refused
-	// with FAILED_PRECONDITION, naming the holder, while the emergency stop
-	// or maintenance holds the queue: claims stay refused until that ends,
-	// and ending it (RearmEmergencyStop, EndMaintenance) resumes the queue.
+	// ResumeQueue moves the tasks PauseQueue paused back to READY: the
+	// queue's pause and every selective pause, or with pause_id that
+	// selective pause only. Only tasks a pause moved and that are still
+	// PAUSED by it go back; tasks paused by hand stay PAUSED. Without
+	// pause_id it is refused with FAILED_PRECONDITION, naming the holder,
+	// while the emergency stop or maintenance holds the queue: claims stay
+	// refused until that ends, and ending it (RearmEmergencyStop,
+	// EndMaintenance) resumes the queue. A selective pause ended meanwhile
+	// puts its tasks in the queue's pause, not READY.
 	ResumeQueue(ctx context.Context, in *ResumeQueueRequest, opts ...grpc.CallOption) (*ResumeQueueResponse, error)
 	// RequeueStuck moves IN_PROGRESS tasks with no sign of life (claim or
 	// renewal) for longer than older_than back to READY, ending their leases.
 	RequeueStuck(ctx context.Context, in *RequeueStuckRequest, opts ...grpc.CallOption) (*RequeueStuckResponse, error)
 	// GetQueueStats returns the queue's shape: tasks per state, the oldest
-	// READY and IN_PROGRESS ages, and how many tasks are on a retry.
+	// READY and IN_PROGRESS ages, how many tasks are on a retry, and the
+	// pauses in force.
 	GetQueueStats(ctx context.Context, in *GetQueueStatsRequest, opts ...grpc.CallOption) (*GetQueueStatsResponse, error)
 	// WatchTasks streams task events: first a snapshot of the matching tasks
 	// (events of type SNAPSHOT, then one SYNCED), then every change as it happens.
@@ -146,6 +156,20 @@ type QueueServiceClient interface {
 	// Tasks a claim took that could not be sent (the stream broke) go back to
 	// READY at once.
 	Work(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[WorkRequest, WorkResponse], error)
+	// BulkUpdateTasks applies one operator change to every task the filter
+	// selects (ListTasks with the same filter lists exactly those tasks), in
+	// one transaction: a move to a state (kill = FAILED, requeue = READY, or
+	// any state) or a new priority. A move goes as MoveTask's does: leaving
+	// IN_PROGRESS ends the lease (the holder's fencing token goes stale),
+	// reaching DONE promotes dependents. A selected task the transition
+	// table does not allow the move from is left as it is and counted in
+	// skipped, by its state; the call still succeeds. An empty filter is
+	// refused with INVALID_ARGUMENT (it would select every task); a filter
+	// selecting more than 10000 tasks gets FAILED_PRECONDITION saying how
+	// many match, and nothing changes. With dry_run nothing changes and the
+	// response says what would. Operators only; audited once, with the
+	// filter and the count.
+	BulkUpdateTasks(ctx context.Context, in *BulkUpdateTasksRequest, opts ...grpc.CallOption) (*BulkUpdateTasksResponse, error)
 }
 
 type queueServiceClient struct {
@@ -338,6 +362,16 @@ func (c *queueServiceClient) Work(ctx context.Context, opts ...grpc.CallOption) 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type QueueService_WorkClient = grpc.BidiStreamingClient[WorkRequest, WorkResponse]
 
+func (c *queueServiceClient) BulkUpdateTasks(ctx context.Context, in *BulkUpdateTasksRequest, opts ...grpc.CallOption) (*BulkUpdateTasksResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BulkUpdateTasksResponse)
+	err := c.cc.Invoke(ctx, QueueService_BulkUpdateTasks_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // QueueServiceServer is the server API for QueueService service.
 // All implementations must embed UnimplementedQueueServiceServer
 // for forward compatibility.
@@ -418,18 +452,27 @@ type QueueServiceServer interface {
 	// SetPriority changes a task's priority; higher is claimed first.
 	SetPriority(context.Context, *SetPriorityRequest) (*SetPriorityResponse, error)
 	// PauseQueue moves every READY task to PAUSED and keeps new READY work
-	// paused until ResumeQueue.
+	// paused until ResumeQueue. With a filter it is a selective pause
+	// instead: only the READY tasks the filter selects move to PAUSED, held
+	// by a new pause (its id in the response, listed by GetQueueStats); the
+	// queue runs on, and tasks that become READY later are not held.
 	PauseQueue(context.Context, *PauseQueueRequest) (*PauseQueueResponse, error)
-	// ResumeQueue moves the tasks PauseQueue paused back to READY. Refused
-	// with FAILED_PRECONDITION, naming the holder, while the emergency stop
-	// or maintenance holds the queue: claims stay refused until that ends,
-	// and ending it (RearmEmergencyStop, EndMaintenance) resumes the queue.
+	// ResumeQueue moves the tasks PauseQueue paused back to READY: the
+	// queue's pause and every selective pause, or with pause_id that
+	// selective pause only. Only tasks a pause moved and that are still
+	// PAUSED by it go back; tasks paused by hand stay PAUSED. Without
+	// pause_id it is refused with FAILED_PRECONDITION, naming the holder,
+	// while the emergency stop or maintenance holds the queue: claims stay
+	// refused until that ends, and ending it (RearmEmergencyStop,
+	// EndMaintenance) resumes the queue. A selective pause ended meanwhile
+	// puts its tasks in the queue's pause, not READY.
 	ResumeQueue(context.Context, *ResumeQueueRequest) (*ResumeQueueResponse, error)
 	// RequeueStuck moves IN_PROGRESS tasks with no sign of life (claim or
 	// renewal) for longer than older_than back to READY, ending their leases.
 	RequeueStuck(context.Context, *RequeueStuckRequest) (*RequeueStuckResponse, error)
 	// GetQueueStats returns the queue's shape: tasks per state, the oldest
-	// READY and IN_PROGRESS ages, and how many tasks are on a retry.
+	// READY and IN_PROGRESS ages, how many tasks are on a retry, and the
+	// pauses in force.
 	GetQueueStats(context.Context, *GetQueueStatsRequest) (*GetQueueStatsResponse, error)
 	// WatchTasks streams task events: first a snapshot of the matching tasks
 	// (events of type SNAPSHOT, then one SYNCED), then every change as it happens.
@@ -446,6 +489,20 @@ type QueueServiceServer interface {
 	// Tasks a claim took that could not be sent (the stream broke) go back to
 	// READY at once.
 	Work(grpc.BidiStreamingServer[WorkRequest, WorkResponse]) error
+	// BulkUpdateTasks applies one operator change to every task the filter
+	// selects (ListTasks with the same filter lists exactly those tasks), in
+	// one transaction: a move to a state (kill = FAILED, requeue = READY, or
+	// any state) or a new priority. A move goes as MoveTask's does: leaving
+	// IN_PROGRESS ends the lease (the holder's fencing token goes stale),
+	// reaching DONE promotes dependents. A selected task the transition
+	// table does not allow the move from is left as it is and counted in
+	// skipped, by its state; the call still succeeds. An empty filter is
+	// refused with INVALID_ARGUMENT (it would select every task); a filter
+	// selecting more than 10000 tasks gets FAILED_PRECONDITION saying how
+	// many match, and nothing changes. With dry_run nothing changes and the
+	// response says what would. Operators only; audited once, with the
+	// filter and the count.
+	BulkUpdateTasks(context.Context, *BulkUpdateTasksRequest) (*BulkUpdateTasksResponse, error)
 	mustEmbedUnimplementedQueueServiceServer()
 }
 
@@ -506,6 +563,9 @@ func (UnimplementedQueueServiceServer) WatchTasks(*WatchTasksRequest, grpc.Serve
 }
 func (UnimplementedQueueServiceServer) Work(grpc.BidiStreamingServer[WorkRequest, WorkResponse]) error {
 	return status.Error(codes.Unimplemented, "method Work not implemented")
+}
+func (UnimplementedQueueServiceServer) BulkUpdateTasks(context.Context, *BulkUpdateTasksRequest) (*BulkUpdateTasksResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method BulkUpdateTasks not implemented")
 }
 func (UnimplementedQueueServiceServer) mustEmbedUnimplementedQueueServiceServer() {}
 func (UnimplementedQueueServiceServer) testEmbeddedByValue()                      {}
@@ -816,6 +876,24 @@ func _QueueService_Work_Handler(srv interface{}, stream grpc.ServerStream) error
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type QueueService_WorkServer = grpc.BidiStreamingServer[WorkRequest, WorkResponse]
 
+func _QueueService_BulkUpdateTasks_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BulkUpdateTasksRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(QueueServiceServer).BulkUpdateTasks(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: QueueService_BulkUpdateTasks_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(QueueServiceServer).BulkUpdateTasks(ctx, req.(*BulkUpdateTasksRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // QueueService_ServiceDesc is the grpc.ServiceDesc for QueueService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -882,6 +960,10 @@ var QueueService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetQueueStats",
 			Handler:    _QueueService_GetQueueStats_Handler,
+		},
+		{
+			MethodName: "BulkUpdateTasks",
+			Handler:    _QueueService_BulkUpdateTasks_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
