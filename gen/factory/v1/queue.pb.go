@@ -355,9 +355,18 @@ type Task struct {
 	ApprovalPending bool `protobuf:"varint,24,opt,name=approval_pending,json=approvalPending,proto3" json:"approval_pending,omitempty"`
 	// The payload's size in bytes, also in a summary (TASK_VIEW_BASIC) that
 	// leaves the payload out.
-	PayloadBytes  int64 `protobuf:"varint,25,opt,name=payload_bytes,json=payloadBytes,proto3" json:"payload_bytes,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	PayloadBytes int64 `protobuf:"varint,25,opt,name=payload_bytes,json=payloadBytes,proto3" json:"payload_bytes,omitempty"`
+	// The result its holder completed it with (CompleteTaskRequest.result_json),
+	// as JSON text; empty when none. In the full view only, like the payload,
+	// and only to operators: an agent reads a result only as a dependency
+	// result of a task it holds.
+	ResultJson string `protobuf:"bytes,27,opt,name=result_json,json=resultJson,proto3" json:"result_json,omitempty"`
+	// The results of the tasks this one depends on, in depends_on order, for
+	// its lease holder: set in ClaimTask and Work claims and in GetTask by the
+	// agent holding the task, empty everywhere else.
+	DependencyResults []*DependencyResult `protobuf:"bytes,28,rep,name=dependency_results,json=dependencyResults,proto3" json:"dependency_results,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Task) Reset() {
@@ -565,6 +574,141 @@ func (x *Task) GetPayloadBytes() int64 {
 	return 0
 }
 
+func (x *Task) GetResultJson() string {
+	if x != nil {
+		return x.ResultJson
+	}
+	return ""
+}
+
+func (x *Task) GetDependencyResults() []*DependencyResult {
+	if x != nil {
+		return x.DependencyResults
+	}
+	return nil
+}
+
+// DependencyResult is the result of one task another task depends on: a
+// stage's output handed to the next stage.
+type DependencyResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The dependency's id.
+	TaskId string `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	// The dependency's title.
+	Title string `protobuf:"bytes,2,opt,name=title,proto3" json:"title,omitempty"`
+	// The dependency's kind.
+	Kind string `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"`
+	// The dependency's role.
+	Role string `protobuf:"bytes,4,opt,name=role,proto3" json:"role,omitempty"`
+	// The dependency's "stage" label (set by pipelines); empty when none.
+	Stage string `protobuf:"bytes,5,opt,name=stage,proto3" json:"stage,omitempty"`
+	// The dependency's state; a claimed task's dependencies are DONE.
+	State TaskState `protobuf:"varint,6,opt,name=state,proto3,enum=factory.v1.TaskState" json:"state,omitempty"`
+	// The result, as JSON text; empty when the dependency completed without
+	// one, or when omitted is set.
+	ResultJson string `protobuf:"bytes,7,opt,name=result_json,json=resultJson,proto3" json:"result_json,omitempty"`
+	// The result did not fit in this response's budget for dependency
+	// results and was left out; GetTask by the holder has a larger one.
+	Omitted bool `protobuf:"varint,8,opt,name=omitted,proto3" json:"omitted,omitempty"`
+	// The result's size in bytes, also when omitted.
+	ResultBytes   int64 `protobuf:"varint,9,opt,name=result_bytes,json=resultBytes,proto3" json:"result_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DependencyResult) Reset() {
+	*x = DependencyResult{}
+	mi := &file_factory_v1_queue_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DependencyResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DependencyResult) ProtoMessage() {}
+
+func (x *DependencyResult) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_queue_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DependencyResult.ProtoReflect.Descriptor instead.
+func (*DependencyResult) Descriptor() ([]byte, []int) {
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *DependencyResult) GetTaskId() string {
+	if x != nil {
+		return x.TaskId
+	}
+	return ""
+}
+
+func (x *DependencyResult) GetTitle() string {
+	if x != nil {
+		return x.Title
+	}
+	return ""
+}
+
+func (x *DependencyResult) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *DependencyResult) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *DependencyResult) GetStage() string {
+	if x != nil {
+		return x.Stage
+	}
+	return ""
+}
+
+func (x *DependencyResult) GetState() TaskState {
+	if x != nil {
+		return x.State
+	}
+	return TaskState_TASK_STATE_UNSPECIFIED
+}
+
+func (x *DependencyResult) GetResultJson() string {
+	if x != nil {
+		return x.ResultJson
+	}
+	return ""
+}
+
+func (x *DependencyResult) GetOmitted() bool {
+	if x != nil {
+		return x.Omitted
+	}
+	return false
+}
+
+func (x *DependencyResult) GetResultBytes() int64 {
+	if x != nil {
+		return x.ResultBytes
+	}
+	return 0
+}
+
 // CreateTaskRequest describes a new task.
 type CreateTaskRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -612,7 +756,7 @@ type CreateTaskRequest struct {
 
 func (x *CreateTaskRequest) Reset() {
 	*x = CreateTaskRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[2]
+	mi := &file_factory_v1_queue_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -624,7 +768,7 @@ func (x *CreateTaskRequest) String() string {
 func (*CreateTaskRequest) ProtoMessage() {}
 
 func (x *CreateTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[2]
+	mi := &file_factory_v1_queue_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -637,7 +781,7 @@ func (x *CreateTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTaskRequest.ProtoReflect.Descriptor instead.
 func (*CreateTaskRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{2}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *CreateTaskRequest) GetTaskId() string {
@@ -749,7 +893,7 @@ type CreateTaskResponse struct {
 
 func (x *CreateTaskResponse) Reset() {
 	*x = CreateTaskResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[3]
+	mi := &file_factory_v1_queue_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -761,7 +905,7 @@ func (x *CreateTaskResponse) String() string {
 func (*CreateTaskResponse) ProtoMessage() {}
 
 func (x *CreateTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[3]
+	mi := &file_factory_v1_queue_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -774,7 +918,7 @@ func (x *CreateTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTaskResponse.ProtoReflect.Descriptor instead.
 func (*CreateTaskResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{3}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *CreateTaskResponse) GetTask() *Task {
@@ -795,7 +939,7 @@ type CreateTasksRequest struct {
 
 func (x *CreateTasksRequest) Reset() {
 	*x = CreateTasksRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[4]
+	mi := &file_factory_v1_queue_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -807,7 +951,7 @@ func (x *CreateTasksRequest) String() string {
 func (*CreateTasksRequest) ProtoMessage() {}
 
 func (x *CreateTasksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[4]
+	mi := &file_factory_v1_queue_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -820,7 +964,7 @@ func (x *CreateTasksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTasksRequest.ProtoReflect.Descriptor instead.
 func (*CreateTasksRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{4}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *CreateTasksRequest) GetTasks() []*CreateTaskRequest {
@@ -841,7 +985,7 @@ type CreateTasksResponse struct {
 
 func (x *CreateTasksResponse) Reset() {
 	*x = CreateTasksResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[5]
+	mi := &file_factory_v1_queue_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -853,7 +997,7 @@ func (x *CreateTasksResponse) String() string {
 func (*CreateTasksResponse) ProtoMessage() {}
 
 func (x *CreateTasksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[5]
+	mi := &file_factory_v1_queue_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -866,7 +1010,7 @@ func (x *CreateTasksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTasksResponse.ProtoReflect.Descriptor instead.
 func (*CreateTasksResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{5}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CreateTasksResponse) GetTasks() []*Task {
@@ -887,7 +1031,7 @@ type GetTaskRequest struct {
 
 func (x *GetTaskRequest) Reset() {
 	*x = GetTaskRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[6]
+	mi := &file_factory_v1_queue_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -899,7 +1043,7 @@ func (x *GetTaskRequest) String() string {
 func (*GetTaskRequest) ProtoMessage() {}
 
 func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[6]
+	mi := &file_factory_v1_queue_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -912,7 +1056,7 @@ func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTaskRequest.ProtoReflect.Descriptor instead.
 func (*GetTaskRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{6}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetTaskRequest) GetTaskId() string {
@@ -933,7 +1077,7 @@ type GetTaskResponse struct {
 
 func (x *GetTaskResponse) Reset() {
 	*x = GetTaskResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[7]
+	mi := &file_factory_v1_queue_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -945,7 +1089,7 @@ func (x *GetTaskResponse) String() string {
 func (*GetTaskResponse) ProtoMessage() {}
 
 func (x *GetTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[7]
+	mi := &file_factory_v1_queue_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -958,7 +1102,7 @@ func (x *GetTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTaskResponse.ProtoReflect.Descriptor instead.
 func (*GetTaskResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{7}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetTaskResponse) GetTask() *Task {
@@ -1011,7 +1155,7 @@ type ListTasksRequest struct {
 
 func (x *ListTasksRequest) Reset() {
 	*x = ListTasksRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[8]
+	mi := &file_factory_v1_queue_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1023,7 +1167,7 @@ func (x *ListTasksRequest) String() string {
 func (*ListTasksRequest) ProtoMessage() {}
 
 func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[8]
+	mi := &file_factory_v1_queue_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1036,7 +1180,7 @@ func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksRequest.ProtoReflect.Descriptor instead.
 func (*ListTasksRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{8}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListTasksRequest) GetStates() []TaskState {
@@ -1130,7 +1274,7 @@ type ListTasksResponse struct {
 
 func (x *ListTasksResponse) Reset() {
 	*x = ListTasksResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[9]
+	mi := &file_factory_v1_queue_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1142,7 +1286,7 @@ func (x *ListTasksResponse) String() string {
 func (*ListTasksResponse) ProtoMessage() {}
 
 func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[9]
+	mi := &file_factory_v1_queue_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1155,7 +1299,7 @@ func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksResponse.ProtoReflect.Descriptor instead.
 func (*ListTasksResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{9}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListTasksResponse) GetTasks() []*Task {
@@ -1193,7 +1337,7 @@ type ClaimTaskRequest struct {
 
 func (x *ClaimTaskRequest) Reset() {
 	*x = ClaimTaskRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[10]
+	mi := &file_factory_v1_queue_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1205,7 +1349,7 @@ func (x *ClaimTaskRequest) String() string {
 func (*ClaimTaskRequest) ProtoMessage() {}
 
 func (x *ClaimTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[10]
+	mi := &file_factory_v1_queue_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1218,7 +1362,7 @@ func (x *ClaimTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClaimTaskRequest.ProtoReflect.Descriptor instead.
 func (*ClaimTaskRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{10}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ClaimTaskRequest) GetAgent() string {
@@ -1268,7 +1412,7 @@ type ClaimTaskResponse struct {
 
 func (x *ClaimTaskResponse) Reset() {
 	*x = ClaimTaskResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[11]
+	mi := &file_factory_v1_queue_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1280,7 +1424,7 @@ func (x *ClaimTaskResponse) String() string {
 func (*ClaimTaskResponse) ProtoMessage() {}
 
 func (x *ClaimTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[11]
+	mi := &file_factory_v1_queue_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1293,7 +1437,7 @@ func (x *ClaimTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClaimTaskResponse.ProtoReflect.Descriptor instead.
 func (*ClaimTaskResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{11}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ClaimTaskResponse) GetTasks() []*Task {
@@ -1322,7 +1466,7 @@ type RenewLeaseRequest struct {
 
 func (x *RenewLeaseRequest) Reset() {
 	*x = RenewLeaseRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[12]
+	mi := &file_factory_v1_queue_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1334,7 +1478,7 @@ func (x *RenewLeaseRequest) String() string {
 func (*RenewLeaseRequest) ProtoMessage() {}
 
 func (x *RenewLeaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[12]
+	mi := &file_factory_v1_queue_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1347,7 +1491,7 @@ func (x *RenewLeaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLeaseRequest.ProtoReflect.Descriptor instead.
 func (*RenewLeaseRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{12}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RenewLeaseRequest) GetTaskId() string {
@@ -1396,7 +1540,7 @@ type RenewLeaseResponse struct {
 
 func (x *RenewLeaseResponse) Reset() {
 	*x = RenewLeaseResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[13]
+	mi := &file_factory_v1_queue_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1408,7 +1552,7 @@ func (x *RenewLeaseResponse) String() string {
 func (*RenewLeaseResponse) ProtoMessage() {}
 
 func (x *RenewLeaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[13]
+	mi := &file_factory_v1_queue_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1421,7 +1565,7 @@ func (x *RenewLeaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLeaseResponse.ProtoReflect.Descriptor instead.
 func (*RenewLeaseResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{13}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RenewLeaseResponse) GetTask() *Task {
@@ -1443,14 +1587,18 @@ type CompleteTaskRequest struct {
 	// Send to REVIEW for a human check instead of straight to DONE.
 	Review bool `protobuf:"varint,4,opt,name=review,proto3" json:"review,omitempty"`
 	// A closing note, kept on the task; at most 4096 characters.
-	Note          string `protobuf:"bytes,5,opt,name=note,proto3" json:"note,omitempty"`
+	Note string `protobuf:"bytes,5,opt,name=note,proto3" json:"note,omitempty"`
+	// The task's result, as JSON text, at most 256 KiB: kept on the task and
+	// handed to the tasks that depend on it when they are claimed. Empty
+	// keeps the task's result as it is.
+	ResultJson    string `protobuf:"bytes,6,opt,name=result_json,json=resultJson,proto3" json:"result_json,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CompleteTaskRequest) Reset() {
 	*x = CompleteTaskRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[14]
+	mi := &file_factory_v1_queue_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1462,7 +1610,7 @@ func (x *CompleteTaskRequest) String() string {
 func (*CompleteTaskRequest) ProtoMessage() {}
 
 func (x *CompleteTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[14]
+	mi := &file_factory_v1_queue_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1475,7 +1623,7 @@ func (x *CompleteTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteTaskRequest.ProtoReflect.Descriptor instead.
 func (*CompleteTaskRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{14}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CompleteTaskRequest) GetTaskId() string {
@@ -1513,6 +1661,13 @@ func (x *CompleteTaskRequest) GetNote() string {
 	return ""
 }
 
+func (x *CompleteTaskRequest) GetResultJson() string {
+	if x != nil {
+		return x.ResultJson
+	}
+	return ""
+}
+
 // CompleteTaskResponse holds the completed task.
 type CompleteTaskResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1524,7 +1679,7 @@ type CompleteTaskResponse struct {
 
 func (x *CompleteTaskResponse) Reset() {
 	*x = CompleteTaskResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[15]
+	mi := &file_factory_v1_queue_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1536,7 +1691,7 @@ func (x *CompleteTaskResponse) String() string {
 func (*CompleteTaskResponse) ProtoMessage() {}
 
 func (x *CompleteTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[15]
+	mi := &file_factory_v1_queue_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1549,7 +1704,7 @@ func (x *CompleteTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteTaskResponse.ProtoReflect.Descriptor instead.
 func (*CompleteTaskResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{15}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CompleteTaskResponse) GetTask() *Task {
@@ -1571,7 +1726,7 @@ type CompleteTasksRequest struct {
 
 func (x *CompleteTasksRequest) Reset() {
 	*x = CompleteTasksRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[16]
+	mi := &file_factory_v1_queue_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1583,7 +1738,7 @@ func (x *CompleteTasksRequest) String() string {
 func (*CompleteTasksRequest) ProtoMessage() {}
 
 func (x *CompleteTasksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[16]
+	mi := &file_factory_v1_queue_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1596,7 +1751,7 @@ func (x *CompleteTasksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteTasksRequest.ProtoReflect.Descriptor instead.
 func (*CompleteTasksRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{16}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CompleteTasksRequest) GetItems() []*CompleteTaskRequest {
@@ -1625,7 +1780,7 @@ type CompleteTaskResult struct {
 
 func (x *CompleteTaskResult) Reset() {
 	*x = CompleteTaskResult{}
-	mi := &file_factory_v1_queue_proto_msgTypes[17]
+	mi := &file_factory_v1_queue_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1637,7 +1792,7 @@ func (x *CompleteTaskResult) String() string {
 func (*CompleteTaskResult) ProtoMessage() {}
 
 func (x *CompleteTaskResult) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[17]
+	mi := &file_factory_v1_queue_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1650,7 +1805,7 @@ func (x *CompleteTaskResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteTaskResult.ProtoReflect.Descriptor instead.
 func (*CompleteTaskResult) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{17}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CompleteTaskResult) GetTaskId() string {
@@ -1692,7 +1847,7 @@ type CompleteTasksResponse struct {
 
 func (x *CompleteTasksResponse) Reset() {
 	*x = CompleteTasksResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[18]
+	mi := &file_factory_v1_queue_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1704,7 +1859,7 @@ func (x *CompleteTasksResponse) String() string {
 func (*CompleteTasksResponse) ProtoMessage() {}
 
 func (x *CompleteTasksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[18]
+	mi := &file_factory_v1_queue_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1717,7 +1872,7 @@ func (x *CompleteTasksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteTasksResponse.ProtoReflect.Descriptor instead.
 func (*CompleteTasksResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{18}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CompleteTasksResponse) GetResults() []*CompleteTaskResult {
@@ -1747,7 +1902,7 @@ type FailTaskRequest struct {
 
 func (x *FailTaskRequest) Reset() {
 	*x = FailTaskRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[19]
+	mi := &file_factory_v1_queue_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1759,7 +1914,7 @@ func (x *FailTaskRequest) String() string {
 func (*FailTaskRequest) ProtoMessage() {}
 
 func (x *FailTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[19]
+	mi := &file_factory_v1_queue_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1772,7 +1927,7 @@ func (x *FailTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailTaskRequest.ProtoReflect.Descriptor instead.
 func (*FailTaskRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{19}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *FailTaskRequest) GetTaskId() string {
@@ -1821,7 +1976,7 @@ type FailTaskResponse struct {
 
 func (x *FailTaskResponse) Reset() {
 	*x = FailTaskResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[20]
+	mi := &file_factory_v1_queue_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1833,7 +1988,7 @@ func (x *FailTaskResponse) String() string {
 func (*FailTaskResponse) ProtoMessage() {}
 
 func (x *FailTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[20]
+	mi := &file_factory_v1_queue_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1846,7 +2001,7 @@ func (x *FailTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailTaskResponse.ProtoReflect.Descriptor instead.
 func (*FailTaskResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{20}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *FailTaskResponse) GetTask() *Task {
@@ -1877,7 +2032,7 @@ type WorkRequest struct {
 
 func (x *WorkRequest) Reset() {
 	*x = WorkRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[21]
+	mi := &file_factory_v1_queue_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1889,7 +2044,7 @@ func (x *WorkRequest) String() string {
 func (*WorkRequest) ProtoMessage() {}
 
 func (x *WorkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[21]
+	mi := &file_factory_v1_queue_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1902,7 +2057,7 @@ func (x *WorkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkRequest.ProtoReflect.Descriptor instead.
 func (*WorkRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{21}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *WorkRequest) GetRef() uint64 {
@@ -2025,7 +2180,7 @@ type WorkResponse struct {
 
 func (x *WorkResponse) Reset() {
 	*x = WorkResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[22]
+	mi := &file_factory_v1_queue_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2037,7 +2192,7 @@ func (x *WorkResponse) String() string {
 func (*WorkResponse) ProtoMessage() {}
 
 func (x *WorkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[22]
+	mi := &file_factory_v1_queue_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2050,7 +2205,7 @@ func (x *WorkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkResponse.ProtoReflect.Descriptor instead.
 func (*WorkResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{22}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *WorkResponse) GetRef() uint64 {
@@ -2182,7 +2337,7 @@ type WorkError struct {
 
 func (x *WorkError) Reset() {
 	*x = WorkError{}
-	mi := &file_factory_v1_queue_proto_msgTypes[23]
+	mi := &file_factory_v1_queue_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2194,7 +2349,7 @@ func (x *WorkError) String() string {
 func (*WorkError) ProtoMessage() {}
 
 func (x *WorkError) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[23]
+	mi := &file_factory_v1_queue_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2207,7 +2362,7 @@ func (x *WorkError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkError.ProtoReflect.Descriptor instead.
 func (*WorkError) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{23}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *WorkError) GetCode() int32 {
@@ -2247,7 +2402,7 @@ type MoveTaskRequest struct {
 
 func (x *MoveTaskRequest) Reset() {
 	*x = MoveTaskRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[24]
+	mi := &file_factory_v1_queue_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2259,7 +2414,7 @@ func (x *MoveTaskRequest) String() string {
 func (*MoveTaskRequest) ProtoMessage() {}
 
 func (x *MoveTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[24]
+	mi := &file_factory_v1_queue_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2272,7 +2427,7 @@ func (x *MoveTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveTaskRequest.ProtoReflect.Descriptor instead.
 func (*MoveTaskRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{24}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *MoveTaskRequest) GetTaskId() string {
@@ -2307,7 +2462,7 @@ type MoveTaskResponse struct {
 
 func (x *MoveTaskResponse) Reset() {
 	*x = MoveTaskResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[25]
+	mi := &file_factory_v1_queue_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2319,7 +2474,7 @@ func (x *MoveTaskResponse) String() string {
 func (*MoveTaskResponse) ProtoMessage() {}
 
 func (x *MoveTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[25]
+	mi := &file_factory_v1_queue_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2332,7 +2487,7 @@ func (x *MoveTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveTaskResponse.ProtoReflect.Descriptor instead.
 func (*MoveTaskResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{25}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *MoveTaskResponse) GetTask() *Task {
@@ -2355,7 +2510,7 @@ type SetPriorityRequest struct {
 
 func (x *SetPriorityRequest) Reset() {
 	*x = SetPriorityRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[26]
+	mi := &file_factory_v1_queue_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2367,7 +2522,7 @@ func (x *SetPriorityRequest) String() string {
 func (*SetPriorityRequest) ProtoMessage() {}
 
 func (x *SetPriorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[26]
+	mi := &file_factory_v1_queue_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2380,7 +2535,7 @@ func (x *SetPriorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetPriorityRequest.ProtoReflect.Descriptor instead.
 func (*SetPriorityRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{26}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *SetPriorityRequest) GetTaskId() string {
@@ -2408,7 +2563,7 @@ type SetPriorityResponse struct {
 
 func (x *SetPriorityResponse) Reset() {
 	*x = SetPriorityResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[27]
+	mi := &file_factory_v1_queue_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2420,7 +2575,7 @@ func (x *SetPriorityResponse) String() string {
 func (*SetPriorityResponse) ProtoMessage() {}
 
 func (x *SetPriorityResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[27]
+	mi := &file_factory_v1_queue_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2433,7 +2588,7 @@ func (x *SetPriorityResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetPriorityResponse.ProtoReflect.Descriptor instead.
 func (*SetPriorityResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{27}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *SetPriorityResponse) GetTask() *Task {
@@ -2454,7 +2609,7 @@ type PauseQueueRequest struct {
 
 func (x *PauseQueueRequest) Reset() {
 	*x = PauseQueueRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[28]
+	mi := &file_factory_v1_queue_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2466,7 +2621,7 @@ func (x *PauseQueueRequest) String() string {
 func (*PauseQueueRequest) ProtoMessage() {}
 
 func (x *PauseQueueRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[28]
+	mi := &file_factory_v1_queue_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2479,7 +2634,7 @@ func (x *PauseQueueRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseQueueRequest.ProtoReflect.Descriptor instead.
 func (*PauseQueueRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{28}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *PauseQueueRequest) GetReason() string {
@@ -2500,7 +2655,7 @@ type PauseQueueResponse struct {
 
 func (x *PauseQueueResponse) Reset() {
 	*x = PauseQueueResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[29]
+	mi := &file_factory_v1_queue_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2512,7 +2667,7 @@ func (x *PauseQueueResponse) String() string {
 func (*PauseQueueResponse) ProtoMessage() {}
 
 func (x *PauseQueueResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[29]
+	mi := &file_factory_v1_queue_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2525,7 +2680,7 @@ func (x *PauseQueueResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseQueueResponse.ProtoReflect.Descriptor instead.
 func (*PauseQueueResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{29}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *PauseQueueResponse) GetPaused() int32 {
@@ -2544,7 +2699,7 @@ type ResumeQueueRequest struct {
 
 func (x *ResumeQueueRequest) Reset() {
 	*x = ResumeQueueRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[30]
+	mi := &file_factory_v1_queue_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2556,7 +2711,7 @@ func (x *ResumeQueueRequest) String() string {
 func (*ResumeQueueRequest) ProtoMessage() {}
 
 func (x *ResumeQueueRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[30]
+	mi := &file_factory_v1_queue_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2569,7 +2724,7 @@ func (x *ResumeQueueRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeQueueRequest.ProtoReflect.Descriptor instead.
 func (*ResumeQueueRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{30}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{31}
 }
 
 // ResumeQueueResponse says what was resumed.
@@ -2583,7 +2738,7 @@ type ResumeQueueResponse struct {
 
 func (x *ResumeQueueResponse) Reset() {
 	*x = ResumeQueueResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[31]
+	mi := &file_factory_v1_queue_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2595,7 +2750,7 @@ func (x *ResumeQueueResponse) String() string {
 func (*ResumeQueueResponse) ProtoMessage() {}
 
 func (x *ResumeQueueResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[31]
+	mi := &file_factory_v1_queue_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2608,7 +2763,7 @@ func (x *ResumeQueueResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeQueueResponse.ProtoReflect.Descriptor instead.
 func (*ResumeQueueResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{31}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ResumeQueueResponse) GetResumed() int32 {
@@ -2632,7 +2787,7 @@ type RequeueStuckRequest struct {
 
 func (x *RequeueStuckRequest) Reset() {
 	*x = RequeueStuckRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[32]
+	mi := &file_factory_v1_queue_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2644,7 +2799,7 @@ func (x *RequeueStuckRequest) String() string {
 func (*RequeueStuckRequest) ProtoMessage() {}
 
 func (x *RequeueStuckRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[32]
+	mi := &file_factory_v1_queue_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2657,7 +2812,7 @@ func (x *RequeueStuckRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequeueStuckRequest.ProtoReflect.Descriptor instead.
 func (*RequeueStuckRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{32}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RequeueStuckRequest) GetOlderThan() *durationpb.Duration {
@@ -2686,7 +2841,7 @@ type RequeueStuckResponse struct {
 
 func (x *RequeueStuckResponse) Reset() {
 	*x = RequeueStuckResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[33]
+	mi := &file_factory_v1_queue_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2698,7 +2853,7 @@ func (x *RequeueStuckResponse) String() string {
 func (*RequeueStuckResponse) ProtoMessage() {}
 
 func (x *RequeueStuckResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[33]
+	mi := &file_factory_v1_queue_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2711,7 +2866,7 @@ func (x *RequeueStuckResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequeueStuckResponse.ProtoReflect.Descriptor instead.
 func (*RequeueStuckResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{33}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RequeueStuckResponse) GetTasks() []*Task {
@@ -2730,7 +2885,7 @@ type GetQueueStatsRequest struct {
 
 func (x *GetQueueStatsRequest) Reset() {
 	*x = GetQueueStatsRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[34]
+	mi := &file_factory_v1_queue_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2742,7 +2897,7 @@ func (x *GetQueueStatsRequest) String() string {
 func (*GetQueueStatsRequest) ProtoMessage() {}
 
 func (x *GetQueueStatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[34]
+	mi := &file_factory_v1_queue_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2755,7 +2910,7 @@ func (x *GetQueueStatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetQueueStatsRequest.ProtoReflect.Descriptor instead.
 func (*GetQueueStatsRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{34}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{35}
 }
 
 // StateCount is the number of tasks in one state.
@@ -2771,7 +2926,7 @@ type StateCount struct {
 
 func (x *StateCount) Reset() {
 	*x = StateCount{}
-	mi := &file_factory_v1_queue_proto_msgTypes[35]
+	mi := &file_factory_v1_queue_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2783,7 +2938,7 @@ func (x *StateCount) String() string {
 func (*StateCount) ProtoMessage() {}
 
 func (x *StateCount) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[35]
+	mi := &file_factory_v1_queue_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2796,7 +2951,7 @@ func (x *StateCount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateCount.ProtoReflect.Descriptor instead.
 func (*StateCount) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{35}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *StateCount) GetState() TaskState {
@@ -2834,7 +2989,7 @@ type GetQueueStatsResponse struct {
 
 func (x *GetQueueStatsResponse) Reset() {
 	*x = GetQueueStatsResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[36]
+	mi := &file_factory_v1_queue_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2846,7 +3001,7 @@ func (x *GetQueueStatsResponse) String() string {
 func (*GetQueueStatsResponse) ProtoMessage() {}
 
 func (x *GetQueueStatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[36]
+	mi := &file_factory_v1_queue_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2859,7 +3014,7 @@ func (x *GetQueueStatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetQueueStatsResponse.ProtoReflect.Descriptor instead.
 func (*GetQueueStatsResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{36}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *GetQueueStatsResponse) GetCounts() []*StateCount {
@@ -2929,7 +3084,7 @@ type WatchTasksRequest struct {
 
 func (x *WatchTasksRequest) Reset() {
 	*x = WatchTasksRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[37]
+	mi := &file_factory_v1_queue_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2941,7 +3096,7 @@ func (x *WatchTasksRequest) String() string {
 func (*WatchTasksRequest) ProtoMessage() {}
 
 func (x *WatchTasksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[37]
+	mi := &file_factory_v1_queue_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2954,7 +3109,7 @@ func (x *WatchTasksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchTasksRequest.ProtoReflect.Descriptor instead.
 func (*WatchTasksRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{37}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *WatchTasksRequest) GetStates() []TaskState {
@@ -3014,7 +3169,7 @@ type WatchTasksResponse struct {
 
 func (x *WatchTasksResponse) Reset() {
 	*x = WatchTasksResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[38]
+	mi := &file_factory_v1_queue_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3026,7 +3181,7 @@ func (x *WatchTasksResponse) String() string {
 func (*WatchTasksResponse) ProtoMessage() {}
 
 func (x *WatchTasksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[38]
+	mi := &file_factory_v1_queue_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3039,7 +3194,7 @@ func (x *WatchTasksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchTasksResponse.ProtoReflect.Descriptor instead.
 func (*WatchTasksResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{38}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *WatchTasksResponse) GetType() TaskEventType {
@@ -3091,7 +3246,7 @@ const file_factory_v1_queue_proto_rawDesc = "" +
 	"\n" +
 	"claimed_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tclaimedAt\x129\n" +
 	"\n" +
-	"renewed_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\trenewedAt\"\xd9\a\n" +
+	"renewed_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\trenewedAt\"\xc7\b\n" +
 	"\x04Task\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05title\x18\x02 \x01(\tR\x05title\x12\x12\n" +
@@ -3123,10 +3278,24 @@ const file_factory_v1_queue_proto_rawDesc = "" +
 	"\vapproval_id\x18\x17 \x01(\tR\n" +
 	"approvalId\x12)\n" +
 	"\x10approval_pending\x18\x18 \x01(\bR\x0fapprovalPending\x12#\n" +
-	"\rpayload_bytes\x18\x19 \x01(\x03R\fpayloadBytes\x1a9\n" +
+	"\rpayload_bytes\x18\x19 \x01(\x03R\fpayloadBytes\x12\x1f\n" +
+	"\vresult_json\x18\x1b \x01(\tR\n" +
+	"resultJson\x12K\n" +
+	"\x12dependency_results\x18\x1c \x03(\v2\x1c.factory.v1.DependencyResultR\x11dependencyResults\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xab\b\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8a\x02\n" +
+	"\x10DependencyResult\x12\x17\n" +
+	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x14\n" +
+	"\x05title\x18\x02 \x01(\tR\x05title\x12\x12\n" +
+	"\x04kind\x18\x03 \x01(\tR\x04kind\x12\x12\n" +
+	"\x04role\x18\x04 \x01(\tR\x04role\x12\x14\n" +
+	"\x05stage\x18\x05 \x01(\tR\x05stage\x12+\n" +
+	"\x05state\x18\x06 \x01(\x0e2\x15.factory.v1.TaskStateR\x05state\x12\x1f\n" +
+	"\vresult_json\x18\a \x01(\tR\n" +
+	"resultJson\x12\x18\n" +
+	"\aomitted\x18\b \x01(\bR\aomitted\x12!\n" +
+	"\fresult_bytes\x18\t \x01(\x03R\vresultBytes\"\xab\b\n" +
 	"\x11CreateTaskRequest\x12;\n" +
 	"\atask_id\x18\x01 \x01(\tB\"\xbaH\x1f\xd8\x01\x01r\x1a2\x18^[A-Za-z0-9._:-]{1,128}$R\x06taskId\x12[\n" +
 	"\x05title\x18\x02 \x01(\tBE\xbaHB\xba\x017\n" +
@@ -3196,13 +3365,15 @@ const file_factory_v1_queue_proto_rawDesc = "" +
 	"\x0elease_duration\x18\x04 \x01(\v2\x19.google.protobuf.DurationB\x0f\xbaH\f\xaa\x01\t\"\x03\b\x90\x1c2\x02\b\x01R\rleaseDuration\x12$\n" +
 	"\bprogress\x18\x05 \x01(\tB\b\xbaH\x05r\x03\x18\x80 R\bprogress\":\n" +
 	"\x12RenewLeaseResponse\x12$\n" +
-	"\x04task\x18\x01 \x01(\v2\x10.factory.v1.TaskR\x04task\"\xee\x01\n" +
+	"\x04task\x18\x01 \x01(\v2\x10.factory.v1.TaskR\x04task\"\x9a\x02\n" +
 	"\x13CompleteTaskRequest\x12;\n" +
 	"\atask_id\x18\x01 \x01(\tB\"\xbaH\x1f\xc8\x01\x01r\x1a2\x18^[A-Za-z0-9._:-]{1,128}$R\x06taskId\x126\n" +
 	"\x05agent\x18\x02 \x01(\tB \xbaH\x1d\xc8\x01\x01r\x18\x18\x80\x012\x13^[A-Za-z0-9._:/-]*$R\x05agent\x12,\n" +
 	"\rfencing_token\x18\x03 \x01(\x03B\a\xbaH\x04\"\x02 \x00R\ffencingToken\x12\x16\n" +
 	"\x06review\x18\x04 \x01(\bR\x06review\x12\x1c\n" +
-	"\x04note\x18\x05 \x01(\tB\b\xbaH\x05r\x03\x18\x80 R\x04note\"<\n" +
+	"\x04note\x18\x05 \x01(\tB\b\xbaH\x05r\x03\x18\x80 R\x04note\x12*\n" +
+	"\vresult_json\x18\x06 \x01(\tB\t\xbaH\x06r\x04(\x80\x80\x10R\n" +
+	"resultJson\"<\n" +
 	"\x14CompleteTaskResponse\x12$\n" +
 	"\x04task\x18\x01 \x01(\v2\x10.factory.v1.TaskR\x04task\"Z\n" +
 	"\x14CompleteTasksRequest\x12B\n" +
@@ -3353,152 +3524,155 @@ func file_factory_v1_queue_proto_rawDescGZIP() []byte {
 }
 
 var file_factory_v1_queue_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_factory_v1_queue_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
+var file_factory_v1_queue_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
 var file_factory_v1_queue_proto_goTypes = []any{
 	(TaskState)(0),                // 0: factory.v1.TaskState
 	(TaskView)(0),                 // 1: factory.v1.TaskView
 	(TaskEventType)(0),            // 2: factory.v1.TaskEventType
 	(*Lease)(nil),                 // 3: factory.v1.Lease
 	(*Task)(nil),                  // 4: factory.v1.Task
-	(*CreateTaskRequest)(nil),     // 5: factory.v1.CreateTaskRequest
-	(*CreateTaskResponse)(nil),    // 6: factory.v1.CreateTaskResponse
-	(*CreateTasksRequest)(nil),    // 7: factory.v1.CreateTasksRequest
-	(*CreateTasksResponse)(nil),   // 8: factory.v1.CreateTasksResponse
-	(*GetTaskRequest)(nil),        // 9: factory.v1.GetTaskRequest
-	(*GetTaskResponse)(nil),       // 10: factory.v1.GetTaskResponse
-	(*ListTasksRequest)(nil),      // 11: factory.v1.ListTasksRequest
-	(*ListTasksResponse)(nil),     // 12: factory.v1.ListTasksResponse
-	(*ClaimTaskRequest)(nil),      // 13: factory.v1.ClaimTaskRequest
-	(*ClaimTaskResponse)(nil),     // 14: factory.v1.ClaimTaskResponse
-	(*RenewLeaseRequest)(nil),     // 15: factory.v1.RenewLeaseRequest
-	(*RenewLeaseResponse)(nil),    // 16: factory.v1.RenewLeaseResponse
-	(*CompleteTaskRequest)(nil),   // 17: factory.v1.CompleteTaskRequest
-	(*CompleteTaskResponse)(nil),  // 18: factory.v1.CompleteTaskResponse
-	(*CompleteTasksRequest)(nil),  // 19: factory.v1.CompleteTasksRequest
-	(*CompleteTaskResult)(nil),    // 20: factory.v1.CompleteTaskResult
-	(*CompleteTasksResponse)(nil), // 21: factory.v1.CompleteTasksResponse
-	(*FailTaskRequest)(nil),       // 22: factory.v1.FailTaskRequest
-	(*FailTaskResponse)(nil),      // 23: factory.v1.FailTaskResponse
-	(*WorkRequest)(nil),           // 24: factory.v1.WorkRequest
-	(*WorkResponse)(nil),          // 25: factory.v1.WorkResponse
-	(*WorkError)(nil),             // 26: factory.v1.WorkError
-	(*MoveTaskRequest)(nil),       // 27: factory.v1.MoveTaskRequest
-	(*MoveTaskResponse)(nil),      // 28: factory.v1.MoveTaskResponse
-	(*SetPriorityRequest)(nil),    // 29: factory.v1.SetPriorityRequest
-	(*SetPriorityResponse)(nil),   // 30: factory.v1.SetPriorityResponse
-	(*PauseQueueRequest)(nil),     // 31: factory.v1.PauseQueueRequest
-	(*PauseQueueResponse)(nil),    // 32: factory.v1.PauseQueueResponse
-	(*ResumeQueueRequest)(nil),    // 33: factory.v1.ResumeQueueRequest
-	(*ResumeQueueResponse)(nil),   // 34: factory.v1.ResumeQueueResponse
-	(*RequeueStuckRequest)(nil),   // 35: factory.v1.RequeueStuckRequest
-	(*RequeueStuckResponse)(nil),  // 36: factory.v1.RequeueStuckResponse
-	(*GetQueueStatsRequest)(nil),  // 37: factory.v1.GetQueueStatsRequest
-	(*StateCount)(nil),            // 38: factory.v1.StateCount
-	(*GetQueueStatsResponse)(nil), // 39: factory.v1.GetQueueStatsResponse
-	(*WatchTasksRequest)(nil),     // 40: factory.v1.WatchTasksRequest
-	(*WatchTasksResponse)(nil),    // 41: factory.v1.WatchTasksResponse
-	nil,                           // 42: factory.v1.Task.LabelsEntry
-	nil,                           // 43: factory.v1.CreateTaskRequest.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 44: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 45: google.protobuf.Duration
-	(*anypb.Any)(nil),             // 46: google.protobuf.Any
+	(*DependencyResult)(nil),      // 5: factory.v1.DependencyResult
+	(*CreateTaskRequest)(nil),     // 6: factory.v1.CreateTaskRequest
+	(*CreateTaskResponse)(nil),    // 7: factory.v1.CreateTaskResponse
+	(*CreateTasksRequest)(nil),    // 8: factory.v1.CreateTasksRequest
+	(*CreateTasksResponse)(nil),   // 9: factory.v1.CreateTasksResponse
+	(*GetTaskRequest)(nil),        // 10: factory.v1.GetTaskRequest
+	(*GetTaskResponse)(nil),       // 11: factory.v1.GetTaskResponse
+	(*ListTasksRequest)(nil),      // 12: factory.v1.ListTasksRequest
+	(*ListTasksResponse)(nil),     // 13: factory.v1.ListTasksResponse
+	(*ClaimTaskRequest)(nil),      // 14: factory.v1.ClaimTaskRequest
+	(*ClaimTaskResponse)(nil),     // 15: factory.v1.ClaimTaskResponse
+	(*RenewLeaseRequest)(nil),     // 16: factory.v1.RenewLeaseRequest
+	(*RenewLeaseResponse)(nil),    // 17: factory.v1.RenewLeaseResponse
+	(*CompleteTaskRequest)(nil),   // 18: factory.v1.CompleteTaskRequest
+	(*CompleteTaskResponse)(nil),  // 19: factory.v1.CompleteTaskResponse
+	(*CompleteTasksRequest)(nil),  // 20: factory.v1.CompleteTasksRequest
+	(*CompleteTaskResult)(nil),    // 21: factory.v1.CompleteTaskResult
+	(*CompleteTasksResponse)(nil), // 22: factory.v1.CompleteTasksResponse
+	(*FailTaskRequest)(nil),       // 23: factory.v1.FailTaskRequest
+	(*FailTaskResponse)(nil),      // 24: factory.v1.FailTaskResponse
+	(*WorkRequest)(nil),           // 25: factory.v1.WorkRequest
+	(*WorkResponse)(nil),          // 26: factory.v1.WorkResponse
+	(*WorkError)(nil),             // 27: factory.v1.WorkError
+	(*MoveTaskRequest)(nil),       // 28: factory.v1.MoveTaskRequest
+	(*MoveTaskResponse)(nil),      // 29: factory.v1.MoveTaskResponse
+	(*SetPriorityRequest)(nil),    // 30: factory.v1.SetPriorityRequest
+	(*SetPriorityResponse)(nil),   // 31: factory.v1.SetPriorityResponse
+	(*PauseQueueRequest)(nil),     // 32: factory.v1.PauseQueueRequest
+	(*PauseQueueResponse)(nil),    // 33: factory.v1.PauseQueueResponse
+	(*ResumeQueueRequest)(nil),    // 34: factory.v1.ResumeQueueRequest
+	(*ResumeQueueResponse)(nil),   // 35: factory.v1.ResumeQueueResponse
+	(*RequeueStuckRequest)(nil),   // 36: factory.v1.RequeueStuckRequest
+	(*RequeueStuckResponse)(nil),  // 37: factory.v1.RequeueStuckResponse
+	(*GetQueueStatsRequest)(nil),  // 38: factory.v1.GetQueueStatsRequest
+	(*StateCount)(nil),            // 39: factory.v1.StateCount
+	(*GetQueueStatsResponse)(nil), // 40: factory.v1.GetQueueStatsResponse
+	(*WatchTasksRequest)(nil),     // 41: factory.v1.WatchTasksRequest
+	(*WatchTasksResponse)(nil),    // 42: factory.v1.WatchTasksResponse
+	nil,                           // 43: factory.v1.Task.LabelsEntry
+	nil,                           // 44: factory.v1.CreateTaskRequest.LabelsEntry
+	(*timestamppb.Timestamp)(nil), // 45: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 46: google.protobuf.Duration
+	(*anypb.Any)(nil),             // 47: google.protobuf.Any
 }
 var file_factory_v1_queue_proto_depIdxs = []int32{
-	44, // 0: factory.v1.Lease.expires_at:type_name -> google.protobuf.Timestamp
-	44, // 1: factory.v1.Lease.claimed_at:type_name -> google.protobuf.Timestamp
-	44, // 2: factory.v1.Lease.renewed_at:type_name -> google.protobuf.Timestamp
+	45, // 0: factory.v1.Lease.expires_at:type_name -> google.protobuf.Timestamp
+	45, // 1: factory.v1.Lease.claimed_at:type_name -> google.protobuf.Timestamp
+	45, // 2: factory.v1.Lease.renewed_at:type_name -> google.protobuf.Timestamp
 	0,  // 3: factory.v1.Task.state:type_name -> factory.v1.TaskState
 	3,  // 4: factory.v1.Task.lease:type_name -> factory.v1.Lease
-	44, // 5: factory.v1.Task.run_after:type_name -> google.protobuf.Timestamp
-	42, // 6: factory.v1.Task.labels:type_name -> factory.v1.Task.LabelsEntry
-	44, // 7: factory.v1.Task.created_at:type_name -> google.protobuf.Timestamp
-	44, // 8: factory.v1.Task.updated_at:type_name -> google.protobuf.Timestamp
-	44, // 9: factory.v1.Task.state_changed_at:type_name -> google.protobuf.Timestamp
-	43, // 10: factory.v1.CreateTaskRequest.labels:type_name -> factory.v1.CreateTaskRequest.LabelsEntry
-	0,  // 11: factory.v1.CreateTaskRequest.initial_state:type_name -> factory.v1.TaskState
-	44, // 12: factory.v1.CreateTaskRequest.run_after:type_name -> google.protobuf.Timestamp
-	4,  // 13: factory.v1.CreateTaskResponse.task:type_name -> factory.v1.Task
-	5,  // 14: factory.v1.CreateTasksRequest.tasks:type_name -> factory.v1.CreateTaskRequest
-	4,  // 15: factory.v1.CreateTasksResponse.tasks:type_name -> factory.v1.Task
-	4,  // 16: factory.v1.GetTaskResponse.task:type_name -> factory.v1.Task
-	0,  // 17: factory.v1.ListTasksRequest.states:type_name -> factory.v1.TaskState
-	1,  // 18: factory.v1.ListTasksRequest.view:type_name -> factory.v1.TaskView
-	4,  // 19: factory.v1.ListTasksResponse.tasks:type_name -> factory.v1.Task
-	45, // 20: factory.v1.ClaimTaskRequest.wait:type_name -> google.protobuf.Duration
-	45, // 21: factory.v1.ClaimTaskRequest.lease_duration:type_name -> google.protobuf.Duration
-	4,  // 22: factory.v1.ClaimTaskResponse.tasks:type_name -> factory.v1.Task
-	45, // 23: factory.v1.RenewLeaseRequest.lease_duration:type_name -> google.protobuf.Duration
-	4,  // 24: factory.v1.RenewLeaseResponse.task:type_name -> factory.v1.Task
-	4,  // 25: factory.v1.CompleteTaskResponse.task:type_name -> factory.v1.Task
-	17, // 26: factory.v1.CompleteTasksRequest.items:type_name -> factory.v1.CompleteTaskRequest
-	4,  // 27: factory.v1.CompleteTaskResult.task:type_name -> factory.v1.Task
-	20, // 28: factory.v1.CompleteTasksResponse.results:type_name -> factory.v1.CompleteTaskResult
-	4,  // 29: factory.v1.FailTaskResponse.task:type_name -> factory.v1.Task
-	13, // 30: factory.v1.WorkRequest.claim:type_name -> factory.v1.ClaimTaskRequest
-	17, // 31: factory.v1.WorkRequest.complete:type_name -> factory.v1.CompleteTaskRequest
-	15, // 32: factory.v1.WorkRequest.renew:type_name -> factory.v1.RenewLeaseRequest
-	22, // 33: factory.v1.WorkRequest.fail:type_name -> factory.v1.FailTaskRequest
-	19, // 34: factory.v1.WorkRequest.complete_many:type_name -> factory.v1.CompleteTasksRequest
-	14, // 35: factory.v1.WorkResponse.claim:type_name -> factory.v1.ClaimTaskResponse
-	18, // 36: factory.v1.WorkResponse.complete:type_name -> factory.v1.CompleteTaskResponse
-	16, // 37: factory.v1.WorkResponse.renew:type_name -> factory.v1.RenewLeaseResponse
-	23, // 38: factory.v1.WorkResponse.fail:type_name -> factory.v1.FailTaskResponse
-	26, // 39: factory.v1.WorkResponse.error:type_name -> factory.v1.WorkError
-	21, // 40: factory.v1.WorkResponse.complete_many:type_name -> factory.v1.CompleteTasksResponse
-	46, // 41: factory.v1.WorkError.details:type_name -> google.protobuf.Any
-	0,  // 42: factory.v1.MoveTaskRequest.to:type_name -> factory.v1.TaskState
-	4,  // 43: factory.v1.MoveTaskResponse.task:type_name -> factory.v1.Task
-	4,  // 44: factory.v1.SetPriorityResponse.task:type_name -> factory.v1.Task
-	45, // 45: factory.v1.RequeueStuckRequest.older_than:type_name -> google.protobuf.Duration
-	4,  // 46: factory.v1.RequeueStuckResponse.tasks:type_name -> factory.v1.Task
-	0,  // 47: factory.v1.StateCount.state:type_name -> factory.v1.TaskState
-	38, // 48: factory.v1.GetQueueStatsResponse.counts:type_name -> factory.v1.StateCount
-	45, // 49: factory.v1.GetQueueStatsResponse.oldest_ready_age:type_name -> google.protobuf.Duration
-	45, // 50: factory.v1.GetQueueStatsResponse.oldest_in_progress_age:type_name -> google.protobuf.Duration
-	0,  // 51: factory.v1.WatchTasksRequest.states:type_name -> factory.v1.TaskState
-	2,  // 52: factory.v1.WatchTasksResponse.type:type_name -> factory.v1.TaskEventType
-	4,  // 53: factory.v1.WatchTasksResponse.task:type_name -> factory.v1.Task
-	0,  // 54: factory.v1.WatchTasksResponse.previous_state:type_name -> factory.v1.TaskState
-	44, // 55: factory.v1.WatchTasksResponse.time:type_name -> google.protobuf.Timestamp
-	5,  // 56: factory.v1.QueueService.CreateTask:input_type -> factory.v1.CreateTaskRequest
-	7,  // 57: factory.v1.QueueService.CreateTasks:input_type -> factory.v1.CreateTasksRequest
-	9,  // 58: factory.v1.QueueService.GetTask:input_type -> factory.v1.GetTaskRequest
-	11, // 59: factory.v1.QueueService.ListTasks:input_type -> factory.v1.ListTasksRequest
-	13, // 60: factory.v1.QueueService.ClaimTask:input_type -> factory.v1.ClaimTaskRequest
-	15, // 61: factory.v1.QueueService.RenewLease:input_type -> factory.v1.RenewLeaseRequest
-	17, // 62: factory.v1.QueueService.CompleteTask:input_type -> factory.v1.CompleteTaskRequest
-	19, // 63: factory.v1.QueueService.CompleteTasks:input_type -> factory.v1.CompleteTasksRequest
-	22, // 64: factory.v1.QueueService.FailTask:input_type -> factory.v1.FailTaskRequest
-	27, // 65: factory.v1.QueueService.MoveTask:input_type -> factory.v1.MoveTaskRequest
-	29, // 66: factory.v1.QueueService.SetPriority:input_type -> factory.v1.SetPriorityRequest
-	31, // 67: factory.v1.QueueService.PauseQueue:input_type -> factory.v1.PauseQueueRequest
-	33, // 68: factory.v1.QueueService.ResumeQueue:input_type -> factory.v1.ResumeQueueRequest
-	35, // 69: factory.v1.QueueService.RequeueStuck:input_type -> factory.v1.RequeueStuckRequest
-	37, // 70: factory.v1.QueueService.GetQueueStats:input_type -> factory.v1.GetQueueStatsRequest
-	40, // 71: factory.v1.QueueService.WatchTasks:input_type -> factory.v1.WatchTasksRequest
-	24, // 72: factory.v1.QueueService.Work:input_type -> factory.v1.WorkRequest
-	6,  // 73: factory.v1.QueueService.CreateTask:output_type -> factory.v1.CreateTaskResponse
-	8,  // 74: factory.v1.QueueService.CreateTasks:output_type -> factory.v1.CreateTasksResponse
-	10, // 75: factory.v1.QueueService.GetTask:output_type -> factory.v1.GetTaskResponse
-	12, // 76: factory.v1.QueueService.ListTasks:output_type -> factory.v1.ListTasksResponse
-	14, // 77: factory.v1.QueueService.ClaimTask:output_type -> factory.v1.ClaimTaskResponse
-	16, // 78: factory.v1.QueueService.RenewLease:output_type -> factory.v1.RenewLeaseResponse
-	18, // 79: factory.v1.QueueService.CompleteTask:output_type -> factory.v1.CompleteTaskResponse
-	21, // 80: factory.v1.QueueService.CompleteTasks:output_type -> factory.v1.CompleteTasksResponse
-	23, // 81: factory.v1.QueueService.FailTask:output_type -> factory.v1.FailTaskResponse
-	28, // 82: factory.v1.QueueService.MoveTask:output_type -> factory.v1.MoveTaskResponse
-	30, // 83: factory.v1.QueueService.SetPriority:output_type -> factory.v1.SetPriorityResponse
-	32, // 84: factory.v1.QueueService.PauseQueue:output_type -> factory.v1.PauseQueueResponse
-	34, // 85: factory.v1.QueueService.ResumeQueue:output_type -> factory.v1.ResumeQueueResponse
-	36, // 86: factory.v1.QueueService.RequeueStuck:output_type -> factory.v1.RequeueStuckResponse
-	39, // 87: factory.v1.QueueService.GetQueueStats:output_type -> factory.v1.GetQueueStatsResponse
-	41, // 88: factory.v1.QueueService.WatchTasks:output_type -> factory.v1.WatchTasksResponse
-	25, // 89: factory.v1.QueueService.Work:output_type -> factory.v1.WorkResponse
-	73, // [73:90] is the sub-list for method output_type
-	56, // [56:73] is the sub-list for method input_type
-	56, // [56:56] is the sub-list for extension type_name
-	56, // [56:56] is the sub-list for extension extendee
-	0,  // [0:56] is the sub-list for field type_name
+	45, // 5: factory.v1.Task.run_after:type_name -> google.protobuf.Timestamp
+	43, // 6: factory.v1.Task.labels:type_name -> factory.v1.Task.LabelsEntry
+	45, // 7: factory.v1.Task.created_at:type_name -> google.protobuf.Timestamp
+	45, // 8: factory.v1.Task.updated_at:type_name -> google.protobuf.Timestamp
+	45, // 9: factory.v1.Task.state_changed_at:type_name -> google.protobuf.Timestamp
+	5,  // 10: factory.v1.Task.dependency_results:type_name -> factory.v1.DependencyResult
+	0,  // 11: factory.v1.DependencyResult.state:type_name -> factory.v1.TaskState
+	44, // 12: factory.v1.CreateTaskRequest.labels:type_name -> factory.v1.CreateTaskRequest.LabelsEntry
+	0,  // 13: factory.v1.CreateTaskRequest.initial_state:type_name -> factory.v1.TaskState
+	45, // 14: factory.v1.CreateTaskRequest.run_after:type_name -> google.protobuf.Timestamp
+	4,  // 15: factory.v1.CreateTaskResponse.task:type_name -> factory.v1.Task
+	6,  // 16: factory.v1.CreateTasksRequest.tasks:type_name -> factory.v1.CreateTaskRequest
+	4,  // 17: factory.v1.CreateTasksResponse.tasks:type_name -> factory.v1.Task
+	4,  // 18: factory.v1.GetTaskResponse.task:type_name -> factory.v1.Task
+	0,  // 19: factory.v1.ListTasksRequest.states:type_name -> factory.v1.TaskState
+	1,  // 20: factory.v1.ListTasksRequest.view:type_name -> factory.v1.TaskView
+	4,  // 21: factory.v1.ListTasksResponse.tasks:type_name -> factory.v1.Task
+	46, // 22: factory.v1.ClaimTaskRequest.wait:type_name -> google.protobuf.Duration
+	46, // 23: factory.v1.ClaimTaskRequest.lease_duration:type_name -> google.protobuf.Duration
+	4,  // 24: factory.v1.ClaimTaskResponse.tasks:type_name -> factory.v1.Task
+	46, // 25: factory.v1.RenewLeaseRequest.lease_duration:type_name -> google.protobuf.Duration
+	4,  // 26: factory.v1.RenewLeaseResponse.task:type_name -> factory.v1.Task
+	4,  // 27: factory.v1.CompleteTaskResponse.task:type_name -> factory.v1.Task
+	18, // 28: factory.v1.CompleteTasksRequest.items:type_name -> factory.v1.CompleteTaskRequest
+	4,  // 29: factory.v1.CompleteTaskResult.task:type_name -> factory.v1.Task
+	21, // 30: factory.v1.CompleteTasksResponse.results:type_name -> factory.v1.CompleteTaskResult
+	4,  // 31: factory.v1.FailTaskResponse.task:type_name -> factory.v1.Task
+	14, // 32: factory.v1.WorkRequest.claim:type_name -> factory.v1.ClaimTaskRequest
+	18, // 33: factory.v1.WorkRequest.complete:type_name -> factory.v1.CompleteTaskRequest
+	16, // 34: factory.v1.WorkRequest.renew:type_name -> factory.v1.RenewLeaseRequest
+	23, // 35: factory.v1.WorkRequest.fail:type_name -> factory.v1.FailTaskRequest
+	20, // 36: factory.v1.WorkRequest.complete_many:type_name -> factory.v1.CompleteTasksRequest
+	15, // 37: factory.v1.WorkResponse.claim:type_name -> factory.v1.ClaimTaskResponse
+	19, // 38: factory.v1.WorkResponse.complete:type_name -> factory.v1.CompleteTaskResponse
+	17, // 39: factory.v1.WorkResponse.renew:type_name -> factory.v1.RenewLeaseResponse
+	24, // 40: factory.v1.WorkResponse.fail:type_name -> factory.v1.FailTaskResponse
+	27, // 41: factory.v1.WorkResponse.error:type_name -> factory.v1.WorkError
+	22, // 42: factory.v1.WorkResponse.complete_many:type_name -> factory.v1.CompleteTasksResponse
+	47, // 43: factory.v1.WorkError.details:type_name -> google.protobuf.Any
+	0,  // 44: factory.v1.MoveTaskRequest.to:type_name -> factory.v1.TaskState
+	4,  // 45: factory.v1.MoveTaskResponse.task:type_name -> factory.v1.Task
+	4,  // 46: factory.v1.SetPriorityResponse.task:type_name -> factory.v1.Task
+	46, // 47: factory.v1.RequeueStuckRequest.older_than:type_name -> google.protobuf.Duration
+	4,  // 48: factory.v1.RequeueStuckResponse.tasks:type_name -> factory.v1.Task
+	0,  // 49: factory.v1.StateCount.state:type_name -> factory.v1.TaskState
+	39, // 50: factory.v1.GetQueueStatsResponse.counts:type_name -> factory.v1.StateCount
+	46, // 51: factory.v1.GetQueueStatsResponse.oldest_ready_age:type_name -> google.protobuf.Duration
+	46, // 52: factory.v1.GetQueueStatsResponse.oldest_in_progress_age:type_name -> google.protobuf.Duration
+	0,  // 53: factory.v1.WatchTasksRequest.states:type_name -> factory.v1.TaskState
+	2,  // 54: factory.v1.WatchTasksResponse.type:type_name -> factory.v1.TaskEventType
+	4,  // 55: factory.v1.WatchTasksResponse.task:type_name -> factory.v1.Task
+	0,  // 56: factory.v1.WatchTasksResponse.previous_state:type_name -> factory.v1.TaskState
+	45, // 57: factory.v1.WatchTasksResponse.time:type_name -> google.protobuf.Timestamp
+	6,  // 58: factory.v1.QueueService.CreateTask:input_type -> factory.v1.CreateTaskRequest
+	8,  // 59: factory.v1.QueueService.CreateTasks:input_type -> factory.v1.CreateTasksRequest
+	10, // 60: factory.v1.QueueService.GetTask:input_type -> factory.v1.GetTaskRequest
+	12, // 61: factory.v1.QueueService.ListTasks:input_type -> factory.v1.ListTasksRequest
+	14, // 62: factory.v1.QueueService.ClaimTask:input_type -> factory.v1.ClaimTaskRequest
+	16, // 63: factory.v1.QueueService.RenewLease:input_type -> factory.v1.RenewLeaseRequest
+	18, // 64: factory.v1.QueueService.CompleteTask:input_type -> factory.v1.CompleteTaskRequest
+	20, // 65: factory.v1.QueueService.CompleteTasks:input_type -> factory.v1.CompleteTasksRequest
+	23, // 66: factory.v1.QueueService.FailTask:input_type -> factory.v1.FailTaskRequest
+	28, // 67: factory.v1.QueueService.MoveTask:input_type -> factory.v1.MoveTaskRequest
+	30, // 68: factory.v1.QueueService.SetPriority:input_type -> factory.v1.SetPriorityRequest
+	32, // 69: factory.v1.QueueService.PauseQueue:input_type -> factory.v1.PauseQueueRequest
+	34, // 70: factory.v1.QueueService.ResumeQueue:input_type -> factory.v1.ResumeQueueRequest
+	36, // 71: factory.v1.QueueService.RequeueStuck:input_type -> factory.v1.RequeueStuckRequest
+	38, // 72: factory.v1.QueueService.GetQueueStats:input_type -> factory.v1.GetQueueStatsRequest
+	41, // 73: factory.v1.QueueService.WatchTasks:input_type -> factory.v1.WatchTasksRequest
+	25, // 74: factory.v1.QueueService.Work:input_type -> factory.v1.WorkRequest
+	7,  // 75: factory.v1.QueueService.CreateTask:output_type -> factory.v1.CreateTaskResponse
+	9,  // 76: factory.v1.QueueService.CreateTasks:output_type -> factory.v1.CreateTasksResponse
+	11, // 77: factory.v1.QueueService.GetTask:output_type -> factory.v1.GetTaskResponse
+	13, // 78: factory.v1.QueueService.ListTasks:output_type -> factory.v1.ListTasksResponse
+	15, // 79: factory.v1.QueueService.ClaimTask:output_type -> factory.v1.ClaimTaskResponse
+	17, // 80: factory.v1.QueueService.RenewLease:output_type -> factory.v1.RenewLeaseResponse
+	19, // 81: factory.v1.QueueService.CompleteTask:output_type -> factory.v1.CompleteTaskResponse
+	22, // 82: factory.v1.QueueService.CompleteTasks:output_type -> factory.v1.CompleteTasksResponse
+	24, // 83: factory.v1.QueueService.FailTask:output_type -> factory.v1.FailTaskResponse
+	29, // 84: factory.v1.QueueService.MoveTask:output_type -> factory.v1.MoveTaskResponse
+	31, // 85: factory.v1.QueueService.SetPriority:output_type -> factory.v1.SetPriorityResponse
+	33, // 86: factory.v1.QueueService.PauseQueue:output_type -> factory.v1.PauseQueueResponse
+	35, // 87: factory.v1.QueueService.ResumeQueue:output_type -> factory.v1.ResumeQueueResponse
+	37, // 88: factory.v1.QueueService.RequeueStuck:output_type -> factory.v1.RequeueStuckResponse
+	40, // 89: factory.v1.QueueService.GetQueueStats:output_type -> factory.v1.GetQueueStatsResponse
+	42, // 90: factory.v1.QueueService.WatchTasks:output_type -> factory.v1.WatchTasksResponse
+	26, // 91: factory.v1.QueueService.Work:output_type -> factory.v1.WorkResponse
+	75, // [75:92] is the sub-list for method output_type
+	58, // [58:75] is the sub-list for method input_type
+	58, // [58:58] is the sub-list for extension type_name
+	58, // [58:58] is the sub-list for extension extendee
+	0,  // [0:58] is the sub-list for field type_name
 }
 
 func init() { file_factory_v1_queue_proto_init() }
@@ -3506,14 +3680,14 @@ func file_factory_v1_queue_proto_init() {
 	if File_factory_v1_queue_proto != nil {
 		return
 	}
-	file_factory_v1_queue_proto_msgTypes[21].OneofWrappers = []any{
+	file_factory_v1_queue_proto_msgTypes[22].OneofWrappers = []any{
 		(*WorkRequest_Claim)(nil),
 		(*WorkRequest_Complete)(nil),
 		(*WorkRequest_Renew)(nil),
 		(*WorkRequest_Fail)(nil),
 		(*WorkRequest_CompleteMany)(nil),
 	}
-	file_factory_v1_queue_proto_msgTypes[22].OneofWrappers = []any{
+	file_factory_v1_queue_proto_msgTypes[23].OneofWrappers = []any{
 		(*WorkResponse_Claim)(nil),
 		(*WorkResponse_Complete)(nil),
 		(*WorkResponse_Renew)(nil),
@@ -3527,7 +3701,7 @@ func file_factory_v1_queue_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_factory_v1_queue_proto_rawDesc), len(file_factory_v1_queue_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   41,
+			NumMessages:   42,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

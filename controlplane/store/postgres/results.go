@@ -1,0 +1,66 @@
+package postgres
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	"github.com/factory/factory/controlplane/store"
+)
+
+// qResults reads the results of the tasks $1 names, in its order, with
+// each result's size and the running total; a result past the budget $2
+// (when not 0) is not returned.
+const qResults = `-- name: TaskResults
+WITH w AS (
+	SELECT i.ord, t.seq, octet_length(t.result_json)::bigint AS size,
+		SUM(octet_length(t.result_json)) OVER (ORDER BY i.ord)::bigint AS run
+	FROM unnest($1::text[]) WITH ORDINALITY AS i(id, ord) JOIN tasks t ON t.id = i.id
+)
+SELECT t.id, t.title, t.kind, t.role, t.state, t.labels::text, w.size, ($2::bigint > 0 AND w.run > $2::bigint),
+	CASE WHEN $2::bigint = 0 OR w.run <= $2::bigint THEN t.result_json ELSE '' END
+FROM w JOIN tasks t ON t.seq = w.seq ORDER BY w.ord`
+
+// TaskResults implements store.Store.
+func (s *Store) TaskResults(ctx context.Context, p *store.TaskResultsParams) ([]store.TaskResult, error) {
+	var ids []string
+	for _, id := range store.UniqueIDs(p.IDs) {
+		if pgText(id) {
+			ids = append(ids, id)
+		}
+	}
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	var out []store.TaskResult
+	err := s.read(ctx, "TaskResults", func(ctx context.Context) error {
+		out = out[:0]
+		rs, err := s.pool.Query(ctx, qResults, ids, max(p.MaxBytes, 0))
+		if err != nil {
+			return err
+		}
+		defer rs.Close()
+		for rs.Next() {
+			var (
+				r      store.TaskResult
+				state  int16
+				labels string
+			)
+			if err := rs.Scan(&r.ID, &r.Title, &r.Kind, &r.Role, &state, &labels, &r.ResultBytes, &r.Omitted, &r.ResultJSON); err != nil {
+				return err
+			}
+			r.State = store.TaskState(state)
+			if labels != "{}" && labels != "" {
+				if err := json.Unmarshal([]byte(labels), &r.Labels); err != nil {
+					return fmt.Errorf("task %s: labels: %w", r.ID, err)
+				}
+			}
+			out = append(out, r)
+		}
+		return rs.Err()
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}

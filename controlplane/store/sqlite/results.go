@@ -1,0 +1,58 @@
+package sqlite
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	"github.com/factory/factory/controlplane/store"
+)
+
+// qResults reads the results of the tasks named by a JSON array (?1), in
+// its order, with each result's size and the running total; a result
+// past the budget ?2 (when not 0) is not loaded. octet_length reads a
+// text's length from the record header without loading the text.
+var qResults = `WITH ids(pos, id) AS (SELECT key, value FROM json_each(?1)),
+	w AS (SELECT ids.pos, t.seq, octet_length(t.result_json) AS size,
+		SUM(octet_length(t.result_json)) OVER (ORDER BY ids.pos) AS run
+		FROM ids JOIN tasks t ON t.id = ids.id)
+SELECT t.id, t.title, t.kind, t.role, t.state, t.labels, w.size, ?2 > 0 AND w.run > ?2,
+	CASE WHEN ?2 = 0 OR w.run <= ?2 THEN t.result_json ELSE '' END
+FROM w JOIN tasks t ON t.seq = w.seq ORDER BY w.pos`
+
+// TaskResults implements store.Store.
+func (s *Store) TaskResults(ctx context.Context, p *store.TaskResultsParams) ([]store.TaskResult, error) {
+	ids := store.UniqueIDs(p.IDs)
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	const op = "TaskResults"
+	st, err := s.rs.get(ctx, qResults)
+	if err != nil {
+		return nil, dbErr(op, err)
+	}
+	rs, err := st.QueryContext(ctx, jsonText(ids), max(p.MaxBytes, 0))
+	if err != nil {
+		return nil, dbErr(op, err)
+	}
+	defer rs.Close()
+	var out []store.TaskResult
+	for rs.Next() {
+		var (
+			r      store.TaskResult
+			state  int64
+			labels string
+		)
+		if err := rs.Scan(&r.ID, &r.Title, &r.Kind, &r.Role, &state, &labels, &r.ResultBytes, &r.Omitted, &r.ResultJSON); err != nil {
+			return nil, dbErr(op, err)
+		}
+		r.State = store.TaskState(state)
+		if labels != "{}" && labels != "" {
+			if err := json.Unmarshal([]byte(labels), &r.Labels); err != nil {
+				return nil, fmt.Errorf("task %s: labels: %w", r.ID, err)
+			}
+		}
+		out = append(out, r)
+	}
+	return out, dbErr(op, rs.Err())
+}
