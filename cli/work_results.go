@@ -1,0 +1,49 @@
+package cli
+
+import (
+	"encoding/json"
+
+	factoryv1 "github.com/factory/factory/gen/factory/v1"
+)
+
+// dependencyResult is one entry of FACTORY_DEPENDENCY_RESULTS: a
+// dependency's result as JSON (null when it has none or it was omitted
+// from the claim), with what names it.
+type dependencyResult struct {
+	TaskID string          `json:"task_id"`
+	Stage  string          `json:"stage,omitempty"`
+	Kind   string          `json:"kind,omitempty"`
+	Title  string          `json:"title,omitempty"`
+	Result json.RawMessage `json:"result"`
+	// Omitted says the result did not fit in the claim: fetch it with
+	// "factory task show" while holding the task.
+	Omitted bool `json:"omitted,omitempty"`
+}
+
+// dependencyResultsJSON renders a task's dependency results as CMD gets
+// them in FACTORY_DEPENDENCY_RESULTS: "[]" when there are none.
+func dependencyResultsJSON(t *factoryv1.Task) string {
+	out := make([]dependencyResult, 0, len(t.GetDependencyResults()))
+	for _, d := range t.GetDependencyResults() {
+		r := dependencyResult{TaskID: d.GetTaskId(), Stage: d.GetStage(), Kind: d.GetKind(), Title: d.GetTitle(), Omitted: d.GetOmitted()}
+		if d.GetResultJson() != "" && json.Valid([]byte(d.GetResultJson())) {
+			r.Result = json.RawMessage(d.GetResultJson())
+		}
+		out = append(out, r)
+	}
+	b, err := json.Marshal(out)
+	if err != nil {
+		return "[]"
+	}
+	return string(b)
+}
+
+// dependencyResultsEnv is dependencyResultsJSON, or empty when it is too
+// large for an environment string (CMD then reads stdin).
+func dependencyResultsEnv(t *factoryv1.Task) string {
+	s := dependencyResultsJSON(t)
+	if len(s) > workPayloadEnvMax {
+		return ""
+	}
+	return s
+}
