@@ -358,8 +358,9 @@ type Task struct {
 	PayloadBytes int64 `protobuf:"varint,25,opt,name=payload_bytes,json=payloadBytes,proto3" json:"payload_bytes,omitempty"`
 	// The result its holder completed it with (CompleteTaskRequest.result_json),
 	// as JSON text; empty when none. In the full view only, like the payload,
-	// and only to operators: an agent reads a result only as a dependency
-	// result of a task it holds.
+	// and only to operators (and, in CompleteTask's answer, to the agent
+	// that completed the task): an agent reads other tasks' results only as
+	// the dependency results of a task it holds. Watch events leave it out.
 	ResultJson string `protobuf:"bytes,27,opt,name=result_json,json=resultJson,proto3" json:"result_json,omitempty"`
 	// The results of the tasks this one depends on, in depends_on order, for
 	// its lease holder: set in ClaimTask and Work claims and in GetTask by the
