@@ -131,9 +131,22 @@ in=$(cat)
 case "$in" in *'go api + postgres'*) ;; *) echo "stdin: $in" >&2; exit 6;; esac
 case "$in" in *tinyurl*) echo "a result of a task this one does not depend on" >&2; exit 7;; esac
 echo '::result {"repo": "git.example/short", "commit": "4f2a9c1"}'`)
-	sh.work(hawk, "hawk", "tester", `
-case "$FACTORY_DEPENDENCY_RESULTS" in *'"commit":"4f2a9c1"'*) ;; *) echo "deps: $FACTORY_DEPENDENCY_RESULTS" >&2; exit 8;; esac
-echo '::result {"verdict": "pass", "checked": ["redirects", "analytics"]}'`)
+	// Hawk works by hand: claim, read, done. The claim carries build's
+	// result; so does task show while Hawk holds the task, and only for
+	// Hawk.
+	r = sh.as(hawk, "task", "claim", "--agent", "hawk", "--role", "tester", "--state-file", sh.stateFile, "-o", "json")
+	if r.code != 0 || !strings.Contains(r.stdout, `"dependency_results"`) || !strings.Contains(r.stdout, `4f2a9c1`) {
+		t.Fatalf("hawk's claim: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if out := sh.as(hawk, "task", "show", "short-test").stdout; !strings.Contains(out, "Dependency result:") || !strings.Contains(out, "4f2a9c1") {
+		t.Fatalf("hawk's task show of the task it holds:\n%s", out)
+	}
+	if out := sh.as(rex, "task", "show", "short-test").stdout; strings.Contains(out, "4f2a9c1") {
+		t.Fatalf("rex's task show of hawk's task shows build's result:\n%s", out)
+	}
+	if r := sh.as(hawk, "task", "done", "--agent", "hawk", "--state-file", sh.stateFile, "--result", `{"verdict": "pass", "checked": ["redirects", "analytics"]}`); r.code != 0 {
+		t.Fatalf("hawk's done: exit %d %s", r.code, r.stderr)
+	}
 
 	// Testing is DONE, but the production deploy waits for an operator.
 	if got := sh.task("short-test")["state"]; got != "TASK_STATE_DONE" {

@@ -1,7 +1,11 @@
 package cli
 
 import (
+	"bytes"
 	"encoding/json"
+	"fmt"
+	"os"
+	"strings"
 
 	factoryv1 "github.com/factory/factory/gen/factory/v1"
 )
@@ -46,4 +50,41 @@ func dependencyResultsEnv(t *factoryv1.Task) string {
 		return ""
 	}
 	return s
+}
+
+// dependencyResultText is one dependency's result on a line of task show.
+func dependencyResultText(d *factoryv1.DependencyResult) string {
+	name := d.GetTaskId()
+	if s := d.GetStage(); s != "" {
+		name += " (" + s + ")"
+	}
+	switch {
+	case d.GetOmitted():
+		return fmt.Sprintf("%s: %d bytes, not in this response", name, d.GetResultBytes())
+	case d.GetResultJson() == "":
+		return name + ": none"
+	}
+	return name + ": " + truncate(d.GetResultJson(), 200)
+}
+
+// resultFlag reads a --result flag: JSON, or @FILE holding it; compacted.
+func resultFlag(v string) (string, error) {
+	if v == "" {
+		return "", nil
+	}
+	if name, ok := strings.CutPrefix(v, "@"); ok {
+		b, err := os.ReadFile(name)
+		if err != nil {
+			return "", usageErrorf("--result: %v", err)
+		}
+		v = string(b)
+	}
+	var compact bytes.Buffer
+	if err := json.Compact(&compact, []byte(v)); err != nil {
+		return "", usageErrorf("--result: not JSON: %v", err)
+	}
+	if compact.Len() > workResultMax {
+		return "", usageErrorf("--result: %d bytes of JSON; at most %d", compact.Len(), workResultMax)
+	}
+	return compact.String(), nil
 }
