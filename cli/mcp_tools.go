@@ -168,6 +168,8 @@ type mcpDependencyResult struct {
 	Title   string          `json:"title,omitempty"`
 	Result  json.RawMessage `json:"result,omitempty" jsonschema:"the dependency's result, as JSON"`
 	Omitted bool            `json:"omitted,omitempty" jsonschema:"the result was too large for the claim; show_task has it"`
+	// Withheld: the dependency was done before this task was created.
+	Withheld bool `json:"withheld,omitempty" jsonschema:"the dependency was done before this task was created, so its result is not handed on"`
 }
 
 func mcpTaskOf(t *factoryv1.Task, held bool) *mcpTask {
@@ -180,7 +182,7 @@ func mcpTaskOf(t *factoryv1.Task, held bool) *mcpTask {
 		HeldByYou: held,
 	}
 	for _, d := range t.GetDependencyResults() {
-		r := mcpDependencyResult{TaskID: d.GetTaskId(), Stage: d.GetStage(), Kind: d.GetKind(), Title: d.GetTitle(), Omitted: d.GetOmitted()}
+		r := mcpDependencyResult{TaskID: d.GetTaskId(), Stage: d.GetStage(), Kind: d.GetKind(), Title: d.GetTitle(), Omitted: d.GetOmitted(), Withheld: d.GetWithheld()}
 		if d.GetResultJson() != "" {
 			r.Result = json.RawMessage(d.GetResultJson())
 		}

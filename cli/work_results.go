@@ -22,6 +22,9 @@ type dependencyResult struct {
 	// Omitted says the result did not fit in the claim: fetch it with
 	// "factory task show" while holding the task.
 	Omitted bool `json:"omitted,omitempty"`
+	// Withheld says the dependency was done before this task was made,
+	// so its result is not handed on.
+	Withheld bool `json:"withheld,omitempty"`
 }
 
 // dependencyResultsJSON renders a task's dependency results as CMD gets
@@ -29,7 +32,7 @@ type dependencyResult struct {
 func dependencyResultsJSON(t *factoryv1.Task) string {
 	out := make([]dependencyResult, 0, len(t.GetDependencyResults()))
 	for _, d := range t.GetDependencyResults() {
-		r := dependencyResult{TaskID: d.GetTaskId(), Stage: d.GetStage(), Kind: d.GetKind(), Title: d.GetTitle(), Omitted: d.GetOmitted()}
+		r := dependencyResult{TaskID: d.GetTaskId(), Stage: d.GetStage(), Kind: d.GetKind(), Title: d.GetTitle(), Omitted: d.GetOmitted(), Withheld: d.GetWithheld()}
 		if d.GetResultJson() != "" && json.Valid([]byte(d.GetResultJson())) {
 			r.Result = json.RawMessage(d.GetResultJson())
 		}
@@ -59,6 +62,8 @@ func dependencyResultText(d *factoryv1.DependencyResult) string {
 		name += " (" + s + ")"
 	}
 	switch {
+	case d.GetWithheld():
+		return name + ": withheld (done before this task was created)"
 	case d.GetOmitted():
 		return fmt.Sprintf("%s: %d bytes, not in this response", name, d.GetResultBytes())
 	case d.GetResultJson() == "":

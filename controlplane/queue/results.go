@@ -46,12 +46,24 @@ func checkResults(items []store.TaskCompleteItem) error {
 	return nil
 }
 
+// DependencyResult is one dependency's result as its dependent's holder
+// reads it.
+type DependencyResult struct {
+	store.TaskResult
+	// Withheld marks a result not handed on because the dependency was
+	// completed before the dependent was created: otherwise anyone who
+	// may create tasks could read any finished task's result by making a
+	// task that depends on it. A pipeline's stages all exist before the
+	// first is done.
+	Withheld bool
+}
+
 // DependencyResults reads the results of the dependencies of tasks, for
 // their holder: one store read for all of them, at most maxBytes of
 // results in all (the rest come omitted, with their sizes). The map holds,
 // for each task with dependencies, their results in depends_on order; a
 // dependency that no longer exists is left out.
-func (s *Service) DependencyResults(ctx context.Context, tasks []*store.Task, maxBytes int64) (map[string][]store.TaskResult, error) {
+func (s *Service) DependencyResults(ctx context.Context, tasks []*store.Task, maxBytes int64) (map[string][]DependencyResult, error) {
 	var ids []string
 	for _, t := range tasks {
 		ids = append(ids, t.DependsOn...)
@@ -67,12 +79,18 @@ func (s *Service) DependencyResults(ctx context.Context, tasks []*store.Task, ma
 	for _, r := range results {
 		byID[r.ID] = r
 	}
-	out := make(map[string][]store.TaskResult, len(tasks))
+	out := make(map[string][]DependencyResult, len(tasks))
 	for _, t := range tasks {
 		for _, d := range t.DependsOn {
-			if r, ok := byID[d]; ok {
-				out[t.ID] = append(out[t.ID], r)
+			r, ok := byID[d]
+			if !ok {
+				continue
 			}
+			dr := DependencyResult{TaskResult: r}
+			if r.StateChangedAt.Before(t.CreatedAt) && (r.State == store.StateDone || r.State == store.StateReview) {
+				dr.Withheld, dr.ResultJSON = true, ""
+			}
+			out[t.ID] = append(out[t.ID], dr)
 		}
 	}
 	return out, nil

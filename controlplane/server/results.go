@@ -64,9 +64,10 @@ func withDependencyResults(ctx context.Context, q *queue.Service, pts []*factory
 	return nil
 }
 
-func dependencyResultToProto(r store.TaskResult) *factoryv1.DependencyResult {
+func dependencyResultToProto(r queue.DependencyResult) *factoryv1.DependencyResult {
 	return &factoryv1.DependencyResult{
 		TaskId: r.ID, Title: r.Title, Kind: r.Kind, Role: r.Role, Stage: r.Labels["stage"],
 		State: factoryv1.TaskState(r.State), ResultJson: r.ResultJSON, Omitted: r.Omitted, ResultBytes: r.ResultBytes,
+		Withheld: r.Withheld,
 	}
 }

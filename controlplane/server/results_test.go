@@ -116,6 +116,20 @@ func TestDependencyResultsReachOnlyTheHolder(t *testing.T) {
 			}
 		}
 	}
+	// A task made after its dependency was done does not get the
+	// dependency's result: scout cannot read a finished task's result by
+	// creating a task that depends on it.
+	if _, err := scout.q.CreateTask(ctx, &factoryv1.CreateTaskRequest{TaskId: "snoop", Title: "snoop", Role: "researcher", DependsOn: []string{"secret"}}); err != nil {
+		t.Fatal(err)
+	}
+	snoop := claim(scout, "scout", "researcher")
+	if d := snoop.GetDependencyResults(); snoop.GetId() != "snoop" || len(d) != 1 || !d[0].GetWithheld() || d[0].GetResultJson() != "" {
+		t.Fatalf("a task made after its dependency was done: %v", snoop)
+	}
+	if got, err := scout.q.GetTask(ctx, &factoryv1.GetTaskRequest{TaskId: "snoop"}); err != nil || strings.Contains(got.String(), "hunter2") {
+		t.Fatalf("holder's GetTask of snoop: %v, %v", got, err)
+	}
+
 	// An operator reads results in full reads.
 	if got, err := op.q.GetTask(ctx, &factoryv1.GetTaskRequest{TaskId: "secret"}); err != nil || got.GetTask().GetResultJson() != `{"password":"hunter2"}` {
 		t.Fatalf("operator's GetTask: %v, %v", got, err)

@@ -334,6 +334,9 @@ type TaskResult struct {
 	ResultBytes int64
 	// Omitted marks a result left out for MaxBytes.
 	Omitted bool
+	// StateChangedAt is when the task entered its state: for a DONE
+	// task, when it was completed.
+	StateChangedAt time.Time
 }
 
 // TaskCompleteResult has one entry per item plus every change made.

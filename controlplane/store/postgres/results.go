@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"time"
 
 	"github.com/factory/factory/controlplane/store"
 )
@@ -17,7 +18,7 @@ WITH w AS (
 		SUM(octet_length(t.result_json)) OVER (ORDER BY i.ord)::bigint AS run
 	FROM unnest($1::text[]) WITH ORDINALITY AS i(id, ord) JOIN tasks t ON t.id = i.id
 )
-SELECT t.id, t.title, t.kind, t.role, t.state, t.labels::text, w.size, ($2::bigint > 0 AND w.run > $2::bigint),
+SELECT t.id, t.title, t.kind, t.role, t.state, t.state_changed_at, t.labels::text, w.size, ($2::bigint > 0 AND w.run > $2::bigint),
 	CASE WHEN $2::bigint = 0 OR w.run <= $2::bigint THEN t.result_json ELSE '' END
 FROM w JOIN tasks t ON t.seq = w.seq ORDER BY w.ord`
 
@@ -42,14 +43,15 @@ func (s *Store) TaskResults(ctx context.Context, p *store.TaskResultsParams) ([]
 		defer rs.Close()
 		for rs.Next() {
 			var (
-				r      store.TaskResult
-				state  int16
-				labels string
+				r       store.TaskResult
+				state   int16
+				changed time.Time
+				labels  string
 			)
-			if err := rs.Scan(&r.ID, &r.Title, &r.Kind, &r.Role, &state, &labels, &r.ResultBytes, &r.Omitted, &r.ResultJSON); err != nil {
+			if err := rs.Scan(&r.ID, &r.Title, &r.Kind, &r.Role, &state, &changed, &labels, &r.ResultBytes, &r.Omitted, &r.ResultJSON); err != nil {
 				return err
 			}
-			r.State = store.TaskState(state)
+			r.State, r.StateChangedAt = store.TaskState(state), changed.UTC()
 			if labels != "{}" && labels != "" {
 				if err := json.Unmarshal([]byte(labels), &r.Labels); err != nil {
 					return fmt.Errorf("task %s: labels: %w", r.ID, err)

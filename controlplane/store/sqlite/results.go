@@ -16,7 +16,7 @@ var qResults = `WITH ids(pos, id) AS (SELECT key, value FROM json_each(?1)),
 	w AS (SELECT ids.pos, t.seq, octet_length(t.result_json) AS size,
 		SUM(octet_length(t.result_json)) OVER (ORDER BY ids.pos) AS run
 		FROM ids JOIN tasks t ON t.id = ids.id)
-SELECT t.id, t.title, t.kind, t.role, t.state, t.labels, w.size, ?2 > 0 AND w.run > ?2,
+SELECT t.id, t.title, t.kind, t.role, t.state, t.state_changed_at, t.labels, w.size, ?2 > 0 AND w.run > ?2,
 	CASE WHEN ?2 = 0 OR w.run <= ?2 THEN t.result_json ELSE '' END
 FROM w JOIN tasks t ON t.seq = w.seq ORDER BY w.pos`
 
@@ -39,14 +39,15 @@ func (s *Store) TaskResults(ctx context.Context, p *store.TaskResultsParams) ([]
 	var out []store.TaskResult
 	for rs.Next() {
 		var (
-			r      store.TaskResult
-			state  int64
-			labels string
+			r       store.TaskResult
+			state   int64
+			changed int64
+			labels  string
 		)
-		if err := rs.Scan(&r.ID, &r.Title, &r.Kind, &r.Role, &state, &labels, &r.ResultBytes, &r.Omitted, &r.ResultJSON); err != nil {
+		if err := rs.Scan(&r.ID, &r.Title, &r.Kind, &r.Role, &state, &changed, &labels, &r.ResultBytes, &r.Omitted, &r.ResultJSON); err != nil {
 			return nil, dbErr(op, err)
 		}
-		r.State = store.TaskState(state)
+		r.State, r.StateChangedAt = store.TaskState(state), fromNanos(changed)
 		if labels != "{}" && labels != "" {
 			if err := json.Unmarshal([]byte(labels), &r.Labels); err != nil {
 				return nil, fmt.Errorf("task %s: labels: %w", r.ID, err)

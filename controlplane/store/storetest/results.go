@@ -131,6 +131,10 @@ func (s *suite) testResults(t *testing.T) {
 
 			// A budget of 50 bytes: scout (7) fits, atlas (102) does not,
 			// and nothing after it is loaded either.
+			for _, g := range got[:3] {
+				requireTime(t, "a DONE task's state_changed_at", g.StateChangedAt, h.get(g.ID).StateChangedAt)
+			}
+
 			got = read(50, "scout", "atlas", "tail")
 			if len(got) != 3 || got[0].ResultJSON != `{"s":1}` || got[0].Omitted {
 				t.Fatalf("within the budget: %+v", got)

@@ -612,7 +612,12 @@ type DependencyResult struct {
 	// results and was left out; GetTask by the holder has a larger one.
 	Omitted bool `protobuf:"varint,8,opt,name=omitted,proto3" json:"omitted,omitempty"`
 	// The result's size in bytes, also when omitted.
-	ResultBytes   int64 `protobuf:"varint,9,opt,name=result_bytes,json=resultBytes,proto3" json:"result_bytes,omitempty"`
+	ResultBytes int64 `protobuf:"varint,9,opt,name=result_bytes,json=resultBytes,proto3" json:"result_bytes,omitempty"`
+	// The dependency was completed before this task was created, so its
+	// result is not handed on: a task made after the fact, by whoever may
+	// create tasks, cannot read another task's result. Pass what it needs
+	// in its payload instead.
+	Withheld      bool `protobuf:"varint,10,opt,name=withheld,proto3" json:"withheld,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -708,6 +713,13 @@ func (x *DependencyResult) GetResultBytes() int64 {
 		return x.ResultBytes
 	}
 	return 0
+}
+
+func (x *DependencyResult) GetWithheld() bool {
+	if x != nil {
+		return x.Withheld
+	}
+	return false
 }
 
 // CreateTaskRequest describes a new task.
@@ -3285,7 +3297,7 @@ const file_factory_v1_queue_proto_rawDesc = "" +
 	"\x12dependency_results\x18\x1c \x03(\v2\x1c.factory.v1.DependencyResultR\x11dependencyResults\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8a\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa6\x02\n" +
 	"\x10DependencyResult\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x14\n" +
 	"\x05title\x18\x02 \x01(\tR\x05title\x12\x12\n" +
@@ -3296,7 +3308,9 @@ const file_factory_v1_queue_proto_rawDesc = "" +
 	"\vresult_json\x18\a \x01(\tR\n" +
 	"resultJson\x12\x18\n" +
 	"\aomitted\x18\b \x01(\bR\aomitted\x12!\n" +
-	"\fresult_bytes\x18\t \x01(\x03R\vresultBytes\"\xab\b\n" +
+	"\fresult_bytes\x18\t \x01(\x03R\vresultBytes\x12\x1a\n" +
+	"\bwithheld\x18\n" +
+	" \x01(\bR\bwithheld\"\xab\b\n" +
 	"\x11CreateTaskRequest\x12;\n" +
 	"\atask_id\x18\x01 \x01(\tB\"\xbaH\x1f\xd8\x01\x01r\x1a2\x18^[A-Za-z0-9._:-]{1,128}$R\x06taskId\x12[\n" +
 	"\x05title\x18\x02 \x01(\tBE\xbaHB\xba\x017\n" +
