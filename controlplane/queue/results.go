@@ -16,9 +16,10 @@ const (
 	// rule says the same.
 	MaxResultBytes = 256 << 10
 	// ClaimDependencyBytes bounds the dependency results one claim (all
-	// its tasks together) carries. With ResponseBytes of tasks it stays
-	// under gRPC's default 4 MiB receive limit; a result past it comes
-	// marked omitted, with its size, for GetTask to fetch.
+	// its tasks together) carries, counted as store.TaskResults counts them.
+	// With ResponseBytes of tasks it stays under gRPC's default 4 MiB
+	// receive limit; a result past it comes marked omitted, with its id
+	// and size only, for GetTask to fetch.
 	ClaimDependencyBytes = 768 << 10
 	// HolderDependencyBytes bounds the dependency results GetTask gives
 	// the holder of one task.

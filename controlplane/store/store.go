@@ -97,10 +97,12 @@ type Store interface {
 
 	// TaskResults reads the results of the tasks IDs names, in that order,
 	// each id once; an id naming no task is left out. With MaxBytes the
-	// results are taken in order while their running total of ResultBytes
-	// stays within it: from the first that would pass it on, each comes
-	// with Omitted set and an empty ResultJSON (ResultBytes still says how
-	// large it is), so the read never loads more than MaxBytes of results.
+	// results are taken in order while the running total of their sizes
+	// (TaskResultSize) stays within it: from the first that would pass it
+	// on, each comes with Omitted set, only its ID, State, StateChangedAt
+	// and ResultBytes (its title, kind, role, labels and result left out),
+	// so the read never loads more than MaxBytes and an omitted one costs
+	// little more than its id.
 	TaskResults(ctx context.Context, params *TaskResultsParams) ([]TaskResult, error)
 
 	// TaskSetPriority sets a task's priority.
@@ -321,6 +323,11 @@ type TaskResultsParams struct {
 	// MaxBytes bounds the results' total size; 0 does not bound.
 	MaxBytes int64
 }
+
+// TaskResultSizeFixed is what TaskResults' byte budget counts for a
+// result besides its text: a result's size is TaskResultSizeFixed plus the
+// bytes of its result, title, kind, role and labels.
+const TaskResultSizeFixed = 256
 
 // TaskResult is one task's result with what names the task.
 type TaskResult struct {

@@ -4,23 +4,29 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/factory/factory/controlplane/store"
 )
 
 // qResults reads the results of the tasks $1 names, in its order, with
-// each result's size and the running total; a result past the budget $2
-// (when not 0) is not returned.
-const qResults = `-- name: TaskResults
+// each result's size and the running total of their sizes
+// (store.TaskResultSizeFixed and the texts); past the budget $2 (when not
+// 0) only the id, state and size are returned.
+var qResults = `-- name: TaskResults
 WITH w AS (
 	SELECT i.ord, t.seq, octet_length(t.result_json)::bigint AS size,
-		SUM(octet_length(t.result_json)) OVER (ORDER BY i.ord)::bigint AS run
+		SUM(` + strconv.Itoa(store.TaskResultSizeFixed) + ` + octet_length(t.result_json) + octet_length(t.title) + octet_length(t.kind)
+			+ octet_length(t.role) + octet_length(t.labels::text)) OVER (ORDER BY i.ord)::bigint AS run
 	FROM unnest($1::text[]) WITH ORDINALITY AS i(id, ord) JOIN tasks t ON t.id = i.id
+), f AS (
+	SELECT ord, seq, size, ($2::bigint = 0 OR run <= $2::bigint) AS fits FROM w
 )
-SELECT t.id, t.title, t.kind, t.role, t.state, t.state_changed_at, t.labels::text, w.size, ($2::bigint > 0 AND w.run > $2::bigint),
-	CASE WHEN $2::bigint = 0 OR w.run <= $2::bigint THEN t.result_json ELSE '' END
-FROM w JOIN tasks t ON t.seq = w.seq ORDER BY w.ord`
+SELECT t.id, CASE WHEN f.fits THEN t.title ELSE '' END, CASE WHEN f.fits THEN t.kind ELSE '' END,
+	CASE WHEN f.fits THEN t.role ELSE '' END, t.state, t.state_changed_at, CASE WHEN f.fits THEN t.labels::text ELSE '{}' END,
+	f.size, NOT f.fits, CASE WHEN f.fits THEN t.result_json ELSE '' END
+FROM f JOIN tasks t ON t.seq = f.seq ORDER BY f.ord`
 
 // TaskResults implements store.Store.
 func (s *Store) TaskResults(ctx context.Context, p *store.TaskResultsParams) ([]store.TaskResult, error) {

@@ -4,21 +4,26 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strconv"
 
 	"github.com/factory/factory/controlplane/store"
 )
 
 // qResults reads the results of the tasks named by a JSON array (?1), in
-// its order, with each result's size and the running total; a result
-// past the budget ?2 (when not 0) is not loaded. octet_length reads a
-// text's length from the record header without loading the text.
+// its order, with each result's size and the running total of their
+// sizes (store.TaskResultSizeFixed and the texts); past the budget ?2
+// (when not 0) only the id, state and size are read. octet_length reads
+// a text's length from the record header without loading the text.
 var qResults = `WITH ids(pos, id) AS (SELECT key, value FROM json_each(?1)),
 	w AS (SELECT ids.pos, t.seq, octet_length(t.result_json) AS size,
-		SUM(octet_length(t.result_json)) OVER (ORDER BY ids.pos) AS run
-		FROM ids JOIN tasks t ON t.id = ids.id)
-SELECT t.id, t.title, t.kind, t.role, t.state, t.state_changed_at, t.labels, w.size, ?2 > 0 AND w.run > ?2,
-	CASE WHEN ?2 = 0 OR w.run <= ?2 THEN t.result_json ELSE '' END
-FROM w JOIN tasks t ON t.seq = w.seq ORDER BY w.pos`
+		SUM(` + strconv.Itoa(store.TaskResultSizeFixed) + ` + octet_length(t.result_json) + octet_length(t.title) + octet_length(t.kind)
+			+ octet_length(t.role) + octet_length(t.labels)) OVER (ORDER BY ids.pos) AS run
+		FROM ids JOIN tasks t ON t.id = ids.id),
+	f AS (SELECT pos, seq, size, ?2 = 0 OR run <= ?2 AS fits FROM w)
+SELECT t.id, CASE WHEN f.fits THEN t.title ELSE '' END, CASE WHEN f.fits THEN t.kind ELSE '' END,
+	CASE WHEN f.fits THEN t.role ELSE '' END, t.state, t.state_changed_at, CASE WHEN f.fits THEN t.labels ELSE '{}' END,
+	f.size, NOT f.fits, CASE WHEN f.fits THEN t.result_json ELSE '' END
+FROM f JOIN tasks t ON t.seq = f.seq ORDER BY f.pos`
 
 // TaskResults implements store.Store.
 func (s *Store) TaskResults(ctx context.Context, p *store.TaskResultsParams) ([]store.TaskResult, error) {

@@ -129,19 +129,22 @@ func (s *suite) testResults(t *testing.T) {
 				}
 			}
 
-			// A budget of 50 bytes: scout (7) fits, atlas (102) does not,
-			// and nothing after it is loaded either.
 			for _, g := range got[:3] {
 				requireTime(t, "a DONE task's state_changed_at", g.StateChangedAt, h.get(g.ID).StateChangedAt)
 			}
 
-			got = read(50, "scout", "atlas", "tail")
-			if len(got) != 3 || got[0].ResultJSON != `{"s":1}` || got[0].Omitted {
+			// A budget of 400 bytes: scout (256 + 7 + its names, about
+			// 300) fits, atlas (256 + 102 + its names) does not, and
+			// nothing after it is loaded either: those come with their
+			// id, state and size only.
+			got = read(400, "scout", "atlas", "tail")
+			if len(got) != 3 || got[0].ResultJSON != `{"s":1}` || got[0].Omitted || got[0].Title != "Research" || got[0].Labels["stage"] != "scout" {
 				t.Fatalf("within the budget: %+v", got)
 			}
 			for _, g := range got[1:] {
-				if !g.Omitted || g.ResultJSON != "" || g.ResultBytes != int64(len(results[g.ID])) {
-					t.Fatalf("past the budget: %+v, want omitted with its size", g)
+				if !g.Omitted || g.ResultJSON != "" || g.ResultBytes != int64(len(results[g.ID])) || g.State != store.StateDone ||
+					g.Title != "" || g.Kind != "" || g.Role != "" || len(g.Labels) != 0 {
+					t.Fatalf("past the budget: %+v, want omitted with its id, state and size only", g)
 				}
 			}
 			if got := read(0); len(got) != 0 {

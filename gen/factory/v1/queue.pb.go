@@ -609,7 +609,9 @@ type DependencyResult struct {
 	// one, or when omitted is set.
 	ResultJson string `protobuf:"bytes,7,opt,name=result_json,json=resultJson,proto3" json:"result_json,omitempty"`
 	// The result did not fit in this response's budget for dependency
-	// results and was left out; GetTask by the holder has a larger one.
+	// results and was left out, with the title, kind, role and stage: only
+	// task_id, state and result_bytes are set. GetTask by the holder has a
+	// larger budget.
 	Omitted bool `protobuf:"varint,8,opt,name=omitted,proto3" json:"omitted,omitempty"`
 	// The result's size in bytes, also when omitted.
 	ResultBytes int64 `protobuf:"varint,9,opt,name=result_bytes,json=resultBytes,proto3" json:"result_bytes,omitempty"`
