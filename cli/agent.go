@@ -328,10 +328,11 @@ func newTaskDoneCommand(a *app) *cobra.Command {
 		af     agentFlags
 		review bool
 		note   string
+		result string
 		token  int64
 	)
 	cmd := &cobra.Command{
-		Use:   "done [ID] --agent A [--review] [--note TEXT]",
+		Use:   "done [ID] --agent A [--review] [--note TEXT] [--result JSON|@FILE]",
 		Short: "Finish a held task",
 		Long: `Done completes a task the agent holds: straight to DONE, or with --review
 to REVIEW for a human check (an operator then approves it with
@@ -342,13 +343,22 @@ whose dependencies are now all DONE become READY. The lease is dropped
 from the state file. ID may be left out while the agent holds one lease,
 or shortened to a prefix only one held id starts with. Leases the server
 no longer holds for the agent (rescued after they ran out, moved by an
-operator) are forgotten before the held ones are counted.`,
+operator) are forgotten before the held ones are counted.
+
+--result keeps a JSON result (at most 256 KiB) on the task: the tasks
+that depend on it read it when they are claimed (a pipeline's next stage).`,
 		Example: `  factory task done --agent builder-1 --note "merged as #412"
+  factory task done --agent atlas-1 --result '{"plan": ["api", "db"]}'
+
   factory task done 0193a2b4-... --agent builder-1 --review`,
 		Args:              cobra.MaximumNArgs(1),
 		ValidArgsFunction: af.completeHeldIDs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := af.check(); err != nil {
+				return err
+			}
+			resultJSON, err := resultFlag(result)
+			if err != nil {
 				return err
 			}
 			return a.withQueue(cmd, func(ctx context.Context, q factoryv1.QueueServiceClient) error {
@@ -357,7 +367,7 @@ operator) are forgotten before the held ones are counted.`,
 					return err
 				}
 				resp, err := q.CompleteTask(ctx, &factoryv1.CompleteTaskRequest{
-					TaskId: l.taskID, Agent: af.agent, FencingToken: l.token, Review: review, Note: note,
+					TaskId: l.taskID, Agent: af.agent, FencingToken: l.token, Review: review, Note: note, ResultJson: resultJSON,
 				})
 				if err := af.settle(l, err, true); err != nil {
 					return err
@@ -373,6 +383,7 @@ operator) are forgotten before the held ones are counted.`,
 	af.register(cmd)
 	cmd.Flags().BoolVar(&review, "review", false, "send to REVIEW for a human check instead of DONE")
 	cmd.Flags().StringVar(&note, "note", "", "closing note, kept on the task")
+	cmd.Flags().StringVar(&result, "result", "", "the task's result as JSON, or @FILE to read it from a file; handed to the tasks that depend on it")
 	cmd.Flags().Int64Var(&token, "fencing-token", 0, "fencing token, instead of the one in the state file")
 	return cmd
 }

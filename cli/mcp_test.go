@@ -352,11 +352,12 @@ func TestMCPServer(t *testing.T) {
 		if p := task("mcp-build").GetProgress(); p != "deployed 1.4.2" {
 			t.Fatalf("progress %q", p)
 		}
-		agent.ok("complete_task", map[string]any{"task_id": "mcp-build", "note": "shipped"}, &got)
+		agent.ok("complete_task", map[string]any{"task_id": "mcp-build", "note": "shipped", "result": map[string]any{"version": "1.4.2"}}, &got)
 		if got.State != "DONE" {
 			t.Fatalf("complete_task: %+v", got)
 		}
-		if tk := task("mcp-build"); tk.GetState() != factoryv1.TaskState_TASK_STATE_DONE || tk.GetAttempt() != 1 || tk.GetNote() != "shipped" {
+		if tk := task("mcp-build"); tk.GetState() != factoryv1.TaskState_TASK_STATE_DONE || tk.GetAttempt() != 1 || tk.GetNote() != "shipped" ||
+			tk.GetResultJson() != `{"version":"1.4.2"}` {
 			t.Fatalf("after complete_task: %v", tk)
 		}
 		agent.refused("complete_task", map[string]any{"task_id": "mcp-build"}, "not held by this session")

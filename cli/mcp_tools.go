@@ -65,7 +65,8 @@ func (s *mcpSession) register(server *mcp.Server) {
 	addMCPTool(s, server, &mcp.Tool{
 		Name: "complete_task",
 		Description: "Finish a task you hold: to DONE, or with review=true to REVIEW for a human check. " +
-			"Tasks that depend on it become READY. Put the outcome (what you did, where the result is) in note.",
+			"Tasks that depend on it become READY. Put the outcome (what you did, where the result is) in note, " +
+			"and what the next stage needs in result (any JSON, at most 256 KiB): the tasks depending on this one get it when claimed.",
 		Annotations: &mcp.ToolAnnotations{IdempotentHint: true},
 	}, map[string][]mcpRule{
 		"task_id": {schemaPattern(apiTaskIDPattern)},
@@ -150,10 +151,25 @@ type mcpTask struct {
 	Progress    string            `json:"progress,omitempty"`
 	Note        string            `json:"note,omitempty"`
 	LastError   string            `json:"last_error,omitempty" jsonschema:"why the previous attempt failed"`
+	// DependencyResults are what the tasks it depends on handed on.
+	DependencyResults []mcpDependencyResult `json:"dependency_results,omitempty" jsonschema:"the results of the tasks this one depends on (a pipeline's earlier stages), for the agent holding it"`
 	// LeaseExpiresAt is when the lease runs out unless renewed (this
 	// server renews the leases it holds).
 	LeaseExpiresAt string `json:"lease_expires_at,omitempty" jsonschema:"when the lease runs out unless renewed (RFC 3339); this server renews the leases it holds"`
 	HeldByYou      bool   `json:"held_by_you"`
+}
+
+// mcpDependencyResult is one dependency's result, as an agent holding the
+// dependent task reads it.
+type mcpDependencyResult struct {
+	TaskID  string          `json:"task_id"`
+	Stage   string          `json:"stage,omitempty"`
+	Kind    string          `json:"kind,omitempty"`
+	Title   string          `json:"title,omitempty"`
+	Result  json.RawMessage `json:"result,omitempty" jsonschema:"the dependency's result, as JSON"`
+	Omitted bool            `json:"omitted,omitempty" jsonschema:"the result was too large for the claim; show_task has it"`
+	// Withheld: the dependency was done before this task was created.
+	Withheld bool `json:"withheld,omitempty" jsonschema:"the dependency was done before this task was created, so its result is not handed on"`
 }
 
 func mcpTaskOf(t *factoryv1.Task, held bool) *mcpTask {
@@ -164,6 +180,13 @@ func mcpTaskOf(t *factoryv1.Task, held bool) *mcpTask {
 		Labels: t.GetLabels(), DependsOn: t.GetDependsOn(),
 		Progress: t.GetProgress(), Note: t.GetNote(), LastError: t.GetLastError(),
 		HeldByYou: held,
+	}
+	for _, d := range t.GetDependencyResults() {
+		r := mcpDependencyResult{TaskID: d.GetTaskId(), Stage: d.GetStage(), Kind: d.GetKind(), Title: d.GetTitle(), Omitted: d.GetOmitted(), Withheld: d.GetWithheld()}
+		if d.GetResultJson() != "" {
+			r.Result = json.RawMessage(d.GetResultJson())
+		}
+		out.DependencyResults = append(out.DependencyResults, r)
 	}
 	if p := t.GetPayloadJson(); p != "" {
 		// UseNumber keeps large integers exact; a payload that is not
@@ -296,6 +319,8 @@ type mcpCompleteInput struct {
 	TaskID string `json:"task_id" jsonschema:"a task you hold"`
 	Note   string `json:"note,omitempty" jsonschema:"the outcome: what you did and where the result is (at most 4096 characters)"`
 	Review bool   `json:"review,omitempty" jsonschema:"true: send to REVIEW for a human check instead of DONE"`
+	// Result is any JSON value; it is kept as the task's result.
+	Result any `json:"result,omitempty" jsonschema:"the task's result as JSON (at most 256 KiB), handed to the tasks that depend on it"`
 }
 
 type mcpDoneOutput struct {
@@ -306,9 +331,20 @@ type mcpDoneOutput struct {
 }
 
 func (s *mcpSession) completeTask(ctx context.Context, _ *mcp.CallToolRequest, in mcpCompleteInput) (mcpDoneOutput, error) {
+	var result string
+	if in.Result != nil {
+		b, err := json.Marshal(in.Result)
+		if err != nil {
+			return mcpDoneOutput{}, fmt.Errorf("result: %w", err)
+		}
+		if len(b) > workResultMax {
+			return mcpDoneOutput{}, fmt.Errorf("result: %d bytes of JSON, over the %d a result holds", len(b), workResultMax)
+		}
+		result = string(b)
+	}
 	t, err := s.endTask(in.TaskID, func(l *mcpLease) (*factoryv1.Task, error) {
 		resp, err := s.queue.CompleteTask(ctx, &factoryv1.CompleteTaskRequest{
-			TaskId: l.taskID, Agent: s.agent, FencingToken: l.token, Review: in.Review, Note: in.Note,
+			TaskId: l.taskID, Agent: s.agent, FencingToken: l.token, Review: in.Review, Note: in.Note, ResultJson: result,
 		})
 		return resp.GetTask(), err
 	})

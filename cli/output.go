@@ -350,6 +350,12 @@ func writeTaskDetail(w io.Writer, t *factoryv1.Task, now time.Time) error {
 	if p := t.GetPayloadJson(); p != "" && p != "{}" {
 		row("Payload", truncate(p, 200))
 	}
+	if r := t.GetResultJson(); r != "" {
+		row("Result", truncate(r, 200))
+	}
+	for _, d := range t.GetDependencyResults() {
+		row("Dependency result", dependencyResultText(d))
+	}
 	return tw.Flush()
 }
 

@@ -193,6 +193,7 @@ error exits 2.`,
 		newModifyCommand(a),
 		newWorkCommand(a),
 		newMCPCommand(a),
+		newPipelineCommand(a),
 		newVersionCommand(a),
 	)
 	rejectUnknownSubcommands(root)

@@ -37,7 +37,10 @@ const (
 	// workTailBytes is how much of CMD's stderr a failure carries.
 	workTailBytes = 4 << 10
 	// workLineMax is the longest line read as one; a longer one is split.
-	workLineMax = 64 << 10
+	// It holds a ::result line of the largest result the API takes.
+	workLineMax = workResultMax + 1024
+	// workResultMax is the API's limit on a task's result, in bytes.
+	workResultMax = 256 << 10
 	// workNoteMax is the API's limit on a progress or completion note, in
 	// characters.
 	workNoteMax = 4096
@@ -97,6 +100,12 @@ For each task CMD gets:
   FACTORY_TASK_TITLE     its title
   FACTORY_TASK_ATTEMPT   which claim of the task this is (1 for the first)
   FACTORY_TASK_PAYLOAD   the payload JSON (empty when over 64 KiB: read stdin)
+  FACTORY_DEPENDENCY_RESULTS
+                         the results of the tasks it depends on (a
+                         pipeline's earlier stages), as a JSON array of
+                         {"task_id", "stage", "kind", "title", "result"}
+                         in depends_on order ("[]" when none; empty when
+                         over 64 KiB: read dependency_results on stdin)
   FACTORY_FENCING_TOKEN  the lease's fencing token
   FACTORY_AGENT          --agent
   FACTORY_ADDR           the control plane's address
@@ -115,9 +124,11 @@ stdout line of CMD's that starts with "::" reports to the control plane:
                          output_tokens=, and cost_usd= (dollars: 0.0353)
                          or cost_micros= are optional (no cost: the control
                          plane prices the tokens). Values hold no spaces.
-  ::result JSON          the task's result. The queue keeps no result
-                         field, so the last ::result is the completion note
-                         (at most 4096 characters).
+  ::result JSON          the task's result (at most 256 KiB): the last
+                         ::result is sent with the completion, kept on the
+                         task and handed to the tasks that depend on it.
+                         Up to 4096 characters it is the completion note
+                         too.
 Each ::spend is reported with the event id TASK:TOKEN:LINE (the task's id,
 the lease's fencing token, the stdout line number), so a report retried
 after a cut connection counts once, and a later claim of the task makes

@@ -61,7 +61,8 @@ type taskRun struct {
 	lostWhy       string
 	note          string // the progress note waiting to be sent
 	noteWaiting   bool
-	resultNote    string // the last ::result
+	resultNote    string // the last ::result, when it fits in a note
+	resultJSON    string // the last ::result
 	renewals      int
 	spendReports  int
 	leaseExpires  time.Time // the lease's end as this worker last learnt it
@@ -233,6 +234,7 @@ func (r *taskRun) env() []string {
 		"FACTORY_TASK_TITLE="+clean(t.GetTitle()),
 		"FACTORY_TASK_ATTEMPT="+strconv.Itoa(int(t.GetAttempt())),
 		"FACTORY_TASK_PAYLOAD="+clean(payload),
+		"FACTORY_DEPENDENCY_RESULTS="+clean(dependencyResultsEnv(t)),
 		"FACTORY_FENCING_TOKEN="+strconv.FormatInt(r.token, 10),
 		"FACTORY_AGENT="+r.w.o.agent,
 		"FACTORY_ADDR="+r.w.a.addr,
@@ -369,12 +371,16 @@ func (r *taskRun) resultLine(text string) {
 		r.w.logf("work: %s line %d: ::result skipped: not JSON: %v", r.task.GetId(), r.lineNo, err)
 		return
 	}
-	if n := utf8.RuneCount(compact.Bytes()); n > workNoteMax {
-		r.w.logf("work: %s line %d: ::result skipped: %d characters, over the %d a completion note holds", r.task.GetId(), r.lineNo, n, workNoteMax)
+	if n := compact.Len(); n > workResultMax {
+		r.w.logf("work: %s line %d: ::result skipped: %d bytes, over the %d a result holds", r.task.GetId(), r.lineNo, n, workResultMax)
 		return
 	}
+	note := compact.String()
+	if utf8.RuneCount(compact.Bytes()) > workNoteMax {
+		note = "" // too long for a note; the result holds it
+	}
 	r.mu.Lock()
-	r.resultNote = compact.String()
+	r.resultNote, r.resultJSON = note, compact.String()
 	r.mu.Unlock()
 }
 
@@ -620,6 +626,7 @@ func (r *taskRun) finishRequest() *factoryv1.WorkRequest {
 	case r.state.Success():
 		return &factoryv1.WorkRequest{Call: &factoryv1.WorkRequest_Complete{Complete: &factoryv1.CompleteTaskRequest{
 			TaskId: r.task.GetId(), Agent: r.w.o.agent, FencingToken: r.token, Review: r.w.o.review, Note: r.resultNote,
+			ResultJson: r.resultJSON,
 		}}}
 	}
 	return fail(r.withTail(exitText(r.state)))

@@ -1,7 +1,8 @@
 // Package deploy is the deploy kit: systemd units, the compose file and
 // its Dockerfile, Prometheus's scrape config, Grafana's provisioning and
-// the four dashboards the runbook names, and example configs. It holds no
-// code; its tests check that every file parses and that the pieces agree
+// the four dashboards the runbook names, example configs, and the
+// pipeline templates the CLI embeds (Pipelines). Besides that embedding
+// it holds no code; its tests check that every file parses and that the pieces agree
 // with each other (the compose file mounts files that exist, Prometheus
 // scrapes the port the control plane serves metrics on, the compose file
 // publishes none of the runbook's ports and health-checks the control

@@ -127,6 +127,7 @@ type taskJSON struct {
 	LastError      string            `json:"last_error"`
 	Progress       string            `json:"progress"`
 	Note           string            `json:"note"`
+	ResultJSON     string            `json:"result_json,omitempty"`
 	LeaseHolder    string            `json:"lease_holder"`
 	FencingToken   int64             `json:"fencing_token"`
 	LeaseExpiresAt jsonTime          `json:"lease_expires_at"`
@@ -225,7 +226,7 @@ func toLine(r *store.DumpRecord) (*line, error) {
 			ID: t.ID, Title: t.Title, Kind: t.Kind, PayloadJSON: t.PayloadJSON, Role: t.Role, Assignee: t.Assignee,
 			Priority: t.Priority, State: t.State.String(), Attempt: t.Attempt, MaxAttempts: t.MaxAttempts,
 			DependsOn: deps, ApprovalTier: t.ApprovalTier, Labels: labels, LastError: t.LastError,
-			Progress: t.Progress, Note: t.Note, LeaseHolder: t.LeaseHolder, FencingToken: t.FencingToken,
+			Progress: t.Progress, Note: t.Note, ResultJSON: t.ResultJSON, LeaseHolder: t.LeaseHolder, FencingToken: t.FencingToken,
 			LeaseExpiresAt: jsonTime(t.LeaseExpiresAt), ClaimedAt: jsonTime(t.ClaimedAt), RenewedAt: jsonTime(t.RenewedAt),
 			RunAfter: jsonTime(t.RunAfter), CreatedAt: jsonTime(t.CreatedAt), UpdatedAt: jsonTime(t.UpdatedAt),
 			StateChangedAt: jsonTime(t.StateChangedAt), PausedByQueue: t.PausedByQueue,
@@ -288,7 +289,7 @@ func (l *line) record() (*store.DumpRecord, error) {
 		out := &store.Task{
 			ID: t.ID, Title: t.Title, Kind: t.Kind, PayloadJSON: t.PayloadJSON, Role: t.Role, Assignee: t.Assignee,
 			Priority: t.Priority, State: state, Attempt: t.Attempt, MaxAttempts: t.MaxAttempts,
-			ApprovalTier: t.ApprovalTier, LastError: t.LastError, Progress: t.Progress, Note: t.Note,
+			ApprovalTier: t.ApprovalTier, LastError: t.LastError, Progress: t.Progress, Note: t.Note, ResultJSON: t.ResultJSON,
 			LeaseHolder: t.LeaseHolder, FencingToken: t.FencingToken, LeaseExpiresAt: time.Time(t.LeaseExpiresAt),
 			ClaimedAt: time.Time(t.ClaimedAt), RenewedAt: time.Time(t.RenewedAt), RunAfter: time.Time(t.RunAfter),
 			CreatedAt: time.Time(t.CreatedAt), UpdatedAt: time.Time(t.UpdatedAt),

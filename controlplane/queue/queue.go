@@ -450,6 +450,9 @@ func (s *Service) Complete(ctx context.Context, items []store.TaskCompleteItem) 
 	if len(items) == 0 {
 		return nil, nil
 	}
+	if err := checkResults(items); err != nil {
+		return nil, err
+	}
 	res, err := s.store.TaskComplete(ctx, &store.TaskCompleteParams{Items: items, Now: s.clock.Now()})
 	if err != nil {
 		return nil, err

@@ -60,7 +60,16 @@ func (s *queueServer) GetTask(ctx context.Context, r *factoryv1.GetTaskRequest) 
 	if err != nil {
 		return nil, s.err(ctx, err)
 	}
-	return &factoryv1.GetTaskResponse{Task: taskToProto(t)}, nil
+	pt := taskToProto(t)
+	switch {
+	case readsResults(ctx):
+		withResult(pt, t)
+	case holds(ctx, t):
+		if err := withDependencyResults(ctx, s.q, []*factoryv1.Task{pt}, []*store.Task{t}, queue.HolderDependencyBytes); err != nil {
+			return nil, s.err(ctx, err)
+		}
+	}
+	return &factoryv1.GetTaskResponse{Task: pt}, nil
 }
 
 func (s *queueServer) ListTasks(ctx context.Context, r *factoryv1.ListTasksRequest) (*factoryv1.ListTasksResponse, error) {
@@ -78,7 +87,7 @@ func (s *queueServer) ListTasks(ctx context.Context, r *factoryv1.ListTasksReque
 	if err != nil {
 		return nil, s.err(ctx, err)
 	}
-	return &factoryv1.ListTasksResponse{Tasks: tasksToProto(res.Tasks), NextPageToken: res.NextCursor}, nil
+	return &factoryv1.ListTasksResponse{Tasks: withResultsFor(ctx, tasksToProto(res.Tasks), res.Tasks), NextPageToken: res.NextCursor}, nil
 }
 
 func (s *queueServer) ClaimTask(ctx context.Context, r *factoryv1.ClaimTaskRequest) (*factoryv1.ClaimTaskResponse, error) {
@@ -91,6 +100,13 @@ func (s *queueServer) ClaimTask(ctx context.Context, r *factoryv1.ClaimTaskReque
 	}
 	// Committed: if the response cannot be sent, claimDelivery hands
 	// the tasks back.
+	// The holder reads what its tasks' dependencies handed on. Should
+	// the read fail, the claim is handed back and the call fails.
+	out := tasksToProto(tasks)
+	if err := withDependencyResults(ctx, s.q, out, tasks, queue.ClaimDependencyBytes); err != nil {
+		releaseUndelivered(ctx, s.q, s.log, tasks, err)
+		return nil, s.err(ctx, err)
+	}
 	noteClaimed(ctx, tasks)
 	if s.fleet != nil {
 		// An empty claim is a sign of life too: an agent polling an idle
@@ -101,7 +117,7 @@ func (s *queueServer) ClaimTask(ctx context.Context, r *factoryv1.ClaimTaskReque
 		}
 		s.fleet.AgentSeen(r.GetAgent(), current)
 	}
-	return &factoryv1.ClaimTaskResponse{Tasks: tasksToProto(tasks)}, nil
+	return &factoryv1.ClaimTaskResponse{Tasks: out}, nil
 }
 
 func (s *queueServer) RenewLease(ctx context.Context, r *factoryv1.RenewLeaseRequest) (*factoryv1.RenewLeaseResponse, error) {
@@ -121,6 +137,8 @@ func completeItem(r *factoryv1.CompleteTaskRequest) store.TaskCompleteItem {
 		Lease:  store.LeaseRef{TaskID: r.GetTaskId(), Agent: r.GetAgent(), FencingToken: r.GetFencingToken()},
 		Review: r.GetReview(),
 		Note:   r.GetNote(),
+
+		ResultJSON: r.GetResultJson(),
 	}
 }
 
@@ -135,7 +153,8 @@ func (s *queueServer) CompleteTask(ctx context.Context, r *factoryv1.CompleteTas
 	if s.fleet != nil {
 		s.fleet.AgentIdle(r.GetAgent())
 	}
-	return &factoryv1.CompleteTaskResponse{Task: taskToProto(res[0].Task)}, nil
+	// The completer reads back the result it completed the task with.
+	return &factoryv1.CompleteTaskResponse{Task: withResult(taskToProto(res[0].Task), res[0].Task)}, nil
 }
 
 func (s *queueServer) CompleteTasks(ctx context.Context, r *factoryv1.CompleteTasksRequest) (*factoryv1.CompleteTasksResponse, error) {

@@ -26,7 +26,7 @@ func (e EndedLease) endedBy(t *Task, ref LeaseRef) bool {
 // CheckCompleteReplay decides a completion that CheckLease refused with
 // refused: nil when it repeats the completion that ended the task's last
 // lease (same holder, same token, the task still where that completion put
-// it, asking for the same state and note), so the caller answers with the
+// it, asking for the same state, note and result), so the caller answers with the
 // task as it is. A repeat asking for something else is ErrStaleLease
 // saying what differs; anything else is refused unchanged.
 func CheckCompleteReplay(t *Task, ended EndedLease, it TaskCompleteItem, refused error) error {
@@ -45,6 +45,8 @@ func CheckCompleteReplay(t *Task, ended EndedLease, it TaskCompleteItem, refused
 		return leaseErr(it.Lease, "this lease was already completed and the task is now %s; the repeated completion asks for %s", t.State, want)
 	case it.Note != "" && it.Note != t.Note:
 		return leaseErr(it.Lease, "this lease was already completed with a different note")
+	case it.ResultJSON != "" && it.ResultJSON != t.ResultJSON:
+		return leaseErr(it.Lease, "this lease was already completed with a different result")
 	}
 	return nil
 }

@@ -71,7 +71,8 @@ type Store interface {
 	TaskRenew(ctx context.Context, params *TaskRenewParams) (*Task, error)
 
 	// TaskComplete completes each held task: to REVIEW when Review is set,
-	// else to DONE. The lease ends; Note, when set, replaces the task's note.
+	// else to DONE. The lease ends; Note, when set, replaces the task's note,
+	// and ResultJSON, when set, its result.
 	// Items succeed or fail on their own: Results[i].Err holds item i's
 	// error (ErrNotFound, ErrStaleLease), the successes all land. Tasks
 	// reaching DONE promote BACKLOG dependents whose dependencies are now all
@@ -94,6 +95,16 @@ type Store interface {
 	// and clears RunAfter. Reaching DONE promotes dependents. Reason, when
 	// set, becomes the task's note.
 	TaskMove(ctx context.Context, params *TaskMoveParams) ([]TaskChange, error)
+
+	// TaskResults reads the results of the tasks IDs names, in that order,
+	// each id once; an id naming no task is left out. With MaxBytes the
+	// results are taken in order while the running total of their sizes
+	// (TaskResultSize) stays within it: from the first that would pass it
+	// on, each comes with Omitted set, only its ID, State, StateChangedAt
+	// and ResultBytes (its title, kind, role, labels and result left out),
+	// so the read never loads more than MaxBytes and an omitted one costs
+	// little more than its id.
+	TaskResults(ctx context.Context, params *TaskResultsParams) ([]TaskResult, error)
 
 	// TaskSetPriority sets a task's priority.
 	TaskSetPriority(ctx context.Context, params *TaskSetPriorityParams) (*Task, error)
@@ -350,6 +361,38 @@ type TaskCompleteItem struct {
 	Lease  LeaseRef
 	Review bool
 	Note   string
+	// ResultJSON, when set, becomes the task's result (callers check that
+	// it is JSON and bound its size).
+	ResultJSON string
+}
+
+// TaskResultsParams names the tasks whose results to read.
+type TaskResultsParams struct {
+	IDs []string
+	// MaxBytes bounds the results' total size; 0 does not bound.
+	MaxBytes int64
+}
+
+// TaskResultSizeFixed is what TaskResults' byte budget counts for a
+// result besides its text: a result's size is TaskResultSizeFixed plus the
+// bytes of its result, title, kind, role and labels.
+const TaskResultSizeFixed = 256
+
+// TaskResult is one task's result with what names the task.
+type TaskResult struct {
+	ID          string
+	Title       string
+	Kind        string
+	Role        string
+	State       TaskState
+	Labels      map[string]string
+	ResultJSON  string
+	ResultBytes int64
+	// Omitted marks a result left out for MaxBytes.
+	Omitted bool
+	// StateChangedAt is when the task entered its state: for a DONE
+	// task, when it was completed.
+	StateChangedAt time.Time
 }
 
 // TaskCompleteResult has one entry per item plus every change made.

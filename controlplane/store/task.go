@@ -128,6 +128,9 @@ type Task struct {
 	LastError string
 	Progress  string
 	Note      string
+	// ResultJSON is the JSON its holder completed it with; empty when
+	// none. Tasks that depend on it read it (see Store.TaskResults).
+	ResultJSON string
 
 	// Lease fields are set only while IN_PROGRESS.
 	LeaseHolder    string
@@ -152,8 +155,8 @@ type Task struct {
 	ApprovalPending bool
 
 	// Summary marks a task read without its large fields: PayloadJSON,
-	// LastError, Progress and Note are empty, and PayloadBytes says how
-	// large the payload is.
+	// LastError, Progress, Note and ResultJSON are empty, and PayloadBytes
+	// says how large the payload is.
 	Summary      bool
 	PayloadBytes int64
 }
@@ -162,7 +165,8 @@ type Task struct {
 // TaskClaimParams.MaxBytes) count for a task besides its text: ids, names,
 // numbers and times, with room for their encoding. A task's size is
 // TaskSizeFixed plus the bytes of its title, kind, dependencies, labels
-// and, unless it is a summary, payload, last error, progress and note.
+// and, unless it is a summary, payload, last error, progress, note and
+// result.
 // Drivers compute it in SQL from the stored lengths, so a budget bounds
 // what a page or a claim reads, not only what it returns; it is at least
 // the task's encoded size in a response.
@@ -252,4 +256,17 @@ func (t *Task) Retry(permanent, paused bool, backoff BackoffFunc, now time.Time)
 		wait = max(backoff(t.Attempt), 0)
 	}
 	t.RunAfter = now.Add(wait)
+}
+
+// UniqueIDs returns ids without repeats and empty ids, in first-seen order.
+func UniqueIDs(ids []string) []string {
+	seen := make(map[string]bool, len(ids))
+	out := make([]string, 0, len(ids))
+	for _, id := range ids {
+		if id != "" && !seen[id] {
+			seen[id] = true
+			out = append(out, id)
+		}
+	}
+	return out
 }

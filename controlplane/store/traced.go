@@ -102,6 +102,12 @@ func (t *traced) TaskMove(ctx context.Context, p *TaskMoveParams) (_ []TaskChang
 	return t.s.TaskMove(ctx, p)
 }
 
+func (t *traced) TaskResults(ctx context.Context, p *TaskResultsParams) (_ []TaskResult, err error) {
+	ctx, span := t.start(ctx, "TaskResults")
+	defer func() { end(span, err) }()
+	return t.s.TaskResults(ctx, p)
+}
+
 func (t *traced) TaskSetPriority(ctx context.Context, p *TaskSetPriorityParams) (_ *Task, err error) {
 	ctx, span := t.start(ctx, "TaskSetPriority")
 	defer func() { end(span, err) }()

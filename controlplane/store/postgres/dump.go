@@ -49,19 +49,22 @@ UPDATE queue_settings SET paused = $1, pause_reason = $2, paused_at = $3 WHERE i
 	qDumpAddTasks = `-- name: DumpInsertTasks
 INSERT INTO tasks (id, title, kind, payload_json, role, assignee, priority, state, attempt, max_attempts, depends_on,
 	approval_tier, labels, last_error, progress, note, lease_holder, fencing_token, lease_expires_at, claimed_at,
-	renewed_at, run_after, created_at, updated_at, state_changed_at, paused_by_queue, approval_id, approval_pending, tier)
+	renewed_at, run_after, created_at, updated_at, state_changed_at, paused_by_queue, approval_id, approval_pending, tier,
+	result_json)
 SELECT u.id, u.title, u.kind, u.payload_json, u.role, u.assignee, u.priority, u.state, u.attempt, u.max_attempts,
 	ARRAY(SELECT jsonb_array_elements_text(u.depends_on::jsonb)), u.approval_tier, u.labels::jsonb, u.last_error,
 	u.progress, u.note, u.lease_holder, u.fencing_token, u.lease_expires_at, u.claimed_at, u.renewed_at, u.run_after,
-	u.created_at, u.updated_at, u.state_changed_at, u.paused_by_queue, u.approval_id, u.approval_pending, u.tier
+	u.created_at, u.updated_at, u.state_changed_at, u.paused_by_queue, u.approval_id, u.approval_pending, u.tier,
+	u.result_json
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], $8::smallint[],
 	$9::int[], $10::int[], $11::text[], $12::int[], $13::text[], $14::text[], $15::text[], $16::text[], $17::text[],
 	$18::bigint[], $19::timestamptz[], $20::timestamptz[], $21::timestamptz[], $22::timestamptz[],
-	$23::timestamptz[], $24::timestamptz[], $25::timestamptz[], $26::boolean[], $27::text[], $28::boolean[], $29::text[])
+	$23::timestamptz[], $24::timestamptz[], $25::timestamptz[], $26::boolean[], $27::text[], $28::boolean[],
+	$29::text[], $30::text[])
 	WITH ORDINALITY AS u(id, title, kind, payload_json, role, assignee, priority, state, attempt, max_attempts,
 		depends_on, approval_tier, labels, last_error, progress, note, lease_holder, fencing_token, lease_expires_at,
 		claimed_at, renewed_at, run_after, created_at, updated_at, state_changed_at, paused_by_queue, approval_id,
-		approval_pending, tier, ord)
+		approval_pending, tier, result_json, ord)
 ORDER BY u.ord`
 
 	qDumpAddTokens = `-- name: DumpInsertTokens
@@ -297,7 +300,7 @@ func (d *dumpTarget) InsertTasks(tasks []*store.Task) error {
 		expires, claimed, renewed, runAfter            = times(), times(), times(), times()
 		created, updated, changed                      = times(), times(), times()
 		byQueue, pending                               = make([]bool, n), make([]bool, n)
-		approvalIDs, spendTiers                        = text(), text()
+		approvalIDs, spendTiers, results              = text(), text(), text()
 		depTask, depOn                                 []string
 		depPos                                         []int32
 	)
@@ -309,7 +312,7 @@ func (d *dumpTarget) InsertTasks(tasks []*store.Task) error {
 		lastErrors[i], progress[i], notes[i], holders[i] = t.LastError, t.Progress, t.Note, t.LeaseHolder
 		priorities[i], attempts[i], maxAttempts[i], tiers[i] = t.Priority, t.Attempt, t.MaxAttempts, t.ApprovalTier
 		states[i], tokens[i], byQueue[i] = int16(t.State), t.FencingToken, t.PausedByQueue
-		approvalIDs[i], pending[i], spendTiers[i] = t.ApprovalID, t.ApprovalPending, t.Tier
+		approvalIDs[i], pending[i], spendTiers[i], results[i] = t.ApprovalID, t.ApprovalPending, t.Tier, t.ResultJSON
 		deps[i], labels[i] = "[]", "{}"
 		if len(t.DependsOn) > 0 {
 			deps[i] = jsonText(t.DependsOn)
@@ -326,7 +329,7 @@ func (d *dumpTarget) InsertTasks(tasks []*store.Task) error {
 	b := d.t.batch()
 	b.Queue(qDumpAddTasks, ids, titles, kinds, payloads, roles, assignees, priorities, states, attempts, maxAttempts,
 		deps, tiers, labels, lastErrors, progress, notes, holders, tokens, expires, claimed, renewed, runAfter,
-		created, updated, changed, byQueue, approvalIDs, pending, spendTiers)
+		created, updated, changed, byQueue, approvalIDs, pending, spendTiers, results)
 	if len(depTask) > 0 {
 		b.Queue(qInsertDeps, depTask, depPos, depOn)
 	}
@@ -339,7 +342,7 @@ func checkDumpTask(t *store.Task) error {
 	err := firstErr(
 		checkText("id", t.ID, "title", t.Title, "kind", t.Kind, "payload_json", t.PayloadJSON, "role", t.Role,
 			"assignee", t.Assignee, "last_error", t.LastError, "progress", t.Progress, "note", t.Note,
-			"lease_holder", t.LeaseHolder),
+			"lease_holder", t.LeaseHolder, "result_json", t.ResultJSON),
 		checkTexts("depends_on", t.DependsOn),
 	)
 	for k, v := range t.Labels {

@@ -241,10 +241,10 @@ type completion struct {
 	items []completeItem
 	now   time.Time
 
-	ids, agents, notes []string
-	tokens             []int64
-	reviews            []bool
-	nows               []time.Time
+	ids, agents, notes, results []string
+	tokens                      []int64
+	reviews                     []bool
+	nows                        []time.Time
 
 	// Filled by each attempt of the transaction.
 	won     map[string]completeWin // task id -> the item that completed it
@@ -282,6 +282,7 @@ func newCompletion(reqs []*completeReq) *completion {
 			c.items = append(c.items, completeItem{req: r, idx: i, lease: it.Lease})
 			c.ids, c.agents, c.tokens = append(c.ids, it.Lease.TaskID), append(c.agents, it.Lease.Agent), append(c.tokens, it.Lease.FencingToken)
 			c.reviews, c.notes, c.nows = append(c.reviews, it.Review), append(c.notes, it.Note), append(c.nows, r.now)
+			c.results = append(c.results, it.ResultJSON)
 		}
 	}
 	return c
@@ -290,7 +291,7 @@ func newCompletion(reqs []*completeReq) *completion {
 // queue adds the completing statement to b.
 func (c *completion) queue(b *pgx.Batch) {
 	c.won, c.blocked = make(map[string]completeWin, len(c.items)), 0
-	b.Queue(qComplete, c.ids, c.agents, c.tokens, c.reviews, c.notes, c.nows).Query(func(rs pgx.Rows) error {
+	b.Queue(qComplete, c.ids, c.agents, c.tokens, c.reviews, c.notes, c.nows, c.results).Query(func(rs pgx.Rows) error {
 		defer rs.Close()
 		for rs.Next() {
 			var ord, n int64

@@ -31,7 +31,7 @@ var (
 	sizeSummary = "(" + strconv.Itoa(store.TaskSizeFixed) + " + octet_length(title) + octet_length(kind)" +
 		" + octet_length(depends_on::text) + cardinality(depends_on) + octet_length(labels::text))"
 	sizeFull = "(" + sizeSummary +
-		" + octet_length(payload_json) + octet_length(last_error) + octet_length(progress) + octet_length(note))"
+		" + octet_length(payload_json) + octet_length(last_error) + octet_length(progress) + octet_length(note) + octet_length(result_json))"
 )
 
 // qualified prefixes every column of a column list with a table alias.
@@ -185,12 +185,12 @@ RETURNING {T.COLS}`)
 	// other and leave the dependent in BACKLOG for good.
 	qComplete = q(`-- name: TaskComplete
 WITH items AS (
-	SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::boolean[], $5::text[], $6::timestamptz[])
-		WITH ORDINALITY AS i(id, agent, token, review, note, now, ord)
+	SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::boolean[], $5::text[], $6::timestamptz[], $7::text[])
+		WITH ORDINALITY AS i(id, agent, token, review, note, now, result, ord)
 ), win AS (
 	-- A subquery per item, so the lookup is always by id, however many
 	-- tasks are IN_PROGRESS.
-	SELECT DISTINCT ON (i.id) i.id, i.agent, i.token, i.review, i.note, i.now, i.ord
+	SELECT DISTINCT ON (i.id) i.id, i.agent, i.token, i.review, i.note, i.now, i.result, i.ord
 	FROM items i
 	WHERE (SELECT t.state = {IN_PROGRESS} AND t.fencing_token = i.token AND t.lease_holder = i.agent
 			AND t.lease_expires_at > i.now
@@ -203,6 +203,7 @@ WITH items AS (
 		ended_holder = t.lease_holder, ended_token = t.fencing_token,
 		lease_holder = '', lease_expires_at = NULL, claimed_at = NULL, renewed_at = NULL,
 		note = CASE WHEN w.note <> '' THEN w.note ELSE t.note END,
+		result_json = CASE WHEN w.result <> '' THEN w.result ELSE t.result_json END,
 		updated_at = w.now, state_changed_at = w.now
 	FROM win w
 	-- The lease is checked again here because a row changed since the

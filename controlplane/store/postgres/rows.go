@@ -15,7 +15,7 @@ import (
 // taskCols is the column list every task read selects or returns, in the
 // order scanRow expects.
 const taskCols = `seq, id, title, kind, payload_json, role, assignee, priority, state, attempt, max_attempts,
-	depends_on, approval_tier, labels, last_error, progress, note, lease_holder, fencing_token,
+	depends_on, approval_tier, labels, last_error, progress, note, result_json, lease_holder, fencing_token,
 	lease_expires_at, claimed_at, renewed_at, run_after, created_at, updated_at, state_changed_at, paused_by_queue,
 	approval_id, approval_pending, tier`
 
@@ -38,7 +38,7 @@ func scanRow(rs pgx.Rows, extra ...any) (*row, error) {
 		created, updated, stateChanged       time.Time
 	)
 	dest := append(extra, &r.seq, &t.ID, &t.Title, &t.Kind, &t.PayloadJSON, &t.Role, &t.Assignee, &t.Priority, &state, &t.Attempt, &t.MaxAttempts,
-		&dependsOn, &t.ApprovalTier, &labels, &t.LastError, &t.Progress, &t.Note, &t.LeaseHolder, &t.FencingToken,
+		&dependsOn, &t.ApprovalTier, &labels, &t.LastError, &t.Progress, &t.Note, &t.ResultJSON, &t.LeaseHolder, &t.FencingToken,
 		&leaseExp, &claimed, &renewed, &runAfter, &created, &updated, &stateChanged, &t.PausedByQueue,
 		&t.ApprovalID, &t.ApprovalPending, &t.Tier)
 	if err := rs.Scan(dest...); err != nil {

@@ -303,7 +303,7 @@ func idPrefixFilter(prefix string, arg func(any) string) string {
 }
 
 // summaryCols is taskCols with the large fields left out.
-var summaryCols = strings.NewReplacer(" payload_json,", " ''::text,", " last_error,", " ''::text,", " progress,", " ''::text,", " note,", " ''::text,").Replace(taskCols)
+var summaryCols = strings.NewReplacer(" payload_json,", " ''::text,", " last_error,", " ''::text,", " progress,", " ''::text,", " note,", " ''::text,", " result_json,", " ''::text,").Replace(taskCols)
 
 // taskListBounded finishes a TaskList whose page is bounded by bytes or
 // made of summaries: b holds the page's candidates (seq and size, up to
@@ -522,7 +522,7 @@ func (s *Store) TaskComplete(ctx context.Context, p *store.TaskCompleteParams) (
 	}
 	r := &completeReq{request: newRequest(ctx), p: p, now: norm(p.Now)}
 	for i, it := range p.Items {
-		if err := firstErr(checkLease(it.Lease), checkText("note", it.Note)); err != nil {
+		if err := firstErr(checkLease(it.Lease), checkText("note", it.Note), checkText("result_json", it.ResultJSON)); err != nil {
 			if r.bad == nil {
 				r.bad = make(map[int]error)
 			}

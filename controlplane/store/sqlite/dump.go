@@ -36,12 +36,12 @@ var (
 	qDumpAddTasks = batchSQL(`INSERT INTO tasks (id, title, kind, payload_json, role, assignee, priority, state, attempt,
 		max_attempts, depends_on, approval_tier, labels, last_error, progress, note, lease_holder, fencing_token,
 		lease_expires_at, claimed_at, renewed_at, run_after, created_at, updated_at, state_changed_at, paused_by_queue,
-		approval_id, approval_pending, tier)
+		approval_id, approval_pending, tier, result_json)
 		VALUES `, dumpTaskCols, "")
 )
 
 // dumpTaskCols is the width of a qDumpAddTasks row.
-const dumpTaskCols = 29
+const dumpTaskCols = 30
 
 // DumpRead implements store.Store. One read transaction is one WAL
 // snapshot, so the dump is consistent while writers go on.
@@ -215,7 +215,7 @@ func (d *dumpTarget) InsertTasks(tasks []*store.Task) error {
 			t.MaxAttempts, dependsOn, t.ApprovalTier, labels, t.LastError, t.Progress, t.Note, t.LeaseHolder,
 			t.FencingToken, toNanos(t.LeaseExpiresAt), toNanos(t.ClaimedAt), toNanos(t.RenewedAt), toNanos(t.RunAfter),
 			toNanos(t.CreatedAt), toNanos(t.UpdatedAt), toNanos(t.StateChangedAt), boolInt(t.PausedByQueue),
-			t.ApprovalID, boolInt(t.ApprovalPending), t.Tier,
+			t.ApprovalID, boolInt(t.ApprovalPending), t.Tier, t.ResultJSON,
 		)
 		for pos, dep := range t.DependsOn {
 			deps = append(deps, t.ID, pos, dep)

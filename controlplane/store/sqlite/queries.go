@@ -30,7 +30,7 @@ var (
 	sizeSummary = "(" + strconv.Itoa(store.TaskSizeFixed) +
 		" + octet_length(title) + octet_length(kind) + octet_length(depends_on) + octet_length(labels))"
 	sizeFull = "(" + sizeSummary +
-		" + octet_length(payload_json) + octet_length(last_error) + octet_length(progress) + octet_length(note))"
+		" + octet_length(payload_json) + octet_length(last_error) + octet_length(progress) + octet_length(note) + octet_length(result_json))"
 )
 
 func q(s string) string { return stateLiterals.Replace(s) }
@@ -49,6 +49,10 @@ var (
 	// already refused, to tell a repeat from a stale holder.
 	qEnded    = `SELECT ended_holder, ended_token FROM tasks WHERE id = ?`
 	qSetEnded = `UPDATE tasks SET ended_holder = ?, ended_token = ? WHERE seq = ?`
+
+	// qSetResult records a completion's result where qComplete did not
+	// (a task named again by a later item of the same call).
+	qSetResult = `UPDATE tasks SET result_json = ? WHERE seq = ?`
 
 	// qPromote moves the BACKLOG dependents of tasks that just reached DONE
 	// once all their dependencies are DONE and no approval is pending; to
@@ -106,7 +110,7 @@ var (
 	qInsertDeps = batchSQL(`INSERT INTO task_deps (task_id, pos, depends_on) VALUES `, 3, "")
 
 	// qComplete ends the leases its rows name, each to the state it gives
-	// (REVIEW or DONE) with its note when not empty, where the lease is
+	// (REVIEW or DONE) with its note and result when not empty, where the lease is
 	// still good: CheckLease's rule, in SQL, so that the common case is one
 	// statement. The returned flag says whether some task depends on the
 	// row, so that promotion is looked for only then. The first parameter
@@ -115,10 +119,11 @@ var (
 	// sides read the row as it was before the update.
 	qComplete = batchSQL(`UPDATE tasks SET state = v.column4,
 		note = CASE WHEN v.column5 = '' THEN tasks.note ELSE v.column5 END,
+		result_json = CASE WHEN v.column6 = '' THEN tasks.result_json ELSE v.column6 END,
 		ended_holder = tasks.lease_holder, ended_token = tasks.fencing_token,
 		lease_holder = '', lease_expires_at = 0, claimed_at = 0, renewed_at = 0,
 		updated_at = ?1, state_changed_at = ?1
-	FROM (VALUES `, 5, q(`) AS v
+	FROM (VALUES `, 6, q(`) AS v
 	WHERE tasks.id = v.column1 AND tasks.state = {IN_PROGRESS} AND tasks.fencing_token = v.column2
 		AND tasks.lease_holder = v.column3 AND tasks.lease_expires_at > ?1
 	RETURNING {COLS}, EXISTS (SELECT 1 FROM task_deps WHERE depends_on = tasks.id)`))

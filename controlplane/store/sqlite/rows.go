@@ -15,7 +15,7 @@ import (
 // taskCols is the column list every task read selects or returns, in the
 // order scanRow expects.
 const taskCols = `seq, id, title, kind, payload_json, role, assignee, priority, state, attempt, max_attempts,
-	depends_on, approval_tier, labels, last_error, progress, note, lease_holder, fencing_token,
+	depends_on, approval_tier, labels, last_error, progress, note, result_json, lease_holder, fencing_token,
 	lease_expires_at, claimed_at, renewed_at, run_after, created_at, updated_at, state_changed_at, paused_by_queue,
 	approval_id, approval_pending, tier`
 
@@ -40,7 +40,7 @@ func scanRow(sc scanner, extra ...any) (*row, error) {
 		pausedByQueue, approvalPending                bool
 	)
 	dest := append(make([]any, 0, 30+len(extra)), &r.seq, &t.ID, &t.Title, &t.Kind, &t.PayloadJSON, &t.Role, &t.Assignee,
-		&priority, &state, &attempt, &maxAttempts, &dependsOn, &tier, &labels, &t.LastError, &t.Progress, &t.Note,
+		&priority, &state, &attempt, &maxAttempts, &dependsOn, &tier, &labels, &t.LastError, &t.Progress, &t.Note, &t.ResultJSON,
 		&t.LeaseHolder, &t.FencingToken, &leaseExp, &claimed, &renewed, &runAfter, &created, &updated, &stateChanged,
 		&pausedByQueue, &t.ApprovalID, &approvalPending, &t.Tier)
 	err := sc.Scan(append(dest, extra...)...)

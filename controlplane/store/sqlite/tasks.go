@@ -246,7 +246,7 @@ func idPrefixFilter(prefix string, args *[]any) string {
 }
 
 // summaryCols is taskCols with the large fields left out.
-var summaryCols = strings.NewReplacer(" payload_json,", " '',", " last_error,", " '',", " progress,", " '',", " note,", " '',").Replace(taskCols)
+var summaryCols = strings.NewReplacer(" payload_json,", " '',", " last_error,", " '',", " progress,", " '',", " note,", " '',", " result_json,", " '',").Replace(taskCols)
 
 // taskListBounded finishes a TaskList whose page is bounded by bytes or
 // made of summaries: b holds the page's candidates (seq and size, up to
@@ -452,9 +452,9 @@ func (s *Store) TaskComplete(ctx context.Context, p *store.TaskCompleteParams) (
 			if it.Review {
 				to = store.StateReview
 			}
-			args = append(args, it.Lease.TaskID, it.Lease.FencingToken, it.Lease.Agent, int32(to), it.Note)
+			args = append(args, it.Lease.TaskID, it.Lease.FencingToken, it.Lease.Agent, int32(to), it.Note, it.ResultJSON)
 		}
-		const cols = 5
+		const cols = 6
 		for len(args) > 0 {
 			n := min(len(args)/cols, maxBatchRows)
 			rs, err := w.query(qComplete(n), append([]any{toNanos(now)}, args[:n*cols]...)...)
@@ -525,6 +525,12 @@ func (s *Store) TaskComplete(ctx context.Context, p *store.TaskCompleteParams) (
 			}
 			if err := w.save(r); err != nil {
 				return err
+			}
+			if it.ResultJSON != "" {
+				t.ResultJSON = it.ResultJSON
+				if _, err := w.exec(qSetResult, t.ResultJSON, r.seq); err != nil {
+					return err
+				}
 			}
 			if err := w.setEnded(r, holder); err != nil {
 				return err

@@ -183,7 +183,10 @@ func richState(t *testing.T, h *harness) {
 		&store.TaskCreate{ID: "queued", Title: "Plain"},
 	)
 	h.clock.Advance(1500 * time.Millisecond)
-	h.complete(h.claimAs("agent-a", "researcher", "done"))
+	if r, _ := h.completeItem(store.TaskCompleteItem{Lease: leaseOf(h.claimAs("agent-a", "researcher", "done")),
+		ResultJSON: `{"findings": ["a", "b"], "score": 0.5}`}); r.Err != nil {
+		t.Fatal(r.Err)
+	}
 	h.clock.Advance(time.Second)
 	rev := h.claimAs("agent-b", "builder", "review")
 	if r, _ := h.completeItem(store.TaskCompleteItem{Lease: leaseOf(rev), Review: true, Note: "please check"}); r.Err != nil {

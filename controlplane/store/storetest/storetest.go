@@ -68,6 +68,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"Maintenance", s.testMaintenance},
 		{"Approvals", s.testApprovals},
 		{"Tiers", s.testTiers},
+		{"Results", s.testResults},
 	}
 	for _, g := range groups {
 		t.Run(g.name, func(t *testing.T) {

@@ -360,9 +360,19 @@ type Task struct {
 	// infra; empty for none. While that tier is turned off or at its daily
 	// cap (BudgetService), the task is not claimed; other tiers' tasks and
 	// tasks without a tier are.
-	Tier          string `protobuf:"bytes,26,opt,name=tier,proto3" json:"tier,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Tier string `protobuf:"bytes,26,opt,name=tier,proto3" json:"tier,omitempty"`
+	// The result its holder completed it with (CompleteTaskRequest.result_json),
+	// as JSON text; empty when none. In the full view only, like the payload,
+	// and only to operators (and, in CompleteTask's answer, to the agent
+	// that completed the task): an agent reads other tasks' results only as
+	// the dependency results of a task it holds. Watch events leave it out.
+	ResultJson string `protobuf:"bytes,27,opt,name=result_json,json=resultJson,proto3" json:"result_json,omitempty"`
+	// The results of the tasks this one depends on, in depends_on order, for
+	// its lease holder: set in ClaimTask and Work claims and in GetTask by the
+	// agent holding the task, empty everywhere else.
+	DependencyResults []*DependencyResult `protobuf:"bytes,28,rep,name=dependency_results,json=dependencyResults,proto3" json:"dependency_results,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Task) Reset() {
@@ -577,6 +587,155 @@ func (x *Task) GetTier() string {
 	return ""
 }
 
+func (x *Task) GetResultJson() string {
+	if x != nil {
+		return x.ResultJson
+	}
+	return ""
+}
+
+func (x *Task) GetDependencyResults() []*DependencyResult {
+	if x != nil {
+		return x.DependencyResults
+	}
+	return nil
+}
+
+// DependencyResult is the result of one task another task depends on: a
+// stage's output handed to the next stage.
+type DependencyResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The dependency's id.
+	TaskId string `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	// The dependency's title.
+	Title string `protobuf:"bytes,2,opt,name=title,proto3" json:"title,omitempty"`
+	// The dependency's kind.
+	Kind string `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"`
+	// The dependency's role.
+	Role string `protobuf:"bytes,4,opt,name=role,proto3" json:"role,omitempty"`
+	// The dependency's "stage" label (set by pipelines); empty when none.
+	Stage string `protobuf:"bytes,5,opt,name=stage,proto3" json:"stage,omitempty"`
+	// The dependency's state; a claimed task's dependencies are DONE.
+	State TaskState `protobuf:"varint,6,opt,name=state,proto3,enum=factory.v1.TaskState" json:"state,omitempty"`
+	// The result, as JSON text; empty when the dependency completed without
+	// one, or when omitted is set.
+	ResultJson string `protobuf:"bytes,7,opt,name=result_json,json=resultJson,proto3" json:"result_json,omitempty"`
+	// The result did not fit in this response's budget for dependency
+	// results and was left out, with the title, kind, role and stage: only
+	// task_id, state and result_bytes are set. GetTask by the holder has a
+	// larger budget.
+	Omitted bool `protobuf:"varint,8,opt,name=omitted,proto3" json:"omitted,omitempty"`
+	// The result's size in bytes, also when omitted.
+	ResultBytes int64 `protobuf:"varint,9,opt,name=result_bytes,json=resultBytes,proto3" json:"result_bytes,omitempty"`
+	// The dependency was completed before this task was created, so its
+	// result is not handed on: a task made after the fact, by whoever may
+	// create tasks, cannot read another task's result. Pass what it needs
+	// in its payload instead.
+	Withheld      bool `protobuf:"varint,10,opt,name=withheld,proto3" json:"withheld,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DependencyResult) Reset() {
+	*x = DependencyResult{}
+	mi := &file_factory_v1_queue_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DependencyResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DependencyResult) ProtoMessage() {}
+
+func (x *DependencyResult) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_queue_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DependencyResult.ProtoReflect.Descriptor instead.
+func (*DependencyResult) Descriptor() ([]byte, []int) {
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *DependencyResult) GetTaskId() string {
+	if x != nil {
+		return x.TaskId
+	}
+	return ""
+}
+
+func (x *DependencyResult) GetTitle() string {
+	if x != nil {
+		return x.Title
+	}
+	return ""
+}
+
+func (x *DependencyResult) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *DependencyResult) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *DependencyResult) GetStage() string {
+	if x != nil {
+		return x.Stage
+	}
+	return ""
+}
+
+func (x *DependencyResult) GetState() TaskState {
+	if x != nil {
+		return x.State
+	}
+	return TaskState_TASK_STATE_UNSPECIFIED
+}
+
+func (x *DependencyResult) GetResultJson() string {
+	if x != nil {
+		return x.ResultJson
+	}
+	return ""
+}
+
+func (x *DependencyResult) GetOmitted() bool {
+	if x != nil {
+		return x.Omitted
+	}
+	return false
+}
+
+func (x *DependencyResult) GetResultBytes() int64 {
+	if x != nil {
+		return x.ResultBytes
+	}
+	return 0
+}
+
+func (x *DependencyResult) GetWithheld() bool {
+	if x != nil {
+		return x.Withheld
+	}
+	return false
+}
+
 // CreateTaskRequest describes a new task.
 type CreateTaskRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -639,7 +798,7 @@ type CreateTaskRequest struct {
 
 func (x *CreateTaskRequest) Reset() {
 	*x = CreateTaskRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[2]
+	mi := &file_factory_v1_queue_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -651,7 +810,7 @@ func (x *CreateTaskRequest) String() string {
 func (*CreateTaskRequest) ProtoMessage() {}
 
 func (x *CreateTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[2]
+	mi := &file_factory_v1_queue_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -664,7 +823,7 @@ func (x *CreateTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTaskRequest.ProtoReflect.Descriptor instead.
 func (*CreateTaskRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{2}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *CreateTaskRequest) GetTaskId() string {
@@ -804,7 +963,7 @@ type CreateTaskResponse struct {
 
 func (x *CreateTaskResponse) Reset() {
 	*x = CreateTaskResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[3]
+	mi := &file_factory_v1_queue_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -816,7 +975,7 @@ func (x *CreateTaskResponse) String() string {
 func (*CreateTaskResponse) ProtoMessage() {}
 
 func (x *CreateTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[3]
+	mi := &file_factory_v1_queue_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -829,7 +988,7 @@ func (x *CreateTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTaskResponse.ProtoReflect.Descriptor instead.
 func (*CreateTaskResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{3}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *CreateTaskResponse) GetTask() *Task {
@@ -850,7 +1009,7 @@ type CreateTasksRequest struct {
 
 func (x *CreateTasksRequest) Reset() {
 	*x = CreateTasksRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[4]
+	mi := &file_factory_v1_queue_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -862,7 +1021,7 @@ func (x *CreateTasksRequest) String() string {
 func (*CreateTasksRequest) ProtoMessage() {}
 
 func (x *CreateTasksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[4]
+	mi := &file_factory_v1_queue_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -875,7 +1034,7 @@ func (x *CreateTasksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTasksRequest.ProtoReflect.Descriptor instead.
 func (*CreateTasksRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{4}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *CreateTasksRequest) GetTasks() []*CreateTaskRequest {
@@ -896,7 +1055,7 @@ type CreateTasksResponse struct {
 
 func (x *CreateTasksResponse) Reset() {
 	*x = CreateTasksResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[5]
+	mi := &file_factory_v1_queue_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -908,7 +1067,7 @@ func (x *CreateTasksResponse) String() string {
 func (*CreateTasksResponse) ProtoMessage() {}
 
 func (x *CreateTasksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[5]
+	mi := &file_factory_v1_queue_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -921,7 +1080,7 @@ func (x *CreateTasksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTasksResponse.ProtoReflect.Descriptor instead.
 func (*CreateTasksResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{5}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CreateTasksResponse) GetTasks() []*Task {
@@ -942,7 +1101,7 @@ type GetTaskRequest struct {
 
 func (x *GetTaskRequest) Reset() {
 	*x = GetTaskRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[6]
+	mi := &file_factory_v1_queue_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -954,7 +1113,7 @@ func (x *GetTaskRequest) String() string {
 func (*GetTaskRequest) ProtoMessage() {}
 
 func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[6]
+	mi := &file_factory_v1_queue_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -967,7 +1126,7 @@ func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTaskRequest.ProtoReflect.Descriptor instead.
 func (*GetTaskRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{6}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetTaskRequest) GetTaskId() string {
@@ -988,7 +1147,7 @@ type GetTaskResponse struct {
 
 func (x *GetTaskResponse) Reset() {
 	*x = GetTaskResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[7]
+	mi := &file_factory_v1_queue_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1000,7 +1159,7 @@ func (x *GetTaskResponse) String() string {
 func (*GetTaskResponse) ProtoMessage() {}
 
 func (x *GetTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[7]
+	mi := &file_factory_v1_queue_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1013,7 +1172,7 @@ func (x *GetTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTaskResponse.ProtoReflect.Descriptor instead.
 func (*GetTaskResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{7}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetTaskResponse) GetTask() *Task {
@@ -1071,7 +1230,7 @@ type ListTasksRequest struct {
 
 func (x *ListTasksRequest) Reset() {
 	*x = ListTasksRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[8]
+	mi := &file_factory_v1_queue_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1083,7 +1242,7 @@ func (x *ListTasksRequest) String() string {
 func (*ListTasksRequest) ProtoMessage() {}
 
 func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[8]
+	mi := &file_factory_v1_queue_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1096,7 +1255,7 @@ func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksRequest.ProtoReflect.Descriptor instead.
 func (*ListTasksRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{8}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListTasksRequest) GetStates() []TaskState {
@@ -1217,7 +1376,7 @@ type TaskFilter struct {
 
 func (x *TaskFilter) Reset() {
 	*x = TaskFilter{}
-	mi := &file_factory_v1_queue_proto_msgTypes[9]
+	mi := &file_factory_v1_queue_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1229,7 +1388,7 @@ func (x *TaskFilter) String() string {
 func (*TaskFilter) ProtoMessage() {}
 
 func (x *TaskFilter) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[9]
+	mi := &file_factory_v1_queue_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1242,7 +1401,7 @@ func (x *TaskFilter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskFilter.ProtoReflect.Descriptor instead.
 func (*TaskFilter) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{9}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *TaskFilter) GetStates() []TaskState {
@@ -1338,7 +1497,7 @@ type BulkUpdateTasksRequest struct {
 
 func (x *BulkUpdateTasksRequest) Reset() {
 	*x = BulkUpdateTasksRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[10]
+	mi := &file_factory_v1_queue_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1350,7 +1509,7 @@ func (x *BulkUpdateTasksRequest) String() string {
 func (*BulkUpdateTasksRequest) ProtoMessage() {}
 
 func (x *BulkUpdateTasksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[10]
+	mi := &file_factory_v1_queue_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1363,7 +1522,7 @@ func (x *BulkUpdateTasksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BulkUpdateTasksRequest.ProtoReflect.Descriptor instead.
 func (*BulkUpdateTasksRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{10}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *BulkUpdateTasksRequest) GetFilter() *TaskFilter {
@@ -1453,7 +1612,7 @@ type BulkUpdateTasksResponse struct {
 
 func (x *BulkUpdateTasksResponse) Reset() {
 	*x = BulkUpdateTasksResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[11]
+	mi := &file_factory_v1_queue_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1465,7 +1624,7 @@ func (x *BulkUpdateTasksResponse) String() string {
 func (*BulkUpdateTasksResponse) ProtoMessage() {}
 
 func (x *BulkUpdateTasksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[11]
+	mi := &file_factory_v1_queue_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1478,7 +1637,7 @@ func (x *BulkUpdateTasksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BulkUpdateTasksResponse.ProtoReflect.Descriptor instead.
 func (*BulkUpdateTasksResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{11}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *BulkUpdateTasksResponse) GetMatched() int32 {
@@ -1542,7 +1701,7 @@ type QueuePause struct {
 
 func (x *QueuePause) Reset() {
 	*x = QueuePause{}
-	mi := &file_factory_v1_queue_proto_msgTypes[12]
+	mi := &file_factory_v1_queue_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1554,7 +1713,7 @@ func (x *QueuePause) String() string {
 func (*QueuePause) ProtoMessage() {}
 
 func (x *QueuePause) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[12]
+	mi := &file_factory_v1_queue_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1567,7 +1726,7 @@ func (x *QueuePause) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueuePause.ProtoReflect.Descriptor instead.
 func (*QueuePause) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{12}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *QueuePause) GetId() string {
@@ -1619,7 +1778,7 @@ type ListTasksResponse struct {
 
 func (x *ListTasksResponse) Reset() {
 	*x = ListTasksResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[13]
+	mi := &file_factory_v1_queue_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1631,7 +1790,7 @@ func (x *ListTasksResponse) String() string {
 func (*ListTasksResponse) ProtoMessage() {}
 
 func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[13]
+	mi := &file_factory_v1_queue_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1644,7 +1803,7 @@ func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksResponse.ProtoReflect.Descriptor instead.
 func (*ListTasksResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{13}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListTasksResponse) GetTasks() []*Task {
@@ -1682,7 +1841,7 @@ type ClaimTaskRequest struct {
 
 func (x *ClaimTaskRequest) Reset() {
 	*x = ClaimTaskRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[14]
+	mi := &file_factory_v1_queue_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1694,7 +1853,7 @@ func (x *ClaimTaskRequest) String() string {
 func (*ClaimTaskRequest) ProtoMessage() {}
 
 func (x *ClaimTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[14]
+	mi := &file_factory_v1_queue_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1707,7 +1866,7 @@ func (x *ClaimTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClaimTaskRequest.ProtoReflect.Descriptor instead.
 func (*ClaimTaskRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{14}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ClaimTaskRequest) GetAgent() string {
@@ -1757,7 +1916,7 @@ type ClaimTaskResponse struct {
 
 func (x *ClaimTaskResponse) Reset() {
 	*x = ClaimTaskResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[15]
+	mi := &file_factory_v1_queue_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1769,7 +1928,7 @@ func (x *ClaimTaskResponse) String() string {
 func (*ClaimTaskResponse) ProtoMessage() {}
 
 func (x *ClaimTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[15]
+	mi := &file_factory_v1_queue_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1782,7 +1941,7 @@ func (x *ClaimTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClaimTaskResponse.ProtoReflect.Descriptor instead.
 func (*ClaimTaskResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{15}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ClaimTaskResponse) GetTasks() []*Task {
@@ -1811,7 +1970,7 @@ type RenewLeaseRequest struct {
 
 func (x *RenewLeaseRequest) Reset() {
 	*x = RenewLeaseRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[16]
+	mi := &file_factory_v1_queue_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1823,7 +1982,7 @@ func (x *RenewLeaseRequest) String() string {
 func (*RenewLeaseRequest) ProtoMessage() {}
 
 func (x *RenewLeaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[16]
+	mi := &file_factory_v1_queue_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1836,7 +1995,7 @@ func (x *RenewLeaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLeaseRequest.ProtoReflect.Descriptor instead.
 func (*RenewLeaseRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{16}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RenewLeaseRequest) GetTaskId() string {
@@ -1885,7 +2044,7 @@ type RenewLeaseResponse struct {
 
 func (x *RenewLeaseResponse) Reset() {
 	*x = RenewLeaseResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[17]
+	mi := &file_factory_v1_queue_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1897,7 +2056,7 @@ func (x *RenewLeaseResponse) String() string {
 func (*RenewLeaseResponse) ProtoMessage() {}
 
 func (x *RenewLeaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[17]
+	mi := &file_factory_v1_queue_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1910,7 +2069,7 @@ func (x *RenewLeaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLeaseResponse.ProtoReflect.Descriptor instead.
 func (*RenewLeaseResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{17}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RenewLeaseResponse) GetTask() *Task {
@@ -1932,14 +2091,18 @@ type CompleteTaskRequest struct {
 	// Send to REVIEW for a human check instead of straight to DONE.
 	Review bool `protobuf:"varint,4,opt,name=review,proto3" json:"review,omitempty"`
 	// A closing note, kept on the task; at most 4096 characters.
-	Note          string `protobuf:"bytes,5,opt,name=note,proto3" json:"note,omitempty"`
+	Note string `protobuf:"bytes,5,opt,name=note,proto3" json:"note,omitempty"`
+	// The task's result, as JSON text, at most 256 KiB: kept on the task and
+	// handed to the tasks that depend on it when they are claimed. Empty
+	// keeps the task's result as it is.
+	ResultJson    string `protobuf:"bytes,6,opt,name=result_json,json=resultJson,proto3" json:"result_json,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CompleteTaskRequest) Reset() {
 	*x = CompleteTaskRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[18]
+	mi := &file_factory_v1_queue_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1951,7 +2114,7 @@ func (x *CompleteTaskRequest) String() string {
 func (*CompleteTaskRequest) ProtoMessage() {}
 
 func (x *CompleteTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[18]
+	mi := &file_factory_v1_queue_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1964,7 +2127,7 @@ func (x *CompleteTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteTaskRequest.ProtoReflect.Descriptor instead.
 func (*CompleteTaskRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{18}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CompleteTaskRequest) GetTaskId() string {
@@ -2002,6 +2165,13 @@ func (x *CompleteTaskRequest) GetNote() string {
 	return ""
 }
 
+func (x *CompleteTaskRequest) GetResultJson() string {
+	if x != nil {
+		return x.ResultJson
+	}
+	return ""
+}
+
 // CompleteTaskResponse holds the completed task.
 type CompleteTaskResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2013,7 +2183,7 @@ type CompleteTaskResponse struct {
 
 func (x *CompleteTaskResponse) Reset() {
 	*x = CompleteTaskResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[19]
+	mi := &file_factory_v1_queue_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2025,7 +2195,7 @@ func (x *CompleteTaskResponse) String() string {
 func (*CompleteTaskResponse) ProtoMessage() {}
 
 func (x *CompleteTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[19]
+	mi := &file_factory_v1_queue_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2038,7 +2208,7 @@ func (x *CompleteTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteTaskResponse.ProtoReflect.Descriptor instead.
 func (*CompleteTaskResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{19}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CompleteTaskResponse) GetTask() *Task {
@@ -2060,7 +2230,7 @@ type CompleteTasksRequest struct {
 
 func (x *CompleteTasksRequest) Reset() {
 	*x = CompleteTasksRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[20]
+	mi := &file_factory_v1_queue_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2072,7 +2242,7 @@ func (x *CompleteTasksRequest) String() string {
 func (*CompleteTasksRequest) ProtoMessage() {}
 
 func (x *CompleteTasksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[20]
+	mi := &file_factory_v1_queue_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2085,7 +2255,7 @@ func (x *CompleteTasksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteTasksRequest.ProtoReflect.Descriptor instead.
 func (*CompleteTasksRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{20}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CompleteTasksRequest) GetItems() []*CompleteTaskRequest {
@@ -2114,7 +2284,7 @@ type CompleteTaskResult struct {
 
 func (x *CompleteTaskResult) Reset() {
 	*x = CompleteTaskResult{}
-	mi := &file_factory_v1_queue_proto_msgTypes[21]
+	mi := &file_factory_v1_queue_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2126,7 +2296,7 @@ func (x *CompleteTaskResult) String() string {
 func (*CompleteTaskResult) ProtoMessage() {}
 
 func (x *CompleteTaskResult) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[21]
+	mi := &file_factory_v1_queue_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2139,7 +2309,7 @@ func (x *CompleteTaskResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteTaskResult.ProtoReflect.Descriptor instead.
 func (*CompleteTaskResult) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{21}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CompleteTaskResult) GetTaskId() string {
@@ -2181,7 +2351,7 @@ type CompleteTasksResponse struct {
 
 func (x *CompleteTasksResponse) Reset() {
 	*x = CompleteTasksResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[22]
+	mi := &file_factory_v1_queue_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2193,7 +2363,7 @@ func (x *CompleteTasksResponse) String() string {
 func (*CompleteTasksResponse) ProtoMessage() {}
 
 func (x *CompleteTasksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[22]
+	mi := &file_factory_v1_queue_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2206,7 +2376,7 @@ func (x *CompleteTasksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteTasksResponse.ProtoReflect.Descriptor instead.
 func (*CompleteTasksResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{22}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CompleteTasksResponse) GetResults() []*CompleteTaskResult {
@@ -2236,7 +2406,7 @@ type FailTaskRequest struct {
 
 func (x *FailTaskRequest) Reset() {
 	*x = FailTaskRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[23]
+	mi := &file_factory_v1_queue_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2248,7 +2418,7 @@ func (x *FailTaskRequest) String() string {
 func (*FailTaskRequest) ProtoMessage() {}
 
 func (x *FailTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[23]
+	mi := &file_factory_v1_queue_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2261,7 +2431,7 @@ func (x *FailTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailTaskRequest.ProtoReflect.Descriptor instead.
 func (*FailTaskRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{23}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *FailTaskRequest) GetTaskId() string {
@@ -2310,7 +2480,7 @@ type FailTaskResponse struct {
 
 func (x *FailTaskResponse) Reset() {
 	*x = FailTaskResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[24]
+	mi := &file_factory_v1_queue_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2322,7 +2492,7 @@ func (x *FailTaskResponse) String() string {
 func (*FailTaskResponse) ProtoMessage() {}
 
 func (x *FailTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[24]
+	mi := &file_factory_v1_queue_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2335,7 +2505,7 @@ func (x *FailTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailTaskResponse.ProtoReflect.Descriptor instead.
 func (*FailTaskResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{24}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *FailTaskResponse) GetTask() *Task {
@@ -2366,7 +2536,7 @@ type WorkRequest struct {
 
 func (x *WorkRequest) Reset() {
 	*x = WorkRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[25]
+	mi := &file_factory_v1_queue_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2378,7 +2548,7 @@ func (x *WorkRequest) String() string {
 func (*WorkRequest) ProtoMessage() {}
 
 func (x *WorkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[25]
+	mi := &file_factory_v1_queue_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2391,7 +2561,7 @@ func (x *WorkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkRequest.ProtoReflect.Descriptor instead.
 func (*WorkRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{25}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *WorkRequest) GetRef() uint64 {
@@ -2514,7 +2684,7 @@ type WorkResponse struct {
 
 func (x *WorkResponse) Reset() {
 	*x = WorkResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[26]
+	mi := &file_factory_v1_queue_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2526,7 +2696,7 @@ func (x *WorkResponse) String() string {
 func (*WorkResponse) ProtoMessage() {}
 
 func (x *WorkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[26]
+	mi := &file_factory_v1_queue_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2539,7 +2709,7 @@ func (x *WorkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkResponse.ProtoReflect.Descriptor instead.
 func (*WorkResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{26}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *WorkResponse) GetRef() uint64 {
@@ -2671,7 +2841,7 @@ type WorkError struct {
 
 func (x *WorkError) Reset() {
 	*x = WorkError{}
-	mi := &file_factory_v1_queue_proto_msgTypes[27]
+	mi := &file_factory_v1_queue_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2683,7 +2853,7 @@ func (x *WorkError) String() string {
 func (*WorkError) ProtoMessage() {}
 
 func (x *WorkError) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[27]
+	mi := &file_factory_v1_queue_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2696,7 +2866,7 @@ func (x *WorkError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkError.ProtoReflect.Descriptor instead.
 func (*WorkError) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{27}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *WorkError) GetCode() int32 {
@@ -2736,7 +2906,7 @@ type MoveTaskRequest struct {
 
 func (x *MoveTaskRequest) Reset() {
 	*x = MoveTaskRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[28]
+	mi := &file_factory_v1_queue_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2748,7 +2918,7 @@ func (x *MoveTaskRequest) String() string {
 func (*MoveTaskRequest) ProtoMessage() {}
 
 func (x *MoveTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[28]
+	mi := &file_factory_v1_queue_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2761,7 +2931,7 @@ func (x *MoveTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveTaskRequest.ProtoReflect.Descriptor instead.
 func (*MoveTaskRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{28}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *MoveTaskRequest) GetTaskId() string {
@@ -2796,7 +2966,7 @@ type MoveTaskResponse struct {
 
 func (x *MoveTaskResponse) Reset() {
 	*x = MoveTaskResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[29]
+	mi := &file_factory_v1_queue_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2808,7 +2978,7 @@ func (x *MoveTaskResponse) String() string {
 func (*MoveTaskResponse) ProtoMessage() {}
 
 func (x *MoveTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[29]
+	mi := &file_factory_v1_queue_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2821,7 +2991,7 @@ func (x *MoveTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveTaskResponse.ProtoReflect.Descriptor instead.
 func (*MoveTaskResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{29}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *MoveTaskResponse) GetTask() *Task {
@@ -2844,7 +3014,7 @@ type SetPriorityRequest struct {
 
 func (x *SetPriorityRequest) Reset() {
 	*x = SetPriorityRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[30]
+	mi := &file_factory_v1_queue_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2856,7 +3026,7 @@ func (x *SetPriorityRequest) String() string {
 func (*SetPriorityRequest) ProtoMessage() {}
 
 func (x *SetPriorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[30]
+	mi := &file_factory_v1_queue_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2869,7 +3039,7 @@ func (x *SetPriorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetPriorityRequest.ProtoReflect.Descriptor instead.
 func (*SetPriorityRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{30}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *SetPriorityRequest) GetTaskId() string {
@@ -2897,7 +3067,7 @@ type SetPriorityResponse struct {
 
 func (x *SetPriorityResponse) Reset() {
 	*x = SetPriorityResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[31]
+	mi := &file_factory_v1_queue_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2909,7 +3079,7 @@ func (x *SetPriorityResponse) String() string {
 func (*SetPriorityResponse) ProtoMessage() {}
 
 func (x *SetPriorityResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[31]
+	mi := &file_factory_v1_queue_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2922,7 +3092,7 @@ func (x *SetPriorityResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetPriorityResponse.ProtoReflect.Descriptor instead.
 func (*SetPriorityResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{31}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *SetPriorityResponse) GetTask() *Task {
@@ -2950,7 +3120,7 @@ type PauseQueueRequest struct {
 
 func (x *PauseQueueRequest) Reset() {
 	*x = PauseQueueRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[32]
+	mi := &file_factory_v1_queue_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2962,7 +3132,7 @@ func (x *PauseQueueRequest) String() string {
 func (*PauseQueueRequest) ProtoMessage() {}
 
 func (x *PauseQueueRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[32]
+	mi := &file_factory_v1_queue_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2975,7 +3145,7 @@ func (x *PauseQueueRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseQueueRequest.ProtoReflect.Descriptor instead.
 func (*PauseQueueRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{32}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *PauseQueueRequest) GetReason() string {
@@ -3006,7 +3176,7 @@ type PauseQueueResponse struct {
 
 func (x *PauseQueueResponse) Reset() {
 	*x = PauseQueueResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[33]
+	mi := &file_factory_v1_queue_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3018,7 +3188,7 @@ func (x *PauseQueueResponse) String() string {
 func (*PauseQueueResponse) ProtoMessage() {}
 
 func (x *PauseQueueResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[33]
+	mi := &file_factory_v1_queue_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3031,7 +3201,7 @@ func (x *PauseQueueResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseQueueResponse.ProtoReflect.Descriptor instead.
 func (*PauseQueueResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{33}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *PauseQueueResponse) GetPaused() int32 {
@@ -3063,7 +3233,7 @@ type ResumeQueueRequest struct {
 
 func (x *ResumeQueueRequest) Reset() {
 	*x = ResumeQueueRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[34]
+	mi := &file_factory_v1_queue_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3075,7 +3245,7 @@ func (x *ResumeQueueRequest) String() string {
 func (*ResumeQueueRequest) ProtoMessage() {}
 
 func (x *ResumeQueueRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[34]
+	mi := &file_factory_v1_queue_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3088,7 +3258,7 @@ func (x *ResumeQueueRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeQueueRequest.ProtoReflect.Descriptor instead.
 func (*ResumeQueueRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{34}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ResumeQueueRequest) GetPauseId() string {
@@ -3111,7 +3281,7 @@ type ResumeQueueResponse struct {
 
 func (x *ResumeQueueResponse) Reset() {
 	*x = ResumeQueueResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[35]
+	mi := &file_factory_v1_queue_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3123,7 +3293,7 @@ func (x *ResumeQueueResponse) String() string {
 func (*ResumeQueueResponse) ProtoMessage() {}
 
 func (x *ResumeQueueResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[35]
+	mi := &file_factory_v1_queue_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3136,7 +3306,7 @@ func (x *ResumeQueueResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeQueueResponse.ProtoReflect.Descriptor instead.
 func (*ResumeQueueResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{35}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ResumeQueueResponse) GetResumed() int32 {
@@ -3167,7 +3337,7 @@ type RequeueStuckRequest struct {
 
 func (x *RequeueStuckRequest) Reset() {
 	*x = RequeueStuckRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[36]
+	mi := &file_factory_v1_queue_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3179,7 +3349,7 @@ func (x *RequeueStuckRequest) String() string {
 func (*RequeueStuckRequest) ProtoMessage() {}
 
 func (x *RequeueStuckRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[36]
+	mi := &file_factory_v1_queue_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3192,7 +3362,7 @@ func (x *RequeueStuckRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequeueStuckRequest.ProtoReflect.Descriptor instead.
 func (*RequeueStuckRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{36}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *RequeueStuckRequest) GetOlderThan() *durationpb.Duration {
@@ -3221,7 +3391,7 @@ type RequeueStuckResponse struct {
 
 func (x *RequeueStuckResponse) Reset() {
 	*x = RequeueStuckResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[37]
+	mi := &file_factory_v1_queue_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3233,7 +3403,7 @@ func (x *RequeueStuckResponse) String() string {
 func (*RequeueStuckResponse) ProtoMessage() {}
 
 func (x *RequeueStuckResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[37]
+	mi := &file_factory_v1_queue_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3246,7 +3416,7 @@ func (x *RequeueStuckResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequeueStuckResponse.ProtoReflect.Descriptor instead.
 func (*RequeueStuckResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{37}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *RequeueStuckResponse) GetTasks() []*Task {
@@ -3265,7 +3435,7 @@ type GetQueueStatsRequest struct {
 
 func (x *GetQueueStatsRequest) Reset() {
 	*x = GetQueueStatsRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[38]
+	mi := &file_factory_v1_queue_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3277,7 +3447,7 @@ func (x *GetQueueStatsRequest) String() string {
 func (*GetQueueStatsRequest) ProtoMessage() {}
 
 func (x *GetQueueStatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[38]
+	mi := &file_factory_v1_queue_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3290,7 +3460,7 @@ func (x *GetQueueStatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetQueueStatsRequest.ProtoReflect.Descriptor instead.
 func (*GetQueueStatsRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{38}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{39}
 }
 
 // StateCount is the number of tasks in one state.
@@ -3306,7 +3476,7 @@ type StateCount struct {
 
 func (x *StateCount) Reset() {
 	*x = StateCount{}
-	mi := &file_factory_v1_queue_proto_msgTypes[39]
+	mi := &file_factory_v1_queue_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3318,7 +3488,7 @@ func (x *StateCount) String() string {
 func (*StateCount) ProtoMessage() {}
 
 func (x *StateCount) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[39]
+	mi := &file_factory_v1_queue_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3331,7 +3501,7 @@ func (x *StateCount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateCount.ProtoReflect.Descriptor instead.
 func (*StateCount) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{39}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *StateCount) GetState() TaskState {
@@ -3371,7 +3541,7 @@ type GetQueueStatsResponse struct {
 
 func (x *GetQueueStatsResponse) Reset() {
 	*x = GetQueueStatsResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[40]
+	mi := &file_factory_v1_queue_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3383,7 +3553,7 @@ func (x *GetQueueStatsResponse) String() string {
 func (*GetQueueStatsResponse) ProtoMessage() {}
 
 func (x *GetQueueStatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[40]
+	mi := &file_factory_v1_queue_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3396,7 +3566,7 @@ func (x *GetQueueStatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetQueueStatsResponse.ProtoReflect.Descriptor instead.
 func (*GetQueueStatsResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{40}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *GetQueueStatsResponse) GetCounts() []*StateCount {
@@ -3473,7 +3643,7 @@ type WatchTasksRequest struct {
 
 func (x *WatchTasksRequest) Reset() {
 	*x = WatchTasksRequest{}
-	mi := &file_factory_v1_queue_proto_msgTypes[41]
+	mi := &file_factory_v1_queue_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3485,7 +3655,7 @@ func (x *WatchTasksRequest) String() string {
 func (*WatchTasksRequest) ProtoMessage() {}
 
 func (x *WatchTasksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[41]
+	mi := &file_factory_v1_queue_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3498,7 +3668,7 @@ func (x *WatchTasksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchTasksRequest.ProtoReflect.Descriptor instead.
 func (*WatchTasksRequest) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{41}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *WatchTasksRequest) GetStates() []TaskState {
@@ -3558,7 +3728,7 @@ type WatchTasksResponse struct {
 
 func (x *WatchTasksResponse) Reset() {
 	*x = WatchTasksResponse{}
-	mi := &file_factory_v1_queue_proto_msgTypes[42]
+	mi := &file_factory_v1_queue_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3570,7 +3740,7 @@ func (x *WatchTasksResponse) String() string {
 func (*WatchTasksResponse) ProtoMessage() {}
 
 func (x *WatchTasksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_factory_v1_queue_proto_msgTypes[42]
+	mi := &file_factory_v1_queue_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3583,7 +3753,7 @@ func (x *WatchTasksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchTasksResponse.ProtoReflect.Descriptor instead.
 func (*WatchTasksResponse) Descriptor() ([]byte, []int) {
-	return file_factory_v1_queue_proto_rawDescGZIP(), []int{42}
+	return file_factory_v1_queue_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *WatchTasksResponse) GetType() TaskEventType {
@@ -3635,7 +3805,7 @@ const file_factory_v1_queue_proto_rawDesc = "" +
 	"\n" +
 	"claimed_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tclaimedAt\x129\n" +
 	"\n" +
-	"renewed_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\trenewedAt\"\xed\a\n" +
+	"renewed_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\trenewedAt\"\xdb\b\n" +
 	"\x04Task\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05title\x18\x02 \x01(\tR\x05title\x12\x12\n" +
@@ -3668,10 +3838,26 @@ const file_factory_v1_queue_proto_rawDesc = "" +
 	"approvalId\x12)\n" +
 	"\x10approval_pending\x18\x18 \x01(\bR\x0fapprovalPending\x12#\n" +
 	"\rpayload_bytes\x18\x19 \x01(\x03R\fpayloadBytes\x12\x12\n" +
-	"\x04tier\x18\x1a \x01(\tR\x04tier\x1a9\n" +
+	"\x04tier\x18\x1a \x01(\tR\x04tier\x12\x1f\n" +
+	"\vresult_json\x18\x1b \x01(\tR\n" +
+	"resultJson\x12K\n" +
+	"\x12dependency_results\x18\x1c \x03(\v2\x1c.factory.v1.DependencyResultR\x11dependencyResults\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xdb\t\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa6\x02\n" +
+	"\x10DependencyResult\x12\x17\n" +
+	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x14\n" +
+	"\x05title\x18\x02 \x01(\tR\x05title\x12\x12\n" +
+	"\x04kind\x18\x03 \x01(\tR\x04kind\x12\x12\n" +
+	"\x04role\x18\x04 \x01(\tR\x04role\x12\x14\n" +
+	"\x05stage\x18\x05 \x01(\tR\x05stage\x12+\n" +
+	"\x05state\x18\x06 \x01(\x0e2\x15.factory.v1.TaskStateR\x05state\x12\x1f\n" +
+	"\vresult_json\x18\a \x01(\tR\n" +
+	"resultJson\x12\x18\n" +
+	"\aomitted\x18\b \x01(\bR\aomitted\x12!\n" +
+	"\fresult_bytes\x18\t \x01(\x03R\vresultBytes\x12\x1a\n" +
+	"\bwithheld\x18\n" +
+	" \x01(\bR\bwithheld\"\xdb\t\n" +
 	"\x11CreateTaskRequest\x12;\n" +
 	"\atask_id\x18\x01 \x01(\tB\"\xbaH\x1f\xd8\x01\x01r\x1a2\x18^[A-Za-z0-9._:-]{1,128}$R\x06taskId\x12[\n" +
 	"\x05title\x18\x02 \x01(\tBE\xbaHB\xba\x017\n" +
@@ -3790,13 +3976,15 @@ const file_factory_v1_queue_proto_rawDesc = "" +
 	"\x0elease_duration\x18\x04 \x01(\v2\x19.google.protobuf.DurationB\x0f\xbaH\f\xaa\x01\t\"\x03\b\x90\x1c2\x02\b\x01R\rleaseDuration\x12$\n" +
 	"\bprogress\x18\x05 \x01(\tB\b\xbaH\x05r\x03\x18\x80 R\bprogress\":\n" +
 	"\x12RenewLeaseResponse\x12$\n" +
-	"\x04task\x18\x01 \x01(\v2\x10.factory.v1.TaskR\x04task\"\xee\x01\n" +
+	"\x04task\x18\x01 \x01(\v2\x10.factory.v1.TaskR\x04task\"\x9a\x02\n" +
 	"\x13CompleteTaskRequest\x12;\n" +
 	"\atask_id\x18\x01 \x01(\tB\"\xbaH\x1f\xc8\x01\x01r\x1a2\x18^[A-Za-z0-9._:-]{1,128}$R\x06taskId\x126\n" +
 	"\x05agent\x18\x02 \x01(\tB \xbaH\x1d\xc8\x01\x01r\x18\x18\x80\x012\x13^[A-Za-z0-9._:/-]*$R\x05agent\x12,\n" +
 	"\rfencing_token\x18\x03 \x01(\x03B\a\xbaH\x04\"\x02 \x00R\ffencingToken\x12\x16\n" +
 	"\x06review\x18\x04 \x01(\bR\x06review\x12\x1c\n" +
-	"\x04note\x18\x05 \x01(\tB\b\xbaH\x05r\x03\x18\x80 R\x04note\"<\n" +
+	"\x04note\x18\x05 \x01(\tB\b\xbaH\x05r\x03\x18\x80 R\x04note\x12*\n" +
+	"\vresult_json\x18\x06 \x01(\tB\t\xbaH\x06r\x04(\x80\x80\x10R\n" +
+	"resultJson\"<\n" +
 	"\x14CompleteTaskResponse\x12$\n" +
 	"\x04task\x18\x01 \x01(\v2\x10.factory.v1.TaskR\x04task\"Z\n" +
 	"\x14CompleteTasksRequest\x12B\n" +
@@ -3954,170 +4142,173 @@ func file_factory_v1_queue_proto_rawDescGZIP() []byte {
 }
 
 var file_factory_v1_queue_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_factory_v1_queue_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
+var file_factory_v1_queue_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
 var file_factory_v1_queue_proto_goTypes = []any{
 	(TaskState)(0),                  // 0: factory.v1.TaskState
 	(TaskView)(0),                   // 1: factory.v1.TaskView
 	(TaskEventType)(0),              // 2: factory.v1.TaskEventType
 	(*Lease)(nil),                   // 3: factory.v1.Lease
 	(*Task)(nil),                    // 4: factory.v1.Task
-	(*CreateTaskRequest)(nil),       // 5: factory.v1.CreateTaskRequest
-	(*CreateTaskResponse)(nil),      // 6: factory.v1.CreateTaskResponse
-	(*CreateTasksRequest)(nil),      // 7: factory.v1.CreateTasksRequest
-	(*CreateTasksResponse)(nil),     // 8: factory.v1.CreateTasksResponse
-	(*GetTaskRequest)(nil),          // 9: factory.v1.GetTaskRequest
-	(*GetTaskResponse)(nil),         // 10: factory.v1.GetTaskResponse
-	(*ListTasksRequest)(nil),        // 11: factory.v1.ListTasksRequest
-	(*TaskFilter)(nil),              // 12: factory.v1.TaskFilter
-	(*BulkUpdateTasksRequest)(nil),  // 13: factory.v1.BulkUpdateTasksRequest
-	(*BulkUpdateTasksResponse)(nil), // 14: factory.v1.BulkUpdateTasksResponse
-	(*QueuePause)(nil),              // 15: factory.v1.QueuePause
-	(*ListTasksResponse)(nil),       // 16: factory.v1.ListTasksResponse
-	(*ClaimTaskRequest)(nil),        // 17: factory.v1.ClaimTaskRequest
-	(*ClaimTaskResponse)(nil),       // 18: factory.v1.ClaimTaskResponse
-	(*RenewLeaseRequest)(nil),       // 19: factory.v1.RenewLeaseRequest
-	(*RenewLeaseResponse)(nil),      // 20: factory.v1.RenewLeaseResponse
-	(*CompleteTaskRequest)(nil),     // 21: factory.v1.CompleteTaskRequest
-	(*CompleteTaskResponse)(nil),    // 22: factory.v1.CompleteTaskResponse
-	(*CompleteTasksRequest)(nil),    // 23: factory.v1.CompleteTasksRequest
-	(*CompleteTaskResult)(nil),      // 24: factory.v1.CompleteTaskResult
-	(*CompleteTasksResponse)(nil),   // 25: factory.v1.CompleteTasksResponse
-	(*FailTaskRequest)(nil),         // 26: factory.v1.FailTaskRequest
-	(*FailTaskResponse)(nil),        // 27: factory.v1.FailTaskResponse
-	(*WorkRequest)(nil),             // 28: factory.v1.WorkRequest
-	(*WorkResponse)(nil),            // 29: factory.v1.WorkResponse
-	(*WorkError)(nil),               // 30: factory.v1.WorkError
-	(*MoveTaskRequest)(nil),         // 31: factory.v1.MoveTaskRequest
-	(*MoveTaskResponse)(nil),        // 32: factory.v1.MoveTaskResponse
-	(*SetPriorityRequest)(nil),      // 33: factory.v1.SetPriorityRequest
-	(*SetPriorityResponse)(nil),     // 34: factory.v1.SetPriorityResponse
-	(*PauseQueueRequest)(nil),       // 35: factory.v1.PauseQueueRequest
-	(*PauseQueueResponse)(nil),      // 36: factory.v1.PauseQueueResponse
-	(*ResumeQueueRequest)(nil),      // 37: factory.v1.ResumeQueueRequest
-	(*ResumeQueueResponse)(nil),     // 38: factory.v1.ResumeQueueResponse
-	(*RequeueStuckRequest)(nil),     // 39: factory.v1.RequeueStuckRequest
-	(*RequeueStuckResponse)(nil),    // 40: factory.v1.RequeueStuckResponse
-	(*GetQueueStatsRequest)(nil),    // 41: factory.v1.GetQueueStatsRequest
-	(*StateCount)(nil),              // 42: factory.v1.StateCount
-	(*GetQueueStatsResponse)(nil),   // 43: factory.v1.GetQueueStatsResponse
-	(*WatchTasksRequest)(nil),       // 44: factory.v1.WatchTasksRequest
-	(*WatchTasksResponse)(nil),      // 45: factory.v1.WatchTasksResponse
-	nil,                             // 46: factory.v1.Task.LabelsEntry
-	nil,                             // 47: factory.v1.CreateTaskRequest.LabelsEntry
-	(*timestamppb.Timestamp)(nil),   // 48: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 49: google.protobuf.Duration
-	(*anypb.Any)(nil),               // 50: google.protobuf.Any
+	(*DependencyResult)(nil),        // 5: factory.v1.DependencyResult
+	(*CreateTaskRequest)(nil),       // 6: factory.v1.CreateTaskRequest
+	(*CreateTaskResponse)(nil),      // 7: factory.v1.CreateTaskResponse
+	(*CreateTasksRequest)(nil),      // 8: factory.v1.CreateTasksRequest
+	(*CreateTasksResponse)(nil),     // 9: factory.v1.CreateTasksResponse
+	(*GetTaskRequest)(nil),          // 10: factory.v1.GetTaskRequest
+	(*GetTaskResponse)(nil),         // 11: factory.v1.GetTaskResponse
+	(*ListTasksRequest)(nil),        // 12: factory.v1.ListTasksRequest
+	(*TaskFilter)(nil),              // 13: factory.v1.TaskFilter
+	(*BulkUpdateTasksRequest)(nil),  // 14: factory.v1.BulkUpdateTasksRequest
+	(*BulkUpdateTasksResponse)(nil), // 15: factory.v1.BulkUpdateTasksResponse
+	(*QueuePause)(nil),              // 16: factory.v1.QueuePause
+	(*ListTasksResponse)(nil),       // 17: factory.v1.ListTasksResponse
+	(*ClaimTaskRequest)(nil),        // 18: factory.v1.ClaimTaskRequest
+	(*ClaimTaskResponse)(nil),       // 19: factory.v1.ClaimTaskResponse
+	(*RenewLeaseRequest)(nil),       // 20: factory.v1.RenewLeaseRequest
+	(*RenewLeaseResponse)(nil),      // 21: factory.v1.RenewLeaseResponse
+	(*CompleteTaskRequest)(nil),     // 22: factory.v1.CompleteTaskRequest
+	(*CompleteTaskResponse)(nil),    // 23: factory.v1.CompleteTaskResponse
+	(*CompleteTasksRequest)(nil),    // 24: factory.v1.CompleteTasksRequest
+	(*CompleteTaskResult)(nil),      // 25: factory.v1.CompleteTaskResult
+	(*CompleteTasksResponse)(nil),   // 26: factory.v1.CompleteTasksResponse
+	(*FailTaskRequest)(nil),         // 27: factory.v1.FailTaskRequest
+	(*FailTaskResponse)(nil),        // 28: factory.v1.FailTaskResponse
+	(*WorkRequest)(nil),             // 29: factory.v1.WorkRequest
+	(*WorkResponse)(nil),            // 30: factory.v1.WorkResponse
+	(*WorkError)(nil),               // 31: factory.v1.WorkError
+	(*MoveTaskRequest)(nil),         // 32: factory.v1.MoveTaskRequest
+	(*MoveTaskResponse)(nil),        // 33: factory.v1.MoveTaskResponse
+	(*SetPriorityRequest)(nil),      // 34: factory.v1.SetPriorityRequest
+	(*SetPriorityResponse)(nil),     // 35: factory.v1.SetPriorityResponse
+	(*PauseQueueRequest)(nil),       // 36: factory.v1.PauseQueueRequest
+	(*PauseQueueResponse)(nil),      // 37: factory.v1.PauseQueueResponse
+	(*ResumeQueueRequest)(nil),      // 38: factory.v1.ResumeQueueRequest
+	(*ResumeQueueResponse)(nil),     // 39: factory.v1.ResumeQueueResponse
+	(*RequeueStuckRequest)(nil),     // 40: factory.v1.RequeueStuckRequest
+	(*RequeueStuckResponse)(nil),    // 41: factory.v1.RequeueStuckResponse
+	(*GetQueueStatsRequest)(nil),    // 42: factory.v1.GetQueueStatsRequest
+	(*StateCount)(nil),              // 43: factory.v1.StateCount
+	(*GetQueueStatsResponse)(nil),   // 44: factory.v1.GetQueueStatsResponse
+	(*WatchTasksRequest)(nil),       // 45: factory.v1.WatchTasksRequest
+	(*WatchTasksResponse)(nil),      // 46: factory.v1.WatchTasksResponse
+	nil,                             // 47: factory.v1.Task.LabelsEntry
+	nil,                             // 48: factory.v1.CreateTaskRequest.LabelsEntry
+	(*timestamppb.Timestamp)(nil),   // 49: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 50: google.protobuf.Duration
+	(*anypb.Any)(nil),               // 51: google.protobuf.Any
 }
 var file_factory_v1_queue_proto_depIdxs = []int32{
-	48, // 0: factory.v1.Lease.expires_at:type_name -> google.protobuf.Timestamp
-	48, // 1: factory.v1.Lease.claimed_at:type_name -> google.protobuf.Timestamp
-	48, // 2: factory.v1.Lease.renewed_at:type_name -> google.protobuf.Timestamp
+	49, // 0: factory.v1.Lease.expires_at:type_name -> google.protobuf.Timestamp
+	49, // 1: factory.v1.Lease.claimed_at:type_name -> google.protobuf.Timestamp
+	49, // 2: factory.v1.Lease.renewed_at:type_name -> google.protobuf.Timestamp
 	0,  // 3: factory.v1.Task.state:type_name -> factory.v1.TaskState
 	3,  // 4: factory.v1.Task.lease:type_name -> factory.v1.Lease
-	48, // 5: factory.v1.Task.run_after:type_name -> google.protobuf.Timestamp
-	46, // 6: factory.v1.Task.labels:type_name -> factory.v1.Task.LabelsEntry
-	48, // 7: factory.v1.Task.created_at:type_name -> google.protobuf.Timestamp
-	48, // 8: factory.v1.Task.updated_at:type_name -> google.protobuf.Timestamp
-	48, // 9: factory.v1.Task.state_changed_at:type_name -> google.protobuf.Timestamp
-	47, // 10: factory.v1.CreateTaskRequest.labels:type_name -> factory.v1.CreateTaskRequest.LabelsEntry
-	0,  // 11: factory.v1.CreateTaskRequest.initial_state:type_name -> factory.v1.TaskState
-	48, // 12: factory.v1.CreateTaskRequest.run_after:type_name -> google.protobuf.Timestamp
-	4,  // 13: factory.v1.CreateTaskResponse.task:type_name -> factory.v1.Task
-	5,  // 14: factory.v1.CreateTasksRequest.tasks:type_name -> factory.v1.CreateTaskRequest
-	4,  // 15: factory.v1.CreateTasksResponse.tasks:type_name -> factory.v1.Task
-	4,  // 16: factory.v1.GetTaskResponse.task:type_name -> factory.v1.Task
-	0,  // 17: factory.v1.ListTasksRequest.states:type_name -> factory.v1.TaskState
-	1,  // 18: factory.v1.ListTasksRequest.view:type_name -> factory.v1.TaskView
-	12, // 19: factory.v1.ListTasksRequest.filter:type_name -> factory.v1.TaskFilter
-	0,  // 20: factory.v1.TaskFilter.states:type_name -> factory.v1.TaskState
-	49, // 21: factory.v1.TaskFilter.min_age:type_name -> google.protobuf.Duration
-	49, // 22: factory.v1.TaskFilter.min_state_age:type_name -> google.protobuf.Duration
-	12, // 23: factory.v1.BulkUpdateTasksRequest.filter:type_name -> factory.v1.TaskFilter
-	0,  // 24: factory.v1.BulkUpdateTasksRequest.to:type_name -> factory.v1.TaskState
-	42, // 25: factory.v1.BulkUpdateTasksResponse.skipped:type_name -> factory.v1.StateCount
-	4,  // 26: factory.v1.BulkUpdateTasksResponse.tasks:type_name -> factory.v1.Task
-	12, // 27: factory.v1.QueuePause.filter:type_name -> factory.v1.TaskFilter
-	48, // 28: factory.v1.QueuePause.created_at:type_name -> google.protobuf.Timestamp
-	4,  // 29: factory.v1.ListTasksResponse.tasks:type_name -> factory.v1.Task
-	49, // 30: factory.v1.ClaimTaskRequest.wait:type_name -> google.protobuf.Duration
-	49, // 31: factory.v1.ClaimTaskRequest.lease_duration:type_name -> google.protobuf.Duration
-	4,  // 32: factory.v1.ClaimTaskResponse.tasks:type_name -> factory.v1.Task
-	49, // 33: factory.v1.RenewLeaseRequest.lease_duration:type_name -> google.protobuf.Duration
-	4,  // 34: factory.v1.RenewLeaseResponse.task:type_name -> factory.v1.Task
-	4,  // 35: factory.v1.CompleteTaskResponse.task:type_name -> factory.v1.Task
-	21, // 36: factory.v1.CompleteTasksRequest.items:type_name -> factory.v1.CompleteTaskRequest
-	4,  // 37: factory.v1.CompleteTaskResult.task:type_name -> factory.v1.Task
-	24, // 38: factory.v1.CompleteTasksResponse.results:type_name -> factory.v1.CompleteTaskResult
-	4,  // 39: factory.v1.FailTaskResponse.task:type_name -> factory.v1.Task
-	17, // 40: factory.v1.WorkRequest.claim:type_name -> factory.v1.ClaimTaskRequest
-	21, // 41: factory.v1.WorkRequest.complete:type_name -> factory.v1.CompleteTaskRequest
-	19, // 42: factory.v1.WorkRequest.renew:type_name -> factory.v1.RenewLeaseRequest
-	26, // 43: factory.v1.WorkRequest.fail:type_name -> factory.v1.FailTaskRequest
-	23, // 44: factory.v1.WorkRequest.complete_many:type_name -> factory.v1.CompleteTasksRequest
-	18, // 45: factory.v1.WorkResponse.claim:type_name -> factory.v1.ClaimTaskResponse
-	22, // 46: factory.v1.WorkResponse.complete:type_name -> factory.v1.CompleteTaskResponse
-	20, // 47: factory.v1.WorkResponse.renew:type_name -> factory.v1.RenewLeaseResponse
-	27, // 48: factory.v1.WorkResponse.fail:type_name -> factory.v1.FailTaskResponse
-	30, // 49: factory.v1.WorkResponse.error:type_name -> factory.v1.WorkError
-	25, // 50: factory.v1.WorkResponse.complete_many:type_name -> factory.v1.CompleteTasksResponse
-	50, // 51: factory.v1.WorkError.details:type_name -> google.protobuf.Any
-	0,  // 52: factory.v1.MoveTaskRequest.to:type_name -> factory.v1.TaskState
-	4,  // 53: factory.v1.MoveTaskResponse.task:type_name -> factory.v1.Task
-	4,  // 54: factory.v1.SetPriorityResponse.task:type_name -> factory.v1.Task
-	12, // 55: factory.v1.PauseQueueRequest.filter:type_name -> factory.v1.TaskFilter
-	49, // 56: factory.v1.RequeueStuckRequest.older_than:type_name -> google.protobuf.Duration
-	4,  // 57: factory.v1.RequeueStuckResponse.tasks:type_name -> factory.v1.Task
-	0,  // 58: factory.v1.StateCount.state:type_name -> factory.v1.TaskState
-	42, // 59: factory.v1.GetQueueStatsResponse.counts:type_name -> factory.v1.StateCount
-	49, // 60: factory.v1.GetQueueStatsResponse.oldest_ready_age:type_name -> google.protobuf.Duration
-	49, // 61: factory.v1.GetQueueStatsResponse.oldest_in_progress_age:type_name -> google.protobuf.Duration
-	15, // 62: factory.v1.GetQueueStatsResponse.pauses:type_name -> factory.v1.QueuePause
-	0,  // 63: factory.v1.WatchTasksRequest.states:type_name -> factory.v1.TaskState
-	2,  // 64: factory.v1.WatchTasksResponse.type:type_name -> factory.v1.TaskEventType
-	4,  // 65: factory.v1.WatchTasksResponse.task:type_name -> factory.v1.Task
-	0,  // 66: factory.v1.WatchTasksResponse.previous_state:type_name -> factory.v1.TaskState
-	48, // 67: factory.v1.WatchTasksResponse.time:type_name -> google.protobuf.Timestamp
-	5,  // 68: factory.v1.QueueService.CreateTask:input_type -> factory.v1.CreateTaskRequest
-	7,  // 69: factory.v1.QueueService.CreateTasks:input_type -> factory.v1.CreateTasksRequest
-	9,  // 70: factory.v1.QueueService.GetTask:input_type -> factory.v1.GetTaskRequest
-	11, // 71: factory.v1.QueueService.ListTasks:input_type -> factory.v1.ListTasksRequest
-	17, // 72: factory.v1.QueueService.ClaimTask:input_type -> factory.v1.ClaimTaskRequest
-	19, // 73: factory.v1.QueueService.RenewLease:input_type -> factory.v1.RenewLeaseRequest
-	21, // 74: factory.v1.QueueService.CompleteTask:input_type -> factory.v1.CompleteTaskRequest
-	23, // 75: factory.v1.QueueService.CompleteTasks:input_type -> factory.v1.CompleteTasksRequest
-	26, // 76: factory.v1.QueueService.FailTask:input_type -> factory.v1.FailTaskRequest
-	31, // 77: factory.v1.QueueService.MoveTask:input_type -> factory.v1.MoveTaskRequest
-	33, // 78: factory.v1.QueueService.SetPriority:input_type -> factory.v1.SetPriorityRequest
-	35, // 79: factory.v1.QueueService.PauseQueue:input_type -> factory.v1.PauseQueueRequest
-	37, // 80: factory.v1.QueueService.ResumeQueue:input_type -> factory.v1.ResumeQueueRequest
-	39, // 81: factory.v1.QueueService.RequeueStuck:input_type -> factory.v1.RequeueStuckRequest
-	41, // 82: factory.v1.QueueService.GetQueueStats:input_type -> factory.v1.GetQueueStatsRequest
-	44, // 83: factory.v1.QueueService.WatchTasks:input_type -> factory.v1.WatchTasksRequest
-	28, // 84: factory.v1.QueueService.Work:input_type -> factory.v1.WorkRequest
-	13, // 85: factory.v1.QueueService.BulkUpdateTasks:input_type -> factory.v1.BulkUpdateTasksRequest
-	6,  // 86: factory.v1.QueueService.CreateTask:output_type -> factory.v1.CreateTaskResponse
-	8,  // 87: factory.v1.QueueService.CreateTasks:output_type -> factory.v1.CreateTasksResponse
-	10, // 88: factory.v1.QueueService.GetTask:output_type -> factory.v1.GetTaskResponse
-	16, // 89: factory.v1.QueueService.ListTasks:output_type -> factory.v1.ListTasksResponse
-	18, // 90: factory.v1.QueueService.ClaimTask:output_type -> factory.v1.ClaimTaskResponse
-	20, // 91: factory.v1.QueueService.RenewLease:output_type -> factory.v1.RenewLeaseResponse
-	22, // 92: factory.v1.QueueService.CompleteTask:output_type -> factory.v1.CompleteTaskResponse
-	25, // 93: factory.v1.QueueService.CompleteTasks:output_type -> factory.v1.CompleteTasksResponse
-	27, // 94: factory.v1.QueueService.FailTask:output_type -> factory.v1.FailTaskResponse
-	32, // 95: factory.v1.QueueService.MoveTask:output_type -> factory.v1.MoveTaskResponse
-	34, // 96: factory.v1.QueueService.SetPriority:output_type -> factory.v1.SetPriorityResponse
-	36, // 97: factory.v1.QueueService.PauseQueue:output_type -> factory.v1.PauseQueueResponse
-	38, // 98: factory.v1.QueueService.ResumeQueue:output_type -> factory.v1.ResumeQueueResponse
-	40, // 99: factory.v1.QueueService.RequeueStuck:output_type -> factory.v1.RequeueStuckResponse
-	43, // 100: factory.v1.QueueService.GetQueueStats:output_type -> factory.v1.GetQueueStatsResponse
-	45, // 101: factory.v1.QueueService.WatchTasks:output_type -> factory.v1.WatchTasksResponse
-	29, // 102: factory.v1.QueueService.Work:output_type -> factory.v1.WorkResponse
-	14, // 103: factory.v1.QueueService.BulkUpdateTasks:output_type -> factory.v1.BulkUpdateTasksResponse
-	86, // [86:104] is the sub-list for method output_type
-	68, // [68:86] is the sub-list for method input_type
-	68, // [68:68] is the sub-list for extension type_name
-	68, // [68:68] is the sub-list for extension extendee
-	0,  // [0:68] is the sub-list for field type_name
+	49, // 5: factory.v1.Task.run_after:type_name -> google.protobuf.Timestamp
+	47, // 6: factory.v1.Task.labels:type_name -> factory.v1.Task.LabelsEntry
+	49, // 7: factory.v1.Task.created_at:type_name -> google.protobuf.Timestamp
+	49, // 8: factory.v1.Task.updated_at:type_name -> google.protobuf.Timestamp
+	49, // 9: factory.v1.Task.state_changed_at:type_name -> google.protobuf.Timestamp
+	5,  // 10: factory.v1.Task.dependency_results:type_name -> factory.v1.DependencyResult
+	0,  // 11: factory.v1.DependencyResult.state:type_name -> factory.v1.TaskState
+	48, // 12: factory.v1.CreateTaskRequest.labels:type_name -> factory.v1.CreateTaskRequest.LabelsEntry
+	0,  // 13: factory.v1.CreateTaskRequest.initial_state:type_name -> factory.v1.TaskState
+	49, // 14: factory.v1.CreateTaskRequest.run_after:type_name -> google.protobuf.Timestamp
+	4,  // 15: factory.v1.CreateTaskResponse.task:type_name -> factory.v1.Task
+	6,  // 16: factory.v1.CreateTasksRequest.tasks:type_name -> factory.v1.CreateTaskRequest
+	4,  // 17: factory.v1.CreateTasksResponse.tasks:type_name -> factory.v1.Task
+	4,  // 18: factory.v1.GetTaskResponse.task:type_name -> factory.v1.Task
+	0,  // 19: factory.v1.ListTasksRequest.states:type_name -> factory.v1.TaskState
+	1,  // 20: factory.v1.ListTasksRequest.view:type_name -> factory.v1.TaskView
+	13, // 21: factory.v1.ListTasksRequest.filter:type_name -> factory.v1.TaskFilter
+	0,  // 22: factory.v1.TaskFilter.states:type_name -> factory.v1.TaskState
+	50, // 23: factory.v1.TaskFilter.min_age:type_name -> google.protobuf.Duration
+	50, // 24: factory.v1.TaskFilter.min_state_age:type_name -> google.protobuf.Duration
+	13, // 25: factory.v1.BulkUpdateTasksRequest.filter:type_name -> factory.v1.TaskFilter
+	0,  // 26: factory.v1.BulkUpdateTasksRequest.to:type_name -> factory.v1.TaskState
+	43, // 27: factory.v1.BulkUpdateTasksResponse.skipped:type_name -> factory.v1.StateCount
+	4,  // 28: factory.v1.BulkUpdateTasksResponse.tasks:type_name -> factory.v1.Task
+	13, // 29: factory.v1.QueuePause.filter:type_name -> factory.v1.TaskFilter
+	49, // 30: factory.v1.QueuePause.created_at:type_name -> google.protobuf.Timestamp
+	4,  // 31: factory.v1.ListTasksResponse.tasks:type_name -> factory.v1.Task
+	50, // 32: factory.v1.ClaimTaskRequest.wait:type_name -> google.protobuf.Duration
+	50, // 33: factory.v1.ClaimTaskRequest.lease_duration:type_name -> google.protobuf.Duration
+	4,  // 34: factory.v1.ClaimTaskResponse.tasks:type_name -> factory.v1.Task
+	50, // 35: factory.v1.RenewLeaseRequest.lease_duration:type_name -> google.protobuf.Duration
+	4,  // 36: factory.v1.RenewLeaseResponse.task:type_name -> factory.v1.Task
+	4,  // 37: factory.v1.CompleteTaskResponse.task:type_name -> factory.v1.Task
+	22, // 38: factory.v1.CompleteTasksRequest.items:type_name -> factory.v1.CompleteTaskRequest
+	4,  // 39: factory.v1.CompleteTaskResult.task:type_name -> factory.v1.Task
+	25, // 40: factory.v1.CompleteTasksResponse.results:type_name -> factory.v1.CompleteTaskResult
+	4,  // 41: factory.v1.FailTaskResponse.task:type_name -> factory.v1.Task
+	18, // 42: factory.v1.WorkRequest.claim:type_name -> factory.v1.ClaimTaskRequest
+	22, // 43: factory.v1.WorkRequest.complete:type_name -> factory.v1.CompleteTaskRequest
+	20, // 44: factory.v1.WorkRequest.renew:type_name -> factory.v1.RenewLeaseRequest
+	27, // 45: factory.v1.WorkRequest.fail:type_name -> factory.v1.FailTaskRequest
+	24, // 46: factory.v1.WorkRequest.complete_many:type_name -> factory.v1.CompleteTasksRequest
+	19, // 47: factory.v1.WorkResponse.claim:type_name -> factory.v1.ClaimTaskResponse
+	23, // 48: factory.v1.WorkResponse.complete:type_name -> factory.v1.CompleteTaskResponse
+	21, // 49: factory.v1.WorkResponse.renew:type_name -> factory.v1.RenewLeaseResponse
+	28, // 50: factory.v1.WorkResponse.fail:type_name -> factory.v1.FailTaskResponse
+	31, // 51: factory.v1.WorkResponse.error:type_name -> factory.v1.WorkError
+	26, // 52: factory.v1.WorkResponse.complete_many:type_name -> factory.v1.CompleteTasksResponse
+	51, // 53: factory.v1.WorkError.details:type_name -> google.protobuf.Any
+	0,  // 54: factory.v1.MoveTaskRequest.to:type_name -> factory.v1.TaskState
+	4,  // 55: factory.v1.MoveTaskResponse.task:type_name -> factory.v1.Task
+	4,  // 56: factory.v1.SetPriorityResponse.task:type_name -> factory.v1.Task
+	13, // 57: factory.v1.PauseQueueRequest.filter:type_name -> factory.v1.TaskFilter
+	50, // 58: factory.v1.RequeueStuckRequest.older_than:type_name -> google.protobuf.Duration
+	4,  // 59: factory.v1.RequeueStuckResponse.tasks:type_name -> factory.v1.Task
+	0,  // 60: factory.v1.StateCount.state:type_name -> factory.v1.TaskState
+	43, // 61: factory.v1.GetQueueStatsResponse.counts:type_name -> factory.v1.StateCount
+	50, // 62: factory.v1.GetQueueStatsResponse.oldest_ready_age:type_name -> google.protobuf.Duration
+	50, // 63: factory.v1.GetQueueStatsResponse.oldest_in_progress_age:type_name -> google.protobuf.Duration
+	16, // 64: factory.v1.GetQueueStatsResponse.pauses:type_name -> factory.v1.QueuePause
+	0,  // 65: factory.v1.WatchTasksRequest.states:type_name -> factory.v1.TaskState
+	2,  // 66: factory.v1.WatchTasksResponse.type:type_name -> factory.v1.TaskEventType
+	4,  // 67: factory.v1.WatchTasksResponse.task:type_name -> factory.v1.Task
+	0,  // 68: factory.v1.WatchTasksResponse.previous_state:type_name -> factory.v1.TaskState
+	49, // 69: factory.v1.WatchTasksResponse.time:type_name -> google.protobuf.Timestamp
+	6,  // 70: factory.v1.QueueService.CreateTask:input_type -> factory.v1.CreateTaskRequest
+	8,  // 71: factory.v1.QueueService.CreateTasks:input_type -> factory.v1.CreateTasksRequest
+	10, // 72: factory.v1.QueueService.GetTask:input_type -> factory.v1.GetTaskRequest
+	12, // 73: factory.v1.QueueService.ListTasks:input_type -> factory.v1.ListTasksRequest
+	18, // 74: factory.v1.QueueService.ClaimTask:input_type -> factory.v1.ClaimTaskRequest
+	20, // 75: factory.v1.QueueService.RenewLease:input_type -> factory.v1.RenewLeaseRequest
+	22, // 76: factory.v1.QueueService.CompleteTask:input_type -> factory.v1.CompleteTaskRequest
+	24, // 77: factory.v1.QueueService.CompleteTasks:input_type -> factory.v1.CompleteTasksRequest
+	27, // 78: factory.v1.QueueService.FailTask:input_type -> factory.v1.FailTaskRequest
+	32, // 79: factory.v1.QueueService.MoveTask:input_type -> factory.v1.MoveTaskRequest
+	34, // 80: factory.v1.QueueService.SetPriority:input_type -> factory.v1.SetPriorityRequest
+	36, // 81: factory.v1.QueueService.PauseQueue:input_type -> factory.v1.PauseQueueRequest
+	38, // 82: factory.v1.QueueService.ResumeQueue:input_type -> factory.v1.ResumeQueueRequest
+	40, // 83: factory.v1.QueueService.RequeueStuck:input_type -> factory.v1.RequeueStuckRequest
+	42, // 84: factory.v1.QueueService.GetQueueStats:input_type -> factory.v1.GetQueueStatsRequest
+	45, // 85: factory.v1.QueueService.WatchTasks:input_type -> factory.v1.WatchTasksRequest
+	29, // 86: factory.v1.QueueService.Work:input_type -> factory.v1.WorkRequest
+	14, // 87: factory.v1.QueueService.BulkUpdateTasks:input_type -> factory.v1.BulkUpdateTasksRequest
+	7,  // 88: factory.v1.QueueService.CreateTask:output_type -> factory.v1.CreateTaskResponse
+	9,  // 89: factory.v1.QueueService.CreateTasks:output_type -> factory.v1.CreateTasksResponse
+	11, // 90: factory.v1.QueueService.GetTask:output_type -> factory.v1.GetTaskResponse
+	17, // 91: factory.v1.QueueService.ListTasks:output_type -> factory.v1.ListTasksResponse
+	19, // 92: factory.v1.QueueService.ClaimTask:output_type -> factory.v1.ClaimTaskResponse
+	21, // 93: factory.v1.QueueService.RenewLease:output_type -> factory.v1.RenewLeaseResponse
+	23, // 94: factory.v1.QueueService.CompleteTask:output_type -> factory.v1.CompleteTaskResponse
+	26, // 95: factory.v1.QueueService.CompleteTasks:output_type -> factory.v1.CompleteTasksResponse
+	28, // 96: factory.v1.QueueService.FailTask:output_type -> factory.v1.FailTaskResponse
+	33, // 97: factory.v1.QueueService.MoveTask:output_type -> factory.v1.MoveTaskResponse
+	35, // 98: factory.v1.QueueService.SetPriority:output_type -> factory.v1.SetPriorityResponse
+	37, // 99: factory.v1.QueueService.PauseQueue:output_type -> factory.v1.PauseQueueResponse
+	39, // 100: factory.v1.QueueService.ResumeQueue:output_type -> factory.v1.ResumeQueueResponse
+	41, // 101: factory.v1.QueueService.RequeueStuck:output_type -> factory.v1.RequeueStuckResponse
+	44, // 102: factory.v1.QueueService.GetQueueStats:output_type -> factory.v1.GetQueueStatsResponse
+	46, // 103: factory.v1.QueueService.WatchTasks:output_type -> factory.v1.WatchTasksResponse
+	30, // 104: factory.v1.QueueService.Work:output_type -> factory.v1.WorkResponse
+	15, // 105: factory.v1.QueueService.BulkUpdateTasks:output_type -> factory.v1.BulkUpdateTasksResponse
+	88, // [88:106] is the sub-list for method output_type
+	70, // [70:88] is the sub-list for method input_type
+	70, // [70:70] is the sub-list for extension type_name
+	70, // [70:70] is the sub-list for extension extendee
+	0,  // [0:70] is the sub-list for field type_name
 }
 
 func init() { file_factory_v1_queue_proto_init() }
@@ -4125,19 +4316,19 @@ func file_factory_v1_queue_proto_init() {
 	if File_factory_v1_queue_proto != nil {
 		return
 	}
-	file_factory_v1_queue_proto_msgTypes[9].OneofWrappers = []any{}
-	file_factory_v1_queue_proto_msgTypes[10].OneofWrappers = []any{
+	file_factory_v1_queue_proto_msgTypes[10].OneofWrappers = []any{}
+	file_factory_v1_queue_proto_msgTypes[11].OneofWrappers = []any{
 		(*BulkUpdateTasksRequest_To)(nil),
 		(*BulkUpdateTasksRequest_Priority)(nil),
 	}
-	file_factory_v1_queue_proto_msgTypes[25].OneofWrappers = []any{
+	file_factory_v1_queue_proto_msgTypes[26].OneofWrappers = []any{
 		(*WorkRequest_Claim)(nil),
 		(*WorkRequest_Complete)(nil),
 		(*WorkRequest_Renew)(nil),
 		(*WorkRequest_Fail)(nil),
 		(*WorkRequest_CompleteMany)(nil),
 	}
-	file_factory_v1_queue_proto_msgTypes[26].OneofWrappers = []any{
+	file_factory_v1_queue_proto_msgTypes[27].OneofWrappers = []any{
 		(*WorkResponse_Claim)(nil),
 		(*WorkResponse_Complete)(nil),
 		(*WorkResponse_Renew)(nil),
@@ -4151,7 +4342,7 @@ func file_factory_v1_queue_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_factory_v1_queue_proto_rawDesc), len(file_factory_v1_queue_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   45,
+			NumMessages:   46,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
