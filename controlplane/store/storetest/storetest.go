@@ -64,6 +64,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"Alerts", s.testAlerts},
 		{"Maintenance", s.testMaintenance},
 		{"Approvals", s.testApprovals},
+		{"Backups", s.testBackups},
 	}
 	for _, g := range groups {
 		t.Run(g.name, func(t *testing.T) {
