@@ -61,12 +61,16 @@ const (
 	ExprReadyOldestWait Expr = "ready_oldest_wait_seconds"
 	// ExprInProgressOldest is how long the oldest claim has been running.
 	ExprInProgressOldest Expr = "in_progress_oldest_seconds"
+	// ExprBackupAge is the last good backup's age in backup intervals
+	// (with none, the time since the first attempt); no series when no
+	// backups are scheduled or none was attempted yet.
+	ExprBackupAge Expr = "backup_age_intervals"
 )
 
 // Exprs is every measurement.
 var Exprs = []Expr{ExprSpendDaily, ExprSpendTierDaily, ExprSpendAgentDaily, ExprGPUMemoryUsed, ExprDiskUsed,
 	ExprAgentOffline, ExprModelSwaps, ExprReadyDepth, ExprFailed24h, ExprDeadLettered, ExprReadyOldestWait,
-	ExprInProgressOldest}
+	ExprInProgressOldest, ExprBackupAge}
 
 // Severities.
 const (
@@ -142,6 +146,8 @@ func DefaultRules() []Rule {
 			Summary: "the oldest READY task has waited {{duration .Value}}"},
 		{Name: "task_in_progress_long", Expr: ExprInProgressOldest, Threshold: 7200, Severity: SeverityWarning,
 			Summary: "a task has been IN_PROGRESS for {{duration .Value}}"},
+		{Name: "backup_stale", Expr: ExprBackupAge, Threshold: 2, Severity: SeverityCritical,
+			Summary: "no good backup for {{printf \"%.1f\" .Value}} backup intervals (runbook §7.1): check the control plane's log and factory status"},
 	}
 }
 

@@ -17,6 +17,8 @@ type Sources struct {
 	Queue QueueSource
 	Fleet FleetSource
 	Spend SpendSource
+	// Backup reads the scheduled backups (backup.go).
+	Backup BackupSource
 }
 
 // QueueSource reads the queue; store.Store is one.
@@ -281,6 +283,8 @@ func (m *measurer) measure(ctx context.Context, e Expr) ([]series, error) {
 			}
 			return one(seconds(m.now.Sub(st.OldestClaimedAt))), nil
 		}
+	case ExprBackupAge:
+		return m.backupAge(ctx)
 	case ExprFailed24h:
 		if m.src.Queue == nil {
 			return nil, errNoSource
