@@ -120,6 +120,7 @@ type Sources struct {
 	Spend     SpendSource
 	Approvals ApprovalSource
 	Alerts    AlertSource
+	Backups   BackupSource
 }
 
 // Config configures New.
@@ -243,6 +244,11 @@ func (m *Metrics) Register(src Sources) error {
 	}
 	if src.Alerts != nil {
 		if err := m.registerAlerts(meter, src.Alerts); err != nil {
+			return err
+		}
+	}
+	if src.Backups != nil {
+		if err := m.registerBackups(meter, src.Backups); err != nil {
 			return err
 		}
 	}
