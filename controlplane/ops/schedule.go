@@ -285,17 +285,17 @@ func (b *Scheduler) write(ctx context.Context, now time.Time) (dir string, size 
 
 // moveFile renames from to to, copying when they are on different
 // filesystems (the snapshot is spooled in the temporary directory).
+// The copy is the operator's alone, as the database is.
 func moveFile(from, to string) error {
-	if err := os.Rename(from, to); err == nil {
-		return nil
+	if err := os.Rename(from, to); err != nil {
+		if err := copyFile(from, to); err != nil {
+			return err
+		}
+		if err := os.Remove(from); err != nil {
+			return err
+		}
 	}
-	if err := copyFile(from, to); err != nil {
-		return err
-	}
-	if err := os.Chmod(to, 0o600); err != nil {
-		return err
-	}
-	return os.Remove(from)
+	return os.Chmod(to, 0o600)
 }
 
 // verify reads the backup back as `factory backup verify` does: checksums,
