@@ -2,6 +2,7 @@ package ops_test
 
 import (
 	"context"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -267,4 +268,55 @@ func TestVacuumCheck(t *testing.T) {
 			t.Errorf("vacuum check: %+v", c)
 		}
 	})
+}
+
+// syncBuffer is a log sink tests read while the logger writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// --vacuum-every: the vacuum runs each time the injected wait ends.
+func TestScheduledVacuum(t *testing.T) {
+	st := openSQLite(t)
+	fill(t, st)
+	var logs syncBuffer
+	svc, err := ops.New(ops.Config{Store: st, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waits := make(chan time.Duration)
+	fire := make(chan time.Time)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() {
+		done <- svc.RunVacuum(ctx, 720*time.Hour, func(d time.Duration) <-chan time.Time { waits <- d; return fire })
+	}()
+	if d := <-waits; d != 720*time.Hour {
+		t.Fatalf("waits %s, want the interval", d)
+	}
+	if strings.Contains(logs.String(), "scheduled vacuum") {
+		t.Fatal("vacuumed before the interval")
+	}
+	fire <- time.Time{}
+	<-waits // the vacuum ran and the next wait began
+	if out := logs.String(); !strings.Contains(out, "scheduled vacuum") || !strings.Contains(out, "VACUUM, ANALYZE") {
+		t.Errorf("no vacuum logged: %s", out)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
 }
