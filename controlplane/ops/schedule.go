@@ -155,6 +155,9 @@ func (s *Service) NewScheduler(cfg ScheduleConfig) (*Scheduler, error) {
 // interval after the newest run. A failed run is retried an interval
 // later; the backup_stale alert fires if none succeeds for two.
 func (b *Scheduler) Run(ctx context.Context) error {
+	// tried is this process's last attempt: a run the store failed to
+	// record must not make the next one due at once.
+	var tried time.Time
 	for {
 		due, err := b.Due(ctx)
 		if err != nil {
@@ -164,6 +167,9 @@ func (b *Scheduler) Run(ctx context.Context) error {
 			b.log.WarnContext(ctx, "backup schedule: reading the last run failed; retrying", "err", err)
 			due = b.cfg.Clock.Now().Add(time.Minute)
 		}
+		if !tried.IsZero() && due.Before(tried.Add(b.cfg.Every)) {
+			due = tried.Add(b.cfg.Every)
+		}
 		if wait := due.Sub(b.cfg.Clock.Now()); wait > 0 {
 			select {
 			case <-ctx.Done():
@@ -172,6 +178,7 @@ func (b *Scheduler) Run(ctx context.Context) error {
 			}
 			continue // the clock may have moved further: look again
 		}
+		tried = b.cfg.Clock.Now()
 		if _, err := b.RunOnce(ctx); err != nil && ctx.Err() == nil {
 			b.log.ErrorContext(ctx, "scheduled backup failed", "err", err)
 		}
