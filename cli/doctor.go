@@ -11,7 +11,8 @@ import (
 )
 
 func newDoctorCommand(a *app) *cobra.Command {
-	return &cobra.Command{
+	var vacuum bool
+	cmd := &cobra.Command{
 		Use:   "doctor",
 		Short: "Run the control plane's integrity checks",
 		Long: `Doctor asks the control plane to check itself:
@@ -21,13 +22,21 @@ func newDoctorCommand(a *app) *cobra.Command {
   queue_sanity       every IN_PROGRESS task holds a live lease
   clock_skew         each connected sidecar's clock against the server's
 
+With --vacuum it also compacts the store and refreshes the planner's
+statistics (runbook §11.3, monthly): SQLite VACUUM, ANALYZE and PRAGMA
+optimize; PostgreSQL VACUUM (ANALYZE) of each of the store's tables,
+outside any transaction. The vacuum check reports the size before and
+after and the time taken. The control plane keeps serving meanwhile, but
+writes wait while SQLite rewrites the file: run it in a quiet hour.
+
 It exits 1 when a check fails (warnings alone exit 0).`,
 		Example: `  factory doctor
+  factory doctor --vacuum
   factory doctor -o json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.withOps(cmd, func(ctx context.Context, c factoryv1.OpsServiceClient) error {
-				resp, err := c.Doctor(ctx, &factoryv1.DoctorRequest{})
+				resp, err := c.Doctor(ctx, &factoryv1.DoctorRequest{Vacuum: vacuum})
 				if err != nil {
 					return err
 				}
@@ -58,6 +67,8 @@ It exits 1 when a check fails (warnings alone exit 0).`,
 			})
 		},
 	}
+	cmd.Flags().BoolVar(&vacuum, "vacuum", false, "also VACUUM and ANALYZE the store, reporting its size before and after")
+	return cmd
 }
 
 func doctorStatusName(s factoryv1.DoctorStatus) string {

@@ -144,9 +144,11 @@ func newStatusCommand(a *app) *cobra.Command {
 screen with the queue (whether it is paused, tasks per state, the oldest
 READY and IN_PROGRESS ages, retries), today's spend against the total
 target, the emergency stop, approvals pending, agents online and offline,
-firing alerts and maintenance mode. The sections are fetched in parallel;
-one the control plane does not serve (or this caller may not read) shows
-n/a. With -o json each section is a field (null when n/a).
+firing alerts, maintenance mode and the last good backup (with a
+warning when it is older than twice the backup interval). The sections
+are fetched in parallel; one the control plane does not serve (or this
+caller may not read) shows n/a. With -o json each section is a field
+(null when n/a).
 
 With --watch the screen is redrawn every --interval on a terminal, under a
 header with the time; into a pipe each snapshot follows the last after a

@@ -29,6 +29,9 @@ type statusJSON struct {
 	AlertsFiring     []*factoryv1.Alert                `json:"alerts_firing"`
 	Maintenance      *factoryv1.GetMaintenanceResponse `json:"maintenance"`
 	Unavailable      map[string]string                 `json:"unavailable,omitempty"`
+
+	// Backup is where the scheduled backups stand (status_backup.go).
+	Backup *factoryv1.GetBackupStatusResponse `json:"backup"`
 }
 
 // agentCounts counts agents by liveness.
@@ -165,6 +168,10 @@ func fetchStatus(ctx context.Context, conn grpc.ClientConnInterface) (*statusJSO
 		out.Maintenance, err = o.GetMaintenance(ctx, &factoryv1.GetMaintenanceRequest{})
 		return err
 	})
+	section("backup", func(ctx context.Context) (err error) {
+		out.Backup, err = o.GetBackupStatus(ctx, &factoryv1.GetBackupStatusRequest{})
+		return err
+	})
 	wg.Wait()
 	if qErr != nil {
 		return nil, qErr
@@ -247,6 +254,7 @@ func writeStatusScreen(w io.Writer, s *statusJSON, now time.Time) error {
 	} else {
 		fmt.Fprintf(tw, "Maintenance:\tn/a\n")
 	}
+	writeBackupStatus(tw, s.Backup)
 	return tw.Flush()
 }
 
@@ -260,7 +268,7 @@ func writeStatusJSON(w io.Writer, s *statusJSON) error {
 		return protoJSON(m)
 	}
 	out := map[string]any{"approvals_pending": s.ApprovalsPending, "agents": s.Agents}
-	for name, m := range map[string]proto.Message{"queue": s.Queue, "budget": s.Budget, "maintenance": s.Maintenance} {
+	for name, m := range map[string]proto.Message{"queue": s.Queue, "budget": s.Budget, "maintenance": s.Maintenance, "backup": s.Backup} {
 		r, err := raw(m)
 		if err != nil {
 			return err

@@ -74,12 +74,16 @@ const (
 	// that has fewer working GPUs than it reported (label host); the
 	// alert's text says which.
 	ExprGPUUnavailable Expr = "gpu_unavailable"
+	// ExprBackupAge is the last good backup's age in backup intervals
+	// (with none, the time since the first attempt); no series when no
+	// backups are scheduled or none was attempted yet.
+	ExprBackupAge Expr = "backup_age_intervals"
 )
 
 // Exprs is every measurement.
 var Exprs = []Expr{ExprSpendDaily, ExprSpendTierDaily, ExprSpendAgentDaily, ExprGPUMemoryUsed, ExprDiskUsed,
 	ExprAgentOffline, ExprModelSwaps, ExprReadyDepth, ExprFailed24h, ExprDeadLettered, ExprReadyOldestWait,
-	ExprInProgressOldest, ExprLLMErrorRate, ExprServiceDown, ExprGPUUnavailable}
+	ExprInProgressOldest, ExprLLMErrorRate, ExprServiceDown, ExprGPUUnavailable, ExprBackupAge}
 
 // Severities.
 const (
@@ -161,6 +165,8 @@ func DefaultRules() []Rule {
 			Summary: "service {{.Labels.service}} on {{.Labels.host}} has failed its probe for 2 minutes"},
 		{Name: "gpu_unavailable", Expr: ExprGPUUnavailable, Threshold: 0, Severity: SeverityCritical,
 			Summary: "GPU unavailable on {{.Labels.host}}{{with .Examples}}: {{.}}{{end}}"},
+		{Name: "backup_stale", Expr: ExprBackupAge, Threshold: 2, Severity: SeverityCritical,
+			Summary: "no good backup for {{printf \"%.1f\" .Value}} backup intervals (runbook §7.1): check the control plane's log and factory status"},
 	}
 }
 

@@ -20,6 +20,8 @@ type Sources struct {
 	Fleet FleetSource
 	Spend SpendSource
 	LLM   LLMSource
+	// Backup reads the scheduled backups (backup.go).
+	Backup BackupSource
 }
 
 // LLMSource counts recent LLM calls and their failures.
@@ -363,6 +365,8 @@ func (m *measurer) measure(ctx context.Context, e Expr) ([]series, error) {
 			}
 		}
 		return out, nil
+	case ExprBackupAge:
+		return m.backupAge(ctx)
 	case ExprFailed24h:
 		if m.src.Queue == nil {
 			return nil, errNoSource

@@ -62,6 +62,11 @@ var Names = map[string]string{
 	"factory.host.network.receive":        "factory_host_network_receive_bytes_total",
 	"factory.host.network.transmit":       "factory_host_network_transmit_bytes_total",
 	"rpc.server.call.duration (otelgrpc)": "rpc_server_call_duration_seconds",
+
+	// Scheduled backups (backup.go).
+	"factory.backup.last_success_timestamp": "factory_backup_last_success_timestamp_seconds",
+	"factory.backup.failures":               "factory_backup_failures_total",
+	"factory.backup.interval":               "factory_backup_interval_seconds",
 }
 
 // fleetStates are the liveness states exported, every one each scrape, so

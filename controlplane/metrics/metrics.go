@@ -122,6 +122,7 @@ type Sources struct {
 	Spend     SpendSource
 	Approvals ApprovalSource
 	Alerts    AlertSource
+	Backups   BackupSource
 }
 
 // Config configures New.
@@ -250,6 +251,11 @@ func (m *Metrics) Register(src Sources) error {
 	}
 	if src.Alerts != nil {
 		if err := m.registerAlerts(meter, src.Alerts); err != nil {
+			return err
+		}
+	}
+	if src.Backups != nil {
+		if err := m.registerBackups(meter, src.Backups); err != nil {
 			return err
 		}
 	}

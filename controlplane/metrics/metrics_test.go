@@ -118,6 +118,9 @@ func TestEveryInstrumentIsExportedUnderItsListedName(t *testing.T) {
 			Alerts: func(context.Context) ([]AlertCount, error) {
 				return []AlertCount{{Rule: "spend-total", Severity: "critical", Firing: 1}, {Rule: "disk", Severity: "warning"}}, nil
 			},
+			Backups: func(context.Context) (*BackupSnapshot, error) {
+				return &BackupSnapshot{LastSuccess: now.Add(-time.Hour), Failures: 3, Every: 6 * time.Hour}, nil
+			},
 		}})
 	if err != nil {
 		t.Fatal(err)
@@ -170,6 +173,8 @@ func TestEveryInstrumentIsExportedUnderItsListedName(t *testing.T) {
 		{"factory_budget_remaining_micros", []string{"scope=total", "limit=alert"}, "4.85e+07"},
 		{"factory_approvals_pending", nil, "2"},
 		{"factory_alerts_firing", []string{"rule=disk"}, "0"},
+		{"factory_backup_failures_total", nil, "3"},
+		{"factory_backup_interval_seconds", nil, "21600"},
 	}
 	for _, c := range checks {
 		if v := value(t, got, c.name, c.want...); v != c.val {

@@ -39,6 +39,9 @@ type AlertsConfig struct {
 	File string
 	// Off stops evaluation; the alert RPCs still answer.
 	Off bool
+
+	// backups feeds the backup_stale rule (backup_wiring.go).
+	backups alert.BackupSource
 }
 
 // notifier is the control plane's one Publisher: the WatchEvents hub and
@@ -163,6 +166,7 @@ func newAlerts(cfg AlertsConfig, st store.Store, fl *fleet.Registry, events *fle
 		acfg.Sources.Spend = budgetSpend{bud}
 		acfg.Sources.LLM = budgetLLM{bud}
 	}
+	acfg.Sources.Backup = cfg.backups
 	if cfg.File != "" {
 		f, err := alert.LoadFile(cfg.File)
 		if err != nil {

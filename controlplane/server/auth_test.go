@@ -354,6 +354,10 @@ var accessTable = map[string]accessRow{
 		_, err := c.o.Doctor(ctx, &factoryv1.DoctorRequest{})
 		return err
 	}, [...]codes.Code{unauthorized, denied, denied, denied, ok}},
+	factoryv1.OpsService_GetBackupStatus_FullMethodName: {func(ctx context.Context, c clients) error {
+		_, err := c.o.GetBackupStatus(ctx, &factoryv1.GetBackupStatusRequest{})
+		return err
+	}, [...]codes.Code{unauthorized, denied, denied, denied, ok}},
 	factoryv1.OpsService_GetDigest_FullMethodName: {func(ctx context.Context, c clients) error {
 		_, err := c.o.GetDigest(ctx, &factoryv1.GetDigestRequest{})
 		return err

@@ -29,7 +29,6 @@ const deployDir = "../../deploy"
 // are exported (the test then requires them on the scrape like every
 // other metric).
 var pendingMetrics = map[string][]string{
-	"factory_backup_last_success_timestamp_seconds": {},
 }
 
 // TestKitQueriesMatchTheScrape parses every PromQL expression of the deploy

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -50,6 +51,9 @@ func startWithData(t *testing.T) string {
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), TracerProvider: noop.NewTracerProvider()}
 	cfg.Queue.Clock = clock
 	cfg.Queue.RescueInterval = 10 * time.Millisecond
+	// A backup schedule, so the first backup (taken at start) gives the
+	// backup metrics a value.
+	cfg.Backup = BackupConfig{Dir: filepath.Join(dir, "backups"), Every: time.Hour}
 	addrCh, metricsCh := make(chan net.Addr, 1), make(chan net.Addr, 1)
 	cfg.OnListening = func(a net.Addr) { addrCh <- a }
 	cfg.OnMetricsListening = func(a net.Addr) { metricsCh <- a }

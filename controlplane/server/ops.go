@@ -43,6 +43,8 @@ type opsServer struct {
 	alerts   *alert.Service
 	events   *notify.Hub
 	stopping <-chan struct{}
+	// backup is the schedule GetBackupStatus judges staleness by.
+	backup BackupConfig
 }
 
 func (s *opsServer) available() error {

@@ -105,13 +105,16 @@ const (
 )
 
 // Doctor implements factoryv1.OpsServiceServer.
-func (s *opsServer) Doctor(ctx context.Context, _ *factoryv1.DoctorRequest) (*factoryv1.DoctorResponse, error) {
+func (s *opsServer) Doctor(ctx context.Context, req *factoryv1.DoctorRequest) (*factoryv1.DoctorResponse, error) {
 	if err := s.available(); err != nil {
 		return nil, err
 	}
 	checks := s.ops.Doctor(ctx, s.now())
 	if s.fleet != nil {
 		checks = append(checks, clockSkew(s.fleet.Nodes()))
+	}
+	if req.GetVacuum() {
+		checks = append(checks, s.ops.Vacuum(ctx))
 	}
 	out := &factoryv1.DoctorResponse{}
 	for _, c := range checks {

@@ -153,6 +153,7 @@ var rules = map[string]rule{
 	factoryv1.OpsService_GetMaintenance_FullMethodName:   {roles: agents},
 	factoryv1.OpsService_Backup_FullMethodName:           {roles: operatorOnly, mutates: true}, // audited: who took a copy of everything
 	factoryv1.OpsService_Doctor_FullMethodName:           {roles: operatorOnly},
+	factoryv1.OpsService_GetBackupStatus_FullMethodName:  {roles: operatorOnly},
 	factoryv1.OpsService_GetDigest_FullMethodName:        {roles: agents},
 	// Alerts: agents read them and watch the event stream (the
 	// orchestrator agent relays them to chat); acks and silences change

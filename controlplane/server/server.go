@@ -102,6 +102,8 @@ type Config struct {
 	// (audit_wiring.go).
 	AuthFailLimit AuthFailLimit
 	Audit         AuditConfig
+	// Backup schedules backups and vacuums (backup_wiring.go).
+	Backup BackupConfig
 
 	Logger         *slog.Logger
 	TracerProvider trace.TracerProvider
@@ -215,6 +217,11 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.RateLimit.Key == nil {
 		cfg.RateLimit.Key = CallerToken
 	}
+	backups, err := newBackupScheduler(cfg.Backup, opsSvc, qcfg.Clock, log)
+	if err != nil {
+		return err
+	}
+	cfg.Alerts.backups = backupAlerts(cfg.Backup, qcfg.Store)
 
 	lis, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -288,7 +295,10 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer func() { _ = met.Shutdown(context.WithoutCancel(ctx)) }()
-	services := Services{Queue: q, Access: acc, Ops: opsSvc, Fleet: fl, Placements: placements, FleetEvents: fleetEvents, FleetHistory: history, Maintenance: maint, Digest: dig, Budget: bud, Alerts: alerts, Events: notif.hub, Approvals: approvals}
+	if err := registerBackupMetrics(met, cfg.Backup, opsSvc, maint.Now); err != nil {
+		return err
+	}
+	services := Services{Queue: q, Access: acc, Ops: opsSvc, Fleet: fl, Placements: placements, FleetEvents: fleetEvents, FleetHistory: history, Maintenance: maint, Digest: dig, Budget: bud, Alerts: alerts, Events: notif.hub, Approvals: approvals, Backup: cfg.Backup}
 	grpcOpts := []GRPCOption{WithRateLimit(cfg.RateLimit), WithStreamLimits(cfg.Streams), WithMeterProvider(met.MeterProvider()), WithAuthFailLimit(cfg.AuthFailLimit)}
 	srv, healthSrv := NewGRPCServer(services, log, cfg.TracerProvider, stopping, append(grpcOpts, WithTLS(tlsCfg))...)
 
@@ -343,6 +353,7 @@ func Run(ctx context.Context, cfg Config) error {
 	runAudit(gctx, g, cfg.Audit, raw, acc, log)
 	runAlerts(gctx, g, cfg.Alerts, raw, alerts)
 	runApprovals(gctx, g, raw, approvals)
+	runBackups(gctx, g, cfg.Backup, raw, backups, opsSvc)
 	notif.run(gctx, g)
 	if feed, ok := raw.(store.ChangeFeed); ok {
 		g.Go(func() error {
@@ -442,6 +453,8 @@ type Services struct {
 	// Approvals is the approval gate; without it ApprovalService answers
 	// UNIMPLEMENTED and tasks are not gated.
 	Approvals *approval.Service
+	// Backup is the backup schedule GetBackupStatus reports.
+	Backup BackupConfig
 }
 
 // GRPCOption adds transport security or abuse limits to NewGRPCServer.
@@ -561,7 +574,7 @@ func NewGRPCServer(svc Services, log *slog.Logger, tp trace.TracerProvider, stop
 	factoryv1.RegisterQueueServiceServer(srv, qs)
 	factoryv1.RegisterAccessServiceServer(srv, &accessServer{acc: svc.Access, log: log, streams: streams})
 	factoryv1.RegisterOpsServiceServer(srv, &opsServer{ops: svc.Ops, log: log, maint: svc.Maintenance, digest: svc.Digest, fleet: svc.Fleet,
-		alerts: svc.Alerts, events: svc.Events, stopping: stopping})
+		alerts: svc.Alerts, events: svc.Events, stopping: stopping, backup: svc.Backup})
 	factoryv1.RegisterFleetServiceServer(srv, &fleetServer{fleet: svc.Fleet, placements: svc.Placements, events: svc.FleetEvents, history: svc.FleetHistory, cmds: fleet.NewCommands(), q: svc.Queue, log: log, stopping: stopping, budget: svc.Budget})
 	healthSrv := health.NewServer()
 	healthpb.RegisterHealthServer(srv, healthSrv)

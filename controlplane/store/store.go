@@ -187,6 +187,9 @@ type Store interface {
 	// switch (see maintenance.go).
 	MaintenanceStore
 
+	// BackupStore records scheduled backups and vacuums (see backups.go).
+	BackupStore
+
 	// Close releases the driver's resources.
 	Close() error
 }

@@ -54,6 +54,12 @@ type fileConfig struct {
 	// longer ago than the retention are deleted (0 keeps them).
 	AuditWindow    time.Duration `yaml:"audit_window"`
 	AuditRetention time.Duration `yaml:"audit_retention"`
+	// BackupDir, BackupEvery and BackupKeep schedule backups, VacuumEvery
+	// vacuums (backup_config.go).
+	BackupDir   string        `yaml:"backup_dir"`
+	BackupEvery time.Duration `yaml:"backup_every"`
+	BackupKeep  string        `yaml:"backup_keep"`
+	VacuumEvery time.Duration `yaml:"vacuum_every"`
 	// AuthFailRate and AuthFailBurst limit failed authentications per
 	// peer address.
 	AuthFailRate  float64 `yaml:"auth_fail_rate"`
@@ -257,6 +263,7 @@ Flags:
 	fs.DurationVar(&cfg.ApprovalMinTimeout, "approval-min-timeout", cfg.ApprovalMinTimeout, "shortest timeout (or time to a deadline) an approval request that waits for an operator may ask for; a shorter one is refused with INVALID_ARGUMENT (at most --approval-timeout)")
 	fs.Float64Var(&cfg.ApprovalReminder, "approval-reminder", cfg.ApprovalReminder, "send a reminder once this fraction of a request's time has passed (0: the policy's, 0.5 by default)")
 	webhookURLs := alertFlags(fs, &cfg)
+	backupFlags(fs, &cfg)
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
@@ -360,6 +367,14 @@ func fieldString(c fileConfig, flagName string) string {
 		return c.AuditWindow.String()
 	case "audit-retention":
 		return c.AuditRetention.String()
+	case "backup-dir":
+		return c.BackupDir
+	case "backup-every":
+		return c.BackupEvery.String()
+	case "backup-keep":
+		return c.BackupKeep
+	case "vacuum-every":
+		return c.VacuumEvery.String()
 	case "auth-fail-rate":
 		return strconv.FormatFloat(c.AuthFailRate, 'g', -1, 64)
 	case "auth-fail-burst":

@@ -68,6 +68,10 @@ func run(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	backup, err := cfg.backupConfig()
+	if err != nil {
+		return err
+	}
 	return server.Run(ctx, server.Config{
 		Console: server.ConsoleConfig{Listen: consoleListen, URL: cfg.ConsoleURL, SessionTTL: cfg.ConsoleSessionTTL,
 			OnListening: func(url, signIn string) { announceConsole(cfg.DataDir, url, signIn, log) }},
@@ -85,6 +89,7 @@ func run(ctx context.Context, args []string) error {
 		RateLimit:       cfg.rateLimit(),
 		Streams:         cfg.streamLimits(),
 		Audit:           server.AuditConfig{Window: cfg.AuditWindow, Retention: cfg.AuditRetention},
+		Backup:          backup,
 		AuthFailLimit:   server.AuthFailLimit{PerSecond: cfg.AuthFailRate, Burst: cfg.AuthFailBurst},
 		Fleet:           fleet.Config{HeartbeatInterval: cfg.HeartbeatInterval, OfflineAfter: cfg.OfflineAfter, MaxAgentsPerHost: cfg.MaxAgentsPerHost},
 		Budget:          server.BudgetConfig{TimeZone: cfg.TimeZone, PricesFile: cfg.Prices},

@@ -69,6 +69,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"Approvals", s.testApprovals},
 		{"Tiers", s.testTiers},
 		{"Results", s.testResults},
+		{"Backups", s.testBackups},
 	}
 	for _, g := range groups {
 		t.Run(g.name, func(t *testing.T) {

@@ -1027,7 +1027,12 @@ func (x *BackupResponse) GetCounts() *DumpCounts {
 
 // DoctorRequest asks for the integrity checks.
 type DoctorRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Also compact the store and refresh its statistics (runbook §11.3):
+	// SQLite VACUUM, ANALYZE and PRAGMA optimize; PostgreSQL VACUUM
+	// (ANALYZE) of each of the store's tables. Reported as the check
+	// vacuum, with the size before and after and the time taken.
+	Vacuum        bool `protobuf:"varint,1,opt,name=vacuum,proto3" json:"vacuum,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1062,11 +1067,18 @@ func (*DoctorRequest) Descriptor() ([]byte, []int) {
 	return file_factory_v1_ops_proto_rawDescGZIP(), []int{15}
 }
 
+func (x *DoctorRequest) GetVacuum() bool {
+	if x != nil {
+		return x.Vacuum
+	}
+	return false
+}
+
 // DoctorCheck is one check's outcome.
 type DoctorCheck struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The check: store_integrity, migration_version, clock_skew,
-	// queue_sanity.
+	// queue_sanity, and vacuum when asked for.
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// Its verdict.
 	Status DoctorStatus `protobuf:"varint,2,opt,name=status,proto3,enum=factory.v1.DoctorStatus" json:"status,omitempty"`
@@ -2406,6 +2418,268 @@ func (x *WatchEventsResponse) GetEvent() *Event {
 	return nil
 }
 
+// BackupRun is one scheduled backup attempt.
+type BackupRun struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The run's id (UUIDv7).
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// When the snapshot was taken.
+	StartedAt *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	// When the backup was written and verified (or failed).
+	FinishedAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=finished_at,json=finishedAt,proto3" json:"finished_at,omitempty"`
+	// The backup's directory on the replica that wrote it; empty when the
+	// attempt failed before making one.
+	Path string `protobuf:"bytes,4,opt,name=path,proto3" json:"path,omitempty"`
+	// The size of the backup's files in bytes.
+	Bytes int64 `protobuf:"varint,5,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	// Whether the backup was read back and verified (checksums, a trial
+	// restore, the database copy's integrity): only a verified backup is
+	// a good one.
+	Verified bool `protobuf:"varint,6,opt,name=verified,proto3" json:"verified,omitempty"`
+	// Why the attempt failed; empty when verified.
+	Error string `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
+	// When retention deleted the backup's files; unset while they exist.
+	RemovedAt     *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=removed_at,json=removedAt,proto3" json:"removed_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupRun) Reset() {
+	*x = BackupRun{}
+	mi := &file_factory_v1_ops_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupRun) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupRun) ProtoMessage() {}
+
+func (x *BackupRun) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_ops_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupRun.ProtoReflect.Descriptor instead.
+func (*BackupRun) Descriptor() ([]byte, []int) {
+	return file_factory_v1_ops_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *BackupRun) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *BackupRun) GetStartedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartedAt
+	}
+	return nil
+}
+
+func (x *BackupRun) GetFinishedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FinishedAt
+	}
+	return nil
+}
+
+func (x *BackupRun) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *BackupRun) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+func (x *BackupRun) GetVerified() bool {
+	if x != nil {
+		return x.Verified
+	}
+	return false
+}
+
+func (x *BackupRun) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *BackupRun) GetRemovedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RemovedAt
+	}
+	return nil
+}
+
+// GetBackupStatusRequest asks where the backups stand.
+type GetBackupStatusRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetBackupStatusRequest) Reset() {
+	*x = GetBackupStatusRequest{}
+	mi := &file_factory_v1_ops_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetBackupStatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetBackupStatusRequest) ProtoMessage() {}
+
+func (x *GetBackupStatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_ops_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetBackupStatusRequest.ProtoReflect.Descriptor instead.
+func (*GetBackupStatusRequest) Descriptor() ([]byte, []int) {
+	return file_factory_v1_ops_proto_rawDescGZIP(), []int{37}
+}
+
+// GetBackupStatusResponse is where the backups stand.
+type GetBackupStatusResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The newest verified backup; unset when none verified.
+	LastGood *BackupRun `protobuf:"bytes,1,opt,name=last_good,json=lastGood,proto3" json:"last_good,omitempty"`
+	// The newest attempt, good or not; unset when none ran.
+	Last *BackupRun `protobuf:"bytes,2,opt,name=last,proto3" json:"last,omitempty"`
+	// The interval between scheduled backups on the answering replica;
+	// zero when it schedules none.
+	Every *durationpb.Duration `protobuf:"bytes,3,opt,name=every,proto3" json:"every,omitempty"`
+	// How old the last good backup is (with none, how long since the first
+	// attempt).
+	Age *durationpb.Duration `protobuf:"bytes,4,opt,name=age,proto3" json:"age,omitempty"`
+	// Whether the last good backup is older than twice the interval (or
+	// none verified for that long).
+	Stale bool `protobuf:"varint,5,opt,name=stale,proto3" json:"stale,omitempty"`
+	// How many attempts failed, ever.
+	Failures int64 `protobuf:"varint,6,opt,name=failures,proto3" json:"failures,omitempty"`
+	// The retention in force: an age (30d), a count, or both; empty when
+	// no schedule.
+	Keep string `protobuf:"bytes,7,opt,name=keep,proto3" json:"keep,omitempty"`
+	// The directory backups are written to; empty when no schedule.
+	Dir           string `protobuf:"bytes,8,opt,name=dir,proto3" json:"dir,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetBackupStatusResponse) Reset() {
+	*x = GetBackupStatusResponse{}
+	mi := &file_factory_v1_ops_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetBackupStatusResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetBackupStatusResponse) ProtoMessage() {}
+
+func (x *GetBackupStatusResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_factory_v1_ops_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetBackupStatusResponse.ProtoReflect.Descriptor instead.
+func (*GetBackupStatusResponse) Descriptor() ([]byte, []int) {
+	return file_factory_v1_ops_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *GetBackupStatusResponse) GetLastGood() *BackupRun {
+	if x != nil {
+		return x.LastGood
+	}
+	return nil
+}
+
+func (x *GetBackupStatusResponse) GetLast() *BackupRun {
+	if x != nil {
+		return x.Last
+	}
+	return nil
+}
+
+func (x *GetBackupStatusResponse) GetEvery() *durationpb.Duration {
+	if x != nil {
+		return x.Every
+	}
+	return nil
+}
+
+func (x *GetBackupStatusResponse) GetAge() *durationpb.Duration {
+	if x != nil {
+		return x.Age
+	}
+	return nil
+}
+
+func (x *GetBackupStatusResponse) GetStale() bool {
+	if x != nil {
+		return x.Stale
+	}
+	return false
+}
+
+func (x *GetBackupStatusResponse) GetFailures() int64 {
+	if x != nil {
+		return x.Failures
+	}
+	return 0
+}
+
+func (x *GetBackupStatusResponse) GetKeep() string {
+	if x != nil {
+		return x.Keep
+	}
+	return ""
+}
+
+func (x *GetBackupStatusResponse) GetDir() string {
+	if x != nil {
+		return x.Dir
+	}
+	return ""
+}
+
 var File_factory_v1_ops_proto protoreflect.FileDescriptor
 
 const file_factory_v1_ops_proto_rawDesc = "" +
@@ -2470,8 +2744,9 @@ const file_factory_v1_ops_proto_rawDesc = "" +
 	"\bdatabase\x18\x02 \x01(\fR\bdatabase\x12\x1d\n" +
 	"\n" +
 	"dump_lines\x18\x03 \x01(\tR\tdumpLines\x12.\n" +
-	"\x06counts\x18\x04 \x01(\v2\x16.factory.v1.DumpCountsR\x06counts\"\x0f\n" +
-	"\rDoctorRequest\"k\n" +
+	"\x06counts\x18\x04 \x01(\v2\x16.factory.v1.DumpCountsR\x06counts\"'\n" +
+	"\rDoctorRequest\x12\x16\n" +
+	"\x06vacuum\x18\x01 \x01(\bR\x06vacuum\"k\n" +
 	"\vDoctorCheck\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x120\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x18.factory.v1.DoctorStatusR\x06status\x12\x16\n" +
@@ -2584,7 +2859,29 @@ const file_factory_v1_ops_proto_rawDesc = "" +
 	"\x12WatchEventsRequest\x129\n" +
 	"\x05kinds\x18\x01 \x03(\tB#\xbaH \x92\x01\x1d\x10\x10\x18\x01\"\x17r\x152\x13^[a-z][a-z_]{0,63}$R\x05kinds\">\n" +
 	"\x13WatchEventsResponse\x12'\n" +
-	"\x05event\x18\x01 \x01(\v2\x11.factory.v1.EventR\x05event*s\n" +
+	"\x05event\x18\x01 \x01(\v2\x11.factory.v1.EventR\x05event\"\xaa\x02\n" +
+	"\tBackupRun\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x129\n" +
+	"\n" +
+	"started_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x12;\n" +
+	"\vfinished_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"finishedAt\x12\x12\n" +
+	"\x04path\x18\x04 \x01(\tR\x04path\x12\x14\n" +
+	"\x05bytes\x18\x05 \x01(\x03R\x05bytes\x12\x1a\n" +
+	"\bverified\x18\x06 \x01(\bR\bverified\x12\x14\n" +
+	"\x05error\x18\a \x01(\tR\x05error\x129\n" +
+	"\n" +
+	"removed_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\tremovedAt\"\x18\n" +
+	"\x16GetBackupStatusRequest\"\xae\x02\n" +
+	"\x17GetBackupStatusResponse\x122\n" +
+	"\tlast_good\x18\x01 \x01(\v2\x15.factory.v1.BackupRunR\blastGood\x12)\n" +
+	"\x04last\x18\x02 \x01(\v2\x15.factory.v1.BackupRunR\x04last\x12/\n" +
+	"\x05every\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x05every\x12+\n" +
+	"\x03age\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x03age\x12\x14\n" +
+	"\x05stale\x18\x05 \x01(\bR\x05stale\x12\x1a\n" +
+	"\bfailures\x18\x06 \x01(\x03R\bfailures\x12\x12\n" +
+	"\x04keep\x18\a \x01(\tR\x04keep\x12\x10\n" +
+	"\x03dir\x18\b \x01(\tR\x03dir*s\n" +
 	"\fDoctorStatus\x12\x1d\n" +
 	"\x19DOCTOR_STATUS_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10DOCTOR_STATUS_OK\x10\x01\x12\x16\n" +
@@ -2595,7 +2892,7 @@ const file_factory_v1_ops_proto_rawDesc = "" +
 	"\x17ALERT_STATE_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13ALERT_STATE_PENDING\x10\x01\x12\x16\n" +
 	"\x12ALERT_STATE_FIRING\x10\x02\x12\x18\n" +
-	"\x14ALERT_STATE_RESOLVED\x10\x032\xf1\b\n" +
+	"\x14ALERT_STATE_RESOLVED\x10\x032\xcd\t\n" +
 	"\n" +
 	"OpsService\x12P\n" +
 	"\vExportState\x12\x1e.factory.v1.ExportStateRequest\x1a\x1f.factory.v1.ExportStateResponse0\x01\x12P\n" +
@@ -2612,7 +2909,8 @@ const file_factory_v1_ops_proto_rawDesc = "" +
 	"\fSilenceAlert\x12\x1f.factory.v1.SilenceAlertRequest\x1a .factory.v1.SilenceAlertResponse\x12Q\n" +
 	"\fListSilences\x12\x1f.factory.v1.ListSilencesRequest\x1a .factory.v1.ListSilencesResponse\x12T\n" +
 	"\rExpireSilence\x12 .factory.v1.ExpireSilenceRequest\x1a!.factory.v1.ExpireSilenceResponse\x12P\n" +
-	"\vWatchEvents\x12\x1e.factory.v1.WatchEventsRequest\x1a\x1f.factory.v1.WatchEventsResponse0\x01B5Z3github.com/factory/factory/gen/factory/v1;factoryv1b\x06proto3"
+	"\vWatchEvents\x12\x1e.factory.v1.WatchEventsRequest\x1a\x1f.factory.v1.WatchEventsResponse0\x01\x12Z\n" +
+	"\x0fGetBackupStatus\x12\".factory.v1.GetBackupStatusRequest\x1a#.factory.v1.GetBackupStatusResponseB5Z3github.com/factory/factory/gen/factory/v1;factoryv1b\x06proto3"
 
 var (
 	file_factory_v1_ops_proto_rawDescOnce sync.Once
@@ -2627,7 +2925,7 @@ func file_factory_v1_ops_proto_rawDescGZIP() []byte {
 }
 
 var file_factory_v1_ops_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_factory_v1_ops_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
+var file_factory_v1_ops_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
 var file_factory_v1_ops_proto_goTypes = []any{
 	(DoctorStatus)(0),                // 0: factory.v1.DoctorStatus
 	(AlertState)(0),                  // 1: factory.v1.AlertState
@@ -2667,88 +2965,100 @@ var file_factory_v1_ops_proto_goTypes = []any{
 	(*Event)(nil),                    // 35: factory.v1.Event
 	(*WatchEventsRequest)(nil),       // 36: factory.v1.WatchEventsRequest
 	(*WatchEventsResponse)(nil),      // 37: factory.v1.WatchEventsResponse
-	nil,                              // 38: factory.v1.Alert.LabelsEntry
-	nil,                              // 39: factory.v1.Silence.MatchersEntry
-	nil,                              // 40: factory.v1.SilenceAlertRequest.MatchersEntry
-	nil,                              // 41: factory.v1.Event.AttributesEntry
-	(*timestamppb.Timestamp)(nil),    // 42: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),      // 43: google.protobuf.Duration
-	(*Task)(nil),                     // 44: factory.v1.Task
+	(*BackupRun)(nil),                // 38: factory.v1.BackupRun
+	(*GetBackupStatusRequest)(nil),   // 39: factory.v1.GetBackupStatusRequest
+	(*GetBackupStatusResponse)(nil),  // 40: factory.v1.GetBackupStatusResponse
+	nil,                              // 41: factory.v1.Alert.LabelsEntry
+	nil,                              // 42: factory.v1.Silence.MatchersEntry
+	nil,                              // 43: factory.v1.SilenceAlertRequest.MatchersEntry
+	nil,                              // 44: factory.v1.Event.AttributesEntry
+	(*timestamppb.Timestamp)(nil),    // 45: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),      // 46: google.protobuf.Duration
+	(*Task)(nil),                     // 47: factory.v1.Task
 }
 var file_factory_v1_ops_proto_depIdxs = []int32{
 	2,  // 0: factory.v1.ExportStateResponse.counts:type_name -> factory.v1.DumpCounts
 	2,  // 1: factory.v1.ImportStateResponse.loaded:type_name -> factory.v1.DumpCounts
-	42, // 2: factory.v1.Maintenance.started_at:type_name -> google.protobuf.Timestamp
-	43, // 3: factory.v1.StartMaintenanceRequest.wait:type_name -> google.protobuf.Duration
+	45, // 2: factory.v1.Maintenance.started_at:type_name -> google.protobuf.Timestamp
+	46, // 3: factory.v1.StartMaintenanceRequest.wait:type_name -> google.protobuf.Duration
 	7,  // 4: factory.v1.StartMaintenanceResponse.maintenance:type_name -> factory.v1.Maintenance
-	44, // 5: factory.v1.StartMaintenanceResponse.still_running:type_name -> factory.v1.Task
+	47, // 5: factory.v1.StartMaintenanceResponse.still_running:type_name -> factory.v1.Task
 	7,  // 6: factory.v1.EndMaintenanceResponse.ended:type_name -> factory.v1.Maintenance
 	7,  // 7: factory.v1.GetMaintenanceResponse.maintenance:type_name -> factory.v1.Maintenance
-	44, // 8: factory.v1.GetMaintenanceResponse.in_progress:type_name -> factory.v1.Task
-	42, // 9: factory.v1.BackupHeader.created_at:type_name -> google.protobuf.Timestamp
+	47, // 8: factory.v1.GetMaintenanceResponse.in_progress:type_name -> factory.v1.Task
+	45, // 9: factory.v1.BackupHeader.created_at:type_name -> google.protobuf.Timestamp
 	15, // 10: factory.v1.BackupResponse.header:type_name -> factory.v1.BackupHeader
 	2,  // 11: factory.v1.BackupResponse.counts:type_name -> factory.v1.DumpCounts
 	0,  // 12: factory.v1.DoctorCheck.status:type_name -> factory.v1.DoctorStatus
 	18, // 13: factory.v1.DoctorResponse.checks:type_name -> factory.v1.DoctorCheck
-	42, // 14: factory.v1.GetDigestRequest.since:type_name -> google.protobuf.Timestamp
-	42, // 15: factory.v1.GetDigestRequest.until:type_name -> google.protobuf.Timestamp
-	42, // 16: factory.v1.Digest.since:type_name -> google.protobuf.Timestamp
-	42, // 17: factory.v1.Digest.until:type_name -> google.protobuf.Timestamp
+	45, // 14: factory.v1.GetDigestRequest.since:type_name -> google.protobuf.Timestamp
+	45, // 15: factory.v1.GetDigestRequest.until:type_name -> google.protobuf.Timestamp
+	45, // 16: factory.v1.Digest.since:type_name -> google.protobuf.Timestamp
+	45, // 17: factory.v1.Digest.until:type_name -> google.protobuf.Timestamp
 	21, // 18: factory.v1.GetDigestResponse.digest:type_name -> factory.v1.Digest
-	38, // 19: factory.v1.Alert.labels:type_name -> factory.v1.Alert.LabelsEntry
+	41, // 19: factory.v1.Alert.labels:type_name -> factory.v1.Alert.LabelsEntry
 	1,  // 20: factory.v1.Alert.state:type_name -> factory.v1.AlertState
-	42, // 21: factory.v1.Alert.active_since:type_name -> google.protobuf.Timestamp
-	42, // 22: factory.v1.Alert.fired_at:type_name -> google.protobuf.Timestamp
-	42, // 23: factory.v1.Alert.resolved_at:type_name -> google.protobuf.Timestamp
-	42, // 24: factory.v1.Alert.last_notified_at:type_name -> google.protobuf.Timestamp
-	42, // 25: factory.v1.Alert.acked_at:type_name -> google.protobuf.Timestamp
+	45, // 21: factory.v1.Alert.active_since:type_name -> google.protobuf.Timestamp
+	45, // 22: factory.v1.Alert.fired_at:type_name -> google.protobuf.Timestamp
+	45, // 23: factory.v1.Alert.resolved_at:type_name -> google.protobuf.Timestamp
+	45, // 24: factory.v1.Alert.last_notified_at:type_name -> google.protobuf.Timestamp
+	45, // 25: factory.v1.Alert.acked_at:type_name -> google.protobuf.Timestamp
 	23, // 26: factory.v1.ListAlertsResponse.alerts:type_name -> factory.v1.Alert
 	23, // 27: factory.v1.AckAlertResponse.alert:type_name -> factory.v1.Alert
-	39, // 28: factory.v1.Silence.matchers:type_name -> factory.v1.Silence.MatchersEntry
-	42, // 29: factory.v1.Silence.starts_at:type_name -> google.protobuf.Timestamp
-	42, // 30: factory.v1.Silence.ends_at:type_name -> google.protobuf.Timestamp
-	42, // 31: factory.v1.Silence.created_at:type_name -> google.protobuf.Timestamp
-	40, // 32: factory.v1.SilenceAlertRequest.matchers:type_name -> factory.v1.SilenceAlertRequest.MatchersEntry
-	43, // 33: factory.v1.SilenceAlertRequest.duration:type_name -> google.protobuf.Duration
+	42, // 28: factory.v1.Silence.matchers:type_name -> factory.v1.Silence.MatchersEntry
+	45, // 29: factory.v1.Silence.starts_at:type_name -> google.protobuf.Timestamp
+	45, // 30: factory.v1.Silence.ends_at:type_name -> google.protobuf.Timestamp
+	45, // 31: factory.v1.Silence.created_at:type_name -> google.protobuf.Timestamp
+	43, // 32: factory.v1.SilenceAlertRequest.matchers:type_name -> factory.v1.SilenceAlertRequest.MatchersEntry
+	46, // 33: factory.v1.SilenceAlertRequest.duration:type_name -> google.protobuf.Duration
 	28, // 34: factory.v1.SilenceAlertResponse.silence:type_name -> factory.v1.Silence
 	28, // 35: factory.v1.ListSilencesResponse.silences:type_name -> factory.v1.Silence
 	28, // 36: factory.v1.ExpireSilenceResponse.silence:type_name -> factory.v1.Silence
-	42, // 37: factory.v1.Event.time:type_name -> google.protobuf.Timestamp
-	41, // 38: factory.v1.Event.attributes:type_name -> factory.v1.Event.AttributesEntry
+	45, // 37: factory.v1.Event.time:type_name -> google.protobuf.Timestamp
+	44, // 38: factory.v1.Event.attributes:type_name -> factory.v1.Event.AttributesEntry
 	35, // 39: factory.v1.WatchEventsResponse.event:type_name -> factory.v1.Event
-	3,  // 40: factory.v1.OpsService.ExportState:input_type -> factory.v1.ExportStateRequest
-	5,  // 41: factory.v1.OpsService.ImportState:input_type -> factory.v1.ImportStateRequest
-	8,  // 42: factory.v1.OpsService.StartMaintenance:input_type -> factory.v1.StartMaintenanceRequest
-	10, // 43: factory.v1.OpsService.EndMaintenance:input_type -> factory.v1.EndMaintenanceRequest
-	12, // 44: factory.v1.OpsService.GetMaintenance:input_type -> factory.v1.GetMaintenanceRequest
-	14, // 45: factory.v1.OpsService.Backup:input_type -> factory.v1.BackupRequest
-	17, // 46: factory.v1.OpsService.Doctor:input_type -> factory.v1.DoctorRequest
-	20, // 47: factory.v1.OpsService.GetDigest:input_type -> factory.v1.GetDigestRequest
-	24, // 48: factory.v1.OpsService.ListAlerts:input_type -> factory.v1.ListAlertsRequest
-	26, // 49: factory.v1.OpsService.AckAlert:input_type -> factory.v1.AckAlertRequest
-	29, // 50: factory.v1.OpsService.SilenceAlert:input_type -> factory.v1.SilenceAlertRequest
-	31, // 51: factory.v1.OpsService.ListSilences:input_type -> factory.v1.ListSilencesRequest
-	33, // 52: factory.v1.OpsService.ExpireSilence:input_type -> factory.v1.ExpireSilenceRequest
-	36, // 53: factory.v1.OpsService.WatchEvents:input_type -> factory.v1.WatchEventsRequest
-	4,  // 54: factory.v1.OpsService.ExportState:output_type -> factory.v1.ExportStateResponse
-	6,  // 55: factory.v1.OpsService.ImportState:output_type -> factory.v1.ImportStateResponse
-	9,  // 56: factory.v1.OpsService.StartMaintenance:output_type -> factory.v1.StartMaintenanceResponse
-	11, // 57: factory.v1.OpsService.EndMaintenance:output_type -> factory.v1.EndMaintenanceResponse
-	13, // 58: factory.v1.OpsService.GetMaintenance:output_type -> factory.v1.GetMaintenanceResponse
-	16, // 59: factory.v1.OpsService.Backup:output_type -> factory.v1.BackupResponse
-	19, // 60: factory.v1.OpsService.Doctor:output_type -> factory.v1.DoctorResponse
-	22, // 61: factory.v1.OpsService.GetDigest:output_type -> factory.v1.GetDigestResponse
-	25, // 62: factory.v1.OpsService.ListAlerts:output_type -> factory.v1.ListAlertsResponse
-	27, // 63: factory.v1.OpsService.AckAlert:output_type -> factory.v1.AckAlertResponse
-	30, // 64: factory.v1.OpsService.SilenceAlert:output_type -> factory.v1.SilenceAlertResponse
-	32, // 65: factory.v1.OpsService.ListSilences:output_type -> factory.v1.ListSilencesResponse
-	34, // 66: factory.v1.OpsService.ExpireSilence:output_type -> factory.v1.ExpireSilenceResponse
-	37, // 67: factory.v1.OpsService.WatchEvents:output_type -> factory.v1.WatchEventsResponse
-	54, // [54:68] is the sub-list for method output_type
-	40, // [40:54] is the sub-list for method input_type
-	40, // [40:40] is the sub-list for extension type_name
-	40, // [40:40] is the sub-list for extension extendee
-	0,  // [0:40] is the sub-list for field type_name
+	45, // 40: factory.v1.BackupRun.started_at:type_name -> google.protobuf.Timestamp
+	45, // 41: factory.v1.BackupRun.finished_at:type_name -> google.protobuf.Timestamp
+	45, // 42: factory.v1.BackupRun.removed_at:type_name -> google.protobuf.Timestamp
+	38, // 43: factory.v1.GetBackupStatusResponse.last_good:type_name -> factory.v1.BackupRun
+	38, // 44: factory.v1.GetBackupStatusResponse.last:type_name -> factory.v1.BackupRun
+	46, // 45: factory.v1.GetBackupStatusResponse.every:type_name -> google.protobuf.Duration
+	46, // 46: factory.v1.GetBackupStatusResponse.age:type_name -> google.protobuf.Duration
+	3,  // 47: factory.v1.OpsService.ExportState:input_type -> factory.v1.ExportStateRequest
+	5,  // 48: factory.v1.OpsService.ImportState:input_type -> factory.v1.ImportStateRequest
+	8,  // 49: factory.v1.OpsService.StartMaintenance:input_type -> factory.v1.StartMaintenanceRequest
+	10, // 50: factory.v1.OpsService.EndMaintenance:input_type -> factory.v1.EndMaintenanceRequest
+	12, // 51: factory.v1.OpsService.GetMaintenance:input_type -> factory.v1.GetMaintenanceRequest
+	14, // 52: factory.v1.OpsService.Backup:input_type -> factory.v1.BackupRequest
+	17, // 53: factory.v1.OpsService.Doctor:input_type -> factory.v1.DoctorRequest
+	20, // 54: factory.v1.OpsService.GetDigest:input_type -> factory.v1.GetDigestRequest
+	24, // 55: factory.v1.OpsService.ListAlerts:input_type -> factory.v1.ListAlertsRequest
+	26, // 56: factory.v1.OpsService.AckAlert:input_type -> factory.v1.AckAlertRequest
+	29, // 57: factory.v1.OpsService.SilenceAlert:input_type -> factory.v1.SilenceAlertRequest
+	31, // 58: factory.v1.OpsService.ListSilences:input_type -> factory.v1.ListSilencesRequest
+	33, // 59: factory.v1.OpsService.ExpireSilence:input_type -> factory.v1.ExpireSilenceRequest
+	36, // 60: factory.v1.OpsService.WatchEvents:input_type -> factory.v1.WatchEventsRequest
+	39, // 61: factory.v1.OpsService.GetBackupStatus:input_type -> factory.v1.GetBackupStatusRequest
+	4,  // 62: factory.v1.OpsService.ExportState:output_type -> factory.v1.ExportStateResponse
+	6,  // 63: factory.v1.OpsService.ImportState:output_type -> factory.v1.ImportStateResponse
+	9,  // 64: factory.v1.OpsService.StartMaintenance:output_type -> factory.v1.StartMaintenanceResponse
+	11, // 65: factory.v1.OpsService.EndMaintenance:output_type -> factory.v1.EndMaintenanceResponse
+	13, // 66: factory.v1.OpsService.GetMaintenance:output_type -> factory.v1.GetMaintenanceResponse
+	16, // 67: factory.v1.OpsService.Backup:output_type -> factory.v1.BackupResponse
+	19, // 68: factory.v1.OpsService.Doctor:output_type -> factory.v1.DoctorResponse
+	22, // 69: factory.v1.OpsService.GetDigest:output_type -> factory.v1.GetDigestResponse
+	25, // 70: factory.v1.OpsService.ListAlerts:output_type -> factory.v1.ListAlertsResponse
+	27, // 71: factory.v1.OpsService.AckAlert:output_type -> factory.v1.AckAlertResponse
+	30, // 72: factory.v1.OpsService.SilenceAlert:output_type -> factory.v1.SilenceAlertResponse
+	32, // 73: factory.v1.OpsService.ListSilences:output_type -> factory.v1.ListSilencesResponse
+	34, // 74: factory.v1.OpsService.ExpireSilence:output_type -> factory.v1.ExpireSilenceResponse
+	37, // 75: factory.v1.OpsService.WatchEvents:output_type -> factory.v1.WatchEventsResponse
+	40, // 76: factory.v1.OpsService.GetBackupStatus:output_type -> factory.v1.GetBackupStatusResponse
+	62, // [62:77] is the sub-list for method output_type
+	47, // [47:62] is the sub-list for method input_type
+	47, // [47:47] is the sub-list for extension type_name
+	47, // [47:47] is the sub-list for extension extendee
+	0,  // [0:47] is the sub-list for field type_name
 }
 
 func init() { file_factory_v1_ops_proto_init() }
@@ -2764,7 +3074,7 @@ func file_factory_v1_ops_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_factory_v1_ops_proto_rawDesc), len(file_factory_v1_ops_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   40,
+			NumMessages:   43,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -33,6 +33,7 @@ const (
 	OpsService_ListSilences_FullMethodName     = "/factory.v1.OpsService/ListSilences"
 	OpsService_ExpireSilence_FullMethodName    = "/factory.v1.OpsService/ExpireSilence"
 	OpsService_WatchEvents_FullMethodName      = "/factory.v1.OpsService/WatchEvents"
+	OpsService_GetBackupStatus_FullMethodName  = "/factory.v1.OpsService/GetBackupStatus"
 )
 
 // OpsServiceClient is the client API for OpsService service.
@@ -132,6 +133,12 @@ type OpsServiceClient interface {
 	// events as they happen. A watcher that falls too far behind is ended
 	// with RESOURCE_EXHAUSTED and must watch again. Operators and agents.
 	WatchEvents(ctx context.Context, in *WatchEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEventsResponse], error)
+	// GetBackupStatus reports the control plane's scheduled backups
+	// (runbook §7.1): the last good (verified) backup, the last attempt,
+	// the configured interval, and whether the last good backup is stale
+	// (older than twice the interval). Every replica answers from the
+	// store. Operators only.
+	GetBackupStatus(ctx context.Context, in *GetBackupStatusRequest, opts ...grpc.CallOption) (*GetBackupStatusResponse, error)
 }
 
 type opsServiceClient struct {
@@ -312,6 +319,16 @@ func (c *opsServiceClient) WatchEvents(ctx context.Context, in *WatchEventsReque
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type OpsService_WatchEventsClient = grpc.ServerStreamingClient[WatchEventsResponse]
 
+func (c *opsServiceClient) GetBackupStatus(ctx context.Context, in *GetBackupStatusRequest, opts ...grpc.CallOption) (*GetBackupStatusResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetBackupStatusResponse)
+	err := c.cc.Invoke(ctx, OpsService_GetBackupStatus_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // OpsServiceServer is the server API for OpsService service.
 // All implementations must embed UnimplementedOpsServiceServer
 // for forward compatibility.
@@ -409,6 +426,12 @@ type OpsServiceServer interface {
 	// events as they happen. A watcher that falls too far behind is ended
 	// with RESOURCE_EXHAUSTED and must watch again. Operators and agents.
 	WatchEvents(*WatchEventsRequest, grpc.ServerStreamingServer[WatchEventsResponse]) error
+	// GetBackupStatus reports the control plane's scheduled backups
+	// (runbook §7.1): the last good (verified) backup, the last attempt,
+	// the configured interval, and whether the last good backup is stale
+	// (older than twice the interval). Every replica answers from the
+	// store. Operators only.
+	GetBackupStatus(context.Context, *GetBackupStatusRequest) (*GetBackupStatusResponse, error)
 	mustEmbedUnimplementedOpsServiceServer()
 }
 
@@ -460,6 +483,9 @@ func (UnimplementedOpsServiceServer) ExpireSilence(context.Context, *ExpireSilen
 }
 func (UnimplementedOpsServiceServer) WatchEvents(*WatchEventsRequest, grpc.ServerStreamingServer[WatchEventsResponse]) error {
 	return status.Error(codes.Unimplemented, "method WatchEvents not implemented")
+}
+func (UnimplementedOpsServiceServer) GetBackupStatus(context.Context, *GetBackupStatusRequest) (*GetBackupStatusResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetBackupStatus not implemented")
 }
 func (UnimplementedOpsServiceServer) mustEmbedUnimplementedOpsServiceServer() {}
 func (UnimplementedOpsServiceServer) testEmbeddedByValue()                    {}
@@ -702,6 +728,24 @@ func _OpsService_WatchEvents_Handler(srv interface{}, stream grpc.ServerStream) 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type OpsService_WatchEventsServer = grpc.ServerStreamingServer[WatchEventsResponse]
 
+func _OpsService_GetBackupStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetBackupStatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OpsServiceServer).GetBackupStatus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: OpsService_GetBackupStatus_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OpsServiceServer).GetBackupStatus(ctx, req.(*GetBackupStatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // OpsService_ServiceDesc is the grpc.ServiceDesc for OpsService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -748,6 +792,10 @@ var OpsService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ExpireSilence",
 			Handler:    _OpsService_ExpireSilence_Handler,
+		},
+		{
+			MethodName: "GetBackupStatus",
+			Handler:    _OpsService_GetBackupStatus_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
