@@ -28,8 +28,7 @@ const deployDir = "../../deploy"
 // checked against the scrape instead. Empty this list once those metrics
 // are exported (the test then requires them on the scrape like every
 // other metric).
-var pendingMetrics = map[string][]string{
-}
+var pendingMetrics = map[string][]string{}
 
 // TestKitQueriesMatchTheScrape parses every PromQL expression of the deploy
 // kit (each dashboard target, each template variable's label_values, each

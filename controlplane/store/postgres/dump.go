@@ -300,7 +300,7 @@ func (d *dumpTarget) InsertTasks(tasks []*store.Task) error {
 		expires, claimed, renewed, runAfter            = times(), times(), times(), times()
 		created, updated, changed                      = times(), times(), times()
 		byQueue, pending                               = make([]bool, n), make([]bool, n)
-		approvalIDs, spendTiers, results              = text(), text(), text()
+		approvalIDs, spendTiers, results               = text(), text(), text()
 		depTask, depOn                                 []string
 		depPos                                         []int32
 	)
