@@ -3,19 +3,12 @@ package server
 import (
 	"bufio"
 	"context"
-	"errors"
-	"io"
-	"log/slog"
-	"net"
 	"net/http"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
-	"go.opentelemetry.io/otel/trace/noop"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -92,40 +85,8 @@ func sample(t *testing.T, got map[string]string, name string, want map[string]st
 // of a running control plane has every new series under exactly the names
 // and labels the dashboards are written against.
 func TestMetricsShowTaskDurationsSpendTokensRequestsAndHosts(t *testing.T) {
-	dir := t.TempDir()
-	clock := &fakeClock{now: time.Now().UTC()}
-	cfg := Config{Listen: "127.0.0.1:0", MetricsListen: "127.0.0.1:0", DataDir: dir,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), TracerProvider: noop.NewTracerProvider()}
-	cfg.Queue.Clock = clock
-	cfg.Alerts.Off = true
-	addrCh, metricsCh := make(chan net.Addr, 1), make(chan net.Addr, 1)
-	cfg.OnListening = func(a net.Addr) { addrCh <- a }
-	cfg.OnMetricsListening = func(a net.Addr) { metricsCh <- a }
-	ctx, cancel := context.WithCancel(context.Background())
-	errCh := make(chan error, 1)
-	go func() { errCh <- Run(ctx, cfg) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-errCh; err != nil && !errors.Is(err, context.Canceled) {
-			t.Errorf("Run: %v", err)
-		}
-	})
-	var grpcAddr, metricsAddr net.Addr
-	for grpcAddr == nil || metricsAddr == nil {
-		select {
-		case grpcAddr = <-addrCh:
-		case metricsAddr = <-metricsCh:
-		case err := <-errCh:
-			t.Fatalf("Run: %v", err)
-		case <-time.After(30 * time.Second):
-			t.Fatal("control plane did not start")
-		}
-	}
-	conn, err := grpc.NewClient(grpcAddr.String(), grpc.WithTransportCredentials(insecure.NewCredentials()), operatorFrom(t, dir))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
+	p := startMetricsPlane(t, func(cfg *Config) { cfg.Alerts.Off = true })
+	ctx, conn, clock := p.ctx, p.conn, p.clock
 	q, f := factoryv1.NewQueueServiceClient(conn), factoryv1.NewFleetServiceClient(conn)
 
 	// A sidecar's reading of its host (the numbers of sidecar/hoststat's
@@ -196,7 +157,7 @@ func TestMetricsShowTaskDurationsSpendTokensRequestsAndHosts(t *testing.T) {
 	var got map[string]string
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		got = scrapeSeries(t, metricsAddr.String())
+		got = scrapeSeries(t, p.metricsAddr)
 		if _, ok := got[`factory_host_load1{host="gpu-01",otel_scope_name="github.com/factory/factory/controlplane/metrics",otel_scope_schema_url="",otel_scope_version=""}`]; ok || time.Now().After(deadline) {
 			break
 		}

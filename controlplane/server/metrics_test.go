@@ -41,19 +41,25 @@ var unwiredHint = map[string]string{
 	"factory_llm_":       "the budget's SpendObserver (svc.Budget.SetObserver in newMetrics)",
 }
 
-// startWithData runs a control plane with metrics on, fills it with a bit
-// of everything the dashboards show, and returns the metrics address.
-func startWithData(t *testing.T) string {
+// metricsPlane is a running control plane with metrics on, for tests
+// that scrape it.
+type metricsPlane struct {
+	ctx         context.Context
+	conn        *grpc.ClientConn
+	clock       *fakeClock
+	metricsAddr string
+}
+
+// startMetricsPlane runs a control plane with metrics on, on a fake
+// clock; configure adjusts its Config before it starts.
+func startMetricsPlane(t *testing.T, configure func(*Config)) *metricsPlane {
 	t.Helper()
 	dir := t.TempDir()
 	clock := &fakeClock{now: time.Now().UTC()}
 	cfg := Config{Listen: "127.0.0.1:0", MetricsListen: "127.0.0.1:0", DataDir: dir,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), TracerProvider: noop.NewTracerProvider()}
 	cfg.Queue.Clock = clock
-	cfg.Queue.RescueInterval = 10 * time.Millisecond
-	// A backup schedule, so the first backup (taken at start) gives the
-	// backup metrics a value.
-	cfg.Backup = BackupConfig{Dir: filepath.Join(dir, "backups"), Every: time.Hour}
+	configure(&cfg)
 	addrCh, metricsCh := make(chan net.Addr, 1), make(chan net.Addr, 1)
 	cfg.OnListening = func(a net.Addr) { addrCh <- a }
 	cfg.OnMetricsListening = func(a net.Addr) { metricsCh <- a }
@@ -82,6 +88,20 @@ func startWithData(t *testing.T) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
+	return &metricsPlane{ctx: ctx, conn: conn, clock: clock, metricsAddr: metricsAddr.String()}
+}
+
+// startWithData runs a control plane with metrics on, fills it with a bit
+// of everything the dashboards show, and returns the metrics address.
+func startWithData(t *testing.T) string {
+	t.Helper()
+	p := startMetricsPlane(t, func(cfg *Config) {
+		cfg.Queue.RescueInterval = 10 * time.Millisecond
+		// A backup schedule, so the first backup (taken at start) gives the
+		// backup metrics a value.
+		cfg.Backup = BackupConfig{Dir: filepath.Join(cfg.DataDir, "backups"), Every: time.Hour}
+	})
+	ctx, conn, clock := p.ctx, p.conn, p.clock
 	q, f := factoryv1.NewQueueServiceClient(conn), factoryv1.NewFleetServiceClient(conn)
 
 	// A sidecar with one agent, a GPU, a disk and two probes (one down).
@@ -140,7 +160,7 @@ func startWithData(t *testing.T) string {
 	if err := stream.Send(&factoryv1.ConnectRequest{Msg: &factoryv1.ConnectRequest_Telemetry{Telemetry: tel}}); err != nil {
 		t.Fatal(err)
 	}
-	return metricsAddr.String()
+	return p.metricsAddr
 }
 
 // A metrics port that is taken (a second replica on the host) is logged,
