@@ -22,6 +22,7 @@ hold):
   role=builder            needing this role
   agent=forge             assigned to or held (under a lease) by this agent
   kind=build              of this kind
+  tier=frontier           using this spend tier (frontier, mid, local, infra)
   label:team=web          carrying this label (key team, value web)
   priority<=0             priority bound: <=, >=, <, > or = (-1000..1000)
   attempt>=3              claimed at least this many times (>= or >)
@@ -67,7 +68,7 @@ func (ff *filterFlags) required(verb string) (*factoryv1.TaskFilter, error) {
 }
 
 // filterKeys are the terms parseFilter knows, for its errors.
-const filterKeys = "state, role, agent, kind, label:KEY, priority, attempt, age, state-age"
+const filterKeys = "state, role, agent, kind, tier, label:KEY, priority, attempt, age, state-age"
 
 // parseFilter parses filter expressions: comma-separated terms, each
 // KEY OP VALUE. An error names the bad term.
@@ -128,11 +129,11 @@ func addTerm(f *factoryv1.TaskFilter, term string) error {
 				f.States = append(f.States, st)
 			}
 		}
-	case "role", "agent", "kind":
+	case "role", "agent", "kind", "tier":
 		if err := equals(); err != nil {
 			return err
 		}
-		p := map[string]*string{"role": &f.Role, "agent": &f.Agent, "kind": &f.Kind}[key]
+		p := map[string]*string{"role": &f.Role, "agent": &f.Agent, "kind": &f.Kind, "tier": &f.Tier}[key]
 		if *p != "" && *p != value {
 			return fmt.Errorf("%s given twice (%q and %q): a task has one", key, *p, value)
 		}
@@ -213,7 +214,7 @@ func formatFilter(f *factoryv1.TaskFilter) string {
 		}
 		terms = append(terms, "state="+strings.Join(names, "|"))
 	}
-	for _, kv := range [][2]string{{"role", f.GetRole()}, {"agent", f.GetAgent()}, {"kind", f.GetKind()}} {
+	for _, kv := range [][2]string{{"role", f.GetRole()}, {"agent", f.GetAgent()}, {"kind", f.GetKind()}, {"tier", f.GetTier()}} {
 		if kv[1] != "" {
 			terms = append(terms, kv[0]+"="+kv[1])
 		}

@@ -15,6 +15,7 @@ func TestParseFilterTerms(t *testing.T) {
 		"state=ready|in-progress":       `{"states":["TASK_STATE_READY","TASK_STATE_IN_PROGRESS"]}`,
 		"role=builder,agent=forge":      `{"role":"builder","agent":"forge"}`,
 		"kind=build":                    `{"kind":"build"}`,
+		"tier=frontier":                 `{"tier":"frontier"}`,
 		"label:team=web,label:env=prod": `{"labels":["team=web","env=prod"]}`,
 		"priority<=0":                   `{"maxPriority":0}`,
 		"priority<0":                    `{"maxPriority":-1}`,

@@ -21,7 +21,7 @@ func (s *queueServer) filterFromProto(f *factoryv1.TaskFilter) store.TaskFilter 
 	spec := queue.FilterSpec{
 		TaskFilter: store.TaskFilter{
 			States: statesFromProto(f.GetStates()), Role: f.GetRole(), Assignee: f.GetAgent(),
-			Labels: queue.ParseLabels(f.GetLabels()), Kind: f.GetKind(), MinAttempt: int(f.GetMinAttempt()),
+			Labels: queue.ParseLabels(f.GetLabels()), Kind: f.GetKind(), Tier: f.GetTier(), MinAttempt: int(f.GetMinAttempt()),
 		},
 		MinAge: durationOf(f.GetMinAge()), MinStateAge: durationOf(f.GetMinStateAge()),
 	}

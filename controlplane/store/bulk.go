@@ -20,6 +20,8 @@ type TaskFilter struct {
 	Assignee string            // matches Assignee or LeaseHolder
 	Labels   map[string]string // every pair must match
 	Kind     string
+	// Tier keeps tasks of this spend tier (Task.Tier).
+	Tier string
 	// MinAttempt keeps tasks with Attempt >= MinAttempt.
 	MinAttempt int
 	// MinPriority and MaxPriority, when set, bound Priority (inclusive).
@@ -34,7 +36,7 @@ type TaskFilter struct {
 
 // Empty reports whether f selects every task.
 func (f *TaskFilter) Empty() bool {
-	return len(f.States) == 0 && f.Role == "" && f.Assignee == "" && len(f.Labels) == 0 && f.Kind == "" &&
+	return len(f.States) == 0 && f.Role == "" && f.Assignee == "" && len(f.Labels) == 0 && f.Kind == "" && f.Tier == "" &&
 		f.MinAttempt <= 0 && f.MinPriority == nil && f.MaxPriority == nil && f.CreatedBefore.IsZero() && f.StateChangedBefore.IsZero()
 }
 
@@ -45,6 +47,7 @@ func (f *TaskFilter) Match(t *Task) bool {
 		f.Role != "" && t.Role != f.Role,
 		f.Assignee != "" && t.Assignee != f.Assignee && t.LeaseHolder != f.Assignee,
 		f.Kind != "" && t.Kind != f.Kind,
+		f.Tier != "" && t.Tier != f.Tier,
 		f.MinAttempt > 0 && int(t.Attempt) < f.MinAttempt,
 		f.MinPriority != nil && t.Priority < *f.MinPriority,
 		f.MaxPriority != nil && t.Priority > *f.MaxPriority,
@@ -64,14 +67,14 @@ func (f *TaskFilter) Match(t *Task) bool {
 // IDs and IDPrefix, which only a list has, are applied beside it.
 func (p *TaskListParams) Filter() TaskFilter {
 	return TaskFilter{
-		States: p.States, Role: p.Role, Assignee: p.Assignee, Labels: p.Labels, Kind: p.Kind, MinAttempt: p.MinAttempt,
+		States: p.States, Role: p.Role, Assignee: p.Assignee, Labels: p.Labels, Kind: p.Kind, Tier: p.Tier, MinAttempt: p.MinAttempt,
 		MinPriority: p.MinPriority, MaxPriority: p.MaxPriority, CreatedBefore: p.CreatedBefore, StateChangedBefore: p.StateChangedBefore,
 	}
 }
 
 // SetFilter sets the list's filter fields from f.
 func (p *TaskListParams) SetFilter(f TaskFilter) {
-	p.States, p.Role, p.Assignee, p.Labels, p.Kind, p.MinAttempt = f.States, f.Role, f.Assignee, maps.Clone(f.Labels), f.Kind, f.MinAttempt
+	p.States, p.Role, p.Assignee, p.Labels, p.Kind, p.Tier, p.MinAttempt = f.States, f.Role, f.Assignee, maps.Clone(f.Labels), f.Kind, f.Tier, f.MinAttempt
 	p.MinPriority, p.MaxPriority, p.CreatedBefore, p.StateChangedBefore = f.MinPriority, f.MaxPriority, f.CreatedBefore, f.StateChangedBefore
 }
 

@@ -263,6 +263,7 @@ type TaskListParams struct {
 	Labels   map[string]string // every pair must match
 	IDs      []string
 	Kind     string
+	Tier     string // TaskFilter.Tier
 	Limit    int
 	Cursor   string
 	// NewestFirst lists the most recently created task first. Cursor

@@ -37,6 +37,9 @@ func writeFilter(b *strings.Builder, f *store.TaskFilter, arg func(any) string) 
 	if f.Kind != "" {
 		b.WriteString(" AND kind = " + arg(f.Kind))
 	}
+	if f.Tier != "" {
+		b.WriteString(" AND tier = " + arg(f.Tier))
+	}
 	if f.MinAttempt > 0 {
 		// attempt is an integer column: a larger bound matches nothing.
 		b.WriteString(" AND attempt >= " + arg(int64(f.MinAttempt)) + "::bigint")
@@ -57,7 +60,7 @@ func writeFilter(b *strings.Builder, f *store.TaskFilter, arg func(any) string) 
 
 // checkFilter refuses filter texts PostgreSQL cannot hold.
 func checkFilter(f *store.TaskFilter) error {
-	if err := checkText("role", f.Role, "assignee", f.Assignee, "kind", f.Kind); err != nil {
+	if err := checkText("role", f.Role, "assignee", f.Assignee, "kind", f.Kind, "tier", f.Tier); err != nil {
 		return err
 	}
 	for k, v := range f.Labels {

@@ -36,6 +36,10 @@ func writeFilter(b *strings.Builder, f *store.TaskFilter, args *[]any) {
 		b.WriteString(" AND kind = ?")
 		*args = append(*args, f.Kind)
 	}
+	if f.Tier != "" {
+		b.WriteString(" AND tier = ?")
+		*args = append(*args, f.Tier)
+	}
 	if f.MinAttempt > 0 {
 		b.WriteString(" AND attempt >= ?")
 		*args = append(*args, f.MinAttempt)

@@ -15,7 +15,7 @@ func i32(n int32) *int32 { return &n }
 func (h *harness) bulkFixture() []string {
 	h.t.Helper()
 	h.create(
-		&store.TaskCreate{ID: "web-ready", Role: "web", Kind: "build", Priority: 5, Labels: map[string]string{"team": "web"}},
+		&store.TaskCreate{ID: "web-ready", Role: "web", Kind: "build", Tier: store.TierFrontier, Priority: 5, Labels: map[string]string{"team": "web"}},
 		&store.TaskCreate{ID: "web-low", Role: "web", Kind: "test", Priority: -3, Labels: map[string]string{"team": "web", "tier": "x"}},
 		&store.TaskCreate{ID: "api-ready", Role: "api", Kind: "build", Priority: 0, Assignee: "ann"},
 		&store.TaskCreate{ID: "api-done", Role: "api", InitialState: store.StateDone, Priority: 10},
@@ -29,7 +29,7 @@ func (h *harness) bulkFixture() []string {
 	h.failAttempts("retry", 2)
 	h.claimAs("bob", "held", "held")
 	h.clock.Advance(time.Hour)
-	h.create(&store.TaskCreate{ID: "fresh", Role: "web", Kind: "build", Priority: 7})
+	h.create(&store.TaskCreate{ID: "fresh", Role: "web", Kind: "build", Tier: store.TierMid, Priority: 7})
 	return []string{"web-ready", "web-low", "api-ready", "api-done", "retry", "held", "parked", "fresh"}
 }
 
@@ -71,6 +71,7 @@ func (s *suite) testBulk(t *testing.T) {
 				"label":          {Labels: map[string]string{"team": "web"}},
 				"labels":         {Labels: map[string]string{"team": "web", "tier": "x"}},
 				"kind":           {Kind: "build"},
+				"tier":           {Tier: store.TierFrontier},
 				"attempt":        {MinAttempt: 2},
 				"priority min":   {MinPriority: i32(2)},
 				"priority max":   {MaxPriority: i32(0)},
@@ -87,6 +88,7 @@ func (s *suite) testBulk(t *testing.T) {
 				"label":          {"web-ready", "web-low"},
 				"labels":         {"web-low"},
 				"kind":           {"web-ready", "api-ready", "retry", "fresh"},
+				"tier":           {"web-ready"},
 				"attempt":        {"retry"},
 				"priority min":   {"web-ready", "api-done", "held", "fresh"},
 				"priority max":   {"web-low", "api-ready", "parked"},

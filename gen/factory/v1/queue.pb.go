@@ -1369,7 +1369,11 @@ type TaskFilter struct {
 	MinAge *durationpb.Duration `protobuf:"bytes,9,opt,name=min_age,json=minAge,proto3" json:"min_age,omitempty"`
 	// Only tasks that have been in their current state at least this long
 	// (since state_changed_at); unset or zero means no filter.
-	MinStateAge   *durationpb.Duration `protobuf:"bytes,10,opt,name=min_state_age,json=minStateAge,proto3" json:"min_state_age,omitempty"`
+	MinStateAge *durationpb.Duration `protobuf:"bytes,10,opt,name=min_state_age,json=minStateAge,proto3" json:"min_state_age,omitempty"`
+	// Only tasks of this spend tier (Task.tier): frontier, mid, local or
+	// infra; empty means any. How an operator pauses or reprioritises the
+	// work that would use a tier.
+	Tier          string `protobuf:"bytes,11,opt,name=tier,proto3" json:"tier,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1472,6 +1476,13 @@ func (x *TaskFilter) GetMinStateAge() *durationpb.Duration {
 		return x.MinStateAge
 	}
 	return nil
+}
+
+func (x *TaskFilter) GetTier() string {
+	if x != nil {
+		return x.Tier
+	}
+	return ""
 }
 
 // BulkUpdateTasksRequest is one operator change to every task a filter
@@ -3915,7 +3926,7 @@ const file_factory_v1_queue_proto_rawDesc = "" +
 	" \x01(\bR\vnewestFirst\x12?\n" +
 	"\tid_prefix\x18\v \x01(\tB\"\xbaH\x1f\xd8\x01\x01r\x1a2\x18^[A-Za-z0-9._:-]{1,128}$R\bidPrefix\x12\xdb\x01\n" +
 	"\x06filter\x18\f \x01(\v2\x16.factory.v1.TaskFilterB\xaa\x01\xbaH\xa6\x01\xba\x01\xa2\x01\n" +
-	"\x15filter.priority_range\x12+min_priority must not be above max_priority\x1a\\!has(this.min_priority) || !has(this.max_priority) || this.min_priority <= this.max_priorityR\x06filter\"\xe5\x05\n" +
+	"\x15filter.priority_range\x12+min_priority must not be above max_priority\x1a\\!has(this.min_priority) || !has(this.max_priority) || this.min_priority <= this.max_priorityR\x06filter\"\xa0\x06\n" +
 	"\n" +
 	"TaskFilter\x12\x84\x01\n" +
 	"\x06states\x18\x01 \x03(\x0e2\x15.factory.v1.TaskStateBU\xbaHR\x92\x01O\x10\b\"K\xba\x01C\n" +
@@ -3931,7 +3942,8 @@ const file_factory_v1_queue_proto_rawDesc = "" +
 	"\fmax_priority\x18\b \x01(\x05B\x13\xbaH\x10\x1a\x0e\x18\xe8\a(\x98\xf8\xff\xff\xff\xff\xff\xff\xff\x01H\x01R\vmaxPriority\x88\x01\x01\x12<\n" +
 	"\amin_age\x18\t \x01(\v2\x19.google.protobuf.DurationB\b\xbaH\x05\xaa\x01\x022\x00R\x06minAge\x12G\n" +
 	"\rmin_state_age\x18\n" +
-	" \x01(\v2\x19.google.protobuf.DurationB\b\xbaH\x05\xaa\x01\x022\x00R\vminStateAgeB\x0f\n" +
+	" \x01(\v2\x19.google.protobuf.DurationB\b\xbaH\x05\xaa\x01\x022\x00R\vminStateAge\x129\n" +
+	"\x04tier\x18\v \x01(\tB%\xbaH\"\xd8\x01\x01r\x1dR\bfrontierR\x03midR\x05localR\x05infraR\x04tierB\x0f\n" +
 	"\r_min_priorityB\x0f\n" +
 	"\r_max_priority\"\xee\x03\n" +
 	"\x16BulkUpdateTasksRequest\x12\xde\x01\n" +
