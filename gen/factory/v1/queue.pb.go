@@ -4050,12 +4050,12 @@ const file_factory_v1_queue_proto_rawDesc = "" +
 	"\atask_id\x18\x01 \x01(\tB\"\xbaH\x1f\xc8\x01\x01r\x1a2\x18^[A-Za-z0-9._:-]{1,128}$R\x06taskId\x12/\n" +
 	"\bpriority\x18\x02 \x01(\x05B\x13\xbaH\x10\x1a\x0e\x18\xe8\a(\x98\xf8\xff\xff\xff\xff\xff\xff\xff\x01R\bpriority\";\n" +
 	"\x13SetPriorityResponse\x12$\n" +
-	"\x04task\x18\x01 \x01(\v2\x10.factory.v1.TaskR\x04task\"\x91\x05\n" +
+	"\x04task\x18\x01 \x01(\v2\x10.factory.v1.TaskR\x04task\"\xaa\x05\n" +
 	"\x11PauseQueueRequest\x12 \n" +
-	"\x06reason\x18\x01 \x01(\tB\b\xbaH\x05r\x03\x18\x80 R\x06reason\x12\xd9\x04\n" +
-	"\x06filter\x18\x02 \x01(\v2\x16.factory.v1.TaskFilterB\xa8\x04\xbaH\xa4\x04\xba\x01\xa2\x01\n" +
-	"\x15filter.priority_range\x12+min_priority must not be above max_priority\x1a\\!has(this.min_priority) || !has(this.max_priority) || this.min_priority <= this.max_priority\xba\x01\xfa\x02\n" +
-	"\x10filter.not_empty\x12\x97\x01a selective pause needs a term besides states (role, agent, labels, kind, min_attempt, priority or an age); leave filter unset to pause the whole queue\x1a\xcb\x01this.role != '' || this.agent != '' || size(this.labels) > 0 || this.kind != '' || this.min_attempt > 0 || has(this.min_priority) || has(this.max_priority) || has(this.min_age) || has(this.min_state_age)R\x06filter\"G\n" +
+	"\x06reason\x18\x01 \x01(\tB\b\xbaH\x05r\x03\x18\x80 R\x06reason\x12\xf2\x04\n" +
+	"\x06filter\x18\x02 \x01(\v2\x16.factory.v1.TaskFilterB\xc1\x04\xbaH\xbd\x04\xba\x01\xa2\x01\n" +
+	"\x15filter.priority_range\x12+min_priority must not be above max_priority\x1a\\!has(this.min_priority) || !has(this.max_priority) || this.min_priority <= this.max_priority\xba\x01\x93\x03\n" +
+	"\x10filter.not_empty\x12\x9d\x01a selective pause needs a term besides states (role, agent, labels, kind, tier, min_attempt, priority or an age); leave filter unset to pause the whole queue\x1a\xde\x01this.role != '' || this.agent != '' || size(this.labels) > 0 || this.kind != '' || this.tier != '' || this.min_attempt > 0 || has(this.min_priority) || has(this.max_priority) || has(this.min_age) || has(this.min_state_age)R\x06filter\"G\n" +
 	"\x12PauseQueueResponse\x12\x16\n" +
 	"\x06paused\x18\x01 \x01(\x05R\x06paused\x12\x19\n" +
 	"\bpause_id\x18\x02 \x01(\tR\apauseId\"8\n" +
