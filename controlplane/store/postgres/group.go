@@ -184,10 +184,15 @@ func (s *Store) runGroup(ctx context.Context, reqs []groupRequest) error {
 		op = "TaskComplete+TaskClaim"
 	}
 	cs := newCompletion(completes)
-	return s.inTx(ctx, op, func(t *txn) error {
+	all := claims
+	err := s.inTx(ctx, op, func(t *txn) error {
 		t.changes = t.changes[:0]
-		for _, r := range claims {
-			r.out = nil
+		for _, r := range all {
+			r.out, r.n, r.capErr = nil, r.p.Max, nil
+		}
+		var err error
+		if claims, err = capClaims(t, all); err != nil {
+			return err
 		}
 		b := t.batch()
 		b.Queue(qIndexPlans)
@@ -197,7 +202,7 @@ func (s *Store) runGroup(ctx context.Context, reqs []groupRequest) error {
 		var picks []claimPick
 		switch {
 		case len(claims) == 1:
-			queueClaim(b, claims[0], claims[0].p.Max, claims[0].budget(), true)
+			queueClaim(b, claims[0], claims[0].n, claims[0].budget(), true)
 		case len(claims) > 1:
 			queueClaimPick(b, claims, &picks)
 		}
@@ -226,6 +231,71 @@ func (s *Store) runGroup(ctx context.Context, reqs []groupRequest) error {
 		}
 		return nil
 	})
+	if err != nil {
+		return err
+	}
+	for _, r := range all {
+		if r.capErr != nil {
+			r.err = r.capErr
+		}
+	}
+	return nil
+}
+
+// capClaims applies the claims' MaxHeld: it locks the capped agents (so
+// that no other transaction claims for them until this one ends), counts
+// the leases each holds and sets each claim's n to what it may still
+// take, claims by one agent sharing its room in arrival order. A claim
+// left no room gets capErr and is not run; capClaims returns the others.
+func capClaims(t *txn, claims []*claimReq) ([]*claimReq, error) {
+	var agents []string
+	for _, r := range claims {
+		if r.p.MaxHeld > 0 && !slices.Contains(agents, r.p.Agent) {
+			agents = append(agents, r.p.Agent)
+		}
+	}
+	if len(agents) == 0 {
+		return claims, nil
+	}
+	// Locks taken in one order by every transaction cannot deadlock; they
+	// come before any row lock this transaction takes.
+	keys := make([]int64, len(agents))
+	for i, a := range agents {
+		keys[i] = lockID("leases/"+a, t.s.cfg.Schema)
+	}
+	slices.Sort(keys)
+	used := make(map[string]int, len(agents))
+	b := t.batch()
+	b.Queue(qIndexPlans)
+	b.Queue(qLockAgents, keys)
+	b.Queue(qHeldBy, agents).Query(func(rs pgx.Rows) error {
+		var (
+			agent string
+			n     int
+		)
+		_, err := pgx.ForEachRow(rs, []any{&agent, &n}, func() error {
+			used[agent] = n
+			return nil
+		})
+		return err
+	})
+	if err := t.send(b); err != nil {
+		return nil, err
+	}
+	run := claims[:0:0]
+	for _, r := range claims {
+		if r.p.MaxHeld > 0 {
+			held := used[r.p.Agent]
+			if held >= r.p.MaxHeld {
+				r.capErr = store.LeaseCapError(r.p.Agent, held, r.p.MaxHeld)
+				continue
+			}
+			r.n = min(r.n, r.p.MaxHeld-held)
+			used[r.p.Agent] = held + r.n
+		}
+		run = append(run, r)
+	}
+	return run, nil
 }
 
 // announceClaims records claimed rows as changes.
@@ -460,7 +530,7 @@ func queueClaimPick(b *pgx.Batch, claims []*claimReq, picks *[]claimPick) {
 		}
 		roles = append(roles, r.p.Roles...)
 		agents = append(agents, r.p.Agent)
-		total += r.p.Max
+		total += r.n
 	}
 	roles = claimRoles(roles)
 	*picks = nil
@@ -489,7 +559,7 @@ func queueClaimPick(b *pgx.Batch, claims []*claimReq, picks *[]claimPick) {
 func claimMany(t *txn, claims []*claimReq, picks []claimPick) (func(*pgx.Batch), error) {
 	total := 0
 	for _, r := range claims {
-		total += r.p.Max
+		total += r.n
 	}
 	taken := make([]bool, len(picks))
 	owner := make(map[int64]*claimReq, len(picks))
@@ -504,7 +574,7 @@ func claimMany(t *txn, claims []*claimReq, picks []claimPick) (func(*pgx.Batch),
 	for _, r := range claims {
 		got, full := 0, false
 		for i, p := range picks {
-			if got == r.p.Max {
+			if got == r.n {
 				break
 			}
 			if taken[i] || !r.mayTake(p) {
@@ -522,7 +592,7 @@ func claimMany(t *txn, claims []*claimReq, picks []claimPick) (func(*pgx.Batch),
 			nows, expires = append(nows, r.now), append(expires, norm(r.now.Add(r.p.LeaseDuration)))
 			t.changes = append(t.changes, store.RemoteChange{TaskID: p.id, PreviousState: store.StateReady, State: store.StateInProgress})
 		}
-		if got < r.p.Max && !full && len(picks) == total {
+		if got < r.n && !full && len(picks) == total {
 			short = append(short, r)
 		}
 	}
@@ -557,7 +627,7 @@ func claimMany(t *txn, claims []*claimReq, picks []claimPick) (func(*pgx.Batch),
 	}
 	b = t.batch()
 	for _, r := range short {
-		queueClaim(b, r, r.p.Max-len(r.out), r.budget()-used[r], len(r.out) == 0)
+		queueClaim(b, r, r.n-len(r.out), r.budget()-used[r], len(r.out) == 0)
 	}
 	if err := t.send(b); err != nil {
 		return nil, err

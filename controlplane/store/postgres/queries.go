@@ -148,6 +148,17 @@ WHERE seq = ANY(ARRAY(
 	WHERE run <= $6::bigint OR (run = size AND $7::boolean)))
 RETURNING {COLS}`)
 
+	// qLockAgents takes the transaction's lock on each of the agents whose
+	// leases it counts ($1, lock keys in ascending order), so that claims
+	// for one agent on any replica count and claim one after another.
+	qLockAgents = `-- name: TaskClaimLockAgents
+SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k`
+
+	// qHeldBy counts the leases each of the agents $1 holds, on the
+	// partial index tasks_held_by.
+	qHeldBy = q(`-- name: TaskClaimHeldBy
+SELECT lease_holder, count(*) FROM tasks WHERE state = {IN_PROGRESS} AND lease_holder = ANY($1::text[]) GROUP BY lease_holder`)
+
 	// qClaimPick locks the candidates of several claims made together: the
 	// head of the queue for the union of their filters, walked per role
 	// as in qClaim ($2 names the empty role and no role twice). Which
