@@ -103,6 +103,10 @@ func (s *suite) testLeaseCap(t *testing.T) {
 								t.Errorf("%s: %v", agent, err)
 								return
 							}
+							if len(changes) == 0 {
+								t.Errorf("%s: an empty claim, not the refusal, with tasks left", agent)
+								return
+							}
 							mu.Lock()
 							got[agent] += len(changes)
 							for _, c := range changes {
