@@ -154,10 +154,13 @@ RETURNING {COLS}`)
 	qLockAgents = `-- name: TaskClaimLockAgents
 SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k`
 
-	// qHeldBy counts the leases each of the agents $1 holds, on the
-	// partial index tasks_held_by.
+	// qHeldBy counts the leases each of the agents $1 holds, one probe of
+	// the partial index tasks_held_by per agent (with lease_holder =
+	// ANY($1) and stale statistics the planner may read every
+	// IN_PROGRESS task through another partial index instead).
 	qHeldBy = q(`-- name: TaskClaimHeldBy
-SELECT lease_holder, count(*) FROM tasks WHERE state = {IN_PROGRESS} AND lease_holder = ANY($1::text[]) GROUP BY lease_holder`)
+SELECT a.agent, h.n FROM unnest($1::text[]) AS a(agent) CROSS JOIN LATERAL (
+	SELECT count(*) AS n FROM tasks WHERE state = {IN_PROGRESS} AND lease_holder = a.agent) AS h`)
 
 	// qClaimPick locks the candidates of several claims made together: the
 	// head of the queue for the union of their filters, walked per role
