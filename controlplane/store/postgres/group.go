@@ -3,6 +3,7 @@ package postgres
 import (
 	"context"
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 	"sync"
@@ -184,27 +185,33 @@ func (s *Store) runGroup(ctx context.Context, reqs []groupRequest) error {
 		op = "TaskComplete+TaskClaim"
 	}
 	cs := newCompletion(completes)
-	all := claims
 	err := s.inTx(ctx, op, func(t *txn) error {
 		t.changes = t.changes[:0]
-		for _, r := range all {
+		for _, r := range claims {
 			r.out, r.n, r.capErr = nil, r.p.Max, nil
-		}
-		var err error
-		if claims, err = capClaims(t, all); err != nil {
-			return err
 		}
 		b := t.batch()
 		b.Queue(qIndexPlans)
+		caps := queueCaps(b, s.cfg.Schema, claims)
 		if cs != nil {
 			cs.queue(b)
 		}
-		var picks []claimPick
+		// Capped claims go through the pick, so that the room their
+		// agents have left, counted in this round trip, is applied in Go
+		// before anything is taken.
+		many := len(claims) > 1 || (len(claims) == 1 && caps != nil)
+		var (
+			picks []claimPick
+			limit int
+		)
 		switch {
+		case many:
+			if caps != nil {
+				caps.queueCount(b)
+			}
+			limit = queueClaimPick(b, claims, &picks)
 		case len(claims) == 1:
 			queueClaim(b, claims[0], claims[0].n, claims[0].budget(), true)
-		case len(claims) > 1:
-			queueClaimPick(b, claims, &picks)
 		}
 		if err := t.send(b); err != nil {
 			return err
@@ -214,15 +221,18 @@ func (s *Store) runGroup(ctx context.Context, reqs []groupRequest) error {
 				return err
 			}
 		}
-		if len(claims) == 1 {
-			announceClaims(t, claims[0].out)
-		}
 		var take func(*pgx.Batch)
-		if len(claims) > 1 {
+		if many {
+			run := claims
+			if caps != nil {
+				run = caps.apply(claims)
+			}
 			var err error
-			if take, err = claimMany(t, claims, picks); err != nil {
+			if take, err = claimMany(t, run, picks, limit); err != nil {
 				return err
 			}
+		} else if len(claims) == 1 {
+			announceClaims(t, claims[0].out)
 		}
 		// In the common case the last writes (the claims' take) go in the
 		// round trip that commits.
@@ -234,7 +244,7 @@ func (s *Store) runGroup(ctx context.Context, reqs []groupRequest) error {
 	if err != nil {
 		return err
 	}
-	for _, r := range all {
+	for _, r := range claims {
 		if r.capErr != nil {
 			r.err = r.capErr
 		}
@@ -242,12 +252,18 @@ func (s *Store) runGroup(ctx context.Context, reqs []groupRequest) error {
 	return nil
 }
 
-// capClaims applies the claims' MaxHeld: it locks the capped agents (so
-// that no other transaction claims for them until this one ends), counts
-// the leases each holds and sets each claim's n to what it may still
-// take, claims by one agent sharing its room in arrival order. A claim
-// left no room gets capErr and is not run; capClaims returns the others.
-func capClaims(t *txn, claims []*claimReq) ([]*claimReq, error) {
+// leaseCaps is one transaction's view of the capped agents' leases.
+type leaseCaps struct {
+	agents []string
+	held   map[string]int
+}
+
+// queueCaps adds to b, for the claims with MaxHeld, the lock on each of
+// their agents, so that no other transaction claims for them until this
+// one ends. It comes first in the transaction: the locks, taken in one
+// order by every transaction and before any row lock, cannot deadlock.
+// nil when no claim is capped.
+func queueCaps(b *pgx.Batch, schema string, claims []*claimReq) *leaseCaps {
 	var agents []string
 	for _, r := range claims {
 		if r.p.MaxHeld > 0 && !slices.Contains(agents, r.p.Agent) {
@@ -255,34 +271,39 @@ func capClaims(t *txn, claims []*claimReq) ([]*claimReq, error) {
 		}
 	}
 	if len(agents) == 0 {
-		return claims, nil
+		return nil
 	}
-	// Locks taken in one order by every transaction cannot deadlock; they
-	// come before any row lock this transaction takes.
 	keys := make([]int64, len(agents))
 	for i, a := range agents {
-		keys[i] = lockID("leases/"+a, t.s.cfg.Schema)
+		keys[i] = lockID("leases/"+a, schema)
 	}
 	slices.Sort(keys)
-	used := make(map[string]int, len(agents))
-	b := t.batch()
-	b.Queue(qIndexPlans)
 	b.Queue(qLockAgents, keys)
-	b.Queue(qHeldBy, agents).Query(func(rs pgx.Rows) error {
+	return &leaseCaps{agents: agents, held: make(map[string]int, len(agents))}
+}
+
+// queueCount adds the count of the leases each agent holds.
+func (c *leaseCaps) queueCount(b *pgx.Batch) {
+	clear(c.held)
+	b.Queue(qHeldBy, c.agents).Query(func(rs pgx.Rows) error {
 		var (
 			agent string
 			n     int
 		)
 		_, err := pgx.ForEachRow(rs, []any{&agent, &n}, func() error {
-			used[agent] = n
+			c.held[agent] = n
 			return nil
 		})
 		return err
 	})
-	if err := t.send(b); err != nil {
-		return nil, err
-	}
-	run := claims[:0:0]
+}
+
+// apply sets each capped claim's n to what it may still take, claims by
+// one agent sharing its room in arrival order. A claim left no room gets
+// capErr and is not run; apply returns the others.
+func (c *leaseCaps) apply(claims []*claimReq) []*claimReq {
+	used := maps.Clone(c.held)
+	run := make([]*claimReq, 0, len(claims))
 	for _, r := range claims {
 		if r.p.MaxHeld > 0 {
 			held := used[r.p.Agent]
@@ -295,7 +316,7 @@ func capClaims(t *txn, claims []*claimReq) ([]*claimReq, error) {
 		}
 		run = append(run, r)
 	}
-	return run, nil
+	return run
 }
 
 // announceClaims records claimed rows as changes.
@@ -513,8 +534,9 @@ type claimPick struct {
 }
 
 // queueClaimPick locks the candidates for claims: the first
-// sum(Max) READY tasks that any of them may take.
-func queueClaimPick(b *pgx.Batch, claims []*claimReq, picks *[]claimPick) {
+// sum(Max) READY tasks that any of them may take. It returns that sum,
+// the pick's limit.
+func queueClaimPick(b *pgx.Batch, claims []*claimReq, picks *[]claimPick) (limit int) {
 	var (
 		latest time.Time
 		roles  []string
@@ -542,6 +564,7 @@ func queueClaimPick(b *pgx.Batch, claims []*claimReq, picks *[]claimPick) {
 		})
 		return err
 	})
+	return total
 }
 
 // claimMany hands the locked candidates out as the claims would have taken
@@ -555,12 +578,9 @@ func queueClaimPick(b *pgx.Batch, claims []*claimReq, picks *[]claimPick) {
 //
 // It announces the claims and returns the statement that takes the
 // candidates, to be sent with COMMIT; or, when some claim must go on on
-// its own, it runs everything itself and returns nil.
-func claimMany(t *txn, claims []*claimReq, picks []claimPick) (func(*pgx.Batch), error) {
-	total := 0
-	for _, r := range claims {
-		total += r.n
-	}
+// its own, it runs everything itself and returns nil. limit is the pick's
+// (see queueClaimPick); each claim takes at most its n.
+func claimMany(t *txn, claims []*claimReq, picks []claimPick, limit int) (func(*pgx.Batch), error) {
 	taken := make([]bool, len(picks))
 	owner := make(map[int64]*claimReq, len(picks))
 	var (
@@ -592,7 +612,7 @@ func claimMany(t *txn, claims []*claimReq, picks []claimPick) (func(*pgx.Batch),
 			nows, expires = append(nows, r.now), append(expires, norm(r.now.Add(r.p.LeaseDuration)))
 			t.changes = append(t.changes, store.RemoteChange{TaskID: p.id, PreviousState: store.StateReady, State: store.StateInProgress})
 		}
-		if got < r.n && !full && len(picks) == total {
+		if got < r.n && !full && len(picks) == limit {
 			short = append(short, r)
 		}
 	}
