@@ -160,7 +160,7 @@ SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k`
 	// IN_PROGRESS task through another partial index instead).
 	qHeldBy = q(`-- name: TaskClaimHeldBy
 SELECT a.agent, h.n FROM unnest($1::text[]) AS a(agent) CROSS JOIN LATERAL (
-	SELECT count(*) AS n FROM tasks WHERE state = {IN_PROGRESS} AND lease_holder = a.agent) AS h`)
+	SELECT count(*) AS n FROM tasks WHERE state = {IN_PROGRESS} AND lease_holder <> '' AND lease_holder = a.agent) AS h`)
 
 	// qClaimPick locks the candidates of several claims made together: the
 	// head of the queue for the union of their filters, walked per role

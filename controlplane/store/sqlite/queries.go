@@ -86,7 +86,7 @@ var (
 
 	// The leases one agent holds, for the claim's cap: one probe of the
 	// partial tasks_held_by.
-	qHeldBy = q(`SELECT COUNT(*) FROM tasks INDEXED BY tasks_held_by WHERE state = {IN_PROGRESS} AND lease_holder = ?`)
+	qHeldBy = q(`SELECT COUNT(*) FROM tasks INDEXED BY tasks_held_by WHERE state = {IN_PROGRESS} AND lease_holder <> '' AND lease_holder = ?`)
 
 	// run_after > 0 lets the planner use the partial tasks_ready_run_after.
 	qNextRunAfter = q(`SELECT MIN(run_after) FROM tasks WHERE state = {READY} AND run_after > 0 AND run_after > ?`)
