@@ -621,7 +621,9 @@ func removePreloadTasks(q factoryv1.QueueServiceClient, acc factoryv1.AccessServ
 // with agentCtx (an agent token of role) and returns how many it
 // completed. Operator calls (handing a real task back) use ctx.
 func drainPreloadTasks(ctx, agentCtx context.Context, q factoryv1.QueueServiceClient, run, role, agent string, n int, log io.Writer) int {
-	const claimers, perClaim = 4, 100
+	// At most claimers·perClaim leases are held at once: within the
+	// control plane's default per-agent lease cap (256).
+	const claimers, perClaim = 4, 64
 	var left, completed atomic.Int64
 	var stop atomic.Bool
 	left.Store(int64(n))

@@ -75,7 +75,16 @@ type Config struct {
 	WatchBuffer int
 	// Rand returns a number in [0,1) for jitter; tests make it fixed.
 	Rand func() float64
+	// MaxLeasesPerAgent caps the leases one agent may hold at once, so
+	// that one agent (looping, or made to hoard) cannot take every READY
+	// task of its roles: a claim takes no more than the room left, and an
+	// agent at the cap is refused with a *store.QuotaError until it
+	// completes, fails or loses some. Unset: DefaultMaxLeasesPerAgent.
+	MaxLeasesPerAgent int
 }
+
+// DefaultMaxLeasesPerAgent is the per-agent lease cap when none is set.
+const DefaultMaxLeasesPerAgent = 256
 
 // WithDefaults returns a copy with every unset field at its default.
 func (c Config) WithDefaults() Config {
@@ -106,6 +115,9 @@ func (c Config) WithDefaults() Config {
 	if c.Rand == nil {
 		c.Rand = rand.Float64
 	}
+	if c.MaxLeasesPerAgent == 0 {
+		c.MaxLeasesPerAgent = DefaultMaxLeasesPerAgent
+	}
 	return c
 }
 
@@ -119,6 +131,8 @@ func (c Config) validate() error {
 		return fmt.Errorf("queue: need 0 < RetryBase (%s) <= RetryMax (%s)", c.RetryBase, c.RetryMax)
 	case c.Jitter < 0 || c.Jitter >= 1:
 		return fmt.Errorf("queue: Jitter %v outside [0, 1)", c.Jitter)
+	case c.MaxLeasesPerAgent < 1:
+		return fmt.Errorf("queue: MaxLeasesPerAgent %d must be at least 1", c.MaxLeasesPerAgent)
 	}
 	return nil
 }
@@ -358,7 +372,8 @@ type ClaimParams struct {
 // ResponseBytes hold (the rest stay READY). With Wait it blocks until
 // work arrives, the wait ends or ctx ends; it is woken by push the moment
 // a task becomes READY, and by a timer when a backed-off task's run_after
-// comes due.
+// comes due. An agent holding MaxLeasesPerAgent leases is refused at
+// once (a *store.QuotaError), waiting or not.
 func (s *Service) Claim(ctx context.Context, p ClaimParams) ([]*store.Task, error) {
 	if p.MaxTasks == 0 {
 		p.MaxTasks = 1
@@ -378,7 +393,7 @@ func (s *Service) Claim(ctx context.Context, p ClaimParams) ([]*store.Task, erro
 		}
 		changes, err := s.store.TaskClaim(ctx, &store.TaskClaimParams{
 			Agent: p.Agent, Roles: p.Roles, Max: p.MaxTasks, LeaseDuration: lease, Now: s.clock.Now(),
-			MaxBytes: ResponseBytes, ExcludeTiers: exclude,
+			MaxBytes: ResponseBytes, ExcludeTiers: exclude, MaxHeld: s.cfg.MaxLeasesPerAgent,
 		})
 		if err != nil {
 			return nil, err

@@ -49,7 +49,12 @@ type Store interface {
 	// the same task. An empty result is not an error. With MaxBytes the
 	// claim stops, in claim order, before the first task that would take
 	// the claimed tasks' total size past it (see TaskSizeFixed; the first
-	// task always comes): what would not fit is never taken.
+	// task always comes): what would not fit is never taken. With MaxHeld
+	// the claim takes at most MaxHeld less the IN_PROGRESS tasks Agent
+	// already holds, counted in the claim's transaction so that
+	// concurrent claims by one agent never take it past MaxHeld; an agent
+	// already holding MaxHeld is refused with a *QuotaError (see
+	// LeaseCapError) whatever is READY.
 	TaskClaim(ctx context.Context, params *TaskClaimParams) ([]TaskChange, error)
 
 	// TaskRelease hands back claimed tasks whose claimer never received
@@ -328,6 +333,16 @@ type TaskClaimParams struct {
 	// (capped or turned off); tasks without a tier and of other tiers
 	// stay claimable.
 	ExcludeTiers []string
+	// MaxHeld caps the leases Agent may hold once the claim is done; 0
+	// does not cap.
+	MaxHeld int
+}
+
+// LeaseCapError is the refusal of a claim by an agent that already holds
+// max leases.
+func LeaseCapError(agent string, held, max int) *QuotaError {
+	return &QuotaError{Subject: "queue:leases:" + agent, Description: fmt.Sprintf(
+		"agent %q holds %d leases, the cap is %d: complete, fail or let some expire before claiming more", agent, held, max)}
 }
 
 // MaxClaimRoles is the most roles one claim may name (as the API allows).

@@ -75,6 +75,8 @@ type fileConfig struct {
 	OfflineAfter      time.Duration `yaml:"offline_after"`
 	// MaxAgentsPerHost bounds the agents one sidecar's Hello may declare.
 	MaxAgentsPerHost int `yaml:"max_agents_per_host"`
+	// MaxLeasesPerAgent caps the leases one agent may hold at once.
+	MaxLeasesPerAgent int `yaml:"max_leases_per_agent"`
 	// TimeZone is the zone spend days are counted in; Prices replaces the
 	// built-in price table (deploy/prices.yaml).
 	TimeZone string `yaml:"time_zone"`
@@ -133,6 +135,7 @@ func defaultConfig() fileConfig {
 		HeartbeatInterval: 10 * time.Second,
 		OfflineAfter:      5 * time.Minute,
 		MaxAgentsPerHost:  fleet.DefaultMaxAgentsPerHost,
+		MaxLeasesPerAgent: queue.DefaultMaxLeasesPerAgent,
 
 		// Far above an honest fleet (a sidecar holds one stream, an
 		// orchestrator a few), far below what starves everyone else.
@@ -142,7 +145,7 @@ func defaultConfig() fileConfig {
 }
 
 func (c fileConfig) queueConfig() queue.Config {
-	return queue.Config{DefaultLease: c.DefaultLease, RetryBase: c.RetryBase, RetryMax: c.RetryMax, RescueInterval: c.RescueInterval}
+	return queue.Config{DefaultLease: c.DefaultLease, RetryBase: c.RetryBase, RetryMax: c.RetryMax, RescueInterval: c.RescueInterval, MaxLeasesPerAgent: c.MaxLeasesPerAgent}
 }
 
 // consoleListen is the console's address for server.Config: "off" is
@@ -255,6 +258,7 @@ Flags:
 	fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", cfg.HeartbeatInterval, "how often sidecars are told to send heartbeats; two missed make a host STALE")
 	fs.DurationVar(&cfg.OfflineAfter, "offline-after", cfg.OfflineAfter, "how long without a sign of life makes a host and its agents OFFLINE")
 	fs.IntVar(&cfg.MaxAgentsPerHost, "max-agents-per-host", cfg.MaxAgentsPerHost, "the most agents one sidecar's Hello may declare; a Hello over it is refused (RESOURCE_EXHAUSTED)")
+	fs.IntVar(&cfg.MaxLeasesPerAgent, "max-leases-per-agent", cfg.MaxLeasesPerAgent, "the most leases one agent may hold at once; a claim takes no more than the room left, and an agent at the cap is refused (RESOURCE_EXHAUSTED) until it completes, fails or loses some")
 	fs.StringVar(&cfg.TimeZone, "time-zone", cfg.TimeZone, "IANA time zone spend days and budgets are counted in")
 	fs.StringVar(&cfg.Prices, "prices", cfg.Prices, "price table (YAML, like deploy/prices.yaml) replacing the built-in one")
 	fs.StringVar(&cfg.DigestAt, "digest-at", cfg.DigestAt, "local time (HH:MM in --time-zone) the morning digest goes to the webhooks; \"off\" sends none")
@@ -389,6 +393,8 @@ func fieldString(c fileConfig, flagName string) string {
 		return c.OfflineAfter.String()
 	case "max-agents-per-host":
 		return strconv.Itoa(c.MaxAgentsPerHost)
+	case "max-leases-per-agent":
+		return strconv.Itoa(c.MaxLeasesPerAgent)
 	case "time-zone":
 		return c.TimeZone
 	case "prices":

@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/factory/factory/controlplane/queue"
 )
 
 func TestConfigPrecedenceFileEnvFlags(t *testing.T) {
@@ -125,5 +127,29 @@ func TestConsoleListenAuto(t *testing.T) {
 		if err != nil || got != c.want {
 			t.Errorf("listen %s, console %q: got %q, %v; want %q", c.listen, c.console, got, err, c.want)
 		}
+	}
+}
+
+// The lease cap defaults to the queue's and is set from the file, the
+// environment or --max-leases-per-agent, reaching the queue's config.
+func TestConfigMaxLeasesPerAgent(t *testing.T) {
+	cfg, err := loadConfig(nil, func(string) string { return "" })
+	if err != nil || cfg.queueConfig().MaxLeasesPerAgent != queue.DefaultMaxLeasesPerAgent {
+		t.Fatalf("default: %d, %v", cfg.MaxLeasesPerAgent, err)
+	}
+	file := filepath.Join(t.TempDir(), "cp.yaml")
+	if err := os.WriteFile(file, []byte("max_leases_per_agent: 40\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"FACTORY_CONFIG": file}
+	if cfg, err = loadConfig(nil, func(k string) string { return env[k] }); err != nil || cfg.queueConfig().MaxLeasesPerAgent != 40 {
+		t.Fatalf("from the file: %d, %v", cfg.MaxLeasesPerAgent, err)
+	}
+	env["FACTORY_MAX_LEASES_PER_AGENT"] = "30"
+	if cfg, err = loadConfig(nil, func(k string) string { return env[k] }); err != nil || cfg.queueConfig().MaxLeasesPerAgent != 30 {
+		t.Fatalf("env over file: %d, %v", cfg.MaxLeasesPerAgent, err)
+	}
+	if cfg, err = loadConfig([]string{"--max-leases-per-agent", "20"}, func(k string) string { return env[k] }); err != nil || cfg.queueConfig().MaxLeasesPerAgent != 20 {
+		t.Fatalf("flag over env: %d, %v", cfg.MaxLeasesPerAgent, err)
 	}
 }

@@ -3,6 +3,8 @@ package postgres
 import (
 	"context"
 	"fmt"
+	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -56,7 +58,7 @@ func benchClaimComplete(b *testing.B, s *Store, agents, batch int) {
 		agent := fmt.Sprintf("agent-%02d", a)
 		wg.Go(func() {
 			for left.Load() > 0 {
-				claimed, err := s.TaskClaim(ctx, &store.TaskClaimParams{Agent: agent, Max: batch, LeaseDuration: time.Hour, Now: now})
+				claimed, err := s.TaskClaim(ctx, &store.TaskClaimParams{Agent: agent, Max: batch, MaxHeld: benchMaxHeld(), LeaseDuration: time.Hour, Now: now})
 				if err != nil {
 					b.Error(err)
 					return
@@ -87,4 +89,14 @@ func benchClaimComplete(b *testing.B, s *Store, agents, batch int) {
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "cycles/s")
 	b.ReportMetric(float64(s.ops.calls.Load())/float64(max(1, s.ops.txs.Load())), "calls/tx")
+}
+
+// benchMaxHeld is the claims' lease cap: the control plane's default (256),
+// or FACTORY_BENCH_MAX_HELD (0: uncapped, to compare).
+func benchMaxHeld() int {
+	if v, ok := os.LookupEnv("FACTORY_BENCH_MAX_HELD"); ok {
+		n, _ := strconv.Atoi(v)
+		return n
+	}
+	return 256
 }

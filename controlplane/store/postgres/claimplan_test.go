@@ -2,11 +2,14 @@ package postgres
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/factory/factory/controlplane/store"
 )
 
 // TestClaimWalksOnlyItsRoles reads the claim statements' plans, under the
@@ -76,5 +79,47 @@ func TestQueueStatsProbeTheOldest(t *testing.T) {
 		if !strings.Contains(text, idx) {
 			t.Errorf("the queue stats do not use %s; plan:\n%s", idx, text)
 		}
+	}
+}
+
+// TestLeaseCapCountsOnItsIndex: a capped claim counts its agents' leases
+// on the partial index of migration 00023, not by reading every
+// IN_PROGRESS task.
+func TestLeaseCapCountsOnItsIndex(t *testing.T) {
+	url := testURL(t)
+	s := openTest(t, url, testSchema(t, url), Config{})
+	ctx := context.Background()
+	// Some agents holding leases, as on a working queue.
+	now := time.Now()
+	tasks := make([]*store.TaskCreate, 200)
+	for i := range tasks {
+		tasks[i] = &store.TaskCreate{ID: fmt.Sprintf("t-%03d", i), Title: "work"}
+	}
+	if _, err := s.TaskCreate(ctx, &store.TaskCreateParams{Tasks: tasks, Now: now}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 {
+		if _, err := s.TaskClaim(ctx, &store.TaskClaimParams{Agent: fmt.Sprintf("agent-%d", i), Max: 10, LeaseDuration: time.Hour, Now: now}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var plan []string
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, qIndexPlans); err != nil {
+			return err
+		}
+		rows, err := tx.Query(ctx, "EXPLAIN "+qHeldBy, []string{"agent-1", "agent-2"})
+		if err != nil {
+			return err
+		}
+		plan, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := strings.Join(plan, "\n")
+	if !strings.Contains(text, "tasks_held_by") || strings.Contains(text, "Seq Scan on tasks") {
+		t.Errorf("the lease count does not search tasks_held_by; plan:\n%s", text)
 	}
 }

@@ -3,6 +3,7 @@ package postgres
 import (
 	"context"
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 	"sync"
@@ -184,22 +185,33 @@ func (s *Store) runGroup(ctx context.Context, reqs []groupRequest) error {
 		op = "TaskComplete+TaskClaim"
 	}
 	cs := newCompletion(completes)
-	return s.inTx(ctx, op, func(t *txn) error {
+	err := s.inTx(ctx, op, func(t *txn) error {
 		t.changes = t.changes[:0]
 		for _, r := range claims {
-			r.out = nil
+			r.out, r.n, r.capErr = nil, r.p.Max, nil
 		}
 		b := t.batch()
 		b.Queue(qIndexPlans)
+		caps := queueCaps(b, s.cfg.Schema, claims)
 		if cs != nil {
 			cs.queue(b)
 		}
-		var picks []claimPick
+		// Capped claims go through the pick, so that the room their
+		// agents have left, counted in this round trip, is applied in Go
+		// before anything is taken.
+		many := len(claims) > 1 || (len(claims) == 1 && caps != nil)
+		var (
+			picks []claimPick
+			limit int
+		)
 		switch {
+		case many:
+			if caps != nil {
+				caps.queueCount(b)
+			}
+			limit = queueClaimPick(b, claims, &picks)
 		case len(claims) == 1:
-			queueClaim(b, claims[0], claims[0].p.Max, claims[0].budget(), true)
-		case len(claims) > 1:
-			queueClaimPick(b, claims, &picks)
+			queueClaim(b, claims[0], claims[0].n, claims[0].budget(), true)
 		}
 		if err := t.send(b); err != nil {
 			return err
@@ -209,15 +221,18 @@ func (s *Store) runGroup(ctx context.Context, reqs []groupRequest) error {
 				return err
 			}
 		}
-		if len(claims) == 1 {
-			announceClaims(t, claims[0].out)
-		}
 		var take func(*pgx.Batch)
-		if len(claims) > 1 {
+		if many {
+			run := claims
+			if caps != nil {
+				run = caps.apply(claims)
+			}
 			var err error
-			if take, err = claimMany(t, claims, picks); err != nil {
+			if take, err = claimMany(t, run, picks, limit); err != nil {
 				return err
 			}
+		} else if len(claims) == 1 {
+			announceClaims(t, claims[0].out)
 		}
 		// In the common case the last writes (the claims' take) go in the
 		// round trip that commits.
@@ -226,6 +241,82 @@ func (s *Store) runGroup(ctx context.Context, reqs []groupRequest) error {
 		}
 		return nil
 	})
+	if err != nil {
+		return err
+	}
+	for _, r := range claims {
+		if r.capErr != nil {
+			r.err = r.capErr
+		}
+	}
+	return nil
+}
+
+// leaseCaps is one transaction's view of the capped agents' leases.
+type leaseCaps struct {
+	agents []string
+	held   map[string]int
+}
+
+// queueCaps adds to b, for the claims with MaxHeld, the lock on each of
+// their agents, so that no other transaction claims for them until this
+// one ends. It comes first in the transaction: the locks, taken in one
+// order by every transaction and before any row lock, cannot deadlock.
+// nil when no claim is capped.
+func queueCaps(b *pgx.Batch, schema string, claims []*claimReq) *leaseCaps {
+	var agents []string
+	for _, r := range claims {
+		if r.p.MaxHeld > 0 && !slices.Contains(agents, r.p.Agent) {
+			agents = append(agents, r.p.Agent)
+		}
+	}
+	if len(agents) == 0 {
+		return nil
+	}
+	keys := make([]int64, len(agents))
+	for i, a := range agents {
+		keys[i] = lockID("leases/"+a, schema)
+	}
+	slices.Sort(keys)
+	b.Queue(qLockAgents, keys)
+	return &leaseCaps{agents: agents, held: make(map[string]int, len(agents))}
+}
+
+// queueCount adds the count of the leases each agent holds.
+func (c *leaseCaps) queueCount(b *pgx.Batch) {
+	clear(c.held)
+	b.Queue(qHeldBy, c.agents).Query(func(rs pgx.Rows) error {
+		var (
+			agent string
+			n     int
+		)
+		_, err := pgx.ForEachRow(rs, []any{&agent, &n}, func() error {
+			c.held[agent] = n
+			return nil
+		})
+		return err
+	})
+}
+
+// apply sets each capped claim's n to what it may still take, claims by
+// one agent sharing its room in arrival order. A claim left no room gets
+// capErr and is not run; apply returns the others.
+func (c *leaseCaps) apply(claims []*claimReq) []*claimReq {
+	used := maps.Clone(c.held)
+	run := make([]*claimReq, 0, len(claims))
+	for _, r := range claims {
+		if r.p.MaxHeld > 0 {
+			held := used[r.p.Agent]
+			if held >= r.p.MaxHeld {
+				r.capErr = store.LeaseCapError(r.p.Agent, held, r.p.MaxHeld)
+				continue
+			}
+			r.n = min(r.n, r.p.MaxHeld-held)
+			used[r.p.Agent] = held + r.n
+		}
+		run = append(run, r)
+	}
+	return run
 }
 
 // announceClaims records claimed rows as changes.
@@ -443,8 +534,9 @@ type claimPick struct {
 }
 
 // queueClaimPick locks the candidates for claims: the first
-// sum(Max) READY tasks that any of them may take.
-func queueClaimPick(b *pgx.Batch, claims []*claimReq, picks *[]claimPick) {
+// sum(Max) READY tasks that any of them may take. It returns that sum,
+// the pick's limit.
+func queueClaimPick(b *pgx.Batch, claims []*claimReq, picks *[]claimPick) (limit int) {
 	var (
 		latest time.Time
 		roles  []string
@@ -460,7 +552,7 @@ func queueClaimPick(b *pgx.Batch, claims []*claimReq, picks *[]claimPick) {
 		}
 		roles = append(roles, r.p.Roles...)
 		agents = append(agents, r.p.Agent)
-		total += r.p.Max
+		total += r.n
 	}
 	roles = claimRoles(roles)
 	*picks = nil
@@ -472,6 +564,7 @@ func queueClaimPick(b *pgx.Batch, claims []*claimReq, picks *[]claimPick) {
 		})
 		return err
 	})
+	return total
 }
 
 // claimMany hands the locked candidates out as the claims would have taken
@@ -485,12 +578,9 @@ func queueClaimPick(b *pgx.Batch, claims []*claimReq, picks *[]claimPick) {
 //
 // It announces the claims and returns the statement that takes the
 // candidates, to be sent with COMMIT; or, when some claim must go on on
-// its own, it runs everything itself and returns nil.
-func claimMany(t *txn, claims []*claimReq, picks []claimPick) (func(*pgx.Batch), error) {
-	total := 0
-	for _, r := range claims {
-		total += r.p.Max
-	}
+// its own, it runs everything itself and returns nil. limit is the pick's
+// (see queueClaimPick); each claim takes at most its n.
+func claimMany(t *txn, claims []*claimReq, picks []claimPick, limit int) (func(*pgx.Batch), error) {
 	taken := make([]bool, len(picks))
 	owner := make(map[int64]*claimReq, len(picks))
 	var (
@@ -504,7 +594,7 @@ func claimMany(t *txn, claims []*claimReq, picks []claimPick) (func(*pgx.Batch),
 	for _, r := range claims {
 		got, full := 0, false
 		for i, p := range picks {
-			if got == r.p.Max {
+			if got == r.n {
 				break
 			}
 			if taken[i] || !r.mayTake(p) {
@@ -522,7 +612,7 @@ func claimMany(t *txn, claims []*claimReq, picks []claimPick) (func(*pgx.Batch),
 			nows, expires = append(nows, r.now), append(expires, norm(r.now.Add(r.p.LeaseDuration)))
 			t.changes = append(t.changes, store.RemoteChange{TaskID: p.id, PreviousState: store.StateReady, State: store.StateInProgress})
 		}
-		if got < r.p.Max && !full && len(picks) == total {
+		if got < r.n && !full && len(picks) == limit {
 			short = append(short, r)
 		}
 	}
@@ -557,7 +647,7 @@ func claimMany(t *txn, claims []*claimReq, picks []claimPick) (func(*pgx.Batch),
 	}
 	b = t.batch()
 	for _, r := range short {
-		queueClaim(b, r, r.p.Max-len(r.out), r.budget()-used[r], len(r.out) == 0)
+		queueClaim(b, r, r.n-len(r.out), r.budget()-used[r], len(r.out) == 0)
 	}
 	if err := t.send(b); err != nil {
 		return nil, err

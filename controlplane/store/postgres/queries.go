@@ -148,6 +148,20 @@ WHERE seq = ANY(ARRAY(
 	WHERE run <= $6::bigint OR (run = size AND $7::boolean)))
 RETURNING {COLS}`)
 
+	// qLockAgents takes the transaction's lock on each of the agents whose
+	// leases it counts ($1, lock keys in ascending order), so that claims
+	// for one agent on any replica count and claim one after another.
+	qLockAgents = `-- name: TaskClaimLockAgents
+SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k`
+
+	// qHeldBy counts the leases each of the agents $1 holds, one probe of
+	// the partial index tasks_held_by per agent (with lease_holder =
+	// ANY($1) and stale statistics the planner may read every
+	// IN_PROGRESS task through another partial index instead).
+	qHeldBy = q(`-- name: TaskClaimHeldBy
+SELECT a.agent, h.n FROM unnest($1::text[]) AS a(agent) CROSS JOIN LATERAL (
+	SELECT count(*) AS n FROM tasks WHERE state = {IN_PROGRESS} AND lease_holder <> '' AND lease_holder = a.agent) AS h`)
+
 	// qClaimPick locks the candidates of several claims made together: the
 	// head of the queue for the union of their filters, walked per role
 	// as in qClaim ($2 names the empty role and no role twice). Which

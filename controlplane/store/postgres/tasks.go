@@ -372,6 +372,10 @@ type claimReq struct {
 	p   *store.TaskClaimParams
 	now time.Time
 	out []*row
+	// n is how many tasks the claim may take (Max, less under MaxHeld);
+	// capErr refuses it when its agent holds MaxHeld already.
+	n      int
+	capErr error
 }
 
 // TaskClaim implements store.Store.

@@ -3,8 +3,10 @@ package sqlite
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -58,7 +60,7 @@ func benchStore(b *testing.B, tasks, preload int) *Store {
 // cycle claims up to max tasks as agent and completes what it got; it
 // returns how many tasks it completed.
 func cycle(ctx context.Context, s *Store, agent string, max int) (int, error) {
-	got, err := s.TaskClaim(ctx, &store.TaskClaimParams{Agent: agent, Max: max, LeaseDuration: time.Minute, Now: t0})
+	got, err := s.TaskClaim(ctx, &store.TaskClaimParams{Agent: agent, Max: max, MaxHeld: benchMaxHeld(), LeaseDuration: time.Minute, Now: t0})
 	if err != nil || len(got) == 0 {
 		return 0, err
 	}
@@ -139,4 +141,14 @@ func BenchmarkClaimCompleteBatch50Parallel32(b *testing.B) { benchCycles(b, 32, 
 // in claim order: a claim's cost must not grow with them.
 func BenchmarkClaimCompleteParallel32Behind100kOtherRole(b *testing.B) {
 	benchCycles(b, 32, 1, 100_000)
+}
+
+// benchMaxHeld is the claims' lease cap: the control plane's default (256),
+// or FACTORY_BENCH_MAX_HELD (0: uncapped, to compare).
+func benchMaxHeld() int {
+	if v, ok := os.LookupEnv("FACTORY_BENCH_MAX_HELD"); ok {
+		n, _ := strconv.Atoi(v)
+		return n
+	}
+	return 256
 }

@@ -119,3 +119,21 @@ func TestQueueStatsProbeTheOldest(t *testing.T) {
 		t.Errorf("the queue stats scan tasks; plan:\n%s", text)
 	}
 }
+
+// TestLeaseCapCountsOnItsIndex: a capped claim counts its agent's leases
+// on the partial tasks_held_by, not by reading every IN_PROGRESS task.
+func TestLeaseCapCountsOnItsIndex(t *testing.T) {
+	s, err := Open(context.Background(), Config{Path: filepath.Join(t.TempDir(), "plan.db"), Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var id, parent, unused int
+	var detail string
+	if err := s.r.QueryRow("EXPLAIN QUERY PLAN "+qHeldBy, "agent-1").Scan(&id, &parent, &unused, &detail); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(detail, "SEARCH tasks USING COVERING INDEX tasks_held_by (lease_holder=?)") {
+		t.Errorf("plan of the lease count: %s, want a search of tasks_held_by", detail)
+	}
+}

@@ -84,6 +84,10 @@ var (
 	qResumeTasks = q(`UPDATE tasks SET state = {READY}, paused_by_queue = 0, updated_at = ?1, state_changed_at = ?1
 	WHERE state = {PAUSED} AND paused_by_queue = 1 RETURNING {COLS}`)
 
+	// The leases one agent holds, for the claim's cap: one probe of the
+	// partial tasks_held_by.
+	qHeldBy = q(`SELECT COUNT(*) FROM tasks INDEXED BY tasks_held_by WHERE state = {IN_PROGRESS} AND lease_holder <> '' AND lease_holder = ?`)
+
 	// run_after > 0 lets the planner use the partial tasks_ready_run_after.
 	qNextRunAfter = q(`SELECT MIN(run_after) FROM tasks WHERE state = {READY} AND run_after > 0 AND run_after > ?`)
 )

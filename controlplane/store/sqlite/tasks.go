@@ -329,11 +329,23 @@ func (s *Store) TaskClaim(ctx context.Context, p *store.TaskClaimParams) ([]stor
 	}
 	var claimed []*row
 	err := s.writeTx(ctx, "TaskClaim", func(w *wtx) error {
+		n := p.Max
+		if p.MaxHeld > 0 {
+			// One writer: nothing can claim between this count and the claim.
+			held, err := w.heldBy(p.Agent)
+			if err != nil {
+				return err
+			}
+			if held >= p.MaxHeld {
+				return store.LeaseCapError(p.Agent, held, p.MaxHeld)
+			}
+			n = min(n, p.MaxHeld-held)
+		}
 		var err error
-		args := append([]any{p.Agent, toNanos(now), toNanos(now.Add(p.LeaseDuration)), p.Max, budget}, slots...)
+		args := append([]any{p.Agent, toNanos(now), toNanos(now.Add(p.LeaseDuration)), n, budget}, slots...)
 		args = append(args, excludeTiersJSON(p.ExcludeTiers))
 		query := claimSQL(len(slots))
-		if p.Max == 1 {
+		if n == 1 {
 			query = claimOneSQL(len(slots))
 		}
 		claimed, err = w.rows(query, args...)
@@ -784,6 +796,22 @@ func (w *wtx) states(ids []string) (map[string]store.TaskState, error) {
 		m[id] = store.TaskState(st)
 	}
 	return m, dbErr(w.op, rs.Err())
+}
+
+// heldBy counts the IN_PROGRESS tasks whose lease agent holds.
+func (w *wtx) heldBy(agent string) (n int, err error) {
+	rs, err := w.query(qHeldBy, agent)
+	if err != nil {
+		return 0, err
+	}
+	defer rs.Close()
+	if rs.Next() {
+		err = rs.Scan(&n)
+	}
+	if err == nil {
+		err = rs.Err()
+	}
+	return n, dbErr(w.op, err)
 }
 
 func (w *wtx) paused() (paused bool, reason string, err error) {

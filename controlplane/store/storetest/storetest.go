@@ -70,6 +70,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"Tiers", s.testTiers},
 		{"Results", s.testResults},
 		{"Backups", s.testBackups},
+		{"LeaseCap", s.testLeaseCap},
 	}
 	for _, g := range groups {
 		t.Run(g.name, func(t *testing.T) {
