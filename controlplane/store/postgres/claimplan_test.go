@@ -83,7 +83,7 @@ func TestQueueStatsProbeTheOldest(t *testing.T) {
 }
 
 // TestLeaseCapCountsOnItsIndex: a capped claim counts its agents' leases
-// on the partial index of migration 00023, not by reading every
+// on the partial index of migration 00022, not by reading every
 // IN_PROGRESS task.
 func TestLeaseCapCountsOnItsIndex(t *testing.T) {
 	url := testURL(t)
