@@ -13,6 +13,7 @@ type overviewData struct {
 	Total       *factoryv1.BudgetStatus // the whole fleet's day
 	Budget      *factoryv1.GetBudgetResponse
 	Maintenance *factoryv1.GetMaintenanceResponse
+	Backups     *factoryv1.GetBackupStatusResponse
 	Pending     []*factoryv1.Approval
 	MorePending bool
 	Agents      agentCounts
@@ -63,6 +64,10 @@ func (s *Server) overview(rq *request) error {
 	})
 	r.optional("maintenance", func(ctx context.Context) (err error) {
 		d.Maintenance, err = s.ops.GetMaintenance(ctx, &factoryv1.GetMaintenanceRequest{})
+		return err
+	})
+	r.optional("backups", func(ctx context.Context) (err error) {
+		d.Backups, err = s.ops.GetBackupStatus(ctx, &factoryv1.GetBackupStatusRequest{})
 		return err
 	})
 	r.optional("approvals", func(ctx context.Context) error {
