@@ -6,8 +6,10 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
@@ -63,7 +65,21 @@ func TestOneCLICallIsOneTrace(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// The server's span ends once its stats handler hears the call end,
+	// which can come after the client already has its answer: wait for
+	// both ends of the call.
 	spans := rec.Ended()
+	createSpan := func(kind trace.SpanKind) bool {
+		return slices.ContainsFunc(spans, func(s sdktrace.ReadOnlySpan) bool {
+			return s.SpanKind() == kind && strings.HasSuffix(s.Name(), "QueueService/CreateTask")
+		})
+	}
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); spans = rec.Ended() {
+		if createSpan(trace.SpanKindClient) && createSpan(trace.SpanKindServer) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	var client, srvSpan sdktrace.ReadOnlySpan
 	var storeSpans []sdktrace.ReadOnlySpan
 	traces := map[trace.TraceID]bool{}
