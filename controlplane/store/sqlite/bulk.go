@@ -66,23 +66,23 @@ func writeFilter(b *strings.Builder, f *store.TaskFilter, args *[]any) {
 // change: at most max (0: no bound), else a *store.TooManyError counting
 // them all.
 func (w *wtx) selectFiltered(f *store.TaskFilter, max int) ([]*row, error) {
-	var b strings.Builder
-	b.WriteString(q("SELECT {COLS} FROM tasks WHERE 1"))
-	var args []any
+	var (
+		b    strings.Builder
+		args []any
+	)
 	writeFilter(&b, f, &args)
 	cond := b.String()
-	b.WriteString(" ORDER BY seq")
+	text := q("SELECT {COLS} FROM tasks WHERE 1"+cond) + " ORDER BY seq"
 	if max > 0 {
-		b.WriteString(" LIMIT ?")
+		text += " LIMIT ?"
 		args = append(args, max+1)
 	}
-	rows, err := w.rows(b.String(), args...)
+	rows, err := w.rows(text, args...)
 	if err != nil || max <= 0 || len(rows) <= max {
 		return rows, err
 	}
 	var n int
-	count := "SELECT COUNT(*) FROM tasks WHERE 1" + strings.TrimPrefix(cond, q("SELECT {COLS} FROM tasks WHERE 1"))
-	if err := w.w.conn.QueryRowContext(w.ctx, count, args[:len(args)-1]...).Scan(&n); err != nil {
+	if err := w.w.conn.QueryRowContext(w.ctx, "SELECT COUNT(*) FROM tasks WHERE 1"+cond, args[:len(args)-1]...).Scan(&n); err != nil {
 		return nil, dbErr(w.op, err)
 	}
 	return nil, &store.TooManyError{Matched: n, Max: max}
