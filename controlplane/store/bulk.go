@@ -178,29 +178,24 @@ func ApplyBulk(p *TaskBulkParams, tasks []*Task, now time.Time) (res *TaskBulkRe
 	res = &TaskBulkResult{Matched: len(tasks), Skipped: map[TaskState]int{}}
 	for i, t := range tasks {
 		from := t.State
-		if p.To != StateUnspecified {
-			if !CanOperatorMove(from, p.To) {
-				res.Skipped[from]++
-				continue
+		move := p.To != StateUnspecified
+		if move && !CanOperatorMove(from, p.To) {
+			res.Skipped[from]++
+			continue
+		}
+		if !p.DryRun {
+			if move {
+				_ = OperatorMove(t, p.To, p.Reason, now)
+				if p.To == StateDone {
+					done = append(done, t.ID)
+				}
+			} else {
+				t.Priority = *p.Priority
+				t.UpdatedAt = now
 			}
-			if p.DryRun {
-				res.Changes = append(res.Changes, TaskChange{Task: t.Clone(), PreviousState: from})
-				continue
-			}
-			_ = OperatorMove(t, p.To, p.Reason, now)
-			if p.To == StateDone {
-				done = append(done, t.ID)
-			}
-		} else {
-			if p.DryRun {
-				res.Changes = append(res.Changes, TaskChange{Task: t.Clone(), PreviousState: from})
-				continue
-			}
-			t.Priority = *p.Priority
-			t.UpdatedAt = now
+			changed = append(changed, i)
 		}
 		res.Changes = append(res.Changes, TaskChange{Task: t.Clone(), PreviousState: from})
-		changed = append(changed, i)
 	}
 	res.Changed = len(res.Changes)
 	return res, changed, done
