@@ -168,6 +168,22 @@ func (s *suite) testBulk(t *testing.T) {
 			h.requireUnchanged(before)
 			h.requireState("c", store.StateReady)
 		}},
+		{"PauseTooManyRecordsNothing", func(t *testing.T, h *harness) {
+			h.create(&store.TaskCreate{ID: "a", Role: "x"}, &store.TaskCreate{ID: "b", Role: "x"}, &store.TaskCreate{ID: "c", Role: "x"})
+			_, err := h.s.QueuePauseTasks(h.ctx, &store.QueuePauseTasksParams{ID: "p", Filter: store.TaskFilter{Role: "x"}, Max: 2, Now: h.now()})
+			var tm *store.TooManyError
+			if !errors.As(err, &tm) || tm.Matched != 3 || tm.Max != 2 {
+				t.Fatalf("err = %v, want a TooManyError for 3 of 2", err)
+			}
+			if st := h.stats(); len(st.Pauses) != 0 {
+				t.Fatalf("a refused pause is recorded: %+v", st.Pauses)
+			}
+			h.requireState("a", store.StateReady)
+			// The id is free: the same pause, narrowed, goes through.
+			if _, err := h.s.QueuePauseTasks(h.ctx, &store.QueuePauseTasksParams{ID: "p", Filter: store.TaskFilter{Role: "x"}, Max: 3, Now: h.now()}); err != nil {
+				t.Fatal(err)
+			}
+		}},
 		{"DryRunChangesNothing", func(t *testing.T, h *harness) {
 			h.create(&store.TaskCreate{ID: "a", Role: "x"}, &store.TaskCreate{ID: "d", Role: "x", InitialState: store.StateDone})
 			before := h.get("a")
