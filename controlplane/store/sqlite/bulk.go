@@ -133,7 +133,7 @@ func (s *Store) TaskBulk(ctx context.Context, p *store.TaskBulkParams) (*store.T
 }
 
 var (
-	qPauseInsert  = `INSERT INTO queue_pauses (id, reason, filter, created_at) VALUES (?, ?, ?, ?)`
+	qPauseInsert  = `INSERT INTO queue_pauses (id, reason, filter, created_at) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`
 	qPauseHold    = `INSERT INTO task_pauses (task_id, pause_id) SELECT value, ? FROM json_each(?)`
 	qPauseIDs     = `SELECT id FROM queue_pauses ORDER BY created_at, id`
 	qPauseDelete  = `DELETE FROM queue_pauses WHERE id = ?`
@@ -153,18 +153,15 @@ func (s *Store) QueuePauseTasks(ctx context.Context, p *store.QueuePauseTasksPar
 	now := norm(p.Now)
 	var out []store.TaskChange
 	err = s.writeTx(ctx, "QueuePauseTasks", func(w *wtx) error {
-		var n int
-		if err := w.w.conn.QueryRowContext(w.ctx, `SELECT COUNT(*) FROM queue_pauses WHERE id = ?`, p.ID).Scan(&n); err != nil {
-			return dbErr(w.op, err)
+		r, err := w.exec(qPauseInsert, p.ID, p.Reason, p.FilterText, toNanos(now))
+		if err != nil {
+			return err
 		}
-		if n > 0 {
+		if n, _ := r.RowsAffected(); n == 0 {
 			return fmt.Errorf("pause %q: %w", p.ID, store.ErrAlreadyExists)
 		}
 		rows, err := w.selectFiltered(&f, p.Max)
 		if err != nil {
-			return err
-		}
-		if _, err := w.exec(qPauseInsert, p.ID, p.Reason, p.FilterText, toNanos(now)); err != nil {
 			return err
 		}
 		ids := make([]string, len(rows))
