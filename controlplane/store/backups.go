@@ -97,8 +97,13 @@ type VacuumReport struct {
 	Tables int
 }
 
-// CheckBackupRun checks a run before it is stored.
-func CheckBackupRun(r *BackupRun) error {
+// CheckBackupRecord checks a run before it is stored: the input check
+// every driver's BackupRecord makes.
+func CheckBackupRecord(p *BackupRecordParams) error {
+	if p == nil {
+		return InvalidField("run", "a run is required")
+	}
+	r := p.Run
 	switch {
 	case r == nil:
 		return InvalidField("run", "a run is required")

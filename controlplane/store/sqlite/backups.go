@@ -24,10 +24,7 @@ const (
 
 // BackupRecord implements store.BackupStore.
 func (s *Store) BackupRecord(ctx context.Context, p *store.BackupRecordParams) error {
-	if p == nil {
-		return store.InvalidField("run", "a run is required")
-	}
-	if err := store.CheckBackupRun(p.Run); err != nil {
+	if err := store.CheckBackupRecord(p); err != nil {
 		return err
 	}
 	r := p.Run
