@@ -345,6 +345,19 @@ func LeaseCapError(agent string, held, max int) *QuotaError {
 		"agent %q holds %d leases, the cap is %d: complete, fail or let some expire before claiming more", agent, held, max)}
 }
 
+// LeaseRoom is how many of n tasks the claim may take when its agent
+// holds held leases: n, less under MaxHeld (when set); an agent holding
+// MaxHeld already is refused with LeaseCapError.
+func (p *TaskClaimParams) LeaseRoom(held, n int) (int, error) {
+	if p.MaxHeld <= 0 {
+		return n, nil
+	}
+	if held >= p.MaxHeld {
+		return 0, LeaseCapError(p.Agent, held, p.MaxHeld)
+	}
+	return min(n, p.MaxHeld-held), nil
+}
+
 // MaxClaimRoles is the most roles one claim may name (as the API allows).
 const MaxClaimRoles = 64
 

@@ -307,12 +307,13 @@ func (c *leaseCaps) apply(claims []*claimReq) []*claimReq {
 	for _, r := range claims {
 		if r.p.MaxHeld > 0 {
 			held := used[r.p.Agent]
-			if held >= r.p.MaxHeld {
-				r.capErr = store.LeaseCapError(r.p.Agent, held, r.p.MaxHeld)
+			n, err := r.p.LeaseRoom(held, r.n)
+			if err != nil {
+				r.capErr = err
 				continue
 			}
-			r.n = min(r.n, r.p.MaxHeld-held)
-			used[r.p.Agent] = held + r.n
+			r.n = n
+			used[r.p.Agent] = held + n
 		}
 		run = append(run, r)
 	}

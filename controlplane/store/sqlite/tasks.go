@@ -336,10 +336,9 @@ func (s *Store) TaskClaim(ctx context.Context, p *store.TaskClaimParams) ([]stor
 			if err != nil {
 				return err
 			}
-			if held >= p.MaxHeld {
-				return store.LeaseCapError(p.Agent, held, p.MaxHeld)
+			if n, err = p.LeaseRoom(held, n); err != nil {
+				return err
 			}
-			n = min(n, p.MaxHeld-held)
 		}
 		var err error
 		args := append([]any{p.Agent, toNanos(now), toNanos(now.Add(p.LeaseDuration)), n, budget}, slots...)
