@@ -1175,3 +1175,44 @@ func TestBootstrapWritesAPrivateFileOnce(t *testing.T) {
 		}
 	}
 }
+
+// The spend event's newer fields (failed, cache tokens) open no door: an
+// agent reporting a failed call with cache tokens under another agent's
+// name, alone or hidden in a batch behind one of its own, is refused and
+// nothing of the batch is recorded; a sidecar reports them only for the
+// agents placed on its host.
+func TestSpendFailuresAndCacheTokensOnlyAsItself(t *testing.T) {
+	b := setup(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	hammerSecret, _ := b.mintToken(t, store.RoleAgent, "hammer")
+	sideSecret, _ := b.mintToken(t, store.RoleSidecar, "gpu-2")
+	hammer, side, op := b.clientsAs(t, hammerSecret), b.clientsAs(t, sideSecret), b.clientsAs(t, b.operator)
+	forged := func(id, agent string) *factoryv1.SpendEvent {
+		e := spendEventPB(id, agent, 5)
+		e.Failed, e.CacheReadTokens, e.CacheWriteTokens = true, 1<<20, 1<<20
+		return e
+	}
+	if _, err := hammer.b.ReportSpend(ctx, &factoryv1.ReportSpendRequest{Event: forged("f1", "forge")}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("hammer reporting forge's failed call: %v, want PERMISSION_DENIED", err)
+	}
+	_, err := hammer.b.ReportSpendBatch(ctx, &factoryv1.ReportSpendBatchRequest{Events: []*factoryv1.SpendEvent{
+		spendEventPB("h1", "hammer", 5), forged("f2", "forge")}})
+	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "forge") {
+		t.Fatalf("hammer's batch with forge's failed call: %v, want PERMISSION_DENIED naming forge", err)
+	}
+	if _, err := side.b.ReportSpend(ctx, &factoryv1.ReportSpendRequest{Event: forged("f3", "forge")}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("sidecar gpu-2 reporting forge (not placed on it): %v, want PERMISSION_DENIED", err)
+	}
+	rep, err := op.b.GetSpend(ctx, &factoryv1.GetSpendRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := rep.GetTotals(); got.GetEvents() != 0 {
+		t.Fatalf("refused reports were recorded: %v", got)
+	}
+	// As itself, hammer reports a failed call with cache tokens.
+	if _, err := hammer.b.ReportSpend(ctx, &factoryv1.ReportSpendRequest{Event: forged("h2", "hammer")}); err != nil {
+		t.Fatalf("hammer reporting its own failed call: %v", err)
+	}
+}
