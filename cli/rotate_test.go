@@ -88,8 +88,7 @@ func TestTokenRotateThroughTheBinary(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the factory binary; skipped under -short")
 	}
-	bin := filepath.Join(t.TempDir(), "factory")
-	goBuild(t, bin, "github.com/factory/factory/cli/cmd/factory")
+	bin := factoryBinary(t)
 	clock := &stepClock{now: time.Now().UTC().Truncate(time.Second)}
 	work := t.TempDir()
 	e := &e2e{t: t, bin: bin, addr: startControlPlaneAt(t, clock, work), stateFile: filepath.Join(t.TempDir(), "leases.json"), dir: work}

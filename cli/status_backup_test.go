@@ -43,8 +43,7 @@ func TestStatusShowsLastGoodBackup(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the factory binary; skipped under -short")
 	}
-	bin := filepath.Join(t.TempDir(), "factory")
-	goBuild(t, bin, "github.com/factory/factory/cli/cmd/factory")
+	bin := factoryBinary(t)
 
 	clock := &movableClock{now: time.Date(2026, 11, 27, 2, 0, 0, 0, time.UTC)}
 	ran := make(chan *store.BackupRun, 4)
