@@ -19,9 +19,8 @@ func TestApprovalsEndToEnd(t *testing.T) {
 	}
 	bin := t.TempDir()
 	controlPlane := filepath.Join(bin, "factory-controlplane")
-	factory := filepath.Join(bin, "factory")
+	factory := factoryBinary(t)
 	goBuild(t, controlPlane, "github.com/factory/factory/controlplane/cmd/factory-controlplane")
-	goBuild(t, factory, "github.com/factory/factory/cli/cmd/factory")
 	work := t.TempDir()
 	cp := startProcess(t, controlPlane, filepath.Join(work, "data"))
 	e := &e2e{t: t, bin: factory, addr: cp.addr, stateFile: filepath.Join(t.TempDir(), "leases.json"), dir: work}

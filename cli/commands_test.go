@@ -28,31 +28,53 @@ import (
 // returns its address and the operator token it made at start.
 func startControlPlane(t *testing.T) (addr, token string) {
 	t.Helper()
+	dataDir := t.TempDir()
+	return startControlPlaneWith(t, server.Config{DataDir: dataDir}), operatorToken(t, dataDir)
+}
+
+// startControlPlaneWith serves a control plane configured by cfg on a free
+// loopback port, quiet, until the test ends, and returns its address.
+// cfg.DataDir must be set.
+func startControlPlaneWith(t *testing.T, cfg server.Config) string {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	addrCh := make(chan string, 1)
 	done := make(chan error, 1)
-	dataDir := t.TempDir()
-	go func() {
-		done <- server.Run(ctx, server.Config{
-			Listen:      "127.0.0.1:0",
-			DataDir:     dataDir,
-			Logger:      slog.New(slog.NewTextHandler(io.Discard, nil)),
-			OnListening: func(a net.Addr) { addrCh <- a.String() },
-		})
-	}()
+	cfg.Listen = "127.0.0.1:0"
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	cfg.OnListening = func(a net.Addr) { addrCh <- a.String() }
+	go func() { done <- server.Run(ctx, cfg) }()
 	t.Cleanup(func() {
 		cancel()
 		<-done
 	})
 	select {
 	case addr := <-addrCh:
-		return addr, operatorToken(t, dataDir)
+		return addr
 	case err := <-done:
 		t.Fatalf("control plane did not start: %v", err)
 	case <-time.After(30 * time.Second):
 		t.Fatal("control plane did not start in 30s")
 	}
-	return "", ""
+	return ""
+}
+
+// handClock is a control plane's clock that a test moves by hand.
+type handClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *handClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *handClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
 }
 
 // shell runs factory commands against one control plane, with one agent

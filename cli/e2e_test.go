@@ -25,9 +25,8 @@ func TestEndToEnd(t *testing.T) {
 	}
 	bin := t.TempDir()
 	controlPlane := filepath.Join(bin, "factory-controlplane")
-	factory := filepath.Join(bin, "factory")
+	factory := factoryBinary(t)
 	goBuild(t, controlPlane, "github.com/factory/factory/controlplane/cmd/factory-controlplane")
-	goBuild(t, factory, "github.com/factory/factory/cli/cmd/factory")
 
 	// The layout `make run` leaves: the CLI, run from the same directory
 	// with no token given, finds the operator token in ./data.

@@ -22,8 +22,7 @@ func TestExitCodesThroughTheBinary(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the factory binary; skipped under -short")
 	}
-	bin := filepath.Join(t.TempDir(), "factory")
-	goBuild(t, bin, "github.com/factory/factory/cli/cmd/factory")
+	bin := factoryBinary(t)
 	sh := newShell(t)
 	factory := func(t *testing.T) *e2e {
 		return &e2e{t: t, bin: bin, addr: sh.addr, stateFile: sh.stateFile, env: []string{"FACTORY_TOKEN=" + sh.token}}

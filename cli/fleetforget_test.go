@@ -1,13 +1,8 @@
 package cli_test
 
 import (
-	"context"
-	"io"
-	"log/slog"
-	"net"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,54 +13,19 @@ import (
 	factoryv1 "github.com/factory/factory/gen/factory/v1"
 )
 
-// testClock is a clock the test moves by hand.
-type testClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *testClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *testClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
-
 // newShellOnClock is newShell with a control plane on clock.
-func newShellOnClock(t *testing.T, clock *testClock) *shell {
+func newShellOnClock(t *testing.T, clock *handClock) *shell {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	addrCh, done := make(chan string, 1), make(chan error, 1)
 	dataDir := t.TempDir()
-	go func() {
-		done <- server.Run(ctx, server.Config{Listen: "127.0.0.1:0", DataDir: dataDir, Queue: queue.Config{Clock: clock},
-			Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), OnListening: func(a net.Addr) { addrCh <- a.String() }})
-	}()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-	})
-	select {
-	case addr := <-addrCh:
-		return &shell{t: t, addr: addr, token: operatorToken(t, dataDir), stateFile: filepath.Join(t.TempDir(), "leases.json")}
-	case err := <-done:
-		t.Fatalf("control plane did not start: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("control plane did not start in 30s")
-	}
-	return nil
+	addr := startControlPlaneWith(t, server.Config{DataDir: dataDir, Queue: queue.Config{Clock: clock}})
+	return &shell{t: t, addr: addr, token: operatorToken(t, dataDir), stateFile: filepath.Join(t.TempDir(), "leases.json")}
 }
 
 // A STALE host's readings are unknown in `factory health`, not ok, and
 // count in its exit status; `factory nodes forget` removes the host once
 // it is gone, and refuses while it is ONLINE.
 func TestHealthShowsAStaleHostsReadingsUnknownAndForgetRemovesIt(t *testing.T) {
-	clock := &testClock{now: time.Now().UTC()}
+	clock := &handClock{now: time.Now().UTC()}
 	s := newShellOnClock(t, clock)
 	connectSidecar(t, s, &factoryv1.Telemetry{
 		CollectedAt: timestamppb.Now(),

@@ -2,7 +2,6 @@ package cli_test
 
 import (
 	"encoding/json"
-	"path/filepath"
 	"reflect"
 	"sort"
 	"strings"
@@ -18,8 +17,7 @@ func TestOutputFormats(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the factory binary; skipped under -short")
 	}
-	bin := filepath.Join(t.TempDir(), "factory")
-	goBuild(t, bin, "github.com/factory/factory/cli/cmd/factory")
+	bin := factoryBinary(t)
 	sh := newShell(t)
 	e := &e2e{t: t, bin: bin, addr: sh.addr, stateFile: sh.stateFile, env: []string{"FACTORY_TOKEN=" + sh.token}}
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -135,8 +134,7 @@ func TestMCPServer(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the factory binary and runs it as an MCP server; skipped under -short")
 	}
-	bin := filepath.Join(t.TempDir(), "factory")
-	goBuild(t, bin, "github.com/factory/factory/cli/cmd/factory")
+	bin := factoryBinary(t)
 	sh := newShell(t)
 	forge := sh.mint("agent", "forge", "builder")
 	conn, err := grpc.NewClient(sh.addr, grpc.WithTransportCredentials(insecure.NewCredentials()),

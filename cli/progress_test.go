@@ -27,8 +27,7 @@ func TestProgressThroughTheBinary(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the factory binary; skipped under -short")
 	}
-	bin := filepath.Join(t.TempDir(), "factory")
-	goBuild(t, bin, "github.com/factory/factory/cli/cmd/factory")
+	bin := factoryBinary(t)
 	src := newShell(t)
 	reqs := make([]*factoryv1.CreateTaskRequest, progressTasks)
 	for i := range reqs {

@@ -20,8 +20,7 @@ func TestTokenIDPrefixesThroughTheBinary(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the factory binary; skipped under -short")
 	}
-	bin := filepath.Join(t.TempDir(), "factory")
-	goBuild(t, bin, "github.com/factory/factory/cli/cmd/factory")
+	bin := factoryBinary(t)
 	p := newWorkPlane(t)
 	e := &e2e{t: t, bin: bin, addr: p.addr, stateFile: filepath.Join(t.TempDir(), "leases.json"), env: []string{"FACTORY_TOKEN=" + p.token}}
 	conn, err := grpc.NewClient(p.addr, grpc.WithTransportCredentials(insecure.NewCredentials()),

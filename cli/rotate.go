@@ -145,23 +145,7 @@ func secretFiles(dir string, rotated []*factoryv1.RotatedToken) []string {
 // writeSecretFile writes a secret readable by its owner only, replacing
 // the file whole.
 func writeSecretFile(path, secret string) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".token-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(0o600); err != nil {
-		tmp.Close()
-		return err
-	}
-	if _, err := tmp.WriteString(secret + "\n"); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
+	return writeBytesAtomic(path, []byte(secret+"\n"))
 }
 
 func (a *app) printRotation(resp *factoryv1.RotateTokensResponse, outDir string) error {

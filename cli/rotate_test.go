@@ -1,15 +1,10 @@
 package cli_test
 
 import (
-	"context"
 	"encoding/json"
-	"io"
-	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,54 +12,12 @@ import (
 	"github.com/factory/factory/controlplane/server"
 )
 
-// stepClock is a control plane's clock that a test moves by hand.
-type stepClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *stepClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *stepClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
-
 // startControlPlaneAt serves a control plane on clock, with its data
 // directory under work (so the CLI run from work finds
 // data/operator.token), until the test ends; it returns its address.
-func startControlPlaneAt(t *testing.T, clock *stepClock, work string) string {
+func startControlPlaneAt(t *testing.T, clock *handClock, work string) string {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	addrCh := make(chan string, 1)
-	done := make(chan error, 1)
-	go func() {
-		done <- server.Run(ctx, server.Config{
-			Listen:      "127.0.0.1:0",
-			DataDir:     filepath.Join(work, "data"),
-			Logger:      slog.New(slog.NewTextHandler(io.Discard, nil)),
-			Queue:       queue.Config{Clock: clock},
-			OnListening: func(a net.Addr) { addrCh <- a.String() },
-		})
-	}()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-	})
-	select {
-	case addr := <-addrCh:
-		return addr
-	case err := <-done:
-		t.Fatalf("control plane did not start: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("control plane did not start in 30s")
-	}
-	return ""
+	return startControlPlaneWith(t, server.Config{DataDir: filepath.Join(work, "data"), Queue: queue.Config{Clock: clock}})
 }
 
 type rotateOutput struct {
@@ -88,9 +41,8 @@ func TestTokenRotateThroughTheBinary(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the factory binary; skipped under -short")
 	}
-	bin := filepath.Join(t.TempDir(), "factory")
-	goBuild(t, bin, "github.com/factory/factory/cli/cmd/factory")
-	clock := &stepClock{now: time.Now().UTC().Truncate(time.Second)}
+	bin := factoryBinary(t)
+	clock := &handClock{now: time.Now().UTC().Truncate(time.Second)}
 	work := t.TempDir()
 	e := &e2e{t: t, bin: bin, addr: startControlPlaneAt(t, clock, work), stateFile: filepath.Join(t.TempDir(), "leases.json"), dir: work}
 

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -27,33 +26,9 @@ import (
 // start made.
 func startControlPlaneOn(t *testing.T, storeURL, schema string) (addr, token string) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	addrCh := make(chan string, 1)
-	done := make(chan error, 1)
 	dataDir := t.TempDir()
-	go func() {
-		done <- server.Run(ctx, server.Config{
-			Listen:         "127.0.0.1:0",
-			DataDir:        dataDir,
-			Store:          storeURL,
-			PostgresSchema: schema,
-			Logger:         slog.New(slog.NewTextHandler(io.Discard, nil)),
-			OnListening:    func(a net.Addr) { addrCh <- a.String() },
-		})
-	}()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-	})
-	select {
-	case addr := <-addrCh:
-		return addr, operatorToken(t, dataDir)
-	case err := <-done:
-		t.Fatalf("control plane did not start: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("control plane did not start in 30s")
-	}
-	return "", ""
+	addr = startControlPlaneWith(t, server.Config{DataDir: dataDir, Store: storeURL, PostgresSchema: schema})
+	return addr, operatorToken(t, dataDir)
 }
 
 // freshSchema names a schema no test uses and drops it when the test ends.

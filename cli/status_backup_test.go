@@ -3,13 +3,9 @@ package cli_test
 import (
 	"bytes"
 	"context"
-	"io"
-	"log/slog"
-	"net"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,23 +13,6 @@ import (
 	"github.com/factory/factory/controlplane/server"
 	"github.com/factory/factory/controlplane/store"
 )
-
-type movableClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *movableClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *movableClock) add(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
 
 // TestStatusShowsLastGoodBackup runs the factory binary's status against a
 // control plane that schedules backups every 6 hours on a fake clock: the
@@ -43,39 +22,19 @@ func TestStatusShowsLastGoodBackup(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the factory binary; skipped under -short")
 	}
-	bin := filepath.Join(t.TempDir(), "factory")
-	goBuild(t, bin, "github.com/factory/factory/cli/cmd/factory")
+	bin := factoryBinary(t)
 
-	clock := &movableClock{now: time.Date(2026, 11, 27, 2, 0, 0, 0, time.UTC)}
+	clock := &handClock{now: time.Date(2026, 11, 27, 2, 0, 0, 0, time.UTC)}
 	ran := make(chan *store.BackupRun, 4)
 	dataDir, backupDir := t.TempDir(), t.TempDir()
-	ctx, cancel := context.WithCancel(context.Background())
-	addrCh, done := make(chan string, 1), make(chan error, 1)
-	go func() {
-		done <- server.Run(ctx, server.Config{
-			Listen:      "127.0.0.1:0",
-			DataDir:     dataDir,
-			Logger:      slog.New(slog.NewTextHandler(io.Discard, nil)),
-			OnListening: func(a net.Addr) { addrCh <- a.String() },
-			Queue:       queue.Config{Clock: clock},
-			Backup: server.BackupConfig{Dir: backupDir, Every: 6 * time.Hour,
-				// The schedule's next wait never ends: the test moves the clock.
-				After: func(time.Duration) <-chan time.Time { return nil },
-				OnRun: func(r *store.BackupRun) { ran <- r }},
-		})
-	}()
-	t.Cleanup(func() {
-		cancel()
-		<-done
+	addr := startControlPlaneWith(t, server.Config{
+		DataDir: dataDir,
+		Queue:   queue.Config{Clock: clock},
+		Backup: server.BackupConfig{Dir: backupDir, Every: 6 * time.Hour,
+			// The schedule's next wait never ends: the test moves the clock.
+			After: func(time.Duration) <-chan time.Time { return nil },
+			OnRun: func(r *store.BackupRun) { ran <- r }},
 	})
-	var addr string
-	select {
-	case addr = <-addrCh:
-	case err := <-done:
-		t.Fatalf("control plane did not start: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("control plane did not start in 30s")
-	}
 	token := operatorToken(t, dataDir)
 	var run *store.BackupRun
 	select {
@@ -102,7 +61,7 @@ func TestStatusShowsLastGoodBackup(t *testing.T) {
 		return stdout.String()
 	}
 
-	clock.add(90 * time.Minute)
+	clock.Advance(90 * time.Minute)
 	out := status()
 	line := lineWith(out, "Last good backup:")
 	if !strings.Contains(line, "1h30m") || !strings.Contains(line, run.Path) || !strings.Contains(line, "every 6h00m") || !strings.Contains(line, "keep 30d") {
@@ -116,7 +75,7 @@ func TestStatusShowsLastGoodBackup(t *testing.T) {
 	}
 
 	// Twelve hours and a bit since the last good backup, at 6h intervals.
-	clock.add(10*time.Hour + 31*time.Minute)
+	clock.Advance(10*time.Hour + 31*time.Minute)
 	out = status()
 	if !strings.Contains(out, "WARNING: stale: no good backup for 12h01m, over twice the 6h00m interval") {
 		t.Errorf("past twice the interval, status does not warn:\n%s", out)

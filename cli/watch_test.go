@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"syscall"
@@ -26,8 +25,7 @@ var watchViews = [][]string{{"status"}, {"nodes"}, {"agents"}, {"gpu"}, {"queue"
 // against it.
 func watchFleet(t *testing.T) (s *shell, bin string) {
 	t.Helper()
-	bin = filepath.Join(t.TempDir(), "factory")
-	goBuild(t, bin, "github.com/factory/factory/cli/cmd/factory")
+	bin = factoryBinary(t)
 	s = newShell(t)
 	s.ok("task", "create", "--title", "Build", "--role", "builder")
 	connectSidecar(t, s, &factoryv1.Telemetry{

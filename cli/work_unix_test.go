@@ -79,17 +79,6 @@ func TestWorkKillsWhatCMDLeftBehind(t *testing.T) {
 	workEventually(t, 5*time.Second, "the background sleep ends", func() bool { return workProcessGone(pid) })
 }
 
-// buildFactoryForWork builds the factory command into a test's temp dir.
-func buildFactoryForWork(t testing.TB) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "factory")
-	cmd := exec.Command("go", "build", "-o", bin, "github.com/factory/factory/cli/cmd/factory")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, b)
-	}
-	return bin
-}
-
 // workerProcess is `factory work` run as the built binary.
 type workerProcess struct {
 	cmd            *exec.Cmd
@@ -160,7 +149,7 @@ func TestWorkProcessKillAndDrain(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the factory binary; skipped under -short")
 	}
-	bin := buildFactoryForWork(t)
+	bin := factoryBinary(t)
 
 	t.Run("kill -9 then rescue", func(t *testing.T) {
 		p := newWorkPlane(t)
@@ -270,7 +259,7 @@ func BenchmarkWorkOverhead(b *testing.B) {
 	if runtime.GOOS == "windows" {
 		b.Skip("unix only")
 	}
-	bin := buildFactoryForWork(b)
+	bin := factoryBinary(b)
 	for _, concurrency := range []int{1, 4} {
 		b.Run(fmt.Sprintf("concurrency=%d", concurrency), func(b *testing.B) {
 			p := newWorkPlane(b)
