@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/factory/factory/controlplane/ops"
 	"github.com/factory/factory/controlplane/store"
 )
 
@@ -47,11 +48,6 @@ func (s storeBackups) BackupAge(ctx context.Context, now time.Time) (time.Durati
 	if err != nil {
 		return 0, 0, false, err
 	}
-	switch {
-	case sum.LastGood != nil:
-		return max(now.Sub(sum.LastGood.StartedAt), 0), s.every, true, nil
-	case !sum.FirstStartedAt.IsZero():
-		return max(now.Sub(sum.FirstStartedAt), 0), s.every, true, nil
-	}
-	return 0, s.every, false, nil
+	age, ok := ops.BackupAge(sum, now)
+	return age, s.every, ok, nil
 }

@@ -26,6 +26,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/factory/factory/controlplane/ops"
 )
 
 // Expr names a built-in measurement. Each yields series: a value and the
@@ -165,7 +167,7 @@ func DefaultRules() []Rule {
 			Summary: "service {{.Labels.service}} on {{.Labels.host}} has failed its probe for 2 minutes"},
 		{Name: "gpu_unavailable", Expr: ExprGPUUnavailable, Threshold: 0, Severity: SeverityCritical,
 			Summary: "GPU unavailable on {{.Labels.host}}{{with .Examples}}: {{.}}{{end}}"},
-		{Name: "backup_stale", Expr: ExprBackupAge, Threshold: 2, Severity: SeverityCritical,
+		{Name: "backup_stale", Expr: ExprBackupAge, Threshold: ops.StaleAfter, Severity: SeverityCritical,
 			Summary: "no good backup for {{printf \"%.1f\" .Value}} backup intervals (runbook §7.1): check the control plane's log and factory status"},
 	}
 }

@@ -166,6 +166,14 @@ func (s *registrySource) SwapRates(ctx context.Context) (map[string]int, error) 
 
 var errNoSource = errors.New("no source for this measurement")
 
+// fleetHosts reads the hosts once per evaluation for every host rule.
+func (m *measurer) fleetHosts(ctx context.Context) ([]HostReading, error) {
+	if m.src.Fleet == nil {
+		return nil, errNoSource
+	}
+	return m.hosts.get(func() ([]HostReading, error) { return m.src.Fleet.Hosts(ctx) })
+}
+
 // series is one instance of a measurement.
 type series struct {
 	labels map[string]string
@@ -236,10 +244,7 @@ func (m *measurer) measure(ctx context.Context, e Expr) ([]series, error) {
 			return keyed("agent", sp.AgentMicros), nil
 		}
 	case ExprGPUMemoryUsed, ExprDiskUsed:
-		if m.src.Fleet == nil {
-			return nil, errNoSource
-		}
-		hosts, err := m.hosts.get(func() ([]HostReading, error) { return m.src.Fleet.Hosts(ctx) })
+		hosts, err := m.fleetHosts(ctx)
 		if err != nil {
 			return nil, err
 		}
@@ -263,10 +268,7 @@ func (m *measurer) measure(ctx context.Context, e Expr) ([]series, error) {
 		}
 		return out, nil
 	case ExprServiceDown, ExprGPUUnavailable:
-		if m.src.Fleet == nil {
-			return nil, errNoSource
-		}
-		hosts, err := m.hosts.get(func() ([]HostReading, error) { return m.src.Fleet.Hosts(ctx) })
+		hosts, err := m.fleetHosts(ctx)
 		if err != nil {
 			return nil, err
 		}

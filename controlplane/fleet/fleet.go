@@ -384,10 +384,7 @@ func (r *Registry) Nodes() []Node {
 	defer r.mu.Unlock()
 	out := make([]Node, 0, len(r.nodes))
 	for _, n := range r.nodes {
-		v := n.Node
-		v.State = r.cfg.state(now, v.LastSeen)
-		v.Agents = slices.Clone(v.Agents)
-		out = append(out, v)
+		out = append(out, r.view(n, now))
 	}
 	slices.SortFunc(out, func(a, b Node) int { return strings.Compare(a.Host, b.Host) })
 	return out

@@ -83,9 +83,7 @@ func (r *Registry) forgetNode(host string) (Node, bool) {
 	if !ok {
 		return Node{}, false
 	}
-	out := n.Node
-	out.State = r.cfg.state(now, n.LastSeen)
-	out.Agents = slices.Clone(n.Agents)
+	out := r.view(n, now)
 	delete(r.nodes, host)
 	for name, a := range r.agents {
 		if a.Host == host {
@@ -106,8 +104,13 @@ func (r *Registry) Node(host string) (Node, bool) {
 	if !ok {
 		return Node{}, false
 	}
+	return r.view(n, now), true
+}
+
+// view is a copy of n for callers, with its liveness at now.
+func (r *Registry) view(n *node, now time.Time) Node {
 	v := n.Node
 	v.State = r.cfg.state(now, v.LastSeen)
 	v.Agents = slices.Clone(v.Agents)
-	return v, true
+	return v
 }

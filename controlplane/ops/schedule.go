@@ -402,15 +402,22 @@ func (s *Service) BackupStatusAt(ctx context.Context, now time.Time, every time.
 		return nil, err
 	}
 	st := &BackupStatus{BackupSummary: *sum, Every: every}
-	switch {
-	case sum.LastGood != nil:
-		st.Age = now.Sub(sum.LastGood.StartedAt)
-	case !sum.FirstStartedAt.IsZero():
-		st.Age = now.Sub(sum.FirstStartedAt)
-	}
-	st.Age = max(st.Age, 0)
+	st.Age, _ = BackupAge(sum, now)
 	st.Stale = every > 0 && (sum.LastGood != nil || sum.Last != nil) && st.Age > StaleAfter*every
 	return st, nil
+}
+
+// BackupAge is how old the last good backup in sum is at now; with none,
+// how long since the first run. ok is false when no backup ran yet. The
+// console, the status RPC and the backup-age alert all judge by it.
+func BackupAge(sum *store.BackupSummary, now time.Time) (age time.Duration, ok bool) {
+	switch {
+	case sum.LastGood != nil:
+		return max(now.Sub(sum.LastGood.StartedAt), 0), true
+	case !sum.FirstStartedAt.IsZero():
+		return max(now.Sub(sum.FirstStartedAt), 0), true
+	}
+	return 0, false
 }
 
 // RunVacuum vacuums the store every interval until ctx ends (the first

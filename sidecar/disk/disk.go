@@ -2,7 +2,11 @@
 // runbook's "disk" health check: a full model or log volume stops a host.
 package disk
 
-import "golang.org/x/sys/unix"
+import (
+	"golang.org/x/sys/unix"
+
+	"github.com/factory/factory/controlplane/fleet"
+)
 
 // Usage is one path's filesystem.
 type Usage struct {
@@ -44,11 +48,8 @@ func stat(path string) Usage {
 	u.FreeBytes = uint64(st.Bfree) * bs
 	u.AvailableBytes = uint64(st.Bavail) * bs
 	u.UsedBytes = u.TotalBytes - u.FreeBytes
-	// df's definition: used / (used + available), so the reserved blocks
-	// count as unusable and 100% means an agent can write nothing.
-	if d := u.UsedBytes + u.AvailableBytes; d > 0 {
-		u.UsedPercent = float64(u.UsedBytes) * 100 / float64(d)
-	}
+	// df's definition, the one the control plane judges by.
+	u.UsedPercent = fleet.DiskUsedRatio(u.UsedBytes, u.AvailableBytes) * 100
 	u.InodesTotal = uint64(st.Files)
 	u.InodesFree = uint64(st.Ffree)
 	return u
