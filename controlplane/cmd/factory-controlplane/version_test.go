@@ -3,49 +3,15 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"debug/buildinfo"
 	"encoding/json"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/factory/factory/controlplane/telemetry"
+	"github.com/factory/factory/controlplane/telemetry/versiontest"
 )
-
-// stampedBinary builds factory-controlplane with the VCS stamp a release
-// build carries (the environment may say -buildvcs=false; the command line
-// wins) and returns its path and the version its build info stands for.
-func stampedBinary(t *testing.T) (bin, version string) {
-	t.Helper()
-	bin = filepath.Join(t.TempDir(), "factory-controlplane")
-	build := func(vcs string) ([]byte, error) {
-		cmd := exec.Command("go", "build", "-buildvcs="+vcs, "-o", bin, ".")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		return cmd.CombinedOutput()
-	}
-	if out, err := build("auto"); err != nil {
-		// A checkout git refuses to read (another owner) cannot be
-		// stamped; the version is then "dev", which is still checked.
-		t.Logf("go build -buildvcs=auto: %v\n%s", err, out)
-		if out, err := build("false"); err != nil {
-			t.Fatalf("go build: %v\n%s", err, out)
-		}
-	}
-	bi, err := buildinfo.ReadFile(bin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	version = telemetry.VersionOf(bi)
-	for _, s := range bi.Settings {
-		if s.Key == "vcs.revision" && !strings.Contains(version, s.Value[:12]) {
-			t.Fatalf("version %q does not name the commit %s", version, s.Value)
-		}
-	}
-	return bin, version
-}
 
 // TestVersionFromTheBuild runs the built binary: --version and version
 // print the version its build info stands for, before any setting is read,
@@ -54,12 +20,12 @@ func TestVersionFromTheBuild(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds factory-controlplane; skipped under -short")
 	}
-	bin, version := stampedBinary(t)
+	bin, _, version := versiontest.Build(t, ".", "factory-controlplane", false)
 	t.Logf("version %s", version)
 	run := func(env []string, args ...string) (stdout, stderr string, code int) {
 		t.Helper()
 		cmd := exec.Command(bin, args...)
-		cmd.Env = append(cleanEnv(), env...)
+		cmd.Env = append(versiontest.CleanEnv(), env...)
 		var o, e bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &o, &e
 		err := cmd.Run()
@@ -86,7 +52,7 @@ func TestVersionFromTheBuild(t *testing.T) {
 	}
 
 	cmd := exec.Command(bin, "--listen", "127.0.0.1:0", "--data-dir", t.TempDir(), "--metrics-listen", "off", "--console-listen", "off")
-	cmd.Env = cleanEnv()
+	cmd.Env = versiontest.CleanEnv()
 	pipe, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -125,15 +91,4 @@ func TestVersionFromTheBuild(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("no \"listening\" line in 30s")
 	}
-}
-
-// cleanEnv is the test's environment without FACTORY_* settings.
-func cleanEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "FACTORY_") {
-			env = append(env, kv)
-		}
-	}
-	return env
 }
